@@ -1,0 +1,110 @@
+/*
+ * bench.h - the benchmark harness's public interface: the load generator and the scenario
+ * registry that every component adds its benchmarks to.
+ *
+ * A scenario describes one kind of operation (a rate-limit decision, a job enqueue, an HTTP
+ * request). The harness drives it with the load generator, open loop at a target rate (latency
+ * measured from the time each operation *should* have started, wrk2's coordinated-omission
+ * correction) or closed loop (a fixed number in flight, as fast as possible), records latencies
+ * in HDR histograms (hdr.h) and prints one table row per scenario.
+ *
+ * Operations are asynchronous on one uv_loop: the harness calls target->issue() and the scenario
+ * calls done() exactly once when the operation completes (possibly from inside issue()).
+ */
+#ifndef BENCH_H
+#define BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "hdr.h"
+
+/* Error kinds an operation can report through done(). 0 is success. Scenarios may use their
+ * own positive kinds below BENCH_ERR_KINDS; the table prints the total, the JSON each kind. */
+enum {
+    BENCH_OK = 0,
+    BENCH_ERR_TIMEOUT = 1, /* no answer within the operation's deadline */
+    BENCH_ERR_CONNECT = 2, /* could not connect / connection lost */
+    BENCH_ERR_STATUS = 3,  /* a wrong answer (HTTP status not 2xx/3xx, Redis error reply) */
+    BENCH_ERR_OTHER = 4,
+    BENCH_ERR_KINDS = 8
+};
+
+/* Completion of one operation: token is the value issue() received; err is BENCH_OK or a kind. */
+typedef void bench_done_fn(void *token, int err);
+
+/* What the load generator drives. */
+typedef struct bench_target {
+    void *ctx;
+    /* Starts one operation. Must call done(token, err) exactly once, now or later, on the loop. */
+    void (*issue)(void *ctx, void *token, bench_done_fn *done);
+} bench_target;
+
+typedef struct bench_load_opts {
+    double rate;       /* operations per second; 0 = closed loop */
+    int in_flight;     /* closed loop: operations kept in flight; open loop: cap on outstanding
+                          operations (0 = unlimited) - a capped run falls behind and says so */
+    double duration_s; /* measured time, after warm-up */
+    double warmup_s;   /* run but not recorded */
+    int poisson;       /* open loop: exponential inter-arrival times instead of fixed spacing */
+    int progress;      /* print a live progress line to stderr (only when it is a terminal) */
+    const char *label; /* name shown on the progress line */
+} bench_load_opts;
+
+/* What one run measured. Histograms are in microseconds. */
+typedef struct bench_result {
+    char name[96];
+    double target_rate;   /* 0 for closed loop */
+    double achieved_rate; /* completed operations per second over the measured time */
+    double duration_s;
+    uint64_t count;       /* completed operations in the measured time (success + error) */
+    uint64_t errors;      /* of count, how many failed */
+    uint64_t errors_by_kind[BENCH_ERR_KINDS];
+    hdr_histogram *latency;     /* corrected: from intended start (= actual start, closed loop) */
+    hdr_histogram *uncorrected; /* from actual start */
+    int below_target;           /* open loop reached < 99% of the target rate */
+} bench_result;
+
+/* Runs a load on loop (which must have nothing else keeping it alive past the run, or the run
+ * still ends: the generator stops its own handles and returns once in-flight operations have
+ * completed). Fills *out (allocating its histograms; release with bench_result_clear).
+ * Returns 0 or a negative code. */
+int bench_load_run(uv_loop_t *loop, const bench_target *target, const bench_load_opts *opts,
+                   bench_result *out);
+
+/* Frees the histograms inside *r. */
+void bench_result_clear(bench_result *r);
+
+/* ---- Scenarios ----------------------------------------------------------------------------- */
+
+/* What a scenario's setup gets from `bench run`. */
+typedef struct bench_env {
+    uv_loop_t *loop;
+    const char *redis_url; /* the Redis to use (private one, --redis, or REDIS_URL) */
+    const char *bin_dir;   /* directory of the bench binary (build/bin), to find other commands */
+    double duration_s;     /* --duration, or the scenario's default */
+    double rate;           /* --rate, or the scenario's default (0 = closed loop) */
+} bench_env;
+
+typedef struct bench_scenario {
+    const char *name;    /* "ratelimit.token-bucket.closed": component.what.how */
+    const char *summary; /* one line for `bench list` */
+    double default_rate; /* 0 = closed loop */
+    int in_flight;       /* closed loop concurrency (or open-loop cap) */
+    double default_duration_s;
+    /* Prepares the target (connections, keys, child processes). Returns 0 or negative; on
+     * failure the scenario is reported as failed and teardown is not called. */
+    int (*setup)(const bench_env *env, bench_target *target);
+    /* Releases what setup made. Runs on the loop's thread; may run the loop. */
+    void (*teardown)(const bench_env *env, bench_target *target);
+} bench_scenario;
+
+/* The registry: each component defines a NULL-terminated array of pointers in
+ * bench/scenarios_<component>.c and bench/scenarios.c lists the arrays. */
+extern const bench_scenario *const bench_scenarios_ratelimit[];
+
+/* All scenarios, NULL-terminated, in the order `bench run` runs them. */
+const bench_scenario *const *bench_scenarios_all(void);
+
+#endif

@@ -1,0 +1,2 @@
+#include "bench.h"
+const bench_scenario *const bench_scenarios_ratelimit[] = {NULL};

@@ -1,0 +1,206 @@
+/*
+ * redis.h - the Redis layer every component uses: URL parsing, a synchronous connection, an
+ * asynchronous (libuv) connection with per-command deadlines, and a registry of Lua scripts.
+ *
+ * Design
+ *  1. Every call has a deadline. The sync connection sets a socket timeout on each command. The
+ *     async connection keeps its pending commands in send order and one uv_timer armed for the
+ *     earliest deadline; a command whose deadline passes is answered SD_ETIMEDOUT at once, and its
+ *     late reply, if one ever arrives, is dropped. hiredis 0.14 has no async timeouts of its own.
+ *  2. Both connections reconnect by themselves with capped exponential backoff. While a
+ *     connection is down, a command fails at once with SD_EDISCONNECTED instead of waiting, so a
+ *     caller's decision time stays bounded when Redis is down.
+ *  3. AUTH and SELECT are sent on every (re)connect, before any user command.
+ *  4. Scripts are embedded into the binary at build time (sd_embed_lua() in CMake), called with
+ *     EVALSHA, and after a NOSCRIPT reply (Redis restarted, SCRIPT FLUSH) sent once with EVAL,
+ *     which both runs the script and loads it back into the script cache.
+ *
+ * Secrets: the password in a URL is kept for AUTH and never appears in a log line or an error
+ * message; sd_redis_url_format() leaves it out.
+ */
+#ifndef SD_REDIS_H
+#define SD_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+#include <uv.h>
+
+/* ---- URLs ---------------------------------------------------------------------------------- */
+
+/* A parsed redis:// or unix:// URL. */
+typedef struct sd_redis_url {
+    char *host;     /* NULL for a unix socket */
+    int port;       /* 6379 when the URL has none */
+    char *path;     /* unix socket path, or NULL */
+    char *user;     /* NULL when absent */
+    char *password; /* NULL when absent; never log it */
+    int db;         /* 0 when absent */
+} sd_redis_url;
+
+/*
+ * Parses `redis://[[user]:password@]host[:port][/db]` or `unix:///path/to.sock[?db=N]`.
+ * IPv6 hosts are written in brackets (`redis://[::1]:6379`). Percent-escapes in the user and
+ * password are decoded. On success returns 0 and fills *out (release it with sd_redis_url_clear).
+ * On a bad form returns SD_EPARSE and writes a message naming what is wrong into err (which never
+ * contains the password).
+ */
+int sd_redis_url_parse(const char *text, sd_redis_url *out, char *err, size_t errlen);
+
+/* Frees the strings inside *url and zeroes it. Safe on a zeroed struct. */
+void sd_redis_url_clear(sd_redis_url *url);
+
+/* Deep copy: *dst must not own strings yet. */
+void sd_redis_url_copy(sd_redis_url *dst, const sd_redis_url *src);
+
+/* Writes the URL without its password (`redis://user:***@host:port/db`) into buf.
+ * Returns buf. Use this wherever a URL is printed. */
+const char *sd_redis_url_format(const sd_redis_url *url, char *buf, size_t buflen);
+
+/* ---- Options shared by both connection kinds ------------------------------------------------ */
+
+typedef struct sd_redis_opts {
+    int connect_timeout_ms; /* default 1000 */
+    int command_timeout_ms; /* default 1000; the default deadline for commands */
+    int reconnect_min_ms;   /* first backoff step, default 50 */
+    int reconnect_max_ms;   /* backoff cap, default 2000 */
+} sd_redis_opts;
+
+/* Fills *opts with the defaults above. A NULL opts argument anywhere means these defaults. */
+void sd_redis_opts_default(sd_redis_opts *opts);
+
+/* ---- Scripts -------------------------------------------------------------------------------- */
+
+/* One Lua script. Define it statically from the embedded source; the SHA1 is computed on
+ * first use. Scripts are immutable after that and may be shared by any number of connections
+ * and threads once sd_script_init() has run. */
+typedef struct sd_script {
+    const char *name; /* for logs and errors, e.g. "ratelimit/token-bucket" */
+    const char *body; /* the Lua source (NUL-terminated) */
+    size_t len;
+    char sha[41]; /* hex SHA1 of body, filled by sd_script_init() */
+} sd_script;
+
+/* Computes script->sha. Idempotent. Call before sharing a script across threads. */
+void sd_script_init(sd_script *script);
+
+/* ---- Synchronous connection ---------------------------------------------------------------- */
+
+typedef struct sd_redis sd_redis;
+
+/*
+ * Connects (with the connect timeout), sends AUTH and SELECT as the URL asks, and returns the
+ * connection in *out. Returns 0, SD_ETIMEDOUT, SD_EDISCONNECTED (refused / unreachable) or
+ * SD_EREDIS (AUTH or SELECT failed); *out is untouched on failure. The URL is copied.
+ */
+int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out);
+
+/* Closes the connection and frees it. NULL is a no-op. */
+void sd_redis_free(sd_redis *r);
+
+/*
+ * Runs one command (printf-style as redisCommand, or argv form) within the command timeout.
+ * Returns the reply (free it with freeReplyObject) or NULL; on NULL, *err (if not NULL) holds
+ * SD_ETIMEDOUT or SD_EDISCONNECTED. An error *reply* from Redis is returned as a reply of type
+ * REDIS_REPLY_ERROR, not as NULL. If the connection is broken, the call first reconnects, unless
+ * the backoff since the last failed attempt has not passed yet, in which case it fails at once
+ * with SD_EDISCONNECTED.
+ */
+redisReply *sd_redis_command(sd_redis *r, int *err, const char *fmt, ...);
+redisReply *sd_redis_commandv(sd_redis *r, int *err, int argc, const char **argv,
+                              const size_t *argvlen);
+
+/*
+ * Runs a script: EVALSHA, and on NOSCRIPT once more with EVAL. argv holds the keys first
+ * (nkeys of them), then the arguments. Same return contract as sd_redis_command.
+ */
+redisReply *sd_redis_script(sd_redis *r, int *err, sd_script *script, int nkeys, int argc,
+                            const char **argv, const size_t *argvlen);
+
+/* Pipelining: append commands, then read their replies in order with sd_redis_get_reply.
+ * Returns 0 or a negative code; a failed append leaves the pipeline unusable until the next
+ * sd_redis_command (which reconnects). */
+int sd_redis_append(sd_redis *r, const char *fmt, ...);
+int sd_redis_appendv(sd_redis *r, int argc, const char **argv, const size_t *argvlen);
+redisReply *sd_redis_get_reply(sd_redis *r, int *err);
+
+/* Changes the command timeout of this connection (milliseconds, > 0). */
+void sd_redis_set_timeout(sd_redis *r, int timeout_ms);
+
+/* The last error text of the connection (never contains the password). */
+const char *sd_redis_errstr(const sd_redis *r);
+
+/* ---- Asynchronous connection (libuv) ------------------------------------------------------- */
+
+typedef struct sd_aredis sd_aredis;
+
+/*
+ * Called exactly once per accepted command. status is 0 with a reply (which may be of type
+ * REDIS_REPLY_ERROR), or SD_ETIMEDOUT / SD_EDISCONNECTED / SD_ECLOSED with reply == NULL.
+ * The reply is valid only during the callback: copy what you keep.
+ */
+typedef void sd_aredis_cb(sd_aredis *r, redisReply *reply, int status, void *privdata);
+
+/* Called when the connection state changes: connected != 0 after a successful (re)connect and
+ * its AUTH/SELECT, 0 when it goes down. */
+typedef void sd_aredis_state_cb(sd_aredis *r, int connected, void *privdata);
+
+/*
+ * Creates an async connection on `loop` and starts connecting. Returns 0 and the connection in
+ * *out, or a negative code (bad URL fields). Connecting happens in the background: commands sent
+ * before the connection is up fail with SD_EDISCONNECTED, so callers that need it wait for the
+ * state callback or use sd_aredis_wait_connected(). The URL is copied.
+ */
+int sd_aredis_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts *opts,
+                  sd_aredis **out);
+
+/* Sets the state callback (may be NULL). */
+void sd_aredis_set_state_cb(sd_aredis *r, sd_aredis_state_cb *cb, void *privdata);
+
+/* Runs the loop until the connection is up or timeout_ms passes. Returns 0 or SD_ETIMEDOUT.
+ * For start-up code and tests only: it runs the whole loop. */
+int sd_aredis_wait_connected(sd_aredis *r, int timeout_ms);
+
+/* Non-zero while the connection is up (connected and authenticated). */
+int sd_aredis_is_connected(const sd_aredis *r);
+
+/*
+ * Sends one command with a deadline of timeout_ms (0 = the connection's default). Returns 0 when
+ * accepted: the callback then runs exactly once, later, never from inside this call. Returns
+ * SD_EDISCONNECTED or SD_ECLOSED when not accepted: the callback never runs.
+ */
+int sd_aredis_command(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms,
+                      const char *fmt, ...);
+int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms, int argc,
+                       const char **argv, const size_t *argvlen);
+
+/* Runs a script asynchronously: EVALSHA, and on NOSCRIPT once more with EVAL (within the same
+ * deadline). Same contract as sd_aredis_command. */
+int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *privdata,
+                     int timeout_ms, int nkeys, int argc, const char **argv,
+                     const size_t *argvlen);
+
+/* Number of commands sent and not yet answered or expired. */
+size_t sd_aredis_pending(const sd_aredis *r);
+
+/*
+ * Closes the connection: every pending command's callback runs with SD_ECLOSED (from inside
+ * this call), no new command is accepted, and the memory is freed once libuv has closed the
+ * handles (run the loop afterwards). NULL is a no-op.
+ */
+void sd_aredis_free(sd_aredis *r);
+
+/* ---- Choosing a Redis ----------------------------------------------------------------------- */
+
+struct sd_redis_server;
+
+/*
+ * The rule every command, test and benchmark follows: use `flag_url` (from --redis) if given,
+ * else the REDIS_URL environment variable, else start a private redis-server (see
+ * redis_server.h) whose handle is stored in *server_out (stop it with sd_redis_server_stop at
+ * exit). Writes the chosen URL into *url and prints one line naming it to stderr (password
+ * hidden). Returns 0, SD_EPARSE (bad URL, message printed) or the launcher's error.
+ */
+int sd_redis_resolve(const char *flag_url, sd_redis_url *url,
+                     struct sd_redis_server **server_out);
+
+#endif

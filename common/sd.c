@@ -1,0 +1,150 @@
+/*
+ * sd.c - checked allocation, clocks, logging and number parsing (see sd.h).
+ */
+#include "sd.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *sd_strerror(int code) {
+    switch (code) {
+    case 0:
+        return "ok";
+    case SD_EREDIS:
+        return "Redis error reply";
+    case SD_ETIMEDOUT:
+        return "deadline exceeded";
+    case SD_EDISCONNECTED:
+        return "not connected to Redis";
+    case SD_EPARSE:
+        return "invalid input";
+    case SD_ECLOSED:
+        return "closed";
+    default:
+        return code < 0 && code > -4096 ? strerror(-code) : "unknown error";
+    }
+}
+
+static void oom(size_t size) {
+    fprintf(stderr, "fatal: out of memory allocating %zu bytes\n", size);
+    abort();
+}
+
+void *sd_xmalloc(size_t size) {
+    void *p = malloc(size ? size : 1);
+    if (p == NULL)
+        oom(size);
+    return p;
+}
+
+void *sd_xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (p == NULL)
+        oom(n * size);
+    return p;
+}
+
+void *sd_xrealloc(void *ptr, size_t size) {
+    void *p = realloc(ptr, size ? size : 1);
+    if (p == NULL)
+        oom(size);
+    return p;
+}
+
+char *sd_xstrdup(const char *s) {
+    return sd_xstrndup(s, strlen(s));
+}
+
+char *sd_xstrndup(const char *s, size_t n) {
+    char *p = sd_xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *sd_xasprintf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        oom(strlen(fmt));
+    return s;
+}
+
+uint64_t sd_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t sd_now_ms(void) {
+    return sd_now_ns() / 1000000u;
+}
+
+static int log_threshold(void) {
+    static int threshold = -1;
+    if (threshold < 0) {
+        const char *v = getenv("SD_LOG_LEVEL");
+        threshold = SD_LOG_INFO;
+        if (v && strcmp(v, "debug") == 0)
+            threshold = SD_LOG_DEBUG;
+        else if (v && strcmp(v, "warn") == 0)
+            threshold = SD_LOG_WARN;
+        else if (v && strcmp(v, "error") == 0)
+            threshold = SD_LOG_ERROR;
+    }
+    return threshold;
+}
+
+void sd_log(int level, const char *event, const char *fields, ...) {
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    if (level < log_threshold())
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char line[1024];
+    int n = snprintf(line, sizeof line, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s event=%s",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000000, names[level], event);
+    if (fields && n > 0 && (size_t)n < sizeof line - 1) {
+        line[n++] = ' ';
+        va_list ap;
+        va_start(ap, fields);
+        vsnprintf(line + n, sizeof line - (size_t)n, fields, ap);
+        va_end(ap);
+    }
+    /* One write per line, so lines from several threads or processes do not interleave. */
+    fprintf(stderr, "%s\n", line);
+}
+
+int sd_parse_ll(const char *s, long long min, long long max, long long *out) {
+    if (s == NULL || *s == '\0')
+        return SD_EPARSE;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return SD_EPARSE;
+    *out = v;
+    return 0;
+}
+
+int sd_parse_double(const char *s, double min, double max, double *out) {
+    if (s == NULL || *s == '\0')
+        return SD_EPARSE;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || *end != '\0' || !isfinite(v) || v < min || v > max)
+        return SD_EPARSE;
+    *out = v;
+    return 0;
+}

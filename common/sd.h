@@ -1,0 +1,59 @@
+/*
+ * sd.h - the small utilities every component shares: checked allocation, clocks, structured
+ * logging and the error codes of common/.
+ *
+ * Out-of-memory is not an error any caller here can handle usefully, so the sd_x* allocators
+ * abort with a message instead of returning NULL. That keeps call sites readable.
+ */
+#ifndef SD_H
+#define SD_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes of common/ (negative, below -errno's range). Functions return 0 or one of these
+ * (or a negative errno value); sd_strerror() names either kind. */
+enum {
+    SD_EREDIS = -10001,        /* Redis replied with an error, or the reply had the wrong type */
+    SD_ETIMEDOUT = -10002,     /* the deadline passed before the reply arrived */
+    SD_EDISCONNECTED = -10003, /* the connection is down (a reconnect may be pending) */
+    SD_EPARSE = -10004,        /* input could not be parsed */
+    SD_ECLOSED = -10005,       /* the object is closing; no new work is accepted */
+};
+
+/* Returns a static description of a code returned by any sd_ function (or of -errno). */
+const char *sd_strerror(int code);
+
+/* Allocation that never returns NULL: on failure it prints a message and aborts. */
+void *sd_xmalloc(size_t size);
+void *sd_xcalloc(size_t n, size_t size);
+void *sd_xrealloc(void *ptr, size_t size);
+char *sd_xstrdup(const char *s);
+char *sd_xstrndup(const char *s, size_t n);
+/* Like asprintf(), aborting on out-of-memory. The caller frees the result. */
+char *sd_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Monotonic time (CLOCK_MONOTONIC), for local timing only: never for shared decisions. */
+uint64_t sd_now_ns(void);
+uint64_t sd_now_ms(void);
+
+/* Log levels for sd_log(). SD_LOG_LEVEL in the environment (debug|info|warn|error) sets the
+ * threshold; the default is info. */
+enum { SD_LOG_DEBUG, SD_LOG_INFO, SD_LOG_WARN, SD_LOG_ERROR };
+
+/*
+ * Writes one structured line to stderr in logfmt:
+ *   ts=2026-11-22T19:30:00.123Z level=info event=redis.connected addr=127.0.0.1:6379
+ * `fields` is a printf format producing the rest of the line (key=value pairs), or NULL.
+ * Never pass a secret (password, signing key) in the fields.
+ */
+void sd_log(int level, const char *event, const char *fields, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Parses a whole decimal string into a long long within [min, max]. Returns 0 or SD_EPARSE. */
+int sd_parse_ll(const char *s, long long min, long long max, long long *out);
+/* Parses a whole decimal floating-point string (no inf/nan) within [min, max]. */
+int sd_parse_double(const char *s, double min, double max, double *out);
+
+#endif
