@@ -31,6 +31,10 @@ enum {
     BENCH_ERR_KINDS = 8
 };
 
+/* The name of an error kind in tables and JSON: "timeout", "connect", "status", "other", and
+ * "kind5".."kind7" for a scenario's own kinds ("ok" for BENCH_OK). */
+const char *bench_err_kind_name(int kind);
+
 /* Completion of one operation: token is the value issue() received; err is BENCH_OK or a kind. */
 typedef void bench_done_fn(void *token, int err);
 
@@ -58,8 +62,8 @@ typedef struct bench_result {
     double target_rate;   /* 0 for closed loop */
     double achieved_rate; /* completed operations per second over the measured time */
     double duration_s;
-    uint64_t count;       /* completed operations in the measured time (success + error) */
-    uint64_t errors;      /* of count, how many failed */
+    uint64_t count;  /* completed operations in the measured time (success + error) */
+    uint64_t errors; /* of count, how many failed */
     uint64_t errors_by_kind[BENCH_ERR_KINDS];
     hdr_histogram *latency;     /* corrected: from intended start (= actual start, closed loop) */
     hdr_histogram *uncorrected; /* from actual start */

@@ -22,6 +22,7 @@
 #define SD_REDIS_H
 
 #include <hiredis/hiredis.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -106,6 +107,7 @@ void sd_redis_free(sd_redis *r);
  * with SD_EDISCONNECTED.
  */
 redisReply *sd_redis_command(sd_redis *r, int *err, const char *fmt, ...);
+redisReply *sd_redis_vcommand(sd_redis *r, int *err, const char *fmt, va_list ap);
 redisReply *sd_redis_commandv(sd_redis *r, int *err, int argc, const char **argv,
                               const size_t *argvlen);
 
@@ -176,8 +178,7 @@ int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeo
 /* Runs a script asynchronously: EVALSHA, and on NOSCRIPT once more with EVAL (within the same
  * deadline). Same contract as sd_aredis_command. */
 int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *privdata,
-                     int timeout_ms, int nkeys, int argc, const char **argv,
-                     const size_t *argvlen);
+                     int timeout_ms, int nkeys, int argc, const char **argv, const size_t *argvlen);
 
 /* Number of commands sent and not yet answered or expired. */
 size_t sd_aredis_pending(const sd_aredis *r);
@@ -200,7 +201,6 @@ struct sd_redis_server;
  * exit). Writes the chosen URL into *url and prints one line naming it to stderr (password
  * hidden). Returns 0, SD_EPARSE (bad URL, message printed) or the launcher's error.
  */
-int sd_redis_resolve(const char *flag_url, sd_redis_url *url,
-                     struct sd_redis_server **server_out);
+int sd_redis_resolve(const char *flag_url, sd_redis_url *url, struct sd_redis_server **server_out);
 
 #endif

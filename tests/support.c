@@ -1,1 +1,257 @@
-/* placeholder: being written */
+/*
+ * support.c - helpers shared by the Criterion suites (see support.h).
+ */
+#include "support.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sd.h"
+
+sd_redis_server *test_redis_start(const char *appendfsync) {
+    sd_redis_server_opts opts = {.appendfsync = appendfsync};
+    sd_redis_server *s = NULL;
+    int rc = sd_redis_server_start(&opts, &s);
+    cr_assert_eq(rc, 0, "cannot start redis-server: %s", sd_strerror(rc));
+    return s;
+}
+
+sd_redis *test_redis_connect(const char *url) {
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = 2000;
+    sd_redis *r = NULL;
+    int rc = sd_redis_connect(&u, &opts, &r);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(rc, 0, "cannot connect to %s: %s", url, sd_strerror(rc));
+    return r;
+}
+
+long long test_redis_int(sd_redis *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int err = 0;
+    redisReply *reply = sd_redis_vcommand(r, &err, fmt, ap);
+    va_end(ap);
+    cr_assert_not_null(reply, "redis: %s (%s)", sd_strerror(err), sd_redis_errstr(r));
+    cr_assert_eq(reply->type, REDIS_REPLY_INTEGER,
+                 "expected an integer reply to %s, got type %d%s%s", fmt, reply->type,
+                 reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    long long v = reply->integer;
+    freeReplyObject(reply);
+    return v;
+}
+
+char *test_bin_path(const char *name) {
+    return sd_xasprintf("%s/%s", SD_BIN_DIR, name);
+}
+
+pid_t test_spawn(const char *const argv[], const char *const env[], int *stdout_fd) {
+    int fds[2] = {-1, -1};
+    if (stdout_fd)
+        cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
+    char *path = test_bin_path(argv[0]);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        if (stdout_fd) {
+            dup2(fds[1], 1);
+        } else {
+            int devnull = open("/dev/null", O_WRONLY);
+            dup2(devnull, 1);
+        }
+        for (const char *const *e = env; e && *e; e++)
+            putenv((char *)*e);
+        execv(path, (char *const *)argv);
+        dprintf(2, "test_spawn: cannot run %s: %s\n", path, strerror(errno));
+        _exit(127);
+    }
+    free(path);
+    if (stdout_fd) {
+        close(fds[1]);
+        *stdout_fd = fds[0];
+    }
+    return pid;
+}
+
+int test_read_line(int fd, char *buf, size_t len, int timeout_ms) {
+    size_t n = 0;
+    uint64_t deadline = sd_now_ms() + (uint64_t)timeout_ms;
+    while (n + 1 < len) {
+        uint64_t now = sd_now_ms();
+        if (now >= deadline)
+            return -1;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = poll(&p, 1, (int)(deadline - now));
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0)
+            return -1;
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        if (c == '\n')
+            break;
+        buf[n++] = c;
+    }
+    buf[n] = '\0';
+    return (int)n;
+}
+
+int test_kill_wait(pid_t pid, int sig) {
+    kill(pid, sig);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return status;
+}
+
+int test_wait_exit(pid_t pid, int timeout_ms) {
+    uint64_t deadline = sd_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        if (r < 0 || sd_now_ms() >= deadline)
+            return -1;
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int test_tcp_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect to port %d: %s", port,
+                 strerror(errno));
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+void test_write_all(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        cr_assert_gt(n, 0, "write: %s", strerror(errno));
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Reads exactly one byte; returns 1, or 0 on EOF / error / timeout. */
+static int read_byte(int fd, char *c) {
+    for (;;) {
+        ssize_t r = recv(fd, c, 1, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        return r == 1;
+    }
+}
+
+int test_http_read_response(int fd, char *buf, size_t len, const char **body) {
+    /* The header is read a byte at a time so that nothing past this response is consumed:
+     * tests read pipelined responses one call each. */
+    size_t n = 0;
+    while (n < 4 || memcmp(buf + n - 4, "\r\n\r\n", 4) != 0) {
+        if (n + 1 >= len || !read_byte(fd, buf + n))
+            return -1;
+        n++;
+    }
+    buf[n] = '\0';
+    long content_length = 0;
+    for (const char *p = buf; *p; p++) {
+        if ((p == buf || p[-1] == '\n') && strncasecmp(p, "content-length:", 15) == 0) {
+            content_length = strtol(p + 15, NULL, 10);
+            break;
+        }
+    }
+    size_t hlen = n;
+    if (content_length < 0 || hlen + (size_t)content_length + 1 > len)
+        return -1;
+    while (n < hlen + (size_t)content_length) {
+        ssize_t r = recv(fd, buf + n, hlen + (size_t)content_length - n, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    if (body)
+        *body = buf + hlen;
+    int status = -1;
+    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+        return -1;
+    return status;
+}
+
+int test_http_exchange(int port, const char *request, char *buf, size_t len, const char **body) {
+    int fd = test_tcp_connect(port);
+    test_write_all(fd, request, strlen(request));
+    int status = test_http_read_response(fd, buf, len, body);
+    close(fd);
+    return status;
+}
+
+int test_count_processes(const char *needle) {
+    DIR *d = opendir("/proc");
+    cr_assert_not_null(d);
+    int count = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char path[300], cmd[512];
+        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, cmd, sizeof cmd - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        for (ssize_t i = 0; i < n; i++)
+            if (cmd[i] == '\0')
+                cmd[i] = ' ';
+        cmd[n] = '\0';
+        /* A zombie has an empty cmdline and is skipped above. */
+        if (strstr(cmd, needle))
+            count++;
+    }
+    closedir(d);
+    return count;
+}

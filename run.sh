@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The project's two set-up commands (see README.md):
+#   ./run.sh bench [bench run arguments...]   build, then benchmark every component
+#   ./run.sh test                             build (normal + sanitizers), then run every test
+# Both install the Debian packages they need when they are missing (as root; otherwise they
+# print the exact apt-get command and stop). A second run reinstalls nothing and rebuilds only
+# what changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PACKAGES=(build-essential cmake pkg-config git libhiredis-dev libuv1-dev libcriterion-dev
+          redis-server libhttp-parser-dev libcurl4-openssl-dev libjansson-dev libssl-dev)
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+usage() {
+    cat <<USAGE
+usage: ./run.sh bench [SCENARIO-PREFIX...] [bench run options]
+       ./run.sh test
+       ./run.sh build
+
+  bench   builds (build/) and runs build/bin/bench run: every component's benchmark against a
+          private redis-server (or REDIS_URL). Extra arguments go to 'bench run'.
+  test    builds build/ and build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer) and
+          runs every Criterion suite in both; fails on any sanitizer report or leaked
+          redis-server process.
+  build   only builds build/.
+USAGE
+}
+
+install_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing packages: ${missing[*]}" >&2
+        echo "run as root:  apt-get update && apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "installing: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# build DIR [cmake options...]: configure once, then build incrementally.
+build() {
+    local dir=$1
+    shift
+    if [ ! -f "$dir/CMakeCache.txt" ]; then
+        cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+    fi
+    cmake --build "$dir" -j"$JOBS"
+}
+
+# run_suites DIR LABEL: runs every suite of one build with CTest, keeping the output for the
+# sanitizer scan. Criterion does not fail a test for a LeakSanitizer report (the report comes
+# after the test's result), so the log is searched for sanitizer reports afterwards.
+run_suites() {
+    local dir=$1 label=$2 log="$1/test-output.log"
+    echo "== $label: running the test suites" >&2
+    local rc=0
+    ctest --test-dir "$dir" --output-on-failure -j"$JOBS" 2>&1 | tee "$log" || rc=$?
+    # CTest keeps every suite's full output, passing or not, in LastTest.log.
+    if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$dir"/Testing/Temporary/LastTest.log "$log" 2>/dev/null; then
+        echo "$label: sanitizer reports found:" >&2
+        grep -hE -A12 "ERROR: (Address|Leak)Sanitizer|runtime error:" \
+            "$dir"/Testing/Temporary/LastTest.log "$log" | head -80 >&2
+        rc=1
+    fi
+    return $rc
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+bench)
+    install_packages
+    build build
+    exec build/bin/bench run "$@"
+    ;;
+build)
+    install_packages
+    build build
+    ;;
+test)
+    install_packages
+    before=$(pgrep -x redis-server | sort || true)
+    build build
+    build build-asan -DSD_SANITIZE=ON
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    rc=0
+    run_suites build "normal build" || rc=1
+    run_suites build-asan "sanitizer build (ASan + UBSan + LSan)" || rc=1
+    # Every suite starts and stops its own servers: none may outlive the run. A janitor reaps
+    # servers whose owner crashed, so give it a moment before judging.
+    for _ in $(seq 50); do
+        after=$(pgrep -x redis-server | sort || true)
+        leftover=$(comm -13 <(echo "$before") <(echo "$after") | grep . || true)
+        [ -z "$leftover" ] && break
+        sleep 0.1
+    done
+    if [ -n "$leftover" ]; then
+        echo "redis-server processes left behind by the tests: $leftover" >&2
+        rc=1
+    fi
+    if [ $rc -eq 0 ]; then
+        echo "all test suites passed in both builds" >&2
+    fi
+    exit $rc
+    ;;
+-h | --help | help)
+    usage
+    ;;
+*)
+    usage >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,315 @@
+/*
+ * test_redis.c - the sync and async connections against a real redis-server: AUTH and SELECT,
+ * scripts surviving SCRIPT FLUSH, deadlines against a paused server, and reconnecting after
+ * the server is restarted.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+
+#include "sd.h"
+#include "support.h"
+
+static sd_redis_server *server;
+
+static void start(void) {
+    server = test_redis_start(NULL);
+}
+
+static void stop(void) {
+    sd_redis_server_stop(server);
+}
+
+TestSuite(redis, .init = start, .fini = stop);
+
+static sd_redis_url url_of(const char *text) {
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(text, &u, err, sizeof err), 0, "%s", err);
+    return u;
+}
+
+/* A script whose result shows it ran: INCR its key and return the new value. */
+static sd_script incr_script = {
+    .name = "test/incr",
+    .body = "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+    .len = sizeof "return redis.call('INCRBY', KEYS[1], ARGV[1])" - 1,
+};
+
+static void flush_scripts(void) {
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *reply = sd_redis_command(admin, NULL, "SCRIPT FLUSH");
+    cr_assert_not_null(reply);
+    freeReplyObject(reply);
+    sd_redis_free(admin);
+}
+
+Test(redis, sync_script_survives_script_flush) {
+    sd_redis *r = test_redis_connect(sd_redis_server_url(server));
+    const char *argv[] = {"k", "2"};
+    for (int round = 1; round <= 2; round++) {
+        int err = 0;
+        redisReply *reply = sd_redis_script(r, &err, &incr_script, 1, 2, argv, NULL);
+        cr_assert_not_null(reply, "round %d: %s", round, sd_strerror(err));
+        cr_assert_eq(reply->type, REDIS_REPLY_INTEGER, "round %d: %s", round,
+                     reply->type == REDIS_REPLY_ERROR ? reply->str : "not an integer");
+        cr_assert_eq(reply->integer, 2 * round);
+        freeReplyObject(reply);
+        flush_scripts();
+    }
+    sd_redis_free(r);
+}
+
+Test(redis, auth_and_select_on_connect) {
+    const char *args[] = {"--requirepass", "open-sesame", NULL};
+    sd_redis_server_opts opts = {.extra_args = args};
+    sd_redis_server *locked = NULL;
+    cr_assert_eq(sd_redis_server_start(&opts, &locked), 0);
+    char text[128];
+    snprintf(text, sizeof text, "redis://:open-sesame@127.0.0.1:%d/3",
+             sd_redis_server_port(locked));
+    sd_redis_url u = url_of(text);
+    sd_redis *r = NULL;
+    cr_assert_eq(sd_redis_connect(&u, NULL, &r), 0);
+    cr_assert_eq(test_redis_int(r, "INCR in-db-3"), 1);
+    redisReply *reply = sd_redis_command(r, NULL, "CLIENT INFO");
+    cr_assert_not_null(reply);
+    cr_assert(strstr(reply->str, " db=3 ") != NULL, "not on db 3: %s", reply->str);
+    freeReplyObject(reply);
+    sd_redis_free(r);
+
+    /* A wrong password is refused, and the error does not repeat it. */
+    snprintf(text, sizeof text, "redis://:wrong-guess@127.0.0.1:%d", sd_redis_server_port(locked));
+    sd_redis_url bad = url_of(text);
+    sd_redis *r2 = NULL;
+    cr_assert_eq(sd_redis_connect(&bad, NULL, &r2), SD_EREDIS);
+    cr_assert_null(r2);
+    sd_redis_url_clear(&bad);
+    sd_redis_url_clear(&u);
+    sd_redis_server_stop(locked);
+}
+
+Test(redis, sync_command_times_out_on_a_paused_server_then_recovers) {
+    sd_redis *r = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis_set_timeout(r, 100);
+    redisReply *reply = sd_redis_command(admin, NULL, "CLIENT PAUSE 600 ALL");
+    cr_assert_not_null(reply);
+    freeReplyObject(reply);
+
+    int err = 0;
+    cr_assert_null(sd_redis_command(r, &err, "GET x"));
+    cr_assert_eq(err, SD_ETIMEDOUT, "got %s", sd_strerror(err));
+
+    sd_redis_set_timeout(r, 3000);
+    /* The next command reconnects; it is answered once the pause ends. */
+    cr_assert_eq(test_redis_int(r, "INCR after-pause"), 1);
+    sd_redis_free(admin);
+    sd_redis_free(r);
+}
+
+Test(redis, sync_fails_fast_while_down_and_reconnects_after_restart) {
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.reconnect_min_ms = 20;
+    opts.reconnect_max_ms = 40;
+    sd_redis *r = NULL;
+    cr_assert_eq(sd_redis_connect(&u, &opts, &r), 0);
+    cr_assert_eq(test_redis_int(r, "INCR a"), 1);
+
+    sd_redis_server_halt(server);
+    int err = 0;
+    cr_assert_null(sd_redis_command(r, &err, "INCR a"));
+    cr_assert_eq(err, SD_EDISCONNECTED);
+    /* Within the backoff the call does not even try the network. */
+    cr_assert_null(sd_redis_command(r, &err, "INCR a"));
+    cr_assert_eq(err, SD_EDISCONNECTED);
+
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    redisReply *reply = NULL;
+    for (int i = 0; i < 200 && reply == NULL; i++) {
+        reply = sd_redis_command(r, &err, "INCR a");
+        if (!reply) {
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    cr_assert_not_null(reply, "never reconnected: %s", sd_strerror(err));
+    cr_assert_eq(reply->integer, 1, "a fresh server has no data");
+    freeReplyObject(reply);
+    sd_redis_free(r);
+    sd_redis_url_clear(&u);
+}
+
+Test(redis, pipeline_replies_in_order) {
+    sd_redis *r = test_redis_connect(sd_redis_server_url(server));
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(sd_redis_append(r, "INCR p"), 0);
+    for (int i = 1; i <= 10; i++) {
+        redisReply *reply = sd_redis_get_reply(r, NULL);
+        cr_assert_not_null(reply);
+        cr_assert_eq(reply->integer, i);
+        freeReplyObject(reply);
+    }
+    sd_redis_free(r);
+}
+
+/* ---- async ---- */
+
+struct calls {
+    int count;
+    int status;
+    long long integer;
+    int type;
+};
+
+static void record_cb(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    struct calls *c = privdata;
+    c->count++;
+    c->status = status;
+    if (reply) {
+        c->type = reply->type;
+        c->integer = reply->integer;
+    }
+}
+
+static sd_aredis *async_connect(uv_loop_t *loop, int reconnect_ms) {
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.reconnect_min_ms = reconnect_ms;
+    opts.reconnect_max_ms = reconnect_ms * 2;
+    sd_aredis *r = NULL;
+    cr_assert_eq(sd_aredis_new(loop, &u, &opts, &r), 0);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(sd_aredis_wait_connected(r, 5000), 0);
+    return r;
+}
+
+/* Runs the loop until *count reaches want (or 5 s pass). */
+static void run_until(uv_loop_t *loop, int *count, int want) {
+    uint64_t until = sd_now_ms() + 5000;
+    while (*count < want && sd_now_ms() < until)
+        uv_run(loop, UV_RUN_ONCE);
+}
+
+static void close_loop(uv_loop_t *loop, sd_aredis *r) {
+    sd_aredis_free(r);
+    uv_run(loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(loop), 0, "handles left open");
+}
+
+Test(redis, async_command_and_script_survive_script_flush) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    struct calls c = {0};
+    const char *argv[] = {"ak", "5"};
+    cr_assert_eq(sd_aredis_script(r, &incr_script, record_cb, &c, 1000, 1, 2, argv, NULL), 0);
+    run_until(&loop, &c.count, 1);
+    cr_assert_eq(c.count, 1);
+    cr_assert_eq(c.status, 0);
+    cr_assert_eq(c.integer, 5);
+
+    flush_scripts();
+    cr_assert_eq(sd_aredis_script(r, &incr_script, record_cb, &c, 1000, 1, 2, argv, NULL), 0);
+    run_until(&loop, &c.count, 2);
+    cr_assert_eq(c.count, 2);
+    cr_assert_eq(c.type, REDIS_REPLY_INTEGER, "NOSCRIPT was not recovered");
+    cr_assert_eq(c.integer, 10);
+    close_loop(&loop, r);
+}
+
+Test(redis, async_deadline_fires_once_against_a_paused_server) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *reply = sd_redis_command(admin, NULL, "CLIENT PAUSE 400 ALL");
+    cr_assert_not_null(reply);
+    freeReplyObject(reply);
+
+    struct calls late = {0}, patient = {0};
+    cr_assert_eq(sd_aredis_command(r, record_cb, &late, 30, "INCR d"), 0);
+    cr_assert_eq(sd_aredis_command(r, record_cb, &patient, 3000, "INCR d"), 0);
+    run_until(&loop, &late.count, 1);
+    cr_assert_eq(late.count, 1);
+    cr_assert_eq(late.status, SD_ETIMEDOUT);
+    cr_assert_eq(patient.count, 0, "the patient command expired with the short one");
+
+    /* After the pause both replies arrive; only the patient caller hears its own. */
+    run_until(&loop, &patient.count, 1);
+    cr_assert_eq(patient.count, 1);
+    cr_assert_eq(patient.status, 0);
+    cr_assert_eq(patient.integer, 2, "the timed-out INCR still ran on the server");
+    cr_assert_eq(late.count, 1, "a timed-out callback ran twice");
+    cr_assert_eq(sd_aredis_pending(r), 0);
+    sd_redis_free(admin);
+    close_loop(&loop, r);
+}
+
+struct states {
+    int ups, downs;
+};
+
+static void state_cb(sd_aredis *r, int connected, void *privdata) {
+    struct states *s = privdata;
+    if (connected)
+        s->ups++;
+    else
+        s->downs++;
+}
+
+Test(redis, async_reconnects_after_restart_and_refuses_while_down) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    struct states st = {0};
+    sd_aredis_set_state_cb(r, state_cb, &st);
+
+    struct calls inflight = {0};
+    sd_redis_server_signal(server, SIGSTOP);
+    cr_assert_eq(sd_aredis_command(r, record_cb, &inflight, 5000, "INCR r"), 0);
+    sd_redis_server_halt(server); /* continues it, then stops it: the connection drops */
+    run_until(&loop, &st.downs, 1);
+    cr_assert_eq(st.downs, 1);
+    cr_assert_eq(inflight.count, 1);
+    cr_assert_eq(inflight.status, SD_EDISCONNECTED);
+
+    struct calls refused = {0};
+    cr_assert_eq(sd_aredis_command(r, record_cb, &refused, 100, "INCR r"), SD_EDISCONNECTED);
+
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    run_until(&loop, &st.ups, 1);
+    cr_assert_eq(st.ups, 1, "did not reconnect");
+    struct calls after = {0};
+    cr_assert_eq(sd_aredis_command(r, record_cb, &after, 1000, "INCR r"), 0);
+    run_until(&loop, &after.count, 1);
+    cr_assert_eq(after.status, 0);
+    cr_assert_eq(after.integer, 1);
+    cr_assert_eq(refused.count, 0, "a refused command's callback ran");
+    close_loop(&loop, r);
+}
+
+Test(redis, async_free_answers_pending_commands_closed) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *reply = sd_redis_command(admin, NULL, "CLIENT PAUSE 300 ALL");
+    cr_assert_not_null(reply);
+    freeReplyObject(reply);
+    struct calls c[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(sd_aredis_command(r, record_cb, &c[i], 2000, "PING"), 0);
+    sd_aredis_free(r);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(c[i].count, 1);
+        cr_assert_eq(c[i].status, SD_ECLOSED);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    sd_redis_free(admin);
+}

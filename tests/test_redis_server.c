@@ -1,0 +1,162 @@
+/*
+ * test_redis_server.c - the embedded Redis: it starts and answers, stops without leftovers,
+ * survives a halt/restart with AOF, and leaves nothing behind when its owner is SIGKILLed.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sd.h"
+#include "support.h"
+
+static int dir_exists(const char *dir) {
+    struct stat st;
+    return stat(dir, &st) == 0;
+}
+
+static int process_alive(pid_t pid) {
+    /* A zombie still "exists" for kill(); look at its state instead. */
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *close_paren = strrchr(buf, ')');
+    return close_paren && close_paren[1] == ' ' && close_paren[2] != 'Z';
+}
+
+/* Polls cond up to 10 s: cleanup after a crash happens in other processes, with no event this
+ * process can wait on. */
+#define EVENTUALLY(cond)                                                                           \
+    do {                                                                                           \
+        uint64_t until_ = sd_now_ms() + 10000;                                                     \
+        while (!(cond) && sd_now_ms() < until_) {                                                  \
+            struct timespec ts_ = {0, 10000000};                                                   \
+            nanosleep(&ts_, NULL);                                                                 \
+        }                                                                                          \
+    } while (0)
+
+Test(redis_server, starts_answers_and_stops_without_leftovers) {
+    sd_redis_server *s = test_redis_start(NULL);
+    pid_t pid = sd_redis_server_pid(s);
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s", sd_redis_server_dir(s));
+    cr_assert_gt(sd_redis_server_port(s), 0);
+    cr_assert(dir_exists(dir));
+
+    sd_redis *r = test_redis_connect(sd_redis_server_url(s));
+    cr_assert_eq(test_redis_int(r, "INCRBY counter %d", 5), 5);
+    sd_redis_free(r);
+
+    cr_assert_eq(sd_redis_server_stop(s), 0);
+    cr_assert_not(process_alive(pid), "redis-server %d still running", (int)pid);
+    cr_assert_not(dir_exists(dir), "%s not removed", dir);
+}
+
+Test(redis_server, two_servers_get_different_ports) {
+    sd_redis_server *a = test_redis_start(NULL), *b = test_redis_start(NULL);
+    cr_assert_neq(sd_redis_server_port(a), sd_redis_server_port(b));
+    sd_redis_server_stop(a);
+    sd_redis_server_stop(b);
+}
+
+Test(redis_server, aof_data_survives_halt_and_restart_on_the_same_port) {
+    sd_redis_server *s = test_redis_start("always");
+    int port = sd_redis_server_port(s);
+    sd_redis *r = test_redis_connect(sd_redis_server_url(s));
+    cr_assert_eq(test_redis_int(r, "RPUSH jobs a b c"), 3);
+    sd_redis_free(r);
+
+    cr_assert_eq(sd_redis_server_halt(s), 0);
+    cr_assert_eq(sd_redis_server_pid(s), 0);
+    cr_assert_eq(sd_redis_server_restart(s), 0);
+    cr_assert_eq(sd_redis_server_port(s), port);
+
+    r = test_redis_connect(sd_redis_server_url(s));
+    cr_assert_eq(test_redis_int(r, "LLEN jobs"), 3, "the AOF was not replayed");
+    sd_redis_free(r);
+    sd_redis_server_stop(s);
+}
+
+Test(redis_server, nothing_is_left_when_the_owner_is_killed) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t owner = fork();
+    cr_assert_geq(owner, 0);
+    if (owner == 0) {
+        close(fds[0]);
+        sd_redis_server *s = NULL;
+        if (sd_redis_server_start(NULL, &s) != 0)
+            _exit(1);
+        dprintf(fds[1], "%d %s\n", (int)sd_redis_server_pid(s), sd_redis_server_dir(s));
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    char line[256];
+    cr_assert_geq(test_read_line(fds[0], line, sizeof line, 10000), 0, "owner did not start");
+    close(fds[0]);
+    int pid;
+    char dir[200];
+    cr_assert_eq(sscanf(line, "%d %199s", &pid, dir), 2);
+    cr_assert(process_alive(pid));
+
+    test_kill_wait(owner, SIGKILL);
+
+    EVENTUALLY(!process_alive(pid) && !dir_exists(dir));
+    cr_assert_not(process_alive(pid), "redis-server %d outlived its owner", pid);
+    cr_assert_not(dir_exists(dir), "%s outlived its owner", dir);
+}
+
+Test(redis_server, signal_and_halt_reap_a_crashed_server) {
+    sd_redis_server *s = test_redis_start(NULL);
+    pid_t pid = sd_redis_server_pid(s);
+    cr_assert_eq(sd_redis_server_signal(s, SIGKILL), 0);
+    cr_assert_eq(sd_redis_server_halt(s), 0);
+    cr_assert_not(process_alive(pid));
+    cr_assert_eq(sd_redis_server_signal(s, SIGTERM), -ESRCH);
+    cr_assert_eq(sd_redis_server_restart(s), 0);
+    sd_redis *r = test_redis_connect(sd_redis_server_url(s));
+    cr_assert_eq(test_redis_int(r, "DBSIZE"), 0);
+    sd_redis_free(r);
+    sd_redis_server_stop(s);
+}
+
+Test(redis_server, resolve_prefers_the_flag_then_redis_url) {
+    sd_redis_url u;
+    sd_redis_server *own = NULL;
+    setenv("REDIS_URL", "redis://10.1.2.3:7001", 1);
+    cr_assert_eq(sd_redis_resolve("redis://127.0.0.1:7002/1", &u, &own), 0);
+    cr_assert_null(own);
+    cr_assert_eq(u.port, 7002);
+    sd_redis_url_clear(&u);
+
+    cr_assert_eq(sd_redis_resolve(NULL, &u, &own), 0);
+    cr_assert_null(own);
+    cr_assert_str_eq(u.host, "10.1.2.3");
+    sd_redis_url_clear(&u);
+
+    setenv("REDIS_URL", "nonsense", 1);
+    cr_assert_eq(sd_redis_resolve(NULL, &u, &own), SD_EPARSE);
+}
+
+Test(redis_server, resolve_starts_a_private_server_when_nothing_is_given) {
+    unsetenv("REDIS_URL");
+    sd_redis_url u;
+    sd_redis_server *own = NULL;
+    cr_assert_eq(sd_redis_resolve(NULL, &u, &own), 0);
+    cr_assert_not_null(own);
+    cr_assert_eq(u.port, sd_redis_server_port(own));
+    sd_redis_url_clear(&u);
+    sd_redis_server_stop(own);
+}
