@@ -607,12 +607,36 @@ static void areq_finish(sd_aredis *r, struct areq *q, redisReply *reply, int sta
 
 static void arm_deadline(sd_aredis *r, uint64_t deadline_ns);
 
+static void schedule_reconnect(sd_aredis *r);
+
+/*
+ * Gives up on a connection whose oldest command has gone unanswered for connect_timeout_ms past
+ * its deadline: the server is frozen, or the network dropped without a reset. Without this,
+ * expired requests (which must wait for their replies) would pile up for as long as the silent
+ * connection lasted. Freeing the context answers the pending commands SD_EDISCONNECTED.
+ */
+static void drop_unresponsive(sd_aredis *r) {
+    sd_log(SD_LOG_WARN, "redis.unresponsive", "pending=%zu", r->npending);
+    redisAsyncContext *ac = r->ac;
+    int was_ready = r->state == AS_READY;
+    r->ac = NULL;
+    r->state = AS_WAITING; /* so on_disconnect leaves the reconnect to us */
+    redisAsyncFree(ac);
+    /* A caller's callback may have freed the connection meanwhile. */
+    if (r->state == AS_CLOSED)
+        return;
+    if (was_ready && r->state_cb)
+        r->state_cb(r, 0, r->state_privdata);
+    if (r->state != AS_CLOSED)
+        schedule_reconnect(r);
+}
+
 static void on_deadline(uv_timer_t *t) {
     sd_aredis *r = t->data;
     uint64_t now = sd_now_ns(), next = 0;
     r->armed_ns = 0;
-    /* Callbacks may send new commands (appended at the tail) or free the connection; walk with
-     * care: remember next before running a callback. */
+    /* Callbacks may send new commands (appended at the tail) or free the connection: remember
+     * the next request before running a callback, and stop if the connection was freed. */
     for (struct areq *q = r->head, *nx; q != NULL; q = nx) {
         nx = q->next;
         if (q->expired || q->internal)
@@ -624,6 +648,17 @@ static void on_deadline(uv_timer_t *t) {
         } else if (next == 0 || q->deadline_ns < next) {
             next = q->deadline_ns;
         }
+    }
+    /* The head is the oldest request; if it expired, watch how long its reply stays away. */
+    struct areq *oldest = r->head;
+    if (oldest && oldest->expired && r->ac) {
+        uint64_t give_up = oldest->deadline_ns + (uint64_t)r->opts.connect_timeout_ms * 1000000u;
+        if (give_up <= now) {
+            drop_unresponsive(r);
+            return;
+        }
+        if (next == 0 || give_up < next)
+            next = give_up;
     }
     if (next)
         arm_deadline(r, next);
@@ -732,7 +767,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     sd_log(SD_LOG_WARN, "redis.disconnected", "error=\"%s\"",
            status == REDIS_OK ? "closed" : ac->errstr);
     set_state(r, AS_WAITING);
-    schedule_reconnect(r);
+    if (r->state != AS_CLOSED) /* the state callback may free the connection */
+        schedule_reconnect(r);
 }
 
 /* Sends a handshake command (AUTH, SELECT). Returns 0 or -1. */

@@ -313,3 +313,39 @@ Test(redis, async_free_answers_pending_commands_closed) {
     cr_assert_eq(uv_loop_close(&loop), 0);
     sd_redis_free(admin);
 }
+
+Test(redis, async_gives_up_on_a_frozen_server_and_comes_back) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.connect_timeout_ms = 150;
+    opts.reconnect_min_ms = 20;
+    opts.reconnect_max_ms = 40;
+    sd_aredis *r = NULL;
+    cr_assert_eq(sd_aredis_new(&loop, &u, &opts, &r), 0);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(sd_aredis_wait_connected(r, 5000), 0);
+    struct states st = {0};
+    sd_aredis_set_state_cb(r, state_cb, &st);
+
+    sd_redis_server_signal(server, SIGSTOP);
+    struct calls c[5] = {{0}};
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(sd_aredis_command(r, record_cb, &c[i], 30, "INCR frozen"), 0);
+    run_until(&loop, &st.downs, 1);
+    cr_assert_eq(st.downs, 1, "a silent connection was kept forever");
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(c[i].count, 1);
+        cr_assert_eq(c[i].status, SD_ETIMEDOUT);
+    }
+    cr_assert_eq(sd_aredis_pending(r), 0);
+    struct calls refused = {0};
+    cr_assert_eq(sd_aredis_command(r, record_cb, &refused, 30, "PING"), SD_EDISCONNECTED);
+
+    sd_redis_server_signal(server, SIGCONT);
+    run_until(&loop, &st.ups, 1);
+    cr_assert_eq(st.ups, 1, "did not reconnect after the server woke up");
+    close_loop(&loop, r);
+}
