@@ -1,6 +1,8 @@
 # Turns text files (Lua scripts) into a C source file at build time:
-#   cmake -DOUT=gen.c -DNAMES="a;b" -DFILES="a.lua;b.lua" -P embed.cmake
+#   cmake -DOUT=gen.c -DNAMES="a|b" -DFILES="a.lua|b.lua" -P embed.cmake
 # Each file becomes `const char NAME[]` (NUL-terminated) and `const size_t NAME_len`.
+string(REPLACE "|" ";" FILES "${FILES}")
+string(REPLACE "|" ";" NAMES "${NAMES}")
 set(out "/* Generated from the Lua files next to the component's sources; do not edit. */\n")
 string(APPEND out "#include <stddef.h>\n")
 list(LENGTH FILES n)

@@ -61,7 +61,8 @@ sd_http_server *sd_http_server_new(uv_loop_t *loop, const sd_http_opts *opts);
 
 /*
  * Adds a route. method is "GET", "POST", ... or NULL for any method; path is matched exactly,
- * or as a prefix when it ends in '*' ("/v1/*"), or "*" for everything not matched otherwise.
+ * or as a prefix when it ends in '*' ("/v1/" then '*'), or "*" for everything not matched
+ * otherwise.
  * The first matching route in the order added wins; /healthz and /metrics are matched before
  * all routes. A path that matches a route with another method gets 405; no route gets 404.
  * Returns 0 or -EINVAL.
