@@ -1,2 +1,360 @@
+/*
+ * scenarios_ratelimit.c - the rate limiter's benchmarks.
+ *
+ *   ratelimit.<algorithm>.closed   50 checks in flight over 10,000 random keys at q=10, w=1: the
+ *                                  decisions/s one Redis sustains, and their latency; batching
+ *                                  and the deny cache on, as `ratelimit serve` runs them
+ *   ratelimit.gcra.unbatched       the same with one script call per check and no deny cache,
+ *                                  to show what batching buys
+ *   ratelimit.token-bucket.open    open loop at a fixed rate (40,000/s): latency at a load the
+ *                                  peer (rate-limiter-flexible) can barely reach
+ *   ratelimit.serve.closed         through `ratelimit serve` with the harness's HTTP client
+ *   ratelimit.frozen-redis         Redis frozen with SIGSTOP: how long decisions take when the
+ *                                  store never answers (deadline, then the circuit breaker)
+ *
+ * A decision counts as successful only when Redis (or the deny cache, which holds Redis's own
+ * denials) made it: a fallback decision is reported as a timeout error, so a saturated Redis
+ * cannot hide behind the fallback. The frozen-Redis scenario is the exception: measuring the
+ * fallback is its point. The Redis deadline in the throughput scenarios is 50 ms rather than the
+ * gateway's 5 ms, so that they measure what Redis sustains rather than how often it misses 5 ms.
+ *
+ * The same load from Node's rate-limiter-flexible is bench/peers/ratelimit-flexible.js; run both
+ * against one Redis with bench/peers/compare-ratelimit.sh.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "bench.h"
-const bench_scenario *const bench_scenarios_ratelimit[] = {NULL};
+#include "http_client.h"
+#include "ratelimit.h"
+#include "redis_server.h"
+#include "sd.h"
+
+#define KEYS 10000
+
+/* ---- In-process scenarios: the library on the harness's loop -------------------------------- */
+
+typedef struct rl_bench {
+    rl_limiter *limiter;
+    uint64_t rng;
+    int fallback_ok; /* count fallback decisions as successes (frozen Redis) */
+    sd_redis_server *frozen;
+    char keys[KEYS][16];
+} rl_bench;
+
+typedef struct rl_bench_op {
+    void *token;
+    bench_done_fn *done;
+    rl_bench *b;
+} rl_bench_op;
+
+/* xorshift64* (Marsaglia; Vigna): cheap and good enough to pick keys uniformly. */
+static uint64_t next_random(rl_bench *b) {
+    b->rng ^= b->rng >> 12;
+    b->rng ^= b->rng << 25;
+    b->rng ^= b->rng >> 27;
+    return b->rng * 2685821657736338717ULL;
+}
+
+static void on_decided(const rl_decision *d, void *udata) {
+    rl_bench_op *op = udata;
+    int from_redis = d->source == RL_SOURCE_REDIS || d->source == RL_SOURCE_DENY_CACHE;
+    op->done(op->token, from_redis || op->b->fallback_ok ? BENCH_OK : BENCH_ERR_TIMEOUT);
+    free(op);
+}
+
+static void issue_check(void *ctx, void *token, bench_done_fn *done) {
+    rl_bench *b = ctx;
+    rl_bench_op *op = sd_xmalloc(sizeof(*op));
+    op->token = token;
+    op->done = done;
+    op->b = b;
+    const char *key = b->keys[next_random(b) % KEYS];
+    if (rl_limiter_check(b->limiter, key, 1, on_decided, op) < 0) {
+        free(op);
+        done(token, BENCH_ERR_OTHER);
+    }
+}
+
+/* Sets up a limiter for algorithm a; batch = 0 sends one call per check, no deny cache. */
+static int setup_library(const bench_env *env, bench_target *target, rl_algorithm a, int batch,
+                         const char *url_text) {
+    sd_redis_url url;
+    char err[256];
+    int rc = sd_redis_url_parse(url_text, &url, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "ratelimit bench: %s\n", err);
+        return rc;
+    }
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = a;
+    snprintf(cfg.prefix, sizeof cfg.prefix, "rlbench:");
+    cfg.deadline_ms = 50;
+    if (!batch) {
+        cfg.max_batch = 1;
+        cfg.max_calls = 64;
+        cfg.deny_cache_entries = 0;
+    }
+    rl_config_add_policy(&cfg, "bench;q=10;w=1", err, sizeof err);
+    rl_bench *b = sd_xcalloc(1, sizeof(*b));
+    b->rng = 0x9E3779B97F4A7C15ULL;
+    for (int i = 0; i < KEYS; i++) {
+        snprintf(b->keys[i], sizeof b->keys[i], "user%d", i);
+    }
+    rc = rl_limiter_new(env->loop, &url, &cfg, &b->limiter);
+    sd_redis_url_clear(&url);
+    if (rc == 0 && rl_limiter_wait_connected(b->limiter, 2000) != 0) {
+        fprintf(stderr, "ratelimit bench: Redis at %s did not answer\n", url_text);
+        rl_limiter_free(b->limiter);
+        rc = SD_ETIMEDOUT;
+    }
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
+    target->ctx = b;
+    target->issue = issue_check;
+    return 0;
+}
+
+static void teardown_library(const bench_env *env, bench_target *target) {
+    rl_bench *b = target->ctx;
+    rl_stats s;
+    rl_limiter_stats(b->limiter, &s);
+    fprintf(stderr,
+            "ratelimit bench: %llu allowed, %llu denied (%llu by the deny cache), %llu script "
+            "calls for %llu checks (%.1f per call), %llu Redis errors\n",
+            (unsigned long long)s.allowed, (unsigned long long)s.denied,
+            (unsigned long long)s.deny_cache_hits, (unsigned long long)s.script_calls,
+            (unsigned long long)s.batched_checks,
+            s.script_calls ? (double)s.batched_checks / (double)s.script_calls : 0.0,
+            (unsigned long long)s.redis_errors);
+    rl_limiter_free(b->limiter);
+    for (int i = 0; i < 20; i++) {
+        uv_run(env->loop, UV_RUN_NOWAIT);
+    }
+    if (b->frozen) {
+        sd_redis_server_signal(b->frozen, SIGCONT);
+        sd_redis_server_stop(b->frozen);
+    }
+    free(b);
+    target->ctx = NULL;
+}
+
+static int setup_tb(const bench_env *env, bench_target *t) {
+    return setup_library(env, t, RL_TOKEN_BUCKET, 1, env->redis_url);
+}
+static int setup_gcra(const bench_env *env, bench_target *t) {
+    return setup_library(env, t, RL_GCRA, 1, env->redis_url);
+}
+static int setup_swl(const bench_env *env, bench_target *t) {
+    return setup_library(env, t, RL_SLIDING_WINDOW_LOG, 1, env->redis_url);
+}
+static int setup_swc(const bench_env *env, bench_target *t) {
+    return setup_library(env, t, RL_SLIDING_WINDOW_COUNTER, 1, env->redis_url);
+}
+static int setup_unbatched(const bench_env *env, bench_target *t) {
+    return setup_library(env, t, RL_GCRA, 0, env->redis_url);
+}
+
+/* A private Redis, frozen once the limiter is connected: every call would wait forever. */
+static int setup_frozen(const bench_env *env, bench_target *t) {
+    sd_redis_server *s = NULL;
+    int rc = sd_redis_server_start(NULL, &s);
+    if (rc < 0) {
+        return rc;
+    }
+    rc = setup_library(env, t, RL_GCRA, 1, sd_redis_server_url(s));
+    if (rc < 0) {
+        sd_redis_server_stop(s);
+        return rc;
+    }
+    rl_bench *b = t->ctx;
+    b->frozen = s;
+    b->fallback_ok = 1;
+    /* The gateway's own deadline, which this scenario is about. */
+    rl_limiter_free(b->limiter);
+    sd_redis_url url;
+    char err[160];
+    sd_redis_url_parse(sd_redis_server_url(s), &url, err, sizeof err);
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = RL_GCRA;
+    rl_config_add_policy(&cfg, "bench;q=10;w=1", err, sizeof err);
+    rc = rl_limiter_new(env->loop, &url, &cfg, &b->limiter);
+    sd_redis_url_clear(&url);
+    if (rc == 0) {
+        rc = rl_limiter_wait_connected(b->limiter, 2000);
+    }
+    if (rc == 0) {
+        rc = sd_redis_server_signal(s, SIGSTOP);
+    }
+    return rc;
+}
+
+/* ---- Through `ratelimit serve` ------------------------------------------------------------- */
+
+typedef struct rl_serve {
+    bench_target http;
+    pid_t pid;
+} rl_serve;
+
+/* 429 is a decision like 200: both count as answered. */
+static int classify_decision(int status, void *udata) {
+    return status == 200 || status == 429 ? BENCH_OK : BENCH_ERR_STATUS;
+}
+
+static void issue_http(void *ctx, void *token, bench_done_fn *done) {
+    rl_serve *s = ctx;
+    s->http.issue(s->http.ctx, token, done);
+}
+
+/* Starts bin_dir/ratelimit serve on a free port; returns its pid and port, or -1. */
+static pid_t spawn_gateway(const bench_env *env, int *port) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) {
+        return -1;
+    }
+    char *path = sd_xasprintf("%s/ratelimit", env->bin_dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        const char *argv[] = {
+            path,           "serve",    "--listen", "127.0.0.1:0", "--redis",
+            env->redis_url, "--prefix", "rlbench:", "--policy",    "gateway;q=1000000000;w=1",
+            "--algorithm",  "gcra",     NULL};
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    free(path);
+    close(fds[1]);
+    char line[128];
+    size_t n = 0;
+    struct pollfd p = {.fd = fds[0], .events = POLLIN};
+    while (n + 1 < sizeof line && poll(&p, 1, 5000) == 1) {
+        if (read(fds[0], line + n, 1) != 1 || line[n] == '\n') {
+            break;
+        }
+        n++;
+    }
+    line[n] = '\0';
+    close(fds[0]);
+    if (pid < 0 || sscanf(line, "127.0.0.1:%d", port) != 1) {
+        if (pid > 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        }
+        fprintf(stderr, "ratelimit bench: ratelimit serve did not start\n");
+        return -1;
+    }
+    return pid;
+}
+
+static int setup_serve(const bench_env *env, bench_target *target) {
+    rl_serve *s = sd_xcalloc(1, sizeof(*s));
+    int port;
+    s->pid = spawn_gateway(env, &port);
+    if (s->pid < 0) {
+        free(s);
+        return -ECHILD;
+    }
+    char url[64], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/resource", port);
+    const char *headers[] = {"X-Api-Key: bench-client", NULL};
+    bench_http_opts opts = {.headers = headers, .classify = classify_decision};
+    int rc = bench_http_target_new(env->loop, url, 50, &opts, &s->http, err, sizeof err);
+    if (rc == 0) {
+        rc = bench_http_target_wait_connected(&s->http, 5000, err, sizeof err);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "ratelimit bench: %s\n", err);
+        bench_http_target_free(&s->http);
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        free(s);
+        return rc;
+    }
+    target->ctx = s;
+    target->issue = issue_http;
+    return 0;
+}
+
+static void teardown_serve(const bench_env *env, bench_target *target) {
+    rl_serve *s = target->ctx;
+    bench_http_target_free(&s->http);
+    for (int i = 0; i < 20; i++) {
+        uv_run(env->loop, UV_RUN_NOWAIT);
+    }
+    kill(s->pid, SIGTERM);
+    waitpid(s->pid, NULL, 0);
+    free(s);
+    target->ctx = NULL;
+}
+
+/* ---- The registry --------------------------------------------------------------------------- */
+
+#define CLOSED(ident, alg, setup_fn)                                                               \
+    static const bench_scenario ident = {                                                          \
+        .name = "ratelimit." alg ".closed",                                                        \
+        .summary = alg ": 50 in flight, 10,000 keys, q=10 w=1, batched, deny cache",               \
+        .default_rate = 0,                                                                         \
+        .in_flight = 50,                                                                           \
+        .default_duration_s = 4,                                                                   \
+        .setup = setup_fn,                                                                         \
+        .teardown = teardown_library,                                                              \
+    }
+
+CLOSED(tb_closed, "token-bucket", setup_tb);
+CLOSED(gcra_closed, "gcra", setup_gcra);
+CLOSED(swl_closed, "sliding-window-log", setup_swl);
+CLOSED(swc_closed, "sliding-window-counter", setup_swc);
+
+static const bench_scenario gcra_unbatched = {
+    .name = "ratelimit.gcra.unbatched",
+    .summary = "gcra: 50 in flight, one script call per check, no deny cache",
+    .in_flight = 50,
+    .default_duration_s = 4,
+    .setup = setup_unbatched,
+    .teardown = teardown_library,
+};
+
+static const bench_scenario tb_open = {
+    .name = "ratelimit.token-bucket.open",
+    .summary = "token-bucket: open loop at 40,000 checks/s, 10,000 keys, q=10 w=1",
+    .default_rate = 40000,
+    .in_flight = 2000,
+    .default_duration_s = 4,
+    .setup = setup_tb,
+    .teardown = teardown_library,
+};
+
+static const bench_scenario serve_closed = {
+    .name = "ratelimit.serve.closed",
+    .summary = "GET through `ratelimit serve` (gcra), 50 connections, one key",
+    .in_flight = 50,
+    .default_duration_s = 4,
+    .setup = setup_serve,
+    .teardown = teardown_serve,
+};
+
+static const bench_scenario frozen = {
+    .name = "ratelimit.frozen-redis",
+    .summary = "Redis frozen (SIGSTOP): decision time with a 5 ms deadline and the breaker",
+    .in_flight = 50,
+    .default_duration_s = 3,
+    .setup = setup_frozen,
+    .teardown = teardown_library,
+};
+
+const bench_scenario *const bench_scenarios_ratelimit[] = {
+    &tb_closed, &gcra_closed,  &swl_closed, &swc_closed, &gcra_unbatched,
+    &tb_open,   &serve_closed, &frozen,     NULL,
+};

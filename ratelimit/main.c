@@ -1,1 +1,629 @@
-int main(void) { return 0; }
+/*
+ * main.c - the `ratelimit` command.
+ *
+ *   ratelimit serve --listen 127.0.0.1:PORT --policy 'NAME;q=Q;w=W' [...]
+ *       A gateway: every request except /healthz, /metrics and POST /v1/check is checked (cost 1)
+ *       against all policies, keyed by a header (default X-Api-Key) or else the client address,
+ *       and answered 200 (allowed) or 429 (denied, application/problem+json). Both carry the
+ *       RateLimit-Policy and RateLimit fields of draft-ietf-httpapi-ratelimit-headers-10; a 429
+ *       carries Retry-After in whole seconds, rounded up. POST /v1/check {"key": K, "cost": N}
+ *       answers the decision as JSON, for services written in other languages.
+ *   ratelimit check --policy ... --key K [--cost N]
+ *       One decision, printed as JSON.
+ *
+ * Exit status: 0 ok, 1 runtime failure, 2 usage error.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "ratelimit.h"
+#include "redis_server.h"
+#include "sd.h"
+
+/* The problem type of draft-ietf-httpapi-ratelimit-headers-10, section 5.1. */
+#define QUOTA_EXCEEDED "https://iana.org/assignments/http-problem-types#quota-exceeded"
+#define REDUCED_CAPACITY                                                                           \
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
+
+static const char usage_main[] =
+    "usage: ratelimit <command> [options]\n"
+    "\n"
+    "A distributed rate limiter over Redis (token bucket, GCRA, sliding windows).\n"
+    "\n"
+    "commands:\n"
+    "  serve   run the rate-limiting gateway (HTTP)\n"
+    "  check   make one decision and print it as JSON\n"
+    "\n"
+    "Run 'ratelimit <command> --help' for its options.\n";
+
+static const char usage_common[] =
+    "  --policy 'NAME;q=Q;w=W'  a quota of Q per W seconds (repeatable, at least one; all are\n"
+    "                           checked together and charged only if all allow)\n"
+    "  --algorithm NAME         token-bucket (default), gcra, sliding-window-log,\n"
+    "                           sliding-window-counter\n"
+    "  --redis URL              Redis to use (else REDIS_URL, else a private redis-server)\n"
+    "  --prefix TEXT            key prefix (default rl:)\n"
+    "  --deadline-ms N          every decision within N ms (default 5)\n"
+    "  --on-redis-error MODE    open, closed or local (default local: q/N in this process)\n"
+    "  --instances N            N for the local fallback (default 1)\n"
+    "  --breaker-failures N     consecutive Redis failures that open the breaker (default 3)\n"
+    "  --breaker-cooldown-ms N  time before probing Redis again (default 1000)\n"
+    "  --no-deny-cache          always ask Redis, even for a key already denied\n"
+    "  -h, --help               this help\n";
+
+static const char usage_serve[] =
+    "usage: ratelimit serve --listen HOST:PORT --policy 'NAME;q=Q;w=W' [options]\n"
+    "\n"
+    "Runs the gateway. Port 0 picks a free port and prints the address on stdout.\n"
+    "\n"
+    "options:\n"
+    "  --listen HOST:PORT       address to listen on (required)\n"
+    "  --key-header NAME        header that names the client (default X-Api-Key); without it\n"
+    "                           the client address is the key\n"
+    "  --max-batch N            checks decided per Redis script call (default 64)\n"
+    "  --cluster                batch only checks whose keys share a Redis Cluster slot\n";
+
+static const char usage_check[] =
+    "usage: ratelimit check --policy 'NAME;q=Q;w=W' --key KEY [--cost N] [options]\n"
+    "\n"
+    "Makes one decision and prints it as JSON. Exit status 0 whether allowed or denied; 1 if\n"
+    "Redis could not be asked (the fallback's decision is still printed).\n"
+    "\n"
+    "options:\n"
+    "  --key KEY                the client to check (required)\n"
+    "  --cost N                 units to take (default 1; 0 only looks)\n"
+    "  --json                   JSON output (the default and only format)\n";
+
+/* ---- Options -------------------------------------------------------------------------------- */
+
+typedef struct options {
+    rl_config cfg;
+    const char *redis;
+    const char *listen;
+    const char *key_header;
+    const char *key;
+    long long cost;
+} options;
+
+enum {
+    OPT_POLICY = 256,
+    OPT_ALGORITHM,
+    OPT_REDIS,
+    OPT_PREFIX,
+    OPT_DEADLINE,
+    OPT_ON_ERROR,
+    OPT_INSTANCES,
+    OPT_BREAKER_FAILURES,
+    OPT_BREAKER_COOLDOWN,
+    OPT_NO_DENY_CACHE,
+    OPT_LISTEN,
+    OPT_KEY_HEADER,
+    OPT_MAX_BATCH,
+    OPT_CLUSTER,
+    OPT_KEY,
+    OPT_COST,
+    OPT_JSON,
+};
+
+static int usage_error(const char *cmd, const char *msg) {
+    fprintf(stderr, "ratelimit %s: %s\nRun 'ratelimit %s --help' for usage.\n", cmd, msg, cmd);
+    return 2;
+}
+
+static int parse_int(const char *cmd, const char *name, const char *text, long long min,
+                     long long max, long long *out) {
+    if (sd_parse_ll(text, min, max, out) != 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s must be a whole number from %lld to %lld, not '%s'", name,
+                 min, max, text);
+        return usage_error(cmd, msg);
+    }
+    return 0;
+}
+
+/* Parses argv after the command name. Returns 0, 2 (usage error, reported) or -1 (help shown). */
+static int parse_options(const char *cmd, int argc, char **argv, options *o) {
+    static const struct option longopts[] = {
+        {"policy", required_argument, NULL, OPT_POLICY},
+        {"algorithm", required_argument, NULL, OPT_ALGORITHM},
+        {"redis", required_argument, NULL, OPT_REDIS},
+        {"prefix", required_argument, NULL, OPT_PREFIX},
+        {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
+        {"on-redis-error", required_argument, NULL, OPT_ON_ERROR},
+        {"instances", required_argument, NULL, OPT_INSTANCES},
+        {"breaker-failures", required_argument, NULL, OPT_BREAKER_FAILURES},
+        {"breaker-cooldown-ms", required_argument, NULL, OPT_BREAKER_COOLDOWN},
+        {"no-deny-cache", no_argument, NULL, OPT_NO_DENY_CACHE},
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"key-header", required_argument, NULL, OPT_KEY_HEADER},
+        {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
+        {"cluster", no_argument, NULL, OPT_CLUSTER},
+        {"key", required_argument, NULL, OPT_KEY},
+        {"cost", required_argument, NULL, OPT_COST},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int serve = strcmp(cmd, "serve") == 0;
+    rl_config_default(&o->cfg);
+    o->key_header = "X-Api-Key";
+    o->cost = 1;
+    char err[256];
+    long long v;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int rc = 0;
+        switch (c) {
+        case 'h':
+            printf("%s%s", serve ? usage_serve : usage_check, usage_common);
+            return -1;
+        case OPT_POLICY:
+            if (rl_config_add_policy(&o->cfg, optarg, err, sizeof(err)) != 0) {
+                return usage_error(cmd, err);
+            }
+            break;
+        case OPT_ALGORITHM:
+            if (rl_algorithm_parse(optarg, &o->cfg.algorithm) != 0) {
+                return usage_error(cmd, "--algorithm must be token-bucket, gcra, "
+                                        "sliding-window-log or sliding-window-counter");
+            }
+            break;
+        case OPT_REDIS:
+            o->redis = optarg;
+            break;
+        case OPT_PREFIX:
+            if (strlen(optarg) >= sizeof(o->cfg.prefix)) {
+                return usage_error(cmd, "--prefix is too long");
+            }
+            snprintf(o->cfg.prefix, sizeof(o->cfg.prefix), "%s", optarg);
+            break;
+        case OPT_DEADLINE:
+            rc = parse_int(cmd, "--deadline-ms", optarg, 1, 60000, &v);
+            o->cfg.deadline_ms = (int)v;
+            break;
+        case OPT_ON_ERROR:
+            if (rl_fail_mode_parse(optarg, &o->cfg.on_error) != 0) {
+                return usage_error(cmd, "--on-redis-error must be open, closed or local");
+            }
+            break;
+        case OPT_INSTANCES:
+            rc = parse_int(cmd, "--instances", optarg, 1, 100000, &v);
+            o->cfg.instances = (int)v;
+            break;
+        case OPT_BREAKER_FAILURES:
+            rc = parse_int(cmd, "--breaker-failures", optarg, 1, 1000000, &v);
+            o->cfg.breaker_failures = (int)v;
+            break;
+        case OPT_BREAKER_COOLDOWN:
+            rc = parse_int(cmd, "--breaker-cooldown-ms", optarg, 1, 3600000, &v);
+            o->cfg.breaker_cooldown_ms = (int)v;
+            break;
+        case OPT_NO_DENY_CACHE:
+            o->cfg.deny_cache_entries = 0;
+            break;
+        case OPT_LISTEN:
+            o->listen = optarg;
+            break;
+        case OPT_KEY_HEADER:
+            o->key_header = optarg;
+            break;
+        case OPT_MAX_BATCH:
+            rc = parse_int(cmd, "--max-batch", optarg, 1, 4096, &v);
+            o->cfg.max_batch = (int)v;
+            break;
+        case OPT_CLUSTER:
+            o->cfg.cluster = 1;
+            break;
+        case OPT_KEY:
+            o->key = optarg;
+            break;
+        case OPT_COST:
+            rc = parse_int(cmd, "--cost", optarg, 0, 9000000000LL, &o->cost);
+            break;
+        case OPT_JSON:
+            break;
+        default: {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "unknown or incomplete option '%s'", argv[optind - 1]);
+            return usage_error(cmd, msg);
+        }
+        }
+        if (rc) {
+            return rc;
+        }
+    }
+    if (optind < argc) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "unexpected argument '%s'", argv[optind]);
+        return usage_error(cmd, msg);
+    }
+    if (rl_config_validate(&o->cfg, err, sizeof(err)) != 0) {
+        return usage_error(cmd, o->cfg.npolicies == 0 ? "at least one --policy is required" : err);
+    }
+    if (serve && !o->listen) {
+        return usage_error(cmd, "--listen HOST:PORT is required");
+    }
+    if (!serve && (!o->key || strlen(o->key) == 0 || strlen(o->key) > RL_KEY_MAX)) {
+        return usage_error(cmd, "--key KEY is required (1 to 512 bytes)");
+    }
+    return 0;
+}
+
+/* ---- Decisions as JSON and as header fields -------------------------------------------------- */
+
+/* The policy a decision is reported for: the violated one, else the one with least left. */
+static int binding_policy(const rl_decision *d) {
+    int v = rl_decision_violated(d);
+    if (v >= 0) {
+        return v;
+    }
+    int best = 0;
+    for (size_t i = 1; i < d->npolicies; i++) {
+        if (d->policies[i].remaining < d->policies[best].remaining) {
+            best = (int)i;
+        }
+    }
+    return best;
+}
+
+static json_t *decision_json(const rl_config *cfg, const rl_decision *d) {
+    int b = binding_policy(d);
+    json_t *policies = json_array();
+    for (size_t i = 0; i < d->npolicies; i++) {
+        json_array_append_new(policies, json_pack("{s:s, s:I, s:I, s:I, s:I, s:b}", "name",
+                                                  cfg->policies[i].name, "quota",
+                                                  (json_int_t)cfg->policies[i].quota, "window_s",
+                                                  (json_int_t)cfg->policies[i].window_s,
+                                                  "remaining", (json_int_t)d->policies[i].remaining,
+                                                  "reset_ms", (json_int_t)d->policies[i].reset_ms,
+                                                  "violated", d->policies[i].violated));
+    }
+    return json_pack("{s:b, s:I, s:I, s:I, s:s, s:s, s:o}", "allowed", d->allowed, "remaining",
+                     (json_int_t)d->policies[b].remaining, "reset_ms",
+                     (json_int_t)d->policies[b].reset_ms, "retry_after_ms",
+                     (json_int_t)d->retry_after_ms, "policy", cfg->policies[b].name, "source",
+                     rl_source_name(d->source), "policies", policies);
+}
+
+/* Whole seconds, rounded up: the HTTP fields have no finer unit, and rounding down would send a
+ * client back too early. */
+static long long seconds_up(long long ms) {
+    return ms <= 0 ? 0 : (ms + 999) / 1000;
+}
+
+/*
+ * Adds RateLimit-Policy and RateLimit (Structured Field lists, RFC 8941) as in
+ * draft-ietf-httpapi-ratelimit-headers-10 sections 3 and 4:
+ *   RateLimit-Policy: "burst";q=100;w=60, "daily";q=1000;w=86400
+ *   RateLimit: "burst";r=42;t=17, "daily";r=958;t=87
+ * Policy names are restricted to characters that need no escaping in an sf-string. RateLimit is
+ * left out when a fallback could not know the remaining quota.
+ */
+static void add_ratelimit_fields(sd_http_req *req, const rl_config *cfg, const rl_decision *d) {
+    char policy[RL_MAX_POLICIES * 80] = "", limit[RL_MAX_POLICIES * 80] = "";
+    size_t pn = 0, ln = 0;
+    int known = 1;
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        const char *sep = i ? ", " : "";
+        pn += (size_t)snprintf(policy + pn, sizeof(policy) - pn, "%s\"%s\";q=%lld;w=%lld", sep,
+                               cfg->policies[i].name, cfg->policies[i].quota,
+                               cfg->policies[i].window_s);
+        if (d->policies[i].remaining < 0) {
+            known = 0;
+            continue;
+        }
+        ln += (size_t)snprintf(limit + ln, sizeof(limit) - ln, "%s\"%s\";r=%lld;t=%lld", sep,
+                               cfg->policies[i].name, d->policies[i].remaining,
+                               seconds_up(d->policies[i].reset_ms));
+    }
+    sd_http_req_add_header(req, "RateLimit-Policy", policy);
+    if (known) {
+        sd_http_req_add_header(req, "RateLimit", limit);
+    }
+}
+
+/* ---- serve ---------------------------------------------------------------------------------- */
+
+typedef struct gateway {
+    rl_limiter *limiter;
+    const rl_config *cfg;
+    const char *key_header;
+    sd_http_server *http;
+    uv_signal_t sigint, sigterm;
+} gateway;
+
+typedef struct pending {
+    gateway *gw;
+    sd_http_req *req;
+    int api; /* POST /v1/check: answer with the decision as JSON */
+} pending;
+
+static void respond_denied(sd_http_req *req, const rl_config *cfg, const rl_decision *d) {
+    char retry[32], detail[256];
+    if (d->retry_after_ms != RL_NEVER) {
+        snprintf(retry, sizeof(retry), "%lld", seconds_up(d->retry_after_ms));
+        sd_http_req_add_header(req, "Retry-After", retry);
+    }
+    if (d->source == RL_SOURCE_FAIL_CLOSED) {
+        sd_http_req_respond_problem(req, 503, REDUCED_CAPACITY, "Rate limiter unavailable",
+                                    "the rate limiter cannot reach its store and fails closed",
+                                    NULL);
+        return;
+    }
+    json_t *violated = json_array();
+    for (size_t i = 0; i < d->npolicies; i++) {
+        if (d->policies[i].violated) {
+            json_array_append_new(violated, json_string(cfg->policies[i].name));
+        }
+    }
+    const rl_policy *p = &cfg->policies[binding_policy(d)];
+    if (d->retry_after_ms == RL_NEVER) {
+        snprintf(detail, sizeof(detail),
+                 "policy '%s' allows %lld per %lld s: this request "
+                 "costs more and can never be allowed",
+                 p->name, p->quota, p->window_s);
+    } else {
+        snprintf(detail, sizeof(detail), "policy '%s' allows %lld per %lld s; retry in %lld ms",
+                 p->name, p->quota, p->window_s, d->retry_after_ms);
+    }
+    json_t *extra = json_pack("{s:o, s:s, s:I}", "violated-policies", violated, "policy", p->name,
+                              "retry_after_ms", (json_int_t)d->retry_after_ms);
+    sd_http_req_respond_problem(req, 429, QUOTA_EXCEEDED, "Quota exceeded", detail, extra);
+}
+
+static void on_decision(const rl_decision *d, void *udata) {
+    pending *p = udata;
+    const rl_config *cfg = p->gw->cfg;
+    add_ratelimit_fields(p->req, cfg, d);
+    if (p->api) {
+        sd_http_req_respond_json(p->req, 200, decision_json(cfg, d));
+    } else if (d->allowed) {
+        sd_http_req_respond_json(p->req, 200, json_pack("{s:b}", "allowed", 1));
+    } else {
+        respond_denied(p->req, cfg, d);
+    }
+    free(p);
+}
+
+static void check_async(gateway *gw, sd_http_req *req, const char *key, long long cost, int api) {
+    pending *p = sd_xmalloc(sizeof(*p));
+    p->gw = gw;
+    p->req = req;
+    p->api = api;
+    int rc = rl_limiter_check(gw->limiter, key, cost, on_decision, p);
+    if (rc < 0) {
+        free(p);
+        if (rc == RL_EARG) {
+            sd_http_req_respond_problem(req, 400, "about:blank", "Bad Request",
+                                        "the key must have 1 to 512 bytes", NULL);
+        } else {
+            sd_http_req_respond_problem(req, 503, "about:blank", "Service Unavailable",
+                                        "the server is stopping", NULL);
+        }
+    }
+}
+
+static void on_gateway(sd_http_req *req, void *udata) {
+    gateway *gw = udata;
+    const char *key = sd_http_req_header(req, gw->key_header);
+    if (!key || !*key) {
+        key = sd_http_req_peer(req);
+    }
+    check_async(gw, req, key, 1, 0);
+}
+
+static void on_api_check(sd_http_req *req, void *udata) {
+    gateway *gw = udata;
+    size_t len;
+    const char *body = sd_http_req_body(req, &len);
+    json_error_t jerr;
+    json_t *j = json_loadb(body, len, 0, &jerr);
+    json_t *key = j ? json_object_get(j, "key") : NULL;
+    json_t *cost = j ? json_object_get(j, "cost") : NULL;
+    const char *problem = NULL;
+    if (!j || !json_is_object(j)) {
+        problem = "the body must be a JSON object {\"key\": \"...\", \"cost\": N}";
+    } else if (!json_is_string(key) || json_string_length(key) == 0 ||
+               json_string_length(key) > RL_KEY_MAX || strlen(json_string_value(key)) == 0) {
+        problem = "\"key\" must be a string of 1 to 512 bytes";
+    } else if (cost && (!json_is_integer(cost) || json_integer_value(cost) < 0)) {
+        problem = "\"cost\" must be a whole number >= 0 (default 1)";
+    }
+    if (problem) {
+        sd_http_req_respond_problem(req, 400, "about:blank", "Bad Request", problem, NULL);
+    } else {
+        long long c = cost ? (long long)json_integer_value(cost) : 1;
+        check_async(gw, req, json_string_value(key), c, 1);
+    }
+    json_decref(j);
+}
+
+static void on_metrics(sd_http_buf *buf, void *udata) {
+    gateway *gw = udata;
+    rl_stats s;
+    rl_limiter_stats(gw->limiter, &s);
+    const rl_config *cfg = gw->cfg;
+    sd_http_buf_printf(buf, "# HELP ratelimit_decisions_total Decisions by policy and outcome "
+                            "(a denial counts for the policies it violated).\n"
+                            "# TYPE ratelimit_decisions_total counter\n");
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        sd_http_buf_printf(buf,
+                           "ratelimit_decisions_total{policy=\"%s\",outcome=\"allowed\"} %llu\n"
+                           "ratelimit_decisions_total{policy=\"%s\",outcome=\"denied\"} %llu\n",
+                           cfg->policies[i].name, (unsigned long long)s.policy_allowed[i],
+                           cfg->policies[i].name, (unsigned long long)s.policy_denied[i]);
+    }
+    sd_http_buf_printf(buf, "# HELP ratelimit_decisions_by_source_total Decisions by who made "
+                            "them.\n# TYPE ratelimit_decisions_by_source_total counter\n");
+    for (int i = 0; i < RL_SOURCE_COUNT; i++) {
+        sd_http_buf_printf(buf, "ratelimit_decisions_by_source_total{source=\"%s\"} %llu\n",
+                           rl_source_name((rl_source)i), (unsigned long long)s.by_source[i]);
+    }
+    unsigned long long fallback = s.by_source[RL_SOURCE_FAIL_OPEN] +
+                                  s.by_source[RL_SOURCE_FAIL_CLOSED] + s.by_source[RL_SOURCE_LOCAL];
+    sd_http_buf_printf(
+        buf,
+        "# HELP ratelimit_redis_errors_total Checks Redis did not answer (timeout, no connection, "
+        "error).\n"
+        "# TYPE ratelimit_redis_errors_total counter\n"
+        "ratelimit_redis_errors_total %llu\n"
+        "# HELP ratelimit_fallback_decisions_total Decisions made without Redis.\n"
+        "# TYPE ratelimit_fallback_decisions_total counter\n"
+        "ratelimit_fallback_decisions_total %llu\n"
+        "# HELP ratelimit_deny_cache_hits_total Denials answered by the local deny cache.\n"
+        "# TYPE ratelimit_deny_cache_hits_total counter\n"
+        "ratelimit_deny_cache_hits_total %llu\n"
+        "# HELP ratelimit_script_calls_total Script calls sent to Redis.\n"
+        "# TYPE ratelimit_script_calls_total counter\n"
+        "ratelimit_script_calls_total %llu\n"
+        "# HELP ratelimit_batched_checks_total Checks decided by those calls.\n"
+        "# TYPE ratelimit_batched_checks_total counter\n"
+        "ratelimit_batched_checks_total %llu\n"
+        "# HELP ratelimit_breaker_open 1 while the circuit breaker is open or probing.\n"
+        "# TYPE ratelimit_breaker_open gauge\n"
+        "ratelimit_breaker_open %d\n",
+        (unsigned long long)s.redis_errors, fallback, (unsigned long long)s.deny_cache_hits,
+        (unsigned long long)s.script_calls, (unsigned long long)s.batched_checks, s.breaker_open);
+}
+
+/* The limiter goes last: requests finishing during the grace period still need it. */
+static void on_http_stopped(sd_http_server *srv, void *udata) {
+    gateway *gw = udata;
+    rl_limiter_free(gw->limiter);
+    gw->limiter = NULL;
+}
+
+/* SIGINT or SIGTERM: stop accepting, let requests in flight finish, then close Redis. */
+static void on_signal(uv_signal_t *h, int signum) {
+    gateway *gw = h->data;
+    sd_log(SD_LOG_INFO, "ratelimit.stopping", "signal=%s", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    uv_close((uv_handle_t *)&gw->sigint, NULL);
+    uv_close((uv_handle_t *)&gw->sigterm, NULL);
+    sd_http_server_stop(gw->http, 2000, on_http_stopped, gw);
+}
+
+static int cmd_serve(options *o, const sd_redis_url *url) {
+    uv_loop_t *loop = uv_default_loop();
+    gateway gw;
+    memset(&gw, 0, sizeof(gw));
+    gw.key_header = o->key_header;
+    int rc = rl_limiter_new(loop, url, &o->cfg, &gw.limiter);
+    if (rc < 0) {
+        fprintf(stderr, "ratelimit serve: %s\n", rl_strerror(rc));
+        return 1;
+    }
+    gw.cfg = rl_limiter_config(gw.limiter);
+    if (rl_limiter_wait_connected(gw.limiter, 2000) != 0) {
+        /* Not fatal: the fallback answers until Redis is reachable. */
+        sd_log(SD_LOG_WARN, "ratelimit.redis_unreachable", "fallback=%s",
+               rl_fail_mode_name(o->cfg.on_error));
+    }
+    sd_http_opts hopts;
+    sd_http_opts_default(&hopts);
+    hopts.server_name = "ratelimit";
+    gw.http = sd_http_server_new(loop, &hopts);
+    sd_http_server_route(gw.http, "POST", "/v1/check", on_api_check, &gw);
+    sd_http_server_route(gw.http, NULL, "*", on_gateway, &gw);
+    sd_http_server_add_metrics(gw.http, on_metrics, &gw);
+    rc = sd_http_server_listen(gw.http, o->listen);
+    if (rc < 0) {
+        fprintf(stderr, "ratelimit serve: cannot listen on %s: %s\n", o->listen, rl_strerror(rc));
+        sd_http_server_free(gw.http);
+        rl_limiter_free(gw.limiter);
+        uv_run(loop, UV_RUN_DEFAULT);
+        return 1;
+    }
+    /* The bound address, on one flushed line: with port 0 this is how callers learn it. */
+    char host[256];
+    snprintf(host, sizeof(host), "%s", o->listen);
+    char *colon = strrchr(host, ':');
+    if (colon) {
+        *colon = '\0';
+    }
+    printf("%s:%d\n", host, sd_http_server_port(gw.http));
+    fflush(stdout);
+    sd_log(SD_LOG_INFO, "ratelimit.listening", "addr=%s:%d algorithm=%s policies=%zu", host,
+           sd_http_server_port(gw.http), rl_algorithm_name(o->cfg.algorithm), o->cfg.npolicies);
+    uv_signal_init(loop, &gw.sigint);
+    uv_signal_init(loop, &gw.sigterm);
+    gw.sigint.data = gw.sigterm.data = &gw;
+    uv_signal_start(&gw.sigint, on_signal, SIGINT);
+    uv_signal_start(&gw.sigterm, on_signal, SIGTERM);
+    uv_run(loop, UV_RUN_DEFAULT);
+    sd_http_server_free(gw.http);
+    uv_loop_close(loop);
+    sd_log(SD_LOG_INFO, "ratelimit.stopped", NULL);
+    return 0;
+}
+
+/* ---- check ---------------------------------------------------------------------------------- */
+
+static int cmd_check(options *o, const sd_redis_url *url) {
+    rl_sync *l;
+    /* A one-shot command can afford to wait for Redis longer than a gateway's hot path. */
+    if (o->cfg.deadline_ms < 1000) {
+        o->cfg.deadline_ms = 1000;
+    }
+    int rc = rl_sync_new(url, &o->cfg, &l);
+    if (rc < 0) {
+        fprintf(stderr, "ratelimit check: %s\n", rl_strerror(rc));
+        return 1;
+    }
+    rl_decision d;
+    rc = rl_sync_check(l, o->key, o->cost, &d);
+    if (rc == 0) {
+        json_t *j = decision_json(&o->cfg, &d);
+        json_dumpf(j, stdout, JSON_COMPACT);
+        putchar('\n');
+        json_decref(j);
+        if (d.source != RL_SOURCE_REDIS && d.source != RL_SOURCE_DENY_CACHE) {
+            /* A decision no other instance shares is not what the caller asked for. */
+            fprintf(stderr, "ratelimit check: Redis failed (%s): fallback '%s' decided\n",
+                    rl_strerror(d.error), rl_source_name(d.source));
+            rc = 1;
+        }
+    } else {
+        fprintf(stderr, "ratelimit check: %s\n", rl_strerror(rc));
+    }
+    rl_sync_free(l);
+    return rc == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(usage_main, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage_main, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check") != 0) {
+        fprintf(stderr, "ratelimit: unknown command '%s'\n\n%s", cmd, usage_main);
+        return 2;
+    }
+    options o;
+    memset(&o, 0, sizeof(o));
+    int rc = parse_options(cmd, argc - 1, argv + 1, &o);
+    if (rc != 0) {
+        return rc < 0 ? 0 : rc;
+    }
+    sd_redis_url url;
+    memset(&url, 0, sizeof(url));
+    sd_redis_server *server = NULL;
+    if (sd_redis_resolve(o.redis, &url, &server) != 0) {
+        return o.redis || getenv("REDIS_URL") ? 2 : 1;
+    }
+    rc = strcmp(cmd, "serve") == 0 ? cmd_serve(&o, &url) : cmd_check(&o, &url);
+    sd_redis_url_clear(&url);
+    sd_redis_server_stop(server);
+    return rc;
+}

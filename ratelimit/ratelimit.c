@@ -1,1 +1,744 @@
-/* placeholder: being written */
+/*
+ * ratelimit.c - policies, the Redis scripts, and the guard that keeps every decision within its
+ * deadline: circuit breaker, deny cache and fallback. The blocking front end (rl_sync) is at the
+ * end of this file; the asynchronous, batching one (rl_limiter) is in limiter.c.
+ *
+ * Design
+ *  1. Every shared decision is made by one Lua script on Redis, with Redis's clock (TIME), over
+ *     keys "<prefix>{<key>}:<policy>:<algorithm>": all keys of one check share the hash tag
+ *     {<key>}, so a check stays on one Redis Cluster slot. The scripts are rl-common.lua followed
+ *     by one algorithm file, concatenated here once and sent with EVALSHA.
+ *  2. A check that Redis cannot answer in time is answered by the fallback (rl_fail_mode). A
+ *     call "fails" when it times out, the connection is down, or Redis replies with an error.
+ *  3. The circuit breaker (Nygard, "Release It!", ch. 5):
+ *
+ *          success                 breaker_failures consecutive failures
+ *       +----------+   CLOSED  ------------------------------------------+
+ *       |          |     ^                                                v
+ *       +--------> +-----+                                              OPEN  (every check
+ *                        |  probe succeeds                                |    falls back at
+ *                        +------------------ HALF_OPEN <------------------+    once, no wait)
+ *                                               |       cool-down passed
+ *                                               +-----> OPEN  probe fails
+ *
+ *     CLOSED -> OPEN and HALF_OPEN -> OPEN happen in breaker_done(); OPEN -> HALF_OPEN in
+ *     breaker_admit(), which lets exactly one call through as the probe; a (re)connect of the
+ *     async connection ends the cool-down early (limiter.c).
+ *  4. The deny cache remembers, per key, a denial Redis gave and until when (the check's start
+ *     time plus the retry-after Redis computed). Until then a check of that key with at least the
+ *     same cost is denied locally. Quota only comes back with time, and the start time precedes
+ *     Redis's clock reading, so the cache never denies past the retry-after Redis gave and never
+ *     admits anything: it only denies.
+ *  5. The local limiter is a token bucket per key and policy in this process, with capacity and
+ *     refill q/N, so that N instances falling back together admit about q between them.
+ *  Both tables are direct-mapped on a 64-bit hash of the key: a new key evicts the old one.
+ */
+#include "ratelimit.h"
+#include "rl_internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd.h"
+
+/* ---- Names and errors ----------------------------------------------------------------------- */
+
+const char *rl_strerror(int code) {
+    switch (code) {
+    case RL_EPOLICY:
+        return "invalid rate-limit policy";
+    case RL_EARG:
+        return "invalid argument";
+    case RL_EBREAKER:
+        return "circuit breaker open: Redis not asked";
+    default:
+        return sd_strerror(code);
+    }
+}
+
+static const char *const algorithm_names[] = {"token-bucket", "gcra", "sliding-window-log",
+                                              "sliding-window-counter"};
+/* The short form that ends each Redis key, so two algorithms never read each other's state. */
+static const char *const algorithm_tags[] = {"tb", "gcra", "swl", "swc"};
+
+const char *rl_algorithm_name(rl_algorithm a) {
+    return (unsigned)a < 4 ? algorithm_names[a] : "?";
+}
+
+int rl_algorithm_parse(const char *text, rl_algorithm *out) {
+    for (int i = 0; i < 4; i++) {
+        if (strcmp(text, algorithm_names[i]) == 0) {
+            *out = (rl_algorithm)i;
+            return 0;
+        }
+    }
+    return RL_EARG;
+}
+
+static const char *const fail_mode_names[] = {"open", "closed", "local"};
+
+const char *rl_fail_mode_name(rl_fail_mode m) {
+    return (unsigned)m < 3 ? fail_mode_names[m] : "?";
+}
+
+int rl_fail_mode_parse(const char *text, rl_fail_mode *out) {
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(text, fail_mode_names[i]) == 0) {
+            *out = (rl_fail_mode)i;
+            return 0;
+        }
+    }
+    return RL_EARG;
+}
+
+const char *rl_source_name(rl_source s) {
+    static const char *const names[] = {"redis", "deny-cache", "fail-open", "fail-closed", "local"};
+    return (unsigned)s < RL_SOURCE_COUNT ? names[s] : "?";
+}
+
+int rl_decision_violated(const rl_decision *d) {
+    for (size_t i = 0; i < d->npolicies; i++) {
+        if (d->policies[i].violated) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* ---- Policies ------------------------------------------------------------------------------- */
+
+/* q * w * 1e6 must stay below 2^53 for the scripts' exact integer arithmetic (rl-common.lua). */
+#define RL_MAX_QUOTA_WINDOW 9000000000LL
+
+static const char *skip_spaces(const char *s) {
+    while (*s == ' ' || *s == '\t') {
+        s++;
+    }
+    return s;
+}
+
+/* Copies the token up to the next ';' (or the end), trimmed, into buf. Returns the rest. */
+static const char *next_part(const char *s, char *buf, size_t len) {
+    s = skip_spaces(s);
+    const char *end = strchr(s, ';');
+    size_t n = end ? (size_t)(end - s) : strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t')) {
+        n--;
+    }
+    if (n >= len) {
+        n = len - 1;
+    }
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return end ? end + 1 : NULL;
+}
+
+int rl_policy_parse(const char *text, rl_policy *out, char *err, size_t errlen) {
+    char part[128];
+    rl_policy p = {{0}, 0, 0};
+    const char *rest = next_part(text, part, sizeof(part));
+    size_t n = strlen(part);
+    if (n == 0 || n >= RL_POLICY_NAME_MAX) {
+        snprintf(err, errlen, "policy '%s': the name must have 1 to %d characters", text,
+                 RL_POLICY_NAME_MAX - 1);
+        return RL_EPOLICY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!isalnum((unsigned char)part[i]) && !strchr("-_.", part[i])) {
+            snprintf(err, errlen,
+                     "policy '%s': the name may hold only letters, digits, '-', '_' and '.'", text);
+            return RL_EPOLICY;
+        }
+    }
+    memcpy(p.name, part, n + 1);
+    while (rest) {
+        rest = next_part(rest, part, sizeof(part));
+        long long v;
+        if (part[0] == '\0') {
+            continue;
+        }
+        if ((part[0] != 'q' && part[0] != 'w') || part[1] != '=') {
+            snprintf(err, errlen, "policy '%s': unknown part '%s' (expected q=QUOTA or w=SECONDS)",
+                     text, part);
+            return RL_EPOLICY;
+        }
+        if (sd_parse_ll(part + 2, 1, RL_MAX_QUOTA_WINDOW, &v) != 0) {
+            snprintf(err, errlen, "policy '%s': %s must be a whole number from 1 to %lld", text,
+                     part[0] == 'q' ? "the quota q" : "the window w (seconds)",
+                     RL_MAX_QUOTA_WINDOW);
+            return RL_EPOLICY;
+        }
+        if (part[0] == 'q') {
+            p.quota = v;
+        } else {
+            p.window_s = v;
+        }
+    }
+    if (p.quota == 0 || p.window_s == 0) {
+        snprintf(err, errlen, "policy '%s': both q=QUOTA and w=SECONDS are required", text);
+        return RL_EPOLICY;
+    }
+    if (p.quota > RL_MAX_QUOTA_WINDOW / p.window_s) {
+        snprintf(err, errlen, "policy '%s': q * w must not exceed %lld (exact arithmetic)", text,
+                 RL_MAX_QUOTA_WINDOW);
+        return RL_EPOLICY;
+    }
+    *out = p;
+    return 0;
+}
+
+void rl_config_default(rl_config *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->algorithm = RL_TOKEN_BUCKET;
+    snprintf(cfg->prefix, sizeof(cfg->prefix), "rl:");
+    cfg->deadline_ms = 5;
+    cfg->on_error = RL_FAIL_LOCAL;
+    cfg->instances = 1;
+    cfg->breaker_failures = 3;
+    cfg->breaker_cooldown_ms = 1000;
+    cfg->deny_cache_entries = 16384;
+    cfg->local_entries = 16384;
+    cfg->max_batch = 64;
+    cfg->max_calls = 2;
+}
+
+int rl_config_add_policy(rl_config *cfg, const char *text, char *err, size_t errlen) {
+    if (cfg->npolicies == RL_MAX_POLICIES) {
+        snprintf(err, errlen, "at most %d policies", RL_MAX_POLICIES);
+        return RL_EPOLICY;
+    }
+    int rc = rl_policy_parse(text, &cfg->policies[cfg->npolicies], err, errlen);
+    if (rc == 0) {
+        cfg->npolicies++;
+    }
+    return rc;
+}
+
+int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
+    if (cfg->npolicies == 0 || cfg->npolicies > RL_MAX_POLICIES) {
+        snprintf(err, errlen, "between 1 and %d policies are required", RL_MAX_POLICIES);
+        return RL_EPOLICY;
+    }
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        const rl_policy *p = &cfg->policies[i];
+        if (p->quota < 1 || p->window_s < 1 || p->quota > RL_MAX_QUOTA_WINDOW / p->window_s) {
+            snprintf(err, errlen, "policy '%s': quota or window out of range", p->name);
+            return RL_EPOLICY;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(p->name, cfg->policies[j].name) == 0) {
+                snprintf(err, errlen, "policy name '%s' is used twice", p->name);
+                return RL_EPOLICY;
+            }
+        }
+    }
+    if ((unsigned)cfg->algorithm > RL_SLIDING_WINDOW_COUNTER || (unsigned)cfg->on_error > 2) {
+        snprintf(err, errlen, "unknown algorithm or failure mode");
+        return RL_EARG;
+    }
+    if (strchr(cfg->prefix, '{') || strchr(cfg->prefix, '}')) {
+        snprintf(err, errlen, "the key prefix must not contain '{' or '}' (hash tags)");
+        return RL_EARG;
+    }
+    if (cfg->deadline_ms < 1 || cfg->instances < 1 || cfg->breaker_failures < 1 ||
+        cfg->breaker_cooldown_ms < 1 || cfg->deny_cache_entries < 0 || cfg->local_entries < 1 ||
+        cfg->max_batch < 1 || cfg->max_calls < 1) {
+        snprintf(err, errlen,
+                 "deadline, instances, breaker, table sizes and batch limits must "
+                 "be positive");
+        return RL_EARG;
+    }
+    return 0;
+}
+
+int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, size_t len) {
+    int n = snprintf(buf, len, "%s{%s}:%s:%s", cfg->prefix, key, cfg->policies[i].name,
+                     algorithm_tags[cfg->algorithm]);
+    return n < 0 || (size_t)n >= len ? -1 : n;
+}
+
+/* ---- Scripts -------------------------------------------------------------------------------- */
+
+/* Generated from the .lua files by sd_embed_lua() (see CMakeLists.txt). */
+extern const char sd_lua_rl_common[];
+extern const char sd_lua_token_bucket[];
+extern const char sd_lua_gcra[];
+extern const char sd_lua_sliding_window_log[];
+extern const char sd_lua_sliding_window_counter[];
+
+static sd_script scripts[4];
+static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
+
+static void scripts_build(void) {
+    const char *bodies[4] = {sd_lua_token_bucket, sd_lua_gcra, sd_lua_sliding_window_log,
+                             sd_lua_sliding_window_counter};
+    for (int i = 0; i < 4; i++) {
+        char *body = sd_xasprintf("%s\n%s", sd_lua_rl_common, bodies[i]);
+        scripts[i].name = algorithm_names[i];
+        scripts[i].body = body; /* lives as long as the process */
+        scripts[i].len = strlen(body);
+        sd_script_init(&scripts[i]);
+    }
+}
+
+sd_script *rl_script(rl_algorithm a) {
+    pthread_once(&scripts_once, scripts_build);
+    return &scripts[a];
+}
+
+/* ---- Checks: arguments and replies ---------------------------------------------------------- */
+
+uint64_t rl_key_hash(const char *key, size_t len) {
+    /* FNV-1a (Fowler, Noll, Vo), then the splitmix64 finalizer so that the low bits used as a
+     * table index depend on every byte. */
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)key[i]) * 1099511628211ULL;
+    }
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
+}
+
+/* CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), bit by bit, as the Redis Cluster
+ * specification prescribes for key slots. */
+static uint16_t crc16(const char *s, size_t len) {
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((unsigned char)s[i] << 8);
+        for (int b = 0; b < 8; b++) {
+            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+        }
+    }
+    return crc;
+}
+
+int rl_key_slot(const char *key, size_t len) {
+    /* The hash tag is what lies between the first '{' and the first '}' after it, if that is
+     * not empty; otherwise the whole key is hashed (Redis Cluster specification, "Hash tags"). */
+    const char *open = memchr(key, '{', len);
+    if (open) {
+        size_t rest = len - (size_t)(open - key) - 1;
+        const char *close = memchr(open + 1, '}', rest);
+        if (close && close > open + 1) {
+            return crc16(open + 1, (size_t)(close - open - 1)) & 16383;
+        }
+    }
+    return crc16(key, len) & 16383;
+}
+
+int rl_check_args(const char *key, long long cost) {
+    if (!key) {
+        return RL_EARG;
+    }
+    size_t n = strlen(key);
+    return n == 0 || n > RL_KEY_MAX || cost < 0 || cost > RL_MAX_QUOTA_WINDOW ? RL_EARG : 0;
+}
+
+void rl_policy_args_init(rl_policy_args *a, const rl_config *cfg) {
+    a->count = 1 + 2 * cfg->npolicies;
+    snprintf(a->text[0], sizeof(a->text[0]), "%zu", cfg->npolicies);
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        snprintf(a->text[1 + 2 * i], sizeof(a->text[0]), "%lld", cfg->policies[i].quota);
+        snprintf(a->text[2 + 2 * i], sizeof(a->text[0]), "%lld", cfg->policies[i].window_s);
+    }
+    for (size_t i = 0; i < a->count; i++) {
+        a->argv[i] = a->text[i];
+        a->len[i] = strlen(a->text[i]);
+    }
+}
+
+int rl_decision_from_reply(const rl_config *cfg, const redisReply *reply, size_t check,
+                           long long cost, rl_decision *d) {
+    size_t P = cfg->npolicies, stride = 2 + 2 * P;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < (check + 1) * stride) {
+        return SD_EREDIS;
+    }
+    redisReply **e = reply->element + check * stride;
+    for (size_t i = 0; i < stride; i++) {
+        if (e[i]->type != REDIS_REPLY_INTEGER) {
+            return SD_EREDIS;
+        }
+    }
+    memset(d, 0, sizeof(*d));
+    d->allowed = e[0]->integer == 1;
+    d->retry_after_ms = e[1]->integer;
+    d->source = RL_SOURCE_REDIS;
+    d->npolicies = P;
+    for (size_t i = 0; i < P; i++) {
+        d->policies[i].remaining = e[2 + 2 * i]->integer;
+        d->policies[i].reset_ms = e[3 + 2 * i]->integer;
+        /* A policy violated a denial if it could not cover the cost (or never can). */
+        d->policies[i].violated =
+            !d->allowed && (d->policies[i].remaining < cost || cost > cfg->policies[i].quota);
+    }
+    return 0;
+}
+
+/* ---- The guard: breaker, deny cache, local limiter, counters --------------------------------- */
+
+/* A deny-cache entry; `usage` holds npolicies records. */
+typedef struct deny_entry {
+    uint64_t hash;
+    uint64_t at_ns;    /* the denied check's start */
+    uint64_t until_ns; /* at_ns + retry_after */
+    long long cost;
+    rl_usage usage[];
+} deny_entry;
+
+/* A local-limiter entry: tokens per policy, as of last_ns. */
+typedef struct local_entry {
+    uint64_t hash;
+    uint64_t last_ns;
+    double tokens[];
+} local_entry;
+
+void rl_guard_init(rl_guard *g, const rl_config *cfg) {
+    memset(g, 0, sizeof(*g));
+    g->cfg = cfg;
+    size_t P = cfg->npolicies;
+    if (cfg->deny_cache_entries > 0) {
+        g->deny_mask = 1;
+        while (g->deny_mask < (size_t)cfg->deny_cache_entries) {
+            g->deny_mask <<= 1;
+        }
+        g->deny_stride = sizeof(deny_entry) + P * sizeof(rl_usage);
+        g->deny = sd_xcalloc(g->deny_mask, g->deny_stride);
+        g->deny_mask--;
+    }
+    g->local_mask = 1;
+    while (g->local_mask < (size_t)cfg->local_entries) {
+        g->local_mask <<= 1;
+    }
+    g->local_stride = sizeof(local_entry) + P * sizeof(double);
+    g->local = sd_xcalloc(g->local_mask, g->local_stride);
+    g->local_mask--;
+}
+
+void rl_guard_clear(rl_guard *g) {
+    free(g->deny);
+    free(g->local);
+    g->deny = g->local = NULL;
+}
+
+int rl_breaker_may_send(const rl_guard *g, uint64_t now) {
+    if (g->breaker == RL_BREAKER_CLOSED) {
+        return 1;
+    }
+    return g->breaker == RL_BREAKER_OPEN &&
+           now - g->opened_ns >= (uint64_t)g->cfg->breaker_cooldown_ms * 1000000;
+}
+
+int rl_breaker_admit(rl_guard *g, uint64_t now) {
+    if (!rl_breaker_may_send(g, now)) {
+        return 0;
+    }
+    if (g->breaker == RL_BREAKER_OPEN) {
+        g->breaker = RL_BREAKER_HALF_OPEN; /* this call is the probe */
+        sd_log(SD_LOG_INFO, "ratelimit.breaker_probe", NULL);
+    }
+    return 1;
+}
+
+void rl_breaker_done(rl_guard *g, int ok, uint64_t now) {
+    if (ok) {
+        if (g->breaker != RL_BREAKER_CLOSED) {
+            sd_log(SD_LOG_INFO, "ratelimit.breaker_closed", NULL);
+        }
+        g->breaker = RL_BREAKER_CLOSED;
+        g->failures = 0;
+        return;
+    }
+    g->failures++;
+    if (g->breaker == RL_BREAKER_HALF_OPEN ||
+        (g->breaker == RL_BREAKER_CLOSED && g->failures >= g->cfg->breaker_failures)) {
+        if (g->breaker == RL_BREAKER_CLOSED) {
+            sd_log(SD_LOG_WARN, "ratelimit.breaker_open", "failures=%d cooldown_ms=%d", g->failures,
+                   g->cfg->breaker_cooldown_ms);
+        }
+        g->breaker = RL_BREAKER_OPEN;
+        g->opened_ns = now;
+    }
+}
+
+void rl_guard_redis_error(rl_guard *g, int code, uint64_t now) {
+    g->stats.redis_errors++;
+    /* Errors come in storms when Redis is down: log at most one line per second. */
+    if (now - g->logged_ns >= 1000000000ULL || g->logged_ns == 0) {
+        sd_log(SD_LOG_WARN, "ratelimit.redis_error", "error=\"%s\" total=%llu", rl_strerror(code),
+               (unsigned long long)g->stats.redis_errors);
+        g->logged_ns = now;
+    }
+}
+
+static deny_entry *deny_slot(rl_guard *g, uint64_t hash) {
+    return (deny_entry *)((char *)g->deny + (hash & g->deny_mask) * g->deny_stride);
+}
+
+int rl_deny_lookup(rl_guard *g, uint64_t hash, long long cost, uint64_t now, rl_decision *d) {
+    if (!g->deny || cost == 0) {
+        return 0;
+    }
+    deny_entry *e = deny_slot(g, hash);
+    /* A check of a smaller cost may pass sooner than the one that was denied: ask Redis. */
+    if (e->hash != hash || now >= e->until_ns || cost < e->cost) {
+        return 0;
+    }
+    long long elapsed_ms = (long long)((now - e->at_ns) / 1000000);
+    memset(d, 0, sizeof(*d));
+    d->allowed = 0;
+    d->retry_after_ms = (long long)((e->until_ns - now + 999999) / 1000000);
+    d->source = RL_SOURCE_DENY_CACHE;
+    d->npolicies = g->cfg->npolicies;
+    for (size_t i = 0; i < d->npolicies; i++) {
+        d->policies[i] = e->usage[i];
+        d->policies[i].reset_ms =
+            e->usage[i].reset_ms > elapsed_ms ? e->usage[i].reset_ms - elapsed_ms : 0;
+    }
+    g->stats.deny_cache_hits++;
+    return 1;
+}
+
+void rl_deny_remember(rl_guard *g, uint64_t hash, long long cost, uint64_t start_ns,
+                      const rl_decision *d) {
+    if (!g->deny || d->source != RL_SOURCE_REDIS || d->allowed || d->retry_after_ms <= 0) {
+        return;
+    }
+    deny_entry *e = deny_slot(g, hash);
+    e->hash = hash;
+    e->at_ns = start_ns;
+    e->until_ns = start_ns + (uint64_t)d->retry_after_ms * 1000000;
+    e->cost = cost;
+    memcpy(e->usage, d->policies, d->npolicies * sizeof(rl_usage));
+}
+
+/* The local token bucket: capacity and refill q/N per window, in this process only. */
+static void local_decide(rl_guard *g, uint64_t hash, long long cost, uint64_t now, rl_decision *d) {
+    const rl_config *cfg = g->cfg;
+    size_t P = cfg->npolicies;
+    local_entry *e = (local_entry *)((char *)g->local + (hash & g->local_mask) * g->local_stride);
+    if (e->hash != hash) {
+        e->hash = hash; /* a new key (or an evicted one) starts full */
+        e->last_ns = now;
+        for (size_t i = 0; i < P; i++) {
+            e->tokens[i] = (double)cfg->policies[i].quota / cfg->instances;
+        }
+    }
+    double wait_ms = 0;
+    int allowed = 1;
+    for (size_t i = 0; i < P; i++) {
+        double cap = (double)cfg->policies[i].quota / cfg->instances;
+        double per_ms = cap / ((double)cfg->policies[i].window_s * 1000.0);
+        e->tokens[i] = fmin(cap, e->tokens[i] + (double)(now - e->last_ns) / 1e6 * per_ms);
+        d->policies[i].violated = 0;
+        if ((double)cost > e->tokens[i]) {
+            allowed = 0;
+            d->policies[i].violated = 1;
+            /* A cost above the local share is still possible globally: suggest one window. */
+            double w = (double)cost > cap ? (double)cfg->policies[i].window_s * 1000.0
+                                          : ((double)cost - e->tokens[i]) / per_ms;
+            wait_ms = fmax(wait_ms, w);
+        }
+    }
+    e->last_ns = now;
+    for (size_t i = 0; i < P; i++) {
+        double cap = (double)cfg->policies[i].quota / cfg->instances;
+        double per_ms = cap / ((double)cfg->policies[i].window_s * 1000.0);
+        if (allowed) {
+            e->tokens[i] -= (double)cost;
+        }
+        double r = floor(e->tokens[i]);
+        d->policies[i].remaining = (long long)r;
+        d->policies[i].reset_ms =
+            r + 1 <= cap ? (long long)ceil((r + 1 - e->tokens[i]) / per_ms) : 0;
+    }
+    d->allowed = allowed;
+    d->retry_after_ms = allowed ? 0 : (long long)ceil(wait_ms);
+}
+
+void rl_fallback(rl_guard *g, uint64_t hash, long long cost, int error, uint64_t now,
+                 rl_decision *d) {
+    const rl_config *cfg = g->cfg;
+    memset(d, 0, sizeof(*d));
+    d->npolicies = cfg->npolicies;
+    d->error = error;
+    int never = 0;
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        d->policies[i].remaining = -1;
+        d->policies[i].reset_ms = -1;
+        if (cost > cfg->policies[i].quota) {
+            d->policies[i].violated = never = 1;
+        }
+    }
+    if (never) {
+        /* Needs no Redis to know: the cost exceeds a quota. */
+        d->source = cfg->on_error == RL_FAIL_LOCAL  ? RL_SOURCE_LOCAL
+                    : cfg->on_error == RL_FAIL_OPEN ? RL_SOURCE_FAIL_OPEN
+                                                    : RL_SOURCE_FAIL_CLOSED;
+        d->retry_after_ms = RL_NEVER;
+        return;
+    }
+    switch (cfg->on_error) {
+    case RL_FAIL_OPEN:
+        d->source = RL_SOURCE_FAIL_OPEN;
+        d->allowed = 1;
+        break;
+    case RL_FAIL_CLOSED:
+        d->source = RL_SOURCE_FAIL_CLOSED;
+        d->retry_after_ms = cfg->breaker_cooldown_ms;
+        for (size_t i = 0; i < cfg->npolicies; i++) {
+            d->policies[i].violated = 1;
+        }
+        break;
+    case RL_FAIL_LOCAL:
+        d->source = RL_SOURCE_LOCAL;
+        local_decide(g, hash, cost, now, d);
+        break;
+    }
+}
+
+void rl_guard_count(rl_guard *g, const rl_decision *d) {
+    rl_stats *s = &g->stats;
+    s->by_source[d->source]++;
+    if (d->allowed) {
+        s->allowed++;
+    } else {
+        s->denied++;
+    }
+    for (size_t i = 0; i < d->npolicies; i++) {
+        if (d->allowed) {
+            s->policy_allowed[i]++;
+        } else if (d->policies[i].violated) {
+            s->policy_denied[i]++;
+        }
+    }
+}
+
+void rl_guard_stats(const rl_guard *g, rl_stats *out) {
+    *out = g->stats;
+    out->breaker_open = g->breaker != RL_BREAKER_CLOSED;
+}
+
+/* ---- The synchronous limiter ---------------------------------------------------------------- */
+
+struct rl_sync {
+    rl_config cfg;
+    sd_redis_url url;
+    sd_redis_opts opts;
+    sd_redis *redis; /* NULL until a connect succeeds */
+    rl_policy_args args;
+    rl_guard guard;
+};
+
+int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
+    char err[256];
+    int rc = rl_config_validate(cfg, err, sizeof(err));
+    if (rc < 0) {
+        sd_log(SD_LOG_ERROR, "ratelimit.config", "error=\"%s\"", err);
+        return rc;
+    }
+    rl_sync *l = sd_xcalloc(1, sizeof(*l));
+    l->cfg = *cfg;
+    sd_redis_url_copy(&l->url, url);
+    sd_redis_opts_default(&l->opts);
+    /* A connect is part of a check when the connection is down: it gets the same deadline. */
+    l->opts.connect_timeout_ms = cfg->deadline_ms;
+    l->opts.command_timeout_ms = cfg->deadline_ms;
+    rl_policy_args_init(&l->args, &l->cfg);
+    rl_guard_init(&l->guard, &l->cfg);
+    if (sd_redis_connect(&l->url, &l->opts, &l->redis) != 0) {
+        l->redis = NULL;
+    }
+    *out = l;
+    return 0;
+}
+
+/* One script call for one check. Returns 0 with *d filled, or a negative code. */
+static int sync_call(rl_sync *l, const char *key, long long cost, rl_decision *d) {
+    size_t P = l->cfg.npolicies;
+    char keys[RL_MAX_POLICIES][RL_KEY_MAX + 128];
+    char cost_text[24];
+    const char *argv[RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
+    size_t lens[RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
+    size_t argc = 0;
+    for (size_t i = 0; i < P; i++) {
+        int n = rl_config_key(&l->cfg, i, key, keys[i], sizeof(keys[i]));
+        argv[argc] = keys[i];
+        lens[argc++] = (size_t)n;
+    }
+    for (size_t i = 0; i < l->args.count; i++) {
+        argv[argc] = l->args.argv[i];
+        lens[argc++] = l->args.len[i];
+    }
+    lens[argc] = (size_t)snprintf(cost_text, sizeof(cost_text), "%lld", cost);
+    argv[argc++] = cost_text;
+
+    if (!l->redis) {
+        int rc = sd_redis_connect(&l->url, &l->opts, &l->redis);
+        if (rc != 0) {
+            l->redis = NULL;
+            return rc;
+        }
+    }
+    int err = 0;
+    l->guard.stats.script_calls++;
+    l->guard.stats.batched_checks++;
+    redisReply *reply =
+        sd_redis_script(l->redis, &err, rl_script(l->cfg.algorithm), (int)P, (int)argc, argv, lens);
+    if (!reply) {
+        return err ? err : SD_EDISCONNECTED;
+    }
+    int rc = rl_decision_from_reply(&l->cfg, reply, 0, cost, d);
+    if (rc < 0 && reply->type == REDIS_REPLY_ERROR) {
+        sd_log(SD_LOG_WARN, "ratelimit.script_error", "error=\"%.200s\"", reply->str);
+    }
+    freeReplyObject(reply);
+    return rc;
+}
+
+int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out) {
+    if (rl_check_args(key, cost) < 0) {
+        return RL_EARG;
+    }
+    rl_guard *g = &l->guard;
+    uint64_t start = sd_now_ns();
+    uint64_t hash = rl_key_hash(key, strlen(key));
+    if (!rl_deny_lookup(g, hash, cost, start, out)) {
+        int rc = RL_EBREAKER;
+        if (rl_breaker_admit(g, start)) {
+            rc = sync_call(l, key, cost, out);
+            uint64_t now = sd_now_ns();
+            /* An error reply means Redis is up: it must not open the breaker. */
+            rl_breaker_done(g, rc == 0 || rc == SD_EREDIS, now);
+            if (rc < 0) {
+                rl_guard_redis_error(g, rc, now);
+            }
+        }
+        if (rc < 0) {
+            rl_fallback(g, hash, cost, rc, sd_now_ns(), out);
+        } else {
+            rl_deny_remember(g, hash, cost, start, out);
+        }
+    }
+    rl_guard_count(g, out);
+    return 0;
+}
+
+void rl_sync_stats(const rl_sync *l, rl_stats *out) {
+    rl_guard_stats(&l->guard, out);
+}
+
+void rl_sync_free(rl_sync *l) {
+    if (!l) {
+        return;
+    }
+    sd_redis_free(l->redis);
+    sd_redis_url_clear(&l->url);
+    rl_guard_clear(&l->guard);
+    free(l);
+}

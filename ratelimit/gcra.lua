@@ -1,0 +1,66 @@
+-- gcra.lua - the Generic Cell Rate Algorithm (follows rl-common.lua in the script sent to Redis).
+--
+-- GCRA comes from ATM networks (ATM Forum Traffic Management Specification 4.0, the "virtual
+-- scheduling" form); Brandur Leach's "Rate Limiting, Cells, and GCRA" explains it for APIs. It
+-- keeps a single value per key: the theoretical arrival time (TAT), the instant at which the
+-- bucket would be full again. A request of cost c pushes the TAT c emission intervals (T = W / q)
+-- later, and is allowed if the pushed TAT stays within one window of now. That is the token
+-- bucket's contract exactly, with the level derived from the TAT rather than stored:
+--   level = q * W - (TAT - now) * q      (in the token bucket's units of 1/W token)
+-- so this file reuses the token bucket's arithmetic on the derived level.
+--
+-- T is rarely a whole number of microseconds (3 s / 7), so the TAT is kept exactly, as whole
+-- microseconds plus a remainder in units of 1/q microsecond.
+--
+-- Key: a string "<tat microseconds> <remainder>"; its TTL is TAT - now, after which the bucket is
+-- full and the key is worth nothing.
+
+local alg = {}
+local find, sub = string.find, string.sub
+
+function alg.load(s, key)
+    local q, W = s.q, s.W
+    s.key = key
+    s.level = q * W
+    local v = call('GET', key)
+    if v then
+        local space = find(v, ' ', 1, true)
+        local rem = tonumber(sub(v, space + 1))
+        -- After a quota change the remainder is reread in the new unit: under 1 us of error.
+        if rem >= q then
+            rem = q - 1
+        end
+        local debt = (tonumber(sub(v, 1, space - 1)) - s.now) * q + rem
+        -- A TAT in the past is a full bucket; one beyond a (lowered) window is an empty one.
+        if debt < 0 then
+            debt = 0
+        elseif debt > q * W then
+            debt = q * W
+        end
+        s.level = q * W - debt
+    end
+end
+
+function alg.wait(s, m)
+    local need = m * s.W
+    if s.level >= need then
+        return 0
+    end
+    return cdiv(need - s.level, s.q)
+end
+
+function alg.remaining(s)
+    return idiv(s.level, s.W)
+end
+
+function alg.charge(s, cost)
+    local q = s.q
+    local level = s.level - cost * s.W
+    s.level = level
+    local debt = q * s.W - level
+    local us = idiv(debt, q)
+    -- The TAT is us + (debt - us * q) / q microseconds from now; the key expires with it.
+    call('SET', s.key, format('%d %d', s.now + us, debt - us * q), 'PX', cdiv(us + 1, 1000))
+end
+
+return rl_run(alg)

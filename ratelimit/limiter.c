@@ -1,0 +1,398 @@
+/*
+ * limiter.c - the asynchronous limiter (rl_limiter): checks from many callers on one libuv loop,
+ * coalesced into batches on one Redis connection.
+ *
+ * Why batch: every script call costs Redis about 15 us of CPU before the script does any work,
+ * so one call per check tops out near 60k checks/s on one Redis core; a call that decides 16 to
+ * 64 checks pays that once (DESIGN.md, "Measured facts"). Batching adds no waiting: a check
+ * joins the queue, and the queue is flushed at the end of the same loop iteration (a uv_check
+ * handle after I/O callbacks, a uv_prepare handle after timers), as one call per max_batch
+ * checks while fewer than max_calls calls are in flight. Under load, checks that arrive while
+ * the calls are in flight wait for the next reply and leave together: the batch grows with the
+ * load, as in group commit.
+ *
+ * Redis Cluster: a batch names keys of many hash tags, which a cluster refuses unless they map
+ * to one slot. With cfg->cluster set, a batch takes only checks of the head check's slot (each
+ * check's own keys always share a tag); on a single Redis every check may join.
+ *
+ * Deadlines: each check's deadline counts from rl_limiter_check(). A batch is sent with the
+ * deadline of its oldest check; checks still queued when their deadline passes (all calls busy
+ * on a slow Redis) are answered by the fallback from a timer. So every callback runs within the
+ * deadline, give or take the loop's own latency.
+ *
+ * Lifecycle of a check:  rl_limiter_check -> [deny cache | breaker open | disconnected] -> cb
+ *                                         -> queue -> batch call -> reply -> cb
+ *                                                               \-> error/deadline -> fallback ->
+ * cb
+ */
+#include "ratelimit.h"
+#include "rl_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd.h"
+
+typedef struct rl_check {
+    struct rl_check *next;
+    rl_check_cb *cb;
+    void *udata;
+    uint64_t start_ns, deadline_ns, hash;
+    long long cost;
+    int slot; /* hash slot (cluster mode only) */
+    char cost_text[24];
+    size_t key_len[RL_MAX_POLICIES]; /* the Redis keys, one per policy, in keys[] */
+    char keys[];
+} rl_check;
+
+typedef struct rl_batch {
+    rl_limiter *l;
+    size_t n;
+    rl_check *checks[];
+} rl_batch;
+
+struct rl_limiter {
+    uv_loop_t *loop;
+    rl_config cfg;
+    rl_policy_args args;
+    rl_guard guard;
+    sd_aredis *redis;
+    rl_check *head, *tail; /* queued checks, oldest first */
+    size_t queued;
+    int calls; /* script calls in flight */
+    uv_prepare_t prepare;
+    uv_check_t check;
+    uv_timer_t expiry; /* fires at the oldest queued check's deadline */
+    int closing;
+    int handles_open;
+};
+
+static void answer(rl_limiter *l, rl_check *c, const rl_decision *d) {
+    rl_guard_count(&l->guard, d);
+    c->cb(d, c->udata);
+    free(c);
+}
+
+/* Answers a check Redis did not decide. Every such check counts as a Redis error unless Redis
+ * was not asked (open breaker) or the limiter is closing. */
+static void answer_fallback(rl_limiter *l, rl_check *c, int error) {
+    rl_decision d;
+    uint64_t now = sd_now_ns();
+    if (error != RL_EBREAKER && error != SD_ECLOSED) {
+        rl_guard_redis_error(&l->guard, error, now);
+    }
+    rl_fallback(&l->guard, c->hash, c->cost, error, now, &d);
+    answer(l, c, &d);
+}
+
+static rl_check *queue_pop(rl_limiter *l) {
+    rl_check *c = l->head;
+    l->head = c->next;
+    if (!l->head) {
+        l->tail = NULL;
+    }
+    l->queued--;
+    return c;
+}
+
+/* Answers every queued check with the fallback. */
+static void queue_fail(rl_limiter *l, int error) {
+    while (l->head) {
+        answer_fallback(l, queue_pop(l), error);
+    }
+}
+
+static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    rl_batch *b = privdata;
+    rl_limiter *l = b->l;
+    uint64_t now = sd_now_ns();
+    l->calls--;
+    int rc = status;
+    if (rc == 0 && reply->type != REDIS_REPLY_ARRAY) {
+        rc = SD_EREDIS;
+        if (reply->type == REDIS_REPLY_ERROR) {
+            sd_log(SD_LOG_WARN, "ratelimit.script_error", "error=\"%.200s\"", reply->str);
+        }
+    }
+    /* An error reply means Redis is up: only timeouts and lost connections open the breaker. */
+    rl_breaker_done(&l->guard, rc == 0 || rc == SD_EREDIS, now);
+    for (size_t i = 0; i < b->n; i++) {
+        rl_check *c = b->checks[i];
+        rl_decision d;
+        if (rc == 0 && rl_decision_from_reply(&l->cfg, reply, i, c->cost, &d) == 0) {
+            rl_deny_remember(&l->guard, c->hash, c->cost, c->start_ns, &d);
+            answer(l, c, &d);
+        } else {
+            answer_fallback(l, c, rc < 0 ? rc : SD_EREDIS);
+        }
+    }
+    free(b);
+}
+
+/* Takes up to max_batch checks off the queue: all from the front on a single Redis; in
+ * cluster mode, the head and later checks of its slot, the others keeping their order. */
+static rl_batch *batch_take(rl_limiter *l) {
+    /* Spread the queue over the free call slots: several calls in flight let Redis run one
+     * batch while this process reads the previous reply and prepares the next. */
+    size_t free_calls = (size_t)(l->cfg.max_calls - l->calls);
+    size_t max = (l->queued + free_calls - 1) / free_calls;
+    if (max > (size_t)l->cfg.max_batch) {
+        max = (size_t)l->cfg.max_batch;
+    }
+    rl_batch *b = sd_xmalloc(sizeof(*b) + (max < l->queued ? max : l->queued) * sizeof(rl_check *));
+    b->l = l;
+    b->n = 0;
+    if (!l->cfg.cluster) {
+        while (l->head && b->n < max) {
+            b->checks[b->n++] = queue_pop(l);
+        }
+        return b;
+    }
+    int slot = l->head->slot;
+    rl_check **link = &l->head, *prev = NULL;
+    while (*link && b->n < max) {
+        rl_check *c = *link;
+        if (c->slot == slot) {
+            *link = c->next;
+            if (l->tail == c) {
+                l->tail = prev;
+            }
+            l->queued--;
+            b->checks[b->n++] = c;
+        } else {
+            prev = c;
+            link = &c->next;
+        }
+    }
+    return b;
+}
+
+/* Sends one batch. Returns 0, or a negative code after answering its checks by fallback. */
+static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
+    size_t P = l->cfg.npolicies;
+    size_t argc = b->n * P + l->args.count + b->n;
+    const char **argv = sd_xmalloc(argc * sizeof(*argv));
+    size_t *lens = sd_xmalloc(argc * sizeof(*lens));
+    size_t k = 0;
+    uint64_t deadline = b->checks[0]->deadline_ns;
+    for (size_t i = 0; i < b->n; i++) {
+        const char *key = b->checks[i]->keys;
+        for (size_t j = 0; j < P; j++) {
+            argv[k] = key;
+            lens[k++] = b->checks[i]->key_len[j];
+            key += b->checks[i]->key_len[j] + 1;
+        }
+        if (b->checks[i]->deadline_ns < deadline) {
+            deadline = b->checks[i]->deadline_ns;
+        }
+    }
+    for (size_t i = 0; i < l->args.count; i++) {
+        argv[k] = l->args.argv[i];
+        lens[k++] = l->args.len[i];
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        argv[k] = b->checks[i]->cost_text;
+        lens[k++] = strlen(b->checks[i]->cost_text);
+    }
+    int rc = SD_ETIMEDOUT;
+    /* The connection's deadline is in whole milliseconds: round to the nearest. */
+    int timeout_ms = deadline > now ? (int)((deadline - now + 500000) / 1000000) : 0;
+    if (timeout_ms > 0) {
+        rc = sd_aredis_script(l->redis, rl_script(l->cfg.algorithm), on_reply, b, timeout_ms,
+                              (int)(b->n * P), (int)argc, argv, lens);
+    }
+    free(argv);
+    free(lens);
+    if (rc == 0) {
+        l->calls++;
+        l->guard.stats.script_calls++;
+        l->guard.stats.batched_checks += b->n;
+        return 0;
+    }
+    rl_breaker_done(&l->guard, 0, now);
+    for (size_t i = 0; i < b->n; i++) {
+        answer_fallback(l, b->checks[i], rc);
+    }
+    free(b);
+    return rc;
+}
+
+static void flush(rl_limiter *l);
+
+static void on_expiry(uv_timer_t *t) {
+    rl_limiter *l = t->data;
+    uint64_t now = sd_now_ns();
+    /* Deadlines grow along the queue (every check gets the same deadline_ms). */
+    while (l->head && l->head->deadline_ns <= now + 500000) {
+        answer_fallback(l, queue_pop(l), SD_ETIMEDOUT);
+    }
+    flush(l);
+}
+
+static void flush(rl_limiter *l) {
+    uint64_t now = sd_now_ns();
+    while (l->head && l->calls < l->cfg.max_calls) {
+        if (!sd_aredis_is_connected(l->redis)) {
+            queue_fail(l, SD_EDISCONNECTED);
+            break;
+        }
+        if (!rl_breaker_admit(&l->guard, now)) {
+            queue_fail(l, RL_EBREAKER);
+            break;
+        }
+        batch_send(l, batch_take(l), now);
+        now = sd_now_ns();
+    }
+    if (l->head) {
+        uint64_t d = l->head->deadline_ns;
+        uv_timer_start(&l->expiry, on_expiry, d > now ? (d - now + 999999) / 1000000 : 0, 0);
+    } else {
+        uv_timer_stop(&l->expiry);
+    }
+}
+
+static void on_prepare(uv_prepare_t *h) {
+    flush(h->data);
+}
+
+static void on_check(uv_check_t *h) {
+    flush(h->data);
+}
+
+static void on_state(sd_aredis *r, int connected, void *privdata) {
+    rl_limiter *l = privdata;
+    if (connected && l->guard.breaker == RL_BREAKER_OPEN) {
+        /* Redis is back: probe now rather than after the rest of the cool-down. */
+        l->guard.opened_ns = 0;
+    }
+    sd_log(connected ? SD_LOG_INFO : SD_LOG_WARN, "ratelimit.redis", "connected=%d", connected);
+}
+
+int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cfg,
+                   rl_limiter **out) {
+    char err[256];
+    int rc = rl_config_validate(cfg, err, sizeof(err));
+    if (rc < 0) {
+        sd_log(SD_LOG_ERROR, "ratelimit.config", "error=\"%s\"", err);
+        return rc;
+    }
+    rl_limiter *l = sd_xcalloc(1, sizeof(*l));
+    l->loop = loop;
+    l->cfg = *cfg;
+    rl_policy_args_init(&l->args, &l->cfg);
+    rl_guard_init(&l->guard, &l->cfg);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = cfg->deadline_ms;
+    rc = sd_aredis_new(loop, url, &opts, &l->redis);
+    if (rc < 0) {
+        rl_guard_clear(&l->guard);
+        free(l);
+        return rc;
+    }
+    sd_aredis_set_state_cb(l->redis, on_state, l);
+    uv_prepare_init(loop, &l->prepare);
+    uv_check_init(loop, &l->check);
+    uv_timer_init(loop, &l->expiry);
+    l->prepare.data = l->check.data = l->expiry.data = l;
+    uv_prepare_start(&l->prepare, on_prepare);
+    uv_check_start(&l->check, on_check);
+    /* These run every iteration but must not keep the loop alive on their own. */
+    uv_unref((uv_handle_t *)&l->prepare);
+    uv_unref((uv_handle_t *)&l->check);
+    l->handles_open = 3;
+    *out = l;
+    return 0;
+}
+
+int rl_limiter_wait_connected(rl_limiter *l, int timeout_ms) {
+    return sd_aredis_wait_connected(l->redis, timeout_ms);
+}
+
+int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb *cb, void *udata) {
+    if (l->closing) {
+        return SD_ECLOSED;
+    }
+    if (rl_check_args(key, cost) < 0) {
+        return RL_EARG;
+    }
+    rl_guard *g = &l->guard;
+    uint64_t now = sd_now_ns();
+    size_t keylen = strlen(key);
+    uint64_t hash = rl_key_hash(key, keylen);
+    rl_decision d;
+    if (rl_deny_lookup(g, hash, cost, now, &d)) {
+        rl_guard_count(g, &d);
+        cb(&d, udata);
+        return 0;
+    }
+    /* Answers that need no waiting: a connection that is down, an open breaker. */
+    int error = !sd_aredis_is_connected(l->redis) ? SD_EDISCONNECTED
+                : !rl_breaker_may_send(g, now)    ? RL_EBREAKER
+                                                  : 0;
+    if (error) {
+        if (error == SD_EDISCONNECTED) {
+            rl_guard_redis_error(g, error, now);
+        }
+        rl_fallback(g, hash, cost, error, now, &d);
+        rl_guard_count(g, &d);
+        cb(&d, udata);
+        return 0;
+    }
+    size_t P = l->cfg.npolicies;
+    size_t room = P * (keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16);
+    rl_check *c = sd_xmalloc(sizeof(*c) + room);
+    c->next = NULL;
+    c->cb = cb;
+    c->udata = udata;
+    c->start_ns = now;
+    c->deadline_ns = now + (uint64_t)l->cfg.deadline_ms * 1000000;
+    c->hash = hash;
+    c->cost = cost;
+    snprintf(c->cost_text, sizeof(c->cost_text), "%lld", cost);
+    char *p = c->keys;
+    for (size_t i = 0; i < P; i++) {
+        int n = rl_config_key(&l->cfg, i, key, p, room - (size_t)(p - c->keys));
+        c->key_len[i] = (size_t)n;
+        p += n + 1;
+    }
+    c->slot = l->cfg.cluster ? rl_key_slot(c->keys, c->key_len[0]) : 0;
+    if (l->tail) {
+        l->tail->next = c;
+    } else {
+        l->head = c;
+    }
+    l->tail = c;
+    l->queued++;
+    return 0;
+}
+
+void rl_limiter_stats(const rl_limiter *l, rl_stats *out) {
+    rl_guard_stats(&l->guard, out);
+}
+
+const rl_config *rl_limiter_config(const rl_limiter *l) {
+    return &l->cfg;
+}
+
+static void on_close(uv_handle_t *h) {
+    rl_limiter *l = h->data;
+    if (--l->handles_open == 0) {
+        rl_guard_clear(&l->guard);
+        free(l);
+    }
+}
+
+void rl_limiter_free(rl_limiter *l) {
+    if (!l || l->closing) {
+        return;
+    }
+    l->closing = 1;
+    queue_fail(l, SD_ECLOSED);
+    /* Calls in flight are answered with SD_ECLOSED from inside this, then by the fallback. */
+    sd_aredis_free(l->redis);
+    l->redis = NULL;
+    uv_close((uv_handle_t *)&l->prepare, on_close);
+    uv_close((uv_handle_t *)&l->check, on_close);
+    uv_close((uv_handle_t *)&l->expiry, on_close);
+}

@@ -1,0 +1,111 @@
+-- rl-common.lua - the part every rate-limit script shares. The library sends each algorithm to
+-- Redis as one script: this file followed by the algorithm's file (token-bucket.lua, gcra.lua,
+-- sliding-window-log.lua, sliding-window-counter.lua), which ends with `return rl_run(alg)`.
+--
+-- One call decides a batch of checks, in order. Every check is charged against the same P
+-- policies; a single check is simply a batch of one.
+--
+--   KEYS   the state keys: check i's key for policy j is KEYS[(i - 1) * P + j]
+--   ARGV   P, then q_j and w_j (quota, window in whole seconds) for j = 1..P, then one cost per
+--          check; so the number of checks is #ARGV - 1 - 2P
+--
+-- The reply is a flat array of integers, 2 + 2P per check:
+--   allowed (1 or 0), retry_ms (0 when allowed, -1 for never: the cost exceeds a quota),
+--   then remaining and reset_ms for each policy.
+-- remaining is what is left after this check; reset_ms is the time until more quota becomes
+-- available for that policy (0 when it is full), the "reset" of draft-ietf-httpapi-ratelimit-
+-- headers; retry_ms is the time until the same check would be allowed.
+--
+-- Exact arithmetic. Time is Redis's TIME in microseconds (about 1.7e15, well inside the 2^53
+-- integers a Lua double holds exactly). Each algorithm keeps its state as integers and multiplies
+-- rather than divides, so a policy like 7 per 3 seconds never accumulates rounding: the library
+-- refuses policies whose q * w * 1e6 would leave that range. Waits are rounded up to the
+-- millisecond, so a client that waits exactly retry_ms is admitted.
+--
+-- Each algorithm provides four functions over a state table s that this file creates once per
+-- policy and call (s.q, s.W: the window in microseconds, s.now) and reuses for every check:
+--   load(s, key)      reads the key into s
+--   wait(s, m)        microseconds until m units are available (m <= q), 0 if now
+--   remaining(s)      whole units available now
+--   charge(s, cost)   takes cost units and writes the key back, always with a TTL (only called
+--                     when every policy allows)
+--
+-- Speed matters here: Redis runs one script at a time, so its cost per check caps the whole
+-- system. Globals are read once into locals (each global access in Redis's Lua goes through a
+-- protected table) and no table is created per check.
+
+local floor, format, tonumber, call = math.floor, string.format, tonumber, redis.call
+
+-- floor(x / y) for integers, exact: the floating division may land one off near an integer.
+local function idiv(x, y)
+    local k = floor(x / y)
+    if k * y > x then
+        k = k - 1
+    elseif (k + 1) * y <= x then
+        k = k + 1
+    end
+    return k
+end
+
+-- ceil(x / y) for integers, exact.
+local function cdiv(x, y)
+    return -idiv(-x, y)
+end
+
+local function rl_run(alg)
+    local P = tonumber(ARGV[1])
+    local checks = #ARGV - 1 - 2 * P
+    local t = call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local states = {}
+    for j = 1, P do
+        states[j] = {q = tonumber(ARGV[2 * j]), W = tonumber(ARGV[2 * j + 1]) * 1000000, now = now}
+    end
+    local out, n, k = {}, 0, 0
+    for i = 1, checks do
+        local cost = tonumber(ARGV[1 + 2 * P + i])
+        local never, allowed = false, true
+        for j = 1, P do
+            local s = states[j]
+            alg.load(s, KEYS[k + j])
+            if cost > s.q then
+                never = true
+            elseif allowed and alg.wait(s, cost) > 0 then
+                allowed = false
+            end
+        end
+        k = k + P
+        -- A check is all-or-nothing: one policy's denial means no policy is charged.
+        local retry = 0
+        if never then
+            allowed = false
+            retry = -1
+        elseif not allowed then
+            for j = 1, P do
+                local w = alg.wait(states[j], cost)
+                if w > retry then
+                    retry = w
+                end
+            end
+            retry = cdiv(retry, 1000)
+        elseif cost > 0 then
+            for j = 1, P do
+                alg.charge(states[j], cost)
+            end
+        end
+        out[n + 1] = allowed and 1 or 0
+        out[n + 2] = retry
+        n = n + 2
+        for j = 1, P do
+            local s = states[j]
+            local r = alg.remaining(s)
+            if r > s.q then
+                r = s.q
+            end
+            out[n + 1] = r
+            out[n + 2] = r < s.q and cdiv(alg.wait(s, r + 1), 1000) or 0
+            n = n + 2
+        end
+    end
+    return out
+end

@@ -1,0 +1,595 @@
+/*
+ * test_bench.c - the load generator, the HTTP load target and the `bench` command.
+ *
+ * The load generator is tested with in-process targets whose behaviour is known exactly (they
+ * complete at once, fail on a pattern, or hold operations back), so the assertions are about
+ * counts and flags, not about time. The one timing assertion the harness promises, an open-loop
+ * rate within 1% of its target, runs against a real local HTTP server: a small poll() server in a
+ * forked child, bound to 127.0.0.1 on a free port and killed by its pid at the end.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "http_client.h"
+#include "report.h"
+#include "support.h"
+
+/* ---- A local HTTP server in a child process ------------------------------------------------ */
+
+/* Answers by path: /fail -> 503, /close -> 200 and closes the connection, /hang -> never
+ * answers, anything else -> 200 "ok". One request at a time per connection, as the client
+ * sends them. */
+static void serve_forever(int lfd) {
+    enum { MAX = 256 };
+    struct pollfd fds[MAX];
+    static char buf[MAX][4096];
+    size_t len[MAX];
+    int n = 1;
+    fds[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+    for (;;) {
+        if (poll(fds, (nfds_t)n, -1) < 0)
+            continue;
+        if ((fds[0].revents & POLLIN) && n < MAX) {
+            int c = accept(lfd, NULL, NULL);
+            if (c >= 0) {
+                fds[n] = (struct pollfd){.fd = c, .events = POLLIN};
+                len[n++] = 0;
+            }
+        }
+        for (int i = 1; i < n; i++) {
+            if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            ssize_t got = read(fds[i].fd, buf[i] + len[i], sizeof buf[i] - len[i] - 1);
+            int drop = got <= 0;
+            if (got > 0) {
+                len[i] += (size_t)got;
+                buf[i][len[i]] = '\0';
+            }
+            char *end;
+            while (!drop && (end = strstr(buf[i], "\r\n\r\n")) != NULL) {
+                const char *reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if (strncmp(buf[i], "GET /fail", 9) == 0)
+                    reply = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nfail";
+                else if (strncmp(buf[i], "GET /close", 10) == 0)
+                    reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                else if (strncmp(buf[i], "GET /hang", 9) == 0)
+                    reply = NULL;
+                if (reply && write(fds[i].fd, reply, strlen(reply)) < 0)
+                    drop = 1;
+                if (reply && strstr(reply, "Connection: close"))
+                    drop = 1;
+                size_t used = (size_t)(end + 4 - buf[i]);
+                memmove(buf[i], buf[i] + used, len[i] - used + 1);
+                len[i] -= used;
+            }
+            if (drop) {
+                close(fds[i].fd);
+                fds[i] = fds[n - 1];
+                len[i] = len[n - 1];
+                memcpy(buf[i], buf[n - 1], len[i] + 1);
+                n--;
+                i--;
+            }
+        }
+    }
+}
+
+/* Starts the server; returns its pid and the port it listens on. */
+static pid_t server_start(int *port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(fd, 128), 0);
+    socklen_t alen = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &alen);
+    *port = ntohs(a.sin_port);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        serve_forever(fd);
+        _exit(0);
+    }
+    close(fd);
+    return pid;
+}
+
+/* A port on 127.0.0.1 that nothing listens on (bound, then closed). */
+static int closed_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bind(fd, (struct sockaddr *)&a, sizeof a);
+    socklen_t alen = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &alen);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Runs one load against http://127.0.0.1:port<path> on a fresh loop. */
+static void http_load(int port, const char *path, int conns, int timeout_ms,
+                      const bench_load_opts *opts, bench_result *out, bench_http_stats *stats) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    bench_http_opts hopts = {.timeout_ms = timeout_ms};
+    bench_target t;
+    char err[256];
+    cr_assert_eq(bench_http_target_new(&loop, url, conns, &hopts, &t, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(bench_load_run(&loop, &t, opts, out), 0);
+    if (stats)
+        bench_http_target_stats(&t, stats);
+    bench_http_target_free(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0, "the target closed every handle");
+}
+
+/* ---- In-process targets -------------------------------------------------------------------- */
+
+static void instant_issue(void *ctx, void *token, bench_done_fn *done) {
+    done(token, BENCH_OK);
+}
+
+typedef struct pattern_target {
+    uint64_t issued, status_errors, kind5_errors;
+} pattern_target;
+
+/* Fails every 4th operation as a wrong answer and every 10th (not 4th) with its own kind 5. */
+static void pattern_issue(void *ctx, void *token, bench_done_fn *done) {
+    pattern_target *p = ctx;
+    p->issued++;
+    if (p->issued % 4 == 0) {
+        p->status_errors++;
+        done(token, BENCH_ERR_STATUS);
+    } else if (p->issued % 10 == 0) {
+        p->kind5_errors++;
+        done(token, 5);
+    } else {
+        done(token, BENCH_OK);
+    }
+}
+
+/* Holds operations until a 1 ms timer completes all of them, recording the most held at once. */
+typedef struct held_target {
+    uv_timer_t timer;
+    void *tokens[1024];
+    bench_done_fn *done[1024];
+    int n, max_n;
+} held_target;
+
+static void held_issue(void *ctx, void *token, bench_done_fn *done) {
+    held_target *h = ctx;
+    cr_assert_lt(h->n, 1024);
+    h->tokens[h->n] = token;
+    h->done[h->n++] = done;
+    if (h->n > h->max_n)
+        h->max_n = h->n;
+}
+
+static void held_release_cb(uv_timer_t *timer) {
+    held_target *h = timer->data;
+    int n = h->n;
+    h->n = 0;
+    for (int i = 0; i < n; i++)
+        h->done[i](h->tokens[i], BENCH_OK);
+}
+
+/* ---- The load generator -------------------------------------------------------------------- */
+
+Test(load, bad_options_are_refused) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    bench_target t = {NULL, instant_issue};
+    bench_result r;
+    bench_load_opts o = {.rate = 100, .duration_s = 0};
+    cr_expect_eq(bench_load_run(&loop, &t, &o, &r), -EINVAL);
+    o = (bench_load_opts){.rate = -1, .duration_s = 1};
+    cr_expect_eq(bench_load_run(&loop, &t, &o, &r), -EINVAL);
+    uv_loop_close(&loop);
+}
+
+Test(load, open_loop_records_exactly_the_operations_scheduled_after_warmup) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    bench_target t = {NULL, instant_issue};
+    bench_result r;
+    bench_load_opts o = {.rate = 2000, .duration_s = 1, .warmup_s = 0.2, .label = "x"};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    /* Operation n is due at n/2000 s: 400..2399 fall in [0.2 s, 1.2 s). */
+    cr_expect_eq(r.count, 2000);
+    cr_expect_eq(hdr_count(r.latency), 2000);
+    cr_expect_eq(hdr_count(r.uncorrected), 2000);
+    cr_expect_eq(r.errors, 0);
+    cr_expect_eq(r.target_rate, 2000);
+    cr_expect_str_eq(r.name, "x");
+    cr_expect_not(r.below_target);
+    bench_result_clear(&r);
+    cr_expect_eq(uv_loop_close(&loop), 0, "the generator closed its handles");
+}
+
+Test(load, errors_are_counted_by_kind) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    pattern_target p = {0};
+    bench_target t = {&p, pattern_issue};
+    bench_result r;
+    bench_load_opts o = {.rate = 0, .in_flight = 1, .duration_s = 0.1};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    /* No warm-up and a closed loop: every operation issued is recorded. */
+    cr_expect_eq(r.count, p.issued);
+    cr_expect_gt(p.issued, 100);
+    cr_expect_eq(r.errors_by_kind[BENCH_ERR_STATUS], p.status_errors);
+    cr_expect_eq(r.errors_by_kind[5], p.kind5_errors);
+    cr_expect_eq(r.errors, p.status_errors + p.kind5_errors);
+    cr_expect_str_eq(bench_err_kind_name(BENCH_ERR_STATUS), "status");
+    cr_expect_str_eq(bench_err_kind_name(5), "kind5");
+    bench_result_clear(&r);
+    uv_loop_close(&loop);
+}
+
+Test(load, closed_loop_keeps_exactly_in_flight_operations) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    held_target h = {0};
+    uv_timer_init(&loop, &h.timer);
+    h.timer.data = &h;
+    uv_timer_start(&h.timer, held_release_cb, 1, 1);
+    bench_target t = {&h, held_issue};
+    bench_result r;
+    bench_load_opts o = {.rate = 0, .in_flight = 8, .duration_s = 0.2};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    cr_expect_eq(h.max_n, 8);
+    cr_expect_eq(h.n, 0, "the run waited for every operation");
+    cr_expect_eq(r.target_rate, 0);
+    bench_result_clear(&r);
+    uv_close((uv_handle_t *)&h.timer, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+}
+
+Test(load, capped_open_loop_that_falls_behind_says_so) {
+    /* At most 8 in flight, each held about 1 ms: at most ~8,000/s, asked for 20,000/s. */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    held_target h = {0};
+    uv_timer_init(&loop, &h.timer);
+    h.timer.data = &h;
+    uv_timer_start(&h.timer, held_release_cb, 1, 1);
+    bench_target t = {&h, held_issue};
+    bench_result r;
+    bench_load_opts o = {.rate = 20000, .in_flight = 8, .duration_s = 0.3};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    cr_expect(r.below_target);
+    cr_expect_leq(h.max_n, 8);
+    /* Each operation waited at least as long from its due time as from its actual start. */
+    for (double p = 0; p <= 100; p += 10)
+        cr_expect_leq(hdr_percentile(r.uncorrected, p), hdr_percentile(r.latency, p));
+    bench_result_clear(&r);
+    uv_close((uv_handle_t *)&h.timer, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+}
+
+/* ---- The HTTP target against a real server ------------------------------------------------- */
+
+Test(http, open_loop_hits_its_target_rate_within_one_percent) {
+    int port;
+    pid_t pid = server_start(&port);
+    bench_result r;
+    bench_load_opts o = {.rate = 2000, .duration_s = 2, .warmup_s = 0.5};
+    http_load(port, "/hello", 4, 2000, &o, &r, NULL);
+    cr_expect_geq(r.achieved_rate, 2000 * 0.99, "achieved %.1f/s", r.achieved_rate);
+    cr_expect_leq(r.achieved_rate, 2000 * 1.01, "achieved %.1f/s", r.achieved_rate);
+    cr_expect_not(r.below_target);
+    cr_expect_eq(r.errors, 0);
+    cr_expect_geq(r.count, 3960);
+    for (double p = 0; p <= 100; p += 10)
+        cr_expect_leq(hdr_percentile(r.uncorrected, p), hdr_percentile(r.latency, p));
+    bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, non_2xx_responses_are_status_errors) {
+    int port;
+    pid_t pid = server_start(&port);
+    bench_result r;
+    bench_load_opts o = {.rate = 0, .in_flight = 2, .duration_s = 0.3};
+    http_load(port, "/fail", 2, 2000, &o, &r, NULL);
+    cr_expect_gt(r.count, 0);
+    cr_expect_eq(r.errors, r.count);
+    cr_expect_eq(r.errors_by_kind[BENCH_ERR_STATUS], r.count);
+    bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, connections_closed_by_the_server_are_reopened) {
+    int port;
+    pid_t pid = server_start(&port);
+    bench_result r;
+    bench_http_stats st;
+    bench_load_opts o = {.rate = 500, .duration_s = 0.5};
+    http_load(port, "/close", 2, 2000, &o, &r, &st);
+    cr_expect_eq(r.errors, 0);
+    cr_expect_geq(r.count, 240);
+    cr_expect_geq(st.closed, r.count, "one close per response");
+    cr_expect_geq(st.connects, st.closed);
+    bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, unanswered_requests_time_out) {
+    int port;
+    pid_t pid = server_start(&port);
+    bench_result r;
+    bench_load_opts o = {.rate = 0, .in_flight = 2, .duration_s = 0.3};
+    http_load(port, "/hang", 2, 100, &o, &r, NULL);
+    cr_expect_gt(r.count, 0);
+    cr_expect_eq(r.errors_by_kind[BENCH_ERR_TIMEOUT], r.count);
+    bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, refused_connections_are_connect_errors) {
+    int port = closed_port();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    bench_target t;
+    cr_assert_eq(bench_http_target_new(&loop, url, 2, NULL, &t, err, sizeof err), 0);
+    int rc = bench_http_target_wait_connected(&t, 2000, err, sizeof err);
+    cr_expect_eq(rc, UV_ECONNREFUSED, "%s", err);
+    bench_result r;
+    bench_load_opts o = {.rate = 1000, .duration_s = 0.2};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    cr_expect_gt(r.count, 0);
+    cr_expect_eq(r.errors_by_kind[BENCH_ERR_CONNECT], r.count);
+    bench_result_clear(&r);
+    bench_http_target_free(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(uv_loop_close(&loop), 0);
+}
+
+Test(http, bad_urls_are_refused_with_a_message) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    bench_target t;
+    char err[256];
+    cr_expect_eq(bench_http_target_new(&loop, "https://127.0.0.1/", 1, NULL, &t, err, sizeof err),
+                 -EPROTONOSUPPORT);
+    cr_expect_not_null(strstr(err, "only http://"), "%s", err);
+    cr_expect_eq(bench_http_target_new(&loop, "not a url", 1, NULL, &t, err, sizeof err), -EINVAL);
+    const char *bad_header[] = {"NoColonHere", NULL};
+    bench_http_opts o = {.headers = bad_header};
+    cr_expect_eq(bench_http_target_new(&loop, "http://127.0.0.1/", 1, &o, &t, err, sizeof err),
+                 -EINVAL);
+    cr_expect_eq(bench_http_target_new(&loop, "http://127.0.0.1/", 0, NULL, &t, err, sizeof err),
+                 -EINVAL);
+    cr_expect_eq(uv_loop_close(&loop), 0, "a refused target leaves nothing on the loop");
+}
+
+/* ---- The bench command --------------------------------------------------------------------- */
+
+typedef struct run_out {
+    int status; /* exit status, or -1 if it did not exit normally */
+    char out[65536];
+    char err[8192];
+} run_out;
+
+static void slurp(int fd, char *buf, size_t len) {
+    lseek(fd, 0, SEEK_SET);
+    ssize_t n = read(fd, buf, len - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    close(fd);
+}
+
+/* Runs build/bin/bench with argv (NULL-terminated, without the program) and `input` on stdin. */
+static void run_bench(const char *input, const char *const *args, run_out *r) {
+    char *bin = test_bin_path("bench");
+    char in_path[] = "/tmp/test_bench_inXXXXXX", out_path[] = "/tmp/test_bench_outXXXXXX",
+         err_path[] = "/tmp/test_bench_errXXXXXX";
+    int in = mkstemp(in_path), out = mkstemp(out_path), err = mkstemp(err_path);
+    cr_assert(in >= 0 && out >= 0 && err >= 0);
+    unlink(in_path);
+    unlink(out_path);
+    unlink(err_path);
+    if (input)
+        cr_assert_eq(write(in, input, strlen(input)), (ssize_t)strlen(input));
+    lseek(in, 0, SEEK_SET);
+    const char *argv[32] = {bin};
+    int n = 1;
+    for (; args[n - 1] && n < 31; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(in, 0);
+        dup2(out, 1);
+        dup2(err, 2);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    int ws;
+    waitpid(pid, &ws, 0);
+    r->status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+    slurp(out, r->out, sizeof r->out);
+    slurp(err, r->err, sizeof r->err);
+    close(in);
+    free(bin);
+}
+
+static double jnum(json_t *o, const char *key) {
+    json_t *v = json_object_get(o, key);
+    cr_assert(json_is_number(v), "missing number '%s'", key);
+    return json_number_value(v);
+}
+
+Test(cli, percentiles_of_one_to_hundred) {
+    char input[1024] = "";
+    for (int i = 1; i <= 100; i++)
+        snprintf(input + strlen(input), sizeof input - strlen(input), "%d\n", i);
+    static run_out r;
+    run_bench(input, (const char *[]){"percentiles", NULL}, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    json_error_t e;
+    json_t *o = json_loads(r.out, 0, &e);
+    cr_assert_not_null(o, "not JSON: %s", r.out);
+    cr_expect_eq(jnum(o, "count"), 100);
+    cr_expect_eq(jnum(o, "min"), 1);
+    cr_expect_eq(jnum(o, "p50"), 50);
+    cr_expect_eq(jnum(o, "p90"), 90);
+    cr_expect_eq(jnum(o, "p99"), 99);
+    cr_expect_eq(jnum(o, "p99.9"), 100);
+    cr_expect_eq(jnum(o, "p99.99"), 100);
+    cr_expect_eq(jnum(o, "max"), 100);
+    cr_expect_float_eq(jnum(o, "mean"), 50.5, 1e-9);
+    json_decref(o);
+}
+
+Test(cli, percentiles_keeps_the_inputs_decimals) {
+    static run_out r;
+    run_bench("0.25\n1.5\n2.125\n", (const char *[]){"percentiles", "--unit", "ms", NULL}, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    json_t *o = json_loads(r.out, 0, NULL);
+    cr_assert_not_null(o, "%s", r.out);
+    cr_expect_float_eq(jnum(o, "min"), 0.25, 1e-12);
+    cr_expect_float_eq(jnum(o, "p50"), 1.5, 1e-12);
+    cr_expect_float_eq(jnum(o, "max"), 2.125, 1e-12);
+    json_decref(o);
+}
+
+Test(cli, percentiles_names_the_bad_line) {
+    static run_out r;
+    run_bench("1\n2\nthree\n4\n", (const char *[]){"percentiles", NULL}, &r);
+    cr_expect_eq(r.status, 2);
+    cr_expect_not_null(strstr(r.err, "line 3"), "stderr: %s", r.err);
+    cr_expect_str_eq(r.out, "");
+    run_bench("5\n-1\n", (const char *[]){"percentiles", NULL}, &r);
+    cr_expect_eq(r.status, 2);
+    cr_expect_not_null(strstr(r.err, "line 2: negative"), "stderr: %s", r.err);
+}
+
+Test(cli, percentiles_of_nothing_is_count_zero) {
+    static run_out r;
+    run_bench("", (const char *[]){"percentiles", NULL}, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    json_t *o = json_loads(r.out, 0, NULL);
+    cr_assert_not_null(o, "%s", r.out);
+    cr_expect_eq(jnum(o, "count"), 0);
+    json_decref(o);
+}
+
+Test(cli, usage_errors_exit_2_and_help_exits_0) {
+    static run_out r;
+    run_bench(NULL, (const char *[]){NULL}, &r);
+    cr_expect_eq(r.status, 2);
+    run_bench(NULL, (const char *[]){"--help", NULL}, &r);
+    cr_expect_eq(r.status, 0);
+    cr_expect_not_null(strstr(r.out, "usage: bench"));
+    run_bench(NULL, (const char *[]){"frobnicate", NULL}, &r);
+    cr_expect_eq(r.status, 2);
+    cr_expect_not_null(strstr(r.err, "unknown command"), "%s", r.err);
+    const char *helps[] = {"run", "list", "http", "percentiles", "compare", "selftest"};
+    for (size_t i = 0; i < sizeof helps / sizeof helps[0]; i++) {
+        run_bench(NULL, (const char *[]){helps[i], "--help", NULL}, &r);
+        cr_expect_eq(r.status, 0, "bench %s --help", helps[i]);
+        cr_expect_not_null(strstr(r.out, "usage: bench"), "bench %s --help", helps[i]);
+    }
+    run_bench(NULL, (const char *[]){"http", "http://127.0.0.1:1/", NULL}, &r);
+    cr_expect_eq(r.status, 2, "--rate is required");
+    run_bench(NULL, (const char *[]){"http", "http://127.0.0.1:1/", "--rate", "x", NULL}, &r);
+    cr_expect_eq(r.status, 2);
+    cr_expect_not_null(strstr(r.err, "--rate"), "%s", r.err);
+    run_bench(NULL, (const char *[]){"run", "--duration", NULL}, &r);
+    cr_expect_eq(r.status, 2);
+    run_bench(NULL, (const char *[]){"run", "no-such-scenario-prefix", NULL}, &r);
+    cr_expect_eq(r.status, 2);
+}
+
+Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
+    int port;
+    pid_t pid = server_start(&port);
+    char url[64], json_path[] = "/tmp/test_bench_jsonXXXXXX", html_path[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    int fd = mkstemp(json_path);
+    close(fd);
+    snprintf(html_path, sizeof html_path, "%s.html", json_path);
+    static run_out r;
+    run_bench(NULL,
+              (const char *[]){"http", url, "--rate", "500", "--duration", "1", "--connections",
+                               "2", "--json", json_path, "--html", html_path, NULL},
+              &r);
+    test_kill_wait(pid, SIGKILL);
+    cr_assert_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "p99.9"), "%s", r.out);
+
+    json_error_t e;
+    json_t *root = json_load_file(json_path, 0, &e);
+    cr_assert_not_null(root, "%s", e.text);
+    json_t *m = json_object_get(root, "machine");
+    cr_expect(json_is_integer(json_object_get(m, "cpus")));
+    cr_expect(json_is_string(json_object_get(m, "model")));
+    cr_expect(json_is_string(json_object_get(m, "kernel")));
+    cr_expect(json_is_string(json_object_get(m, "hostname")));
+    json_t *s = json_array_get(json_object_get(root, "scenarios"), 0);
+    cr_assert_not_null(s);
+    cr_expect(json_is_string(json_object_get(s, "name")));
+    cr_expect_eq(jnum(s, "target_rate"), 500);
+    cr_expect_geq(jnum(s, "achieved_rate"), 495);
+    cr_expect_eq(jnum(s, "duration_s"), 1);
+    cr_expect_geq(jnum(s, "count"), 495);
+    cr_expect_eq(jnum(s, "errors"), 0);
+    cr_expect(json_is_object(json_object_get(s, "errors_by_kind")));
+    const char *pcts[] = {"p50_us", "p95_us", "p99_us", "p999_us", "max_us"};
+    json_t *unc = json_object_get(s, "uncorrected");
+    for (size_t i = 0; i < 5; i++) {
+        cr_expect_geq(jnum(s, pcts[i]), jnum(unc, pcts[i]), "%s", pcts[i]);
+    }
+    const char *hgrm = json_string_value(json_object_get(s, "hgrm"));
+    cr_assert_not_null(hgrm);
+    cr_expect_not_null(strstr(hgrm, "1/(1-Percentile)"));
+    cr_expect_not_null(strstr(hgrm, "#[Buckets"));
+    json_decref(root);
+
+    run_bench(NULL, (const char *[]){"compare", json_path, json_path, NULL}, &r);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "1.00"), "%s", r.out);
+    run_bench(NULL, (const char *[]){"compare", json_path, "/nonexistent.json", NULL}, &r);
+    cr_expect_eq(r.status, 1);
+
+    FILE *f = fopen(html_path, "r");
+    cr_assert_not_null(f);
+    char page[65536];
+    size_t n = fread(page, 1, sizeof page - 1, f);
+    page[n] = '\0';
+    fclose(f);
+    cr_expect_not_null(strstr(page, "<svg"));
+    cr_expect_null(strstr(page, "<script"), "self-contained, no scripts");
+    unlink(json_path);
+    unlink(html_path);
+}
+
+Test(cli, http_to_a_closed_port_fails_with_a_message) {
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", closed_port());
+    static run_out r;
+    run_bench(NULL, (const char *[]){"http", url, "--rate", "100", "--duration", "0.2", NULL}, &r);
+    cr_expect_eq(r.status, 1);
+    cr_expect_not_null(strstr(r.err, "refused"), "%s", r.err);
+}

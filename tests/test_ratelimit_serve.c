@@ -1,0 +1,266 @@
+/*
+ * test_ratelimit_serve.c - the `ratelimit` command as a user runs it: `ratelimit serve` started
+ * as a real process and spoken to over real sockets (the RateLimit header syntax, 429 problems,
+ * Retry-After, POST /v1/check, /metrics, several instances sharing one Redis, a graceful stop),
+ * and `ratelimit check` and the usage errors.
+ */
+#include <criterion/criterion.h>
+#include <regex.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sd.h"
+#include "support.h"
+
+static sd_redis_server *server;
+
+static void start(void) {
+    server = test_redis_start(NULL);
+}
+
+static void stop(void) {
+    sd_redis_server_stop(server);
+}
+
+TestSuite(ratelimit_serve, .init = start, .fini = stop, .timeout = 60);
+
+typedef struct gateway {
+    pid_t pid;
+    int port;
+} gateway;
+
+/* Starts `ratelimit serve` on a free port with the extra arguments (NULL-terminated). */
+static gateway serve(const char *arg, ...) {
+    /* A generous deadline: these tests are about answers, and sanitizer builds are slow. */
+    const char *argv[32] = {"ratelimit",     "serve", "--listen", "127.0.0.1:0",
+                            "--deadline-ms", "2000",  "--redis",  sd_redis_server_url(server)};
+    int argc = 8;
+    va_list ap;
+    va_start(ap, arg);
+    for (const char *a = arg; a && argc < 31; a = va_arg(ap, const char *)) {
+        argv[argc++] = a;
+    }
+    va_end(ap);
+    argv[argc] = NULL;
+    gateway g;
+    int out;
+    g.pid = test_spawn(argv, NULL, &out);
+    char line[128];
+    cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0, "no address printed");
+    close(out);
+    cr_assert_eq(sscanf(line, "127.0.0.1:%d", &g.port), 1, "printed '%s'", line);
+    return g;
+}
+
+static void shutdown_gateway(gateway g) {
+    int status = test_kill_wait(g.pid, SIGTERM);
+    cr_assert(WIFEXITED(status), "not a clean exit on SIGTERM");
+    cr_assert_eq(WEXITSTATUS(status), 0);
+}
+
+/* GET path with an X-Api-Key; returns the status, the response in buf. */
+static int get(gateway g, const char *key, char *buf, size_t len) {
+    char req[512];
+    snprintf(req, sizeof req, "GET /v1/things HTTP/1.1\r\nHost: x\r\nX-Api-Key: %s\r\n\r\n", key);
+    return test_http_exchange(g.port, req, buf, len, NULL);
+}
+
+/* The value of header name in a response, copied into out ("" when absent). */
+static const char *header(const char *resp, const char *name, char *out, size_t len) {
+    size_t n = strlen(name);
+    out[0] = '\0';
+    for (const char *p = strstr(resp, "\r\n"); p && p[2] != '\r'; p = strstr(p + 2, "\r\n")) {
+        if (strncasecmp(p + 2, name, n) == 0 && p[2 + n] == ':') {
+            const char *v = p + 3 + n;
+            while (*v == ' ') {
+                v++;
+            }
+            size_t m = strcspn(v, "\r");
+            snprintf(out, len, "%.*s", (int)(m < len ? m : len - 1), v);
+            break;
+        }
+    }
+    return out;
+}
+
+static void assert_matches(const char *text, const char *pattern) {
+    regex_t re;
+    cr_assert_eq(regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB), 0);
+    int rc = regexec(&re, text, 0, NULL, 0);
+    regfree(&re);
+    cr_assert_eq(rc, 0, "'%s' does not match %s", text, pattern);
+}
+
+Test(ratelimit_serve, headers_follow_the_draft) {
+    gateway g = serve("--policy", "burst;q=2;w=60", "--policy", "daily;q=1000;w=86400", NULL);
+    char resp[4096], v[512];
+    cr_assert_eq(get(g, "alice", resp, sizeof resp), 200);
+    cr_assert_str_eq(header(resp, "RateLimit-Policy", v, sizeof v),
+                     "\"burst\";q=2;w=60, \"daily\";q=1000;w=86400");
+    cr_assert_str_eq(header(resp, "RateLimit", v, sizeof v),
+                     "\"burst\";r=1;t=30, \"daily\";r=999;t=87");
+    cr_assert_str_eq(header(resp, "Retry-After", v, sizeof v), "");
+    cr_assert_eq(get(g, "alice", resp, sizeof resp), 200);
+    cr_assert_eq(get(g, "alice", resp, sizeof resp), 429);
+    assert_matches(header(resp, "RateLimit", v, sizeof v),
+                   "^\"burst\";r=0;t=[0-9]+, \"daily\";r=998;t=[0-9]+$");
+    assert_matches(header(resp, "Retry-After", v, sizeof v), "^[1-9][0-9]*$");
+    long retry = strtol(v, NULL, 10);
+    cr_assert_leq(retry, 30);
+    /* The reset of the violated policy is never later than Retry-After (draft section 6). */
+    long t;
+    cr_assert_eq(sscanf(strstr(resp, "RateLimit: ") + 11, "\"burst\";r=0;t=%ld", &t), 1);
+    cr_assert_leq(t, retry);
+    assert_matches(header(resp, "Content-Type", v, sizeof v), "^application/problem\\+json");
+    const char *body = strstr(resp, "\r\n\r\n") + 4;
+    cr_assert_not_null(strstr(body, "http-problem-types#quota-exceeded"), "%s", body);
+    cr_assert_not_null(strstr(body, "\"violated-policies\":[\"burst\"]"), "%s", body);
+    shutdown_gateway(g);
+}
+
+Test(ratelimit_serve, waiting_retry_after_seconds_is_admitted) {
+    gateway g = serve("--policy", "tight;q=1;w=1", "--algorithm", "sliding-window-log", NULL);
+    char resp[4096], v[64];
+    cr_assert_eq(get(g, "bob", resp, sizeof resp), 200);
+    cr_assert_eq(get(g, "bob", resp, sizeof resp), 429);
+    long retry = strtol(header(resp, "Retry-After", v, sizeof v), NULL, 10);
+    cr_assert_eq(retry, 1);
+    struct timespec ts = {retry, 0};
+    nanosleep(&ts, NULL);
+    cr_assert_eq(get(g, "bob", resp, sizeof resp), 200, "still denied after Retry-After");
+    shutdown_gateway(g);
+}
+
+Test(ratelimit_serve, keys_come_from_the_header_or_the_address) {
+    gateway g = serve("--policy", "one;q=1;w=3600", "--key-header", "X-Tenant", NULL);
+    char resp[4096];
+    const char *a = "GET / HTTP/1.1\r\nHost: x\r\nX-Tenant: a\r\n\r\n";
+    const char *b = "GET / HTTP/1.1\r\nHost: x\r\nX-Tenant: b\r\n\r\n";
+    const char *none = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    cr_assert_eq(test_http_exchange(g.port, a, resp, sizeof resp, NULL), 200);
+    cr_assert_eq(test_http_exchange(g.port, b, resp, sizeof resp, NULL), 200);
+    cr_assert_eq(test_http_exchange(g.port, a, resp, sizeof resp, NULL), 429);
+    cr_assert_eq(test_http_exchange(g.port, none, resp, sizeof resp, NULL), 200);
+    cr_assert_eq(test_http_exchange(g.port, none, resp, sizeof resp, NULL), 429);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    cr_assert_eq(test_redis_int(admin, "EXISTS rl:{127.0.0.1}:one:tb"), 1);
+    sd_redis_free(admin);
+    shutdown_gateway(g);
+}
+
+/* Three gateways share one Redis: between them they admit exactly the quota. */
+Test(ratelimit_serve, instances_sharing_redis_admit_exactly_the_quota) {
+    gateway g[3];
+    for (int i = 0; i < 3; i++) {
+        g[i] = serve("--policy", "shared;q=25;w=3600", "--algorithm", "gcra", NULL);
+    }
+    char resp[4096];
+    int ok = 0, denied = 0;
+    for (int i = 0; i < 90; i++) {
+        int status = get(g[i % 3], "tenant", resp, sizeof resp);
+        ok += status == 200;
+        denied += status == 429;
+    }
+    cr_assert_eq(ok, 25, "admitted %d", ok);
+    cr_assert_eq(denied, 65);
+    for (int i = 0; i < 3; i++) {
+        shutdown_gateway(g[i]);
+    }
+}
+
+Test(ratelimit_serve, check_endpoint_answers_json) {
+    gateway g = serve("--policy", "api;q=5;w=3600", NULL);
+    char resp[4096], req[512];
+    const char *body;
+    const char *payload = "{\"key\":\"svc\",\"cost\":3}";
+    snprintf(req, sizeof req,
+             "POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             strlen(payload), payload);
+    cr_assert_eq(test_http_exchange(g.port, req, resp, sizeof resp, &body), 200);
+    assert_matches(body, "^\\{\"allowed\":true,\"remaining\":2,\"reset_ms\":[0-9]+,"
+                         "\"retry_after_ms\":0,\"policy\":\"api\"");
+    cr_assert_eq(test_http_exchange(g.port, req, resp, sizeof resp, &body), 200);
+    assert_matches(body, "\"allowed\":false,\"remaining\":2,\"reset_ms\":[0-9]+,"
+                         "\"retry_after_ms\":[1-9][0-9]*,\"policy\":\"api\"");
+    const char *bad = "POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{\"key\":1}";
+    cr_assert_eq(test_http_exchange(g.port, bad, resp, sizeof resp, &body), 400);
+    cr_assert_not_null(strstr(resp, "application/problem+json"));
+    shutdown_gateway(g);
+}
+
+Test(ratelimit_serve, metrics_count_decisions) {
+    gateway g = serve("--policy", "m;q=1;w=3600", NULL);
+    char resp[8192];
+    get(g, "k", resp, sizeof resp);
+    get(g, "k", resp, sizeof resp);
+    get(g, "k", resp, sizeof resp);
+    const char *body;
+    cr_assert_eq(test_http_exchange(g.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", resp,
+                                    sizeof resp, &body),
+                 200);
+    cr_assert_not_null(
+        strstr(body, "ratelimit_decisions_total{policy=\"m\",outcome=\"allowed\"} 1\n"), "%s",
+        body);
+    cr_assert_not_null(
+        strstr(body, "ratelimit_decisions_total{policy=\"m\",outcome=\"denied\"} 2\n"));
+    cr_assert_not_null(strstr(body, "ratelimit_deny_cache_hits_total 1\n"));
+    cr_assert_not_null(strstr(body, "ratelimit_redis_errors_total 0\n"));
+    cr_assert_not_null(strstr(body, "ratelimit_fallback_decisions_total 0\n"));
+    shutdown_gateway(g);
+}
+
+/* ---- The command line ----------------------------------------------------------------------- */
+
+static int run(const char *const argv[]) {
+    pid_t pid = test_spawn(argv, NULL, NULL);
+    int status = test_wait_exit(pid, 10000);
+    cr_assert_neq(status, -1, "did not exit");
+    cr_assert(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+Test(ratelimit_serve, usage_errors_exit_2_and_help_exits_0) {
+    const char *url = sd_redis_server_url(server);
+    const char *help[] = {"ratelimit", "serve", "--help", NULL};
+    const char *top[] = {"ratelimit", "--help", NULL};
+    const char *bad_policy[] = {"ratelimit",   "check", "--redis", url, "--policy",
+                                "x;q=ten;w=1", "--key", "k",       NULL};
+    const char *no_policy[] = {"ratelimit", "check", "--redis", url, "--key", "k", NULL};
+    const char *no_listen[] = {"ratelimit", "serve", "--redis", url, "--policy", "x;q=1;w=1", NULL};
+    const char *bad_alg[] = {"ratelimit", "serve",       "--listen", "127.0.0.1:0", "--policy",
+                             "x;q=1;w=1", "--algorithm", "leaky",    NULL};
+    const char *unknown[] = {"ratelimit", "frobnicate", NULL};
+    cr_assert_eq(run(help), 0);
+    cr_assert_eq(run(top), 0);
+    cr_assert_eq(run(bad_policy), 2);
+    cr_assert_eq(run(no_policy), 2);
+    cr_assert_eq(run(no_listen), 2);
+    cr_assert_eq(run(bad_alg), 2);
+    cr_assert_eq(run(unknown), 2);
+}
+
+Test(ratelimit_serve, check_command_prints_one_decision) {
+    const char *argv[] = {"ratelimit", "check",
+                          "--redis",   sd_redis_server_url(server),
+                          "--policy",  "c;q=2;w=3600",
+                          "--key",     "cli",
+                          "--cost",    "2",
+                          NULL};
+    for (int round = 0; round < 2; round++) {
+        int out;
+        pid_t pid = test_spawn(argv, NULL, &out);
+        char line[1024];
+        cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0);
+        close(out);
+        int status = test_wait_exit(pid, 5000);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_matches(line, round == 0 ? "^\\{\"allowed\":true,\"remaining\":0,"
+                                        : "^\\{\"allowed\":false,\"remaining\":0,");
+    }
+}
