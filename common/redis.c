@@ -965,31 +965,36 @@ int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *pr
 
 static void on_handle_closed(uv_handle_t *h) {
     sd_aredis *r = h->data;
-    if (--r->open_handles == 0) {
-        sd_redis_url_clear(&r->url);
-        free(r);
-    }
+    if (--r->open_handles > 0)
+        return;
+    /* hiredis has answered every request it held by now (see sd_aredis_free); anything left
+     * was never its to answer. */
+    while (r->head)
+        areq_free(r, r->head);
+    sd_redis_url_clear(&r->url);
+    free(r);
 }
 
+/*
+ * Requests are only ever freed in on_reply, when hiredis gives them back, because hiredis may
+ * still hold them here: sd_aredis_free can run inside a hiredis callback (a caller frees the
+ * connection from its reply callback), where redisAsyncFree is deferred until that callback
+ * returns, or inside hiredis's own teardown of a dropped connection, which is walking its list
+ * of pending callbacks. So this function runs each caller's callback now (SD_ECLOSED) and
+ * leaves the freeing to on_reply; the struct itself lives until the timers are closed, which
+ * is after hiredis is done with it.
+ */
 void sd_aredis_free(sd_aredis *r) {
     if (r == NULL || r->state == AS_CLOSED)
         return;
     r->state = AS_CLOSED;
     r->state_cb = NULL;
+    for (struct areq *q = r->head; q != NULL; q = q->next)
+        areq_finish(r, q, NULL, SD_ECLOSED);
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
-    /* Freeing the context runs every pending hiredis callback with NULL: each caller hears
-     * SD_ECLOSED and each request is freed. (Inside a hiredis callback the free is deferred by
-     * hiredis until that callback returns; the struct lives until our handles are closed.) */
     if (ac)
         redisAsyncFree(ac);
-    /* Requests never handed to hiredis cannot exist, but requests that expired and whose
-     * context is gone would: free whatever is left. */
-    while (r->head) {
-        struct areq *q = r->head;
-        areq_finish(r, q, NULL, SD_ECLOSED);
-        areq_free(r, q);
-    }
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->conn_timer, on_handle_closed);
 }

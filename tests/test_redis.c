@@ -349,3 +349,65 @@ Test(redis, async_gives_up_on_a_frozen_server_and_comes_back) {
     cr_assert_eq(st.ups, 1, "did not reconnect after the server woke up");
     close_loop(&loop, r);
 }
+
+/* A caller that frees the connection from its own callback, with more commands in flight. */
+struct freeing_caller {
+    sd_aredis *r;
+    int calls;
+    int closed;
+};
+
+static void free_on_first_reply_cb(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    struct freeing_caller *f = privdata;
+    f->calls++;
+    if (status == SD_ECLOSED)
+        f->closed++;
+    if (f->r) {
+        sd_aredis *doomed = f->r;
+        f->r = NULL;
+        sd_aredis_free(doomed);
+    }
+}
+
+Test(redis, async_free_from_inside_a_reply_callback) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    struct freeing_caller f = {.r = r};
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(sd_aredis_command(r, free_on_first_reply_cb, &f, 2000, "PING"), 0);
+    run_until(&loop, &f.calls, 4);
+    cr_assert_eq(f.calls, 4, "every command is answered exactly once");
+    cr_assert_geq(f.closed, 1, "the commands still pending were answered SD_ECLOSED");
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+static void free_when_down_cb(sd_aredis *r, int connected, void *privdata) {
+    if (!connected)
+        sd_aredis_free(r);
+}
+
+Test(redis, async_free_from_the_state_callback_when_redis_dies) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    sd_aredis_set_state_cb(r, free_when_down_cb, NULL);
+    struct calls c[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(sd_aredis_command(r, record_cb, &c[i], 5000, "BLPOP nothing 0"), 0);
+    sd_redis_server_halt(server);
+    int total = 0;
+    uint64_t until = sd_now_ms() + 5000;
+    while (total < 3 && sd_now_ms() < until) {
+        uv_run(&loop, UV_RUN_ONCE);
+        total = c[0].count + c[1].count + c[2].count;
+    }
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(c[i].count, 1);
+        cr_assert_eq(c[i].status, SD_EDISCONNECTED);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0, "the connection was not freed");
+    sd_redis_server_restart(server);
+}
