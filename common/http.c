@@ -79,8 +79,9 @@
 enum {
     READ_BUF_SIZE = 64 * 1024,     /* the shared read buffer, libuv's usual suggestion */
     WRITE_HIGH_WATER = 256 * 1024, /* stop reading while this much output waits on the client */
-    REQ_POOL_MAX = 4096,           /* spare request objects kept for reuse */
-    REQ_KEEP_BYTES = 64 * 1024,    /* larger per-request buffers are freed, not pooled */
+    REQ_POOL_MAX = 1024,           /* spare request objects kept for reuse */
+    REQ_KEEP_BYTES = 8 * 1024,     /* larger per-request buffers are freed, not pooled: the pool
+                                      holds at most ~1024 * 3 * 8 KiB after any burst */
     LINGER_MS = 1000,              /* how long a closing connection waits for the client's EOF */
     LISTEN_BACKLOG = 1024,
     ROUTE_CACHE_SIZE = 64, /* a power of two */
@@ -470,6 +471,8 @@ static void req_put(sd_http_server *srv, sd_http_req *req) {
         buf_free(&req->store);
     if (req->out.cap > REQ_KEEP_BYTES)
         buf_free(&req->out);
+    if (req->extra.cap > REQ_KEEP_BYTES)
+        buf_free(&req->extra);
     req->next = srv->pool;
     srv->pool = req;
     srv->npool++;
