@@ -5,8 +5,9 @@
  *  - Keep-alive and pipelining: requests on one connection are parsed as they arrive and their
  *    responses are written strictly in request order, even when a later handler answers first.
  *  - Bodies with Content-Length; a chunked request body is refused with 411.
- *  - Limits: header bytes (431), body bytes (413), open connections (new ones closed at once),
- *    pipelined requests queued per connection.
+ *  - Limits: header bytes (431; 414 when the request target alone is too long), body bytes
+ *    (413), open connections (new ones closed at once), pipelined requests queued per
+ *    connection.
  *  - Timeouts: a request's headers must arrive within header_timeout_ms (slow-loris), an idle
  *    keep-alive connection is closed after idle_timeout_ms.
  *  - Graceful stop: stop accepting, let in-flight requests finish within a grace period, close.
@@ -35,13 +36,13 @@ typedef struct sd_http_server sd_http_server;
 typedef struct sd_http_req sd_http_req;
 
 typedef struct sd_http_opts {
-    size_t max_header_bytes;  /* request line + headers, default 16 KiB -> 431 */
-    size_t max_body_bytes;    /* default 1 MiB -> 413 */
-    int max_connections;      /* default 10000; over it new connections are closed at once */
-    int max_pipelined;        /* requests queued on one connection, default 64 */
-    int header_timeout_ms;    /* default 10000; the whole header must arrive in time */
-    int idle_timeout_ms;      /* default 60000; keep-alive idle limit */
-    const char *server_name;  /* the Server header value, default "sysdesign" */
+    size_t max_header_bytes; /* request line + headers, default 16 KiB -> 431 (414: target) */
+    size_t max_body_bytes;   /* default 1 MiB -> 413 */
+    int max_connections;     /* default 10000; over it new connections are closed at once */
+    int max_pipelined;       /* requests queued on one connection, default 64 */
+    int header_timeout_ms;   /* default 10000; the whole header must arrive in time */
+    int idle_timeout_ms;     /* default 60000; keep-alive idle limit */
+    const char *server_name; /* the Server header value, default "sysdesign" */
 } sd_http_opts;
 
 /* Fills *opts with the defaults above. */
@@ -117,8 +118,8 @@ void sd_http_req_add_header(sd_http_req *req, const char *name, const char *valu
 
 /* Responds with status, content type (may be NULL when there is no body) and body (copied).
  * Content-Length, Date-free minimal headers and keep-alive handling are added here. */
-void sd_http_req_respond(sd_http_req *req, int status, const char *content_type,
-                         const char *body, size_t len);
+void sd_http_req_respond(sd_http_req *req, int status, const char *content_type, const char *body,
+                         size_t len);
 
 /* Responds with a JSON body (application/json). Takes ownership of (steals) `json`. */
 void sd_http_req_respond_json(sd_http_req *req, int status, json_t *json);
@@ -130,7 +131,7 @@ void sd_http_req_respond_json(sd_http_req *req, int status, json_t *json);
  * the problem ("/problems/quota-exceeded"); detail may be NULL; extra (may be NULL, stolen) adds
  * members.
  */
-void sd_http_req_respond_problem(sd_http_req *req, int status, const char *type,
-                                 const char *title, const char *detail, json_t *extra);
+void sd_http_req_respond_problem(sd_http_req *req, int status, const char *type, const char *title,
+                                 const char *detail, json_t *extra);
 
 #endif
