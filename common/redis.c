@@ -287,21 +287,52 @@ static int is_noscript(const redisReply *reply) {
     return reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
-/* The argv of "EVALSHA sha nkeys args..." (or EVAL body ...), in a caller-provided array of
- * argc + 3 entries. The nkeys text lives in numbuf. */
-static void script_argv(const sd_script *script, int use_eval, int nkeys, int argc,
-                        const char **argv, const size_t *argvlen, const char **out, size_t *outlen,
-                        char numbuf[16]) {
-    snprintf(numbuf, 16, "%d", nkeys);
-    out[0] = use_eval ? "EVAL" : "EVALSHA";
-    outlen[0] = strlen(out[0]);
-    out[1] = use_eval ? script->body : script->sha;
-    outlen[1] = use_eval ? script->len : 40;
-    out[2] = numbuf;
-    outlen[2] = strlen(numbuf);
+/* The argv of "EVALSHA sha nkeys args..." (or "EVAL body nkeys args..."): small calls use the
+ * arrays inside the struct, larger ones allocate (script_call_release frees them). */
+struct script_call {
+    const char *small[32];
+    size_t smalllen[32];
+    const char **argv;
+    size_t *lens;
+    int argc;
+    char nkeys[16];
+};
+
+static void script_call_init(struct script_call *c, sd_script *script, int nkeys, int argc,
+                             const char **argv, const size_t *argvlen) {
+    sd_script_init(script);
+    c->argc = argc + 3;
+    c->argv = c->small;
+    c->lens = c->smalllen;
+    if (c->argc > 32) {
+        c->argv = sd_xmalloc(sizeof *c->argv * (size_t)c->argc);
+        c->lens = sd_xmalloc(sizeof *c->lens * (size_t)c->argc);
+    }
+    snprintf(c->nkeys, sizeof c->nkeys, "%d", nkeys);
+    c->argv[0] = "EVALSHA";
+    c->lens[0] = 7;
+    c->argv[1] = script->sha;
+    c->lens[1] = 40;
+    c->argv[2] = c->nkeys;
+    c->lens[2] = strlen(c->nkeys);
     for (int i = 0; i < argc; i++) {
-        out[3 + i] = argv[i];
-        outlen[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
+        c->argv[3 + i] = argv[i];
+        c->lens[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
+    }
+}
+
+/* Turns the call into "EVAL body ...", for the retry after NOSCRIPT. */
+static void script_call_use_eval(struct script_call *c, const sd_script *script) {
+    c->argv[0] = "EVAL";
+    c->lens[0] = 4;
+    c->argv[1] = script->body;
+    c->lens[1] = script->len;
+}
+
+static void script_call_release(struct script_call *c) {
+    if (c->argv != c->small) {
+        free(c->argv);
+        free(c->lens);
     }
 }
 
@@ -476,25 +507,15 @@ redisReply *sd_redis_command(sd_redis *r, int *err, const char *fmt, ...) {
 
 redisReply *sd_redis_script(sd_redis *r, int *err, sd_script *script, int nkeys, int argc,
                             const char **argv, const size_t *argvlen) {
-    sd_script_init(script);
-    const char *small[32], **args = small;
-    size_t smalllen[32], *lens = smalllen;
-    if (argc + 3 > 32) {
-        args = sd_xmalloc(sizeof *args * (size_t)(argc + 3));
-        lens = sd_xmalloc(sizeof *lens * (size_t)(argc + 3));
-    }
-    char num[16];
-    script_argv(script, 0, nkeys, argc, argv, argvlen, args, lens, num);
-    redisReply *reply = sd_redis_commandv(r, err, argc + 3, args, lens);
+    struct script_call call;
+    script_call_init(&call, script, nkeys, argc, argv, argvlen);
+    redisReply *reply = sd_redis_commandv(r, err, call.argc, call.argv, call.lens);
     if (is_noscript(reply)) {
         freeReplyObject(reply);
-        script_argv(script, 1, nkeys, argc, argv, argvlen, args, lens, num);
-        reply = sd_redis_commandv(r, err, argc + 3, args, lens);
+        script_call_use_eval(&call, script);
+        reply = sd_redis_commandv(r, err, call.argc, call.argv, call.lens);
     }
-    if (args != small) {
-        free(args);
-        free(lens);
-    }
+    script_call_release(&call);
     return reply;
 }
 
@@ -940,21 +961,11 @@ int sd_aredis_command(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeou
 int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *privdata,
                      int timeout_ms, int nkeys, int argc, const char **argv,
                      const size_t *argvlen) {
-    sd_script_init(script);
-    const char *small[32], **args = small;
-    size_t smalllen[32], *lens = smalllen;
-    if (argc + 3 > 32) {
-        args = sd_xmalloc(sizeof *args * (size_t)(argc + 3));
-        lens = sd_xmalloc(sizeof *lens * (size_t)(argc + 3));
-    }
-    char num[16];
-    script_argv(script, 0, nkeys, argc, argv, argvlen, args, lens, num);
+    struct script_call call;
+    script_call_init(&call, script, nkeys, argc, argv, argvlen);
     char *cmd = NULL;
-    long long len = redisFormatCommandArgv(&cmd, argc + 3, args, lens);
-    if (args != small) {
-        free(args);
-        free(lens);
-    }
+    long long len = redisFormatCommandArgv(&cmd, call.argc, call.argv, call.lens);
+    script_call_release(&call);
     if (len < 0)
         return SD_EPARSE;
     int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, (size_t)len, script);
