@@ -18,8 +18,11 @@
  *
  * The request bytes are built once at creation and written from that one buffer by every
  * connection (uv_try_write first, which usually writes all of it in one system call; uv_write
- * for whatever is left). Responses are parsed with http_parser; only the status and the end of
- * the message matter, so no header is copied.
+ * for whatever is left). With an extra_headers callback, each request is written as three
+ * pieces, still in one system call: the shared bytes up to the blank line that ends the header,
+ * the lines the callback wrote into the connection's own buffer, and the shared rest. Responses
+ * are parsed with http_parser; only the status and the end of the message matter, so no header
+ * is copied.
  */
 #include "http_client.h"
 
@@ -58,6 +61,7 @@ typedef struct http_conn {
     bench_done_fn *done; /* BUSY: its completion */
     uint64_t sent_ns;    /* BUSY: when the request was sent */
     char rbuf[READ_BUF];
+    char extra[BENCH_HTTP_EXTRA_MAX]; /* BUSY: this request's extra header lines */
 } http_conn;
 
 typedef struct http_waiter {
@@ -71,6 +75,9 @@ struct http_target {
     struct sockaddr_storage addr;
     char *request;
     size_t request_len;
+    size_t head_len; /* bytes of request before the blank line that ends the header */
+    bench_http_extra_fn *extra;
+    void *extra_udata;
     uint64_t timeout_ns;
     bench_http_classify_fn *classify;
     void *classify_udata;
@@ -161,19 +168,43 @@ static void conn_send(http_conn *c, void *token, bench_done_fn *done) {
     c->token = token;
     c->done = done;
     c->sent_ns = sd_now_ns();
-    uv_buf_t buf = uv_buf_init(t->request, (unsigned)t->request_len);
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
-    if (n == (int)t->request_len)
+    uv_buf_t bufs[3];
+    unsigned nbufs = 1;
+    size_t total = t->request_len;
+    bufs[0] = uv_buf_init(t->request, (unsigned)t->request_len);
+    if (t->extra) {
+        size_t extra = t->extra(c->extra, sizeof c->extra, t->extra_udata);
+        if (extra > sizeof c->extra)
+            extra = sizeof c->extra;
+        bufs[0].len = t->head_len;
+        bufs[1] = uv_buf_init(c->extra, (unsigned)extra);
+        bufs[2] = uv_buf_init(t->request + t->head_len, (unsigned)(t->request_len - t->head_len));
+        nbufs = 3;
+        total += extra;
+    }
+    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (n == (int)total)
         return;
     if (n < 0 && n != UV_EAGAIN) {
         conn_fail_op(c, BENCH_ERR_CONNECT);
         conn_close(c, 0);
         return;
     }
-    if (n > 0)
-        buf = uv_buf_init(t->request + n, (unsigned)(t->request_len - (size_t)n));
+    /* Leave out what was written: whole pieces first, then the front of the next one. */
+    uv_buf_t *rest = bufs;
+    for (size_t skip = n > 0 ? (size_t)n : 0; skip > 0;) {
+        if (skip >= rest->len) {
+            skip -= rest->len;
+            rest++;
+            nbufs--;
+        } else {
+            rest->base += skip;
+            rest->len -= skip;
+            skip = 0;
+        }
+    }
     c->write_req.data = c;
-    int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, write_cb);
+    int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, rest, nbufs, write_cb);
     if (rc < 0) {
         conn_fail_op(c, BENCH_ERR_CONNECT);
         conn_close(c, 0);
@@ -514,6 +545,8 @@ int bench_http_target_new(uv_loop_t *loop, const char *url, int connections,
         fprintf(f, "%s\r\n", *h);
     if (opts->body)
         fprintf(f, "Content-Length: %zu\r\n", opts->body_len);
+    fflush(f); /* updates req_len: the extra header lines of each request go here */
+    size_t head_len = req_len;
     fputs("\r\n", f);
     if (opts->body && opts->body_len)
         fwrite(opts->body, 1, opts->body_len, f);
@@ -523,6 +556,9 @@ int bench_http_target_new(uv_loop_t *loop, const char *url, int connections,
     t->loop = loop;
     t->request = req;
     t->request_len = req_len;
+    t->head_len = head_len;
+    t->extra = opts->extra_headers;
+    t->extra_udata = opts->extra_headers_udata;
     t->timeout_ns = (uint64_t)(opts->timeout_ms > 0 ? opts->timeout_ms : 5000) * 1000000u;
     t->classify = opts->classify;
     t->classify_udata = opts->classify_udata;

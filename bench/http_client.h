@@ -33,6 +33,17 @@
  * kind below BENCH_ERR_KINDS). A rate-limiter scenario may, say, count 429 as a result. */
 typedef int bench_http_classify_fn(int status, void *udata);
 
+/* Room for the extra header lines of one request. */
+#define BENCH_HTTP_EXTRA_MAX 256
+
+/*
+ * Adds header lines to one request: called once per request, just before it is sent, with a
+ * buffer of len (BENCH_HTTP_EXTRA_MAX) bytes. Writes whole "Name: value\r\n" lines (not checked:
+ * this is the hot path) and returns how many bytes it wrote, 0 for none. A rate-limiter scenario
+ * uses it to spread requests over many client keys.
+ */
+typedef size_t bench_http_extra_fn(char *buf, size_t len, void *udata);
+
 typedef struct bench_http_opts {
     const char *method;         /* "GET" when NULL */
     const char *const *headers; /* "Name: value" lines, NULL-terminated, or NULL; a Host header
@@ -42,6 +53,9 @@ typedef struct bench_http_opts {
     int timeout_ms;             /* per request, from the moment it is sent; 0 means 5000 */
     bench_http_classify_fn *classify; /* NULL: 2xx and 3xx are BENCH_OK, others BENCH_ERR_STATUS */
     void *classify_udata;
+    bench_http_extra_fn *extra_headers; /* NULL: every request is the same bytes, written from
+                                           one buffer (the fast path) */
+    void *extra_headers_udata;
 } bench_http_opts;
 
 /*

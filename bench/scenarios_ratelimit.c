@@ -8,7 +8,8 @@
  *                                  to show what batching buys
  *   ratelimit.token-bucket.open    open loop at a fixed rate (40,000/s): latency at a load the
  *                                  peer (rate-limiter-flexible) can barely reach
- *   ratelimit.serve.closed         through `ratelimit serve` with the harness's HTTP client
+ *   ratelimit.serve.closed         through `ratelimit serve` with the harness's HTTP client, 50
+ *                                  connections, the same 10,000 random keys (X-Api-Key) and policy
  *   ratelimit.frozen-redis         Redis frozen with SIGSTOP: how long decisions take when the
  *                                  store never answers (deadline, then the circuit breaker)
  *
@@ -16,7 +17,9 @@
  * denials) made it: a fallback decision is reported as a timeout error, so a saturated Redis
  * cannot hide behind the fallback. The frozen-Redis scenario is the exception: measuring the
  * fallback is its point. The Redis deadline in the throughput scenarios is 50 ms rather than the
- * gateway's 5 ms, so that they measure what Redis sustains rather than how often it misses 5 ms.
+ * gateway's 5 ms, so that they measure what Redis sustains rather than how often it misses 5 ms;
+ * the gateway scenario gets --deadline-ms 50 for the same reason (over HTTP a fallback's 200 or
+ * 429 cannot be told from Redis's).
  *
  * The same load from Node's rate-limiter-flexible is bench/peers/ratelimit-flexible.js; run both
  * against one Redis with bench/peers/compare-ratelimit.sh.
@@ -56,11 +59,11 @@ typedef struct rl_bench_op {
 } rl_bench_op;
 
 /* xorshift64* (Marsaglia; Vigna): cheap and good enough to pick keys uniformly. */
-static uint64_t next_random(rl_bench *b) {
-    b->rng ^= b->rng >> 12;
-    b->rng ^= b->rng << 25;
-    b->rng ^= b->rng >> 27;
-    return b->rng * 2685821657736338717ULL;
+static uint64_t next_random(uint64_t *state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return *state * 2685821657736338717ULL;
 }
 
 static void on_decided(const rl_decision *d, void *udata) {
@@ -76,7 +79,7 @@ static void issue_check(void *ctx, void *token, bench_done_fn *done) {
     op->token = token;
     op->done = done;
     op->b = b;
-    const char *key = b->keys[next_random(b) % KEYS];
+    const char *key = b->keys[next_random(&b->rng) % KEYS];
     if (rl_limiter_check(b->limiter, key, 1, on_decided, op) < 0) {
         free(op);
         done(token, BENCH_ERR_OTHER);
@@ -205,11 +208,19 @@ static int setup_frozen(const bench_env *env, bench_target *t) {
 typedef struct rl_serve {
     bench_target http;
     pid_t pid;
+    uint64_t rng;
 } rl_serve;
 
 /* 429 is a decision like 200: both count as answered. */
 static int classify_decision(int status, void *udata) {
     return status == 200 || status == 429 ? BENCH_OK : BENCH_ERR_STATUS;
+}
+
+/* Each request names one of the KEYS clients, "user0".."user9999" as in the library scenarios. */
+static size_t key_header(char *buf, size_t len, void *udata) {
+    rl_serve *s = udata;
+    int n = snprintf(buf, len, "X-Api-Key: user%d\r\n", (int)(next_random(&s->rng) % KEYS));
+    return n > 0 && (size_t)n < len ? (size_t)n : 0;
 }
 
 static void issue_http(void *ctx, void *token, bench_done_fn *done) {
@@ -228,9 +239,9 @@ static pid_t spawn_gateway(const bench_env *env, int *port) {
     if (pid == 0) {
         dup2(fds[1], 1);
         const char *argv[] = {
-            path,           "serve",    "--listen", "127.0.0.1:0", "--redis",
-            env->redis_url, "--prefix", "rlbench:", "--policy",    "gateway;q=1000000000;w=1",
-            "--algorithm",  "gcra",     NULL};
+            path,           "serve",    "--listen",      "127.0.0.1:0", "--redis",
+            env->redis_url, "--prefix", "rlbench:",      "--policy",    "bench;q=10;w=1",
+            "--algorithm",  "gcra",     "--deadline-ms", "50",          NULL};
         execv(path, (char *const *)argv);
         _exit(127);
     }
@@ -260,6 +271,7 @@ static pid_t spawn_gateway(const bench_env *env, int *port) {
 
 static int setup_serve(const bench_env *env, bench_target *target) {
     rl_serve *s = sd_xcalloc(1, sizeof(*s));
+    s->rng = 0x9E3779B97F4A7C15ULL;
     int port;
     s->pid = spawn_gateway(env, &port);
     if (s->pid < 0) {
@@ -268,8 +280,8 @@ static int setup_serve(const bench_env *env, bench_target *target) {
     }
     char url[64], err[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/resource", port);
-    const char *headers[] = {"X-Api-Key: bench-client", NULL};
-    bench_http_opts opts = {.headers = headers, .classify = classify_decision};
+    bench_http_opts opts = {
+        .classify = classify_decision, .extra_headers = key_header, .extra_headers_udata = s};
     int rc = bench_http_target_new(env->loop, url, 50, &opts, &s->http, err, sizeof err);
     if (rc == 0) {
         rc = bench_http_target_wait_connected(&s->http, 5000, err, sizeof err);
@@ -338,7 +350,7 @@ static const bench_scenario tb_open = {
 
 static const bench_scenario serve_closed = {
     .name = "ratelimit.serve.closed",
-    .summary = "GET through `ratelimit serve` (gcra), 50 connections, one key",
+    .summary = "GET through `ratelimit serve` (gcra), 50 connections, 10,000 keys, q=10 w=1",
     .in_flight = 50,
     .default_duration_s = 4,
     .setup = setup_serve,

@@ -370,7 +370,12 @@ static void drop_context(sd_redis *r) {
 
 /* Connects now: TCP or unix, timeouts, AUTH, SELECT. On failure schedules the next attempt. */
 static int connect_now(sd_redis *r) {
-    struct timeval ctv = ms_to_tv(r->opts.connect_timeout_ms);
+    /* A reconnect inside a command must not outlast the command's own timeout: callers with a
+     * deadline (a rate-limit decision) set the command timeout to the time they have left. */
+    int ms = r->opts.connect_timeout_ms;
+    if (r->timeout_ms > 0 && r->timeout_ms < ms)
+        ms = r->timeout_ms;
+    struct timeval ctv = ms_to_tv(ms);
     errno = 0;
     r->c = r->url.path ? redisConnectUnixWithTimeout(r->url.path, ctv)
                        : redisConnectWithTimeout(r->url.host, r->url.port, ctv);

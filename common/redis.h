@@ -102,9 +102,9 @@ void sd_redis_free(sd_redis *r);
  * Runs one command (printf-style as redisCommand, or argv form) within the command timeout.
  * Returns the reply (free it with freeReplyObject) or NULL; on NULL, *err (if not NULL) holds
  * SD_ETIMEDOUT or SD_EDISCONNECTED. An error *reply* from Redis is returned as a reply of type
- * REDIS_REPLY_ERROR, not as NULL. If the connection is broken, the call first reconnects, unless
- * the backoff since the last failed attempt has not passed yet, in which case it fails at once
- * with SD_EDISCONNECTED.
+ * REDIS_REPLY_ERROR, not as NULL. If the connection is broken, the call first reconnects (with
+ * the smaller of the connect and the command timeout), unless the backoff since the last failed
+ * attempt has not passed yet, in which case it fails at once with SD_EDISCONNECTED.
  */
 redisReply *sd_redis_command(sd_redis *r, int *err, const char *fmt, ...);
 redisReply *sd_redis_vcommand(sd_redis *r, int *err, const char *fmt, va_list ap);

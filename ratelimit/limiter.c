@@ -17,17 +17,22 @@
  *
  * Deadlines: each check's deadline counts from rl_limiter_check(). A batch is sent with the
  * deadline of its oldest check; checks still queued when their deadline passes (all calls busy
- * on a slow Redis) are answered by the fallback from a timer. So every callback runs within the
- * deadline, give or take the loop's own latency.
+ * on a slow Redis, or a loop that was blocked) are answered by the fallback, from a timer or
+ * before the next batch is formed. So every callback runs within the deadline, give or take the
+ * loop's own latency. Only calls that were sent count for the circuit breaker: a check that
+ * expired in the queue says nothing about Redis.
  *
- * Lifecycle of a check:  rl_limiter_check -> [deny cache | breaker open | disconnected] -> cb
- *                                         -> queue -> batch call -> reply -> cb
- *                                                               \-> error/deadline -> fallback ->
- * cb
+ * Lifecycle of a check:
+ *
+ *   rl_limiter_check -> [cost above a quota | deny cache | breaker open | disconnected] -> cb
+ *                    -> queue -> batch call -> reply -> cb
+ *                         |               \-> error or deadline -> fallback -> cb
+ *                         \-> deadline while queued -> fallback -> cb
  */
 #include "ratelimit.h"
 #include "rl_internal.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,6 +124,11 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
     for (size_t i = 0; i < b->n; i++) {
         rl_check *c = b->checks[i];
         rl_decision d;
+        if (rc < 0 && rc != SD_EREDIS) {
+            /* Sent, never answered: Redis may still have run the script (README, "Not
+             * guaranteed"); the late reply, if one comes, is dropped by the Redis layer. */
+            l->guard.stats.in_doubt++;
+        }
         if (rc == 0 && rl_decision_from_reply(&l->cfg, reply, i, c->cost, &d) == 0) {
             rl_deny_remember(&l->guard, c->hash, c->cost, c->start_ns, &d);
             answer(l, c, &d);
@@ -194,13 +204,12 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
         argv[k] = b->checks[i]->cost_text;
         lens[k++] = strlen(b->checks[i]->cost_text);
     }
-    int rc = SD_ETIMEDOUT;
-    /* The connection's deadline is in whole milliseconds: round to the nearest. */
-    int timeout_ms = deadline > now ? (int)((deadline - now + 500000) / 1000000) : 0;
-    if (timeout_ms > 0) {
-        rc = sd_aredis_script(l->redis, rl_script(l->cfg.algorithm), on_reply, b, timeout_ms,
+    /* The connection's deadline is in whole milliseconds: round to the nearest. flush() has
+     * answered every check with less than half a millisecond left, so this is at least 1. */
+    assert(deadline > now + 500000);
+    int timeout_ms = (int)((deadline - now + 500000) / 1000000);
+    int rc = sd_aredis_script(l->redis, rl_script(l->cfg.algorithm), on_reply, b, timeout_ms,
                               (int)(b->n * P), (int)argc, argv, lens);
-    }
     free(argv);
     free(lens);
     if (rc == 0) {
@@ -209,6 +218,8 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
         l->guard.stats.batched_checks += b->n;
         return 0;
     }
+    /* Not accepted: the connection went down since flush() looked. That is Redis failing (and
+     * it ends a half-open probe, which must not stay pending). */
     rl_breaker_done(&l->guard, 0, now);
     for (size_t i = 0; i < b->n; i++) {
         answer_fallback(l, b->checks[i], rc);
@@ -219,19 +230,29 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
 
 static void flush(rl_limiter *l);
 
-static void on_expiry(uv_timer_t *t) {
-    rl_limiter *l = t->data;
-    uint64_t now = sd_now_ns();
-    /* Deadlines grow along the queue (every check gets the same deadline_ms). */
+/* Answers the queued checks with less than half a millisecond left: too late to send (the
+ * connection's deadlines are whole milliseconds). Redis was not asked, so the breaker does not
+ * hear of them. Deadlines grow along the queue (every check gets the same deadline_ms). */
+static void expire_queued(rl_limiter *l, uint64_t now) {
     while (l->head && l->head->deadline_ns <= now + 500000) {
         answer_fallback(l, queue_pop(l), SD_ETIMEDOUT);
     }
+}
+
+static void on_expiry(uv_timer_t *t) {
+    rl_limiter *l = t->data;
+    expire_queued(l, sd_now_ns());
     flush(l);
 }
 
 static void flush(rl_limiter *l) {
     uint64_t now = sd_now_ns();
     while (l->head && l->calls < l->cfg.max_calls) {
+        /* A loop blocked past the deadlines gets here before the expiry timer. */
+        expire_queued(l, now);
+        if (!l->head) {
+            break;
+        }
         if (!sd_aredis_is_connected(l->redis)) {
             queue_fail(l, SD_EDISCONNECTED);
             break;
@@ -321,7 +342,7 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     size_t keylen = strlen(key);
     uint64_t hash = rl_key_hash(key, keylen);
     rl_decision d;
-    if (rl_deny_lookup(g, hash, cost, now, &d)) {
+    if (rl_decide_never(&l->cfg, cost, &d) || rl_deny_lookup(g, hash, cost, now, &d)) {
         rl_guard_count(g, &d);
         cb(&d, udata);
         return 0;
@@ -340,7 +361,8 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
         return 0;
     }
     size_t P = l->cfg.npolicies;
-    size_t room = P * (keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16);
+    /* Each Redis key: the prefix, the key with each byte escaped to at most three, the rest. */
+    size_t room = P * (3 * keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16);
     rl_check *c = sd_xmalloc(sizeof(*c) + room);
     c->next = NULL;
     c->cb = cb;

@@ -225,7 +225,7 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
             o->key = optarg;
             break;
         case OPT_COST:
-            rc = parse_int(cmd, "--cost", optarg, 0, 9000000000LL, &o->cost);
+            rc = parse_int(cmd, "--cost", optarg, 0, RL_COST_MAX, &o->cost);
             break;
         case OPT_JSON:
             break;
@@ -351,7 +351,9 @@ static void respond_denied(sd_http_req *req, const rl_config *cfg, const rl_deci
         snprintf(retry, sizeof(retry), "%lld", seconds_up(d->retry_after_ms));
         sd_http_req_add_header(req, "Retry-After", retry);
     }
-    if (d->source == RL_SOURCE_FAIL_CLOSED) {
+    /* A request that can never pass is a 429 whatever Redis is doing: no store is needed to
+     * know it, so "temporarily unavailable" would send the client back in vain. */
+    if (d->source == RL_SOURCE_FAIL_CLOSED && d->retry_after_ms != RL_NEVER) {
         sd_http_req_respond_problem(req, 503, REDUCED_CAPACITY, "Rate limiter unavailable",
                                     "the rate limiter cannot reach its store and fails closed",
                                     NULL);
@@ -401,8 +403,18 @@ static void check_async(gateway *gw, sd_http_req *req, const char *key, long lon
     if (rc < 0) {
         free(p);
         if (rc == RL_EARG) {
-            sd_http_req_respond_problem(req, 400, "about:blank", "Bad Request",
-                                        "the key must have 1 to 512 bytes", NULL);
+            /* Callers validate the cost; what is left to refuse is the key (a header too long,
+             * or empty and no peer address). Name whichever it is. */
+            char detail[128];
+            size_t n = strlen(key);
+            if (n == 0 || n > RL_KEY_MAX) {
+                snprintf(detail, sizeof(detail), "the key must have 1 to %d bytes, not %zu",
+                         RL_KEY_MAX, n);
+            } else {
+                snprintf(detail, sizeof(detail), "the cost must be a whole number from 0 to %lld",
+                         RL_COST_MAX);
+            }
+            sd_http_req_respond_problem(req, 400, "about:blank", "Bad Request", detail, NULL);
         } else {
             sd_http_req_respond_problem(req, 503, "about:blank", "Service Unavailable",
                                         "the server is stopping", NULL);
@@ -419,24 +431,35 @@ static void on_gateway(sd_http_req *req, void *udata) {
     check_async(gw, req, key, 1, 0);
 }
 
+/* POST /v1/check {"key": K, "cost": N}: each way a body can be wrong gets its own message. */
 static void on_api_check(sd_http_req *req, void *udata) {
     gateway *gw = udata;
     size_t len;
     const char *body = sd_http_req_body(req, &len);
     json_error_t jerr;
-    json_t *j = json_loadb(body, len, 0, &jerr);
-    json_t *key = j ? json_object_get(j, "key") : NULL;
-    json_t *cost = j ? json_object_get(j, "cost") : NULL;
-    const char *problem = NULL;
-    if (!j || !json_is_object(j)) {
-        problem = "the body must be a JSON object {\"key\": \"...\", \"cost\": N}";
+    /* Any JSON value, so that a scalar is told it is not an object; without JSON_ALLOW_NUL
+     * jansson refuses "\u0000", so a key is a whole C string. */
+    json_t *j = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
+    json_t *key = json_is_object(j) ? json_object_get(j, "key") : NULL;
+    json_t *cost = json_is_object(j) ? json_object_get(j, "cost") : NULL;
+    char problem[256] = "";
+    if (!j) {
+        snprintf(problem, sizeof(problem), "the body is not JSON (%s at character %d)", jerr.text,
+                 jerr.position);
+    } else if (!json_is_object(j)) {
+        snprintf(problem, sizeof(problem),
+                 "the body must be a JSON object {\"key\": \"...\", \"cost\": N}");
+    } else if (!key) {
+        snprintf(problem, sizeof(problem), "\"key\" is required");
     } else if (!json_is_string(key) || json_string_length(key) == 0 ||
-               json_string_length(key) > RL_KEY_MAX || strlen(json_string_value(key)) == 0) {
-        problem = "\"key\" must be a string of 1 to 512 bytes";
-    } else if (cost && (!json_is_integer(cost) || json_integer_value(cost) < 0)) {
-        problem = "\"cost\" must be a whole number >= 0 (default 1)";
+               json_string_length(key) > RL_KEY_MAX) {
+        snprintf(problem, sizeof(problem), "\"key\" must be a string of 1 to %d bytes", RL_KEY_MAX);
+    } else if (cost && (!json_is_integer(cost) || json_integer_value(cost) < 0 ||
+                        json_integer_value(cost) > RL_COST_MAX)) {
+        snprintf(problem, sizeof(problem),
+                 "\"cost\" must be a whole number from 0 to %lld (default 1)", RL_COST_MAX);
     }
-    if (problem) {
+    if (problem[0]) {
         sd_http_req_respond_problem(req, 400, "about:blank", "Bad Request", problem, NULL);
     } else {
         long long c = cost ? (long long)json_integer_value(cost) : 1;
@@ -486,11 +509,16 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         "# HELP ratelimit_batched_checks_total Checks decided by those calls.\n"
         "# TYPE ratelimit_batched_checks_total counter\n"
         "ratelimit_batched_checks_total %llu\n"
+        "# HELP ratelimit_in_doubt_checks_total Checks sent to Redis and never answered: the "
+        "fallback decided them, Redis may have charged them.\n"
+        "# TYPE ratelimit_in_doubt_checks_total counter\n"
+        "ratelimit_in_doubt_checks_total %llu\n"
         "# HELP ratelimit_breaker_open 1 while the circuit breaker is open or probing.\n"
         "# TYPE ratelimit_breaker_open gauge\n"
         "ratelimit_breaker_open %d\n",
         (unsigned long long)s.redis_errors, fallback, (unsigned long long)s.deny_cache_hits,
-        (unsigned long long)s.script_calls, (unsigned long long)s.batched_checks, s.breaker_open);
+        (unsigned long long)s.script_calls, (unsigned long long)s.batched_checks,
+        (unsigned long long)s.in_doubt, s.breaker_open);
 }
 
 /* The limiter goes last: requests finishing during the grace period still need it. */

@@ -6,8 +6,11 @@
  * Design
  *  1. Every shared decision is made by one Lua script on Redis, with Redis's clock (TIME), over
  *     keys "<prefix>{<key>}:<policy>:<algorithm>": all keys of one check share the hash tag
- *     {<key>}, so a check stays on one Redis Cluster slot. The scripts are rl-common.lua followed
- *     by one algorithm file, concatenated here once and sent with EVALSHA.
+ *     {<key>}, so a check stays on one Redis Cluster slot ('%', '{' and '}' in the key are
+ *     percent-escaped, so that the braces always delimit that one tag). The scripts are
+ *     rl-common.lua followed by one algorithm file, concatenated here once and sent with
+ *     EVALSHA. A check whose cost exceeds a quota needs no state: it is denied for ever here,
+ *     without a call.
  *  2. A check that Redis cannot answer in time is answered by the fallback (rl_fail_mode). A
  *     call "fails" when it times out, the connection is down, or Redis replies with an error.
  *  3. The circuit breaker (Nygard, "Release It!", ch. 5):
@@ -97,7 +100,8 @@ int rl_fail_mode_parse(const char *text, rl_fail_mode *out) {
 }
 
 const char *rl_source_name(rl_source s) {
-    static const char *const names[] = {"redis", "deny-cache", "fail-open", "fail-closed", "local"};
+    static const char *const names[] = {"redis",       "deny-cache", "fail-open",
+                                        "fail-closed", "local",      "policy"};
     return (unsigned)s < RL_SOURCE_COUNT ? names[s] : "?";
 }
 
@@ -241,6 +245,15 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
         snprintf(err, errlen, "unknown algorithm or failure mode");
         return RL_EARG;
     }
+    for (size_t i = 0; cfg->algorithm == RL_SLIDING_WINDOW_LOG && i < cfg->npolicies; i++) {
+        if (cfg->policies[i].quota > RL_LOG_MAX_QUOTA) {
+            snprintf(err, errlen,
+                     "policy '%s': the sliding-window log keeps one entry per unit, so its quota "
+                     "must not exceed %d; use sliding-window-counter or gcra for larger quotas",
+                     cfg->policies[i].name, RL_LOG_MAX_QUOTA);
+            return RL_EPOLICY;
+        }
+    }
     if (strchr(cfg->prefix, '{') || strchr(cfg->prefix, '}')) {
         snprintf(err, errlen, "the key prefix must not contain '{' or '}' (hash tags)");
         return RL_EARG;
@@ -256,10 +269,41 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
     return 0;
 }
 
+/*
+ * Redis Cluster hashes what lies between the first '{' of a key and the first '}' after it. The
+ * prefix holds no brace (rl_config_validate), so the tag opens where we put it; a '}' inside the
+ * client's key would close it early (the key "}x" would give the empty tag of "rl:{}x}:...", and
+ * then each policy's key would hash whole, to its own slot). So '}' is escaped, '{' too so that
+ * a tag never looks nested to a reader, and '%' because it is the escape character: the tag of
+ * distinct keys stays distinct. Ordinary keys are written as they are.
+ */
+static int tag_escaped(char c) {
+    return c == '%' || c == '{' || c == '}';
+}
+
 int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, size_t len) {
-    int n = snprintf(buf, len, "%s{%s}:%s:%s", cfg->prefix, key, cfg->policies[i].name,
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = strlen(cfg->prefix);
+    if (n + 1 >= len) {
+        return -1;
+    }
+    memcpy(buf, cfg->prefix, n);
+    buf[n++] = '{';
+    for (const char *k = key; *k; k++) {
+        if (n + 3 >= len) {
+            return -1;
+        }
+        if (tag_escaped(*k)) {
+            buf[n++] = '%';
+            buf[n++] = hex[(unsigned char)*k >> 4];
+            buf[n++] = hex[(unsigned char)*k & 15];
+        } else {
+            buf[n++] = *k;
+        }
+    }
+    int m = snprintf(buf + n, len - n, "}:%s:%s", cfg->policies[i].name,
                      algorithm_tags[cfg->algorithm]);
-    return n < 0 || (size_t)n >= len ? -1 : n;
+    return m < 0 || (size_t)m >= len - n ? -1 : (int)n + m;
 }
 
 /* ---- Scripts -------------------------------------------------------------------------------- */
@@ -337,7 +381,30 @@ int rl_check_args(const char *key, long long cost) {
         return RL_EARG;
     }
     size_t n = strlen(key);
-    return n == 0 || n > RL_KEY_MAX || cost < 0 || cost > RL_MAX_QUOTA_WINDOW ? RL_EARG : 0;
+    return n == 0 || n > RL_KEY_MAX || cost < 0 || cost > RL_COST_MAX ? RL_EARG : 0;
+}
+
+int rl_decide_never(const rl_config *cfg, long long cost, rl_decision *d) {
+    int never = 0;
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        never |= cost > cfg->policies[i].quota;
+    }
+    if (!never) {
+        return 0;
+    }
+    /* No state can make such a check pass, so Redis is not asked: the answer is the same
+     * whether Redis is up, slow or down, and a deny cache entry of the key cannot get in the
+     * way. What remains of each quota is unknown without asking, hence -1. */
+    memset(d, 0, sizeof(*d));
+    d->retry_after_ms = RL_NEVER;
+    d->source = RL_SOURCE_POLICY;
+    d->npolicies = cfg->npolicies;
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        d->policies[i].remaining = -1;
+        d->policies[i].reset_ms = -1;
+        d->policies[i].violated = cost > cfg->policies[i].quota;
+    }
+    return 1;
 }
 
 void rl_policy_args_init(rl_policy_args *a, const rl_config *cfg) {
@@ -567,21 +634,9 @@ void rl_fallback(rl_guard *g, uint64_t hash, long long cost, int error, uint64_t
     memset(d, 0, sizeof(*d));
     d->npolicies = cfg->npolicies;
     d->error = error;
-    int never = 0;
     for (size_t i = 0; i < cfg->npolicies; i++) {
         d->policies[i].remaining = -1;
         d->policies[i].reset_ms = -1;
-        if (cost > cfg->policies[i].quota) {
-            d->policies[i].violated = never = 1;
-        }
-    }
-    if (never) {
-        /* Needs no Redis to know: the cost exceeds a quota. */
-        d->source = cfg->on_error == RL_FAIL_LOCAL  ? RL_SOURCE_LOCAL
-                    : cfg->on_error == RL_FAIL_OPEN ? RL_SOURCE_FAIL_OPEN
-                                                    : RL_SOURCE_FAIL_CLOSED;
-        d->retry_after_ms = RL_NEVER;
-        return;
     }
     switch (cfg->on_error) {
     case RL_FAIL_OPEN:
@@ -626,14 +681,44 @@ void rl_guard_stats(const rl_guard *g, rl_stats *out) {
 
 /* ---- The synchronous limiter ---------------------------------------------------------------- */
 
+/*
+ * One check is one absolute deadline, shared by its steps: connecting (only while there is no
+ * connection object yet), EVALSHA, and EVAL after a NOSCRIPT reply. Each step gets the time that
+ * is left as its socket timeout, so a slow reply to the first leaves less for the second.
+ *
+ * One sd_redis lives as long as the limiter: it reconnects by itself, with capped exponential
+ * backoff, failing at once while the backoff runs. Only creating it can fail outright (when
+ * Redis is down at start); then later checks try again, rate-limited by the same kind of backoff
+ * here, so a Redis that stays down costs one connect attempt (and one log line) per backoff step,
+ * not one per check. A reconnect inside sd_redis is bounded by the command timeout too, which is
+ * the time left, so it cannot stretch a check past its deadline either.
+ */
 struct rl_sync {
     rl_config cfg;
     sd_redis_url url;
     sd_redis_opts opts;
-    sd_redis *redis; /* NULL until a connect succeeds */
+    sd_redis *redis;   /* NULL until a connect succeeds; kept from then on */
+    uint64_t retry_ns; /* while redis is NULL: no connect attempt before this */
+    int backoff_ms;    /* the next step of that backoff */
     rl_policy_args args;
     rl_guard guard;
 };
+
+/* Tries to create the connection object, no sooner than the backoff allows. */
+static int sync_connect(rl_sync *l, uint64_t now) {
+    if (now < l->retry_ns) {
+        return SD_EDISCONNECTED;
+    }
+    int rc = sd_redis_connect(&l->url, &l->opts, &l->redis);
+    if (rc != 0) {
+        l->redis = NULL;
+        l->retry_ns = sd_now_ns() + (uint64_t)l->backoff_ms * 1000000;
+        l->backoff_ms = l->backoff_ms * 2 > l->opts.reconnect_max_ms ? l->opts.reconnect_max_ms
+                                                                     : l->backoff_ms * 2;
+        return rc;
+    }
+    return 0;
+}
 
 int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
     char err[256];
@@ -646,26 +731,59 @@ int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
     l->cfg = *cfg;
     sd_redis_url_copy(&l->url, url);
     sd_redis_opts_default(&l->opts);
-    /* A connect is part of a check when the connection is down: it gets the same deadline. */
+    /* A connect is part of a check when the connection is down: it gets the check's deadline. */
     l->opts.connect_timeout_ms = cfg->deadline_ms;
     l->opts.command_timeout_ms = cfg->deadline_ms;
+    l->backoff_ms = l->opts.reconnect_min_ms;
     rl_policy_args_init(&l->args, &l->cfg);
     rl_guard_init(&l->guard, &l->cfg);
-    if (sd_redis_connect(&l->url, &l->opts, &l->redis) != 0) {
-        l->redis = NULL;
-    }
+    sync_connect(l, sd_now_ns());
     *out = l;
     return 0;
 }
 
-/* One script call for one check. Returns 0 with *d filled, or a negative code. */
-static int sync_call(rl_sync *l, const char *key, long long cost, rl_decision *d) {
+/* Whole milliseconds left before deadline (0 when less than one is left). */
+static int ms_left(uint64_t deadline) {
+    uint64_t now = sd_now_ns();
+    return now < deadline ? (int)((deadline - now) / 1000000) : 0;
+}
+
+/* One script command (EVALSHA or EVAL) with the time left as its timeout. */
+static redisReply *sync_script_step(rl_sync *l, int eval, uint64_t deadline, int nkeys, int argc,
+                                    const char **argv, size_t *lens, int *err) {
+    int left = ms_left(deadline);
+    if (left < 1) {
+        *err = SD_ETIMEDOUT;
+        return NULL;
+    }
+    sd_script *script = rl_script(l->cfg.algorithm);
+    char nkeys_text[16];
+    argv[0] = eval ? "EVAL" : "EVALSHA";
+    lens[0] = strlen(argv[0]);
+    argv[1] = eval ? script->body : script->sha;
+    lens[1] = eval ? script->len : strlen(script->sha);
+    lens[2] = (size_t)snprintf(nkeys_text, sizeof(nkeys_text), "%d", nkeys);
+    argv[2] = nkeys_text;
+    sd_redis_set_timeout(l->redis, left);
+    *err = 0;
+    redisReply *reply = sd_redis_commandv(l->redis, err, argc, argv, lens);
+    if (!reply && *err == SD_ETIMEDOUT) {
+        /* The command may have reached Redis and run: see rl_stats.in_doubt. */
+        l->guard.stats.in_doubt++;
+    }
+    return reply;
+}
+
+/* One script call for one check, within deadline. Returns 0 with *d filled, or a negative code. */
+static int sync_call(rl_sync *l, const char *key, long long cost, uint64_t deadline,
+                     rl_decision *d) {
     size_t P = l->cfg.npolicies;
-    char keys[RL_MAX_POLICIES][RL_KEY_MAX + 128];
+    char keys[RL_MAX_POLICIES][RL_REDIS_KEY_MAX];
     char cost_text[24];
-    const char *argv[RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
-    size_t lens[RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
-    size_t argc = 0;
+    /* EVALSHA, the SHA and the number of keys go first (sync_script_step fills them). */
+    const char *argv[3 + RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
+    size_t lens[3 + RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
+    size_t argc = 3;
     for (size_t i = 0; i < P; i++) {
         int n = rl_config_key(&l->cfg, i, key, keys[i], sizeof(keys[i]));
         argv[argc] = keys[i];
@@ -679,17 +797,20 @@ static int sync_call(rl_sync *l, const char *key, long long cost, rl_decision *d
     argv[argc++] = cost_text;
 
     if (!l->redis) {
-        int rc = sd_redis_connect(&l->url, &l->opts, &l->redis);
+        int rc = sync_connect(l, sd_now_ns());
         if (rc != 0) {
-            l->redis = NULL;
             return rc;
         }
     }
     int err = 0;
     l->guard.stats.script_calls++;
     l->guard.stats.batched_checks++;
-    redisReply *reply =
-        sd_redis_script(l->redis, &err, rl_script(l->cfg.algorithm), (int)P, (int)argc, argv, lens);
+    redisReply *reply = sync_script_step(l, 0, deadline, (int)P, (int)argc, argv, lens, &err);
+    if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        /* Redis restarted or its scripts were flushed: EVAL runs the script and loads it back. */
+        freeReplyObject(reply);
+        reply = sync_script_step(l, 1, deadline, (int)P, (int)argc, argv, lens, &err);
+    }
     if (!reply) {
         return err ? err : SD_EDISCONNECTED;
     }
@@ -708,10 +829,11 @@ int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out)
     rl_guard *g = &l->guard;
     uint64_t start = sd_now_ns();
     uint64_t hash = rl_key_hash(key, strlen(key));
-    if (!rl_deny_lookup(g, hash, cost, start, out)) {
+    if (!rl_decide_never(&l->cfg, cost, out) && !rl_deny_lookup(g, hash, cost, start, out)) {
         int rc = RL_EBREAKER;
         if (rl_breaker_admit(g, start)) {
-            rc = sync_call(l, key, cost, out);
+            uint64_t deadline = start + (uint64_t)l->cfg.deadline_ms * 1000000;
+            rc = sync_call(l, key, cost, deadline, out);
             uint64_t now = sd_now_ns();
             /* An error reply means Redis is up: it must not open the breaker. */
             rl_breaker_done(g, rc == 0 || rc == SD_EREDIS, now);

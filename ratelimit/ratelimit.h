@@ -12,8 +12,9 @@
  *   sliding-window-counter  two counters per key; approximate (see README for the error)
  *
  * A check has a cost (units of quota). Cost 0 is a peek: always allowed, consumes nothing. A
- * cost above a policy's quota is denied with retry_after_ms = RL_NEVER. A denied check
- * consumes nothing, and the policies are all-or-nothing: if one denies, none is charged.
+ * cost above a policy's quota is denied with retry_after_ms = RL_NEVER, decided from the policies
+ * alone without asking Redis. A denied check consumes nothing, and the policies are
+ * all-or-nothing: if one denies, none is charged.
  *
  * When Redis is slow or down, every check still completes within the deadline (default 5 ms),
  * answered by the configured fallback (fail open, fail closed, or a local in-process limiter at
@@ -47,8 +48,18 @@ const char *rl_strerror(int code);
 /* ---- Policies and configuration --------------------------------------------------------- */
 
 #define RL_MAX_POLICIES 8
-#define RL_POLICY_NAME_MAX 32 /* bytes, including the terminating NUL */
-#define RL_KEY_MAX 512        /* longest key a check accepts, in bytes */
+#define RL_POLICY_NAME_MAX 32    /* bytes, including the terminating NUL */
+#define RL_KEY_MAX 512           /* longest key a check accepts, in bytes */
+#define RL_COST_MAX 9000000000LL /* largest cost a check accepts (no quota is larger) */
+
+/* Largest quota the sliding-window log accepts. It logs one entry per admitted unit, so one
+ * check of cost q writes q entries inside one script, during which Redis serves nobody else;
+ * larger quotas belong to the sliding-window counter or GCRA. */
+#define RL_LOG_MAX_QUOTA 10000
+
+/* Longest Redis key rl_config_key() writes, with its NUL: the prefix, the key with every byte
+ * possibly escaped to three, the policy name and the algorithm's tag. */
+#define RL_REDIS_KEY_MAX (64 + 3 * RL_KEY_MAX + RL_POLICY_NAME_MAX + 16)
 
 /* retry_after_ms of a check that can never be allowed (its cost exceeds a quota). */
 #define RL_NEVER (-1LL)
@@ -112,12 +123,19 @@ void rl_config_default(rl_config *cfg);
 /* Parses a policy string and appends it. Returns 0 or RL_EPOLICY (message in err). */
 int rl_config_add_policy(rl_config *cfg, const char *text, char *err, size_t errlen);
 
-/* Checks a configuration (policies present, names distinct, numbers in range). Returns 0 or
- * RL_EPOLICY / RL_EARG with a message in err. */
+/* Checks a configuration (policies present, names distinct, numbers in range, a quota of at
+ * most RL_LOG_MAX_QUOTA for the sliding-window log). Returns 0 or RL_EPOLICY / RL_EARG with a
+ * message in err. */
 int rl_config_validate(const rl_config *cfg, char *err, size_t errlen);
 
-/* Writes the Redis key that holds `key`'s state for policy index i (for tests and tools):
- * "<prefix>{<key>}:<policy>:<algorithm>". Returns the length, or -1 if it does not fit. */
+/*
+ * Writes the Redis key that holds `key`'s state for policy index i (for tests and tools):
+ * "<prefix>{<tag>}:<policy>:<algorithm>". The tag is the key itself, except that '%', '{' and
+ * '}' are written as %25, %7B and %7D: a key may hold any bytes, and the braces must delimit
+ * exactly one hash tag, the same for every policy of the key, so that all keys of one check
+ * share a Redis Cluster slot. Distinct keys keep distinct tags. A buffer of RL_REDIS_KEY_MAX
+ * bytes always suffices. Returns the length, or -1 if it does not fit.
+ */
 int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, size_t len);
 
 /* ---- Decisions ------------------------------------------------------------------------- */
@@ -129,14 +147,15 @@ typedef enum rl_source {
     RL_SOURCE_FAIL_OPEN,   /* Redis failed: allowed by the fail-open policy */
     RL_SOURCE_FAIL_CLOSED, /* Redis failed: denied by the fail-closed policy */
     RL_SOURCE_LOCAL,       /* Redis failed: decided by the local limiter */
+    RL_SOURCE_POLICY,      /* the policies alone: the cost exceeds a quota (never allowed) */
     RL_SOURCE_COUNT
 } rl_source;
 
-/* "redis", "deny-cache", "fail-open", "fail-closed", "local" */
+/* "redis", "deny-cache", "fail-open", "fail-closed", "local", "policy" */
 const char *rl_source_name(rl_source s);
 
 typedef struct rl_usage {
-    long long remaining; /* units left after this check; -1 when unknown (fail open/closed) */
+    long long remaining; /* units left after this check; -1 when unknown (not asked, fallback) */
     long long reset_ms;  /* ms until more quota becomes available, 0 when full; -1 unknown */
     int violated;        /* this policy is one that denied the check */
 } rl_usage;
@@ -164,7 +183,11 @@ typedef struct rl_stats {
     uint64_t deny_cache_hits; /* denials answered by the deny cache */
     uint64_t script_calls;    /* script calls sent */
     uint64_t batched_checks;  /* checks those calls decided */
-    int breaker_open;         /* the breaker is open or half-open now */
+    /* Checks whose call was sent but never answered (deadline passed, connection lost): the
+     * fallback decided them, yet Redis may have run the script and charged them. An upper
+     * bound: a call lost before it reached Redis counts too. */
+    uint64_t in_doubt;
+    int breaker_open; /* the breaker is open or half-open now */
 } rl_stats;
 
 /* ---- Synchronous limiter -------------------------------------------------------------- */
@@ -174,13 +197,16 @@ typedef struct rl_sync rl_sync;
 /*
  * Creates a blocking limiter for Redis at url (copied) with cfg (copied; validated first). It
  * connects at once, but a Redis that is down is not an error: checks then fall back, and later
- * checks reconnect. Returns 0 and *out, or RL_EPOLICY / RL_EARG for a bad configuration.
+ * checks try again, no more often than a backoff from 50 ms doubling to 2 s allows. Returns 0
+ * and *out, or RL_EPOLICY / RL_EARG for a bad configuration.
  */
 int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out);
 
 /*
- * Checks key with cost against every policy and fills *out. Blocks at most about the deadline.
- * Returns 0 (a denial is a result, not an error) or RL_EARG (bad key or cost).
+ * Checks key with cost against every policy and fills *out. Blocks at most about the deadline:
+ * connecting, EVALSHA and a reload after NOSCRIPT share it (a reconnect inside the Redis layer
+ * may add its connect timeout, the deadline, once). Returns 0 (a denial is a result, not an
+ * error) or RL_EARG (bad key or cost).
  */
 int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out);
 
@@ -210,9 +236,9 @@ int rl_limiter_wait_connected(rl_limiter *l, int timeout_ms);
 
 /*
  * Checks key (copied) with cost. Returns 0 when accepted: cb then runs exactly once, within the
- * deadline, either before this call returns (answers that need no Redis: the deny cache, an
- * open breaker, a disconnected Redis) or later from the loop. Returns RL_EARG (bad key or cost)
- * or SD_ECLOSED (the limiter is being freed) when not accepted: cb never runs.
+ * deadline, either before this call returns (answers that need no Redis: a cost above a quota,
+ * the deny cache, an open breaker, a disconnected Redis) or later from the loop. Returns RL_EARG
+ * (bad key or cost) or SD_ECLOSED (the limiter is being freed) when not accepted: cb never runs.
  */
 int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb *cb, void *udata);
 

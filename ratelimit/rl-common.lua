@@ -10,7 +10,8 @@
 --          check; so the number of checks is #ARGV - 1 - 2P
 --
 -- The reply is a flat array of integers, 2 + 2P per check:
---   allowed (1 or 0), retry_ms (0 when allowed, -1 for never: the cost exceeds a quota),
+--   allowed (1 or 0, always 1 for cost 0), retry_ms (0 when allowed, -1 for never: the cost
+--   exceeds a quota; the library decides those itself and does not send them),
 --   then remaining and reset_ms for each policy.
 -- remaining is what is left after this check; reset_ms is the time until more quota becomes
 -- available for that policy (0 when it is full), the "reset" of draft-ietf-httpapi-ratelimit-
@@ -70,7 +71,10 @@ local function rl_run(alg)
             alg.load(s, KEYS[k + j])
             if cost > s.q then
                 never = true
-            elseif allowed and alg.wait(s, cost) > 0 then
+            elseif allowed and cost > 0 and alg.wait(s, cost) > 0 then
+                -- A peek (cost 0) is always allowed. Waiting for 0 units can still be positive
+                -- when a lowered quota leaves more in use than the new q (a log of 10 entries
+                -- under q = 5), which must not turn a look into a denial.
                 allowed = false
             end
         end

@@ -16,6 +16,10 @@ sd_script *rl_script(rl_algorithm a);
 /* Validates a check's key and cost: 0 or RL_EARG. */
 int rl_check_args(const char *key, long long cost);
 
+/* Decides a check whose cost exceeds a quota: 1 with *d filled (denied, RL_NEVER, source
+ * RL_SOURCE_POLICY), or 0 when every quota covers the cost and Redis must decide. */
+int rl_decide_never(const rl_config *cfg, long long cost, rl_decision *d);
+
 uint64_t rl_key_hash(const char *key, size_t len);
 
 /* The Redis Cluster hash slot of a key (CRC16 of its hash tag, modulo 16384). */
@@ -74,7 +78,8 @@ int rl_deny_lookup(rl_guard *g, uint64_t hash, long long cost, uint64_t now, rl_
 void rl_deny_remember(rl_guard *g, uint64_t hash, long long cost, uint64_t start_ns,
                       const rl_decision *d);
 
-/* The fallback decision for a check Redis could not answer (error is the cause). */
+/* The fallback decision for a check Redis could not answer (error is the cause). The cost is
+ * within every quota: rl_decide_never() has answered the others. */
 void rl_fallback(rl_guard *g, uint64_t hash, long long cost, int error, uint64_t now,
                  rl_decision *d);
 

@@ -35,7 +35,9 @@ function alg.remaining(s)
     return s.n < s.q and s.q - s.n or 0
 end
 
--- Large costs are logged in slices: Lua limits how many arguments one call may take.
+-- Large costs are logged in slices: Lua limits how many arguments one call may take. A cost is
+-- at most q, which the library caps at 10,000 for this algorithm (RL_LOG_MAX_QUOTA): one check
+-- writes at most that many entries while Redis serves nobody else.
 function alg.charge(s, cost)
     local stamp = format('%d', s.now)
     local done = 0

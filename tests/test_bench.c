@@ -30,8 +30,8 @@
 /* ---- A local HTTP server in a child process ------------------------------------------------ */
 
 /* Answers by path: /fail -> 503, /close -> 200 and closes the connection, /hang -> never
- * answers, anything else -> 200 "ok". One request at a time per connection, as the client
- * sends them. */
+ * answers, anything else -> 200 "ok"; a request with the header "X-Fail: yes" -> 503. One
+ * request at a time per connection, as the client sends them. */
 static void serve_forever(int lfd) {
     enum { MAX = 256 };
     struct pollfd fds[MAX];
@@ -61,7 +61,8 @@ static void serve_forever(int lfd) {
             char *end;
             while (!drop && (end = strstr(buf[i], "\r\n\r\n")) != NULL) {
                 const char *reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                if (strncmp(buf[i], "GET /fail", 9) == 0)
+                char *fail_header = strstr(buf[i], "\r\nX-Fail: yes\r\n");
+                if (strncmp(buf[i], "GET /fail", 9) == 0 || (fail_header && fail_header < end))
                     reply = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nfail";
                 else if (strncmp(buf[i], "GET /close", 10) == 0)
                     reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
@@ -341,6 +342,54 @@ Test(http, unanswered_requests_time_out) {
     cr_expect_gt(r.count, 0);
     cr_expect_eq(r.errors_by_kind[BENCH_ERR_TIMEOUT], r.count);
     bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+typedef struct extra_count {
+    uint64_t calls, fails;
+} extra_count;
+
+/* Every third request asks the server to fail, with a header long enough to fill most of the
+ * buffer; the others carry a short header of their own. */
+static size_t every_third_fails(char *buf, size_t len, void *udata) {
+    extra_count *x = udata;
+    cr_assert_eq(len, BENCH_HTTP_EXTRA_MAX);
+    if (++x->calls % 3 == 0) {
+        x->fails++;
+        return (size_t)snprintf(buf, len, "X-Pad: %0200d\r\nX-Fail: yes\r\n", 0);
+    }
+    return (size_t)snprintf(buf, len, "X-Seq: %llu\r\n", (unsigned long long)x->calls);
+}
+
+Test(http, extra_headers_are_added_to_each_request) {
+    int port;
+    pid_t pid = server_start(&port);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", port);
+    extra_count x = {0};
+    const char *fixed[] = {"X-Fixed: 1", NULL};
+    bench_http_opts hopts = {.headers = fixed,
+                             .timeout_ms = 2000,
+                             .extra_headers = every_third_fails,
+                             .extra_headers_udata = &x};
+    bench_target t;
+    cr_assert_eq(bench_http_target_new(&loop, url, 2, &hopts, &t, err, sizeof err), 0, "%s", err);
+    bench_result r;
+    bench_load_opts o = {.rate = 0, .in_flight = 2, .duration_s = 0.3};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    /* No warm-up, a closed loop: each request issued is recorded, and each called the hook once. */
+    cr_expect_gt(r.count, 30);
+    cr_expect_eq(x.calls, r.count);
+    cr_expect_eq(r.errors_by_kind[BENCH_ERR_STATUS], x.fails, "the server saw %llu of %llu",
+                 (unsigned long long)r.errors_by_kind[BENCH_ERR_STATUS],
+                 (unsigned long long)x.fails);
+    cr_expect_eq(r.errors, x.fails, "a request was malformed");
+    bench_result_clear(&r);
+    bench_http_target_free(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(uv_loop_close(&loop), 0);
     test_kill_wait(pid, SIGKILL);
 }
 

@@ -1,18 +1,31 @@
 /*
- * test_ratelimit_faults.c - what the rate limiter does when Redis is stopped, frozen or
- * restarted: every check is still answered, by the configured fallback, the deadline cuts a
- * frozen Redis short, the circuit breaker stops waiting on it, and decisions come from Redis
- * again once it is back.
+ * test_ratelimit_faults.c - what the rate limiter does when Redis is stopped, frozen, slow or
+ * restarted: every check is still answered, by the configured fallback, within its deadline (each
+ * decision's time is measured); the circuit breaker stops waiting on a dead Redis, and decisions
+ * come from Redis again once it is back.
  *
- * Times are short and configurable: a 20 ms deadline and a 100 ms breaker cool-down.
+ * Times are short and configurable: a 20 ms deadline and a 100 ms breaker cool-down. The bound
+ * asserted on each decision is the deadline plus a generous SLACK_MS: a correctness bound (a
+ * check that waited for Redis past its deadline would blow it), not a speed measurement, so it
+ * must hold on a loaded 2-core machine and under sanitizers.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "ratelimit.h"
 #include "sd.h"
 #include "support.h"
+
+#define SLACK_MS 250
 
 static sd_redis_server *server;
 static sd_redis_url url;
@@ -55,20 +68,30 @@ static rl_limiter *limiter(const rl_config *cfg) {
 
 typedef struct result {
     int done;
+    uint64_t at_ns; /* when the callback ran */
     rl_decision d;
 } result;
 
 static void keep_cb(const rl_decision *d, void *udata) {
     result *r = udata;
     r->done++;
+    r->at_ns = sd_now_ns();
     r->d = *d;
 }
 
-/* One check, the loop run until it is answered. *sync_answer tells whether the callback ran
- * before rl_limiter_check returned (no waiting at all). */
-static rl_decision check(rl_limiter *l, const char *key, int *sync_answer) {
+/* Asserts that a decision that started at start_ns came within the deadline (plus slack). */
+static void assert_in_time(uint64_t start_ns, uint64_t end_ns, int deadline_ms) {
+    uint64_t ms = (end_ns - start_ns) / 1000000;
+    cr_assert_leq(ms, (uint64_t)(deadline_ms + SLACK_MS), "a decision took %llu ms (deadline %d)",
+                  (unsigned long long)ms, deadline_ms);
+}
+
+/* One check of cost, the loop run until it is answered, which must be within the deadline.
+ * *sync_answer tells whether the callback ran before rl_limiter_check returned (no waiting). */
+static rl_decision check_cost(rl_limiter *l, const char *key, long long cost, int *sync_answer) {
     result r = {0};
-    cr_assert_eq(rl_limiter_check(l, key, 1, keep_cb, &r), 0);
+    uint64_t start = sd_now_ns();
+    cr_assert_eq(rl_limiter_check(l, key, cost, keep_cb, &r), 0);
     if (sync_answer) {
         *sync_answer = r.done;
     }
@@ -76,7 +99,21 @@ static rl_decision check(rl_limiter *l, const char *key, int *sync_answer) {
         uv_run(&loop, UV_RUN_ONCE);
     }
     cr_assert_eq(r.done, 1, "callback ran %d times", r.done);
+    assert_in_time(start, r.at_ns, rl_limiter_config(l)->deadline_ms);
     return r.d;
+}
+
+static rl_decision check(rl_limiter *l, const char *key, int *sync_answer) {
+    return check_cost(l, key, 1, sync_answer);
+}
+
+/* One blocking check, which must also come within the deadline. */
+static rl_decision sync_check(rl_sync *l, const char *key, long long cost, int deadline_ms) {
+    rl_decision d;
+    uint64_t start = sd_now_ns();
+    cr_assert_eq(rl_sync_check(l, key, cost, &d), 0);
+    assert_in_time(start, sd_now_ns(), deadline_ms);
+    return d;
 }
 
 static void on_pause(uv_timer_t *t) {
@@ -193,6 +230,7 @@ Test(ratelimit_faults, frozen_redis_hits_the_deadline_then_the_breaker) {
     rl_stats s;
     rl_limiter_stats(l, &s);
     cr_assert(s.breaker_open);
+    cr_assert_eq(s.in_doubt, (uint64_t)cfg.breaker_failures, "each timed-out check is in doubt");
     cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
     await_redis(l, "k");
     rl_limiter_stats(l, &s);
@@ -200,31 +238,270 @@ Test(ratelimit_faults, frozen_redis_hits_the_deadline_then_the_breaker) {
     finish(l);
 }
 
+/*
+ * What "Not guaranteed" in the README says: a check that timed out was answered by the fallback,
+ * but its script had been sent, and Redis runs it when it gets to it. Here the fallback allowed
+ * the check (fail open) and Redis charged it as well, once thawed.
+ */
+Test(ratelimit_faults, a_check_that_timed_out_may_still_be_charged) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    rl_limiter *l = limiter(&cfg);
+    /* Loads the script: otherwise the late reply would be NOSCRIPT, which nobody reads, and no
+     * EVAL would follow. */
+    cr_assert_eq(check(l, "other", NULL).source, RL_SOURCE_REDIS);
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    rl_decision d = check(l, "late", NULL);
+    cr_assert_eq(d.error, SD_ETIMEDOUT, "%s", rl_strerror(d.error));
+    cr_assert_eq(d.source, RL_SOURCE_FAIL_OPEN);
+    rl_stats s;
+    rl_limiter_stats(l, &s);
+    cr_assert_eq(s.in_doubt, 1);
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    await_redis(l, "other");
+    d = check_cost(l, "late", 0, NULL);
+    cr_assert_eq(d.source, RL_SOURCE_REDIS);
+    cr_assert_eq(d.policies[0].remaining, 9, "the timed-out check was not charged after all");
+    finish(l);
+}
+
+/*
+ * A check whose deadline passed while it was still queued (here: the loop was blocked, as by a
+ * slow callback) is answered by the fallback without being sent, and since Redis was not asked,
+ * it is no failure of Redis: with breaker_failures = 1 it once opened the breaker.
+ */
+Test(ratelimit_faults, a_check_that_expired_in_the_queue_does_not_count_against_the_breaker) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    cfg.breaker_failures = 1;
+    rl_limiter *l = limiter(&cfg);
+    result r = {0};
+    cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &r), 0);
+    cr_assert_eq(r.done, 0, "queued, not answered yet");
+    struct timespec blocked = {0, (cfg.deadline_ms + 10) * 1000000L};
+    nanosleep(&blocked, NULL);
+    /* The answer comes before the loop polls (UV_RUN_ONCE would then wait for I/O that never
+     * comes: nothing was sent). */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(r.done, 1);
+    cr_assert_eq(r.d.error, SD_ETIMEDOUT, "%s", rl_strerror(r.d.error));
+    rl_stats s;
+    rl_limiter_stats(l, &s);
+    cr_assert_eq(s.script_calls, 0, "an expired check was sent");
+    cr_assert_not(s.breaker_open, "a check Redis never saw opened the breaker");
+    cr_assert_eq(check(l, "k", NULL).source, RL_SOURCE_REDIS);
+    finish(l);
+}
+
+/*
+ * A cost above a quota is "never" whatever Redis is doing: decided from the policies, it is not
+ * a fallback's decision. Under fail-closed it once came out as a fail-closed denial (an HTTP 503
+ * "temporarily unavailable" where the answer is a final 429).
+ */
+Test(ratelimit_faults, a_cost_above_the_quota_is_never_even_without_redis) {
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    rl_limiter *l = limiter(&cfg);
+    rl_sync *sl = NULL;
+    cr_assert_eq(rl_sync_new(&url, &cfg, &sl), 0);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    int sync_answer;
+    rl_decision d = check_cost(l, "k", 11, &sync_answer);
+    cr_assert(sync_answer, "it needs no waiting");
+    rl_decision e = sync_check(sl, "k", 11, cfg.deadline_ms);
+    for (int i = 0; i < 2; i++) {
+        const rl_decision *x = i ? &e : &d;
+        cr_assert_not(x->allowed);
+        cr_assert_eq(x->retry_after_ms, RL_NEVER);
+        cr_assert_eq(x->source, RL_SOURCE_POLICY, "decided by %s", rl_source_name(x->source));
+        cr_assert_eq(x->error, 0);
+        cr_assert(x->policies[0].violated);
+    }
+    cr_assert_eq(check(l, "k", NULL).source, RL_SOURCE_FAIL_CLOSED, "Redis is down after all");
+    rl_sync_free(sl);
+    finish(l);
+}
+
+/* Checks every 20 ms until the blocking limiter reaches Redis; returns the decision. */
+static rl_decision sync_await_redis(rl_sync *l, const char *key, int deadline_ms) {
+    for (int i = 0; i < 250; i++) {
+        rl_decision d = sync_check(l, key, 1, deadline_ms);
+        if (d.source == RL_SOURCE_REDIS) {
+            return d;
+        }
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_fail("the sync limiter never reached Redis again");
+    rl_decision none = {0};
+    return none;
+}
+
 /* The blocking limiter keeps the same promises: fallback while Redis is down, Redis after. */
 Test(ratelimit_faults, sync_limiter_recovers_after_a_restart) {
     rl_config cfg = config(RL_FAIL_CLOSED);
     rl_sync *l = NULL;
     cr_assert_eq(rl_sync_new(&url, &cfg, &l), 0);
-    rl_decision d;
-    cr_assert_eq(rl_sync_check(l, "k", 1, &d), 0);
-    cr_assert_eq(d.source, RL_SOURCE_REDIS);
+    cr_assert_eq(sync_check(l, "k", 1, cfg.deadline_ms).source, RL_SOURCE_REDIS);
     cr_assert_eq(sd_redis_server_halt(server), 0);
     for (int i = 0; i < 5; i++) {
-        cr_assert_eq(rl_sync_check(l, "k", 1, &d), 0);
-        cr_assert_eq(d.source, RL_SOURCE_FAIL_CLOSED);
+        cr_assert_eq(sync_check(l, "k", 1, cfg.deadline_ms).source, RL_SOURCE_FAIL_CLOSED);
     }
     cr_assert_eq(sd_redis_server_restart(server), 0);
-    int recovered = 0;
-    for (int i = 0; i < 200 && !recovered; i++) {
-        cr_assert_eq(rl_sync_check(l, "k", 1, &d), 0);
-        recovered = d.source == RL_SOURCE_REDIS;
-        if (!recovered) {
-            struct timespec ts = {0, 20000000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    cr_assert(recovered, "the sync limiter never reached Redis again");
+    rl_decision d = sync_await_redis(l, "k", cfg.deadline_ms);
     /* The state written before the halt is gone (no persistence): a fresh bucket. */
     cr_assert(d.allowed);
     rl_sync_free(l);
+}
+
+/* A frozen Redis costs a blocking check its deadline, no more. */
+Test(ratelimit_faults, sync_limiter_gives_up_on_a_frozen_redis_at_the_deadline) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    cfg.breaker_failures = 1000; /* every check waits on Redis */
+    rl_sync *l = NULL;
+    cr_assert_eq(rl_sync_new(&url, &cfg, &l), 0);
+    cr_assert_eq(sync_check(l, "k", 1, cfg.deadline_ms).source, RL_SOURCE_REDIS);
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    for (int i = 0; i < 5; i++) {
+        rl_decision d = sync_check(l, "k", 1, cfg.deadline_ms);
+        cr_assert_eq(d.source, RL_SOURCE_FAIL_OPEN);
+        cr_assert_eq(d.error, SD_ETIMEDOUT, "%s", rl_strerror(d.error));
+    }
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    sync_await_redis(l, "k", cfg.deadline_ms);
+    rl_sync_free(l);
+}
+
+/* Counts the lines of path that contain needle. */
+static int count_lines_with(const char *path, const char *needle) {
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        n += strstr(line, needle) != NULL;
+    }
+    fclose(f);
+    return n;
+}
+
+/*
+ * Started while Redis is down, the blocking limiter does not try to connect on every check: it
+ * once built a new connection (and logged a warning) per check. Now the attempts follow a
+ * backoff, and it still finds Redis once Redis is up.
+ */
+Test(ratelimit_faults, sync_limiter_started_without_redis_retries_with_backoff) {
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    cfg.breaker_failures = 1000; /* the breaker would hide the attempts */
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    char log[] = "/tmp/rl-faults-log-XXXXXX";
+    int fd = mkstemp(log);
+    cr_assert_geq(fd, 0);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    rl_sync *l = NULL;
+    cr_assert_eq(rl_sync_new(&url, &cfg, &l), 0);
+    for (int i = 0; i < 20; i++) {
+        rl_decision d = sync_check(l, "k", 1, cfg.deadline_ms);
+        cr_assert_eq(d.source, RL_SOURCE_FAIL_CLOSED);
+        cr_assert_eq(d.error, SD_EDISCONNECTED, "%s", rl_strerror(d.error));
+    }
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    int attempts = count_lines_with(log, "event=redis.connect_failed");
+    unlink(log);
+    cr_assert_geq(attempts, 1);
+    cr_assert_leq(attempts, 3, "%d connect attempts for 20 checks in a row", attempts);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    sync_await_redis(l, "k", cfg.deadline_ms);
+    rl_sync_free(l);
+}
+
+/*
+ * A TCP proxy to Redis, in a child process, that holds every reply back delay_ms: a slow network
+ * in front of a healthy Redis. It serves one connection at a time. Returns its pid; *port is the
+ * port it listens on.
+ */
+static pid_t slow_proxy_start(int redis_port, int delay_ms, int *port) {
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(lfd, 16), 0);
+    socklen_t alen = sizeof a;
+    getsockname(lfd, (struct sockaddr *)&a, &alen);
+    *port = ntohs(a.sin_port);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid > 0) {
+        close(lfd);
+        return pid;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Inherited descriptors (the embedded Redis's janitor pipe among them) must not outlive the
+     * test in this child, or stopping the server would wait for their EOF. */
+    for (int fd = 3; fd < 1024; fd++) {
+        if (fd != lfd) {
+            close(fd);
+        }
+    }
+    for (;;) {
+        int client = accept(lfd, NULL, NULL);
+        int up = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in r = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)redis_port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        if (client < 0 || connect(up, (struct sockaddr *)&r, sizeof r) < 0) {
+            _exit(1);
+        }
+        struct pollfd p[2] = {{.fd = client, .events = POLLIN}, {.fd = up, .events = POLLIN}};
+        char buf[65536];
+        for (int open = 1; open;) {
+            poll(p, 2, -1);
+            for (int i = 0; i < 2 && open; i++) {
+                if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+                    continue;
+                }
+                ssize_t n = read(p[i].fd, buf, sizeof buf);
+                if (n <= 0) {
+                    open = 0;
+                    break;
+                }
+                if (i == 1) {
+                    struct timespec late = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
+                    nanosleep(&late, NULL);
+                }
+                open = write(p[1 - i].fd, buf, (size_t)n) == n;
+            }
+        }
+        close(client);
+        close(up);
+    }
+}
+
+/*
+ * A check's steps share one deadline. On a link where every reply comes 450 ms late, with a
+ * deadline of 600 ms and the script not yet loaded, EVALSHA's NOSCRIPT arrives at 450 ms and
+ * leaves 150 ms for EVAL, which is sent and times out at 600 ms. The EVAL once got a whole
+ * deadline of its own, and the check took 900 ms, beyond the 600 + SLACK_MS asserted.
+ */
+Test(ratelimit_faults, sync_check_shares_its_deadline_between_evalsha_and_eval) {
+    int port;
+    pid_t proxy = slow_proxy_start(sd_redis_server_port(server), 450, &port);
+    sd_redis_url slow;
+    char text[64], err[160];
+    snprintf(text, sizeof text, "redis://127.0.0.1:%d", port);
+    cr_assert_eq(sd_redis_url_parse(text, &slow, err, sizeof err), 0);
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    cfg.deadline_ms = 600;
+    rl_sync *l = NULL;
+    cr_assert_eq(rl_sync_new(&slow, &cfg, &l), 0);
+    rl_decision d = sync_check(l, "k", 1, cfg.deadline_ms);
+    cr_assert_eq(d.source, RL_SOURCE_FAIL_CLOSED, "decided by %s", rl_source_name(d.source));
+    cr_assert_eq(d.error, SD_ETIMEDOUT, "%s", rl_strerror(d.error));
+    rl_stats s;
+    rl_sync_stats(l, &s);
+    cr_assert_eq(s.in_doubt, 1, "the EVAL was sent and may have run");
+    rl_sync_free(l);
+    sd_redis_url_clear(&slow);
+    test_kill_wait(proxy, SIGKILL);
 }

@@ -5,11 +5,14 @@
  * and `ratelimit check` and the usage errors.
  */
 #include <criterion/criterion.h>
+#include <jansson.h>
+#include <netinet/in.h>
 #include <regex.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -194,6 +197,105 @@ Test(ratelimit_serve, check_endpoint_answers_json) {
     shutdown_gateway(g);
 }
 
+/* POSTs payload to /v1/check; returns the status, *body the response body inside resp. */
+static int post_check(gateway g, const char *payload, char *resp, size_t len, const char **body) {
+    size_t n = strlen(payload);
+    char *req = sd_xasprintf("POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                             "application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                             n, payload);
+    int status = test_http_exchange(g.port, req, resp, len, body);
+    free(req);
+    return status;
+}
+
+/* Asserts a 400 problem+json response whose detail contains want. */
+static void assert_bad_request(int status, const char *resp, const char *body, const char *want,
+                               const char *sent) {
+    cr_assert_eq(status, 400, "'%s' got %d", sent, status);
+    cr_assert_not_null(strstr(resp, "application/problem+json"), "%s", resp);
+    json_error_t jerr;
+    json_t *j = json_loads(body, 0, &jerr);
+    cr_assert_not_null(j, "not JSON: %s", body);
+    const char *detail = json_string_value(json_object_get(j, "detail"));
+    cr_assert_not_null(detail, "no detail in %s", body);
+    cr_assert_not_null(strstr(detail, want), "'%s': detail '%s' does not say '%s'", sent, detail,
+                       want);
+    cr_assert_eq(json_integer_value(json_object_get(j, "status")), 400);
+    json_decref(j);
+}
+
+/* Each way a body can be wrong gets a 400 that names it (a cost of 99999999999 was once told
+ * that "the key must have 1 to 512 bytes"). */
+Test(ratelimit_serve, malformed_check_bodies_get_a_fitting_400) {
+    gateway g = serve("--policy", "api;q=5;w=3600", NULL);
+    static char huge[700], longest[700];
+    snprintf(huge, sizeof huge, "{\"key\":\"%0513d\"}", 0);
+    snprintf(longest, sizeof longest, "{\"key\":\"%0512d\",\"cost\":0}", 0);
+    const char *key_rule = "\"key\" must be a string of 1 to 512 bytes";
+    const char *cost_rule = "\"cost\" must be a whole number from 0 to 9000000000";
+    const struct {
+        const char *body, *detail;
+    } cases[] = {
+        {"not json", "the body is not JSON"},
+        {"", "the body is not JSON"},
+        {"{\"key\":\"a\\u0000b\"}", "the body is not JSON"},
+        {"[\"k\", 1]", "must be a JSON object"},
+        {"\"k\"", "must be a JSON object"},
+        {"{\"cost\":1}", "\"key\" is required"},
+        {"{\"key\":1}", key_rule},
+        {"{\"key\":\"\"}", key_rule},
+        {"{\"key\":null}", key_rule},
+        {huge, key_rule},
+        {"{\"key\":\"k\",\"cost\":-1}", cost_rule},
+        {"{\"key\":\"k\",\"cost\":1.5}", cost_rule},
+        {"{\"key\":\"k\",\"cost\":\"3\"}", cost_rule},
+        {"{\"key\":\"k\",\"cost\":99999999999}", cost_rule},
+    };
+    char resp[4096];
+    const char *body;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int status = post_check(g, cases[i].body, resp, sizeof resp, &body);
+        assert_bad_request(status, resp, body, cases[i].detail, cases[i].body);
+    }
+    /* The limits themselves are fine: a key of 512 bytes, the largest cost (never allowed). */
+    cr_assert_eq(post_check(g, longest, resp, sizeof resp, &body), 200, "%s", body);
+    cr_assert_eq(post_check(g, "{\"key\":\"k\",\"cost\":9000000000}", resp, sizeof resp, &body),
+                 200, "%s", body);
+    assert_matches(body, "\"allowed\":false,.*\"retry_after_ms\":-1,");
+    /* A key header beyond 512 bytes gets the key's rule too, with its length. */
+    char req[1024];
+    snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: x\r\nX-Api-Key: %0600d\r\n\r\n", 0);
+    int status = test_http_exchange(g.port, req, resp, sizeof resp, &body);
+    assert_bad_request(status, resp, body, "the key must have 1 to 512 bytes, not 600", "header");
+    shutdown_gateway(g);
+}
+
+/* A port on 127.0.0.1 that nothing listens on (bound, then closed). */
+static int closed_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bind(fd, (struct sockaddr *)&a, sizeof a);
+    socklen_t alen = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &alen);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* With Redis unreachable and fail-closed, requests get 503, but a cost above the quota is still
+ * the final "never" (it once came out as a fail-closed decision). */
+Test(ratelimit_serve, never_is_final_even_when_redis_is_down) {
+    char dead[64];
+    snprintf(dead, sizeof dead, "redis://127.0.0.1:%d", closed_port());
+    gateway g =
+        serve("--policy", "api;q=10;w=3600", "--on-redis-error", "closed", "--redis", dead, NULL);
+    char resp[4096];
+    const char *body;
+    cr_assert_eq(get(g, "k", resp, sizeof resp), 503);
+    cr_assert_eq(post_check(g, "{\"key\":\"k\",\"cost\":11}", resp, sizeof resp, &body), 200);
+    assert_matches(body, "^\\{\"allowed\":false,.*\"retry_after_ms\":-1,.*\"source\":\"policy\"");
+    shutdown_gateway(g);
+}
+
 Test(ratelimit_serve, metrics_count_decisions) {
     gateway g = serve("--policy", "m;q=1;w=3600", NULL);
     char resp[8192];
@@ -212,6 +314,7 @@ Test(ratelimit_serve, metrics_count_decisions) {
     cr_assert_not_null(strstr(body, "ratelimit_deny_cache_hits_total 1\n"));
     cr_assert_not_null(strstr(body, "ratelimit_redis_errors_total 0\n"));
     cr_assert_not_null(strstr(body, "ratelimit_fallback_decisions_total 0\n"));
+    cr_assert_not_null(strstr(body, "ratelimit_in_doubt_checks_total 0\n"));
     shutdown_gateway(g);
 }
 
@@ -236,6 +339,9 @@ Test(ratelimit_serve, usage_errors_exit_2_and_help_exits_0) {
     const char *bad_alg[] = {"ratelimit", "serve",       "--listen", "127.0.0.1:0", "--policy",
                              "x;q=1;w=1", "--algorithm", "leaky",    NULL};
     const char *unknown[] = {"ratelimit", "frobnicate", NULL};
+    const char *big_log[] = {
+        "ratelimit", "check",          "--redis", url, "--algorithm", "sliding-window-log",
+        "--policy",  "x;q=20000;w=60", "--key",   "k", NULL};
     cr_assert_eq(run(help), 0);
     cr_assert_eq(run(top), 0);
     cr_assert_eq(run(bad_policy), 2);
@@ -243,6 +349,7 @@ Test(ratelimit_serve, usage_errors_exit_2_and_help_exits_0) {
     cr_assert_eq(run(no_listen), 2);
     cr_assert_eq(run(bad_alg), 2);
     cr_assert_eq(run(unknown), 2);
+    cr_assert_eq(run(big_log), 2, "a log of 20,000 entries per key was accepted");
 }
 
 Test(ratelimit_serve, check_command_prints_one_decision) {
