@@ -12,33 +12,40 @@
 -- T is rarely a whole number of microseconds (3 s / 7), so the TAT is kept exactly, as whole
 -- microseconds plus a remainder in units of 1/q microsecond.
 --
--- Key: a string "<tat microseconds> <remainder>"; its TTL is TAT - now, after which the bucket is
--- full and the key is worth nothing.
+-- Key: a string "<tat microseconds> <remainder>", or just "<tat microseconds>" when the remainder
+-- is 0 (always, when T is a whole number of microseconds, as for 10 per second), which saves
+-- parsing two numbers; its TTL is TAT - now, after which the bucket is full and the key is worth
+-- nothing.
 
 local alg = {}
-local find, sub = string.find, string.sub
+local match = string.match
 
 function alg.load(s, key)
     local q, W = s.q, s.W
     s.key = key
-    s.level = q * W
     local v = call('GET', key)
-    if v then
-        local space = find(v, ' ', 1, true)
-        local rem = tonumber(sub(v, space + 1))
+    if not v then
+        s.level = q * W
+        return
+    end
+    -- tonumber gives nil for the two-number form, which is then split.
+    local tat, rem = tonumber(v), 0
+    if not tat then
+        local a, b = match(v, '^(%d+) (%d+)$')
+        tat, rem = tonumber(a), tonumber(b)
         -- After a quota change the remainder is reread in the new unit: under 1 us of error.
         if rem >= q then
             rem = q - 1
         end
-        local debt = (tonumber(sub(v, 1, space - 1)) - s.now) * q + rem
-        -- A TAT in the past is a full bucket; one beyond a (lowered) window is an empty one.
-        if debt < 0 then
-            debt = 0
-        elseif debt > q * W then
-            debt = q * W
-        end
-        s.level = q * W - debt
     end
+    local debt = (tat - s.now) * q + rem
+    -- A TAT in the past is a full bucket; one beyond a (lowered) window is an empty one.
+    if debt < 0 then
+        debt = 0
+    elseif debt > q * W then
+        debt = q * W
+    end
+    s.level = q * W - debt
 end
 
 function alg.wait(s, m)
@@ -53,14 +60,28 @@ function alg.remaining(s)
     return idiv(s.level, s.W)
 end
 
+-- remaining and reset_ms in one step. The level is below q * W when r < q, so r + 1 units are
+-- missing (r + 1) * W - level > 0, a wait of that over q microseconds; rounded up to the
+-- millisecond, nested ceilings of whole numbers collapse into one division by q * 1000.
+function alg.report(s)
+    local level, W, q = s.level, s.W, s.q
+    local r = idiv(level, W)
+    if r >= q then
+        return q, 0
+    end
+    return r, cdiv((r + 1) * W - level, q * 1000)
+end
+
 function alg.charge(s, cost)
     local q = s.q
     local level = s.level - cost * s.W
     s.level = level
     local debt = q * s.W - level
     local us = idiv(debt, q)
-    -- The TAT is us + (debt - us * q) / q microseconds from now; the key expires with it.
-    call('SET', s.key, format('%d %d', s.now + us, debt - us * q), 'PX', cdiv(us + 1, 1000))
+    local rem = debt - us * q
+    -- The TAT is us + rem / q microseconds from now; the key expires with it.
+    local v = rem == 0 and format('%d', s.now + us) or format('%d %d', s.now + us, rem)
+    call('SET', s.key, v, 'PX', cdiv(us + 1, 1000))
 end
 
 return rl_run(alg)

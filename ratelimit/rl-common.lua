@@ -30,27 +30,89 @@
 --   remaining(s)      whole units available now
 --   charge(s, cost)   takes cost units and writes the key back, always with a TTL (only called
 --                     when every policy allows)
+-- and may provide a fifth, when it can compute the pair more cheaply than the default does:
+--   report(s)         remaining (at most q) and reset_ms, the reply's two values for the policy
 --
 -- Speed matters here: Redis runs one script at a time, so its cost per check caps the whole
--- system. Globals are read once into locals (each global access in Redis's Lua goes through a
--- protected table) and no table is created per check.
+-- system, and at a few microseconds per check the Lua interpreter's own work (function calls,
+-- table lookups) is as large as the redis.call it wraps. So globals and the algorithm's functions
+-- are read once into locals (each global access in Redis's Lua goes through a protected table),
+-- no table is created per check, the reply is written by index rather than table.insert, and a
+-- single policy (P = 1, by far the common case) takes a path without the inner loops.
 
-local floor, format, tonumber, call = math.floor, string.format, tonumber, redis.call
+local floor, ceil, format = math.floor, math.ceil, string.format
+local tonumber, call = tonumber, redis.call
 
--- floor(x / y) for integers, exact: the floating division may land one off near an integer.
+-- floor(x / y) for integers, exact: the floating division may land one off near an integer, and
+-- the remainder x - k * y (an exact integer, as every term stays below 2^53) says which way.
 local function idiv(x, y)
     local k = floor(x / y)
-    if k * y > x then
-        k = k - 1
-    elseif (k + 1) * y <= x then
-        k = k + 1
+    local r = x - k * y
+    if r < 0 then
+        return k - 1
+    elseif r >= y then
+        return k + 1
     end
     return k
 end
 
--- ceil(x / y) for integers, exact.
+-- ceil(x / y) for integers, exact, by the same correction from above.
 local function cdiv(x, y)
-    return -idiv(-x, y)
+    local k = ceil(x / y)
+    local r = k * y - x
+    if r < 0 then
+        return k + 1
+    elseif r >= y then
+        return k - 1
+    end
+    return k
+end
+
+-- alg.report, or the default built from alg.remaining and alg.wait: the reply's remaining and
+-- reset_ms for one policy, where reset is the wait for one unit more than remains, in
+-- milliseconds rounded up.
+local function report_of(alg)
+    if alg.report then
+        return alg.report
+    end
+    local remaining, wait = alg.remaining, alg.wait
+    return function(s)
+        local r = remaining(s)
+        if r >= s.q then
+            return s.q, 0
+        end
+        return r, cdiv(wait(s, r + 1), 1000)
+    end
+end
+
+-- rl_run for P = 1: decides the checks whose costs are ARGV[first..last] against the one policy
+-- s (the check with cost ARGV[i] has key KEYS[i - first + 1]) and returns out, the reply, filled
+-- with 4 integers per check.
+local function rl_run_single(alg, s, first, last, out)
+    local load, wait, charge, report = alg.load, alg.wait, alg.charge, report_of(alg)
+    local q, n = s.q, 0
+    for i = first, last do
+        local cost = tonumber(ARGV[i])
+        load(s, KEYS[i - first + 1])
+        local allowed, retry = 1, 0
+        if cost > q then
+            allowed, retry = 0, -1
+        elseif cost > 0 then
+            local w = wait(s, cost)
+            if w > 0 then
+                allowed, retry = 0, cdiv(w, 1000)
+            else
+                charge(s, cost)
+            end
+        end
+        local r, reset = report(s)
+        out[n + 1] = allowed
+        out[n + 2] = retry
+        out[n + 3] = r
+        out[n + 4] = reset
+        n = n + 4
+    end
+    return out
 end
 
 local function rl_run(alg)
@@ -63,15 +125,19 @@ local function rl_run(alg)
         states[j] = {q = tonumber(ARGV[2 * j]), W = tonumber(ARGV[2 * j + 1]) * 1000000, now = now}
     end
     local out, n, k = {}, 0, 0
+    if P == 1 then
+        return rl_run_single(alg, states[1], 4, 3 + checks, out)
+    end
+    local load, wait, charge, report = alg.load, alg.wait, alg.charge, report_of(alg)
     for i = 1, checks do
         local cost = tonumber(ARGV[1 + 2 * P + i])
         local never, allowed = false, true
         for j = 1, P do
             local s = states[j]
-            alg.load(s, KEYS[k + j])
+            load(s, KEYS[k + j])
             if cost > s.q then
                 never = true
-            elseif allowed and cost > 0 and alg.wait(s, cost) > 0 then
+            elseif allowed and cost > 0 and wait(s, cost) > 0 then
                 -- A peek (cost 0) is always allowed. Waiting for 0 units can still be positive
                 -- when a lowered quota leaves more in use than the new q (a log of 10 entries
                 -- under q = 5), which must not turn a look into a denial.
@@ -86,7 +152,7 @@ local function rl_run(alg)
             retry = -1
         elseif not allowed then
             for j = 1, P do
-                local w = alg.wait(states[j], cost)
+                local w = wait(states[j], cost)
                 if w > retry then
                     retry = w
                 end
@@ -94,20 +160,14 @@ local function rl_run(alg)
             retry = cdiv(retry, 1000)
         elseif cost > 0 then
             for j = 1, P do
-                alg.charge(states[j], cost)
+                charge(states[j], cost)
             end
         end
         out[n + 1] = allowed and 1 or 0
         out[n + 2] = retry
         n = n + 2
         for j = 1, P do
-            local s = states[j]
-            local r = alg.remaining(s)
-            if r > s.q then
-                r = s.q
-            end
-            out[n + 1] = r
-            out[n + 2] = r < s.q and cdiv(alg.wait(s, r + 1), 1000) or 0
+            out[n + 1], out[n + 2] = report(states[j])
             n = n + 2
         end
     end

@@ -25,12 +25,13 @@ function alg.load(s, key)
         if level > full then
             level = full
         end
+        -- The refill is q units per microsecond. A huge elapsed (a clock step) may make
+        -- elapsed * q inexact, but it is then far above full and still clamps correctly.
         local elapsed = s.now - at
-        if elapsed > 0 and level < full then
-            if elapsed >= cdiv(full - level, q) then
+        if elapsed > 0 then
+            level = level + elapsed * q
+            if level > full then
                 level = full
-            else
-                level = level + elapsed * q
             end
         end
         s.level = level
@@ -49,12 +50,26 @@ function alg.remaining(s)
     return idiv(s.level, s.W)
 end
 
+-- remaining and reset_ms in one step. The level is below q * W when r < q, so r + 1 units are
+-- missing (r + 1) * W - level > 0, a wait of that over q microseconds; rounded up to the
+-- millisecond, nested ceilings of whole numbers collapse into one division by q * 1000.
+function alg.report(s)
+    local level, W, q = s.level, s.W, s.q
+    local r = idiv(level, W)
+    if r >= q then
+        return q, 0
+    end
+    return r, cdiv((r + 1) * W - level, q * 1000)
+end
+
 function alg.charge(s, cost)
     local level = s.level - cost * s.W
     s.level = level
     call('HSET', s.key, 'l', format('%d', level), 't', format('%d', s.now), 'w', format('%d', s.W))
-    -- The bucket is full again (and the key worthless) after (full - level) / q microseconds.
-    call('PEXPIRE', s.key, cdiv(cdiv(s.q * s.W - level, s.q), 1000))
+    -- The bucket is full again (and the key worthless) after (full - level) / q microseconds,
+    -- which rounded up to the millisecond is ceil((full - level) / (q * 1000)): nested ceilings
+    -- of whole numbers collapse into one.
+    call('PEXPIRE', s.key, cdiv(s.q * s.W - level, s.q * 1000))
 end
 
 return rl_run(alg)
