@@ -7,7 +7,7 @@
 -- later, and is allowed if the pushed TAT stays within one window of now. That is the token
 -- bucket's contract exactly, with the level derived from the TAT rather than stored:
 --   level = q * W - (TAT - now) * q      (in the token bucket's units of 1/W token)
--- so this file reuses the token bucket's arithmetic on the derived level.
+-- so wait, remaining and report are the token bucket's, from rl-common.lua, on the derived level.
 --
 -- T is rarely a whole number of microseconds (3 s / 7), so the TAT is kept exactly, as whole
 -- microseconds plus a remainder in units of 1/q microsecond.
@@ -48,29 +48,7 @@ function alg.load(s, key)
     s.level = q * W - debt
 end
 
-function alg.wait(s, m)
-    local need = m * s.W
-    if s.level >= need then
-        return 0
-    end
-    return cdiv(need - s.level, s.q)
-end
-
-function alg.remaining(s)
-    return idiv(s.level, s.W)
-end
-
--- remaining and reset_ms in one step. The level is below q * W when r < q, so r + 1 units are
--- missing (r + 1) * W - level > 0, a wait of that over q microseconds; rounded up to the
--- millisecond, nested ceilings of whole numbers collapse into one division by q * 1000.
-function alg.report(s)
-    local level, W, q = s.level, s.W, s.q
-    local r = idiv(level, W)
-    if r >= q then
-        return q, 0
-    end
-    return r, cdiv((r + 1) * W - level, q * 1000)
-end
+alg.wait, alg.remaining, alg.report = level_wait, level_remaining, level_report
 
 function alg.charge(s, cost)
     local q = s.q

@@ -68,6 +68,34 @@ local function cdiv(x, y)
     return k
 end
 
+-- The bucket level, shared by token-bucket.lua (which stores it) and gcra.lua (which derives it
+-- from the theoretical arrival time): s.level is the bucket's content in units of 1/W token, so
+-- a full bucket is q * W and refilling q per W is exactly q units per microsecond.
+
+local function level_wait(s, m)
+    local need = m * s.W
+    if s.level >= need then
+        return 0
+    end
+    return cdiv(need - s.level, s.q)
+end
+
+local function level_remaining(s)
+    return idiv(s.level, s.W)
+end
+
+-- remaining and reset_ms in one step. The level is below q * W when r < q, so r + 1 units are
+-- missing (r + 1) * W - level > 0, a wait of that over q microseconds; rounded up to the
+-- millisecond, nested ceilings of whole numbers collapse into one division by q * 1000.
+local function level_report(s)
+    local level, W, q = s.level, s.W, s.q
+    local r = idiv(level, W)
+    if r >= q then
+        return q, 0
+    end
+    return r, cdiv((r + 1) * W - level, q * 1000)
+end
+
 -- alg.report, or the default built from alg.remaining and alg.wait: the reply's remaining and
 -- reset_ms for one policy, where reset is the wait for one unit more than remains, in
 -- milliseconds rounded up.
