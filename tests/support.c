@@ -160,6 +160,30 @@ int test_tcp_connect(int port) {
     return fd;
 }
 
+/* Binds a loopback socket to a port of the kernel's choosing; returns the fd. */
+static int bind_loopback(int *port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "bind: %s", strerror(errno));
+    socklen_t len = sizeof sa;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+int test_listen_loopback(int *port) {
+    int fd = bind_loopback(port);
+    cr_assert_eq(listen(fd, 128), 0, "listen: %s", strerror(errno));
+    return fd;
+}
+
+int test_closed_port(void) {
+    int port;
+    close(bind_loopback(&port));
+    return port;
+}
+
 void test_write_all(int fd, const void *buf, size_t len) {
     const char *p = buf;
     while (len > 0) {

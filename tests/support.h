@@ -48,6 +48,12 @@ int test_wait_exit(pid_t pid, int timeout_ms);
 /* Opens a TCP connection to 127.0.0.1:port (blocking socket with a 5 s receive timeout). */
 int test_tcp_connect(int port);
 
+/* A listening TCP socket on 127.0.0.1 with a port the kernel picked (stored in *port). */
+int test_listen_loopback(int *port);
+
+/* A port on 127.0.0.1 that nothing listens on (bound, then closed). */
+int test_closed_port(void);
+
 /* Writes all of buf to fd; asserts. */
 void test_write_all(int fd, const void *buf, size_t len);
 

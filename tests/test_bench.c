@@ -90,14 +90,7 @@ static void serve_forever(int lfd) {
 
 /* Starts the server; returns its pid and the port it listens on. */
 static pid_t server_start(int *port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    cr_assert_eq(listen(fd, 128), 0);
-    socklen_t alen = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &alen);
-    *port = ntohs(a.sin_port);
+    int fd = test_listen_loopback(port);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
@@ -107,17 +100,6 @@ static pid_t server_start(int *port) {
     }
     close(fd);
     return pid;
-}
-
-/* A port on 127.0.0.1 that nothing listens on (bound, then closed). */
-static int closed_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    socklen_t alen = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &alen);
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 /* Runs one load against http://127.0.0.1:port<path> on a fresh loop. */
@@ -394,7 +376,7 @@ Test(http, extra_headers_are_added_to_each_request) {
 }
 
 Test(http, refused_connections_are_connect_errors) {
-    int port = closed_port();
+    int port = test_closed_port();
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[64], err[256];
@@ -636,7 +618,7 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
 
 Test(cli, http_to_a_closed_port_fails_with_a_message) {
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/", closed_port());
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", test_closed_port());
     static run_out r;
     run_bench(NULL, (const char *[]){"http", url, "--rate", "100", "--duration", "0.2", NULL}, &r);
     cr_expect_eq(r.status, 1);

@@ -423,13 +423,7 @@ Test(ratelimit_faults, sync_limiter_started_without_redis_retries_with_backoff) 
  * port it listens on.
  */
 static pid_t slow_proxy_start(int redis_port, int delay_ms, int *port) {
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    cr_assert_eq(listen(lfd, 16), 0);
-    socklen_t alen = sizeof a;
-    getsockname(lfd, (struct sockaddr *)&a, &alen);
-    *port = ntohs(a.sin_port);
+    int lfd = test_listen_loopback(port);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid > 0) {

@@ -270,22 +270,11 @@ Test(ratelimit_serve, malformed_check_bodies_get_a_fitting_400) {
     shutdown_gateway(g);
 }
 
-/* A port on 127.0.0.1 that nothing listens on (bound, then closed). */
-static int closed_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    socklen_t alen = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &alen);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* With Redis unreachable and fail-closed, requests get 503, but a cost above the quota is still
  * the final "never" (it once came out as a fail-closed decision). */
 Test(ratelimit_serve, never_is_final_even_when_redis_is_down) {
     char dead[64];
-    snprintf(dead, sizeof dead, "redis://127.0.0.1:%d", closed_port());
+    snprintf(dead, sizeof dead, "redis://127.0.0.1:%d", test_closed_port());
     gateway g =
         serve("--policy", "api;q=10;w=3600", "--on-redis-error", "closed", "--redis", dead, NULL);
     char resp[4096];
