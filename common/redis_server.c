@@ -128,8 +128,11 @@ static int wait_ready(sd_redis_server *s) {
         if (c != NULL && c->err == 0) {
             redisSetTimeout(c, tv);
             redisReply *reply = redisCommand(c, "PING");
-            /* Any reply means it is serving (NOAUTH too, when a password is set). */
-            int ok = reply != NULL;
+            /* PONG, or NOAUTH when a password is set, means it is serving; LOADING (replaying
+             * the AOF after a restart) means not yet. */
+            int ok = reply != NULL &&
+                     (reply->type == REDIS_REPLY_STATUS ||
+                      (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOAUTH", 6) == 0));
             if (reply)
                 freeReplyObject(reply);
             redisFree(c);
