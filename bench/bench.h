@@ -66,9 +66,17 @@ typedef struct bench_result {
     uint64_t errors; /* of count, how many failed */
     uint64_t errors_by_kind[BENCH_ERR_KINDS];
     hdr_histogram *latency;     /* corrected: from intended start (= actual start, closed loop) */
-    hdr_histogram *uncorrected; /* from actual start */
+    hdr_histogram *uncorrected; /* from actual start (see bench_op_sent) */
     int below_target;           /* open loop reached < 99% of the target rate */
 } bench_result;
+
+/* Marks the operation `token` (as received by issue()) as actually sent now. A target that
+ * cannot send at once, for instance because it queues requests until one of its connections is
+ * free, calls this when it really sends, so that the uncorrected latency measures the system
+ * under test and not the target's own queue. Without a call, an operation counts as sent when
+ * issue() was called. Only valid between issue() and done() for that token, on the loop's
+ * thread; the corrected latency (from the scheduled start) is not affected. */
+void bench_op_sent(void *token);
 
 /* Runs a load on loop (which must have nothing else keeping it alive past the run, or the run
  * still ends: the generator stops its own handles and returns once in-flight operations have

@@ -36,4 +36,8 @@ int bench_cli_parse(const char *cmd, int argc, char **argv, const bench_cli_opt 
 int bench_cli_number(const char *cmd, const char *opt, const char *text, double min, double max,
                      const char *what, double *out);
 
+/* The same for a whole number in decimal ("1.5" and "0x10" are refused). */
+int bench_cli_count(const char *cmd, const char *opt, const char *text, long long min,
+                    long long max, const char *what, long long *out);
+
 #endif

@@ -9,8 +9,20 @@
  *       |   | fails        | server closes            | error, timeout, server closes
  *       |   v              v                          v
  *       | BACKOFF <--- CLOSING (uv_close pending) <---+
- *       |   |  (after a failed connect)    | (otherwise)
+ *       |   |  (after a failed connect,    | (otherwise)
+ *       |   |   or a connection lost       |
+ *       |   |   before its first response) |
  *       +---+------------------------------+  reconnect: after the backoff, or at once
+ *
+ * Backing off after a connection that the server closes before answering anything matters as
+ * much as after a refused connect: a server that accepts and closes at once would otherwise be
+ * reconnected to thousands of times a second.
+ *
+ * A server may answer before it has read the whole request (RFC 9112 section 9.3 lets it, for
+ * instance to refuse a large body early). The response then completes while part of the request
+ * is still queued in libuv's write request, which a connection cannot reuse until its write_cb
+ * has run. Such a connection is closed once the operation completes, and reconnects: the rest of
+ * the old request must not be taken by the server as the start of the next one anyway.
  *
  * IDLE connections sit on a stack so that the next request takes one in O(1); requests that find
  * none wait in a FIFO ring. One timer sweeps every SWEEP_MS for requests past their deadline and
@@ -26,6 +38,7 @@
  */
 #include "http_client.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <http_parser.h>
 #include <netdb.h>
@@ -54,12 +67,14 @@ typedef struct http_conn {
     http_target *t;
     int state;
     int open;            /* tcp handle initialised and not yet closed */
-    int backoff_ms;      /* next backoff after a failed connect (0: none yet) */
-    int backoff_after;   /* the close in progress follows a failed connect */
+    int write_pending;   /* write_req is queued in libuv: it cannot be reused until write_cb */
+    int answered;        /* a response has arrived since this connection was made */
+    int backoff_ms;      /* next backoff (0: none yet); reset by the first response */
+    int backoff_after;   /* the close in progress is followed by a backoff */
     uint64_t retry_ns;   /* BACKOFF: when to connect again */
     void *token;         /* BUSY: the operation in flight */
     bench_done_fn *done; /* BUSY: its completion */
-    uint64_t sent_ns;    /* BUSY: when the request was sent */
+    uint64_t issued_ns;  /* BUSY: when the operation was issued, which starts its deadline */
     char rbuf[READ_BUF];
     char extra[BENCH_HTTP_EXTRA_MAX]; /* BUSY: this request's extra header lines */
 } http_conn;
@@ -102,7 +117,8 @@ struct http_target {
 };
 
 static void conn_connect(http_conn *c);
-static void conn_close(http_conn *c, int after_failed_connect);
+static void conn_close(http_conn *c, int backoff);
+static void conn_lost(http_conn *c);
 
 /* ---- The waiting queue --------------------------------------------------------------------- */
 
@@ -154,20 +170,29 @@ static void conn_fail_op(http_conn *c, int kind) {
         done(token, kind);
 }
 
+/* A connection is never reused while its write is pending (see the top of the file), so a
+ * failed write always belongs to the operation in flight, if any is left. */
 static void write_cb(uv_write_t *req, int status) {
     http_conn *c = req->data;
+    c->write_pending = 0;
     if (status == 0 || status == UV_ECANCELED || c->state != CONN_BUSY)
         return;
     conn_fail_op(c, BENCH_ERR_CONNECT);
-    conn_close(c, 0);
+    conn_lost(c);
 }
 
-static void conn_send(http_conn *c, void *token, bench_done_fn *done) {
+/* Sends an operation issued at issued_ns; its deadline runs from then, so that the time spent
+ * waiting for a connection and the time after sending share one --timeout budget. */
+static void conn_send(http_conn *c, void *token, bench_done_fn *done, uint64_t issued_ns) {
     http_target *t = c->t;
+    assert(!c->write_pending);
     c->state = CONN_BUSY;
     c->token = token;
     c->done = done;
-    c->sent_ns = sd_now_ns();
+    c->issued_ns = issued_ns;
+    /* The uncorrected latency starts here, not when the operation was issued: it may have
+     * waited in the queue for a free connection. */
+    bench_op_sent(token);
     uv_buf_t bufs[3];
     unsigned nbufs = 1;
     size_t total = t->request_len;
@@ -187,7 +212,7 @@ static void conn_send(http_conn *c, void *token, bench_done_fn *done) {
         return;
     if (n < 0 && n != UV_EAGAIN) {
         conn_fail_op(c, BENCH_ERR_CONNECT);
-        conn_close(c, 0);
+        conn_lost(c);
         return;
     }
     /* Leave out what was written: whole pieces first, then the front of the next one. */
@@ -204,10 +229,12 @@ static void conn_send(http_conn *c, void *token, bench_done_fn *done) {
         }
     }
     c->write_req.data = c;
+    c->write_pending = 1;
     int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, rest, nbufs, write_cb);
     if (rc < 0) {
+        c->write_pending = 0; /* a failed call never runs its callback */
         conn_fail_op(c, BENCH_ERR_CONNECT);
-        conn_close(c, 0);
+        conn_lost(c);
     }
 }
 
@@ -216,7 +243,7 @@ static void conn_ready(http_conn *c) {
     http_target *t = c->t;
     if (t->qlen > 0) {
         http_waiter w = queue_pop(t);
-        conn_send(c, w.token, w.done);
+        conn_send(c, w.token, w.done, w.since_ns);
         return;
     }
     c->state = CONN_IDLE;
@@ -230,7 +257,7 @@ static void target_issue(void *ctx, void *token, bench_done_fn *done) {
         return;
     }
     if (t->nidle > 0) {
-        conn_send(&t->conns[t->idle[--t->nidle]], token, done);
+        conn_send(&t->conns[t->idle[--t->nidle]], token, done, sd_now_ns());
         return;
     }
     if (t->backing_off == t->nconns) {
@@ -254,6 +281,8 @@ static int on_message_complete(http_parser *p) {
     if (c->state != CONN_BUSY || c->done == NULL)
         return -1; /* a response nobody asked for: treat the stream as broken */
     t->stats.responses++;
+    c->answered = 1;
+    c->backoff_ms = 0;
     int status = (int)p->status_code;
     int kind;
     if (t->classify)
@@ -264,8 +293,9 @@ static int on_message_complete(http_parser *p) {
     bench_done_fn *done;
     conn_take_op(c, &token, &done);
     /* Free the connection before completing, so that an operation issued from inside done()
-     * can use it straight away. */
-    if (http_should_keep_alive(p))
+     * can use it straight away. A connection whose request is still being written answered
+     * early: it is closed instead (see the top of the file). */
+    if (http_should_keep_alive(p) && !c->write_pending)
         conn_ready(c);
     else
         conn_close(c, 0);
@@ -290,7 +320,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         if (c->state == CONN_BUSY)
             conn_fail_op(c, BENCH_ERR_CONNECT);
         if (c->state != CONN_CLOSING)
-            conn_close(c, 0);
+            conn_lost(c);
         return;
     }
     size_t parsed = http_parser_execute(&c->parser, &c->t->settings, buf->base, (size_t)nread);
@@ -327,7 +357,7 @@ static void connect_cb(uv_connect_t *req, int status) {
     t->connecting--;
     t->stats.connects++;
     t->up++;
-    c->backoff_ms = 0;
+    c->answered = 0;
     http_parser_init(&c->parser, HTTP_RESPONSE);
     c->parser.data = c;
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
@@ -358,9 +388,10 @@ static void conn_closed_cb(uv_handle_t *handle) {
     }
 }
 
-/* Closes the connection; it reconnects (after a backoff when the connect itself failed) once
- * libuv has closed the handle. The caller has already completed any operation in flight. */
-static void conn_close(http_conn *c, int after_failed_connect) {
+/* Closes the connection; it reconnects once libuv has closed the handle, after a backoff when
+ * `backoff` is set and at once otherwise. The caller has already completed any operation in
+ * flight. */
+static void conn_close(http_conn *c, int backoff) {
     http_target *t = c->t;
     if (c->state == CONN_CLOSING)
         return;
@@ -372,17 +403,23 @@ static void conn_close(http_conn *c, int after_failed_connect) {
             }
         }
     }
-    if (c->state == CONN_IDLE || c->state == CONN_BUSY)
+    if (c->state == CONN_IDLE || c->state == CONN_BUSY) {
         t->up--;
+        t->stats.closed++;
+    }
     if (c->state == CONN_CONNECTING)
         t->connecting--;
-    if (after_failed_connect)
+    if (backoff)
         t->backing_off++;
-    else
-        t->stats.closed++;
     c->state = CONN_CLOSING;
-    c->backoff_after = after_failed_connect;
+    c->backoff_after = backoff;
     uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+}
+
+/* The connection broke (the server closed or reset it, or a write failed). Before its first
+ * response that is the server refusing service as surely as a refused connect: back off. */
+static void conn_lost(http_conn *c) {
+    conn_close(c, !c->answered);
 }
 
 static void conn_connect(http_conn *c) {
@@ -411,7 +448,7 @@ static void sweep_cb(uv_timer_t *timer) {
     uint64_t now = sd_now_ns();
     for (int i = 0; i < t->nconns; i++) {
         http_conn *c = &t->conns[i];
-        if (c->state == CONN_BUSY && now - c->sent_ns > t->timeout_ns) {
+        if (c->state == CONN_BUSY && now - c->issued_ns > t->timeout_ns) {
             conn_fail_op(c, BENCH_ERR_TIMEOUT);
             conn_close(c, 0);
         } else if (c->state == CONN_BACKOFF && now >= c->retry_ns) {

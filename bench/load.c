@@ -56,7 +56,7 @@ typedef struct load_run load_run;
 typedef struct load_op {
     load_run *run;
     uint64_t due_ns;  /* scheduled start (closed loop: actual start) */
-    uint64_t sent_ns; /* actual start */
+    uint64_t sent_ns; /* actual start: when issued, or when the target said it sent it */
     struct load_op *next_free;
 } load_op;
 
@@ -165,6 +165,11 @@ static void start_op(load_run *run, uint64_t due_ns, uint64_t now_ns) {
     run->target->issue(run->target->ctx, op, op_done_cb);
 }
 
+void bench_op_sent(void *token) {
+    load_op *op = token;
+    op->sent_ns = sd_now_ns();
+}
+
 static double uniform01(load_run *run) {
     /* xorshift64*: plenty for spacing arrivals, and reproducible from the seed. */
     run->rng ^= run->rng >> 12;
@@ -174,12 +179,18 @@ static double uniform01(load_run *run) {
     return ((double)(x >> 11) + 0.5) / 9007199254740992.0; /* in (0, 1) */
 }
 
+/* Moves the schedule to the next operation. A due time at or past the end of the run ends the
+ * schedule, so it is clamped to end_ns before converting: at tiny rates the offset in
+ * nanoseconds does not fit in 64 bits, and converting it would be undefined. */
 static void schedule_advance(load_run *run) {
     run->next_n++;
-    if (run->opts.poisson)
-        run->next_ns += (uint64_t)(-log(uniform01(run)) / run->opts.rate * 1e9);
+    uint64_t base = run->opts.poisson ? run->next_ns : run->start_ns;
+    double gap = run->opts.poisson ? -log(uniform01(run)) / run->opts.rate * 1e9
+                                   : (double)run->next_n * 1e9 / run->opts.rate;
+    if (base >= run->end_ns || !(gap < (double)(run->end_ns - base)))
+        run->next_ns = run->end_ns;
     else
-        run->next_ns = run->start_ns + (uint64_t)((double)run->next_n * 1e9 / run->opts.rate);
+        run->next_ns = base + (uint64_t)gap;
 }
 
 /*
@@ -393,6 +404,10 @@ int bench_load_run(uv_loop_t *loop, const bench_target *target, const bench_load
     if (loop == NULL || target == NULL || target->issue == NULL || opts == NULL || out == NULL ||
         !(opts->rate >= 0) || !(opts->duration_s > 0) || !(opts->warmup_s >= 0) ||
         !isfinite(opts->rate) || !isfinite(opts->duration_s) || !isfinite(opts->warmup_s))
+        return -EINVAL;
+    /* A rate so small that the interval between operations is not even a finite number of
+     * nanoseconds cannot be scheduled. */
+    if (opts->rate > 0 && !isfinite(1e9 / opts->rate))
         return -EINVAL;
 
     memset(out, 0, sizeof *out);

@@ -181,6 +181,23 @@ static int cmd_run(int argc, char **argv) {
     }
     free(prefixes);
 
+    /* A rate so low that not one operation falls in the measured time would run for nothing
+     * (or, below about 1e-10/s, not be schedulable at all). */
+    for (size_t i = 0; i < nchosen; i++) {
+        double sr = r >= 0 ? r : chosen[i]->default_rate;
+        double sd = d > 0 ? d : chosen[i]->default_duration_s;
+        if (!(sd > 0))
+            sd = 5; /* what the run below falls back to */
+        if (sr > 0 && sr * sd < 1) {
+            fprintf(stderr,
+                    "%s: %s: rate %g/s for %g s schedules no operation (rate x duration must be "
+                    ">= 1)\n",
+                    cmd, chosen[i]->name, sr, sd);
+            free(chosen);
+            return BENCH_EXIT_USAGE;
+        }
+    }
+
     if (nchosen == 0) {
         fprintf(stderr,
                 "%s: no scenarios are registered yet (components add them in "
@@ -369,12 +386,20 @@ static int cmd_http(int argc, char **argv) {
         fprintf(stderr, "%s: --rate is required (requests per second; 0 = closed loop)\n", cmd);
         goto out;
     }
-    double r, d, w, c, t;
+    double r, d, w, t;
+    long long c;
     if (bench_cli_number(cmd, "--rate", rate, 0, 1e8, "requests/s (>= 0)", &r) < 0 ||
         bench_cli_number(cmd, "--duration", duration, 0.001, 86400, "seconds (> 0)", &d) < 0 ||
-        bench_cli_number(cmd, "--connections", connections, 1, 10000, "a count 1..10000", &c) < 0 ||
+        bench_cli_count(cmd, "--connections", connections, 1, 10000, "a count 1..10000", &c) < 0 ||
         bench_cli_number(cmd, "--timeout", timeout, 1, 3600000, "milliseconds (>= 1)", &t) < 0)
         goto out;
+    if (r > 0 && r * d < 1) {
+        fprintf(stderr,
+                "%s: --rate %s for --duration %s schedules no request (rate x duration must be "
+                ">= 1)\n",
+                cmd, rate, duration);
+        goto out;
+    }
     w = default_warmup(d);
     if (warmup && bench_cli_number(cmd, "--warmup", warmup, 0, 3600, "seconds (>= 0)", &w) < 0)
         goto out;
@@ -461,7 +486,9 @@ static int cmd_compare(int argc, char **argv) {
     if (rc == BENCH_CLI_HELP) {
         fputs("usage: bench compare A.json B.json\n\nPrints each scenario of two reports "
               "(from --json) side by side: achieved rate, p50, p95, p99, p99.9, max and errors,\n"
-              "with the ratio B/A. Scenarios are matched by name.\n",
+              "with the ratio B/A. Scenarios are matched by name. A scenario that failed in\n"
+              "either report is marked FAILED instead; a scenario run at different target rates\n"
+              "in A and B is still compared, with a warning on stderr.\n",
               stdout);
         free(pos);
         return BENCH_EXIT_OK;

@@ -541,6 +541,24 @@ int bench_report_compare(FILE *f, const char *path_a, const char *path_b, char *
             fprintf(f, "%-*s only in A\n", w, name);
             continue;
         }
+        /* A failed scenario has no numbers worth a ratio: its zeros would read as a 0.00x. */
+        const char *fail_a = json_string_value(json_object_get(s, "failed"));
+        const char *fail_b = json_string_value(json_object_get(t, "failed"));
+        if (fail_a || fail_b) {
+            if (fail_a)
+                fprintf(f, "%-*s FAILED in A: %s\n", w, name, fail_a);
+            if (fail_b)
+                fprintf(f, "%-*s FAILED in B: %s\n", w, name, fail_b);
+            continue;
+        }
+        /* Latencies at different offered loads are different experiments, not a regression or
+         * an improvement: still printed, but said so. */
+        double rate_a = num(s, "target_rate"), rate_b = num(t, "target_rate");
+        if (rate_a != rate_b)
+            fprintf(stderr,
+                    "bench compare: warning: %s ran at target rate %g/s in A but %g/s in B; "
+                    "its numbers are not comparable\n",
+                    name, rate_a, rate_b);
         compare_line(f, w, name, "achieved/s", num(s, "achieved_rate"), num(t, "achieved_rate"), 0);
         for (size_t k = 0; k < NPCTS; k++)
             compare_line(f, w, "", PCTS[k].label, num(s, PCTS[k].key), num(t, PCTS[k].key), 1);

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -29,14 +31,41 @@
 
 /* ---- A local HTTP server in a child process ------------------------------------------------ */
 
+/* How the server treats connections. */
+enum {
+    SERVE_NORMAL,      /* answer requests as described at serve_forever() */
+    SERVE_ACCEPT_CLOSE /* accept each connection and close it at once, unanswered */
+};
+
+/* The number of connections accepted, in memory shared with the test process. */
+static volatile uint64_t *server_accepts;
+
+/* Drops up to *skip bytes of request body from the front of buf. */
+static void skip_body(char *buf, size_t *len, size_t *skip) {
+    size_t drop = *skip < *len ? *skip : *len;
+    memmove(buf, buf + drop, *len - drop + 1);
+    *len -= drop;
+    *skip -= drop;
+}
+
+/* The Content-Length of the request whose header ends at end, or 0. */
+static size_t content_length(const char *req, const char *end) {
+    for (const char *h = strstr(req, "\r\n"); h && h < end; h = strstr(h + 2, "\r\n"))
+        if (strncasecmp(h + 2, "Content-Length:", 15) == 0)
+            return strtoull(h + 17, NULL, 10);
+    return 0;
+}
+
 /* Answers by path: /fail -> 503, /close -> 200 and closes the connection, /hang -> never
- * answers, anything else -> 200 "ok"; a request with the header "X-Fail: yes" -> 503. One
- * request at a time per connection, as the client sends them. */
-static void serve_forever(int lfd) {
+ * answers, /slow -> 200 after 20 ms (the whole server waits: use one connection), anything
+ * else -> 200 "ok"; a request with the header "X-Fail: yes" -> 503. One request at a time per
+ * connection, as the client sends them. Every answer is sent as soon as the request's header
+ * has arrived, before its body (which is then read and dropped), as RFC 9112 allows. */
+static void serve_forever(int lfd, int mode) {
     enum { MAX = 256 };
     struct pollfd fds[MAX];
     static char buf[MAX][4096];
-    size_t len[MAX];
+    size_t len[MAX], skip[MAX];
     int n = 1;
     fds[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
     for (;;) {
@@ -45,8 +74,14 @@ static void serve_forever(int lfd) {
         if ((fds[0].revents & POLLIN) && n < MAX) {
             int c = accept(lfd, NULL, NULL);
             if (c >= 0) {
-                fds[n] = (struct pollfd){.fd = c, .events = POLLIN};
-                len[n++] = 0;
+                (*server_accepts)++;
+                if (mode == SERVE_ACCEPT_CLOSE) {
+                    close(c);
+                } else {
+                    fds[n] = (struct pollfd){.fd = c, .events = POLLIN};
+                    skip[n] = 0;
+                    len[n++] = 0;
+                }
             }
         }
         for (int i = 1; i < n; i++) {
@@ -57,6 +92,7 @@ static void serve_forever(int lfd) {
             if (got > 0) {
                 len[i] += (size_t)got;
                 buf[i][len[i]] = '\0';
+                skip_body(buf[i], &len[i], &skip[i]);
             }
             char *end;
             while (!drop && (end = strstr(buf[i], "\r\n\r\n")) != NULL) {
@@ -68,18 +104,23 @@ static void serve_forever(int lfd) {
                     reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
                 else if (strncmp(buf[i], "GET /hang", 9) == 0)
                     reply = NULL;
+                else if (strncmp(buf[i], "GET /slow", 9) == 0)
+                    usleep(20000); /* the service time being simulated, not synchronisation */
                 if (reply && write(fds[i].fd, reply, strlen(reply)) < 0)
                     drop = 1;
                 if (reply && strstr(reply, "Connection: close"))
                     drop = 1;
+                skip[i] = content_length(buf[i], end);
                 size_t used = (size_t)(end + 4 - buf[i]);
                 memmove(buf[i], buf[i] + used, len[i] - used + 1);
                 len[i] -= used;
+                skip_body(buf[i], &len[i], &skip[i]);
             }
             if (drop) {
                 close(fds[i].fd);
                 fds[i] = fds[n - 1];
                 len[i] = len[n - 1];
+                skip[i] = skip[n - 1];
                 memcpy(buf[i], buf[n - 1], len[i] + 1);
                 n--;
                 i--;
@@ -88,18 +129,29 @@ static void serve_forever(int lfd) {
     }
 }
 
-/* Starts the server; returns its pid and the port it listens on. */
-static pid_t server_start(int *port) {
+/* Starts the server in `mode`; returns its pid and the port it listens on. */
+static pid_t server_start_mode(int *port, int mode) {
+    if (server_accepts == NULL) {
+        void *m = mmap(NULL, sizeof *server_accepts, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert_neq(m, MAP_FAILED);
+        server_accepts = m;
+    }
+    *server_accepts = 0;
     int fd = test_listen_loopback(port);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        serve_forever(fd);
+        serve_forever(fd, mode);
         _exit(0);
     }
     close(fd);
     return pid;
+}
+
+static pid_t server_start(int *port) {
+    return server_start_mode(port, SERVE_NORMAL);
 }
 
 /* Runs one load against http://127.0.0.1:port<path> on a fresh loop. */
@@ -174,7 +226,7 @@ static void held_release_cb(uv_timer_t *timer) {
 
 /* ---- The load generator -------------------------------------------------------------------- */
 
-Test(load, bad_options_are_refused) {
+Test(load, bad_options_are_refused, .timeout = 30) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     bench_target t = {NULL, instant_issue};
@@ -183,7 +235,27 @@ Test(load, bad_options_are_refused) {
     cr_expect_eq(bench_load_run(&loop, &t, &o, &r), -EINVAL);
     o = (bench_load_opts){.rate = -1, .duration_s = 1};
     cr_expect_eq(bench_load_run(&loop, &t, &o, &r), -EINVAL);
-    uv_loop_close(&loop);
+    /* 1e9 / 1e-300 ns between operations is not a finite number. */
+    o = (bench_load_opts){.rate = 1e-300, .duration_s = 1};
+    cr_expect_eq(bench_load_run(&loop, &t, &o, &r), -EINVAL);
+    cr_expect_eq(uv_loop_close(&loop), 0);
+}
+
+Test(load, a_rate_too_low_for_a_second_operation_runs_one_and_ends, .timeout = 30) {
+    /* The next due time, 1e20 ns away, does not fit in 64 bits: the schedule must end. */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    bench_target t = {NULL, instant_issue};
+    bench_result r;
+    bench_load_opts o = {.rate = 1e-11, .duration_s = 0.05};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    cr_expect_eq(r.count, 1);
+    bench_result_clear(&r);
+    o.poisson = 1;
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    cr_expect_eq(r.count, 1);
+    bench_result_clear(&r);
+    cr_expect_eq(uv_loop_close(&loop), 0);
 }
 
 Test(load, open_loop_records_exactly_the_operations_scheduled_after_warmup) {
@@ -323,6 +395,91 @@ Test(http, unanswered_requests_time_out) {
     http_load(port, "/hang", 2, 100, &o, &r, NULL);
     cr_expect_gt(r.count, 0);
     cr_expect_eq(r.errors_by_kind[BENCH_ERR_TIMEOUT], r.count);
+    bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, a_response_before_the_whole_body_is_written_completes_the_request, .timeout = 30) {
+    /* The server answers on the header; the 16 MB body is far more than the socket buffers
+     * hold, so the client is still writing it when the response arrives. */
+    int port;
+    pid_t pid = server_start(&port);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/upload", port);
+    size_t body_len = 16u << 20;
+    char *body = malloc(body_len);
+    cr_assert_not_null(body);
+    memset(body, 'a', body_len);
+    bench_http_opts hopts = {
+        .method = "POST", .body = body, .body_len = body_len, .timeout_ms = 5000};
+    bench_target t;
+    cr_assert_eq(bench_http_target_new(&loop, url, 1, &hopts, &t, err, sizeof err), 0, "%s", err);
+    /* 1,000/s on one connection: the requests queue, so each response finds the next request
+     * waiting to be sent at once, while the previous one is still being written. */
+    bench_result r;
+    bench_load_opts o = {.rate = 1000, .duration_s = 0.005};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    bench_http_stats st;
+    bench_http_target_stats(&t, &st);
+    cr_expect_eq(r.count, 5, "every request scheduled was counted");
+    cr_expect_eq(r.errors, 0);
+    cr_expect_eq(st.responses, 5);
+    bench_result_clear(&r);
+    bench_http_target_free(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(uv_loop_close(&loop), 0);
+    free(body);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, uncorrected_latency_leaves_out_the_wait_for_a_connection, .timeout = 30) {
+    /* One connection served in 20 ms a request can do 50/s; asked for 200/s, requests queue for
+     * the connection. That wait belongs to the corrected latency only. */
+    int port;
+    pid_t pid = server_start(&port);
+    bench_result r;
+    bench_load_opts o = {.rate = 200, .duration_s = 0.5};
+    http_load(port, "/slow", 1, 20000, &o, &r, NULL);
+    cr_expect_eq(r.errors, 0);
+    cr_expect_eq(r.count, 100);
+    int64_t unc = hdr_percentile(r.uncorrected, 50), cor = hdr_percentile(r.latency, 50);
+    cr_expect_lt(unc, cor / 2, "uncorrected p50 %lld us, corrected p50 %lld us", (long long)unc,
+                 (long long)cor);
+    bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, the_timeout_counts_the_wait_for_a_connection, .timeout = 30) {
+    /* One connection, a server that never answers, and a request every 50 ms: requests wait
+     * for the connection, then wait for an answer. Both waits share one 200 ms budget. */
+    int port;
+    pid_t pid = server_start(&port);
+    bench_result r;
+    bench_load_opts o = {.rate = 20, .duration_s = 0.6};
+    http_load(port, "/hang", 1, 200, &o, &r, NULL);
+    cr_expect_gt(r.count, 5);
+    cr_expect_eq(r.errors_by_kind[BENCH_ERR_TIMEOUT], r.count);
+    /* 200 ms plus the 20 ms sweep and scheduling noise; twice the budget would be 400 ms. */
+    cr_expect_lt(hdr_max(r.latency), 320000, "max %lld us", (long long)hdr_max(r.latency));
+    bench_result_clear(&r);
+    test_kill_wait(pid, SIGKILL);
+}
+
+Test(http, a_server_that_closes_at_once_is_reconnected_to_with_backoff, .timeout = 30) {
+    int port;
+    pid_t pid = server_start_mode(&port, SERVE_ACCEPT_CLOSE);
+    bench_result r;
+    bench_load_opts o = {.rate = 100, .duration_s = 1};
+    http_load(port, "/", 2, 2000, &o, &r, NULL);
+    uint64_t accepts = *server_accepts;
+    cr_expect_gt(r.errors_by_kind[BENCH_ERR_CONNECT], 0);
+    cr_expect_eq(r.errors, r.count);
+    /* A backoff doubling from 10 ms to 1 s allows about 8 connects per connection a second;
+     * reconnecting at once made thousands. */
+    cr_expect_lt(accepts, 100, "%llu accepts in 1 s", (unsigned long long)accepts);
+    cr_expect_gt(accepts, 0);
     bench_result_clear(&r);
     test_kill_wait(pid, SIGKILL);
 }
@@ -549,6 +706,22 @@ Test(cli, usage_errors_exit_2_and_help_exits_0) {
     cr_expect_not_null(strstr(r.err, "--rate"), "%s", r.err);
     run_bench(NULL, (const char *[]){"run", "--duration", NULL}, &r);
     cr_expect_eq(r.status, 2);
+    run_bench(NULL,
+              (const char *[]){"http", "http://127.0.0.1:1/", "--rate", "1e-300", "--duration", "1",
+                               NULL},
+              &r);
+    cr_expect_eq(r.status, 2, "a rate that schedules nothing: %s", r.err);
+    cr_expect_not_null(strstr(r.err, "rate x duration"), "%s", r.err);
+    run_bench(NULL, (const char *[]){"run", "--rate", "0.5", "--duration", "1", NULL}, &r);
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    run_bench(NULL, (const char *[]){"http", "http://127.0.0.1:1/", "--rate", "0x10", NULL}, &r);
+    cr_expect_eq(r.status, 2, "hexadecimal --rate: %s", r.err);
+    run_bench(NULL,
+              (const char *[]){"http", "http://127.0.0.1:1/", "--rate", "10", "--connections",
+                               "1.5", NULL},
+              &r);
+    cr_expect_eq(r.status, 2, "fractional --connections: %s", r.err);
+    cr_expect_not_null(strstr(r.err, "--connections"), "%s", r.err);
     run_bench(NULL, (const char *[]){"run", "no-such-scenario-prefix", NULL}, &r);
     cr_expect_eq(r.status, 2);
 }
@@ -614,6 +787,50 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
     cr_expect_null(strstr(page, "<script"), "self-contained, no scripts");
     unlink(json_path);
     unlink(html_path);
+}
+
+/* Writes a minimal report with one scenario to a temporary file; returns its path. */
+static char *write_report(double target_rate, const char *failed) {
+    char *path = strdup("/tmp/test_bench_cmpXXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    char failed_field[128] = "";
+    if (failed)
+        snprintf(failed_field, sizeof failed_field, ", \"failed\": \"%s\"", failed);
+    dprintf(fd,
+            "{\"version\": 1, \"scenarios\": [{\"name\": \"x.y\", \"target_rate\": %g, "
+            "\"achieved_rate\": %g, \"p50_us\": 100, \"p95_us\": 200, \"p99_us\": 300, "
+            "\"p999_us\": 400, \"max_us\": 500, \"errors\": 0%s}]}",
+            target_rate, target_rate, failed_field);
+    close(fd);
+    return path;
+}
+
+Test(cli, compare_warns_about_different_target_rates) {
+    char *a = write_report(1000, NULL), *b = write_report(2000, NULL);
+    static run_out r;
+    run_bench(NULL, (const char *[]){"compare", a, b, NULL}, &r);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "target rate 1000/s in A but 2000/s in B"), "%s", r.err);
+    run_bench(NULL, (const char *[]){"compare", a, a, NULL}, &r);
+    cr_expect_null(strstr(r.err, "warning"), "%s", r.err);
+    unlink(a);
+    unlink(b);
+    free(a);
+    free(b);
+}
+
+Test(cli, compare_marks_failed_scenarios_instead_of_comparing_zeros) {
+    char *a = write_report(1000, NULL), *b = write_report(1000, "setup failed");
+    static run_out r;
+    run_bench(NULL, (const char *[]){"compare", a, b, NULL}, &r);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "FAILED in B: setup failed"), "%s", r.out);
+    cr_expect_null(strstr(r.out, "p50"), "no numbers for a failed scenario: %s", r.out);
+    unlink(a);
+    unlink(b);
+    free(a);
+    free(b);
 }
 
 Test(cli, http_to_a_closed_port_fails_with_a_message) {
