@@ -404,6 +404,9 @@ static int connect_now(sd_redis *r) {
         drop_context(r);
         r->backoff_ms = backoff_next(r->backoff_ms, &r->opts);
         r->retry_at_ms = sd_now_ms() + (uint64_t)r->backoff_ms;
+        char where[256];
+        sd_log(SD_LOG_WARN, "redis.connect_failed", "url=%s error=\"%s\" retry_in_ms=%d",
+               sd_redis_url_format(&r->url, where, sizeof where), r->err, r->backoff_ms);
         return rc;
     }
     r->backoff_ms = 0;
@@ -435,21 +438,29 @@ static int fail_call(sd_redis *r, int saved_errno) {
     return rc;
 }
 
-int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out) {
+static sd_redis *redis_alloc(const sd_redis_url *url, const sd_redis_opts *opts) {
     sd_redis *r = sd_xcalloc(1, sizeof *r);
     sd_redis_url_copy(&r->url, url);
     r->opts = opts_or_default(opts);
     r->timeout_ms = r->opts.command_timeout_ms;
+    return r;
+}
+
+int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out) {
+    sd_redis *r = redis_alloc(url, opts);
     int rc = connect_now(r);
     if (rc != 0) {
-        char where[256];
-        sd_log(SD_LOG_WARN, "redis.connect_failed", "url=%s error=\"%s\"",
-               sd_redis_url_format(url, where, sizeof where), r->err);
         sd_redis_free(r);
         return rc;
     }
     *out = r;
     return 0;
+}
+
+sd_redis *sd_redis_new(const sd_redis_url *url, const sd_redis_opts *opts) {
+    sd_redis *r = redis_alloc(url, opts);
+    connect_now(r); /* a failure only starts the backoff: later calls reconnect */
+    return r;
 }
 
 void sd_redis_free(sd_redis *r) {

@@ -95,6 +95,13 @@ typedef struct sd_redis sd_redis;
  */
 int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out);
 
+/*
+ * Like sd_redis_connect, but a Redis that is down is not an error: the handle is returned anyway
+ * and reconnects inside later calls, after the same backoff. For long-lived users that must come
+ * up before Redis does. Never returns NULL.
+ */
+sd_redis *sd_redis_new(const sd_redis_url *url, const sd_redis_opts *opts);
+
 /* Closes the connection and frees it. NULL is a no-op. */
 void sd_redis_free(sd_redis *r);
 

@@ -686,39 +686,18 @@ void rl_guard_stats(const rl_guard *g, rl_stats *out) {
  * connection object yet), EVALSHA, and EVAL after a NOSCRIPT reply. Each step gets the time that
  * is left as its socket timeout, so a slow reply to the first leaves less for the second.
  *
- * One sd_redis lives as long as the limiter: it reconnects by itself, with capped exponential
- * backoff, failing at once while the backoff runs. Only creating it can fail outright (when
- * Redis is down at start); then later checks try again, rate-limited by the same kind of backoff
- * here, so a Redis that stays down costs one connect attempt (and one log line) per backoff step,
- * not one per check. A reconnect inside sd_redis is bounded by the command timeout too, which is
- * the time left, so it cannot stretch a check past its deadline either.
+ * One sd_redis lives as long as the limiter, created even when Redis is down at start
+ * (sd_redis_new): it reconnects by itself, with capped exponential backoff, failing at once
+ * while the backoff runs, so a Redis that stays down costs one connect attempt (and one log
+ * line) per backoff step, not one per check. A reconnect inside sd_redis is bounded by the
+ * command timeout too, which is the time left, so it cannot stretch a check past its deadline.
  */
 struct rl_sync {
     rl_config cfg;
-    sd_redis_url url;
-    sd_redis_opts opts;
-    sd_redis *redis;   /* NULL until a connect succeeds; kept from then on */
-    uint64_t retry_ns; /* while redis is NULL: no connect attempt before this */
-    int backoff_ms;    /* the next step of that backoff */
+    sd_redis *redis;
     rl_policy_args args;
     rl_guard guard;
 };
-
-/* Tries to create the connection object, no sooner than the backoff allows. */
-static int sync_connect(rl_sync *l, uint64_t now) {
-    if (now < l->retry_ns) {
-        return SD_EDISCONNECTED;
-    }
-    int rc = sd_redis_connect(&l->url, &l->opts, &l->redis);
-    if (rc != 0) {
-        l->redis = NULL;
-        l->retry_ns = sd_now_ns() + (uint64_t)l->backoff_ms * 1000000;
-        l->backoff_ms = l->backoff_ms * 2 > l->opts.reconnect_max_ms ? l->opts.reconnect_max_ms
-                                                                     : l->backoff_ms * 2;
-        return rc;
-    }
-    return 0;
-}
 
 int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
     char err[256];
@@ -729,15 +708,14 @@ int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
     }
     rl_sync *l = sd_xcalloc(1, sizeof(*l));
     l->cfg = *cfg;
-    sd_redis_url_copy(&l->url, url);
-    sd_redis_opts_default(&l->opts);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
     /* A connect is part of a check when the connection is down: it gets the check's deadline. */
-    l->opts.connect_timeout_ms = cfg->deadline_ms;
-    l->opts.command_timeout_ms = cfg->deadline_ms;
-    l->backoff_ms = l->opts.reconnect_min_ms;
+    opts.connect_timeout_ms = cfg->deadline_ms;
+    opts.command_timeout_ms = cfg->deadline_ms;
     rl_policy_args_init(&l->args, &l->cfg);
     rl_guard_init(&l->guard, &l->cfg);
-    sync_connect(l, sd_now_ns());
+    l->redis = sd_redis_new(url, &opts);
     *out = l;
     return 0;
 }
@@ -796,12 +774,6 @@ static int sync_call(rl_sync *l, const char *key, long long cost, uint64_t deadl
     lens[argc] = (size_t)snprintf(cost_text, sizeof(cost_text), "%lld", cost);
     argv[argc++] = cost_text;
 
-    if (!l->redis) {
-        int rc = sync_connect(l, sd_now_ns());
-        if (rc != 0) {
-            return rc;
-        }
-    }
     int err = 0;
     l->guard.stats.script_calls++;
     l->guard.stats.batched_checks++;
@@ -860,7 +832,6 @@ void rl_sync_free(rl_sync *l) {
         return;
     }
     sd_redis_free(l->redis);
-    sd_redis_url_clear(&l->url);
     rl_guard_clear(&l->guard);
     free(l);
 }
