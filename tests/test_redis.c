@@ -411,3 +411,32 @@ Test(redis, async_free_from_the_state_callback_when_redis_dies) {
     cr_assert_eq(uv_loop_close(&loop), 0, "the connection was not freed");
     sd_redis_server_restart(server);
 }
+
+Test(redis, sync_handle_created_while_redis_is_down_connects_later) {
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.reconnect_min_ms = 10;
+    opts.reconnect_max_ms = 20;
+    sd_redis_server_halt(server);
+    sd_redis *r = sd_redis_new(&u, &opts);
+    cr_assert_not_null(r);
+    int err = 0;
+    cr_assert_null(sd_redis_command(r, &err, "PING"));
+    cr_assert_eq(err, SD_EDISCONNECTED);
+
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    redisReply *reply = NULL;
+    for (int i = 0; i < 200 && reply == NULL; i++) {
+        reply = sd_redis_command(r, &err, "INCR later");
+        if (!reply) {
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    cr_assert_not_null(reply, "never connected: %s", sd_strerror(err));
+    cr_assert_eq(reply->integer, 1);
+    freeReplyObject(reply);
+    sd_redis_free(r);
+    sd_redis_url_clear(&u);
+}
