@@ -222,6 +222,81 @@ Test(redis, async_command_and_script_survive_script_flush) {
     close_loop(&loop, r);
 }
 
+/* Arguments of any bytes and lengths (CR LF, NUL, empty, 10 and 100,000 bytes) reach Redis
+ * intact through the connection's own command encoding, and a script sees them all. */
+struct text_reply {
+    int count;
+    char *str;
+    size_t len;
+};
+
+static void text_cb(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    struct text_reply *t = privdata;
+    t->count++;
+    if (status == 0 && reply->type == REDIS_REPLY_STRING) {
+        t->str = sd_xmalloc(reply->len + 1);
+        memcpy(t->str, reply->str, reply->len);
+        t->len = reply->len;
+    }
+}
+
+static sd_script concat_script = {
+    .name = "test/concat",
+    .body = "return table.concat(ARGV, '|') .. '#' .. #KEYS",
+    .len = sizeof "return table.concat(ARGV, '|') .. '#' .. #KEYS" - 1,
+};
+
+Test(redis, async_arguments_are_binary_safe) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    size_t big_len = 100000;
+    char *big = sd_xmalloc(big_len);
+    for (size_t i = 0; i < big_len; i++)
+        big[i] = (char)(i % 251);
+    const char *values[] = {"a\r\nb", "x\0y", "", "0123456789", big};
+    const size_t lens[] = {4, 3, 0, 10, big_len};
+    for (size_t i = 0; i < 5; i++) {
+        const char *set[] = {"SET", "bin", values[i]};
+        const size_t set_lens[] = {3, 3, lens[i]};
+        struct calls c = {0};
+        cr_assert_eq(sd_aredis_commandv(r, record_cb, &c, 1000, 3, set, set_lens), 0);
+        run_until(&loop, &c.count, 1);
+        cr_assert_eq(c.status, 0);
+        const char *get[] = {"GET", "bin"};
+        const size_t get_lens[] = {3, 3};
+        struct text_reply t = {0};
+        cr_assert_eq(sd_aredis_commandv(r, text_cb, &t, 1000, 2, get, get_lens), 0);
+        run_until(&loop, &t.count, 1);
+        cr_assert_not_null(t.str, "value %zu: no string back", i);
+        cr_assert_eq(t.len, lens[i], "value %zu: %zu bytes back", i, t.len);
+        cr_assert_eq(memcmp(t.str, values[i], lens[i]), 0, "value %zu changed", i);
+        free(t.str);
+    }
+    /* 120 arguments after the script's SHA, as a batch of rate-limit checks sends. */
+    const char *argv[120];
+    size_t argv_lens[120];
+    char expect[1024] = "";
+    for (int i = 0; i < 120; i++) {
+        argv[i] = i < 60 ? "k" : (i % 2 ? "y" : "zz");
+        argv_lens[i] = strlen(argv[i]);
+        if (i >= 60) {
+            strcat(expect, argv[i]);
+            strcat(expect, i < 119 ? "|" : "#60");
+        }
+    }
+    struct text_reply t = {0};
+    cr_assert_eq(sd_aredis_script(r, &concat_script, text_cb, &t, 1000, 60, 120, argv, argv_lens),
+                 0);
+    run_until(&loop, &t.count, 1);
+    cr_assert_not_null(t.str);
+    cr_assert_eq(t.len, strlen(expect));
+    cr_assert_eq(memcmp(t.str, expect, t.len), 0, "script saw %.*s", (int)t.len, t.str);
+    free(t.str);
+    free(big);
+    close_loop(&loop, r);
+}
+
 Test(redis, async_deadline_fires_once_against_a_paused_server) {
     uv_loop_t loop;
     uv_loop_init(&loop);
