@@ -14,18 +14,19 @@
 --
 -- Key: a string "<tat microseconds> <remainder>", or just "<tat microseconds>" when the remainder
 -- is 0 (always, when T is a whole number of microseconds, as for 10 per second), which saves
--- parsing two numbers; its TTL is TAT - now, after which the bucket is full and the key is worth
--- nothing.
+-- parsing two numbers. Being one string, every key of a batch is read with a single MGET
+-- (alg.mget). It expires at the end of the second in which its TAT falls (store() in
+-- rl-common.lua), after which the bucket is full and the key is worth nothing.
 
-local alg = {}
+local alg = {mget = true}
 local match = string.match
 
-function alg.load(s, key)
+function alg.load(s, key, v)
     local q, W = s.q, s.W
     s.key = key
-    local v = call('GET', key)
     if not v then
         s.level = q * W
+        s.kept = nil
         return
     end
     -- tonumber gives nil for the two-number form, which is then split.
@@ -38,6 +39,8 @@ function alg.load(s, key)
             rem = q - 1
         end
     end
+    -- The stored TAT (at most 1 us more with its remainder) is what the key's expiry covers.
+    s.kept = expiry_second(tat)
     local debt = (tat - s.now) * q + rem
     -- A TAT in the past is a full bucket; one beyond a (lowered) window is an empty one.
     if debt < 0 then
@@ -55,11 +58,11 @@ function alg.charge(s, cost)
     local level = s.level - cost * s.W
     s.level = level
     local debt = q * s.W - level
-    local us = idiv(debt, q)
+    local us = floor(debt / q)
     local rem = debt - us * q
-    -- The TAT is us + rem / q microseconds from now; the key expires with it.
-    local v = rem == 0 and format('%d', s.now + us) or format('%d %d', s.now + us, rem)
-    call('SET', s.key, v, 'PX', cdiv(us + 1, 1000))
+    -- The new TAT is us + rem / q microseconds from now: the key must last until then.
+    local tat = s.now + us
+    store(s.key, rem == 0 and format('%d', tat) or format('%d %d', tat, rem), s.kept, tat)
 end
 
 return rl_run(alg)

@@ -46,6 +46,7 @@ typedef struct rl_check {
     long long cost;
     int slot; /* hash slot (cluster mode only) */
     char cost_text[24];
+    size_t cost_len;
     size_t key_len[RL_MAX_POLICIES]; /* the Redis keys, one per policy, in keys[] */
     char keys[];
 } rl_check;
@@ -202,7 +203,7 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
     }
     for (size_t i = 0; i < b->n; i++) {
         argv[k] = b->checks[i]->cost_text;
-        lens[k++] = strlen(b->checks[i]->cost_text);
+        lens[k++] = b->checks[i]->cost_len;
     }
     /* The connection's deadline is in whole milliseconds: round to the nearest. flush() has
      * answered every check with less than half a millisecond left, so this is at least 1. */
@@ -371,7 +372,7 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     c->deadline_ns = now + (uint64_t)l->cfg.deadline_ms * 1000000;
     c->hash = hash;
     c->cost = cost;
-    snprintf(c->cost_text, sizeof(c->cost_text), "%lld", cost);
+    c->cost_len = rl_cost_format(c->cost_text, cost);
     char *p = c->keys;
     for (size_t i = 0; i < P; i++) {
         int n = rl_config_key(&l->cfg, i, key, p, room - (size_t)(p - c->keys));

@@ -301,9 +301,21 @@ int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, si
             buf[n++] = *k;
         }
     }
-    int m = snprintf(buf + n, len - n, "}:%s:%s", cfg->policies[i].name,
-                     algorithm_tags[cfg->algorithm]);
-    return m < 0 || (size_t)m >= len - n ? -1 : (int)n + m;
+    /* "}:<policy>:<algorithm>", copied piece by piece: this runs for every check. */
+    const char *name = cfg->policies[i].name, *tag = algorithm_tags[cfg->algorithm];
+    size_t name_len = strlen(name), tag_len = strlen(tag);
+    if (n + 2 + name_len + 1 + tag_len + 1 > len) {
+        return -1;
+    }
+    buf[n++] = '}';
+    buf[n++] = ':';
+    memcpy(buf + n, name, name_len);
+    n += name_len;
+    buf[n++] = ':';
+    memcpy(buf + n, tag, tag_len);
+    n += tag_len;
+    buf[n] = '\0';
+    return (int)n;
 }
 
 /* ---- Scripts -------------------------------------------------------------------------------- */
@@ -382,6 +394,21 @@ int rl_check_args(const char *key, long long cost) {
     }
     size_t n = strlen(key);
     return n == 0 || n > RL_KEY_MAX || cost < 0 || cost > RL_COST_MAX ? RL_EARG : 0;
+}
+
+size_t rl_cost_format(char *buf, long long cost) {
+    char digits[24];
+    size_t n = 0;
+    unsigned long long v = (unsigned long long)cost;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (size_t i = 0; i < n; i++) {
+        buf[i] = digits[n - 1 - i];
+    }
+    buf[n] = '\0';
+    return n;
 }
 
 int rl_decide_never(const rl_config *cfg, long long cost, rl_decision *d) {
@@ -771,7 +798,7 @@ static int sync_call(rl_sync *l, const char *key, long long cost, uint64_t deadl
         argv[argc] = l->args.argv[i];
         lens[argc++] = l->args.len[i];
     }
-    lens[argc] = (size_t)snprintf(cost_text, sizeof(cost_text), "%lld", cost);
+    lens[argc] = rl_cost_format(cost_text, cost);
     argv[argc++] = cost_text;
 
     int err = 0;

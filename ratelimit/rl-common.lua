@@ -20,12 +20,17 @@
 -- Exact arithmetic. Time is Redis's TIME in microseconds (about 1.7e15, well inside the 2^53
 -- integers a Lua double holds exactly). Each algorithm keeps its state as integers and multiplies
 -- rather than divides, so a policy like 7 per 3 seconds never accumulates rounding: the library
--- refuses policies whose q * w * 1e6 would leave that range. Waits are rounded up to the
--- millisecond, so a client that waits exactly retry_ms is admitted.
+-- refuses policies whose q * w * 1e6 would leave that range. The one division, of integers x and
+-- y > 0 below 2^53, is exact when rounded with floor or ceil: the true quotient lies at least 1/y
+-- from any integer it is not equal to, while the division's rounding error is below
+-- (x / y) * 2^-53 < 1/y, so the rounded quotient can never reach across an integer. Waits are
+-- rounded up to the millisecond, so a client that waits exactly retry_ms is admitted.
 --
 -- Each algorithm provides four functions over a state table s that this file creates once per
 -- policy and call (s.q, s.W: the window in microseconds, s.now) and reuses for every check:
---   load(s, key)      reads the key into s
+--   load(s, key, v)   reads the key into s. When the algorithm keeps one string per key it sets
+--                     alg.mget, and this file reads the values of all the call's keys with one
+--                     MGET and passes each as v: one redis.call per batch instead of one per key
 --   wait(s, m)        microseconds until m units are available (m <= q), 0 if now
 --   remaining(s)      whole units available now
 --   charge(s, cost)   takes cost units and writes the key back, always with a TTL (only called
@@ -41,31 +46,35 @@
 -- single policy (P = 1, by far the common case) takes a path without the inner loops.
 
 local floor, ceil, format = math.floor, math.ceil, string.format
-local tonumber, call = tonumber, redis.call
+local tonumber, call, unpack = tonumber, redis.call, unpack
 
--- floor(x / y) for integers, exact: the floating division may land one off near an integer, and
--- the remainder x - k * y (an exact integer, as every term stays below 2^53) says which way.
-local function idiv(x, y)
-    local k = floor(x / y)
-    local r = x - k * y
-    if r < 0 then
-        return k - 1
-    elseif r >= y then
-        return k + 1
+-- Values this call has written, by key. A batch may check one key twice, and the second check
+-- must see the first one's charge, not the value MGET read before either.
+local written = {}
+
+-- Writes a string key whose value matters until the instant `needed` (microseconds of Redis
+-- time), changing its expiry as rarely as possible: a SET that keeps the TTL (KEEPTTL) costs
+-- Redis markedly less than one that sets a new expiry (measured in the README). Expiries fall on
+-- a grid of whole seconds: the key expires at the end of the second in which `needed` falls, so
+-- a key checked many times a second gets a new expiry about once a second.
+--
+-- `kept` is the grid second the stored value needs, computed from the stored value alone (never
+-- from the policy, which may have changed since it was written), or nil for a new key. Every
+-- write goes through here, so by induction a key's expiry is always the end of the grid second
+-- its value needs, and a key never expires while its value still matters.
+local function store(key, value, kept, needed)
+    written[key] = value
+    local sec = floor(needed / 1000000) + 1
+    if sec == kept then
+        call('SET', key, value, 'KEEPTTL')
+    else
+        call('SET', key, value, 'PXAT', sec * 1000)
     end
-    return k
 end
 
--- ceil(x / y) for integers, exact, by the same correction from above.
-local function cdiv(x, y)
-    local k = ceil(x / y)
-    local r = k * y - x
-    if r < 0 then
-        return k + 1
-    elseif r >= y then
-        return k - 1
-    end
-    return k
+-- The grid second a value that matters until `needed` expires at, as store() sets it.
+local function expiry_second(needed)
+    return floor(needed / 1000000) + 1
 end
 
 -- The bucket level, shared by token-bucket.lua (which stores it) and gcra.lua (which derives it
@@ -74,14 +83,15 @@ end
 
 local function level_wait(s, m)
     local need = m * s.W
-    if s.level >= need then
+    local level = s.level
+    if level >= need then
         return 0
     end
-    return cdiv(need - s.level, s.q)
+    return ceil((need - level) / s.q)
 end
 
 local function level_remaining(s)
-    return idiv(s.level, s.W)
+    return floor(s.level / s.W)
 end
 
 -- remaining and reset_ms in one step. The level is below q * W when r < q, so r + 1 units are
@@ -89,11 +99,11 @@ end
 -- millisecond, nested ceilings of whole numbers collapse into one division by q * 1000.
 local function level_report(s)
     local level, W, q = s.level, s.W, s.q
-    local r = idiv(level, W)
+    local r = floor(level / W)
     if r >= q then
         return q, 0
     end
-    return r, cdiv((r + 1) * W - level, q * 1000)
+    return r, ceil(((r + 1) * W - level) / (q * 1000))
 end
 
 -- alg.report, or the default built from alg.remaining and alg.wait: the reply's remaining and
@@ -109,8 +119,17 @@ local function report_of(alg)
         if r >= s.q then
             return s.q, 0
         end
-        return r, cdiv(wait(s, r + 1), 1000)
+        return r, ceil(wait(s, r + 1) / 1000)
     end
+end
+
+-- The values of every key of the call, by index into KEYS, for an algorithm that sets alg.mget;
+-- an empty table (every value nil) for the others, which read their keys themselves.
+local function values_of(alg)
+    if alg.mget then
+        return call('MGET', unpack(KEYS))
+    end
+    return {}
 end
 
 -- rl_run for P = 1: decides the checks whose costs are ARGV[first..last] against the one policy
@@ -119,16 +138,19 @@ end
 local function rl_run_single(alg, s, first, last, out)
     local load, wait, charge, report = alg.load, alg.wait, alg.charge, report_of(alg)
     local q, n = s.q, 0
+    local values = values_of(alg)
     for i = first, last do
         local cost = tonumber(ARGV[i])
-        load(s, KEYS[i - first + 1])
+        local k = i - first + 1
+        local key = KEYS[k]
+        load(s, key, written[key] or values[k])
         local allowed, retry = 1, 0
         if cost > q then
             allowed, retry = 0, -1
         elseif cost > 0 then
             local w = wait(s, cost)
             if w > 0 then
-                allowed, retry = 0, cdiv(w, 1000)
+                allowed, retry = 0, ceil(w / 1000)
             else
                 charge(s, cost)
             end
@@ -157,12 +179,14 @@ local function rl_run(alg)
         return rl_run_single(alg, states[1], 4, 3 + checks, out)
     end
     local load, wait, charge, report = alg.load, alg.wait, alg.charge, report_of(alg)
+    local values = values_of(alg)
     for i = 1, checks do
         local cost = tonumber(ARGV[1 + 2 * P + i])
         local never, allowed = false, true
         for j = 1, P do
             local s = states[j]
-            load(s, KEYS[k + j])
+            local key = KEYS[k + j]
+            load(s, key, written[key] or values[k + j])
             if cost > s.q then
                 never = true
             elseif allowed and cost > 0 and wait(s, cost) > 0 then
@@ -185,7 +209,7 @@ local function rl_run(alg)
                     retry = w
                 end
             end
-            retry = cdiv(retry, 1000)
+            retry = ceil(retry / 1000)
         elseif cost > 0 then
             for j = 1, P do
                 charge(states[j], cost)

@@ -16,6 +16,10 @@ sd_script *rl_script(rl_algorithm a);
 /* Validates a check's key and cost: 0 or RL_EARG. */
 int rl_check_args(const char *key, long long cost);
 
+/* Writes a valid cost (0 to RL_COST_MAX) in decimal and a NUL into buf, which holds at least 24
+ * bytes; returns the number of digits. Called for every check, so without printf. */
+size_t rl_cost_format(char *buf, long long cost);
+
 /* Decides a check whose cost exceeds a quota: 1 with *d filled (denied, RL_NEVER, source
  * RL_SOURCE_POLICY), or 0 when every quota covers the cost and Redis must decide. */
 int rl_decide_never(const rl_config *cfg, long long cost, rl_decision *d);

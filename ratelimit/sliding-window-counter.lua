@@ -22,7 +22,7 @@ local alg = {}
 
 function alg.load(s, key)
     local W = s.W
-    local index = idiv(s.now, W)
+    local index = floor(s.now / W)
     s.key, s.index, s.e, s.cur, s.prev = key, index, s.now - index * W, 0, 0
     local h = call('HMGET', key, 'i', 'c', 'p')
     if h[1] then
@@ -42,14 +42,14 @@ function alg.wait(s, m)
         return 0
     end
     if s.cur + m <= q and s.prev > 0 then
-        local at = W - idiv((q - s.cur - m) * W, s.prev)
+        local at = W - floor((q - s.cur - m) * W / s.prev)
         if at < W then
             return at - e
         end
     end
     local at = 0
     if s.cur > 0 then
-        at = W - idiv((q - m) * W, s.cur)
+        at = W - floor((q - m) * W / s.cur)
         if at < 0 then
             at = 0
         end
@@ -58,7 +58,7 @@ function alg.wait(s, m)
 end
 
 function alg.remaining(s)
-    local r = idiv(s.q * s.W - s.prev * (s.W - s.e), s.W) - s.cur
+    local r = floor((s.q * s.W - s.prev * (s.W - s.e)) / s.W) - s.cur
     return r > 0 and r or 0
 end
 
@@ -66,7 +66,7 @@ function alg.charge(s, cost)
     s.cur = s.cur + cost
     call('HSET', s.key, 'i', s.index, 'c', s.cur, 'p', s.prev)
     -- Both counts are worth nothing once the next window has ended.
-    call('PEXPIRE', s.key, cdiv((s.index + 2) * s.W - s.now, 1000))
+    call('PEXPIRE', s.key, ceil(((s.index + 2) * s.W - s.now) / 1000))
 end
 
 return rl_run(alg)

@@ -53,7 +53,7 @@ function alg.charge(s, cost)
     end
     s.n = s.n + cost
     -- The newest entry leaves the window after W: then the key is worth nothing.
-    call('PEXPIRE', s.key, cdiv(s.W, 1000))
+    call('PEXPIRE', s.key, ceil(s.W / 1000))
 end
 
 return rl_run(alg)

@@ -20,7 +20,7 @@ function alg.load(s, key)
         local level, at, w = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
         -- A changed window keeps the whole tokens; a lowered quota clamps the bucket.
         if w ~= W then
-            level = idiv(level, w) * W
+            level = floor(level / w) * W
         end
         if level > full then
             level = full
@@ -47,7 +47,7 @@ function alg.charge(s, cost)
     -- The bucket is full again (and the key worthless) after (full - level) / q microseconds,
     -- which rounded up to the millisecond is ceil((full - level) / (q * 1000)): nested ceilings
     -- of whole numbers collapse into one.
-    call('PEXPIRE', s.key, cdiv(s.q * s.W - level, s.q * 1000))
+    call('PEXPIRE', s.key, ceil((s.q * s.W - level) / (s.q * 1000)))
 end
 
 return rl_run(alg)

@@ -515,6 +515,50 @@ Test(ratelimit, every_key_has_a_ttl) {
 }
 
 /*
+ * A GCRA key expires at the end of the second in which its TAT falls (rl-common.lua, store()),
+ * whether the last write set a new expiry or kept the old one: never before the TAT, at most a
+ * second after. PEXPIRETIME and the value are read in one script, so no time passes between.
+ * Checks every 15 ms at q = 20/s (and 7 per 3 s, whose TAT carries a remainder) cross grid
+ * seconds, with allowed and denied checks.
+ */
+Test(ratelimit, gcra_keys_expire_on_the_second_after_their_tat) {
+    const char *policies[] = {"g;q=20;w=1", "h;q=7;w=3"};
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    for (size_t p = 0; p < 2; p++) {
+        rl_config cfg = config(RL_GCRA, policies[p], NULL);
+        rl_sync *l = limiter(&cfg);
+        char key[RL_REDIS_KEY_MAX];
+        cr_assert_gt(rl_config_key(&cfg, 0, "grid", key, sizeof key), 0);
+        long long seconds = 0, last = -1;
+        int allowed = 0;
+        for (int i = 0; i < 40; i++) {
+            allowed += check(l, "grid", 1).allowed;
+            redisReply *r = sd_redis_command(
+                admin, NULL, "EVAL %s 1 %s",
+                "return {redis.call('GET', KEYS[1]), redis.call('PEXPIRETIME', KEYS[1])}", key);
+            cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
+            cr_assert_eq(r->element[0]->type, REDIS_REPLY_STRING, "%s is gone", key);
+            long long tat = strtoll(r->element[0]->str, NULL, 10);
+            long long expires_ms = r->element[1]->integer;
+            freeReplyObject(r);
+            cr_assert_eq(expires_ms, (tat / 1000000 + 1) * 1000,
+                         "TAT %lld us, key expires at %lld ms: not the end of the TAT's second",
+                         tat, expires_ms);
+            if (expires_ms != last) {
+                seconds++;
+                last = expires_ms;
+            }
+            sleep_ms(15);
+        }
+        cr_assert_gt(allowed, 0);
+        cr_assert_lt(allowed, 40, "%s never denied", policies[p]);
+        cr_assert_geq(seconds, 2, "the TAT stayed in one second: the test proves nothing");
+        rl_sync_free(l);
+    }
+    sd_redis_free(admin);
+}
+
+/*
  * Keys may hold any bytes, braces included. Every Redis key of one check must carry one
  * well-formed hash tag, the same for every policy, so that the check stays on one Redis Cluster
  * slot. Written raw, the key "}x" gave "rl:{}x}:burst:tb": an empty tag, so Redis Cluster hashes
@@ -678,6 +722,34 @@ Test(ratelimit, async_checks_are_batched_and_exact) {
         cr_assert_eq(s.batched_checks, 300, "%llu checks in batches",
                      (unsigned long long)s.batched_checks);
         cr_assert_geq(s.script_calls, (300 + (uint64_t)cfg.max_batch - 1) / cfg.max_batch);
+        rl_limiter_free(l);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
+}
+
+/* Several policies, one key checked many times in each batch: every check of a batch sees the
+ * charges of the checks before it in that batch (the MGET at the start of the script is stale
+ * by then), and the tighter policy caps the total. */
+Test(ratelimit, async_batches_of_several_policies_are_exact) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    for (size_t a = 0; a < 4; a++) {
+        rl_config cfg = config(algorithms[a], "wide;q=100;w=86400", "tight;q=37;w=3600", NULL);
+        cfg.deny_cache_entries = 0;
+        rl_limiter *l = NULL;
+        cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
+        cr_assert_eq(rl_limiter_wait_connected(l, 2000), 0);
+        tally t = {0, 0, 0};
+        for (int i = 0; i < 200; i++) {
+            cr_assert_eq(rl_limiter_check(l, i % 4 ? "multi" : "other", 1, count_cb, &t), 0);
+        }
+        while (t.done < 200) {
+            uv_run(&loop, UV_RUN_ONCE);
+        }
+        cr_assert_eq(t.redis, 200, "%d of 200 fell back", 200 - t.redis);
+        cr_assert_eq(t.allowed, 2 * 37, "%s admitted %d", rl_algorithm_name(algorithms[a]),
+                     t.allowed);
         rl_limiter_free(l);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
