@@ -5,49 +5,62 @@
 -- of 1/W of a token: a full bucket is q * W units and the refill is exactly q units per
 -- microsecond, so no refill ever rounds.
 --
--- Key: a hash {l = level in units, t = time of the level in microseconds, w = W the level was
--- measured in}; its TTL is the time until the bucket is full again, when the key is worth nothing.
+-- Key: a string "<level> <t> <w> <e>": the level in units, the time it was measured (us), the W
+-- it was measured in (us), and the grid second at whose end the key expires (store() in
+-- rl-common.lua). The bucket is full again, and the key worth nothing, (q * W - level) / q
+-- microseconds after t; that instant depends on q, which may have changed since the write, so
+-- the value carries its own expiry second rather than have it recomputed. Being one string,
+-- every key of a batch is read with a single MGET (alg.mget).
 
-local alg = {}
+local alg = {mget = true}
+local match = string.match
 
-function alg.load(s, key)
+function alg.load(s, key, v)
     local q, W = s.q, s.W
     local full = q * W
     s.key = key
     s.level = full
-    local h = call('HMGET', key, 'l', 't', 'w')
-    if h[1] then
-        local level, at, w = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
-        -- A changed window keeps the whole tokens; a lowered quota clamps the bucket.
-        if w ~= W then
-            level = floor(level / w) * W
-        end
+    s.kept = nil
+    if not v then
+        return
+    end
+    local l, t, w, e = match(v, '^(%d+) (%d+) (%d+) (%d+)$')
+    if not l then
+        -- Not a state this script wrote: treated as a full bucket, and overwritten when charged.
+        return
+    end
+    local level, at = tonumber(l), tonumber(t)
+    w = tonumber(w)
+    s.kept = tonumber(e)
+    -- A changed window keeps the whole tokens; a lowered quota clamps the bucket.
+    if w ~= W then
+        level = floor(level / w) * W
+    end
+    if level > full then
+        level = full
+    end
+    -- The refill is q units per microsecond. A huge elapsed (a clock step) may make elapsed * q
+    -- inexact, but it is then far above full and still clamps correctly.
+    local elapsed = s.now - at
+    if elapsed > 0 then
+        level = level + elapsed * q
         if level > full then
             level = full
         end
-        -- The refill is q units per microsecond. A huge elapsed (a clock step) may make
-        -- elapsed * q inexact, but it is then far above full and still clamps correctly.
-        local elapsed = s.now - at
-        if elapsed > 0 then
-            level = level + elapsed * q
-            if level > full then
-                level = full
-            end
-        end
-        s.level = level
     end
+    s.level = level
 end
 
 alg.wait, alg.remaining, alg.report = level_wait, level_remaining, level_report
 
 function alg.charge(s, cost)
-    local level = s.level - cost * s.W
+    local q, W, now = s.q, s.W, s.now
+    local level = s.level - cost * W
     s.level = level
-    call('HSET', s.key, 'l', format('%d', level), 't', format('%d', s.now), 'w', format('%d', s.W))
-    -- The bucket is full again (and the key worthless) after (full - level) / q microseconds,
-    -- which rounded up to the millisecond is ceil((full - level) / (q * 1000)): nested ceilings
-    -- of whole numbers collapse into one.
-    call('PEXPIRE', s.key, ceil((s.q * s.W - level) / (s.q * 1000)))
+    -- Full again (q * W - level) / q microseconds from now, rounded up to the microsecond.
+    local needed = now + ceil((q * W - level) / q)
+    local e = expiry_second(needed)
+    store(s.key, format('%d %d %d %d', level, now, W, e), s.kept, needed)
 end
 
 return rl_run(alg)

@@ -515,17 +515,36 @@ Test(ratelimit, every_key_has_a_ttl) {
 }
 
 /*
- * A GCRA key expires at the end of the second in which its TAT falls (rl-common.lua, store()),
- * whether the last write set a new expiry or kept the old one: never before the TAT, at most a
- * second after. PEXPIRETIME and the value are read in one script, so no time passes between.
- * Checks every 15 ms at q = 20/s (and 7 per 3 s, whose TAT carries a remainder) cross grid
- * seconds, with allowed and denied checks.
+ * A GCRA or token-bucket key expires at the end of the second in which its value stops
+ * mattering (rl-common.lua, store()): for GCRA the TAT, for the token bucket the instant it is
+ * full again. That holds whether the last write set a new expiry or kept the old one, so the key
+ * never expires early and lives at most a second longer. PEXPIRETIME and the value are read in
+ * one script, so no time passes between. Checks every 15 ms at q = 20/s (and 7 per 3 s, whose
+ * GCRA TAT carries a remainder) cross grid seconds, with allowed and denied checks.
  */
-Test(ratelimit, gcra_keys_expire_on_the_second_after_their_tat) {
-    const char *policies[] = {"g;q=20;w=1", "h;q=7;w=3"};
+static long long needed_us(rl_algorithm a, const char *value, long long q, long long w_s) {
+    if (a == RL_GCRA) {
+        return strtoll(value, NULL, 10);
+    }
+    long long level, t, w, e;
+    cr_assert_eq(sscanf(value, "%lld %lld %lld %lld", &level, &t, &w, &e), 4, "%s", value);
+    cr_assert_eq(w, w_s * 1000000);
+    long long missing = q * w - level;
+    return t + (missing + q - 1) / q;
+}
+
+Test(ratelimit, keys_expire_on_the_second_after_their_value_stops_mattering) {
+    const struct {
+        rl_algorithm a;
+        const char *policy;
+        long long q, w;
+    } cases[] = {{RL_GCRA, "g;q=20;w=1", 20, 1},
+                 {RL_GCRA, "h;q=7;w=3", 7, 3},
+                 {RL_TOKEN_BUCKET, "g;q=20;w=1", 20, 1},
+                 {RL_TOKEN_BUCKET, "h;q=7;w=3", 7, 3}};
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    for (size_t p = 0; p < 2; p++) {
-        rl_config cfg = config(RL_GCRA, policies[p], NULL);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        rl_config cfg = config(cases[c].a, cases[c].policy, NULL);
         rl_sync *l = limiter(&cfg);
         char key[RL_REDIS_KEY_MAX];
         cr_assert_gt(rl_config_key(&cfg, 0, "grid", key, sizeof key), 0);
@@ -538,12 +557,13 @@ Test(ratelimit, gcra_keys_expire_on_the_second_after_their_tat) {
                 "return {redis.call('GET', KEYS[1]), redis.call('PEXPIRETIME', KEYS[1])}", key);
             cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
             cr_assert_eq(r->element[0]->type, REDIS_REPLY_STRING, "%s is gone", key);
-            long long tat = strtoll(r->element[0]->str, NULL, 10);
+            long long needed = needed_us(cases[c].a, r->element[0]->str, cases[c].q, cases[c].w);
             long long expires_ms = r->element[1]->integer;
+            cr_assert_eq(expires_ms, (needed / 1000000 + 1) * 1000,
+                         "%s %s: value '%s' matters until %lld us, key expires at %lld ms",
+                         rl_algorithm_name(cases[c].a), cases[c].policy, r->element[0]->str, needed,
+                         expires_ms);
             freeReplyObject(r);
-            cr_assert_eq(expires_ms, (tat / 1000000 + 1) * 1000,
-                         "TAT %lld us, key expires at %lld ms: not the end of the TAT's second",
-                         tat, expires_ms);
             if (expires_ms != last) {
                 seconds++;
                 last = expires_ms;
@@ -551,8 +571,8 @@ Test(ratelimit, gcra_keys_expire_on_the_second_after_their_tat) {
             sleep_ms(15);
         }
         cr_assert_gt(allowed, 0);
-        cr_assert_lt(allowed, 40, "%s never denied", policies[p]);
-        cr_assert_geq(seconds, 2, "the TAT stayed in one second: the test proves nothing");
+        cr_assert_lt(allowed, 40, "%s never denied", cases[c].policy);
+        cr_assert_geq(seconds, 2, "the expiry stayed in one second: the test proves nothing");
         rl_sync_free(l);
     }
     sd_redis_free(admin);
