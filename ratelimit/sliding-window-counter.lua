@@ -15,24 +15,34 @@
 -- (possible when cur + m <= q and prev > 0); otherwise into the next window, where today's cur
 -- becomes the previous count and decays in turn.
 --
--- Key: a hash {i = index of the current window, c = its count, p = the previous window's count};
--- its TTL runs to the end of the next window, after which both counts are worth nothing.
+-- Key: a string "<i> <c> <p> <e>": the index of the current window, its count, the previous
+-- window's count, and the second at whose end the key expires (store() in rl-common.lua): the
+-- end of the next window, after which both counts are worth nothing. Every check within one
+-- window keeps that expiry. Being one string, every key of a batch is read with a single MGET
+-- (alg.mget).
 
-local alg = {}
+local alg = {mget = true}
+local match = string.match
 
-function alg.load(s, key)
+function alg.load(s, key, v)
     local W = s.W
     local index = floor(s.now / W)
-    s.key, s.index, s.e, s.cur, s.prev = key, index, s.now - index * W, 0, 0
-    local h = call('HMGET', key, 'i', 'c', 'p')
-    if h[1] then
-        local stored = tonumber(h[1])
-        -- A stored window ahead of now (Redis's clock stepped back) is kept, to stay safe.
-        if stored >= index then
-            s.cur, s.prev = tonumber(h[2]), tonumber(h[3])
-        elseif stored == index - 1 then
-            s.prev = tonumber(h[2])
-        end
+    s.key, s.index, s.e, s.cur, s.prev, s.kept = key, index, s.now - index * W, 0, 0, nil
+    if not v then
+        return
+    end
+    local i, c, p, e = match(v, '^(%d+) (%d+) (%d+) (%d+)$')
+    if not i then
+        -- Not a state this script wrote: treated as empty windows, and overwritten when charged.
+        return
+    end
+    s.kept = tonumber(e)
+    local stored = tonumber(i)
+    -- A stored window ahead of now (Redis's clock stepped back) is kept, to stay safe.
+    if stored >= index then
+        s.cur, s.prev = tonumber(c), tonumber(p)
+    elseif stored == index - 1 then
+        s.prev = tonumber(c)
     end
 end
 
@@ -64,9 +74,11 @@ end
 
 function alg.charge(s, cost)
     s.cur = s.cur + cost
-    call('HSET', s.key, 'i', s.index, 'c', s.cur, 'p', s.prev)
-    -- Both counts are worth nothing once the next window has ended.
-    call('PEXPIRE', s.key, ceil(((s.index + 2) * s.W - s.now) / 1000))
+    -- Both counts matter until the next window ends, at (index + 2) * W: the last microsecond
+    -- that matters is the one before.
+    local needed = (s.index + 2) * s.W - 1
+    store(s.key, format('%d %d %d %d', s.index, s.cur, s.prev, expiry_second(needed)), s.kept,
+          needed)
 end
 
 return rl_run(alg)
