@@ -124,12 +124,29 @@ local function report_of(alg)
 end
 
 -- The values of every key of the call, by index into KEYS, for an algorithm that sets alg.mget;
--- an empty table (every value nil) for the others, which read their keys themselves.
+-- an empty table (every value nil) for the others, which read their keys themselves. unpack()
+-- hands Lua at most about 8,000 values at once and a batch may have more keys (up to 4096 checks
+-- of 8 policies), so a large batch is read in slices.
 local function values_of(alg)
-    if alg.mget then
+    if not alg.mget then
+        return {}
+    end
+    local n, slice = #KEYS, 1000
+    if n <= slice then
         return call('MGET', unpack(KEYS))
     end
-    return {}
+    local values = {}
+    for first = 1, n, slice do
+        local last = first + slice - 1
+        if last > n then
+            last = n
+        end
+        local part = call('MGET', unpack(KEYS, first, last))
+        for i = 1, last - first + 1 do
+            values[first + i - 1] = part[i]
+        end
+    end
+    return values
 end
 
 -- rl_run for P = 1: decides the checks whose costs are ARGV[first..last] against the one policy

@@ -784,6 +784,46 @@ Test(ratelimit, async_batches_of_several_policies_are_exact) {
     cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
 }
 
+/* The largest batch the command accepts (--max-batch 4096) with the most policies: 4096 checks
+ * of 8 keys each in one script call, more values than Lua can unpack at once. Every check is
+ * decided by Redis, and exactly. */
+Test(ratelimit, the_largest_batch_is_decided_whole) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    rl_algorithm big[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER};
+    for (size_t a = 0; a < 3; a++) {
+        rl_config cfg = config(big[a], "p1;q=1000;w=3600", "p2;q=1001;w=3600", "p3;q=1002;w=3600",
+                               "p4;q=1003;w=3600", "p5;q=1004;w=3600", "p6;q=1005;w=3600",
+                               "p7;q=1006;w=3600", "p8;q=1007;w=3600", NULL);
+        cfg.max_batch = 4096;
+        cfg.max_calls = 1;
+        cfg.deny_cache_entries = 0;
+        rl_limiter *l = NULL;
+        cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
+        cr_assert_eq(rl_limiter_wait_connected(l, 2000), 0);
+        tally t = {0, 0, 0};
+        char key[32];
+        for (int i = 0; i < 4096; i++) {
+            snprintf(key, sizeof key, "big%d", i % 2048);
+            cr_assert_eq(rl_limiter_check(l, key, 600, count_cb, &t), 0);
+        }
+        while (t.done < 4096) {
+            uv_run(&loop, UV_RUN_ONCE);
+        }
+        cr_assert_eq(t.redis, 4096, "%s: %d of 4096 fell back", rl_algorithm_name(big[a]),
+                     4096 - t.redis);
+        /* Each key is checked twice at cost 600 against q = 1000: the first passes, the
+         * second does not. */
+        cr_assert_eq(t.allowed, 2048, "%s admitted %d", rl_algorithm_name(big[a]), t.allowed);
+        rl_stats s;
+        rl_limiter_stats(l, &s);
+        cr_assert_eq(s.script_calls, 1, "%llu calls", (unsigned long long)s.script_calls);
+        rl_limiter_free(l);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
+}
+
 Test(ratelimit, cluster_mode_batches_only_one_slot) {
     uv_loop_t loop;
     uv_loop_init(&loop);
