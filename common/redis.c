@@ -268,40 +268,29 @@ static int backoff_next(int current, const sd_redis_opts *o) {
 
 /* ---- Command encoding ----------------------------------------------------------------------- */
 
-/* Writes the decimal digits of v at p; returns the number written. */
-static size_t put_uint(char *p, size_t v) {
-    char digits[24];
-    size_t n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    for (size_t i = 0; i < n; i++)
-        p[i] = digits[n - 1 - i];
-    return n;
-}
-
 /*
  * Encodes a command the way Redis reads every command, a RESP array of bulk strings
  * ("*<argc>\r\n" then "$<len>\r\n<bytes>\r\n" per argument), into a new buffer that the caller
- * frees with free(); returns its length. This is what hiredis's redisFormatCommandArgv does, but
- * that one runs sprintf for every argument: for a batch of rate-limit checks (100 arguments and
- * more) its formatting was about a fifth of the client's instructions per check (measured with
- * callgrind; ratelimit/README.md), so the digits are written here by hand.
+ * frees with free(); returns its length. The buffer also ends in a NUL (not counted), as
+ * hiredis's does: the NOSCRIPT retry searches it with string functions. This is what hiredis's
+ * redisFormatCommandArgv does, but that one runs sprintf for every argument: for a batch of
+ * rate-limit checks (100 arguments and more) its formatting was about a fifth of the client's
+ * instructions per check (measured with callgrind; ratelimit/README.md), so the digits are written
+ * here by hand.
  */
 static size_t resp_format(char **out, int argc, const char **argv, const size_t *lens) {
-    size_t total = 1 + 20 + 2;
+    size_t total = 1 + 20 + 2 + 1;
     for (int i = 0; i < argc; i++)
         total += 1 + 20 + 2 + lens[i] + 2;
     char *buf = sd_xmalloc(total);
     char *p = buf;
     *p++ = '*';
-    p += put_uint(p, (size_t)argc);
+    p += sd_format_uint(p, (uint64_t)argc);
     *p++ = '\r';
     *p++ = '\n';
     for (int i = 0; i < argc; i++) {
         *p++ = '$';
-        p += put_uint(p, lens[i]);
+        p += sd_format_uint(p, lens[i]);
         *p++ = '\r';
         *p++ = '\n';
         memcpy(p, argv[i], lens[i]);
@@ -309,6 +298,7 @@ static size_t resp_format(char **out, int argc, const char **argv, const size_t 
         *p++ = '\r';
         *p++ = '\n';
     }
+    *p = '\0';
     *out = buf;
     return (size_t)(p - buf);
 }
@@ -1034,7 +1024,7 @@ int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *pr
     char *cmd = NULL;
     size_t len = resp_format(&cmd, call.argc, call.argv, call.lens);
     script_call_release(&call);
-    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, (size_t)len, script);
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, script);
     if (rc != 0)
         free(cmd);
     return rc;

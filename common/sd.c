@@ -77,6 +77,18 @@ char *sd_xasprintf(const char *fmt, ...) {
     return s;
 }
 
+size_t sd_format_uint(char *buf, uint64_t v) {
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = digits[n - 1 - i];
+    return n;
+}
+
 uint64_t sd_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -34,6 +34,10 @@ char *sd_xstrndup(const char *s, size_t n);
 /* Like asprintf(), aborting on out-of-memory. The caller frees the result. */
 char *sd_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Writes v in decimal into buf (at least 21 bytes) and returns the number of digits written;
+ * no NUL. For paths that run per request, where printf's cost shows. */
+size_t sd_format_uint(char *buf, uint64_t v);
+
 /* Monotonic time (CLOCK_MONOTONIC), for local timing only: never for shared decisions. */
 uint64_t sd_now_ns(void);
 uint64_t sd_now_ms(void);

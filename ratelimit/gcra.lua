@@ -33,6 +33,12 @@ function alg.load(s, key, v)
     local tat, rem = tonumber(v), 0
     if not tat then
         local a, b = match(v, '^(%d+) (%d+)$')
+        if not a then
+            -- Not a state this script wrote: treated as a full bucket, overwritten when charged.
+            s.level = q * W
+            s.kept = nil
+            return
+        end
         tat, rem = tonumber(a), tonumber(b)
         -- After a quota change the remainder is reread in the new unit: under 1 us of error.
         if rem >= q then
@@ -62,7 +68,8 @@ function alg.charge(s, cost)
     local rem = debt - us * q
     -- The new TAT is us + rem / q microseconds from now: the key must last until then.
     local tat = s.now + us
-    store(s.key, rem == 0 and format('%d', tat) or format('%d %d', tat, rem), s.kept, tat)
+    store(s.key, rem == 0 and format('%d', tat) or format('%d %d', tat, rem), s.kept,
+          expiry_second(tat))
 end
 
 return rl_run(alg)

@@ -118,6 +118,8 @@ int rl_decision_violated(const rl_decision *d) {
 
 /* q * w * 1e6 must stay below 2^53 for the scripts' exact integer arithmetic (rl-common.lua). */
 #define RL_MAX_QUOTA_WINDOW 9000000000LL
+/* And instants like now + W: Redis time (~1.8e15 us) plus up to two windows of 1e15 us. */
+#define RL_MAX_WINDOW 1000000000LL
 
 static const char *skip_spaces(const char *s) {
     while (*s == ' ' || *s == '\t') {
@@ -175,6 +177,12 @@ int rl_policy_parse(const char *text, rl_policy *out, char *err, size_t errlen) 
             snprintf(err, errlen, "policy '%s': %s must be a whole number from 1 to %lld", text,
                      part[0] == 'q' ? "the quota q" : "the window w (seconds)",
                      RL_MAX_QUOTA_WINDOW);
+            return RL_EPOLICY;
+        }
+        if (part[0] == 'w' && v > RL_MAX_WINDOW) {
+            snprintf(err, errlen,
+                     "policy '%s': the window w must not exceed %lld seconds (exact arithmetic)",
+                     text, RL_MAX_WINDOW);
             return RL_EPOLICY;
         }
         if (part[0] == 'q') {
@@ -397,16 +405,7 @@ int rl_check_args(const char *key, long long cost) {
 }
 
 size_t rl_cost_format(char *buf, long long cost) {
-    char digits[24];
-    size_t n = 0;
-    unsigned long long v = (unsigned long long)cost;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    for (size_t i = 0; i < n; i++) {
-        buf[i] = digits[n - 1 - i];
-    }
+    size_t n = sd_format_uint(buf, (uint64_t)cost);
     buf[n] = '\0';
     return n;
 }

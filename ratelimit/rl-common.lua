@@ -20,11 +20,12 @@
 -- Exact arithmetic. Time is Redis's TIME in microseconds (about 1.7e15, well inside the 2^53
 -- integers a Lua double holds exactly). Each algorithm keeps its state as integers and multiplies
 -- rather than divides, so a policy like 7 per 3 seconds never accumulates rounding: the library
--- refuses policies whose q * w * 1e6 would leave that range. The one division, of integers x and
--- y > 0 below 2^53, is exact when rounded with floor or ceil: the true quotient lies at least 1/y
--- from any integer it is not equal to, while the division's rounding error is below
--- (x / y) * 2^-53 < 1/y, so the rounded quotient can never reach across an integer. Waits are
--- rounded up to the millisecond, so a client that waits exactly retry_ms is admitted.
+-- refuses policies whose q * w * 1e6 would leave that range, and windows above 10^9 s, so that
+-- instants (now + W) stay in it too. Divisions are written floor(x / y) or ceil(x / y), and for
+-- integers with |x| < 2^53 and y >= 1 that is exact: a quotient that is an integer comes back
+-- exactly, and one that is not lies at least 1/y from every integer, while the division's
+-- rounding error is at most |x / y| * 2^-53 < 1/y, so rounding never reaches across an integer.
+-- Waits are rounded up to the millisecond, so a client that waits exactly retry_ms is admitted.
 --
 -- Each algorithm provides four functions over a state table s that this file creates once per
 -- policy and call (s.q, s.W: the window in microseconds, s.now) and reuses for every check:
@@ -52,29 +53,30 @@ local tonumber, call, unpack = tonumber, redis.call, unpack
 -- must see the first one's charge, not the value MGET read before either.
 local written = {}
 
--- Writes a string key whose value matters until the instant `needed` (microseconds of Redis
--- time), changing its expiry as rarely as possible: a SET that keeps the TTL (KEEPTTL) costs
--- Redis markedly less than one that sets a new expiry (measured in the README). Expiries fall on
--- a grid of whole seconds: the key expires at the end of the second in which `needed` falls, so
--- a key checked many times a second gets a new expiry about once a second.
+-- Expiries of string keys fall on a grid of whole seconds: a value that matters until the
+-- instant `needed` (microseconds of Redis time, inclusive) makes its key expire at the end of
+-- the second in which `needed` falls, the start of second number expiry_second(needed).
+local function expiry_second(needed)
+    return floor(needed / 1000000) + 1
+end
+
+-- Writes a string key that must expire at the end of grid second `sec`, changing its expiry as
+-- rarely as possible: a SET that keeps the TTL (KEEPTTL) costs Redis markedly less than one that
+-- sets a new expiry (measured in the README), and a key checked many times a second moves to a
+-- new grid second about once a second.
 --
--- `kept` is the grid second the stored value needs, computed from the stored value alone (never
--- from the policy, which may have changed since it was written), or nil for a new key. Every
--- write goes through here, so by induction a key's expiry is always the end of the grid second
--- its value needs, and a key never expires while its value still matters.
-local function store(key, value, kept, needed)
+-- `kept` is the grid second of the stored value, which the algorithm knows from the stored value
+-- alone (derived from it, or stored in it), or nil for a new key. Every write of GCRA, the token
+-- bucket and the sliding-window counter goes through here, so by induction a key's expiry is
+-- always the grid second of its value, and KEEPTTL keeps exactly the expiry the new value needs.
+-- (Under the policy that wrote it: see the README on policy changes.)
+local function store(key, value, kept, sec)
     written[key] = value
-    local sec = floor(needed / 1000000) + 1
     if sec == kept then
         call('SET', key, value, 'KEEPTTL')
     else
         call('SET', key, value, 'PXAT', sec * 1000)
     end
-end
-
--- The grid second a value that matters until `needed` expires at, as store() sets it.
-local function expiry_second(needed)
-    return floor(needed / 1000000) + 1
 end
 
 -- The bucket level, shared by token-bucket.lua (which stores it) and gcra.lua (which derives it

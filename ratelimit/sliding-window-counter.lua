@@ -76,9 +76,8 @@ function alg.charge(s, cost)
     s.cur = s.cur + cost
     -- Both counts matter until the next window ends, at (index + 2) * W: the last microsecond
     -- that matters is the one before.
-    local needed = (s.index + 2) * s.W - 1
-    store(s.key, format('%d %d %d %d', s.index, s.cur, s.prev, expiry_second(needed)), s.kept,
-          needed)
+    local e = expiry_second((s.index + 2) * s.W - 1)
+    store(s.key, format('%d %d %d %d', s.index, s.cur, s.prev, e), s.kept, e)
 end
 
 return rl_run(alg)

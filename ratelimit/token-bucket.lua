@@ -58,9 +58,8 @@ function alg.charge(s, cost)
     local level = s.level - cost * W
     s.level = level
     -- Full again (q * W - level) / q microseconds from now, rounded up to the microsecond.
-    local needed = now + ceil((q * W - level) / q)
-    local e = expiry_second(needed)
-    store(s.key, format('%d %d %d %d', level, now, W, e), s.kept, needed)
+    local e = expiry_second(now + ceil((q * W - level) / q))
+    store(s.key, format('%d %d %d %d', level, now, W, e), s.kept, e)
 end
 
 return rl_run(alg)

@@ -101,6 +101,7 @@ Test(ratelimit, policy_strings_parse_or_explain) {
                          "x;q=1;w=1;z=3",
                          "a b;q=1;w=1",
                          "x;q=100000;w=100000",
+                         "x;q=1;w=1000000001",
                          "x\";q=1;w=1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
@@ -571,6 +572,15 @@ Test(ratelimit, keys_expire_on_the_second_after_their_value_stops_mattering) {
                          "%s %s: value '%s' matters until %lld us, key expires at %lld ms",
                          rl_algorithm_name(cases[c].a), cases[c].policy, r->element[0]->str, needed,
                          expires_ms);
+            if (cases[c].a != RL_GCRA) {
+                /* The expiry second the value carries is the one its key has. */
+                long long f[4];
+                cr_assert_eq(
+                    sscanf(r->element[0]->str, "%lld %lld %lld %lld", &f[0], &f[1], &f[2], &f[3]),
+                    4);
+                cr_assert_eq(f[3] * 1000, expires_ms, "value '%s', key expires at %lld ms",
+                             r->element[0]->str, expires_ms);
+            }
             freeReplyObject(r);
             if (expires_ms != last) {
                 seconds++;
