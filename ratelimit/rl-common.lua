@@ -55,7 +55,8 @@ local written = {}
 
 -- Expiries of string keys fall on a grid of whole seconds: a value that matters until the
 -- instant `needed` (microseconds of Redis time, inclusive) makes its key expire at the end of
--- the second in which `needed` falls, the start of second number expiry_second(needed).
+-- the second in which `needed` falls. expiry_second(needed) is that instant in whole seconds
+-- since the epoch (the grid second).
 local function expiry_second(needed)
     return floor(needed / 1000000) + 1
 end
