@@ -67,7 +67,9 @@ function percentile(sorted, p) {
 
 async function main() {
   const o = parseArgs(process.argv);
-  const redis = new Redis(o.redis, { enableOfflineQueue: true, maxRetriesPerRequest: 1 });
+  // A unix:///path URL (as bench takes) is a Unix socket, which ioredis names by its path.
+  const target = o.redis.startsWith('unix://') ? o.redis.slice('unix://'.length) : o.redis;
+  const redis = new Redis(target, { enableOfflineQueue: true, maxRetriesPerRequest: 1 });
   await redis.ping();
   const limiter = new RateLimiterRedis({
     storeClient: redis,
