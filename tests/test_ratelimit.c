@@ -521,7 +521,7 @@ Test(ratelimit, every_key_has_a_ttl) {
  * for the sliding-window counter the end of the next window. That holds whether the last write
  * set a new expiry or kept the old one, so the key never expires early and lives at most a second
  * longer. PEXPIRETIME and the value are read in one script, so no time passes between. Checks
- * every 15 ms at q = 20/s (and 7 per 3 s, whose GCRA TAT carries a remainder), allowed and
+ * every 5 ms at q = 20/s (and 7 per 3 s, whose GCRA TAT carries a remainder), allowed and
  * denied, until the expiry has moved at least once.
  */
 static long long needed_us(rl_algorithm a, const char *value, long long q, long long w_s) {
@@ -586,7 +586,7 @@ Test(ratelimit, keys_expire_on_the_second_after_their_value_stops_mattering) {
                 seconds++;
                 last = expires_ms;
             }
-            sleep_ms(15);
+            sleep_ms(5);
         }
         cr_assert_gt(allowed, 0);
         cr_assert_lt(allowed, i, "%s never denied", cases[c].policy);
