@@ -74,6 +74,8 @@ static const char RUN_USAGE[] =
     "  --rate R       operations per second for every scenario; 0 = closed loop\n"
     "                 (default: each scenario's own)\n"
     "  --poisson      open loop with Poisson arrivals instead of fixed spacing\n"
+    "  --in-flight N  operations kept in flight (closed loop), or the cap on outstanding ones\n"
+    "                 (open loop), for every scenario (default: each scenario's own)\n"
     "  --redis URL    use this Redis (default: REDIS_URL, else a private redis-server)\n"
     "  --json FILE    write the JSON report (\"-\" for stdout)\n"
     "  --html FILE    write a self-contained HTML page with a percentile chart per scenario\n";
@@ -95,7 +97,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 }
 
 static void run_one(const bench_scenario *sc, const bench_env *env, double warmup, int poisson,
-                    bench_row *row) {
+                    int in_flight, bench_row *row) {
     snprintf(row->r.name, sizeof row->r.name, "%s", sc->name);
     bench_target target = {0};
     int rc = sc->setup(env, &target);
@@ -105,7 +107,7 @@ static void run_one(const bench_scenario *sc, const bench_env *env, double warmu
         return;
     }
     bench_load_opts opts = {.rate = env->rate,
-                            .in_flight = sc->in_flight,
+                            .in_flight = in_flight > 0 ? in_flight : sc->in_flight,
                             .duration_s = env->duration_s,
                             .warmup_s = warmup,
                             .poisson = poisson,
@@ -127,13 +129,17 @@ static void run_one(const bench_scenario *sc, const bench_env *env, double warmu
 static int cmd_run(int argc, char **argv) {
     const char *cmd = "bench run";
     const char *duration = NULL, *warmup = NULL, *rate = NULL, *redis = NULL, *json = NULL,
-               *html = NULL;
+               *html = NULL, *in_flight = NULL;
     int poisson = 0;
-    bench_cli_opt opts[] = {
-        {"--duration", &duration, NULL, NULL, NULL}, {"--warmup", &warmup, NULL, NULL, NULL},
-        {"--rate", &rate, NULL, NULL, NULL},         {"--redis", &redis, NULL, NULL, NULL},
-        {"--json", &json, NULL, NULL, NULL},         {"--html", &html, NULL, NULL, NULL},
-        {"--poisson", NULL, &poisson, NULL, NULL},   {NULL, NULL, NULL, NULL, NULL}};
+    bench_cli_opt opts[] = {{"--duration", &duration, NULL, NULL, NULL},
+                            {"--warmup", &warmup, NULL, NULL, NULL},
+                            {"--rate", &rate, NULL, NULL, NULL},
+                            {"--redis", &redis, NULL, NULL, NULL},
+                            {"--json", &json, NULL, NULL, NULL},
+                            {"--html", &html, NULL, NULL, NULL},
+                            {"--poisson", NULL, &poisson, NULL, NULL},
+                            {"--in-flight", &in_flight, NULL, NULL, NULL},
+                            {NULL, NULL, NULL, NULL, NULL}};
     const char **prefixes = sd_xcalloc((size_t)argc + 1, sizeof *prefixes);
     int nprefixes = 0, status = BENCH_EXIT_OK;
     int rc = bench_cli_parse(cmd, argc, argv, opts, prefixes, &nprefixes);
@@ -144,10 +150,13 @@ static int cmd_run(int argc, char **argv) {
         return rc == BENCH_CLI_HELP ? BENCH_EXIT_OK : BENCH_EXIT_USAGE;
     }
     double d = 0, w = -1, r = -1;
+    long long f = 0;
     if ((duration &&
          bench_cli_number(cmd, "--duration", duration, 0.001, 86400, "seconds (> 0)", &d) < 0) ||
         (warmup && bench_cli_number(cmd, "--warmup", warmup, 0, 3600, "seconds (>= 0)", &w) < 0) ||
-        (rate && bench_cli_number(cmd, "--rate", rate, 0, 1e8, "operations/s (>= 0)", &r) < 0)) {
+        (rate && bench_cli_number(cmd, "--rate", rate, 0, 1e8, "operations/s (>= 0)", &r) < 0) ||
+        (in_flight && bench_cli_count(cmd, "--in-flight", in_flight, 1, 100000,
+                                      "a whole number of operations, 1 to 100000", &f) < 0)) {
         free(prefixes);
         return BENCH_EXIT_USAGE;
     }
@@ -234,7 +243,7 @@ static int cmd_run(int argc, char **argv) {
                          .rate = r >= 0 ? r : sc->default_rate};
         if (!(env.duration_s > 0))
             env.duration_s = 5;
-        run_one(sc, &env, w >= 0 ? w : default_warmup(env.duration_s), poisson, &rows[i]);
+        run_one(sc, &env, w >= 0 ? w : default_warmup(env.duration_s), poisson, (int)f, &rows[i]);
         if (rows[i].failure[0] || rows[i].r.below_target)
             status = BENCH_EXIT_FAIL;
     }

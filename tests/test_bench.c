@@ -724,6 +724,43 @@ Test(cli, usage_errors_exit_2_and_help_exits_0) {
     cr_expect_not_null(strstr(r.err, "--connections"), "%s", r.err);
     run_bench(NULL, (const char *[]){"run", "no-such-scenario-prefix", NULL}, &r);
     cr_expect_eq(r.status, 2);
+    const char *bad_in_flight[] = {"0", "2.5", "x", "100001"};
+    for (size_t i = 0; i < 4; i++) {
+        run_bench(NULL, (const char *[]){"run", "--in-flight", bad_in_flight[i], NULL}, &r);
+        cr_expect_eq(r.status, 2, "--in-flight %s", bad_in_flight[i]);
+        cr_expect_not_null(strstr(r.err, "--in-flight"), "%s", r.err);
+    }
+}
+
+/* The rate limiter's scenario reports how many checks went into each script call; with three
+ * in flight no call can hold more than three, with its own 50 it holds many more. */
+static double checks_per_call(const char *err) {
+    const char *p = strstr(err, " per call)");
+    cr_assert_not_null(p, "no batching figure in: %s", err);
+    while (p > err && p[-1] != '(')
+        p--;
+    return strtod(p, NULL);
+}
+
+Test(cli, run_in_flight_overrides_the_scenarios, .timeout = 60) {
+    static run_out r;
+    sd_redis_server *server = test_redis_start(NULL);
+    const char *url = sd_redis_server_url(server);
+    run_bench(NULL,
+              (const char *[]){"run", "ratelimit.gcra.closed", "--in-flight", "3", "--duration",
+                               "0.3", "--warmup", "0.1", "--redis", url, NULL},
+              &r);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    double three = checks_per_call(r.err);
+    run_bench(NULL,
+              (const char *[]){"run", "ratelimit.gcra.closed", "--duration", "0.3", "--warmup",
+                               "0.1", "--redis", url, NULL},
+              &r);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    double fifty = checks_per_call(r.err);
+    sd_redis_server_stop(server);
+    cr_expect_leq(three, 3.0, "%.1f checks per call with 3 in flight", three);
+    cr_expect_gt(fifty, 3.0, "%.1f checks per call with 50 in flight", fifty);
 }
 
 Test(cli, http_writes_the_documented_json_and_compares_with_itself) {

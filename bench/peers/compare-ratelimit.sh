@@ -10,6 +10,9 @@
 # PIN=1 runs everything (the private redis-server, node, bench) on CPU 0 with taskset: a
 # diagnostic that takes the cost of waking a process on the other CPU out of every round trip
 # (ratelimit/README.md, "Numbers"); not the default, and both sides get the same treatment.
+# INSTANCES=N runs N load processes at once on each side, each with 50/N checks in flight (50 in
+# all), as N gateway instances sharing one Redis would; each prints its own figures, then their
+# sum. The processes start together and measure the same DURATION, give or take their start-up.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -23,6 +26,19 @@ if [ "${PIN:-0}" = 1 ]; then
     fi
     pin="taskset -c 0"
 fi
+instances=${INSTANCES:-1}
+case "$instances" in
+'' | *[!0-9]*) instances=0 ;;
+esac
+if [ "$instances" -lt 1 ] || [ "$instances" -gt 50 ]; then
+    echo "compare-ratelimit: INSTANCES must be a whole number from 1 to 50" >&2
+    exit 2
+fi
+per=$((50 / instances))
+scenarios="ratelimit.token-bucket.closed ratelimit.gcra.closed ratelimit.sliding-window-log.closed
+ratelimit.sliding-window-counter.closed ratelimit.gcra.unbatched"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT INT TERM
 
 if [ ! -x "$bin/bench" ]; then
     echo "compare-ratelimit: $bin/bench not found (build first, or set BIN)" >&2
@@ -38,7 +54,8 @@ if [ -z "${REDIS_URL:-}" ]; then
     $pin redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save '' --appendonly no \
         --daemonize no >"$dir/redis.log" 2>&1 &
     redis_pid=$!
-    trap 'kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
+    trap 'kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; rm -rf "$dir" "$work"' \
+        EXIT INT TERM
     REDIS_URL="redis://127.0.0.1:$port"
     i=0
     until redis-cli -p "$port" ping >/dev/null 2>&1; do
@@ -48,16 +65,69 @@ if [ -z "${REDIS_URL:-}" ]; then
     done
 fi
 
+# The peer, INSTANCES processes at once; extra arguments go to ratelimit-flexible.js.
+peer() {
+    if [ "$instances" = 1 ]; then
+        $pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration" "$@"
+        return
+    fi
+    i=0
+    pids=""
+    while [ "$i" -lt "$instances" ]; do
+        $pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration" \
+            --in-flight "$per" "$@" >"$work/peer.$i" &
+        pids="$pids $!"
+        i=$((i + 1))
+    done
+    for p in $pids; do wait "$p"; done
+    grep -hv '^{' "$work"/peer.*
+    node -e '
+        const fs = require("fs"), dir = process.argv[1];
+        const rows = fs.readdirSync(dir).filter((f) => f.startsWith("peer."))
+            .map((f) => JSON.parse(fs.readFileSync(dir + "/" + f, "utf8").split("\n")
+                .find((l) => l.startsWith("{"))));
+        const sum = rows.reduce((a, r) => a + r.decisions_per_s, 0);
+        console.log(`sum of ${rows.length} processes: ${Math.round(sum)} decisions/s`);
+    ' "$work"
+    rm -f "$work"/peer.*
+}
+
+# Ours: bench's closed-loop scenarios, INSTANCES processes at once.
+ours() {
+    if [ "$instances" = 1 ]; then
+        # shellcheck disable=SC2086
+        $pin "$bin/bench" run $scenarios --duration "$duration" --redis "$REDIS_URL"
+        return
+    fi
+    i=0
+    pids=""
+    while [ "$i" -lt "$instances" ]; do
+        # shellcheck disable=SC2086
+        $pin "$bin/bench" run $scenarios --duration "$duration" --redis "$REDIS_URL" \
+            --in-flight "$per" --json "$work/ours.$i.json" >"$work/ours.$i.txt" 2>&1 &
+        pids="$pids $!"
+        i=$((i + 1))
+    done
+    for p in $pids; do wait "$p"; done
+    grep -h "closed " "$work"/ours.*.txt
+    node -e '
+        const fs = require("fs"), dir = process.argv[1], sum = {};
+        for (const f of fs.readdirSync(dir).filter((f) => f.endsWith(".json")))
+            for (const s of JSON.parse(fs.readFileSync(dir + "/" + f, "utf8")).scenarios)
+                sum[s.name] = (sum[s.name] || 0) + s.achieved_rate;
+        for (const [name, rate] of Object.entries(sum))
+            console.log(`sum of ${process.argv[2]} processes: ${name} ${Math.round(rate)}/s`);
+    ' "$work" "$instances"
+}
+
 # The peer runs before and after ours, so that a change in the machine's load during the run
 # shows up as a difference between its two results rather than as a bias.
-echo "== rate-limiter-flexible (RateLimiterRedis over ioredis) on $REDIS_URL"
-$pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration"
+echo "== rate-limiter-flexible (RateLimiterRedis over ioredis) on $REDIS_URL, $instances process(es)"
+peer
 echo
-echo "== ratelimit/ (bench, closed loop, 50 in flight, 10,000 keys, q=10 w=1), same Redis"
-$pin "$bin/bench" run ratelimit.token-bucket.closed ratelimit.gcra.closed \
-    ratelimit.sliding-window-log.closed ratelimit.sliding-window-counter.closed \
-    ratelimit.gcra.unbatched --duration "$duration" --redis "$REDIS_URL"
+echo "== ratelimit/ (bench, closed loop, 50 in flight in all, 10,000 keys, q=10 w=1), same Redis"
+ours
 echo
 echo "== rate-limiter-flexible again, then with inMemoryBlockOnConsumed (its deny cache)"
-$pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration"
-$pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration" --block-in-memory
+peer
+peer --block-in-memory
