@@ -276,12 +276,12 @@ static int backoff_next(int current, const sd_redis_opts *o) {
  * redisFormatCommandArgv does, but that one runs sprintf for every argument: for a batch of
  * rate-limit checks (100 arguments and more) its formatting was about a fifth of the client's
  * instructions per check (measured with callgrind; ratelimit/README.md), so the digits are written
- * here by hand.
+ * here by hand. lens may be NULL for NUL-terminated arguments.
  */
 static size_t resp_format(char **out, int argc, const char **argv, const size_t *lens) {
     size_t total = 1 + 20 + 2 + 1;
     for (int i = 0; i < argc; i++)
-        total += 1 + 20 + 2 + lens[i] + 2;
+        total += 1 + 20 + 2 + (lens ? lens[i] : strlen(argv[i])) + 2;
     char *buf = sd_xmalloc(total);
     char *p = buf;
     *p++ = '*';
@@ -289,12 +289,13 @@ static size_t resp_format(char **out, int argc, const char **argv, const size_t 
     *p++ = '\r';
     *p++ = '\n';
     for (int i = 0; i < argc; i++) {
+        size_t len = lens ? lens[i] : strlen(argv[i]);
         *p++ = '$';
-        p += sd_format_uint(p, lens[i]);
+        p += sd_format_uint(p, len);
         *p++ = '\r';
         *p++ = '\n';
-        memcpy(p, argv[i], lens[i]);
-        p += lens[i];
+        memcpy(p, argv[i], len);
+        p += len;
         *p++ = '\r';
         *p++ = '\n';
     }
@@ -989,15 +990,8 @@ static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int ti
 int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms, int argc,
                        const char **argv, const size_t *argvlen) {
     char *cmd = NULL;
-    long long len;
-    if (argvlen) {
-        len = (long long)resp_format(&cmd, argc, argv, argvlen);
-    } else {
-        len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
-        if (len < 0)
-            return SD_EPARSE;
-    }
-    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, (size_t)len, NULL);
+    size_t len = resp_format(&cmd, argc, argv, argvlen);
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, NULL);
     free(cmd);
     return rc;
 }
