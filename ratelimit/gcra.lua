@@ -19,31 +19,24 @@
 -- rl-common.lua), after which the bucket is full and the key is worth nothing.
 
 local alg = {mget = true}
-local match = string.match
 
 function alg.load(s, key, v)
     local q, W = s.q, s.W
     s.key = key
-    if not v then
-        s.level = q * W
-        s.kept = nil
+    -- tonumber gives nil for the two-number form, which is then split.
+    local tat, rem = v and tonumber(v), 0
+    if v and not tat then
+        local a, b = match(v, '^(%d+) (%d+)$')
+        tat, rem = tonumber(a), tonumber(b)
+    end
+    if not tat then
+        -- No key, or a value this script did not write: a full bucket, overwritten when charged.
+        s.level, s.kept = q * W, nil
         return
     end
-    -- tonumber gives nil for the two-number form, which is then split.
-    local tat, rem = tonumber(v), 0
-    if not tat then
-        local a, b = match(v, '^(%d+) (%d+)$')
-        if not a then
-            -- Not a state this script wrote: treated as a full bucket, overwritten when charged.
-            s.level = q * W
-            s.kept = nil
-            return
-        end
-        tat, rem = tonumber(a), tonumber(b)
-        -- After a quota change the remainder is reread in the new unit: under 1 us of error.
-        if rem >= q then
-            rem = q - 1
-        end
+    -- After a quota change the remainder is reread in the new unit: under 1 us of error.
+    if rem >= q then
+        rem = q - 1
     end
     -- The stored TAT (at most 1 us more with its remainder) is what the key's expiry covers.
     s.kept = expiry_second(tat)

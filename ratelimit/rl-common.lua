@@ -46,7 +46,7 @@
 -- no table is created per check, the reply is written by index rather than table.insert, and a
 -- single policy (P = 1, by far the common case) takes a path without the inner loops.
 
-local floor, ceil, format = math.floor, math.ceil, string.format
+local floor, ceil, format, match = math.floor, math.ceil, string.format, string.match
 local tonumber, call, unpack = tonumber, redis.call, unpack
 
 -- Values this call has written, by key. A batch may check one key twice, and the second check
@@ -59,6 +59,16 @@ local written = {}
 -- since the epoch (the grid second).
 local function expiry_second(needed)
     return floor(needed / 1000000) + 1
+end
+
+-- The four numbers of a value "<a> <b> <c> <e>" (the token bucket's and the counter's, whose last
+-- number is the value's own expiry second), or nil for no key or for a value this script did not
+-- write, which the algorithm then reads as no key and overwrites when it charges.
+local function four_numbers(v)
+    local a, b, c, e = match(v or '', '^(%d+) (%d+) (%d+) (%d+)$')
+    if a then
+        return tonumber(a), tonumber(b), tonumber(c), tonumber(e)
+    end
 end
 
 -- Writes a string key that must expire at the end of grid second `sec`, changing its expiry as

@@ -22,27 +22,21 @@
 -- (alg.mget).
 
 local alg = {mget = true}
-local match = string.match
 
 function alg.load(s, key, v)
     local W = s.W
     local index = floor(s.now / W)
     s.key, s.index, s.e, s.cur, s.prev, s.kept = key, index, s.now - index * W, 0, 0, nil
-    if not v then
+    local stored, c, p, e = four_numbers(v)
+    if not stored then
         return
     end
-    local i, c, p, e = match(v, '^(%d+) (%d+) (%d+) (%d+)$')
-    if not i then
-        -- Not a state this script wrote: treated as empty windows, and overwritten when charged.
-        return
-    end
-    s.kept = tonumber(e)
-    local stored = tonumber(i)
+    s.kept = e
     -- A stored window ahead of now (Redis's clock stepped back) is kept, to stay safe.
     if stored >= index then
-        s.cur, s.prev = tonumber(c), tonumber(p)
+        s.cur, s.prev = c, p
     elseif stored == index - 1 then
-        s.prev = tonumber(c)
+        s.prev = c
     end
 end
 

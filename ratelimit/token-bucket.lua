@@ -13,7 +13,6 @@
 -- every key of a batch is read with a single MGET (alg.mget).
 
 local alg = {mget = true}
-local match = string.match
 
 function alg.load(s, key, v)
     local q, W = s.q, s.W
@@ -21,17 +20,11 @@ function alg.load(s, key, v)
     s.key = key
     s.level = full
     s.kept = nil
-    if not v then
+    local level, at, w, e = four_numbers(v)
+    if not level then
         return
     end
-    local l, t, w, e = match(v, '^(%d+) (%d+) (%d+) (%d+)$')
-    if not l then
-        -- Not a state this script wrote: treated as a full bucket, and overwritten when charged.
-        return
-    end
-    local level, at = tonumber(l), tonumber(t)
-    w = tonumber(w)
-    s.kept = tonumber(e)
+    s.kept = e
     -- A changed window keeps the whole tokens; a lowered quota clamps the bucket.
     if w ~= W then
         level = floor(level / w) * W

@@ -766,6 +766,32 @@ Test(ratelimit, async_checks_are_batched_and_exact) {
     cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
 }
 
+/* A value the scripts did not write (another tool's, or an older layout's) under a limiter's
+ * key reads as no key: the check is decided by Redis, as on a fresh key, and the key is
+ * rewritten in the algorithm's own form. */
+Test(ratelimit, a_foreign_value_reads_as_a_new_key) {
+    rl_algorithm strings[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER};
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    for (size_t a = 0; a < 3; a++) {
+        rl_config cfg = config(strings[a], "f;q=5;w=3600", NULL);
+        char key[RL_REDIS_KEY_MAX];
+        cr_assert_gt(rl_config_key(&cfg, 0, "foreign", key, sizeof key), 0);
+        redisReply *r = sd_redis_command(admin, NULL, "SET %s %s", key, "not a state");
+        cr_assert(r && r->type == REDIS_REPLY_STATUS);
+        freeReplyObject(r);
+        rl_sync *l = limiter(&cfg);
+        rl_decision d = check(l, "foreign", 1);
+        cr_assert(d.allowed, "%s", rl_algorithm_name(strings[a]));
+        cr_assert_eq(d.policies[0].remaining, 4, "%s", rl_algorithm_name(strings[a]));
+        r = sd_redis_command(admin, NULL, "GET %s", key);
+        cr_assert(r && r->type == REDIS_REPLY_STRING);
+        cr_assert_str_neq(r->str, "not a state", "%s left it", rl_algorithm_name(strings[a]));
+        freeReplyObject(r);
+        rl_sync_free(l);
+    }
+    sd_redis_free(admin);
+}
+
 /* Several policies, one key checked many times in each batch: every check of a batch sees the
  * charges of the checks before it in that batch (the MGET at the start of the script is stale
  * by then), and the tighter policy caps the total. */
