@@ -65,51 +65,60 @@ if [ -z "${REDIS_URL:-}" ]; then
     done
 fi
 
-# The peer, INSTANCES processes at once; extra arguments go to ratelimit-flexible.js.
-peer() {
-    if [ "$instances" = 1 ]; then
-        $pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration" "$@"
-        return
-    fi
+# Runs "FUNCTION I ARGS..." for I = 0 .. INSTANCES-1 at once, each with its output in
+# $work/FUNCTION.I, and waits for all of them.
+in_parallel() {
+    fn=$1
+    shift
     i=0
     pids=""
     while [ "$i" -lt "$instances" ]; do
-        $pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration" \
-            --in-flight "$per" "$@" >"$work/peer.$i" &
+        "$fn" "$i" "$@" >"$work/$fn.$i" 2>&1 &
         pids="$pids $!"
         i=$((i + 1))
     done
     for p in $pids; do wait "$p"; done
-    grep -hv '^{' "$work"/peer.*
+}
+
+# One load process of each side; the first argument is its number, the rest go to the peer.
+peer_one() {
+    shift
+    $pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration" \
+        --in-flight "$per" "$@"
+}
+ours_one() {
+    # shellcheck disable=SC2086
+    $pin "$bin/bench" run $scenarios --duration "$duration" --redis "$REDIS_URL" \
+        --in-flight "$per" --json "$work/ours.$1.json"
+}
+
+# The peer, INSTANCES processes at once; arguments go to ratelimit-flexible.js.
+peer() {
+    if [ "$instances" = 1 ]; then
+        peer_one 0 "$@"
+        return
+    fi
+    in_parallel peer_one "$@"
+    grep -hv '^{' "$work"/peer_one.*
     node -e '
         const fs = require("fs"), dir = process.argv[1];
-        const rows = fs.readdirSync(dir).filter((f) => f.startsWith("peer."))
+        const rows = fs.readdirSync(dir).filter((f) => f.startsWith("peer_one."))
             .map((f) => JSON.parse(fs.readFileSync(dir + "/" + f, "utf8").split("\n")
                 .find((l) => l.startsWith("{"))));
         const sum = rows.reduce((a, r) => a + r.decisions_per_s, 0);
         console.log(`sum of ${rows.length} processes: ${Math.round(sum)} decisions/s`);
     ' "$work"
-    rm -f "$work"/peer.*
+    rm -f "$work"/peer_one.*
 }
 
 # Ours: bench's closed-loop scenarios, INSTANCES processes at once.
 ours() {
     if [ "$instances" = 1 ]; then
-        # shellcheck disable=SC2086
-        $pin "$bin/bench" run $scenarios --duration "$duration" --redis "$REDIS_URL"
+        ours_one 0
         return
     fi
-    i=0
-    pids=""
-    while [ "$i" -lt "$instances" ]; do
-        # shellcheck disable=SC2086
-        $pin "$bin/bench" run $scenarios --duration "$duration" --redis "$REDIS_URL" \
-            --in-flight "$per" --json "$work/ours.$i.json" >"$work/ours.$i.txt" 2>&1 &
-        pids="$pids $!"
-        i=$((i + 1))
-    done
-    for p in $pids; do wait "$p"; done
-    grep -h "closed " "$work"/ours.*.txt
+    in_parallel ours_one
+    grep -h "closed " "$work"/ours_one.*
     node -e '
         const fs = require("fs"), dir = process.argv[1], sum = {};
         for (const f of fs.readdirSync(dir).filter((f) => f.endsWith(".json")))
