@@ -25,6 +25,7 @@
  * The same load from Node's rate-limiter-flexible is bench/peers/ratelimit-flexible.js; run both
  * against one Redis with bench/peers/compare-ratelimit.sh.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -87,8 +88,27 @@ static void issue_check(void *ctx, void *token, bench_done_fn *done) {
     }
 }
 
-/* Sets up a limiter for algorithm a; batch = 0 sends one call per check, no deny cache. */
-static int setup_library(const bench_env *env, bench_target *target, rl_algorithm a, int batch,
+/* The limiter of every in-process scenario: algorithm a, the bench policy, the library's
+ * defaults otherwise (a 5 ms deadline); batch = 0 sends one call per check, no deny cache. */
+static rl_config bench_config(rl_algorithm a, int batch) {
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = a;
+    snprintf(cfg.prefix, sizeof cfg.prefix, "rlbench:");
+    if (!batch) {
+        cfg.max_batch = 1;
+        cfg.max_calls = 64;
+        cfg.deny_cache_entries = 0;
+    }
+    char err[256];
+    int rc = rl_config_add_policy(&cfg, "bench;q=10;w=1", err, sizeof err);
+    assert(rc == 0);
+    (void)rc;
+    return cfg;
+}
+
+/* Sets up a limiter with cfg on the Redis at url_text, connected. */
+static int setup_library(const bench_env *env, bench_target *target, const rl_config *cfg,
                          const char *url_text) {
     sd_redis_url url;
     char err[256];
@@ -97,23 +117,12 @@ static int setup_library(const bench_env *env, bench_target *target, rl_algorith
         fprintf(stderr, "ratelimit bench: %s\n", err);
         return rc;
     }
-    rl_config cfg;
-    rl_config_default(&cfg);
-    cfg.algorithm = a;
-    snprintf(cfg.prefix, sizeof cfg.prefix, "rlbench:");
-    cfg.deadline_ms = 50;
-    if (!batch) {
-        cfg.max_batch = 1;
-        cfg.max_calls = 64;
-        cfg.deny_cache_entries = 0;
-    }
-    rl_config_add_policy(&cfg, "bench;q=10;w=1", err, sizeof err);
     rl_bench *b = sd_xcalloc(1, sizeof(*b));
     b->rng = 0x9E3779B97F4A7C15ULL;
     for (int i = 0; i < KEYS; i++) {
         snprintf(b->keys[i], sizeof b->keys[i], "user%d", i);
     }
-    rc = rl_limiter_new(env->loop, &url, &cfg, &b->limiter);
+    rc = rl_limiter_new(env->loop, &url, cfg, &b->limiter);
     sd_redis_url_clear(&url);
     if (rc == 0 && rl_limiter_wait_connected(b->limiter, 2000) != 0) {
         fprintf(stderr, "ratelimit bench: Redis at %s did not answer\n", url_text);
@@ -127,6 +136,13 @@ static int setup_library(const bench_env *env, bench_target *target, rl_algorith
     target->ctx = b;
     target->issue = issue_check;
     return 0;
+}
+
+/* A throughput scenario: the 50 ms deadline explained at the top of this file. */
+static int setup_throughput(const bench_env *env, bench_target *t, rl_algorithm a, int batch) {
+    rl_config cfg = bench_config(a, batch);
+    cfg.deadline_ms = 50;
+    return setup_library(env, t, &cfg, env->redis_url);
 }
 
 static void teardown_library(const bench_env *env, bench_target *target) {
@@ -154,53 +170,42 @@ static void teardown_library(const bench_env *env, bench_target *target) {
 }
 
 static int setup_tb(const bench_env *env, bench_target *t) {
-    return setup_library(env, t, RL_TOKEN_BUCKET, 1, env->redis_url);
+    return setup_throughput(env, t, RL_TOKEN_BUCKET, 1);
 }
 static int setup_gcra(const bench_env *env, bench_target *t) {
-    return setup_library(env, t, RL_GCRA, 1, env->redis_url);
+    return setup_throughput(env, t, RL_GCRA, 1);
 }
 static int setup_swl(const bench_env *env, bench_target *t) {
-    return setup_library(env, t, RL_SLIDING_WINDOW_LOG, 1, env->redis_url);
+    return setup_throughput(env, t, RL_SLIDING_WINDOW_LOG, 1);
 }
 static int setup_swc(const bench_env *env, bench_target *t) {
-    return setup_library(env, t, RL_SLIDING_WINDOW_COUNTER, 1, env->redis_url);
+    return setup_throughput(env, t, RL_SLIDING_WINDOW_COUNTER, 1);
 }
 static int setup_unbatched(const bench_env *env, bench_target *t) {
-    return setup_library(env, t, RL_GCRA, 0, env->redis_url);
+    return setup_throughput(env, t, RL_GCRA, 0);
 }
 
-/* A private Redis, frozen once the limiter is connected: every call would wait forever. */
+/* A private Redis, frozen once the limiter is connected: every call would wait forever. The
+ * limiter has the gateway's own deadline (5 ms), which this scenario is about. */
 static int setup_frozen(const bench_env *env, bench_target *t) {
     sd_redis_server *s = NULL;
     int rc = sd_redis_server_start(NULL, &s);
     if (rc < 0) {
         return rc;
     }
-    rc = setup_library(env, t, RL_GCRA, 1, sd_redis_server_url(s));
-    if (rc < 0) {
-        sd_redis_server_stop(s);
+    rl_config cfg = bench_config(RL_GCRA, 1);
+    rc = setup_library(env, t, &cfg, sd_redis_server_url(s));
+    if (rc == 0) {
+        rl_bench *b = t->ctx;
+        b->frozen = s;
+        b->fallback_ok = 1;
+        rc = sd_redis_server_signal(s, SIGSTOP);
+        if (rc < 0) {
+            teardown_library(env, t); /* stops the server too */
+        }
         return rc;
     }
-    rl_bench *b = t->ctx;
-    b->frozen = s;
-    b->fallback_ok = 1;
-    /* The gateway's own deadline, which this scenario is about. */
-    rl_limiter_free(b->limiter);
-    sd_redis_url url;
-    char err[160];
-    sd_redis_url_parse(sd_redis_server_url(s), &url, err, sizeof err);
-    rl_config cfg;
-    rl_config_default(&cfg);
-    cfg.algorithm = RL_GCRA;
-    rl_config_add_policy(&cfg, "bench;q=10;w=1", err, sizeof err);
-    rc = rl_limiter_new(env->loop, &url, &cfg, &b->limiter);
-    sd_redis_url_clear(&url);
-    if (rc == 0) {
-        rc = rl_limiter_wait_connected(b->limiter, 2000);
-    }
-    if (rc == 0) {
-        rc = sd_redis_server_signal(s, SIGSTOP);
-    }
+    sd_redis_server_stop(s);
     return rc;
 }
 
