@@ -292,10 +292,8 @@ static void on_state(sd_aredis *r, int connected, void *privdata) {
 
 int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cfg,
                    rl_limiter **out) {
-    char err[256];
-    int rc = rl_config_validate(cfg, err, sizeof(err));
+    int rc = rl_config_check(cfg);
     if (rc < 0) {
-        sd_log(SD_LOG_ERROR, "ratelimit.config", "error=\"%s\"", err);
         return rc;
     }
     rl_limiter *l = sd_xcalloc(1, sizeof(*l));

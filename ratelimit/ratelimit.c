@@ -69,18 +69,27 @@ static const char *const algorithm_names[] = {"token-bucket", "gcra", "sliding-w
 /* The short form that ends each Redis key, so two algorithms never read each other's state. */
 static const char *const algorithm_tags[] = {"tb", "gcra", "swl", "swc"};
 
+/* The index of text in names[0..n), or -1. */
+static int name_index(const char *const *names, int n, const char *text) {
+    for (int i = 0; i < n; i++) {
+        if (strcmp(text, names[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
 const char *rl_algorithm_name(rl_algorithm a) {
     return (unsigned)a < 4 ? algorithm_names[a] : "?";
 }
 
 int rl_algorithm_parse(const char *text, rl_algorithm *out) {
-    for (int i = 0; i < 4; i++) {
-        if (strcmp(text, algorithm_names[i]) == 0) {
-            *out = (rl_algorithm)i;
-            return 0;
-        }
+    int i = name_index(algorithm_names, 4, text);
+    if (i < 0) {
+        return RL_EARG;
     }
-    return RL_EARG;
+    *out = (rl_algorithm)i;
+    return 0;
 }
 
 static const char *const fail_mode_names[] = {"open", "closed", "local"};
@@ -90,13 +99,12 @@ const char *rl_fail_mode_name(rl_fail_mode m) {
 }
 
 int rl_fail_mode_parse(const char *text, rl_fail_mode *out) {
-    for (int i = 0; i < 3; i++) {
-        if (strcmp(text, fail_mode_names[i]) == 0) {
-            *out = (rl_fail_mode)i;
-            return 0;
-        }
+    int i = name_index(fail_mode_names, 3, text);
+    if (i < 0) {
+        return RL_EARG;
     }
-    return RL_EARG;
+    *out = (rl_fail_mode)i;
+    return 0;
 }
 
 const char *rl_source_name(rl_source s) {
@@ -725,11 +733,18 @@ struct rl_sync {
     rl_guard guard;
 };
 
-int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
+int rl_config_check(const rl_config *cfg) {
     char err[256];
     int rc = rl_config_validate(cfg, err, sizeof(err));
     if (rc < 0) {
         sd_log(SD_LOG_ERROR, "ratelimit.config", "error=\"%s\"", err);
+    }
+    return rc;
+}
+
+int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
+    int rc = rl_config_check(cfg);
+    if (rc < 0) {
         return rc;
     }
     rl_sync *l = sd_xcalloc(1, sizeof(*l));

@@ -13,6 +13,9 @@
 /* The script of an algorithm (rl-common.lua + the algorithm's file), SHA1 computed. */
 sd_script *rl_script(rl_algorithm a);
 
+/* rl_config_validate for the limiters' constructors, which log the reason: 0 or RL_E*. */
+int rl_config_check(const rl_config *cfg);
+
 /* Validates a check's key and cost: 0 or RL_EARG. */
 int rl_check_args(const char *key, long long cost);
 
