@@ -45,6 +45,21 @@ static void flush_scripts(void) {
     sd_redis_free(admin);
 }
 
+/* Sends cmd (a command line without arguments to format) every 10 ms until the connection,
+ * reconnecting on its own, answers it (2 s at most). Returns the reply, or NULL with *err the last
+ * error. */
+static redisReply *command_until_answered(sd_redis *r, const char *cmd, int *err) {
+    redisReply *reply = NULL;
+    for (int i = 0; i < 200 && reply == NULL; i++) {
+        reply = sd_redis_command(r, err, cmd);
+        if (!reply) {
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return reply;
+}
+
 Test(redis, sync_script_survives_script_flush) {
     sd_redis *r = test_redis_connect(sd_redis_server_url(server));
     const char *argv[] = {"k", "2"};
@@ -128,14 +143,7 @@ Test(redis, sync_fails_fast_while_down_and_reconnects_after_restart) {
     cr_assert_eq(err, SD_EDISCONNECTED);
 
     cr_assert_eq(sd_redis_server_restart(server), 0);
-    redisReply *reply = NULL;
-    for (int i = 0; i < 200 && reply == NULL; i++) {
-        reply = sd_redis_command(r, &err, "INCR a");
-        if (!reply) {
-            struct timespec ts = {0, 10000000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    redisReply *reply = command_until_answered(r, "INCR a", &err);
     cr_assert_not_null(reply, "never reconnected: %s", sd_strerror(err));
     cr_assert_eq(reply->integer, 1, "a fresh server has no data");
     freeReplyObject(reply);
@@ -501,14 +509,7 @@ Test(redis, sync_handle_created_while_redis_is_down_connects_later) {
     cr_assert_eq(err, SD_EDISCONNECTED);
 
     cr_assert_eq(sd_redis_server_restart(server), 0);
-    redisReply *reply = NULL;
-    for (int i = 0; i < 200 && reply == NULL; i++) {
-        reply = sd_redis_command(r, &err, "INCR later");
-        if (!reply) {
-            struct timespec ts = {0, 10000000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    redisReply *reply = command_until_answered(r, "INCR later", &err);
     cr_assert_not_null(reply, "never connected: %s", sd_strerror(err));
     cr_assert_eq(reply->integer, 1);
     freeReplyObject(reply);
