@@ -406,26 +406,27 @@ Test(http_app, answer_after_client_reset_is_dropped) {
 
 /* ---- Limits and bad input -------------------------------------------------------------------- */
 
-Test(http, oversized_header_gets_431) {
-    char req[4096];
-    int n = snprintf(req, sizeof req, "GET /hello HTTP/1.1\r\nX-Big: %02000d\r\n\r\n", 0);
+/* Sends req on a new connection: the answer is status with a problem+json body, and the server
+ * closes the connection. */
+static void expect_refused_and_closed(const char *req, int status) {
     int fd = test_tcp_connect(port);
-    test_write_all(fd, req, (size_t)n);
-    cr_assert_eq(test_http_read_response(fd, buf, sizeof buf, &body), 431);
-    expect_problem(buf, body, 431);
+    test_write_all(fd, req, strlen(req));
+    cr_assert_eq(test_http_read_response(fd, buf, sizeof buf, &body), status);
+    expect_problem(buf, body, status);
     cr_assert(closed_by_server(fd));
     close(fd);
 }
 
+Test(http, oversized_header_gets_431) {
+    char req[4096];
+    snprintf(req, sizeof req, "GET /hello HTTP/1.1\r\nX-Big: %02000d\r\n\r\n", 0);
+    expect_refused_and_closed(req, 431);
+}
+
 Test(http, oversized_target_gets_414) {
     char req[4096];
-    int n = snprintf(req, sizeof req, "GET /hello?q=%02000d HTTP/1.1\r\n\r\n", 0);
-    int fd = test_tcp_connect(port);
-    test_write_all(fd, req, (size_t)n);
-    cr_assert_eq(test_http_read_response(fd, buf, sizeof buf, &body), 414);
-    expect_problem(buf, body, 414);
-    cr_assert(closed_by_server(fd));
-    close(fd);
+    snprintf(req, sizeof req, "GET /hello?q=%02000d HTTP/1.1\r\n\r\n", 0);
+    expect_refused_and_closed(req, 414);
 }
 
 /* http_parser counts the header as it reads it but hands over the target only at its end or at
@@ -465,12 +466,7 @@ Test(http, chunked_body_gets_411) {
 }
 
 Test(http, malformed_request_line_gets_400_problem_and_close) {
-    int fd = test_tcp_connect(port);
-    send_text(fd, "HELLO THERE\r\n\r\n");
-    cr_assert_eq(test_http_read_response(fd, buf, sizeof buf, &body), 400);
-    expect_problem(buf, body, 400);
-    cr_assert(closed_by_server(fd));
-    close(fd);
+    expect_refused_and_closed("HELLO THERE\r\n\r\n", 400);
 }
 
 Test(http, unknown_path_gets_404_and_wrong_method_405) {
