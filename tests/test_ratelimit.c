@@ -279,16 +279,21 @@ Test(ratelimit, denied_checks_consume_nothing) {
  * sliding windows once computed a positive wait for 0 units there (10 log entries under q = 5)
  * and denied the look, with a retry-after of the whole window.
  */
+/* Spends `spent` of key "k" under the policy `high`, then returns a limiter of the same
+ * algorithm under the lowered policy `low`, without a deny cache. */
+static rl_sync *lowered(rl_algorithm a, const char *high, long long spent, const char *low) {
+    rl_config before = config(a, high, NULL);
+    rl_sync *l = limiter(&before);
+    cr_assert(check(l, "k", spent).allowed);
+    rl_sync_free(l);
+    rl_config after = config(a, low, NULL);
+    after.deny_cache_entries = 0;
+    return limiter(&after);
+}
+
 Test(ratelimit, a_peek_is_allowed_after_the_quota_is_lowered) {
     for (size_t a = 0; a < 4; a++) {
-        rl_config high = config(algorithms[a], "p;q=10;w=3600", NULL);
-        rl_sync *l = limiter(&high);
-        cr_assert(check(l, "k", 10).allowed);
-        rl_sync_free(l);
-
-        rl_config low = config(algorithms[a], "p;q=5;w=3600", NULL);
-        low.deny_cache_entries = 0;
-        l = limiter(&low);
+        rl_sync *l = lowered(algorithms[a], "p;q=10;w=3600", 10, "p;q=5;w=3600");
         rl_decision d = check(l, "k", 0);
         cr_assert(d.allowed, "%s denied a peek (retry %lld ms)", rl_algorithm_name(algorithms[a]),
                   d.retry_after_ms);
@@ -432,14 +437,7 @@ Test(ratelimit, gcra_decides_like_the_token_bucket) {
 
 Test(ratelimit, lowering_a_policy_clamps_existing_state) {
     for (size_t a = 0; a < 4; a++) {
-        rl_config high = config(algorithms[a], "p;q=100;w=3600", NULL);
-        rl_sync *l = limiter(&high);
-        cr_assert(check(l, "k", 20).allowed);
-        rl_sync_free(l);
-
-        rl_config low = config(algorithms[a], "p;q=10;w=3600", NULL);
-        low.deny_cache_entries = 0;
-        l = limiter(&low);
+        rl_sync *l = lowered(algorithms[a], "p;q=100;w=3600", 20, "p;q=10;w=3600");
         rl_decision d = check(l, "k", 0);
         cr_assert_leq(d.policies[0].remaining, 10, "%s", rl_algorithm_name(algorithms[a]));
         int allowed = 0;
