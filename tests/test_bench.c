@@ -224,6 +224,21 @@ static void held_release_cb(uv_timer_t *timer) {
         h->done[i](h->tokens[i], BENCH_OK);
 }
 
+/* A target that holds every operation until its timer, every millisecond, completes them all. */
+static bench_target held_start(uv_loop_t *loop, held_target *h) {
+    uv_timer_init(loop, &h->timer);
+    h->timer.data = h;
+    uv_timer_start(&h->timer, held_release_cb, 1, 1);
+    return (bench_target){h, held_issue};
+}
+
+/* Closes the timer and the loop. */
+static void held_stop(uv_loop_t *loop, held_target *h) {
+    uv_close((uv_handle_t *)&h->timer, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+}
+
 /* ---- The load generator -------------------------------------------------------------------- */
 
 Test(load, bad_options_are_refused, .timeout = 30) {
@@ -301,10 +316,7 @@ Test(load, closed_loop_keeps_exactly_in_flight_operations) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     held_target h = {0};
-    uv_timer_init(&loop, &h.timer);
-    h.timer.data = &h;
-    uv_timer_start(&h.timer, held_release_cb, 1, 1);
-    bench_target t = {&h, held_issue};
+    bench_target t = held_start(&loop, &h);
     bench_result r;
     bench_load_opts o = {.rate = 0, .in_flight = 8, .duration_s = 0.2};
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
@@ -312,9 +324,7 @@ Test(load, closed_loop_keeps_exactly_in_flight_operations) {
     cr_expect_eq(h.n, 0, "the run waited for every operation");
     cr_expect_eq(r.target_rate, 0);
     bench_result_clear(&r);
-    uv_close((uv_handle_t *)&h.timer, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    held_stop(&loop, &h);
 }
 
 Test(load, capped_open_loop_that_falls_behind_says_so) {
@@ -322,10 +332,7 @@ Test(load, capped_open_loop_that_falls_behind_says_so) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     held_target h = {0};
-    uv_timer_init(&loop, &h.timer);
-    h.timer.data = &h;
-    uv_timer_start(&h.timer, held_release_cb, 1, 1);
-    bench_target t = {&h, held_issue};
+    bench_target t = held_start(&loop, &h);
     bench_result r;
     bench_load_opts o = {.rate = 20000, .in_flight = 8, .duration_s = 0.3};
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
@@ -335,9 +342,7 @@ Test(load, capped_open_loop_that_falls_behind_says_so) {
     for (double p = 0; p <= 100; p += 10)
         cr_expect_leq(hdr_percentile(r.uncorrected, p), hdr_percentile(r.latency, p));
     bench_result_clear(&r);
-    uv_close((uv_handle_t *)&h.timer, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    held_stop(&loop, &h);
 }
 
 /* ---- The HTTP target against a real server ------------------------------------------------- */
