@@ -38,6 +38,10 @@
 --                     when every policy allows)
 -- and may provide a fifth, when it can compute the pair more cheaply than the default does:
 --   report(s)         remaining (at most q) and reset_ms, the reply's two values for the policy
+-- and, for a single policy (P = 1), a sixth when it has a faster way for some policies:
+--   single(s, first, last, out, decide)   decides the whole call and returns true, or returns
+--                     false (before doing anything) to leave it to the general way; decide is
+--                     the general way's decision of one check, for the checks it does not handle
 --
 -- Speed matters here: Redis runs one script at a time, so its cost per check caps the whole
 -- system, and at a few microseconds per check the Lua interpreter's own work (function calls,
@@ -58,7 +62,23 @@ local written = {}
 -- the second in which `needed` falls. expiry_second(needed) is that instant in whole seconds
 -- since the epoch (the grid second).
 local function expiry_second(needed)
-    return floor(needed / 1000000) + 1
+    -- floor(needed / 1e6) + 1, with `%` rather than a call to math.floor: this runs once or
+    -- twice per check, and a call to a C function costs the interpreter more than the arithmetic.
+    return (needed - needed % 1000000) / 1000000 + 1
+end
+
+-- The PXAT argument (milliseconds) for grid second `sec`, as text. A Lua number handed to
+-- redis.call is turned into text by Redis with a "%.17g" printf, which costs about as much as
+-- the SET it belongs to; the keys of one call share one or two grid seconds, so each is
+-- formatted once per call.
+local pxat_texts = {}
+local function pxat_text(sec)
+    local t = pxat_texts[sec]
+    if not t then
+        t = format('%d', sec * 1000)
+        pxat_texts[sec] = t
+    end
+    return t
 end
 
 -- The four numbers of a value "<a> <b> <c> <e>" (the token bucket's and the counter's, whose last
@@ -86,7 +106,7 @@ local function store(key, value, kept, sec)
     if sec == kept then
         call('SET', key, value, 'KEEPTTL')
     else
-        call('SET', key, value, 'PXAT', sec * 1000)
+        call('SET', key, value, 'PXAT', pxat_text(sec))
     end
 end
 
@@ -162,20 +182,14 @@ local function values_of(alg)
     return values
 end
 
--- rl_run for P = 1: decides the checks whose costs are ARGV[first..last] against the one policy
--- s (the check with cost ARGV[i] has key KEYS[i - first + 1]) and returns out, the reply, filled
--- with 4 integers per check.
-local function rl_run_single(alg, s, first, last, out)
+-- The decision of one check against the one policy s (P = 1): reads the key's value v into s,
+-- charges the cost when it is allowed, and writes the check's 4 integers at out[n + 1 .. n + 4].
+local function single_decider(alg)
     local load, wait, charge, report = alg.load, alg.wait, alg.charge, report_of(alg)
-    local q, n = s.q, 0
-    local values = values_of(alg)
-    for i = first, last do
-        local cost = tonumber(ARGV[i])
-        local k = i - first + 1
-        local key = KEYS[k]
-        load(s, key, written[key] or values[k])
+    return function(s, key, v, cost, out, n)
+        load(s, key, v)
         local allowed, retry = 1, 0
-        if cost > q then
+        if cost > s.q then
             allowed, retry = 0, -1
         elseif cost > 0 then
             local w = wait(s, cost)
@@ -190,6 +204,24 @@ local function rl_run_single(alg, s, first, last, out)
         out[n + 2] = retry
         out[n + 3] = r
         out[n + 4] = reset
+    end
+end
+
+-- rl_run for P = 1: decides the checks whose costs are ARGV[first..last] against the one policy
+-- s (the check with cost ARGV[i] has key KEYS[i - first + 1]) and returns out, the reply, filled
+-- with 4 integers per check. An algorithm with a faster way for some policies (alg.single) is
+-- given the call first, with the decider above for the checks it leaves to the general way.
+local function rl_run_single(alg, s, first, last, out)
+    local decide = single_decider(alg)
+    if alg.single and alg.single(s, first, last, out, decide) then
+        return out
+    end
+    local values = values_of(alg)
+    local n = 0
+    for i = first, last do
+        local k = i - first + 1
+        local key = KEYS[k]
+        decide(s, key, written[key] or values[k], tonumber(ARGV[i]), out, n)
         n = n + 4
     end
     return out

@@ -790,6 +790,66 @@ Test(ratelimit, a_foreign_value_reads_as_a_new_key) {
     sd_redis_free(admin);
 }
 
+/* A key of another type under a limiter's key (a hash here) is overwritten like a foreign
+ * string: MGET reads it as no key, and GCRA's fast path, whose INCRBY and GET fail on it, must
+ * hand it to the general way rather than fail the whole script. */
+Test(ratelimit, a_key_of_another_type_is_overwritten) {
+    rl_algorithm strings[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER};
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    for (size_t a = 0; a < 3; a++) {
+        rl_config cfg = config(strings[a], "t;q=5;w=3600", NULL);
+        char key[RL_REDIS_KEY_MAX];
+        cr_assert_gt(rl_config_key(&cfg, 0, "typed", key, sizeof key), 0);
+        cr_assert_eq(test_redis_int(admin, "HSET %s field value", key), 1);
+        rl_sync *l = limiter(&cfg);
+        rl_decision d = check(l, "typed", 1);
+        cr_assert(d.allowed, "%s", rl_algorithm_name(strings[a]));
+        cr_assert_eq(d.policies[0].remaining, 4, "%s", rl_algorithm_name(strings[a]));
+        redisReply *r = sd_redis_command(admin, NULL, "TYPE %s", key);
+        cr_assert(r && r->type == REDIS_REPLY_STATUS);
+        cr_assert_str_eq(r->str, "string", "%s", rl_algorithm_name(strings[a]));
+        freeReplyObject(r);
+        rl_sync_free(l);
+    }
+    sd_redis_free(admin);
+}
+
+/* GCRA keeps a TAT with a remainder when the emission interval is not a whole number of
+ * microseconds (3 spent of 7 per 3 s). Read under a policy whose interval is whole (3 per 3 s),
+ * where the fast path's INCRBY cannot take it, the value must still count: 3 units of 3/7 s are
+ * more than one unit of 1 s spent, so one more check empties the bucket. Read as a new key, it
+ * would leave 2. */
+Test(ratelimit, gcra_reads_a_remainder_left_by_another_policy) {
+    rl_sync *l = lowered(RL_GCRA, "r;q=7;w=3", 3, "r;q=3;w=3");
+    rl_decision d = check(l, "k", 1);
+    cr_assert(d.allowed);
+    cr_assert_eq(d.policies[0].remaining, 0);
+    cr_assert_not(check(l, "k", 1).allowed);
+    rl_sync_free(l);
+}
+
+/* A shorter window clamps what was spent under the longer one: the whole quota spent under 10 per
+ * hour is, under 10 per minute, at most a minute's worth, and the next unit comes within a
+ * minute. (GCRA's TAT then lies beyond the new window, which its fast path leaves to the general
+ * way: pushed from there it would give a retry of most of an hour.) The sliding-window counter
+ * numbers its windows by their length, so it starts afresh instead (README, "policy changes"). */
+Test(ratelimit, shortening_the_window_clamps_existing_state) {
+    for (size_t a = 0; a < 4; a++) {
+        rl_sync *l = lowered(algorithms[a], "p;q=10;w=3600", 10, "p;q=10;w=60");
+        rl_decision d = check(l, "k", 1);
+        if (algorithms[a] == RL_SLIDING_WINDOW_COUNTER) {
+            cr_assert(d.allowed);
+            rl_sync_free(l);
+            continue;
+        }
+        cr_assert_not(d.allowed, "%s", rl_algorithm_name(algorithms[a]));
+        cr_assert_gt(d.retry_after_ms, 0);
+        cr_assert_leq(d.retry_after_ms, 60000, "%s: retry %lld ms under a 60 s window",
+                      rl_algorithm_name(algorithms[a]), d.retry_after_ms);
+        rl_sync_free(l);
+    }
+}
+
 /* Several policies, one key checked many times in each batch: every check of a batch sees the
  * charges of the checks before it in that batch (the MGET at the start of the script is stale
  * by then), and the tighter policy caps the total. */
