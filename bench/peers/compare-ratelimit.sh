@@ -1,23 +1,39 @@
 #!/bin/sh
 # compare-ratelimit.sh - ratelimit/ and Node's rate-limiter-flexible side by side, one run, one
 # Redis: the same load (50 checks in flight, 10,000 random keys, q=10 per 1 s) from bench's
-# closed-loop scenarios and from ratelimit-flexible.js, one after the other.
+# closed-loop scenarios and from ratelimit-flexible.js.
 #
 #   bench/peers/compare-ratelimit.sh            a private redis-server, stopped at the end
 #   REDIS_URL=redis://host:port bench/peers/compare-ratelimit.sh
 #
-# BIN names the directory holding `bench` (default build/bin); DURATION the measured seconds.
+# First the headline: ROUNDS (default 5) runs of ours (GCRA) alternating with runs of the peer,
+# the peer first and last, so that every run of ours sits between two of the peer's. The speed of
+# a shared machine drifts within minutes; each run of ours is compared with the mean of the two
+# around it, and the summary gives every round's ratio and p99s, and their median. Then the rest:
+# each of our algorithms once, and the peer with its deny cache.
+#
+# BIN names the directory holding `bench` (default build/bin); DURATION the measured seconds of
+# each run (default 4).
 # PIN=1 runs everything (the private redis-server, node, bench) on CPU 0 with taskset: a
 # diagnostic that takes the cost of waking a process on the other CPU out of every round trip
 # (ratelimit/README.md, "Numbers"); not the default, and both sides get the same treatment.
 # INSTANCES=N runs N load processes at once on each side, each with 50/N checks in flight (50 in
-# all), as N gateway instances sharing one Redis would; each prints its own figures, then their
-# sum. The processes start together and measure the same DURATION, give or take their start-up.
+# all), as N gateway instances sharing one Redis would; a run's figures are their sum (rates) and
+# their worst (p99). The processes start together and measure the same DURATION, give or take
+# their start-up.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${BIN:-$root/build/bin}
 duration=${DURATION:-4}
+rounds=${ROUNDS:-5}
+case "$rounds" in
+'' | *[!0-9]*) rounds=0 ;;
+esac
+if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 50 ]; then
+    echo "compare-ratelimit: ROUNDS must be a whole number from 1 to 50" >&2
+    exit 2
+fi
 pin=""
 if [ "${PIN:-0}" = 1 ]; then
     if [ -n "${REDIS_URL:-}" ]; then
@@ -35,8 +51,6 @@ if [ "$instances" -lt 1 ] || [ "$instances" -gt 50 ]; then
     exit 2
 fi
 per=$((50 / instances))
-scenarios="ratelimit.token-bucket.closed ratelimit.gcra.closed ratelimit.sliding-window-log.closed
-ratelimit.sliding-window-counter.closed ratelimit.gcra.unbatched"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
 
@@ -80,63 +94,128 @@ in_parallel() {
     for p in $pids; do wait "$p"; done
 }
 
-# One load process of each side; the first argument is its number, the rest go to the peer.
+# One load process of each side, writing to $work/NAME.I.out (the peer: its line and a JSON line)
+# and $work/NAME.I.json (bench). The first argument is the process number, the second the run's
+# NAME; the rest go to the peer, or are bench's scenarios.
 peer_one() {
-    shift
+    i=$1 name=$2
+    shift 2
     $pin node "$here/ratelimit-flexible.js" --redis "$REDIS_URL" --duration "$duration" \
-        --in-flight "$per" "$@"
+        --in-flight "$per" "$@" >"$work/$name.$i.out"
 }
 ours_one() {
-    # shellcheck disable=SC2086
-    $pin "$bin/bench" run $scenarios --duration "$duration" --redis "$REDIS_URL" \
-        --in-flight "$per" --json "$work/ours.$1.json"
+    i=$1 name=$2
+    shift 2
+    $pin "$bin/bench" run "$@" --duration "$duration" --redis "$REDIS_URL" --in-flight "$per" \
+        --json "$work/$name.$i.json" >"$work/$name.$i.out" 2>&1
 }
 
-# The peer, INSTANCES processes at once; arguments go to ratelimit-flexible.js.
-peer() {
-    if [ "$instances" = 1 ]; then
-        peer_one 0 "$@"
-        return
-    fi
-    in_parallel peer_one "$@"
-    grep -hv '^{' "$work"/peer_one.*
+# Runs "FUNCTION I NAME ARGS..." for I = 0 .. INSTANCES-1 at once and waits for all of them.
+in_parallel() {
+    fn=$1
+    shift
+    i=0
+    pids=""
+    while [ "$i" -lt "$instances" ]; do
+        "$fn" "$i" "$@" &
+        pids="$pids $!"
+        i=$((i + 1))
+    done
+    for p in $pids; do wait "$p"; done
+}
+
+# Prints one run: the peer's own lines, or bench's table rows.
+show() {
+    name=$1
+    case "$name" in
+    peer*) grep -hv '^{' "$work/$name".*.out ;;
+    *) grep -h "^ratelimit\." "$work/$name".*.out ;;
+    esac
+    [ "$instances" -gt 1 ] || return 0
     node -e '
-        const fs = require("fs"), dir = process.argv[1];
-        const rows = fs.readdirSync(dir).filter((f) => f.startsWith("peer_one."))
-            .map((f) => JSON.parse(fs.readFileSync(dir + "/" + f, "utf8").split("\n")
-                .find((l) => l.startsWith("{"))));
-        const sum = rows.reduce((a, r) => a + r.decisions_per_s, 0);
-        console.log(`sum of ${rows.length} processes: ${Math.round(sum)} decisions/s`);
-    ' "$work"
-    rm -f "$work"/peer_one.*
+        const fs = require("fs"), [dir, name] = process.argv.slice(1), sum = {};
+        for (const f of fs.readdirSync(dir).filter((f) => f.startsWith(name + ".")))
+            if (f.endsWith(".json"))
+                for (const s of JSON.parse(fs.readFileSync(dir + "/" + f, "utf8")).scenarios)
+                    sum[s.name] = (sum[s.name] || 0) + s.achieved_rate;
+            else
+                for (const l of fs.readFileSync(dir + "/" + f, "utf8").split("\n"))
+                    if (l.startsWith("{")) sum.peer = (sum.peer || 0) + JSON.parse(l).decisions_per_s;
+        for (const [what, rate] of Object.entries(sum))
+            console.log(`sum of the processes: ${what} ${Math.round(rate)}/s`);
+    ' "$work" "$name"
 }
 
-# Ours: bench's closed-loop scenarios, INSTANCES processes at once.
-ours() {
-    if [ "$instances" = 1 ]; then
-        ours_one 0
-        return
-    fi
-    in_parallel ours_one
-    grep -h "closed " "$work"/ours_one.*
+# The summary, from the runs' files: every run's rate (summed over the processes) and p99 (the
+# worst process), then, for the headline, each round's ratio to the mean of the peer's runs
+# around it.
+summary() {
     node -e '
-        const fs = require("fs"), dir = process.argv[1], sum = {};
-        for (const f of fs.readdirSync(dir).filter((f) => f.endsWith(".json")))
-            for (const s of JSON.parse(fs.readFileSync(dir + "/" + f, "utf8")).scenarios)
-                sum[s.name] = (sum[s.name] || 0) + s.achieved_rate;
-        for (const [name, rate] of Object.entries(sum))
-            console.log(`sum of ${process.argv[2]} processes: ${name} ${Math.round(rate)}/s`);
-    ' "$work" "$instances"
+        const fs = require("fs"), [dir, rounds] = [process.argv[1], Number(process.argv[2])];
+        const files = (name) => fs.readdirSync(dir).filter((f) => f.startsWith(name + "."));
+        function peer(name) {
+            const rows = files(name).filter((f) => f.endsWith(".out")).map((f) => JSON.parse(
+                fs.readFileSync(dir + "/" + f, "utf8").split("\n").find((l) => l.startsWith("{"))));
+            return {rate: rows.reduce((a, r) => a + r.decisions_per_s, 0),
+                    p99: Math.max(...rows.map((r) => r.p99_us))};
+        }
+        function ours(name, scenario) {
+            const rows = files(name).filter((f) => f.endsWith(".json")).map((f) => JSON.parse(
+                fs.readFileSync(dir + "/" + f, "utf8")).scenarios.find((s) => s.name === scenario));
+            return {rate: rows.reduce((a, r) => a + r.achieved_rate, 0),
+                    p99: Math.max(...rows.map((r) => r.p99_us))};
+        }
+        const ms = (us) => (us / 1000).toFixed(2) + " ms";
+        const k = (r) => Math.round(r).toLocaleString("en-US");
+        const ratios = [];
+        let both = 0;
+        console.log("round  peer before        ours (gcra)        peer after         ratio  lower p99");
+        for (let r = 1; r <= rounds; r++) {
+            const a = peer("peer" + (r - 1)), o = ours("ours" + r, "ratelimit.gcra.closed"),
+                  b = peer("peer" + r);
+            const ratio = o.rate / ((a.rate + b.rate) / 2), lower = o.p99 < Math.min(a.p99, b.p99);
+            ratios.push(ratio);
+            both += ratio >= 2 && lower;
+            console.log(`${String(r).padStart(5)}  ${(k(a.rate) + " " + ms(a.p99)).padEnd(17)}  ` +
+                `${(k(o.rate) + " " + ms(o.p99)).padEnd(17)}  ${(k(b.rate) + " " + ms(b.p99)).padEnd(17)}` +
+                `  ${ratio.toFixed(2).padStart(4)}x  ${lower ? "yes" : "no"}`);
+        }
+        ratios.sort((x, y) => x - y);
+        const mid = ratios.length >> 1;
+        const median = ratios.length % 2 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2;
+        console.log(`median ratio ${median.toFixed(2)}x (range ${ratios[0].toFixed(2)}x-` +
+            `${ratios[ratios.length - 1].toFixed(2)}x); ${both} of ${rounds} rounds at 2x or more ` +
+            `with a lower p99 than both runs of the peer around them`);
+    ' "$work" "$rounds"
 }
 
-# The peer runs before and after ours, so that a change in the machine's load during the run
-# shows up as a difference between its two results rather than as a bias.
-echo "== rate-limiter-flexible (RateLimiterRedis over ioredis) on $REDIS_URL, $instances process(es)"
-peer
+run() {
+    kind=$1 name=$2
+    shift 2
+    if [ "$instances" = 1 ]; then
+        "${kind}_one" 0 "$name" "$@"
+    else
+        in_parallel "${kind}_one" "$name" "$@"
+    fi
+    show "$name"
+}
+
+echo "== rate-limiter-flexible (RateLimiterRedis over ioredis) and ratelimit/ GCRA, alternating,"
+echo "   on $REDIS_URL: closed loop, 50 in flight in all ($instances process(es) a side),"
+echo "   10,000 keys, q=10 w=1, $duration s a run"
+run peer peer0
+r=1
+while [ "$r" -le "$rounds" ]; do
+    run ours "ours$r" ratelimit.gcra.closed
+    run peer "peer$r"
+    r=$((r + 1))
+done
 echo
-echo "== ratelimit/ (bench, closed loop, 50 in flight in all, 10,000 keys, q=10 w=1), same Redis"
-ours
+summary
 echo
-echo "== rate-limiter-flexible again, then with inMemoryBlockOnConsumed (its deny cache)"
-peer
-peer --block-in-memory
+echo "== the other algorithms of ratelimit/, and GCRA unbatched (one call per check), same Redis"
+run ours others ratelimit.token-bucket.closed ratelimit.sliding-window-log.closed \
+    ratelimit.sliding-window-counter.closed ratelimit.gcra.unbatched
+echo
+echo "== rate-limiter-flexible with inMemoryBlockOnConsumed (its deny cache)"
+run peer peer_block --block-in-memory
