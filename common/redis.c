@@ -31,6 +31,7 @@
 #include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -484,7 +485,18 @@ static sd_redis *redis_alloc(const sd_redis_url *url, const sd_redis_opts *opts)
     return r;
 }
 
+/* hiredis writes with write(2), and a write to a connection Redis has closed raises SIGPIPE,
+ * whose default is to kill the process. Every connection therefore sets SIGPIPE to ignored (the
+ * write then fails with EPIPE and the connection is lost like any other), unless the program
+ * has chosen a disposition of its own. This affects the whole process. */
+static void ignore_sigpipe(void) {
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+}
+
 int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out) {
+    ignore_sigpipe();
     sd_redis *r = redis_alloc(url, opts);
     int rc = connect_now(r);
     if (rc != 0) {
@@ -496,6 +508,7 @@ int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redi
 }
 
 sd_redis *sd_redis_new(const sd_redis_url *url, const sd_redis_opts *opts) {
+    ignore_sigpipe();
     sd_redis *r = redis_alloc(url, opts);
     connect_now(r); /* a failure only starts the backoff: later calls reconnect */
     return r;
@@ -913,6 +926,7 @@ int sd_aredis_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts 
                   sd_aredis **out) {
     if ((url->host == NULL) == (url->path == NULL))
         return -EINVAL;
+    ignore_sigpipe();
     sd_aredis *r = sd_xcalloc(1, sizeof *r);
     r->loop = loop;
     sd_redis_url_copy(&r->url, url);
@@ -985,6 +999,12 @@ static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int ti
     r->npending++;
     arm_deadline(r, q->deadline_ns);
     return 0;
+}
+
+void sd_aredis_flush(sd_aredis *r) {
+    /* hiredis keeps unwritten bytes in obuf (an sds string, so "" when nothing is left). */
+    if (r->state == AS_READY && r->ac && r->ac->c.obuf[0] != '\0')
+        redisAsyncHandleWrite(r->ac);
 }
 
 int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms, int argc,

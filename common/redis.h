@@ -86,6 +86,10 @@ void sd_script_init(sd_script *script);
 
 /* ---- Synchronous connection ---------------------------------------------------------------- */
 
+/* Both kinds of connection set SIGPIPE to ignored when they are created, unless the program has
+ * set a disposition of its own: a write to a connection Redis has closed must fail with EPIPE,
+ * not kill the process. */
+
 typedef struct sd_redis sd_redis;
 
 /*
@@ -186,6 +190,16 @@ int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeo
  * deadline). Same contract as sd_aredis_command. */
 int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *privdata,
                      int timeout_ms, int nkeys, int argc, const char **argv, const size_t *argvlen);
+
+/*
+ * Writes the commands accepted so far to the socket now. Without it they are written when the
+ * loop next polls: hiredis's libuv adapter asks for a writable event and writes from its
+ * callback, which costs a loop iteration and two epoll_ctl calls per send. A caller that sends
+ * its commands from a loop callback (a batcher at the end of an iteration) calls this once after
+ * the last one. A failed write closes the connection as it would from the loop, so callbacks may
+ * run inside this call: call it last, touching nothing they may have freed afterwards.
+ */
+void sd_aredis_flush(sd_aredis *r);
 
 /* Number of commands sent and not yet answered or expired. */
 size_t sd_aredis_pending(const sd_aredis *r);

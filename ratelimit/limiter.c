@@ -271,6 +271,8 @@ static void flush(rl_limiter *l) {
     } else {
         uv_timer_stop(&l->expiry);
     }
+    /* Last: a failed write runs callbacks that may free the limiter. */
+    sd_aredis_flush(l->redis);
 }
 
 static void on_prepare(uv_prepare_t *h) {

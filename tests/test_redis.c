@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -227,6 +228,31 @@ Test(redis, async_command_and_script_survive_script_flush) {
     cr_assert_eq(c.count, 2);
     cr_assert_eq(c.type, REDIS_REPLY_INTEGER, "NOSCRIPT was not recovered");
     cr_assert_eq(c.integer, 10);
+    close_loop(&loop, r);
+}
+
+/* sd_aredis_flush writes the accepted commands at once: Redis runs them while the loop is not
+ * running at all. Without it they would wait in hiredis's buffer for the loop's next poll. */
+Test(redis, async_flush_writes_without_running_the_loop) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    struct calls c = {0};
+    cr_assert_eq(sd_aredis_command(r, record_cb, &c, 1000, "INCRBY flushed 7"), 0);
+    sd_aredis_flush(r);
+    long long seen = 0;
+    for (uint64_t until = sd_now_ms() + 2000; seen == 0 && sd_now_ms() < until;) {
+        redisReply *reply = sd_redis_command(admin, NULL, "GET flushed");
+        cr_assert(reply);
+        seen = reply->type == REDIS_REPLY_STRING ? atoll(reply->str) : 0;
+        freeReplyObject(reply);
+    }
+    cr_assert_eq(seen, 7, "the command did not reach Redis before the loop ran");
+    cr_assert_eq(c.count, 0, "the reply is the loop's to deliver");
+    run_until(&loop, &c.count, 1);
+    cr_assert_eq(c.integer, 7);
+    sd_redis_free(admin);
     close_loop(&loop, r);
 }
 
