@@ -73,7 +73,7 @@ end
 -- then the TAT alone, a decimal integer, so Redis can do the arithmetic: INCRBY pushes the TAT by
 -- cost * T and returns the pushed TAT as a number. For most checks that one command replaces the
 -- general way's read, parse, format and write, and halves what a check costs Redis (README,
--- "Numbers"). With old = pushed - cost * T, the TAT before the check:
+-- "Speed"). With old = pushed - cost * T, the TAT before the check:
 --   old < now: the bucket is full (an idle key, or a new one: INCRBY counted from 0). The check
 --     is allowed and the TAT becomes now + cost * T, written with SET.
 --   pushed > now + W: denied. A second INCRBY takes the push back, so the value is as it was.
@@ -85,7 +85,9 @@ end
 -- lone integer (a TAT with a remainder written under another policy, or a value this script did
 -- not write), on which INCRBY fails; and a TAT more than a window ahead (left by a policy since
 -- lowered), which the general way clamps.
-local pcall, type = redis.pcall, type
+
+-- try: redis.pcall, which returns an error as a table instead of raising it.
+local try, type = redis.pcall, type
 
 function alg.single(s, first, last, out, decide)
     local q, W, now = s.q, s.W, s.now
@@ -109,13 +111,13 @@ function alg.single(s, first, last, out, decide)
             fresh[text] = format('%d', now + cost * T)
         end
         local inc = cost * T
-        local pushed = cost > 0 and cost <= q and pcall('INCRBY', key, push[text])
+        local pushed = cost > 0 and cost <= q and try('INCRBY', key, push[text])
         if type(pushed) ~= 'number' or pushed - inc > horizon then
             if type(pushed) == 'number' then
                 call('INCRBY', key, back[text])
             end
             -- GET fails on a key of another type, which the general way overwrites like MGET.
-            local v = pcall('GET', key)
+            local v = try('GET', key)
             decide(s, key, type(v) == 'string' and v or nil, cost, out, n)
         else
             local old, allowed, retry = pushed - inc, 1, 0
