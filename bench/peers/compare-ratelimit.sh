@@ -26,14 +26,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${BIN:-$root/build/bin}
 duration=${DURATION:-4}
-rounds=${ROUNDS:-5}
-case "$rounds" in
-'' | *[!0-9]*) rounds=0 ;;
-esac
-if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 50 ]; then
-    echo "compare-ratelimit: ROUNDS must be a whole number from 1 to 50" >&2
+# Exits with a message unless $2, the value of the setting named $1, is a whole number from 1
+# to 50.
+require_count() {
+    case "$2" in
+    '' | *[!0-9]*) ;;
+    *) [ "$2" -lt 1 ] || [ "$2" -gt 50 ] || return 0 ;;
+    esac
+    echo "compare-ratelimit: $1 must be a whole number from 1 to 50" >&2
     exit 2
-fi
+}
+rounds=${ROUNDS:-5}
+require_count ROUNDS "$rounds"
 pin=""
 if [ "${PIN:-0}" = 1 ]; then
     if [ -n "${REDIS_URL:-}" ]; then
@@ -43,13 +47,7 @@ if [ "${PIN:-0}" = 1 ]; then
     pin="taskset -c 0"
 fi
 instances=${INSTANCES:-1}
-case "$instances" in
-'' | *[!0-9]*) instances=0 ;;
-esac
-if [ "$instances" -lt 1 ] || [ "$instances" -gt 50 ]; then
-    echo "compare-ratelimit: INSTANCES must be a whole number from 1 to 50" >&2
-    exit 2
-fi
+require_count INSTANCES "$instances"
 per=$((50 / instances))
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
