@@ -248,6 +248,7 @@ static pid_t spawn_gateway(const bench_env *env, int *port) {
             path,           "serve",    "--listen",      "127.0.0.1:0", "--redis",
             env->redis_url, "--prefix", "rlbench:",      "--policy",    "bench;q=10;w=1",
             "--algorithm",  "gcra",     "--deadline-ms", "50",          NULL};
+        sd_child_restore_sigpipe();
         execv(path, (char *const *)argv);
         _exit(127);
     }

@@ -1003,7 +1003,7 @@ static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int ti
 
 void sd_aredis_flush(sd_aredis *r) {
     /* hiredis keeps unwritten bytes in obuf (an sds string, so "" when nothing is left). */
-    if (r->state == AS_READY && r->ac && r->ac->c.obuf[0] != '\0')
+    if (r && r->state == AS_READY && r->ac && r->ac->c.obuf[0] != '\0')
         redisAsyncHandleWrite(r->ac);
 }
 

@@ -197,7 +197,9 @@ int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *pr
  * callback, which costs a loop iteration and two epoll_ctl calls per send. A caller that sends
  * its commands from a loop callback (a batcher at the end of an iteration) calls this once after
  * the last one. A failed write closes the connection as it would from the loop, so callbacks may
- * run inside this call: call it last, touching nothing they may have freed afterwards.
+ * run inside this call: call it last, touching nothing they may have freed afterwards, and never
+ * from inside one of this connection's reply callbacks (hiredis frees a failed connection at
+ * once unless it is inside its own callback). NULL is a no-op.
  */
 void sd_aredis_flush(sd_aredis *r);
 

@@ -106,6 +106,7 @@ static int spawn_server(sd_redis_server *s) {
         }
         /* Keep stderr (redis-server prints start-up errors there) but no other inherited fd. */
         close_range(3, ~0U, 0);
+        sd_child_restore_sigpipe();
         execvp(s->argv[0], s->argv);
         dprintf(2, "redis_server: cannot run %s: %s\n", s->argv[0], strerror(errno));
         _exit(127);
@@ -174,6 +175,7 @@ static int spawn_janitor(sd_redis_server *s) {
         if (devnull >= 0)
             dup2(devnull, 1);
         close_range(3, ~0U, 0);
+        sd_child_restore_sigpipe();
         execl("/bin/sh", "sh", "-c", janitor_script, "sd-redis-janitor", s->dir, port,
               (char *)NULL);
         _exit(127);

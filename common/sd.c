@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,13 @@ size_t sd_format_uint(char *buf, uint64_t v) {
     for (size_t i = 0; i < n; i++)
         buf[i] = digits[n - 1 - i];
     return n;
+}
+
+void sd_child_restore_sigpipe(void) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGPIPE, &dfl, NULL);
 }
 
 uint64_t sd_now_ns(void) {

@@ -38,6 +38,11 @@ char *sd_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * no NUL. For paths that run per request, where printf's cost shows. */
 size_t sd_format_uint(char *buf, uint64_t v);
 
+/* For a forked child, just before exec: gives SIGPIPE back its default action. The Redis
+ * connections set it to ignored (redis.h), and an ignored signal stays ignored across exec, so
+ * a program started from here would otherwise inherit it. Async-signal-safe. */
+void sd_child_restore_sigpipe(void);
+
 /* Monotonic time (CLOCK_MONOTONIC), for local timing only: never for shared decisions. */
 uint64_t sd_now_ns(void);
 uint64_t sd_now_ms(void);

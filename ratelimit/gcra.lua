@@ -62,6 +62,12 @@ function alg.charge(s, cost)
     local debt = q * s.W - level
     local us = floor(debt / q)
     local rem = debt - us * q
+    -- When T is a whole number of microseconds, a remainder can only come from a value written
+    -- under another policy. Round the TAT up instead (at most 1 us later, the cautious side), so
+    -- that the key is a lone integer again and the next check takes the fast way.
+    if rem > 0 and s.W % q == 0 then
+        us, rem = us + 1, 0
+    end
     -- The new TAT is us + rem / q microseconds from now: the key must last until then.
     local tat = s.now + us
     store(s.key, rem == 0 and format('%d', tat) or format('%d %d', tat, rem), s.kept,

@@ -271,8 +271,12 @@ static void flush(rl_limiter *l) {
     } else {
         uv_timer_stop(&l->expiry);
     }
-    /* Last: a failed write runs callbacks that may free the limiter. */
-    sd_aredis_flush(l->redis);
+    /* Write the batches now rather than at the next poll. Not when a callback above (a check
+     * answered by the fallback) freed the limiter: its connection is gone, and the limiter's
+     * memory lasts only until its handles close. Last, because a failed write runs callbacks. */
+    if (!l->closing) {
+        sd_aredis_flush(l->redis);
+    }
 }
 
 static void on_prepare(uv_prepare_t *h) {

@@ -86,6 +86,7 @@ pid_t test_spawn(const char *const argv[], const char *const env[], int *stdout_
         }
         for (const char *const *e = env; e && *e; e++)
             putenv((char *)*e);
+        sd_child_restore_sigpipe();
         execv(path, (char *const *)argv);
         dprintf(2, "test_spawn: cannot run %s: %s\n", path, strerror(errno));
         _exit(127);

@@ -489,6 +489,8 @@ Test(ratelimit, sliding_log_never_admits_more_than_q_in_any_window) {
 
 /* ---- Redis state ---------------------------------------------------------------------------- */
 
+/* Two policies, and one alone (a path of its own for GCRA, whose INCRBY creates a missing key
+ * without a TTL), with allowed and denied checks. */
 Test(ratelimit, every_key_has_a_ttl) {
     for (size_t a = 0; a < 4; a++) {
         rl_config cfg = config(algorithms[a], "a;q=5;w=60", "b;q=50;w=86400", NULL);
@@ -497,17 +499,27 @@ Test(ratelimit, every_key_has_a_ttl) {
             check(l, i % 2 ? "even" : "odd", 1);
         }
         rl_sync_free(l);
+        cfg = config(algorithms[a], "c;q=5;w=60", NULL);
+        l = limiter(&cfg);
+        check(l, "solo", 1); /* a new key, checked once: nothing later can mend its TTL */
+        for (int i = 0; i < 8; i++) {
+            check(l, "busy", 1);
+        }
+        rl_sync_free(l);
     }
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     redisReply *keys = sd_redis_command(admin, NULL, "KEYS rl:*");
     cr_assert_not_null(keys);
-    cr_assert_eq(keys->elements, 16, "4 algorithms x 2 keys x 2 policies, got %zu", keys->elements);
+    cr_assert_eq(keys->elements, 24, "4 algorithms x (2 keys x 2 policies + 2 keys), got %zu",
+                 keys->elements);
     for (size_t i = 0; i < keys->elements; i++) {
         long long ttl = test_redis_int(admin, "PTTL %s", keys->element[i]->str);
         cr_assert_gt(ttl, 0, "%s has no TTL (%lld)", keys->element[i]->str, ttl);
         cr_assert_leq(ttl, 2 * 86400 * 1000LL, "%s", keys->element[i]->str);
         const char *k = keys->element[i]->str;
-        cr_assert(strstr(k, "{even}:") || strstr(k, "{odd}:"), "%s has no hash tag", k);
+        cr_assert(strstr(k, "{even}:") || strstr(k, "{odd}:") || strstr(k, "{solo}:") ||
+                      strstr(k, "{busy}:"),
+                  "%s has no hash tag", k);
     }
     freeReplyObject(keys);
     sd_redis_free(admin);
@@ -806,6 +818,17 @@ Test(ratelimit, gcra_reads_a_remainder_left_by_another_policy) {
     rl_decision d = check(l, "k", 1);
     cr_assert(d.allowed);
     cr_assert_eq(d.policies[0].remaining, 0);
+    /* Charged under the new policy, the value is a lone integer again (the TAT rounded up by
+     * under 1 us), so later checks of the key take the fast path instead of failing INCRBY. */
+    rl_config cfg = config(RL_GCRA, "r;q=3;w=3", NULL);
+    char key[RL_REDIS_KEY_MAX];
+    cr_assert_gt(rl_config_key(&cfg, 0, "k", key, sizeof key), 0);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *r = sd_redis_command(admin, NULL, "GET %s", key);
+    cr_assert(r && r->type == REDIS_REPLY_STRING);
+    cr_assert_null(strchr(r->str, ' '), "value '%s' kept its remainder", r->str);
+    freeReplyObject(r);
+    sd_redis_free(admin);
     cr_assert_not(check(l, "k", 1).allowed);
     rl_sync_free(l);
 }

@@ -301,6 +301,29 @@ Test(ratelimit_faults, a_check_that_expired_in_the_queue_does_not_count_against_
     finish(l);
 }
 
+/* A callback may free the limiter, even one run from inside the limiter's own end-of-iteration
+ * flush (a check that expired in the queue, answered there by the fallback): the flush must not
+ * touch the connection the free has closed. It once wrote to it, a NULL dereference. */
+static rl_limiter *freed_in_callback;
+
+static void free_cb(const rl_decision *d, void *udata) {
+    keep_cb(d, udata);
+    rl_limiter_free(freed_in_callback);
+}
+
+Test(ratelimit_faults, a_callback_may_free_the_limiter_from_inside_its_flush) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    freed_in_callback = limiter(&cfg);
+    result r = {0};
+    cr_assert_eq(rl_limiter_check(freed_in_callback, "k", 1, free_cb, &r), 0);
+    struct timespec blocked = {0, (cfg.deadline_ms + 10) * 1000000L};
+    nanosleep(&blocked, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(r.done, 1);
+    cr_assert_eq(r.d.error, SD_ETIMEDOUT, "%s", rl_strerror(r.d.error));
+    uv_run(&loop, UV_RUN_DEFAULT);
+}
+
 /*
  * A cost above a quota is "never" whatever Redis is doing: decided from the policies, it is not
  * a fallback's decision. Under fail-closed it once came out as a fail-closed denial (an HTTP 503

@@ -48,6 +48,10 @@ if [ "${PIN:-0}" = 1 ]; then
 fi
 instances=${INSTANCES:-1}
 require_count INSTANCES "$instances"
+if [ $((50 % instances)) != 0 ]; then
+    echo "compare-ratelimit: INSTANCES must divide the 50 in flight (1, 2, 5, 10, 25 or 50)" >&2
+    exit 2
+fi
 per=$((50 / instances))
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
@@ -76,21 +80,6 @@ if [ -z "${REDIS_URL:-}" ]; then
         sleep 0.05
     done
 fi
-
-# Runs "FUNCTION I ARGS..." for I = 0 .. INSTANCES-1 at once, each with its output in
-# $work/FUNCTION.I, and waits for all of them.
-in_parallel() {
-    fn=$1
-    shift
-    i=0
-    pids=""
-    while [ "$i" -lt "$instances" ]; do
-        "$fn" "$i" "$@" >"$work/$fn.$i" 2>&1 &
-        pids="$pids $!"
-        i=$((i + 1))
-    done
-    for p in $pids; do wait "$p"; done
-}
 
 # One load process of each side, writing to $work/NAME.I.out (the peer: its line and a JSON line)
 # and $work/NAME.I.json (bench). The first argument is the process number, the second the run's
