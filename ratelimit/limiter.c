@@ -7,7 +7,8 @@
  * 64 checks pays that once (DESIGN.md, "Measured facts"). Batching adds no waiting: a check
  * joins the queue, and the queue is flushed at the end of the same loop iteration (a uv_check
  * handle after I/O callbacks, a uv_prepare handle after timers), as one call per max_batch
- * checks while fewer than max_calls calls are in flight. Under load, checks that arrive while
+ * checks while fewer than max_calls calls are in flight, written to the socket there and then
+ * (sd_aredis_flush) rather than at the loop's next poll. Under load, checks that arrive while
  * the calls are in flight wait for the next reply and leave together: the batch grows with the
  * load, as in group commit.
  *
@@ -145,9 +146,9 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
  *
  * The queue is not spread over the free call slots. Calls sent together reach Redis together,
  * and Redis answers everything it read in one event-loop iteration with one write, so two calls
- * of 25 come back together like one of 50 and only cost a second call's overhead (10-15% fewer
- * decisions/s in the closed-loop benchmark, README "Numbers"). The other slot is for checks that
- * arrive while this call is out. */
+ * of 25 come back together like one of 50 and only cost a second call's overhead (one call made
+ * 4-15% more decisions/s in the closed-loop benchmark, README "Speed"). The other slot is for
+ * checks that arrive while this call is out. */
 static rl_batch *batch_take(rl_limiter *l) {
     size_t max = (size_t)l->cfg.max_batch;
     rl_batch *b = sd_xmalloc(sizeof(*b) + (max < l->queued ? max : l->queued) * sizeof(rl_check *));
