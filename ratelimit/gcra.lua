@@ -144,6 +144,9 @@ function alg.single(s, first, last, out, decide)
             -- now <= tat <= now + W here, so the level needs no clamping.
             s.level = q * W - (tat - now) * q
             local r, reset = level_report(s)
+            -- The check's 4 integers, as single_decider writes them (rl-common.lua). Written out
+            -- rather than through a shared helper: a Lua call per check is 2.5% of Redis's
+            -- instructions per check here (callgrind).
             out[n + 1] = allowed
             out[n + 2] = retry
             out[n + 3] = r
