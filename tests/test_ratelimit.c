@@ -743,22 +743,39 @@ static void count_cb(const rl_decision *d, void *udata) {
     t->redis += d->source == RL_SOURCE_REDIS || d->source == RL_SOURCE_DENY_CACHE;
 }
 
+/* An asynchronous limiter on loop, connected. */
+static rl_limiter *async_limiter(uv_loop_t *loop, const rl_config *cfg) {
+    rl_limiter *l = NULL;
+    cr_assert_eq(rl_limiter_new(loop, &url, cfg, &l), 0);
+    cr_assert_eq(rl_limiter_wait_connected(l, 2000), 0);
+    return l;
+}
+
+/* Runs loop until n checks counted in t are answered. */
+static void await_tally(uv_loop_t *loop, const tally *t, int n) {
+    while (t->done < n) {
+        uv_run(loop, UV_RUN_ONCE);
+    }
+}
+
+/* Frees the limiter and lets loop close its handles. */
+static void async_free(uv_loop_t *loop, rl_limiter *l) {
+    rl_limiter_free(l);
+    uv_run(loop, UV_RUN_DEFAULT);
+}
+
 Test(ratelimit, async_checks_are_batched_and_exact) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     for (size_t a = 0; a < 4; a++) {
         rl_config cfg = config(algorithms[a], "b;q=100;w=86400", NULL);
         cfg.max_calls = 2;
-        rl_limiter *l = NULL;
-        cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
-        cr_assert_eq(rl_limiter_wait_connected(l, 2000), 0);
+        rl_limiter *l = async_limiter(&loop, &cfg);
         tally t = {0, 0, 0};
         for (int i = 0; i < 300; i++) {
             cr_assert_eq(rl_limiter_check(l, "hot", 1, count_cb, &t), 0);
         }
-        while (t.done < 300) {
-            uv_run(&loop, UV_RUN_ONCE);
-        }
+        await_tally(&loop, &t, 300);
         cr_assert_eq(t.redis, 300, "%d of 300 fell back", 300 - t.redis);
         cr_assert_eq(t.allowed, 100, "%s admitted %d", rl_algorithm_name(algorithms[a]), t.allowed);
         rl_stats s;
@@ -770,8 +787,7 @@ Test(ratelimit, async_checks_are_batched_and_exact) {
         cr_assert_eq(s.batched_checks, 300, "%llu checks in batches",
                      (unsigned long long)s.batched_checks);
         cr_assert_geq(s.script_calls, (300 + (uint64_t)cfg.max_batch - 1) / cfg.max_batch);
-        rl_limiter_free(l);
-        uv_run(&loop, UV_RUN_DEFAULT);
+        async_free(&loop, l);
     }
     cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
 }
@@ -864,21 +880,16 @@ Test(ratelimit, async_batches_of_several_policies_are_exact) {
     for (size_t a = 0; a < 4; a++) {
         rl_config cfg = config(algorithms[a], "wide;q=100;w=86400", "tight;q=37;w=3600", NULL);
         cfg.deny_cache_entries = 0;
-        rl_limiter *l = NULL;
-        cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
-        cr_assert_eq(rl_limiter_wait_connected(l, 2000), 0);
+        rl_limiter *l = async_limiter(&loop, &cfg);
         tally t = {0, 0, 0};
         for (int i = 0; i < 200; i++) {
             cr_assert_eq(rl_limiter_check(l, i % 4 ? "multi" : "other", 1, count_cb, &t), 0);
         }
-        while (t.done < 200) {
-            uv_run(&loop, UV_RUN_ONCE);
-        }
+        await_tally(&loop, &t, 200);
         cr_assert_eq(t.redis, 200, "%d of 200 fell back", 200 - t.redis);
         cr_assert_eq(t.allowed, 2 * 37, "%s admitted %d", rl_algorithm_name(algorithms[a]),
                      t.allowed);
-        rl_limiter_free(l);
-        uv_run(&loop, UV_RUN_DEFAULT);
+        async_free(&loop, l);
     }
     cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
 }
@@ -897,18 +908,14 @@ Test(ratelimit, the_largest_batch_is_decided_whole) {
         cfg.max_batch = 4096;
         cfg.max_calls = 1;
         cfg.deny_cache_entries = 0;
-        rl_limiter *l = NULL;
-        cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
-        cr_assert_eq(rl_limiter_wait_connected(l, 2000), 0);
+        rl_limiter *l = async_limiter(&loop, &cfg);
         tally t = {0, 0, 0};
         char key[32];
         for (int i = 0; i < 4096; i++) {
             snprintf(key, sizeof key, "big%d", i % 2048);
             cr_assert_eq(rl_limiter_check(l, key, 600, count_cb, &t), 0);
         }
-        while (t.done < 4096) {
-            uv_run(&loop, UV_RUN_ONCE);
-        }
+        await_tally(&loop, &t, 4096);
         cr_assert_eq(t.redis, 4096, "%s: %d of 4096 fell back", rl_algorithm_name(big[a]),
                      4096 - t.redis);
         /* Each key is checked twice at cost 600 against q = 1000: the first passes, the
@@ -917,8 +924,7 @@ Test(ratelimit, the_largest_batch_is_decided_whole) {
         rl_stats s;
         rl_limiter_stats(l, &s);
         cr_assert_eq(s.script_calls, 1, "%llu calls", (unsigned long long)s.script_calls);
-        rl_limiter_free(l);
-        uv_run(&loop, UV_RUN_DEFAULT);
+        async_free(&loop, l);
     }
     cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
 }
@@ -929,24 +935,19 @@ Test(ratelimit, cluster_mode_batches_only_one_slot) {
     rl_config cfg = config(RL_GCRA, "c;q=1000;w=3600", NULL);
     cfg.cluster = 1;
     cfg.max_calls = 1;
-    rl_limiter *l = NULL;
-    cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
-    cr_assert_eq(rl_limiter_wait_connected(l, 2000), 0);
+    rl_limiter *l = async_limiter(&loop, &cfg);
     tally t = {0, 0, 0};
     /* Keys "a" and "b" hash to different slots (15495 and 3300): at least two calls. */
     for (int i = 0; i < 20; i++) {
         rl_limiter_check(l, i % 2 ? "a" : "b", 1, count_cb, &t);
     }
-    while (t.done < 20) {
-        uv_run(&loop, UV_RUN_ONCE);
-    }
+    await_tally(&loop, &t, 20);
     rl_stats s;
     rl_limiter_stats(l, &s);
     cr_assert_eq(t.allowed, 20);
     cr_assert_geq(s.script_calls, 2);
     cr_assert_lt(s.script_calls, 20);
-    rl_limiter_free(l);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    async_free(&loop, l);
     uv_loop_close(&loop);
 }
 
