@@ -32,6 +32,16 @@ static sd_redis_url url_of(const char *text) {
 }
 
 /* A script whose result shows it ran: INCR its key and return the new value. */
+/* Connection options whose reconnect backoff runs from ms to 2 * ms, so tests of a server going
+ * away and coming back do not wait for the default backoff. */
+static sd_redis_opts quick_reconnect(int ms) {
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.reconnect_min_ms = ms;
+    opts.reconnect_max_ms = 2 * ms;
+    return opts;
+}
+
 static sd_script incr_script = {
     .name = "test/incr",
     .body = "return redis.call('INCRBY', KEYS[1], ARGV[1])",
@@ -127,10 +137,7 @@ Test(redis, sync_command_times_out_on_a_paused_server_then_recovers) {
 
 Test(redis, sync_fails_fast_while_down_and_reconnects_after_restart) {
     sd_redis_url u = url_of(sd_redis_server_url(server));
-    sd_redis_opts opts;
-    sd_redis_opts_default(&opts);
-    opts.reconnect_min_ms = 20;
-    opts.reconnect_max_ms = 40;
+    sd_redis_opts opts = quick_reconnect(20);
     sd_redis *r = NULL;
     cr_assert_eq(sd_redis_connect(&u, &opts, &r), 0);
     cr_assert_eq(test_redis_int(r, "INCR a"), 1);
@@ -186,10 +193,7 @@ static void record_cb(sd_aredis *r, redisReply *reply, int status, void *privdat
 
 static sd_aredis *async_connect(uv_loop_t *loop, int reconnect_ms) {
     sd_redis_url u = url_of(sd_redis_server_url(server));
-    sd_redis_opts opts;
-    sd_redis_opts_default(&opts);
-    opts.reconnect_min_ms = reconnect_ms;
-    opts.reconnect_max_ms = reconnect_ms * 2;
+    sd_redis_opts opts = quick_reconnect(reconnect_ms);
     sd_aredis *r = NULL;
     cr_assert_eq(sd_aredis_new(loop, &u, &opts, &r), 0);
     sd_redis_url_clear(&u);
@@ -427,11 +431,8 @@ Test(redis, async_gives_up_on_a_frozen_server_and_comes_back) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     sd_redis_url u = url_of(sd_redis_server_url(server));
-    sd_redis_opts opts;
-    sd_redis_opts_default(&opts);
+    sd_redis_opts opts = quick_reconnect(20);
     opts.connect_timeout_ms = 150;
-    opts.reconnect_min_ms = 20;
-    opts.reconnect_max_ms = 40;
     sd_aredis *r = NULL;
     cr_assert_eq(sd_aredis_new(&loop, &u, &opts, &r), 0);
     sd_redis_url_clear(&u);
@@ -523,10 +524,7 @@ Test(redis, async_free_from_the_state_callback_when_redis_dies) {
 
 Test(redis, sync_handle_created_while_redis_is_down_connects_later) {
     sd_redis_url u = url_of(sd_redis_server_url(server));
-    sd_redis_opts opts;
-    sd_redis_opts_default(&opts);
-    opts.reconnect_min_ms = 10;
-    opts.reconnect_max_ms = 20;
+    sd_redis_opts opts = quick_reconnect(10);
     sd_redis_server_halt(server);
     sd_redis *r = sd_redis_new(&u, &opts);
     cr_assert_not_null(r);
