@@ -572,17 +572,36 @@ redisReply *sd_redis_command(sd_redis *r, int *err, const char *fmt, ...) {
     return reply;
 }
 
-redisReply *sd_redis_script(sd_redis *r, int *err, sd_script *script, int nkeys, int argc,
-                            const char **argv, const size_t *argvlen) {
+/* One step of sd_redis_script: the command, with the time left before deadline_ns (if any) as
+ * its timeout. */
+static redisReply *script_step(sd_redis *r, int *err, uint64_t deadline_ns,
+                               const struct script_call *call) {
+    if (deadline_ns) {
+        uint64_t now = sd_now_ns();
+        int left = now < deadline_ns ? (int)((deadline_ns - now) / 1000000) : 0;
+        if (left < 1) {
+            set_err(err, SD_ETIMEDOUT);
+            return NULL;
+        }
+        sd_redis_set_timeout(r, left);
+    }
+    return sd_redis_commandv(r, err, call->argc, call->argv, call->lens);
+}
+
+redisReply *sd_redis_script(sd_redis *r, int *err, uint64_t deadline_ns, sd_script *script,
+                            int nkeys, int argc, const char **argv, const size_t *argvlen) {
+    int own_timeout = r->timeout_ms;
     struct script_call call;
     script_call_init(&call, script, nkeys, argc, argv, argvlen);
-    redisReply *reply = sd_redis_commandv(r, err, call.argc, call.argv, call.lens);
+    redisReply *reply = script_step(r, err, deadline_ns, &call);
     if (is_noscript(reply)) {
         freeReplyObject(reply);
         script_call_use_eval(&call, script);
-        reply = sd_redis_commandv(r, err, call.argc, call.argv, call.lens);
+        reply = script_step(r, err, deadline_ns, &call);
     }
     script_call_release(&call);
+    if (deadline_ns)
+        sd_redis_set_timeout(r, own_timeout);
     return reply;
 }
 

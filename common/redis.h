@@ -125,9 +125,14 @@ redisReply *sd_redis_commandv(sd_redis *r, int *err, int argc, const char **argv
 /*
  * Runs a script: EVALSHA, and on NOSCRIPT once more with EVAL. argv holds the keys first
  * (nkeys of them), then the arguments. Same return contract as sd_redis_command.
+ *
+ * deadline_ns (sd_now_ns() time) bounds both steps together: each gets the whole milliseconds
+ * left as its timeout, so a slow EVALSHA leaves less for the EVAL, and with less than one left
+ * the step is not sent (*err = SD_ETIMEDOUT). The connection's own timeout is restored after.
+ * 0: each step gets the connection's timeout.
  */
-redisReply *sd_redis_script(sd_redis *r, int *err, sd_script *script, int nkeys, int argc,
-                            const char **argv, const size_t *argvlen);
+redisReply *sd_redis_script(sd_redis *r, int *err, uint64_t deadline_ns, sd_script *script,
+                            int nkeys, int argc, const char **argv, const size_t *argvlen);
 
 /* Pipelining: append commands, then read their replies in order with sd_redis_get_reply.
  * Returns 0 or a negative code; a failed append leaves the pipeline unusable until the next

@@ -761,48 +761,15 @@ int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
     return 0;
 }
 
-/* Whole milliseconds left before deadline (0 when less than one is left). */
-static int ms_left(uint64_t deadline) {
-    uint64_t now = sd_now_ns();
-    return now < deadline ? (int)((deadline - now) / 1000000) : 0;
-}
-
-/* One script command (EVALSHA or EVAL) with the time left as its timeout. */
-static redisReply *sync_script_step(rl_sync *l, int eval, uint64_t deadline, int nkeys, int argc,
-                                    const char **argv, size_t *lens, int *err) {
-    int left = ms_left(deadline);
-    if (left < 1) {
-        *err = SD_ETIMEDOUT;
-        return NULL;
-    }
-    sd_script *script = rl_script(l->cfg.algorithm);
-    char nkeys_text[16];
-    argv[0] = eval ? "EVAL" : "EVALSHA";
-    lens[0] = strlen(argv[0]);
-    argv[1] = eval ? script->body : script->sha;
-    lens[1] = eval ? script->len : strlen(script->sha);
-    lens[2] = (size_t)snprintf(nkeys_text, sizeof(nkeys_text), "%d", nkeys);
-    argv[2] = nkeys_text;
-    sd_redis_set_timeout(l->redis, left);
-    *err = 0;
-    redisReply *reply = sd_redis_commandv(l->redis, err, argc, argv, lens);
-    if (!reply && *err == SD_ETIMEDOUT) {
-        /* The command may have reached Redis and run: see rl_stats.in_doubt. */
-        l->guard.stats.in_doubt++;
-    }
-    return reply;
-}
-
 /* One script call for one check, within deadline. Returns 0 with *d filled, or a negative code. */
 static int sync_call(rl_sync *l, const char *key, long long cost, uint64_t deadline,
                      rl_decision *d) {
     size_t P = l->cfg.npolicies;
     char keys[RL_MAX_POLICIES][RL_REDIS_KEY_MAX];
     char cost_text[24];
-    /* EVALSHA, the SHA and the number of keys go first (sync_script_step fills them). */
-    const char *argv[3 + RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
-    size_t lens[3 + RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
-    size_t argc = 3;
+    const char *argv[RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
+    size_t lens[RL_MAX_POLICIES + RL_POLICY_ARGS + 1];
+    size_t argc = 0;
     for (size_t i = 0; i < P; i++) {
         int n = rl_config_key(&l->cfg, i, key, keys[i], sizeof(keys[i]));
         argv[argc] = keys[i];
@@ -818,11 +785,12 @@ static int sync_call(rl_sync *l, const char *key, long long cost, uint64_t deadl
     int err = 0;
     l->guard.stats.script_calls++;
     l->guard.stats.batched_checks++;
-    redisReply *reply = sync_script_step(l, 0, deadline, (int)P, (int)argc, argv, lens, &err);
-    if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        /* Redis restarted or its scripts were flushed: EVAL runs the script and loads it back. */
-        freeReplyObject(reply);
-        reply = sync_script_step(l, 1, deadline, (int)P, (int)argc, argv, lens, &err);
+    /* EVALSHA, and EVAL after a NOSCRIPT, within the one deadline. */
+    redisReply *reply = sd_redis_script(l->redis, &err, deadline, rl_script(l->cfg.algorithm),
+                                        (int)P, (int)argc, argv, lens);
+    if (!reply && err == SD_ETIMEDOUT) {
+        /* The command may have reached Redis and run: see rl_stats.in_doubt. */
+        l->guard.stats.in_doubt++;
     }
     if (!reply) {
         return err ? err : SD_EDISCONNECTED;

@@ -76,7 +76,7 @@ Test(redis, sync_script_survives_script_flush) {
     const char *argv[] = {"k", "2"};
     for (int round = 1; round <= 2; round++) {
         int err = 0;
-        redisReply *reply = sd_redis_script(r, &err, &incr_script, 1, 2, argv, NULL);
+        redisReply *reply = sd_redis_script(r, &err, 0, &incr_script, 1, 2, argv, NULL);
         cr_assert_not_null(reply, "round %d: %s", round, sd_strerror(err));
         cr_assert_eq(reply->type, REDIS_REPLY_INTEGER, "round %d: %s", round,
                      reply->type == REDIS_REPLY_ERROR ? reply->str : "not an integer");
