@@ -63,15 +63,9 @@ int bench_cli_parse(const char *cmd, int argc, char **argv, const bench_cli_opt 
     return BENCH_CLI_OK;
 }
 
-/* strtod also reads hexadecimal ("0x10"), "inf" and "nan", which nobody means on a command
- * line: only plain decimal notation is accepted. */
-static int decimal_only(const char *text) {
-    return text[strspn(text, "0123456789.eE+-")] == '\0';
-}
-
 int bench_cli_number(const char *cmd, const char *opt, const char *text, double min, double max,
                      const char *what, double *out) {
-    if (!decimal_only(text) || sd_parse_double(text, min, max, out) != 0) {
+    if (sd_parse_double(text, min, max, out) != 0) {
         fprintf(stderr, "%s: %s wants %s, got '%s'\n", cmd, opt, what, text);
         return -1;
     }

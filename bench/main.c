@@ -51,6 +51,28 @@ static double default_warmup(double duration_s) {
 }
 
 /* Writes the requested report files. Returns 0 or -1 (messages already printed). */
+/* True, after saying so on stderr, when `rate`/s for `duration` s schedules not one operation:
+ * such a run measures nothing (and below about 1e-10/s it cannot be scheduled at all). A rate of
+ * 0 is a closed loop, which always runs. */
+static int schedules_nothing(const char *cmd, const char *what, double rate, double duration) {
+    if (!(rate > 0 && rate * duration < 1))
+        return 0;
+    fprintf(stderr,
+            "%s: %s: rate %g/s for %g s schedules no operation (rate x duration must be >= 1)\n",
+            cmd, what, rate, duration);
+    return 1;
+}
+
+/* The rate and measured duration a scenario runs with: the command line's (r >= 0, d > 0), else
+ * its own, and 5 s when it names no duration. */
+static void scenario_rate_duration(const bench_scenario *sc, double r, double d, double *rate,
+                                   double *duration) {
+    *rate = r >= 0 ? r : sc->default_rate;
+    *duration = d > 0 ? d : sc->default_duration_s;
+    if (!(*duration > 0))
+        *duration = 5;
+}
+
 static int write_reports(const char *json, const char *html, const bench_row *rows, size_t n) {
     int bad = 0;
     if (json && bench_report_json(json, rows, n) < 0)
@@ -190,18 +212,10 @@ static int cmd_run(int argc, char **argv) {
     }
     free(prefixes);
 
-    /* A rate so low that not one operation falls in the measured time would run for nothing
-     * (or, below about 1e-10/s, not be schedulable at all). */
     for (size_t i = 0; i < nchosen; i++) {
-        double sr = r >= 0 ? r : chosen[i]->default_rate;
-        double sd = d > 0 ? d : chosen[i]->default_duration_s;
-        if (!(sd > 0))
-            sd = 5; /* what the run below falls back to */
-        if (sr > 0 && sr * sd < 1) {
-            fprintf(stderr,
-                    "%s: %s: rate %g/s for %g s schedules no operation (rate x duration must be "
-                    ">= 1)\n",
-                    cmd, chosen[i]->name, sr, sd);
+        double sr, sd;
+        scenario_rate_duration(chosen[i], r, d, &sr, &sd);
+        if (schedules_nothing(cmd, chosen[i]->name, sr, sd)) {
             free(chosen);
             return BENCH_EXIT_USAGE;
         }
@@ -236,13 +250,8 @@ static int cmd_run(int argc, char **argv) {
     bench_row *rows = sd_xcalloc(nchosen, sizeof *rows);
     for (size_t i = 0; i < nchosen; i++) {
         const bench_scenario *sc = chosen[i];
-        bench_env env = {.loop = &loop,
-                         .redis_url = redis_url,
-                         .bin_dir = dir,
-                         .duration_s = d > 0 ? d : sc->default_duration_s,
-                         .rate = r >= 0 ? r : sc->default_rate};
-        if (!(env.duration_s > 0))
-            env.duration_s = 5;
+        bench_env env = {.loop = &loop, .redis_url = redis_url, .bin_dir = dir};
+        scenario_rate_duration(sc, r, d, &env.rate, &env.duration_s);
         run_one(sc, &env, w >= 0 ? w : default_warmup(env.duration_s), poisson, (int)f, &rows[i]);
         if (rows[i].failure[0] || rows[i].r.below_target)
             status = BENCH_EXIT_FAIL;
@@ -402,13 +411,8 @@ static int cmd_http(int argc, char **argv) {
         bench_cli_count(cmd, "--connections", connections, 1, 10000, "a count 1..10000", &c) < 0 ||
         bench_cli_number(cmd, "--timeout", timeout, 1, 3600000, "milliseconds (>= 1)", &t) < 0)
         goto out;
-    if (r > 0 && r * d < 1) {
-        fprintf(stderr,
-                "%s: --rate %s for --duration %s schedules no request (rate x duration must be "
-                ">= 1)\n",
-                cmd, rate, duration);
+    if (schedules_nothing(cmd, "--rate x --duration", r, d))
         goto out;
-    }
     w = default_warmup(d);
     if (warmup && bench_cli_number(cmd, "--warmup", warmup, 0, 3600, "seconds (>= 0)", &w) < 0)
         goto out;

@@ -158,7 +158,9 @@ int sd_parse_ll(const char *s, long long min, long long max, long long *out) {
 }
 
 int sd_parse_double(const char *s, double min, double max, double *out) {
-    if (s == NULL || *s == '\0')
+    /* strtod also reads hexadecimal ("0x10"), "inf", "nan" and leading blanks: only plain
+     * decimal notation is meant. */
+    if (s == NULL || *s == '\0' || s[strspn(s, "0123456789.eE+-")] != '\0')
         return SD_EPARSE;
     char *end;
     errno = 0;

@@ -62,7 +62,8 @@ void sd_log(int level, const char *event, const char *fields, ...)
 
 /* Parses a whole decimal string into a long long within [min, max]. Returns 0 or SD_EPARSE. */
 int sd_parse_ll(const char *s, long long min, long long max, long long *out);
-/* Parses a whole decimal floating-point string (no inf/nan) within [min, max]. */
+/* Parses a whole decimal floating-point string (digits, '.', sign and exponent only: no hex,
+ * inf, nan or blanks) within [min, max]. Returns 0 or SD_EPARSE. */
 int sd_parse_double(const char *s, double min, double max, double *out);
 
 #endif
