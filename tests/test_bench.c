@@ -58,7 +58,8 @@ static size_t content_length(const char *req, const char *end) {
 
 /* Answers by path: /fail -> 503, /close -> 200 and closes the connection, /hang -> never
  * answers, /slow -> 200 after 20 ms (the whole server waits: use one connection), anything
- * else -> 200 "ok"; a request with the header "X-Fail: yes" -> 503. One request at a time per
+ * else -> 200 "ok"; a request with the header "X-Fail: yes" -> 503; one that does not start
+ * with "GET " or "POST " (bytes sent twice, or left over from a body) -> 400. One request at a time per
  * connection, as the client sends them. Every answer is sent as soon as the request's header
  * has arrived, before its body (which is then read and dropped), as RFC 9112 allows. */
 static void serve_forever(int lfd, int mode) {
@@ -98,7 +99,9 @@ static void serve_forever(int lfd, int mode) {
             while (!drop && (end = strstr(buf[i], "\r\n\r\n")) != NULL) {
                 const char *reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                 char *fail_header = strstr(buf[i], "\r\nX-Fail: yes\r\n");
-                if (strncmp(buf[i], "GET /fail", 9) == 0 || (fail_header && fail_header < end))
+                if (strncmp(buf[i], "GET ", 4) != 0 && strncmp(buf[i], "POST ", 5) != 0)
+                    reply = "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad";
+                else if (strncmp(buf[i], "GET /fail", 9) == 0 || (fail_header && fail_header < end))
                     reply = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nfail";
                 else if (strncmp(buf[i], "GET /close", 10) == 0)
                     reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
@@ -534,6 +537,49 @@ Test(http, extra_headers_are_added_to_each_request) {
     bench_http_target_free(&t);
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_expect_eq(uv_loop_close(&loop), 0);
+    test_kill_wait(pid, SIGKILL);
+}
+
+static size_t sequence_header(char *buf, size_t len, void *udata) {
+    extra_count *x = udata;
+    return (size_t)snprintf(buf, len, "X-Seq: %llu\r\n", (unsigned long long)++x->calls);
+}
+
+/* A request with extra headers goes out in three pieces (the head, the extra headers, the rest);
+ * with a body of 4 MB the socket takes only part of it at once, and the rest must follow from
+ * where the first write stopped. Bytes sent twice would put stray body bytes before the next
+ * request, which the server answers with 400. */
+Test(http, a_request_with_extra_headers_and_a_large_body_is_sent_once, .timeout = 30) {
+    int port;
+    pid_t pid = server_start(&port);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/upload", port);
+    size_t body_len = 4u << 20;
+    char *body = malloc(body_len);
+    cr_assert_not_null(body);
+    memset(body, 'a', body_len);
+    extra_count x = {0};
+    bench_http_opts hopts = {.method = "POST",
+                             .body = body,
+                             .body_len = body_len,
+                             .timeout_ms = 5000,
+                             .extra_headers = sequence_header,
+                             .extra_headers_udata = &x};
+    bench_target t;
+    cr_assert_eq(bench_http_target_new(&loop, url, 1, &hopts, &t, err, sizeof err), 0, "%s", err);
+    bench_result r;
+    bench_load_opts o = {.rate = 0, .in_flight = 1, .duration_s = 0.2};
+    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    cr_expect_gt(r.count, 1, "at least two requests, so that a second one follows a body");
+    cr_expect_eq(r.errors, 0, "%llu of %llu requests failed (400: bytes sent twice)",
+                 (unsigned long long)r.errors, (unsigned long long)r.count);
+    bench_result_clear(&r);
+    bench_http_target_free(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(uv_loop_close(&loop), 0);
+    free(body);
     test_kill_wait(pid, SIGKILL);
 }
 
