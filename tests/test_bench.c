@@ -157,17 +157,18 @@ static pid_t server_start(int *port) {
     return server_start_mode(port, SERVE_NORMAL);
 }
 
-/* Runs one load against http://127.0.0.1:port<path> on a fresh loop. */
-static void http_load(int port, const char *path, int conns, int timeout_ms,
-                      const bench_load_opts *opts, bench_result *out, bench_http_stats *stats) {
+/* Runs one load against http://127.0.0.1:port<path> with the request options hopts, on a fresh
+ * loop. */
+static void http_load_with(int port, const char *path, int conns, const bench_http_opts *hopts,
+                           const bench_load_opts *opts, bench_result *out,
+                           bench_http_stats *stats) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    bench_http_opts hopts = {.timeout_ms = timeout_ms};
     bench_target t;
     char err[256];
-    cr_assert_eq(bench_http_target_new(&loop, url, conns, &hopts, &t, err, sizeof err), 0, "%s",
+    cr_assert_eq(bench_http_target_new(&loop, url, conns, hopts, &t, err, sizeof err), 0, "%s",
                  err);
     cr_assert_eq(bench_load_run(&loop, &t, opts, out), 0);
     if (stats)
@@ -175,6 +176,13 @@ static void http_load(int port, const char *path, int conns, int timeout_ms,
     bench_http_target_free(&t);
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&loop), 0, "the target closed every handle");
+}
+
+/* http_load_with a plain GET and a timeout. */
+static void http_load(int port, const char *path, int conns, int timeout_ms,
+                      const bench_load_opts *opts, bench_result *out, bench_http_stats *stats) {
+    bench_http_opts hopts = {.timeout_ms = timeout_ms};
+    http_load_with(port, path, conns, &hopts, opts, out, stats);
 }
 
 /* ---- In-process targets -------------------------------------------------------------------- */
@@ -412,32 +420,22 @@ Test(http, a_response_before_the_whole_body_is_written_completes_the_request, .t
      * hold, so the client is still writing it when the response arrives. */
     int port;
     pid_t pid = server_start(&port);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/upload", port);
     size_t body_len = 16u << 20;
     char *body = malloc(body_len);
     cr_assert_not_null(body);
     memset(body, 'a', body_len);
     bench_http_opts hopts = {
         .method = "POST", .body = body, .body_len = body_len, .timeout_ms = 5000};
-    bench_target t;
-    cr_assert_eq(bench_http_target_new(&loop, url, 1, &hopts, &t, err, sizeof err), 0, "%s", err);
     /* 1,000/s on one connection: the requests queue, so each response finds the next request
      * waiting to be sent at once, while the previous one is still being written. */
     bench_result r;
     bench_load_opts o = {.rate = 1000, .duration_s = 0.005};
-    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
     bench_http_stats st;
-    bench_http_target_stats(&t, &st);
+    http_load_with(port, "/upload", 1, &hopts, &o, &r, &st);
     cr_expect_eq(r.count, 5, "every request scheduled was counted");
     cr_expect_eq(r.errors, 0);
     cr_expect_eq(st.responses, 5);
     bench_result_clear(&r);
-    bench_http_target_free(&t);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cr_expect_eq(uv_loop_close(&loop), 0);
     free(body);
     test_kill_wait(pid, SIGKILL);
 }
@@ -511,21 +509,15 @@ static size_t every_third_fails(char *buf, size_t len, void *udata) {
 Test(http, extra_headers_are_added_to_each_request) {
     int port;
     pid_t pid = server_start(&port);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", port);
     extra_count x = {0};
     const char *fixed[] = {"X-Fixed: 1", NULL};
     bench_http_opts hopts = {.headers = fixed,
                              .timeout_ms = 2000,
                              .extra_headers = every_third_fails,
                              .extra_headers_udata = &x};
-    bench_target t;
-    cr_assert_eq(bench_http_target_new(&loop, url, 2, &hopts, &t, err, sizeof err), 0, "%s", err);
     bench_result r;
     bench_load_opts o = {.rate = 0, .in_flight = 2, .duration_s = 0.3};
-    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    http_load_with(port, "/hello", 2, &hopts, &o, &r, NULL);
     /* No warm-up, a closed loop: each request issued is recorded, and each called the hook once. */
     cr_expect_gt(r.count, 30);
     cr_expect_eq(x.calls, r.count);
@@ -534,9 +526,6 @@ Test(http, extra_headers_are_added_to_each_request) {
                  (unsigned long long)x.fails);
     cr_expect_eq(r.errors, x.fails, "a request was malformed");
     bench_result_clear(&r);
-    bench_http_target_free(&t);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cr_expect_eq(uv_loop_close(&loop), 0);
     test_kill_wait(pid, SIGKILL);
 }
 
@@ -552,10 +541,6 @@ static size_t sequence_header(char *buf, size_t len, void *udata) {
 Test(http, a_request_with_extra_headers_and_a_large_body_is_sent_once, .timeout = 30) {
     int port;
     pid_t pid = server_start(&port);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/upload", port);
     size_t body_len = 4u << 20;
     char *body = malloc(body_len);
     cr_assert_not_null(body);
@@ -567,18 +552,13 @@ Test(http, a_request_with_extra_headers_and_a_large_body_is_sent_once, .timeout 
                              .timeout_ms = 5000,
                              .extra_headers = sequence_header,
                              .extra_headers_udata = &x};
-    bench_target t;
-    cr_assert_eq(bench_http_target_new(&loop, url, 1, &hopts, &t, err, sizeof err), 0, "%s", err);
     bench_result r;
     bench_load_opts o = {.rate = 0, .in_flight = 1, .duration_s = 0.2};
-    cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
+    http_load_with(port, "/upload", 1, &hopts, &o, &r, NULL);
     cr_expect_gt(r.count, 1, "at least two requests, so that a second one follows a body");
     cr_expect_eq(r.errors, 0, "%llu of %llu requests failed (400: bytes sent twice)",
                  (unsigned long long)r.errors, (unsigned long long)r.count);
     bench_result_clear(&r);
-    bench_http_target_free(&t);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cr_expect_eq(uv_loop_close(&loop), 0);
     free(body);
     test_kill_wait(pid, SIGKILL);
 }
