@@ -1,0 +1,537 @@
+/*
+ * redis_async.c - the asynchronous (libuv) connection (see redis.h).
+ *
+ * The async connection, as a state machine:
+ *
+ *               sd_aredis_new
+ *                     │
+ *                     v        connect failed / timed out
+ *   ┌──────────> CONNECTING ──────────────────────────────┐
+ *   │                 │ TCP up: AUTH, SELECT sent          │
+ *   │                 v                                   v
+ *   │            HANDSHAKE ──── AUTH/SELECT refused ──> WAITING (backoff timer)
+ *   │                 │ last handshake reply OK             │
+ *   │                 v                                   │
+ *   │              READY ──── connection lost ──────────────┤
+ *   └─────────────────────────────────────────────────────┘ backoff elapsed
+ *
+ * Only READY accepts commands; in every other state sd_aredis_command fails at once with
+ * SD_EDISCONNECTED, which is what lets callers bound their decision time when Redis is down.
+ *
+ * Deadlines. Each accepted command is a `struct areq` on the connection's pending list (a
+ * doubly linked list, in send order). One uv_timer is armed for the earliest deadline. When it
+ * fires, every expired request's callback runs with SD_ETIMEDOUT and the request is marked
+ * `expired`; it stays on the list, because hiredis will still call us with its reply (or with
+ * NULL when the connection goes), and only then may the request be freed. So a callback runs
+ * exactly once, however late the reply.
+ */
+#include <errno.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "redis_internal.h"
+#include "sd.h"
+
+/* ---- Command encoding ----------------------------------------------------------------------- */
+
+/*
+ * Encodes a command the way Redis reads every command, a RESP array of bulk strings
+ * ("*<argc>\r\n" then "$<len>\r\n<bytes>\r\n" per argument), into a new buffer that the caller
+ * frees with free(); returns its length. The buffer also ends in a NUL (not counted), as
+ * hiredis's does: the NOSCRIPT retry searches it with string functions. This is what hiredis's
+ * redisFormatCommandArgv does, but that one runs sprintf for every argument: for a batch of
+ * rate-limit checks (100 arguments and more) its formatting was about a fifth of the client's
+ * instructions per check (measured with callgrind; ratelimit/README.md), so the digits are written
+ * here by hand. lens may be NULL for NUL-terminated arguments.
+ */
+static size_t resp_format(char **out, int argc, const char **argv, const size_t *lens) {
+    size_t total = 1 + 20 + 2 + 1;
+    for (int i = 0; i < argc; i++)
+        total += 1 + 20 + 2 + (lens ? lens[i] : strlen(argv[i])) + 2;
+    char *buf = sd_xmalloc(total);
+    char *p = buf;
+    *p++ = '*';
+    p += sd_format_uint(p, (uint64_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t len = lens ? lens[i] : strlen(argv[i]);
+        *p++ = '$';
+        p += sd_format_uint(p, len);
+        *p++ = '\r';
+        *p++ = '\n';
+        memcpy(p, argv[i], len);
+        p += len;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p = '\0';
+    *out = buf;
+    return (size_t)(p - buf);
+}
+
+/* ---- Asynchronous connection ---------------------------------------------------------------- */
+
+enum astate { AS_CONNECTING, AS_HANDSHAKE, AS_READY, AS_WAITING, AS_CLOSED };
+
+/* One command in flight. For scripts it keeps the formatted EVALSHA command, so that after a
+ * NOSCRIPT reply it can be re-sent as EVAL without asking the caller for its arguments again. */
+struct areq {
+    struct areq *prev, *next;
+    sd_aredis *owner;
+    sd_aredis_cb *cb;
+    void *privdata;
+    uint64_t deadline_ns;
+    int expired;       /* the callback already ran with SD_ETIMEDOUT */
+    int internal;      /* a handshake command of ours (AUTH, SELECT) */
+    sd_script *script; /* non-NULL for scripts until retried */
+    char *cmd;         /* the formatted EVALSHA command (scripts only) */
+    size_t cmdlen;
+};
+
+struct sd_aredis {
+    uv_loop_t *loop;
+    sd_redis_url url;
+    sd_redis_opts opts;
+    redisAsyncContext *ac;
+    enum astate state;
+    int backoff_ms;
+    int handshake_left;        /* handshake replies still expected */
+    struct areq *head, *tail;  /* pending commands in send order */
+    size_t npending;           /* of those, not yet expired */
+    uv_timer_t deadline_timer; /* armed for the earliest pending deadline */
+    uint64_t armed_ns;         /* the deadline the timer is armed for, 0 when stopped */
+    uv_timer_t conn_timer;     /* connect timeout, then reconnect backoff */
+    int open_handles;          /* our timers not yet closed: free the struct at 0 */
+    sd_aredis_state_cb *state_cb;
+    void *state_privdata;
+};
+
+static void aredis_connect(sd_aredis *r);
+
+static void list_push(sd_aredis *r, struct areq *q) {
+    q->prev = r->tail;
+    q->next = NULL;
+    if (r->tail)
+        r->tail->next = q;
+    else
+        r->head = q;
+    r->tail = q;
+}
+
+static void list_unlink(sd_aredis *r, struct areq *q) {
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        r->head = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        r->tail = q->prev;
+}
+
+static void areq_free(sd_aredis *r, struct areq *q) {
+    list_unlink(r, q);
+    free(q->cmd);
+    free(q);
+}
+
+/* Runs the caller's callback once, for a request that has not expired. */
+static void areq_finish(sd_aredis *r, struct areq *q, redisReply *reply, int status) {
+    if (!q->expired && !q->internal) {
+        r->npending--;
+        q->expired = 1;
+        q->cb(r, reply, status, q->privdata);
+    }
+}
+
+static void arm_deadline(sd_aredis *r, uint64_t deadline_ns);
+
+static void schedule_reconnect(sd_aredis *r);
+
+/*
+ * Gives up on a connection whose oldest command has gone unanswered for connect_timeout_ms past
+ * its deadline: the server is frozen, or the network dropped without a reset. Without this,
+ * expired requests (which must wait for their replies) would pile up for as long as the silent
+ * connection lasted. Freeing the context answers the pending commands SD_EDISCONNECTED.
+ */
+static void drop_unresponsive(sd_aredis *r) {
+    sd_log(SD_LOG_WARN, "redis.unresponsive", "pending=%zu", r->npending);
+    redisAsyncContext *ac = r->ac;
+    int was_ready = r->state == AS_READY;
+    r->ac = NULL;
+    r->state = AS_WAITING; /* so on_disconnect leaves the reconnect to us */
+    redisAsyncFree(ac);
+    /* A caller's callback may have freed the connection meanwhile. */
+    if (r->state == AS_CLOSED)
+        return;
+    if (was_ready && r->state_cb)
+        r->state_cb(r, 0, r->state_privdata);
+    if (r->state != AS_CLOSED)
+        schedule_reconnect(r);
+}
+
+static void on_deadline(uv_timer_t *t) {
+    sd_aredis *r = t->data;
+    uint64_t now = sd_now_ns(), next = 0;
+    r->armed_ns = 0;
+    /* Callbacks may send new commands (appended at the tail) or free the connection: remember
+     * the next request before running a callback, and stop if the connection was freed. */
+    for (struct areq *q = r->head, *nx; q != NULL; q = nx) {
+        nx = q->next;
+        if (q->expired || q->internal)
+            continue;
+        if (q->deadline_ns <= now) {
+            areq_finish(r, q, NULL, SD_ETIMEDOUT);
+            if (r->state == AS_CLOSED)
+                return;
+        } else if (next == 0 || q->deadline_ns < next) {
+            next = q->deadline_ns;
+        }
+    }
+    /* The head is the oldest request; if it expired, watch how long its reply stays away. */
+    struct areq *oldest = r->head;
+    if (oldest && oldest->expired && r->ac) {
+        uint64_t give_up = oldest->deadline_ns + (uint64_t)r->opts.connect_timeout_ms * 1000000u;
+        if (give_up <= now) {
+            drop_unresponsive(r);
+            return;
+        }
+        if (next == 0 || give_up < next)
+            next = give_up;
+    }
+    if (next)
+        arm_deadline(r, next);
+}
+
+static void arm_deadline(sd_aredis *r, uint64_t deadline_ns) {
+    if (r->armed_ns != 0 && r->armed_ns <= deadline_ns)
+        return;
+    uint64_t now = sd_now_ns();
+    uint64_t ms = deadline_ns > now ? (deadline_ns - now + 999999) / 1000000 : 0;
+    r->armed_ns = deadline_ns;
+    uv_timer_start(&r->deadline_timer, on_deadline, ms, 0);
+}
+
+static void set_state(sd_aredis *r, enum astate s) {
+    int was_ready = r->state == AS_READY;
+    r->state = s;
+    if (r->state_cb && was_ready != (s == AS_READY))
+        r->state_cb(r, s == AS_READY, r->state_privdata);
+}
+
+static void on_conn_timer(uv_timer_t *t);
+
+/* Schedules the next connect attempt after the current backoff step. */
+static void schedule_reconnect(sd_aredis *r) {
+    r->backoff_ms = sd_redis__backoff_next(r->backoff_ms, &r->opts);
+    r->state = AS_WAITING;
+    uv_timer_start(&r->conn_timer, on_conn_timer, (uint64_t)r->backoff_ms, 0);
+}
+
+static void on_conn_timer(uv_timer_t *t) {
+    sd_aredis *r = t->data;
+    if (r->state == AS_WAITING) {
+        aredis_connect(r);
+    } else if (r->state == AS_CONNECTING || r->state == AS_HANDSHAKE) {
+        /* The connect (or the handshake) took too long: give up on this attempt. Freeing the
+         * context runs the pending callbacks (only our handshake commands) with NULL. */
+        sd_log(SD_LOG_WARN, "redis.connect_timeout", "timeout_ms=%d", r->opts.connect_timeout_ms);
+        redisAsyncContext *ac = r->ac;
+        r->ac = NULL;
+        r->state = AS_WAITING;
+        if (ac)
+            redisAsyncFree(ac);
+        schedule_reconnect(r);
+    }
+}
+
+/* hiredis's callback for every command we send; privdata is the struct areq. */
+static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
+    struct areq *q = privdata;
+    sd_aredis *r = q->owner;
+    redisReply *reply = reply_;
+    if (reply == NULL) {
+        /* The connection went away (or is being freed) before the reply came. */
+        areq_finish(r, q, NULL, r->state == AS_CLOSED ? SD_ECLOSED : SD_EDISCONNECTED);
+        areq_free(r, q);
+        return;
+    }
+    if (q->internal) {
+        if (reply->type == REDIS_REPLY_ERROR) {
+            sd_log(SD_LOG_ERROR, "redis.handshake_refused", "error=\"%.100s\"", reply->str);
+            areq_free(r, q);
+            redisAsyncDisconnect(ac);
+            return;
+        }
+        areq_free(r, q);
+        if (--r->handshake_left == 0 && r->state == AS_HANDSHAKE) {
+            uv_timer_stop(&r->conn_timer);
+            r->backoff_ms = 0;
+            set_state(r, AS_READY);
+        }
+        return;
+    }
+    if (q->script && !q->expired && sd_redis__is_noscript(reply)) {
+        /* Re-send as EVAL: "*N $7 EVALSHA $40 <sha>" becomes "*N $4 EVAL $len <body>". */
+        const char *rest = strstr(q->cmd, "\r\n$40\r\n") + 7 + 40 + 2;
+        const char *count_end = strchr(q->cmd, '\r');
+        char *eval = sd_xasprintf("%.*s\r\n$4\r\nEVAL\r\n$%zu\r\n", (int)(count_end - q->cmd),
+                                  q->cmd, q->script->len);
+        size_t head = strlen(eval), restlen = q->cmdlen - (size_t)(rest - q->cmd);
+        size_t total = head + q->script->len + 2 + restlen;
+        eval = sd_xrealloc(eval, total);
+        memcpy(eval + head, q->script->body, q->script->len);
+        memcpy(eval + head + q->script->len, "\r\n", 2);
+        memcpy(eval + head + q->script->len + 2, rest, restlen);
+        q->script = NULL; /* retry once only */
+        int ok = redisAsyncFormattedCommand(ac, on_reply, q, eval, total) == REDIS_OK;
+        free(eval);
+        if (ok)
+            return;
+        areq_finish(r, q, NULL, SD_EDISCONNECTED);
+        areq_free(r, q);
+        return;
+    }
+    areq_finish(r, q, reply, 0);
+    areq_free(r, q);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+    sd_aredis *r = ac->data;
+    /* CLOSED: we are freeing it. WAITING: the connect timer gave up on it and already
+     * scheduled the next attempt. */
+    if (r == NULL || r->state == AS_CLOSED || r->state == AS_WAITING)
+        return;
+    r->ac = NULL;
+    sd_log(SD_LOG_WARN, "redis.disconnected", "error=\"%s\"",
+           status == REDIS_OK ? "closed" : ac->errstr);
+    set_state(r, AS_WAITING);
+    if (r->state != AS_CLOSED) /* the state callback may free the connection */
+        schedule_reconnect(r);
+}
+
+/* Sends a handshake command (AUTH, SELECT). Returns 0 or -1. */
+static int send_internal(sd_aredis *r, int argc, const char **argv) {
+    struct areq *q = sd_xcalloc(1, sizeof *q);
+    q->owner = r;
+    q->internal = 1;
+    list_push(r, q);
+    if (redisAsyncCommandArgv(r->ac, on_reply, q, argc, argv, NULL) != REDIS_OK) {
+        areq_free(r, q);
+        return -1;
+    }
+    r->handshake_left++;
+    return 0;
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+    sd_aredis *r = ac->data;
+    if (r == NULL || r->state == AS_CLOSED)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback. */
+        sd_log(SD_LOG_DEBUG, "redis.connect_failed", "error=\"%s\"", ac->errstr);
+        r->ac = NULL;
+        uv_timer_stop(&r->conn_timer);
+        schedule_reconnect(r);
+        return;
+    }
+    r->state = AS_HANDSHAKE;
+    r->handshake_left = 0;
+    int rc = 0;
+    if (r->url.password) {
+        const char *auth[3] = {"AUTH", r->url.user ? r->url.user : r->url.password,
+                               r->url.password};
+        rc |= send_internal(r, r->url.user ? 3 : 2, auth);
+    }
+    char db[16];
+    snprintf(db, sizeof db, "%d", r->url.db);
+    const char *select[2] = {"SELECT", db};
+    const char *ping[1] = {"PING"};
+    /* SELECT also serves as the readiness probe when there is nothing else to send. */
+    rc |= r->url.db ? send_internal(r, 2, select) : send_internal(r, 1, ping);
+    if (rc != 0)
+        redisAsyncDisconnect(r->ac);
+}
+
+static void aredis_connect(sd_aredis *r) {
+    r->state = AS_CONNECTING;
+    redisAsyncContext *ac = r->url.path ? redisAsyncConnectUnix(r->url.path)
+                                        : redisAsyncConnect(r->url.host, r->url.port);
+    if (ac == NULL || ac->err || redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+        sd_log(SD_LOG_DEBUG, "redis.connect_failed", "error=\"%s\"",
+               ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        schedule_reconnect(r);
+        return;
+    }
+    ac->data = r;
+    r->ac = ac;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    uv_timer_start(&r->conn_timer, on_conn_timer, (uint64_t)r->opts.connect_timeout_ms, 0);
+}
+
+int sd_aredis_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts *opts,
+                  sd_aredis **out) {
+    if ((url->host == NULL) == (url->path == NULL))
+        return -EINVAL;
+    sd_redis__ignore_sigpipe();
+    sd_aredis *r = sd_xcalloc(1, sizeof *r);
+    r->loop = loop;
+    sd_redis_url_copy(&r->url, url);
+    r->opts = sd_redis__opts_resolve(opts);
+    uv_timer_init(loop, &r->deadline_timer);
+    uv_timer_init(loop, &r->conn_timer);
+    r->deadline_timer.data = r;
+    r->conn_timer.data = r;
+    r->open_handles = 2;
+    aredis_connect(r);
+    *out = r;
+    return 0;
+}
+
+void sd_aredis_set_state_cb(sd_aredis *r, sd_aredis_state_cb *cb, void *privdata) {
+    r->state_cb = cb;
+    r->state_privdata = privdata;
+}
+
+int sd_aredis_is_connected(const sd_aredis *r) {
+    return r->state == AS_READY;
+}
+
+size_t sd_aredis_pending(const sd_aredis *r) {
+    return r->npending;
+}
+
+static void on_wait_timer(uv_timer_t *t) {
+    *(int *)t->data = 1;
+}
+
+int sd_aredis_wait_connected(sd_aredis *r, int timeout_ms) {
+    int expired = 0;
+    uv_timer_t t;
+    uv_timer_init(r->loop, &t);
+    t.data = &expired;
+    uv_timer_start(&t, on_wait_timer, (uint64_t)timeout_ms, 0);
+    while (r->state != AS_READY && !expired)
+        uv_run(r->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    /* Let libuv finish closing the stack timer before it goes out of scope. */
+    uv_run(r->loop, UV_RUN_NOWAIT);
+    return r->state == AS_READY ? 0 : SD_ETIMEDOUT;
+}
+
+/* Accepts a formatted command: registers the request, hands the bytes to hiredis, arms the
+ * deadline. Takes ownership of cmd when keep_cmd (a script), else the caller frees it. */
+static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms, char *cmd,
+                          size_t len, sd_script *script) {
+    if (r->state == AS_CLOSED)
+        return SD_ECLOSED;
+    if (r->state != AS_READY)
+        return SD_EDISCONNECTED;
+    struct areq *q = sd_xcalloc(1, sizeof *q);
+    q->owner = r;
+    q->cb = cb;
+    q->privdata = privdata;
+    q->script = script;
+    int ms = timeout_ms > 0 ? timeout_ms : r->opts.command_timeout_ms;
+    q->deadline_ns = sd_now_ns() + (uint64_t)ms * 1000000u;
+    list_push(r, q);
+    if (redisAsyncFormattedCommand(r->ac, on_reply, q, cmd, len) != REDIS_OK) {
+        areq_free(r, q);
+        return SD_EDISCONNECTED;
+    }
+    if (script) {
+        q->cmd = cmd;
+        q->cmdlen = len;
+    }
+    r->npending++;
+    arm_deadline(r, q->deadline_ns);
+    return 0;
+}
+
+void sd_aredis_flush(sd_aredis *r) {
+    /* hiredis keeps unwritten bytes in obuf (an sds string, so "" when nothing is left). */
+    if (r && r->state == AS_READY && r->ac && r->ac->c.obuf[0] != '\0')
+        redisAsyncHandleWrite(r->ac);
+}
+
+int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms, int argc,
+                       const char **argv, const size_t *argvlen) {
+    char *cmd = NULL;
+    size_t len = resp_format(&cmd, argc, argv, argvlen);
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, NULL);
+    free(cmd);
+    return rc;
+}
+
+int sd_aredis_command(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms,
+                      const char *fmt, ...) {
+    char *cmd = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int len = redisvFormatCommand(&cmd, fmt, ap);
+    va_end(ap);
+    if (len < 0)
+        return SD_EPARSE;
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, (size_t)len, NULL);
+    free(cmd);
+    return rc;
+}
+
+int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *privdata,
+                     int timeout_ms, int nkeys, int argc, const char **argv,
+                     const size_t *argvlen) {
+    struct sd_redis__script_call call;
+    sd_redis__script_call_init(&call, script, nkeys, argc, argv, argvlen);
+    char *cmd = NULL;
+    size_t len = resp_format(&cmd, call.argc, call.argv, call.lens);
+    sd_redis__script_call_release(&call);
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, script);
+    if (rc != 0)
+        free(cmd);
+    return rc;
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+    sd_aredis *r = h->data;
+    if (--r->open_handles > 0)
+        return;
+    /* hiredis has answered every request it held by now (see sd_aredis_free); anything left
+     * was never its to answer. */
+    while (r->head)
+        areq_free(r, r->head);
+    sd_redis_url_clear(&r->url);
+    free(r);
+}
+
+/*
+ * Requests are only ever freed in on_reply, when hiredis gives them back, because hiredis may
+ * still hold them here: sd_aredis_free can run inside a hiredis callback (a caller frees the
+ * connection from its reply callback), where redisAsyncFree is deferred until that callback
+ * returns, or inside hiredis's own teardown of a dropped connection, which is walking its list
+ * of pending callbacks. So this function runs each caller's callback now (SD_ECLOSED) and
+ * leaves the freeing to on_reply; the struct itself lives until the timers are closed, which
+ * is after hiredis is done with it.
+ */
+void sd_aredis_free(sd_aredis *r) {
+    if (r == NULL || r->state == AS_CLOSED)
+        return;
+    r->state = AS_CLOSED;
+    r->state_cb = NULL;
+    for (struct areq *q = r->head; q != NULL; q = q->next)
+        areq_finish(r, q, NULL, SD_ECLOSED);
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    if (ac)
+        redisAsyncFree(ac);
+    uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->conn_timer, on_handle_closed);
+}

@@ -1,0 +1,51 @@
+/*
+ * redis_internal.h - what the files of the Redis layer share; private to common/redis*.c.
+ *
+ * The layer of redis.h is split by concern:
+ *  - redis_url.c      URLs, the connection options and their defaults, the reconnect backoff;
+ *  - redis_script.c   the script registry and the EVALSHA / EVAL argument list of a script call;
+ *  - redis_sync.c     the synchronous connection;
+ *  - redis_async.c    the asynchronous (libuv) connection, with its state machine and deadlines;
+ *  - redis_resolve.c  which Redis to use (--redis, REDIS_URL or a private redis-server).
+ *
+ * The functions one file calls in another carry the prefix sd_redis__ (two underscores), as
+ * http_internal.h does: they are not part of redis.h and may change with the implementation.
+ */
+#ifndef SD_REDIS_INTERNAL_H
+#define SD_REDIS_INTERNAL_H
+
+#include "redis.h"
+
+/* The options with every unset (<= 0) field replaced by its default; opts may be NULL. */
+sd_redis_opts sd_redis__opts_resolve(const sd_redis_opts *opts);
+
+/* Next backoff step: doubles from min up to max. */
+int sd_redis__backoff_next(int current, const sd_redis_opts *o);
+
+/* Sets SIGPIPE to ignored unless the program chose a disposition of its own (see redis_sync.c). */
+void sd_redis__ignore_sigpipe(void);
+
+/* Whether a reply is Redis's NOSCRIPT error (the script is not in the server's cache). */
+int sd_redis__is_noscript(const redisReply *reply);
+
+/* The argv of "EVALSHA sha nkeys args..." (or "EVAL body nkeys args..."): small calls use the
+ * arrays inside the struct, larger ones allocate (sd_redis__script_call_release frees them). */
+struct sd_redis__script_call {
+    const char *small[32];
+    size_t smalllen[32];
+    const char **argv;
+    size_t *lens;
+    int argc;
+    char nkeys[16];
+};
+
+/* Fills *c with "EVALSHA sha nkeys argv..." (computing the script's SHA1 on first use). */
+void sd_redis__script_call_init(struct sd_redis__script_call *c, sd_script *script, int nkeys,
+                                int argc, const char **argv, const size_t *argvlen);
+
+/* Turns the call into "EVAL body ...", for the retry after NOSCRIPT. */
+void sd_redis__script_call_use_eval(struct sd_redis__script_call *c, const sd_script *script);
+
+void sd_redis__script_call_release(struct sd_redis__script_call *c);
+
+#endif

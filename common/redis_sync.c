@@ -1,0 +1,281 @@
+/*
+ * redis_sync.c - the synchronous connection (see redis.h): a hiredis context with a connect
+ * timeout and a per-command socket timeout, reconnected inside later calls after a capped
+ * backoff, and scripts run as EVALSHA with EVAL after NOSCRIPT, both steps within one timeout.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "redis_internal.h"
+#include "sd.h"
+
+/* hiredis writes with write(2), and a write to a connection Redis has closed raises SIGPIPE,
+ * whose default is to kill the process. Every connection therefore sets SIGPIPE to ignored (the
+ * write then fails with EPIPE and the connection is lost like any other), unless the program
+ * has chosen a disposition of its own. This affects the whole process. */
+void sd_redis__ignore_sigpipe(void) {
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+}
+
+static struct timeval ms_to_tv(int ms) {
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+/* ---- Synchronous connection ---------------------------------------------------------------- */
+
+struct sd_redis {
+    sd_redis_url url;
+    sd_redis_opts opts;
+    redisContext *c;      /* NULL while disconnected */
+    uint64_t retry_at_ms; /* no reconnect attempt before this (monotonic ms) */
+    int backoff_ms;       /* current backoff step, 0 after a success */
+    int timeout_ms;       /* per-command socket timeout */
+    char err[160];
+};
+
+/* Runs one handshake command on a fresh context; returns 0 or SD_EREDIS / SD_EDISCONNECTED. */
+static int handshake_step(sd_redis *r, int argc, const char **argv) {
+    redisReply *reply = redisCommandArgv(r->c, argc, argv, NULL);
+    if (reply == NULL) {
+        snprintf(r->err, sizeof r->err, "%s during %s", r->c->errstr, argv[0]);
+        return SD_EDISCONNECTED;
+    }
+    int rc = reply->type == REDIS_REPLY_ERROR ? SD_EREDIS : 0;
+    if (rc)
+        snprintf(r->err, sizeof r->err, "%s refused: %.100s", argv[0], reply->str);
+    freeReplyObject(reply);
+    return rc;
+}
+
+static void drop_context(sd_redis *r) {
+    if (r->c)
+        redisFree(r->c);
+    r->c = NULL;
+}
+
+/* Connects now: TCP or unix, timeouts, AUTH, SELECT. On failure schedules the next attempt. */
+static int connect_now(sd_redis *r) {
+    /* A reconnect inside a command must not outlast the command's own timeout: callers with a
+     * deadline (a rate-limit decision) set the command timeout to the time they have left. */
+    int ms = r->opts.connect_timeout_ms;
+    if (r->timeout_ms > 0 && r->timeout_ms < ms)
+        ms = r->timeout_ms;
+    struct timeval ctv = ms_to_tv(ms);
+    errno = 0;
+    r->c = r->url.path ? redisConnectUnixWithTimeout(r->url.path, ctv)
+                       : redisConnectWithTimeout(r->url.host, r->url.port, ctv);
+    int rc = 0;
+    if (r->c == NULL) {
+        snprintf(r->err, sizeof r->err, "out of memory");
+        rc = SD_EDISCONNECTED;
+    } else if (r->c->err) {
+        snprintf(r->err, sizeof r->err, "connect: %s", r->c->errstr);
+        rc = (errno == ETIMEDOUT || errno == EINPROGRESS) ? SD_ETIMEDOUT : SD_EDISCONNECTED;
+    } else {
+        redisSetTimeout(r->c, ms_to_tv(r->timeout_ms));
+        if (r->url.password) {
+            const char *auth[3] = {"AUTH", r->url.user ? r->url.user : r->url.password,
+                                   r->url.password};
+            rc = handshake_step(r, r->url.user ? 3 : 2, auth);
+        }
+        if (rc == 0 && r->url.db != 0) {
+            char db[16];
+            snprintf(db, sizeof db, "%d", r->url.db);
+            const char *select[2] = {"SELECT", db};
+            rc = handshake_step(r, 2, select);
+        }
+    }
+    if (rc != 0) {
+        drop_context(r);
+        r->backoff_ms = sd_redis__backoff_next(r->backoff_ms, &r->opts);
+        r->retry_at_ms = sd_now_ms() + (uint64_t)r->backoff_ms;
+        char where[256];
+        sd_log(SD_LOG_WARN, "redis.connect_failed", "url=%s error=\"%s\" retry_in_ms=%d",
+               sd_redis_url_format(&r->url, where, sizeof where), r->err, r->backoff_ms);
+        return rc;
+    }
+    r->backoff_ms = 0;
+    return 0;
+}
+
+/* Makes sure there is a usable context, reconnecting if the backoff allows. */
+static int ensure_connected(sd_redis *r) {
+    if (r->c && r->c->err == 0)
+        return 0;
+    drop_context(r);
+    if (sd_now_ms() < r->retry_at_ms) {
+        snprintf(r->err, sizeof r->err, "Redis is down; next reconnect attempt in %d ms",
+                 (int)(r->retry_at_ms - sd_now_ms()));
+        return SD_EDISCONNECTED;
+    }
+    return connect_now(r);
+}
+
+/* Classifies a failed call (NULL reply): a socket timeout or a broken connection. In both
+ * cases the reply stream is out of step with our requests, so the context is dropped and the
+ * next call reconnects (at once: this was not a failed connect). */
+static int fail_call(sd_redis *r, int saved_errno) {
+    int rc =
+        (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK) ? SD_ETIMEDOUT : SD_EDISCONNECTED;
+    snprintf(r->err, sizeof r->err, "%s", r->c && r->c->errstr[0] ? r->c->errstr : "I/O error");
+    drop_context(r);
+    r->retry_at_ms = 0;
+    return rc;
+}
+
+static sd_redis *redis_alloc(const sd_redis_url *url, const sd_redis_opts *opts) {
+    sd_redis *r = sd_xcalloc(1, sizeof *r);
+    sd_redis_url_copy(&r->url, url);
+    r->opts = sd_redis__opts_resolve(opts);
+    r->timeout_ms = r->opts.command_timeout_ms;
+    return r;
+}
+
+int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out) {
+    sd_redis__ignore_sigpipe();
+    sd_redis *r = redis_alloc(url, opts);
+    int rc = connect_now(r);
+    if (rc != 0) {
+        sd_redis_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+sd_redis *sd_redis_new(const sd_redis_url *url, const sd_redis_opts *opts) {
+    sd_redis__ignore_sigpipe();
+    sd_redis *r = redis_alloc(url, opts);
+    connect_now(r); /* a failure only starts the backoff: later calls reconnect */
+    return r;
+}
+
+void sd_redis_free(sd_redis *r) {
+    if (r == NULL)
+        return;
+    drop_context(r);
+    sd_redis_url_clear(&r->url);
+    free(r);
+}
+
+void sd_redis_set_timeout(sd_redis *r, int timeout_ms) {
+    r->timeout_ms = timeout_ms > 0 ? timeout_ms : r->opts.command_timeout_ms;
+    if (r->c)
+        redisSetTimeout(r->c, ms_to_tv(r->timeout_ms));
+}
+
+const char *sd_redis_errstr(const sd_redis *r) {
+    return r->err;
+}
+
+static void set_err(int *err, int code) {
+    if (err)
+        *err = code;
+}
+
+redisReply *sd_redis_commandv(sd_redis *r, int *err, int argc, const char **argv,
+                              const size_t *argvlen) {
+    int rc = ensure_connected(r);
+    if (rc != 0) {
+        set_err(err, rc);
+        return NULL;
+    }
+    errno = 0;
+    redisReply *reply = redisCommandArgv(r->c, argc, argv, argvlen);
+    if (reply == NULL)
+        set_err(err, fail_call(r, errno));
+    return reply;
+}
+
+redisReply *sd_redis_vcommand(sd_redis *r, int *err, const char *fmt, va_list ap) {
+    int rc = ensure_connected(r);
+    if (rc != 0) {
+        set_err(err, rc);
+        return NULL;
+    }
+    errno = 0;
+    redisReply *reply = redisvCommand(r->c, fmt, ap);
+    if (reply == NULL)
+        set_err(err, fail_call(r, errno));
+    return reply;
+}
+
+redisReply *sd_redis_command(sd_redis *r, int *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *reply = sd_redis_vcommand(r, err, fmt, ap);
+    va_end(ap);
+    return reply;
+}
+
+/* One step of sd_redis_script: the command, with the time left before deadline_ns (if any) as
+ * its timeout. */
+static redisReply *script_step(sd_redis *r, int *err, uint64_t deadline_ns,
+                               const struct sd_redis__script_call *call) {
+    if (deadline_ns) {
+        uint64_t now = sd_now_ns();
+        int left = now < deadline_ns ? (int)((deadline_ns - now) / 1000000) : 0;
+        if (left < 1) {
+            set_err(err, SD_ETIMEDOUT);
+            return NULL;
+        }
+        sd_redis_set_timeout(r, left);
+    }
+    return sd_redis_commandv(r, err, call->argc, call->argv, call->lens);
+}
+
+redisReply *sd_redis_script(sd_redis *r, int *err, uint64_t deadline_ns, sd_script *script,
+                            int nkeys, int argc, const char **argv, const size_t *argvlen) {
+    int own_timeout = r->timeout_ms;
+    struct sd_redis__script_call call;
+    sd_redis__script_call_init(&call, script, nkeys, argc, argv, argvlen);
+    redisReply *reply = script_step(r, err, deadline_ns, &call);
+    if (sd_redis__is_noscript(reply)) {
+        freeReplyObject(reply);
+        sd_redis__script_call_use_eval(&call, script);
+        reply = script_step(r, err, deadline_ns, &call);
+    }
+    sd_redis__script_call_release(&call);
+    if (deadline_ns)
+        sd_redis_set_timeout(r, own_timeout);
+    return reply;
+}
+
+int sd_redis_append(sd_redis *r, const char *fmt, ...) {
+    int rc = ensure_connected(r);
+    if (rc != 0)
+        return rc;
+    va_list ap;
+    va_start(ap, fmt);
+    rc = redisvAppendCommand(r->c, fmt, ap) == REDIS_OK ? 0 : SD_EPARSE;
+    va_end(ap);
+    return rc;
+}
+
+int sd_redis_appendv(sd_redis *r, int argc, const char **argv, const size_t *argvlen) {
+    int rc = ensure_connected(r);
+    if (rc != 0)
+        return rc;
+    return redisAppendCommandArgv(r->c, argc, argv, argvlen) == REDIS_OK ? 0 : SD_EPARSE;
+}
+
+redisReply *sd_redis_get_reply(sd_redis *r, int *err) {
+    if (r->c == NULL) {
+        set_err(err, SD_EDISCONNECTED);
+        return NULL;
+    }
+    void *reply = NULL;
+    errno = 0;
+    if (redisGetReply(r->c, &reply) != REDIS_OK) {
+        set_err(err, fail_call(r, errno));
+        return NULL;
+    }
+    return reply;
+}
