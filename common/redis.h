@@ -7,6 +7,8 @@
  *     async connection keeps its pending commands in send order and one uv_timer armed for the
  *     earliest deadline; a command whose deadline passes is answered SD_ETIMEDOUT at once, and its
  *     late reply, if one ever arrives, is dropped. hiredis 0.14 has no async timeouts of its own.
+ *     Every function here takes its time limit as relative milliseconds (timeout_ms, where 0
+ *     means the connection's default); inside, a command keeps an absolute sd_now_ns() deadline.
  *  2. Both connections reconnect by themselves with capped exponential backoff. While a
  *     connection is down, a command fails at once with SD_EDISCONNECTED instead of waiting, so a
  *     caller's decision time stays bounded when Redis is down.
@@ -126,13 +128,13 @@ redisReply *sd_redis_commandv(sd_redis *r, int *err, int argc, const char **argv
  * Runs a script: EVALSHA, and on NOSCRIPT once more with EVAL. argv holds the keys first
  * (nkeys of them), then the arguments. Same return contract as sd_redis_command.
  *
- * deadline_ns (sd_now_ns() time) bounds both steps together: each gets the whole milliseconds
- * left as its timeout, so a slow EVALSHA leaves less for the EVAL, and with less than one left
- * the step is not sent (*err = SD_ETIMEDOUT). The connection's own timeout is restored after.
- * 0: each step gets the connection's timeout.
+ * timeout_ms (0 = the connection's command timeout) bounds both steps together: the call keeps
+ * an absolute deadline, each step gets the whole milliseconds left as its timeout, so a slow
+ * EVALSHA leaves less for the EVAL, and with less than one left the step is not sent
+ * (*err = SD_ETIMEDOUT). The connection's own timeout is restored after.
  */
-redisReply *sd_redis_script(sd_redis *r, int *err, uint64_t deadline_ns, sd_script *script,
-                            int nkeys, int argc, const char **argv, const size_t *argvlen);
+redisReply *sd_redis_script(sd_redis *r, int *err, int timeout_ms, sd_script *script, int nkeys,
+                            int argc, const char **argv, const size_t *argvlen);
 
 /* Pipelining: append commands, then read their replies in order with sd_redis_get_reply.
  * Returns 0 or a negative code; a failed append leaves the pipeline unusable until the next

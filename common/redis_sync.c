@@ -215,25 +215,25 @@ redisReply *sd_redis_command(sd_redis *r, int *err, const char *fmt, ...) {
     return reply;
 }
 
-/* One step of sd_redis_script: the command, with the time left before deadline_ns (if any) as
- * its timeout. */
+/* One step of sd_redis_script: the command, with the whole milliseconds left before deadline_ns
+ * (the call's own, absolute deadline) as its timeout. */
 static redisReply *script_step(sd_redis *r, int *err, uint64_t deadline_ns,
                                const struct sd_redis__script_call *call) {
-    if (deadline_ns) {
-        uint64_t now = sd_now_ns();
-        int left = now < deadline_ns ? (int)((deadline_ns - now) / 1000000) : 0;
-        if (left < 1) {
-            set_err(err, SD_ETIMEDOUT);
-            return NULL;
-        }
-        sd_redis_set_timeout(r, left);
+    uint64_t now = sd_now_ns();
+    int left = now < deadline_ns ? (int)((deadline_ns - now) / 1000000) : 0;
+    if (left < 1) {
+        set_err(err, SD_ETIMEDOUT);
+        return NULL;
     }
+    sd_redis_set_timeout(r, left);
     return sd_redis_commandv(r, err, call->argc, call->argv, call->lens);
 }
 
-redisReply *sd_redis_script(sd_redis *r, int *err, uint64_t deadline_ns, sd_script *script,
-                            int nkeys, int argc, const char **argv, const size_t *argvlen) {
+redisReply *sd_redis_script(sd_redis *r, int *err, int timeout_ms, sd_script *script, int nkeys,
+                            int argc, const char **argv, const size_t *argvlen) {
     int own_timeout = r->timeout_ms;
+    uint64_t deadline_ns =
+        sd_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : own_timeout) * 1000000u;
     struct sd_redis__script_call call;
     sd_redis__script_call_init(&call, script, nkeys, argc, argv, argvlen);
     redisReply *reply = script_step(r, err, deadline_ns, &call);
@@ -243,8 +243,7 @@ redisReply *sd_redis_script(sd_redis *r, int *err, uint64_t deadline_ns, sd_scri
         reply = script_step(r, err, deadline_ns, &call);
     }
     sd_redis__script_call_release(&call);
-    if (deadline_ns)
-        sd_redis_set_timeout(r, own_timeout);
+    sd_redis_set_timeout(r, own_timeout);
     return reply;
 }
 

@@ -716,9 +716,10 @@ void rl_guard_stats(const rl_guard *g, rl_stats *out) {
 /* ---- The synchronous limiter ---------------------------------------------------------------- */
 
 /*
- * One check is one absolute deadline, shared by its steps: connecting (only while there is no
- * connection object yet), EVALSHA, and EVAL after a NOSCRIPT reply. Each step gets the time that
- * is left as its socket timeout, so a slow reply to the first leaves less for the second.
+ * One check is one deadline (deadline_ms), shared by its steps: connecting (only while there is
+ * no connection object yet), EVALSHA, and EVAL after a NOSCRIPT reply. sd_redis_script gives each
+ * step the time that is left as its socket timeout, so a slow reply to the first leaves less for
+ * the second.
  *
  * One sd_redis lives as long as the limiter, created even when Redis is down at start
  * (sd_redis_new): it reconnects by itself, with capped exponential backoff, failing at once
@@ -761,9 +762,9 @@ int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
     return 0;
 }
 
-/* One script call for one check, within deadline. Returns 0 with *d filled, or a negative code. */
-static int sync_call(rl_sync *l, const char *key, long long cost, uint64_t deadline,
-                     rl_decision *d) {
+/* One script call for one check, within timeout_ms. Returns 0 with *d filled, or a negative
+ * code. */
+static int sync_call(rl_sync *l, const char *key, long long cost, int timeout_ms, rl_decision *d) {
     size_t P = l->cfg.npolicies;
     char keys[RL_MAX_POLICIES][RL_REDIS_KEY_MAX];
     char cost_text[24];
@@ -786,7 +787,7 @@ static int sync_call(rl_sync *l, const char *key, long long cost, uint64_t deadl
     l->guard.stats.script_calls++;
     l->guard.stats.batched_checks++;
     /* EVALSHA, and EVAL after a NOSCRIPT, within the one deadline. */
-    redisReply *reply = sd_redis_script(l->redis, &err, deadline, rl_script(l->cfg.algorithm),
+    redisReply *reply = sd_redis_script(l->redis, &err, timeout_ms, rl_script(l->cfg.algorithm),
                                         (int)P, (int)argc, argv, lens);
     if (!reply && err == SD_ETIMEDOUT) {
         /* The command may have reached Redis and run: see rl_stats.in_doubt. */
@@ -813,8 +814,7 @@ int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out)
     if (!rl_decide_never(&l->cfg, cost, out) && !rl_deny_lookup(g, hash, cost, start, out)) {
         int rc = RL_EBREAKER;
         if (rl_breaker_admit(g, start)) {
-            uint64_t deadline = start + (uint64_t)l->cfg.deadline_ms * 1000000;
-            rc = sync_call(l, key, cost, deadline, out);
+            rc = sync_call(l, key, cost, l->cfg.deadline_ms, out);
             uint64_t now = sd_now_ns();
             /* An error reply means Redis is up: it must not open the breaker. */
             rl_breaker_done(g, rc == 0 || rc == SD_EREDIS, now);
