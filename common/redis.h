@@ -12,9 +12,11 @@
  *  2. Both connections reconnect by themselves with capped exponential backoff. While a
  *     connection is down, a command fails at once with SD_EDISCONNECTED instead of waiting, so a
  *     caller's decision time stays bounded when Redis is down.
- *  3. AUTH and SELECT are sent on every (re)connect, before any user command.
- *  4. Scripts are embedded into the binary at build time (sd_embed_lua() in CMake), called with
- *     EVALSHA, and after a NOSCRIPT reply (Redis restarted, SCRIPT FLUSH) sent once with EVAL,
+ *  3. AUTH, SELECT and the SCRIPT LOADs are sent on every (re)connect, before any user command.
+ *  4. Scripts are embedded into the binary at build time (sd_embed_lua() in CMake) and called with
+ *     EVALSHA. The scripts a connection is given (sd_redis_opts.scripts) are loaded on every
+ *     (re)connect, before it counts as up; a NOSCRIPT reply all the same (SCRIPT FLUSH while
+ *     connected, or a script not given) is answered by sending the call once more with EVAL,
  *     which both runs the script and loads it back into the script cache.
  *
  * Secrets: the password in a URL is kept for AUTH and never appears in a log line or an error
@@ -59,18 +61,6 @@ void sd_redis_url_copy(sd_redis_url *dst, const sd_redis_url *src);
  * Returns buf. Use this wherever a URL is printed. */
 const char *sd_redis_url_format(const sd_redis_url *url, char *buf, size_t buflen);
 
-/* ---- Options shared by both connection kinds ------------------------------------------------ */
-
-typedef struct sd_redis_opts {
-    int connect_timeout_ms; /* default 1000 */
-    int command_timeout_ms; /* default 1000; the default deadline for commands */
-    int reconnect_min_ms;   /* first backoff step, default 50 */
-    int reconnect_max_ms;   /* backoff cap, default 2000 */
-} sd_redis_opts;
-
-/* Fills *opts with the defaults above. A NULL opts argument anywhere means these defaults. */
-void sd_redis_opts_default(sd_redis_opts *opts);
-
 /* ---- Scripts -------------------------------------------------------------------------------- */
 
 /* One Lua script. Define it statically from the embedded source; the SHA1 is computed on
@@ -86,6 +76,26 @@ typedef struct sd_script {
 /* Computes script->sha. Idempotent. Call before sharing a script across threads. */
 void sd_script_init(sd_script *script);
 
+/* ---- Options shared by both connection kinds ------------------------------------------------ */
+
+typedef struct sd_redis_opts {
+    int connect_timeout_ms; /* default 1000 */
+    int command_timeout_ms; /* default 1000; the default deadline for commands */
+    int reconnect_min_ms;   /* first backoff step, default 50 */
+    int reconnect_max_ms;   /* backoff cap, default 2000 */
+    /* Scripts loaded (SCRIPT LOAD) in every connect handshake, after AUTH and SELECT and before
+     * the connection counts as up, so that the first call after a start or a Redis restart is
+     * answered by EVALSHA, without a NOSCRIPT round trip. Default none. The connection copies
+     * the array; the scripts themselves are borrowed and must outlive it (they are usually
+     * static). A SCRIPT LOAD that Redis refuses is logged and does not fail the connect: the
+     * call then fails as EVAL would. */
+    sd_script *const *scripts;
+    size_t nscripts;
+} sd_redis_opts;
+
+/* Fills *opts with the defaults above. A NULL opts argument anywhere means these defaults. */
+void sd_redis_opts_default(sd_redis_opts *opts);
+
 /* ---- Synchronous connection ---------------------------------------------------------------- */
 
 /* Both kinds of connection set SIGPIPE to ignored when they are created, unless the program has
@@ -95,9 +105,10 @@ void sd_script_init(sd_script *script);
 typedef struct sd_redis sd_redis;
 
 /*
- * Connects (with the connect timeout), sends AUTH and SELECT as the URL asks, and returns the
- * connection in *out. Returns 0, SD_ETIMEDOUT, SD_EDISCONNECTED (refused / unreachable) or
- * SD_EREDIS (AUTH or SELECT failed); *out is untouched on failure. The URL is copied.
+ * Connects (with the connect timeout), sends AUTH and SELECT as the URL asks, loads the scripts
+ * of opts, and returns the connection in *out. Returns 0, SD_ETIMEDOUT, SD_EDISCONNECTED (refused /
+ * unreachable) or SD_EREDIS (AUTH or SELECT failed); *out is untouched on failure. The URL is
+ * copied.
  */
 int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out);
 
@@ -161,7 +172,7 @@ typedef struct sd_aredis sd_aredis;
 typedef void sd_aredis_cb(sd_aredis *r, redisReply *reply, int status, void *privdata);
 
 /* Called when the connection state changes: connected != 0 after a successful (re)connect and
- * its AUTH/SELECT, 0 when it goes down. */
+ * its handshake (AUTH, SELECT, SCRIPT LOAD), 0 when it goes down. */
 typedef void sd_aredis_state_cb(sd_aredis *r, int connected, void *privdata);
 
 /*

@@ -5,15 +5,15 @@
  *
  *               sd_aredis_new
  *                     │
- *                     v        connect failed / timed out
- *   ┌──────────> CONNECTING ──────────────────────────────┐
- *   │                 │ TCP up: AUTH, SELECT sent          │
- *   │                 v                                   v
- *   │            HANDSHAKE ──── AUTH/SELECT refused ──> WAITING (backoff timer)
- *   │                 │ last handshake reply OK             │
- *   │                 v                                   │
- *   │              READY ──── connection lost ──────────────┤
- *   └─────────────────────────────────────────────────────┘ backoff elapsed
+ *                     v             connect failed / timed out
+ *   ┌──────────> CONNECTING ─────────────────────────────────────┐
+ *   │                 │ TCP up: AUTH, SELECT, SCRIPT LOADs sent  │
+ *   │                 v                                          v
+ *   │            HANDSHAKE ──── AUTH/SELECT refused ───────> WAITING (backoff timer)
+ *   │                 │ last handshake reply                     │
+ *   │                 v                                          │
+ *   │              READY ──── connection lost ───────────────────┤
+ *   └────────────────────────────────────────────────────────────┘ backoff elapsed
  *
  * Only READY accepts commands; in every other state sd_aredis_command fails at once with
  * SD_EDISCONNECTED, which is what lets callers bound their decision time when Redis is down.
@@ -78,6 +78,11 @@ static size_t resp_format(char **out, int argc, const char **argv, const size_t 
 
 enum astate { AS_CONNECTING, AS_HANDSHAKE, AS_READY, AS_WAITING, AS_CLOSED };
 
+/* The kinds of handshake command: one Redis must accept (AUTH, SELECT, PING: an error reply
+ * fails the handshake), and a SCRIPT LOAD (an error reply is logged, and the script's calls will
+ * report it as EVAL would). */
+enum { HS_REQUIRED = 1, HS_SCRIPT_LOAD = 2 };
+
 /* One command in flight. For scripts it keeps the formatted EVALSHA command, so that after a
  * NOSCRIPT reply it can be re-sent as EVAL without asking the caller for its arguments again. */
 struct areq {
@@ -87,8 +92,8 @@ struct areq {
     void *privdata;
     uint64_t deadline_ns;
     int expired;       /* the callback already ran with SD_ETIMEDOUT */
-    int internal;      /* a handshake command of ours (AUTH, SELECT) */
-    sd_script *script; /* non-NULL for scripts until retried */
+    int internal;      /* a handshake command of ours: HS_REQUIRED or HS_SCRIPT_LOAD */
+    sd_script *script; /* non-NULL for scripts until retried; a SCRIPT LOAD's script */
     char *cmd;         /* the formatted EVALSHA command (scripts only) */
     size_t cmdlen;
 };
@@ -262,12 +267,15 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
         return;
     }
     if (q->internal) {
-        if (reply->type == REDIS_REPLY_ERROR) {
+        if (reply->type == REDIS_REPLY_ERROR && q->internal == HS_REQUIRED) {
             sd_log(SD_LOG_ERROR, "redis.handshake_refused", "error=\"%.100s\"", reply->str);
             areq_free(r, q);
             redisAsyncDisconnect(ac);
             return;
         }
+        if (reply->type == REDIS_REPLY_ERROR)
+            sd_log(SD_LOG_ERROR, "redis.script_load_refused", "script=%s error=\"%.100s\"",
+                   q->script->name, reply->str);
         areq_free(r, q);
         if (--r->handshake_left == 0 && r->state == AS_HANDSHAKE) {
             uv_timer_stop(&r->conn_timer);
@@ -315,13 +323,16 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
         schedule_reconnect(r);
 }
 
-/* Sends a handshake command (AUTH, SELECT). Returns 0 or -1. */
-static int send_internal(sd_aredis *r, int argc, const char **argv) {
+/* Sends a handshake command of the given kind (HS_*); lens may be NULL, script is the one a
+ * SCRIPT LOAD loads (for its log line). Returns 0 or -1. */
+static int send_internal(sd_aredis *r, int kind, int argc, const char **argv, const size_t *lens,
+                         sd_script *script) {
     struct areq *q = sd_xcalloc(1, sizeof *q);
     q->owner = r;
-    q->internal = 1;
+    q->internal = kind;
+    q->script = script;
     list_push(r, q);
-    if (redisAsyncCommandArgv(r->ac, on_reply, q, argc, argv, NULL) != REDIS_OK) {
+    if (redisAsyncCommandArgv(r->ac, on_reply, q, argc, argv, lens) != REDIS_OK) {
         areq_free(r, q);
         return -1;
     }
@@ -347,14 +358,24 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     if (r->url.password) {
         const char *auth[3] = {"AUTH", r->url.user ? r->url.user : r->url.password,
                                r->url.password};
-        rc |= send_internal(r, r->url.user ? 3 : 2, auth);
+        rc |= send_internal(r, HS_REQUIRED, r->url.user ? 3 : 2, auth, NULL, NULL);
     }
     char db[16];
     snprintf(db, sizeof db, "%d", r->url.db);
     const char *select[2] = {"SELECT", db};
     const char *ping[1] = {"PING"};
-    /* SELECT also serves as the readiness probe when there is nothing else to send. */
-    rc |= r->url.db ? send_internal(r, 2, select) : send_internal(r, 1, ping);
+    if (r->url.db)
+        rc |= send_internal(r, HS_REQUIRED, 2, select, NULL, NULL);
+    /* The scripts go after AUTH and SELECT: Redis answers in order, so READY (the last reply)
+     * means every one of them is in the script cache. */
+    for (size_t i = 0; i < r->opts.nscripts; i++) {
+        const char *load[3] = {"SCRIPT", "LOAD", r->opts.scripts[i]->body};
+        const size_t lens[3] = {6, 4, r->opts.scripts[i]->len};
+        rc |= send_internal(r, HS_SCRIPT_LOAD, 3, load, lens, r->opts.scripts[i]);
+    }
+    /* With nothing else to send, a PING is the readiness probe. */
+    if (r->handshake_left == 0)
+        rc |= send_internal(r, HS_REQUIRED, 1, ping, NULL, NULL);
     if (rc != 0)
         redisAsyncDisconnect(r->ac);
 }
@@ -509,6 +530,7 @@ static void on_handle_closed(uv_handle_t *h) {
     while (r->head)
         areq_free(r, r->head);
     sd_redis_url_clear(&r->url);
+    sd_redis__opts_clear(&r->opts);
     free(r);
 }
 

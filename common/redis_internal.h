@@ -16,8 +16,11 @@
 
 #include "redis.h"
 
-/* The options with every unset (<= 0) field replaced by its default; opts may be NULL. */
+/* The options with every unset (<= 0) field replaced by its default; opts may be NULL. The
+ * result owns a copy of the scripts array (each script's SHA1 computed): release it with
+ * sd_redis__opts_clear. */
 sd_redis_opts sd_redis__opts_resolve(const sd_redis_opts *opts);
+void sd_redis__opts_clear(sd_redis_opts *opts);
 
 /* Next backoff step: doubles from min up to max. */
 int sd_redis__backoff_next(int current, const sd_redis_opts *o);

@@ -60,7 +60,35 @@ static void drop_context(sd_redis *r) {
     r->c = NULL;
 }
 
-/* Connects now: TCP or unix, timeouts, AUTH, SELECT. On failure schedules the next attempt. */
+/* Loads the connection's scripts on a fresh context, all SCRIPT LOADs written at once and their
+ * replies read in order. Returns 0, or SD_ETIMEDOUT / SD_EDISCONNECTED when the connection
+ * failed. A refused load is logged, not an error: the script's calls will report it. */
+static int load_scripts(sd_redis *r) {
+    for (size_t i = 0; i < r->opts.nscripts; i++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", r->opts.scripts[i]->body};
+        const size_t lens[3] = {6, 4, r->opts.scripts[i]->len};
+        if (redisAppendCommandArgv(r->c, 3, argv, lens) != REDIS_OK) {
+            snprintf(r->err, sizeof r->err, "out of memory during SCRIPT LOAD");
+            return SD_EDISCONNECTED;
+        }
+    }
+    for (size_t i = 0; i < r->opts.nscripts; i++) {
+        redisReply *reply = NULL;
+        errno = 0;
+        if (redisGetReply(r->c, (void **)&reply) != REDIS_OK) {
+            snprintf(r->err, sizeof r->err, "%s during SCRIPT LOAD", r->c->errstr);
+            return (errno == EAGAIN || errno == EWOULDBLOCK) ? SD_ETIMEDOUT : SD_EDISCONNECTED;
+        }
+        if (reply->type == REDIS_REPLY_ERROR)
+            sd_log(SD_LOG_ERROR, "redis.script_load_refused", "script=%s error=\"%.100s\"",
+                   r->opts.scripts[i]->name, reply->str);
+        freeReplyObject(reply);
+    }
+    return 0;
+}
+
+/* Connects now: TCP or unix, timeouts, AUTH, SELECT, SCRIPT LOAD. On failure schedules the next
+ * attempt. */
 static int connect_now(sd_redis *r) {
     /* A reconnect inside a command must not outlast the command's own timeout: callers with a
      * deadline (a rate-limit decision) set the command timeout to the time they have left. */
@@ -90,6 +118,14 @@ static int connect_now(sd_redis *r) {
             snprintf(db, sizeof db, "%d", r->url.db);
             const char *select[2] = {"SELECT", db};
             rc = handshake_step(r, 2, select);
+        }
+        if (rc == 0 && (rc = load_scripts(r)) != 0) {
+            /* The server took the connection and the AUTH: it is slow, not down. Like a command
+             * that fails, this drops the context without a backoff, so the next call tries again
+             * at once (and a frozen server costs each call its timeout, as before the loads). */
+            drop_context(r);
+            r->retry_at_ms = 0;
+            return rc;
         }
     }
     if (rc != 0) {
@@ -162,6 +198,7 @@ void sd_redis_free(sd_redis *r) {
         return;
     drop_context(r);
     sd_redis_url_clear(&r->url);
+    sd_redis__opts_clear(&r->opts);
     free(r);
 }
 

@@ -206,6 +206,8 @@ void sd_redis_opts_default(sd_redis_opts *opts) {
     opts->command_timeout_ms = 1000;
     opts->reconnect_min_ms = 50;
     opts->reconnect_max_ms = 2000;
+    opts->scripts = NULL;
+    opts->nscripts = 0;
 }
 
 sd_redis_opts sd_redis__opts_resolve(const sd_redis_opts *opts) {
@@ -220,8 +222,24 @@ sd_redis_opts sd_redis__opts_resolve(const sd_redis_opts *opts) {
             o.reconnect_min_ms = opts->reconnect_min_ms;
         if (opts->reconnect_max_ms > 0)
             o.reconnect_max_ms = opts->reconnect_max_ms;
+        if (opts->scripts && opts->nscripts > 0) {
+            /* The connection's own copy of the array, freed by sd_redis__opts_clear. */
+            sd_script **copy = sd_xmalloc(sizeof *copy * opts->nscripts);
+            for (size_t i = 0; i < opts->nscripts; i++) {
+                copy[i] = opts->scripts[i];
+                sd_script_init(copy[i]);
+            }
+            o.scripts = copy;
+            o.nscripts = opts->nscripts;
+        }
     }
     return o;
+}
+
+void sd_redis__opts_clear(sd_redis_opts *opts) {
+    free((void *)opts->scripts);
+    opts->scripts = NULL;
+    opts->nscripts = 0;
 }
 
 /* Next backoff step: doubles from min up to max. */

@@ -311,6 +311,9 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
     sd_redis_opts opts;
     sd_redis_opts_default(&opts);
     opts.command_timeout_ms = cfg->deadline_ms;
+    sd_script *script = rl_script(cfg->algorithm); /* loaded on every (re)connect */
+    opts.scripts = &script;
+    opts.nscripts = 1;
     rc = sd_aredis_new(loop, url, &opts, &l->redis);
     if (rc < 0) {
         rl_guard_clear(&l->guard);

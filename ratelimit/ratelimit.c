@@ -38,6 +38,7 @@
  */
 #include "ratelimit.h"
 #include "rl_internal.h"
+#include "rl_lua.h" /* the embedded scripts, declared by sd_embed_lua() (CMakeLists.txt) */
 
 #include <ctype.h>
 #include <errno.h>
@@ -335,13 +336,6 @@ int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, si
 }
 
 /* ---- Scripts -------------------------------------------------------------------------------- */
-
-/* Generated from the .lua files by sd_embed_lua() (see CMakeLists.txt). */
-extern const char sd_lua_rl_common[];
-extern const char sd_lua_token_bucket[];
-extern const char sd_lua_gcra[];
-extern const char sd_lua_sliding_window_log[];
-extern const char sd_lua_sliding_window_counter[];
 
 static sd_script scripts[4];
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
@@ -755,6 +749,10 @@ int rl_sync_new(const sd_redis_url *url, const rl_config *cfg, rl_sync **out) {
     /* A connect is part of a check when the connection is down: it gets the check's deadline. */
     opts.connect_timeout_ms = cfg->deadline_ms;
     opts.command_timeout_ms = cfg->deadline_ms;
+    /* Loaded on every (re)connect, so a check after a start or a restart needs one round trip. */
+    sd_script *script = rl_script(cfg->algorithm);
+    opts.scripts = &script;
+    opts.nscripts = 1;
     rl_policy_args_init(&l->args, &l->cfg);
     rl_guard_init(&l->guard, &l->cfg);
     l->redis = sd_redis_new(url, &opts);

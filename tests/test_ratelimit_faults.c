@@ -249,8 +249,8 @@ Test(ratelimit_faults, frozen_redis_hits_the_deadline_then_the_breaker) {
 Test(ratelimit_faults, a_check_that_timed_out_may_still_be_charged) {
     rl_config cfg = config(RL_FAIL_OPEN);
     rl_limiter *l = limiter(&cfg);
-    /* Loads the script: otherwise the late reply would be NOSCRIPT, which nobody reads, and no
-     * EVAL would follow. */
+    /* Waits until Redis answers: the script is loaded (a NOSCRIPT as the late reply would be
+     * read by nobody, and no EVAL would follow). */
     await_redis(l, "other");
     rl_stats before, s;
     rl_limiter_stats(l, &before);
@@ -507,7 +507,7 @@ static pid_t slow_proxy_start(int redis_port, int delay_ms, int *port) {
 
 /*
  * A check's steps share one deadline. On a link where every reply comes 450 ms late, with a
- * deadline of 600 ms and the script not yet loaded, EVALSHA's NOSCRIPT arrives at 450 ms and
+ * deadline of 600 ms and the script flushed from Redis, EVALSHA's NOSCRIPT arrives at 450 ms and
  * leaves 150 ms for EVAL, which is sent and times out at 600 ms. The EVAL once got a whole
  * deadline of its own, and the check took 900 ms, beyond the 600 + SLACK_MS asserted.
  */
@@ -522,6 +522,12 @@ Test(ratelimit_faults, sync_check_shares_its_deadline_between_evalsha_and_eval) 
     cfg.deadline_ms = 600;
     rl_sync *l = NULL;
     cr_assert_eq(rl_sync_new(&slow, &cfg, &l), 0);
+    /* The limiter loaded its script when it connected: unload it, so the check needs both steps. */
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *flushed = sd_redis_command(admin, NULL, "SCRIPT FLUSH");
+    cr_assert_not_null(flushed);
+    freeReplyObject(flushed);
+    sd_redis_free(admin);
     rl_decision d = sync_check(l, "k", 1, cfg.deadline_ms);
     cr_assert_eq(d.source, RL_SOURCE_FAIL_CLOSED, "decided by %s", rl_source_name(d.source));
     cr_assert_eq(d.error, SD_ETIMEDOUT, "%s", rl_strerror(d.error));

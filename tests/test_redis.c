@@ -540,3 +540,156 @@ Test(redis, sync_handle_created_while_redis_is_down_connects_later) {
     sd_redis_free(r);
     sd_redis_url_clear(&u);
 }
+
+/* ---- scripts loaded on connect ---- */
+
+/*
+ * How often Redis ran a command since it started, from INFO commandstats ("cmdstat_evalsha:
+ * calls=3,..."; a subcommand is named "script|load"). 0 when it never ran. The test then need not
+ * watch the connection: Redis's own count says whether a NOSCRIPT round trip happened, since
+ * that is the only way an EVAL is sent.
+ */
+static long long command_calls(const char *command) {
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *reply = sd_redis_command(admin, NULL, "INFO commandstats");
+    cr_assert(reply && reply->type == REDIS_REPLY_STRING);
+    char needle[64];
+    snprintf(needle, sizeof needle, "\ncmdstat_%s:calls=", command);
+    const char *at = strstr(reply->str, needle);
+    long long calls = at ? atoll(at + strlen(needle)) : 0;
+    freeReplyObject(reply);
+    sd_redis_free(admin);
+    return calls;
+}
+
+static sd_redis_opts with_incr_script(int reconnect_ms) {
+    static sd_script *const scripts[] = {&incr_script};
+    sd_redis_opts opts = quick_reconnect(reconnect_ms);
+    opts.scripts = scripts;
+    opts.nscripts = 1;
+    return opts;
+}
+
+/* Runs incr_script on key k (+2) and asserts the new value. */
+static void sync_incr_expect(sd_redis *r, long long want) {
+    const char *argv[] = {"k", "2"};
+    int err = 0;
+    redisReply *reply = sd_redis_script(r, &err, 0, &incr_script, 1, 2, argv, NULL);
+    cr_assert_not_null(reply, "%s", sd_strerror(err));
+    cr_assert_eq(reply->type, REDIS_REPLY_INTEGER, "%s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "not an integer");
+    cr_assert_eq(reply->integer, want);
+    freeReplyObject(reply);
+}
+
+Test(redis, sync_scripts_are_loaded_on_connect_and_after_a_restart) {
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis_opts opts = with_incr_script(20);
+    sd_redis *r = NULL;
+    cr_assert_eq(sd_redis_connect(&u, &opts, &r), 0);
+    cr_assert_eq(command_calls("script|load"), 1, "not loaded in the handshake");
+    sync_incr_expect(r, 2);
+    cr_assert_eq(command_calls("evalsha"), 1);
+    cr_assert_eq(command_calls("eval"), 0, "the first call needed a NOSCRIPT round trip");
+
+    /* A restarted server has an empty script cache (and fresh counts). */
+    sd_redis_server_halt(server);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    int err = 0;
+    redisReply *reply = command_until_answered(r, "PING", &err);
+    cr_assert_not_null(reply, "never reconnected: %s", sd_strerror(err));
+    freeReplyObject(reply);
+    cr_assert_eq(command_calls("script|load"), 1, "not loaded again on the reconnect");
+    sync_incr_expect(r, 2);
+    cr_assert_eq(command_calls("eval"), 0, "the first call after a restart needed a NOSCRIPT");
+    sd_redis_free(r);
+    sd_redis_url_clear(&u);
+}
+
+static void async_incr_expect(uv_loop_t *loop, sd_aredis *r, long long want) {
+    struct calls c = {0};
+    const char *argv[] = {"ak", "5"};
+    cr_assert_eq(sd_aredis_script(r, &incr_script, record_cb, &c, 1000, 1, 2, argv, NULL), 0);
+    run_until(loop, &c.count, 1);
+    cr_assert_eq(c.count, 1);
+    cr_assert_eq(c.status, 0);
+    cr_assert_eq(c.type, REDIS_REPLY_INTEGER);
+    cr_assert_eq(c.integer, want);
+}
+
+/* Counts the SCRIPT LOADs Redis has run at the moment the state callback says "up": a load sent
+ * only then would still sit in the connection's buffer, unwritten until the loop runs again. */
+struct loads_when_up {
+    struct states states;
+    long long loads;
+};
+
+static void count_loads_when_up_cb(sd_aredis *r, int connected, void *privdata) {
+    struct loads_when_up *s = privdata;
+    state_cb(r, connected, &s->states);
+    if (connected)
+        s->loads = command_calls("script|load");
+}
+
+Test(redis, async_scripts_are_loaded_before_the_connection_is_up) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis_opts opts = with_incr_script(20);
+    sd_aredis *r = NULL;
+    cr_assert_eq(sd_aredis_new(&loop, &u, &opts, &r), 0);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(sd_aredis_wait_connected(r, 5000), 0);
+    /* Up means loaded: the count is read before any script call. */
+    cr_assert_eq(command_calls("script|load"), 1, "up before the script was loaded");
+    async_incr_expect(&loop, r, 5);
+    cr_assert_eq(command_calls("evalsha"), 1);
+    cr_assert_eq(command_calls("eval"), 0, "the first call needed a NOSCRIPT round trip");
+
+    struct loads_when_up st = {{0}, -1};
+    sd_aredis_set_state_cb(r, count_loads_when_up_cb, &st);
+    sd_redis_server_halt(server);
+    run_until(&loop, &st.states.downs, 1);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    run_until(&loop, &st.states.ups, 1);
+    cr_assert_eq(st.states.ups, 1, "did not reconnect");
+    cr_assert_eq(st.loads, 1, "not loaded again before the reconnect was up");
+    async_incr_expect(&loop, r, 5);
+    cr_assert_eq(command_calls("eval"), 0, "the first call after a restart needed a NOSCRIPT");
+    close_loop(&loop, r);
+}
+
+/* A script Redis refuses to load (here, a syntax error) does not keep a connection down: its
+ * calls report the error, as they would without the load. */
+static sd_script broken_script = {
+    .name = "test/broken",
+    .body = "return +",
+    .len = sizeof "return +" - 1,
+};
+
+Test(redis, a_script_that_fails_to_load_does_not_fail_the_connect) {
+    static sd_script *const scripts[] = {&broken_script, &incr_script};
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis_opts opts = quick_reconnect(20);
+    opts.scripts = scripts;
+    opts.nscripts = 2;
+    sd_redis *r = NULL;
+    cr_assert_eq(sd_redis_connect(&u, &opts, &r), 0, "%s", r ? sd_redis_errstr(r) : "");
+    int err = 0;
+    redisReply *reply = sd_redis_script(r, &err, 0, &broken_script, 0, 0, NULL, NULL);
+    cr_assert_not_null(reply, "%s", sd_strerror(err));
+    cr_assert_eq(reply->type, REDIS_REPLY_ERROR);
+    freeReplyObject(reply);
+    sync_incr_expect(r, 2); /* the script after it was loaded all the same */
+    sd_redis_free(r);
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *ar = NULL;
+    cr_assert_eq(sd_aredis_new(&loop, &u, &opts, &ar), 0);
+    cr_assert_eq(sd_aredis_wait_connected(ar, 5000), 0, "a refused SCRIPT LOAD kept it down");
+    cr_assert_eq(command_calls("script|load"), 4);
+    cr_assert_eq(command_calls("eval"), 1, "only the broken script's call fell back to EVAL");
+    close_loop(&loop, ar);
+    sd_redis_url_clear(&u);
+}
