@@ -231,6 +231,17 @@ size_t sd_aredis_pending(const sd_aredis *r);
  */
 void sd_aredis_free(sd_aredis *r);
 
+/* ---- Redis Cluster ----------------------------------------------------------------------------
+ */
+
+/*
+ * The Redis Cluster hash slot of a key (0 to 16383): CRC16 (XMODEM) of the key modulo 16384, or
+ * of its hash tag when it has one, the bytes between its first '{' and the first '}' after it if
+ * there are any ("{user1000}.following" and "{user1000}.followers" share a slot; "foo{}{bar}"
+ * hashes whole). Keys are binary: len bytes of key.
+ */
+int sd_redis_key_slot(const char *key, size_t len);
+
 /* ---- Choosing a Redis ----------------------------------------------------------------------- */
 
 struct sd_redis_server;

@@ -6,7 +6,8 @@
  *  - redis_script.c   the script registry and the EVALSHA / EVAL argument list of a script call;
  *  - redis_sync.c     the synchronous connection;
  *  - redis_async.c    the asynchronous (libuv) connection, with its state machine and deadlines;
- *  - redis_resolve.c  which Redis to use (--redis, REDIS_URL or a private redis-server).
+ *  - redis_resolve.c  which Redis to use (--redis, REDIS_URL or a private redis-server);
+ *  - redis_slot.c     the Redis Cluster hash slot of a key.
  *
  * The functions one file calls in another carry the prefix sd_redis__ (two underscores), as
  * http_internal.h does: they are not part of redis.h and may change with the implementation.

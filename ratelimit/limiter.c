@@ -387,7 +387,7 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
         c->key_len[i] = (size_t)n;
         p += n + 1;
     }
-    c->slot = l->cfg.cluster ? rl_key_slot(c->keys, c->key_len[0]) : 0;
+    c->slot = l->cfg.cluster ? sd_redis_key_slot(c->keys, c->key_len[0]) : 0;
     if (l->tail) {
         l->tail->next = c;
     } else {

@@ -371,33 +371,6 @@ uint64_t rl_key_hash(const char *key, size_t len) {
     return h ^ (h >> 31);
 }
 
-/* CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), bit by bit, as the Redis Cluster
- * specification prescribes for key slots. */
-static uint16_t crc16(const char *s, size_t len) {
-    uint16_t crc = 0;
-    for (size_t i = 0; i < len; i++) {
-        crc ^= (uint16_t)((unsigned char)s[i] << 8);
-        for (int b = 0; b < 8; b++) {
-            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
-        }
-    }
-    return crc;
-}
-
-int rl_key_slot(const char *key, size_t len) {
-    /* The hash tag is what lies between the first '{' and the first '}' after it, if that is
-     * not empty; otherwise the whole key is hashed (Redis Cluster specification, "Hash tags"). */
-    const char *open = memchr(key, '{', len);
-    if (open) {
-        size_t rest = len - (size_t)(open - key) - 1;
-        const char *close = memchr(open + 1, '}', rest);
-        if (close && close > open + 1) {
-            return crc16(open + 1, (size_t)(close - open - 1)) & 16383;
-        }
-    }
-    return crc16(key, len) & 16383;
-}
-
 int rl_check_args(const char *key, long long cost) {
     if (!key) {
         return RL_EARG;

@@ -29,9 +29,6 @@ int rl_decide_never(const rl_config *cfg, long long cost, rl_decision *d);
 
 uint64_t rl_key_hash(const char *key, size_t len);
 
-/* The Redis Cluster hash slot of a key (CRC16 of its hash tag, modulo 16384). */
-int rl_key_slot(const char *key, size_t len);
-
 /* The script arguments that follow the keys and precede the costs: P, then q and w of each
  * policy, formatted once. */
 #define RL_POLICY_ARGS (1 + 2 * RL_MAX_POLICIES)

@@ -693,3 +693,53 @@ Test(redis, a_script_that_fails_to_load_does_not_fail_the_connect) {
     close_loop(&loop, ar);
     sd_redis_url_clear(&u);
 }
+
+/* ---- Redis Cluster key slots ---- */
+
+/* The vectors of the Redis Cluster specification ("Keys distribution model", "Hash tags"). */
+Test(redis_slot, matches_the_specification_vectors) {
+    /* Its CRC16 test vector: CRC16("123456789") = 0x31C3. */
+    cr_assert_eq(sd_redis_key_slot("123456789", 9), 0x31C3 & 16383);
+    cr_assert_eq(sd_redis_key_slot("rl:{123456789}:x", 16), 0x31C3 & 16383);
+    /* The slots below are what CLUSTER KEYSLOT answers (Redis 7.0). */
+    const char *a = "{user1000}.following", *b = "{user1000}.followers";
+    cr_assert_eq(sd_redis_key_slot(a, strlen(a)), 3443);
+    cr_assert_eq(sd_redis_key_slot(b, strlen(b)), 3443);
+    cr_assert_eq(sd_redis_key_slot("user1000", 8), 3443);
+    /* An empty tag: the whole key is hashed, not "bar" (5061). */
+    cr_assert_eq(sd_redis_key_slot("foo{}{bar}", 10), 8363);
+    /* The tag ends at the first '}' after the first '{': "{bar" is hashed. */
+    cr_assert_eq(sd_redis_key_slot("foo{{bar}}zap", 13), 4015);
+    cr_assert_eq(sd_redis_key_slot("{bar", 4), 4015);
+    /* No closing brace: the whole key, not "b" (3300). */
+    cr_assert_eq(sd_redis_key_slot("a{b", 3), 13340);
+}
+
+/* Redis's own CLUSTER KEYSLOT, on a server started in cluster mode, agrees on keys of every
+ * shape: with and without tags, empty tags, nested and unclosed braces, and any bytes. */
+Test(redis_slot, agrees_with_cluster_keyslot) {
+    const char *args[] = {"--cluster-enabled", "yes", NULL};
+    sd_redis_server_opts opts = {.extra_args = args};
+    sd_redis_server *cluster = NULL;
+    cr_assert_eq(sd_redis_server_start(&opts, &cluster), 0);
+    sd_redis *r = test_redis_connect(sd_redis_server_url(cluster));
+    const char alphabet[] = "{}ab\0\xff";
+    unsigned seed = 12345;
+    for (int i = 0; i < 2000; i++) {
+        char key[12];
+        size_t len = (size_t)(i % 12);
+        for (size_t j = 0; j < len; j++) {
+            seed = seed * 1103515245u + 12345u;
+            key[j] = alphabet[(seed >> 16) % (sizeof alphabet - 1)];
+        }
+        const char *argv[] = {"CLUSTER", "KEYSLOT", key};
+        const size_t lens[] = {7, 7, len};
+        redisReply *reply = sd_redis_commandv(r, NULL, 3, argv, lens);
+        cr_assert(reply && reply->type == REDIS_REPLY_INTEGER, "%s",
+                  reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+        cr_assert_eq(sd_redis_key_slot(key, len), reply->integer, "key %d (%zu bytes)", i, len);
+        freeReplyObject(reply);
+    }
+    sd_redis_free(r);
+    sd_redis_server_stop(cluster);
+}
