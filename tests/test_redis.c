@@ -1,7 +1,7 @@
 /*
  * test_redis.c - the sync and async connections against a real redis-server: AUTH and SELECT,
- * scripts surviving SCRIPT FLUSH, deadlines against a paused server, and reconnecting after
- * the server is restarted.
+ * scripts loaded on every connect and surviving SCRIPT FLUSH, deadlines against a paused server,
+ * and reconnecting after the server is restarted; and Redis Cluster key slots.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
