@@ -180,28 +180,32 @@ static bool wait_metric(const char *sample, long long want, int fd, void (*more)
     return false;
 }
 
-/* Pipelined GET /big requests, written until the socket takes no more. */
+/* Pipelined GET /big requests, written until the socket takes no more. A send may take part
+ * of a request: the stream goes on from there, and nsent counts the complete ones. */
 static const char big_req[] = "GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
+static size_t big_pos;
 static long long nsent;
 
 static void send_bigs(int fd) {
-    static char chunk[sizeof big_req * 256];
-    size_t one = sizeof big_req - 1;
-    for (size_t i = 0; i < 256; i++)
+    enum { N = 256 };
+    const size_t one = sizeof big_req - 1;
+    static char chunk[sizeof big_req * (N + 1)];
+    for (size_t i = 0; i <= N; i++)
         memcpy(chunk + i * one, big_req, one);
     for (;;) {
-        ssize_t n = send(fd, chunk, one * 256, MSG_NOSIGNAL | MSG_DONTWAIT);
+        size_t off = big_pos % one;
+        ssize_t n = send(fd, chunk + off, one * N, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n <= 0)
             return;
-        cr_assert_eq((size_t)n % one, 0, "a request was split; use smaller buffers");
-        nsent += n / (ssize_t)one;
-        if ((size_t)n < one * 256)
+        big_pos += (size_t)n;
+        nsent = (long long)(big_pos / one);
+        if ((size_t)n < one * N)
             return;
     }
 }
 
 /* A connection whose buffers are small, so that the server's output to it and its requests
- * back up quickly. The send buffer size keeps whole requests per send (see send_bigs). */
+ * back up quickly. */
 static int connect_small_buffers(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int rcv = 4096, snd = 4096;
@@ -226,6 +230,7 @@ TestSuite(http_hardening, .timeout = 60);
 Test(http_hardening, unread_output_pauses_the_connection_and_resumes_when_drained) {
     start_app((app_opts){0});
     int fd = connect_small_buffers();
+    big_pos = 0;
     nsent = 0;
     send_bigs(fd);
     cr_assert(wait_metric("http_connections_output_blocked", 1, fd, send_bigs),
@@ -251,6 +256,7 @@ Test(http_hardening, unread_output_pauses_the_connection_and_resumes_when_draine
 Test(http_hardening, output_that_never_drains_is_closed_at_the_send_deadline) {
     start_app((app_opts){.send_timeout_ms = 300});
     int fd = connect_small_buffers();
+    big_pos = 0;
     nsent = 0;
     send_bigs(fd);
     cr_assert(wait_metric("http_connection_timeouts_total{phase=\"send\"}", 1, fd, send_bigs),
