@@ -16,9 +16,10 @@
  *            accept
  *              |
  *              v
- *           READING ----- queue reaches max_pipelined -----> PAUSED
- *            |  ^                                              |
- *            |  +-------- queue drains below the limit --------+
+ *           READING --- queue reaches max_pipelined, or ---> PAUSED
+ *            |  ^         unsent output passes max_output_bytes  |
+ *            |  |                                                |
+ *            |  +--- queue below the limit and output drained ---+
  *            |
  *            | close_after: an error reply, HTTP/1.0 or "Connection: close", the client's
  *            | EOF, or a graceful stop
@@ -54,11 +55,23 @@
  *     (respond, even stop the server) only changes flags and buffers; flushing, resuming and
  *     closing happen afterwards in conn_after_io(), so the parser never re-enters itself.
  *
- * Timeouts use two deadlines per connection, checked by one coarse server-wide timer rather than
- * a timer per connection (a uv_timer restart per request would cost two heap operations):
- * header_deadline (the whole header of a request must arrive in time, counted from its first byte
- * or from accept) and idle_deadline (set from the loop's cached clock on each event while the
- * connection waits on the client: between requests, inside a body, or while a write is stuck).
+ * Both pauses are checked after every parsed request, so a client that pipelines thousands of
+ * requests answered at once and reads nothing makes the server hold at most max_output_bytes
+ * (plus one response) for it, whatever it sends. While PAUSED, output goes out through uv_write,
+ * whose callback comes in a later turn of the loop (conn_flush), so a connection with a backlog
+ * of input is served one slice of output per turn, in turn with all the others.
+ *
+ * Timeouts use four deadlines per connection, checked by one coarse server-wide timer rather
+ * than a timer per connection (a uv_timer restart per request would cost two heap operations):
+ *  - header_deadline: the whole header of a request must arrive in time, counted from its first
+ *    byte or from accept (slow-loris); the connection is closed.
+ *  - request_deadline: the whole request, header and body, likewise; a request still arriving
+ *    then gets 408 and the connection is closed after it. Without it a body trickled a byte at
+ *    a time would hold a connection for as long as each byte renewed the idle deadline.
+ *  - send_deadline: output over max_output_bytes must drain in time; it runs from the moment
+ *    the output goes over and stops when it is back under; the connection is closed.
+ *  - idle_deadline: set from the loop's cached clock on each event while the connection waits
+ *    on the client: between requests, inside a body, or while a write is stuck.
  */
 #include "http_internal.h"
 
@@ -523,12 +536,19 @@ static void on_write(uv_write_t *wr, int status) {
 }
 
 /* Hands wbuf to the kernel: uv_try_write first, which nearly always takes everything; the rest
- * goes to uv_write from the other buffer, so new output can accumulate meanwhile. */
+ * goes to uv_write from the other buffer, so new output can accumulate meanwhile.
+ *
+ * A connection whose parser is paused skips uv_try_write: its write completes
+ * in a later turn of the loop at the earliest (libuv defers the callback even when the kernel
+ * takes everything at once), and on_write resumes the parser then. So a client that pipelines
+ * thousands of requests answered at once is served max_output_bytes per turn, in turn with
+ * every other connection, instead of keeping the loop to itself while the kernel's socket
+ * buffers swallow megabytes. */
 static void conn_flush(sd_http_conn *conn) {
     if (conn->writing || conn->wbuf.len == 0)
         return;
     uv_buf_t b = uv_buf_init(conn->wbuf.p, (unsigned)conn->wbuf.len);
-    int n = uv_try_write((uv_stream_t *)&conn->tcp, &b, 1);
+    int n = conn->paused ? UV_EAGAIN : uv_try_write((uv_stream_t *)&conn->tcp, &b, 1);
     if (n >= 0 && (size_t)n == conn->wbuf.len) {
         conn->wbuf.len = 0;
         return;
@@ -612,23 +632,17 @@ static void conn_after_io(sd_http_conn *conn) {
     if (conn->in_read || conn->closing || conn->shutting)
         return;
     sd_http_server *srv = conn->srv;
-    /* Parse what a pause left while the output has room, flushing in between: the kernel
-     * usually takes the output at once, and the next round of parsing may go on. Each round
-     * consumes input or unpauses, so the loop ends. */
-    for (;;) {
-        while (conn->paused && !conn->close_after && conn->nqueue < srv->opts.max_pipelined &&
-               !conn_output_full(conn)) {
-            conn_resume(conn);
-            if (conn->closing)
-                return;
-        }
-        conn_flush(conn);
+    /* Parse what a pause left while there is room; a pause for output resumes from on_write
+     * (see conn_flush). */
+    while (conn->paused && !conn->close_after && conn->nqueue < srv->opts.max_pipelined &&
+           !conn_output_full(conn)) {
+        conn_resume(conn);
         if (conn->closing)
             return;
-        if (!conn->paused || conn->close_after || conn->nqueue >= srv->opts.max_pipelined ||
-            conn_output_full(conn))
-            break;
     }
+    conn_flush(conn);
+    if (conn->closing)
+        return;
     /* Output the client leaves unread past the limit must drain in time; the clock starts
      * when it goes over and stops when it is back under. */
     if (!conn_output_full(conn))

@@ -52,9 +52,11 @@ typedef struct sd_http_opts {
     int header_timeout_ms;   /* default 10000; the whole header must arrive in time */
     int idle_timeout_ms;     /* default 60000; keep-alive idle limit */
     const char *server_name; /* the Server header value, default "sysdesign" */
-    /* Response bytes of one connection not yet taken by the kernel, default 64 KiB. Checked
+    /* Response bytes of one connection not yet taken by the kernel, default 16 KiB. Checked
      * after each parsed request: past it the connection parses and reads nothing more until
-     * the client has taken enough of its responses (one response may overshoot it). */
+     * the client has taken its responses (one response may overshoot it). It is also the
+     * slice of output a connection with a backlog of pipelined requests gets per turn of the
+     * loop, which keeps other clients' latency low while one pipelines. */
     size_t max_output_bytes;
     int request_timeout_ms; /* default 30000; the whole request, header and body, from its
                                first byte (from accept for the first) -> 408, then close */

@@ -35,7 +35,7 @@ void sd_http_opts_default(sd_http_opts *opts) {
     opts->header_timeout_ms = 10000;
     opts->idle_timeout_ms = 60000;
     opts->server_name = "sysdesign";
-    opts->max_output_bytes = 64 * 1024;
+    opts->max_output_bytes = 16 * 1024;
     opts->request_timeout_ms = 30000;
     opts->send_timeout_ms = 30000;
 }
