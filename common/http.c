@@ -57,9 +57,9 @@
  *
  * Both pauses are checked after every parsed request, so a client that pipelines thousands of
  * requests answered at once and reads nothing makes the server hold at most max_output_bytes
- * (plus one response) for it, whatever it sends. While PAUSED, output goes out through uv_write,
- * whose callback comes in a later turn of the loop (conn_flush), so a connection with a backlog
- * of input is served one slice of output per turn, in turn with all the others.
+ * (plus one response) for it, whatever it sends. Paused for its output, a connection writes
+ * through uv_write, whose callback comes in a later turn of the loop (conn_flush), so one with a
+ * backlog of input is served one slice of output per turn, in turn with all the others.
  *
  * Timeouts use four deadlines per connection, checked by one coarse server-wide timer rather
  * than a timer per connection (a uv_timer restart per request would cost two heap operations):
@@ -538,7 +538,7 @@ static void on_write(uv_write_t *wr, int status) {
 /* Hands wbuf to the kernel: uv_try_write first, which nearly always takes everything; the rest
  * goes to uv_write from the other buffer, so new output can accumulate meanwhile.
  *
- * A connection whose parser is paused skips uv_try_write: its write completes
+ * A connection whose parser is paused for its output skips uv_try_write: its write completes
  * in a later turn of the loop at the earliest (libuv defers the callback even when the kernel
  * takes everything at once), and on_write resumes the parser then. So a client that pipelines
  * thousands of requests answered at once is served max_output_bytes per turn, in turn with
@@ -548,7 +548,8 @@ static void conn_flush(sd_http_conn *conn) {
     if (conn->writing || conn->wbuf.len == 0)
         return;
     uv_buf_t b = uv_buf_init(conn->wbuf.p, (unsigned)conn->wbuf.len);
-    int n = conn->paused ? UV_EAGAIN : uv_try_write((uv_stream_t *)&conn->tcp, &b, 1);
+    bool defer = conn->paused && conn_output_full(conn);
+    int n = defer ? UV_EAGAIN : uv_try_write((uv_stream_t *)&conn->tcp, &b, 1);
     if (n >= 0 && (size_t)n == conn->wbuf.len) {
         conn->wbuf.len = 0;
         return;
@@ -603,7 +604,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status) {
         return;
     }
     conn->lingering = true;
-    conn->header_deadline = 0;
+    conn->header_deadline = conn->request_deadline = conn->send_deadline = 0;
     int linger =
         conn->srv->opts.idle_timeout_ms < LINGER_MS ? conn->srv->opts.idle_timeout_ms : LINGER_MS;
     conn->idle_deadline = uv_now(conn->srv->loop) + (uint64_t)linger;
