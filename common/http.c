@@ -429,8 +429,8 @@ static const http_parser_settings parser_settings = {
 };
 
 /* Answers a request the server refuses itself (400, 408, 411, 413, 414, 417, 431, 505) and ends
- * the connection
- * after it: the rest of the input cannot be trusted to start at a request boundary. */
+ * the connection after it: the rest of the input cannot be trusted to start at a request
+ * boundary. */
 static void conn_fail(sd_http_conn *conn, int status, const char *detail) {
     sd_http_req *req = conn->cur;
     if (req == NULL) {

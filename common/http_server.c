@@ -157,9 +157,10 @@ int sd_http_server_route_opts(sd_http_server *srv, const char *method, const cha
     r->cb = cb;
     r->udata = udata;
     r->stats = stats_row(srv, path);
-    r->max_body_bytes = opts && opts->max_body_bytes == SD_HTTP_BODY_NONE ? 0
-                        : opts && opts->max_body_bytes                    ? opts->max_body_bytes
-                                                       : srv->opts.max_body_bytes;
+    /* Stored as the limit itself: 0 here means no body, not "the server's". */
+    r->max_body_bytes = srv->opts.max_body_bytes;
+    if (opts && opts->max_body_bytes)
+        r->max_body_bytes = opts->max_body_bytes == SD_HTTP_BODY_NONE ? 0 : opts->max_body_bytes;
     memset(srv->cache, 0, sizeof srv->cache);
     return 0;
 }
