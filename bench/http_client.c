@@ -43,6 +43,7 @@
 #include <http_parser.h>
 #include <netdb.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,11 +276,21 @@ static int on_headers_complete_head(http_parser *p) {
     return 1;
 }
 
+/* A 1xx response (100 Continue, 103 Early Hints) is interim: the final response follows on the
+ * same connection, and a client must accept interim responses even unasked (RFC 9110 section
+ * 15.2). http_parser reports each as a complete message; it is skipped here. 101 switches to
+ * another protocol, which this client never asks for: it is taken as final, and fails. */
+static bool status_is_interim(unsigned status) {
+    return status >= 100 && status < 200 && status != 101;
+}
+
 static int on_message_complete(http_parser *p) {
     http_conn *c = p->data;
     http_target *t = c->t;
     if (c->state != CONN_BUSY || c->done == NULL)
         return -1; /* a response nobody asked for: treat the stream as broken */
+    if (status_is_interim(p->status_code))
+        return 0;
     t->stats.responses++;
     c->answered = 1;
     c->backoff_ms = 0;

@@ -16,9 +16,10 @@
  *            accept
  *              |
  *              v
- *           READING ----- queue reaches max_pipelined -----> PAUSED
- *            |  ^                                              |
- *            |  +-------- queue drains below the limit --------+
+ *           READING --- queue reaches max_pipelined, or ---> PAUSED
+ *            |  ^         unsent output passes max_output_bytes  |
+ *            |  |                                                |
+ *            |  +--- queue below the limit and output drained ---+
  *            |
  *            | close_after: an error reply, HTTP/1.0 or "Connection: close", the client's
  *            | EOF, or a graceful stop
@@ -54,11 +55,23 @@
  *     (respond, even stop the server) only changes flags and buffers; flushing, resuming and
  *     closing happen afterwards in conn_after_io(), so the parser never re-enters itself.
  *
- * Timeouts use two deadlines per connection, checked by one coarse server-wide timer rather than
- * a timer per connection (a uv_timer restart per request would cost two heap operations):
- * header_deadline (the whole header of a request must arrive in time, counted from its first byte
- * or from accept) and idle_deadline (set from the loop's cached clock on each event while the
- * connection waits on the client: between requests, inside a body, or while a write is stuck).
+ * Both pauses are checked after every parsed request, so a client that pipelines thousands of
+ * requests answered at once and reads nothing makes the server hold at most max_output_bytes
+ * (plus one response) for it, whatever it sends. Paused for its output, a connection writes
+ * through uv_write, whose callback comes in a later turn of the loop (conn_flush), so one with a
+ * backlog of input is served one slice of output per turn, in turn with all the others.
+ *
+ * Timeouts use four deadlines per connection, checked by one coarse server-wide timer rather
+ * than a timer per connection (a uv_timer restart per request would cost two heap operations):
+ *  - header_deadline: the whole header of a request must arrive in time, counted from its first
+ *    byte or from accept (slow-loris); the connection is closed.
+ *  - request_deadline: the whole request, header and body, likewise; a request still arriving
+ *    then gets 408 and the connection is closed after it. Without it a body trickled a byte at
+ *    a time would hold a connection for as long as each byte renewed the idle deadline.
+ *  - send_deadline: output over max_output_bytes must drain in time; it runs from the moment
+ *    the output goes over and stops when it is back under; the connection is closed.
+ *  - idle_deadline: set from the loop's cached clock on each event while the connection waits
+ *    on the client: between requests, inside a body, or while a write is stuck.
  */
 #include "http_internal.h"
 
@@ -67,11 +80,10 @@
 #include <sys/socket.h>
 
 enum {
-    WRITE_HIGH_WATER = 256 * 1024, /* stop reading while this much output waits on the client */
-    REQ_POOL_MAX = 1024,           /* spare request objects kept for reuse */
-    REQ_KEEP_BYTES = 8 * 1024,     /* larger per-request buffers are freed, not pooled: the pool
-                                      holds at most ~1024 * 3 * 8 KiB after any burst */
-    LINGER_MS = 1000,              /* how long a closing connection waits for the client's EOF */
+    REQ_POOL_MAX = 1024,       /* spare request objects kept for reuse */
+    REQ_KEEP_BYTES = 8 * 1024, /* larger per-request buffers are freed, not pooled: the pool
+                                  holds at most ~1024 * 3 * 8 KiB after any burst */
+    LINGER_MS = 1000,          /* how long a closing connection waits for the client's EOF */
 };
 
 static void conn_after_io(sd_http_conn *conn);
@@ -98,6 +110,8 @@ static sd_http_req *req_get(sd_http_server *srv, sd_http_conn *conn) {
     req->http10 = false;
     req->method = HTTP_GET;
     req->stats = 0;
+    req->route = -1;
+    req->allowed = 0;
     req->header_bytes = 0;
     req->store.len = 0;
     req->path_off = req->query_off = req->body_off = NO_OFF;
@@ -159,6 +173,7 @@ static void queue_drop_cur(sd_http_conn *conn) {
     conn->cur = NULL;
     conn->in_headers = false;
     conn->header_deadline = 0;
+    conn->request_deadline = 0;
     sd_http_req *prev = NULL;
     for (sd_http_req *r = conn->head; r != req; r = r->next)
         prev = r;
@@ -175,6 +190,22 @@ static void queue_drop_cur(sd_http_conn *conn) {
  * http_parser calls these while it walks the bytes of a read. Each request copies what it needs
  * (target, headers, body) into its own reusable store, so the read buffer can be reused at once
  * and a handler that answers later still has everything. */
+
+/* Stops the parser with the status and detail conn_parse() answers (the detail is static). */
+static int conn_refuse(sd_http_conn *conn, int status, const char *detail) {
+    conn->err_status = status;
+    conn->err_detail = detail;
+    return -1;
+}
+
+/* Answered past max_output_bytes: the client is not reading what it asked for. */
+static bool conn_output_full(const sd_http_conn *conn) {
+    return sd_http__conn_unsent(conn) > conn->srv->opts.max_output_bytes;
+}
+
+size_t sd_http__conn_unsent(const sd_http_conn *conn) {
+    return conn->wbuf.len + conn->inflight.len;
+}
 
 static void req_end_piece(sd_http_req *req) {
     if (req->piece != PIECE_NONE)
@@ -208,10 +239,15 @@ static int req_append_header_piece(sd_http_conn *conn, enum piece kind, const ch
         }
     }
     req->header_bytes += len;
-    if (req->header_bytes > conn->srv->opts.max_header_bytes) {
-        conn->err_status = kind == PIECE_URL ? 414 : 431;
-        return -1;
-    }
+    if (req->header_bytes > conn->srv->opts.max_header_bytes)
+        return kind == PIECE_URL ? conn_refuse(conn, 414, "The request target is too long.")
+                                 : conn_refuse(conn, 431, "The request header is too large.");
+    /* A field name is a token, which has no whitespace (RFC 9110 section 5.1). http_parser, as
+     * built without its strict mode, lets a blank through ("Host : x"); a server that takes
+     * that as "Host" while a proxy in front of it did not is how requests are smuggled, so
+     * RFC 9112 section 5.1 requires 400. */
+    if (kind == PIECE_FIELD && (memchr(at, ' ', len) || memchr(at, '\t', len)))
+        return conn_refuse(conn, 400, "A header field name contains whitespace.");
     buf_append(&req->store, at, len);
     return 0;
 }
@@ -224,9 +260,12 @@ static int on_message_begin(http_parser *p) {
     queue_push(conn, req);
     conn->cur = req;
     conn->in_headers = true;
-    /* A new connection's first request keeps the deadline set at accept. */
-    if (conn->nrequests > 0 || conn->header_deadline == 0)
-        conn->header_deadline = uv_now(srv->loop) + (uint64_t)srv->opts.header_timeout_ms;
+    /* A new connection's first request keeps the deadlines set at accept. */
+    if (conn->nrequests > 0 || conn->header_deadline == 0) {
+        uint64_t now = uv_now(srv->loop);
+        conn->header_deadline = now + (uint64_t)srv->opts.header_timeout_ms;
+        conn->request_deadline = now + (uint64_t)srv->opts.request_timeout_ms;
+    }
     return 0;
 }
 
@@ -278,9 +317,31 @@ static void req_split_target(sd_http_req *req) {
     req->path_len = len;
 }
 
+/* True when every member of every Expect field is 100-continue, the one expectation HTTP
+ * defines (RFC 9110 section 10.1.1); empty list members are allowed and ignored. */
+static bool req_expect_known(const sd_http_req *req) {
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const header *h = &req->headers[i];
+        if (strcasecmp(req->store.p + h->name, "Expect") != 0 || h->value == NO_OFF)
+            continue;
+        const char *v = req->store.p + h->value;
+        while (*v) {
+            size_t n = strcspn(v, ",");
+            const char *a = v, *z = v + n;
+            while (a < z && (*a == ' ' || *a == '\t'))
+                a++;
+            while (z > a && (z[-1] == ' ' || z[-1] == '\t'))
+                z--;
+            if (z > a && !((size_t)(z - a) == 12 && strncasecmp(a, "100-continue", 12) == 0))
+                return false;
+            v += n + (v[n] == ',');
+        }
+    }
+    return true;
+}
+
 static int on_headers_complete(http_parser *p) {
     sd_http_conn *conn = p->data;
-    sd_http_server *srv = conn->srv;
     sd_http_req *req = conn->cur;
     req_end_piece(req);
     conn->in_headers = false;
@@ -291,22 +352,31 @@ static int on_headers_complete(http_parser *p) {
     req->http10 = p->http_major == 1 && p->http_minor == 0;
     req_split_target(req);
 
+    /* HTTP/1.x only: any 1.x is read as 1.1 (RFC 9112 section 2.3), another major version is
+     * a protocol this server does not speak. */
+    if (p->http_major != 1)
+        return conn_refuse(conn, 505, "Only HTTP/1.x is supported.");
     /* Only Content-Length bodies are accepted: a chunked (or otherwise transfer-coded) body has
      * no length we could check against the limit before reading it. */
-    if (p->uses_transfer_encoding || (p->flags & F_CHUNKED)) {
-        conn->err_status = 411;
-        return -1;
-    }
-    if ((p->flags & F_CONTENTLENGTH) && p->content_length > srv->opts.max_body_bytes) {
-        conn->err_status = 413;
-        return -1;
-    }
+    if (p->uses_transfer_encoding || (p->flags & F_CHUNKED))
+        return conn_refuse(conn, 411, "Send the body with a Content-Length, not chunked.");
+    /* An expectation the server cannot meet must not be ignored (RFC 9110 section 10.1.1):
+     * the client may be relying on it. */
+    if (!req_expect_known(req))
+        return conn_refuse(conn, 417, "The only expectation supported is 100-continue.");
+    /* The route decides how large a body it takes: refused here, before any of it is read. */
+    size_t max_body = sd_http__req_route(req);
+    if ((p->flags & F_CONTENTLENGTH) && p->content_length > max_body)
+        return conn_refuse(conn, 413, "The request body is too large.");
     /* A client that asked to be told before it sends its body gets the go-ahead now, but only
-     * when nothing is queued before this request, so the interim response stays in order. */
+     * when nothing is queued before this request, so the interim response stays in order.
+     * (Otherwise the client sends the body after its own wait, RFC 9110 section 10.1.1.) An
+     * HTTP/1.0 client's expectation is ignored, as the same section requires. */
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > 0 && req == conn->head &&
-        p->http_major == 1 && p->http_minor >= 1) {
+        p->http_minor >= 1) {
+        /* Every member of Expect is 100-continue by now: any member at all asks for it. */
         const char *expect = sd_http_req_header(req, "Expect");
-        if (expect && strcasecmp(expect, "100-continue") == 0)
+        if (expect && expect[strspn(expect, " \t,")] != '\0')
             buf_append_str(&conn->wbuf, "HTTP/1.1 100 Continue\r\n\r\n");
     }
     return 0;
@@ -330,13 +400,20 @@ static int on_message_complete(http_parser *p) {
     sd_http_req *req = conn->cur;
     req_end_piece(req);
     conn->cur = NULL;
+    conn->request_deadline = 0;
     conn->nrequests++;
     if (!req->keep_alive)
         conn->close_after = true;
     /* The handler may answer now or later, and may even stop the server; req is not ours to
      * touch after this call. */
     sd_http__req_dispatch(req);
-    if (conn->closing || conn->close_after || conn->nqueue >= conn->srv->opts.max_pipelined)
+    /* Checked after every request, not every read: one 64 KiB read of small pipelined
+     * requests answered at once (/metrics, 404s) could otherwise render megabytes. */
+    bool output_full = conn_output_full(conn);
+    if (output_full)
+        conn->srv->output_pauses++;
+    if (conn->closing || conn->close_after || conn->nqueue >= conn->srv->opts.max_pipelined ||
+        output_full)
         http_parser_pause(p, 1);
     return 0;
 }
@@ -351,8 +428,9 @@ static const http_parser_settings parser_settings = {
     .on_message_complete = on_message_complete,
 };
 
-/* Answers a request the server refuses itself (400, 411, 413, 414, 431) and ends the connection
- * after it: the rest of the input cannot be trusted to start at a request boundary. */
+/* Answers a request the server refuses itself (400, 408, 411, 413, 414, 417, 431, 505) and ends
+ * the connection after it: the rest of the input cannot be trusted to start at a request
+ * boundary. */
 static void conn_fail(sd_http_conn *conn, int status, const char *detail) {
     sd_http_req *req = conn->cur;
     if (req == NULL) {
@@ -363,6 +441,7 @@ static void conn_fail(sd_http_conn *conn, int status, const char *detail) {
     conn->cur = NULL;
     conn->in_headers = false;
     conn->header_deadline = 0;
+    conn->request_deadline = 0;
     conn->close_after = true;
     req->state = REQ_HANDLING;
     req->keep_alive = false;
@@ -399,13 +478,14 @@ static void conn_parse(sd_http_conn *conn, const char *data, size_t len) {
             conn->close_after = true;
         return;
     }
-    int status = conn->err_status ? conn->err_status : err == HPE_HEADER_OVERFLOW ? 431 : 400;
-    const char *detail = status == 431   ? "The request header is too large."
-                         : status == 414 ? "The request target is too long."
-                         : status == 413 ? "The request body is too large."
-                         : status == 411 ? "Send the body with a Content-Length, not chunked."
-                                         : http_errno_description(err);
-    conn_fail(conn, status, detail);
+    if (conn->err_status) {
+        conn_fail(conn, conn->err_status, conn->err_detail);
+        return;
+    }
+    if (err == HPE_HEADER_OVERFLOW)
+        conn_fail(conn, 431, "The request header is too large.");
+    else
+        conn_fail(conn, 400, http_errno_description(err));
 }
 
 /* Parses what the paused parser left, after the queue drained below the limit. */
@@ -429,7 +509,7 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
 /* Starts or stops reading to match the state: nothing is read while the parser is paused,
  * while a lot of output waits on a slow client, or once no more requests will be parsed. */
 static void conn_update_reading(sd_http_conn *conn) {
-    bool backlogged = conn->writing && conn->wbuf.len + conn->inflight.len > WRITE_HIGH_WATER;
+    bool backlogged = conn_output_full(conn);
     bool want = !conn->closing && !conn->shutting &&
                 (!conn->close_after && !conn->paused && !backlogged && !conn->eof);
     want = want || (conn->lingering && !conn->closing);
@@ -456,12 +536,20 @@ static void on_write(uv_write_t *wr, int status) {
 }
 
 /* Hands wbuf to the kernel: uv_try_write first, which nearly always takes everything; the rest
- * goes to uv_write from the other buffer, so new output can accumulate meanwhile. */
+ * goes to uv_write from the other buffer, so new output can accumulate meanwhile.
+ *
+ * A connection whose parser is paused for its output skips uv_try_write: its write completes
+ * in a later turn of the loop at the earliest (libuv defers the callback even when the kernel
+ * takes everything at once), and on_write resumes the parser then. So a client that pipelines
+ * thousands of requests answered at once is served max_output_bytes per turn, in turn with
+ * every other connection, instead of keeping the loop to itself while the kernel's socket
+ * buffers swallow megabytes. */
 static void conn_flush(sd_http_conn *conn) {
     if (conn->writing || conn->wbuf.len == 0)
         return;
     uv_buf_t b = uv_buf_init(conn->wbuf.p, (unsigned)conn->wbuf.len);
-    int n = uv_try_write((uv_stream_t *)&conn->tcp, &b, 1);
+    bool defer = conn->paused && conn_output_full(conn);
+    int n = defer ? UV_EAGAIN : uv_try_write((uv_stream_t *)&conn->tcp, &b, 1);
     if (n >= 0 && (size_t)n == conn->wbuf.len) {
         conn->wbuf.len = 0;
         return;
@@ -516,7 +604,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status) {
         return;
     }
     conn->lingering = true;
-    conn->header_deadline = 0;
+    conn->header_deadline = conn->request_deadline = conn->send_deadline = 0;
     int linger =
         conn->srv->opts.idle_timeout_ms < LINGER_MS ? conn->srv->opts.idle_timeout_ms : LINGER_MS;
     conn->idle_deadline = uv_now(conn->srv->loop) + (uint64_t)linger;
@@ -545,7 +633,10 @@ static void conn_after_io(sd_http_conn *conn) {
     if (conn->in_read || conn->closing || conn->shutting)
         return;
     sd_http_server *srv = conn->srv;
-    while (conn->paused && !conn->close_after && conn->nqueue < srv->opts.max_pipelined) {
+    /* Parse what a pause left while there is room; a pause for output resumes from on_write
+     * (see conn_flush). */
+    while (conn->paused && !conn->close_after && conn->nqueue < srv->opts.max_pipelined &&
+           !conn_output_full(conn)) {
         conn_resume(conn);
         if (conn->closing)
             return;
@@ -553,6 +644,12 @@ static void conn_after_io(sd_http_conn *conn) {
     conn_flush(conn);
     if (conn->closing)
         return;
+    /* Output the client leaves unread past the limit must drain in time; the clock starts
+     * when it goes over and stops when it is back under. */
+    if (!conn_output_full(conn))
+        conn->send_deadline = 0;
+    else if (conn->send_deadline == 0)
+        conn->send_deadline = uv_now(srv->loop) + (uint64_t)srv->opts.send_timeout_ms;
     if (conn->close_after && conn->head == NULL && !conn->writing && conn->wbuf.len == 0) {
         conn_finish(conn);
         return;
@@ -660,6 +757,18 @@ static void conn_close(sd_http_conn *conn) {
 
 /* ---- Timeouts -------------------------------------------------------------------------------- */
 
+/* The request deadline passed: a request still arriving (a trickled body, each byte of which
+ * renews the idle deadline) is answered 408 and the connection closed after it; with nothing
+ * of a request received it is simply closed. */
+static void conn_timeout_request(sd_http_conn *conn) {
+    conn->request_deadline = 0;
+    if (conn->cur == NULL || conn->close_after) {
+        conn_close(conn);
+        return;
+    }
+    conn_fail(conn, 408, "The request did not arrive in time."); /* flushes and closes */
+}
+
 static void on_sweep(uv_timer_t *timer) {
     sd_http_server *srv = timer->data;
     uint64_t now = uv_now(srv->loop);
@@ -669,6 +778,14 @@ static void on_sweep(uv_timer_t *timer) {
         if (conn->header_deadline && now >= conn->header_deadline) {
             srv->header_timeouts++;
             sd_log(SD_LOG_DEBUG, "http.header_timeout", "peer=%s", conn->peer);
+            conn_close(conn);
+        } else if (conn->request_deadline && now >= conn->request_deadline) {
+            srv->request_timeouts++;
+            sd_log(SD_LOG_DEBUG, "http.request_timeout", "peer=%s", conn->peer);
+            conn_timeout_request(conn);
+        } else if (conn->send_deadline && now >= conn->send_deadline) {
+            srv->send_timeouts++;
+            sd_log(SD_LOG_DEBUG, "http.send_timeout", "peer=%s", conn->peer);
             conn_close(conn);
         } else if (conn->idle_deadline && now >= conn->idle_deadline) {
             if (!conn->lingering)
@@ -683,8 +800,11 @@ static void on_sweep(uv_timer_t *timer) {
 void sd_http__sweep_start(sd_http_server *srv) {
     if (srv->sweep_started)
         return;
-    int t = srv->opts.header_timeout_ms < srv->opts.idle_timeout_ms ? srv->opts.header_timeout_ms
-                                                                    : srv->opts.idle_timeout_ms;
+    const int timeouts[] = {srv->opts.header_timeout_ms, srv->opts.idle_timeout_ms,
+                            srv->opts.request_timeout_ms, srv->opts.send_timeout_ms};
+    int t = timeouts[0];
+    for (size_t i = 1; i < sizeof timeouts / sizeof timeouts[0]; i++)
+        t = timeouts[i] < t ? timeouts[i] : t;
     uint64_t every = (uint64_t)(t / 4 < 5 ? 5 : t / 4 > 1000 ? 1000 : t / 4);
     uv_timer_init(srv->loop, &srv->sweep);
     srv->sweep.data = srv;
@@ -741,6 +861,7 @@ void sd_http__on_connection(uv_stream_t *listener, int status) {
     http_parser_init(&conn->parser, HTTP_REQUEST);
     conn->parser.data = conn;
     conn->header_deadline = uv_now(srv->loop) + (uint64_t)srv->opts.header_timeout_ms;
+    conn->request_deadline = uv_now(srv->loop) + (uint64_t)srv->opts.request_timeout_ms;
     conn_after_io(conn);
 }
 

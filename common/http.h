@@ -6,10 +6,15 @@
  *    responses are written strictly in request order, even when a later handler answers first.
  *  - Bodies with Content-Length; a chunked request body is refused with 411.
  *  - Limits: header bytes (431; 414 when the request target alone is too long), body bytes
- *    (413), open connections (new ones closed at once), pipelined requests queued per
- *    connection.
- *  - Timeouts: a request's headers must arrive within header_timeout_ms (slow-loris), an idle
- *    keep-alive connection is closed after idle_timeout_ms.
+ *    (413; per route when the route sets its own), open connections (new ones closed at once),
+ *    pipelined requests queued per connection, and response bytes not yet taken by a client
+ *    that does not read (parsing and reading pause past max_output_bytes).
+ *  - Timeouts: a request's headers must arrive within header_timeout_ms (slow-loris), the whole
+ *    request with its body within request_timeout_ms (408), output over max_output_bytes must
+ *    drain within send_timeout_ms, an idle keep-alive connection is closed after
+ *    idle_timeout_ms.
+ *  - Strict about what could smuggle a request past a proxy: whitespace in a header name
+ *    (400), an HTTP major version other than 1 (505), an Expect other than 100-continue (417).
  *  - Graceful stop: stop accepting, let in-flight requests finish within a grace period, close.
  *  - Built-in routes GET /healthz and GET /metrics (Prometheus text: requests by route and
  *    status, a latency histogram, plus whatever components add with a metrics callback).
@@ -35,14 +40,28 @@
 typedef struct sd_http_server sd_http_server;
 typedef struct sd_http_req sd_http_req;
 
+/*
+ * Server options. A zero field keeps its default, so fields added later leave existing callers
+ * unchanged.
+ */
 typedef struct sd_http_opts {
     size_t max_header_bytes; /* request line + headers, default 16 KiB -> 431 (414: target) */
-    size_t max_body_bytes;   /* default 1 MiB -> 413 */
+    size_t max_body_bytes;   /* default 1 MiB -> 413; a route may set its own */
     int max_connections;     /* default 10000; over it new connections are closed at once */
     int max_pipelined;       /* requests queued on one connection, default 64 */
     int header_timeout_ms;   /* default 10000; the whole header must arrive in time */
     int idle_timeout_ms;     /* default 60000; keep-alive idle limit */
     const char *server_name; /* the Server header value, default "sysdesign" */
+    /* Response bytes of one connection not yet taken by the kernel, default 16 KiB. Checked
+     * after each parsed request: past it the connection parses and reads nothing more until
+     * the client has taken its responses (one response may overshoot it). It is also the
+     * slice of output a connection with a backlog of pipelined requests gets per turn of the
+     * loop, which keeps other clients' latency low while one pipelines. */
+    size_t max_output_bytes;
+    int request_timeout_ms; /* default 30000; the whole request, header and body, from its
+                               first byte (from accept for the first) -> 408, then close */
+    int send_timeout_ms;    /* default 30000; output over max_output_bytes for this long (the
+                               client does not read) -> the connection is closed */
 } sd_http_opts;
 
 /* Fills *opts with the defaults above. */
@@ -70,6 +89,21 @@ sd_http_server *sd_http_server_new(uv_loop_t *loop, const sd_http_opts *opts);
  */
 int sd_http_server_route(sd_http_server *srv, const char *method, const char *path,
                          sd_http_handler_cb *cb, void *udata);
+
+/* What a route may set for itself; a zero field keeps the server's setting. */
+typedef struct sd_http_route_opts {
+    /* The largest request body this route accepts, checked against Content-Length as soon as
+     * the header is parsed (413). 0: the server's max_body_bytes; SD_HTTP_BODY_NONE: no body
+     * at all, for routes that read none (the built-in /healthz and /metrics use it). */
+    size_t max_body_bytes;
+} sd_http_route_opts;
+
+#define SD_HTTP_BODY_NONE ((size_t)-1)
+
+/* sd_http_server_route with options (opts may be NULL: the server's settings). Returns 0 or
+ * -EINVAL. */
+int sd_http_server_route_opts(sd_http_server *srv, const char *method, const char *path,
+                              sd_http_handler_cb *cb, void *udata, const sd_http_route_opts *opts);
 
 /* Adds a callback whose output is appended to GET /metrics. */
 void sd_http_server_add_metrics(sd_http_server *srv, sd_http_metrics_cb *cb, void *udata);

@@ -112,7 +112,8 @@ typedef struct route {
     bool fallback; /* "*": tried only after every other route */
     sd_http_handler_cb *cb;
     void *udata;
-    int stats; /* index into srv->stats */
+    int stats;             /* index into srv->stats */
+    size_t max_body_bytes; /* resolved: the route's own limit or the server's; 0: none */
 } route;
 
 /* A direct-mapped cache of (method, exact path) -> route for paths that matched before. It
@@ -146,6 +147,8 @@ struct sd_http_req {
     bool http10;     /* an HTTP/1.0 client: keep-alive must be confirmed */
     uint8_t method;
     int stats;
+    int route;        /* index into srv->routes, or -1 (404/405), found when the header ends */
+    uint64_t allowed; /* when route is -1: a bit per method some route takes for this path */
     uint64_t start_ns;
     size_t header_bytes;
     /* The request target, header names and values and the body, each NUL-terminated. */
@@ -166,13 +169,16 @@ struct sd_http_conn {
     sd_http_req *head, *tail;  /* requests in arrival order */
     sd_http_req *cur;          /* the request being parsed (the tail), or NULL */
     int nqueue;
-    int held; /* detached requests not yet answered */
-    int err_status;
+    int held;               /* detached requests not yet answered */
+    int err_status;         /* why the parser was stopped: the status to answer */
+    const char *err_detail; /* and the problem's detail (static text), or NULL */
     uint64_t nrequests;
-    uint64_t header_deadline, idle_deadline; /* loop time in ms, 0 = none */
-    sd_http_buf wbuf;                        /* output not yet handed to the kernel */
-    sd_http_buf inflight;                    /* output owned by the pending uv_write */
-    sd_http_buf pending;                     /* unparsed input kept while the parser is paused */
+    /* Loop time in ms, 0 = none: the current request's header and whole request, an idle
+     * wait on the client, and output stuck over max_output_bytes. */
+    uint64_t header_deadline, request_deadline, idle_deadline, send_deadline;
+    sd_http_buf wbuf;     /* output not yet handed to the kernel */
+    sd_http_buf inflight; /* output owned by the pending uv_write */
+    sd_http_buf pending;  /* unparsed input kept while the parser is paused */
     uv_write_t write_req;
     uv_shutdown_t shutdown_req;
     bool reading, in_read, in_headers, paused, writing, eof;
@@ -219,6 +225,7 @@ struct sd_http_server {
     void *done_udata;
 
     uint64_t accepted, rejected, header_timeouts, idle_timeouts, last_accept_error_ms;
+    uint64_t request_timeouts, send_timeouts, output_pauses;
 };
 
 /* ---- Defined in http.c ----------------------------------------------------------------------- */
@@ -249,8 +256,15 @@ void sd_http__conns_close(sd_http_server *srv);
 
 /* ---- Defined in http_server.c ---------------------------------------------------------------- */
 
-/* Routes a parsed request to its handler, or answers 404 or 405 itself. */
+/* Finds the route of a request whose header has been parsed (stored in req->route) and returns
+ * the largest body it accepts in bytes (0: none). */
+size_t sd_http__req_route(sd_http_req *req);
+
+/* Calls the handler of the route found by sd_http__req_route, or answers 404 or 405 itself. */
 void sd_http__req_dispatch(sd_http_req *req);
+
+/* Unsent response bytes of a connection (output buffer and the write in flight). */
+size_t sd_http__conn_unsent(const sd_http_conn *conn);
 
 /* A connection's handle closed: a stopping server with none left closes its timers. */
 void sd_http__srv_check_drained(sd_http_server *srv);

@@ -35,6 +35,9 @@ void sd_http_opts_default(sd_http_opts *opts) {
     opts->header_timeout_ms = 10000;
     opts->idle_timeout_ms = 60000;
     opts->server_name = "sysdesign";
+    opts->max_output_bytes = 16 * 1024;
+    opts->request_timeout_ms = 30000;
+    opts->send_timeout_ms = 30000;
 }
 
 /* A Prometheus label value escapes backslash, double quote and newline (exposition format
@@ -90,6 +93,12 @@ sd_http_server *sd_http_server_new(uv_loop_t *loop, const sd_http_opts *opts) {
             srv->opts.idle_timeout_ms = opts->idle_timeout_ms;
         if (opts->server_name)
             srv->opts.server_name = opts->server_name;
+        if (opts->max_output_bytes)
+            srv->opts.max_output_bytes = opts->max_output_bytes;
+        if (opts->request_timeout_ms > 0)
+            srv->opts.request_timeout_ms = opts->request_timeout_ms;
+        if (opts->send_timeout_ms > 0)
+            srv->opts.send_timeout_ms = opts->send_timeout_ms;
     }
     srv->server_line = sd_xasprintf("Server: %s\r\n", srv->opts.server_name);
     srv->server_line_len = strlen(srv->server_line);
@@ -109,9 +118,12 @@ sd_http_server *sd_http_server_new(uv_loop_t *loop, const sd_http_opts *opts) {
      * process: that is what SIGPIPE does by default. This affects the whole process. */
     signal(SIGPIPE, SIG_IGN);
 
+    /* Neither built-in route reads a body, so none is accepted: a client cannot make the
+     * server buffer a megabyte for a health check. */
     stats_row(srv, "unmatched");
-    sd_http_server_route(srv, "GET", "/healthz", healthz_cb, NULL);
-    sd_http_server_route(srv, "GET", "/metrics", metrics_cb, NULL);
+    const sd_http_route_opts no_body = {.max_body_bytes = SD_HTTP_BODY_NONE};
+    sd_http_server_route_opts(srv, "GET", "/healthz", healthz_cb, NULL, &no_body);
+    sd_http_server_route_opts(srv, "GET", "/metrics", metrics_cb, NULL, &no_body);
     return srv;
 }
 
@@ -124,6 +136,11 @@ static int method_from_name(const char *name) {
 
 int sd_http_server_route(sd_http_server *srv, const char *method, const char *path,
                          sd_http_handler_cb *cb, void *udata) {
+    return sd_http_server_route_opts(srv, method, path, cb, udata, NULL);
+}
+
+int sd_http_server_route_opts(sd_http_server *srv, const char *method, const char *path,
+                              sd_http_handler_cb *cb, void *udata, const sd_http_route_opts *opts) {
     if (path == NULL || cb == NULL || (path[0] != '/' && strcmp(path, "*") != 0))
         return -EINVAL;
     int m = ROUTE_ANY_METHOD;
@@ -140,6 +157,10 @@ int sd_http_server_route(sd_http_server *srv, const char *method, const char *pa
     r->cb = cb;
     r->udata = udata;
     r->stats = stats_row(srv, path);
+    /* Stored as the limit itself: 0 here means no body, not "the server's". */
+    r->max_body_bytes = srv->opts.max_body_bytes;
+    if (opts && opts->max_body_bytes)
+        r->max_body_bytes = opts->max_body_bytes == SD_HTTP_BODY_NONE ? 0 : opts->max_body_bytes;
     memset(srv->cache, 0, sizeof srv->cache);
     return 0;
 }
@@ -227,15 +248,27 @@ static void respond_not_found(sd_http_req *req, uint64_t allowed) {
                                 "This path does not accept this method.", NULL);
 }
 
+/* on_headers_complete (http.c) calls this for each request, so that the route's body limit
+ * can be checked before any of the body is read. A request no route takes may carry a body up
+ * to the server's limit: it gets its 404 or 405 once the body has arrived. */
+size_t sd_http__req_route(sd_http_req *req) {
+    sd_http_server *srv = req->conn->srv;
+    req->allowed = 0;
+    const route *r = route_find(srv, req, &req->allowed);
+    req->route = r ? (int)(r - srv->routes) : -1;
+    if (r == NULL)
+        return srv->opts.max_body_bytes;
+    return r->max_body_bytes;
+}
+
 /* on_message_complete (http.c) calls this for each request, in arrival order. */
 void sd_http__req_dispatch(sd_http_req *req) {
     req->state = REQ_HANDLING;
-    uint64_t allowed = 0;
-    const route *r = route_find(req->conn->srv, req, &allowed);
-    if (r == NULL) {
-        respond_not_found(req, allowed);
+    if (req->route < 0) {
+        respond_not_found(req, req->allowed);
         return;
     }
+    const route *r = &req->conn->srv->routes[req->route];
     req->stats = r->stats;
     r->cb(req, r->udata);
 }
@@ -512,25 +545,50 @@ static void metrics_cb(sd_http_req *req, void *udata) {
         sd_http_buf_printf(b, "http_request_duration_seconds_count{route=\"%s\"} %llu\n", st->label,
                            (unsigned long long)st->count);
     }
+    sd_http_buf_printf(
+        b,
+        "# HELP http_connections_open Client connections open now.\n"
+        "# TYPE http_connections_open gauge\n"
+        "http_connections_open %d\n"
+        "# HELP http_connections_accepted_total Client connections accepted.\n"
+        "# TYPE http_connections_accepted_total counter\n"
+        "http_connections_accepted_total %llu\n"
+        "# HELP http_connections_rejected_total Connections closed at once "
+        "because max_connections were open.\n"
+        "# TYPE http_connections_rejected_total counter\n"
+        "http_connections_rejected_total %llu\n"
+        "# HELP http_connection_timeouts_total Connections closed by a "
+        "timeout, by phase.\n"
+        "# TYPE http_connection_timeouts_total counter\n"
+        "http_connection_timeouts_total{phase=\"header\"} %llu\n"
+        "http_connection_timeouts_total{phase=\"idle\"} %llu\n"
+        "http_connection_timeouts_total{phase=\"request\"} %llu\n"
+        "http_connection_timeouts_total{phase=\"send\"} %llu\n",
+        srv->nconns, (unsigned long long)srv->accepted, (unsigned long long)srv->rejected,
+        (unsigned long long)srv->header_timeouts, (unsigned long long)srv->idle_timeouts,
+        (unsigned long long)srv->request_timeouts, (unsigned long long)srv->send_timeouts);
+    /* Output waiting on clients that do not read: a walk over the connections, which only a
+     * scrape pays for. */
+    size_t unsent = 0;
+    int blocked = 0;
+    for (const sd_http_conn *c = srv->conns; c; c = c->next) {
+        unsent += sd_http__conn_unsent(c);
+        blocked += c->send_deadline != 0;
+    }
     sd_http_buf_printf(b,
-                       "# HELP http_connections_open Client connections open now.\n"
-                       "# TYPE http_connections_open gauge\n"
-                       "http_connections_open %d\n"
-                       "# HELP http_connections_accepted_total Client connections accepted.\n"
-                       "# TYPE http_connections_accepted_total counter\n"
-                       "http_connections_accepted_total %llu\n"
-                       "# HELP http_connections_rejected_total Connections closed at once "
-                       "because max_connections were open.\n"
-                       "# TYPE http_connections_rejected_total counter\n"
-                       "http_connections_rejected_total %llu\n"
-                       "# HELP http_connection_timeouts_total Connections closed by a "
-                       "timeout, by phase.\n"
-                       "# TYPE http_connection_timeouts_total counter\n"
-                       "http_connection_timeouts_total{phase=\"header\"} %llu\n"
-                       "http_connection_timeouts_total{phase=\"idle\"} %llu\n",
-                       srv->nconns, (unsigned long long)srv->accepted,
-                       (unsigned long long)srv->rejected, (unsigned long long)srv->header_timeouts,
-                       (unsigned long long)srv->idle_timeouts);
+                       "# HELP http_output_unsent_bytes Response bytes not yet taken by the "
+                       "kernel, over all connections.\n"
+                       "# TYPE http_output_unsent_bytes gauge\n"
+                       "http_output_unsent_bytes %zu\n"
+                       "# HELP http_connections_output_blocked Connections that parse and read "
+                       "nothing because more than max_output_bytes wait on the client.\n"
+                       "# TYPE http_connections_output_blocked gauge\n"
+                       "http_connections_output_blocked %d\n"
+                       "# HELP http_output_pauses_total Times a connection stopped parsing "
+                       "because its unsent output passed max_output_bytes.\n"
+                       "# TYPE http_output_pauses_total counter\n"
+                       "http_output_pauses_total %llu\n",
+                       unsent, blocked, (unsigned long long)srv->output_pauses);
     for (size_t i = 0; i < srv->nmetrics; i++)
         srv->metrics[i].cb(b, srv->metrics[i].udata);
     sd_http_req_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", b->p, b->len);
