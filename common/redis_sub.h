@@ -92,7 +92,8 @@ void sd_redis_sub_set_callbacks(sd_redis_sub *sub, sd_redis_sub_message_cb *on_m
 /*
  * Adds a channel (SUBSCRIBE) or a glob pattern (PSUBSCRIBE) to the subscriber's set. The set is
  * subscribed again on every reconnect. Returns 0 (also when it is already in the set: nothing
- * changes), or -EINVAL for a NULL name or the reserved pattern below. Never runs a callback.
+ * changes), -EINVAL for a NULL name or the reserved pattern below, or SD_ECLOSED when called
+ * after sd_redis_sub_free (from inside a callback). Never runs a callback.
  *
  * While down, the subscription is sent on the next connect and the next up covers it. While
  * up, SUBSCRIBE is sent now and the state stays up (nothing was missed on the other channels);
@@ -104,7 +105,8 @@ int sd_redis_sub_psubscribe(sd_redis_sub *sub, const char *pattern);
 /*
  * Removes a channel (or a pattern) from the set; UNSUBSCRIBE (PUNSUBSCRIBE) is sent if
  * connected. No message for it is delivered after this call, even one already on its way.
- * Returns 0, or -ENOENT when it was not in the set. Never runs a callback.
+ * Returns 0, -ENOENT when it was not in the set, -EINVAL for a NULL name, or SD_ECLOSED after
+ * sd_redis_sub_free. Never runs a callback.
  */
 int sd_redis_sub_unsubscribe(sd_redis_sub *sub, const char *channel);
 int sd_redis_sub_punsubscribe(sd_redis_sub *sub, const char *pattern);

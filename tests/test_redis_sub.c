@@ -399,7 +399,12 @@ Test(redis_sub, auth_from_the_url) {
     cr_assert_eq(sd_redis_sub_subscribe(sub, "secured"), 0);
     run_until(&loop, &r->ups, 1);
     cr_assert_eq(r->ups, 1);
-    /* The URL's database does not matter to pub/sub: the publisher is on db 0. */
+    /* Databases do not matter to pub/sub: the subscriber's URL says 5 (and it sends no SELECT),
+     * the publisher is on 3. */
+    reply = sd_redis_command(admin, NULL, "SELECT 3");
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, REDIS_REPLY_STATUS);
+    freeReplyObject(reply);
     barrier(&loop, admin, r, "secured");
     assert_states(r, 1, (int[]){1});
     close_loop(&loop, sub);
