@@ -48,20 +48,19 @@
  * this pattern is also what makes an empty subscription set count as confirmed. hiredis 1.1 and
  * later route "pong" differently; the test that checks pings are answered would then fail.
  *
- * Helpers written here rather than shared with redis.c (which keeps them static): the SIGPIPE
- * rule (ignore_sigpipe), option defaults (opts_fill) and the backoff step (backoff_next).
+ * The SIGPIPE rule and the reconnect backoff are the Redis layer's own (redis_internal.h).
  */
 #include "redis_sub.h"
 
 #include <errno.h>
 #include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "redis_internal.h"
 #include "sd.h"
 
 enum sub_state { SUB_CONNECTING, SUB_SYNCING, SUB_UP, SUB_WAITING, SUB_CLOSED };
@@ -102,14 +101,6 @@ static void on_ping_timer(uv_timer_t *t);
 
 /* ---- Small helpers -------------------------------------------------------------------------- */
 
-/* The SIGPIPE rule of redis.h: a write to a closed connection must fail with EPIPE rather than
- * kill the process, unless the program chose a disposition of its own. */
-static void ignore_sigpipe(void) {
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
-        signal(SIGPIPE, SIG_IGN);
-}
-
 void sd_redis_sub_opts_default(sd_redis_sub_opts *opts) {
     sd_redis_opts_default(&opts->redis);
     opts->ping_interval_ms = 1000;
@@ -133,13 +124,6 @@ static sd_redis_sub_opts opts_fill(const sd_redis_sub_opts *given) {
     if (given->ping_timeout_ms > 0)
         o.ping_timeout_ms = given->ping_timeout_ms;
     return o;
-}
-
-/* Next backoff step: reconnect_min_ms first, then doubling up to reconnect_max_ms. */
-static int backoff_next(int current, const sd_redis_opts *o) {
-    if (current <= 0)
-        return o->reconnect_min_ms;
-    return current * 2 > o->reconnect_max_ms ? o->reconnect_max_ms : current * 2;
 }
 
 static struct subscription *sub_find(const sd_redis_sub *s, const char *name, int pattern) {
@@ -174,7 +158,7 @@ static void went_down(sd_redis_sub *s, const char *reason) {
     for (struct subscription *e = s->subs; e != NULL; e = e->next)
         e->confirmed = 0;
     uv_timer_stop(&s->ping_timer);
-    s->backoff_ms = backoff_next(s->backoff_ms, &s->opts.redis);
+    s->backoff_ms = sd_redis__backoff_next(s->backoff_ms, &s->opts.redis);
     uv_timer_start(&s->conn_timer, on_conn_timer, (uint64_t)s->backoff_ms, 0);
     if (!was_up) {
         sd_log(SD_LOG_DEBUG, "redis_sub.connect_failed", "url=%s reason=\"%s\" retry_in_ms=%d",
@@ -427,7 +411,7 @@ int sd_redis_sub_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_su
                      sd_redis_sub **out) {
     if ((url->host == NULL) == (url->path == NULL))
         return -EINVAL;
-    ignore_sigpipe();
+    sd_redis__ignore_sigpipe();
     sd_redis_sub *s = sd_xcalloc(1, sizeof *s);
     s->loop = loop;
     sd_redis_url_copy(&s->url, url);
