@@ -451,6 +451,37 @@ Test(http_client, never_answering_server_times_out) {
     tserver_stop(s);
 }
 
+Test(http_client, connect_timeout_applies_to_a_connect_that_hangs) {
+    /* A listener whose accept queue is full and never drained: the kernel drops further SYNs,
+     * so a connect hangs. The total deadline is a minute; the connect timeout must end it. */
+    int port;
+    int lfd = test_listen_loopback(&port);
+    cr_assert_eq(listen(lfd, 0), 0);
+    int fillers[4];
+    for (int i = 0; i < 4; i++) {
+        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        connect(fillers[i], (struct sockaddr *)&sa, sizeof sa);
+    }
+    sd_http_client *c = sd_http_client_new(&loop, NULL);
+    char *url = sd_xasprintf("http://127.0.0.1:%d/", port);
+    result r = {0};
+    sd_http_request req = {.url = url, .connect_timeout_ms = 300, .timeout_ms = 60000};
+    uint64_t t0 = sd_now_ms();
+    start(c, &req, &r);
+    run_until(&loop, 1);
+    cr_assert_eq(r.err, SD_ETIMEDOUT, "%s", sd_strerror(r.err));
+    cr_assert_eq(r.status, 0);
+    cr_assert_lt(sd_now_ms() - t0, 30000, "ended by the connect timeout, not the deadline");
+    free(url);
+    client_free(c);
+    for (int i = 0; i < 4; i++)
+        close(fillers[i]);
+    close(lfd);
+}
+
 Test(http_client, slow_body_hits_the_deadline) {
     /* 100,000 bytes at one per 50 ms would take over an hour; the deadline is 500 ms. */
     tserver *s = tserver_start(0);
