@@ -14,18 +14,19 @@
  *
  * A request (a `call`) has two states: IN_FLIGHT (its easy handle is in the multi handle and it
  * is on the client's list) and DONE (callback run, memory freed). call_finish() is the only
- * transition, reached from drain() (libcurl's result) or from sd_http_client_free() (SD_ECLOSED).
+ * transition, reached from drain() (libcurl's result), from on_deadline() (the call's own total
+ * deadline, SD_ETIMEDOUT) or from sd_http_client_free() (SD_ECLOSED).
  *
  * Invariants
- *  1. User callbacks run only from drain() and sd_http_client_free(), never from inside a
- *     libcurl call, and never from sd_http_client_request(): that function only adds the easy
+ *  1. User callbacks run only from drain(), on_deadline() and sd_http_client_free(), never from
+ * inside a libcurl call, and never from sd_http_client_request(): that function only adds the easy
  *     handle; libcurl then asks for a 0 ms timer (on_timer_set), and the transfer starts when
  *     the loop runs it. So no completion can be synchronous and no deferral is needed.
  *  2. A call is removed from the multi handle and from the client's list before its callback
  *     runs, so a callback that frees the client cannot finish it a second time.
  *  3. After a user callback, drain() stops if the client is closing: the multi handle is gone.
- *  4. libuv handles live in the structs that own them (sock_ctx, the client) and those structs
- *     are freed only in close callbacks. The client remembers its sockets' contexts so that
+ *  4. libuv handles live in the structs that own them (sock_ctx, call, the client) and those
+ *     structs are freed only in close callbacks. The client remembers its sockets' contexts so that
  *     freeing it closes every poll handle even if libcurl never said CURL_POLL_REMOVE.
  *  5. Every socket is created by on_open_socket(), with the address libcurl will connect it to,
  *     after the vet hook allowed that address (http_client.h, guarantee 5).
@@ -56,12 +57,14 @@ typedef struct call {
     void *udata;
     struct call *prev, *next;
     size_t max_body;
+    int timeout_ms;
     char *body; /* body_len bytes, room for body_cap plus a NUL; body_cap <= max_body */
     size_t body_len, body_cap;
     char *hdr; /* the current response's raw header lines, status line first */
     size_t hdr_len, hdr_cap;
     int too_large;
     unsigned vet_refused;
+    uv_timer_t deadline; /* the total deadline; deadline.data is the call */
     char errbuf[CURL_ERROR_SIZE];
 } call;
 
@@ -333,12 +336,16 @@ static sd_http_header *headers_parse(call *k, size_t *count) {
     return out;
 }
 
-static void call_free(call *k) {
+/* Frees what the call holds, but not the call itself. */
+static void call_release(call *k) {
     curl_easy_cleanup(k->easy);
     curl_slist_free_all(k->headers);
     free(k->body);
     free(k->hdr);
-    free(k);
+}
+
+static void call_closed(uv_handle_t *h) {
+    free(h->data);
 }
 
 /* IN_FLIGHT -> DONE: takes the call out of libcurl and the client, runs the callback once, frees
@@ -383,7 +390,15 @@ static void call_finish(call *k, int err) {
     if (resp.body != k->body) /* taken by the callback */
         k->body = NULL;
     free(headers);
-    call_free(k);
+    call_release(k);
+    uv_close((uv_handle_t *)&k->deadline, call_closed);
+}
+
+/* The call's own deadline timer. libcurl's CURLOPT_TIMEOUT_MS does not run while a transfer
+ * waits for a connection (max_connections_per_host reached), so this one, started by the start
+ * call, is what keeps the promise of a total deadline. */
+static void on_deadline(uv_timer_t *t) {
+    call_finish(t->data, SD_ETIMEDOUT);
 }
 
 static void drain(sd_http_client *c) {
@@ -501,7 +516,6 @@ static int call_setup(call *k, const sd_http_request *req) {
     const char *m = req->method ? req->method : "GET";
     int connect_ms =
         req->connect_timeout_ms > 0 ? req->connect_timeout_ms : c->opts.connect_timeout_ms;
-    int total_ms = req->timeout_ms > 0 ? req->timeout_ms : c->opts.timeout_ms;
     CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                              \
     do {                                                                                           \
@@ -523,7 +537,7 @@ static int call_setup(call *k, const sd_http_request *req) {
     SET(CURLOPT_HEADERFUNCTION, on_header);
     SET(CURLOPT_HEADERDATA, (void *)k);
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)connect_ms);
-    SET(CURLOPT_TIMEOUT_MS, (long)total_ms);
+    SET(CURLOPT_TIMEOUT_MS, (long)k->timeout_ms);
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)k->max_body);
     SET(CURLOPT_USERAGENT, c->user_agent);
     if (req->max_redirects > 0) {
@@ -572,6 +586,7 @@ int sd_http_client_request(sd_http_client *c, const sd_http_request *req, sd_htt
     k->cb = cb;
     k->udata = udata;
     k->max_body = req->max_response_bytes ? req->max_response_bytes : c->opts.max_response_bytes;
+    k->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : c->opts.timeout_ms;
     k->easy = curl_easy_init();
     if (k->easy == NULL) {
         free(k);
@@ -582,9 +597,13 @@ int sd_http_client_request(sd_http_client *c, const sd_http_request *req, sd_htt
     if (rc == 0 && curl_multi_add_handle(c->multi, k->easy) != CURLM_OK)
         rc = -ENOMEM;
     if (rc != 0) {
-        call_free(k);
+        call_release(k);
+        free(k);
         return rc;
     }
+    uv_timer_init(c->loop, &k->deadline);
+    k->deadline.data = k;
+    uv_timer_start(&k->deadline, on_deadline, (uint64_t)k->timeout_ms, 0);
     k->next = c->calls;
     if (c->calls)
         c->calls->prev = k;

@@ -36,12 +36,14 @@
  *     given to the vet hook (if set), after DNS resolution: libcurl asks us to create each
  *     socket (CURLOPT_OPENSOCKETFUNCTION) with the resolved address in hand, and connects that
  *     socket to exactly that address. So a name that resolves to a public address when checked
- *     and to 127.0.0.1 when used (DNS rebinding) is caught: there is no second lookup. A hook
- *     that refuses every address gives SD_EHTTP_BLOCKED; no packet was sent to those addresses.
+ *     and to 127.0.0.1 when used (DNS rebinding) is caught: there is no second lookup. No packet
+ *     is sent to a refused address. A request that could not connect after the hook refused at
+ *     least one address ends with SD_EHTTP_BLOCKED (libcurl itself calls it a connect failure).
  *  6. Proxy environment variables (http_proxy, https_proxy, all_proxy) are ignored; a proxy is
- *     used only when opts.proxy names one. (With an implicit proxy the hook would vet the
- *     proxy's address, not the target's.) Keep-alive connections are pooled per client, so
- *     every pooled connection was vetted by the same hook.
+ *     used only when opts.proxy names one: through a proxy the hook vets the proxy's address,
+ *     not the target's (the proxy must guard the target), so an implicit one would void the
+ *     guard. Keep-alive connections are pooled per client, and the hook is the client's, so a
+ *     reused connection was vetted by the same policy.
  *
  * Threading: a client lives on one uv_loop; call everything on that loop's thread. libcurl's
  * process-wide curl_global_init() runs once, on the first sd_http_client_new() (pthread_once);
@@ -92,7 +94,8 @@ typedef struct sd_http_request {
     const void *body;           /* sent when not NULL (even with body_len 0) */
     size_t body_len;            /* Content-Length of the body */
     int connect_timeout_ms;     /* 0: the client's */
-    int timeout_ms;             /* total deadline from the start call, 0: the client's */
+    int timeout_ms;             /* total deadline from the start call, waiting for a
+                                   connection included; 0: the client's */
     size_t max_response_bytes;  /* 0: the client's */
     int max_redirects;          /* 0: a 3xx is returned as it is; N: follow up to N */
 } sd_http_request;

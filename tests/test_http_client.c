@@ -555,6 +555,33 @@ Test(http_client, body_under_the_cap_is_kept) {
     tserver_stop(s);
 }
 
+Test(http_client, deadline_covers_waiting_for_a_connection) {
+    /* One connection per host, held by a request the server never answers: the second request
+     * waits for it, and its deadline runs while it waits. */
+    tserver *s = tserver_start(0);
+    sd_http_client_opts opts;
+    sd_http_client_opts_default(&opts);
+    opts.max_connections_per_host = 1;
+    sd_http_client *c = sd_http_client_new(&loop, &opts);
+    char *never = url_of(s, "/never"), *hello = url_of(s, "/hello");
+    result held = {0}, waiting = {0};
+    sd_http_request req = {.url = never, .timeout_ms = 60000};
+    start(c, &req, &held);
+    req = (sd_http_request){.url = hello, .timeout_ms = 300};
+    start(c, &req, &waiting);
+    run_until(&loop, 1);
+    cr_assert_eq(waiting.calls, 1, "the waiting request ended first");
+    cr_assert_eq(waiting.err, SD_ETIMEDOUT, "%s", sd_strerror(waiting.err));
+    cr_assert_eq(held.calls, 0);
+    cr_assert_eq(atomic_load(&s->accepts), 1);
+    free(never);
+    free(hello);
+    client_free(c);
+    cr_assert_eq(held.calls, 1);
+    cr_assert_eq(held.err, SD_ECLOSED);
+    tserver_stop(s);
+}
+
 typedef struct many {
     int counts[1000];
 } many;
