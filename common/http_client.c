@@ -217,8 +217,10 @@ static size_t on_body(char *data, size_t size, size_t n, void *userp) {
     }
     if (k->body_len + len > k->body_cap) {
         size_t cap = k->body_cap ? k->body_cap : 4096;
-        while (cap < k->body_len + len)
+        while (cap < k->body_len + len && cap <= SIZE_MAX / 2)
             cap *= 2;
+        if (cap < k->body_len + len)
+            cap = k->body_len + len;
         if (cap > k->max_body)
             cap = k->max_body;
         k->body = sd_xrealloc(k->body, cap + 1);
@@ -379,12 +381,10 @@ static void call_finish(call *k, int err) {
         resp.error = "";
     } else {
         body_drop(k);
-        if (err == SD_ECLOSED)
-            resp.error = "client freed";
-        else if (k->errbuf[0])
-            resp.error = k->errbuf;
-        else
-            resp.error = sd_strerror(err);
+        /* libcurl's message, except where it would mislead: our own stops look to it like a
+         * write error or a connect failure. */
+        int ours = err == SD_ECLOSED || err == SD_EHTTP_TOOBIG || err == SD_EHTTP_BLOCKED;
+        resp.error = k->errbuf[0] && !ours ? k->errbuf : sd_strerror(err);
     }
     k->cb(err, &resp, k->udata);
     if (resp.body != k->body) /* taken by the callback */
@@ -525,6 +525,10 @@ static int call_setup(call *k, const sd_http_request *req) {
     SET(CURLOPT_URL, req->url);
     SET(CURLOPT_PRIVATE, (void *)k);
     SET(CURLOPT_NOSIGNAL, 1L);
+    /* Removing a transfer whose name is still being resolved (deadline, free) would otherwise
+     * join libcurl's resolver thread, blocking the loop until getaddrinfo() returns; with this
+     * the thread is detached and frees its own data when the lookup ends. */
+    SET(CURLOPT_QUICK_EXIT, 1L);
     SET(CURLOPT_ERRORBUFFER, k->errbuf);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -575,7 +579,7 @@ static int call_setup(call *k, const sd_http_request *req) {
 
 int sd_http_client_request(sd_http_client *c, const sd_http_request *req, sd_http_response_cb *cb,
                            void *udata) {
-    assert(cb != NULL);
+    assert(req != NULL && cb != NULL);
     if (c->closing)
         return SD_ECLOSED;
     int rc = request_check(req);

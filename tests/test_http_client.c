@@ -142,6 +142,14 @@ static int serve_requests(tserver *s, tconn *t) {
                              req_header(hdr, "User-Agent", ua, sizeof ua));
             respond(t, 200, "", text);
             free(text);
+        } else if (strcmp(path, "/big-headers") == 0) {
+            char pad[1001];
+            memset(pad, 'h', 1000);
+            pad[1000] = '\0';
+            out_printf(t, "HTTP/1.1 200 X\r\n");
+            for (int i = 0; i < 100; i++) /* 100 KB of header fields */
+                out_printf(t, "X-Pad-%d: %s\r\n", i, pad);
+            out_printf(t, "Content-Length: 2\r\n\r\nok");
         } else if (strcmp(path, "/redirect") == 0) {
             respond(t, 302, "Location: /hello\r\n", "moved");
         } else if (strcmp(path, "/redirect-ftp") == 0) {
@@ -321,6 +329,7 @@ typedef struct result {
     int body_null;
     char reply_header[64];
     int during_start; /* the callback ran while the start call was still running */
+    char error[128];
 } result;
 
 static int starting;
@@ -335,6 +344,7 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
     r->redirects = resp->redirects;
     r->body_null = resp->body == NULL;
     r->body_len = resp->body_len;
+    snprintf(r->error, sizeof r->error, "%s", resp->error);
     if (resp->body)
         snprintf(r->body, sizeof r->body, "%s", resp->body);
     const char *h = sd_http_response_header(resp, "x-reply");
@@ -524,6 +534,7 @@ static void huge(const char *path, size_t peak_max) {
     result r = fetch(c, url, 0, 0);
     cr_assert_eq(r.err, SD_EHTTP_TOOBIG, "%s", sd_strerror(r.err));
     cr_assert(r.body_null, "the body is not kept");
+    cr_assert_str_eq(r.error, "response too large");
     sd_http_client_stats st;
     sd_http_client_stats_get(c, &st);
     cr_assert_leq(st.body_bytes_peak, peak_max, "held %zu bytes", st.body_bytes_peak);
@@ -579,6 +590,18 @@ Test(http_client, deadline_covers_waiting_for_a_connection) {
     client_free(c);
     cr_assert_eq(held.calls, 1);
     cr_assert_eq(held.err, SD_ECLOSED);
+    tserver_stop(s);
+}
+
+Test(http_client, headers_over_their_cap_are_too_large) {
+    tserver *s = tserver_start(0);
+    sd_http_client *c = sd_http_client_new(&loop, NULL);
+    char *url = url_of(s, "/big-headers");
+    result r = fetch(c, url, 0, 0);
+    cr_assert_eq(r.err, SD_EHTTP_TOOBIG, "%s", sd_strerror(r.err));
+    cr_assert(r.body_null);
+    free(url);
+    client_free(c);
     tserver_stop(s);
 }
 
