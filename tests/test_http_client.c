@@ -57,6 +57,8 @@ typedef struct tserver {
     atomic_int requests;
     tconn *conns[MAX_CONNS];
     int nconns;
+    struct pollfd fds[MAX_CONNS + 2];
+    char block[64 * 1024]; /* one piece of a generated body */
 } tserver;
 
 static void out_add(tconn *t, const char *data, size_t len) {
@@ -199,12 +201,13 @@ static void conn_close(tserver *s, int i) {
 }
 
 /* Refills the output of a generated body. */
-static void generate(tconn *t) {
-    static char block[64 * 1024];
+static void generate(tserver *s, tconn *t) {
+    char *block = s->block;
+    size_t block_len = sizeof s->block;
     if (t->gen_left == 0 || t->out_off < t->out_len)
         return;
     t->out_len = t->out_off = 0;
-    size_t n = t->gen_left < sizeof block ? (size_t)t->gen_left : sizeof block;
+    size_t n = t->gen_left < block_len ? (size_t)t->gen_left : block_len;
     if (t->chunked)
         out_printf(t, "%zx\r\n", n);
     memset(block, 'z', n);
@@ -215,9 +218,9 @@ static void generate(tconn *t) {
 }
 
 /* Sends what it can; returns -1 when the connection is to be closed. */
-static int conn_write(tconn *t) {
+static int conn_write(tserver *s, tconn *t) {
     for (;;) {
-        generate(t);
+        generate(s, t);
         if (t->out_off == t->out_len)
             return t->end ? -1 : 0;
         ssize_t n = send(t->fd, t->out + t->out_off, t->out_len - t->out_off, MSG_NOSIGNAL);
@@ -232,7 +235,7 @@ static int conn_write(tconn *t) {
 
 static void *tserver_run(void *arg) {
     tserver *s = arg;
-    static struct pollfd fds[MAX_CONNS + 2];
+    struct pollfd *fds = s->fds;
     for (;;) {
         int trickling = 0;
         fds[0] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
@@ -271,7 +274,7 @@ static void *tserver_run(void *arg) {
                 out_add(t, "y", 1);
                 t->trickle_left--;
             }
-            if (!dead && conn_write(t) != 0)
+            if (!dead && conn_write(s, t) != 0)
                 dead = 1;
             if (dead)
                 conn_close(s, i);
