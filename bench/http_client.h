@@ -1,6 +1,7 @@
 /*
  * http_client.h - an HTTP/1.1 load target for the harness: `bench http` uses it, and so can any
  * scenario that benchmarks one of the project's HTTP servers.
+ * Not common/http_client.h (libcurl, for components' outgoing requests): this one measures.
  *
  * It keeps a fixed number of keep-alive connections to one server and sends one request at a
  * time on each (no pipelining: like wrk and wrk2, so results compare). An operation the harness

@@ -25,6 +25,24 @@ const char *sd_strerror(int code) {
         return "invalid input";
     case SD_ECLOSED:
         return "closed";
+    case SD_EHTTP_REFUSED:
+        return "connection refused";
+    case SD_EHTTP_DNS:
+        return "host name did not resolve";
+    case SD_EHTTP_TLS:
+        return "TLS failure";
+    case SD_EHTTP_TOOBIG:
+        return "response too large";
+    case SD_EHTTP_RESET:
+        return "connection reset before the response ended";
+    case SD_EHTTP_BLOCKED:
+        return "address refused by policy";
+    case SD_EHTTP_SCHEME:
+        return "scheme not allowed (http and https only)";
+    case SD_EHTTP_CONNECT:
+        return "could not connect";
+    case SD_EHTTP_PROTOCOL:
+        return "HTTP protocol error";
     default:
         return code < 0 && code > -4096 ? strerror(-code) : "unknown error";
     }

@@ -20,6 +20,16 @@ enum {
     SD_EDISCONNECTED = -10003, /* the connection is down (a reconnect may be pending) */
     SD_EPARSE = -10004,        /* input could not be parsed */
     SD_ECLOSED = -10005,       /* the object is closing; no new work is accepted */
+    /* Outgoing HTTP (http_client.h); a timeout there is SD_ETIMEDOUT, a freed client SD_ECLOSED. */
+    SD_EHTTP_REFUSED = -10010,  /* the server refused the connection (nothing listens) */
+    SD_EHTTP_DNS = -10011,      /* the host name did not resolve */
+    SD_EHTTP_TLS = -10012,      /* TLS handshake or certificate verification failed */
+    SD_EHTTP_TOOBIG = -10013,   /* the response is over the client's size cap */
+    SD_EHTTP_RESET = -10014,    /* the connection was reset or closed before the response ended */
+    SD_EHTTP_BLOCKED = -10015,  /* the address hook refused every address of the host */
+    SD_EHTTP_SCHEME = -10016,   /* a URL or redirect whose scheme is not http or https */
+    SD_EHTTP_CONNECT = -10017,  /* connecting failed for another reason (unreachable, ...) */
+    SD_EHTTP_PROTOCOL = -10018, /* a malformed response, too many redirects, another failure */
 };
 
 /* Returns a static description of a code returned by any sd_ function (or of -errno). */

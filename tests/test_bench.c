@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "http_client.h"
+#include "../bench/http_client.h" /* not common/http_client.h, which -I finds first */
 #include "report.h"
 #include "support.h"
 

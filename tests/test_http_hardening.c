@@ -33,7 +33,7 @@
 
 #include "bench.h"
 #include "http.h"
-#include "http_client.h"
+#include "../bench/http_client.h" /* not common/http_client.h, which -I finds first */
 #include "sd.h"
 #include "support.h"
 
