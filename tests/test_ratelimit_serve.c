@@ -50,13 +50,8 @@ static gateway serve(const char *arg, ...) {
     }
     va_end(ap);
     argv[argc] = NULL;
-    gateway g;
-    int out;
-    g.pid = test_spawn(argv, NULL, &out);
-    char line[128];
-    cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0, "no address printed");
-    close(out);
-    cr_assert_eq(sscanf(line, "127.0.0.1:%d", &g.port), 1, "printed '%s'", line);
+    bench_server s = test_server_start(argv);
+    gateway g = {.pid = s.pid, .port = s.port};
     return g;
 }
 
