@@ -284,6 +284,7 @@ typedef struct gateway {
     const rl_config *cfg;
     const char *key_header;
     sd_http_server *http;
+    long in_flight; /* checks waiting for their decision: what a graceful stop waits for */
 } gateway;
 
 typedef struct pending {
@@ -330,6 +331,7 @@ static void respond_denied(sd_http_req *req, const rl_config *cfg, const rl_deci
 static void on_decision(const rl_decision *d, void *udata) {
     pending *p = udata;
     const rl_config *cfg = p->gw->cfg;
+    p->gw->in_flight--;
     add_ratelimit_fields(p->req, cfg, d);
     if (p->api) {
         sd_http_req_respond_json(p->req, 200, decision_json(cfg, d));
@@ -347,7 +349,9 @@ static void check_async(gateway *gw, sd_http_req *req, const char *key, long lon
     p->req = req;
     p->api = api;
     int rc = rl_limiter_check(gw->limiter, key, cost, on_decision, p);
-    if (rc < 0) {
+    if (rc == 0) {
+        gw->in_flight++;
+    } else {
         free(p);
         if (rc == RL_EARG) {
             /* Callers validate the cost; what is left to refuse is the key (a header too long,
@@ -462,10 +466,13 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         "ratelimit_in_doubt_checks_total %llu\n"
         "# HELP ratelimit_breaker_open 1 while the circuit breaker is open or probing.\n"
         "# TYPE ratelimit_breaker_open gauge\n"
-        "ratelimit_breaker_open %d\n",
+        "ratelimit_breaker_open %d\n"
+        "# HELP ratelimit_checks_in_flight Checks waiting for their decision.\n"
+        "# TYPE ratelimit_checks_in_flight gauge\n"
+        "ratelimit_checks_in_flight %ld\n",
         (unsigned long long)s.redis_errors, fallback, (unsigned long long)s.deny_cache_hits,
         (unsigned long long)s.script_calls, (unsigned long long)s.batched_checks,
-        (unsigned long long)s.in_doubt, s.breaker_open);
+        (unsigned long long)s.in_doubt, s.breaker_open, gw->in_flight);
 }
 
 /* The limiter goes last: requests finishing during the grace period still need it. */

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -354,4 +355,69 @@ Test(ratelimit_serve, check_command_prints_one_decision) {
         assert_matches(line, round == 0 ? "^\\{\"allowed\":true,\"remaining\":0,"
                                         : "^\\{\"allowed\":false,\"remaining\":0,");
     }
+}
+
+/* ---- Stopping ------------------------------------------------------------------------------- */
+
+/* The value of a metric line "name VALUE" in GET /metrics, or -1. */
+static long metric(gateway g, const char *name) {
+    static char resp[65536];
+    const char *body;
+    cr_assert_eq(test_http_exchange(g.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", resp,
+                                    sizeof resp, &body),
+                 200);
+    char line[128];
+    snprintf(line, sizeof line, "\n%s ", name);
+    const char *p = strstr(body, line);
+    return p ? strtol(p + strlen(line), NULL, 10) : -1;
+}
+
+/*
+ * A stop lets every request in flight finish, however long its decision may take: with a
+ * frozen Redis and a 3 s deadline, requests wait 3 s for the fallback, longer than the fixed
+ * 2 s grace a stop once had. SIGTERM arrives while all of them wait; each still gets its
+ * answer (the local fallback's 200), none a closed connection.
+ */
+Test(ratelimit_serve, sigterm_waits_for_requests_held_by_a_frozen_redis, .timeout = 120) {
+    enum { N = 20 };
+    gateway g = serve("--policy", "f;q=1000;w=60", "--deadline-ms", "3000", NULL);
+    char resp[4096];
+    cr_assert_eq(get(g, "warm", resp, sizeof resp), 200, "Redis answers before it is frozen");
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        char req[256];
+        snprintf(req, sizeof req, "GET /v1/things HTTP/1.1\r\nHost: x\r\nX-Api-Key: k%d\r\n\r\n",
+                 i);
+        fds[i] = test_tcp_connect(g.port);
+        /* The fallback answers after 3 s: allow for it on a slow machine. */
+        struct timeval tv = {30, 0};
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        test_write_all(fds[i], req, strlen(req));
+    }
+    /* Wait until the gateway holds all of them (an event, polled), then stop it. */
+    uint64_t give_up = sd_now_ms() + 20000;
+    long held;
+    while ((held = metric(g, "ratelimit_checks_in_flight")) < N && sd_now_ms() < give_up) {
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    if (held != N) {
+        sd_redis_server_signal(server, SIGCONT);
+    }
+    cr_assert_eq(held, N, "the gateway holds %ld checks, not %d", held, N);
+    kill(g.pid, SIGTERM);
+    int answered = 0;
+    for (int i = 0; i < N; i++) {
+        int status = test_http_read_response(fds[i], resp, sizeof resp, NULL);
+        cr_expect_eq(status, 200, "request %d: %s", i,
+                     status < 0 ? "the connection closed without a response" : resp);
+        answered += status == 200;
+        close(fds[i]);
+    }
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    int status = test_wait_exit(g.pid, 30000);
+    cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "no clean exit after the stop");
+    cr_assert_eq(answered, N);
 }
