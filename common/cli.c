@@ -4,6 +4,7 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,9 +243,9 @@ int sd_cli_redis_parse(const char *value, void *udata, char *err, size_t errlen)
     }
     if (url.password)
         fprintf(stderr,
-                "warning: the password in --redis is readable by every local user in "
+                "%s: warning: the password in --redis is readable by every local user in "
                 "/proc/%d/cmdline; give the URL in REDIS_URL instead\n",
-                (int)getpid());
+                program_invocation_short_name, (int)getpid());
     sd_redis_url_clear(&url);
     *(const char **)udata = value;
     return 0;
