@@ -4,6 +4,7 @@
  */
 #include "cli.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -76,7 +77,8 @@ static int store(const sd_cli_cmd *cmd, const sd_cli_opt *o, const char *value) 
             snprintf(what, sizeof what, "a number from %g to %g", o->min, o->max);
         return sd_cli_number(cmd->name, o->name, value, o->min, o->max, o->what ? o->what : what,
                              o->number);
-    } else if (o->parse) {
+    } else {
+        assert(o->parse != NULL); /* an option with a value needs somewhere to put it */
         char err[256] = "is not valid";
         if (o->parse(value, o->udata, err, sizeof err) != 0) {
             fprintf(stderr, "%s: %s %s\n", cmd->name, o->name, err);
