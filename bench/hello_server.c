@@ -44,14 +44,14 @@ int main(int argc, char **argv) {
          .integer = &grace, .min = 1, .max = 86400000},
         {0}};
     const sd_cli_cmd cmd = {
-        "hello-server",
-        "[options]",
-        "Serves GET /hello -> 200 \"ok\" (text/plain), plus GET /healthz and GET /metrics.\n"
-        "Prints \"listening on http://HOST:PORT\" as one line on stdout once listening.\n"
-        "SIGINT or SIGTERM stop it gracefully.",
-        opts,
-        "Exit status: 0 stopped by a signal, 1 runtime failure, 2 usage error.",
-        NULL};
+        .name = "hello-server",
+        .synopsis = "[options]",
+        .about =
+            "Serves GET /hello -> 200 \"ok\" (text/plain), plus GET /healthz and GET /metrics.\n"
+            "Prints \"listening on http://HOST:PORT\" as one line on stdout once listening.\n"
+            "SIGINT or SIGTERM stop it gracefully.",
+        .opts = opts,
+        .footer = "Exit status: 0 stopped by a signal, 1 runtime failure, 2 usage error."};
     int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
     if (rc != SD_CLI_OK)
         return sd_cli_exit_status(rc);

@@ -144,14 +144,12 @@ static int cmd_run(int argc, char **argv) {
         {"--html", "FILE", "write a self-contained HTML page with a percentile chart per scenario",
          .text = &html},
         {0}};
-    const sd_cli_cmd cmd = {"bench run",
-                            "[SCENARIO-PREFIX...] [options]",
-                            "Runs the registered scenarios (all of them, or those whose name "
-                            "starts with one of the\nprefixes) one after the other against one "
-                            "Redis, and prints one table.",
-                            opts,
-                            NULL,
-                            NULL};
+    const sd_cli_cmd cmd = {.name = "bench run",
+                            .synopsis = "[SCENARIO-PREFIX...] [options]",
+                            .about = "Runs the registered scenarios (all of them, or those whose "
+                                     "name starts with one of the\nprefixes) one after the other "
+                                     "against one Redis, and prints one table.",
+                            .opts = opts};
     const char **prefixes = sd_xcalloc((size_t)argc + 1, sizeof *prefixes);
     int nprefixes = 0;
     int rc = sd_cli_parse(&cmd, argc, argv, prefixes, &nprefixes);
@@ -255,12 +253,8 @@ static int cmd_run(int argc, char **argv) {
 
 static int cmd_list(int argc, char **argv) {
     const sd_cli_cmd cmd = {
-        "bench list",
-        NULL,
-        "Lists the registered scenarios: name, default load and duration, summary.",
-        NULL,
-        NULL,
-        NULL};
+        .name = "bench list",
+        .about = "Lists the registered scenarios: name, default load and duration, summary."};
     int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
     if (rc != SD_CLI_OK)
         return sd_cli_exit_status(rc);
@@ -342,16 +336,15 @@ static int cmd_http(int argc, char **argv) {
          .text = &html},
         {0}};
     const sd_cli_cmd cmd = {
-        "bench http",
-        "URL --rate R [options]",
-        "Loads an HTTP/1.1 server the way wrk2 does: keep-alive connections, one request at a "
-        "time\non each, requests started on a fixed schedule (open loop) and latency measured "
-        "from when\neach should have started. Responses other than 2xx/3xx, timeouts and "
-        "connection errors are\ncounted as errors, by kind. Exits 1 when the rate falls below "
-        "99% of the target or when\nno request succeeded.",
-        opts,
-        NULL,
-        NULL};
+        .name = "bench http",
+        .synopsis = "URL --rate R [options]",
+        .about =
+            "Loads an HTTP/1.1 server the way wrk2 does: keep-alive connections, one request at a "
+            "time\non each, requests started on a fixed schedule (open loop) and latency measured "
+            "from when\neach should have started. Responses other than 2xx/3xx, timeouts and "
+            "connection errors are\ncounted as errors, by kind. Exits 1 when the rate falls below "
+            "99% of the target or when\nno request succeeded.",
+        .opts = opts};
     int status = SD_EXIT_USAGE;
     char *body = NULL;
     int rc = sd_cli_parse(&cmd, argc, argv, pos, &npos);
@@ -447,15 +440,14 @@ static int cmd_compare(int argc, char **argv) {
     const char **pos = sd_xcalloc((size_t)argc + 1, sizeof *pos);
     int npos = 0;
     const sd_cli_cmd cmd = {
-        "bench compare",
-        "A.json B.json",
-        "Prints each scenario of two reports (from --json) side by side: achieved rate, p50, "
-        "p95,\np99, p99.9, max and errors, with the ratio B/A. Scenarios are matched by name. A "
-        "scenario\nthat failed in either report is marked FAILED instead; a scenario run at "
-        "different target\nrates in A and B is still compared, with a warning on stderr.",
-        NULL,
-        NULL,
-        NULL};
+        .name = "bench compare",
+        .synopsis = "A.json B.json",
+        .about =
+            "Prints each scenario of two reports (from --json) side by side: achieved rate, p50, "
+            "p95,\np99, p99.9, max and errors, with the ratio B/A. Scenarios are matched by name. "
+            "A "
+            "scenario\nthat failed in either report is marked FAILED instead; a scenario run at "
+            "different target\nrates in A and B is still compared, with a warning on stderr."};
     int rc = sd_cli_parse(&cmd, argc, argv, pos, &npos);
     if (rc != SD_CLI_OK || npos != 2) {
         if (rc == SD_CLI_OK)

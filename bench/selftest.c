@@ -81,7 +81,8 @@ int bench_cmd_percentiles(int argc, char **argv) {
     const sd_cli_opt opts[] = {
         {"--unit", "ns|us|ms", "the input's unit, named in the output (default us)", .text = &unit},
         {0}};
-    const sd_cli_cmd cli = {cmd, "[--unit ns|us|ms]", PERCENTILES_ABOUT, opts, NULL, NULL};
+    const sd_cli_cmd cli = {
+        .name = cmd, .synopsis = "[--unit ns|us|ms]", .about = PERCENTILES_ABOUT, .opts = opts};
     const char **pos = sd_xcalloc((size_t)argc + 1, sizeof *pos);
     int npos = 0;
     int rc = sd_cli_parse(&cli, argc, argv, pos, &npos);
@@ -299,7 +300,8 @@ int bench_cmd_selftest(int argc, char **argv) {
                                 "samples recorded per cost figure (default 50,000,000)",
                                 .number = &ns, .min = 1000, .max = 1e11, .what = "a count >= 1000"},
                                {0}};
-    const sd_cli_cmd cli = {cmd, "[--samples N]", SELFTEST_ABOUT, opts, NULL, NULL};
+    const sd_cli_cmd cli = {
+        .name = cmd, .synopsis = "[--samples N]", .about = SELFTEST_ABOUT, .opts = opts};
     int rc = sd_cli_parse(&cli, argc, argv, NULL, NULL);
     if (rc != SD_CLI_OK)
         return sd_cli_exit_status(rc);

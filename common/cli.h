@@ -18,8 +18,9 @@
  *     static const sd_cli_opt opts[] = {
  *         {"--listen", "HOST:PORT", "address to listen on", .text = &listen, .required = 1},
  *         {"--port", "N", "a port", .integer = &port, .min = 0, .max = 65535},
- *         {NULL}};
- *     static const sd_cli_cmd cmd = {"demo", "--listen HOST:PORT [options]", "About.", opts};
+ *         {0}};
+ *     static const sd_cli_cmd cmd = {.name = "demo", .synopsis = "--listen HOST:PORT [options]",
+ *                                    .about = "What it does.", .opts = opts};
  *     int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
  *     if (rc != SD_CLI_OK)
  *         return sd_cli_exit_status(rc);

@@ -152,21 +152,23 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
         {"--json", NULL, "JSON output (the default and only format)", .flag = &o->json},
         {0}};
     const sd_cli_cmd serve_cmd = {
-        "ratelimit serve",
-        "--listen HOST:PORT --policy 'NAME;q=Q;w=W' [options]",
-        "Runs the gateway: every request except /healthz, /metrics and POST /v1/check is checked\n"
-        "(cost 1) against all policies and answered 200 or 429. Port 0 picks a free port.",
-        serve_opts,
-        "Exit status: 0 stopped by a signal, 1 runtime failure, 2 usage error.",
-        common_opts};
+        .name = "ratelimit serve",
+        .synopsis = "--listen HOST:PORT --policy 'NAME;q=Q;w=W' [options]",
+        .about = "Runs the gateway: every request except /healthz, /metrics and POST /v1/check is "
+                 "checked\n"
+                 "(cost 1) against all policies and answered 200 or 429. Port 0 picks a free port.",
+        .opts = serve_opts,
+        .shared = common_opts,
+        .footer = "Exit status: 0 stopped by a signal, 1 runtime failure, 2 usage error."};
     const sd_cli_cmd check_cmd = {
-        "ratelimit check",
-        "--policy 'NAME;q=Q;w=W' --key KEY [--cost N] [options]",
-        "Makes one decision and prints it as JSON. Exit status 0 whether allowed or denied; 1 if\n"
-        "Redis could not be asked (the fallback's decision is still printed); 2 usage error.",
-        check_opts,
-        NULL,
-        common_opts};
+        .name = "ratelimit check",
+        .synopsis = "--policy 'NAME;q=Q;w=W' --key KEY [--cost N] [options]",
+        .about =
+            "Makes one decision and prints it as JSON. Exit status 0 whether allowed or denied; 1 "
+            "if\n"
+            "Redis could not be asked (the fallback's decision is still printed); 2 usage error.",
+        .opts = check_opts,
+        .shared = common_opts};
     const sd_cli_cmd *c = serve ? &serve_cmd : &check_cmd;
     int rc = sd_cli_parse(c, argc, argv, NULL, NULL);
     if (rc != SD_CLI_OK) {

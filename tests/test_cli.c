@@ -99,8 +99,12 @@ static const sd_cli_opt opts[] = {
     {0}};
 static const sd_cli_opt shared[] = {{"--must", "M", "required", .text = &required, .required = 1},
                                     {0}};
-static const sd_cli_cmd cmd = {"demo sub", "[ARG...] [options]", "A command to test with.",
-                               opts,       "Exit status: 0 ok.", shared};
+static const sd_cli_cmd cmd = {.name = "demo sub",
+                               .synopsis = "[ARG...] [options]",
+                               .about = "A command to test with.",
+                               .opts = opts,
+                               .footer = "Exit status: 0 ok.",
+                               .shared = shared};
 
 static void reset(void) {
     flag = 0;
@@ -265,7 +269,7 @@ Test(cli, a_password_in_redis_warns_without_showing_it) {
     const char *url = "redis://:s3cret-pw@127.0.0.1:6379";
     const sd_cli_opt ropts[] = {{"--redis", "URL", "", .parse = sd_cli_redis_parse, .udata = &text},
                                 {0}};
-    const sd_cli_cmd rcmd = {"demo", NULL, NULL, ropts, NULL, NULL};
+    const sd_cli_cmd rcmd = {.name = "demo", .opts = ropts};
     captured c;
     cr_assert_eq(parse(&rcmd, (const char *[]){"--redis", url, NULL}, NULL, NULL, &c), SD_CLI_OK);
     cr_assert_str_eq(text, url);
