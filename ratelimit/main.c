@@ -11,6 +11,11 @@
  *   ratelimit check --policy ... --key K [--cost N]
  *       One decision, printed as JSON.
  *
+ * Options are parsed by the command kit (cli.h), from one table per command plus the table both
+ * share, and all checked before Redis is resolved, so a usage error starts nothing. A stop
+ * (SIGINT/SIGTERM) lets requests in flight finish for --grace-ms, by default the decision deadline
+ * plus 2 s, and frees the limiter once the server has closed (on_http_stopped).
+ *
  * Exit status: 0 ok, 1 runtime failure, 2 usage error.
  */
 #include <jansson.h>
@@ -492,7 +497,7 @@ static int cmd_serve(options *o, const sd_redis_url *url) {
     int rc = rl_limiter_new(loop, url, &o->cfg, &gw.limiter);
     if (rc < 0) {
         fprintf(stderr, "ratelimit serve: %s\n", rl_strerror(rc));
-        return 1;
+        return SD_EXIT_FAILURE;
     }
     gw.cfg = rl_limiter_config(gw.limiter);
     if (rl_limiter_wait_connected(gw.limiter, 2000) != 0) {
@@ -513,7 +518,7 @@ static int cmd_serve(options *o, const sd_redis_url *url) {
         sd_http_server_free(gw.http);
         rl_limiter_free(gw.limiter);
         uv_run(loop, UV_RUN_DEFAULT);
-        return 1;
+        return SD_EXIT_FAILURE;
     }
     /* SIGINT or SIGTERM: stop accepting, let requests in flight finish, then close Redis. */
     rc = sd_http_server_stop_on_signals(gw.http, (int)o->grace_ms, on_http_stopped, &gw);
@@ -535,7 +540,7 @@ static int cmd_serve(options *o, const sd_redis_url *url) {
     sd_http_server_free(gw.http);
     uv_loop_close(loop);
     sd_log(SD_LOG_INFO, "ratelimit.stopped", NULL);
-    return 0;
+    return SD_EXIT_OK;
 }
 
 /* ---- check ---------------------------------------------------------------------------------- */
@@ -549,7 +554,7 @@ static int cmd_check(options *o, const sd_redis_url *url) {
     int rc = rl_sync_new(url, &o->cfg, &l);
     if (rc < 0) {
         fprintf(stderr, "ratelimit check: %s\n", rl_strerror(rc));
-        return 1;
+        return SD_EXIT_FAILURE;
     }
     rl_decision d;
     rc = rl_sync_check(l, o->key, o->cost, &d);
@@ -568,7 +573,7 @@ static int cmd_check(options *o, const sd_redis_url *url) {
         fprintf(stderr, "ratelimit check: %s\n", rl_strerror(rc));
     }
     rl_sync_free(l);
-    return rc == 0 ? 0 : 1;
+    return rc == 0 ? SD_EXIT_OK : SD_EXIT_FAILURE;
 }
 
 /* Both commands parse their options, then find their Redis, then run. */
