@@ -18,6 +18,7 @@
  *
  * Exit status: 0 ok, 1 runtime failure, 2 usage error.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,7 @@
 typedef struct options {
     rl_config cfg;
     const char *redis;
+    char *password; /* from --redis-password-file; owned, wiped and freed by run() */
     const char *listen;
     const char *key_header;
     const char *key;
@@ -85,6 +87,32 @@ static int fail_mode_parse(const char *value, void *udata, char *err, size_t len
     return 0;
 }
 
+/* --redis-password-file: the file's first line, so that the password never appears in argv
+ * (DESIGN.md, "Secrets"). */
+static int password_file_parse(const char *value, void *udata, char *err, size_t len) {
+    options *o = udata;
+    FILE *f = fopen(value, "r");
+    if (!f) {
+        snprintf(err, len, "cannot read '%s': %s", value, strerror(errno));
+        return -1;
+    }
+    char line[1024] = "";
+    int ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = '\0';
+    if (!ok || line[0] == '\0') {
+        snprintf(err, len, "'%s' holds no password on its first line", value);
+        return -1;
+    }
+    if (o->password) {
+        memset(o->password, 0, strlen(o->password));
+        free(o->password);
+    }
+    o->password = sd_xstrdup(line);
+    memset(line, 0, sizeof(line));
+    return 0;
+}
+
 /* The grace period of a stop when --grace-ms is not given: the longest a request in flight can
  * take (its decision's deadline; the limiter answers every check within it) and the 2 s the
  * stop always had on top, to write the responses. */
@@ -117,6 +145,10 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
          "Redis to use (else REDIS_URL, else a private redis-server);\n"
          "a password belongs in REDIS_URL, where other users cannot read it",
          .parse = sd_cli_redis_parse, .udata = &o->redis},
+        {"--redis-password-file", "FILE",
+         "the Redis password, from the first line of FILE (replaces one\n"
+         "in the URL); needs --redis or REDIS_URL",
+         .parse = password_file_parse, .udata = o},
         {"--prefix", "TEXT", "key prefix (default rl:)", .parse = prefix_parse, .udata = &o->cfg},
         {"--deadline-ms", "N", "every decision within N ms (default 5)", .integer = &o->deadline_ms,
          .min = 1, .max = 60000},
@@ -191,6 +223,12 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
     char err[256];
     if (rl_config_validate(&o->cfg, err, sizeof(err)) != 0) {
         sd_cli_usage_error(c->name, "%s", err);
+        return SD_CLI_USAGE;
+    }
+    const char *env_url = getenv("REDIS_URL");
+    if (o->password && !o->redis && !(env_url && *env_url)) {
+        sd_cli_usage_error(c->name, "--redis-password-file needs --redis URL or REDIS_URL (a "
+                                    "private redis-server has no password)");
         return SD_CLI_USAGE;
     }
     if (serve && o->grace_ms >= 0 && o->grace_ms < o->deadline_ms) {
@@ -582,18 +620,31 @@ static int run(int argc, char **argv) {
     options o;
     memset(&o, 0, sizeof(o));
     int rc = parse_options(cmd, argc, argv, &o);
-    if (rc != SD_CLI_OK) {
-        return sd_cli_exit_status(rc);
-    }
     sd_redis_url url;
     memset(&url, 0, sizeof(url));
     sd_redis_server *server = NULL;
-    if (sd_redis_resolve(o.redis, &url, &server) != 0) {
-        return o.redis || getenv("REDIS_URL") ? SD_EXIT_USAGE : SD_EXIT_FAILURE;
+    if (rc != SD_CLI_OK) {
+        rc = sd_cli_exit_status(rc);
+    } else if (sd_redis_resolve(o.redis, &url, &server) != 0) {
+        rc = o.redis || getenv("REDIS_URL") ? SD_EXIT_USAGE : SD_EXIT_FAILURE;
+    } else {
+        if (o.password) {
+            /* The URL's own password, if any, gives way to the file's; the URL owns it now. */
+            if (url.password) {
+                memset(url.password, 0, strlen(url.password));
+                free(url.password);
+            }
+            url.password = o.password;
+            o.password = NULL;
+        }
+        rc = strcmp(cmd, "serve") == 0 ? cmd_serve(&o, &url) : cmd_check(&o, &url);
     }
-    rc = strcmp(cmd, "serve") == 0 ? cmd_serve(&o, &url) : cmd_check(&o, &url);
-    sd_redis_url_clear(&url);
+    sd_redis_url_clear(&url); /* wipes the password */
     sd_redis_server_stop(server);
+    if (o.password) {
+        memset(o.password, 0, strlen(o.password));
+        free(o.password);
+    }
     return rc;
 }
 

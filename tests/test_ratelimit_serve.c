@@ -421,3 +421,34 @@ Test(ratelimit_serve, sigterm_waits_for_requests_held_by_a_frozen_redis) {
               "no clean exit after the stop");
     cr_assert_eq(answered, N);
 }
+
+/* The password can come from a file, so it never shows in argv; it replaces one in the URL. */
+Test(ratelimit_serve, redis_password_from_a_file) {
+    const char *args[] = {"--requirepass", "open-sesame", NULL};
+    sd_redis_server_opts opts = {.extra_args = args};
+    sd_redis_server *locked = NULL;
+    cr_assert_eq(sd_redis_server_start(&opts, &locked), 0);
+    char url[128], wrong[128], path[] = "/tmp/test_rl_passwordXXXXXX";
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", sd_redis_server_port(locked));
+    snprintf(wrong, sizeof wrong, "redis://:wrong@127.0.0.1:%d", sd_redis_server_port(locked));
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "open-sesame\n", 12), 12);
+    close(fd);
+    const char *with_file[] = {
+        "ratelimit",  "check", "--redis", wrong, "--redis-password-file", path, "--policy",
+        "p;q=5;w=60", "--key", "k",       NULL};
+    const char *without[] = {"ratelimit",  "check", "--redis", url, "--policy",
+                             "p;q=5;w=60", "--key", "k",       NULL};
+    const char *no_redis[] = {"ratelimit", "check",    "--redis-password-file",
+                              path,        "--policy", "p;q=5;w=60",
+                              "--key",     "k",        NULL};
+    /* Without the password Redis refuses, and the fallback's decision is exit 1; with it, Redis
+     * decides. A file without --redis or REDIS_URL (a private server) is a usage error. */
+    cr_expect_eq(run(without), 1);
+    cr_expect_eq(run(with_file), 0);
+    unsetenv("REDIS_URL");
+    cr_expect_eq(run(no_redis), 2);
+    unlink(path);
+    sd_redis_server_stop(locked);
+}
