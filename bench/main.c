@@ -26,24 +26,11 @@
 int bench_cmd_percentiles(int argc, char **argv);
 int bench_cmd_selftest(int argc, char **argv);
 
-static const char USAGE[] =
-    "usage: bench <command> [options]\n"
-    "\n"
+static const char ABOUT[] =
     "Measures the project's components the same honest way: open-loop load at a target rate,\n"
     "latency taken from when each operation should have started (coordinated omission\n"
-    "corrected), HDR histograms, p50/p95/p99/p99.9/max.\n"
-    "\n"
-    "commands:\n"
-    "  run [PREFIX...]        run the scenarios (all, or those whose name starts with a PREFIX)\n"
-    "  list                   list the scenarios\n"
-    "  http URL               load an HTTP/1.1 server at a fixed rate (wrk2-style)\n"
-    "  percentiles            percentiles of the numbers on stdin, as one JSON object\n"
-    "  compare A.json B.json  two JSON reports side by side, with the ratio B/A\n"
-    "  selftest               measure the harness: recording cost, accuracy, schedule\n"
-    "\n"
-    "`bench <command> --help` shows a command's options.\n"
-    "Exit status: 0 ok, 1 failure (including a run below 99% of its target rate), 2 usage "
-    "error.\n";
+    "corrected), HDR histograms, p50/p95/p99/p99.9/max. A run below 99% of its target rate\n"
+    "is a failure (exit 1).";
 
 /* Default warm-up: one second, or a fifth of a short run. */
 static double default_warmup(double duration_s) {
@@ -83,24 +70,6 @@ static int write_reports(const char *json, const char *html, const bench_row *ro
 }
 
 /* ---- bench run ----------------------------------------------------------------------------- */
-
-static const char RUN_USAGE[] =
-    "usage: bench run [SCENARIO-PREFIX...] [options]\n"
-    "\n"
-    "Runs the registered scenarios (all of them, or those whose name starts with one of the\n"
-    "prefixes) one after the other against one Redis, and prints one table.\n"
-    "\n"
-    "options:\n"
-    "  --duration S   measured seconds per scenario (default: each scenario's own, ~5 s)\n"
-    "  --warmup S     seconds run before measuring (default 1, or duration/5 when shorter)\n"
-    "  --rate R       operations per second for every scenario; 0 = closed loop\n"
-    "                 (default: each scenario's own)\n"
-    "  --poisson      open loop with Poisson arrivals instead of fixed spacing\n"
-    "  --in-flight N  operations kept in flight (closed loop), or the cap on outstanding ones\n"
-    "                 (open loop), for every scenario (default: each scenario's own)\n"
-    "  --redis URL    use this Redis (default: REDIS_URL, else a private redis-server)\n"
-    "  --json FILE    write the JSON report (\"-\" for stdout)\n"
-    "  --html FILE    write a self-contained HTML page with a percentile chart per scenario\n";
 
 /* The directory holding this executable (build/bin), for scenarios that start other commands. */
 static char *bin_dir(void) {
@@ -149,40 +118,45 @@ static void run_one(const bench_scenario *sc, const bench_env *env, double warmu
 }
 
 static int cmd_run(int argc, char **argv) {
-    const char *cmd = "bench run";
-    const char *duration = NULL, *warmup = NULL, *rate = NULL, *redis = NULL, *json = NULL,
-               *html = NULL, *in_flight = NULL;
-    int poisson = 0;
-    bench_cli_opt opts[] = {{"--duration", &duration, NULL, NULL, NULL},
-                            {"--warmup", &warmup, NULL, NULL, NULL},
-                            {"--rate", &rate, NULL, NULL, NULL},
-                            {"--redis", &redis, NULL, NULL, NULL},
-                            {"--json", &json, NULL, NULL, NULL},
-                            {"--html", &html, NULL, NULL, NULL},
-                            {"--poisson", NULL, &poisson, NULL, NULL},
-                            {"--in-flight", &in_flight, NULL, NULL, NULL},
-                            {NULL, NULL, NULL, NULL, NULL}};
-    const char **prefixes = sd_xcalloc((size_t)argc + 1, sizeof *prefixes);
-    int nprefixes = 0, status = BENCH_EXIT_OK;
-    int rc = bench_cli_parse(cmd, argc, argv, opts, prefixes, &nprefixes);
-    if (rc != BENCH_CLI_OK) {
-        if (rc == BENCH_CLI_HELP)
-            fputs(RUN_USAGE, stdout);
-        free(prefixes);
-        return rc == BENCH_CLI_HELP ? BENCH_EXIT_OK : BENCH_EXIT_USAGE;
-    }
+    const char *redis = NULL, *json = NULL, *html = NULL;
+    int poisson = 0, status = SD_EXIT_OK;
     double d = 0, w = -1, r = -1;
     long long f = 0;
-    if ((duration &&
-         bench_cli_number(cmd, "--duration", duration, 0.001, 86400, "seconds (> 0)", &d) < 0) ||
-        (warmup && bench_cli_number(cmd, "--warmup", warmup, 0, 3600, "seconds (>= 0)", &w) < 0) ||
-        (rate && bench_cli_number(cmd, "--rate", rate, 0, 1e8, "operations/s (>= 0)", &r) < 0) ||
-        (in_flight && bench_cli_count(cmd, "--in-flight", in_flight, 1, 100000,
-                                      "a whole number of operations, 1 to 100000", &f) < 0)) {
+    const sd_cli_opt opts[] = {
+        {"--duration", "S", "measured seconds per scenario (default: each scenario's own, ~5 s)",
+         .number = &d, .min = 0.001, .max = 86400, .what = "seconds (> 0)"},
+        {"--warmup", "S", "seconds run before measuring (default 1, or duration/5 when shorter)",
+         .number = &w, .min = 0, .max = 3600, .what = "seconds (>= 0)"},
+        {"--rate", "R",
+         "operations per second for every scenario; 0 = closed loop\n(default: each scenario's "
+         "own)",
+         .number = &r, .min = 0, .max = 1e8, .what = "operations/s (>= 0)"},
+        {"--poisson", NULL, "open loop with Poisson arrivals instead of fixed spacing",
+         .flag = &poisson},
+        {"--in-flight", "N",
+         "operations kept in flight (closed loop), or the cap on outstanding ones\n(open loop), "
+         "for every scenario (default: each scenario's own)",
+         .integer = &f, .min = 1, .max = 100000,
+         .what = "a whole number of operations, 1 to 100000"},
+        {"--redis", "URL", "use this Redis (default: REDIS_URL, else a private redis-server)",
+         .parse = sd_cli_redis_parse, .udata = &redis},
+        {"--json", "FILE", "write the JSON report (\"-\" for stdout)", .text = &json},
+        {"--html", "FILE", "write a self-contained HTML page with a percentile chart per scenario",
+         .text = &html},
+        {0}};
+    const sd_cli_cmd cmd = {.name = "bench run",
+                            .synopsis = "[SCENARIO-PREFIX...] [options]",
+                            .about = "Runs the registered scenarios (all of them, or those whose "
+                                     "name starts with one of the\nprefixes) one after the other "
+                                     "against one Redis, and prints one table.",
+                            .opts = opts};
+    const char **prefixes = sd_xcalloc((size_t)argc + 1, sizeof *prefixes);
+    int nprefixes = 0;
+    int rc = sd_cli_parse(&cmd, argc, argv, prefixes, &nprefixes);
+    if (rc != SD_CLI_OK) {
         free(prefixes);
-        return BENCH_EXIT_USAGE;
+        return sd_cli_exit_status(rc);
     }
-
     /* Select the scenarios; a prefix that matches nothing is almost always a typo. */
     const bench_scenario *const *all = bench_scenarios_all();
     size_t nall = 0;
@@ -196,11 +170,11 @@ static int cmd_run(int argc, char **argv) {
             if (strncmp(all[i]->name, prefixes[p], strlen(prefixes[p])) == 0)
                 matched = 1;
         if (!matched) {
-            fprintf(stderr, "%s: no scenario name starts with '%s' (bench list shows them)\n", cmd,
-                    prefixes[p]);
+            sd_cli_usage_error(
+                cmd.name, "no scenario name starts with '%s' (bench list shows them)", prefixes[p]);
             free(prefixes);
             free(chosen);
-            return BENCH_EXIT_USAGE;
+            return SD_EXIT_USAGE;
         }
     }
     for (size_t i = 0; i < nall; i++) {
@@ -215,9 +189,9 @@ static int cmd_run(int argc, char **argv) {
     for (size_t i = 0; i < nchosen; i++) {
         double sr, sd;
         scenario_rate_duration(chosen[i], r, d, &sr, &sd);
-        if (schedules_nothing(cmd, chosen[i]->name, sr, sd)) {
+        if (schedules_nothing(cmd.name, chosen[i]->name, sr, sd)) {
             free(chosen);
-            return BENCH_EXIT_USAGE;
+            return SD_EXIT_USAGE;
         }
     }
 
@@ -225,19 +199,19 @@ static int cmd_run(int argc, char **argv) {
         fprintf(stderr,
                 "%s: no scenarios are registered yet (components add them in "
                 "bench/scenarios_<component>.c)\n",
-                cmd);
+                cmd.name);
         bench_report_table(json && strcmp(json, "-") == 0 ? stderr : stdout, NULL, 0);
         free(chosen);
-        return write_reports(json, html, NULL, 0) < 0 ? BENCH_EXIT_FAIL : BENCH_EXIT_OK;
+        return write_reports(json, html, NULL, 0) < 0 ? SD_EXIT_FAILURE : SD_EXIT_OK;
     }
 
     sd_redis_url url = {0};
     struct sd_redis_server *server = NULL;
     rc = sd_redis_resolve(redis, &url, &server);
     if (rc < 0) {
-        fprintf(stderr, "%s: no Redis to run against: %s\n", cmd, sd_strerror(rc));
+        fprintf(stderr, "%s: no Redis to run against: %s\n", cmd.name, sd_strerror(rc));
         free(chosen);
-        return rc == SD_EPARSE ? BENCH_EXIT_USAGE : BENCH_EXIT_FAIL;
+        return rc == SD_EPARSE ? SD_EXIT_USAGE : SD_EXIT_FAILURE;
     }
     /* Scenarios get the URL as text, password included, so it is taken from where it came. */
     const char *redis_url = server  ? sd_redis_server_url(server)
@@ -254,13 +228,13 @@ static int cmd_run(int argc, char **argv) {
         scenario_rate_duration(sc, r, d, &env.rate, &env.duration_s);
         run_one(sc, &env, w >= 0 ? w : default_warmup(env.duration_s), poisson, (int)f, &rows[i]);
         if (rows[i].failure[0] || rows[i].r.below_target)
-            status = BENCH_EXIT_FAIL;
+            status = SD_EXIT_FAILURE;
     }
 
     /* With the JSON on stdout, the table goes to stderr so that stdout stays parseable. */
     bench_report_table(json && strcmp(json, "-") == 0 ? stderr : stdout, rows, nchosen);
     if (write_reports(json, html, rows, nchosen) < 0)
-        status = BENCH_EXIT_FAIL;
+        status = SD_EXIT_FAILURE;
 
     for (size_t i = 0; i < nchosen; i++)
         bench_result_clear(&rows[i].r);
@@ -278,27 +252,16 @@ static int cmd_run(int argc, char **argv) {
 /* ---- bench list ---------------------------------------------------------------------------- */
 
 static int cmd_list(int argc, char **argv) {
-    const char **pos = sd_xcalloc((size_t)argc + 1, sizeof *pos);
-    int npos = 0;
-    bench_cli_opt opts[] = {{NULL, NULL, NULL, NULL, NULL}};
-    int rc = bench_cli_parse("bench list", argc, argv, opts, pos, &npos);
-    free(pos);
-    if (rc == BENCH_CLI_HELP) {
-        fputs("usage: bench list\n\nLists the registered scenarios: name, default load and "
-              "duration, summary.\n",
-              stdout);
-        return BENCH_EXIT_OK;
-    }
-    if (rc != BENCH_CLI_OK)
-        return BENCH_EXIT_USAGE;
-    if (npos > 0) {
-        fprintf(stderr, "bench list: takes no arguments\n");
-        return BENCH_EXIT_USAGE;
-    }
+    const sd_cli_cmd cmd = {
+        .name = "bench list",
+        .about = "Lists the registered scenarios: name, default load and duration, summary."};
+    int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
+    if (rc != SD_CLI_OK)
+        return sd_cli_exit_status(rc);
     const bench_scenario *const *all = bench_scenarios_all();
     if (all[0] == NULL) {
         printf("no scenarios are registered yet\n");
-        return BENCH_EXIT_OK;
+        return SD_EXIT_OK;
     }
     int w = 8;
     for (const bench_scenario *const *s = all; *s; s++)
@@ -313,33 +276,10 @@ static int cmd_list(int argc, char **argv) {
         printf("%-*s  %-12s %4.0fs  %s\n", w, (*s)->name, load, (*s)->default_duration_s,
                (*s)->summary ? (*s)->summary : "");
     }
-    return BENCH_EXIT_OK;
+    return SD_EXIT_OK;
 }
 
 /* ---- bench http ---------------------------------------------------------------------------- */
-
-static const char HTTP_USAGE[] =
-    "usage: bench http URL --rate R [options]\n"
-    "\n"
-    "Loads an HTTP/1.1 server the way wrk2 does: keep-alive connections, one request at a time\n"
-    "on each, requests started on a fixed schedule (open loop) and latency measured from when\n"
-    "each should have started. Responses other than 2xx/3xx, timeouts and connection errors are\n"
-    "counted as errors, by kind. Exits 1 when the rate falls below 99% of the target or when\n"
-    "no request succeeded.\n"
-    "\n"
-    "options:\n"
-    "  --rate R          requests per second (required); 0 = closed loop, as fast as possible\n"
-    "  --duration S      measured seconds (default 10)\n"
-    "  --warmup S        seconds run before measuring (default 1, or duration/5 when shorter)\n"
-    "  --connections C   keep-alive connections (default 10); closed loop keeps one request\n"
-    "                    in flight on each\n"
-    "  --method M        request method (default GET)\n"
-    "  --header H        an extra request header 'Name: value' (repeatable)\n"
-    "  --body FILE       send the file's content as the request body\n"
-    "  --timeout MS      per-request timeout in milliseconds (default 5000)\n"
-    "  --poisson         Poisson arrivals instead of fixed spacing\n"
-    "  --json FILE       write the JSON report (\"-\" for stdout)\n"
-    "  --html FILE       write a self-contained HTML page with the percentile chart\n";
 
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
@@ -368,60 +308,65 @@ static char *read_file(const char *path, size_t *len) {
 }
 
 static int cmd_http(int argc, char **argv) {
-    const char *cmd = "bench http";
-    const char *rate = NULL, *duration = "10", *warmup = NULL, *connections = "10", *method = NULL,
-               *body_file = NULL, *timeout = "5000", *json = NULL, *html = NULL;
+    const char *method = NULL, *body_file = NULL, *json = NULL, *html = NULL;
     int poisson = 0, nheaders = 0, npos = 0;
+    double r = 0, d = 10, w = -1, t = 5000;
+    long long c = 10;
     const char **headers = sd_xcalloc((size_t)argc + 1, sizeof *headers);
     const char **pos = sd_xcalloc((size_t)argc + 1, sizeof *pos);
-    bench_cli_opt opts[] = {{"--rate", &rate, NULL, NULL, NULL},
-                            {"--duration", &duration, NULL, NULL, NULL},
-                            {"--warmup", &warmup, NULL, NULL, NULL},
-                            {"--connections", &connections, NULL, NULL, NULL},
-                            {"--method", &method, NULL, NULL, NULL},
-                            {"--header", NULL, NULL, headers, &nheaders},
-                            {"--body", &body_file, NULL, NULL, NULL},
-                            {"--timeout", &timeout, NULL, NULL, NULL},
-                            {"--poisson", NULL, &poisson, NULL, NULL},
-                            {"--json", &json, NULL, NULL, NULL},
-                            {"--html", &html, NULL, NULL, NULL},
-                            {NULL, NULL, NULL, NULL, NULL}};
-    int status = BENCH_EXIT_USAGE;
+    const sd_cli_opt opts[] = {
+        {"--rate", "R", "requests per second (required); 0 = closed loop, as fast as possible",
+         .number = &r, .min = 0, .max = 1e8, .what = "requests/s (>= 0)", .required = 1},
+        {"--duration", "S", "measured seconds (default 10)", .number = &d, .min = 0.001,
+         .max = 86400, .what = "seconds (> 0)"},
+        {"--warmup", "S", "seconds run before measuring (default 1, or duration/5 when shorter)",
+         .number = &w, .min = 0, .max = 3600, .what = "seconds (>= 0)"},
+        {"--connections", "C",
+         "keep-alive connections (default 10); closed loop keeps one request\nin flight on each",
+         .integer = &c, .min = 1, .max = 10000, .what = "a count 1..10000"},
+        {"--method", "M", "request method (default GET)", .text = &method},
+        {"--header", "H", "an extra request header 'Name: value' (repeatable)", .list = headers,
+         .count = &nheaders},
+        {"--body", "FILE", "send the file's content as the request body", .text = &body_file},
+        {"--timeout", "MS", "per-request timeout in milliseconds (default 5000)", .number = &t,
+         .min = 1, .max = 3600000, .what = "milliseconds (>= 1)"},
+        {"--poisson", NULL, "Poisson arrivals instead of fixed spacing", .flag = &poisson},
+        {"--json", "FILE", "write the JSON report (\"-\" for stdout)", .text = &json},
+        {"--html", "FILE", "write a self-contained HTML page with the percentile chart",
+         .text = &html},
+        {0}};
+    const sd_cli_cmd cmd = {
+        .name = "bench http",
+        .synopsis = "URL --rate R [options]",
+        .about =
+            "Loads an HTTP/1.1 server the way wrk2 does: keep-alive connections, one request at a "
+            "time\non each, requests started on a fixed schedule (open loop) and latency measured "
+            "from when\neach should have started. Responses other than 2xx/3xx, timeouts and "
+            "connection errors are\ncounted as errors, by kind. Exits 1 when the rate falls below "
+            "99% of the target or when\nno request succeeded.",
+        .opts = opts};
+    int status = SD_EXIT_USAGE;
     char *body = NULL;
-    int rc = bench_cli_parse(cmd, argc, argv, opts, pos, &npos);
-    if (rc == BENCH_CLI_HELP) {
-        fputs(HTTP_USAGE, stdout);
-        status = BENCH_EXIT_OK;
+    int rc = sd_cli_parse(&cmd, argc, argv, pos, &npos);
+    if (rc != SD_CLI_OK) {
+        status = sd_cli_exit_status(rc);
         goto out;
     }
-    if (rc != BENCH_CLI_OK)
-        goto out;
     if (npos != 1) {
-        fprintf(stderr, "%s: want exactly one URL, got %d arguments (see --help)\n", cmd, npos);
+        sd_cli_usage_error(cmd.name, "want exactly one URL, got %d arguments (see --help)", npos);
         goto out;
     }
-    if (rate == NULL) {
-        fprintf(stderr, "%s: --rate is required (requests per second; 0 = closed loop)\n", cmd);
+    if (schedules_nothing(cmd.name, "--rate x --duration", r, d))
         goto out;
-    }
-    double r, d, w, t;
-    long long c;
-    if (bench_cli_number(cmd, "--rate", rate, 0, 1e8, "requests/s (>= 0)", &r) < 0 ||
-        bench_cli_number(cmd, "--duration", duration, 0.001, 86400, "seconds (> 0)", &d) < 0 ||
-        bench_cli_count(cmd, "--connections", connections, 1, 10000, "a count 1..10000", &c) < 0 ||
-        bench_cli_number(cmd, "--timeout", timeout, 1, 3600000, "milliseconds (>= 1)", &t) < 0)
-        goto out;
-    if (schedules_nothing(cmd, "--rate x --duration", r, d))
-        goto out;
-    w = default_warmup(d);
-    if (warmup && bench_cli_number(cmd, "--warmup", warmup, 0, 3600, "seconds (>= 0)", &w) < 0)
-        goto out;
+    if (w < 0)
+        w = default_warmup(d);
     size_t body_len = 0;
     if (body_file) {
         body = read_file(body_file, &body_len);
         if (body == NULL) {
-            fprintf(stderr, "%s: cannot read --body %s: %s\n", cmd, body_file, strerror(errno));
-            status = BENCH_EXIT_FAIL;
+            fprintf(stderr, "%s: cannot read --body %s: %s\n", cmd.name, body_file,
+                    strerror(errno));
+            status = SD_EXIT_FAILURE;
             goto out;
         }
     }
@@ -437,16 +382,16 @@ static int cmd_http(int argc, char **argv) {
     char err[256];
     rc = bench_http_target_new(&loop, pos[0], (int)c, &hopts, &target, err, sizeof err);
     if (rc < 0) {
-        fprintf(stderr, "%s: %s\n", cmd, err);
+        fprintf(stderr, "%s: %s\n", cmd.name, err);
         uv_loop_close(&loop);
-        status = rc == -EHOSTUNREACH ? BENCH_EXIT_FAIL : BENCH_EXIT_USAGE;
+        status = rc == -EHOSTUNREACH ? SD_EXIT_FAILURE : SD_EXIT_USAGE;
         goto out;
     }
     bench_row row = {0};
     rc = bench_http_target_wait_connected(&target, 5000, err, sizeof err);
     if (rc < 0) {
-        fprintf(stderr, "%s: %s: %s\n", cmd, pos[0], err);
-        status = BENCH_EXIT_FAIL;
+        fprintf(stderr, "%s: %s: %s\n", cmd.name, pos[0], err);
+        status = SD_EXIT_FAILURE;
     } else {
         char label[96];
         snprintf(label, sizeof label, "http %s %s", method ? method : "GET", pos[0]);
@@ -459,8 +404,8 @@ static int cmd_http(int argc, char **argv) {
                                  .label = label};
         rc = bench_load_run(&loop, &target, &lopts, &row.r);
         if (rc < 0) {
-            fprintf(stderr, "%s: load failed: %s\n", cmd, sd_strerror(rc));
-            status = BENCH_EXIT_FAIL;
+            fprintf(stderr, "%s: load failed: %s\n", cmd.name, sd_strerror(rc));
+            status = SD_EXIT_FAILURE;
         } else {
             bench_http_stats st;
             bench_http_target_stats(&target, &st);
@@ -471,11 +416,11 @@ static int cmd_http(int argc, char **argv) {
                     "by the server or after errors\n",
                     (unsigned long long)st.responses, (unsigned long long)st.connects,
                     (unsigned long long)st.connect_errors, (unsigned long long)st.closed);
-            status = BENCH_EXIT_OK;
+            status = SD_EXIT_OK;
             if (row.r.below_target || row.r.count == 0 || row.r.errors == row.r.count)
-                status = BENCH_EXIT_FAIL;
+                status = SD_EXIT_FAILURE;
             if (write_reports(json, html, &row, 1) < 0)
-                status = BENCH_EXIT_FAIL;
+                status = SD_EXIT_FAILURE;
         }
     }
     bench_http_target_free(&target);
@@ -494,57 +439,42 @@ out:
 static int cmd_compare(int argc, char **argv) {
     const char **pos = sd_xcalloc((size_t)argc + 1, sizeof *pos);
     int npos = 0;
-    bench_cli_opt opts[] = {{NULL, NULL, NULL, NULL, NULL}};
-    int rc = bench_cli_parse("bench compare", argc, argv, opts, pos, &npos);
-    if (rc == BENCH_CLI_HELP) {
-        fputs("usage: bench compare A.json B.json\n\nPrints each scenario of two reports "
-              "(from --json) side by side: achieved rate, p50, p95, p99, p99.9, max and errors,\n"
-              "with the ratio B/A. Scenarios are matched by name. A scenario that failed in\n"
-              "either report is marked FAILED instead; a scenario run at different target rates\n"
-              "in A and B is still compared, with a warning on stderr.\n",
-              stdout);
+    const sd_cli_cmd cmd = {
+        .name = "bench compare",
+        .synopsis = "A.json B.json",
+        .about =
+            "Prints each scenario of two reports (from --json) side by side: achieved rate, p50, "
+            "p95,\np99, p99.9, max and errors, with the ratio B/A. Scenarios are matched by name. "
+            "A "
+            "scenario\nthat failed in either report is marked FAILED instead; a scenario run at "
+            "different target\nrates in A and B is still compared, with a warning on stderr."};
+    int rc = sd_cli_parse(&cmd, argc, argv, pos, &npos);
+    if (rc != SD_CLI_OK || npos != 2) {
+        if (rc == SD_CLI_OK)
+            sd_cli_usage_error(cmd.name, "want two JSON files, got %d arguments (see --help)",
+                               npos);
         free(pos);
-        return BENCH_EXIT_OK;
-    }
-    if (rc != BENCH_CLI_OK || npos != 2) {
-        if (rc == BENCH_CLI_OK)
-            fprintf(stderr, "bench compare: want two JSON files (see --help)\n");
-        free(pos);
-        return BENCH_EXIT_USAGE;
+        return rc == SD_CLI_OK ? SD_EXIT_USAGE : sd_cli_exit_status(rc);
     }
     const char *a = pos[0], *b = pos[1];
     free(pos);
     char err[512];
     if (bench_report_compare(stdout, a, b, err, sizeof err) < 0) {
         fprintf(stderr, "bench compare: %s\n", err);
-        return BENCH_EXIT_FAIL;
+        return SD_EXIT_FAILURE;
     }
-    return BENCH_EXIT_OK;
+    return SD_EXIT_OK;
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        fputs(USAGE, stderr);
-        return BENCH_EXIT_USAGE;
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 || strcmp(sub, "help") == 0) {
-        fputs(USAGE, stdout);
-        return BENCH_EXIT_OK;
-    }
-    /* Each subcommand sees argv[0] = its own name, as if it were a program. */
-    if (strcmp(sub, "run") == 0)
-        return cmd_run(argc - 1, argv + 1);
-    if (strcmp(sub, "list") == 0)
-        return cmd_list(argc - 1, argv + 1);
-    if (strcmp(sub, "http") == 0)
-        return cmd_http(argc - 1, argv + 1);
-    if (strcmp(sub, "percentiles") == 0)
-        return bench_cmd_percentiles(argc - 1, argv + 1);
-    if (strcmp(sub, "compare") == 0)
-        return cmd_compare(argc - 1, argv + 1);
-    if (strcmp(sub, "selftest") == 0)
-        return bench_cmd_selftest(argc - 1, argv + 1);
-    fprintf(stderr, "bench: unknown command '%s' (bench --help lists them)\n", sub);
-    return BENCH_EXIT_USAGE;
+    static const sd_cli_sub subs[] = {
+        {"run", "run the scenarios (all, or those whose name starts with a PREFIX)", cmd_run},
+        {"list", "list the scenarios", cmd_list},
+        {"http", "load an HTTP/1.1 server at a fixed rate (wrk2-style)", cmd_http},
+        {"percentiles", "percentiles of the numbers on stdin, as one JSON object",
+         bench_cmd_percentiles},
+        {"compare", "two JSON reports side by side, with the ratio B/A", cmd_compare},
+        {"selftest", "measure the harness: recording cost, accuracy, schedule", bench_cmd_selftest},
+        {0}};
+    return sd_cli_dispatch("bench", ABOUT, subs, argc, argv);
 }

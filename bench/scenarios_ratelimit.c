@@ -27,8 +27,6 @@
  */
 #include <assert.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +39,7 @@
 #include "ratelimit.h"
 #include "redis_server.h"
 #include "sd.h"
+#include "spawn.h"
 
 #define KEYS 10000
 
@@ -213,7 +212,7 @@ static int setup_frozen(const bench_env *env, bench_target *t) {
 
 typedef struct rl_serve {
     bench_target http;
-    pid_t pid;
+    bench_server gateway; /* the `ratelimit serve` child */
     uint64_t rng;
 } rl_serve;
 
@@ -234,70 +233,42 @@ static void issue_http(void *ctx, void *token, bench_done_fn *done) {
     s->http.issue(s->http.ctx, token, done);
 }
 
-/* Starts bin_dir/ratelimit serve on a free port; returns its pid and port, or -1. */
-static pid_t spawn_gateway(const bench_env *env, int *port) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) < 0) {
-        return -1;
-    }
+/* Starts bin_dir/ratelimit serve on a free port. Returns 0 or a negative errno (reported). */
+static int spawn_gateway(const bench_env *env, bench_server *gw) {
     char *path = sd_xasprintf("%s/ratelimit", env->bin_dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        const char *argv[] = {
-            path,           "serve",    "--listen",      "127.0.0.1:0", "--redis",
-            env->redis_url, "--prefix", "rlbench:",      "--policy",    "bench;q=10;w=1",
-            "--algorithm",  "gcra",     "--deadline-ms", "50",          NULL};
-        sd_child_restore_sigpipe();
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
+    const char *argv[] = {
+        path,           "serve",    "--listen",      "127.0.0.1:0", "--redis",
+        env->redis_url, "--prefix", "rlbench:",      "--policy",    "bench;q=10;w=1",
+        "--algorithm",  "gcra",     "--deadline-ms", "50",          NULL};
+    char err[256];
+    int rc = bench_server_spawn(argv, NULL, 5000, gw, err, sizeof err);
     free(path);
-    close(fds[1]);
-    char line[128];
-    size_t n = 0;
-    struct pollfd p = {.fd = fds[0], .events = POLLIN};
-    while (n + 1 < sizeof line && poll(&p, 1, 5000) == 1) {
-        if (read(fds[0], line + n, 1) != 1 || line[n] == '\n') {
-            break;
-        }
-        n++;
+    if (rc < 0) {
+        fprintf(stderr, "ratelimit bench: ratelimit serve did not start: %s\n", err);
     }
-    line[n] = '\0';
-    close(fds[0]);
-    if (pid < 0 || sscanf(line, "127.0.0.1:%d", port) != 1) {
-        if (pid > 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-        }
-        fprintf(stderr, "ratelimit bench: ratelimit serve did not start\n");
-        return -1;
-    }
-    return pid;
+    return rc;
 }
 
 static int setup_serve(const bench_env *env, bench_target *target) {
     rl_serve *s = sd_xcalloc(1, sizeof(*s));
     s->rng = 0x9E3779B97F4A7C15ULL;
-    int port;
-    s->pid = spawn_gateway(env, &port);
-    if (s->pid < 0) {
+    int rc = spawn_gateway(env, &s->gateway);
+    if (rc < 0) {
         free(s);
-        return -ECHILD;
+        return rc;
     }
-    char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/resource", port);
+    char url[128], err[256];
+    snprintf(url, sizeof url, "%s/v1/resource", s->gateway.url);
     bench_http_opts opts = {
         .classify = classify_decision, .extra_headers = key_header, .extra_headers_udata = s};
-    int rc = bench_http_target_new(env->loop, url, 50, &opts, &s->http, err, sizeof err);
+    rc = bench_http_target_new(env->loop, url, 50, &opts, &s->http, err, sizeof err);
     if (rc == 0) {
         rc = bench_http_target_wait_connected(&s->http, 5000, err, sizeof err);
     }
     if (rc < 0) {
         fprintf(stderr, "ratelimit bench: %s\n", err);
         bench_http_target_free(&s->http);
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
+        bench_server_stop(&s->gateway, SIGKILL, 5000);
         free(s);
         return rc;
     }
@@ -312,8 +283,7 @@ static void teardown_serve(const bench_env *env, bench_target *target) {
     for (int i = 0; i < 20; i++) {
         uv_run(env->loop, UV_RUN_NOWAIT);
     }
-    kill(s->pid, SIGTERM);
-    waitpid(s->pid, NULL, 0);
+    bench_server_stop(&s->gateway, SIGTERM, 10000);
     free(s);
     target->ctx = NULL;
 }

@@ -26,15 +26,13 @@ int bench_cmd_selftest(int argc, char **argv);
 
 /* ---- bench percentiles --------------------------------------------------------------------- */
 
-static const char PERCENTILES_USAGE[] =
-    "usage: bench percentiles [--unit ns|us|ms]\n"
-    "\n"
+static const char PERCENTILES_ABOUT[] =
     "Reads one non-negative number per line on stdin and prints one JSON object with count,\n"
     "min, mean, p50, p90, p95, p99, p99.9, p99.99 and max, in the input's unit (--unit names\n"
     "it, default us). Percentiles are nearest-rank, from the same HDR histogram as every\n"
     "benchmark (3 significant digits: within 0.1% of the exact value, never below it); min,\n"
     "max and mean are exact. Decimals are kept to the finest the input uses (up to 9).\n"
-    "A line that is not a non-negative number is an error naming its line number (exit 2).\n";
+    "A line that is not a non-negative number is an error naming its line number (exit 2).";
 
 #define MAX_DECIMALS 9
 
@@ -80,24 +78,21 @@ static void print_scaled(double x, int scale_decimals, int decimals) {
 int bench_cmd_percentiles(int argc, char **argv) {
     const char *cmd = "bench percentiles";
     const char *unit = "us";
+    const sd_cli_opt opts[] = {
+        {"--unit", "ns|us|ms", "the input's unit, named in the output (default us)", .text = &unit},
+        {0}};
+    const sd_cli_cmd cli = {
+        .name = cmd, .synopsis = "[--unit ns|us|ms]", .about = PERCENTILES_ABOUT, .opts = opts};
     const char **pos = sd_xcalloc((size_t)argc + 1, sizeof *pos);
     int npos = 0;
-    bench_cli_opt opts[] = {{"--unit", &unit, NULL, NULL, NULL}, {NULL, NULL, NULL, NULL, NULL}};
-    int rc = bench_cli_parse(cmd, argc, argv, opts, pos, &npos);
+    int rc = sd_cli_parse(&cli, argc, argv, pos, &npos);
     free(pos);
-    if (rc == BENCH_CLI_HELP) {
-        fputs(PERCENTILES_USAGE, stdout);
-        return BENCH_EXIT_OK;
-    }
-    if (rc != BENCH_CLI_OK)
-        return BENCH_EXIT_USAGE;
-    if (npos > 0) {
-        fprintf(stderr, "%s: takes no arguments; the numbers come on stdin\n", cmd);
-        return BENCH_EXIT_USAGE;
-    }
+    if (rc != SD_CLI_OK)
+        return sd_cli_exit_status(rc);
+    if (npos > 0)
+        return sd_cli_usage_error(cmd, "takes no arguments; the numbers come on stdin");
     if (strcmp(unit, "ns") != 0 && strcmp(unit, "us") != 0 && strcmp(unit, "ms") != 0) {
-        fprintf(stderr, "%s: --unit wants ns, us or ms, got '%s'\n", cmd, unit);
-        return BENCH_EXIT_USAGE;
+        return sd_cli_usage_error(cmd, "--unit wants ns, us or ms, got '%s'", unit);
     }
 
     /* Read everything first: the finest decimal any line uses decides the histogram's unit. */
@@ -123,7 +118,7 @@ int bench_cmd_percentiles(int argc, char **argv) {
                     cmd, lineno, why, s);
             free(line);
             free(vals);
-            return BENCH_EXIT_USAGE;
+            return SD_EXIT_USAGE;
         }
         if (n == cap) {
             cap = cap ? cap * 2 : 4096;
@@ -145,7 +140,7 @@ int bench_cmd_percentiles(int argc, char **argv) {
     if (vmax > limit) {
         fprintf(stderr, "%s: a value is too large (above %.0e)\n", cmd, limit);
         free(vals);
-        return BENCH_EXIT_USAGE;
+        return SD_EXIT_USAGE;
     }
     double scale = pow(10, decimals);
     int64_t highest = (int64_t)llround(vmax * scale);
@@ -172,14 +167,12 @@ int bench_cmd_percentiles(int argc, char **argv) {
     print_scaled((double)hdr_max(h), decimals, decimals);
     printf(",\"unit\":\"%s\"}\n", unit);
     hdr_free(h);
-    return BENCH_EXIT_OK;
+    return SD_EXIT_OK;
 }
 
 /* ---- bench selftest ------------------------------------------------------------------------ */
 
-static const char SELFTEST_USAGE[] =
-    "usage: bench selftest [--samples N]\n"
-    "\n"
+static const char SELFTEST_ABOUT[] =
     "Measures the harness on this machine and prints:\n"
     "  - the cost of recording one sample (hdr_record, hdr_record_corrected), over N samples\n"
     "    (default 50,000,000);\n"
@@ -188,7 +181,7 @@ static const char SELFTEST_USAGE[] =
     "  - the load generator's overhead per operation (closed loop, a target that completes at\n"
     "    once) and how late its open-loop schedule runs at 1,000 to 100,000/s against\n"
     "    such a target (that lateness is part of every corrected latency).\n"
-    "Exits 1 when an accuracy check fails or the schedule falls below 99% of its rate.\n";
+    "Exits 1 when an accuracy check fails or the schedule falls below 99% of its rate.";
 
 typedef struct rng {
     uint64_t s;
@@ -302,28 +295,18 @@ static void instant_issue(void *ctx, void *token, bench_done_fn *done) {
 
 int bench_cmd_selftest(int argc, char **argv) {
     const char *cmd = "bench selftest";
-    const char *samples = "50000000";
-    const char **pos = sd_xcalloc((size_t)argc + 1, sizeof *pos);
-    int npos = 0;
-    bench_cli_opt opts[] = {{"--samples", &samples, NULL, NULL, NULL},
-                            {NULL, NULL, NULL, NULL, NULL}};
-    int rc = bench_cli_parse(cmd, argc, argv, opts, pos, &npos);
-    free(pos);
-    if (rc == BENCH_CLI_HELP) {
-        fputs(SELFTEST_USAGE, stdout);
-        return BENCH_EXIT_OK;
-    }
-    if (rc != BENCH_CLI_OK)
-        return BENCH_EXIT_USAGE;
-    double ns;
-    if (npos > 0 ||
-        bench_cli_number(cmd, "--samples", samples, 1000, 1e11, "a count >= 1000", &ns) < 0) {
-        if (npos > 0)
-            fprintf(stderr, "%s: takes no arguments\n", cmd);
-        return BENCH_EXIT_USAGE;
-    }
+    double ns = 50000000;
+    const sd_cli_opt opts[] = {{"--samples", "N",
+                                "samples recorded per cost figure (default 50,000,000)",
+                                .number = &ns, .min = 1000, .max = 1e11, .what = "a count >= 1000"},
+                               {0}};
+    const sd_cli_cmd cli = {
+        .name = cmd, .synopsis = "[--samples N]", .about = SELFTEST_ABOUT, .opts = opts};
+    int rc = sd_cli_parse(&cli, argc, argv, NULL, NULL);
+    if (rc != SD_CLI_OK)
+        return sd_cli_exit_status(rc);
     uint64_t n = (uint64_t)ns;
-    int status = BENCH_EXIT_OK;
+    int status = SD_EXIT_OK;
     char buf[4][32];
 
     hdr_histogram *h = hdr_new_default();
@@ -343,7 +326,7 @@ int bench_cmd_selftest(int argc, char **argv) {
         int ok = err <= 0.001;
         printf("  %-10s %.4f%%  %s\n", names[d], err * 100, ok ? "ok" : "FAIL (bound 0.1%)");
         if (!ok)
-            status = BENCH_EXIT_FAIL;
+            status = SD_EXIT_FAILURE;
     }
 
     uv_loop_t loop;
@@ -372,7 +355,7 @@ int bench_cmd_selftest(int argc, char **argv) {
                bench_format_us((double)hdr_percentile(res.latency, 99.9), buf[2], 32),
                bench_format_us((double)hdr_max(res.latency), buf[3], 32));
         if (res.below_target)
-            status = BENCH_EXIT_FAIL;
+            status = SD_EXIT_FAILURE;
         bench_result_clear(&res);
     }
     uv_loop_close(&loop);

@@ -128,10 +128,24 @@ void sd_http_server_stop(sd_http_server *srv, int grace_ms,
 void sd_http_server_free(sd_http_server *srv);
 
 /*
- * Convenience for commands: on SIGINT or SIGTERM, call sd_http_server_stop(srv, grace_ms, ...)
- * and afterwards let uv_run return (the signal handles are closed). Returns 0 or -errno.
+ * Convenience for commands: on SIGINT or SIGTERM, call sd_http_server_stop(srv, grace_ms,
+ * done_cb, udata) (done_cb may be NULL; it is where a command frees what its handlers used until
+ * the last request finished) and afterwards let uv_run return (the signal handles are closed).
+ * Returns 0 or -errno; when it fails, done_cb never runs.
  */
-int sd_http_server_stop_on_signals(sd_http_server *srv, int grace_ms);
+int sd_http_server_stop_on_signals(sd_http_server *srv, int grace_ms,
+                                   void (*done_cb)(sd_http_server *srv, void *udata), void *udata);
+
+/*
+ * Prints the line every script and test reads to learn where a server listens, on stdout, and
+ * flushes it: "listening on http://127.0.0.1:PORT" ("http://[::1]:PORT" for IPv6). Call after
+ * sd_http_server_listen succeeded. Returns 0 or a negative errno.
+ */
+int sd_http_server_print_address(const sd_http_server *srv);
+
+/* Checks a --listen address ("HOST:PORT", IPv4 dotted or "[v6]:PORT", port 0..65535) the way
+ * sd_http_server_listen parses it, without binding. Returns 0 or -EINVAL. */
+int sd_http_addr_check(const char *addr);
 
 /* ---- Requests ------------------------------------------------------------------------------ */
 

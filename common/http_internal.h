@@ -213,6 +213,8 @@ struct sd_http_server {
     uv_signal_t signals[2];
     bool listening, sweep_started, signals_started;
     int signal_grace_ms;
+    void (*signal_done_cb)(sd_http_server *srv, void *udata); /* for the stop a signal starts */
+    void *signal_done_udata;
     int port;
 
     sd_http_conn *conns;

@@ -355,6 +355,29 @@ int sd_http_server_port(const sd_http_server *srv) {
     return srv->port;
 }
 
+int sd_http_addr_check(const char *addr) {
+    struct sockaddr_storage ss;
+    return addr ? parse_listen_addr(addr, &ss) : -EINVAL;
+}
+
+int sd_http_server_print_address(const sd_http_server *srv) {
+    struct sockaddr_storage ss;
+    int len = (int)sizeof ss;
+    if (!srv->listening)
+        return -EINVAL;
+    int r = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+    if (r != 0)
+        return r;
+    char host[INET6_ADDRSTRLEN] = "";
+    bool v6 = ss.ss_family == AF_INET6;
+    if (v6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
+    else
+        uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
+    printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "", srv->port);
+    return fflush(stdout) == 0 ? 0 : -errno;
+}
+
 /* ---- Stopping and freeing -------------------------------------------------------------------- */
 
 static void srv_destroy(sd_http_server *srv) {
@@ -462,14 +485,17 @@ void sd_http_server_free(sd_http_server *srv) {
 static void on_signal(uv_signal_t *handle, int signum) {
     sd_http_server *srv = handle->data;
     sd_log(SD_LOG_INFO, "http.signal", "signal=%s", signum == SIGINT ? "SIGINT" : "SIGTERM");
-    sd_http_server_stop(srv, srv->signal_grace_ms, NULL, NULL);
+    sd_http_server_stop(srv, srv->signal_grace_ms, srv->signal_done_cb, srv->signal_done_udata);
 }
 
-int sd_http_server_stop_on_signals(sd_http_server *srv, int grace_ms) {
+int sd_http_server_stop_on_signals(sd_http_server *srv, int grace_ms,
+                                   void (*done_cb)(sd_http_server *srv, void *udata), void *udata) {
     if (srv->signals_started || srv->stopping)
         return -EINVAL;
     static const int signums[2] = {SIGINT, SIGTERM};
     srv->signal_grace_ms = grace_ms;
+    srv->signal_done_cb = done_cb;
+    srv->signal_done_udata = udata;
     srv->signals_started = true;
     int r = 0;
     for (int i = 0; i < 2; i++) {

@@ -11,15 +11,20 @@
  *   ratelimit check --policy ... --key K [--cost N]
  *       One decision, printed as JSON.
  *
+ * Options are parsed by the command kit (cli.h), from one table per command plus the table both
+ * share, and all checked before Redis is resolved, so a usage error starts nothing. A stop
+ * (SIGINT/SIGTERM) lets requests in flight finish for --grace-ms, by default the decision deadline
+ * plus 2 s, and frees the limiter once the server has closed (on_http_stopped).
+ *
  * Exit status: 0 ok, 1 runtime failure, 2 usage error.
  */
-#include <getopt.h>
-#include <signal.h>
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "http.h"
 #include "ratelimit.h"
 #include "redis_server.h"
@@ -30,230 +35,218 @@
 #define REDUCED_CAPACITY                                                                           \
     "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
 
-static const char usage_main[] =
-    "usage: ratelimit <command> [options]\n"
-    "\n"
-    "A distributed rate limiter over Redis (token bucket, GCRA, sliding windows).\n"
-    "\n"
-    "commands:\n"
-    "  serve   run the rate-limiting gateway (HTTP)\n"
-    "  check   make one decision and print it as JSON\n"
-    "\n"
-    "Run 'ratelimit <command> --help' for its options.\n";
-
-static const char usage_common[] =
-    "  --policy 'NAME;q=Q;w=W'  a quota of Q per W seconds (repeatable, at least one; all are\n"
-    "                           checked together and charged only if all allow)\n"
-    "  --algorithm NAME         token-bucket (default), gcra, sliding-window-log,\n"
-    "                           sliding-window-counter\n"
-    "  --redis URL              Redis to use (else REDIS_URL, else a private redis-server)\n"
-    "  --prefix TEXT            key prefix (default rl:)\n"
-    "  --deadline-ms N          every decision within N ms (default 5)\n"
-    "  --on-redis-error MODE    open, closed or local (default local: q/N in this process)\n"
-    "  --instances N            N for the local fallback (default 1)\n"
-    "  --breaker-failures N     consecutive Redis failures that open the breaker (default 3)\n"
-    "  --breaker-cooldown-ms N  time before probing Redis again (default 1000)\n"
-    "  --no-deny-cache          always ask Redis, even for a key already denied\n"
-    "  -h, --help               this help\n";
-
-static const char usage_serve[] =
-    "usage: ratelimit serve --listen HOST:PORT --policy 'NAME;q=Q;w=W' [options]\n"
-    "\n"
-    "Runs the gateway. Port 0 picks a free port and prints the address on stdout.\n"
-    "\n"
-    "options:\n"
-    "  --listen HOST:PORT       address to listen on (required)\n"
-    "  --key-header NAME        header that names the client (default X-Api-Key); without it\n"
-    "                           the client address is the key\n"
-    "  --max-batch N            checks decided per Redis script call (default 64)\n"
-    "  --cluster                batch only checks whose keys share a Redis Cluster slot\n";
-
-static const char usage_check[] =
-    "usage: ratelimit check --policy 'NAME;q=Q;w=W' --key KEY [--cost N] [options]\n"
-    "\n"
-    "Makes one decision and prints it as JSON. Exit status 0 whether allowed or denied; 1 if\n"
-    "Redis could not be asked (the fallback's decision is still printed).\n"
-    "\n"
-    "options:\n"
-    "  --key KEY                the client to check (required)\n"
-    "  --cost N                 units to take (default 1; 0 only looks)\n"
-    "  --json                   JSON output (the default and only format)\n";
-
 /* ---- Options -------------------------------------------------------------------------------- */
 
 typedef struct options {
     rl_config cfg;
     const char *redis;
+    char *password; /* from --redis-password-file; owned, wiped and freed by run() */
     const char *listen;
     const char *key_header;
     const char *key;
     long long cost;
+    long long deadline_ms, instances, breaker_failures, breaker_cooldown_ms, max_batch;
+    long long grace_ms; /* -1: derived from the deadline */
+    int no_deny_cache, cluster, json;
 } options;
 
-enum {
-    OPT_POLICY = 256,
-    OPT_ALGORITHM,
-    OPT_REDIS,
-    OPT_PREFIX,
-    OPT_DEADLINE,
-    OPT_ON_ERROR,
-    OPT_INSTANCES,
-    OPT_BREAKER_FAILURES,
-    OPT_BREAKER_COOLDOWN,
-    OPT_NO_DENY_CACHE,
-    OPT_LISTEN,
-    OPT_KEY_HEADER,
-    OPT_MAX_BATCH,
-    OPT_CLUSTER,
-    OPT_KEY,
-    OPT_COST,
-    OPT_JSON,
-};
-
-static int usage_error(const char *cmd, const char *msg) {
-    fprintf(stderr, "ratelimit %s: %s\nRun 'ratelimit %s --help' for usage.\n", cmd, msg, cmd);
-    return 2;
-}
-
-static int parse_int(const char *cmd, const char *name, const char *text, long long min,
-                     long long max, long long *out) {
-    if (sd_parse_ll(text, min, max, out) != 0) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "%s must be a whole number from %lld to %lld, not '%s'", name,
-                 min, max, text);
-        return usage_error(cmd, msg);
+static int policy_parse(const char *value, void *udata, char *err, size_t len) {
+    char why[200];
+    if (rl_config_add_policy(udata, value, why, sizeof(why)) != 0) {
+        snprintf(err, len, "'%s': %s", value, why);
+        return -1;
     }
     return 0;
 }
 
-/* Parses argv after the command name. Returns 0, 2 (usage error, reported) or -1 (help shown). */
+static int algorithm_parse(const char *value, void *udata, char *err, size_t len) {
+    if (rl_algorithm_parse(value, &((rl_config *)udata)->algorithm) != 0) {
+        snprintf(err, len,
+                 "wants token-bucket, gcra, sliding-window-log or sliding-window-counter, got '%s'",
+                 value);
+        return -1;
+    }
+    return 0;
+}
+
+static int prefix_parse(const char *value, void *udata, char *err, size_t len) {
+    rl_config *cfg = udata;
+    if (strlen(value) >= sizeof(cfg->prefix)) {
+        snprintf(err, len, "is too long (at most %zu bytes)", sizeof(cfg->prefix) - 1);
+        return -1;
+    }
+    snprintf(cfg->prefix, sizeof(cfg->prefix), "%s", value);
+    return 0;
+}
+
+static int fail_mode_parse(const char *value, void *udata, char *err, size_t len) {
+    if (rl_fail_mode_parse(value, &((rl_config *)udata)->on_error) != 0) {
+        snprintf(err, len, "wants open, closed or local, got '%s'", value);
+        return -1;
+    }
+    return 0;
+}
+
+/* --redis-password-file: the file's first line, so that the password never appears in argv
+ * (DESIGN.md, "Secrets"). */
+static int password_file_parse(const char *value, void *udata, char *err, size_t len) {
+    options *o = udata;
+    FILE *f = fopen(value, "r");
+    if (!f) {
+        snprintf(err, len, "cannot read '%s': %s", value, strerror(errno));
+        return -1;
+    }
+    char line[1024] = "";
+    int ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = '\0';
+    if (!ok || line[0] == '\0') {
+        snprintf(err, len, "'%s' holds no password on its first line", value);
+        return -1;
+    }
+    if (o->password) {
+        memset(o->password, 0, strlen(o->password));
+        free(o->password);
+    }
+    o->password = sd_xstrdup(line);
+    memset(line, 0, sizeof(line));
+    return 0;
+}
+
+/* The grace period of a stop when --grace-ms is not given: the longest a request in flight can
+ * take (its decision's deadline; the limiter answers every check within it) and the 2 s the
+ * stop always had on top, to write the responses. */
+static long long default_grace_ms(long long deadline_ms) {
+    return deadline_ms + 2000;
+}
+
+/* Parses argv after the command name. Returns SD_CLI_OK, or a result for sd_cli_exit_status. */
 static int parse_options(const char *cmd, int argc, char **argv, options *o) {
-    static const struct option longopts[] = {
-        {"policy", required_argument, NULL, OPT_POLICY},
-        {"algorithm", required_argument, NULL, OPT_ALGORITHM},
-        {"redis", required_argument, NULL, OPT_REDIS},
-        {"prefix", required_argument, NULL, OPT_PREFIX},
-        {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
-        {"on-redis-error", required_argument, NULL, OPT_ON_ERROR},
-        {"instances", required_argument, NULL, OPT_INSTANCES},
-        {"breaker-failures", required_argument, NULL, OPT_BREAKER_FAILURES},
-        {"breaker-cooldown-ms", required_argument, NULL, OPT_BREAKER_COOLDOWN},
-        {"no-deny-cache", no_argument, NULL, OPT_NO_DENY_CACHE},
-        {"listen", required_argument, NULL, OPT_LISTEN},
-        {"key-header", required_argument, NULL, OPT_KEY_HEADER},
-        {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
-        {"cluster", no_argument, NULL, OPT_CLUSTER},
-        {"key", required_argument, NULL, OPT_KEY},
-        {"cost", required_argument, NULL, OPT_COST},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     int serve = strcmp(cmd, "serve") == 0;
     rl_config_default(&o->cfg);
     o->key_header = "X-Api-Key";
     o->cost = 1;
+    o->deadline_ms = o->cfg.deadline_ms;
+    o->instances = o->cfg.instances;
+    o->breaker_failures = o->cfg.breaker_failures;
+    o->breaker_cooldown_ms = o->cfg.breaker_cooldown_ms;
+    o->max_batch = o->cfg.max_batch;
+    o->grace_ms = -1;
+    const sd_cli_opt common_opts[] = {
+        {"--policy", "'NAME;q=Q;w=W'",
+         "a quota of Q per W seconds (repeatable, at least one; all are\n"
+         "checked together and charged only if all allow)",
+         .parse = policy_parse, .udata = &o->cfg, .required = 1},
+        {"--algorithm", "NAME",
+         "token-bucket (default), gcra, sliding-window-log,\n"
+         "sliding-window-counter",
+         .parse = algorithm_parse, .udata = &o->cfg},
+        {"--redis", "URL",
+         "Redis to use (else REDIS_URL, else a private redis-server);\n"
+         "a password belongs in REDIS_URL, where other users cannot read it",
+         .parse = sd_cli_redis_parse, .udata = &o->redis},
+        {"--redis-password-file", "FILE",
+         "the Redis password, from the first line of FILE (replaces one\n"
+         "in the URL); needs --redis or REDIS_URL",
+         .parse = password_file_parse, .udata = o},
+        {"--prefix", "TEXT", "key prefix (default rl:)", .parse = prefix_parse, .udata = &o->cfg},
+        {"--deadline-ms", "N", "every decision within N ms (default 5)", .integer = &o->deadline_ms,
+         .min = 1, .max = 60000},
+        {"--on-redis-error", "MODE", "open, closed or local (default local: q/N in this process)",
+         .parse = fail_mode_parse, .udata = &o->cfg},
+        {"--instances", "N", "N for the local fallback (default 1)", .integer = &o->instances,
+         .min = 1, .max = 100000},
+        {"--breaker-failures", "N", "consecutive Redis failures that open the breaker (default 3)",
+         .integer = &o->breaker_failures, .min = 1, .max = 1000000},
+        {"--breaker-cooldown-ms", "N", "time before probing Redis again (default 1000)",
+         .integer = &o->breaker_cooldown_ms, .min = 1, .max = 3600000},
+        {"--no-deny-cache", NULL, "always ask Redis, even for a key already denied",
+         .flag = &o->no_deny_cache},
+        {0}};
+    const sd_cli_opt serve_opts[] = {
+        {"--listen", "HOST:PORT",
+         "address to listen on (required); port 0 picks a free port\n"
+         "(the address is printed as \"listening on http://HOST:PORT\")",
+         .parse = sd_cli_listen_parse, .udata = &o->listen, .required = 1},
+        {"--key-header", "NAME",
+         "header that names the client (default X-Api-Key); without it\n"
+         "the client address is the key",
+         .text = &o->key_header},
+        {"--max-batch", "N", "checks decided per Redis script call (default 64)",
+         .integer = &o->max_batch, .min = 1, .max = 4096},
+        {"--cluster", NULL, "batch only checks whose keys share a Redis Cluster slot",
+         .flag = &o->cluster},
+        {"--grace-ms", "N",
+         "on SIGINT/SIGTERM, let requests in flight finish for up to N ms\n"
+         "(default: --deadline-ms + 2000; never below --deadline-ms)",
+         .integer = &o->grace_ms, .min = 1, .max = 3600000},
+        {0}};
+    const sd_cli_opt check_opts[] = {
+        {"--key", "KEY", "the client to check (required, 1 to 512 bytes)", .text = &o->key,
+         .required = 1},
+        {"--cost", "N", "units to take (default 1; 0 only looks)", .integer = &o->cost, .min = 0,
+         .max = (double)RL_COST_MAX},
+        {"--json", NULL, "JSON output (the default and only format)", .flag = &o->json},
+        {0}};
+    const sd_cli_cmd serve_cmd = {
+        .name = "ratelimit serve",
+        .synopsis = "--listen HOST:PORT --policy 'NAME;q=Q;w=W' [options]",
+        .about = "Runs the gateway: every request except /healthz, /metrics and POST /v1/check is "
+                 "checked\n"
+                 "(cost 1) against all policies and answered 200 or 429. Port 0 picks a free port.",
+        .opts = serve_opts,
+        .shared = common_opts,
+        .footer = "Exit status: 0 stopped by a signal, 1 runtime failure, 2 usage error."};
+    const sd_cli_cmd check_cmd = {
+        .name = "ratelimit check",
+        .synopsis = "--policy 'NAME;q=Q;w=W' --key KEY [--cost N] [options]",
+        .about =
+            "Makes one decision and prints it as JSON. Exit status 0 whether allowed or denied; 1 "
+            "if\n"
+            "Redis could not be asked (the fallback's decision is still printed); 2 usage error.",
+        .opts = check_opts,
+        .shared = common_opts};
+    const sd_cli_cmd *c = serve ? &serve_cmd : &check_cmd;
+    int rc = sd_cli_parse(c, argc, argv, NULL, NULL);
+    if (rc != SD_CLI_OK) {
+        return rc;
+    }
+    o->cfg.deadline_ms = (int)o->deadline_ms;
+    o->cfg.instances = (int)o->instances;
+    o->cfg.breaker_failures = (int)o->breaker_failures;
+    o->cfg.breaker_cooldown_ms = (int)o->breaker_cooldown_ms;
+    o->cfg.max_batch = (int)o->max_batch;
+    o->cfg.cluster = o->cluster;
+    if (o->no_deny_cache) {
+        o->cfg.deny_cache_entries = 0;
+    }
     char err[256];
-    long long v;
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int rc = 0;
-        switch (c) {
-        case 'h':
-            printf("%s%s", serve ? usage_serve : usage_check, usage_common);
-            return -1;
-        case OPT_POLICY:
-            if (rl_config_add_policy(&o->cfg, optarg, err, sizeof(err)) != 0) {
-                return usage_error(cmd, err);
-            }
-            break;
-        case OPT_ALGORITHM:
-            if (rl_algorithm_parse(optarg, &o->cfg.algorithm) != 0) {
-                return usage_error(cmd, "--algorithm must be token-bucket, gcra, "
-                                        "sliding-window-log or sliding-window-counter");
-            }
-            break;
-        case OPT_REDIS:
-            o->redis = optarg;
-            break;
-        case OPT_PREFIX:
-            if (strlen(optarg) >= sizeof(o->cfg.prefix)) {
-                return usage_error(cmd, "--prefix is too long");
-            }
-            snprintf(o->cfg.prefix, sizeof(o->cfg.prefix), "%s", optarg);
-            break;
-        case OPT_DEADLINE:
-            rc = parse_int(cmd, "--deadline-ms", optarg, 1, 60000, &v);
-            o->cfg.deadline_ms = (int)v;
-            break;
-        case OPT_ON_ERROR:
-            if (rl_fail_mode_parse(optarg, &o->cfg.on_error) != 0) {
-                return usage_error(cmd, "--on-redis-error must be open, closed or local");
-            }
-            break;
-        case OPT_INSTANCES:
-            rc = parse_int(cmd, "--instances", optarg, 1, 100000, &v);
-            o->cfg.instances = (int)v;
-            break;
-        case OPT_BREAKER_FAILURES:
-            rc = parse_int(cmd, "--breaker-failures", optarg, 1, 1000000, &v);
-            o->cfg.breaker_failures = (int)v;
-            break;
-        case OPT_BREAKER_COOLDOWN:
-            rc = parse_int(cmd, "--breaker-cooldown-ms", optarg, 1, 3600000, &v);
-            o->cfg.breaker_cooldown_ms = (int)v;
-            break;
-        case OPT_NO_DENY_CACHE:
-            o->cfg.deny_cache_entries = 0;
-            break;
-        case OPT_LISTEN:
-            o->listen = optarg;
-            break;
-        case OPT_KEY_HEADER:
-            o->key_header = optarg;
-            break;
-        case OPT_MAX_BATCH:
-            rc = parse_int(cmd, "--max-batch", optarg, 1, 4096, &v);
-            o->cfg.max_batch = (int)v;
-            break;
-        case OPT_CLUSTER:
-            o->cfg.cluster = 1;
-            break;
-        case OPT_KEY:
-            o->key = optarg;
-            break;
-        case OPT_COST:
-            rc = parse_int(cmd, "--cost", optarg, 0, RL_COST_MAX, &o->cost);
-            break;
-        case OPT_JSON:
-            break;
-        default: {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "unknown or incomplete option '%s'", argv[optind - 1]);
-            return usage_error(cmd, msg);
-        }
-        }
-        if (rc) {
-            return rc;
-        }
-    }
-    if (optind < argc) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "unexpected argument '%s'", argv[optind]);
-        return usage_error(cmd, msg);
-    }
     if (rl_config_validate(&o->cfg, err, sizeof(err)) != 0) {
-        return usage_error(cmd, o->cfg.npolicies == 0 ? "at least one --policy is required" : err);
+        sd_cli_usage_error(c->name, "%s", err);
+        return SD_CLI_USAGE;
     }
-    if (serve && !o->listen) {
-        return usage_error(cmd, "--listen HOST:PORT is required");
+    const char *env_url = getenv("REDIS_URL");
+    if (o->password && !o->redis && !(env_url && *env_url)) {
+        sd_cli_usage_error(c->name, "--redis-password-file needs --redis URL or REDIS_URL (a "
+                                    "private redis-server has no password)");
+        return SD_CLI_USAGE;
     }
-    if (!serve && (!o->key || strlen(o->key) == 0 || strlen(o->key) > RL_KEY_MAX)) {
-        return usage_error(cmd, "--key KEY is required (1 to 512 bytes)");
+    if (serve && o->grace_ms >= 0 && o->grace_ms < o->deadline_ms) {
+        sd_cli_usage_error(c->name,
+                           "--grace-ms %lld is below --deadline-ms %lld: a stop would cut off "
+                           "requests still within their deadline",
+                           o->grace_ms, o->deadline_ms);
+        return SD_CLI_USAGE;
     }
-    return 0;
+    if (o->grace_ms < 0) {
+        o->grace_ms = default_grace_ms(o->deadline_ms);
+    }
+    if (!serve && (strlen(o->key) == 0 || strlen(o->key) > RL_KEY_MAX)) {
+        sd_cli_usage_error(c->name, "--key wants 1 to %d bytes, got %zu", RL_KEY_MAX,
+                           strlen(o->key));
+        return SD_CLI_USAGE;
+    }
+    return SD_CLI_OK;
 }
 
 /* ---- Decisions as JSON and as header fields -------------------------------------------------- */
@@ -336,7 +329,7 @@ typedef struct gateway {
     const rl_config *cfg;
     const char *key_header;
     sd_http_server *http;
-    uv_signal_t sigint, sigterm;
+    long in_flight; /* checks waiting for their decision: what a graceful stop waits for */
 } gateway;
 
 typedef struct pending {
@@ -383,6 +376,7 @@ static void respond_denied(sd_http_req *req, const rl_config *cfg, const rl_deci
 static void on_decision(const rl_decision *d, void *udata) {
     pending *p = udata;
     const rl_config *cfg = p->gw->cfg;
+    p->gw->in_flight--;
     add_ratelimit_fields(p->req, cfg, d);
     if (p->api) {
         sd_http_req_respond_json(p->req, 200, decision_json(cfg, d));
@@ -400,7 +394,9 @@ static void check_async(gateway *gw, sd_http_req *req, const char *key, long lon
     p->req = req;
     p->api = api;
     int rc = rl_limiter_check(gw->limiter, key, cost, on_decision, p);
-    if (rc < 0) {
+    if (rc == 0) {
+        gw->in_flight++;
+    } else {
         free(p);
         if (rc == RL_EARG) {
             /* Callers validate the cost; what is left to refuse is the key (a header too long,
@@ -515,10 +511,13 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         "ratelimit_in_doubt_checks_total %llu\n"
         "# HELP ratelimit_breaker_open 1 while the circuit breaker is open or probing.\n"
         "# TYPE ratelimit_breaker_open gauge\n"
-        "ratelimit_breaker_open %d\n",
+        "ratelimit_breaker_open %d\n"
+        "# HELP ratelimit_checks_in_flight Checks waiting for their decision.\n"
+        "# TYPE ratelimit_checks_in_flight gauge\n"
+        "ratelimit_checks_in_flight %ld\n",
         (unsigned long long)s.redis_errors, fallback, (unsigned long long)s.deny_cache_hits,
         (unsigned long long)s.script_calls, (unsigned long long)s.batched_checks,
-        (unsigned long long)s.in_doubt, s.breaker_open);
+        (unsigned long long)s.in_doubt, s.breaker_open, gw->in_flight);
 }
 
 /* The limiter goes last: requests finishing during the grace period still need it. */
@@ -526,15 +525,6 @@ static void on_http_stopped(sd_http_server *srv, void *udata) {
     gateway *gw = udata;
     rl_limiter_free(gw->limiter);
     gw->limiter = NULL;
-}
-
-/* SIGINT or SIGTERM: stop accepting, let requests in flight finish, then close Redis. */
-static void on_signal(uv_signal_t *h, int signum) {
-    gateway *gw = h->data;
-    sd_log(SD_LOG_INFO, "ratelimit.stopping", "signal=%s", signum == SIGINT ? "SIGINT" : "SIGTERM");
-    uv_close((uv_handle_t *)&gw->sigint, NULL);
-    uv_close((uv_handle_t *)&gw->sigterm, NULL);
-    sd_http_server_stop(gw->http, 2000, on_http_stopped, gw);
 }
 
 static int cmd_serve(options *o, const sd_redis_url *url) {
@@ -545,7 +535,7 @@ static int cmd_serve(options *o, const sd_redis_url *url) {
     int rc = rl_limiter_new(loop, url, &o->cfg, &gw.limiter);
     if (rc < 0) {
         fprintf(stderr, "ratelimit serve: %s\n", rl_strerror(rc));
-        return 1;
+        return SD_EXIT_FAILURE;
     }
     gw.cfg = rl_limiter_config(gw.limiter);
     if (rl_limiter_wait_connected(gw.limiter, 2000) != 0) {
@@ -566,29 +556,29 @@ static int cmd_serve(options *o, const sd_redis_url *url) {
         sd_http_server_free(gw.http);
         rl_limiter_free(gw.limiter);
         uv_run(loop, UV_RUN_DEFAULT);
-        return 1;
+        return SD_EXIT_FAILURE;
     }
-    /* The bound address, on one flushed line: with port 0 this is how callers learn it. */
-    char host[256];
-    snprintf(host, sizeof(host), "%s", o->listen);
-    char *colon = strrchr(host, ':');
-    if (colon) {
-        *colon = '\0';
+    /* SIGINT or SIGTERM: stop accepting, let requests in flight finish, then close Redis. */
+    rc = sd_http_server_stop_on_signals(gw.http, (int)o->grace_ms, on_http_stopped, &gw);
+    if (rc == 0) {
+        /* The bound address, on one flushed line: with port 0 this is how callers learn it. */
+        rc = sd_http_server_print_address(gw.http);
     }
-    printf("%s:%d\n", host, sd_http_server_port(gw.http));
-    fflush(stdout);
-    sd_log(SD_LOG_INFO, "ratelimit.listening", "addr=%s:%d algorithm=%s policies=%zu", host,
-           sd_http_server_port(gw.http), rl_algorithm_name(o->cfg.algorithm), o->cfg.npolicies);
-    uv_signal_init(loop, &gw.sigint);
-    uv_signal_init(loop, &gw.sigterm);
-    gw.sigint.data = gw.sigterm.data = &gw;
-    uv_signal_start(&gw.sigint, on_signal, SIGINT);
-    uv_signal_start(&gw.sigterm, on_signal, SIGTERM);
+    if (rc < 0) {
+        fprintf(stderr, "ratelimit serve: %s\n", sd_strerror(rc));
+        sd_http_server_stop(gw.http, 0, on_http_stopped, &gw);
+        uv_run(loop, UV_RUN_DEFAULT);
+        sd_http_server_free(gw.http);
+        return SD_EXIT_FAILURE;
+    }
+    sd_log(SD_LOG_INFO, "ratelimit.listening", "port=%d algorithm=%s policies=%zu grace_ms=%lld",
+           sd_http_server_port(gw.http), rl_algorithm_name(o->cfg.algorithm), o->cfg.npolicies,
+           o->grace_ms);
     uv_run(loop, UV_RUN_DEFAULT);
     sd_http_server_free(gw.http);
     uv_loop_close(loop);
     sd_log(SD_LOG_INFO, "ratelimit.stopped", NULL);
-    return 0;
+    return SD_EXIT_OK;
 }
 
 /* ---- check ---------------------------------------------------------------------------------- */
@@ -602,7 +592,7 @@ static int cmd_check(options *o, const sd_redis_url *url) {
     int rc = rl_sync_new(url, &o->cfg, &l);
     if (rc < 0) {
         fprintf(stderr, "ratelimit check: %s\n", rl_strerror(rc));
-        return 1;
+        return SD_EXIT_FAILURE;
     }
     rl_decision d;
     rc = rl_sync_check(l, o->key, o->cost, &d);
@@ -621,37 +611,49 @@ static int cmd_check(options *o, const sd_redis_url *url) {
         fprintf(stderr, "ratelimit check: %s\n", rl_strerror(rc));
     }
     rl_sync_free(l);
-    return rc == 0 ? 0 : 1;
+    return rc == 0 ? SD_EXIT_OK : SD_EXIT_FAILURE;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 2) {
-        fputs(usage_main, stderr);
-        return 2;
-    }
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
-        fputs(usage_main, stdout);
-        return 0;
-    }
-    if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check") != 0) {
-        fprintf(stderr, "ratelimit: unknown command '%s'\n\n%s", cmd, usage_main);
-        return 2;
-    }
+/* Both commands parse their options, then find their Redis, then run. */
+static int run(int argc, char **argv) {
+    const char *cmd = argv[0];
     options o;
     memset(&o, 0, sizeof(o));
-    int rc = parse_options(cmd, argc - 1, argv + 1, &o);
-    if (rc != 0) {
-        return rc < 0 ? 0 : rc;
-    }
+    int rc = parse_options(cmd, argc, argv, &o);
     sd_redis_url url;
     memset(&url, 0, sizeof(url));
     sd_redis_server *server = NULL;
-    if (sd_redis_resolve(o.redis, &url, &server) != 0) {
-        return o.redis || getenv("REDIS_URL") ? 2 : 1;
+    if (rc != SD_CLI_OK) {
+        rc = sd_cli_exit_status(rc);
+    } else if (sd_redis_resolve(o.redis, &url, &server) != 0) {
+        rc = o.redis || getenv("REDIS_URL") ? SD_EXIT_USAGE : SD_EXIT_FAILURE;
+    } else {
+        if (o.password) {
+            /* The URL's own password, if any, gives way to the file's; the URL owns it now. */
+            if (url.password) {
+                memset(url.password, 0, strlen(url.password));
+                free(url.password);
+            }
+            url.password = o.password;
+            o.password = NULL;
+        }
+        rc = strcmp(cmd, "serve") == 0 ? cmd_serve(&o, &url) : cmd_check(&o, &url);
     }
-    rc = strcmp(cmd, "serve") == 0 ? cmd_serve(&o, &url) : cmd_check(&o, &url);
-    sd_redis_url_clear(&url);
+    sd_redis_url_clear(&url); /* wipes the password */
     sd_redis_server_stop(server);
+    if (o.password) {
+        memset(o.password, 0, strlen(o.password));
+        free(o.password);
+    }
     return rc;
+}
+
+int main(int argc, char **argv) {
+    static const sd_cli_sub subs[] = {{"serve", "run the rate-limiting gateway (HTTP)", run},
+                                      {"check", "make one decision and print it as JSON", run},
+                                      {0}};
+    return sd_cli_dispatch("ratelimit",
+                           "A distributed rate limiter over Redis (token bucket, GCRA, sliding "
+                           "windows).",
+                           subs, argc, argv);
 }

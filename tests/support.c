@@ -99,6 +99,24 @@ pid_t test_spawn(const char *const argv[], const char *const env[], int *stdout_
     return pid;
 }
 
+bench_server test_server_start(const char *const argv[]) {
+    const char *full[64];
+    size_t n = 0;
+    char *path = test_bin_path(argv[0]);
+    full[n++] = path;
+    for (const char *const *a = argv + 1; *a; a++) {
+        cr_assert_lt(n, 63, "too many arguments");
+        full[n++] = *a;
+    }
+    full[n] = NULL;
+    bench_server s;
+    char err[256];
+    int rc = bench_server_spawn(full, NULL, 10000, &s, err, sizeof err);
+    free(path);
+    cr_assert_eq(rc, 0, "%s", err);
+    return s;
+}
+
 int test_read_line(int fd, char *buf, size_t len, int timeout_ms) {
     size_t n = 0;
     uint64_t deadline = sd_now_ms() + (uint64_t)timeout_ms;

@@ -13,6 +13,7 @@
 
 #include "redis.h"
 #include "redis_server.h"
+#include "spawn.h"
 
 /* Starts a private redis-server (no persistence unless appendfsync is given); asserts. */
 sd_redis_server *test_redis_start(const char *appendfsync);
@@ -34,6 +35,13 @@ char *test_bin_path(const char *name);
  * stderr is inherited. The child dies with the test process (PR_SET_PDEATHSIG). Returns its pid.
  */
 pid_t test_spawn(const char *const argv[], const char *const env[], int *stdout_fd);
+
+/*
+ * Starts build/bin/<argv[0]>, a server command whose arguments include --listen 127.0.0.1:0,
+ * and waits (up to 10 s) for its "listening on http://127.0.0.1:PORT" line (bench_server_spawn,
+ * bench/spawn.h); asserts that it came. Stop it with bench_server_stop.
+ */
+bench_server test_server_start(const char *const argv[]);
 
 /* Reads one line (without the newline) from fd within timeout_ms. Returns its length, or -1 on
  * timeout or EOF. */

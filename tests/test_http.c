@@ -47,16 +47,9 @@ static pid_t start_hello(int *port, const char *const *extra) {
     for (; extra && *extra; extra++)
         argv[argc++] = *extra;
     argv[argc] = NULL;
-    int out;
-    pid_t pid = test_spawn(argv, NULL, &out);
-    char line[64];
-    cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0,
-                 "hello-server printed no address");
-    close(out);
-    cr_assert_eq(strncmp(line, "127.0.0.1:", 10), 0, "unexpected address line '%s'", line);
-    *port = atoi(line + 10);
-    cr_assert_gt(*port, 0);
-    return pid;
+    bench_server s = test_server_start(argv);
+    *port = s.port;
+    return s.pid;
 }
 
 /* The limits most tests run against: small, so each one is quick to hit. */

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,13 +51,8 @@ static gateway serve(const char *arg, ...) {
     }
     va_end(ap);
     argv[argc] = NULL;
-    gateway g;
-    int out;
-    g.pid = test_spawn(argv, NULL, &out);
-    char line[128];
-    cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0, "no address printed");
-    close(out);
-    cr_assert_eq(sscanf(line, "127.0.0.1:%d", &g.port), 1, "printed '%s'", line);
+    bench_server s = test_server_start(argv);
+    gateway g = {.pid = s.pid, .port = s.port};
     return g;
 }
 
@@ -359,4 +355,100 @@ Test(ratelimit_serve, check_command_prints_one_decision) {
         assert_matches(line, round == 0 ? "^\\{\"allowed\":true,\"remaining\":0,"
                                         : "^\\{\"allowed\":false,\"remaining\":0,");
     }
+}
+
+/* ---- Stopping ------------------------------------------------------------------------------- */
+
+/* The value of a metric line "name VALUE" in GET /metrics, or -1. */
+static long metric(gateway g, const char *name) {
+    static char resp[65536];
+    const char *body;
+    cr_assert_eq(test_http_exchange(g.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", resp,
+                                    sizeof resp, &body),
+                 200);
+    char line[128];
+    snprintf(line, sizeof line, "\n%s ", name);
+    const char *p = strstr(body, line);
+    return p ? strtol(p + strlen(line), NULL, 10) : -1;
+}
+
+/*
+ * A stop lets every request in flight finish, however long its decision may take: with a
+ * frozen Redis and a 3 s deadline, requests wait 3 s for the fallback, longer than the fixed
+ * 2 s grace a stop once had. SIGTERM arrives while all of them wait; each still gets its
+ * answer (the local fallback's 200), none a closed connection.
+ */
+Test(ratelimit_serve, sigterm_waits_for_requests_held_by_a_frozen_redis) {
+    enum { N = 20 };
+    gateway g = serve("--policy", "f;q=1000;w=60", "--deadline-ms", "3000", NULL);
+    char resp[4096];
+    cr_assert_eq(get(g, "warm", resp, sizeof resp), 200, "Redis answers before it is frozen");
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        char req[256];
+        snprintf(req, sizeof req, "GET /v1/things HTTP/1.1\r\nHost: x\r\nX-Api-Key: k%d\r\n\r\n",
+                 i);
+        fds[i] = test_tcp_connect(g.port);
+        /* The fallback answers after 3 s: allow for it on a slow machine. */
+        struct timeval tv = {30, 0};
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        test_write_all(fds[i], req, strlen(req));
+    }
+    /* Wait until the gateway holds all of them (an event, polled), then stop it. */
+    uint64_t give_up = sd_now_ms() + 20000;
+    long held;
+    while ((held = metric(g, "ratelimit_checks_in_flight")) < N && sd_now_ms() < give_up) {
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    if (held != N) {
+        sd_redis_server_signal(server, SIGCONT);
+    }
+    cr_assert_eq(held, N, "the gateway holds %ld checks, not %d", held, N);
+    kill(g.pid, SIGTERM);
+    int answered = 0;
+    for (int i = 0; i < N; i++) {
+        int status = test_http_read_response(fds[i], resp, sizeof resp, NULL);
+        cr_expect_eq(status, 200, "request %d: %s", i,
+                     status < 0 ? "the connection closed without a response" : resp);
+        answered += status == 200;
+        close(fds[i]);
+    }
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    int status = test_wait_exit(g.pid, 30000);
+    cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "no clean exit after the stop");
+    cr_assert_eq(answered, N);
+}
+
+/* The password can come from a file, so it never shows in argv; it replaces one in the URL. */
+Test(ratelimit_serve, redis_password_from_a_file) {
+    const char *args[] = {"--requirepass", "open-sesame", NULL};
+    sd_redis_server_opts opts = {.extra_args = args};
+    sd_redis_server *locked = NULL;
+    cr_assert_eq(sd_redis_server_start(&opts, &locked), 0);
+    char url[128], wrong[128], path[] = "/tmp/test_rl_passwordXXXXXX";
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", sd_redis_server_port(locked));
+    snprintf(wrong, sizeof wrong, "redis://:wrong@127.0.0.1:%d", sd_redis_server_port(locked));
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "open-sesame\n", 12), 12);
+    close(fd);
+    const char *with_file[] = {
+        "ratelimit",  "check", "--redis", wrong, "--redis-password-file", path, "--policy",
+        "p;q=5;w=60", "--key", "k",       NULL};
+    const char *without[] = {"ratelimit",  "check", "--redis", url, "--policy",
+                             "p;q=5;w=60", "--key", "k",       NULL};
+    const char *no_redis[] = {"ratelimit", "check",    "--redis-password-file",
+                              path,        "--policy", "p;q=5;w=60",
+                              "--key",     "k",        NULL};
+    /* Without the password Redis refuses, and the fallback's decision is exit 1; with it, Redis
+     * decides. A file without --redis or REDIS_URL (a private server) is a usage error. */
+    cr_expect_eq(run(without), 1);
+    cr_expect_eq(run(with_file), 0);
+    unsetenv("REDIS_URL");
+    cr_expect_eq(run(no_redis), 2);
+    unlink(path);
+    sd_redis_server_stop(locked);
 }
