@@ -30,6 +30,9 @@
 #include "redis_server.h"
 #include "sd.h"
 
+/* The largest request body `serve` accepts (413 above it). */
+#define RL_SERVE_MAX_BODY 8192
+
 /* The problem type of draft-ietf-httpapi-ratelimit-headers-10, section 5.1. */
 #define QUOTA_EXCEEDED "https://iana.org/assignments/http-problem-types#quota-exceeded"
 #define REDUCED_CAPACITY                                                                           \
@@ -546,6 +549,9 @@ static int cmd_serve(options *o, const sd_redis_url *url) {
     sd_http_opts hopts;
     sd_http_opts_default(&hopts);
     hopts.server_name = "ratelimit";
+    /* A check is a key, a cost and a few policy names: no request here needs the server's
+     * 1 MiB default, and a small limit keeps a slow or large body from holding memory. */
+    hopts.max_body_bytes = RL_SERVE_MAX_BODY;
     gw.http = sd_http_server_new(loop, &hopts);
     sd_http_server_route(gw.http, "POST", "/v1/check", on_api_check, &gw);
     sd_http_server_route(gw.http, NULL, "*", on_gateway, &gw);

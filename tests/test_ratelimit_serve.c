@@ -222,6 +222,16 @@ static void assert_bad_request(int status, const char *resp, const char *body, c
 
 /* Each way a body can be wrong gets a 400 that names it (a cost of 99999999999 was once told
  * that "the key must have 1 to 512 bytes"). */
+Test(ratelimit_serve, a_body_over_8_kib_is_refused_before_it_is_read) {
+    gateway g = serve("--policy", "api;q=5;w=3600", NULL);
+    char resp[4096];
+    const char *body;
+    /* Only the header is sent: the answer must come from the announced length alone. */
+    const char *req = "POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 8193\r\n\r\n";
+    cr_assert_eq(test_http_exchange(g.port, req, resp, sizeof resp, &body), 413, "%s", resp);
+    shutdown_gateway(g);
+}
+
 Test(ratelimit_serve, malformed_check_bodies_get_a_fitting_400) {
     gateway g = serve("--policy", "api;q=5;w=3600", NULL);
     static char huge[700], longest[700];
