@@ -3,9 +3,11 @@
  *
  * The load generator is tested with in-process targets whose behaviour is known exactly (they
  * complete at once, fail on a pattern, or hold operations back), so the assertions are about
- * counts and flags, not about time. The one timing assertion the harness promises, an open-loop
- * rate within 1% of its target, runs against a real local HTTP server: a small poll() server in a
- * forked child, bound to 127.0.0.1 on a free port and killed by its pid at the end.
+ * counts and flags, not about time. The HTTP target runs against a real local HTTP server: a
+ * small poll() server in a forked child, bound to 127.0.0.1 on a free port and killed by its pid
+ * at the end. No assertion depends on the machine's speed (the suite must pass next to CPU
+ * hogs): rates and latencies are the business of `bench`, the tests check what was scheduled,
+ * sent, counted and decided.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -418,17 +420,20 @@ Test(load, capped_open_loop_that_falls_behind_says_so) {
 
 /* ---- The HTTP target against a real server ------------------------------------------------- */
 
-Test(http, open_loop_hits_its_target_rate_within_one_percent) {
+/* The schedule, not the machine, decides how many requests a run makes: exactly rate x duration
+ * in the measured window, all recorded. How fast they completed (the achieved rate, within 1%
+ * of the target on an idle machine) is the machine's business: `bench selftest` reports it. */
+Test(http, open_loop_sends_and_records_exactly_the_scheduled_requests) {
     int port;
     pid_t pid = server_start(&port);
     bench_result r;
     bench_load_opts o = {.rate = 2000, .duration_s = 2, .warmup_s = 0.5};
-    http_load(port, "/hello", 4, 2000, &o, &r, NULL);
-    cr_expect_geq(r.achieved_rate, 2000 * 0.99, "achieved %.1f/s", r.achieved_rate);
-    cr_expect_leq(r.achieved_rate, 2000 * 1.01, "achieved %.1f/s", r.achieved_rate);
-    cr_expect_not(r.below_target);
+    bench_http_stats st;
+    http_load(port, "/hello", 4, 2000, &o, &r, &st);
     cr_expect_eq(r.errors, 0);
-    cr_expect_geq(r.count, 3960);
+    cr_expect_eq(r.count, 4000);
+    cr_expect_eq(hdr_count(r.latency), 4000);
+    cr_expect_eq(st.responses, 5000, "warm-up and measured requests, each answered once");
     for (double p = 0; p <= 100; p += 10)
         cr_expect_leq(hdr_percentile(r.uncorrected, p), hdr_percentile(r.latency, p));
     bench_result_clear(&r);
@@ -519,16 +524,19 @@ Test(http, uncorrected_latency_leaves_out_the_wait_for_a_connection, .timeout = 
 
 Test(http, the_timeout_counts_the_wait_for_a_connection, .timeout = 30) {
     /* One connection, a server that never answers, and a request every 50 ms: requests wait
-     * for the connection, then wait for an answer. Both waits share one 200 ms budget. */
+     * for the connection, then wait for an answer. Both waits share one 200 ms budget, so each
+     * request ends about 200 ms after it was issued. Were the budget to start only when a
+     * request is sent, each would wait for all those before it (200 ms each, a new one every
+     * 50 ms): the 24th would end some 3.6 s after it was issued. The bound sits between the two,
+     * far from either, so that a loaded machine's delays do not matter. */
     int port;
     pid_t pid = server_start(&port);
     bench_result r;
-    bench_load_opts o = {.rate = 20, .duration_s = 0.6};
+    bench_load_opts o = {.rate = 20, .duration_s = 1.2};
     http_load(port, "/hang", 1, 200, &o, &r, NULL);
-    cr_expect_gt(r.count, 5);
+    cr_expect_eq(r.count, 24);
     cr_expect_eq(r.errors_by_kind[BENCH_ERR_TIMEOUT], r.count);
-    /* 200 ms plus the 20 ms sweep and scheduling noise; twice the budget would be 400 ms. */
-    cr_expect_lt(hdr_max(r.latency), 320000, "max %lld us", (long long)hdr_max(r.latency));
+    cr_expect_lt(hdr_max(r.latency), 1200000, "max %lld us", (long long)hdr_max(r.latency));
     bench_result_clear(&r);
     test_kill_wait(pid, SIGKILL);
 }
@@ -907,9 +915,10 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
     cr_assert_not_null(s);
     cr_expect(json_is_string(json_object_get(s, "name")));
     cr_expect_eq(jnum(s, "target_rate"), 500);
-    cr_expect_geq(jnum(s, "achieved_rate"), 495);
+    /* The rate achieved depends on the machine; what was scheduled and recorded does not. */
+    cr_expect_gt(jnum(s, "achieved_rate"), 0);
     cr_expect_eq(jnum(s, "duration_s"), 1);
-    cr_expect_geq(jnum(s, "count"), 495);
+    cr_expect_eq(jnum(s, "count"), 500);
     cr_expect_eq(jnum(s, "errors"), 0);
     cr_expect(json_is_object(json_object_get(s, "errors_by_kind")));
     const char *pcts[] = {"p50_us", "p95_us", "p99_us", "p999_us", "max_us"};

@@ -1032,6 +1032,13 @@ Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 30) {
  * Under steady overload (4q per second, evenly spaced) the counter's estimate is close once the
  * first two windows have passed: the first admissions of a new key come as a burst (the whole
  * quota at once), which is the bunched case above. Only windows after that are measured.
+ *
+ * What the client manages to offer depends on the machine: next to CPU hogs a check every 5 ms
+ * may become one every 20 ms, below q per second, and then the counter rightly admits them all.
+ * So the floor is taken from what was offered: the counter must admit at least 80% of what it
+ * was sent, up to the 3q of three windows (a stall near a window's end costs a few admissions;
+ * a counter that did not let the previous window's weight decay would admit half); and never
+ * more than q (plus the error) in a window.
  */
 Test(ratelimit, sliding_counter_is_close_under_steady_load, .timeout = 30) {
     rl_config cfg = config(RL_SLIDING_WINDOW_COUNTER, "steady;q=50;w=1", NULL);
@@ -1039,21 +1046,25 @@ Test(ratelimit, sliding_counter_is_close_under_steady_load, .timeout = 30) {
     rl_sync *l = limiter(&cfg);
     static admissions adm;
     adm.n = 0;
+    int sent = 0;
     uint64_t settled = sd_now_ns() + 2000000000ULL, end = settled + 3000000000ULL;
     while (sd_now_ns() < end) {
         if (sd_now_ns() < settled) {
             check(l, "steady", 1);
         } else {
             timed_check(l, "steady", &adm);
+            sent++;
         }
         sleep_ms(5);
     }
     int worst = most_in_a_window(&adm, 1000000000ULL);
+    int offered = sent < 150 ? sent : 150;
     fprintf(stderr,
             "sliding-window-counter: at least %d admitted in one 1 s window with q=50 (steady "
-            "4q/s, after 2 s), %d in 3 s\n",
-            worst, adm.n);
+            "4q/s, after 2 s), %d of %d in 3 s\n",
+            worst, adm.n, sent);
     cr_assert_leq(worst, 55, "steady traffic admitted %d in a window of q=50", worst);
-    cr_assert_geq(adm.n, 140, "steady traffic admitted only %d in 3 windows of q=50", adm.n);
+    cr_assert_geq(adm.n * 10, offered * 8,
+                  "steady traffic admitted only %d of %d sent in 3 windows of q=50", adm.n, sent);
     rl_sync_free(l);
 }
