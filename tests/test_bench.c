@@ -900,7 +900,10 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
                                "2", "--json", json_path, "--html", html_path, NULL},
               &r);
     test_kill_wait(pid, SIGKILL);
-    cr_assert_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    /* A machine too busy to complete 99% of the schedule inside the window makes the run
+     * "below target", and the command exit 1 (bench/README.md): that is the machine, not the
+     * report, so either status is right as long as the JSON says which. */
+    cr_assert(r.status == 0 || r.status == 1, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_expect_not_null(strstr(r.out, "p99.9"), "%s", r.out);
 
     json_error_t e;
@@ -919,6 +922,8 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
     cr_expect_gt(jnum(s, "achieved_rate"), 0);
     cr_expect_eq(jnum(s, "duration_s"), 1);
     cr_expect_eq(jnum(s, "count"), 500);
+    cr_expect_eq(json_is_true(json_object_get(s, "below_target")), r.status == 1, "exit status %d",
+                 r.status);
     cr_expect_eq(jnum(s, "errors"), 0);
     cr_expect(json_is_object(json_object_get(s, "errors_by_kind")));
     const char *pcts[] = {"p50_us", "p95_us", "p99_us", "p999_us", "max_us"};
