@@ -468,6 +468,23 @@ Test(ratelimit_faults, a_closing_limiter_answers_from_the_loop) {
     cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
 }
 
+/* However many answers wait when the limiter is freed, every one is delivered, from the close
+ * callbacks, before the memory goes. */
+Test(ratelimit_faults, a_closing_limiter_delivers_every_waiting_answer) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    rl_limiter *l = limiter(&cfg);
+    static result r[3000];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 3000; i++) {
+        cr_assert_eq(rl_limiter_check(l, "k", 11, keep_cb, &r[i]), 0);
+    }
+    rl_limiter_free(l);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < 3000; i++) {
+        cr_assert_eq(r[i].done, 1, "answer %d ran %d times", i, r[i].done);
+    }
+}
+
 /* A caller that checks again from every callback (a closed loop, as the benchmark runs) is not
  * kept inside one delivery for ever: a delivery answers a bounded number, the rest waits for
  * the next iteration, so the loop still reaches its timers and I/O. */
