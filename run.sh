@@ -73,6 +73,17 @@ run_suites() {
     return $rc
 }
 
+# run_servers ID: the pids of running redis-servers that a test run tagged ID started.
+run_servers() {
+    local pid cwd
+    for pid in $(pgrep -x redis-server || true); do
+        cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
+        case "$cwd" in
+        */sd-redis-"$1"-*) echo "$pid" ;;
+        esac
+    done
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -87,7 +98,11 @@ build)
     ;;
 test)
     install_packages
-    before=$(pgrep -x redis-server | sort || true)
+    # Tag every redis-server this run starts (common/redis_server.c puts SD_TEST_RUN_ID in the
+    # name of the server's directory, which is its working directory), so that the leftover
+    # check below counts only ours, not servers others start on the machine meanwhile.
+    SD_TEST_RUN_ID="t$$_${RANDOM}"
+    export SD_TEST_RUN_ID
     build build
     build build-asan -DSD_SANITIZE=ON
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
@@ -95,16 +110,21 @@ test)
     rc=0
     run_suites build "normal build" || rc=1
     run_suites build-asan "sanitizer build (ASan + UBSan + LSan)" || rc=1
-    # Every suite starts and stops its own servers: none may outlive the run. A janitor reaps
-    # servers whose owner crashed, so give it a moment before judging.
+    # Every suite starts and stops its own servers: none may outlive the run, nor its
+    # directory. A janitor reaps servers whose owner crashed, so give it a moment before judging.
     for _ in $(seq 50); do
-        after=$(pgrep -x redis-server | sort || true)
-        leftover=$(comm -13 <(echo "$before") <(echo "$after") | grep . || true)
+        leftover=$(run_servers "$SD_TEST_RUN_ID")
         [ -z "$leftover" ] && break
         sleep 0.1
     done
     if [ -n "$leftover" ]; then
-        echo "redis-server processes left behind by the tests: $leftover" >&2
+        echo "redis-server processes left behind by the tests:" $leftover >&2
+        rc=1
+    fi
+    dirs=$(ls -d "${TMPDIR:-/tmp}/sd-redis-$SD_TEST_RUN_ID-"* /tmp/sd-redis-"$SD_TEST_RUN_ID"-* \
+        2>/dev/null | sort -u || true)
+    if [ -n "$dirs" ]; then
+        echo "redis-server directories left behind by the tests:" $dirs >&2
         rc=1
     fi
     if [ $rc -eq 0 ]; then

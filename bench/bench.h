@@ -9,7 +9,11 @@
  * in HDR histograms (hdr.h) and prints one table row per scenario.
  *
  * Operations are asynchronous on one uv_loop: the harness calls target->issue() and the scenario
- * calls done() exactly once when the operation completes (possibly from inside issue()).
+ * calls done() exactly once when the operation completes, later, from the loop, and never from
+ * inside issue() (the rule of libuv, sd_aredis and rl_limiter: a callback never runs inside the
+ * call that started the operation). A target that knows the result at once (a local decision,
+ * an error found before sending) hands the completion to a bench_later, which calls done() from
+ * the loop without waiting for I/O.
  */
 #ifndef BENCH_H
 #define BENCH_H
@@ -41,7 +45,8 @@ typedef void bench_done_fn(void *token, int err);
 /* What the load generator drives. */
 typedef struct bench_target {
     void *ctx;
-    /* Starts one operation. Must call done(token, err) exactly once, now or later, on the loop. */
+    /* Starts one operation. Must call done(token, err) exactly once, later, on the loop's
+     * thread, never from inside this call (bench_later is for results known at once). */
     void (*issue)(void *ctx, void *token, bench_done_fn *done);
 } bench_target;
 
@@ -87,6 +92,24 @@ int bench_load_run(uv_loop_t *loop, const bench_target *target, const bench_load
 
 /* Frees the histograms inside *r. */
 void bench_result_clear(bench_result *r);
+
+/* ---- Completing later ---------------------------------------------------------------------- */
+
+/* Completions queued to run from the loop: for targets whose result is known inside issue().
+ * One uv_idle handle serves any number of them; it is active only while some are queued, and
+ * keeps the loop from waiting for I/O meanwhile. */
+typedef struct bench_later bench_later;
+
+/* Creates a queue on loop (aborts if out of memory). */
+bench_later *bench_later_new(uv_loop_t *loop);
+
+/* Queues done(token, err), to be called from the loop on this or the next iteration: after the
+ * caller has returned, and never from inside this call. */
+void bench_later_done(bench_later *q, void *token, bench_done_fn *done, int err);
+
+/* Frees q. Completions still queued are called from the loop before the memory is released
+ * (run the loop afterwards), never from inside this call. NULL is a no-op. */
+void bench_later_free(bench_later *q);
 
 /* ---- Scenarios ----------------------------------------------------------------------------- */
 

@@ -112,6 +112,7 @@ struct http_target {
     size_t qcap, qhead, qlen;
 
     uv_timer_t sweep;
+    bench_later *later; /* completes operations that fail inside issue() (bench.h's rule) */
     int open_handles;
     int freeing;
     bench_http_stats stats;
@@ -171,6 +172,15 @@ static void conn_fail_op(http_conn *c, int kind) {
         done(token, kind);
 }
 
+/* The same from conn_send(), which may run inside issue(): the completion comes from the loop. */
+static void conn_fail_op_later(http_conn *c, int kind) {
+    void *token;
+    bench_done_fn *done;
+    conn_take_op(c, &token, &done);
+    if (done)
+        bench_later_done(c->t->later, token, done, kind);
+}
+
 /* A connection is never reused while its write is pending (see the top of the file), so a
  * failed write always belongs to the operation in flight, if any is left. */
 static void write_cb(uv_write_t *req, int status) {
@@ -212,7 +222,7 @@ static void conn_send(http_conn *c, void *token, bench_done_fn *done, uint64_t i
     if (n == (int)total)
         return;
     if (n < 0 && n != UV_EAGAIN) {
-        conn_fail_op(c, BENCH_ERR_CONNECT);
+        conn_fail_op_later(c, BENCH_ERR_CONNECT);
         conn_lost(c);
         return;
     }
@@ -234,7 +244,7 @@ static void conn_send(http_conn *c, void *token, bench_done_fn *done, uint64_t i
     int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, rest, nbufs, write_cb);
     if (rc < 0) {
         c->write_pending = 0; /* a failed call never runs its callback */
-        conn_fail_op(c, BENCH_ERR_CONNECT);
+        conn_fail_op_later(c, BENCH_ERR_CONNECT);
         conn_lost(c);
     }
 }
@@ -254,7 +264,7 @@ static void conn_ready(http_conn *c) {
 static void target_issue(void *ctx, void *token, bench_done_fn *done) {
     http_target *t = ctx;
     if (t->freeing) {
-        done(token, BENCH_ERR_CONNECT);
+        bench_later_done(t->later, token, done, BENCH_ERR_CONNECT);
         return;
     }
     if (t->nidle > 0) {
@@ -263,7 +273,7 @@ static void target_issue(void *ctx, void *token, bench_done_fn *done) {
     }
     if (t->backing_off == t->nconns) {
         /* Every connection is waiting out a backoff: the server is unreachable right now. */
-        done(token, BENCH_ERR_CONNECT);
+        bench_later_done(t->later, token, done, BENCH_ERR_CONNECT);
         return;
     }
     queue_push(t, token, done);
@@ -345,8 +355,10 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 
 /* ---- Connecting and closing ---------------------------------------------------------------- */
 
-/* Frees the target once its last handle has closed. */
+/* Frees the target once its last handle has closed; the later queue calls what it still holds
+ * from its own close callback. */
 static void target_release(http_target *t) {
+    bench_later_free(t->later);
     free(t->request);
     free(t->idle);
     free(t->queue);
@@ -602,6 +614,7 @@ int bench_http_target_new(uv_loop_t *loop, const char *url, int connections,
     free(host);
 
     t->loop = loop;
+    t->later = bench_later_new(loop);
     t->request = req;
     t->request_len = req_len;
     t->head_len = head_len;

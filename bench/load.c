@@ -46,9 +46,11 @@
 #include "sd.h"
 
 #define OPS_PER_CHUNK 4096
-/* Closed loop: operations started per call to pump() before yielding to the loop, so a target
- * that completes synchronously cannot starve timers and I/O. */
+/* Closed loop: operations started per call to pump() before yielding to the loop, so that a
+ * large in_flight cannot keep the loop from its timers and I/O for long. */
 #define PUMP_BUDGET 1024
+/* Completions a bench_later calls per loop iteration at most, counted in whole rounds. */
+#define LATER_BUDGET 1024
 #define PROGRESS_INTERVAL_MS 250
 
 typedef struct load_run load_run;
@@ -83,9 +85,8 @@ struct load_run {
     uint64_t completed_in_window;
     uint64_t completed_total; /* for the progress line */
     int issuing_done;         /* the schedule has ended; waiting for outstanding operations */
+    int in_issue;             /* inside target->issue(): a done() now breaks bench.h's rule */
     int finished;
-    int in_pump; /* guards against re-entry when a target completes inside issue() */
-    int in_tick;
 
     /* Operation pool. */
     load_op **chunks;
@@ -162,7 +163,9 @@ static void start_op(load_run *run, uint64_t due_ns, uint64_t now_ns) {
     op->due_ns = due_ns;
     op->sent_ns = now_ns;
     run->outstanding++;
+    run->in_issue = 1;
     run->target->issue(run->target->ctx, op, op_done_cb);
+    run->in_issue = 0;
 }
 
 void bench_op_sent(void *token) {
@@ -212,7 +215,7 @@ static uint64_t spin_lead(const load_run *run) {
 
 /* Open loop: start every operation that is due, then sleep until the next one is. */
 static void open_loop_tick(load_run *run) {
-    if (run->issuing_done || run->in_tick)
+    if (run->issuing_done)
         return;
     uint64_t now = sd_now_ns();
     int cap = run->opts.in_flight;
@@ -220,18 +223,14 @@ static void open_loop_tick(load_run *run) {
         while (now < run->next_ns)
             now = sd_now_ns();
     }
-    run->in_tick = 1;
     while (run->next_ns <= now && run->next_ns < run->end_ns) {
-        if (cap > 0 && run->outstanding >= (uint64_t)cap) {
-            run->in_tick = 0;
+        if (cap > 0 && run->outstanding >= (uint64_t)cap)
             return; /* a completion calls us again; the delay counts as latency */
-        }
         if (run->next_ns >= run->measure_ns)
             run->scheduled_in_window++;
         start_op(run, run->next_ns, sd_now_ns());
         schedule_advance(run);
     }
-    run->in_tick = 0;
     if (run->next_ns >= run->end_ns) {
         run->issuing_done = 1;
         uv_poll_stop(&run->tick);
@@ -281,9 +280,8 @@ static void idle_cb(uv_idle_t *handle);
 /* Closed loop: top up the operations in flight, within a budget per call. When the budget runs
  * out, an idle handle calls again on the next loop iteration, after I/O has been processed. */
 static void closed_loop_pump(load_run *run) {
-    if (run->in_pump || run->issuing_done)
+    if (run->issuing_done)
         return;
-    run->in_pump = 1;
     uint64_t want = run->opts.in_flight > 0 ? (uint64_t)run->opts.in_flight : 1;
     int budget = PUMP_BUDGET;
     while (run->outstanding < want && budget-- > 0) {
@@ -294,7 +292,6 @@ static void closed_loop_pump(load_run *run) {
         }
         start_op(run, now, now);
     }
-    run->in_pump = 0;
     if (run->issuing_done) {
         uv_idle_stop(&run->idle);
         if (run->outstanding == 0)
@@ -319,6 +316,11 @@ static int64_t ns_to_us(uint64_t ns) {
 static void op_done_cb(void *token, int err) {
     load_op *op = token;
     load_run *run = op->run;
+    if (run->in_issue) {
+        /* A target that breaks the rule would recurse through the pump without bound. */
+        fprintf(stderr, "bench: a target completed an operation inside issue() (see bench.h)\n");
+        abort();
+    }
     uint64_t now = sd_now_ns();
     if (op->due_ns >= run->measure_ns && op->due_ns < run->end_ns) {
         bench_result *out = run->out;
@@ -372,6 +374,86 @@ static void progress_cb(uv_timer_t *handle) {
             now < run->measure_ns ? run->opts.warmup_s : run->opts.duration_s, rate, p99,
             (unsigned long long)run->out->errors);
     fflush(stderr);
+}
+
+/* ---- Completing later ---------------------------------------------------------------------- */
+
+typedef struct later_item {
+    void *token;
+    bench_done_fn *done;
+    int err;
+} later_item;
+
+/* Two arrays: completions queue in items while those of spare are being called, then the two
+ * swap, so the steady state allocates nothing. */
+struct bench_later {
+    uv_idle_t idle; /* active while n > 0 */
+    later_item *items, *spare;
+    size_t n, cap, spare_cap;
+    int closing;
+};
+
+/* Calls the queued completions in rounds, as in the limiter: those queued by the callbacks of
+ * one round wait for the next, and rounds stop after LATER_BUDGET completions (unless closing,
+ * when everything must go). */
+static void later_run(bench_later *q) {
+    size_t called = 0;
+    while (q->n > 0 && (q->closing || called < LATER_BUDGET)) {
+        later_item *items = q->items;
+        size_t n = q->n, cap = q->cap;
+        q->items = q->spare;
+        q->cap = q->spare_cap;
+        q->n = 0;
+        q->spare = NULL;
+        q->spare_cap = 0;
+        for (size_t i = 0; i < n; i++)
+            items[i].done(items[i].token, items[i].err);
+        called += n;
+        if (q->spare == NULL) {
+            q->spare = items;
+            q->spare_cap = cap;
+        } else {
+            free(items);
+        }
+    }
+    if (q->n == 0 && !q->closing)
+        uv_idle_stop(&q->idle);
+}
+
+static void later_idle_cb(uv_idle_t *handle) {
+    later_run(handle->data);
+}
+
+bench_later *bench_later_new(uv_loop_t *loop) {
+    bench_later *q = sd_xcalloc(1, sizeof *q);
+    uv_idle_init(loop, &q->idle);
+    q->idle.data = q;
+    return q;
+}
+
+void bench_later_done(bench_later *q, void *token, bench_done_fn *done, int err) {
+    if (q->n == q->cap) {
+        q->cap = q->cap ? 2 * q->cap : 64;
+        q->items = sd_xrealloc(q->items, q->cap * sizeof *q->items);
+    }
+    q->items[q->n++] = (later_item){token, done, err};
+    if (!q->closing)
+        uv_idle_start(&q->idle, later_idle_cb);
+}
+
+static void later_closed_cb(uv_handle_t *handle) {
+    bench_later *q = handle->data;
+    later_run(q);
+    free(q->items);
+    free(q->spare);
+    free(q);
+}
+
+void bench_later_free(bench_later *q) {
+    if (q == NULL || q->closing)
+        return;
+    q->closing = 1;
+    uv_close((uv_handle_t *)&q->idle, later_closed_cb);
 }
 
 /* ---- The run ------------------------------------------------------------------------------- */

@@ -48,7 +48,7 @@ struct sd_redis_server {
     int janitor_fd; /* write end of the janitor's pipe */
     int port;
     int start_timeout_ms;
-    char dir[64]; /* mkdtemp() result */
+    char dir[96]; /* mkdtemp() result */
     char url[64];
     char *argv[MAX_ARGS]; /* the redis-server command line, reused by restart */
 };
@@ -235,6 +235,21 @@ static void report_log(const sd_redis_server *s) {
     fclose(f);
 }
 
+/* The tag of the test run this server belongs to: SD_TEST_RUN_ID when it is 1 to 16 letters,
+ * digits or '_', else "". It goes into the directory's name, which is also the server's working
+ * directory (/proc/PID/cwd), so that `run.sh test` can tell its own servers from anyone else's. */
+static const char *run_tag(void) {
+    const char *id = getenv("SD_TEST_RUN_ID");
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n > 16)
+        return "";
+    for (size_t i = 0; i < n; i++)
+        if (!(id[i] == '_' || (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'z') ||
+              (id[i] >= 'A' && id[i] <= 'Z')))
+            return "";
+    return id;
+}
+
 int sd_redis_server_start(const sd_redis_server_opts *opts, sd_redis_server **out) {
     sd_redis_server_opts defaults = {0};
     if (opts == NULL)
@@ -243,7 +258,9 @@ int sd_redis_server_start(const sd_redis_server_opts *opts, sd_redis_server **ou
     s->start_timeout_ms = opts->start_timeout_ms > 0 ? opts->start_timeout_ms : 5000;
     s->janitor_fd = -1;
     const char *tmp = getenv("TMPDIR");
-    snprintf(s->dir, sizeof s->dir, "%s/sd-redis-XXXXXX", tmp && strlen(tmp) < 40 ? tmp : "/tmp");
+    const char *tag = run_tag();
+    snprintf(s->dir, sizeof s->dir, "%s/sd-redis-%s%sXXXXXX",
+             tmp && strlen(tmp) < 40 ? tmp : "/tmp", tag, *tag ? "-" : "");
     if (mkdtemp(s->dir) == NULL) {
         int err = -errno;
         fprintf(stderr, "redis_server: cannot create a temporary directory: %s\n", strerror(errno));

@@ -23,12 +23,24 @@
  * loop's own latency. Only calls that were sent count for the circuit breaker: a check that
  * expired in the queue says nothing about Redis.
  *
+ * Callbacks never run from inside rl_limiter_check() or rl_limiter_free() (ratelimit.h). An
+ * answer decided on the spot (a cost above a quota, the deny cache, an open breaker, a
+ * disconnected Redis, a limiter closing) goes into the ready array with its decision, and the
+ * loop delivers the whole array in one go: from the uv_check handle after I/O callbacks, or from
+ * a uv_idle handle, which is active only while the array is not empty and keeps the loop from
+ * blocking in poll meanwhile. One handle for any number of answers, and no allocation once the
+ * array has grown to the load: the array being delivered and the one filling up are swapped.
+ * Answers Redis decided are delivered straight from the reply callback, already on the loop.
+ *
  * Lifecycle of a check:
  *
- *   rl_limiter_check -> [cost above a quota | deny cache | breaker open | disconnected] -> cb
+ *   rl_limiter_check -> [cost above a quota | deny cache | breaker open | disconnected]
+ *                    |      -> ready -> (loop: idle or check handle) -> cb
  *                    -> queue -> batch call -> reply -> cb
  *                         |               \-> error or deadline -> fallback -> cb
  *                         \-> deadline while queued -> fallback -> cb
+ *   rl_limiter_free  -> queued and in-flight checks -> fallback (SD_ECLOSED) -> ready
+ *                    -> (loop: the last handle's close callback) -> cb
  */
 #include "ratelimit.h"
 #include "rl_internal.h"
@@ -38,6 +50,8 @@
 #include <string.h>
 
 #include "sd.h"
+
+static void on_idle(uv_idle_t *h);
 
 typedef struct rl_check {
     struct rl_check *next;
@@ -51,6 +65,13 @@ typedef struct rl_check {
     size_t key_len[RL_MAX_POLICIES]; /* the Redis keys, one per policy, in keys[] */
     char keys[];
 } rl_check;
+
+/* An answer decided without waiting, to be delivered from the loop. */
+typedef struct rl_answer {
+    rl_check_cb *cb;
+    void *udata;
+    rl_decision d;
+} rl_answer;
 
 typedef struct rl_batch {
     rl_limiter *l;
@@ -70,13 +91,82 @@ struct rl_limiter {
     uv_prepare_t prepare;
     uv_check_t check;
     uv_timer_t expiry; /* fires at the oldest queued check's deadline */
+    /* Answers waiting for the loop (see the top of the file). The limiter owns both arrays;
+     * while deliver() runs, the one it delivers belongs to it and spare is NULL. */
+    rl_answer *ready, *spare;
+    size_t nready, ready_cap, spare_cap;
+    uv_idle_t idle; /* active while nready > 0 */
     int closing;
     int handles_open;
 };
 
+/* Returns the next free slot of the ready array, growing it; ready_commit() fills in the rest. */
+static rl_answer *ready_slot(rl_limiter *l) {
+    if (l->nready == l->ready_cap) {
+        l->ready_cap = l->ready_cap ? 2 * l->ready_cap : 64;
+        l->ready = sd_xrealloc(l->ready, l->ready_cap * sizeof(*l->ready));
+    }
+    return &l->ready[l->nready];
+}
+
+/* Queues the decision written into ready_slot() for delivery from the loop. */
+static void ready_commit(rl_limiter *l, rl_check_cb *cb, void *udata) {
+    rl_answer *a = &l->ready[l->nready++];
+    a->cb = cb;
+    a->udata = udata;
+    rl_guard_count(&l->guard, &a->d);
+    if (l->nready == 1 && !l->closing) {
+        uv_idle_start(&l->idle, on_idle);
+    }
+}
+
+/* Answers delivered at most per call of deliver(), counted in whole rounds. */
+#define DELIVER_BUDGET 1024
+
+/* Delivers the ready answers, in rounds: each round takes the array as it is, and answers its
+ * callbacks add go to the other array, for the next round. Rounds stop after DELIVER_BUDGET
+ * answers, so that a caller that checks again from every callback cannot keep the loop here;
+ * the rest waits for the next iteration. A callback may free the limiter: its memory lasts
+ * until the close callbacks, and what is still ready then is delivered there. */
+static void deliver(rl_limiter *l) {
+    size_t delivered = 0;
+    while (l->nready > 0 && delivered < DELIVER_BUDGET) {
+        rl_answer *a = l->ready;
+        size_t n = l->nready, cap = l->ready_cap;
+        l->ready = l->spare;
+        l->ready_cap = l->spare_cap;
+        l->nready = 0;
+        l->spare = NULL;
+        l->spare_cap = 0;
+        for (size_t i = 0; i < n; i++) {
+            a[i].cb(&a[i].d, a[i].udata);
+        }
+        delivered += n;
+        if (!l->spare) {
+            l->spare = a;
+            l->spare_cap = cap;
+        } else {
+            free(a);
+        }
+    }
+    if (l->nready == 0 && !l->closing) {
+        uv_idle_stop(&l->idle);
+    }
+}
+
+static void on_idle(uv_idle_t *h) {
+    deliver(h->data);
+}
+
+/* Answers a check, from the loop; once the limiter is closing, through the ready array. */
 static void answer(rl_limiter *l, rl_check *c, const rl_decision *d) {
-    rl_guard_count(&l->guard, d);
-    c->cb(d, c->udata);
+    if (l->closing) {
+        *ready_slot(l) = (rl_answer){.d = *d};
+        ready_commit(l, c->cb, c->udata);
+    } else {
+        rl_guard_count(&l->guard, d);
+        c->cb(d, c->udata);
+    }
     free(c);
 }
 
@@ -285,7 +375,11 @@ static void on_prepare(uv_prepare_t *h) {
 }
 
 static void on_check(uv_check_t *h) {
-    flush(h->data);
+    rl_limiter *l = h->data;
+    deliver(l);
+    if (!l->closing) {
+        flush(l);
+    }
 }
 
 static void on_state(sd_aredis *r, int connected, void *privdata) {
@@ -324,13 +418,14 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
     uv_prepare_init(loop, &l->prepare);
     uv_check_init(loop, &l->check);
     uv_timer_init(loop, &l->expiry);
-    l->prepare.data = l->check.data = l->expiry.data = l;
+    uv_idle_init(loop, &l->idle);
+    l->prepare.data = l->check.data = l->expiry.data = l->idle.data = l;
     uv_prepare_start(&l->prepare, on_prepare);
     uv_check_start(&l->check, on_check);
     /* These run every iteration but must not keep the loop alive on their own. */
     uv_unref((uv_handle_t *)&l->prepare);
     uv_unref((uv_handle_t *)&l->check);
-    l->handles_open = 3;
+    l->handles_open = 4;
     *out = l;
     return 0;
 }
@@ -350,13 +445,13 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     uint64_t now = sd_now_ns();
     size_t keylen = strlen(key);
     uint64_t hash = rl_key_hash(key, keylen);
-    rl_decision d;
-    if (rl_decide_never(&l->cfg, cost, &d) || rl_deny_lookup(g, hash, cost, now, &d)) {
-        rl_guard_count(g, &d);
-        cb(&d, udata);
+    /* Answers that need no waiting, delivered from the loop: a cost above a quota, the deny
+     * cache, a connection that is down, an open breaker. */
+    rl_answer *a = ready_slot(l);
+    if (rl_decide_never(&l->cfg, cost, &a->d) || rl_deny_lookup(g, hash, cost, now, &a->d)) {
+        ready_commit(l, cb, udata);
         return 0;
     }
-    /* Answers that need no waiting: a connection that is down, an open breaker. */
     int error = !sd_aredis_is_connected(l->redis) ? SD_EDISCONNECTED
                 : !rl_breaker_may_send(g, now)    ? RL_EBREAKER
                                                   : 0;
@@ -364,9 +459,8 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
         if (error == SD_EDISCONNECTED) {
             rl_guard_redis_error(g, error, now);
         }
-        rl_fallback(g, hash, cost, error, now, &d);
-        rl_guard_count(g, &d);
-        cb(&d, udata);
+        rl_fallback(g, hash, cost, error, now, &a->d);
+        ready_commit(l, cb, udata);
         return 0;
     }
     size_t P = l->cfg.npolicies;
@@ -409,6 +503,10 @@ const rl_config *rl_limiter_config(const rl_limiter *l) {
 static void on_close(uv_handle_t *h) {
     rl_limiter *l = h->data;
     if (--l->handles_open == 0) {
+        /* The answers rl_limiter_free() made, and any a callback made while it closed. */
+        deliver(l);
+        free(l->ready);
+        free(l->spare);
         rl_guard_clear(&l->guard);
         free(l);
     }
@@ -419,6 +517,7 @@ void rl_limiter_free(rl_limiter *l) {
         return;
     }
     l->closing = 1;
+    /* Every answer from here on goes through the ready array, delivered by on_close(). */
     queue_fail(l, SD_ECLOSED);
     /* Calls in flight are answered with SD_ECLOSED from inside this, then by the fallback. */
     sd_aredis_free(l->redis);
@@ -426,4 +525,5 @@ void rl_limiter_free(rl_limiter *l) {
     uv_close((uv_handle_t *)&l->prepare, on_close);
     uv_close((uv_handle_t *)&l->check, on_close);
     uv_close((uv_handle_t *)&l->expiry, on_close);
+    uv_close((uv_handle_t *)&l->idle, on_close);
 }

@@ -25,6 +25,11 @@
  * Two front ends share all of that: rl_sync (blocking, one check per call) and rl_limiter
  * (asynchronous on a libuv loop, where concurrent checks are coalesced into batches, one script
  * call deciding many checks).
+ *
+ * The callback rule (the same as libuv's and sd_aredis's): a check's callback runs exactly once,
+ * later, from the loop, and never from inside the call that started it, even when the answer was
+ * known at once; when the call fails, the callback never runs. So a caller may check again, or
+ * free what the callback uses, from inside a callback, and needs no guard against re-entry.
  */
 #ifndef RATELIMIT_H
 #define RATELIMIT_H
@@ -236,8 +241,9 @@ int rl_limiter_wait_connected(rl_limiter *l, int timeout_ms);
 
 /*
  * Checks key (copied) with cost. Returns 0 when accepted: cb then runs exactly once, within the
- * deadline, either before this call returns (answers that need no Redis: a cost above a quota,
- * the deny cache, an open breaker, a disconnected Redis) or later from the loop. Returns RL_EARG
+ * deadline, from the loop and never from inside this call. Answers that need no Redis (a cost
+ * above a quota, the deny cache, an open breaker, a disconnected Redis) are decided now and
+ * delivered on the loop's current or next iteration, without waiting for I/O. Returns RL_EARG
  * (bad key or cost) or SD_ECLOSED (the limiter is being freed) when not accepted: cb never runs.
  */
 int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb *cb, void *udata);
@@ -248,9 +254,11 @@ void rl_limiter_stats(const rl_limiter *l, rl_stats *out);
 const rl_config *rl_limiter_config(const rl_limiter *l);
 
 /*
- * Frees the limiter: checks still waiting are answered at once by the fallback (error
+ * Frees the limiter: checks still waiting are decided at once by the fallback (error
  * SD_ECLOSED), no new check is accepted, and the memory is released once libuv has closed the
- * handles (run the loop afterwards). NULL is a no-op.
+ * handles (run the loop afterwards). The callbacks of the checks it decided, and of answers not
+ * yet delivered, run from the loop before the memory is released, never from inside this call.
+ * NULL is a no-op. May be called from inside a check's callback.
  */
 void rl_limiter_free(rl_limiter *l);
 

@@ -3,9 +3,11 @@
  *
  * The load generator is tested with in-process targets whose behaviour is known exactly (they
  * complete at once, fail on a pattern, or hold operations back), so the assertions are about
- * counts and flags, not about time. The one timing assertion the harness promises, an open-loop
- * rate within 1% of its target, runs against a real local HTTP server: a small poll() server in a
- * forked child, bound to 127.0.0.1 on a free port and killed by its pid at the end.
+ * counts and flags, not about time. The HTTP target runs against a real local HTTP server: a
+ * small poll() server in a forked child, bound to 127.0.0.1 on a free port and killed by its pid
+ * at the end. No assertion depends on the machine's speed (the suite must pass next to CPU
+ * hogs): rates and latencies are the business of `bench`, the tests check what was scheduled,
+ * sent, counted and decided.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -59,8 +61,8 @@ static size_t content_length(const char *req, const char *end) {
 /* Answers by path: /fail -> 503, /close -> 200 and closes the connection, /hang -> never
  * answers, /slow -> 200 after 20 ms (the whole server waits: use one connection), anything
  * else -> 200 "ok"; a request with the header "X-Fail: yes" -> 503; one that does not start
- * with "GET " or "POST " (bytes sent twice, or left over from a body) -> 400. One request at a time per
- * connection, as the client sends them. Every answer is sent as soon as the request's header
+ * with "GET " or "POST " (bytes sent twice, or left over from a body) -> 400. One request at a time
+ * per connection, as the client sends them. Every answer is sent as soon as the request's header
  * has arrived, before its body (which is then read and dropped), as RFC 9112 allows. */
 static void serve_forever(int lfd, int mode) {
     enum { MAX = 256 };
@@ -187,11 +189,24 @@ static void http_load(int port, const char *path, int conns, int timeout_ms,
 
 /* ---- In-process targets -------------------------------------------------------------------- */
 
+/* Completes every operation as soon as the loop comes round; ctx is a bench_later. */
 static void instant_issue(void *ctx, void *token, bench_done_fn *done) {
-    done(token, BENCH_OK);
+    bench_later_done(ctx, token, done, BENCH_OK);
+}
+
+/* The instant target on loop; instant_stop() frees it and closes the loop. */
+static bench_target instant_start(uv_loop_t *loop) {
+    return (bench_target){bench_later_new(loop), instant_issue};
+}
+
+static void instant_stop(uv_loop_t *loop, bench_target *t) {
+    bench_later_free(t->ctx);
+    uv_run(loop, UV_RUN_DEFAULT);
+    cr_expect_eq(uv_loop_close(loop), 0, "every handle was closed");
 }
 
 typedef struct pattern_target {
+    bench_later *later;
     uint64_t issued, status_errors, kind5_errors;
 } pattern_target;
 
@@ -199,15 +214,15 @@ typedef struct pattern_target {
 static void pattern_issue(void *ctx, void *token, bench_done_fn *done) {
     pattern_target *p = ctx;
     p->issued++;
+    int err = BENCH_OK;
     if (p->issued % 4 == 0) {
         p->status_errors++;
-        done(token, BENCH_ERR_STATUS);
+        err = BENCH_ERR_STATUS;
     } else if (p->issued % 10 == 0) {
         p->kind5_errors++;
-        done(token, 5);
-    } else {
-        done(token, BENCH_OK);
+        err = 5;
     }
+    bench_later_done(p->later, token, done, err);
 }
 
 /* Holds operations until a 1 ms timer completes all of them, recording the most held at once. */
@@ -252,10 +267,56 @@ static void held_stop(uv_loop_t *loop, held_target *h) {
 
 /* ---- The load generator -------------------------------------------------------------------- */
 
+/* ---- The callback rule: done() never runs inside the call that started the operation -------- */
+
+typedef struct counted {
+    int calls, last_err;
+} counted;
+
+static void counted_done(void *token, int err) {
+    counted *c = token;
+    c->calls++;
+    c->last_err = err;
+}
+
+Test(load, a_later_completion_runs_from_the_loop_not_inside_the_call) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    bench_later *q = bench_later_new(&loop);
+    counted a = {0}, b = {0};
+    bench_later_done(q, &a, counted_done, BENCH_ERR_STATUS);
+    cr_expect_eq(a.calls, 0, "called inside bench_later_done");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_expect_eq(a.calls, 1, "one iteration, no waiting for I/O");
+    cr_expect_eq(a.last_err, BENCH_ERR_STATUS);
+    /* Freed with a completion queued: it still comes, from the loop. */
+    bench_later_done(q, &b, counted_done, BENCH_OK);
+    bench_later_free(q);
+    cr_expect_eq(b.calls, 0, "called inside bench_later_free");
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(a.calls, 1);
+    cr_expect_eq(b.calls, 1);
+    cr_expect_eq(uv_loop_close(&loop), 0);
+}
+
+/* A target that breaks the rule is stopped at once: it would recurse through the generator. */
+static void rude_issue(void *ctx, void *token, bench_done_fn *done) {
+    done(token, BENCH_OK);
+}
+
+Test(load, a_target_that_completes_inside_issue_is_stopped, .signal = SIGABRT) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    bench_target t = {NULL, rude_issue};
+    bench_result r;
+    bench_load_opts o = {.rate = 0, .in_flight = 1, .duration_s = 0.1};
+    bench_load_run(&loop, &t, &o, &r);
+}
+
 Test(load, bad_options_are_refused, .timeout = 30) {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    bench_target t = {NULL, instant_issue};
+    bench_target t = instant_start(&loop);
     bench_result r;
     bench_load_opts o = {.rate = 100, .duration_s = 0};
     cr_expect_eq(bench_load_run(&loop, &t, &o, &r), -EINVAL);
@@ -264,14 +325,14 @@ Test(load, bad_options_are_refused, .timeout = 30) {
     /* 1e9 / 1e-300 ns between operations is not a finite number. */
     o = (bench_load_opts){.rate = 1e-300, .duration_s = 1};
     cr_expect_eq(bench_load_run(&loop, &t, &o, &r), -EINVAL);
-    cr_expect_eq(uv_loop_close(&loop), 0);
+    instant_stop(&loop, &t);
 }
 
 Test(load, a_rate_too_low_for_a_second_operation_runs_one_and_ends, .timeout = 30) {
     /* The next due time, 1e20 ns away, does not fit in 64 bits: the schedule must end. */
     uv_loop_t loop;
     uv_loop_init(&loop);
-    bench_target t = {NULL, instant_issue};
+    bench_target t = instant_start(&loop);
     bench_result r;
     bench_load_opts o = {.rate = 1e-11, .duration_s = 0.05};
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
@@ -281,13 +342,13 @@ Test(load, a_rate_too_low_for_a_second_operation_runs_one_and_ends, .timeout = 3
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
     cr_expect_eq(r.count, 1);
     bench_result_clear(&r);
-    cr_expect_eq(uv_loop_close(&loop), 0);
+    instant_stop(&loop, &t);
 }
 
 Test(load, open_loop_records_exactly_the_operations_scheduled_after_warmup) {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    bench_target t = {NULL, instant_issue};
+    bench_target t = instant_start(&loop);
     bench_result r;
     bench_load_opts o = {.rate = 2000, .duration_s = 1, .warmup_s = 0.2, .label = "x"};
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
@@ -298,29 +359,30 @@ Test(load, open_loop_records_exactly_the_operations_scheduled_after_warmup) {
     cr_expect_eq(r.errors, 0);
     cr_expect_eq(r.target_rate, 2000);
     cr_expect_str_eq(r.name, "x");
-    cr_expect_not(r.below_target);
     bench_result_clear(&r);
-    cr_expect_eq(uv_loop_close(&loop), 0, "the generator closed its handles");
+    instant_stop(&loop, &t);
 }
 
 Test(load, errors_are_counted_by_kind) {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    pattern_target p = {0};
+    pattern_target p = {.later = bench_later_new(&loop)};
     bench_target t = {&p, pattern_issue};
     bench_result r;
     bench_load_opts o = {.rate = 0, .in_flight = 1, .duration_s = 0.1};
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
     /* No warm-up and a closed loop: every operation issued is recorded. */
     cr_expect_eq(r.count, p.issued);
-    cr_expect_gt(p.issued, 100);
+    cr_expect_geq(p.issued, 20, "enough to see both kinds");
     cr_expect_eq(r.errors_by_kind[BENCH_ERR_STATUS], p.status_errors);
     cr_expect_eq(r.errors_by_kind[5], p.kind5_errors);
     cr_expect_eq(r.errors, p.status_errors + p.kind5_errors);
     cr_expect_str_eq(bench_err_kind_name(BENCH_ERR_STATUS), "status");
     cr_expect_str_eq(bench_err_kind_name(5), "kind5");
     bench_result_clear(&r);
-    uv_loop_close(&loop);
+    bench_later_free(p.later);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(uv_loop_close(&loop), 0);
 }
 
 Test(load, closed_loop_keeps_exactly_in_flight_operations) {
@@ -358,17 +420,20 @@ Test(load, capped_open_loop_that_falls_behind_says_so) {
 
 /* ---- The HTTP target against a real server ------------------------------------------------- */
 
-Test(http, open_loop_hits_its_target_rate_within_one_percent) {
+/* The schedule, not the machine, decides how many requests a run makes: exactly rate x duration
+ * in the measured window, all recorded. How fast they completed (the achieved rate, within 1%
+ * of the target on an idle machine) is the machine's business: `bench selftest` reports it. */
+Test(http, open_loop_sends_and_records_exactly_the_scheduled_requests) {
     int port;
     pid_t pid = server_start(&port);
     bench_result r;
     bench_load_opts o = {.rate = 2000, .duration_s = 2, .warmup_s = 0.5};
-    http_load(port, "/hello", 4, 2000, &o, &r, NULL);
-    cr_expect_geq(r.achieved_rate, 2000 * 0.99, "achieved %.1f/s", r.achieved_rate);
-    cr_expect_leq(r.achieved_rate, 2000 * 1.01, "achieved %.1f/s", r.achieved_rate);
-    cr_expect_not(r.below_target);
+    bench_http_stats st;
+    http_load(port, "/hello", 4, 2000, &o, &r, &st);
     cr_expect_eq(r.errors, 0);
-    cr_expect_geq(r.count, 3960);
+    cr_expect_eq(r.count, 4000);
+    cr_expect_eq(hdr_count(r.latency), 4000);
+    cr_expect_eq(st.responses, 5000, "warm-up and measured requests, each answered once");
     for (double p = 0; p <= 100; p += 10)
         cr_expect_leq(hdr_percentile(r.uncorrected, p), hdr_percentile(r.latency, p));
     bench_result_clear(&r);
@@ -459,16 +524,19 @@ Test(http, uncorrected_latency_leaves_out_the_wait_for_a_connection, .timeout = 
 
 Test(http, the_timeout_counts_the_wait_for_a_connection, .timeout = 30) {
     /* One connection, a server that never answers, and a request every 50 ms: requests wait
-     * for the connection, then wait for an answer. Both waits share one 200 ms budget. */
+     * for the connection, then wait for an answer. Both waits share one 200 ms budget, so each
+     * request ends about 200 ms after it was issued. Were the budget to start only when a
+     * request is sent, each would wait for all those before it (200 ms each, a new one every
+     * 50 ms): the 24th would end some 3.6 s after it was issued. The bound sits between the two,
+     * far from either, so that a loaded machine's delays do not matter. */
     int port;
     pid_t pid = server_start(&port);
     bench_result r;
-    bench_load_opts o = {.rate = 20, .duration_s = 0.6};
+    bench_load_opts o = {.rate = 20, .duration_s = 1.2};
     http_load(port, "/hang", 1, 200, &o, &r, NULL);
-    cr_expect_gt(r.count, 5);
+    cr_expect_eq(r.count, 24);
     cr_expect_eq(r.errors_by_kind[BENCH_ERR_TIMEOUT], r.count);
-    /* 200 ms plus the 20 ms sweep and scheduling noise; twice the budget would be 400 ms. */
-    cr_expect_lt(hdr_max(r.latency), 320000, "max %lld us", (long long)hdr_max(r.latency));
+    cr_expect_lt(hdr_max(r.latency), 1200000, "max %lld us", (long long)hdr_max(r.latency));
     bench_result_clear(&r);
     test_kill_wait(pid, SIGKILL);
 }
@@ -581,6 +649,30 @@ Test(http, refused_connections_are_connect_errors) {
     bench_result_clear(&r);
     bench_http_target_free(&t);
     uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(uv_loop_close(&loop), 0);
+}
+
+/* With every connection refused and backing off, an operation fails at once, but its done()
+ * still comes from the loop, never from inside issue(). */
+Test(http, an_unreachable_server_fails_an_operation_from_the_loop) {
+    int port = test_closed_port();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    bench_target t;
+    cr_assert_eq(bench_http_target_new(&loop, url, 2, NULL, &t, err, sizeof err), 0);
+    cr_assert_eq(bench_http_target_wait_connected(&t, 2000, err, sizeof err), UV_ECONNREFUSED, "%s",
+                 err);
+    counted c = {0};
+    t.issue(t.ctx, &c, counted_done);
+    cr_expect_eq(c.calls, 0, "done() ran inside issue()");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_expect_eq(c.calls, 1);
+    cr_expect_eq(c.last_err, BENCH_ERR_CONNECT);
+    bench_http_target_free(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_expect_eq(c.calls, 1);
     cr_expect_eq(uv_loop_close(&loop), 0);
 }
 
@@ -808,7 +900,10 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
                                "2", "--json", json_path, "--html", html_path, NULL},
               &r);
     test_kill_wait(pid, SIGKILL);
-    cr_assert_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    /* A machine too busy to complete 99% of the schedule inside the window makes the run
+     * "below target", and the command exit 1 (bench/README.md): that is the machine, not the
+     * report, so either status is right as long as the JSON says which. */
+    cr_assert(r.status == 0 || r.status == 1, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_expect_not_null(strstr(r.out, "p99.9"), "%s", r.out);
 
     json_error_t e;
@@ -823,9 +918,12 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
     cr_assert_not_null(s);
     cr_expect(json_is_string(json_object_get(s, "name")));
     cr_expect_eq(jnum(s, "target_rate"), 500);
-    cr_expect_geq(jnum(s, "achieved_rate"), 495);
+    /* The rate achieved depends on the machine; what was scheduled and recorded does not. */
+    cr_expect_gt(jnum(s, "achieved_rate"), 0);
     cr_expect_eq(jnum(s, "duration_s"), 1);
-    cr_expect_geq(jnum(s, "count"), 495);
+    cr_expect_eq(jnum(s, "count"), 500);
+    cr_expect_eq(json_is_true(json_object_get(s, "below_target")), r.status == 1, "exit status %d",
+                 r.status);
     cr_expect_eq(jnum(s, "errors"), 0);
     cr_expect(json_is_object(json_object_get(s, "errors_by_kind")));
     const char *pcts[] = {"p50_us", "p95_us", "p99_us", "p999_us", "max_us"};

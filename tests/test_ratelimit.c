@@ -453,19 +453,21 @@ Test(ratelimit, lowering_a_policy_clamps_existing_state) {
 /* ---- Sliding windows ------------------------------------------------------------------------ */
 
 /*
- * Clients hammer one key for 2.5 windows. An admission happened somewhere between the moment
- * its check was sent and the moment the answer came back; counting only admissions whose whole
- * interval lies inside a window gives a lower bound of what that window admitted, which the
- * exact log must keep within q, including across any edge.
+ * Clients hammer one key until 3q have been admitted (some 2.5 windows; longer on a slow
+ * machine, which changes nothing: the run is counted in admissions, not in seconds). An
+ * admission happened somewhere between the moment its check was sent and the moment the answer
+ * came back; counting only admissions whose whole interval lies inside a window gives a lower
+ * bound of what that window admitted, which the exact log must keep within q, including across
+ * any edge.
  */
 Test(ratelimit, sliding_log_never_admits_more_than_q_in_any_window) {
-    enum { MAX = 20000 };
+    enum { MAX = 60 }; /* 3q */
     rl_config cfg = config(RL_SLIDING_WINDOW_LOG, "s;q=20;w=1", NULL);
     cfg.deny_cache_entries = 0;
     rl_sync *l = limiter(&cfg);
     static uint64_t sent[MAX], got[MAX];
     int n = 0;
-    uint64_t end = sd_now_ns() + 2500000000ULL;
+    uint64_t end = sd_now_ns() + 20000000000ULL; /* only against a limiter that admits nothing */
     while (n < MAX && sd_now_ns() < end) {
         uint64_t t = sd_now_ns();
         rl_decision d = check(l, "edge", 1);
@@ -1028,7 +1030,16 @@ Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 30) {
 /*
  * Under steady overload (4q per second, evenly spaced) the counter's estimate is close once the
  * first two windows have passed: the first admissions of a new key come as a burst (the whole
- * quota at once), which is the bunched case above. Only windows after that are measured.
+ * quota at once), which is the bunched case above. Only windows after that are measured, and
+ * the figure printed is the README's.
+ *
+ * How steady the traffic is depends on the machine: next to CPU hogs a check every 5 ms may
+ * become one every 20 ms, below q per second (then the counter rightly admits them all), or come
+ * in bunches after a stall (then the counter's known error shows). So this test asserts only what
+ * holds whatever the pace: at least 80% of what was offered is admitted, up to the 3q of three
+ * windows (a counter whose previous window's weight did not decay would admit half), and never
+ * 2q in a window. That the estimate is exact when the traffic is as even as the counter assumes
+ * is checked without timing by the next test.
  */
 Test(ratelimit, sliding_counter_is_close_under_steady_load, .timeout = 30) {
     rl_config cfg = config(RL_SLIDING_WINDOW_COUNTER, "steady;q=50;w=1", NULL);
@@ -1036,21 +1047,83 @@ Test(ratelimit, sliding_counter_is_close_under_steady_load, .timeout = 30) {
     rl_sync *l = limiter(&cfg);
     static admissions adm;
     adm.n = 0;
+    int sent = 0;
     uint64_t settled = sd_now_ns() + 2000000000ULL, end = settled + 3000000000ULL;
     while (sd_now_ns() < end) {
         if (sd_now_ns() < settled) {
             check(l, "steady", 1);
         } else {
             timed_check(l, "steady", &adm);
+            sent++;
         }
         sleep_ms(5);
     }
     int worst = most_in_a_window(&adm, 1000000000ULL);
+    int offered = sent < 150 ? sent : 150;
     fprintf(stderr,
             "sliding-window-counter: at least %d admitted in one 1 s window with q=50 (steady "
-            "4q/s, after 2 s), %d in 3 s\n",
-            worst, adm.n);
-    cr_assert_leq(worst, 55, "steady traffic admitted %d in a window of q=50", worst);
-    cr_assert_geq(adm.n, 140, "steady traffic admitted only %d in 3 windows of q=50", adm.n);
+            "4q/s, after 2 s), %d of %d in 3 s\n",
+            worst, adm.n, sent);
+    cr_assert_lt(worst, 100, "steady traffic admitted %d in a window of q=50", worst);
+    cr_assert_geq(adm.n * 10, offered * 8,
+                  "steady traffic admitted only %d of %d sent in 3 windows of q=50", adm.n, sent);
+    rl_sync_free(l);
+}
+
+/* Redis's clock, in microseconds. */
+static long long redis_time_us(sd_redis *admin) {
+    redisReply *r = sd_redis_command(admin, NULL, "TIME");
+    cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
+    long long us =
+        strtoll(r->element[0]->str, NULL, 10) * 1000000 + strtoll(r->element[1]->str, NULL, 10);
+    freeReplyObject(r);
+    return us;
+}
+
+/*
+ * The counter's premise, checked without depending on the machine's speed. When the previous
+ * window held q units spread evenly, as the counter assumes, a burst e into the current window
+ * gets exactly the part of the quota that the previous window no longer overlaps: the k-th unit
+ * passes once q - q (W - e) / W >= k, so floor(q e / W) pass in all. The key is planted with
+ * the previous window's count q, Redis's TIME is read just before and just after the burst, and
+ * the count admitted must lie between the two predictions, however long the burst took. (A burst
+ * that crossed into the next window is tried again.)
+ */
+Test(ratelimit, sliding_counter_weighs_the_previous_window_by_its_overlap) {
+    const long long q = 100, W = 10000000; /* 100 per 10 s, in microseconds */
+    rl_config cfg = config(RL_SLIDING_WINDOW_COUNTER, "even;q=100;w=10", NULL);
+    cfg.deny_cache_entries = 0;
+    rl_sync *l = limiter(&cfg);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    char key[RL_REDIS_KEY_MAX];
+    cr_assert_gt(rl_config_key(&cfg, 0, "even", key, sizeof key), 0);
+    int measured = 0;
+    for (int attempt = 0; attempt < 5 && !measured; attempt++) {
+        long long t0 = redis_time_us(admin), index = t0 / W;
+        /* The previous window's state as its last check stored it: q units, expiring at the
+         * end of the current window. */
+        char value[96];
+        snprintf(value, sizeof value, "%lld %lld 0 %lld", index - 1, q, (index + 1) * W / 1000000);
+        redisReply *r = sd_redis_command(admin, NULL, "SET %s %s PX 60000", key, value);
+        cr_assert_not_null(r);
+        freeReplyObject(r);
+        t0 = redis_time_us(admin);
+        int admitted = 0;
+        for (long long i = 0; i < q; i++) {
+            admitted += check(l, "even", 1).allowed;
+        }
+        long long t1 = redis_time_us(admin);
+        if (t0 / W != index || t1 / W != index) {
+            continue;
+        }
+        long long lo = q * (t0 - index * W) / W, hi = q * (t1 - index * W) / W;
+        cr_assert(admitted >= lo && admitted <= hi,
+                  "%d admitted %lld-%lld us into the window; the previous window's weight "
+                  "predicts %lld-%lld",
+                  admitted, t0 - index * W, t1 - index * W, lo, hi);
+        measured = 1;
+    }
+    cr_assert(measured, "every burst crossed a window's edge");
+    sd_redis_free(admin);
     rl_sync_free(l);
 }

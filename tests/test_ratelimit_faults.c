@@ -87,13 +87,16 @@ static void assert_in_time(uint64_t start_ns, uint64_t end_ns, int deadline_ms) 
 }
 
 /* One check of cost, the loop run until it is answered, which must be within the deadline.
- * *sync_answer tells whether the callback ran before rl_limiter_check returned (no waiting). */
-static rl_decision check_cost(rl_limiter *l, const char *key, long long cost, int *sync_answer) {
+ * Whatever answers it, the callback never runs inside rl_limiter_check. *at_once tells whether
+ * the first loop iteration, which does not wait for I/O, answered it (no waiting for Redis). */
+static rl_decision check_cost(rl_limiter *l, const char *key, long long cost, int *at_once) {
     result r = {0};
     uint64_t start = sd_now_ns();
     cr_assert_eq(rl_limiter_check(l, key, cost, keep_cb, &r), 0);
-    if (sync_answer) {
-        *sync_answer = r.done;
+    cr_assert_eq(r.done, 0, "the callback ran inside rl_limiter_check");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    if (at_once) {
+        *at_once = r.done;
     }
     while (!r.done) {
         uv_run(&loop, UV_RUN_ONCE);
@@ -103,8 +106,8 @@ static rl_decision check_cost(rl_limiter *l, const char *key, long long cost, in
     return r.d;
 }
 
-static rl_decision check(rl_limiter *l, const char *key, int *sync_answer) {
-    return check_cost(l, key, 1, sync_answer);
+static rl_decision check(rl_limiter *l, const char *key, int *at_once) {
+    return check_cost(l, key, 1, at_once);
 }
 
 /* One blocking check, which must also come within the deadline. */
@@ -217,17 +220,17 @@ Test(ratelimit_faults, frozen_redis_hits_the_deadline_then_the_breaker) {
     rl_limiter_stats(l, &before);
     cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
     for (int i = 0; i < cfg.breaker_failures; i++) {
-        int sync_answer;
-        rl_decision d = check(l, "k", &sync_answer);
+        int at_once;
+        rl_decision d = check(l, "k", &at_once);
         cr_assert_eq(d.error, SD_ETIMEDOUT, "check %d: %s", i, rl_strerror(d.error));
-        cr_assert_not(sync_answer);
+        cr_assert_not(at_once);
         cr_assert_eq(d.source, RL_SOURCE_FAIL_OPEN);
     }
     for (int i = 0; i < 20; i++) {
-        int sync_answer;
-        rl_decision d = check(l, "k", &sync_answer);
+        int at_once;
+        rl_decision d = check(l, "k", &at_once);
         cr_assert_eq(d.error, RL_EBREAKER, "%s", rl_strerror(d.error));
-        cr_assert(sync_answer, "an open breaker must not wait");
+        cr_assert(at_once, "an open breaker must not wait");
     }
     rl_stats s;
     rl_limiter_stats(l, &s);
@@ -335,9 +338,9 @@ Test(ratelimit_faults, a_cost_above_the_quota_is_never_even_without_redis) {
     rl_sync *sl = NULL;
     cr_assert_eq(rl_sync_new(&url, &cfg, &sl), 0);
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    int sync_answer;
-    rl_decision d = check_cost(l, "k", 11, &sync_answer);
-    cr_assert(sync_answer, "it needs no waiting");
+    int at_once;
+    rl_decision d = check_cost(l, "k", 11, &at_once);
+    cr_assert(at_once, "it needs no waiting");
     rl_decision e = sync_check(sl, "k", 11, cfg.deadline_ms);
     for (int i = 0; i < 2; i++) {
         const rl_decision *x = i ? &e : &d;
@@ -350,6 +353,166 @@ Test(ratelimit_faults, a_cost_above_the_quota_is_never_even_without_redis) {
     cr_assert_eq(check(l, "k", NULL).source, RL_SOURCE_FAIL_CLOSED, "Redis is down after all");
     rl_sync_free(sl);
     finish(l);
+}
+
+/* ---- The callback rule ----------------------------------------------------------------------
+ *
+ * A check's callback never runs inside the call that started it, not even when the answer is
+ * known at once; it runs on the loop's next iteration, which does not wait for I/O. Each path
+ * that once called back from inside rl_limiter_check (or rl_limiter_free) is taken here: the
+ * count is 0 when the call returns and 1 after one non-blocking loop iteration.
+ */
+
+/* One check by the rule above; returns its decision. */
+static rl_decision check_later(rl_limiter *l, const char *key, long long cost) {
+    result r = {0};
+    cr_assert_eq(rl_limiter_check(l, key, cost, keep_cb, &r), 0);
+    cr_assert_eq(r.done, 0, "the callback ran inside rl_limiter_check");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(r.done, 1, "the answer needed no waiting, yet took %d iterations", r.done);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(r.done, 1, "the callback ran %d times", r.done);
+    return r.d;
+}
+
+Test(ratelimit_faults, a_deny_cache_answer_comes_from_the_loop) {
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    rl_limiter *l = limiter(&cfg);
+    cr_assert_eq(check_cost(l, "d", 10, NULL).source, RL_SOURCE_REDIS);
+    rl_decision d = check(l, "d", NULL);
+    cr_assert_eq(d.source, RL_SOURCE_REDIS, "Redis denies first");
+    cr_assert_not(d.allowed);
+    d = check_later(l, "d", 1);
+    cr_assert_eq(d.source, RL_SOURCE_DENY_CACHE, "decided by %s", rl_source_name(d.source));
+    cr_assert_not(d.allowed);
+    finish(l);
+}
+
+Test(ratelimit_faults, a_cost_above_the_quota_is_answered_from_the_loop) {
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    rl_limiter *l = limiter(&cfg);
+    rl_decision d = check_later(l, "k", 11);
+    cr_assert_eq(d.source, RL_SOURCE_POLICY, "decided by %s", rl_source_name(d.source));
+    cr_assert_eq(d.retry_after_ms, RL_NEVER);
+    finish(l);
+}
+
+Test(ratelimit_faults, an_open_breaker_answers_from_the_loop) {
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "k");
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    for (int i = 0; i < cfg.breaker_failures; i++) {
+        cr_assert_eq(check(l, "k", NULL).error, SD_ETIMEDOUT);
+    }
+    rl_decision d = check_later(l, "k", 1);
+    cr_assert_eq(d.error, RL_EBREAKER, "%s", rl_strerror(d.error));
+    cr_assert_eq(d.source, RL_SOURCE_FAIL_CLOSED);
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    finish(l);
+}
+
+/* With Redis stopped and the connection known to be down, each fallback answers from the loop. */
+Test(ratelimit_faults, every_fallback_answers_a_disconnected_redis_from_the_loop) {
+    static const rl_fail_mode modes[] = {RL_FAIL_OPEN, RL_FAIL_CLOSED, RL_FAIL_LOCAL};
+    static const rl_source sources[] = {RL_SOURCE_FAIL_OPEN, RL_SOURCE_FAIL_CLOSED,
+                                        RL_SOURCE_LOCAL};
+    rl_limiter *l[3];
+    for (int m = 0; m < 3; m++) {
+        rl_config cfg = config(modes[m]);
+        cfg.breaker_failures = 1000; /* the connection's state, not the breaker, answers */
+        l[m] = limiter(&cfg);
+    }
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int m = 0; m < 3; m++) {
+        int i = 0;
+        while (check(l[m], "k", NULL).error != SD_EDISCONNECTED) {
+            cr_assert_lt(++i, 250, "the limiter never saw the connection go down");
+            pause_loop(20);
+        }
+        rl_decision d = check_later(l[m], "k", 1);
+        cr_assert_eq(d.source, sources[m], "%s: decided by %s", rl_fail_mode_name(modes[m]),
+                     rl_source_name(d.source));
+        cr_assert_eq(d.error, SD_EDISCONNECTED, "%s", rl_strerror(d.error));
+    }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    for (int m = 0; m < 3; m++) {
+        rl_limiter_free(l[m]);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+}
+
+/* Checks still queued, and checks sent but not answered, are answered by the fallback when the
+ * limiter is freed: after rl_limiter_free returns, from the loop, before the memory goes. */
+Test(ratelimit_faults, a_closing_limiter_answers_from_the_loop) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "k");
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    result sent = {0}, queued = {0}, refused = {0};
+    cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &sent), 0);
+    uv_run(&loop, UV_RUN_NOWAIT); /* sent to a Redis that will not answer */
+    rl_stats s;
+    rl_limiter_stats(l, &s);
+    cr_assert_eq(s.script_calls, 2, "one call for await_redis, one now");
+    cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &queued), 0);
+    rl_limiter_free(l);
+    cr_assert_eq(sent.done + queued.done, 0, "a callback ran inside rl_limiter_free");
+    cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &refused), SD_ECLOSED);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(sent.done, 1);
+    cr_assert_eq(queued.done, 1);
+    cr_assert_eq(refused.done, 0);
+    cr_assert_eq(sent.d.error, SD_ECLOSED, "%s", rl_strerror(sent.d.error));
+    cr_assert_eq(queued.d.error, SD_ECLOSED, "%s", rl_strerror(queued.d.error));
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+}
+
+/* However many answers wait when the limiter is freed, every one is delivered, from the close
+ * callbacks, before the memory goes. */
+Test(ratelimit_faults, a_closing_limiter_delivers_every_waiting_answer) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    rl_limiter *l = limiter(&cfg);
+    static result r[3000];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 3000; i++) {
+        cr_assert_eq(rl_limiter_check(l, "k", 11, keep_cb, &r[i]), 0);
+    }
+    rl_limiter_free(l);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < 3000; i++) {
+        cr_assert_eq(r[i].done, 1, "answer %d ran %d times", i, r[i].done);
+    }
+}
+
+/* A caller that checks again from every callback (a closed loop, as the benchmark runs) is not
+ * kept inside one delivery for ever: a delivery answers a bounded number, the rest waits for
+ * the next iteration, so the loop still reaches its timers and I/O. */
+typedef struct chain {
+    rl_limiter *l;
+    int done, left;
+} chain;
+
+static void chain_cb(const rl_decision *d, void *udata) {
+    chain *c = udata;
+    c->done++;
+    if (c->left-- > 0) {
+        cr_assert_eq(rl_limiter_check(c->l, "k", 11, chain_cb, c), 0);
+    }
+}
+
+Test(ratelimit_faults, a_check_made_from_a_callback_waits_for_the_next_iteration) {
+    rl_config cfg = config(RL_FAIL_OPEN);
+    chain c = {.l = limiter(&cfg), .left = 1000000};
+    cr_assert_eq(rl_limiter_check(c.l, "k", 11, chain_cb, &c), 0);
+    for (int i = 1; i <= 10; i++) {
+        int before = c.done;
+        uv_run(&loop, UV_RUN_NOWAIT);
+        cr_assert(c.done - before >= 1 && c.done - before <= 10000, "iteration %d delivered %d", i,
+                  c.done - before);
+    }
+    c.left = 0;
+    finish(c.l);
 }
 
 /* Checks every 20 ms until the blocking limiter reaches Redis; returns the decision. */

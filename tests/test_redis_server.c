@@ -160,3 +160,35 @@ Test(redis_server, resolve_starts_a_private_server_when_nothing_is_given) {
     sd_redis_url_clear(&u);
     sd_redis_server_stop(own);
 }
+
+/* A test run tags its servers (SD_TEST_RUN_ID) in the name of their directory, which is also
+ * their working directory: `run.sh test` counts leftovers by that tag, so that servers started
+ * elsewhere on the machine meanwhile are not taken for its own. A tag that is not a plain word
+ * is ignored. */
+static void expect_cwd_tag(const char *id, int tagged) {
+    const char *run = getenv("SD_TEST_RUN_ID");
+    char *saved = run ? sd_xstrdup(run) : NULL;
+    setenv("SD_TEST_RUN_ID", id, 1);
+    sd_redis_server *s = NULL;
+    cr_assert_eq(sd_redis_server_start(NULL, &s), 0);
+    char want[64], path[64], cwd[256];
+    snprintf(want, sizeof want, "/sd-redis-%s-", id);
+    snprintf(path, sizeof path, "/proc/%d/cwd", (int)sd_redis_server_pid(s));
+    ssize_t n = readlink(path, cwd, sizeof cwd - 1);
+    cr_assert_gt(n, 0);
+    cwd[n] = '\0';
+    cr_expect_str_eq(cwd, sd_redis_server_dir(s));
+    cr_expect_eq(strstr(cwd, want) != NULL, tagged, "id %s, directory %s", id, cwd);
+    sd_redis_server_stop(s);
+    if (saved)
+        setenv("SD_TEST_RUN_ID", saved, 1);
+    else
+        unsetenv("SD_TEST_RUN_ID");
+    free(saved);
+}
+
+Test(redis_server, a_test_run_id_tags_the_working_directory) {
+    expect_cwd_tag("t1234_ab", 1);
+    expect_cwd_tag("../x", 0);
+    expect_cwd_tag("a_tag_that_is_far_too_long", 0);
+}
