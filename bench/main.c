@@ -18,6 +18,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "http_client.h"
+#include "peers.h"
 #include "redis.h"
 #include "redis_server.h"
 #include "report.h"
@@ -79,6 +80,12 @@ static int write_reports(const char *json, const char *html, const bench_row *ro
         bad = -1;
     if (html && bench_report_html(html, rows, n) < 0)
         bad = -1;
+    /* Where the files are, last, beside the table (which is on stderr when JSON is on stdout). */
+    FILE *tf = json && strcmp(json, "-") == 0 ? stderr : stdout;
+    if (!bad && html)
+        fprintf(tf, "report: %s\n", html);
+    if (!bad && json && strcmp(json, "-") != 0)
+        fprintf(tf, "report: %s\n", json);
     return bad;
 }
 
@@ -253,6 +260,8 @@ static int cmd_run(int argc, char **argv) {
         bench_env env = {.loop = &loop, .redis_url = redis_url, .bin_dir = dir};
         scenario_rate_duration(sc, r, d, &env.rate, &env.duration_s);
         run_one(sc, &env, w >= 0 ? w : default_warmup(env.duration_s), poisson, (int)f, &rows[i]);
+        bench_peers_run_after(sc->name, &env, w >= 0 ? w : default_warmup(env.duration_s),
+                              f > 0 ? (int)f : sc->in_flight, &rows[i]);
         if (rows[i].failure[0] || rows[i].r.below_target)
             status = BENCH_EXIT_FAIL;
     }
@@ -262,8 +271,10 @@ static int cmd_run(int argc, char **argv) {
     if (write_reports(json, html, rows, nchosen) < 0)
         status = BENCH_EXIT_FAIL;
 
-    for (size_t i = 0; i < nchosen; i++)
+    for (size_t i = 0; i < nchosen; i++) {
         bench_result_clear(&rows[i].r);
+        free(rows[i].peers);
+    }
     free(rows);
     free(dir);
     free(chosen);
