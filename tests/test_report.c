@@ -528,8 +528,12 @@ Test(peers, a_failing_or_silent_peer_is_skipped_with_its_reason) {
 }
 
 Test(peers, a_peer_that_hangs_is_killed_with_its_children, .timeout = 60) {
-    /* The shell's child sleeps far beyond the deadline (warm-up + duration + grace = 0.5 s). */
-    static const char *const argv[] = {"sh", "-c", "sleep 97.4321; echo never", NULL};
+    /* The shell's child sleeps far beyond the deadline (warm-up + duration + grace = 0.5 s),
+     * for a time that names this test process. */
+    char marker[32], script[64];
+    snprintf(marker, sizeof marker, "sleep 30.%07d", (int)getpid());
+    snprintf(script, sizeof script, "%s; echo never", marker);
+    const char *const argv[] = {"sh", "-c", script, NULL};
     bench_peer peer = {.name = "p", .compared_with = "a.b.closed", .argv = argv};
     bench_peer_params p = PARAMS;
     p.warmup_s = 0;
@@ -539,7 +543,7 @@ Test(peers, a_peer_that_hangs_is_killed_with_its_children, .timeout = 60) {
     cr_expect_eq(bench_peer_run(&peer, &p, &r), -ETIMEDOUT);
     expect_one_line(&r);
     cr_expect_not_null(strstr(r.skipped, "killed"), "%s", r.skipped);
-    cr_expect_eq(test_count_processes("sleep 97.4321"), 0, "the peer's child was left running");
+    cr_expect_eq(test_count_processes(marker), 0, "the peer's child was left running");
 }
 
 /* ---- npm on first use, with a fake npm on PATH ---------------------------------------------- */
@@ -653,13 +657,15 @@ Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line, .timeout = 60
     cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm ERR! network unreachable");
     npm_cleanup(&d);
 
-    npm_setup(&d, 1, "sleep 98.7654");
+    char marker[32];
+    snprintf(marker, sizeof marker, "sleep 30.%07d", (int)getpid());
+    npm_setup(&d, 1, marker);
     p.peers_dir = d.peers;
     p.install_timeout_s = 0.5;
     cr_expect_eq(bench_peer_run(&peer, &p, &r), -ETIMEDOUT);
     expect_one_line(&r);
     cr_expect_not_null(strstr(r.skipped, "npm ci gave no result"), "%s", r.skipped);
-    cr_expect_eq(test_count_processes("sleep 98.7654"), 0, "npm's child was left running");
+    cr_expect_eq(test_count_processes(marker), 0, "npm's child was left running");
     npm_cleanup(&d);
 }
 
