@@ -758,3 +758,74 @@ Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds, .timeout = 120
     free(out);
     free(err);
 }
+
+/*
+ * The real registry with a stand-in `node` on PATH (and the peers' packages present, empty):
+ * each peer sleeps longer than a scenario's connect deadline (2 s) before it prints its result.
+ * The next scenario must still connect (the loop's clock is brought up to date after the peers),
+ * and the JSON puts the stand-in's figures beside ours, with ours / theirs.
+ */
+Test(cli, the_main_job_reads_the_peers_results_and_goes_on, .timeout = 120) {
+    static npm_dirs d;
+    npm_setup(&d, 1, "exit 1");
+    const char *pkgs[] = {"rate-limiter-flexible", "ioredis"};
+    for (int i = 0; i < 2; i++) {
+        char *cmd = NULL;
+        cr_assert_gt(
+            asprintf(
+                &cmd,
+                "mkdir -p '%s/node_modules/%s' && echo '{}' > '%s/node_modules/%s/package.json'",
+                d.peers, pkgs[i], d.peers, pkgs[i]),
+            0);
+        cr_assert_eq(system(cmd), 0);
+        free(cmd);
+    }
+    char node[160];
+    snprintf(node, sizeof node, "%s/node", d.bin);
+    FILE *f = fopen(node, "w");
+    fputs("#!/bin/sh\nsleep 2.5\necho '{\"version\": \"0-stand-in\", \"achieved_rate\": 1000,"
+          " \"p50_us\": 100, \"p99_us\": 200, \"max_us\": 300}'\n",
+          f);
+    fclose(f);
+    cr_assert_eq(chmod(node, 0700), 0);
+
+    sd_redis_server *server = test_redis_start(NULL);
+    char json[64], path_env[160], dir_env[160];
+    temp_path(json, sizeof json, "json");
+    snprintf(path_env, sizeof path_env, "PATH=%s", getenv("PATH"));
+    snprintf(dir_env, sizeof dir_env, "BENCH_PEERS_DIR=%s", d.peers);
+    char *out, *err;
+    int status = bench_run((const char *[]){"run", "ratelimit.gcra.closed",
+                                            "ratelimit.sliding-window-log.closed", "--duration",
+                                            "0.3", "--warmup", "0.1", "--redis",
+                                            sd_redis_server_url(server), "--json", json, NULL},
+                           (const char *[]){path_env, dir_env, "BENCH_PEERS=1", NULL}, &out, &err);
+    sd_redis_server_stop(server);
+    cr_expect_eq(status, 0, "stdout: %s\nstderr: %s", out, err);
+    cr_expect_null(strstr(out, "FAILED"), "%s", out);
+    cr_expect_not_null(strstr(out, "  peer rate-limiter-flexible "), "%s", out);
+
+    json_error_t e;
+    json_t *root = json_load_file(json, 0, &e);
+    unlink(json);
+    cr_assert_not_null(root, "%s", e.text);
+    json_t *p = json_array_get(json_object_get(root, "peers"), 0);
+    cr_assert_not_null(p, "no peer in the JSON");
+    cr_expect_str_eq(json_string_value(json_object_get(p, "version")), "0-stand-in");
+    cr_expect_eq(json_number_value(json_object_get(p, "achieved_rate")), 1000);
+    cr_expect_eq(json_integer_value(json_object_get(p, "p99_us")), 200);
+    cr_expect_eq(json_integer_value(json_object_get(p, "in_flight")), 50, "the scenario's");
+    json_t *ours = json_object_get(p, "ours");
+    double rate = json_number_value(json_object_get(ours, "achieved_rate"));
+    cr_expect_gt(rate, 0);
+    cr_expect_gt(json_integer_value(json_object_get(ours, "p99_us")), 0);
+    cr_expect_float_eq(json_number_value(json_object_get(p, "vs_peer")), rate / 1000, 1e-3);
+    json_t *s = json_array_get(json_object_get(root, "scenarios"), 1);
+    cr_expect_str_eq(json_string_value(json_object_get(s, "name")),
+                     "ratelimit.sliding-window-log.closed");
+    cr_expect_null(json_object_get(s, "failed"), "the scenario after the peers ran");
+    json_decref(root);
+    free(out);
+    free(err);
+    npm_cleanup(&d);
+}
