@@ -62,10 +62,18 @@ static const char *format_count(double v, char *buf, size_t len) {
 
 /* ---- The table ----------------------------------------------------------------------------- */
 
+/* Successful operations per second: the achieved rate less its share of errors. */
+static double success_rate(double achieved, uint64_t count, uint64_t errors) {
+    if (count == 0 || errors > count)
+        return errors > 0 ? 0 : achieved;
+    return achieved * (double)(count - errors) / (double)count;
+}
+
 double bench_peer_ratio(const bench_result *ours, const bench_peer_result *peer) {
-    if (peer->skipped[0] || !(peer->achieved_rate > 0))
+    double theirs = success_rate(peer->achieved_rate, peer->count, peer->errors);
+    if (peer->skipped[0] || !(theirs > 0))
         return 0;
-    return ours->achieved_rate / peer->achieved_rate;
+    return success_rate(ours->achieved_rate, ours->count, ours->errors) / theirs;
 }
 
 /* A peer's label in the table's first column. */
@@ -169,9 +177,10 @@ void bench_report_table(FILE *f, const bench_row *rows, size_t n) {
         fprintf(f, "latency from the intended start (coordinated omission corrected); "
                    "closed loop: from the actual start\n");
     if (measured_peer)
-        fprintf(f, "vs peer: our achieved/s over the peer's (above 1: ours did more), then our "
-                   "p99 vs the peer's; each peer ran right after the scenario above it, on the "
-                   "same Redis, with the same concurrency, warm-up and duration\n");
+        fprintf(f, "vs peer: our successful operations/s over the peer's (above 1: ours did "
+                   "more; errors, such as fallback decisions, do not count), then our p99 vs the "
+                   "peer's; each peer ran right after the scenario above it, on the same Redis, "
+                   "with the same concurrency, warm-up and duration\n");
     (void)failed;
 }
 

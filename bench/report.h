@@ -27,8 +27,8 @@ typedef struct bench_row {
 
 /* Prints the table (scenario, target and achieved rate, p50, p95, p99, p99.9, max, errors) and
  * the footnotes it needs. An empty table says that there was nothing to run. When a row has
- * peers, each gets a line under it and the table a `vs peer` column: our achieved rate divided
- * by the peer's, then both p99s; a skipped peer's line says why. */
+ * peers, each gets a line under it and the table a `vs peer` column: bench_peer_ratio, then
+ * both p99s; a skipped peer's line says why. */
 void bench_report_table(FILE *f, const bench_row *rows, size_t n);
 
 /* Writes the JSON report to path ("-" is stdout): the scenarios and, when any row has peers, a
@@ -45,8 +45,10 @@ int bench_report_html(const char *path, const bench_row *rows, size_t n);
  * SD_EPARSE / -errno with a message naming the file in err. */
 int bench_report_compare(FILE *f, const char *path_a, const char *path_b, char *err, size_t errlen);
 
-/* Our throughput over the peer's: ours->achieved_rate / peer->achieved_rate, or 0 when the peer
- * was skipped or measured nothing. */
+/* Our throughput over the peer's, counting successful operations only on both sides (the
+ * achieved rate times the share of operations without error: a scenario whose Redis calls time
+ * out answers fast with fallbacks, which are not throughput). 0 when the peer was skipped or
+ * succeeded at nothing. */
 double bench_peer_ratio(const bench_result *ours, const bench_peer_result *peer);
 
 /* Formats a latency in microseconds for people ("812us", "1.23ms", "2.05s") into buf. */
