@@ -4,8 +4,9 @@
  * A peer goes through these steps; the first that fails makes it skipped, with one line:
  *
  *   1. its programs are on PATH                  find_program()     "node not found on PATH"
- *   2. its npm packages are in node_modules,     npm_install()      "npm ci failed: <its last
- *      installed once if not (bounded in time)                       line of output>"
+ *   2. its npm packages are in node_modules,     npm_install()      "npm ci exited with status
+ *      installed if not (bounded in time; a                          1: <its last line>"
+ *      failure is not retried in the same run)
  *   3. its command runs to the end in time       run_captured()     "exited with status 1: ..."
  *   4. its last '{' line is a result             parse_result()     "no result line"
  *
@@ -379,7 +380,15 @@ int bench_peer_run(const bench_peer *peer, const bench_peer_params *p, bench_pee
             return -ENOENT;
         }
     if (!npm_present(peer, p->peers_dir)) {
-        double t = p->install_timeout_s > 0 ? p->install_timeout_s : 180;
+        /* One attempt per directory and process: the peers of a run share node_modules, and a
+         * second wait for an npm that failed (no network) would only spend the run's time. */
+        static char failed_dir[512], failed_why[sizeof out->skipped];
+        static int failed_rc;
+        if (failed_dir[0] && strcmp(failed_dir, p->peers_dir) == 0) {
+            snprintf(out->skipped, sizeof out->skipped, "%s", failed_why);
+            return failed_rc;
+        }
+        double t = p->install_timeout_s > 0 ? p->install_timeout_s : 120;
         int rc = npm_install(p, t, why, sizeof why);
         if (rc == 0 && !npm_present(peer, p->peers_dir)) {
             snprintf(why, sizeof why,
@@ -390,6 +399,9 @@ int bench_peer_run(const bench_peer *peer, const bench_peer_params *p, bench_pee
         }
         if (rc < 0) {
             one_line(out->skipped, sizeof out->skipped, why);
+            snprintf(failed_dir, sizeof failed_dir, "%s", p->peers_dir);
+            snprintf(failed_why, sizeof failed_why, "%s", out->skipped);
+            failed_rc = rc;
             return rc;
         }
     }

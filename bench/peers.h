@@ -53,7 +53,7 @@ typedef struct bench_peer_params {
     int in_flight;            /* closed-loop concurrency */
     double grace_s;           /* seconds beyond warm-up + duration before the peer is killed
                                  (0: 30 s, enough for node's start-up on a loaded machine) */
-    double install_timeout_s; /* bound on `npm ci` (0: 180 s) */
+    double install_timeout_s; /* bound on `npm ci` (0: 120 s) */
 } bench_peer_params;
 
 /* What one peer measured, or why it did not run (skipped != ""). */
@@ -73,7 +73,9 @@ typedef struct bench_peer_result {
 /*
  * Runs one peer with params: checks its programs, installs its npm packages on first use (`npm
  * ci --no-audit --no-fund` in peers_dir when package-lock.json is there, else `npm install`, at
- * most install_timeout_s), runs its command (killing its process group after warm-up + duration
+ * most install_timeout_s; when that fails, later peers of the same peers_dir in this process are
+ * skipped with the same line without a second attempt), runs its command (killing its process group
+ * after warm-up + duration
  * + grace) and reads its result line into *out. Returns 0 when the peer was measured, or a
  * negative code (-ENOENT missing program or package, -ETIMEDOUT, -ECHILD the command failed,
  * SD_EPARSE no usable result line) with out->skipped saying why in one line. Blocks; runs no

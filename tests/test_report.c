@@ -669,6 +669,12 @@ Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
     cr_expect_eq(bench_peer_run(&peer, &p, &r), -ECHILD);
     expect_one_line(&r);
     cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm ERR! network unreachable");
+    /* The next peer of the same run is skipped for the same reason, without a second wait. */
+    cr_expect_eq(bench_peer_run(&peer, &p, &r), -ECHILD);
+    cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm ERR! network unreachable");
+    char *log = read_all(d.log);
+    cr_expect_eq(strchr(log, '\n'), log + strlen(log) - 1, "npm ran once: %s", log);
+    free(log);
     npm_cleanup(&d);
 
     char marker[32];
