@@ -223,10 +223,31 @@ static void captured_clear(captured *c) {
 }
 
 /* Why a finished command failed, in one line, or "" when it exited 0. */
+/* The line of text that best says why a command failed, into dst: the first naming an error
+ * ("FetchError: request to ... failed, reason: ..." from npm, "Error: connect ECONNREFUSED" from
+ * node), else the last non-empty line. npm ends its output with the path of its log, which says
+ * nothing by itself. */
+static void reason_line(char *dst, size_t len, const char *text) {
+    for (const char *s = text; *s;) {
+        size_t n = strcspn(s, "\n");
+        const char *hit = memmem(s, n, "Error: ", 7);
+        if (hit && !memmem(s, n, " at ", 4)) {
+            char *line = sd_xstrndup(s, n);
+            one_line(dst, len, line);
+            free(line);
+            return;
+        }
+        s += n;
+        if (*s == '\n')
+            s++;
+    }
+    last_line(dst, len, text);
+}
+
 static void failure_line(const captured *c, const char *what, double timeout_s, char *dst,
                          size_t len) {
-    char last[160] = "";
-    last_line(last, sizeof last, c->err[0] ? c->err : c->out);
+    char last[192] = "";
+    reason_line(last, sizeof last, c->err[0] ? c->err : c->out);
     if (c->exec_errno)
         snprintf(dst, len, "cannot run %s: %s", what, strerror(c->exec_errno));
     else if (c->timed_out)

@@ -61,7 +61,7 @@ typedef struct bench_peer_result {
     char name[64];
     char compared_with[96];
     char version[32];
-    char skipped[200]; /* one line, no newline: why the peer did not run */
+    char skipped[256]; /* one line, no newline: why the peer did not run */
     char command[320]; /* the command as run, with the Redis URL shown as URL */
     double achieved_rate;
     double duration_s;

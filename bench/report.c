@@ -378,8 +378,15 @@ int bench_report_json(const char *path, const bench_row *rows, size_t n) {
 
 /* ---- HTML ---------------------------------------------------------------------------------- */
 
+/* Writes s as HTML text. Besides the markup characters, the colon of "://" is written as a
+ * character reference: a URL in a message (an npm error names its registry) is then text in the
+ * page's source as well as on screen, and the page holds no URL but the SVG namespace. */
 static void html_escape(FILE *f, const char *s) {
     for (; *s; s++) {
+        if (strncmp(s, "://", 3) == 0) {
+            fputs("&#58;", f);
+            continue;
+        }
         switch (*s) {
         case '<':
             fputs("&lt;", f);

@@ -266,7 +266,8 @@ static void fixture_make(fixture *fx) {
     row_make(&fx->rows[2], "other.thing.closed", 1000, 10);
     peer_make(&fx->peers[0], "peer <&> \"quoted\"", "ratelimit.gcra.closed", 120000, 5200);
     peer_make(&fx->peers[1], "skipped-peer", "ratelimit.gcra.closed", 0, 0);
-    snprintf(fx->peers[1].skipped, sizeof fx->peers[1].skipped, "node not found on PATH (a <b>)");
+    snprintf(fx->peers[1].skipped, sizeof fx->peers[1].skipped,
+             "npm ci failed (a <b>): FetchError: request to https://registry.example/x failed");
     fx->rows[0].peers = fx->peers;
     fx->rows[0].npeers = 2;
 }
@@ -349,9 +350,10 @@ Test(report, html_is_one_file_without_scripts_and_its_svgs_are_well_formed) {
     cr_expect_null(strstr(html, "other: throughput"), "a chart for a component without peers");
     cr_expect_not_null(strstr(html, "peer &lt;&amp;&gt; &quot;quoted&quot; 1.2.3"),
                        "the peer's bar is labelled, escaped");
-    cr_expect_not_null(strstr(html, "skipped-peer vs ratelimit.gcra.closed: skipped: node not "
-                                    "found on PATH (a &lt;b&gt;)"),
-                       "the skipped peer is listed with its reason");
+    cr_expect_not_null(strstr(html, "skipped-peer vs ratelimit.gcra.closed: skipped: npm ci "
+                                    "failed (a &lt;b&gt;): FetchError: request to https&#58;//"
+                                    "registry.example/x failed"),
+                       "the skipped peer is listed with its reason, its URL as text");
     cr_expect_not_null(strstr(html, "(ours/peer 2.50x)"), "the ratio beside the peer's bar");
     free(html);
     fixture_free(&fx);
@@ -385,7 +387,8 @@ Test(report, json_has_each_peer_with_both_throughputs_and_p99s) {
                        "ours / theirs");
     json_t *s = json_array_get(peers, 1);
     cr_expect_str_eq(json_string_value(json_object_get(s, "skipped")),
-                     "node not found on PATH (a <b>)");
+                     "npm ci failed (a <b>): FetchError: request to https://registry.example/x "
+                     "failed");
     cr_expect_null(json_object_get(s, "achieved_rate"), "a skipped peer has no figures");
     cr_expect_null(json_object_get(s, "vs_peer"));
     json_decref(root);
@@ -436,7 +439,9 @@ Test(report, vs_peer_is_ours_over_theirs_in_the_table) {
     const char *skip = strstr(text, "  peer skipped-peer");
     cr_assert_not_null(skip, "%s", text);
     const char *eol = strchr(skip, '\n');
-    cr_expect_not_null(strstr(skip, "skipped: node not found on PATH (a <b>)\n"), "%s", text);
+    cr_expect_not_null(strstr(skip, "skipped: npm ci failed (a <b>): FetchError: request to "
+                                    "https://registry.example/x failed\n"),
+                       "%s", text);
     cr_expect(strstr(skip, "skipped:") < eol, "one line");
     free(text);
 
@@ -658,7 +663,13 @@ Test(peers, without_a_lock_file_npm_install_runs_instead) {
 
 Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
     static npm_dirs d;
-    npm_setup(&d, 1, "echo 'fetching...'; echo 'npm ERR! network unreachable' >&2; exit 1");
+    /* The shape of npm 10's output without a network: the reason is the FetchError line. */
+    npm_setup(
+        &d, 1,
+        "echo 'fetching...'; exec >&2; echo 'npm error code ECONNREFUSED';"
+        " echo 'npm error FetchError: request to http://127.0.0.1:9/x failed, reason: refused';"
+        " echo 'npm error     at ClientRequest.<anonymous> (index.js:130:14)';"
+        " echo 'npm error A complete log of this run can be found in: /tmp/x.log'; exit 1");
     bench_peer peer = {.name = "p",
                        .compared_with = "a.b.closed",
                        .argv = NPM_PEER_ARGV,
@@ -668,10 +679,12 @@ Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
     bench_peer_result r;
     cr_expect_eq(bench_peer_run(&peer, &p, &r), -ECHILD);
     expect_one_line(&r);
-    cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm ERR! network unreachable");
+    cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm error FetchError: request to "
+                                "http://127.0.0.1:9/x failed, reason: refused");
     /* The next peer of the same run is skipped for the same reason, without a second wait. */
     cr_expect_eq(bench_peer_run(&peer, &p, &r), -ECHILD);
-    cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm ERR! network unreachable");
+    cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm error FetchError: request to "
+                                "http://127.0.0.1:9/x failed, reason: refused");
     char *log = read_all(d.log);
     cr_expect_eq(strchr(log, '\n'), log + strlen(log) - 1, "npm ran once: %s", log);
     free(log);
