@@ -5,7 +5,7 @@
  *
  *   1. its programs are on PATH                  find_program()     "node not found on PATH"
  *   2. its npm packages are in node_modules,     npm_install()      "npm ci exited with status
- *      installed if not (bounded in time; a                          1: <its last line>"
+ *      installed if not (bounded in time; a                          1: <its error line>"
  *      failure is not retried in the same run)
  *   3. its command runs to the end in time       run_captured()     "exited with status 1: ..."
  *   4. its last '{' line is a result             parse_result()     "no result line"
@@ -222,7 +222,6 @@ static void captured_clear(captured *c) {
     free(c->err);
 }
 
-/* Why a finished command failed, in one line, or "" when it exited 0. */
 /* The line of text that best says why a command failed, into dst: the first naming an error
  * ("FetchError: request to ... failed, reason: ..." from npm, "Error: connect ECONNREFUSED" from
  * node), else the last non-empty line. npm ends its output with the path of its log, which says
@@ -244,6 +243,7 @@ static void reason_line(char *dst, size_t len, const char *text) {
     last_line(dst, len, text);
 }
 
+/* Why a finished command failed, in one line, or "" when it exited 0. */
 static void failure_line(const captured *c, const char *what, double timeout_s, char *dst,
                          size_t len) {
     char last[192] = "";
