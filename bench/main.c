@@ -110,7 +110,8 @@ static const char RUN_USAGE[] =
     "                 (open loop), for every scenario (default: each scenario's own)\n"
     "  --redis URL    use this Redis (default: REDIS_URL, else a private redis-server)\n"
     "  --json FILE    write the JSON report (\"-\" for stdout)\n"
-    "  --html FILE    write a self-contained HTML page with a percentile chart per scenario\n";
+    "  --html FILE    write a self-contained HTML page: the table, a throughput chart of\n"
+    "                 ours beside the peers, a percentile chart per scenario\n";
 
 /* The directory holding this executable (build/bin), for scenarios that start other commands. */
 static char *bin_dir(void) {
