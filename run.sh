@@ -8,8 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# nodejs, npm: the peers of `bench run` (bench/peers, npm packages installed there on first use);
+# nginx-light: the HTTP peer of the later components.
 PACKAGES=(build-essential cmake pkg-config git libhiredis-dev libuv1-dev libcriterion-dev
-          redis-server libhttp-parser-dev libcurl4-openssl-dev libjansson-dev libssl-dev)
+          redis-server libhttp-parser-dev libcurl4-openssl-dev libjansson-dev libssl-dev
+          nodejs npm nginx-light)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 usage() {
@@ -19,7 +22,9 @@ usage: ./run.sh bench [SCENARIO-PREFIX...] [bench run options]
        ./run.sh build
 
   bench   builds (build/) and runs build/bin/bench run: every component's benchmark against a
-          private redis-server (or REDIS_URL). Extra arguments go to 'bench run'.
+          private redis-server (or REDIS_URL), with the peers beside them, and writes
+          build/report/index.html and build/report/results.json (unless --html / --json are
+          given). Extra arguments go to 'bench run'.
   test    builds build/ and build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer) and
           runs every Criterion suite in both; fails on any sanitizer report or leaked
           redis-server process.
@@ -29,9 +34,14 @@ USAGE
 
 install_packages() {
     local missing=()
+    # A package counts as there when an installed one provides it (NodeSource's nodejs provides
+    # npm, and conflicts with Debian's).
+    local provided
+    provided=$(dpkg-query -W -f='${db:Status-Abbrev}|${Provides}\n' 2>/dev/null |
+        awk -F'|' '$1 ~ /^ii/ { print $2 }' | tr ',' '\n' | sed 's/(.*//; s/ //g')
     for p in "${PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-            missing+=("$p")
+            grep -qx -- "$p" <<<"$provided" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
@@ -90,7 +100,25 @@ case "$cmd" in
 bench)
     install_packages
     build build
-    exec build/bin/bench run "$@"
+    args=("$@")
+    for a in "$@"; do
+        case "$a" in --help | -h) exec build/bin/bench run --help ;; esac
+    done
+    mkdir -p build/report
+    html=1 json=1
+    for a in "$@"; do
+        case "$a" in
+        --html | --html=*) html=0 ;;
+        --json | --json=*) json=0 ;;
+        esac
+    done
+    [ $html = 0 ] || args+=(--html build/report/index.html)
+    [ $json = 0 ] || args+=(--json build/report/results.json)
+    start=$SECONDS
+    rc=0
+    build/bin/bench run "${args[@]}" || rc=$?
+    echo "bench: the run took $((SECONDS - start)) s (exit status $rc)" >&2
+    exit $rc
     ;;
 build)
     install_packages

@@ -18,6 +18,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "http_client.h"
+#include "peers.h"
 #include "redis.h"
 #include "redis_server.h"
 #include "report.h"
@@ -66,6 +67,12 @@ static int write_reports(const char *json, const char *html, const bench_row *ro
         bad = -1;
     if (html && bench_report_html(html, rows, n) < 0)
         bad = -1;
+    /* Where the files are, last, beside the table (which is on stderr when JSON is on stdout). */
+    FILE *tf = json && strcmp(json, "-") == 0 ? stderr : stdout;
+    if (!bad && html)
+        fprintf(tf, "report: %s\n", html);
+    if (!bad && json && strcmp(json, "-") != 0)
+        fprintf(tf, "report: %s\n", json);
     return bad;
 }
 
@@ -141,14 +148,20 @@ static int cmd_run(int argc, char **argv) {
         {"--redis", "URL", "use this Redis (default: REDIS_URL, else a private redis-server)",
          .parse = sd_cli_redis_parse, .udata = &redis},
         {"--json", "FILE", "write the JSON report (\"-\" for stdout)", .text = &json},
-        {"--html", "FILE", "write a self-contained HTML page with a percentile chart per scenario",
+        {"--html", "FILE",
+         "write a self-contained HTML page: the table, a throughput chart of\nours beside the "
+         "peers, a percentile chart per scenario",
          .text = &html},
         {0}};
     const sd_cli_cmd cmd = {.name = "bench run",
                             .synopsis = "[SCENARIO-PREFIX...] [options]",
                             .about = "Runs the registered scenarios (all of them, or those whose "
                                      "name starts with one of the\nprefixes) one after the other "
-                                     "against one Redis, and prints one table.",
+                                     "against one Redis, and prints one table. Right after a\n"
+                                     "scenario, its peers (bench/peers: the systems a user would "
+                                     "pick instead) run under the\nsame load on the same Redis, or "
+                                     "are skipped with one line saying why (BENCH_PEERS=0 in\nthe "
+                                     "environment runs none).",
                             .opts = opts};
     const char **prefixes = sd_xcalloc((size_t)argc + 1, sizeof *prefixes);
     int nprefixes = 0;
@@ -227,6 +240,8 @@ static int cmd_run(int argc, char **argv) {
         bench_env env = {.loop = &loop, .redis_url = redis_url, .bin_dir = dir};
         scenario_rate_duration(sc, r, d, &env.rate, &env.duration_s);
         run_one(sc, &env, w >= 0 ? w : default_warmup(env.duration_s), poisson, (int)f, &rows[i]);
+        bench_peers_run_after(sc->name, &env, w >= 0 ? w : default_warmup(env.duration_s),
+                              f > 0 ? (int)f : sc->in_flight, &rows[i]);
         if (rows[i].failure[0] || rows[i].r.below_target)
             status = SD_EXIT_FAILURE;
     }
@@ -236,8 +251,10 @@ static int cmd_run(int argc, char **argv) {
     if (write_reports(json, html, rows, nchosen) < 0)
         status = SD_EXIT_FAILURE;
 
-    for (size_t i = 0; i < nchosen; i++)
+    for (size_t i = 0; i < nchosen; i++) {
         bench_result_clear(&rows[i].r);
+        free(rows[i].peers);
+    }
     free(rows);
     free(dir);
     free(chosen);

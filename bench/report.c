@@ -62,15 +62,74 @@ static const char *format_count(double v, char *buf, size_t len) {
 
 /* ---- The table ----------------------------------------------------------------------------- */
 
+/* Successful operations per second: the achieved rate less its share of errors. */
+static double success_rate(double achieved, uint64_t count, uint64_t errors) {
+    if (count == 0 || errors > count)
+        return errors > 0 ? 0 : achieved;
+    return achieved * (double)(count - errors) / (double)count;
+}
+
+double bench_peer_ratio(const bench_result *ours, const bench_peer_result *peer) {
+    double theirs = success_rate(peer->achieved_rate, peer->count, peer->errors);
+    if (peer->skipped[0] || !(theirs > 0))
+        return 0;
+    return success_rate(ours->achieved_rate, ours->count, ours->errors) / theirs;
+}
+
+/* A peer's label in the table's first column. */
+#define PEER_LABEL "  peer "
+
+/* The `vs peer` cell: "2.62x, p99 2.16ms vs 5.20ms" (ours first). */
+static void vs_peer_cell(const bench_row *row, const bench_peer_result *p, char *buf, size_t len) {
+    char ours[32], theirs[32];
+    double p99 = row->r.latency ? (double)hdr_percentile(row->r.latency, 99) : 0;
+    snprintf(buf, len, "%.2fx, p99 %s vs %s", bench_peer_ratio(&row->r, p),
+             bench_format_us(p99, ours, sizeof ours),
+             bench_format_us((double)p->p99_us, theirs, sizeof theirs));
+}
+
+/* The lines of the peers compared with row, under it. */
+static void table_peers(FILE *f, int w, const bench_row *row) {
+    for (size_t k = 0; k < row->npeers; k++) {
+        const bench_peer_result *p = &row->peers[k];
+        char label[128];
+        snprintf(label, sizeof label, PEER_LABEL "%s", p->name);
+        if (p->skipped[0]) {
+            fprintf(f, "%-*s skipped: %s\n", w, label, p->skipped);
+            continue;
+        }
+        char achieved[32], p50[32], p99[32], mx[32], errs[32], vs[96];
+        format_count(p->achieved_rate, achieved, sizeof achieved);
+        bench_format_us((double)p->p50_us, p50, sizeof p50);
+        bench_format_us((double)p->p99_us, p99, sizeof p99);
+        bench_format_us((double)p->max_us, mx, sizeof mx);
+        format_count((double)p->errors, errs, sizeof errs);
+        if (row->failure[0])
+            snprintf(vs, sizeof vs, "-");
+        else
+            vs_peer_cell(row, p, vs, sizeof vs);
+        fprintf(f, "%-*s %10s %11s %8s %8s %8s %8s %8s %8s  %s\n", w, label, "closed", achieved,
+                p50, "-", p99, "-", mx, errs, vs);
+    }
+}
+
 void bench_report_table(FILE *f, const bench_row *rows, size_t n) {
-    int w = 8;
+    int w = 8, any_peer = 0, measured_peer = 0;
     for (size_t i = 0; i < n; i++) {
         int len = (int)strlen(rows[i].r.name);
         if (len > w)
             w = len;
+        for (size_t k = 0; k < rows[i].npeers; k++) {
+            any_peer = 1;
+            measured_peer |= rows[i].peers[k].skipped[0] == '\0';
+            len = (int)(strlen(PEER_LABEL) + strlen(rows[i].peers[k].name));
+            if (len > w)
+                w = len;
+        }
     }
-    fprintf(f, "%-*s %10s %11s %8s %8s %8s %8s %8s %8s\n", w, "scenario", "target/s", "achieved/s",
-            "p50", "p95", "p99", "p99.9", "max", "errors");
+    fprintf(f, "%-*s %10s %11s %8s %8s %8s %8s %8s %8s%s\n", w, "scenario", "target/s",
+            "achieved/s", "p50", "p95", "p99", "p99.9", "max", "errors",
+            any_peer ? "  vs peer" : "");
     int below = 0, overflow = 0, failed = 0;
     for (size_t i = 0; i < n; i++) {
         const bench_row *row = &rows[i];
@@ -78,6 +137,7 @@ void bench_report_table(FILE *f, const bench_row *rows, size_t n) {
         char target[32], achieved[32];
         if (row->failure[0]) {
             fprintf(f, "%-*s FAILED: %s\n", w, r->name, row->failure);
+            table_peers(f, w, row);
             failed++;
             continue;
         }
@@ -103,6 +163,7 @@ void bench_report_table(FILE *f, const bench_row *rows, size_t n) {
         fprintf(f, " %8s %8s\n", mx, errs);
         if (hdr_overflow(r->latency) > 0)
             overflow = 1;
+        table_peers(f, w, row);
     }
     if (n == 0)
         fprintf(f, "(no scenarios ran)\n");
@@ -115,6 +176,11 @@ void bench_report_table(FILE *f, const bench_row *rows, size_t n) {
     if (n > 0)
         fprintf(f, "latency from the intended start (coordinated omission corrected); "
                    "closed loop: from the actual start\n");
+    if (measured_peer)
+        fprintf(f, "vs peer: our successful operations/s over the peer's (above 1: ours did "
+                   "more; errors, such as fallback decisions, do not count), then our p99 vs the "
+                   "peer's; each peer ran right after the scenario above it, on the same Redis, "
+                   "with the same concurrency, warm-up and duration\n");
     (void)failed;
 }
 
@@ -224,6 +290,51 @@ static json_t *row_json(const bench_row *row) {
     return s;
 }
 
+/* The "peers" array: each peer beside the scenario of ours it ran after; NULL when none ran. */
+static json_t *peers_json(const bench_row *rows, size_t n) {
+    json_t *arr = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const bench_row *row = &rows[i];
+        for (size_t k = 0; k < row->npeers; k++) {
+            const bench_peer_result *p = &row->peers[k];
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_string(p->name));
+            json_object_set_new(o, "compared_with", json_string(p->compared_with));
+            json_object_set_new(o, "command", json_string(p->command));
+            json_object_set_new(o, "in_flight", json_integer(p->in_flight));
+            json_object_set_new(o, "duration_s", json_real(p->duration_s));
+            if (p->skipped[0]) {
+                json_object_set_new(o, "skipped", json_string(p->skipped));
+            } else {
+                json_object_set_new(o, "version", json_string(p->version));
+                json_object_set_new(o, "achieved_rate",
+                                    json_real(round(p->achieved_rate * 10) / 10));
+                json_object_set_new(o, "p50_us", json_integer(p->p50_us));
+                json_object_set_new(o, "p99_us", json_integer(p->p99_us));
+                json_object_set_new(o, "max_us", json_integer(p->max_us));
+                json_object_set_new(o, "count", json_integer((json_int_t)p->count));
+                json_object_set_new(o, "errors", json_integer((json_int_t)p->errors));
+                const hdr_histogram *h = row->failure[0] ? NULL : row->r.latency;
+                json_t *ours = json_object();
+                json_object_set_new(ours, "name", json_string(row->r.name));
+                json_object_set_new(ours, "achieved_rate",
+                                    json_real(round(row->r.achieved_rate * 10) / 10));
+                json_object_set_new(ours, "p50_us",
+                                    json_integer(h ? (json_int_t)hdr_percentile(h, 50) : 0));
+                json_object_set_new(ours, "p99_us",
+                                    json_integer(h ? (json_int_t)hdr_percentile(h, 99) : 0));
+                json_object_set_new(o, "ours", ours);
+                double ratio = row->failure[0] ? 0 : bench_peer_ratio(&row->r, p);
+                json_object_set_new(o, "vs_peer", json_real(round(ratio * 1000) / 1000));
+            }
+            if (arr == NULL)
+                arr = json_array();
+            json_array_append_new(arr, o);
+        }
+    }
+    return arr;
+}
+
 int bench_report_json(const char *path, const bench_row *rows, size_t n) {
     json_t *root = json_object();
     json_object_set_new(root, "version", json_integer(SCHEMA_VERSION));
@@ -238,6 +349,9 @@ int bench_report_json(const char *path, const bench_row *rows, size_t n) {
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, row_json(&rows[i]));
     json_object_set_new(root, "scenarios", arr);
+    json_t *peers = peers_json(rows, n);
+    if (peers)
+        json_object_set_new(root, "peers", peers);
 
     size_t flags = JSON_INDENT(2) | JSON_REAL_PRECISION(12) | JSON_PRESERVE_ORDER;
     int rc = 0;
@@ -264,8 +378,15 @@ int bench_report_json(const char *path, const bench_row *rows, size_t n) {
 
 /* ---- HTML ---------------------------------------------------------------------------------- */
 
+/* Writes s as HTML text. Besides the markup characters, the colon of "://" is written as a
+ * character reference: a URL in a message (an npm error names its registry) is then text in the
+ * page's source as well as on screen, and the page holds no URL but the SVG namespace. */
 static void html_escape(FILE *f, const char *s) {
     for (; *s; s++) {
+        if (strncmp(s, "://", 3) == 0) {
+            fputs("&#58;", f);
+            continue;
+        }
         switch (*s) {
         case '<':
             fputs("&lt;", f);
@@ -406,6 +527,155 @@ static void html_chart(FILE *f, const bench_result *r) {
     free(unc.y);
 }
 
+/* The component of a scenario name: what comes before its first dot. */
+static size_t component_len(const char *name) {
+    return strcspn(name, ".");
+}
+
+/* One bar of a throughput chart with its label on the left and its figures on the right. */
+static void html_bar(FILE *f, double y, double h, double L, double pw, double vmax,
+                     const char *color, const char *label, double rate, double p99_us,
+                     const char *extra) {
+    double len = vmax > 0 ? pw * fmin(rate / vmax, 1.0) : 0;
+    char r[32], p99[32];
+    fprintf(f, "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">", L - 6, y + h - 5);
+    html_escape(f, label);
+    fputs("</text>\n", f);
+    fprintf(f, "<rect x=\"%.0f\" y=\"%.1f\" width=\"%.1f\" height=\"%.0f\" fill=\"%s\"/>\n", L, y,
+            len, h, color);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s/s, p99 %s", L + len + 6, y + h - 5,
+            format_count(rate, r, sizeof r), bench_format_us(p99_us, p99, sizeof p99));
+    html_escape(f, extra);
+    fputs("</text>\n", f);
+}
+
+/*
+ * One chart per component that has measured peers: for each scenario with peers, our throughput
+ * and each peer's as horizontal bars next to each other, on one scale, with the p99 beside each
+ * bar and the ratio beside each peer's. Skipped peers are listed under the chart.
+ */
+static void html_peer_charts(FILE *f, const bench_row *rows, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const char *comp = rows[i].r.name;
+        size_t clen = component_len(comp);
+        int first = 1, measured = 0, any = 0;
+        for (size_t j = 0; j < n; j++) {
+            if (component_len(rows[j].r.name) != clen || strncmp(rows[j].r.name, comp, clen))
+                continue;
+            if (j < i && rows[j].npeers > 0)
+                first = 0;
+            for (size_t k = 0; k < rows[j].npeers; k++) {
+                any = 1;
+                if (!rows[j].peers[k].skipped[0] && !rows[j].failure[0])
+                    measured++;
+            }
+        }
+        if (!first || !any || rows[i].npeers == 0)
+            continue;
+        fputs("<h2>", f);
+        fwrite(comp, 1, clen, f);
+        fputs(": throughput beside the peers</h2>\n", f);
+        double vmax = 0;
+        int groups = 0;
+        for (size_t j = 0; j < n; j++) {
+            const bench_row *row = &rows[j];
+            if (component_len(row->r.name) != clen || strncmp(row->r.name, comp, clen) ||
+                row->failure[0])
+                continue;
+            int has = 0;
+            for (size_t k = 0; k < row->npeers; k++)
+                if (!row->peers[k].skipped[0]) {
+                    vmax = fmax(vmax, row->peers[k].achieved_rate);
+                    has = 1;
+                }
+            if (has) {
+                vmax = fmax(vmax, row->r.achieved_rate);
+                groups++;
+            }
+        }
+        if (measured > 0) {
+            const double W = 900, L = 290, R = 250, T = 10, BAR = 20, GAP = 4, GROUP = 16, B = 40;
+            double pw = W - L - R,
+                   H = T + B + (double)(measured + groups) * (BAR + GAP) + (double)groups * GROUP;
+            double scale = nice_ceil(vmax);
+            fprintf(f,
+                    "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+                    "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" font-size=\"11\">\n",
+                    W, H, W, H);
+            double bottom = H - B;
+            for (int t = 0; t <= 5; t++) {
+                double x = L + pw * t / 5;
+                char v[32];
+                fprintf(f,
+                        "<line x1=\"%.1f\" y1=\"%.0f\" x2=\"%.1f\" y2=\"%.1f\" "
+                        "stroke=\"#ddd\"/>\n",
+                        x, T, x, bottom);
+                fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", x,
+                        bottom + 14, format_count(scale * t / 5, v, sizeof v));
+            }
+            fprintf(f,
+                    "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">operations/s, closed "
+                    "loop (longer is more); p99 beside each bar</text>\n",
+                    L + pw / 2, H - 8);
+            double y = T + GROUP / 2;
+            for (size_t j = 0; j < n; j++) {
+                const bench_row *row = &rows[j];
+                if (component_len(row->r.name) != clen || strncmp(row->r.name, comp, clen) ||
+                    row->failure[0])
+                    continue;
+                int has = 0;
+                for (size_t k = 0; k < row->npeers; k++)
+                    has |= !row->peers[k].skipped[0];
+                if (!has)
+                    continue;
+                html_bar(f, y, BAR, L, pw, scale, "#1f5fbf", row->r.name, row->r.achieved_rate,
+                         (double)hdr_percentile(row->r.latency, 99), " (ours)");
+                y += BAR + GAP;
+                for (size_t k = 0; k < row->npeers; k++) {
+                    const bench_peer_result *p = &row->peers[k];
+                    if (p->skipped[0])
+                        continue;
+                    char label[128], extra[64];
+                    snprintf(label, sizeof label, "%s %s", p->name, p->version);
+                    snprintf(extra, sizeof extra, " (ours/peer %.2fx)",
+                             bench_peer_ratio(&row->r, p));
+                    html_bar(f, y, BAR, L, pw, scale, "#e08000", label, p->achieved_rate,
+                             (double)p->p99_us, extra);
+                    y += BAR + GAP;
+                }
+                y += GROUP;
+            }
+            fputs("</svg>\n", f);
+        }
+        fputs("<p>Each peer ran right after the scenario of ours it is compared with, on the same "
+              "Redis, with the same closed-loop concurrency, keys, policy, warm-up and duration "
+              "(one round, ours first).</p>\n<ul>\n",
+              f);
+        for (size_t j = 0; j < n; j++) {
+            const bench_row *row = &rows[j];
+            if (component_len(row->r.name) != clen || strncmp(row->r.name, comp, clen))
+                continue;
+            for (size_t k = 0; k < row->npeers; k++) {
+                const bench_peer_result *p = &row->peers[k];
+                fputs("<li>", f);
+                html_escape(f, p->name);
+                fputs(" vs ", f);
+                html_escape(f, row->r.name);
+                if (p->skipped[0]) {
+                    fputs(": skipped: ", f);
+                    html_escape(f, p->skipped);
+                } else {
+                    fputs(": <code>", f);
+                    html_escape(f, p->command);
+                    fputs("</code>", f);
+                }
+                fputs("</li>\n", f);
+            }
+        }
+        fputs("</ul>\n", f);
+    }
+}
+
 int bench_report_html(const char *path, const bench_row *rows, size_t n) {
     FILE *f = fopen(path, "w");
     if (f == NULL) {
@@ -439,6 +709,7 @@ int bench_report_html(const char *path, const bench_row *rows, size_t n) {
         free(table);
     }
     fputs("</pre>\n", f);
+    html_peer_charts(f, rows, n);
     for (size_t i = 0; i < n; i++) {
         const bench_result *r = &rows[i].r;
         fputs("<h2>", f);

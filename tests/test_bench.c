@@ -867,6 +867,7 @@ static double checks_per_call(const char *err) {
 
 Test(cli, run_in_flight_overrides_the_scenarios, .timeout = 60) {
     static run_out r;
+    setenv("BENCH_PEERS", "0", 1); /* about our scenario only: no peer (node, npm) runs */
     sd_redis_server *server = test_redis_start(NULL);
     const char *url = sd_redis_server_url(server);
     run_bench(NULL,

@@ -61,7 +61,7 @@ if [ ! -x "$bin/bench" ]; then
     exit 1
 fi
 if [ ! -d "$here/node_modules/rate-limiter-flexible" ]; then
-    (cd "$here" && npm install --no-audit --no-fund >&2)
+    (cd "$here" && npm ci --no-audit --no-fund >&2)
 fi
 
 if [ -z "${REDIS_URL:-}" ]; then

@@ -1,0 +1,124 @@
+/*
+ * scenarios_peers.c - the peers `bench run` measures beside our scenarios (peers.h), and the
+ * hook that runs them.
+ *
+ * Each peer runs right after the scenario it is compared with, on the same Redis, with that
+ * scenario's closed-loop concurrency (or --in-flight), warm-up and duration, and the same keys
+ * and policy (built into the peer's command). One round, ours first: a shared machine drifts
+ * over minutes, so the two runs are kept seconds apart; bench/peers/compare-ratelimit.sh runs
+ * several alternating rounds when the ratio itself is the question.
+ *
+ * To add a peer: put its program in bench/peers/ (with its npm packages in package.json and
+ * package-lock.json, if any), make it print the result line peers.h describes, and add an entry
+ * below. BENCH_PEERS=0 in the environment runs no peer; BENCH_PEERS_DIR points elsewhere than
+ * the source tree's bench/peers.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "peers.h"
+#include "report.h"
+#include "sd.h"
+
+#ifndef BENCH_PEERS_DIR
+#define BENCH_PEERS_DIR "bench/peers"
+#endif
+
+static const char *const NODE[] = {"node", NULL};
+static const char *const RLF_NPM[] = {"rate-limiter-flexible", "ioredis", NULL};
+static const char NODE_HINT[] = "Debian: apt-get install nodejs npm, as ./run.sh does";
+
+/* rate-limiter-flexible under the load of ratelimit.*.closed: 10,000 random keys, q=10 per 1 s
+ * (the script's defaults, which are the scenarios' policy). */
+static const char *const RLF_ARGV[] = {"node",        "{peers_dir}/ratelimit-flexible.js",
+                                       "--redis",     "{redis}",
+                                       "--duration",  "{duration}",
+                                       "--warmup",    "{warmup}",
+                                       "--in-flight", "{in_flight}",
+                                       NULL};
+static const bench_peer rate_limiter_flexible = {
+    .name = "rate-limiter-flexible",
+    .compared_with = "ratelimit.gcra.closed",
+    .summary = "Node's RateLimiterRedis over ioredis, 10,000 keys, q=10 w=1",
+    .argv = RLF_ARGV,
+    .programs = NODE,
+    .npm = RLF_NPM,
+    .hint = NODE_HINT,
+};
+
+/* The same with its in-process block of keys over their quota, its counterpart of the deny
+ * cache that ratelimit.gcra.closed has on. */
+static const char *const RLF_BLOCK_ARGV[] = {"node",
+                                             "{peers_dir}/ratelimit-flexible.js",
+                                             "--redis",
+                                             "{redis}",
+                                             "--duration",
+                                             "{duration}",
+                                             "--warmup",
+                                             "{warmup}",
+                                             "--in-flight",
+                                             "{in_flight}",
+                                             "--block-in-memory",
+                                             NULL};
+static const bench_peer rate_limiter_flexible_block = {
+    .name = "rate-limiter-flexible+block",
+    .compared_with = "ratelimit.gcra.closed",
+    .summary = "the same with inMemoryBlockOnConsumed (its deny cache)",
+    .argv = RLF_BLOCK_ARGV,
+    .programs = NODE,
+    .npm = RLF_NPM,
+    .hint = NODE_HINT,
+};
+
+const bench_peer *const bench_peers[] = {
+    &rate_limiter_flexible,
+    &rate_limiter_flexible_block,
+    NULL,
+};
+
+void bench_peers_run_after(const char *scenario, const bench_env *env, double warmup_s,
+                           int in_flight, bench_row *row) {
+    size_t n = 0;
+    for (const bench_peer *const *p = bench_peers; *p; p++)
+        if (strcmp((*p)->compared_with, scenario) == 0)
+            n++;
+    const char *off = getenv("BENCH_PEERS");
+    if (n == 0 || (off && strcmp(off, "0") == 0))
+        return;
+    const char *dir = getenv("BENCH_PEERS_DIR");
+    bench_peer_params params = {.peers_dir = dir && dir[0] ? dir : BENCH_PEERS_DIR,
+                                .redis_url = env->redis_url,
+                                .duration_s = env->duration_s,
+                                .warmup_s = warmup_s,
+                                .in_flight = in_flight};
+    row->peers = sd_xcalloc(n, sizeof *row->peers);
+    for (const bench_peer *const *p = bench_peers; *p; p++) {
+        if (strcmp((*p)->compared_with, scenario) != 0)
+            continue;
+        bench_peer_result *res = &row->peers[row->npeers++];
+        if (row->failure[0]) {
+            memset(res, 0, sizeof *res);
+            snprintf(res->name, sizeof res->name, "%s", (*p)->name);
+            snprintf(res->compared_with, sizeof res->compared_with, "%s", scenario);
+            snprintf(res->skipped, sizeof res->skipped, "%s did not run", scenario);
+        } else {
+            fprintf(stderr, "bench run: peer %s (%s), %d in flight, %g s after %g s of warm-up\n",
+                    (*p)->name, (*p)->summary, in_flight, env->duration_s, warmup_s);
+            bench_peer_run(*p, &params, res);
+            /* The loop did not run while the peer did: its cached time is seconds old, and a
+             * timer the next scenario starts from it (a connect deadline) would fire at once. */
+            uv_update_time(env->loop);
+        }
+        if (res->skipped[0]) {
+            fprintf(stderr, "bench run: peer %s skipped: %s\n", res->name, res->skipped);
+        } else {
+            char p99[32];
+            fprintf(stderr, "bench run: peer %s %s: %.0f/s, p99 %s, %llu errors\n", res->name,
+                    res->version, res->achieved_rate,
+                    bench_format_us((double)res->p99_us, p99, sizeof p99),
+                    (unsigned long long)res->errors);
+        }
+    }
+}
