@@ -58,8 +58,10 @@
  * Both pauses are checked after every parsed request, so a client that pipelines thousands of
  * requests answered at once and reads nothing makes the server hold at most max_output_bytes
  * (plus one response) for it, whatever it sends. Paused for its output, a connection writes
- * through uv_write, whose callback comes in a later turn of the loop (conn_flush), so one with a
- * backlog of input is served one slice of output per turn, in turn with all the others.
+ * through uv_write, whose callback comes in a later turn of the loop (conn_flush). From then on
+ * the connection is "backlogged" until it has drained everything: it renders one response per
+ * turn, in turn with all the others, so a hundred such clients delay a well-behaved one by a
+ * hundred renders at most, not a hundred times max_output_bytes of them.
  *
  * Timeouts use four deadlines per connection, checked by one coarse server-wide timer rather
  * than a timer per connection (a uv_timer restart per request would cost two heap operations):
@@ -198,9 +200,13 @@ static int conn_refuse(sd_http_conn *conn, int status, const char *detail) {
     return -1;
 }
 
-/* Answered past max_output_bytes: the client is not reading what it asked for. */
+/* Answered past max_output_bytes: the client is not reading what it asked for. A backlogged
+ * connection counts as full with any output unsent, so that it renders one response per turn
+ * of the loop: a hundred clients that pipeline /metrics and read slowly then cost one render
+ * each per turn, not max_output_bytes each, and other clients' requests wait one short turn. */
 static bool conn_output_full(const sd_http_conn *conn) {
-    return sd_http__conn_unsent(conn) > conn->srv->opts.max_output_bytes;
+    size_t unsent = sd_http__conn_unsent(conn);
+    return unsent > conn->srv->opts.max_output_bytes || (conn->backlogged && unsent > 0);
 }
 
 size_t sd_http__conn_unsent(const sd_http_conn *conn) {
@@ -410,8 +416,10 @@ static int on_message_complete(http_parser *p) {
     /* Checked after every request, not every read: one 64 KiB read of small pipelined
      * requests answered at once (/metrics, 404s) could otherwise render megabytes. */
     bool output_full = conn_output_full(conn);
-    if (output_full)
+    if (output_full) {
+        conn->backlogged = true;
         conn->srv->output_pauses++;
+    }
     if (conn->closing || conn->close_after || conn->nqueue >= conn->srv->opts.max_pipelined ||
         output_full)
         http_parser_pause(p, 1);
@@ -532,6 +540,9 @@ static void on_write(uv_write_t *wr, int status) {
         conn_close(conn);
         return;
     }
+    /* Everything written and no input left over: the client has caught up. */
+    if (conn->wbuf.len == 0 && conn->pending.len == 0)
+        conn->backlogged = false;
     conn_after_io(conn);
 }
 

@@ -182,6 +182,9 @@ struct sd_http_conn {
     uv_write_t write_req;
     uv_shutdown_t shutdown_req;
     bool reading, in_read, in_headers, paused, writing, eof;
+    /* Its output went over max_output_bytes while it still had requests to parse: until it has
+     * drained everything, it is served one request per turn of the loop (see conn_output_full). */
+    bool backlogged;
     bool close_after, shutting, lingering, closing, closed;
     char peer[INET6_ADDRSTRLEN];
 };
