@@ -607,7 +607,8 @@ static int cmd_check(options *o, const sd_redis_url *url) {
         json_dumpf(j, stdout, JSON_COMPACT);
         putchar('\n');
         json_decref(j);
-        if (d.source != RL_SOURCE_REDIS && d.source != RL_SOURCE_DENY_CACHE) {
+        if (d.source != RL_SOURCE_REDIS && d.source != RL_SOURCE_DENY_CACHE &&
+            d.source != RL_SOURCE_POLICY) {
             /* A decision no other instance shares is not what the caller asked for. */
             fprintf(stderr, "ratelimit check: Redis failed (%s): fallback '%s' decided\n",
                     rl_strerror(d.error), rl_source_name(d.source));

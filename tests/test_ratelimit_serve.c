@@ -365,6 +365,17 @@ Test(ratelimit_serve, check_command_prints_one_decision) {
         assert_matches(line, round == 0 ? "^\\{\"allowed\":true,\"remaining\":0,"
                                         : "^\\{\"allowed\":false,\"remaining\":0,");
     }
+    /* A cost above the quota is decided by the policies alone: a final answer, not a failure. */
+    argv[9] = "3";
+    int out;
+    pid_t pid = test_spawn(argv, NULL, &out);
+    char line[1024];
+    cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0);
+    close(out);
+    int status = test_wait_exit(pid, 5000);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a never-decision exited %d",
+              WEXITSTATUS(status));
+    assert_matches(line, "^\\{\"allowed\":false,");
 }
 
 /* ---- Stopping ------------------------------------------------------------------------------- */
