@@ -16,11 +16,14 @@
  * alone without asking Redis. A denied check consumes nothing, and the policies are
  * all-or-nothing: if one denies, none is charged.
  *
- * When Redis is slow or down, every check still completes within the deadline (default 5 ms),
- * answered by the configured fallback (fail open, fail closed, or a local in-process limiter at
- * q/N for N instances). A circuit breaker stops waiting on a Redis that keeps failing and probes
- * it again after a cool-down. A deny cache answers a key that Redis denied until its retry-after
- * has passed, without a round trip.
+ * When Redis is slow or down, every check still completes within the deadline (default 5 ms).
+ * A check Redis is late for is denied (RL_SOURCE_LATE; fail-open and fail-closed keep their own
+ * answer), and its late reply is reconciled (a refund when Redis charged it). When Redis is
+ * unreachable (disconnected, or the circuit breaker open: a failure rate, see guard.c) the
+ * configured fallback answers: fail open, fail closed, or a local in-process limiter starting
+ * at r/N, r being what Redis last reported left (q if nothing), for N instances. The breaker
+ * probes Redis again after a cool-down. A deny cache answers a key that Redis denied until its
+ * retry-after has passed, without a round trip.
  *
  * Two front ends share all of that: rl_sync (blocking, one check per call) and rl_limiter
  * (asynchronous on a libuv loop, where concurrent checks are coalesced into batches, one script
@@ -113,8 +116,12 @@ typedef struct rl_config {
     int deadline_ms;         /* every check completes within this, default 5 */
     rl_fail_mode on_error;   /* default RL_FAIL_LOCAL */
     int instances;           /* N for RL_FAIL_LOCAL, default 1 */
-    int breaker_failures;    /* consecutive failed calls that open the breaker, default 3 */
+    int breaker_failures;    /* the breaker opens once this many calls ended in one second
+                                and at least half of them failed; default 10 */
     int breaker_cooldown_ms; /* open time before one probe call, default 1000 */
+    int reply_timeout_ms;    /* async: how long a late reply is waited for (to reconcile it)
+                                before the call counts as failed; default 1000 (the
+                                deadline when that is longer) */
     int deny_cache_entries;  /* size of the deny cache, 0 = no deny cache; default 16384 */
     int local_entries;       /* keys the local fallback limiter tracks, default 16384 */
     int max_batch;           /* async: checks per script call, default 64 (1 = no batching) */
@@ -153,10 +160,11 @@ typedef enum rl_source {
     RL_SOURCE_FAIL_CLOSED, /* Redis failed: denied by the fail-closed policy */
     RL_SOURCE_LOCAL,       /* Redis failed: decided by the local limiter */
     RL_SOURCE_POLICY,      /* the policies alone: the cost exceeds a quota (never allowed) */
+    RL_SOURCE_LATE, /* Redis reachable but late: denied (local mode), Redis may still charge it */
     RL_SOURCE_COUNT
 } rl_source;
 
-/* "redis", "deny-cache", "fail-open", "fail-closed", "local", "policy" */
+/* "redis", "deny-cache", "fail-open", "fail-closed", "local", "policy", "late" */
 const char *rl_source_name(rl_source s);
 
 typedef struct rl_usage {
@@ -192,6 +200,9 @@ typedef struct rl_stats {
      * fallback decided them, yet Redis may have run the script and charged them. An upper
      * bound: a call lost before it reached Redis counts too. */
     uint64_t in_doubt;
+    /* Late replies reconciled with the answer the client got: Redis charged a check that was
+     * refused (a refund was sent), or refused one that was admitted here (cannot be undone). */
+    uint64_t refunds, over_admitted;
     int breaker_open; /* the breaker is open or half-open now */
 } rl_stats;
 
