@@ -710,3 +710,119 @@ Test(ratelimit_faults, sync_check_shares_its_deadline_between_evalsha_and_eval) 
     sd_redis_url_clear(&slow);
     test_kill_wait(proxy, SIGKILL);
 }
+
+/* ---- Exact under slowness (guard.c) ---------------------------------------------------------- */
+
+/*
+ * A check Redis is late for is refused, not admitted by the local fallback (Redis usually still
+ * runs it), and when the late reply comes and says Redis charged it, the charge is refunded: a
+ * peek afterwards finds the whole quota. For every algorithm, since the refund knows each one's
+ * key format (rl-refund.lua).
+ */
+Test(ratelimit_faults, a_late_check_is_refused_and_its_charge_refunded) {
+    static const rl_algorithm algorithms[] = {RL_TOKEN_BUCKET, RL_GCRA, RL_SLIDING_WINDOW_LOG,
+                                              RL_SLIDING_WINDOW_COUNTER};
+    for (size_t a = 0; a < sizeof algorithms / sizeof algorithms[0]; a++) {
+        rl_config cfg = config(RL_FAIL_LOCAL);
+        cfg.algorithm = algorithms[a];
+        cfg.reply_timeout_ms = 60000; /* wait for the late reply, however late */
+        const char *name = rl_algorithm_name(cfg.algorithm);
+        rl_limiter *l = limiter(&cfg);
+        await_redis(l, "warm");
+        /* One unit spent through Redis first, so that every algorithm has a key to refund to. */
+        cr_assert(check(l, "late", NULL).allowed);
+        cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+        rl_decision d = check(l, "late", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LATE, "%s: decided by %s", name, rl_source_name(d.source));
+        cr_assert_not(d.allowed, "%s: a late check must not be admitted locally", name);
+        cr_assert_eq(d.retry_after_ms, 1000);
+        cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+        rl_stats s;
+        for (int i = 0; i < 500; i++) {
+            rl_limiter_stats(l, &s);
+            if (s.refunds > 0) {
+                break;
+            }
+            pause_loop(10);
+        }
+        cr_assert_eq(s.refunds, 1, "%s: the late reply was not reconciled", name);
+        cr_assert_eq(s.over_admitted, 0);
+        cr_assert_eq(s.breaker_open, 0, "%s: a late reply opened the breaker", name);
+        /* The refund was sent before this peek, on the same connection: Redis runs it first. */
+        for (int i = 0; i < 250; i++) {
+            d = check_cost(l, "late", 0, NULL);
+            if (d.source == RL_SOURCE_REDIS)
+                break;
+            pause_loop(20);
+        }
+        cr_assert_eq(d.source, RL_SOURCE_REDIS);
+        cr_assert_eq(d.policies[0].remaining, 9, "%s: the refused check stayed charged", name);
+        finish(l);
+    }
+}
+
+/*
+ * An error *reply* proves that Redis is up: it must not open the breaker, in either front end.
+ * The sliding-window log's script fails with WRONGTYPE on a key that holds a string; with a
+ * breaker that opens on a single failure, twenty such replies leave it closed.
+ */
+Test(ratelimit_faults, an_error_reply_does_not_open_the_breaker) {
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    cfg.algorithm = RL_SLIDING_WINDOW_LOG;
+    cfg.breaker_failures = 1;
+    char key[RL_REDIS_KEY_MAX];
+    cr_assert_gt(rl_config_key(&cfg, 0, "wrong", key, sizeof key), 0);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *r = sd_redis_command(admin, NULL, "SET %s not-a-log", key);
+    cr_assert(r);
+    freeReplyObject(r);
+    rl_limiter *l = limiter(&cfg);
+    rl_sync *sl = NULL;
+    cr_assert_eq(rl_sync_new(&url, &cfg, &sl), 0);
+    await_redis(l, "fine");
+    for (int i = 0; i < 20; i++) {
+        rl_decision d = check(l, "wrong", NULL);
+        cr_assert_eq(d.error, SD_EREDIS, "%s", rl_strerror(d.error));
+        d = sync_check(sl, "wrong", 1, cfg.deadline_ms);
+        cr_assert_eq(d.error, SD_EREDIS, "%s", rl_strerror(d.error));
+    }
+    rl_stats s;
+    rl_limiter_stats(l, &s);
+    cr_assert_not(s.breaker_open, "error replies opened the async limiter's breaker");
+    rl_sync_stats(sl, &s);
+    cr_assert_not(s.breaker_open, "error replies opened the blocking limiter's breaker");
+    rl_sync_free(sl);
+    sd_redis_free(admin);
+    finish(l);
+}
+
+/*
+ * The local fallback spends only what Redis last reported as left, shared among N instances:
+ * with q = 10, N = 2 and 6 spent through Redis (4 left), each instance admits 2 while Redis is
+ * down, not q / N = 5, so the fleet stays within q.
+ */
+Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.instances = 2;
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "other");
+    for (int i = 0; i < 6; i++) {
+        rl_decision d = check(l, "spent", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_REDIS);
+        cr_assert(d.allowed);
+    }
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    int allowed = 0;
+    for (int i = 0; i < 20; i++) {
+        rl_decision d = check(l, "spent", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
+        allowed += d.allowed;
+    }
+    cr_assert_eq(allowed, 2, "the local share admitted %d, not (10 - 6) / 2", allowed);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    await_redis(l, "other");
+    finish(l);
+}
