@@ -59,6 +59,7 @@ typedef struct local_entry {
     uint64_t hash;
     uint64_t last_ns;
     uint64_t episode;
+    size_t pending; /* 1 + its index in the pending charges of this episode, or 0 */
     double v[]; /* tokens[0..P), reported[P..2P) */
 } local_entry;
 
@@ -89,6 +90,14 @@ void rl_guard_clear(rl_guard *g) {
     free(g->deny);
     free(g->local);
     g->deny = g->local = NULL;
+    for (size_t i = 0; i < g->npending; i++) {
+        free(g->pending_keys[i]);
+    }
+    free(g->pending_keys);
+    free(g->pending_units);
+    g->pending_keys = NULL;
+    g->pending_units = NULL;
+    g->npending = g->pending_cap = 0;
 }
 
 /* ---- The breaker ---------------------------------------------------------------------------- */
@@ -225,19 +234,59 @@ static void local_report(rl_guard *g, uint64_t hash, const rl_decision *d) {
 }
 
 /* The local token bucket: capacity and refill q/N per window, starting each outage at r/N. */
-static void local_decide(rl_guard *g, uint64_t hash, long long cost, uint64_t now, rl_decision *d) {
+/* Remembers units admitted locally for key, to charge to Redis when it is back. At most
+ * local_entries keys are remembered per outage; more are admitted but never charged. */
+static void pending_add(rl_guard *g, local_entry *e, const char *key, long long units) {
+    if (e->pending > 0 && e->pending <= g->npending) {
+        g->pending_units[e->pending - 1] += units;
+        return;
+    }
+    if (g->npending >= (size_t)g->cfg->local_entries) {
+        return;
+    }
+    if (g->npending == g->pending_cap) {
+        g->pending_cap = g->pending_cap ? 2 * g->pending_cap : 64;
+        g->pending_keys = sd_xrealloc(g->pending_keys, g->pending_cap * sizeof(char *));
+        g->pending_units = sd_xrealloc(g->pending_units, g->pending_cap * sizeof(long long));
+    }
+    g->pending_keys[g->npending] = sd_xstrdup(key);
+    g->pending_units[g->npending] = units;
+    e->pending = ++g->npending;
+}
+
+int rl_guard_pending_pop(rl_guard *g, char **key, long long *units) {
+    if (g->npending == 0) {
+        return 0;
+    }
+    g->npending--;
+    *key = g->pending_keys[g->npending];
+    *units = g->pending_units[g->npending];
+    if (g->npending == 0) {
+        g->episode++; /* the local entries' indexes into the list are stale now */
+    }
+    return 1;
+}
+
+static void local_decide(rl_guard *g, const char *key, uint64_t hash, long long cost,
+                         uint64_t now, rl_decision *d) {
     const rl_config *cfg = g->cfg;
     size_t P = cfg->npolicies;
-    double N = cfg->instances;
+    /* N: as configured, else the live gateways Redis knows of; unknown means nothing is known
+     * to be free, and the fallback admits nothing (a share of 0). */
+    double N = cfg->instances > 0 ? cfg->instances : g->live;
     local_entry *e = local_slot(g, hash);
     double *tokens = e->v, *reported = e->v + P;
     if (e->episode != g->episode) {
         e->episode = g->episode;
         e->last_ns = now;
+        e->pending = 0;
         for (size_t i = 0; i < P; i++) {
             double r = reported[i] >= 0 ? reported[i] : (double)cfg->policies[i].quota;
-            tokens[i] = floor(r / N);
+            tokens[i] = N > 0 ? floor(r / N) : 0;
         }
+    }
+    if (N <= 0) {
+        N = 1e300; /* a share of nothing, that never refills */
     }
     double wait_ms = 0;
     int allowed = 1;
@@ -268,6 +317,9 @@ static void local_decide(rl_guard *g, uint64_t hash, long long cost, uint64_t no
     }
     d->allowed = allowed;
     d->retry_after_ms = allowed ? 0 : (long long)ceil(wait_ms);
+    if (allowed && cost > 0) {
+        pending_add(g, e, key, cost);
+    }
 }
 
 /* A decision with nothing known about the policies. */
@@ -283,8 +335,8 @@ static void decision_blank(const rl_config *cfg, rl_source source, int error, rl
 }
 
 /* Redis is unreachable: the configured fallback. */
-static void fallback(rl_guard *g, uint64_t hash, long long cost, int error, uint64_t now,
-                     rl_decision *d) {
+static void fallback(rl_guard *g, const char *key, uint64_t hash, long long cost, int error,
+                     uint64_t now, rl_decision *d) {
     const rl_config *cfg = g->cfg;
     switch (cfg->on_error) {
     case RL_FAIL_OPEN:
@@ -300,17 +352,17 @@ static void fallback(rl_guard *g, uint64_t hash, long long cost, int error, uint
         break;
     case RL_FAIL_LOCAL:
         decision_blank(cfg, RL_SOURCE_LOCAL, error, d);
-        local_decide(g, hash, cost, now, d);
+        local_decide(g, key, hash, cost, now, d);
         break;
     }
 }
 
 /* Redis is reachable but did not answer in time, and may still charge the check: fail-open and
  * fail-closed keep their answer, the local fallback denies (its budget is for outages). */
-static void late(rl_guard *g, uint64_t hash, long long cost, int error, uint64_t now,
-                 rl_decision *d) {
+static void late(rl_guard *g, const char *key, uint64_t hash, long long cost, int error,
+                 uint64_t now, rl_decision *d) {
     if (g->cfg->on_error != RL_FAIL_LOCAL) {
-        fallback(g, hash, cost, error, now, d);
+        fallback(g, key, hash, cost, error, now, d);
         return;
     }
     decision_blank(g->cfg, RL_SOURCE_LATE, error, d);
@@ -326,18 +378,18 @@ static void late(rl_guard *g, uint64_t hash, long long cost, int error, uint64_t
 
 /* ---- The steps ------------------------------------------------------------------------------ */
 
-int rl_guard_before(rl_guard *g, uint64_t hash, long long cost, int connected, int probe,
-                    uint64_t now, rl_decision *d) {
+int rl_guard_before(rl_guard *g, const char *key, uint64_t hash, long long cost, int connected,
+                    int probe, uint64_t now, rl_decision *d) {
     if (rl_decide_never(g->cfg, cost, d) || deny_lookup(g, hash, cost, now, d)) {
         return 1;
     }
     if (!connected) {
         rl_guard_redis_error(g, SD_EDISCONNECTED, now);
-        fallback(g, hash, cost, SD_EDISCONNECTED, now, d);
+        fallback(g, key, hash, cost, SD_EDISCONNECTED, now, d);
         return 1;
     }
     if (!(probe ? rl_breaker_admit(g, now) : rl_breaker_may_send(g, now))) {
-        fallback(g, hash, cost, RL_EBREAKER, now, d);
+        fallback(g, key, hash, cost, RL_EBREAKER, now, d);
         return 1;
     }
     return 0;
@@ -348,8 +400,8 @@ void rl_guard_call_done(rl_guard *g, int rc, uint64_t now) {
     rl_breaker_done(g, rc == 0 || rc == SD_EREDIS, now);
 }
 
-void rl_guard_after(rl_guard *g, uint64_t hash, long long cost, uint64_t start_ns, int rc,
-                    int in_doubt, uint64_t now, rl_decision *d) {
+void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost,
+                    uint64_t start_ns, int rc, int in_doubt, uint64_t now, rl_decision *d) {
     if (rc == 0) {
         deny_remember(g, hash, cost, start_ns, d);
         local_report(g, hash, d);
@@ -359,9 +411,9 @@ void rl_guard_after(rl_guard *g, uint64_t hash, long long cost, uint64_t start_n
         rl_guard_redis_error(g, rc, now);
     }
     if (in_doubt) {
-        late(g, hash, cost, rc, now, d);
+        late(g, key, hash, cost, rc, now, d);
     } else {
-        fallback(g, hash, cost, rc, now, d);
+        fallback(g, key, hash, cost, rc, now, d);
     }
 }
 
@@ -398,4 +450,5 @@ void rl_guard_count(rl_guard *g, const rl_decision *d) {
 void rl_guard_stats(const rl_guard *g, rl_stats *out) {
     *out = g->stats;
     out->breaker_open = g->breaker != RL_BREAKER_CLOSED;
+    out->live_instances = g->live;
 }

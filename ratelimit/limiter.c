@@ -46,8 +46,10 @@
 #include "rl_internal.h"
 
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sd.h"
 
@@ -64,6 +66,7 @@ typedef struct rl_check {
     int given;    /* the answer's allowed, when answered */
     char cost_text[24];
     size_t cost_len;
+    const char *key;                 /* the client's key, in keys[] after the Redis keys */
     size_t key_len[RL_MAX_POLICIES]; /* the Redis keys, one per policy, in keys[] */
     char keys[];
 } rl_check;
@@ -101,7 +104,9 @@ struct rl_limiter {
      * while deliver() runs, the one it delivers belongs to it and spare is NULL. */
     rl_answer *ready, *spare;
     size_t nready, ready_cap, spare_cap;
-    uv_idle_t idle; /* active while nready > 0 */
+    uv_idle_t idle;      /* active while nready > 0 */
+    uv_timer_t presence; /* refreshes this gateway's presence, for N (guard.c) */
+    char presence_key[80], presence_id[48];
     int closing;
     int handles_open;
 };
@@ -182,7 +187,8 @@ static void answer(rl_limiter *l, rl_check *c, const rl_decision *d) {
  * deadline passed, else the fallback's. */
 static void answer_without(rl_limiter *l, rl_check *c, int error, int in_doubt) {
     rl_decision d;
-    rl_guard_after(&l->guard, c->hash, c->cost, c->start_ns, error, in_doubt, sd_now_ns(), &d);
+    rl_guard_after(&l->guard, c->key, c->hash, c->cost, c->start_ns, error, in_doubt, sd_now_ns(),
+                   &d);
     answer(l, c, &d);
 }
 
@@ -278,7 +284,7 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
                 refund_send(l, c);
             }
         } else if (crc == 0) {
-            rl_guard_after(&l->guard, c->hash, c->cost, c->start_ns, 0, 0, now, &d);
+            rl_guard_after(&l->guard, c->key, c->hash, c->cost, c->start_ns, 0, 0, now, &d);
             answer(l, c, &d);
         } else {
             /* Only a timeout leaves Redis able to run the call later: a lost connection means
@@ -435,8 +441,34 @@ static void on_expiry(uv_timer_t *t) {
     flush(l);
 }
 
+static void on_charge(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    rl_limiter *l = privdata;
+    if (status == 0) {
+        l->guard.stats.recovery_charged += (uint64_t)rl_charge_counted(&l->cfg, reply);
+    }
+}
+
+/* Redis is back: charge what the local fallback admitted meanwhile, one call per key, each
+ * unit only if it fits (clamped). A charge that fails is dropped (README, the bound). */
+static void charge_pending(rl_limiter *l) {
+    char *key;
+    long long units;
+    while (rl_guard_pending_pop(&l->guard, &key, &units)) {
+        rl_charge_args a;
+        rl_charge_args_init(&a, &l->cfg, &l->args, key, units);
+        sd_aredis_script(l->redis, rl_script(l->cfg.algorithm), on_charge, l,
+                         l->cfg.reply_timeout_ms, a.nkeys, a.argc, a.argv, a.lens);
+        rl_charge_args_clear(&a);
+        free(key);
+    }
+}
+
 static void flush(rl_limiter *l) {
     uint64_t now = sd_now_ns();
+    if (l->guard.npending > 0 && !l->closing && l->guard.breaker == RL_BREAKER_CLOSED &&
+        sd_aredis_is_connected(l->redis)) {
+        charge_pending(l);
+    }
     while (l->head && l->calls < l->cfg.max_calls) {
         /* A loop blocked past the deadlines gets here before the expiry timer. */
         expire_queued(l, now);
@@ -480,10 +512,34 @@ static void on_check(uv_check_t *h) {
     }
 }
 
+static void on_presence_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    rl_limiter *l = privdata;
+    if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        l->guard.live = (int)reply->integer;
+    }
+}
+
+/* Says this gateway is alive and learns how many are (rl-presence.lua). */
+static void presence_send(rl_limiter *l) {
+    if (l->closing || !sd_aredis_is_connected(l->redis)) {
+        return;
+    }
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%d", RL_PRESENCE_TTL_MS);
+    const char *argv[3] = {l->presence_key, l->presence_id, ttl};
+    sd_aredis_script(l->redis, rl_presence_script(), on_presence_reply, l, l->cfg.reply_timeout_ms,
+                     1, 3, argv, NULL);
+}
+
+static void on_presence(uv_timer_t *t) {
+    presence_send(t->data);
+}
+
 static void on_state(sd_aredis *r, int connected, void *privdata) {
     rl_limiter *l = privdata;
     if (connected) {
         rl_guard_reconnected(&l->guard);
+        presence_send(l);
     }
     sd_log(connected ? SD_LOG_INFO : SD_LOG_WARN, "ratelimit.redis", "connected=%d", connected);
 }
@@ -503,9 +559,9 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
     sd_redis_opts_default(&opts);
     opts.command_timeout_ms = cfg->deadline_ms;
     /* Loaded in the connect handshake, on every (re)connect, before the connection is ready. */
-    sd_script *scripts[2] = {rl_script(cfg->algorithm), rl_refund_script()};
+    sd_script *scripts[3] = {rl_script(cfg->algorithm), rl_refund_script(), rl_presence_script()};
     opts.scripts = scripts;
-    opts.nscripts = 2;
+    opts.nscripts = 3;
     rc = sd_aredis_new(loop, url, &opts, &l->redis);
     if (rc < 0) {
         rl_guard_clear(&l->guard);
@@ -517,13 +573,21 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
     uv_check_init(loop, &l->check);
     uv_timer_init(loop, &l->expiry);
     uv_idle_init(loop, &l->idle);
-    l->prepare.data = l->check.data = l->expiry.data = l->idle.data = l;
+    uv_timer_init(loop, &l->presence);
+    l->prepare.data = l->check.data = l->expiry.data = l->idle.data = l->presence.data = l;
+    snprintf(l->presence_key, sizeof(l->presence_key), "%sgateways", cfg->prefix);
+    snprintf(l->presence_id, sizeof(l->presence_id), "%ld-%llx", (long)getpid(),
+             (unsigned long long)(sd_now_ns() ^ (uintptr_t)l));
+    if (cfg->instances == 0) {
+        uv_timer_start(&l->presence, on_presence, RL_PRESENCE_EVERY_MS, RL_PRESENCE_EVERY_MS);
+        uv_unref((uv_handle_t *)&l->presence);
+    }
     uv_prepare_start(&l->prepare, on_prepare);
     uv_check_start(&l->check, on_check);
     /* These run every iteration but must not keep the loop alive on their own. */
     uv_unref((uv_handle_t *)&l->prepare);
     uv_unref((uv_handle_t *)&l->check);
-    l->handles_open = 4;
+    l->handles_open = 5;
     *out = l;
     return 0;
 }
@@ -546,13 +610,13 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     /* Answers that need no waiting, delivered from the loop (guard.c, step 1): a cost above a
      * quota, the deny cache, a connection that is down, an open breaker. */
     rl_answer *a = ready_slot(l);
-    if (rl_guard_before(g, hash, cost, sd_aredis_is_connected(l->redis), 0, now, &a->d)) {
+    if (rl_guard_before(g, key, hash, cost, sd_aredis_is_connected(l->redis), 0, now, &a->d)) {
         ready_commit(l, cb, udata);
         return 0;
     }
     size_t P = l->cfg.npolicies;
     /* Each Redis key: the prefix, the key with each byte escaped to at most three, the rest. */
-    size_t room = P * (3 * keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16);
+    size_t room = P * (3 * keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16) + keylen + 1;
     rl_check *c = sd_xmalloc(sizeof(*c) + room);
     c->next = NULL;
     c->cb = cb;
@@ -569,6 +633,8 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
         c->key_len[i] = (size_t)n;
         p += n + 1;
     }
+    memcpy(p, key, keylen + 1);
+    c->key = p;
     c->slot = l->cfg.cluster ? sd_redis_key_slot(c->keys, c->key_len[0]) : 0;
     if (l->tail) {
         l->tail->next = c;
@@ -614,4 +680,5 @@ void rl_limiter_free(rl_limiter *l) {
     uv_close((uv_handle_t *)&l->check, on_close);
     uv_close((uv_handle_t *)&l->expiry, on_close);
     uv_close((uv_handle_t *)&l->idle, on_close);
+    uv_close((uv_handle_t *)&l->presence, on_close);
 }

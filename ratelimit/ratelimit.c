@@ -207,7 +207,7 @@ void rl_config_default(rl_config *cfg) {
     snprintf(cfg->prefix, sizeof(cfg->prefix), "rl:");
     cfg->deadline_ms = 5;
     cfg->on_error = RL_FAIL_LOCAL;
-    cfg->instances = 1;
+    cfg->instances = 0;
     cfg->breaker_failures = 10;
     cfg->breaker_cooldown_ms = 1000;
     cfg->reply_timeout_ms = 1000;
@@ -264,12 +264,12 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
         snprintf(err, errlen, "the key prefix must not contain '{' or '}' (hash tags)");
         return RL_EARG;
     }
-    if (cfg->deadline_ms < 1 || cfg->instances < 1 || cfg->breaker_failures < 1 ||
+    if (cfg->deadline_ms < 1 || cfg->instances < 0 || cfg->breaker_failures < 1 ||
         cfg->breaker_cooldown_ms < 1 || cfg->deny_cache_entries < 0 || cfg->local_entries < 1 ||
         cfg->max_batch < 1 || cfg->max_calls < 1 || cfg->reply_timeout_ms < 1) {
         snprintf(err, errlen,
-                 "deadline, instances, breaker, table sizes and batch limits must "
-                 "be positive");
+                 "deadline, breaker, table sizes and batch limits must be positive, "
+                 "instances not negative");
         return RL_EARG;
     }
     return 0;
@@ -349,12 +349,21 @@ sd_script *rl_script(rl_algorithm a) {
 /* The refund, its own script (rl-refund.lua): it knows each algorithm's key format, and is sent
  * only for a late reply that charged a check the client was refused. */
 static sd_script refund_script = {"rl-refund", NULL, 0, ""};
+static sd_script presence_script = {"rl-presence", NULL, 0, ""};
 static pthread_once_t refund_once = PTHREAD_ONCE_INIT;
 
 static void refund_build(void) {
     refund_script.body = sd_lua_rl_refund;
     refund_script.len = strlen(sd_lua_rl_refund);
     sd_script_init(&refund_script);
+    presence_script.body = sd_lua_rl_presence;
+    presence_script.len = strlen(sd_lua_rl_presence);
+    sd_script_init(&presence_script);
+}
+
+sd_script *rl_presence_script(void) {
+    pthread_once(&refund_once, refund_build);
+    return &presence_script;
 }
 
 sd_script *rl_refund_script(void) {
@@ -474,6 +483,58 @@ int rl_decision_from_reply(const rl_config *cfg, const redisReply *reply, size_t
     return 0;
 }
 
+/* ---- Recovery charges ------------------------------------------------------------------------ */
+
+void rl_charge_args_init(rl_charge_args *a, const rl_config *cfg, const rl_policy_args *pa,
+                         const char *key, long long units) {
+    size_t P = cfg->npolicies;
+    size_t n = (size_t)(units < RL_CHARGE_MAX_CHECKS ? units : RL_CHARGE_MAX_CHECKS);
+    a->checks = (int)n;
+    a->nkeys = (int)(n * P);
+    a->argc = (int)(n * P + pa->count + n);
+    a->argv = sd_xmalloc((size_t)a->argc * sizeof(*a->argv));
+    a->lens = sd_xmalloc((size_t)a->argc * sizeof(*a->lens));
+    a->keys = sd_xmalloc(P * RL_REDIS_KEY_MAX);
+    size_t lens[RL_MAX_POLICIES];
+    for (size_t j = 0; j < P; j++) {
+        lens[j] = (size_t)rl_config_key(cfg, j, key, a->keys + j * RL_REDIS_KEY_MAX,
+                                        RL_REDIS_KEY_MAX);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < P; j++) {
+            a->argv[k] = a->keys + j * RL_REDIS_KEY_MAX;
+            a->lens[k++] = lens[j];
+        }
+    }
+    for (size_t i = 0; i < pa->count; i++) {
+        a->argv[k] = pa->argv[i];
+        a->lens[k++] = pa->len[i];
+    }
+    for (size_t i = 0; i < n; i++) {
+        a->argv[k] = "1";
+        a->lens[k++] = 1;
+    }
+}
+
+void rl_charge_args_clear(rl_charge_args *a) {
+    free(a->argv);
+    free(a->lens);
+    free(a->keys);
+}
+
+long long rl_charge_counted(const rl_config *cfg, const redisReply *reply) {
+    size_t stride = 2 + 2 * cfg->npolicies;
+    long long n = 0;
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        return 0;
+    }
+    for (size_t i = 0; i + stride <= reply->elements; i += stride) {
+        n += reply->element[i]->type == REDIS_REPLY_INTEGER && reply->element[i]->integer == 1;
+    }
+    return n;
+}
+
 /* ---- The synchronous limiter ---------------------------------------------------------------- */
 
 /*
@@ -569,6 +630,27 @@ static int sync_call(rl_sync *l, const char *key, long long cost, int timeout_ms
     return rc;
 }
 
+/* Redis answered: charge what the local fallback admitted meanwhile (clamped), each call within
+ * the deadline. A charge that fails is dropped (the fleet then admits more than q: README). */
+static void sync_charge_pending(rl_sync *l) {
+    char *key;
+    long long units;
+    while (rl_guard_pending_pop(&l->guard, &key, &units)) {
+        rl_charge_args a;
+        rl_charge_args_init(&a, &l->cfg, &l->args, key, units);
+        int err = 0;
+        redisReply *reply = sd_redis_script(l->redis, &err, l->cfg.deadline_ms,
+                                            rl_script(l->cfg.algorithm), a.nkeys, a.argc, a.argv,
+                                            a.lens);
+        if (reply) {
+            l->guard.stats.recovery_charged += (uint64_t)rl_charge_counted(&l->cfg, reply);
+            freeReplyObject(reply);
+        }
+        rl_charge_args_clear(&a);
+        free(key);
+    }
+}
+
 int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out) {
     if (rl_check_args(key, cost) < 0) {
         return RL_EARG;
@@ -578,11 +660,14 @@ int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out)
     uint64_t hash = rl_key_hash(key, strlen(key));
     /* The guard's steps (guard.c). A blocking call cannot wait for a late reply, so a check
      * that timed out stays in doubt (counted as charged) and is answered as late. */
-    if (!rl_guard_before(g, hash, cost, 1, 1, start, out)) {
+    if (!rl_guard_before(g, key, hash, cost, 1, 1, start, out)) {
         int rc = sync_call(l, key, cost, l->cfg.deadline_ms, out);
         uint64_t now = sd_now_ns();
         rl_guard_call_done(g, rc, now);
-        rl_guard_after(g, hash, cost, start, rc, rc == SD_ETIMEDOUT, now, out);
+        rl_guard_after(g, key, hash, cost, start, rc, rc == SD_ETIMEDOUT, now, out);
+        if (rc == 0) {
+            sync_charge_pending(l);
+        }
     }
     rl_guard_count(g, out);
     return 0;

@@ -115,7 +115,9 @@ typedef struct rl_config {
     char prefix[64];         /* key prefix, default "rl:" */
     int deadline_ms;         /* every check completes within this, default 5 */
     rl_fail_mode on_error;   /* default RL_FAIL_LOCAL */
-    int instances;           /* N for RL_FAIL_LOCAL, default 1 */
+    int instances; /* N for RL_FAIL_LOCAL; default 0: the live gateways that the async limiter
+                      finds through Redis (presence keys, refreshed every second; until it has
+                      heard, and in rl_sync, the local fallback admits nothing) */
     int breaker_failures;    /* the breaker opens once this many calls ended in one second
                                 and at least half of them failed; default 10 */
     int breaker_cooldown_ms; /* open time before one probe call, default 1000 */
@@ -203,6 +205,10 @@ typedef struct rl_stats {
     /* Late replies reconciled with the answer the client got: Redis charged a check that was
      * refused (a refund was sent), or refused one that was admitted here (cannot be undone). */
     uint64_t refunds, over_admitted;
+    /* Units admitted by the local fallback and charged to Redis once it was back (clamped:
+     * what did not fit was not charged). */
+    uint64_t recovery_charged;
+    int live_instances; /* gateways found through Redis (0: not known yet) */
     int breaker_open; /* the breaker is open or half-open now */
 } rl_stats;
 

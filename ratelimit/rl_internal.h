@@ -66,6 +66,11 @@ typedef struct rl_guard {
     void *local; /* local-limiter entries */
     size_t local_mask, local_stride;
     uint64_t logged_ns; /* last Redis error logged */
+    int live;           /* gateways found through Redis, 0 until known */
+    /* Local admissions not yet charged to Redis, by key (guard.c, "recovery"). */
+    char **pending_keys;
+    long long *pending_units;
+    size_t npending, pending_cap;
     rl_stats stats;
 } rl_guard;
 
@@ -79,8 +84,27 @@ void rl_guard_clear(rl_guard *g);
  * breaker whose cool-down has passed lets this call through as its probe (rl_breaker_admit);
  * without, only rl_breaker_may_send is asked (the async front end admits when it sends).
  */
-int rl_guard_before(rl_guard *g, uint64_t hash, long long cost, int connected, int probe,
-                    uint64_t now, rl_decision *d);
+int rl_guard_before(rl_guard *g, const char *key, uint64_t hash, long long cost, int connected,
+                    int probe, uint64_t now, rl_decision *d);
+
+/* Takes the next local admission to charge to Redis now that it is back: 1 with *key (the
+ * caller's to free) and *units, or 0. */
+int rl_guard_pending_pop(rl_guard *g, char **key, long long *units);
+
+/* The arguments of a recovery charge: `n` checks of cost 1 for key, run by the algorithm's own
+ * script, so that each unit is charged only if it fits (the charge is clamped at the quota). */
+typedef struct rl_charge_args {
+    int argc, nkeys, checks;
+    const char **argv;
+    size_t *lens;
+    char *keys; /* the Redis keys, owned */
+} rl_charge_args;
+#define RL_CHARGE_MAX_CHECKS 1000
+void rl_charge_args_init(rl_charge_args *a, const rl_config *cfg, const rl_policy_args *pa,
+                         const char *key, long long units);
+void rl_charge_args_clear(rl_charge_args *a);
+/* The units a recovery charge's reply says were charged. */
+long long rl_charge_counted(const rl_config *cfg, const redisReply *reply);
 
 /* Step 2, once per call sent: its outcome for the breaker (0, SD_EREDIS for an error reply,
  * SD_ETIMEDOUT, SD_EDISCONNECTED, ...). */
@@ -93,8 +117,8 @@ void rl_guard_call_done(rl_guard *g, int rc, uint64_t now);
  * else Redis could not be asked, and the fallback decides. Counts errors; does not count the
  * decision (rl_guard_count, when it is delivered).
  */
-void rl_guard_after(rl_guard *g, uint64_t hash, long long cost, uint64_t start_ns, int rc,
-                    int in_doubt, uint64_t now, rl_decision *d);
+void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost,
+                    uint64_t start_ns, int rc, int in_doubt, uint64_t now, rl_decision *d);
 
 /* A reply that came after its check was answered (given). Returns 1 when Redis charged a check
  * the client was refused: the caller sends a refund (rl_refund_script). Counts refunds and
@@ -116,6 +140,12 @@ void rl_guard_redis_error(rl_guard *g, int code, uint64_t now);
 /* Adds a decision to the counters. */
 void rl_guard_count(rl_guard *g, const rl_decision *d);
 void rl_guard_stats(const rl_guard *g, rl_stats *out);
+
+/* The presence script (rl-presence.lua): registers a gateway, returns the live count. */
+sd_script *rl_presence_script(void);
+/* A gateway that has not refreshed its presence for this long is no longer counted. */
+#define RL_PRESENCE_TTL_MS 3000
+#define RL_PRESENCE_EVERY_MS 1000
 
 /* The refund script (rl-refund.lua): gives cost units back to one check's keys. */
 sd_script *rl_refund_script(void);

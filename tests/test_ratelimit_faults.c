@@ -826,3 +826,92 @@ Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
     await_redis(l, "other");
     finish(l);
 }
+
+/*
+ * When Redis is back, what the local fallback admitted is charged to it (clamped at the quota),
+ * so that the fleet's total over the window stays within the bound. Here the restarted Redis has
+ * lost its data (no persistence): the three local admissions are all that it holds afterwards.
+ */
+Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.instances = 1;
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "other");
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    for (int i = 0; i < 3; i++) {
+        rl_decision d = check(l, "k", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
+        cr_assert(d.allowed);
+    }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    await_redis(l, "other");
+    rl_stats s;
+    for (int i = 0; i < 500; i++) {
+        rl_limiter_stats(l, &s);
+        if (s.recovery_charged >= 3) {
+            break;
+        }
+        pause_loop(10);
+    }
+    /* The checks that waited for Redis were admitted locally too, and charged as well. */
+    cr_assert_geq(s.recovery_charged, 3, "charged %llu",
+                  (unsigned long long)s.recovery_charged);
+    /* Sent after the charges, on the same connection: Redis runs them first. */
+    rl_decision d = check_cost(l, "k", 0, NULL);
+    cr_assert_eq(d.source, RL_SOURCE_REDIS);
+    cr_assert_eq(d.policies[0].remaining, 7, "the local admissions were not charged");
+    finish(l);
+}
+
+/*
+ * N for the local share comes from Redis when it is not configured: each async limiter
+ * registers itself (rl-presence.lua) and counts the live ones. Two limiters on one Redis each
+ * learn N = 2, so that a key Redis never reported gets q / 2 from each when Redis is gone.
+ */
+Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.instances = 0;
+    rl_limiter *a = limiter(&cfg), *b = limiter(&cfg);
+    rl_stats s;
+    for (int i = 0; i < 500; i++) {
+        rl_limiter_stats(a, &s);
+        if (s.live_instances == 2) {
+            break;
+        }
+        pause_loop(10);
+    }
+    cr_assert_eq(s.live_instances, 2);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(a, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    int allowed = 0;
+    for (int i = 0; i < 20; i++) {
+        rl_decision d = check(a, "fresh", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+        allowed += d.allowed;
+    }
+    cr_assert_eq(allowed, 5, "admitted %d, not q / N = 10 / 2", allowed);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    rl_limiter_free(a);
+    finish(b);
+}
+
+/* A limiter that never heard from Redis does not know N: its local fallback admits nothing. */
+Test(ratelimit_faults, without_n_the_local_fallback_admits_nothing) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.instances = 0;
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    rl_limiter *l = NULL;
+    cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
+    for (int i = 0; i < 5; i++) {
+        rl_decision d = check(l, "k", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+        cr_assert_not(d.allowed);
+    }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    finish(l);
+}
