@@ -60,7 +60,7 @@ typedef struct local_entry {
     uint64_t last_ns;
     uint64_t episode;
     size_t pending; /* 1 + its index in the pending charges of this episode, or 0 */
-    double v[]; /* tokens[0..P), reported[P..2P) */
+    double v[];     /* tokens[0..P), reported[P..2P) */
 } local_entry;
 
 void rl_guard_init(rl_guard *g, const rl_config *cfg) {
@@ -218,8 +218,10 @@ static local_entry *local_slot(rl_guard *g, uint64_t hash) {
     if (e->hash != hash) {
         e->hash = hash;
         e->episode = 0;
+        e->pending = 0;
         for (size_t i = 0; i < g->cfg->npolicies; i++) {
-            e->v[g->cfg->npolicies + i] = -1;
+            e->v[i] = -1;                     /* no grant yet */
+            e->v[g->cfg->npolicies + i] = -1; /* nothing reported */
         }
     }
     return e;
@@ -267,59 +269,55 @@ int rl_guard_pending_pop(rl_guard *g, char **key, long long *units) {
     return 1;
 }
 
-static void local_decide(rl_guard *g, const char *key, uint64_t hash, long long cost,
-                         uint64_t now, rl_decision *d) {
+static void local_decide(rl_guard *g, const char *key, uint64_t hash, long long cost, uint64_t now,
+                         rl_decision *d) {
     const rl_config *cfg = g->cfg;
     size_t P = cfg->npolicies;
     /* N: as configured, else the live gateways Redis knows of; unknown means nothing is known
-     * to be free, and the fallback admits nothing (a share of 0). */
-    double N = cfg->instances > 0 ? cfg->instances : g->live;
+     * to be free, and the fallback admits nothing. */
+    long long N = cfg->instances > 0 ? cfg->instances : g->live;
     local_entry *e = local_slot(g, hash);
     double *tokens = e->v, *reported = e->v + P;
     if (e->episode != g->episode) {
         e->episode = g->episode;
-        e->last_ns = now;
-        e->pending = 0;
-        for (size_t i = 0; i < P; i++) {
-            double r = reported[i] >= 0 ? reported[i] : (double)cfg->policies[i].quota;
-            tokens[i] = N > 0 ? floor(r / N) : 0;
-        }
-    }
-    if (N <= 0) {
-        N = 1e300; /* a share of nothing, that never refills */
+        e->pending = 0; /* the pending list was charged and emptied since */
     }
     double wait_ms = 0;
     int allowed = 1;
     for (size_t i = 0; i < P; i++) {
-        double cap = (double)cfg->policies[i].quota / N;
-        double per_ms = cap / ((double)cfg->policies[i].window_s * 1000.0);
-        tokens[i] = fmin(cap, tokens[i] + (double)(now - e->last_ns) / 1e6 * per_ms);
+        const rl_policy *p = &cfg->policies[i];
+        double window_ms = (double)p->window_s * 1000.0;
+        double since_ms = (double)(now - e->last_ns) / 1e6;
+        /* A grant: what is known to be free (r, or q when Redis never reported the key), at
+         * most the fleet's local allowance, shared by N. Renewed only once a whole window has
+         * passed since the last local admission, so that no window holds two grants. */
+        if (tokens[i] < 0 || since_ms >= window_ms) {
+            long long allowance = p->quota * cfg->local_share_pct / 100;
+            long long r = reported[i] >= 0 ? (long long)reported[i] : p->quota;
+            tokens[i] = N > 0 ? (double)((r < allowance ? r : allowance) / N) : 0;
+            e->last_ns = now;
+            since_ms = 0;
+        }
         d->policies[i].violated = 0;
+        d->policies[i].remaining = (long long)tokens[i];
+        d->policies[i].reset_ms = (long long)ceil(window_ms - since_ms);
         if ((double)cost > tokens[i]) {
             allowed = 0;
             d->policies[i].violated = 1;
-            /* A cost above the local share is still possible globally: suggest one window. */
-            double w = (double)cost > cap ? (double)cfg->policies[i].window_s * 1000.0
-                                          : ((double)cost - tokens[i]) / per_ms;
-            wait_ms = fmax(wait_ms, w);
+            wait_ms = fmax(wait_ms, window_ms - since_ms);
         }
     }
-    e->last_ns = now;
-    for (size_t i = 0; i < P; i++) {
-        double cap = (double)cfg->policies[i].quota / N;
-        double per_ms = cap / ((double)cfg->policies[i].window_s * 1000.0);
-        if (allowed) {
+    if (allowed && cost > 0) {
+        e->last_ns = now;
+        for (size_t i = 0; i < P; i++) {
             tokens[i] -= (double)cost;
+            d->policies[i].remaining = (long long)tokens[i];
+            d->policies[i].reset_ms = (long long)cfg->policies[i].window_s * 1000;
         }
-        double r = floor(tokens[i]);
-        d->policies[i].remaining = (long long)r;
-        d->policies[i].reset_ms = r + 1 <= cap ? (long long)ceil((r + 1 - tokens[i]) / per_ms) : 0;
+        pending_add(g, e, key, cost);
     }
     d->allowed = allowed;
     d->retry_after_ms = allowed ? 0 : (long long)ceil(wait_ms);
-    if (allowed && cost > 0) {
-        pending_add(g, e, key, cost);
-    }
 }
 
 /* A decision with nothing known about the policies. */
@@ -400,8 +398,8 @@ void rl_guard_call_done(rl_guard *g, int rc, uint64_t now) {
     rl_breaker_done(g, rc == 0 || rc == SD_EREDIS, now);
 }
 
-void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost,
-                    uint64_t start_ns, int rc, int in_doubt, uint64_t now, rl_decision *d) {
+void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost, uint64_t start_ns,
+                    int rc, int in_doubt, uint64_t now, rl_decision *d) {
     if (rc == 0) {
         deny_remember(g, hash, cost, start_ns, d);
         local_report(g, hash, d);

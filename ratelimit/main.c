@@ -49,7 +49,7 @@ typedef struct options {
     const char *key;
     long long cost;
     long long deadline_ms, instances, breaker_failures, breaker_cooldown_ms, max_batch;
-    long long reply_timeout_ms;
+    long long reply_timeout_ms, local_share_pct;
     long long grace_ms; /* -1: derived from the deadline */
     int no_deny_cache, cluster, json;
 } options;
@@ -136,6 +136,7 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
     o->breaker_cooldown_ms = o->cfg.breaker_cooldown_ms;
     o->max_batch = o->cfg.max_batch;
     o->reply_timeout_ms = o->cfg.reply_timeout_ms;
+    o->local_share_pct = o->cfg.local_share_pct;
     o->grace_ms = -1;
     const sd_cli_opt common_opts[] = {
         {"--policy", "'NAME;q=Q;w=W'",
@@ -157,10 +158,18 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
         {"--prefix", "TEXT", "key prefix (default rl:)", .parse = prefix_parse, .udata = &o->cfg},
         {"--deadline-ms", "N", "every decision within N ms (default 5)", .integer = &o->deadline_ms,
          .min = 1, .max = 60000},
-        {"--on-redis-error", "MODE", "open, closed or local (default local: q/N in this process)",
+        {"--on-redis-error", "MODE",
+         "open, closed or local (default local: a share r/N in this\n"
+         "process, r what Redis last reported left)",
          .parse = fail_mode_parse, .udata = &o->cfg},
-        {"--instances", "N", "N for the local fallback (default 1)", .integer = &o->instances,
-         .min = 1, .max = 100000},
+        {"--instances", "N",
+         "N for the local fallback's share r/N (default: the live\n"
+         "gateways found through Redis)",
+         .integer = &o->instances, .min = 1, .max = 100000},
+        {"--local-share-pct", "P",
+         "while Redis is unreachable, the gateways admit at most P% of q\n"
+         "per key and window between them (default 10; 0 admits none)",
+         .integer = &o->local_share_pct, .min = 0, .max = 100},
         {"--breaker-failures", "N",
          "the breaker opens once N calls ended within a second and at\n"
          "least half failed (default 10)",
@@ -229,6 +238,7 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
     o->cfg.breaker_cooldown_ms = (int)o->breaker_cooldown_ms;
     o->cfg.max_batch = (int)o->max_batch;
     o->cfg.reply_timeout_ms = (int)o->reply_timeout_ms;
+    o->cfg.local_share_pct = (int)o->local_share_pct;
     o->cfg.cluster = o->cluster;
     if (o->no_deny_cache) {
         o->cfg.deny_cache_entries = 0;
@@ -536,6 +546,14 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         "reply came.\n"
         "# TYPE ratelimit_over_admitted_total counter\n"
         "ratelimit_over_admitted_total %llu\n"
+        "# HELP ratelimit_recovery_charged_total Units the local fallback admitted, charged to "
+        "Redis "
+        "once it was back.\n"
+        "# TYPE ratelimit_recovery_charged_total counter\n"
+        "ratelimit_recovery_charged_total %llu\n"
+        "# HELP ratelimit_live_instances Gateways found through Redis (N of the local share).\n"
+        "# TYPE ratelimit_live_instances gauge\n"
+        "ratelimit_live_instances %d\n"
         "# HELP ratelimit_breaker_open 1 while the circuit breaker is open or probing.\n"
         "# TYPE ratelimit_breaker_open gauge\n"
         "ratelimit_breaker_open %d\n"
@@ -545,7 +563,8 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         (unsigned long long)s.redis_errors, fallback, (unsigned long long)s.deny_cache_hits,
         (unsigned long long)s.script_calls, (unsigned long long)s.batched_checks,
         (unsigned long long)s.in_doubt, (unsigned long long)s.refunds,
-        (unsigned long long)s.over_admitted, s.breaker_open, gw->in_flight);
+        (unsigned long long)s.over_admitted, (unsigned long long)s.recovery_charged,
+        s.live_instances, s.breaker_open, gw->in_flight);
 }
 
 /* The limiter goes last: requests finishing during the grace period still need it. */

@@ -208,6 +208,7 @@ void rl_config_default(rl_config *cfg) {
     cfg->deadline_ms = 5;
     cfg->on_error = RL_FAIL_LOCAL;
     cfg->instances = 0;
+    cfg->local_share_pct = 10;
     cfg->breaker_failures = 10;
     cfg->breaker_cooldown_ms = 1000;
     cfg->reply_timeout_ms = 1000;
@@ -264,12 +265,13 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
         snprintf(err, errlen, "the key prefix must not contain '{' or '}' (hash tags)");
         return RL_EARG;
     }
-    if (cfg->deadline_ms < 1 || cfg->instances < 0 || cfg->breaker_failures < 1 ||
-        cfg->breaker_cooldown_ms < 1 || cfg->deny_cache_entries < 0 || cfg->local_entries < 1 ||
-        cfg->max_batch < 1 || cfg->max_calls < 1 || cfg->reply_timeout_ms < 1) {
+    if (cfg->deadline_ms < 1 || cfg->instances < 0 || cfg->local_share_pct < 0 ||
+        cfg->local_share_pct > 100 || cfg->breaker_failures < 1 || cfg->breaker_cooldown_ms < 1 ||
+        cfg->deny_cache_entries < 0 || cfg->local_entries < 1 || cfg->max_batch < 1 ||
+        cfg->max_calls < 1 || cfg->reply_timeout_ms < 1) {
         snprintf(err, errlen,
                  "deadline, breaker, table sizes and batch limits must be positive, "
-                 "instances not negative");
+                 "instances not negative, the local share from 0 to 100 percent");
         return RL_EARG;
     }
     return 0;
@@ -497,8 +499,8 @@ void rl_charge_args_init(rl_charge_args *a, const rl_config *cfg, const rl_polic
     a->keys = sd_xmalloc(P * RL_REDIS_KEY_MAX);
     size_t lens[RL_MAX_POLICIES];
     for (size_t j = 0; j < P; j++) {
-        lens[j] = (size_t)rl_config_key(cfg, j, key, a->keys + j * RL_REDIS_KEY_MAX,
-                                        RL_REDIS_KEY_MAX);
+        lens[j] =
+            (size_t)rl_config_key(cfg, j, key, a->keys + j * RL_REDIS_KEY_MAX, RL_REDIS_KEY_MAX);
     }
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
@@ -639,9 +641,9 @@ static void sync_charge_pending(rl_sync *l) {
         rl_charge_args a;
         rl_charge_args_init(&a, &l->cfg, &l->args, key, units);
         int err = 0;
-        redisReply *reply = sd_redis_script(l->redis, &err, l->cfg.deadline_ms,
-                                            rl_script(l->cfg.algorithm), a.nkeys, a.argc, a.argv,
-                                            a.lens);
+        redisReply *reply =
+            sd_redis_script(l->redis, &err, l->cfg.deadline_ms, rl_script(l->cfg.algorithm),
+                            a.nkeys, a.argc, a.argv, a.lens);
         if (reply) {
             l->guard.stats.recovery_charged += (uint64_t)rl_charge_counted(&l->cfg, reply);
             freeReplyObject(reply);

@@ -111,13 +111,16 @@ int rl_fail_mode_parse(const char *text, rl_fail_mode *out);
 typedef struct rl_config {
     rl_algorithm algorithm; /* default RL_TOKEN_BUCKET */
     rl_policy policies[RL_MAX_POLICIES];
-    size_t npolicies;        /* at least one; names must differ */
-    char prefix[64];         /* key prefix, default "rl:" */
-    int deadline_ms;         /* every check completes within this, default 5 */
-    rl_fail_mode on_error;   /* default RL_FAIL_LOCAL */
-    int instances; /* N for RL_FAIL_LOCAL; default 0: the live gateways that the async limiter
-                      finds through Redis (presence keys, refreshed every second; until it has
-                      heard, and in rl_sync, the local fallback admits nothing) */
+    size_t npolicies;      /* at least one; names must differ */
+    char prefix[64];       /* key prefix, default "rl:" */
+    int deadline_ms;       /* every check completes within this, default 5 */
+    rl_fail_mode on_error; /* default RL_FAIL_LOCAL */
+    int instances;       /* N for RL_FAIL_LOCAL; default 0: the live gateways that the async limiter
+                            finds through Redis (presence keys, refreshed every second; until it has
+                            heard, and in rl_sync, the local fallback admits nothing) */
+    int local_share_pct; /* RL_FAIL_LOCAL: the fleet's local admissions per key and
+                            window are at most this percent of q, default 10 (README,
+                            "Exact under slowness") */
     int breaker_failures;    /* the breaker opens once this many calls ended in one second
                                 and at least half of them failed; default 10 */
     int breaker_cooldown_ms; /* open time before one probe call, default 1000 */
@@ -209,7 +212,7 @@ typedef struct rl_stats {
      * what did not fit was not charged). */
     uint64_t recovery_charged;
     int live_instances; /* gateways found through Redis (0: not known yet) */
-    int breaker_open; /* the breaker is open or half-open now */
+    int breaker_open;   /* the breaker is open or half-open now */
 } rl_stats;
 
 /* ---- Synchronous limiter -------------------------------------------------------------- */

@@ -117,8 +117,8 @@ void rl_guard_call_done(rl_guard *g, int rc, uint64_t now);
  * else Redis could not be asked, and the fallback decides. Counts errors; does not count the
  * decision (rl_guard_count, when it is delivered).
  */
-void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost,
-                    uint64_t start_ns, int rc, int in_doubt, uint64_t now, rl_decision *d);
+void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost, uint64_t start_ns,
+                    int rc, int in_doubt, uint64_t now, rl_decision *d);
 
 /* A reply that came after its check was answered (given). Returns 1 when Redis charged a check
  * the client was refused: the caller sends a refund (rl_refund_script). Counts refunds and

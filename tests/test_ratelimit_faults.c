@@ -192,9 +192,11 @@ Test(ratelimit_faults, stopped_redis_fails_closed) {
     finish(l);
 }
 
-/* The local fallback admits q/N per instance: with q = 10 and N = 2, five for a new key. */
+/* The local fallback admits q/N per instance: with q = 10 and N = 2, five for a new key (with
+ * the whole quota open to the local fallback; by default only a tenth of it is). */
 Test(ratelimit_faults, stopped_redis_falls_back_to_a_local_share) {
     rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
     cfg.instances = 2;
     rl_limiter *l = limiter(&cfg);
     cr_assert_eq(sd_redis_server_halt(server), 0);
@@ -803,6 +805,7 @@ Test(ratelimit_faults, an_error_reply_does_not_open_the_breaker) {
  */
 Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
     rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
     cfg.instances = 2;
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "other");
@@ -834,6 +837,7 @@ Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
  */
 Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
     rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
     cfg.instances = 1;
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "other");
@@ -857,8 +861,7 @@ Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
         pause_loop(10);
     }
     /* The checks that waited for Redis were admitted locally too, and charged as well. */
-    cr_assert_geq(s.recovery_charged, 3, "charged %llu",
-                  (unsigned long long)s.recovery_charged);
+    cr_assert_geq(s.recovery_charged, 3, "charged %llu", (unsigned long long)s.recovery_charged);
     /* Sent after the charges, on the same connection: Redis runs them first. */
     rl_decision d = check_cost(l, "k", 0, NULL);
     cr_assert_eq(d.source, RL_SOURCE_REDIS);
@@ -873,6 +876,7 @@ Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
  */
 Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
     rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
     cfg.instances = 0;
     rl_limiter *a = limiter(&cfg), *b = limiter(&cfg);
     rl_stats s;
@@ -912,6 +916,35 @@ Test(ratelimit_faults, without_n_the_local_fallback_admits_nothing) {
         cr_assert_eq(d.source, RL_SOURCE_LOCAL);
         cr_assert_not(d.allowed);
     }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    finish(l);
+}
+
+/*
+ * By default the fleet's local fallback may admit at most a tenth of q per key and window, split
+ * among N: that is the README's bound, whatever Redis reported. With q = 40 and N = 2, each
+ * instance admits 2 for a key Redis never reported (q / 10 / N), not 20.
+ */
+Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = RL_GCRA;
+    cfg.deadline_ms = 50;
+    cfg.instances = 2;
+    char err[256];
+    cr_assert_eq(rl_config_add_policy(&cfg, "t;q=40;w=3600", err, sizeof err), 0);
+    rl_limiter *l = limiter(&cfg);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    int allowed = 0;
+    for (int i = 0; i < 30; i++) {
+        rl_decision d = check(l, "fresh", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+        allowed += d.allowed;
+    }
+    cr_assert_eq(allowed, 2, "admitted %d, not q / 10 / N = 40 / 10 / 2", allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
     finish(l);
 }
