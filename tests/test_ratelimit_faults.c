@@ -948,3 +948,43 @@ Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
     cr_assert_eq(sd_redis_server_restart(server), 0);
     finish(l);
 }
+
+/*
+ * A grant is renewed only once a whole window has passed since the last local admission, so no
+ * window of w holds more than one grant's admissions. With q = 40 per 1 s and N = 2 the grant is
+ * 2: over 2.5 s of checks every 10 ms, no 1 s window may hold more than 2 admissions (however the
+ * loop is scheduled: the property is about the admissions' own times).
+ */
+Test(ratelimit_faults, a_local_grant_is_renewed_at_most_once_a_window) {
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = RL_GCRA;
+    cfg.deadline_ms = 50;
+    cfg.instances = 2;
+    char err[256];
+    cr_assert_eq(rl_config_add_policy(&cfg, "s;q=40;w=1", err, sizeof err), 0);
+    rl_limiter *l = limiter(&cfg);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    /* Each admission's instant lies between the times taken before and after its check. */
+    uint64_t before[64], after[64];
+    int n = 0;
+    uint64_t end = sd_now_ns() + 2500000000ULL;
+    while (sd_now_ns() < end && n < 64) {
+        uint64_t t = sd_now_ns();
+        if (check(l, "k", NULL).allowed) {
+            before[n] = t;
+            after[n++] = sd_now_ns();
+        }
+        pause_loop(10);
+    }
+    cr_assert_geq(n, 2, "the first grant was not spent");
+    for (int i = 0; i + 2 < n; i++) {
+        cr_assert_geq(after[i + 2] - before[i], 1000000000ULL,
+                      "three local admissions within one window (%d, %d)", i, i + 2);
+    }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    finish(l);
+}
