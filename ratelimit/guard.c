@@ -28,10 +28,13 @@
  * asynchronous limiter does not even count as failures: it waits reply_timeout_ms for them), not
  * a majority of at least breaker_failures calls, so it cannot turn one quota into N quotas.
  *
- * The local fallback is a token bucket per key and policy in this process. Its capacity and
- * refill are q/N per window, and when Redis becomes unreachable it starts at r/N, r being the
- * remaining quota Redis last reported for the key (q when never reported): the fleet's local
- * admissions then add up to what Redis said was left, not N quotas on top of it.
+ * The local fallback spends a grant per key and policy in this process: floor(min(r, p% of q)
+ * / N), r being the remaining quota Redis last reported for the key (q when never reported), p
+ * local_share_pct (10) and N the configured or live instances (found through Redis by the async
+ * limiter; unknown N grants nothing). A grant is renewed only once a whole window has passed
+ * since the last local admission, so no window holds two grants: the fleet's local admissions
+ * per key and window are at most p% of q, on top of what Redis admitted (README, "Exact under
+ * slowness"). Local admissions are remembered by key and charged to Redis when it is back.
  *
  * Both tables are direct-mapped on a 64-bit hash of the key: a new key evicts the old one.
  */

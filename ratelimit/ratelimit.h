@@ -20,8 +20,9 @@
  * A check Redis is late for is denied (RL_SOURCE_LATE; fail-open and fail-closed keep their own
  * answer), and its late reply is reconciled (a refund when Redis charged it). When Redis is
  * unreachable (disconnected, or the circuit breaker open: a failure rate, see guard.c) the
- * configured fallback answers: fail open, fail closed, or a local in-process limiter starting
- * at r/N, r being what Redis last reported left (q if nothing), for N instances. The breaker
+ * configured fallback answers: fail open, fail closed, or a local in-process grant of
+ * min(r, q * local_share_pct / 100) / N per window, r being what Redis last reported left (q if
+ * nothing), for N instances; what it admitted is charged to Redis once it is back. The breaker
  * probes Redis again after a cool-down. A deny cache answers a key that Redis denied until its
  * retry-after has passed, without a round trip.
  *
@@ -101,7 +102,7 @@ int rl_algorithm_parse(const char *text, rl_algorithm *out);
 typedef enum rl_fail_mode {
     RL_FAIL_OPEN,   /* allow */
     RL_FAIL_CLOSED, /* deny, retry after the breaker's cool-down */
-    RL_FAIL_LOCAL,  /* a token bucket in this process at q/N per policy */
+    RL_FAIL_LOCAL,  /* a grant in this process (see the top of this file and guard.c) */
 } rl_fail_mode;
 
 /* "open", "closed", "local" */
