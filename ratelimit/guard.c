@@ -36,6 +36,12 @@
  * per key and window are at most p% of q, on top of what Redis admitted (README, "Exact under
  * slowness"). Local admissions are remembered by key and charged to Redis when it is back.
  *
+ * The deny cache remembers, per key, a denial Redis gave and until when (the check's start time
+ * plus the retry-after Redis computed). Until then a check of that key with at least the same
+ * cost is denied locally. Quota only comes back with time (or with a refund, which the cache
+ * may then hide until its retry-after), and the start time precedes Redis's clock reading, so
+ * the cache never denies past the retry-after Redis gave and never admits anything.
+ *
  * Both tables are direct-mapped on a 64-bit hash of the key: a new key evicts the old one.
  */
 #include "ratelimit.h"

@@ -16,12 +16,18 @@
  * to one slot. With cfg->cluster set, a batch takes only checks of the head check's slot (each
  * check's own keys always share a tag); on a single Redis every check may join.
  *
- * Deadlines: each check's deadline counts from rl_limiter_check(). A batch is sent with the
- * deadline of its oldest check; checks still queued when their deadline passes (all calls busy
- * on a slow Redis, or a loop that was blocked) are answered by the fallback, from a timer or
- * before the next batch is formed. So every callback runs within the deadline, give or take the
- * loop's own latency. Only calls that were sent count for the circuit breaker: a check that
- * expired in the queue says nothing about Redis.
+ * Deadlines: each check's deadline counts from rl_limiter_check(). Checks still queued when
+ * their deadline passes (all calls busy on a slow Redis, or a loop that was blocked), and the
+ * checks of a call in flight at its oldest check's deadline, are answered as late (guard.c),
+ * from a timer or before the next batch is formed. So every callback runs within the deadline,
+ * give or take the loop's own latency. A call in flight stays in flight until its reply or
+ * reply_timeout_ms: its reply reconciles the checks answered late (a refund when Redis charged
+ * one the client was refused). Only calls that were sent count for the circuit breaker, and only
+ * when lost or unanswered: a check that expired in the queue says nothing about Redis.
+ *
+ * Presence: without cfg->instances, a timer refreshes this limiter's member of the live set
+ * every second (rl-presence.lua), whose size is N for the local fallback. When Redis is back,
+ * what the local fallback admitted is charged to it from flush() (clamped).
  *
  * Callbacks never run from inside rl_limiter_check() or rl_limiter_free() (ratelimit.h). An
  * answer decided on the spot (a cost above a quota, the deny cache, an open breaker, a

@@ -1,7 +1,8 @@
 /*
- * ratelimit.c - policies, the Redis scripts, and the guard that keeps every decision within its
- * deadline: circuit breaker, deny cache and fallback. The blocking front end (rl_sync) is at the
- * end of this file; the asynchronous, batching one (rl_limiter) is in limiter.c.
+ * ratelimit.c - policies, the Redis scripts (and the arguments of refunds and recovery charges),
+ * and the blocking front end (rl_sync), at the end of this file. The guard that keeps every
+ * decision within its deadline is in guard.c; the asynchronous, batching front end
+ * (rl_limiter) in limiter.c.
  *
  * Design
  *  1. Every shared decision is made by one Lua script on Redis, with Redis's clock (TIME), over
