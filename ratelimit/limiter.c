@@ -16,12 +16,18 @@
  * to one slot. With cfg->cluster set, a batch takes only checks of the head check's slot (each
  * check's own keys always share a tag); on a single Redis every check may join.
  *
- * Deadlines: each check's deadline counts from rl_limiter_check(). A batch is sent with the
- * deadline of its oldest check; checks still queued when their deadline passes (all calls busy
- * on a slow Redis, or a loop that was blocked) are answered by the fallback, from a timer or
- * before the next batch is formed. So every callback runs within the deadline, give or take the
- * loop's own latency. Only calls that were sent count for the circuit breaker: a check that
- * expired in the queue says nothing about Redis.
+ * Deadlines: each check's deadline counts from rl_limiter_check(). Checks still queued when
+ * their deadline passes (all calls busy on a slow Redis, or a loop that was blocked), and the
+ * checks of a call in flight at its oldest check's deadline, are answered as late (guard.c),
+ * from a timer or before the next batch is formed. So every callback runs within the deadline,
+ * give or take the loop's own latency. A call in flight stays in flight until its reply or
+ * reply_timeout_ms: its reply reconciles the checks answered late (a refund when Redis charged
+ * one the client was refused). Only calls that were sent count for the circuit breaker, and only
+ * when lost or unanswered: a check that expired in the queue says nothing about Redis.
+ *
+ * Presence: without cfg->instances, a timer refreshes this limiter's member of the live set
+ * every second (rl-presence.lua), whose size is N for the local fallback. When Redis is back,
+ * what the local fallback admitted is charged to it from flush() (clamped).
  *
  * Callbacks never run from inside rl_limiter_check() or rl_limiter_free() (ratelimit.h). An
  * answer decided on the spot (a cost above a quota, the deny cache, an open breaker, a
@@ -46,8 +52,10 @@
 #include "rl_internal.h"
 
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sd.h"
 
@@ -59,9 +67,12 @@ typedef struct rl_check {
     void *udata;
     uint64_t start_ns, deadline_ns, hash;
     long long cost;
-    int slot; /* hash slot (cluster mode only) */
+    int slot;     /* hash slot (cluster mode only) */
+    int answered; /* late: its answer went out before its reply came */
+    int given;    /* the answer's allowed, when answered */
     char cost_text[24];
     size_t cost_len;
+    const char *key;                 /* the client's key, in keys[] after the Redis keys */
     size_t key_len[RL_MAX_POLICIES]; /* the Redis keys, one per policy, in keys[] */
     char keys[];
 } rl_check;
@@ -75,6 +86,9 @@ typedef struct rl_answer {
 
 typedef struct rl_batch {
     rl_limiter *l;
+    struct rl_batch *prev, *next; /* the calls in flight */
+    uint64_t deadline_ns;         /* its oldest check's: the checks are answered late then */
+    int answered;                 /* they were */
     size_t n;
     rl_check *checks[];
 } rl_batch;
@@ -87,7 +101,8 @@ struct rl_limiter {
     sd_aredis *redis;
     rl_check *head, *tail; /* queued checks, oldest first */
     size_t queued;
-    int calls; /* script calls in flight */
+    int calls;        /* script calls in flight */
+    rl_batch *flying; /* those calls, kept until their reply or reply_timeout_ms */
     uv_prepare_t prepare;
     uv_check_t check;
     uv_timer_t expiry; /* fires at the oldest queued check's deadline */
@@ -95,7 +110,9 @@ struct rl_limiter {
      * while deliver() runs, the one it delivers belongs to it and spare is NULL. */
     rl_answer *ready, *spare;
     size_t nready, ready_cap, spare_cap;
-    uv_idle_t idle; /* active while nready > 0 */
+    uv_idle_t idle;      /* active while nready > 0 */
+    uv_timer_t presence; /* refreshes this gateway's presence, for N (guard.c) */
+    char presence_key[80], presence_id[48];
     int closing;
     int handles_open;
 };
@@ -158,8 +175,11 @@ static void on_idle(uv_idle_t *h) {
     deliver(h->data);
 }
 
-/* Answers a check, from the loop; once the limiter is closing, through the ready array. */
+/* Answers a check, from the loop; once the limiter is closing, through the ready array. The
+ * check stays the caller's to free. */
 static void answer(rl_limiter *l, rl_check *c, const rl_decision *d) {
+    c->answered = 1;
+    c->given = d->allowed;
     if (l->closing) {
         *ready_slot(l) = (rl_answer){.d = *d};
         ready_commit(l, c->cb, c->udata);
@@ -167,18 +187,14 @@ static void answer(rl_limiter *l, rl_check *c, const rl_decision *d) {
         rl_guard_count(&l->guard, d);
         c->cb(d, c->udata);
     }
-    free(c);
 }
 
-/* Answers a check Redis did not decide. Every such check counts as a Redis error unless Redis
- * was not asked (open breaker) or the limiter is closing. */
-static void answer_fallback(rl_limiter *l, rl_check *c, int error) {
+/* Answers a check Redis did not decide (guard.c, step 3): in doubt when it was sent or its
+ * deadline passed, else the fallback's. */
+static void answer_without(rl_limiter *l, rl_check *c, int error, int in_doubt) {
     rl_decision d;
-    uint64_t now = sd_now_ns();
-    if (error != RL_EBREAKER && error != SD_ECLOSED) {
-        rl_guard_redis_error(&l->guard, error, now);
-    }
-    rl_fallback(&l->guard, c->hash, c->cost, error, now, &d);
+    rl_guard_after(&l->guard, c->key, c->hash, c->cost, c->start_ns, error, in_doubt, sd_now_ns(),
+                   &d);
     answer(l, c, &d);
 }
 
@@ -192,18 +208,62 @@ static rl_check *queue_pop(rl_limiter *l) {
     return c;
 }
 
-/* Answers every queued check with the fallback. */
+/* Answers every queued check with the fallback (Redis was not asked). */
 static void queue_fail(rl_limiter *l, int error) {
     while (l->head) {
-        answer_fallback(l, queue_pop(l), error);
+        rl_check *c = queue_pop(l);
+        answer_without(l, c, error, 0);
+        free(c);
     }
 }
 
+static void on_refund(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    if (status == 0 && reply->type == REDIS_REPLY_ERROR) {
+        sd_log(SD_LOG_WARN, "ratelimit.refund_error", "error=\"%.200s\"", reply->str);
+    }
+}
+
+/* Gives back what Redis charged for a check the client was refused (rl-refund.lua). */
+static void refund_send(rl_limiter *l, rl_check *c) {
+    size_t P = l->cfg.npolicies;
+    const char *argv[RL_MAX_POLICIES + RL_REFUND_ARGS];
+    size_t lens[RL_MAX_POLICIES + RL_REFUND_ARGS];
+    char text[RL_REFUND_ARGS][24];
+    const char *key = c->keys;
+    for (size_t j = 0; j < P; j++) {
+        argv[j] = key;
+        lens[j] = c->key_len[j];
+        key += c->key_len[j] + 1;
+    }
+    int n = rl_refund_argv(&l->cfg, c->cost, text, argv + P, lens + P);
+    if (sd_aredis_script(l->redis, rl_refund_script(), on_refund, NULL, l->cfg.reply_timeout_ms,
+                         (int)P, (int)P + n, argv, lens) < 0) {
+        l->guard.stats.in_doubt++; /* the charge stays: the quota shrinks, never grows */
+    }
+}
+
+static void flying_unlink(rl_limiter *l, rl_batch *b) {
+    if (b->prev) {
+        b->prev->next = b->next;
+    } else {
+        l->flying = b->next;
+    }
+    if (b->next) {
+        b->next->prev = b->prev;
+    }
+}
+
+/*
+ * A call's reply, its failure, or its reply_timeout_ms passing. Checks not answered yet get
+ * Redis's decision (or the guard's answer); checks already answered late are reconciled: a
+ * refund when Redis charged a check that was refused.
+ */
 static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     rl_batch *b = privdata;
     rl_limiter *l = b->l;
     uint64_t now = sd_now_ns();
     l->calls--;
+    flying_unlink(l, b);
     int rc = status;
     if (rc == 0 && reply->type != REDIS_REPLY_ARRAY) {
         rc = SD_EREDIS;
@@ -211,22 +271,33 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
             sd_log(SD_LOG_WARN, "ratelimit.script_error", "error=\"%.200s\"", reply->str);
         }
     }
-    /* An error reply means Redis is up: only timeouts and lost connections open the breaker. */
-    rl_breaker_done(&l->guard, rc == 0 || rc == SD_EREDIS, now);
+    rl_guard_call_done(&l->guard, rc, now);
     for (size_t i = 0; i < b->n; i++) {
         rl_check *c = b->checks[i];
         rl_decision d;
-        if (rc < 0 && rc != SD_EREDIS) {
+        int crc = rc;
+        if (crc == 0 && rl_decision_from_reply(&l->cfg, reply, i, c->cost, &d) != 0) {
+            crc = SD_EREDIS;
+        }
+        if (crc < 0 && crc != SD_EREDIS) {
             /* Sent, never answered: Redis may still have run the script (README, "Not
-             * guaranteed"); the late reply, if one comes, is dropped by the Redis layer. */
+             * guaranteed"); counted as charged. */
             l->guard.stats.in_doubt++;
         }
-        if (rc == 0 && rl_decision_from_reply(&l->cfg, reply, i, c->cost, &d) == 0) {
-            rl_deny_remember(&l->guard, c->hash, c->cost, c->start_ns, &d);
+        if (c->answered) {
+            rl_decision given = {.allowed = c->given};
+            if (crc == 0 && rl_guard_reconcile(&l->guard, &given, &d, c->cost) && !l->closing) {
+                refund_send(l, c);
+            }
+        } else if (crc == 0) {
+            rl_guard_after(&l->guard, c->key, c->hash, c->cost, c->start_ns, 0, 0, now, &d);
             answer(l, c, &d);
         } else {
-            answer_fallback(l, c, rc < 0 ? rc : SD_EREDIS);
+            /* Only a timeout leaves Redis able to run the call later: a lost connection means
+             * it ran before or never will, and the fallback answers (README, the bound). */
+            answer_without(l, c, crc, crc == SD_ETIMEDOUT);
         }
+        free(c);
     }
     free(b);
 }
@@ -243,6 +314,8 @@ static rl_batch *batch_take(rl_limiter *l) {
     size_t max = (size_t)l->cfg.max_batch;
     rl_batch *b = sd_xmalloc(sizeof(*b) + (max < l->queued ? max : l->queued) * sizeof(rl_check *));
     b->l = l;
+    b->prev = b->next = NULL;
+    b->answered = 0;
     b->n = 0;
     if (!l->cfg.cluster) {
         while (l->head && b->n < max) {
@@ -296,25 +369,34 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
         argv[k] = b->checks[i]->cost_text;
         lens[k++] = b->checks[i]->cost_len;
     }
-    /* The connection's deadline is in whole milliseconds: round to the nearest. flush() has
-     * answered every check with less than half a millisecond left, so this is at least 1. */
+    /* The checks are answered at their deadline (expire_flying), but the call waits longer for
+     * its reply, to reconcile it: only a reply later than reply_timeout_ms is a failure.
+     * flush() has answered every check with less than half a millisecond left. */
     assert(deadline > now + 500000);
-    int timeout_ms = (int)((deadline - now + 500000) / 1000000);
+    b->deadline_ns = deadline;
+    int timeout_ms =
+        l->cfg.reply_timeout_ms > l->cfg.deadline_ms ? l->cfg.reply_timeout_ms : l->cfg.deadline_ms;
     int rc = sd_aredis_script(l->redis, rl_script(l->cfg.algorithm), on_reply, b, timeout_ms,
                               (int)(b->n * P), (int)argc, argv, lens);
     free(argv);
     free(lens);
     if (rc == 0) {
         l->calls++;
+        b->next = l->flying;
+        if (l->flying) {
+            l->flying->prev = b;
+        }
+        l->flying = b;
         l->guard.stats.script_calls++;
         l->guard.stats.batched_checks += b->n;
         return 0;
     }
     /* Not accepted: the connection went down since flush() looked. That is Redis failing (and
      * it ends a half-open probe, which must not stay pending). */
-    rl_breaker_done(&l->guard, 0, now);
+    rl_guard_call_done(&l->guard, rc, now);
     for (size_t i = 0; i < b->n; i++) {
-        answer_fallback(l, b->checks[i], rc);
+        answer_without(l, b->checks[i], rc, 0);
+        free(b->checks[i]);
     }
     free(b);
     return rc;
@@ -327,18 +409,72 @@ static void flush(rl_limiter *l);
  * hear of them. Deadlines grow along the queue (every check gets the same deadline_ms). */
 static void expire_queued(rl_limiter *l, uint64_t now) {
     while (l->head && l->head->deadline_ns <= now + 500000) {
-        answer_fallback(l, queue_pop(l), SD_ETIMEDOUT);
+        rl_check *c = queue_pop(l);
+        answer_without(l, c, SD_ETIMEDOUT, 1);
+        free(c);
     }
+}
+
+/* Answers the checks of calls in flight whose deadline has passed: late, in doubt. The call
+ * stays in flight: its reply reconciles them (on_reply). */
+static void expire_flying(rl_limiter *l, uint64_t now) {
+    for (rl_batch *b = l->flying; b; b = b->next) {
+        if (!b->answered && b->deadline_ns <= now) {
+            b->answered = 1;
+            for (size_t i = 0; i < b->n; i++) {
+                answer_without(l, b->checks[i], SD_ETIMEDOUT, 1);
+            }
+        }
+    }
+}
+
+/* The next deadline to act on: the oldest queued check's or a call's not yet answered. */
+static uint64_t next_deadline(rl_limiter *l) {
+    uint64_t d = l->head ? l->head->deadline_ns : UINT64_MAX;
+    for (rl_batch *b = l->flying; b; b = b->next) {
+        if (!b->answered && b->deadline_ns < d) {
+            d = b->deadline_ns;
+        }
+    }
+    return d;
 }
 
 static void on_expiry(uv_timer_t *t) {
     rl_limiter *l = t->data;
-    expire_queued(l, sd_now_ns());
+    uint64_t now = sd_now_ns();
+    expire_flying(l, now);
+    expire_queued(l, now);
     flush(l);
+}
+
+static void on_charge(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    rl_limiter *l = privdata;
+    if (status == 0) {
+        l->guard.stats.recovery_charged += (uint64_t)rl_charge_counted(&l->cfg, reply);
+    }
+}
+
+/* Redis is back: charge what the local fallback admitted meanwhile, one call per key, each
+ * unit only if it fits (clamped). A charge that fails is dropped (README, the bound). */
+static void charge_pending(rl_limiter *l) {
+    char *key;
+    long long units;
+    while (rl_guard_pending_pop(&l->guard, &key, &units)) {
+        rl_charge_args a;
+        rl_charge_args_init(&a, &l->cfg, &l->args, key, units);
+        sd_aredis_script(l->redis, rl_script(l->cfg.algorithm), on_charge, l,
+                         l->cfg.reply_timeout_ms, a.nkeys, a.argc, a.argv, a.lens);
+        rl_charge_args_clear(&a);
+        free(key);
+    }
 }
 
 static void flush(rl_limiter *l) {
     uint64_t now = sd_now_ns();
+    if (l->guard.npending > 0 && !l->closing && l->guard.breaker == RL_BREAKER_CLOSED &&
+        sd_aredis_is_connected(l->redis)) {
+        charge_pending(l);
+    }
     while (l->head && l->calls < l->cfg.max_calls) {
         /* A loop blocked past the deadlines gets here before the expiry timer. */
         expire_queued(l, now);
@@ -356,8 +492,8 @@ static void flush(rl_limiter *l) {
         batch_send(l, batch_take(l), now);
         now = sd_now_ns();
     }
-    if (l->head) {
-        uint64_t d = l->head->deadline_ns;
+    uint64_t d = next_deadline(l);
+    if (d != UINT64_MAX) {
         uv_timer_start(&l->expiry, on_expiry, d > now ? (d - now + 999999) / 1000000 : 0, 0);
     } else {
         uv_timer_stop(&l->expiry);
@@ -382,11 +518,34 @@ static void on_check(uv_check_t *h) {
     }
 }
 
+static void on_presence_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    rl_limiter *l = privdata;
+    if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        l->guard.live = (int)reply->integer;
+    }
+}
+
+/* Says this gateway is alive and learns how many are (rl-presence.lua). */
+static void presence_send(rl_limiter *l) {
+    if (l->closing || !sd_aredis_is_connected(l->redis)) {
+        return;
+    }
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%d", RL_PRESENCE_TTL_MS);
+    const char *argv[3] = {l->presence_key, l->presence_id, ttl};
+    sd_aredis_script(l->redis, rl_presence_script(), on_presence_reply, l, l->cfg.reply_timeout_ms,
+                     1, 3, argv, NULL);
+}
+
+static void on_presence(uv_timer_t *t) {
+    presence_send(t->data);
+}
+
 static void on_state(sd_aredis *r, int connected, void *privdata) {
     rl_limiter *l = privdata;
-    if (connected && l->guard.breaker == RL_BREAKER_OPEN) {
-        /* Redis is back: probe now rather than after the rest of the cool-down. */
-        l->guard.opened_ns = 0;
+    if (connected) {
+        rl_guard_reconnected(&l->guard);
+        presence_send(l);
     }
     sd_log(connected ? SD_LOG_INFO : SD_LOG_WARN, "ratelimit.redis", "connected=%d", connected);
 }
@@ -405,9 +564,10 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
     sd_redis_opts opts;
     sd_redis_opts_default(&opts);
     opts.command_timeout_ms = cfg->deadline_ms;
-    sd_script *script = rl_script(cfg->algorithm); /* loaded on every (re)connect */
-    opts.scripts = &script;
-    opts.nscripts = 1;
+    /* Loaded in the connect handshake, on every (re)connect, before the connection is ready. */
+    sd_script *scripts[3] = {rl_script(cfg->algorithm), rl_refund_script(), rl_presence_script()};
+    opts.scripts = scripts;
+    opts.nscripts = 3;
     rc = sd_aredis_new(loop, url, &opts, &l->redis);
     if (rc < 0) {
         rl_guard_clear(&l->guard);
@@ -419,13 +579,21 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
     uv_check_init(loop, &l->check);
     uv_timer_init(loop, &l->expiry);
     uv_idle_init(loop, &l->idle);
-    l->prepare.data = l->check.data = l->expiry.data = l->idle.data = l;
+    uv_timer_init(loop, &l->presence);
+    l->prepare.data = l->check.data = l->expiry.data = l->idle.data = l->presence.data = l;
+    snprintf(l->presence_key, sizeof(l->presence_key), "%sgateways", cfg->prefix);
+    snprintf(l->presence_id, sizeof(l->presence_id), "%ld-%llx", (long)getpid(),
+             (unsigned long long)(sd_now_ns() ^ (uintptr_t)l));
+    if (cfg->instances == 0) {
+        uv_timer_start(&l->presence, on_presence, RL_PRESENCE_EVERY_MS, RL_PRESENCE_EVERY_MS);
+        uv_unref((uv_handle_t *)&l->presence);
+    }
     uv_prepare_start(&l->prepare, on_prepare);
     uv_check_start(&l->check, on_check);
     /* These run every iteration but must not keep the loop alive on their own. */
     uv_unref((uv_handle_t *)&l->prepare);
     uv_unref((uv_handle_t *)&l->check);
-    l->handles_open = 4;
+    l->handles_open = 5;
     *out = l;
     return 0;
 }
@@ -445,27 +613,16 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     uint64_t now = sd_now_ns();
     size_t keylen = strlen(key);
     uint64_t hash = rl_key_hash(key, keylen);
-    /* Answers that need no waiting, delivered from the loop: a cost above a quota, the deny
-     * cache, a connection that is down, an open breaker. */
+    /* Answers that need no waiting, delivered from the loop (guard.c, step 1): a cost above a
+     * quota, the deny cache, a connection that is down, an open breaker. */
     rl_answer *a = ready_slot(l);
-    if (rl_decide_never(&l->cfg, cost, &a->d) || rl_deny_lookup(g, hash, cost, now, &a->d)) {
-        ready_commit(l, cb, udata);
-        return 0;
-    }
-    int error = !sd_aredis_is_connected(l->redis) ? SD_EDISCONNECTED
-                : !rl_breaker_may_send(g, now)    ? RL_EBREAKER
-                                                  : 0;
-    if (error) {
-        if (error == SD_EDISCONNECTED) {
-            rl_guard_redis_error(g, error, now);
-        }
-        rl_fallback(g, hash, cost, error, now, &a->d);
+    if (rl_guard_before(g, key, hash, cost, sd_aredis_is_connected(l->redis), 0, now, &a->d)) {
         ready_commit(l, cb, udata);
         return 0;
     }
     size_t P = l->cfg.npolicies;
     /* Each Redis key: the prefix, the key with each byte escaped to at most three, the rest. */
-    size_t room = P * (3 * keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16);
+    size_t room = P * (3 * keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16) + keylen + 1;
     rl_check *c = sd_xmalloc(sizeof(*c) + room);
     c->next = NULL;
     c->cb = cb;
@@ -474,6 +631,7 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     c->deadline_ns = now + (uint64_t)l->cfg.deadline_ms * 1000000;
     c->hash = hash;
     c->cost = cost;
+    c->answered = c->given = 0;
     c->cost_len = rl_cost_format(c->cost_text, cost);
     char *p = c->keys;
     for (size_t i = 0; i < P; i++) {
@@ -481,6 +639,8 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
         c->key_len[i] = (size_t)n;
         p += n + 1;
     }
+    memcpy(p, key, keylen + 1);
+    c->key = p;
     c->slot = l->cfg.cluster ? sd_redis_key_slot(c->keys, c->key_len[0]) : 0;
     if (l->tail) {
         l->tail->next = c;
@@ -526,4 +686,5 @@ void rl_limiter_free(rl_limiter *l) {
     uv_close((uv_handle_t *)&l->check, on_close);
     uv_close((uv_handle_t *)&l->expiry, on_close);
     uv_close((uv_handle_t *)&l->idle, on_close);
+    uv_close((uv_handle_t *)&l->presence, on_close);
 }

@@ -49,6 +49,7 @@ typedef struct options {
     const char *key;
     long long cost;
     long long deadline_ms, instances, breaker_failures, breaker_cooldown_ms, max_batch;
+    long long reply_timeout_ms, local_share_pct;
     long long grace_ms; /* -1: derived from the deadline */
     int no_deny_cache, cluster, json;
 } options;
@@ -134,6 +135,8 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
     o->breaker_failures = o->cfg.breaker_failures;
     o->breaker_cooldown_ms = o->cfg.breaker_cooldown_ms;
     o->max_batch = o->cfg.max_batch;
+    o->reply_timeout_ms = o->cfg.reply_timeout_ms;
+    o->local_share_pct = o->cfg.local_share_pct;
     o->grace_ms = -1;
     const sd_cli_opt common_opts[] = {
         {"--policy", "'NAME;q=Q;w=W'",
@@ -155,11 +158,21 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
         {"--prefix", "TEXT", "key prefix (default rl:)", .parse = prefix_parse, .udata = &o->cfg},
         {"--deadline-ms", "N", "every decision within N ms (default 5)", .integer = &o->deadline_ms,
          .min = 1, .max = 60000},
-        {"--on-redis-error", "MODE", "open, closed or local (default local: q/N in this process)",
+        {"--on-redis-error", "MODE",
+         "open, closed or local (default local: a share r/N in this\n"
+         "process, r what Redis last reported left)",
          .parse = fail_mode_parse, .udata = &o->cfg},
-        {"--instances", "N", "N for the local fallback (default 1)", .integer = &o->instances,
-         .min = 1, .max = 100000},
-        {"--breaker-failures", "N", "consecutive Redis failures that open the breaker (default 3)",
+        {"--instances", "N",
+         "N for the local fallback's share r/N (default: the live\n"
+         "gateways found through Redis)",
+         .integer = &o->instances, .min = 1, .max = 100000},
+        {"--local-share-pct", "P",
+         "while Redis is unreachable, the gateways admit at most P% of q\n"
+         "per key and window between them (default 10; 0 admits none)",
+         .integer = &o->local_share_pct, .min = 0, .max = 100},
+        {"--breaker-failures", "N",
+         "the breaker opens once N calls ended within a second and at\n"
+         "least half failed (default 10)",
          .integer = &o->breaker_failures, .min = 1, .max = 1000000},
         {"--breaker-cooldown-ms", "N", "time before probing Redis again (default 1000)",
          .integer = &o->breaker_cooldown_ms, .min = 1, .max = 3600000},
@@ -177,6 +190,11 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
          .text = &o->key_header},
         {"--max-batch", "N", "checks decided per Redis script call (default 64)",
          .integer = &o->max_batch, .min = 1, .max = 4096},
+        {"--reply-timeout-ms", "N",
+         "wait up to N ms for a reply that missed its deadline, to\n"
+         "reconcile it (refund a refused check Redis charged); a call\n"
+         "unanswered by then counts as failed (default 1000)",
+         .integer = &o->reply_timeout_ms, .min = 1, .max = 600000},
         {"--cluster", NULL, "batch only checks whose keys share a Redis Cluster slot",
          .flag = &o->cluster},
         {"--grace-ms", "N",
@@ -219,6 +237,8 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
     o->cfg.breaker_failures = (int)o->breaker_failures;
     o->cfg.breaker_cooldown_ms = (int)o->breaker_cooldown_ms;
     o->cfg.max_batch = (int)o->max_batch;
+    o->cfg.reply_timeout_ms = (int)o->reply_timeout_ms;
+    o->cfg.local_share_pct = (int)o->local_share_pct;
     o->cfg.cluster = o->cluster;
     if (o->no_deny_cache) {
         o->cfg.deny_cache_entries = 0;
@@ -362,7 +382,12 @@ static void respond_denied(sd_http_req *req, const rl_config *cfg, const rl_deci
         }
     }
     const rl_policy *p = &cfg->policies[binding_policy(d)];
-    if (d->retry_after_ms == RL_NEVER) {
+    if (d->source == RL_SOURCE_LATE) {
+        snprintf(detail, sizeof(detail),
+                 "the rate limiter's store answered late, so this request was not counted; "
+                 "retry in %lld ms",
+                 d->retry_after_ms);
+    } else if (d->retry_after_ms == RL_NEVER) {
         snprintf(detail, sizeof(detail),
                  "policy '%s' allows %lld per %lld s: this request "
                  "costs more and can never be allowed",
@@ -512,6 +537,23 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         "fallback decided them, Redis may have charged them.\n"
         "# TYPE ratelimit_in_doubt_checks_total counter\n"
         "ratelimit_in_doubt_checks_total %llu\n"
+        "# HELP ratelimit_refunds_total Late replies that charged a check the client was refused: "
+        "refunded.\n"
+        "# TYPE ratelimit_refunds_total counter\n"
+        "ratelimit_refunds_total %llu\n"
+        "# HELP ratelimit_over_admitted_total Checks admitted here that Redis refused when its "
+        "late "
+        "reply came.\n"
+        "# TYPE ratelimit_over_admitted_total counter\n"
+        "ratelimit_over_admitted_total %llu\n"
+        "# HELP ratelimit_recovery_charged_total Units the local fallback admitted, charged to "
+        "Redis "
+        "once it was back.\n"
+        "# TYPE ratelimit_recovery_charged_total counter\n"
+        "ratelimit_recovery_charged_total %llu\n"
+        "# HELP ratelimit_live_instances Gateways found through Redis (N of the local share).\n"
+        "# TYPE ratelimit_live_instances gauge\n"
+        "ratelimit_live_instances %d\n"
         "# HELP ratelimit_breaker_open 1 while the circuit breaker is open or probing.\n"
         "# TYPE ratelimit_breaker_open gauge\n"
         "ratelimit_breaker_open %d\n"
@@ -520,7 +562,9 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         "ratelimit_checks_in_flight %ld\n",
         (unsigned long long)s.redis_errors, fallback, (unsigned long long)s.deny_cache_hits,
         (unsigned long long)s.script_calls, (unsigned long long)s.batched_checks,
-        (unsigned long long)s.in_doubt, s.breaker_open, gw->in_flight);
+        (unsigned long long)s.in_doubt, (unsigned long long)s.refunds,
+        (unsigned long long)s.over_admitted, (unsigned long long)s.recovery_charged,
+        s.live_instances, s.breaker_open, gw->in_flight);
 }
 
 /* The limiter goes last: requests finishing during the grace period still need it. */

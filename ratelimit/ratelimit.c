@@ -1,7 +1,8 @@
 /*
- * ratelimit.c - policies, the Redis scripts, and the guard that keeps every decision within its
- * deadline: circuit breaker, deny cache and fallback. The blocking front end (rl_sync) is at the
- * end of this file; the asynchronous, batching one (rl_limiter) is in limiter.c.
+ * ratelimit.c - policies, the Redis scripts (and the arguments of refunds and recovery charges),
+ * and the blocking front end (rl_sync), at the end of this file. The guard that keeps every
+ * decision within its deadline is in guard.c; the asynchronous, batching front end
+ * (rl_limiter) in limiter.c.
  *
  * Design
  *  1. Every shared decision is made by one Lua script on Redis, with Redis's clock (TIME), over
@@ -11,11 +12,12 @@
  *     rl-common.lua followed by one algorithm file, concatenated here once and sent with
  *     EVALSHA. A check whose cost exceeds a quota needs no state: it is denied for ever here,
  *     without a call.
- *  2. A check that Redis cannot answer in time is answered by the fallback (rl_fail_mode). A
- *     call "fails" when it times out, the connection is down, or Redis replies with an error.
- *  3. The circuit breaker (Nygard, "Release It!", ch. 5):
+ *  2. Everything around a Redis call (deny cache, circuit breaker, what a late or failed check
+ *     is answered, the local fallback, counters) is the guard, in guard.c, which both front
+ *     ends call: rl_sync below and rl_limiter in limiter.c.
+ *     The circuit breaker (Nygard, "Release It!", ch. 5):
  *
- *          success                 breaker_failures consecutive failures
+ *          success          >= breaker_failures calls in a second, at least half failed
  *       +----------+   CLOSED  ------------------------------------------+
  *       |          |     ^                                                v
  *       +--------> +-----+                                              OPEN  (every check
@@ -23,18 +25,6 @@
  *                        +------------------ HALF_OPEN <------------------+    once, no wait)
  *                                               |       cool-down passed
  *                                               +-----> OPEN  probe fails
- *
- *     CLOSED -> OPEN and HALF_OPEN -> OPEN happen in breaker_done(); OPEN -> HALF_OPEN in
- *     breaker_admit(), which lets exactly one call through as the probe; a (re)connect of the
- *     async connection ends the cool-down early (limiter.c).
- *  4. The deny cache remembers, per key, a denial Redis gave and until when (the check's start
- *     time plus the retry-after Redis computed). Until then a check of that key with at least the
- *     same cost is denied locally. Quota only comes back with time, and the start time precedes
- *     Redis's clock reading, so the cache never denies past the retry-after Redis gave and never
- *     admits anything: it only denies.
- *  5. The local limiter is a token bucket per key and policy in this process, with capacity and
- *     refill q/N, so that N instances falling back together admit about q between them.
- *  Both tables are direct-mapped on a 64-bit hash of the key: a new key evicts the old one.
  */
 #include "ratelimit.h"
 #include "rl_internal.h"
@@ -42,7 +32,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,8 +98,8 @@ int rl_fail_mode_parse(const char *text, rl_fail_mode *out) {
 }
 
 const char *rl_source_name(rl_source s) {
-    static const char *const names[] = {"redis",       "deny-cache", "fail-open",
-                                        "fail-closed", "local",      "policy"};
+    static const char *const names[] = {"redis", "deny-cache", "fail-open", "fail-closed",
+                                        "local", "policy",     "late"};
     return (unsigned)s < RL_SOURCE_COUNT ? names[s] : "?";
 }
 
@@ -219,9 +208,11 @@ void rl_config_default(rl_config *cfg) {
     snprintf(cfg->prefix, sizeof(cfg->prefix), "rl:");
     cfg->deadline_ms = 5;
     cfg->on_error = RL_FAIL_LOCAL;
-    cfg->instances = 1;
-    cfg->breaker_failures = 3;
+    cfg->instances = 0;
+    cfg->local_share_pct = 10;
+    cfg->breaker_failures = 10;
     cfg->breaker_cooldown_ms = 1000;
+    cfg->reply_timeout_ms = 1000;
     cfg->deny_cache_entries = 16384;
     cfg->local_entries = 16384;
     cfg->max_batch = 64;
@@ -275,12 +266,13 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
         snprintf(err, errlen, "the key prefix must not contain '{' or '}' (hash tags)");
         return RL_EARG;
     }
-    if (cfg->deadline_ms < 1 || cfg->instances < 1 || cfg->breaker_failures < 1 ||
-        cfg->breaker_cooldown_ms < 1 || cfg->deny_cache_entries < 0 || cfg->local_entries < 1 ||
-        cfg->max_batch < 1 || cfg->max_calls < 1) {
+    if (cfg->deadline_ms < 1 || cfg->instances < 0 || cfg->local_share_pct < 0 ||
+        cfg->local_share_pct > 100 || cfg->breaker_failures < 1 || cfg->breaker_cooldown_ms < 1 ||
+        cfg->deny_cache_entries < 0 || cfg->local_entries < 1 || cfg->max_batch < 1 ||
+        cfg->max_calls < 1 || cfg->reply_timeout_ms < 1) {
         snprintf(err, errlen,
-                 "deadline, instances, breaker, table sizes and batch limits must "
-                 "be positive");
+                 "deadline, breaker, table sizes and batch limits must be positive, "
+                 "instances not negative, the local share from 0 to 100 percent");
         return RL_EARG;
     }
     return 0;
@@ -355,6 +347,52 @@ static void scripts_build(void) {
 sd_script *rl_script(rl_algorithm a) {
     pthread_once(&scripts_once, scripts_build);
     return &scripts[a];
+}
+
+/* The refund, its own script (rl-refund.lua): it knows each algorithm's key format, and is sent
+ * only for a late reply that charged a check the client was refused. */
+static sd_script refund_script = {"rl-refund", NULL, 0, ""};
+static sd_script presence_script = {"rl-presence", NULL, 0, ""};
+static pthread_once_t refund_once = PTHREAD_ONCE_INIT;
+
+static void refund_build(void) {
+    refund_script.body = sd_lua_rl_refund;
+    refund_script.len = strlen(sd_lua_rl_refund);
+    sd_script_init(&refund_script);
+    presence_script.body = sd_lua_rl_presence;
+    presence_script.len = strlen(sd_lua_rl_presence);
+    sd_script_init(&presence_script);
+}
+
+sd_script *rl_presence_script(void) {
+    pthread_once(&refund_once, refund_build);
+    return &presence_script;
+}
+
+sd_script *rl_refund_script(void) {
+    pthread_once(&refund_once, refund_build);
+    return &refund_script;
+}
+
+int rl_refund_argv(const rl_config *cfg, long long cost, char text[][24], const char **argv,
+                   size_t *lens) {
+    int n = 0;
+    argv[n] = algorithm_tags[cfg->algorithm];
+    lens[n] = strlen(argv[n]);
+    n++;
+    lens[n] = rl_cost_format(text[n], cost);
+    argv[n] = text[n];
+    n++;
+    snprintf(text[n], 24, "%zu", cfg->npolicies);
+    for (size_t i = 0; i < cfg->npolicies; i++) {
+        snprintf(text[n + 1 + 2 * i], 24, "%lld", cfg->policies[i].quota);
+        snprintf(text[n + 2 + 2 * i], 24, "%lld", cfg->policies[i].window_s);
+    }
+    for (int k = n + 1 + 2 * (int)cfg->npolicies; n < k; n++) {
+        argv[n] = text[n];
+        lens[n] = strlen(text[n]);
+    }
+    return n;
 }
 
 /* ---- Checks: arguments and replies ---------------------------------------------------------- */
@@ -448,236 +486,56 @@ int rl_decision_from_reply(const rl_config *cfg, const redisReply *reply, size_t
     return 0;
 }
 
-/* ---- The guard: breaker, deny cache, local limiter, counters --------------------------------- */
+/* ---- Recovery charges ------------------------------------------------------------------------ */
 
-/* A deny-cache entry; `usage` holds npolicies records. */
-typedef struct deny_entry {
-    uint64_t hash;
-    uint64_t at_ns;    /* the denied check's start */
-    uint64_t until_ns; /* at_ns + retry_after */
-    long long cost;
-    rl_usage usage[];
-} deny_entry;
-
-/* A local-limiter entry: tokens per policy, as of last_ns. */
-typedef struct local_entry {
-    uint64_t hash;
-    uint64_t last_ns;
-    double tokens[];
-} local_entry;
-
-void rl_guard_init(rl_guard *g, const rl_config *cfg) {
-    memset(g, 0, sizeof(*g));
-    g->cfg = cfg;
+void rl_charge_args_init(rl_charge_args *a, const rl_config *cfg, const rl_policy_args *pa,
+                         const char *key, long long units) {
     size_t P = cfg->npolicies;
-    if (cfg->deny_cache_entries > 0) {
-        g->deny_mask = 1;
-        while (g->deny_mask < (size_t)cfg->deny_cache_entries) {
-            g->deny_mask <<= 1;
+    size_t n = (size_t)(units < RL_CHARGE_MAX_CHECKS ? units : RL_CHARGE_MAX_CHECKS);
+    a->checks = (int)n;
+    a->nkeys = (int)(n * P);
+    a->argc = (int)(n * P + pa->count + n);
+    a->argv = sd_xmalloc((size_t)a->argc * sizeof(*a->argv));
+    a->lens = sd_xmalloc((size_t)a->argc * sizeof(*a->lens));
+    a->keys = sd_xmalloc(P * RL_REDIS_KEY_MAX);
+    size_t lens[RL_MAX_POLICIES];
+    for (size_t j = 0; j < P; j++) {
+        lens[j] =
+            (size_t)rl_config_key(cfg, j, key, a->keys + j * RL_REDIS_KEY_MAX, RL_REDIS_KEY_MAX);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < P; j++) {
+            a->argv[k] = a->keys + j * RL_REDIS_KEY_MAX;
+            a->lens[k++] = lens[j];
         }
-        g->deny_stride = sizeof(deny_entry) + P * sizeof(rl_usage);
-        g->deny = sd_xcalloc(g->deny_mask, g->deny_stride);
-        g->deny_mask--;
     }
-    g->local_mask = 1;
-    while (g->local_mask < (size_t)cfg->local_entries) {
-        g->local_mask <<= 1;
+    for (size_t i = 0; i < pa->count; i++) {
+        a->argv[k] = pa->argv[i];
+        a->lens[k++] = pa->len[i];
     }
-    g->local_stride = sizeof(local_entry) + P * sizeof(double);
-    g->local = sd_xcalloc(g->local_mask, g->local_stride);
-    g->local_mask--;
+    for (size_t i = 0; i < n; i++) {
+        a->argv[k] = "1";
+        a->lens[k++] = 1;
+    }
 }
 
-void rl_guard_clear(rl_guard *g) {
-    free(g->deny);
-    free(g->local);
-    g->deny = g->local = NULL;
+void rl_charge_args_clear(rl_charge_args *a) {
+    free(a->argv);
+    free(a->lens);
+    free(a->keys);
 }
 
-int rl_breaker_may_send(const rl_guard *g, uint64_t now) {
-    if (g->breaker == RL_BREAKER_CLOSED) {
-        return 1;
-    }
-    return g->breaker == RL_BREAKER_OPEN &&
-           now - g->opened_ns >= (uint64_t)g->cfg->breaker_cooldown_ms * 1000000;
-}
-
-int rl_breaker_admit(rl_guard *g, uint64_t now) {
-    if (!rl_breaker_may_send(g, now)) {
+long long rl_charge_counted(const rl_config *cfg, const redisReply *reply) {
+    size_t stride = 2 + 2 * cfg->npolicies;
+    long long n = 0;
+    if (reply->type != REDIS_REPLY_ARRAY) {
         return 0;
     }
-    if (g->breaker == RL_BREAKER_OPEN) {
-        g->breaker = RL_BREAKER_HALF_OPEN; /* this call is the probe */
-        sd_log(SD_LOG_INFO, "ratelimit.breaker_probe", NULL);
+    for (size_t i = 0; i + stride <= reply->elements; i += stride) {
+        n += reply->element[i]->type == REDIS_REPLY_INTEGER && reply->element[i]->integer == 1;
     }
-    return 1;
-}
-
-void rl_breaker_done(rl_guard *g, int ok, uint64_t now) {
-    if (ok) {
-        if (g->breaker != RL_BREAKER_CLOSED) {
-            sd_log(SD_LOG_INFO, "ratelimit.breaker_closed", NULL);
-        }
-        g->breaker = RL_BREAKER_CLOSED;
-        g->failures = 0;
-        return;
-    }
-    g->failures++;
-    if (g->breaker == RL_BREAKER_HALF_OPEN ||
-        (g->breaker == RL_BREAKER_CLOSED && g->failures >= g->cfg->breaker_failures)) {
-        if (g->breaker == RL_BREAKER_CLOSED) {
-            sd_log(SD_LOG_WARN, "ratelimit.breaker_open", "failures=%d cooldown_ms=%d", g->failures,
-                   g->cfg->breaker_cooldown_ms);
-        }
-        g->breaker = RL_BREAKER_OPEN;
-        g->opened_ns = now;
-    }
-}
-
-void rl_guard_redis_error(rl_guard *g, int code, uint64_t now) {
-    g->stats.redis_errors++;
-    /* Errors come in storms when Redis is down: log at most one line per second. */
-    if (now - g->logged_ns >= 1000000000ULL || g->logged_ns == 0) {
-        sd_log(SD_LOG_WARN, "ratelimit.redis_error", "error=\"%s\" total=%llu", rl_strerror(code),
-               (unsigned long long)g->stats.redis_errors);
-        g->logged_ns = now;
-    }
-}
-
-static deny_entry *deny_slot(rl_guard *g, uint64_t hash) {
-    return (deny_entry *)((char *)g->deny + (hash & g->deny_mask) * g->deny_stride);
-}
-
-int rl_deny_lookup(rl_guard *g, uint64_t hash, long long cost, uint64_t now, rl_decision *d) {
-    if (!g->deny || cost == 0) {
-        return 0;
-    }
-    deny_entry *e = deny_slot(g, hash);
-    /* A check of a smaller cost may pass sooner than the one that was denied: ask Redis. */
-    if (e->hash != hash || now >= e->until_ns || cost < e->cost) {
-        return 0;
-    }
-    long long elapsed_ms = (long long)((now - e->at_ns) / 1000000);
-    memset(d, 0, sizeof(*d));
-    d->allowed = 0;
-    d->retry_after_ms = (long long)((e->until_ns - now + 999999) / 1000000);
-    d->source = RL_SOURCE_DENY_CACHE;
-    d->npolicies = g->cfg->npolicies;
-    for (size_t i = 0; i < d->npolicies; i++) {
-        d->policies[i] = e->usage[i];
-        d->policies[i].reset_ms =
-            e->usage[i].reset_ms > elapsed_ms ? e->usage[i].reset_ms - elapsed_ms : 0;
-    }
-    g->stats.deny_cache_hits++;
-    return 1;
-}
-
-void rl_deny_remember(rl_guard *g, uint64_t hash, long long cost, uint64_t start_ns,
-                      const rl_decision *d) {
-    if (!g->deny || d->source != RL_SOURCE_REDIS || d->allowed || d->retry_after_ms <= 0) {
-        return;
-    }
-    deny_entry *e = deny_slot(g, hash);
-    e->hash = hash;
-    e->at_ns = start_ns;
-    e->until_ns = start_ns + (uint64_t)d->retry_after_ms * 1000000;
-    e->cost = cost;
-    memcpy(e->usage, d->policies, d->npolicies * sizeof(rl_usage));
-}
-
-/* The local token bucket: capacity and refill q/N per window, in this process only. */
-static void local_decide(rl_guard *g, uint64_t hash, long long cost, uint64_t now, rl_decision *d) {
-    const rl_config *cfg = g->cfg;
-    size_t P = cfg->npolicies;
-    local_entry *e = (local_entry *)((char *)g->local + (hash & g->local_mask) * g->local_stride);
-    if (e->hash != hash) {
-        e->hash = hash; /* a new key (or an evicted one) starts full */
-        e->last_ns = now;
-        for (size_t i = 0; i < P; i++) {
-            e->tokens[i] = (double)cfg->policies[i].quota / cfg->instances;
-        }
-    }
-    double wait_ms = 0;
-    int allowed = 1;
-    for (size_t i = 0; i < P; i++) {
-        double cap = (double)cfg->policies[i].quota / cfg->instances;
-        double per_ms = cap / ((double)cfg->policies[i].window_s * 1000.0);
-        e->tokens[i] = fmin(cap, e->tokens[i] + (double)(now - e->last_ns) / 1e6 * per_ms);
-        d->policies[i].violated = 0;
-        if ((double)cost > e->tokens[i]) {
-            allowed = 0;
-            d->policies[i].violated = 1;
-            /* A cost above the local share is still possible globally: suggest one window. */
-            double w = (double)cost > cap ? (double)cfg->policies[i].window_s * 1000.0
-                                          : ((double)cost - e->tokens[i]) / per_ms;
-            wait_ms = fmax(wait_ms, w);
-        }
-    }
-    e->last_ns = now;
-    for (size_t i = 0; i < P; i++) {
-        double cap = (double)cfg->policies[i].quota / cfg->instances;
-        double per_ms = cap / ((double)cfg->policies[i].window_s * 1000.0);
-        if (allowed) {
-            e->tokens[i] -= (double)cost;
-        }
-        double r = floor(e->tokens[i]);
-        d->policies[i].remaining = (long long)r;
-        d->policies[i].reset_ms =
-            r + 1 <= cap ? (long long)ceil((r + 1 - e->tokens[i]) / per_ms) : 0;
-    }
-    d->allowed = allowed;
-    d->retry_after_ms = allowed ? 0 : (long long)ceil(wait_ms);
-}
-
-void rl_fallback(rl_guard *g, uint64_t hash, long long cost, int error, uint64_t now,
-                 rl_decision *d) {
-    const rl_config *cfg = g->cfg;
-    memset(d, 0, sizeof(*d));
-    d->npolicies = cfg->npolicies;
-    d->error = error;
-    for (size_t i = 0; i < cfg->npolicies; i++) {
-        d->policies[i].remaining = -1;
-        d->policies[i].reset_ms = -1;
-    }
-    switch (cfg->on_error) {
-    case RL_FAIL_OPEN:
-        d->source = RL_SOURCE_FAIL_OPEN;
-        d->allowed = 1;
-        break;
-    case RL_FAIL_CLOSED:
-        d->source = RL_SOURCE_FAIL_CLOSED;
-        d->retry_after_ms = cfg->breaker_cooldown_ms;
-        for (size_t i = 0; i < cfg->npolicies; i++) {
-            d->policies[i].violated = 1;
-        }
-        break;
-    case RL_FAIL_LOCAL:
-        d->source = RL_SOURCE_LOCAL;
-        local_decide(g, hash, cost, now, d);
-        break;
-    }
-}
-
-void rl_guard_count(rl_guard *g, const rl_decision *d) {
-    rl_stats *s = &g->stats;
-    s->by_source[d->source]++;
-    if (d->allowed) {
-        s->allowed++;
-    } else {
-        s->denied++;
-    }
-    for (size_t i = 0; i < d->npolicies; i++) {
-        if (d->allowed) {
-            s->policy_allowed[i]++;
-        } else if (d->policies[i].violated) {
-            s->policy_denied[i]++;
-        }
-    }
-}
-
-void rl_guard_stats(const rl_guard *g, rl_stats *out) {
-    *out = g->stats;
-    out->breaker_open = g->breaker != RL_BREAKER_CLOSED;
+    return n;
 }
 
 /* ---- The synchronous limiter ---------------------------------------------------------------- */
@@ -775,6 +633,27 @@ static int sync_call(rl_sync *l, const char *key, long long cost, int timeout_ms
     return rc;
 }
 
+/* Redis answered: charge what the local fallback admitted meanwhile (clamped), each call within
+ * the deadline. A charge that fails is dropped (the fleet then admits more than q: README). */
+static void sync_charge_pending(rl_sync *l) {
+    char *key;
+    long long units;
+    while (rl_guard_pending_pop(&l->guard, &key, &units)) {
+        rl_charge_args a;
+        rl_charge_args_init(&a, &l->cfg, &l->args, key, units);
+        int err = 0;
+        redisReply *reply =
+            sd_redis_script(l->redis, &err, l->cfg.deadline_ms, rl_script(l->cfg.algorithm),
+                            a.nkeys, a.argc, a.argv, a.lens);
+        if (reply) {
+            l->guard.stats.recovery_charged += (uint64_t)rl_charge_counted(&l->cfg, reply);
+            freeReplyObject(reply);
+        }
+        rl_charge_args_clear(&a);
+        free(key);
+    }
+}
+
 int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out) {
     if (rl_check_args(key, cost) < 0) {
         return RL_EARG;
@@ -782,21 +661,15 @@ int rl_sync_check(rl_sync *l, const char *key, long long cost, rl_decision *out)
     rl_guard *g = &l->guard;
     uint64_t start = sd_now_ns();
     uint64_t hash = rl_key_hash(key, strlen(key));
-    if (!rl_decide_never(&l->cfg, cost, out) && !rl_deny_lookup(g, hash, cost, start, out)) {
-        int rc = RL_EBREAKER;
-        if (rl_breaker_admit(g, start)) {
-            rc = sync_call(l, key, cost, l->cfg.deadline_ms, out);
-            uint64_t now = sd_now_ns();
-            /* An error reply means Redis is up: it must not open the breaker. */
-            rl_breaker_done(g, rc == 0 || rc == SD_EREDIS, now);
-            if (rc < 0) {
-                rl_guard_redis_error(g, rc, now);
-            }
-        }
-        if (rc < 0) {
-            rl_fallback(g, hash, cost, rc, sd_now_ns(), out);
-        } else {
-            rl_deny_remember(g, hash, cost, start, out);
+    /* The guard's steps (guard.c). A blocking call cannot wait for a late reply, so a check
+     * that timed out stays in doubt (counted as charged) and is answered as late. */
+    if (!rl_guard_before(g, key, hash, cost, 1, 1, start, out)) {
+        int rc = sync_call(l, key, cost, l->cfg.deadline_ms, out);
+        uint64_t now = sd_now_ns();
+        rl_guard_call_done(g, rc, now);
+        rl_guard_after(g, key, hash, cost, start, rc, rc == SD_ETIMEDOUT, now, out);
+        if (rc == 0) {
+            sync_charge_pending(l);
         }
     }
     rl_guard_count(g, out);

@@ -16,11 +16,15 @@
  * alone without asking Redis. A denied check consumes nothing, and the policies are
  * all-or-nothing: if one denies, none is charged.
  *
- * When Redis is slow or down, every check still completes within the deadline (default 5 ms),
- * answered by the configured fallback (fail open, fail closed, or a local in-process limiter at
- * q/N for N instances). A circuit breaker stops waiting on a Redis that keeps failing and probes
- * it again after a cool-down. A deny cache answers a key that Redis denied until its retry-after
- * has passed, without a round trip.
+ * When Redis is slow or down, every check still completes within the deadline (default 5 ms).
+ * A check Redis is late for is denied (RL_SOURCE_LATE; fail-open and fail-closed keep their own
+ * answer), and its late reply is reconciled (a refund when Redis charged it). When Redis is
+ * unreachable (disconnected, or the circuit breaker open: a failure rate, see guard.c) the
+ * configured fallback answers: fail open, fail closed, or a local in-process grant of
+ * min(r, q * local_share_pct / 100) / N per window, r being what Redis last reported left (q if
+ * nothing), for N instances; what it admitted is charged to Redis once it is back. The breaker
+ * probes Redis again after a cool-down. A deny cache answers a key that Redis denied until its
+ * retry-after has passed, without a round trip.
  *
  * Two front ends share all of that: rl_sync (blocking, one check per call) and rl_limiter
  * (asynchronous on a libuv loop, where concurrent checks are coalesced into batches, one script
@@ -98,7 +102,7 @@ int rl_algorithm_parse(const char *text, rl_algorithm *out);
 typedef enum rl_fail_mode {
     RL_FAIL_OPEN,   /* allow */
     RL_FAIL_CLOSED, /* deny, retry after the breaker's cool-down */
-    RL_FAIL_LOCAL,  /* a token bucket in this process at q/N per policy */
+    RL_FAIL_LOCAL,  /* a grant in this process (see the top of this file and guard.c) */
 } rl_fail_mode;
 
 /* "open", "closed", "local" */
@@ -108,13 +112,22 @@ int rl_fail_mode_parse(const char *text, rl_fail_mode *out);
 typedef struct rl_config {
     rl_algorithm algorithm; /* default RL_TOKEN_BUCKET */
     rl_policy policies[RL_MAX_POLICIES];
-    size_t npolicies;        /* at least one; names must differ */
-    char prefix[64];         /* key prefix, default "rl:" */
-    int deadline_ms;         /* every check completes within this, default 5 */
-    rl_fail_mode on_error;   /* default RL_FAIL_LOCAL */
-    int instances;           /* N for RL_FAIL_LOCAL, default 1 */
-    int breaker_failures;    /* consecutive failed calls that open the breaker, default 3 */
+    size_t npolicies;      /* at least one; names must differ */
+    char prefix[64];       /* key prefix, default "rl:" */
+    int deadline_ms;       /* every check completes within this, default 5 */
+    rl_fail_mode on_error; /* default RL_FAIL_LOCAL */
+    int instances;       /* N for RL_FAIL_LOCAL; default 0: the live gateways that the async limiter
+                            finds through Redis (presence keys, refreshed every second; until it has
+                            heard, and in rl_sync, the local fallback admits nothing) */
+    int local_share_pct; /* RL_FAIL_LOCAL: the fleet's local admissions per key and
+                            window are at most this percent of q, default 10 (README,
+                            "Exact under slowness") */
+    int breaker_failures;    /* the breaker opens once this many calls ended in one second
+                                and at least half of them failed; default 10 */
     int breaker_cooldown_ms; /* open time before one probe call, default 1000 */
+    int reply_timeout_ms;    /* async: how long a late reply is waited for (to reconcile it)
+                                before the call counts as failed; default 1000 (the
+                                deadline when that is longer) */
     int deny_cache_entries;  /* size of the deny cache, 0 = no deny cache; default 16384 */
     int local_entries;       /* keys the local fallback limiter tracks, default 16384 */
     int max_batch;           /* async: checks per script call, default 64 (1 = no batching) */
@@ -153,10 +166,11 @@ typedef enum rl_source {
     RL_SOURCE_FAIL_CLOSED, /* Redis failed: denied by the fail-closed policy */
     RL_SOURCE_LOCAL,       /* Redis failed: decided by the local limiter */
     RL_SOURCE_POLICY,      /* the policies alone: the cost exceeds a quota (never allowed) */
+    RL_SOURCE_LATE, /* Redis reachable but late: denied (local mode), Redis may still charge it */
     RL_SOURCE_COUNT
 } rl_source;
 
-/* "redis", "deny-cache", "fail-open", "fail-closed", "local", "policy" */
+/* "redis", "deny-cache", "fail-open", "fail-closed", "local", "policy", "late" */
 const char *rl_source_name(rl_source s);
 
 typedef struct rl_usage {
@@ -192,7 +206,14 @@ typedef struct rl_stats {
      * fallback decided them, yet Redis may have run the script and charged them. An upper
      * bound: a call lost before it reached Redis counts too. */
     uint64_t in_doubt;
-    int breaker_open; /* the breaker is open or half-open now */
+    /* Late replies reconciled with the answer the client got: Redis charged a check that was
+     * refused (a refund was sent), or refused one that was admitted here (cannot be undone). */
+    uint64_t refunds, over_admitted;
+    /* Units admitted by the local fallback and charged to Redis once it was back (clamped:
+     * what did not fit was not charged). */
+    uint64_t recovery_charged;
+    int live_instances; /* gateways found through Redis (0: not known yet) */
+    int breaker_open;   /* the breaker is open or half-open now */
 } rl_stats;
 
 /* ---- Synchronous limiter -------------------------------------------------------------- */

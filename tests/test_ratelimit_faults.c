@@ -54,6 +54,9 @@ static rl_config config(rl_fail_mode mode) {
     cfg.deadline_ms = 50;
     cfg.breaker_failures = 2;
     cfg.breaker_cooldown_ms = 100;
+    /* A reply later than the deadline is a failed call here, as it was before late replies
+     * were awaited: these tests are about failures, not slowness. */
+    cfg.reply_timeout_ms = cfg.deadline_ms;
     char err[256];
     cr_assert_eq(rl_config_add_policy(&cfg, "f;q=10;w=3600", err, sizeof err), 0);
     return cfg;
@@ -189,16 +192,24 @@ Test(ratelimit_faults, stopped_redis_fails_closed) {
     finish(l);
 }
 
-/* The local fallback admits q/N per instance: with q = 10 and N = 2, five for a new key. */
+/* The local fallback admits q/N per instance: with q = 10 and N = 2, five for a new key (with
+ * the whole quota open to the local fallback; by default only a tenth of it is). */
 Test(ratelimit_faults, stopped_redis_falls_back_to_a_local_share) {
     rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
     cfg.instances = 2;
     rl_limiter *l = limiter(&cfg);
     cr_assert_eq(sd_redis_server_halt(server), 0);
+    /* Until the limiter has seen the connection go, a check that times out is late (Redis may
+     * only be slow): peek, which charges nothing, until the fallback answers. */
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
     int allowed = 0;
     for (int i = 0; i < 20; i++) {
         rl_decision d = check(l, "fresh", NULL);
-        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s (%s)", i, rl_source_name(d.source),
+                     rl_strerror(d.error));
         allowed += d.allowed;
     }
     cr_assert_eq(allowed, 5);
@@ -700,4 +711,280 @@ Test(ratelimit_faults, sync_check_shares_its_deadline_between_evalsha_and_eval) 
     rl_sync_free(l);
     sd_redis_url_clear(&slow);
     test_kill_wait(proxy, SIGKILL);
+}
+
+/* ---- Exact under slowness (guard.c) ---------------------------------------------------------- */
+
+/*
+ * A check Redis is late for is refused, not admitted by the local fallback (Redis usually still
+ * runs it), and when the late reply comes and says Redis charged it, the charge is refunded: a
+ * peek afterwards finds the whole quota. For every algorithm, since the refund knows each one's
+ * key format (rl-refund.lua).
+ */
+Test(ratelimit_faults, a_late_check_is_refused_and_its_charge_refunded) {
+    static const rl_algorithm algorithms[] = {RL_TOKEN_BUCKET, RL_GCRA, RL_SLIDING_WINDOW_LOG,
+                                              RL_SLIDING_WINDOW_COUNTER};
+    for (size_t a = 0; a < sizeof algorithms / sizeof algorithms[0]; a++) {
+        rl_config cfg = config(RL_FAIL_LOCAL);
+        cfg.algorithm = algorithms[a];
+        cfg.reply_timeout_ms = 60000; /* wait for the late reply, however late */
+        const char *name = rl_algorithm_name(cfg.algorithm);
+        rl_limiter *l = limiter(&cfg);
+        await_redis(l, "warm");
+        /* One unit spent through Redis first, so that every algorithm has a key to refund to. */
+        cr_assert(check(l, "late", NULL).allowed);
+        cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+        rl_decision d = check(l, "late", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LATE, "%s: decided by %s", name, rl_source_name(d.source));
+        cr_assert_not(d.allowed, "%s: a late check must not be admitted locally", name);
+        cr_assert_eq(d.retry_after_ms, 1000);
+        cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+        rl_stats s;
+        for (int i = 0; i < 500; i++) {
+            rl_limiter_stats(l, &s);
+            if (s.refunds > 0) {
+                break;
+            }
+            pause_loop(10);
+        }
+        cr_assert_eq(s.refunds, 1, "%s: the late reply was not reconciled", name);
+        cr_assert_eq(s.over_admitted, 0);
+        cr_assert_eq(s.breaker_open, 0, "%s: a late reply opened the breaker", name);
+        /* The refund was sent before this peek, on the same connection: Redis runs it first. */
+        for (int i = 0; i < 250; i++) {
+            d = check_cost(l, "late", 0, NULL);
+            if (d.source == RL_SOURCE_REDIS)
+                break;
+            pause_loop(20);
+        }
+        cr_assert_eq(d.source, RL_SOURCE_REDIS);
+        cr_assert_eq(d.policies[0].remaining, 9, "%s: the refused check stayed charged", name);
+        finish(l);
+    }
+}
+
+/*
+ * An error *reply* proves that Redis is up: it must not open the breaker, in either front end.
+ * The sliding-window log's script fails with WRONGTYPE on a key that holds a string; with a
+ * breaker that opens on a single failure, twenty such replies leave it closed.
+ */
+Test(ratelimit_faults, an_error_reply_does_not_open_the_breaker) {
+    rl_config cfg = config(RL_FAIL_CLOSED);
+    cfg.algorithm = RL_SLIDING_WINDOW_LOG;
+    cfg.breaker_failures = 1;
+    char key[RL_REDIS_KEY_MAX];
+    cr_assert_gt(rl_config_key(&cfg, 0, "wrong", key, sizeof key), 0);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    redisReply *r = sd_redis_command(admin, NULL, "SET %s not-a-log", key);
+    cr_assert(r);
+    freeReplyObject(r);
+    rl_limiter *l = limiter(&cfg);
+    rl_sync *sl = NULL;
+    cr_assert_eq(rl_sync_new(&url, &cfg, &sl), 0);
+    await_redis(l, "fine");
+    for (int i = 0; i < 20; i++) {
+        rl_decision d = check(l, "wrong", NULL);
+        cr_assert_eq(d.error, SD_EREDIS, "%s", rl_strerror(d.error));
+        d = sync_check(sl, "wrong", 1, cfg.deadline_ms);
+        cr_assert_eq(d.error, SD_EREDIS, "%s", rl_strerror(d.error));
+    }
+    rl_stats s;
+    rl_limiter_stats(l, &s);
+    cr_assert_not(s.breaker_open, "error replies opened the async limiter's breaker");
+    rl_sync_stats(sl, &s);
+    cr_assert_not(s.breaker_open, "error replies opened the blocking limiter's breaker");
+    rl_sync_free(sl);
+    sd_redis_free(admin);
+    finish(l);
+}
+
+/*
+ * The local fallback spends only what Redis last reported as left, shared among N instances:
+ * with q = 10, N = 2 and 6 spent through Redis (4 left), each instance admits 2 while Redis is
+ * down, not q / N = 5, so the fleet stays within q.
+ */
+Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
+    cfg.instances = 2;
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "other");
+    for (int i = 0; i < 6; i++) {
+        rl_decision d = check(l, "spent", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_REDIS);
+        cr_assert(d.allowed);
+    }
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    int allowed = 0;
+    for (int i = 0; i < 20; i++) {
+        rl_decision d = check(l, "spent", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
+        allowed += d.allowed;
+    }
+    cr_assert_eq(allowed, 2, "the local share admitted %d, not (10 - 6) / 2", allowed);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    await_redis(l, "other");
+    finish(l);
+}
+
+/*
+ * When Redis is back, what the local fallback admitted is charged to it (clamped at the quota),
+ * so that the fleet's total over the window stays within the bound. Here the restarted Redis has
+ * lost its data (no persistence): the three local admissions are all that it holds afterwards.
+ */
+Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
+    cfg.instances = 1;
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "other");
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    for (int i = 0; i < 3; i++) {
+        rl_decision d = check(l, "k", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
+        cr_assert(d.allowed);
+    }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    await_redis(l, "other");
+    rl_stats s;
+    for (int i = 0; i < 500; i++) {
+        rl_limiter_stats(l, &s);
+        if (s.recovery_charged >= 3) {
+            break;
+        }
+        pause_loop(10);
+    }
+    /* The checks that waited for Redis were admitted locally too, and charged as well. */
+    cr_assert_geq(s.recovery_charged, 3, "charged %llu", (unsigned long long)s.recovery_charged);
+    /* Sent after the charges, on the same connection: Redis runs them first. */
+    rl_decision d = check_cost(l, "k", 0, NULL);
+    cr_assert_eq(d.source, RL_SOURCE_REDIS);
+    cr_assert_eq(d.policies[0].remaining, 7, "the local admissions were not charged");
+    finish(l);
+}
+
+/*
+ * N for the local share comes from Redis when it is not configured: each async limiter
+ * registers itself (rl-presence.lua) and counts the live ones. Two limiters on one Redis each
+ * learn N = 2, so that a key Redis never reported gets q / 2 from each when Redis is gone.
+ */
+Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
+    cfg.instances = 0;
+    rl_limiter *a = limiter(&cfg), *b = limiter(&cfg);
+    rl_stats s;
+    for (int i = 0; i < 500; i++) {
+        rl_limiter_stats(a, &s);
+        if (s.live_instances == 2) {
+            break;
+        }
+        pause_loop(10);
+    }
+    cr_assert_eq(s.live_instances, 2);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(a, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    int allowed = 0;
+    for (int i = 0; i < 20; i++) {
+        rl_decision d = check(a, "fresh", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+        allowed += d.allowed;
+    }
+    cr_assert_eq(allowed, 5, "admitted %d, not q / N = 10 / 2", allowed);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    rl_limiter_free(a);
+    finish(b);
+}
+
+/* A limiter that never heard from Redis does not know N: its local fallback admits nothing. */
+Test(ratelimit_faults, without_n_the_local_fallback_admits_nothing) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.instances = 0;
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    rl_limiter *l = NULL;
+    cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
+    for (int i = 0; i < 5; i++) {
+        rl_decision d = check(l, "k", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+        cr_assert_not(d.allowed);
+    }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    finish(l);
+}
+
+/*
+ * By default the fleet's local fallback may admit at most a tenth of q per key and window, split
+ * among N: that is the README's bound, whatever Redis reported. With q = 40 and N = 2, each
+ * instance admits 2 for a key Redis never reported (q / 10 / N), not 20.
+ */
+Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = RL_GCRA;
+    cfg.deadline_ms = 50;
+    cfg.instances = 2;
+    char err[256];
+    cr_assert_eq(rl_config_add_policy(&cfg, "t;q=40;w=3600", err, sizeof err), 0);
+    rl_limiter *l = limiter(&cfg);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    int allowed = 0;
+    for (int i = 0; i < 30; i++) {
+        rl_decision d = check(l, "fresh", NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+        allowed += d.allowed;
+    }
+    cr_assert_eq(allowed, 2, "admitted %d, not q / 10 / N = 40 / 10 / 2", allowed);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    finish(l);
+}
+
+/*
+ * A grant is renewed only once a whole window has passed since the last local admission, so no
+ * window of w holds more than one grant's admissions. With q = 40 per 1 s and N = 2 the grant is
+ * 2: over 2.5 s of checks every 10 ms, no 1 s window may hold more than 2 admissions (however the
+ * loop is scheduled: the property is about the admissions' own times).
+ */
+Test(ratelimit_faults, a_local_grant_is_renewed_at_most_once_a_window) {
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = RL_GCRA;
+    cfg.deadline_ms = 50;
+    cfg.instances = 2;
+    char err[256];
+    cr_assert_eq(rl_config_add_policy(&cfg, "s;q=40;w=1", err, sizeof err), 0);
+    rl_limiter *l = limiter(&cfg);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+    /* Each admission's instant lies between the times taken before and after its check. */
+    uint64_t before[64], after[64];
+    int n = 0;
+    uint64_t end = sd_now_ns() + 2500000000ULL;
+    while (sd_now_ns() < end && n < 64) {
+        uint64_t t = sd_now_ns();
+        if (check(l, "k", NULL).allowed) {
+            before[n] = t;
+            after[n++] = sd_now_ns();
+        }
+        pause_loop(10);
+    }
+    cr_assert_geq(n, 2, "the first grant was not spent");
+    for (int i = 0; i + 2 < n; i++) {
+        cr_assert_geq(after[i + 2] - before[i], 1000000000ULL,
+                      "three local admissions within one window (%d, %d)", i, i + 2);
+    }
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    finish(l);
 }
