@@ -75,6 +75,25 @@ int test_http_read_response(int fd, char *buf, size_t len, const char **body);
 /* Connects, sends one request (raw bytes), reads the response, closes. Returns the status. */
 int test_http_exchange(int port, const char *request, char *buf, size_t len, const char **body);
 
+/* What test_run_program saw: the exit status (-1 when a signal ended the program) and the first
+ * bytes of its stdout and stderr, NUL-terminated. Large: make it static. */
+typedef struct test_run_out {
+    int status;
+    char out[65536];
+    char err[16384];
+} test_run_out;
+
+/*
+ * Runs build/bin/<prog> with the arguments args (NULL-terminated, at most 62), `input` on stdin
+ * (NULL: empty), and the extra environment entries env ("NAME=value", NULL-terminated, or NULL);
+ * waits for it to exit (120 s at most: asserts that it did) and fills *r.
+ */
+void test_run_program(const char *prog, const char *const args[], const char *input,
+                      const char *const env[], test_run_out *r);
+
+/* Reads fd from its start into buf (NUL-terminated, cut at len - 1 bytes), then closes fd. */
+void test_slurp_fd(int fd, char *buf, size_t len);
+
 /* Counts live processes whose command line contains needle (reads /proc). */
 int test_count_processes(const char *needle);
 

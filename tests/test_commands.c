@@ -24,47 +24,10 @@
 
 TestSuite(commands, .timeout = 60);
 
-typedef struct run_out {
-    int status; /* exit status, or -1 when killed by a signal */
-    char out[16384];
-    char err[4096];
-} run_out;
-
-static void slurp(int fd, char *buf, size_t len) {
-    lseek(fd, 0, SEEK_SET);
-    ssize_t n = read(fd, buf, len - 1);
-    buf[n > 0 ? n : 0] = '\0';
-    close(fd);
-}
-
 /* Runs build/bin/<args[0]> with args and the extra environment env (NULL-terminated or NULL),
  * stdin empty, and collects its exit status, stdout and stderr. */
-static void run(const char *const *args, const char *const *env, run_out *r) {
-    char *bin = test_bin_path(args[0]);
-    char out_path[] = "/tmp/test_commands_outXXXXXX", err_path[] = "/tmp/test_commands_errXXXXXX";
-    int out = mkstemp(out_path), err = mkstemp(err_path);
-    cr_assert(out >= 0 && err >= 0);
-    unlink(out_path);
-    unlink(err_path);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_RDONLY);
-        dup2(devnull, 0);
-        dup2(out, 1);
-        dup2(err, 2);
-        for (const char *const *e = env; e && *e; e++)
-            putenv((char *)*e);
-        sd_child_restore_sigpipe();
-        execv(bin, (char *const *)args);
-        _exit(127);
-    }
-    int status = test_wait_exit(pid, 30000);
-    cr_assert_neq(status, -1, "%s did not exit", args[0]);
-    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    slurp(out, r->out, sizeof r->out);
-    slurp(err, r->err, sizeof r->err);
-    free(bin);
+static void run(const char *const *args, const char *const *env, test_run_out *r) {
+    test_run_program(args[0], args + 1, NULL, env, r);
 }
 
 static int lines(const char *text) {
@@ -114,7 +77,7 @@ static const struct {
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
 Test(commands, help_exits_0_with_the_usage_from_the_table) {
-    static run_out r;
+    static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
         const char *argv[16];
         char name[64], usage[96];
@@ -148,7 +111,7 @@ Test(commands, help_exits_0_with_the_usage_from_the_table) {
 }
 
 Test(commands, an_unknown_option_exits_2_with_one_line_naming_it) {
-    static run_out r;
+    static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
         const char *argv[16];
         char name[64], start[80];
@@ -177,7 +140,7 @@ Test(commands, an_unknown_option_exits_2_with_one_line_naming_it) {
 }
 
 Test(commands, a_bad_value_exits_2_with_one_line_naming_the_option_and_the_value) {
-    static run_out r;
+    static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
         if (!commands[i].option)
             continue;
@@ -209,7 +172,7 @@ Test(commands, a_bad_value_exits_2_with_one_line_naming_the_option_and_the_value
 }
 
 Test(commands, version_prints_the_builds_git_describe) {
-    static run_out r;
+    static test_run_out r;
     regex_t re;
     /* A commit (abbreviated), or TAG-N-gCOMMIT, maybe -dirty; "unknown" outside git. */
     cr_assert_eq(regcomp(&re, "^(([0-9a-f]{4,40}|.+-g[0-9a-f]{4,40})(-dirty)?|unknown)\n$",
@@ -307,7 +270,7 @@ static void fake_redis_remove(fake_redis *f) {
 }
 
 Test(commands, a_bad_listen_address_exits_2_before_anything_starts) {
-    static run_out r;
+    static test_run_out r;
     fake_redis f;
     fake_redis_make(&f);
     const char *env[] = {f.env, "REDIS_URL=", NULL};
@@ -343,7 +306,7 @@ Test(commands, a_bad_listen_address_exits_2_before_anything_starts) {
 }
 
 Test(commands, a_port_in_use_is_a_runtime_failure_that_leaks_nothing) {
-    static run_out r;
+    static test_run_out r;
     int port;
     int fd = test_listen_loopback(&port);
     char addr[32];
@@ -360,7 +323,7 @@ Test(commands, a_port_in_use_is_a_runtime_failure_that_leaks_nothing) {
 }
 
 Test(commands, a_password_in_redis_is_warned_about_never_shown) {
-    static run_out r;
+    static test_run_out r;
     run((const char *[]){"ratelimit", "check", "--redis", "redis://:hunter2-secret@127.0.0.1:1",
                          "--policy", "p;q=1;w=1", "--key", "k", "--cost", "x", NULL},
         NULL, &r);

@@ -704,52 +704,21 @@ Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
 
 /* ---- The main job without node --------------------------------------------------------------- */
 
-/* Runs build/bin/bench with args and env entries added, stdout and stderr into files. Returns
- * the exit status (-1 when killed). */
-static int bench_run(const char *const *args, const char *const *env, char **out, char **err) {
-    char *bin = test_bin_path("bench");
-    char out_path[64], err_path[64];
-    temp_path(out_path, sizeof out_path, "out");
-    temp_path(err_path, sizeof err_path, "err");
-    const char *argv[32] = {bin};
-    int n = 1;
-    for (; args[n - 1] && n < 31; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int o = open(out_path, O_WRONLY | O_TRUNC), e = open(err_path, O_WRONLY | O_TRUNC);
-        dup2(o, 1);
-        dup2(e, 2);
-        for (; env && *env; env++)
-            putenv((char *)*env);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    int ws;
-    waitpid(pid, &ws, 0);
-    *out = read_all(out_path);
-    *err = read_all(err_path);
-    unlink(out_path);
-    unlink(err_path);
-    free(bin);
-    return WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-}
-
 Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
     sd_redis_server *server = test_redis_start(NULL);
     char json[64], html[64];
     temp_path(json, sizeof json, "json");
     temp_path(html, sizeof html, "html");
-    char *out, *err;
-    int status = bench_run(
+    static test_run_out ran;
+    test_run_program(
+        "bench",
         (const char *[]){"run", "ratelimit.gcra.closed", "--duration", "0.3", "--warmup", "0.1",
                          "--redis", sd_redis_server_url(server), "--json", json, "--html", html,
                          NULL},
-        (const char *[]){"PATH=/nonexistent-for-bench-peers", "BENCH_PEERS=1", NULL}, &out, &err);
+        NULL, (const char *[]){"PATH=/nonexistent-for-bench-peers", "BENCH_PEERS=1", NULL}, &ran);
     sd_redis_server_stop(server);
-    cr_expect_eq(status, 0, "stdout: %s\nstderr: %s", out, err);
+    const char *out = ran.out, *err = ran.err;
+    cr_expect_eq(ran.status, 0, "stdout: %s\nstderr: %s", out, err);
 
     /* One line per skipped peer on stderr, saying why. */
     int peers = 0;
@@ -788,8 +757,6 @@ Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
     free(page);
     unlink(json);
     unlink(html);
-    free(out);
-    free(err);
 }
 
 /*
@@ -827,14 +794,16 @@ Test(cli, the_main_job_reads_the_peers_results_and_goes_on) {
     temp_path(json, sizeof json, "json");
     snprintf(path_env, sizeof path_env, "PATH=%s", getenv("PATH"));
     snprintf(dir_env, sizeof dir_env, "BENCH_PEERS_DIR=%s", d.peers);
-    char *out, *err;
-    int status = bench_run((const char *[]){"run", "ratelimit.gcra.closed",
-                                            "ratelimit.sliding-window-log.closed", "--duration",
-                                            "0.3", "--warmup", "0.1", "--redis",
-                                            sd_redis_server_url(server), "--json", json, NULL},
-                           (const char *[]){path_env, dir_env, "BENCH_PEERS=1", NULL}, &out, &err);
+    static test_run_out ran;
+    test_run_program("bench",
+                     (const char *[]){"run", "ratelimit.gcra.closed",
+                                      "ratelimit.sliding-window-log.closed", "--duration", "0.3",
+                                      "--warmup", "0.1", "--redis", sd_redis_server_url(server),
+                                      "--json", json, NULL},
+                     NULL, (const char *[]){path_env, dir_env, "BENCH_PEERS=1", NULL}, &ran);
     sd_redis_server_stop(server);
-    cr_expect_eq(status, 0, "stdout: %s\nstderr: %s", out, err);
+    const char *out = ran.out;
+    cr_expect_eq(ran.status, 0, "stdout: %s\nstderr: %s", out, ran.err);
     cr_expect_null(strstr(out, "FAILED"), "%s", out);
     cr_expect_not_null(strstr(out, "  peer rate-limiter-flexible "), "%s", out);
 
@@ -864,7 +833,5 @@ Test(cli, the_main_job_reads_the_peers_results_and_goes_on) {
                      "ratelimit.sliding-window-log.closed");
     cr_expect_null(json_object_get(s, "failed"), "the scenario after the peers ran");
     json_decref(root);
-    free(out);
-    free(err);
     npm_cleanup(&d);
 }
