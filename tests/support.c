@@ -24,6 +24,10 @@
 
 #include "sd.h"
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/lsan_interface.h>
+#endif
+
 sd_redis_server *test_redis_start(const char *appendfsync) {
     sd_redis_server_opts opts = {.appendfsync = appendfsync};
     sd_redis_server *s = NULL;
@@ -115,6 +119,43 @@ bench_server test_server_start(const char *const argv[]) {
     free(path);
     cr_assert_eq(rc, 0, "%s", err);
     return s;
+}
+
+pid_t test_fork_server(void (*child_main)(int fd, void *arg), void *arg, int *port, int *lines) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        close(fds[0]);
+        child_main(fds[1], arg);
+        _exit(127); /* not reached */
+    }
+    close(fds[1]);
+    char line[32];
+    cr_assert_gt(test_read_line(fds[0], line, sizeof line, 5000), 0, "the server did not start");
+    *port = atoi(line);
+    if (lines)
+        *lines = fds[0];
+    else
+        close(fds[0]);
+    return pid;
+}
+
+void test_serve_and_exit(uv_loop_t *loop, sd_http_server *srv, int out) {
+    dprintf(out, "%d\n", sd_http_server_port(srv));
+    uv_run(loop, UV_RUN_DEFAULT);
+    sd_http_server_free(srv);
+    int status = uv_loop_close(loop) == 0 ? 0 : 3;
+#ifdef __SANITIZE_ADDRESS__
+    if (__lsan_do_recoverable_leak_check() != 0)
+        status = 4;
+#endif
+    _exit(status);
 }
 
 int test_read_line(int fd, char *buf, size_t len, int timeout_ms) {

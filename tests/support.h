@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "http.h"
 #include "redis.h"
 #include "redis_server.h"
 #include "spawn.h"
@@ -42,6 +43,23 @@ pid_t test_spawn(const char *const argv[], const char *const env[], int *stdout_
  * bench/spawn.h); asserts that it came. Stop it with bench_server_stop.
  */
 bench_server test_server_start(const char *const argv[]);
+
+/*
+ * Forks a child that runs child_main(fd, arg), fd the write end of a pipe; child_main writes the
+ * port it listens on as its first line and never returns. The child dies with the test process
+ * (PR_SET_PDEATHSIG). Waits (5 s at most) for that line and asserts that it came. Returns the
+ * child's pid and its port in *port; *lines gets the read end of the pipe, for the lines the
+ * child writes next (when lines is NULL, it is closed).
+ */
+pid_t test_fork_server(void (*child_main)(int fd, void *arg), void *arg, int *port, int *lines);
+
+/*
+ * The rest of a forked HTTP server's life (see test_fork_server): writes srv's port to out, runs
+ * loop until the server stops, frees srv and closes loop, then exits: 0, 3 when handles were
+ * left on the loop, 4 when LeakSanitizer finds a leak (_exit skips its exit-time check, so it
+ * runs here: a request or connection lost on a detached path shows up as a non-zero exit).
+ */
+void test_serve_and_exit(uv_loop_t *loop, sd_http_server *srv, int out) __attribute__((noreturn));
 
 /* Reads one line (without the newline) from fd within timeout_ms. Returns its length, or -1 on
  * timeout or EOF. */

@@ -37,10 +37,6 @@
 #include "sd.h"
 #include "support.h"
 
-#ifdef __SANITIZE_ADDRESS__
-#include <sanitizer/lsan_interface.h>
-#endif
-
 enum {
     BIG_BODY = 4096,
     SMALL_BODY = 16,
@@ -103,15 +99,7 @@ static void app_main(int out, const app_opts *o) {
     uv_signal_init(&loop, &a.term);
     a.term.data = &a;
     uv_signal_start(&a.term, on_term, SIGTERM);
-    dprintf(out, "%d\n", sd_http_server_port(a.srv));
-    uv_run(&loop, UV_RUN_DEFAULT);
-    sd_http_server_free(a.srv);
-    int status = uv_loop_close(&loop) == 0 ? 0 : 3;
-#ifdef __SANITIZE_ADDRESS__
-    if (__lsan_do_recoverable_leak_check() != 0)
-        status = 4;
-#endif
-    _exit(status);
+    test_serve_and_exit(&loop, a.srv, out);
 }
 
 static pid_t app_pid;
@@ -119,25 +107,12 @@ static int port;
 static char buf[65536];
 static const char *body;
 
+static void app_child(int out, void *arg) {
+    app_main(out, arg);
+}
+
 static void start_app(app_opts o) {
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        close(fds[0]);
-        app_main(fds[1], &o);
-    }
-    close(fds[1]);
-    char line[32];
-    cr_assert_gt(test_read_line(fds[0], line, sizeof line, 5000), 0, "the app did not start");
-    close(fds[0]);
-    app_pid = pid;
-    port = atoi(line);
+    app_pid = test_fork_server(app_child, &o, &port, NULL);
 }
 
 static void stop_app(void) {
