@@ -122,6 +122,12 @@ static void stop_app(void) {
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
 
+/* Sends request (raw bytes) on a new connection to the app; returns the response's status. The
+ * response is in buf, its body at body. */
+static int exchange(const char *request) {
+    return test_http_exchange(port, request, buf, sizeof buf, &body);
+}
+
 static void send_text(int fd, const char *text) {
     test_write_all(fd, text, strlen(text));
 }
@@ -195,6 +201,16 @@ static int connect_small_buffers(void) {
     return fd;
 }
 
+/* A client with small buffers that pipelines GET /big as far as the kernel takes and reads
+ * nothing (yet). */
+static int connect_unread_client(void) {
+    int fd = connect_small_buffers();
+    big_pos = 0;
+    nsent = 0;
+    send_bigs(fd);
+    return fd;
+}
+
 TestSuite(http_hardening, .timeout = 60);
 
 /* ---- Output that the client does not read ---------------------------------------------------- */
@@ -204,10 +220,7 @@ TestSuite(http_hardening, .timeout = 60);
  * response), and answer every request, in order, once the client reads. */
 Test(http_hardening, unread_output_pauses_the_connection_and_resumes_when_drained) {
     start_app((app_opts){0});
-    int fd = connect_small_buffers();
-    big_pos = 0;
-    nsent = 0;
-    send_bigs(fd);
+    int fd = connect_unread_client();
     cr_assert(wait_metric("http_connections_output_blocked", 1, fd, send_bigs),
               "the connection never paused for its output");
     /* Blocked now: the server neither parses nor reads this connection. */
@@ -230,10 +243,7 @@ Test(http_hardening, unread_output_pauses_the_connection_and_resumes_when_draine
 /* The same client, left alone: its connection is closed at the send deadline. */
 Test(http_hardening, output_that_never_drains_is_closed_at_the_send_deadline) {
     start_app((app_opts){.send_timeout_ms = 300});
-    int fd = connect_small_buffers();
-    big_pos = 0;
-    nsent = 0;
-    send_bigs(fd);
+    int fd = connect_unread_client();
     cr_assert(wait_metric("http_connection_timeouts_total{phase=\"send\"}", 1, fd, send_bigs),
               "the connection that does not read was not closed");
     cr_assert_eq(metric("http_connections_output_blocked"), 0);
@@ -273,35 +283,23 @@ Test(http_hardening, a_trickled_body_gets_408_at_the_request_deadline) {
 Test(http_hardening, a_route_body_limit_is_checked_before_the_body_is_read) {
     start_app((app_opts){0});
     /* 413 on the header alone: the body is never sent. */
-    cr_assert_eq(test_http_exchange(port, "POST /small HTTP/1.1\r\nContent-Length: 17\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 413);
-    cr_assert_eq(test_http_exchange(port,
-                                    "POST /small HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
-                                    "0123456789abcdef",
-                                    buf, sizeof buf, &body),
+    cr_assert_eq(exchange("POST /small HTTP/1.1\r\nContent-Length: 17\r\n\r\n"), 413);
+    cr_assert_eq(exchange("POST /small HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
+                          "0123456789abcdef"),
                  200);
     cr_assert_str_eq(body, "0123456789abcdef");
     /* Another route keeps the server's limit. */
-    cr_assert_eq(test_http_exchange(port,
-                                    "POST /echo HTTP/1.1\r\nContent-Length: 17\r\n\r\n"
-                                    "0123456789abcdefg",
-                                    buf, sizeof buf, &body),
+    cr_assert_eq(exchange("POST /echo HTTP/1.1\r\nContent-Length: 17\r\n\r\n"
+                          "0123456789abcdefg"),
                  200);
     stop_app();
 }
 
 Test(http_hardening, the_built_in_routes_take_no_body) {
     start_app((app_opts){0});
-    cr_assert_eq(test_http_exchange(port, "GET /healthz HTTP/1.1\r\nContent-Length: 1\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 413);
-    cr_assert_eq(test_http_exchange(port, "GET /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 413);
-    cr_assert_eq(test_http_exchange(port, "GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 200);
+    cr_assert_eq(exchange("GET /healthz HTTP/1.1\r\nContent-Length: 1\r\n\r\n"), 413);
+    cr_assert_eq(exchange("GET /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\n"), 413);
+    cr_assert_eq(exchange("GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), 200);
     stop_app();
 }
 
