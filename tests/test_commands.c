@@ -42,18 +42,6 @@ static void command_name(const char *prog, const char *sub, char *buf, size_t le
     snprintf(buf, len, "%s%s%s", prog, sub ? " " : "", sub ? sub : "");
 }
 
-/* argv for prog [sub] extra... */
-static void make_argv(const char **argv, const char *prog, const char *sub,
-                      const char *const *extra) {
-    int n = 0;
-    argv[n++] = prog;
-    if (sub)
-        argv[n++] = sub;
-    for (; extra && *extra; extra++)
-        argv[n++] = *extra;
-    argv[n] = NULL;
-}
-
 /* Every program and subcommand, with one bad value of one of its options (NULL when it takes
  * no option with a value) and the option that value belongs to. */
 static const struct {
@@ -76,14 +64,26 @@ static const struct {
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
+/* Runs commands[i] (prog [sub]) with the arguments extra and the extra environment env, into
+ * *r; name gets its name (command_name), for messages. */
+static void run_command(size_t i, const char *const *extra, const char *const *env, char *name,
+                        size_t len, test_run_out *r) {
+    command_name(commands[i].prog, commands[i].sub, name, len);
+    const char *argv[16];
+    int n = 0;
+    if (commands[i].sub)
+        argv[n++] = commands[i].sub;
+    for (; extra && *extra; extra++)
+        argv[n++] = *extra;
+    argv[n] = NULL;
+    test_run_program(commands[i].prog, argv, NULL, env, r);
+}
+
 Test(commands, help_exits_0_with_the_usage_from_the_table) {
     static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
-        const char *argv[16];
         char name[64], usage[96];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub, (const char *[]){"--help", NULL});
-        run(argv, NULL, &r);
+        run_command(i, (const char *[]){"--help", NULL}, NULL, name, sizeof name, &r);
         cr_expect_eq(r.status, 0, "%s --help: exit %d", name, r.status);
         snprintf(usage, sizeof usage, "usage: %s", name);
         cr_expect_eq(strncmp(r.out, usage, strlen(usage)), 0, "%s --help printed: %s", name, r.out);
@@ -113,12 +113,8 @@ Test(commands, help_exits_0_with_the_usage_from_the_table) {
 Test(commands, an_unknown_option_exits_2_with_one_line_naming_it) {
     static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
-        const char *argv[16];
         char name[64], start[80];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub,
-                  (const char *[]){"--no-such-option", NULL});
-        run(argv, NULL, &r);
+        run_command(i, (const char *[]){"--no-such-option", NULL}, NULL, name, sizeof name, &r);
         cr_expect_eq(r.status, 2, "%s --no-such-option: exit %d", name, r.status);
         cr_expect_eq(lines(r.err), 1, "%s --no-such-option: '%s'", name, r.err);
         snprintf(start, sizeof start, "%s: ", name);
@@ -144,11 +140,9 @@ Test(commands, a_bad_value_exits_2_with_one_line_naming_the_option_and_the_value
     for (size_t i = 0; i < NCOMMANDS; i++) {
         if (!commands[i].option)
             continue;
-        const char *argv[16];
         char name[64];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub, commands[i].bad);
-        run(argv, (const char *[]){"REDIS_URL=redis://127.0.0.1:1", NULL}, &r);
+        run_command(i, commands[i].bad, (const char *[]){"REDIS_URL=redis://127.0.0.1:1", NULL},
+                    name, sizeof name, &r);
         cr_expect_eq(r.status, 2, "%s: exit %d", name, r.status);
         cr_expect_eq(lines(r.err), 1, "%s: '%s'", name, r.err);
         cr_expect_not_null(strstr(r.err, commands[i].option), "%s: %s", name, r.err);
@@ -181,11 +175,8 @@ Test(commands, version_prints_the_builds_git_describe) {
     char want[256];
     snprintf(want, sizeof want, "%s\n", sd_version());
     for (size_t i = 0; i < NCOMMANDS; i++) {
-        const char *argv[16];
         char name[64];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub, (const char *[]){"--version", NULL});
-        run(argv, NULL, &r);
+        run_command(i, (const char *[]){"--version", NULL}, NULL, name, sizeof name, &r);
         cr_expect_eq(r.status, 0, "%s --version", name);
         /* The programs and this test were built together: the same description. */
         cr_expect_str_eq(r.out, want, "%s --version", name);
