@@ -631,16 +631,20 @@ Test(http, a_request_with_extra_headers_and_a_large_body_is_sent_once, .timeout 
     test_kill_wait(pid, SIGKILL);
 }
 
-Test(http, refused_connections_are_connect_errors) {
-    int port = test_closed_port();
-    uv_loop_t loop;
-    uv_loop_init(&loop);
+/* A target of two connections to a port nothing listens on; asserts that they were refused. */
+static void refused_target(uv_loop_t *loop, bench_target *t) {
+    uv_loop_init(loop);
     char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", test_closed_port());
+    cr_assert_eq(bench_http_target_new(loop, url, 2, NULL, t, err, sizeof err), 0);
+    cr_assert_eq(bench_http_target_wait_connected(t, 2000, err, sizeof err), UV_ECONNREFUSED, "%s",
+                 err);
+}
+
+Test(http, refused_connections_are_connect_errors) {
+    uv_loop_t loop;
     bench_target t;
-    cr_assert_eq(bench_http_target_new(&loop, url, 2, NULL, &t, err, sizeof err), 0);
-    int rc = bench_http_target_wait_connected(&t, 2000, err, sizeof err);
-    cr_expect_eq(rc, UV_ECONNREFUSED, "%s", err);
+    refused_target(&loop, &t);
     bench_result r;
     bench_load_opts o = {.rate = 1000, .duration_s = 0.2};
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
@@ -655,15 +659,9 @@ Test(http, refused_connections_are_connect_errors) {
 /* With every connection refused and backing off, an operation fails at once, but its done()
  * still comes from the loop, never from inside issue(). */
 Test(http, an_unreachable_server_fails_an_operation_from_the_loop) {
-    int port = test_closed_port();
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
     bench_target t;
-    cr_assert_eq(bench_http_target_new(&loop, url, 2, NULL, &t, err, sizeof err), 0);
-    cr_assert_eq(bench_http_target_wait_connected(&t, 2000, err, sizeof err), UV_ECONNREFUSED, "%s",
-                 err);
+    refused_target(&loop, &t);
     counted c = {0};
     t.issue(t.ctx, &c, counted_done);
     cr_expect_eq(c.calls, 0, "done() ran inside issue()");
