@@ -380,22 +380,35 @@ static void on_connect(const redisAsyncContext *ac, int status) {
         redisAsyncDisconnect(r->ac);
 }
 
-static void aredis_connect(sd_aredis *r) {
-    r->state = AS_CONNECTING;
-    redisAsyncContext *ac = r->url.path ? redisAsyncConnectUnix(r->url.path)
-                                        : redisAsyncConnect(r->url.host, r->url.port);
-    if (ac == NULL || ac->err || redisLibuvAttach(ac, r->loop) != REDIS_OK) {
-        sd_log(SD_LOG_DEBUG, "redis.connect_failed", "error=\"%s\"",
-               ac ? ac->errstr : "out of memory");
+redisAsyncContext *sd_redis__async_open(uv_loop_t *loop, const sd_redis_url *url, void *data,
+                                        redisConnectCallback *on_connect,
+                                        redisDisconnectCallback *on_disconnect, char *err,
+                                        size_t errlen) {
+    redisAsyncContext *ac =
+        url->path ? redisAsyncConnectUnix(url->path) : redisAsyncConnect(url->host, url->port);
+    if (ac == NULL || ac->err || redisLibuvAttach(ac, loop) != REDIS_OK) {
+        snprintf(err, errlen, "%s", ac ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = data;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    return ac;
+}
+
+static void aredis_connect(sd_aredis *r) {
+    r->state = AS_CONNECTING;
+    char err[160];
+    redisAsyncContext *ac =
+        sd_redis__async_open(r->loop, &r->url, r, on_connect, on_disconnect, err, sizeof err);
+    if (ac == NULL) {
+        sd_log(SD_LOG_DEBUG, "redis.connect_failed", "error=\"%s\"", err);
         schedule_reconnect(r);
         return;
     }
-    ac->data = r;
     r->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
     uv_timer_start(&r->conn_timer, on_conn_timer, (uint64_t)r->opts.connect_timeout_ms, 0);
 }
 

@@ -53,7 +53,6 @@
 #include "redis_sub.h"
 
 #include <errno.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -376,20 +375,14 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
 
 static void sub_connect(sd_redis_sub *s) {
     s->state = SUB_CONNECTING;
-    redisAsyncContext *ac = s->url.path ? redisAsyncConnectUnix(s->url.path)
-                                        : redisAsyncConnect(s->url.host, s->url.port);
-    if (ac == NULL || ac->err || redisLibuvAttach(ac, s->loop) != REDIS_OK) {
-        char reason[160];
-        snprintf(reason, sizeof reason, "%s", ac ? ac->errstr : "out of memory");
-        if (ac)
-            redisAsyncFree(ac);
+    char reason[160];
+    redisAsyncContext *ac =
+        sd_redis__async_open(s->loop, &s->url, s, on_connect, on_disconnect, reason, sizeof reason);
+    if (ac == NULL) {
         went_down(s, reason);
         return;
     }
-    ac->data = s;
     s->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
     uv_timer_start(&s->conn_timer, on_conn_timer, (uint64_t)s->opts.redis.connect_timeout_ms, 0);
 }
 
