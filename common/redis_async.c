@@ -166,11 +166,9 @@ static void schedule_reconnect(sd_aredis *r);
  */
 static void drop_unresponsive(sd_aredis *r) {
     sd_log(SD_LOG_WARN, "redis.unresponsive", "pending=%zu", r->npending);
-    redisAsyncContext *ac = r->ac;
     int was_ready = r->state == AS_READY;
-    r->ac = NULL;
     r->state = AS_WAITING; /* so on_disconnect leaves the reconnect to us */
-    redisAsyncFree(ac);
+    sd_redis__async_give_up(&r->ac);
     /* A caller's callback may have freed the connection meanwhile. */
     if (r->state == AS_CLOSED)
         return;
@@ -246,11 +244,8 @@ static void on_conn_timer(uv_timer_t *t) {
         /* The connect (or the handshake) took too long: give up on this attempt. Freeing the
          * context runs the pending callbacks (only our handshake commands) with NULL. */
         sd_log(SD_LOG_WARN, "redis.connect_timeout", "timeout_ms=%d", r->opts.connect_timeout_ms);
-        redisAsyncContext *ac = r->ac;
-        r->ac = NULL;
         r->state = AS_WAITING;
-        if (ac)
-            redisAsyncFree(ac);
+        sd_redis__async_give_up(&r->ac);
         schedule_reconnect(r);
     }
 }
@@ -396,6 +391,13 @@ redisAsyncContext *sd_redis__async_open(uv_loop_t *loop, const sd_redis_url *url
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     return ac;
+}
+
+void sd_redis__async_give_up(redisAsyncContext **ac) {
+    redisAsyncContext *given_up = *ac;
+    *ac = NULL;
+    if (given_up)
+        redisAsyncFree(given_up);
 }
 
 static void aredis_connect(sd_aredis *r) {
@@ -563,10 +565,7 @@ void sd_aredis_free(sd_aredis *r) {
     r->state_cb = NULL;
     for (struct areq *q = r->head; q != NULL; q = q->next)
         areq_finish(r, q, NULL, SD_ECLOSED);
-    redisAsyncContext *ac = r->ac;
-    r->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
+    sd_redis__async_give_up(&r->ac);
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->conn_timer, on_handle_closed);
 }

@@ -39,6 +39,13 @@ redisAsyncContext *sd_redis__async_open(uv_loop_t *loop, const sd_redis_url *url
                                         redisDisconnectCallback *on_disconnect, char *err,
                                         size_t errlen);
 
+/*
+ * Gives up the context *ac (NULL: nothing to do): sets *ac to NULL, then frees the context, so
+ * that the callbacks hiredis runs for it during the free (or, inside one of its callbacks, once
+ * that returns) find the owner no longer holding it (redis_sub.c's invariant 3).
+ */
+void sd_redis__async_give_up(redisAsyncContext **ac);
+
 /* Sets SIGPIPE to ignored unless the program chose a disposition of its own (see redis_sync.c). */
 void sd_redis__ignore_sigpipe(void);
 

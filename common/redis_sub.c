@@ -174,10 +174,7 @@ static void went_down(sd_redis_sub *s, const char *reason) {
 /* Gives up the current context ourselves (connect timeout, AUTH refused, PING unanswered).
  * Inside a hiredis callback the free is deferred by hiredis until the callback returns. */
 static void drop(sd_redis_sub *s, const char *reason) {
-    redisAsyncContext *ac = s->ac;
-    s->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
+    sd_redis__async_give_up(&s->ac);
     went_down(s, reason);
 }
 
@@ -528,10 +525,7 @@ void sd_redis_sub_free(sd_redis_sub *sub) {
     sub->state = SUB_CLOSED;
     sub->on_message = NULL;
     sub->on_state = NULL;
-    redisAsyncContext *ac = sub->ac;
-    sub->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
+    sd_redis__async_give_up(&sub->ac);
     uv_close((uv_handle_t *)&sub->conn_timer, on_handle_closed);
     uv_close((uv_handle_t *)&sub->ping_timer, on_handle_closed);
 }
