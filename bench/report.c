@@ -532,6 +532,21 @@ static size_t component_len(const char *name) {
     return strcspn(name, ".");
 }
 
+/* Whether row's scenario is in the component comp (clen bytes, from component_len). */
+static int in_component(const bench_row *row, const char *comp, size_t clen) {
+    return component_len(row->r.name) == clen && strncmp(row->r.name, comp, clen) == 0;
+}
+
+/* Whether a row has its group in a peer chart: it ran, and at least one of its peers did. */
+static int row_charted(const bench_row *row) {
+    if (row->failure[0])
+        return 0;
+    for (size_t k = 0; k < row->npeers; k++)
+        if (!row->peers[k].skipped[0])
+            return 1;
+    return 0;
+}
+
 /* One bar of a throughput chart with its label on the left and its figures on the right. */
 static void html_bar(FILE *f, double y, double h, double L, double pw, double vmax,
                      const char *color, const char *label, double rate, double p99_us,
@@ -560,7 +575,7 @@ static void html_peer_charts(FILE *f, const bench_row *rows, size_t n) {
         size_t clen = component_len(comp);
         int first = 1, measured = 0, any = 0;
         for (size_t j = 0; j < n; j++) {
-            if (component_len(rows[j].r.name) != clen || strncmp(rows[j].r.name, comp, clen))
+            if (!in_component(&rows[j], comp, clen))
                 continue;
             if (j < i && rows[j].npeers > 0)
                 first = 0;
@@ -579,19 +594,13 @@ static void html_peer_charts(FILE *f, const bench_row *rows, size_t n) {
         int groups = 0;
         for (size_t j = 0; j < n; j++) {
             const bench_row *row = &rows[j];
-            if (component_len(row->r.name) != clen || strncmp(row->r.name, comp, clen) ||
-                row->failure[0])
+            if (!in_component(row, comp, clen) || !row_charted(row))
                 continue;
-            int has = 0;
+            vmax = fmax(vmax, row->r.achieved_rate);
             for (size_t k = 0; k < row->npeers; k++)
-                if (!row->peers[k].skipped[0]) {
+                if (!row->peers[k].skipped[0])
                     vmax = fmax(vmax, row->peers[k].achieved_rate);
-                    has = 1;
-                }
-            if (has) {
-                vmax = fmax(vmax, row->r.achieved_rate);
-                groups++;
-            }
+            groups++;
         }
         if (measured > 0) {
             const double W = 900, L = 290, R = 250, T = 10, BAR = 20, GAP = 4, GROUP = 16, B = 40;
@@ -620,13 +629,7 @@ static void html_peer_charts(FILE *f, const bench_row *rows, size_t n) {
             double y = T + GROUP / 2;
             for (size_t j = 0; j < n; j++) {
                 const bench_row *row = &rows[j];
-                if (component_len(row->r.name) != clen || strncmp(row->r.name, comp, clen) ||
-                    row->failure[0])
-                    continue;
-                int has = 0;
-                for (size_t k = 0; k < row->npeers; k++)
-                    has |= !row->peers[k].skipped[0];
-                if (!has)
+                if (!in_component(row, comp, clen) || !row_charted(row))
                     continue;
                 html_bar(f, y, BAR, L, pw, scale, "#1f5fbf", row->r.name, row->r.achieved_rate,
                          (double)hdr_percentile(row->r.latency, 99), " (ours)");
@@ -653,7 +656,7 @@ static void html_peer_charts(FILE *f, const bench_row *rows, size_t n) {
               f);
         for (size_t j = 0; j < n; j++) {
             const bench_row *row = &rows[j];
-            if (component_len(row->r.name) != clen || strncmp(row->r.name, comp, clen))
+            if (!in_component(row, comp, clen))
                 continue;
             for (size_t k = 0; k < row->npeers; k++) {
                 const bench_peer_result *p = &row->peers[k];

@@ -166,11 +166,9 @@ static void schedule_reconnect(sd_aredis *r);
  */
 static void drop_unresponsive(sd_aredis *r) {
     sd_log(SD_LOG_WARN, "redis.unresponsive", "pending=%zu", r->npending);
-    redisAsyncContext *ac = r->ac;
     int was_ready = r->state == AS_READY;
-    r->ac = NULL;
     r->state = AS_WAITING; /* so on_disconnect leaves the reconnect to us */
-    redisAsyncFree(ac);
+    sd_redis__async_give_up(&r->ac);
     /* A caller's callback may have freed the connection meanwhile. */
     if (r->state == AS_CLOSED)
         return;
@@ -246,11 +244,8 @@ static void on_conn_timer(uv_timer_t *t) {
         /* The connect (or the handshake) took too long: give up on this attempt. Freeing the
          * context runs the pending callbacks (only our handshake commands) with NULL. */
         sd_log(SD_LOG_WARN, "redis.connect_timeout", "timeout_ms=%d", r->opts.connect_timeout_ms);
-        redisAsyncContext *ac = r->ac;
-        r->ac = NULL;
         r->state = AS_WAITING;
-        if (ac)
-            redisAsyncFree(ac);
+        sd_redis__async_give_up(&r->ac);
         schedule_reconnect(r);
     }
 }
@@ -380,22 +375,42 @@ static void on_connect(const redisAsyncContext *ac, int status) {
         redisAsyncDisconnect(r->ac);
 }
 
-static void aredis_connect(sd_aredis *r) {
-    r->state = AS_CONNECTING;
-    redisAsyncContext *ac = r->url.path ? redisAsyncConnectUnix(r->url.path)
-                                        : redisAsyncConnect(r->url.host, r->url.port);
-    if (ac == NULL || ac->err || redisLibuvAttach(ac, r->loop) != REDIS_OK) {
-        sd_log(SD_LOG_DEBUG, "redis.connect_failed", "error=\"%s\"",
-               ac ? ac->errstr : "out of memory");
+redisAsyncContext *sd_redis__async_open(uv_loop_t *loop, const sd_redis_url *url, void *data,
+                                        redisConnectCallback *on_connect,
+                                        redisDisconnectCallback *on_disconnect, char *err,
+                                        size_t errlen) {
+    redisAsyncContext *ac =
+        url->path ? redisAsyncConnectUnix(url->path) : redisAsyncConnect(url->host, url->port);
+    if (ac == NULL || ac->err || redisLibuvAttach(ac, loop) != REDIS_OK) {
+        snprintf(err, errlen, "%s", ac ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = data;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    return ac;
+}
+
+void sd_redis__async_give_up(redisAsyncContext **ac) {
+    redisAsyncContext *given_up = *ac;
+    *ac = NULL;
+    if (given_up)
+        redisAsyncFree(given_up);
+}
+
+static void aredis_connect(sd_aredis *r) {
+    r->state = AS_CONNECTING;
+    char err[160];
+    redisAsyncContext *ac =
+        sd_redis__async_open(r->loop, &r->url, r, on_connect, on_disconnect, err, sizeof err);
+    if (ac == NULL) {
+        sd_log(SD_LOG_DEBUG, "redis.connect_failed", "error=\"%s\"", err);
         schedule_reconnect(r);
         return;
     }
-    ac->data = r;
     r->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
     uv_timer_start(&r->conn_timer, on_conn_timer, (uint64_t)r->opts.connect_timeout_ms, 0);
 }
 
@@ -550,10 +565,7 @@ void sd_aredis_free(sd_aredis *r) {
     r->state_cb = NULL;
     for (struct areq *q = r->head; q != NULL; q = q->next)
         areq_finish(r, q, NULL, SD_ECLOSED);
-    redisAsyncContext *ac = r->ac;
-    r->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
+    sd_redis__async_give_up(&r->ac);
     uv_close((uv_handle_t *)&r->deadline_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->conn_timer, on_handle_closed);
 }

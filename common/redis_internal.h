@@ -5,7 +5,8 @@
  *  - redis_url.c      URLs, the connection options and their defaults, the reconnect backoff;
  *  - redis_script.c   the script registry and the EVALSHA / EVAL argument list of a script call;
  *  - redis_sync.c     the synchronous connection;
- *  - redis_async.c    the asynchronous (libuv) connection, with its state machine and deadlines;
+ *  - redis_async.c    the asynchronous (libuv) connection, with its state machine and deadlines,
+ *                     and the start of a hiredis async connection, which redis_sub.c uses too;
  *  - redis_resolve.c  which Redis to use (--redis, REDIS_URL or a private redis-server);
  *  - redis_slot.c     the Redis Cluster hash slot of a key.
  *
@@ -14,6 +15,8 @@
  */
 #ifndef SD_REDIS_INTERNAL_H
 #define SD_REDIS_INTERNAL_H
+
+#include <hiredis/async.h>
 
 #include "redis.h"
 
@@ -25,6 +28,23 @@ void sd_redis__opts_clear(sd_redis_opts *opts);
 
 /* Next backoff step: doubles from min up to max. */
 int sd_redis__backoff_next(int current, const sd_redis_opts *o);
+
+/*
+ * Starts a hiredis async connection to url (TCP or Unix socket) on loop, with ac->data = data
+ * and the two callbacks set. Returns the context, or NULL with the reason in err (nothing is
+ * left to free); the connect callback tells whether the connection came up.
+ */
+redisAsyncContext *sd_redis__async_open(uv_loop_t *loop, const sd_redis_url *url, void *data,
+                                        redisConnectCallback *on_connect,
+                                        redisDisconnectCallback *on_disconnect, char *err,
+                                        size_t errlen);
+
+/*
+ * Gives up the context *ac (NULL: nothing to do): sets *ac to NULL, then frees the context, so
+ * that the callbacks hiredis runs for it during the free (or, inside one of its callbacks, once
+ * that returns) find the owner no longer holding it (redis_sub.c's invariant 3).
+ */
+void sd_redis__async_give_up(redisAsyncContext **ac);
 
 /* Sets SIGPIPE to ignored unless the program chose a disposition of its own (see redis_sync.c). */
 void sd_redis__ignore_sigpipe(void);

@@ -53,7 +53,6 @@
 #include "redis_sub.h"
 
 #include <errno.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,10 +174,7 @@ static void went_down(sd_redis_sub *s, const char *reason) {
 /* Gives up the current context ourselves (connect timeout, AUTH refused, PING unanswered).
  * Inside a hiredis callback the free is deferred by hiredis until the callback returns. */
 static void drop(sd_redis_sub *s, const char *reason) {
-    redisAsyncContext *ac = s->ac;
-    s->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
+    sd_redis__async_give_up(&s->ac);
     went_down(s, reason);
 }
 
@@ -376,20 +372,14 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
 
 static void sub_connect(sd_redis_sub *s) {
     s->state = SUB_CONNECTING;
-    redisAsyncContext *ac = s->url.path ? redisAsyncConnectUnix(s->url.path)
-                                        : redisAsyncConnect(s->url.host, s->url.port);
-    if (ac == NULL || ac->err || redisLibuvAttach(ac, s->loop) != REDIS_OK) {
-        char reason[160];
-        snprintf(reason, sizeof reason, "%s", ac ? ac->errstr : "out of memory");
-        if (ac)
-            redisAsyncFree(ac);
+    char reason[160];
+    redisAsyncContext *ac =
+        sd_redis__async_open(s->loop, &s->url, s, on_connect, on_disconnect, reason, sizeof reason);
+    if (ac == NULL) {
         went_down(s, reason);
         return;
     }
-    ac->data = s;
     s->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
     uv_timer_start(&s->conn_timer, on_conn_timer, (uint64_t)s->opts.redis.connect_timeout_ms, 0);
 }
 
@@ -535,10 +525,7 @@ void sd_redis_sub_free(sd_redis_sub *sub) {
     sub->state = SUB_CLOSED;
     sub->on_message = NULL;
     sub->on_state = NULL;
-    redisAsyncContext *ac = sub->ac;
-    sub->ac = NULL;
-    if (ac)
-        redisAsyncFree(ac);
+    sd_redis__async_give_up(&sub->ac);
     uv_close((uv_handle_t *)&sub->conn_timer, on_handle_closed);
     uv_close((uv_handle_t *)&sub->ping_timer, on_handle_closed);
 }

@@ -24,6 +24,10 @@
 
 #include "sd.h"
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/lsan_interface.h>
+#endif
+
 sd_redis_server *test_redis_start(const char *appendfsync) {
     sd_redis_server_opts opts = {.appendfsync = appendfsync};
     sd_redis_server *s = NULL;
@@ -117,6 +121,43 @@ bench_server test_server_start(const char *const argv[]) {
     return s;
 }
 
+pid_t test_fork_server(void (*child_main)(int fd, void *arg), void *arg, int *port, int *lines) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        close(fds[0]);
+        child_main(fds[1], arg);
+        _exit(127); /* not reached */
+    }
+    close(fds[1]);
+    char line[32];
+    cr_assert_gt(test_read_line(fds[0], line, sizeof line, 5000), 0, "the server did not start");
+    *port = atoi(line);
+    if (lines)
+        *lines = fds[0];
+    else
+        close(fds[0]);
+    return pid;
+}
+
+void test_serve_and_exit(uv_loop_t *loop, sd_http_server *srv, int out) {
+    dprintf(out, "%d\n", sd_http_server_port(srv));
+    uv_run(loop, UV_RUN_DEFAULT);
+    sd_http_server_free(srv);
+    int status = uv_loop_close(loop) == 0 ? 0 : 3;
+#ifdef __SANITIZE_ADDRESS__
+    if (__lsan_do_recoverable_leak_check() != 0)
+        status = 4;
+#endif
+    _exit(status);
+}
+
 int test_read_line(int fd, char *buf, size_t len, int timeout_ms) {
     size_t n = 0;
     uint64_t deadline = sd_now_ms() + (uint64_t)timeout_ms;
@@ -150,6 +191,59 @@ int test_kill_wait(pid_t pid, int sig) {
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     return status;
+}
+
+void test_slurp_fd(int fd, char *buf, size_t len) {
+    lseek(fd, 0, SEEK_SET);
+    ssize_t n = read(fd, buf, len - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    close(fd);
+}
+
+/* An unlinked temporary file, open for reading and writing. */
+static int temp_fd(void) {
+    char path[] = "/tmp/test_run_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
+    unlink(path);
+    return fd;
+}
+
+void test_run_program(const char *prog, const char *const args[], const char *input,
+                      const char *const env[], test_run_out *r) {
+    char *bin = test_bin_path(prog);
+    const char *argv[64] = {prog};
+    int n = 1;
+    for (; args[n - 1]; n++) {
+        cr_assert_lt(n, 63, "too many arguments");
+        argv[n] = args[n - 1];
+    }
+    argv[n] = NULL;
+    int in = temp_fd(), out = temp_fd(), err = temp_fd();
+    if (input)
+        cr_assert_eq(write(in, input, strlen(input)), (ssize_t)strlen(input));
+    lseek(in, 0, SEEK_SET);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(in, 0);
+        dup2(out, 1);
+        dup2(err, 2);
+        for (const char *const *e = env; e && *e; e++)
+            putenv((char *)*e);
+        sd_child_restore_sigpipe();
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(in);
+    int status = test_wait_exit(pid, 120000);
+    if (status == -1)
+        test_kill_wait(pid, SIGKILL);
+    cr_assert_neq(status, -1, "%s did not exit", prog);
+    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    test_slurp_fd(out, r->out, sizeof r->out);
+    test_slurp_fd(err, r->err, sizeof r->err);
+    free(bin);
 }
 
 int test_wait_exit(pid_t pid, int timeout_ms) {

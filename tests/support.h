@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "http.h"
 #include "redis.h"
 #include "redis_server.h"
 #include "spawn.h"
@@ -43,6 +44,23 @@ pid_t test_spawn(const char *const argv[], const char *const env[], int *stdout_
  */
 bench_server test_server_start(const char *const argv[]);
 
+/*
+ * Forks a child that runs child_main(fd, arg), fd the write end of a pipe; child_main writes the
+ * port it listens on as its first line and never returns. The child dies with the test process
+ * (PR_SET_PDEATHSIG). Waits (5 s at most) for that line and asserts that it came. Returns the
+ * child's pid and its port in *port; *lines gets the read end of the pipe, for the lines the
+ * child writes next (when lines is NULL, it is closed).
+ */
+pid_t test_fork_server(void (*child_main)(int fd, void *arg), void *arg, int *port, int *lines);
+
+/*
+ * The rest of a forked HTTP server's life (see test_fork_server): writes srv's port to out, runs
+ * loop until the server stops, frees srv and closes loop, then exits: 0, 3 when handles were
+ * left on the loop, 4 when LeakSanitizer finds a leak (_exit skips its exit-time check, so it
+ * runs here: a request or connection lost on a detached path shows up as a non-zero exit).
+ */
+void test_serve_and_exit(uv_loop_t *loop, sd_http_server *srv, int out) __attribute__((noreturn));
+
 /* Reads one line (without the newline) from fd within timeout_ms. Returns its length, or -1 on
  * timeout or EOF. */
 int test_read_line(int fd, char *buf, size_t len, int timeout_ms);
@@ -74,6 +92,25 @@ int test_http_read_response(int fd, char *buf, size_t len, const char **body);
 
 /* Connects, sends one request (raw bytes), reads the response, closes. Returns the status. */
 int test_http_exchange(int port, const char *request, char *buf, size_t len, const char **body);
+
+/* What test_run_program saw: the exit status (-1 when a signal ended the program) and the first
+ * bytes of its stdout and stderr, NUL-terminated. Large: make it static. */
+typedef struct test_run_out {
+    int status;
+    char out[65536];
+    char err[16384];
+} test_run_out;
+
+/*
+ * Runs build/bin/<prog> with the arguments args (NULL-terminated, at most 62), `input` on stdin
+ * (NULL: empty), and the extra environment entries env ("NAME=value", NULL-terminated, or NULL);
+ * waits for it to exit (120 s at most: asserts that it did) and fills *r.
+ */
+void test_run_program(const char *prog, const char *const args[], const char *input,
+                      const char *const env[], test_run_out *r);
+
+/* Reads fd from its start into buf (NUL-terminated, cut at len - 1 bytes), then closes fd. */
+void test_slurp_fd(int fd, char *buf, size_t len);
 
 /* Counts live processes whose command line contains needle (reads /proc). */
 int test_count_processes(const char *needle);

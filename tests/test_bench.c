@@ -631,16 +631,20 @@ Test(http, a_request_with_extra_headers_and_a_large_body_is_sent_once, .timeout 
     test_kill_wait(pid, SIGKILL);
 }
 
-Test(http, refused_connections_are_connect_errors) {
-    int port = test_closed_port();
-    uv_loop_t loop;
-    uv_loop_init(&loop);
+/* A target of two connections to a port nothing listens on; asserts that they were refused. */
+static void refused_target(uv_loop_t *loop, bench_target *t) {
+    uv_loop_init(loop);
     char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", test_closed_port());
+    cr_assert_eq(bench_http_target_new(loop, url, 2, NULL, t, err, sizeof err), 0);
+    cr_assert_eq(bench_http_target_wait_connected(t, 2000, err, sizeof err), UV_ECONNREFUSED, "%s",
+                 err);
+}
+
+Test(http, refused_connections_are_connect_errors) {
+    uv_loop_t loop;
     bench_target t;
-    cr_assert_eq(bench_http_target_new(&loop, url, 2, NULL, &t, err, sizeof err), 0);
-    int rc = bench_http_target_wait_connected(&t, 2000, err, sizeof err);
-    cr_expect_eq(rc, UV_ECONNREFUSED, "%s", err);
+    refused_target(&loop, &t);
     bench_result r;
     bench_load_opts o = {.rate = 1000, .duration_s = 0.2};
     cr_assert_eq(bench_load_run(&loop, &t, &o, &r), 0);
@@ -655,15 +659,9 @@ Test(http, refused_connections_are_connect_errors) {
 /* With every connection refused and backing off, an operation fails at once, but its done()
  * still comes from the loop, never from inside issue(). */
 Test(http, an_unreachable_server_fails_an_operation_from_the_loop) {
-    int port = test_closed_port();
     uv_loop_t loop;
-    uv_loop_init(&loop);
-    char url[64], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
     bench_target t;
-    cr_assert_eq(bench_http_target_new(&loop, url, 2, NULL, &t, err, sizeof err), 0);
-    cr_assert_eq(bench_http_target_wait_connected(&t, 2000, err, sizeof err), UV_ECONNREFUSED, "%s",
-                 err);
+    refused_target(&loop, &t);
     counted c = {0};
     t.issue(t.ctx, &c, counted_done);
     cr_expect_eq(c.calls, 0, "done() ran inside issue()");
@@ -696,53 +694,9 @@ Test(http, bad_urls_are_refused_with_a_message) {
 
 /* ---- The bench command --------------------------------------------------------------------- */
 
-typedef struct run_out {
-    int status; /* exit status, or -1 if it did not exit normally */
-    char out[65536];
-    char err[8192];
-} run_out;
-
-static void slurp(int fd, char *buf, size_t len) {
-    lseek(fd, 0, SEEK_SET);
-    ssize_t n = read(fd, buf, len - 1);
-    buf[n > 0 ? n : 0] = '\0';
-    close(fd);
-}
-
-/* Runs build/bin/bench with argv (NULL-terminated, without the program) and `input` on stdin. */
-static void run_bench(const char *input, const char *const *args, run_out *r) {
-    char *bin = test_bin_path("bench");
-    char in_path[] = "/tmp/test_bench_inXXXXXX", out_path[] = "/tmp/test_bench_outXXXXXX",
-         err_path[] = "/tmp/test_bench_errXXXXXX";
-    int in = mkstemp(in_path), out = mkstemp(out_path), err = mkstemp(err_path);
-    cr_assert(in >= 0 && out >= 0 && err >= 0);
-    unlink(in_path);
-    unlink(out_path);
-    unlink(err_path);
-    if (input)
-        cr_assert_eq(write(in, input, strlen(input)), (ssize_t)strlen(input));
-    lseek(in, 0, SEEK_SET);
-    const char *argv[32] = {bin};
-    int n = 1;
-    for (; args[n - 1] && n < 31; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        dup2(in, 0);
-        dup2(out, 1);
-        dup2(err, 2);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    int ws;
-    waitpid(pid, &ws, 0);
-    r->status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-    slurp(out, r->out, sizeof r->out);
-    slurp(err, r->err, sizeof r->err);
-    close(in);
-    free(bin);
+/* Runs build/bin/bench with args (NULL-terminated, without the program) and `input` on stdin. */
+static void run_bench(const char *input, const char *const *args, test_run_out *r) {
+    test_run_program("bench", args, input, NULL, r);
 }
 
 static double jnum(json_t *o, const char *key) {
@@ -755,7 +709,7 @@ Test(cli, percentiles_of_one_to_hundred) {
     char input[1024] = "";
     for (int i = 1; i <= 100; i++)
         snprintf(input + strlen(input), sizeof input - strlen(input), "%d\n", i);
-    static run_out r;
+    static test_run_out r;
     run_bench(input, (const char *[]){"percentiles", NULL}, &r);
     cr_assert_eq(r.status, 0, "%s", r.err);
     json_error_t e;
@@ -774,7 +728,7 @@ Test(cli, percentiles_of_one_to_hundred) {
 }
 
 Test(cli, percentiles_keeps_the_inputs_decimals) {
-    static run_out r;
+    static test_run_out r;
     run_bench("0.25\n1.5\n2.125\n", (const char *[]){"percentiles", "--unit", "ms", NULL}, &r);
     cr_assert_eq(r.status, 0, "%s", r.err);
     json_t *o = json_loads(r.out, 0, NULL);
@@ -786,7 +740,7 @@ Test(cli, percentiles_keeps_the_inputs_decimals) {
 }
 
 Test(cli, percentiles_names_the_bad_line) {
-    static run_out r;
+    static test_run_out r;
     run_bench("1\n2\nthree\n4\n", (const char *[]){"percentiles", NULL}, &r);
     cr_expect_eq(r.status, 2);
     cr_expect_not_null(strstr(r.err, "line 3"), "stderr: %s", r.err);
@@ -797,7 +751,7 @@ Test(cli, percentiles_names_the_bad_line) {
 }
 
 Test(cli, percentiles_of_nothing_is_count_zero) {
-    static run_out r;
+    static test_run_out r;
     run_bench("", (const char *[]){"percentiles", NULL}, &r);
     cr_assert_eq(r.status, 0, "%s", r.err);
     json_t *o = json_loads(r.out, 0, NULL);
@@ -807,7 +761,7 @@ Test(cli, percentiles_of_nothing_is_count_zero) {
 }
 
 Test(cli, usage_errors_exit_2_and_help_exits_0) {
-    static run_out r;
+    static test_run_out r;
     run_bench(NULL, (const char *[]){NULL}, &r);
     cr_expect_eq(r.status, 2);
     run_bench(NULL, (const char *[]){"--help", NULL}, &r);
@@ -866,7 +820,7 @@ static double checks_per_call(const char *err) {
 }
 
 Test(cli, run_in_flight_overrides_the_scenarios, .timeout = 60) {
-    static run_out r;
+    static test_run_out r;
     setenv("BENCH_PEERS", "0", 1); /* about our scenario only: no peer (node, npm) runs */
     sd_redis_server *server = test_redis_start(NULL);
     const char *url = sd_redis_server_url(server);
@@ -895,7 +849,7 @@ Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
     int fd = mkstemp(json_path);
     close(fd);
     snprintf(html_path, sizeof html_path, "%s.html", json_path);
-    static run_out r;
+    static test_run_out r;
     run_bench(NULL,
               (const char *[]){"http", url, "--rate", "500", "--duration", "1", "--connections",
                                "2", "--json", json_path, "--html", html_path, NULL},
@@ -975,7 +929,7 @@ static char *write_report(double target_rate, const char *failed) {
 
 Test(cli, compare_warns_about_different_target_rates) {
     char *a = write_report(1000, NULL), *b = write_report(2000, NULL);
-    static run_out r;
+    static test_run_out r;
     run_bench(NULL, (const char *[]){"compare", a, b, NULL}, &r);
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "target rate 1000/s in A but 2000/s in B"), "%s", r.err);
@@ -989,7 +943,7 @@ Test(cli, compare_warns_about_different_target_rates) {
 
 Test(cli, compare_marks_failed_scenarios_instead_of_comparing_zeros) {
     char *a = write_report(1000, NULL), *b = write_report(1000, "setup failed");
-    static run_out r;
+    static test_run_out r;
     run_bench(NULL, (const char *[]){"compare", a, b, NULL}, &r);
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "FAILED in B: setup failed"), "%s", r.out);
@@ -1003,7 +957,7 @@ Test(cli, compare_marks_failed_scenarios_instead_of_comparing_zeros) {
 Test(cli, http_to_a_closed_port_fails_with_a_message) {
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/", test_closed_port());
-    static run_out r;
+    static test_run_out r;
     run_bench(NULL, (const char *[]){"http", url, "--rate", "100", "--duration", "0.2", NULL}, &r);
     cr_expect_eq(r.status, 1);
     cr_expect_not_null(strstr(r.err, "refused"), "%s", r.err);

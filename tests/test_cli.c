@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "support.h"
 
 /* ---- Capturing what the parser prints ---------------------------------------------------------
  */
@@ -19,13 +20,6 @@ typedef struct captured {
     char out[8192];
     char err[2048];
 } captured;
-
-static void slurp(int fd, char *buf, size_t len) {
-    lseek(fd, 0, SEEK_SET);
-    ssize_t n = read(fd, buf, len - 1);
-    buf[n > 0 ? n : 0] = '\0';
-    close(fd);
-}
 
 /* Runs sd_cli_parse with stdout and stderr sent to files, then stores what each received. */
 static int parse(const sd_cli_cmd *cmd, const char *const *args, const char **pos, int *npos,
@@ -51,8 +45,8 @@ static int parse(const sd_cli_cmd *cmd, const char *const *args, const char **po
     dup2(saved_err, 2);
     close(saved_out);
     close(saved_err);
-    slurp(out, c->out, sizeof c->out);
-    slurp(err, c->err, sizeof c->err);
+    test_slurp_fd(out, c->out, sizeof c->out);
+    test_slurp_fd(err, c->err, sizeof c->err);
     return rc;
 }
 
@@ -238,7 +232,7 @@ Test(cli, usage_error_helper_prints_one_line) {
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
-    slurp(fd, c.err, sizeof c.err);
+    test_slurp_fd(fd, c.err, sizeof c.err);
     cr_assert_eq(rc, SD_EXIT_USAGE);
     cr_assert_str_eq(c.err, "demo: --a 1 is below --b 2\n");
 }

@@ -24,47 +24,10 @@
 
 TestSuite(commands, .timeout = 60);
 
-typedef struct run_out {
-    int status; /* exit status, or -1 when killed by a signal */
-    char out[16384];
-    char err[4096];
-} run_out;
-
-static void slurp(int fd, char *buf, size_t len) {
-    lseek(fd, 0, SEEK_SET);
-    ssize_t n = read(fd, buf, len - 1);
-    buf[n > 0 ? n : 0] = '\0';
-    close(fd);
-}
-
 /* Runs build/bin/<args[0]> with args and the extra environment env (NULL-terminated or NULL),
  * stdin empty, and collects its exit status, stdout and stderr. */
-static void run(const char *const *args, const char *const *env, run_out *r) {
-    char *bin = test_bin_path(args[0]);
-    char out_path[] = "/tmp/test_commands_outXXXXXX", err_path[] = "/tmp/test_commands_errXXXXXX";
-    int out = mkstemp(out_path), err = mkstemp(err_path);
-    cr_assert(out >= 0 && err >= 0);
-    unlink(out_path);
-    unlink(err_path);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_RDONLY);
-        dup2(devnull, 0);
-        dup2(out, 1);
-        dup2(err, 2);
-        for (const char *const *e = env; e && *e; e++)
-            putenv((char *)*e);
-        sd_child_restore_sigpipe();
-        execv(bin, (char *const *)args);
-        _exit(127);
-    }
-    int status = test_wait_exit(pid, 30000);
-    cr_assert_neq(status, -1, "%s did not exit", args[0]);
-    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    slurp(out, r->out, sizeof r->out);
-    slurp(err, r->err, sizeof r->err);
-    free(bin);
+static void run(const char *const *args, const char *const *env, test_run_out *r) {
+    test_run_program(args[0], args + 1, NULL, env, r);
 }
 
 static int lines(const char *text) {
@@ -77,18 +40,6 @@ static int lines(const char *text) {
 /* The name a program's messages start with: "bench run", "hello-server". */
 static void command_name(const char *prog, const char *sub, char *buf, size_t len) {
     snprintf(buf, len, "%s%s%s", prog, sub ? " " : "", sub ? sub : "");
-}
-
-/* argv for prog [sub] extra... */
-static void make_argv(const char **argv, const char *prog, const char *sub,
-                      const char *const *extra) {
-    int n = 0;
-    argv[n++] = prog;
-    if (sub)
-        argv[n++] = sub;
-    for (; extra && *extra; extra++)
-        argv[n++] = *extra;
-    argv[n] = NULL;
 }
 
 /* Every program and subcommand, with one bad value of one of its options (NULL when it takes
@@ -113,14 +64,26 @@ static const struct {
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
+/* Runs commands[i] (prog [sub]) with the arguments extra and the extra environment env, into
+ * *r; name gets its name (command_name), for messages. */
+static void run_command(size_t i, const char *const *extra, const char *const *env, char *name,
+                        size_t len, test_run_out *r) {
+    command_name(commands[i].prog, commands[i].sub, name, len);
+    const char *argv[16];
+    int n = 0;
+    if (commands[i].sub)
+        argv[n++] = commands[i].sub;
+    for (; extra && *extra; extra++)
+        argv[n++] = *extra;
+    argv[n] = NULL;
+    test_run_program(commands[i].prog, argv, NULL, env, r);
+}
+
 Test(commands, help_exits_0_with_the_usage_from_the_table) {
-    static run_out r;
+    static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
-        const char *argv[16];
         char name[64], usage[96];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub, (const char *[]){"--help", NULL});
-        run(argv, NULL, &r);
+        run_command(i, (const char *[]){"--help", NULL}, NULL, name, sizeof name, &r);
         cr_expect_eq(r.status, 0, "%s --help: exit %d", name, r.status);
         snprintf(usage, sizeof usage, "usage: %s", name);
         cr_expect_eq(strncmp(r.out, usage, strlen(usage)), 0, "%s --help printed: %s", name, r.out);
@@ -148,14 +111,10 @@ Test(commands, help_exits_0_with_the_usage_from_the_table) {
 }
 
 Test(commands, an_unknown_option_exits_2_with_one_line_naming_it) {
-    static run_out r;
+    static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
-        const char *argv[16];
         char name[64], start[80];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub,
-                  (const char *[]){"--no-such-option", NULL});
-        run(argv, NULL, &r);
+        run_command(i, (const char *[]){"--no-such-option", NULL}, NULL, name, sizeof name, &r);
         cr_expect_eq(r.status, 2, "%s --no-such-option: exit %d", name, r.status);
         cr_expect_eq(lines(r.err), 1, "%s --no-such-option: '%s'", name, r.err);
         snprintf(start, sizeof start, "%s: ", name);
@@ -177,15 +136,13 @@ Test(commands, an_unknown_option_exits_2_with_one_line_naming_it) {
 }
 
 Test(commands, a_bad_value_exits_2_with_one_line_naming_the_option_and_the_value) {
-    static run_out r;
+    static test_run_out r;
     for (size_t i = 0; i < NCOMMANDS; i++) {
         if (!commands[i].option)
             continue;
-        const char *argv[16];
         char name[64];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub, commands[i].bad);
-        run(argv, (const char *[]){"REDIS_URL=redis://127.0.0.1:1", NULL}, &r);
+        run_command(i, commands[i].bad, (const char *[]){"REDIS_URL=redis://127.0.0.1:1", NULL},
+                    name, sizeof name, &r);
         cr_expect_eq(r.status, 2, "%s: exit %d", name, r.status);
         cr_expect_eq(lines(r.err), 1, "%s: '%s'", name, r.err);
         cr_expect_not_null(strstr(r.err, commands[i].option), "%s: %s", name, r.err);
@@ -209,7 +166,7 @@ Test(commands, a_bad_value_exits_2_with_one_line_naming_the_option_and_the_value
 }
 
 Test(commands, version_prints_the_builds_git_describe) {
-    static run_out r;
+    static test_run_out r;
     regex_t re;
     /* A commit (abbreviated), or TAG-N-gCOMMIT, maybe -dirty; "unknown" outside git. */
     cr_assert_eq(regcomp(&re, "^(([0-9a-f]{4,40}|.+-g[0-9a-f]{4,40})(-dirty)?|unknown)\n$",
@@ -218,11 +175,8 @@ Test(commands, version_prints_the_builds_git_describe) {
     char want[256];
     snprintf(want, sizeof want, "%s\n", sd_version());
     for (size_t i = 0; i < NCOMMANDS; i++) {
-        const char *argv[16];
         char name[64];
-        command_name(commands[i].prog, commands[i].sub, name, sizeof name);
-        make_argv(argv, commands[i].prog, commands[i].sub, (const char *[]){"--version", NULL});
-        run(argv, NULL, &r);
+        run_command(i, (const char *[]){"--version", NULL}, NULL, name, sizeof name, &r);
         cr_expect_eq(r.status, 0, "%s --version", name);
         /* The programs and this test were built together: the same description. */
         cr_expect_str_eq(r.out, want, "%s --version", name);
@@ -307,7 +261,7 @@ static void fake_redis_remove(fake_redis *f) {
 }
 
 Test(commands, a_bad_listen_address_exits_2_before_anything_starts) {
-    static run_out r;
+    static test_run_out r;
     fake_redis f;
     fake_redis_make(&f);
     const char *env[] = {f.env, "REDIS_URL=", NULL};
@@ -343,7 +297,7 @@ Test(commands, a_bad_listen_address_exits_2_before_anything_starts) {
 }
 
 Test(commands, a_port_in_use_is_a_runtime_failure_that_leaks_nothing) {
-    static run_out r;
+    static test_run_out r;
     int port;
     int fd = test_listen_loopback(&port);
     char addr[32];
@@ -360,7 +314,7 @@ Test(commands, a_port_in_use_is_a_runtime_failure_that_leaks_nothing) {
 }
 
 Test(commands, a_password_in_redis_is_warned_about_never_shown) {
-    static run_out r;
+    static test_run_out r;
     run((const char *[]){"ratelimit", "check", "--redis", "redis://:hunter2-secret@127.0.0.1:1",
                          "--policy", "p;q=1;w=1", "--key", "k", "--cost", "x", NULL},
         NULL, &r);

@@ -34,10 +34,6 @@
 #include "sd.h"
 #include "support.h"
 
-#ifdef __SANITIZE_ADDRESS__
-#include <sanitizer/lsan_interface.h>
-#endif
-
 /* ---- Helpers --------------------------------------------------------------------------------- */
 
 /* Starts hello-server on a free port with the given extra arguments (NULL-terminated). */
@@ -191,18 +187,7 @@ static void app_main(int out, int grace_ms, int max_pipelined) {
     a.usr1.data = a.term.data = &a;
     uv_signal_start(&a.usr1, on_usr1, SIGUSR1);
     uv_signal_start(&a.term, on_term, SIGTERM);
-    dprintf(out, "%d\n", sd_http_server_port(a.srv));
-    uv_run(&loop, UV_RUN_DEFAULT);
-    sd_http_server_free(a.srv);
-    a.srv = NULL;
-    int status = uv_loop_close(&loop) == 0 ? 0 : 3;
-#ifdef __SANITIZE_ADDRESS__
-    /* _exit skips LeakSanitizer's exit-time check, so run it here: a request or connection
-     * lost on the detached path would show up as a leak and a non-zero exit. */
-    if (__lsan_do_recoverable_leak_check() != 0)
-        status = 4;
-#endif
-    _exit(status);
+    test_serve_and_exit(&loop, a.srv, out);
 }
 
 typedef struct app_proc {
@@ -211,24 +196,21 @@ typedef struct app_proc {
     int lines; /* the pipe of handler reports */
 } app_proc;
 
+/* The arguments of app_main, for test_fork_server. */
+typedef struct app_args {
+    int grace_ms;
+    int max_pipelined;
+} app_args;
+
+static void app_child(int out, void *arg) {
+    const app_args *a = arg;
+    app_main(out, a->grace_ms, a->max_pipelined);
+}
+
 static app_proc start_app(int grace_ms, int max_pipelined) {
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        close(fds[0]);
-        app_main(fds[1], grace_ms, max_pipelined);
-    }
-    close(fds[1]);
-    app_proc p = {.pid = pid, .lines = fds[0]};
-    char line[32];
-    cr_assert_gt(test_read_line(p.lines, line, sizeof line, 5000), 0, "the app did not start");
-    p.port = atoi(line);
+    app_args args = {.grace_ms = grace_ms, .max_pipelined = max_pipelined};
+    app_proc p;
+    p.pid = test_fork_server(app_child, &args, &p.port, &p.lines);
     return p;
 }
 

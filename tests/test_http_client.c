@@ -406,27 +406,51 @@ static result fetch(sd_http_client *c, const char *url, int timeout_ms, int max_
     return r;
 }
 
+/* One test's server, a client on the loop and the URL of a path on that server. */
+typedef struct rig {
+    tserver *s;
+    sd_http_client *c;
+    char *url;
+} rig;
+
+/* Starts a test server and a client made with opts (NULL: the defaults). */
+static rig rig_open(const char *path, const sd_http_client_opts *opts) {
+    rig g;
+    g.s = tserver_start(0);
+    g.c = sd_http_client_new(&loop, opts);
+    g.url = url_of(g.s, path);
+    return g;
+}
+
+/* Frees the URL and the client (client_free checks the loop is left empty), stops the server. */
+static void rig_close(rig *g) {
+    free(g->url);
+    client_free(g->c);
+    tserver_stop(g->s);
+}
+
+/* One GET of path from a server and client of its own, both gone when it returns. */
+static result get_once(const char *path, const sd_http_client_opts *opts, int timeout_ms,
+                       int max_redirects) {
+    rig g = rig_open(path, opts);
+    result r = fetch(g.c, g.url, timeout_ms, max_redirects);
+    rig_close(&g);
+    return r;
+}
+
 /* ---- Tests ---------------------------------------------------------------------------------- */
 
 Test(http_client, get_returns_status_headers_and_body) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/hello");
-    result r = fetch(c, url, 0, 0);
+    result r = get_once("/hello", NULL, 0, 0);
     cr_assert_eq(r.err, 0, "%s", sd_strerror(r.err));
     cr_assert_eq(r.status, 200);
     cr_assert_str_eq(r.body, "hello");
     cr_assert_eq(r.body_len, 5);
     cr_assert_str_eq(r.reply_header, "spaced value");
-    free(url);
-    client_free(c);
-    tserver_stop(s);
 }
 
 Test(http_client, post_sends_method_headers_and_binary_body_once) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/echo");
+    rig g = rig_open("/echo", NULL);
     size_t len = 2u << 20; /* over libcurl's 1 MB threshold for "Expect: 100-continue" */
     unsigned char *body = sd_xmalloc(len);
     unsigned long sum = 0;
@@ -436,9 +460,9 @@ Test(http_client, post_sends_method_headers_and_binary_body_once) {
     }
     const char *headers[] = {"X-Test: abc", NULL};
     sd_http_request req = {
-        .method = "PUT", .url = url, .headers = headers, .body = body, .body_len = len};
+        .method = "PUT", .url = g.url, .headers = headers, .body = body, .body_len = len};
     result r = {0};
-    start(c, &req, &r);
+    start(g.c, &req, &r);
     free(body); /* the client copied it */
     run_until(&loop, 1);
     cr_assert_eq(r.err, 0, "%s", sd_strerror(r.err));
@@ -446,22 +470,14 @@ Test(http_client, post_sends_method_headers_and_binary_body_once) {
     snprintf(want, sizeof want,
              "method=PUT len=%zu sum=%lu x-test=abc ctype=- expect=- ua=sysdesign", len, sum);
     cr_assert_str_eq(r.body, want);
-    cr_assert_eq(atomic_load(&s->requests), 1);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    cr_assert_eq(atomic_load(&g.s->requests), 1);
+    rig_close(&g);
 }
 
 Test(http_client, never_answering_server_times_out) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/never");
-    result r = fetch(c, url, 300, 0);
+    result r = get_once("/never", NULL, 300, 0);
     cr_assert_eq(r.err, SD_ETIMEDOUT, "%s", sd_strerror(r.err));
     cr_assert(r.body_null);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
 }
 
 Test(http_client, connect_timeout_applies_to_a_connect_that_hangs) {
@@ -497,53 +513,39 @@ Test(http_client, connect_timeout_applies_to_a_connect_that_hangs) {
 
 Test(http_client, slow_body_hits_the_deadline) {
     /* 100,000 bytes at one per 50 ms would take over an hour; the deadline is 500 ms. */
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/slow");
-    result r = fetch(c, url, 500, 0);
+    result r = get_once("/slow", NULL, 500, 0);
     cr_assert_eq(r.err, SD_ETIMEDOUT, "%s", sd_strerror(r.err));
     cr_assert_eq(r.status, 200, "the headers had arrived");
     cr_assert(r.body_null);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
 }
 
 Test(http_client, reset_mid_body_is_reset) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/reset");
-    result r = fetch(c, url, 0, 0);
+    rig g = rig_open("/reset", NULL);
+    result r = fetch(g.c, g.url, 0, 0);
     cr_assert_eq(r.err, SD_EHTTP_RESET, "%s", sd_strerror(r.err));
     cr_assert(r.body_null);
-    free(url);
-    url = url_of(s, "/cut"); /* closed (FIN) rather than reset: the body is as incomplete */
-    r = fetch(c, url, 0, 0);
+    free(g.url);
+    g.url = url_of(g.s, "/cut"); /* closed (FIN) rather than reset: the body is as incomplete */
+    r = fetch(g.c, g.url, 0, 0);
     cr_assert_eq(r.err, SD_EHTTP_RESET, "%s", sd_strerror(r.err));
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    rig_close(&g);
 }
 
 /* Gets path from a server that sends 100 MB; the client's cap is 1 MB. peak_max: the most body
  * bytes the client may have held (0 when the Content-Length alone must refuse it). */
 static void huge(const char *path, size_t peak_max) {
-    tserver *s = tserver_start(0);
     sd_http_client_opts opts;
     sd_http_client_opts_default(&opts);
     opts.max_response_bytes = CAP_BYTES;
-    sd_http_client *c = sd_http_client_new(&loop, &opts);
-    char *url = url_of(s, path);
-    result r = fetch(c, url, 0, 0);
+    rig g = rig_open(path, &opts);
+    result r = fetch(g.c, g.url, 0, 0);
     cr_assert_eq(r.err, SD_EHTTP_TOOBIG, "%s", sd_strerror(r.err));
     cr_assert(r.body_null, "the body is not kept");
     cr_assert_str_eq(r.error, "response too large");
     sd_http_client_stats st;
-    sd_http_client_stats_get(c, &st);
+    sd_http_client_stats_get(g.c, &st);
     cr_assert_leq(st.body_bytes_peak, peak_max, "held %zu bytes", st.body_bytes_peak);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    rig_close(&g);
 }
 
 Test(http_client, body_over_the_cap_with_content_length_is_too_large) {
@@ -555,18 +557,12 @@ Test(http_client, chunked_body_over_the_cap_is_too_large_and_not_kept) {
 }
 
 Test(http_client, body_under_the_cap_is_kept) {
-    tserver *s = tserver_start(0);
     sd_http_client_opts opts;
     sd_http_client_opts_default(&opts);
     opts.max_response_bytes = 5; /* "hello" exactly */
-    sd_http_client *c = sd_http_client_new(&loop, &opts);
-    char *url = url_of(s, "/hello");
-    result r = fetch(c, url, 0, 0);
+    result r = get_once("/hello", &opts, 0, 0);
     cr_assert_eq(r.err, 0, "%s", sd_strerror(r.err));
     cr_assert_str_eq(r.body, "hello");
-    free(url);
-    client_free(c);
-    tserver_stop(s);
 }
 
 Test(http_client, deadline_covers_waiting_for_a_connection) {
@@ -597,15 +593,9 @@ Test(http_client, deadline_covers_waiting_for_a_connection) {
 }
 
 Test(http_client, headers_over_their_cap_are_too_large) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/big-headers");
-    result r = fetch(c, url, 0, 0);
+    result r = get_once("/big-headers", NULL, 0, 0);
     cr_assert_eq(r.err, SD_EHTTP_TOOBIG, "%s", sd_strerror(r.err));
     cr_assert(r.body_null);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
 }
 
 typedef struct many {
@@ -622,27 +612,23 @@ static void on_count(int err, sd_http_response *resp, void *udata) {
 }
 
 Test(http_client, thousand_concurrent_requests_each_complete_once) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/hello");
+    rig g = rig_open("/hello", NULL);
     many *m = sd_xcalloc(1, sizeof *m);
-    sd_http_request req = {.url = url, .timeout_ms = 60000};
+    sd_http_request req = {.url = g.url, .timeout_ms = 60000};
     for (int i = 0; i < 1000; i++)
-        cr_assert_eq(sd_http_client_request(c, &req, on_count, &m->counts[i]), 0);
+        cr_assert_eq(sd_http_client_request(g.c, &req, on_count, &m->counts[i]), 0);
     sd_http_client_stats st;
-    sd_http_client_stats_get(c, &st);
+    sd_http_client_stats_get(g.c, &st);
     cr_assert_eq(st.in_flight, 1000);
     run_until(&loop, 1000);
     for (int i = 0; i < 1000; i++)
         cr_assert_eq(m->counts[i], 1, "request %d: %d callbacks", i, m->counts[i]);
-    sd_http_client_stats_get(c, &st);
+    sd_http_client_stats_get(g.c, &st);
     cr_assert_eq(st.in_flight, 0);
-    cr_assert_eq(atomic_load(&s->requests), 1000);
-    cr_assert_leq(atomic_load(&s->accepts), 32, "connections per host are capped and reused");
+    cr_assert_eq(atomic_load(&g.s->requests), 1000);
+    cr_assert_leq(atomic_load(&g.s->accepts), 32, "connections per host are capped and reused");
     free(m);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    rig_close(&g);
 }
 
 /* Sequential requests: each callback starts the next. */
@@ -663,52 +649,38 @@ static void on_chain(int err, sd_http_response *resp, void *udata) {
 }
 
 Test(http_client, sequential_requests_reuse_one_connection) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/hello");
-    chain ch = {.c = c, .req = {.url = url}, .left = 20};
-    cr_assert_eq(sd_http_client_request(c, &ch.req, on_chain, &ch), 0);
+    rig g = rig_open("/hello", NULL);
+    chain ch = {.c = g.c, .req = {.url = g.url}, .left = 20};
+    cr_assert_eq(sd_http_client_request(g.c, &ch.req, on_chain, &ch), 0);
     run_until(&loop, 20);
     cr_assert_eq(ch.calls, 20);
-    cr_assert_eq(atomic_load(&s->requests), 20);
-    cr_assert_eq(atomic_load(&s->accepts), 1, "one keep-alive connection for all 20");
+    cr_assert_eq(atomic_load(&g.s->requests), 20);
+    cr_assert_eq(atomic_load(&g.s->accepts), 1, "one keep-alive connection for all 20");
     sd_http_client_stats st;
-    sd_http_client_stats_get(c, &st);
+    sd_http_client_stats_get(g.c, &st);
     cr_assert_eq(st.connections, 1);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    rig_close(&g);
 }
 
 Test(http_client, redirect_is_returned_unless_asked_to_follow) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/redirect");
-    result r = fetch(c, url, 0, 0);
+    rig g = rig_open("/redirect", NULL);
+    result r = fetch(g.c, g.url, 0, 0);
     cr_assert_eq(r.err, 0);
     cr_assert_eq(r.status, 302);
     cr_assert_str_eq(r.body, "moved");
     cr_assert_eq(r.redirects, 0);
-    r = fetch(c, url, 0, 3);
+    r = fetch(g.c, g.url, 0, 3);
     cr_assert_eq(r.err, 0, "%s", sd_strerror(r.err));
     cr_assert_eq(r.status, 200);
     cr_assert_str_eq(r.body, "hello");
     cr_assert_eq(r.redirects, 1);
-    cr_assert_eq(atomic_load(&s->requests), 3);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    cr_assert_eq(atomic_load(&g.s->requests), 3);
+    rig_close(&g);
 }
 
 Test(http_client, redirect_to_another_scheme_is_refused) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/redirect-ftp");
-    result r = fetch(c, url, 0, 3);
+    result r = get_once("/redirect-ftp", NULL, 0, 3);
     cr_assert_eq(r.err, SD_EHTTP_SCHEME, "%s", sd_strerror(r.err));
-    free(url);
-    client_free(c);
-    tserver_stop(s);
 }
 
 Test(http_client, refused_port_is_refused) {
@@ -787,28 +759,24 @@ static int vet_public(const struct sockaddr *addr, socklen_t len, void *udata) {
 }
 
 Test(http_client, vet_hook_refusal_is_blocked_and_never_connects) {
-    tserver *s = tserver_start(0);
     vet_log v = {0};
     sd_http_client_opts opts;
     sd_http_client_opts_default(&opts);
     opts.vet = vet_public;
     opts.vet_udata = &v;
-    sd_http_client *c = sd_http_client_new(&loop, &opts);
-    char *url = url_of(s, "/hello");
-    result r = fetch(c, url, 0, 0);
+    rig g = rig_open("/hello", &opts);
+    result r = fetch(g.c, g.url, 0, 0);
     cr_assert_eq(r.err, SD_EHTTP_BLOCKED, "%s", sd_strerror(r.err));
     cr_assert_eq(v.calls, 1);
     cr_assert(v.saw_loopback);
     /* The same server, through a client without the hook: its connection is the first one the
      * server ever accepts. */
     sd_http_client *open = sd_http_client_new(&loop, NULL);
-    r = fetch(open, url, 0, 0);
+    r = fetch(open, g.url, 0, 0);
     cr_assert_eq(r.err, 0);
-    cr_assert_eq(atomic_load(&s->accepts), 1, "the refused connection never reached the server");
+    cr_assert_eq(atomic_load(&g.s->accepts), 1, "the refused connection never reached the server");
     sd_http_client_free(open);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    rig_close(&g);
 }
 
 Test(http_client, vet_hook_sees_the_address_a_name_resolved_to) {
@@ -832,20 +800,14 @@ Test(http_client, vet_hook_sees_the_address_a_name_resolved_to) {
 }
 
 Test(http_client, proxy_environment_is_ignored) {
-    tserver *s = tserver_start(0);
     char *proxy = sd_xasprintf("http://127.0.0.1:%d", test_closed_port());
     setenv("http_proxy", proxy, 1);
     setenv("HTTPS_PROXY", proxy, 1);
     setenv("all_proxy", proxy, 1);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/hello");
-    result r = fetch(c, url, 0, 0);
+    free(proxy); /* setenv copied it */
+    result r = get_once("/hello", NULL, 0, 0);
     cr_assert_eq(r.err, 0, "%s", sd_strerror(r.err));
     cr_assert_eq(r.status, 200);
-    free(url);
-    free(proxy);
-    client_free(c);
-    tserver_stop(s);
 }
 
 Test(http_client, configured_proxy_is_used) {
@@ -862,6 +824,14 @@ Test(http_client, configured_proxy_is_used) {
     cr_assert_str_eq(r.body, "hello");
     client_free(c);
     tserver_stop(s);
+}
+
+/* Each of the n requests ended once, closed by the client's free. */
+static void assert_closed_once(const result *r, int n) {
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(r[i].calls, 1, "request %d", i);
+        cr_assert_eq(r[i].err, SD_ECLOSED, "request %d: %s", i, sd_strerror(r[i].err));
+    }
 }
 
 /* A result and the client its callback frees. */
@@ -890,10 +860,7 @@ Test(http_client, free_from_a_callback_closes_the_others_once) {
     run_until(&loop, 4);
     cr_assert_eq(first.r.calls, 1);
     cr_assert_eq(first.r.err, 0);
-    for (int i = 0; i < 3; i++) {
-        cr_assert_eq(others[i].calls, 1);
-        cr_assert_eq(others[i].err, SD_ECLOSED);
-    }
+    assert_closed_once(others, 3);
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&loop), 0);
     free(hello);
@@ -931,10 +898,7 @@ Test(http_client, free_with_requests_in_flight_closes_each_once) {
     check.data = &fw;
     uv_timer_start(&check, on_check, 10, 10);
     run_until(&loop, 5);
-    for (int i = 0; i < 5; i++) {
-        cr_assert_eq(r[i].calls, 1);
-        cr_assert_eq(r[i].err, SD_ECLOSED);
-    }
+    assert_closed_once(r, 5);
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&loop), 0);
     free(url);
@@ -948,10 +912,7 @@ Test(http_client, free_before_the_loop_runs_closes_each_once) {
     for (int i = 0; i < 3; i++)
         start(c, &req, &r[i]);
     sd_http_client_free(c);
-    for (int i = 0; i < 3; i++) {
-        cr_assert_eq(r[i].calls, 1);
-        cr_assert_eq(r[i].err, SD_ECLOSED);
-    }
+    assert_closed_once(r, 3);
     cr_assert_eq(sd_http_client_request(c, &req, on_response, &r[0]), SD_ECLOSED);
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&loop), 0);
@@ -968,18 +929,14 @@ static void on_take(int err, sd_http_response *resp, void *udata) {
 }
 
 Test(http_client, taken_body_belongs_to_the_caller) {
-    tserver *s = tserver_start(0);
-    sd_http_client *c = sd_http_client_new(&loop, NULL);
-    char *url = url_of(s, "/hello");
+    rig g = rig_open("/hello", NULL);
     char *body = NULL;
-    sd_http_request req = {.url = url};
-    cr_assert_eq(sd_http_client_request(c, &req, on_take, &body), 0);
+    sd_http_request req = {.url = g.url};
+    cr_assert_eq(sd_http_client_request(g.c, &req, on_take, &body), 0);
     run_until(&loop, 1);
     cr_assert_str_eq(body, "hello");
     free(body);
-    free(url);
-    client_free(c);
-    tserver_stop(s);
+    rig_close(&g);
 }
 
 static int is_public(const char *text) {

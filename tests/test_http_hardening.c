@@ -37,10 +37,6 @@
 #include "sd.h"
 #include "support.h"
 
-#ifdef __SANITIZE_ADDRESS__
-#include <sanitizer/lsan_interface.h>
-#endif
-
 enum {
     BIG_BODY = 4096,
     SMALL_BODY = 16,
@@ -103,15 +99,7 @@ static void app_main(int out, const app_opts *o) {
     uv_signal_init(&loop, &a.term);
     a.term.data = &a;
     uv_signal_start(&a.term, on_term, SIGTERM);
-    dprintf(out, "%d\n", sd_http_server_port(a.srv));
-    uv_run(&loop, UV_RUN_DEFAULT);
-    sd_http_server_free(a.srv);
-    int status = uv_loop_close(&loop) == 0 ? 0 : 3;
-#ifdef __SANITIZE_ADDRESS__
-    if (__lsan_do_recoverable_leak_check() != 0)
-        status = 4;
-#endif
-    _exit(status);
+    test_serve_and_exit(&loop, a.srv, out);
 }
 
 static pid_t app_pid;
@@ -119,25 +107,12 @@ static int port;
 static char buf[65536];
 static const char *body;
 
+static void app_child(int out, void *arg) {
+    app_main(out, arg);
+}
+
 static void start_app(app_opts o) {
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        close(fds[0]);
-        app_main(fds[1], &o);
-    }
-    close(fds[1]);
-    char line[32];
-    cr_assert_gt(test_read_line(fds[0], line, sizeof line, 5000), 0, "the app did not start");
-    close(fds[0]);
-    app_pid = pid;
-    port = atoi(line);
+    app_pid = test_fork_server(app_child, &o, &port, NULL);
 }
 
 static void stop_app(void) {
@@ -146,6 +121,12 @@ static void stop_app(void) {
 }
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
+
+/* Sends request (raw bytes) on a new connection to the app; returns the response's status. The
+ * response is in buf, its body at body. */
+static int exchange(const char *request) {
+    return test_http_exchange(port, request, buf, sizeof buf, &body);
+}
 
 static void send_text(int fd, const char *text) {
     test_write_all(fd, text, strlen(text));
@@ -220,6 +201,16 @@ static int connect_small_buffers(void) {
     return fd;
 }
 
+/* A client with small buffers that pipelines GET /big as far as the kernel takes and reads
+ * nothing (yet). */
+static int connect_unread_client(void) {
+    int fd = connect_small_buffers();
+    big_pos = 0;
+    nsent = 0;
+    send_bigs(fd);
+    return fd;
+}
+
 TestSuite(http_hardening, .timeout = 60);
 
 /* ---- Output that the client does not read ---------------------------------------------------- */
@@ -229,10 +220,7 @@ TestSuite(http_hardening, .timeout = 60);
  * response), and answer every request, in order, once the client reads. */
 Test(http_hardening, unread_output_pauses_the_connection_and_resumes_when_drained) {
     start_app((app_opts){0});
-    int fd = connect_small_buffers();
-    big_pos = 0;
-    nsent = 0;
-    send_bigs(fd);
+    int fd = connect_unread_client();
     cr_assert(wait_metric("http_connections_output_blocked", 1, fd, send_bigs),
               "the connection never paused for its output");
     /* Blocked now: the server neither parses nor reads this connection. */
@@ -255,10 +243,7 @@ Test(http_hardening, unread_output_pauses_the_connection_and_resumes_when_draine
 /* The same client, left alone: its connection is closed at the send deadline. */
 Test(http_hardening, output_that_never_drains_is_closed_at_the_send_deadline) {
     start_app((app_opts){.send_timeout_ms = 300});
-    int fd = connect_small_buffers();
-    big_pos = 0;
-    nsent = 0;
-    send_bigs(fd);
+    int fd = connect_unread_client();
     cr_assert(wait_metric("http_connection_timeouts_total{phase=\"send\"}", 1, fd, send_bigs),
               "the connection that does not read was not closed");
     cr_assert_eq(metric("http_connections_output_blocked"), 0);
@@ -298,35 +283,23 @@ Test(http_hardening, a_trickled_body_gets_408_at_the_request_deadline) {
 Test(http_hardening, a_route_body_limit_is_checked_before_the_body_is_read) {
     start_app((app_opts){0});
     /* 413 on the header alone: the body is never sent. */
-    cr_assert_eq(test_http_exchange(port, "POST /small HTTP/1.1\r\nContent-Length: 17\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 413);
-    cr_assert_eq(test_http_exchange(port,
-                                    "POST /small HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
-                                    "0123456789abcdef",
-                                    buf, sizeof buf, &body),
+    cr_assert_eq(exchange("POST /small HTTP/1.1\r\nContent-Length: 17\r\n\r\n"), 413);
+    cr_assert_eq(exchange("POST /small HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
+                          "0123456789abcdef"),
                  200);
     cr_assert_str_eq(body, "0123456789abcdef");
     /* Another route keeps the server's limit. */
-    cr_assert_eq(test_http_exchange(port,
-                                    "POST /echo HTTP/1.1\r\nContent-Length: 17\r\n\r\n"
-                                    "0123456789abcdefg",
-                                    buf, sizeof buf, &body),
+    cr_assert_eq(exchange("POST /echo HTTP/1.1\r\nContent-Length: 17\r\n\r\n"
+                          "0123456789abcdefg"),
                  200);
     stop_app();
 }
 
 Test(http_hardening, the_built_in_routes_take_no_body) {
     start_app((app_opts){0});
-    cr_assert_eq(test_http_exchange(port, "GET /healthz HTTP/1.1\r\nContent-Length: 1\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 413);
-    cr_assert_eq(test_http_exchange(port, "GET /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 413);
-    cr_assert_eq(test_http_exchange(port, "GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", buf,
-                                    sizeof buf, &body),
-                 200);
+    cr_assert_eq(exchange("GET /healthz HTTP/1.1\r\nContent-Length: 1\r\n\r\n"), 413);
+    cr_assert_eq(exchange("GET /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\n"), 413);
+    cr_assert_eq(exchange("GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), 200);
     stop_app();
 }
 

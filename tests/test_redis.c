@@ -31,7 +31,15 @@ static sd_redis_url url_of(const char *text) {
     return u;
 }
 
-/* A script whose result shows it ran: INCR its key and return the new value. */
+/* A sync connection to the test's server with opts; asserts that it connected. */
+static sd_redis *sync_connect(const sd_redis_opts *opts) {
+    sd_redis_url u = url_of(sd_redis_server_url(server));
+    sd_redis *r = NULL;
+    cr_assert_eq(sd_redis_connect(&u, opts, &r), 0);
+    sd_redis_url_clear(&u);
+    return r;
+}
+
 /* Connection options whose reconnect backoff runs from ms to 2 * ms, so tests of a server going
  * away and coming back do not wait for the default backoff. */
 static sd_redis_opts quick_reconnect(int ms) {
@@ -42,6 +50,7 @@ static sd_redis_opts quick_reconnect(int ms) {
     return opts;
 }
 
+/* A script whose result shows it ran: INCR its key and return the new value. */
 static sd_script incr_script = {
     .name = "test/incr",
     .body = "return redis.call('INCRBY', KEYS[1], ARGV[1])",
@@ -136,10 +145,8 @@ Test(redis, sync_command_times_out_on_a_paused_server_then_recovers) {
 }
 
 Test(redis, sync_fails_fast_while_down_and_reconnects_after_restart) {
-    sd_redis_url u = url_of(sd_redis_server_url(server));
     sd_redis_opts opts = quick_reconnect(20);
-    sd_redis *r = NULL;
-    cr_assert_eq(sd_redis_connect(&u, &opts, &r), 0);
+    sd_redis *r = sync_connect(&opts);
     cr_assert_eq(test_redis_int(r, "INCR a"), 1);
 
     sd_redis_server_halt(server);
@@ -156,7 +163,6 @@ Test(redis, sync_fails_fast_while_down_and_reconnects_after_restart) {
     cr_assert_eq(reply->integer, 1, "a fresh server has no data");
     freeReplyObject(reply);
     sd_redis_free(r);
-    sd_redis_url_clear(&u);
 }
 
 Test(redis, pipeline_replies_in_order) {
@@ -583,10 +589,8 @@ static void sync_incr_expect(sd_redis *r, long long want) {
 }
 
 Test(redis, sync_scripts_are_loaded_on_connect_and_after_a_restart) {
-    sd_redis_url u = url_of(sd_redis_server_url(server));
     sd_redis_opts opts = with_incr_script(20);
-    sd_redis *r = NULL;
-    cr_assert_eq(sd_redis_connect(&u, &opts, &r), 0);
+    sd_redis *r = sync_connect(&opts);
     cr_assert_eq(command_calls("script|load"), 1, "not loaded in the handshake");
     sync_incr_expect(r, 2);
     cr_assert_eq(command_calls("evalsha"), 1);
@@ -603,7 +607,6 @@ Test(redis, sync_scripts_are_loaded_on_connect_and_after_a_restart) {
     sync_incr_expect(r, 2);
     cr_assert_eq(command_calls("eval"), 0, "the first call after a restart needed a NOSCRIPT");
     sd_redis_free(r);
-    sd_redis_url_clear(&u);
 }
 
 static void async_incr_expect(uv_loop_t *loop, sd_aredis *r, long long want) {

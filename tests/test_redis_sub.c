@@ -16,18 +16,6 @@
 #include "sd.h"
 #include "support.h"
 
-static sd_redis_server *server;
-
-static void start(void) {
-    server = test_redis_start(NULL);
-}
-
-static void stop(void) {
-    sd_redis_server_stop(server);
-}
-
-TestSuite(redis_sub, .init = start, .fini = stop, .timeout = 120);
-
 /* ---- Recording what the callbacks see ------------------------------------------------------- */
 
 #define MAX_MSGS 2100
@@ -54,6 +42,24 @@ struct rec {
     int free_on_down; /* free it from the state callback when it goes down */
     int freed;
 };
+
+/* Each test gets a redis-server, a loop (which the test closes) and an empty record. */
+static sd_redis_server *server;
+static uv_loop_t loop;
+static struct rec *seen; /* what each test's callbacks saw */
+
+static void start(void) {
+    server = test_redis_start(NULL);
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    seen = sd_xcalloc(1, sizeof *seen);
+}
+
+static void stop(void) {
+    free(seen);
+    sd_redis_server_stop(server);
+}
+
+TestSuite(redis_sub, .init = start, .fini = stop, .timeout = 120);
 
 static void on_message(sd_redis_sub *sub, const char *channel, const char *pattern,
                        const char *payload, size_t len, void *udata) {
@@ -146,6 +152,23 @@ static void run_until(uv_loop_t *loop, const int *count, int want) {
         run_once(loop);
 }
 
+/* run_until, then asserts that *count reached want; `what` says what did not happen. */
+static void wait_for(uv_loop_t *loop, const int *count, int want, const char *what) {
+    run_until(loop, count, want);
+    cr_assert_eq(*count, want, "%s", what);
+}
+
+/* A subscriber to the channel "a" (and to the pattern "p:*" when with_pattern), once it is up. */
+static sd_redis_sub *sub_up_on_a(uv_loop_t *loop, const sd_redis_sub_opts *opts, struct rec *r,
+                                 int with_pattern) {
+    sd_redis_sub *sub = sub_new(loop, opts, r);
+    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
+    if (with_pattern)
+        cr_assert_eq(sd_redis_sub_psubscribe(sub, "p:*"), 0);
+    wait_for(loop, &r->ups, 1, "did not come up");
+    return sub;
+}
+
 static void run_until_pongs(uv_loop_t *loop, sd_redis_sub *sub, uint64_t want) {
     uint64_t until = sd_now_ms() + 20000;
     sd_redis_sub_stats st;
@@ -168,6 +191,12 @@ static void close_loop(uv_loop_t *loop, sd_redis_sub *sub) {
     sd_redis_sub_free(sub);
     uv_run(loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(loop), 0, "handles left open");
+}
+
+/* Frees the subscriber (close_loop) and the admin connection (NULL: none). */
+static void sub_finish(uv_loop_t *loop, sd_redis_sub *sub, sd_redis *admin) {
+    close_loop(loop, sub);
+    sd_redis_free(admin);
 }
 
 /* PUBLISH from a separate (sync) connection; returns the number of receivers Redis counted. */
@@ -195,21 +224,17 @@ static void assert_states(const struct rec *r, int n, const int *want) {
 /* ---- Delivery ------------------------------------------------------------------------------- */
 
 Test(redis_sub, delivers_binary_payloads_in_order_with_exact_counts) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
-    r->in_api = 1;
+    sd_redis_sub *sub = sub_new(&loop, &o, seen);
+    seen->in_api = 1;
     cr_assert_eq(sd_redis_sub_subscribe(sub, "news"), 0);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "news"), 0, "a second subscribe is a no-op");
     cr_assert_eq(sd_redis_sub_subscribe(sub, "barrier"), 0);
-    r->in_api = 0;
+    seen->in_api = 0;
     cr_assert_eq(sd_redis_sub_unconfirmed(sub), 2);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    wait_for(&loop, &seen->ups, 1, "did not come up");
     cr_assert(sd_redis_sub_is_up(sub));
-    cr_assert_eq(r->unconfirmed_at_up[0], 0);
+    cr_assert_eq(seen->unconfirmed_at_up[0], 0);
 
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     static const char binary[] = "a\0b\r\nc\r\n\0"; /* NUL and CR LF inside, NUL last */
@@ -221,57 +246,52 @@ Test(redis_sub, delivers_binary_payloads_in_order_with_exact_counts) {
         cr_assert_eq(publish(admin, "news", text, (size_t)n), 1);
     }
     cr_assert_eq(publish(admin, "elsewhere", "x", 1), 0);
-    barrier(&loop, admin, r, "barrier");
+    barrier(&loop, admin, seen, "barrier");
 
-    cr_assert_eq(r->msgs, 203);
-    cr_assert_str_eq(r->m[0].channel, "news");
-    cr_assert_eq(r->m[0].has_pattern, 0);
-    cr_assert_eq(r->m[0].len, sizeof binary - 1);
-    cr_assert_eq(memcmp(r->m[0].payload, binary, sizeof binary - 1), 0);
-    cr_assert_eq(r->m[1].len, 0);
+    cr_assert_eq(seen->msgs, 203);
+    cr_assert_str_eq(seen->m[0].channel, "news");
+    cr_assert_eq(seen->m[0].has_pattern, 0);
+    cr_assert_eq(seen->m[0].len, sizeof binary - 1);
+    cr_assert_eq(memcmp(seen->m[0].payload, binary, sizeof binary - 1), 0);
+    cr_assert_eq(seen->m[1].len, 0);
     for (int i = 0; i < 200; i++) {
         char text[16];
         int n = snprintf(text, sizeof text, "m%d", i);
-        cr_assert_eq(r->m[2 + i].len, (size_t)n);
-        cr_assert_eq(memcmp(r->m[2 + i].payload, text, (size_t)n), 0, "out of order at %d", i);
+        cr_assert_eq(seen->m[2 + i].len, (size_t)n);
+        cr_assert_eq(memcmp(seen->m[2 + i].payload, text, (size_t)n), 0, "out of order at %d", i);
     }
     sd_redis_sub_stats st;
     sd_redis_sub_stats_get(sub, &st);
     cr_assert_eq(st.messages, 203);
     cr_assert_eq(st.ups, 1);
     cr_assert_eq(st.downs, 0);
-    assert_states(r, 1, (int[]){1});
+    assert_states(seen, 1, (int[]){1});
     close_loop(&loop, sub);
-    cr_assert_eq(r->nstates, 1, "a callback ran after free");
+    cr_assert_eq(seen->nstates, 1, "a callback ran after free");
     sd_redis_free(admin);
-    free(r);
 }
 
 Test(redis_sub, pattern_messages_name_their_pattern) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
-    sd_redis_sub *sub = sub_new(&loop, NULL, r);
+    sd_redis_sub *sub = sub_new(&loop, NULL, seen);
     cr_assert_eq(sd_redis_sub_psubscribe(sub, "user:*"), 0);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "user:1"), 0);
     cr_assert_eq(sd_redis_sub_psubscribe(sub, SD_REDIS_SUB_PING_PATTERN), -EINVAL);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "barrier"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    wait_for(&loop, &seen->ups, 1, "did not come up");
 
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     /* "user:1" matches both the channel and the pattern: Redis sends it twice. */
     cr_assert_eq(publish(admin, "user:1", "one", 3), 2);
     cr_assert_eq(publish(admin, "user:2", "two", 3), 1);
     cr_assert_eq(publish(admin, "group:1", "no", 2), 0);
-    barrier(&loop, admin, r, "barrier");
-    cr_assert_eq(r->msgs, 4);
+    barrier(&loop, admin, seen, "barrier");
+    cr_assert_eq(seen->msgs, 4);
     int channel_hits = 0, pattern_hits = 0;
     for (int i = 0; i < 2; i++) {
-        cr_assert_str_eq(r->m[i].channel, "user:1");
-        cr_assert_eq(memcmp(r->m[i].payload, "one", 3), 0);
-        if (r->m[i].has_pattern) {
-            cr_assert_str_eq(r->m[i].pattern, "user:*");
+        cr_assert_str_eq(seen->m[i].channel, "user:1");
+        cr_assert_eq(memcmp(seen->m[i].payload, "one", 3), 0);
+        if (seen->m[i].has_pattern) {
+            cr_assert_str_eq(seen->m[i].pattern, "user:*");
             pattern_hits++;
         } else {
             channel_hits++;
@@ -279,46 +299,40 @@ Test(redis_sub, pattern_messages_name_their_pattern) {
     }
     cr_assert_eq(channel_hits, 1);
     cr_assert_eq(pattern_hits, 1);
-    cr_assert_str_eq(r->m[2].channel, "user:2");
-    cr_assert_eq(r->m[2].has_pattern, 1);
-    cr_assert_str_eq(r->m[2].pattern, "user:*");
+    cr_assert_str_eq(seen->m[2].channel, "user:2");
+    cr_assert_eq(seen->m[2].has_pattern, 1);
+    cr_assert_str_eq(seen->m[2].pattern, "user:*");
 
     /* Our own ping pattern's channel never reaches the owner. */
     cr_assert_eq(publish(admin, SD_REDIS_SUB_PING_PATTERN, "x", 1), 1);
-    barrier(&loop, admin, r, "barrier");
-    cr_assert_eq(r->msgs, 5);
-    assert_states(r, 1, (int[]){1});
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    barrier(&loop, admin, seen, "barrier");
+    cr_assert_eq(seen->msgs, 5);
+    assert_states(seen, 1, (int[]){1});
+    sub_finish(&loop, sub, admin);
 }
 
 Test(redis_sub, unsubscribe_stops_delivery_at_once) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
     o.ping_interval_ms = 10;
     o.ping_timeout_ms = 5000;
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
+    sd_redis_sub *sub = sub_new(&loop, &o, seen);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
     cr_assert_eq(sd_redis_sub_psubscribe(sub, "p:*"), 0);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "barrier"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    wait_for(&loop, &seen->ups, 1, "did not come up");
 
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    r->in_api = 1;
+    seen->in_api = 1;
     cr_assert_eq(sd_redis_sub_unsubscribe(sub, "a"), 0);
     cr_assert_eq(sd_redis_sub_punsubscribe(sub, "p:*"), 0);
     cr_assert_eq(sd_redis_sub_unsubscribe(sub, "a"), -ENOENT);
     cr_assert_eq(sd_redis_sub_punsubscribe(sub, "nothing:*"), -ENOENT);
-    r->in_api = 0;
+    seen->in_api = 0;
     /* The UNSUBSCRIBEs are written when the loop next runs, so Redis still counts us here and
      * sends these two: they must be dropped on arrival. */
     cr_assert_eq(publish(admin, "a", "late", 4), 1);
     cr_assert_eq(publish(admin, "p:1", "late", 4), 1);
-    barrier(&loop, admin, r, "barrier");
+    barrier(&loop, admin, seen, "barrier");
     /* Two more PING answers: the second PING was sent after the UNSUBSCRIBEs, so Redis has
      * processed them. */
     sd_redis_sub_stats st;
@@ -326,42 +340,29 @@ Test(redis_sub, unsubscribe_stops_delivery_at_once) {
     run_until_pongs(&loop, sub, st.pongs + 2);
     cr_assert_eq(publish(admin, "a", "after", 5), 0, "Redis still has the subscription");
     cr_assert_eq(publish(admin, "p:1", "after", 5), 0);
-    barrier(&loop, admin, r, "barrier");
-    cr_assert_eq(r->msgs, 2, "only the two barriers");
-    assert_states(r, 1, (int[]){1});
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    barrier(&loop, admin, seen, "barrier");
+    cr_assert_eq(seen->msgs, 2, "only the two barriers");
+    assert_states(seen, 1, (int[]){1});
+    sub_finish(&loop, sub, admin);
 }
 
 Test(redis_sub, subscribe_while_up_is_quiet_and_takes_effect_once_confirmed) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
-    sd_redis_sub *sub = sub_new(&loop, NULL, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
-    r->in_api = 1;
+    sd_redis_sub *sub = sub_up_on_a(&loop, NULL, seen, 0);
+    seen->in_api = 1;
     cr_assert_eq(sd_redis_sub_subscribe(sub, "b"), 0);
-    r->in_api = 0;
+    seen->in_api = 0;
     cr_assert_eq(sd_redis_sub_unconfirmed(sub), 1);
     cr_assert(sd_redis_sub_is_up(sub), "a new subscription does not take the others down");
     run_until_confirmed(&loop, sub);
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    barrier(&loop, admin, r, "b");
-    cr_assert_eq(r->msgs, 1);
-    assert_states(r, 1, (int[]){1});
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    barrier(&loop, admin, seen, "b");
+    cr_assert_eq(seen->msgs, 1);
+    assert_states(seen, 1, (int[]){1});
+    sub_finish(&loop, sub, admin);
 }
 
 Test(redis_sub, up_waits_for_every_confirmation) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
-    sd_redis_sub *sub = sub_new(&loop, NULL, r);
+    sd_redis_sub *sub = sub_new(&loop, NULL, seen);
     /* Enough confirmations to arrive in several reads. */
     for (int i = 0; i < 2000; i++) {
         char name[32];
@@ -369,15 +370,12 @@ Test(redis_sub, up_waits_for_every_confirmation) {
         cr_assert_eq(sd_redis_sub_subscribe(sub, name), 0);
     }
     cr_assert_eq(sd_redis_sub_unconfirmed(sub), 2000);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
-    cr_assert_eq(r->unconfirmed_at_up[0], 0, "up was reported before every confirmation");
+    wait_for(&loop, &seen->ups, 1, "did not come up");
+    cr_assert_eq(seen->unconfirmed_at_up[0], 0, "up was reported before every confirmation");
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    barrier(&loop, admin, r, "channel:1999");
-    assert_states(r, 1, (int[]){1});
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    barrier(&loop, admin, seen, "channel:1999");
+    assert_states(seen, 1, (int[]){1});
+    sub_finish(&loop, sub, admin);
 }
 
 Test(redis_sub, auth_from_the_url) {
@@ -390,149 +388,102 @@ Test(redis_sub, auth_from_the_url) {
     cr_assert_not_null(reply);
     freeReplyObject(reply);
 
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     char url[128];
     snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d/5", sd_redis_server_port(server));
-    sd_redis_sub *sub = sub_new_url(&loop, url, NULL, r);
+    sd_redis_sub *sub = sub_new_url(&loop, url, NULL, seen);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "secured"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    wait_for(&loop, &seen->ups, 1, "did not come up");
     /* Databases do not matter to pub/sub: the subscriber's URL says 5 (and it sends no SELECT),
      * the publisher is on 3. */
     reply = sd_redis_command(admin, NULL, "SELECT 3");
     cr_assert_not_null(reply);
     cr_assert_eq(reply->type, REDIS_REPLY_STATUS);
     freeReplyObject(reply);
-    barrier(&loop, admin, r, "secured");
-    assert_states(r, 1, (int[]){1});
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    barrier(&loop, admin, seen, "secured");
+    assert_states(seen, 1, (int[]){1});
+    sub_finish(&loop, sub, admin);
 }
 
 /* ---- Going down and coming back ------------------------------------------------------------- */
 
 /* After an up that follows a down, messages on every channel and pattern arrive again. */
-static void assert_resubscribed(uv_loop_t *loop, sd_redis *admin, struct rec *r) {
-    int before = r->msgs;
+static void assert_resubscribed(uv_loop_t *loop, sd_redis *admin, struct rec *seen) {
+    int before = seen->msgs;
     cr_assert_eq(publish(admin, "a", "again", 5), 1, "not resubscribed to the channel");
     cr_assert_eq(publish(admin, "p:1", "again", 5), 1, "not resubscribed to the pattern");
-    run_until(loop, &r->msgs, before + 2);
-    cr_assert_eq(r->msgs, before + 2);
-    cr_assert_str_eq(r->m[before].channel, "a");
-    cr_assert_str_eq(r->m[before + 1].channel, "p:1");
-    cr_assert_str_eq(r->m[before + 1].pattern, "p:*");
+    wait_for(loop, &seen->msgs, before + 2, "a message did not arrive");
+    cr_assert_str_eq(seen->m[before].channel, "a");
+    cr_assert_str_eq(seen->m[before + 1].channel, "p:1");
+    cr_assert_str_eq(seen->m[before + 1].pattern, "p:*");
 }
 
 Test(redis_sub, client_kill_goes_down_then_up_and_resubscribes) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    cr_assert_eq(sd_redis_sub_psubscribe(sub, "p:*"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 1);
 
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     for (int round = 1; round <= 2; round++) {
         cr_assert_eq(test_redis_int(admin, "CLIENT KILL TYPE pubsub"), 1);
-        run_until(&loop, &r->downs, round);
-        cr_assert_eq(r->downs, round, "the kill was not noticed");
-        run_until(&loop, &r->ups, round + 1);
-        cr_assert_eq(r->ups, round + 1, "did not come back");
-        cr_assert_eq(r->unconfirmed_at_up[round], 0);
-        assert_resubscribed(&loop, admin, r);
+        wait_for(&loop, &seen->downs, round, "the kill was not noticed");
+        wait_for(&loop, &seen->ups, round + 1, "did not come back");
+        cr_assert_eq(seen->unconfirmed_at_up[round], 0);
+        assert_resubscribed(&loop, admin, seen);
     }
-    assert_states(r, 5, (int[]){1, 0, 1, 0, 1});
+    assert_states(seen, 5, (int[]){1, 0, 1, 0, 1});
     sd_redis_sub_stats st;
     sd_redis_sub_stats_get(sub, &st);
     cr_assert_eq(st.ups, 3);
     cr_assert_eq(st.downs, 2);
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    sub_finish(&loop, sub, admin);
 }
 
 Test(redis_sub, restart_on_the_same_port_goes_down_then_up_and_resubscribes) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    cr_assert_eq(sd_redis_sub_psubscribe(sub, "p:*"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 1);
 
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    run_until(&loop, &r->downs, 1);
-    cr_assert_eq(r->downs, 1);
+    wait_for(&loop, &seen->downs, 1, "the loss was not noticed");
     cr_assert(!sd_redis_sub_is_up(sub));
     cr_assert_eq(sd_redis_sub_unconfirmed(sub), 2);
     cr_assert_eq(sd_redis_server_restart(server), 0);
-    run_until(&loop, &r->ups, 2);
-    cr_assert_eq(r->ups, 2, "did not come back after the restart");
-    cr_assert_eq(r->unconfirmed_at_up[1], 0);
+    wait_for(&loop, &seen->ups, 2, "did not come back after the restart");
+    cr_assert_eq(seen->unconfirmed_at_up[1], 0);
 
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    assert_resubscribed(&loop, admin, r);
-    assert_states(r, 3, (int[]){1, 0, 1});
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    assert_resubscribed(&loop, admin, seen);
+    assert_states(seen, 3, (int[]){1, 0, 1});
+    sub_finish(&loop, sub, admin);
 }
 
 Test(redis_sub, pings_are_answered_and_keep_an_idle_connection_up) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
     o.ping_interval_ms = 10;
     o.ping_timeout_ms = 5000; /* generous: this test is about answers, not speed */
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 0);
     run_until_pongs(&loop, sub, 20);
-    assert_states(r, 1, (int[]){1});
-    close_loop(&loop, sub);
-    free(r);
+    assert_states(seen, 1, (int[]){1});
+    sub_finish(&loop, sub, NULL);
 }
 
 Test(redis_sub, frozen_server_is_noticed_by_the_ping_deadline) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
     o.ping_interval_ms = 20;
     o.ping_timeout_ms = 1000; /* long enough for a loaded machine, short enough for a test */
     o.redis.connect_timeout_ms = 1000;
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    cr_assert_eq(sd_redis_sub_psubscribe(sub, "p:*"), 0);
-    run_until(&loop, &r->ups, 1);
-    cr_assert_eq(r->ups, 1);
+    sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 1);
     run_until_pongs(&loop, sub, 2);
 
     /* A stopped process keeps its sockets open: only the missing PING answer can tell. */
     cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
-    run_until(&loop, &r->downs, 1);
-    cr_assert_eq(r->downs, 1, "a frozen server was not noticed");
-    cr_assert_eq(r->ups, 1);
+    wait_for(&loop, &seen->downs, 1, "a frozen server was not noticed");
+    cr_assert_eq(seen->ups, 1);
     cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
-    run_until(&loop, &r->ups, 2);
-    cr_assert_eq(r->ups, 2, "did not come back after the server woke up");
+    wait_for(&loop, &seen->ups, 2, "did not come back after the server woke up");
 
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    assert_resubscribed(&loop, admin, r);
-    assert_states(r, 3, (int[]){1, 0, 1});
-    close_loop(&loop, sub);
-    sd_redis_free(admin);
-    free(r);
+    assert_resubscribed(&loop, admin, seen);
+    assert_states(seen, 3, (int[]){1, 0, 1});
+    sub_finish(&loop, sub, admin);
 }
 
 /* ---- Freeing -------------------------------------------------------------------------------- */
@@ -542,31 +493,24 @@ Test(redis_sub, free_of_null_is_a_no_op) {
 }
 
 Test(redis_sub, free_while_connecting_to_nothing) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", test_closed_port());
     sd_redis_sub_opts o = quick_opts();
-    sd_redis_sub *sub = sub_new_url(&loop, url, &o, r);
+    sd_redis_sub *sub = sub_new_url(&loop, url, &o, seen);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
     /* A few refused attempts, then free while the next one is in progress or waiting. */
     for (int i = 0; i < 20; i++)
         run_once(&loop);
     cr_assert(!sd_redis_sub_is_up(sub));
     close_loop(&loop, sub);
-    cr_assert_eq(r->nstates, 0, "never up, so never down either");
-    free(r);
+    cr_assert_eq(seen->nstates, 0, "never up, so never down either");
 }
 
 Test(redis_sub, free_while_subscribing_to_a_frozen_server) {
     cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
     o.redis.connect_timeout_ms = 60000; /* stays in the handshake */
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
+    sd_redis_sub *sub = sub_new(&loop, &o, seen);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
     cr_assert_eq(sd_redis_sub_psubscribe(sub, "p:*"), 0);
     /* The kernel accepts the connection for the stopped server; the subscribe commands then
@@ -574,66 +518,44 @@ Test(redis_sub, free_while_subscribing_to_a_frozen_server) {
     for (int i = 0; i < 5; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
     close_loop(&loop, sub);
-    cr_assert_eq(r->nstates, 0);
+    cr_assert_eq(seen->nstates, 0);
     cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
-    free(r);
 }
 
 Test(redis_sub, free_while_down) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    run_until(&loop, &r->ups, 1);
+    sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 0);
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    run_until(&loop, &r->downs, 1);
-    cr_assert_eq(r->downs, 1);
+    wait_for(&loop, &seen->downs, 1, "the loss was not noticed");
     close_loop(&loop, sub);
-    assert_states(r, 2, (int[]){1, 0});
+    assert_states(seen, 2, (int[]){1, 0});
     cr_assert_eq(sd_redis_server_restart(server), 0);
-    free(r);
 }
 
 Test(redis_sub, free_from_inside_the_message_callback) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
-    sd_redis_sub *sub = sub_new(&loop, NULL, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    run_until(&loop, &r->ups, 1);
+    sub_up_on_a(&loop, NULL, seen, 0); /* freed from its own callback */
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     /* Three messages, likely read in one go: the first frees, the others must not arrive. */
     for (int i = 0; i < 3; i++)
         cr_assert_eq(publish(admin, "a", "x", 1), 1);
-    r->free_on_msg = 1;
-    run_until(&loop, &r->freed, 1);
-    cr_assert_eq(r->freed, 1);
+    seen->free_on_msg = 1;
+    wait_for(&loop, &seen->freed, 1, "the subscriber was not freed");
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&loop), 0);
-    cr_assert_eq(r->msgs, 1);
-    assert_states(r, 1, (int[]){1});
+    cr_assert_eq(seen->msgs, 1);
+    assert_states(seen, 1, (int[]){1});
     sd_redis_free(admin);
-    free(r);
 }
 
 Test(redis_sub, free_from_inside_the_down_callback) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct rec *r = calloc(1, sizeof *r);
     sd_redis_sub_opts o = quick_opts();
-    sd_redis_sub *sub = sub_new(&loop, &o, r);
-    cr_assert_eq(sd_redis_sub_subscribe(sub, "a"), 0);
-    run_until(&loop, &r->ups, 1);
-    r->free_on_down = 1;
+    sub_up_on_a(&loop, &o, seen, 0); /* freed from its own callback */
+    seen->free_on_down = 1;
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     cr_assert_eq(test_redis_int(admin, "CLIENT KILL TYPE pubsub"), 1);
-    run_until(&loop, &r->freed, 1);
-    cr_assert_eq(r->freed, 1);
+    wait_for(&loop, &seen->freed, 1, "the subscriber was not freed");
     uv_run(&loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&loop), 0);
-    assert_states(r, 2, (int[]){1, 0});
+    assert_states(seen, 2, (int[]){1, 0});
     sd_redis_free(admin);
-    free(r);
 }

@@ -306,6 +306,28 @@ static void temp_path(char *buf, size_t len, const char *what) {
     close(fd);
 }
 
+/* Writes the report of rows through write (bench_report_html or _json) into a temporary file
+ * and returns what it holds (the caller frees it); asserts that the write succeeded. */
+static char *report_text(int (*write)(const char *, const bench_row *, size_t),
+                         const bench_row *rows, size_t n) {
+    char path[64];
+    temp_path(path, sizeof path, "report");
+    cr_assert_eq(write(path, rows, n), 0);
+    char *text = read_all(path);
+    unlink(path);
+    return text;
+}
+
+/* The JSON report of rows, parsed. */
+static json_t *report_json(const bench_row *rows, size_t n) {
+    char *text = report_text(bench_report_json, rows, n);
+    json_error_t e;
+    json_t *root = json_loads(text, 0, &e);
+    cr_assert_not_null(root, "%s", e.text);
+    free(text);
+    return root;
+}
+
 /*
  * Checks a page as the main job must write it: no script, nothing fetched (the only URL is the
  * SVG namespace), and every <svg> element well-formed XML. Returns the number of SVGs.
@@ -338,11 +360,7 @@ static int check_page(const char *html) {
 Test(report, html_is_one_file_without_scripts_and_its_svgs_are_well_formed) {
     static fixture fx;
     fixture_make(&fx);
-    char path[64];
-    temp_path(path, sizeof path, "html");
-    cr_assert_eq(bench_report_html(path, fx.rows, 3), 0);
-    char *html = read_all(path);
-    unlink(path);
+    char *html = report_text(bench_report_html, fx.rows, 3);
     /* One throughput chart (the rate limiter has a measured peer; "other" has none) and one
      * percentile chart per scenario. */
     cr_expect_eq(check_page(html), 1 + 3, "%s", html);
@@ -362,13 +380,7 @@ Test(report, html_is_one_file_without_scripts_and_its_svgs_are_well_formed) {
 Test(report, json_has_each_peer_with_both_throughputs_and_p99s) {
     static fixture fx;
     fixture_make(&fx);
-    char path[64];
-    temp_path(path, sizeof path, "json");
-    cr_assert_eq(bench_report_json(path, fx.rows, 3), 0);
-    json_error_t e;
-    json_t *root = json_load_file(path, 0, &e);
-    unlink(path);
-    cr_assert_not_null(root, "%s", e.text);
+    json_t *root = report_json(fx.rows, 3);
     json_t *peers = json_object_get(root, "peers");
     cr_assert(json_is_array(peers));
     cr_assert_eq(json_array_size(peers), 2);
@@ -395,11 +407,7 @@ Test(report, json_has_each_peer_with_both_throughputs_and_p99s) {
 
     /* Without peers there is no "peers" key: reports of `bench http` stay as they were. */
     fx.rows[0].npeers = 0;
-    temp_path(path, sizeof path, "json");
-    cr_assert_eq(bench_report_json(path, fx.rows, 3), 0);
-    root = json_load_file(path, 0, &e);
-    unlink(path);
-    cr_assert_not_null(root);
+    root = report_json(fx.rows, 3);
     cr_expect_null(json_object_get(root, "peers"));
     json_decref(root);
     fixture_free(&fx);
@@ -574,8 +582,8 @@ typedef struct npm_dirs {
 
 /* A peers directory with package.json and package-lock.json (lock = 1), and a bin directory
  * holding a fake `npm` that logs its arguments and working directory, then runs `body`. PATH
- * becomes that directory, then /usr/bin:/bin. */
-static void npm_setup(npm_dirs *d, int lock, const char *body) {
+ * becomes that directory, then /usr/bin:/bin. Returns PARAMS with that peers directory. */
+static bench_peer_params npm_setup(npm_dirs *d, int lock, const char *body) {
     snprintf(d->root, sizeof d->root, "/tmp/test_report_npmXXXXXX");
     cr_assert_not_null(mkdtemp(d->root));
     snprintf(d->peers, sizeof d->peers, "%s/peers", d->root);
@@ -603,6 +611,9 @@ static void npm_setup(npm_dirs *d, int lock, const char *body) {
     cr_assert_gt(asprintf(&env, "%s:/usr/bin:/bin", d->bin), 0);
     setenv("PATH", env, 1);
     free(env);
+    bench_peer_params p = PARAMS;
+    p.peers_dir = d->peers;
+    return p;
 }
 
 static void npm_cleanup(npm_dirs *d) {
@@ -621,20 +632,18 @@ static const char *const NPM_PEER_ARGV[] = {
     "{peers_dir}",
     NULL};
 static const char *const NPM_PEER_PACKAGES[] = {"fakepkg", NULL};
+/* What a working `npm` does for NPM_PEER. */
+static const char NPM_INSTALLS_FAKEPKG[] =
+    "mkdir -p node_modules/fakepkg && echo '{}' > node_modules/fakepkg/package.json";
+static const bench_peer NPM_PEER = {
+    .name = "p", .compared_with = "a.b.closed", .argv = NPM_PEER_ARGV, .npm = NPM_PEER_PACKAGES};
 
 Test(peers, missing_npm_packages_are_installed_once_with_npm_ci) {
     static npm_dirs d;
-    npm_setup(&d, 1,
-              "mkdir -p node_modules/fakepkg && echo '{}' > node_modules/fakepkg/package.json");
-    bench_peer peer = {.name = "p",
-                       .compared_with = "a.b.closed",
-                       .argv = NPM_PEER_ARGV,
-                       .npm = NPM_PEER_PACKAGES};
-    bench_peer_params p = PARAMS;
-    p.peers_dir = d.peers;
+    bench_peer_params p = npm_setup(&d, 1, NPM_INSTALLS_FAKEPKG);
     bench_peer_result r;
-    cr_expect_eq(bench_peer_run(&peer, &p, &r), 0, "%s", r.skipped);
-    cr_expect_eq(bench_peer_run(&peer, &p, &r), 0, "%s", r.skipped);
+    cr_expect_eq(bench_peer_run(&NPM_PEER, &p, &r), 0, "%s", r.skipped);
+    cr_expect_eq(bench_peer_run(&NPM_PEER, &p, &r), 0, "%s", r.skipped);
     char *log = read_all(d.log);
     char want[160];
     snprintf(want, sizeof want, "ci --no-audit --no-fund in %s\n", d.peers);
@@ -645,16 +654,9 @@ Test(peers, missing_npm_packages_are_installed_once_with_npm_ci) {
 
 Test(peers, without_a_lock_file_npm_install_runs_instead) {
     static npm_dirs d;
-    npm_setup(&d, 0,
-              "mkdir -p node_modules/fakepkg && echo '{}' > node_modules/fakepkg/package.json");
-    bench_peer peer = {.name = "p",
-                       .compared_with = "a.b.closed",
-                       .argv = NPM_PEER_ARGV,
-                       .npm = NPM_PEER_PACKAGES};
-    bench_peer_params p = PARAMS;
-    p.peers_dir = d.peers;
+    bench_peer_params p = npm_setup(&d, 0, NPM_INSTALLS_FAKEPKG);
     bench_peer_result r;
-    cr_expect_eq(bench_peer_run(&peer, &p, &r), 0, "%s", r.skipped);
+    cr_expect_eq(bench_peer_run(&NPM_PEER, &p, &r), 0, "%s", r.skipped);
     char *log = read_all(d.log);
     cr_expect_eq(strncmp(log, "install --no-audit --no-fund in ", 32), 0, "%s", log);
     free(log);
@@ -664,25 +666,19 @@ Test(peers, without_a_lock_file_npm_install_runs_instead) {
 Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
     static npm_dirs d;
     /* The shape of npm 10's output without a network: the reason is the FetchError line. */
-    npm_setup(
+    bench_peer_params p = npm_setup(
         &d, 1,
         "echo 'fetching...'; exec >&2; echo 'npm error code ECONNREFUSED';"
         " echo 'npm error FetchError: request to http://127.0.0.1:9/x failed, reason: refused';"
         " echo 'npm error     at ClientRequest.<anonymous> (index.js:130:14)';"
         " echo 'npm error A complete log of this run can be found in: /tmp/x.log'; exit 1");
-    bench_peer peer = {.name = "p",
-                       .compared_with = "a.b.closed",
-                       .argv = NPM_PEER_ARGV,
-                       .npm = NPM_PEER_PACKAGES};
-    bench_peer_params p = PARAMS;
-    p.peers_dir = d.peers;
     bench_peer_result r;
-    cr_expect_eq(bench_peer_run(&peer, &p, &r), -ECHILD);
+    cr_expect_eq(bench_peer_run(&NPM_PEER, &p, &r), -ECHILD);
     expect_one_line(&r);
     cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm error FetchError: request to "
                                 "http://127.0.0.1:9/x failed, reason: refused");
     /* The next peer of the same run is skipped for the same reason, without a second wait. */
-    cr_expect_eq(bench_peer_run(&peer, &p, &r), -ECHILD);
+    cr_expect_eq(bench_peer_run(&NPM_PEER, &p, &r), -ECHILD);
     cr_expect_str_eq(r.skipped, "npm ci exited with status 1: npm error FetchError: request to "
                                 "http://127.0.0.1:9/x failed, reason: refused");
     char *log = read_all(d.log);
@@ -692,10 +688,9 @@ Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
 
     char marker[32];
     snprintf(marker, sizeof marker, "sleep 30.%07d", (int)getpid());
-    npm_setup(&d, 1, marker);
-    p.peers_dir = d.peers;
+    p = npm_setup(&d, 1, marker);
     p.install_timeout_s = 0.5;
-    cr_expect_eq(bench_peer_run(&peer, &p, &r), -ETIMEDOUT);
+    cr_expect_eq(bench_peer_run(&NPM_PEER, &p, &r), -ETIMEDOUT);
     expect_one_line(&r);
     cr_expect_not_null(strstr(r.skipped, "npm ci gave no result"), "%s", r.skipped);
     cr_expect_eq(test_count_processes(marker), 0, "npm's child was left running");
@@ -704,52 +699,21 @@ Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
 
 /* ---- The main job without node --------------------------------------------------------------- */
 
-/* Runs build/bin/bench with args and env entries added, stdout and stderr into files. Returns
- * the exit status (-1 when killed). */
-static int bench_run(const char *const *args, const char *const *env, char **out, char **err) {
-    char *bin = test_bin_path("bench");
-    char out_path[64], err_path[64];
-    temp_path(out_path, sizeof out_path, "out");
-    temp_path(err_path, sizeof err_path, "err");
-    const char *argv[32] = {bin};
-    int n = 1;
-    for (; args[n - 1] && n < 31; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int o = open(out_path, O_WRONLY | O_TRUNC), e = open(err_path, O_WRONLY | O_TRUNC);
-        dup2(o, 1);
-        dup2(e, 2);
-        for (; env && *env; env++)
-            putenv((char *)*env);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    int ws;
-    waitpid(pid, &ws, 0);
-    *out = read_all(out_path);
-    *err = read_all(err_path);
-    unlink(out_path);
-    unlink(err_path);
-    free(bin);
-    return WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-}
-
 Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
     sd_redis_server *server = test_redis_start(NULL);
     char json[64], html[64];
     temp_path(json, sizeof json, "json");
     temp_path(html, sizeof html, "html");
-    char *out, *err;
-    int status = bench_run(
+    static test_run_out ran;
+    test_run_program(
+        "bench",
         (const char *[]){"run", "ratelimit.gcra.closed", "--duration", "0.3", "--warmup", "0.1",
                          "--redis", sd_redis_server_url(server), "--json", json, "--html", html,
                          NULL},
-        (const char *[]){"PATH=/nonexistent-for-bench-peers", "BENCH_PEERS=1", NULL}, &out, &err);
+        NULL, (const char *[]){"PATH=/nonexistent-for-bench-peers", "BENCH_PEERS=1", NULL}, &ran);
     sd_redis_server_stop(server);
-    cr_expect_eq(status, 0, "stdout: %s\nstderr: %s", out, err);
+    const char *out = ran.out, *err = ran.err;
+    cr_expect_eq(ran.status, 0, "stdout: %s\nstderr: %s", out, err);
 
     /* One line per skipped peer on stderr, saying why. */
     int peers = 0;
@@ -788,8 +752,6 @@ Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
     free(page);
     unlink(json);
     unlink(html);
-    free(out);
-    free(err);
 }
 
 /*
@@ -827,14 +789,16 @@ Test(cli, the_main_job_reads_the_peers_results_and_goes_on) {
     temp_path(json, sizeof json, "json");
     snprintf(path_env, sizeof path_env, "PATH=%s", getenv("PATH"));
     snprintf(dir_env, sizeof dir_env, "BENCH_PEERS_DIR=%s", d.peers);
-    char *out, *err;
-    int status = bench_run((const char *[]){"run", "ratelimit.gcra.closed",
-                                            "ratelimit.sliding-window-log.closed", "--duration",
-                                            "0.3", "--warmup", "0.1", "--redis",
-                                            sd_redis_server_url(server), "--json", json, NULL},
-                           (const char *[]){path_env, dir_env, "BENCH_PEERS=1", NULL}, &out, &err);
+    static test_run_out ran;
+    test_run_program("bench",
+                     (const char *[]){"run", "ratelimit.gcra.closed",
+                                      "ratelimit.sliding-window-log.closed", "--duration", "0.3",
+                                      "--warmup", "0.1", "--redis", sd_redis_server_url(server),
+                                      "--json", json, NULL},
+                     NULL, (const char *[]){path_env, dir_env, "BENCH_PEERS=1", NULL}, &ran);
     sd_redis_server_stop(server);
-    cr_expect_eq(status, 0, "stdout: %s\nstderr: %s", out, err);
+    const char *out = ran.out;
+    cr_expect_eq(ran.status, 0, "stdout: %s\nstderr: %s", out, ran.err);
     cr_expect_null(strstr(out, "FAILED"), "%s", out);
     cr_expect_not_null(strstr(out, "  peer rate-limiter-flexible "), "%s", out);
 
@@ -864,7 +828,5 @@ Test(cli, the_main_job_reads_the_peers_results_and_goes_on) {
                      "ratelimit.sliding-window-log.closed");
     cr_expect_null(json_object_get(s, "failed"), "the scenario after the peers ran");
     json_decref(root);
-    free(out);
-    free(err);
     npm_cleanup(&d);
 }
