@@ -392,3 +392,11 @@ int test_count_processes(const char *needle) {
     closedir(d);
     return count;
 }
+
+int test_count_processes_until_none(const char *needle, int timeout_ms) {
+    uint64_t end = sd_now_ms() + (uint64_t)timeout_ms;
+    int n;
+    while ((n = test_count_processes(needle)) > 0 && sd_now_ms() < end)
+        usleep(10 * 1000);
+    return n;
+}

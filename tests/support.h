@@ -115,4 +115,9 @@ void test_slurp_fd(int fd, char *buf, size_t len);
 /* Counts live processes whose command line contains needle (reads /proc). */
 int test_count_processes(const char *needle);
 
+/* Waits up to timeout_ms for no live process's command line to contain needle (a process that
+ * was just sent SIGKILL may still be listed for a moment on a busy machine). Returns how many
+ * are left then: 0 unless something really is still running. */
+int test_count_processes_until_none(const char *needle, int timeout_ms);
+
 #endif
