@@ -36,6 +36,7 @@
 typedef struct sd_redis_url {
     char *host;     /* NULL for a unix socket */
     int port;       /* 6379 when the URL has none */
+    char *seeds;    /* Redis Cluster seeds after the first, "host:port,..." (checked), or NULL */
     char *path;     /* unix socket path, or NULL */
     char *user;     /* NULL when absent */
     char *password; /* NULL when absent; never log it */
@@ -44,6 +45,8 @@ typedef struct sd_redis_url {
 
 /*
  * Parses `redis://[[user]:password@]host[:port][/db]` or `unix:///path/to.sock[?db=N]`.
+ * A Redis Cluster may be named by several seeds, `redis://host:port,host:port,...`: the first
+ * goes to host and port, the others to seeds (a connection tries them in turn).
  * IPv6 hosts are written in brackets (`redis://[::1]:6379`). Percent-escapes in the user and
  * password are decoded. On success returns 0 and fills *out (release it with sd_redis_url_clear).
  * On a bad form returns SD_EPARSE and writes a message naming what is wrong into err (which never

@@ -16,8 +16,9 @@
  *
  * Two settings differ from redis-server's defaults, both for a private test and bench cluster:
  * cluster-require-full-coverage is off, so when one master dies the others go on serving their
- * own slots (the behaviour the fault tests look at), and cluster-node-timeout is 5 s rather
- * than 15.
+ * own slots (the behaviour the fault tests look at), cluster-allow-replica-migration is off so
+ * that each replica stays with the master it was given, and cluster-node-timeout is 5 s rather
+ * than 15. A replica counts as ready once its link to its master is up.
  */
 #include "redis_cluster_server.h"
 
@@ -86,6 +87,8 @@ static int start_node(sd_redis_server **out, int *bus_out) {
                                "5000",
                                "--cluster-require-full-coverage",
                                "no",
+                               "--cluster-allow-replica-migration",
+                               "no",
                                NULL};
         sd_redis_server_opts opts = {.extra_args = extra};
         err = sd_redis_server_start(&opts, out);
@@ -133,9 +136,19 @@ static int node_command(const sd_redis_cluster_server *c, int i, redisReply **ou
     return 0;
 }
 
-/* Whether node i reports cluster_state:ok and knows every node of the cluster. */
+/* Whether node i reports cluster_state:ok and knows every node of the cluster (and, for a
+ * replica, has its link to its master up). */
 static int node_ready(const sd_redis_cluster_server *c, int i, int need_ok) {
     redisReply *reply = NULL;
+    if (need_ok && i >= c->masters) {
+        if (node_command(c, i, &reply, "INFO replication") != 0)
+            return 0;
+        int up = reply->type == REDIS_REPLY_STRING &&
+                 strstr(reply->str, "master_link_status:up\r") != NULL;
+        freeReplyObject(reply);
+        if (!up)
+            return 0;
+    }
     if (node_command(c, i, &reply, "CLUSTER INFO") != 0)
         return 0;
     char known[48];

@@ -3,6 +3,7 @@
  * and the cluster-aware connections behind redis.h.
  */
 #include <criterion/criterion.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -46,17 +47,30 @@ static int process_alive(pid_t pid) {
         }                                                                                          \
     } while (0)
 
-/* The text of a bulk-string reply to a command on one node (a plain connection); asserts. */
+/* A command on one node over a bare hiredis connection (no routing, no probing); asserts that
+ * it answered. Free the reply. */
+static redisReply *raw(sd_redis_server *node, const char *fmt, ...) {
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", sd_redis_server_port(node), tv);
+    cr_assert(c != NULL && c->err == 0, "cannot connect to node %d", sd_redis_server_port(node));
+    redisSetTimeout(c, tv);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *reply = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    cr_assert_not_null(reply, "no reply to %s", fmt);
+    return reply;
+}
+
+/* The text of a bulk-string reply to a command on one node (a bare connection: a routed one
+ * would send a keyless command to any node); asserts. */
 static char *node_text(sd_redis_server *node, const char *cmd) {
-    sd_redis *r = test_redis_connect(sd_redis_server_url(node));
-    int err = 0;
-    redisReply *reply = sd_redis_command(r, &err, cmd);
-    cr_assert_not_null(reply, "%s: %s", cmd, sd_strerror(err));
+    redisReply *reply = raw(node, cmd);
     cr_assert_eq(reply->type, REDIS_REPLY_STRING, "%s: type %d %s", cmd, reply->type,
                  reply->type == REDIS_REPLY_ERROR ? reply->str : "");
     char *text = sd_xstrdup(reply->str);
     freeReplyObject(reply);
-    sd_redis_free(r);
     return text;
 }
 
@@ -140,4 +154,269 @@ Test(redis_cluster_server, nothing_is_left_when_the_owner_is_killed) {
         cr_assert_not(process_alive(pids[i]), "node %d outlived its owner", pids[i]);
         cr_assert_not(dir_exists(dirs[i]), "%s outlived its owner", dirs[i]);
     }
+}
+
+/* ---- Helpers for the routing tests ------------------------------------------------------------
+ */
+
+static void raw_ok(sd_redis_server *node, const char *fmt, const char *a, const char *b) {
+    redisReply *reply = raw(node, fmt, a, b);
+    cr_assert_neq(reply->type, REDIS_REPLY_ERROR, "%s: %s", fmt, reply->str);
+    freeReplyObject(reply);
+}
+
+static char *node_id(sd_redis_server *node) {
+    redisReply *reply = raw(node, "CLUSTER MYID");
+    char *id = sd_xstrdup(reply->str);
+    freeReplyObject(reply);
+    return id;
+}
+
+/* Master m of the test cluster holds the m-th third of the slots (redis_cluster_server.c). */
+static int master_of_slot(int slot) {
+    return slot < 16384 / 3 ? 0 : slot < 2 * 16384 / 3 ? 1 : 2;
+}
+
+/* Writes into buf a key "<prefix><n>" whose slot is on master m. */
+static void key_on(int m, const char *prefix, char *buf, size_t len) {
+    for (int n = 0;; n++) {
+        snprintf(buf, len, "%s%d", prefix, n);
+        if (master_of_slot(sd_redis_key_slot(buf, strlen(buf))) == m)
+            return;
+    }
+}
+
+/* A sync connection to the cluster through the given URL (one seed or several). */
+static sd_redis *cluster_connect(const char *url, sd_script *const *scripts, size_t nscripts) {
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = 3000;
+    opts.scripts = scripts;
+    opts.nscripts = nscripts;
+    sd_redis *r = NULL;
+    int rc = sd_redis_connect(&u, &opts, &r);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(rc, 0, "cannot connect to %s: %s", url, sd_strerror(rc));
+    return r;
+}
+
+static char *get_text(sd_redis *r, const char *key) {
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "GET %s", key);
+    cr_assert_not_null(reply, "GET %s: %s (%s)", key, sd_strerror(err), sd_redis_errstr(r));
+    cr_assert_eq(reply->type, REDIS_REPLY_STRING, "GET %s: type %d %s", key, reply->type,
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    char *v = sd_xstrdup(reply->str);
+    freeReplyObject(reply);
+    return v;
+}
+
+/* ---- Seeds and detection --------------------------------------------------------------------- */
+
+Test(redis_cluster, a_url_may_list_several_seeds) {
+    sd_redis_url u;
+    char err[160], shown[256];
+    cr_assert_eq(sd_redis_url_parse("redis://:pw@127.0.0.1:7000,127.0.0.1:7001,[::1]:7002/0", &u,
+                                    err, sizeof err),
+                 0, "%s", err);
+    cr_assert_str_eq(u.host, "127.0.0.1");
+    cr_assert_eq(u.port, 7000);
+    cr_assert_str_eq(u.seeds, "127.0.0.1:7001,[::1]:7002");
+    cr_assert_str_eq(u.password, "pw");
+    sd_redis_url_format(&u, shown, sizeof shown);
+    cr_assert(strstr(shown, "7001,[::1]:7002") != NULL && strstr(shown, "pw") == NULL, "%s", shown);
+    sd_redis_url copy;
+    sd_redis_url_copy(&copy, &u);
+    cr_assert_str_eq(copy.seeds, u.seeds);
+    sd_redis_url_clear(&copy);
+    sd_redis_url_clear(&u);
+
+    cr_assert_eq(sd_redis_url_parse("redis://127.0.0.1:7000", &u, err, sizeof err), 0);
+    cr_assert_null(u.seeds);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(sd_redis_url_parse("redis://127.0.0.1:7000,", &u, err, sizeof err), SD_EPARSE);
+    cr_assert_eq(sd_redis_url_parse("redis://a:1,b:99999", &u, err, sizeof err), SD_EPARSE);
+    cr_assert(strstr(err, "port") != NULL, "%s", err);
+}
+
+/* A single server is not taken for a cluster: keys of different slots go together. */
+Test(redis_cluster, a_single_server_is_not_cluster_mode) {
+    sd_redis_server *s = test_redis_start(NULL);
+    sd_redis *r = test_redis_connect(sd_redis_server_url(s));
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "MSET alpha-key 1 beta-key 2");
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, REDIS_REPLY_STATUS, "%s", reply->str);
+    freeReplyObject(reply);
+    sd_redis_free(r);
+    sd_redis_server_stop(s);
+}
+
+/* ---- Synchronous routing ----------------------------------------------------------------------
+ */
+
+Test(redis_cluster, sync_commands_reach_all_three_masters_from_one_seed) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    /* One node's URL: cluster mode is detected, the other masters found from CLUSTER SLOTS. */
+    sd_redis *r = cluster_connect(sd_redis_server_url(sd_redis_cluster_server_node(c, 1)), NULL, 0);
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "sync", key, sizeof key);
+        cr_assert_eq(test_redis_int(r, "INCRBY %s %d", key, 10 + m), 10 + m);
+        redisReply *there = raw(sd_redis_cluster_server_node(c, m), "GET %s", key);
+        cr_assert_eq(there->type, REDIS_REPLY_STRING, "%s is not on master %d: %s", key, m,
+                     there->type == REDIS_REPLY_ERROR ? there->str : "");
+        freeReplyObject(there);
+    }
+    /* Pipelined commands come back in order across nodes. */
+    char keys[3][32];
+    for (int m = 0; m < 3; m++) {
+        key_on(m, "sync", keys[m], sizeof keys[m]);
+        cr_assert_eq(sd_redis_append(r, "INCRBY %s 1", keys[m]), 0);
+    }
+    for (int m = 0; m < 3; m++) {
+        int err = 0;
+        redisReply *reply = sd_redis_get_reply(r, &err);
+        cr_assert_not_null(reply, "%s", sd_strerror(err));
+        cr_assert_eq(reply->integer, 11 + m);
+        freeReplyObject(reply);
+    }
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, crossslot_is_refused_naming_the_keys) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    cr_assert_neq(sd_redis_key_slot("alpha-key", 9), sd_redis_key_slot("beta-key", 8));
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "MGET alpha-key beta-key");
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, REDIS_REPLY_ERROR);
+    cr_assert(strstr(reply->str, "CROSSSLOT") && strstr(reply->str, "'alpha-key'") &&
+                  strstr(reply->str, "'beta-key'"),
+              "%s", reply->str);
+    freeReplyObject(reply);
+    /* With one hash tag they share a slot and go together. */
+    reply = sd_redis_command(r, &err, "MSET {t}alpha 1 {t}beta 2");
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, REDIS_REPLY_STATUS, "%s", reply->str);
+    freeReplyObject(reply);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* Moves slot `slot` (holding `key`) from master `from` to master `to`; with finish == 0 it stops
+ * in the middle: the slot MIGRATING / IMPORTING, and only `key` moved. */
+static void migrate(sd_redis_cluster_server *c, int slot, const char *key, int from, int to,
+                    int finish) {
+    sd_redis_server *src = sd_redis_cluster_server_node(c, from);
+    sd_redis_server *dst = sd_redis_cluster_server_node(c, to);
+    char *src_id = node_id(src), *dst_id = node_id(dst);
+    char s[16];
+    snprintf(s, sizeof s, "%d", slot);
+    raw_ok(dst, "CLUSTER SETSLOT %s IMPORTING %s", s, src_id);
+    raw_ok(src, "CLUSTER SETSLOT %s MIGRATING %s", s, dst_id);
+    char port[16];
+    snprintf(port, sizeof port, "%d", sd_redis_server_port(dst));
+    redisReply *reply = raw(src, "MIGRATE 127.0.0.1 %s %s 0 5000", port, key);
+    cr_assert_eq(reply->type, REDIS_REPLY_STATUS, "MIGRATE: %s", reply->str);
+    freeReplyObject(reply);
+    if (finish)
+        for (int i = 0; i < 3; i++)
+            raw_ok(sd_redis_cluster_server_node(c, i), "CLUSTER SETSLOT %s NODE %s", s, dst_id);
+    free(src_id);
+    free(dst_id);
+}
+
+Test(redis_cluster, moved_is_followed_without_an_error) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    char key[32];
+    key_on(0, "moving", key, sizeof key);
+    cr_assert_eq(test_redis_int(r, "INCRBY %s 5", key), 5);
+    migrate(c, sd_redis_key_slot(key, strlen(key)), key, 0, 1, 1);
+    /* The connection's map still names master 0: the MOVED reply must not reach us. */
+    cr_assert_eq(test_redis_int(r, "INCRBY %s 1", key), 6);
+    cr_assert_eq(test_redis_int(r, "INCRBY %s 1", key), 7);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, ask_during_a_migration_is_answered) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    const char *moved = "{ask}moved", *stays = "{ask}stays";
+    int slot = sd_redis_key_slot(moved, strlen(moved));
+    cr_assert_eq(slot, sd_redis_key_slot(stays, strlen(stays)));
+    int from = master_of_slot(slot), to = (from + 1) % 3;
+    test_redis_int(r, "INCRBY %s 3", moved);
+    test_redis_int(r, "INCRBY %s 4", stays);
+    migrate(c, slot, moved, from, to, 0);
+    /* The source answers ASK for the moved key, and still serves the one it holds. */
+    char *v = get_text(r, moved);
+    cr_assert_str_eq(v, "3");
+    free(v);
+    v = get_text(r, stays);
+    cr_assert_str_eq(v, "4");
+    free(v);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+static sd_script counter_script = {
+    .name = "test/cluster-counter",
+    .body = "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+};
+
+Test(redis_cluster, a_script_works_on_first_call_on_every_node) {
+    counter_script.len = strlen(counter_script.body);
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_script *scripts[1] = {&counter_script};
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), scripts, 1);
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "script", key, sizeof key);
+        const char *argv[2] = {key, "7"};
+        int err = 0;
+        redisReply *reply = sd_redis_script(r, &err, 0, &counter_script, 1, 2, argv, NULL);
+        cr_assert_not_null(reply, "%s", sd_strerror(err));
+        cr_assert_eq(reply->type, REDIS_REPLY_INTEGER, "%s", reply->str);
+        cr_assert_eq(reply->integer, 7);
+        freeReplyObject(reply);
+    }
+    /* Loaded in each node's handshake: no node had to fall back to EVAL after NOSCRIPT. */
+    for (int m = 0; m < 3; m++) {
+        redisReply *stats = raw(sd_redis_cluster_server_node(c, m), "INFO commandstats");
+        cr_assert(strstr(stats->str, "cmdstat_evalsha:calls=1,") != NULL, "master %d: %s", m,
+                  stats->str);
+        cr_assert(strstr(stats->str, "cmdstat_eval:") == NULL, "master %d: %s", m, stats->str);
+        freeReplyObject(stats);
+    }
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, a_killed_master_fails_its_commands_and_the_others_keep_working) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    char keys[3][32];
+    for (int m = 0; m < 3; m++) {
+        key_on(m, "kill", keys[m], sizeof keys[m]);
+        cr_assert_eq(test_redis_int(r, "INCRBY %s 1", keys[m]), 1);
+    }
+    sd_redis_server *victim = sd_redis_cluster_server_node(c, 2);
+    cr_assert_eq(sd_redis_server_signal(victim, SIGKILL), 0);
+    sd_redis_server_halt(victim);
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "INCRBY %s 1", keys[2]);
+    cr_assert_null(reply, "a dead master answered");
+    cr_assert(err == SD_EDISCONNECTED || err == SD_ETIMEDOUT, "%s", sd_strerror(err));
+    for (int m = 0; m < 2; m++)
+        cr_assert_eq(test_redis_int(r, "INCRBY %s 1", keys[m]), 2);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
 }
