@@ -134,4 +134,24 @@ redisReply *sd_redis__cluster_vcommand(struct sd_redis__cluster *cl, int *err, c
 int sd_redis__cluster_append(struct sd_redis__cluster *cl, char *cmd, size_t len);
 redisReply *sd_redis__cluster_get_reply(struct sd_redis__cluster *cl, int *err);
 
+/* The router behind an asynchronous connection in cluster mode (redis_acluster.c). */
+struct sd_redis__acluster;
+/* NULL when url names a single server (or no seed answered INFO cluster). */
+struct sd_redis__acluster *sd_redis__acluster_open(sd_aredis *owner, uv_loop_t *loop,
+                                                   const sd_redis_url *url,
+                                                   const sd_redis_opts *opts);
+int sd_redis__acluster_up(const struct sd_redis__acluster *cl);
+size_t sd_redis__acluster_pending(const struct sd_redis__acluster *cl);
+void sd_redis__acluster_flush(struct sd_redis__acluster *cl);
+/* script == NULL: a command (argv); else a script call (argv: keys, then arguments). */
+int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, void *privdata,
+                            int timeout_ms, sd_script *script, int nkeys, int argc,
+                            const char **argv, const size_t *lens);
+void sd_redis__acluster_free(struct sd_redis__acluster *cl);
+
+/* An async connection to one node of a cluster: never probed (redis_async.c). */
+sd_aredis *sd_aredis__new_node(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts *opts);
+/* Runs the owner's state callback. */
+void sd_aredis__report_state(sd_aredis *r, int connected);
+
 #endif

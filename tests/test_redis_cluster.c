@@ -420,3 +420,178 @@ Test(redis_cluster, a_killed_master_fails_its_commands_and_the_others_keep_worki
     sd_redis_free(r);
     sd_redis_cluster_server_stop(c);
 }
+
+/* ---- Asynchronous routing ---------------------------------------------------------------------
+ */
+
+struct answers {
+    int calls, ok;
+    long long last;
+    int status;
+    char error[300];
+};
+
+static void count_cb(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    (void)r;
+    struct answers *a = privdata;
+    a->calls++;
+    a->status = status;
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        a->ok++;
+        a->last = reply->integer;
+    } else if (reply && reply->type == REDIS_REPLY_STRING) {
+        a->ok++;
+        a->last = atoll(reply->str);
+    } else if (reply && reply->type == REDIS_REPLY_ERROR) {
+        snprintf(a->error, sizeof a->error, "%s", reply->str);
+    }
+}
+
+/* Runs the loop until *calls reaches n; the 20 s guard only stops a broken test. */
+static void run_until(uv_loop_t *loop, const int *calls, int n) {
+    uint64_t until = sd_now_ms() + 20000;
+    while (*calls < n && sd_now_ms() < until)
+        uv_run(loop, UV_RUN_ONCE);
+    cr_assert_eq(*calls, n, "%d of %d callbacks ran", *calls, n);
+}
+
+static sd_aredis *acluster_connect(uv_loop_t *loop, const char *url, sd_script *const *scripts,
+                                   size_t nscripts) {
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = 3000;
+    opts.scripts = scripts;
+    opts.nscripts = nscripts;
+    sd_aredis *r = NULL;
+    cr_assert_eq(sd_aredis_new(loop, &u, &opts, &r), 0);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(sd_aredis_wait_connected(r, 10000), 0, "not connected to %s", url);
+    return r;
+}
+
+static void aclose(uv_loop_t *loop, sd_aredis *r) {
+    sd_aredis_free(r);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+}
+
+Test(redis_cluster, async_commands_reach_all_three_masters_from_one_seed) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r =
+        acluster_connect(&loop, sd_redis_server_url(sd_redis_cluster_server_node(c, 2)), NULL, 0);
+    struct answers a = {0};
+    for (int round = 0; round < 10; round++)
+        for (int m = 0; m < 3; m++) {
+            char key[32];
+            key_on(m, "async", key, sizeof key);
+            cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 1", key), 0);
+        }
+    run_until(&loop, &a.calls, 30);
+    cr_assert_eq(a.ok, 30, "%s", a.error);
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "async", key, sizeof key);
+        redisReply *there = raw(sd_redis_cluster_server_node(c, m), "GET %s", key);
+        cr_assert_eq(there->type, REDIS_REPLY_STRING);
+        cr_assert_str_eq(there->str, "10");
+        freeReplyObject(there);
+    }
+    /* Keys of different slots together are refused at the call, the callback never runs. */
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "MGET alpha-key beta-key"), SD_EPARSE);
+    aclose(&loop, r);
+    cr_assert_eq(a.calls, 30);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, async_moved_and_ask_are_followed) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), NULL, 0);
+    struct answers a = {0};
+    char key[32];
+    key_on(0, "amoving", key, sizeof key);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 5", key), 0);
+    run_until(&loop, &a.calls, 1);
+    migrate(c, sd_redis_key_slot(key, strlen(key)), key, 0, 1, 1);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 1", key), 0);
+    run_until(&loop, &a.calls, 2);
+    cr_assert_eq(a.ok, 2, "MOVED reached the caller: %s", a.error);
+    cr_assert_eq(a.last, 6);
+
+    const char *moved = "{aask}moved", *stays = "{aask}stays";
+    int slot = sd_redis_key_slot(moved, strlen(moved));
+    int from = master_of_slot(slot), to = (from + 1) % 3;
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 3", moved), 0);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 4", stays), 0);
+    run_until(&loop, &a.calls, 4);
+    migrate(c, slot, moved, from, to, 0);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "GET %s", moved), 0);
+    run_until(&loop, &a.calls, 5);
+    cr_assert_eq(a.ok, 5, "ASK reached the caller: %s", a.error);
+    cr_assert_eq(a.last, 3);
+    aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, async_script_works_on_first_call_on_every_node) {
+    counter_script.len = strlen(counter_script.body);
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_script *scripts[1] = {&counter_script};
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), scripts, 1);
+    struct answers a = {0};
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "ascript", key, sizeof key);
+        const char *argv[2] = {key, "7"};
+        cr_assert_eq(sd_aredis_script(r, &counter_script, count_cb, &a, 0, 1, 2, argv, NULL), 0);
+    }
+    run_until(&loop, &a.calls, 3);
+    cr_assert_eq(a.ok, 3, "%s", a.error);
+    for (int m = 0; m < 3; m++) {
+        redisReply *stats = raw(sd_redis_cluster_server_node(c, m), "INFO commandstats");
+        cr_assert(strstr(stats->str, "cmdstat_evalsha:calls=1,") != NULL, "master %d: %s", m,
+                  stats->str);
+        cr_assert(strstr(stats->str, "cmdstat_eval:") == NULL, "master %d: %s", m, stats->str);
+        freeReplyObject(stats);
+    }
+    aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, async_killed_master_fails_its_commands_and_the_others_keep_working) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), NULL, 0);
+    sd_redis_server *victim = sd_redis_cluster_server_node(c, 2);
+    cr_assert_eq(sd_redis_server_signal(victim, SIGKILL), 0);
+    sd_redis_server_halt(victim);
+    char keys[3][32];
+    for (int m = 0; m < 3; m++)
+        key_on(m, "akill", keys[m], sizeof keys[m]);
+    /* The dead master's command is refused at the call once its connection has noticed, or
+     * answered with an error; either way no reply. */
+    struct answers dead = {0};
+    int rc = sd_aredis_command(r, count_cb, &dead, 0, "INCRBY %s 1", keys[2]);
+    if (rc == 0) {
+        run_until(&loop, &dead.calls, 1);
+        rc = dead.status;
+    }
+    cr_assert(rc == SD_EDISCONNECTED || rc == SD_ETIMEDOUT, "%s", sd_strerror(rc));
+    cr_assert_eq(dead.ok, 0);
+    struct answers live = {0};
+    for (int m = 0; m < 2; m++)
+        cr_assert_eq(sd_aredis_command(r, count_cb, &live, 0, "INCRBY %s 1", keys[m]), 0);
+    run_until(&loop, &live.calls, 2);
+    cr_assert_eq(live.ok, 2, "%s", live.error);
+    aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
