@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "sd.h"
+#include "redis_sub.h"
 #include "support.h"
 
 static int dir_exists(const char *dir) {
@@ -593,5 +594,54 @@ Test(redis_cluster, async_killed_master_fails_its_commands_and_the_others_keep_w
     run_until(&loop, &live.calls, 2);
     cr_assert_eq(live.ok, 2, "%s", live.error);
     aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* ---- Pub/sub ------------------------------------------------------------------------------------
+ */
+
+struct received {
+    int up, messages;
+    char payload[64];
+};
+
+static void sub_state_cb(sd_redis_sub *sub, int connected, void *udata) {
+    (void)sub;
+    ((struct received *)udata)->up += connected;
+}
+
+static void sub_message_cb(sd_redis_sub *sub, const char *channel, const char *pattern,
+                           const char *payload, size_t len, void *udata) {
+    (void)sub;
+    (void)channel;
+    (void)pattern;
+    struct received *rcv = udata;
+    rcv->messages++;
+    snprintf(rcv->payload, sizeof rcv->payload, "%.*s", (int)len, payload);
+}
+
+/* SUBSCRIBE on the first seed receives a PUBLISH made on another master (Redis 7 broadcasts
+ * PUBLISH over the cluster bus). */
+Test(redis_cluster, the_subscriber_receives_a_publish_made_on_another_node) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(sd_redis_cluster_server_url(c), &u, err, sizeof err), 0);
+    sd_redis_sub *sub = NULL;
+    cr_assert_eq(sd_redis_sub_new(&loop, &u, NULL, &sub), 0);
+    sd_redis_url_clear(&u);
+    struct received rcv = {0};
+    sd_redis_sub_set_callbacks(sub, sub_message_cb, sub_state_cb, &rcv);
+    cr_assert_eq(sd_redis_sub_subscribe(sub, "news"), 0);
+    run_until(&loop, &rcv.up, 1);
+    redisReply *reply = raw(sd_redis_cluster_server_node(c, 2), "PUBLISH news hello-from-2");
+    freeReplyObject(reply);
+    run_until(&loop, &rcv.messages, 1);
+    cr_assert_str_eq(rcv.payload, "hello-from-2");
+    sd_redis_sub_free(sub);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
     sd_redis_cluster_server_stop(c);
 }
