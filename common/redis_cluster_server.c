@@ -136,8 +136,10 @@ static int node_command(const sd_redis_cluster_server *c, int i, redisReply **ou
     return 0;
 }
 
-/* Whether node i reports cluster_state:ok and knows every node of the cluster (and, for a
- * replica, has its link to its master up). */
+/* Whether node i knows every node of the cluster and (need_ok) reports cluster_state:ok with
+ * every slot assigned (with cluster-require-full-coverage off, "ok" alone does not mean the
+ * node has heard of every master's slots yet), and, for a replica, has its link to its master
+ * up. */
 static int node_ready(const sd_redis_cluster_server *c, int i, int need_ok) {
     redisReply *reply = NULL;
     if (need_ok && i >= c->masters) {
@@ -154,7 +156,8 @@ static int node_ready(const sd_redis_cluster_server *c, int i, int need_ok) {
     char known[48];
     snprintf(known, sizeof known, "cluster_known_nodes:%d\r", c->count);
     int ready = reply->type == REDIS_REPLY_STRING && strstr(reply->str, known) != NULL &&
-                (!need_ok || strstr(reply->str, "cluster_state:ok\r") != NULL);
+                (!need_ok || (strstr(reply->str, "cluster_state:ok\r") != NULL &&
+                              strstr(reply->str, "cluster_slots_assigned:16384\r") != NULL));
     freeReplyObject(reply);
     return ready;
 }

@@ -12,7 +12,7 @@
  * The cluster is then built by hand, without redis-cli: each master gets an equal range of the
  * 16384 slots (CLUSTER ADDSLOTSRANGE), every node is introduced to the first (CLUSTER MEET),
  * each replica follows its master (CLUSTER REPLICATE), and start returns once every node reports
- * cluster_state:ok and knows every other node.
+ * cluster_state:ok, knows every other node and sees all 16384 slots assigned.
  */
 #ifndef SD_REDIS_CLUSTER_SERVER_H
 #define SD_REDIS_CLUSTER_SERVER_H
