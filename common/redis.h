@@ -19,6 +19,14 @@
  *     connected, or a script not given) is answered by sending the call once more with EVAL,
  *     which both runs the script and loads it back into the script cache.
  *
+ * Redis Cluster: both connections also work on a cluster, behind the same functions. A URL
+ * with several seeds (redis://h:p,h:p) is a cluster; a single-node URL is asked INFO cluster.
+ * Commands go to the master of their first key's slot (EVAL/EVALSHA: argv[3] when numkeys > 0),
+ * MOVED / ASK / TRYAGAIN are followed within the command's deadline, every master's connection
+ * loads the scripts. Keys of several slots in one command are refused before sending: the sync
+ * call returns an error reply naming two of the keys, the async call returns SD_EPARSE (its
+ * callback never runs). See common/README.md ("Redis Cluster behind the same connections").
+ *
  * Secrets: the password in a URL is kept for AUTH and never appears in a log line or an error
  * message; sd_redis_url_format() leaves it out.
  */
