@@ -645,3 +645,34 @@ Test(redis_cluster, the_subscriber_receives_a_publish_made_on_another_node) {
     uv_loop_close(&loop);
     sd_redis_cluster_server_stop(c);
 }
+
+/* A multi-key command during a migration, with its keys split between the two nodes, is
+ * answered TRYAGAIN: it is sent again until the deadline, then the error is returned. */
+Test(redis_cluster, tryagain_is_retried_until_the_deadline) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    const char *moved = "{try}moved", *stays = "{try}stays";
+    int slot = sd_redis_key_slot(moved, strlen(moved));
+    int from = master_of_slot(slot), to = (from + 1) % 3;
+    test_redis_int(r, "INCRBY %s 1", moved);
+    test_redis_int(r, "INCRBY %s 2", stays);
+    migrate(c, slot, moved, from, to, 0);
+    sd_redis_set_timeout(r, 300);
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "MGET %s %s", moved, stays);
+    cr_assert_not_null(reply, "%s", sd_strerror(err));
+    cr_assert_eq(reply->type, REDIS_REPLY_ERROR);
+    cr_assert(strncmp(reply->str, "TRYAGAIN", 8) == 0, "%s", reply->str);
+    freeReplyObject(reply);
+    /* Sent more than once (every 10 ms for 300 ms: the count is not a speed test, only > 1). */
+    redisReply *stats = raw(sd_redis_cluster_server_node(c, from), "INFO commandstats");
+    const char *mget = strstr(stats->str, "cmdstat_mget:");
+    cr_assert_not_null(mget, "%s", stats->str);
+    /* TRYAGAIN answers count as rejected calls. */
+    const char *rejected = strstr(mget, "rejected_calls=");
+    cr_assert_not_null(rejected);
+    cr_assert_gt(atoi(rejected + strlen("rejected_calls=")), 1, "%s", stats->str);
+    freeReplyObject(stats);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
