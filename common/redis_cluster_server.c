@@ -18,7 +18,8 @@
  * cluster-require-full-coverage is off, so when one master dies the others go on serving their
  * own slots (the behaviour the fault tests look at), cluster-allow-replica-migration is off so
  * that each replica stays with the master it was given, and cluster-node-timeout is 5 s rather
- * than 15. A replica counts as ready once its link to its master is up.
+ * than 15. A replica counts as ready once its link to its master is up; the masters start the
+ * first sync at once (repl-diskless-sync-delay 0, not 5 s).
  */
 #include "redis_cluster_server.h"
 
@@ -89,6 +90,8 @@ static int start_node(sd_redis_server **out, int *bus_out) {
                                "no",
                                "--cluster-allow-replica-migration",
                                "no",
+                               "--repl-diskless-sync-delay",
+                               "0",
                                NULL};
         sd_redis_server_opts opts = {.extra_args = extra};
         err = sd_redis_server_start(&opts, out);
