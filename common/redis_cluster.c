@@ -487,6 +487,8 @@ redisReply *sd_redis__cluster_commandv(struct sd_redis__cluster *cl, int *err, i
         else if (reply)
             freeReplyObject(reply);
     }
+    if (first == NULL && err)
+        *err = SD_EDISCONNECTED; /* no master known: the map could not be read */
     return first;
 }
 
