@@ -20,6 +20,7 @@
 #include "http_client.h"
 #include "peers.h"
 #include "redis.h"
+#include "redis_cluster_server.h"
 #include "redis_server.h"
 #include "report.h"
 #include "sd.h"
@@ -126,7 +127,7 @@ static void run_one(const bench_scenario *sc, const bench_env *env, double warmu
 
 static int cmd_run(int argc, char **argv) {
     const char *redis = NULL, *json = NULL, *html = NULL;
-    int poisson = 0, status = SD_EXIT_OK;
+    int poisson = 0, cluster = 0, status = SD_EXIT_OK;
     double d = 0, w = -1, r = -1;
     long long f = 0;
     const sd_cli_opt opts[] = {
@@ -147,6 +148,9 @@ static int cmd_run(int argc, char **argv) {
          .what = "a whole number of operations, 1 to 100000"},
         {"--redis", "URL", "use this Redis (default: REDIS_URL, else a private redis-server)",
          .parse = sd_cli_redis_parse, .udata = &redis},
+        {"--cluster", NULL,
+         "start a private Redis Cluster (3 masters) instead of a private\nredis-server",
+         .flag = &cluster},
         {"--json", "FILE", "write the JSON report (\"-\" for stdout)", .text = &json},
         {"--html", "FILE",
          "write a self-contained HTML page: the table, a throughput chart of\nours beside the "
@@ -218,18 +222,37 @@ static int cmd_run(int argc, char **argv) {
         return write_reports(json, html, NULL, 0) < 0 ? SD_EXIT_FAILURE : SD_EXIT_OK;
     }
 
+    if (cluster && redis) {
+        sd_cli_usage_error(cmd.name,
+                           "--cluster starts a private cluster: it cannot go with --redis");
+        free(chosen);
+        return SD_EXIT_USAGE;
+    }
     sd_redis_url url = {0};
     struct sd_redis_server *server = NULL;
-    rc = sd_redis_resolve(redis, &url, &server);
+    sd_redis_cluster_server *cluster_server = NULL;
+    if (cluster) {
+        uint64_t t0 = sd_now_ms();
+        rc = sd_redis_cluster_server_start(NULL, &cluster_server);
+        if (rc == 0)
+            fprintf(stderr,
+                    "redis: using %s (a private Redis Cluster, ready in %llu ms, stopped "
+                    "at exit)\n",
+                    sd_redis_cluster_server_url(cluster_server),
+                    (unsigned long long)(sd_now_ms() - t0));
+    } else {
+        rc = sd_redis_resolve(redis, &url, &server);
+    }
     if (rc < 0) {
         fprintf(stderr, "%s: no Redis to run against: %s\n", cmd.name, sd_strerror(rc));
         free(chosen);
         return rc == SD_EPARSE ? SD_EXIT_USAGE : SD_EXIT_FAILURE;
     }
     /* Scenarios get the URL as text, password included, so it is taken from where it came. */
-    const char *redis_url = server  ? sd_redis_server_url(server)
-                            : redis ? redis
-                                    : getenv("REDIS_URL");
+    const char *redis_url = cluster_server ? sd_redis_cluster_server_url(cluster_server)
+                            : server       ? sd_redis_server_url(server)
+                            : redis        ? redis
+                                           : getenv("REDIS_URL");
 
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -262,6 +285,7 @@ static int cmd_run(int argc, char **argv) {
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     sd_redis_server_stop(server);
+    sd_redis_cluster_server_stop(cluster_server);
     sd_redis_url_clear(&url);
     return status;
 }

@@ -19,6 +19,14 @@
  *     connected, or a script not given) is answered by sending the call once more with EVAL,
  *     which both runs the script and loads it back into the script cache.
  *
+ * Redis Cluster: both connections also work on a cluster, behind the same functions. A URL
+ * with several seeds (redis://h:p,h:p) is a cluster; a single-node URL is asked INFO cluster.
+ * Commands go to the master of their first key's slot (EVAL/EVALSHA: argv[3] when numkeys > 0),
+ * MOVED / ASK / TRYAGAIN are followed within the command's deadline, every master's connection
+ * loads the scripts. Keys of several slots in one command are refused before sending: the sync
+ * call returns an error reply naming two of the keys, the async call returns SD_EPARSE (its
+ * callback never runs). See common/README.md ("Redis Cluster behind the same connections").
+ *
  * Secrets: the password in a URL is kept for AUTH and never appears in a log line or an error
  * message; sd_redis_url_format() leaves it out.
  */
@@ -36,6 +44,7 @@
 typedef struct sd_redis_url {
     char *host;     /* NULL for a unix socket */
     int port;       /* 6379 when the URL has none */
+    char *seeds;    /* Redis Cluster seeds after the first, "host:port,..." (checked), or NULL */
     char *path;     /* unix socket path, or NULL */
     char *user;     /* NULL when absent */
     char *password; /* NULL when absent; never log it */
@@ -44,6 +53,8 @@ typedef struct sd_redis_url {
 
 /*
  * Parses `redis://[[user]:password@]host[:port][/db]` or `unix:///path/to.sock[?db=N]`.
+ * A Redis Cluster may be named by several seeds, `redis://host:port,host:port,...`: the first
+ * goes to host and port, the others to seeds (a connection tries them in turn).
  * IPv6 hosts are written in brackets (`redis://[::1]:6379`). Percent-escapes in the user and
  * password are decoded. On success returns 0 and fills *out (release it with sd_redis_url_clear).
  * On a bad form returns SD_EPARSE and writes a message naming what is wrong into err (which never

@@ -114,6 +114,9 @@ struct sd_aredis {
     int open_handles;          /* our timers not yet closed: free the struct at 0 */
     sd_aredis_state_cb *state_cb;
     void *state_privdata;
+    /* Redis Cluster: when set, this connection only routes to one per master
+     * (redis_acluster.c) and never connects itself. */
+    struct sd_redis__acluster *cluster;
 };
 
 static void aredis_connect(sd_aredis *r);
@@ -414,10 +417,8 @@ static void aredis_connect(sd_aredis *r) {
     uv_timer_start(&r->conn_timer, on_conn_timer, (uint64_t)r->opts.connect_timeout_ms, 0);
 }
 
-int sd_aredis_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts *opts,
-                  sd_aredis **out) {
-    if ((url->host == NULL) == (url->path == NULL))
-        return -EINVAL;
+static sd_aredis *aredis_alloc(uv_loop_t *loop, const sd_redis_url *url,
+                               const sd_redis_opts *opts) {
     sd_redis__ignore_sigpipe();
     sd_aredis *r = sd_xcalloc(1, sizeof *r);
     r->loop = loop;
@@ -428,7 +429,29 @@ int sd_aredis_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts 
     r->deadline_timer.data = r;
     r->conn_timer.data = r;
     r->open_handles = 2;
+    return r;
+}
+
+sd_aredis *sd_aredis__new_node(uv_loop_t *loop, const sd_redis_url *url,
+                               const sd_redis_opts *opts) {
+    sd_aredis *r = aredis_alloc(loop, url, opts);
     aredis_connect(r);
+    return r;
+}
+
+void sd_aredis__report_state(sd_aredis *r, int connected) {
+    if (r->state_cb)
+        r->state_cb(r, connected, r->state_privdata);
+}
+
+int sd_aredis_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts *opts,
+                  sd_aredis **out) {
+    if ((url->host == NULL) == (url->path == NULL))
+        return -EINVAL;
+    sd_aredis *r = aredis_alloc(loop, url, opts);
+    r->cluster = sd_redis__acluster_open(r, loop, &r->url, &r->opts);
+    if (r->cluster == NULL)
+        aredis_connect(r);
     *out = r;
     return 0;
 }
@@ -439,10 +462,14 @@ void sd_aredis_set_state_cb(sd_aredis *r, sd_aredis_state_cb *cb, void *privdata
 }
 
 int sd_aredis_is_connected(const sd_aredis *r) {
+    if (r->cluster)
+        return sd_redis__acluster_up(r->cluster);
     return r->state == AS_READY;
 }
 
 size_t sd_aredis_pending(const sd_aredis *r) {
+    if (r->cluster)
+        return sd_redis__acluster_pending(r->cluster);
     return r->npending;
 }
 
@@ -456,12 +483,12 @@ int sd_aredis_wait_connected(sd_aredis *r, int timeout_ms) {
     uv_timer_init(r->loop, &t);
     t.data = &expired;
     uv_timer_start(&t, on_wait_timer, (uint64_t)timeout_ms, 0);
-    while (r->state != AS_READY && !expired)
+    while (!sd_aredis_is_connected(r) && !expired)
         uv_run(r->loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&t, NULL);
     /* Let libuv finish closing the stack timer before it goes out of scope. */
     uv_run(r->loop, UV_RUN_NOWAIT);
-    return r->state == AS_READY ? 0 : SD_ETIMEDOUT;
+    return sd_aredis_is_connected(r) ? 0 : SD_ETIMEDOUT;
 }
 
 /* Accepts a formatted command: registers the request, hands the bytes to hiredis, arms the
@@ -494,6 +521,10 @@ static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int ti
 }
 
 void sd_aredis_flush(sd_aredis *r) {
+    if (r && r->cluster) {
+        sd_redis__acluster_flush(r->cluster);
+        return;
+    }
     /* hiredis keeps unwritten bytes in obuf (an sds string, so "" when nothing is left). */
     if (r && r->state == AS_READY && r->ac && r->ac->c.obuf[0] != '\0')
         redisAsyncHandleWrite(r->ac);
@@ -501,6 +532,9 @@ void sd_aredis_flush(sd_aredis *r) {
 
 int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms, int argc,
                        const char **argv, const size_t *argvlen) {
+    if (r->cluster && r->state != AS_CLOSED)
+        return sd_redis__acluster_send(r->cluster, cb, privdata, timeout_ms, NULL, 0, argc, argv,
+                                       argvlen);
     char *cmd = NULL;
     size_t len = resp_format(&cmd, argc, argv, argvlen);
     int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, NULL);
@@ -517,6 +551,19 @@ int sd_aredis_command(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeou
     va_end(ap);
     if (len < 0)
         return SD_EPARSE;
+    if (r->cluster && r->state != AS_CLOSED) {
+        enum { MAX_ARGS = 1024 };
+        const char **argv = sd_xmalloc(MAX_ARGS * sizeof *argv);
+        size_t *lens = sd_xmalloc(MAX_ARGS * sizeof *lens);
+        int argc = sd_redis__resp_argv(cmd, (size_t)len, MAX_ARGS, argv, lens);
+        int rc = argc < 0 ? SD_EPARSE
+                          : sd_redis__acluster_send(r->cluster, cb, privdata, timeout_ms, NULL, 0,
+                                                    argc, argv, lens);
+        free(argv);
+        free(lens);
+        free(cmd);
+        return rc;
+    }
     int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, (size_t)len, NULL);
     free(cmd);
     return rc;
@@ -525,6 +572,9 @@ int sd_aredis_command(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeou
 int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *privdata,
                      int timeout_ms, int nkeys, int argc, const char **argv,
                      const size_t *argvlen) {
+    if (r->cluster && r->state != AS_CLOSED)
+        return sd_redis__acluster_send(r->cluster, cb, privdata, timeout_ms, script, nkeys, argc,
+                                       argv, argvlen);
     struct sd_redis__script_call call;
     sd_redis__script_call_init(&call, script, nkeys, argc, argv, argvlen);
     char *cmd = NULL;
@@ -563,6 +613,8 @@ void sd_aredis_free(sd_aredis *r) {
         return;
     r->state = AS_CLOSED;
     r->state_cb = NULL;
+    sd_redis__acluster_free(r->cluster);
+    r->cluster = NULL;
     for (struct areq *q = r->head; q != NULL; q = q->next)
         areq_finish(r, q, NULL, SD_ECLOSED);
     sd_redis__async_give_up(&r->ac);

@@ -8,7 +8,9 @@
  *  - redis_async.c    the asynchronous (libuv) connection, with its state machine and deadlines,
  *                     and the start of a hiredis async connection, which redis_sub.c uses too;
  *  - redis_resolve.c  which Redis to use (--redis, REDIS_URL or a private redis-server);
- *  - redis_slot.c     the Redis Cluster hash slot of a key.
+ *  - redis_slot.c     the Redis Cluster hash slot of a key;
+ *  - redis_cluster.c  Redis Cluster: detection, the slot map, the key of a command, redirections,
+ *                     and the router behind a synchronous connection in cluster mode.
  *
  * The functions one file calls in another carry the prefix sd_redis__ (two underscores), as
  * http_internal.h does: they are not part of redis.h and may change with the implementation.
@@ -71,5 +73,105 @@ void sd_redis__script_call_init(struct sd_redis__script_call *c, sd_script *scri
 void sd_redis__script_call_use_eval(struct sd_redis__script_call *c, const sd_script *script);
 
 void sd_redis__script_call_release(struct sd_redis__script_call *c);
+
+/* ---- Redis Cluster (redis_cluster.c) ----------------------------------------------------------
+ */
+
+/* A plain connection to one node of a cluster: never probed for cluster mode (redis_sync.c). */
+sd_redis *sd_redis__new_node(const sd_redis_url *url, const sd_redis_opts *opts);
+
+/* Where a command goes: the slot of its first key (-1: keyless, any node), whether it goes to
+ * every master (SCRIPT LOAD), and, when its keys span slots, one key of another slot. */
+struct sd_redis__route {
+    int slot;
+    int all;
+    int first_key; /* index in argv, -1 when keyless */
+    int cross_key; /* when the return is SD_EPARSE: a key in another slot, and that slot */
+    int cross_slot;
+};
+
+/* Fills *route for argv. Returns 0, or SD_EPARSE when the keys are in several slots. */
+int sd_redis__command_route(int argc, const char **argv, const size_t *lens,
+                            struct sd_redis__route *route);
+
+/* The text of the error for a cross-slot command (names two keys and their slots); logs it. */
+void sd_redis__crossslot_text(char *buf, size_t len, const char **argv, const size_t *lens,
+                              const struct sd_redis__route *route);
+
+/* An error reply made here (freeReplyObject frees it). */
+redisReply *sd_redis__error_reply(const char *text);
+
+enum { SD_REDIRECT_NONE, SD_REDIRECT_MOVED, SD_REDIRECT_ASK, SD_REDIRECT_RETRY };
+
+/* Classifies a reply: MOVED / ASK (with the slot and the node's host and port), TRYAGAIN or
+ * CLUSTERDOWN (SD_REDIRECT_RETRY), or anything else (SD_REDIRECT_NONE). */
+int sd_redis__redirect_parse(const redisReply *reply, int *slot, char *host, size_t hostlen,
+                             int *port);
+
+/* Splits a formatted command ("*N\r\n$L\r\n...") into at most max arguments pointing into
+ * cmd. Returns the count or -1. */
+int sd_redis__resp_argv(const char *cmd, size_t len, int max, const char **argv, size_t *lens);
+
+/* INFO cluster on a connected context: 1 when cluster_enabled:1, 0 when not, -1 on failure. */
+int sd_redis__cluster_probe(redisContext *c);
+
+/* Seed i of a URL (0: host and port, then the seeds list) as a URL of its own with the same
+ * credentials. Returns 0, or -1 when there is no seed i. */
+int sd_redis__seed_url(const sd_redis_url *url, int i, sd_redis_url *out);
+
+#define SD_CLUSTER_MAX_NODES 64
+
+/* The slot map: the master of each slot, as an index into node[] (-1: unknown). */
+struct sd_redis__slot_map {
+    short slot[16384];
+    int nnodes;
+    struct {
+        char host[64];
+        int port;
+    } node[SD_CLUSTER_MAX_NODES];
+};
+
+/* The index of host:port in the map, added when new. */
+int sd_redis__slot_map_node(struct sd_redis__slot_map *m, const char *host, int port);
+
+/* Applies a CLUSTER SLOTS reply (asked of a node at asked_host) to the map. */
+void sd_redis__slot_map_apply(struct sd_redis__slot_map *m, const redisReply *slots,
+                              const char *asked_host);
+
+/* The router behind a synchronous connection in cluster mode (see redis_cluster.c). */
+struct sd_redis__cluster;
+struct sd_redis__cluster *sd_redis__cluster_new(const sd_redis_url *url, const sd_redis_opts *opts,
+                                                int timeout_ms);
+int sd_redis__cluster_start(struct sd_redis__cluster *cl); /* reads the map; 0 or an error */
+void sd_redis__cluster_free(struct sd_redis__cluster *cl);
+void sd_redis__cluster_set_timeout(struct sd_redis__cluster *cl, int timeout_ms);
+const char *sd_redis__cluster_errstr(const struct sd_redis__cluster *cl);
+redisReply *sd_redis__cluster_commandv(struct sd_redis__cluster *cl, int *err, int argc,
+                                       const char **argv, const size_t *lens);
+redisReply *sd_redis__cluster_vcommand(struct sd_redis__cluster *cl, int *err, const char *fmt,
+                                       va_list ap);
+/* Takes ownership of cmd (a formatted command, freed with free()). */
+int sd_redis__cluster_append(struct sd_redis__cluster *cl, char *cmd, size_t len);
+redisReply *sd_redis__cluster_get_reply(struct sd_redis__cluster *cl, int *err);
+
+/* The router behind an asynchronous connection in cluster mode (redis_acluster.c). */
+struct sd_redis__acluster;
+/* NULL when url names a single server (or no seed answered INFO cluster). */
+struct sd_redis__acluster *sd_redis__acluster_open(sd_aredis *owner, uv_loop_t *loop,
+                                                   const sd_redis_url *url,
+                                                   const sd_redis_opts *opts);
+int sd_redis__acluster_up(const struct sd_redis__acluster *cl);
+size_t sd_redis__acluster_pending(const struct sd_redis__acluster *cl);
+void sd_redis__acluster_flush(struct sd_redis__acluster *cl);
+/* script == NULL: a command (argv); else a script call (argv: keys, then arguments). */
+int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, void *privdata,
+                            int timeout_ms, sd_script *script, int nkeys, int argc,
+                            const char **argv, const size_t *lens);
+void sd_redis__acluster_free(struct sd_redis__acluster *cl);
+
+/* An async connection to one node of a cluster: never probed (redis_async.c). */
+sd_aredis *sd_aredis__new_node(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts *opts);
+/* Runs the owner's state callback. */
+void sd_aredis__report_state(sd_aredis *r, int connected);
 
 #endif

@@ -38,6 +38,10 @@ struct sd_redis {
     int backoff_ms;       /* current backoff step, 0 after a success */
     int timeout_ms;       /* per-command socket timeout */
     char err[160];
+    /* Redis Cluster (redis_cluster.c): probe says to ask INFO cluster on the next successful
+     * connect; once the server is a cluster node, every call goes to the router instead. */
+    int probe;
+    struct sd_redis__cluster *cluster;
 };
 
 /* Runs one handshake command on a fresh context; returns 0 or SD_EREDIS / SD_EDISCONNECTED. */
@@ -138,6 +142,16 @@ static int connect_now(sd_redis *r) {
         return rc;
     }
     r->backoff_ms = 0;
+    if (r->probe) {
+        int on = sd_redis__cluster_probe(r->c);
+        r->probe = on < 0;
+        if (on == 1) {
+            /* From now on this context is not used: the router keeps one per master. */
+            drop_context(r);
+            r->cluster = sd_redis__cluster_new(&r->url, &r->opts, r->timeout_ms);
+            return sd_redis__cluster_start(r->cluster);
+        }
+    }
     return 0;
 }
 
@@ -171,13 +185,27 @@ static sd_redis *redis_alloc(const sd_redis_url *url, const sd_redis_opts *opts)
     sd_redis_url_copy(&r->url, url);
     r->opts = sd_redis__opts_resolve(opts);
     r->timeout_ms = r->opts.command_timeout_ms;
+    r->probe = 1;
+    if (url->seeds) {
+        r->probe = 0;
+        r->cluster = sd_redis__cluster_new(url, opts, r->timeout_ms);
+    }
+    return r;
+}
+
+sd_redis *sd_redis__new_node(const sd_redis_url *url, const sd_redis_opts *opts) {
+    sd_redis *r = sd_xcalloc(1, sizeof *r);
+    sd_redis_url_copy(&r->url, url);
+    r->opts = sd_redis__opts_resolve(opts);
+    r->timeout_ms = r->opts.command_timeout_ms;
+    connect_now(r); /* a failure only starts the backoff */
     return r;
 }
 
 int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redis **out) {
     sd_redis__ignore_sigpipe();
     sd_redis *r = redis_alloc(url, opts);
-    int rc = connect_now(r);
+    int rc = r->cluster ? sd_redis__cluster_start(r->cluster) : connect_now(r);
     if (rc != 0) {
         sd_redis_free(r);
         return rc;
@@ -189,7 +217,11 @@ int sd_redis_connect(const sd_redis_url *url, const sd_redis_opts *opts, sd_redi
 sd_redis *sd_redis_new(const sd_redis_url *url, const sd_redis_opts *opts) {
     sd_redis__ignore_sigpipe();
     sd_redis *r = redis_alloc(url, opts);
-    connect_now(r); /* a failure only starts the backoff: later calls reconnect */
+    /* A failure only starts the backoff: later calls reconnect. */
+    if (r->cluster)
+        sd_redis__cluster_start(r->cluster);
+    else
+        connect_now(r);
     return r;
 }
 
@@ -197,6 +229,7 @@ void sd_redis_free(sd_redis *r) {
     if (r == NULL)
         return;
     drop_context(r);
+    sd_redis__cluster_free(r->cluster);
     sd_redis_url_clear(&r->url);
     sd_redis__opts_clear(&r->opts);
     free(r);
@@ -206,9 +239,13 @@ void sd_redis_set_timeout(sd_redis *r, int timeout_ms) {
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : r->opts.command_timeout_ms;
     if (r->c)
         redisSetTimeout(r->c, ms_to_tv(r->timeout_ms));
+    if (r->cluster)
+        sd_redis__cluster_set_timeout(r->cluster, r->timeout_ms);
 }
 
 const char *sd_redis_errstr(const sd_redis *r) {
+    if (r->cluster)
+        return sd_redis__cluster_errstr(r->cluster);
     return r->err;
 }
 
@@ -219,6 +256,8 @@ static void set_err(int *err, int code) {
 
 redisReply *sd_redis_commandv(sd_redis *r, int *err, int argc, const char **argv,
                               const size_t *argvlen) {
+    if (r->cluster)
+        return sd_redis__cluster_commandv(r->cluster, err, argc, argv, argvlen);
     int rc = ensure_connected(r);
     if (rc != 0) {
         set_err(err, rc);
@@ -232,6 +271,8 @@ redisReply *sd_redis_commandv(sd_redis *r, int *err, int argc, const char **argv
 }
 
 redisReply *sd_redis_vcommand(sd_redis *r, int *err, const char *fmt, va_list ap) {
+    if (r->cluster)
+        return sd_redis__cluster_vcommand(r->cluster, err, fmt, ap);
     int rc = ensure_connected(r);
     if (rc != 0) {
         set_err(err, rc);
@@ -285,10 +326,17 @@ redisReply *sd_redis_script(sd_redis *r, int *err, int timeout_ms, sd_script *sc
 }
 
 int sd_redis_append(sd_redis *r, const char *fmt, ...) {
+    va_list ap;
+    if (r->cluster) {
+        char *cmd = NULL;
+        va_start(ap, fmt);
+        int len = redisvFormatCommand(&cmd, fmt, ap);
+        va_end(ap);
+        return len < 0 ? SD_EPARSE : sd_redis__cluster_append(r->cluster, cmd, (size_t)len);
+    }
     int rc = ensure_connected(r);
     if (rc != 0)
         return rc;
-    va_list ap;
     va_start(ap, fmt);
     rc = redisvAppendCommand(r->c, fmt, ap) == REDIS_OK ? 0 : SD_EPARSE;
     va_end(ap);
@@ -296,6 +344,11 @@ int sd_redis_append(sd_redis *r, const char *fmt, ...) {
 }
 
 int sd_redis_appendv(sd_redis *r, int argc, const char **argv, const size_t *argvlen) {
+    if (r->cluster) {
+        char *cmd = NULL;
+        int len = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
+        return len < 0 ? SD_EPARSE : sd_redis__cluster_append(r->cluster, cmd, (size_t)len);
+    }
     int rc = ensure_connected(r);
     if (rc != 0)
         return rc;
@@ -303,6 +356,8 @@ int sd_redis_appendv(sd_redis *r, int argc, const char **argv, const size_t *arg
 }
 
 redisReply *sd_redis_get_reply(sd_redis *r, int *err) {
+    if (r->cluster)
+        return sd_redis__cluster_get_reply(r->cluster, err);
     if (r->c == NULL) {
         set_err(err, SD_EDISCONNECTED);
         return NULL;

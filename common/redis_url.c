@@ -78,12 +78,9 @@ static long parse_userinfo(const char *a, size_t n, sd_redis_url *u) {
     return (long)(len + 1);
 }
 
-static int parse_tcp(const char *s, sd_redis_url *u, char *err, size_t errlen) {
-    size_t alen = strcspn(s, "/?#");
-    long used = parse_userinfo(s, alen, u);
-    if (used < 0)
-        return url_error(err, errlen, "bad %-escape in the user or password");
-    const char *h = s + used, *end = s + alen;
+/* Parses "host[:port]" or "[v6]:port" between h and end into u->host and u->port. */
+static int parse_hostport(const char *h, const char *end, sd_redis_url *u, char *err,
+                          size_t errlen) {
     const char *hend, *port = NULL;
     if (h < end && *h == '[') {
         hend = memchr(h, ']', (size_t)(end - h));
@@ -115,6 +112,34 @@ static int parse_tcp(const char *s, sd_redis_url *u, char *err, size_t errlen) {
             return url_error(err, errlen, "the port must be a number from 1 to 65535");
         u->port = p;
     }
+    return 0;
+}
+
+static int parse_tcp(const char *s, sd_redis_url *u, char *err, size_t errlen) {
+    size_t alen = strcspn(s, "/?#");
+    long used = parse_userinfo(s, alen, u);
+    if (used < 0)
+        return url_error(err, errlen, "bad %-escape in the user or password");
+    const char *h = s + used, *end = s + alen;
+    /* A Redis Cluster URL may list several seeds, "host:port,host:port": the first one fills
+     * host and port, the others are checked the same way and kept as text in u->seeds. */
+    const char *comma = memchr(h, ',', (size_t)(end - h));
+    if (comma) {
+        for (const char *seed = comma + 1; seed <= end;) {
+            const char *next = memchr(seed, ',', (size_t)(end - seed));
+            const char *send = next ? next : end;
+            sd_redis_url one = {0};
+            int rc = parse_hostport(seed, send, &one, err, errlen);
+            sd_redis_url_clear(&one);
+            if (rc != 0)
+                return rc;
+            seed = send + 1;
+        }
+        u->seeds = sd_xstrndup(comma + 1, (size_t)(end - comma - 1));
+    }
+    int rc = parse_hostport(h, comma ? comma : end, u, err, errlen);
+    if (rc != 0)
+        return rc;
     const char *rest = end;
     if (*rest == '/') {
         rest++;
@@ -164,6 +189,7 @@ int sd_redis_url_parse(const char *text, sd_redis_url *out, char *err, size_t er
 
 void sd_redis_url_clear(sd_redis_url *url) {
     free(url->host);
+    free(url->seeds);
     free(url->path);
     free(url->user);
     if (url->password) {
@@ -180,6 +206,7 @@ static char *dup_or_null(const char *s) {
 void sd_redis_url_copy(sd_redis_url *dst, const sd_redis_url *src) {
     *dst = *src;
     dst->host = dup_or_null(src->host);
+    dst->seeds = dup_or_null(src->seeds);
     dst->path = dup_or_null(src->path);
     dst->user = dup_or_null(src->user);
     dst->password = dup_or_null(src->password);
@@ -195,9 +222,11 @@ const char *sd_redis_url_format(const sd_redis_url *url, char *buf, size_t bufle
     else if (url->path)
         snprintf(buf, buflen, "unix://%s", url->path);
     else if (strchr(url->host, ':'))
-        snprintf(buf, buflen, "redis://%s[%s]:%d/%d", auth, url->host, url->port, url->db);
+        snprintf(buf, buflen, "redis://%s[%s]:%d%s%s/%d", auth, url->host, url->port,
+                 url->seeds ? "," : "", url->seeds ? url->seeds : "", url->db);
     else
-        snprintf(buf, buflen, "redis://%s%s:%d/%d", auth, url->host, url->port, url->db);
+        snprintf(buf, buflen, "redis://%s%s:%d%s%s/%d", auth, url->host, url->port,
+                 url->seeds ? "," : "", url->seeds ? url->seeds : "", url->db);
     return buf;
 }
 

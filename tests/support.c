@@ -36,6 +36,14 @@ sd_redis_server *test_redis_start(const char *appendfsync) {
     return s;
 }
 
+sd_redis_cluster_server *test_redis_cluster_start(int replicas) {
+    sd_redis_cluster_server_opts opts = {.masters = 3, .replicas = replicas};
+    sd_redis_cluster_server *c = NULL;
+    int rc = sd_redis_cluster_server_start(&opts, &c);
+    cr_assert_eq(rc, 0, "cannot start a Redis Cluster: %s", sd_strerror(rc));
+    return c;
+}
+
 sd_redis *test_redis_connect(const char *url) {
     sd_redis_url u;
     char err[160];

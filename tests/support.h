@@ -13,11 +13,16 @@
 
 #include "http.h"
 #include "redis.h"
+#include "redis_cluster_server.h"
 #include "redis_server.h"
 #include "spawn.h"
 
 /* Starts a private redis-server (no persistence unless appendfsync is given); asserts. */
 sd_redis_server *test_redis_start(const char *appendfsync);
+
+/* Starts a private Redis Cluster of 3 masters (and one replica each when replicas is 1),
+ * ready (cluster_state:ok on every node); asserts. Stop it with sd_redis_cluster_server_stop. */
+sd_redis_cluster_server *test_redis_cluster_start(int replicas);
 
 /* A sync connection to the server at url with a 2 s command timeout; asserts. */
 sd_redis *test_redis_connect(const char *url);

@@ -1,0 +1,403 @@
+/*
+ * redis_acluster.c - Redis Cluster routing behind the asynchronous connection (sd_aredis): the
+ * asynchronous counterpart of the router in redis_cluster.c, whose design (detection, slot map,
+ * command keys, redirections) it follows. What differs:
+ *
+ *  - Detection happens when the connection is created: a URL with several seeds is a cluster;
+ *    a URL naming one node is asked INFO cluster once, synchronously, within the connect
+ *    timeout (start-up code; a Redis that is down then is taken for a single server).
+ *  - One sd_aredis per master, each with its own handshake (scripts loaded), deadlines,
+ *    pipelining and reconnect. The owner's connection counts as up when every master's is.
+ *  - Each routed command is a small request (struct acmd) holding the caller's callback, the
+ *    command's absolute deadline and its bytes, so that a MOVED or ASK reply can send it again
+ *    with the time that is left; the caller's callback runs exactly once, with the final reply.
+ *  - MOVED also asks for a refresh of the map (CLUSTER SLOTS on a connected master), at most
+ *    once per second, in the background: the command does not wait for it.
+ *  - TRYAGAIN / CLUSTERDOWN: sent again after 10 ms (a uv_timer), until the deadline.
+ *  - A command whose keys span slots is refused: the call returns SD_EPARSE (the callback never
+ *    runs) and the error naming the keys is logged.
+ *  - A redirection to a master this connection has no ready connection to yet fails with
+ *    SD_EDISCONNECTED (the connection to it is being opened; the next command gets through).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "redis_internal.h"
+#include "sd.h"
+
+#define SLOTS 16384
+#define MAX_REDIRECTS 16
+#define REFRESH_MIN_MS 1000
+#define RETRY_MS 10
+
+struct sd_redis__acluster {
+    sd_aredis *owner;
+    uv_loop_t *loop;
+    sd_redis_url url;
+    sd_redis_opts opts;
+    struct sd_redis__slot_map map;
+    sd_aredis *conn[SD_CLUSTER_MAX_NODES];
+    int up;         /* what the owner was last told */
+    int closing;    /* sd_redis__acluster_free is running */
+    int refreshing; /* a CLUSTER SLOTS is in flight, asked of node refresh_node */
+    int refresh_node;
+    uint64_t refreshed_ms;
+    struct acmd *retrying; /* commands waiting on their retry timer */
+};
+
+/* One routed command (see the top of the file). */
+struct acmd {
+    struct sd_redis__acluster *cl;
+    sd_aredis_cb *cb;
+    void *privdata;
+    uint64_t deadline_ns;
+    sd_script *script; /* a script call: argv holds keys then arguments */
+    int nkeys;
+    char *cmd; /* the arguments, formatted (RESP) */
+    size_t len;
+    int hops;
+    int slot;         /* of the first key, -1 when keyless */
+    uv_timer_t timer; /* the TRYAGAIN retry, initialised only when used */
+    struct acmd *next_retry, *prev_retry;
+};
+
+static void acmd_free(struct acmd *a) {
+    free(a->cmd);
+    free(a);
+}
+
+static void on_retry_closed(uv_handle_t *h) {
+    acmd_free(h->data);
+}
+
+static int node_ready(struct sd_redis__acluster *cl, int node) {
+    return cl->conn[node] && sd_aredis_is_connected(cl->conn[node]);
+}
+
+/* Every master of the map has a ready connection. */
+static int all_up(struct sd_redis__acluster *cl) {
+    int seen[SD_CLUSTER_MAX_NODES] = {0}, any = 0;
+    for (int s = 0; s < SLOTS; s++) {
+        int n = cl->map.slot[s];
+        if (n < 0 || seen[n])
+            continue;
+        seen[n] = any = 1;
+        if (!node_ready(cl, n))
+            return 0;
+    }
+    return any;
+}
+
+static void update_state(struct sd_redis__acluster *cl) {
+    int up = all_up(cl);
+    if (up != cl->up && !cl->closing) {
+        cl->up = up;
+        sd_aredis__report_state(cl->owner, up);
+    }
+}
+
+static void on_node_state(sd_aredis *r, int connected, void *privdata) {
+    (void)r;
+    (void)connected;
+    update_state(privdata);
+}
+
+static void open_node(struct sd_redis__acluster *cl, int node) {
+    if (cl->conn[node])
+        return;
+    sd_redis_url u;
+    sd_redis_url_copy(&u, &cl->url);
+    free(u.seeds);
+    u.seeds = NULL;
+    free(u.host);
+    u.host = sd_xstrdup(cl->map.node[node].host);
+    u.port = cl->map.node[node].port;
+    cl->conn[node] = sd_aredis__new_node(cl->loop, &u, &cl->opts);
+    sd_redis_url_clear(&u);
+    sd_aredis_set_state_cb(cl->conn[node], on_node_state, cl);
+}
+
+static void open_masters(struct sd_redis__acluster *cl) {
+    for (int s = 0; s < SLOTS; s++)
+        if (cl->map.slot[s] >= 0)
+            open_node(cl, cl->map.slot[s]);
+}
+
+static void on_slots(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    (void)r;
+    struct sd_redis__acluster *cl = privdata;
+    cl->refreshing = 0;
+    if (status != 0 || cl->closing)
+        return;
+    sd_redis__slot_map_apply(&cl->map, reply, cl->map.node[cl->refresh_node].host);
+    open_masters(cl);
+}
+
+/* Asks a ready master for CLUSTER SLOTS, at most once per second. */
+static void refresh_soon(struct sd_redis__acluster *cl) {
+    if (cl->refreshing || cl->closing || sd_now_ms() < cl->refreshed_ms + REFRESH_MIN_MS)
+        return;
+    for (int n = 0; n < cl->map.nnodes; n++)
+        if (node_ready(cl, n) &&
+            sd_aredis_command(cl->conn[n], on_slots, cl, 0, "CLUSTER SLOTS") == 0) {
+            cl->refreshing = 1;
+            cl->refresh_node = n;
+            cl->refreshed_ms = sd_now_ms();
+            return;
+        }
+}
+
+static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata);
+
+/* ASKING's own reply (OK) says nothing: the command after it carries the answer. */
+static void on_asking(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    (void)r;
+    (void)reply;
+    (void)status;
+    (void)privdata;
+}
+
+/* Sends a to node; returns 0 or the error of the node's connection. */
+static int send_to(struct acmd *a, int node, int asking) {
+    struct sd_redis__acluster *cl = a->cl;
+    if (!node_ready(cl, node)) {
+        open_node(cl, node);
+        return SD_EDISCONNECTED;
+    }
+    uint64_t now = sd_now_ns();
+    int left = a->deadline_ns > now ? (int)((a->deadline_ns - now + 999999) / 1000000) : 0;
+    if (left < 1)
+        return SD_ETIMEDOUT;
+    enum { MAX_ARGS = 4096 };
+    const char **argv = sd_xmalloc(MAX_ARGS * sizeof *argv);
+    size_t *lens = sd_xmalloc(MAX_ARGS * sizeof *lens);
+    int argc = sd_redis__resp_argv(a->cmd, a->len, MAX_ARGS, argv, lens), rc;
+    sd_aredis *conn = cl->conn[node];
+    if (asking)
+        sd_aredis_command(conn, on_asking, NULL, left, "ASKING");
+    if (a->script)
+        rc = sd_aredis_script(conn, a->script, on_reply, a, left, a->nkeys, argc, argv, lens);
+    else
+        rc = sd_aredis_commandv(conn, on_reply, a, left, argc, argv, lens);
+    free(argv);
+    free(lens);
+    return rc;
+}
+
+static void finish(struct acmd *a, redisReply *reply, int status) {
+    if (a->cb)
+        a->cb(a->cl->owner, reply, status, a->privdata);
+    acmd_free(a);
+}
+
+static void on_retry_timer(uv_timer_t *t) {
+    struct acmd *a = t->data;
+    struct sd_redis__acluster *cl = a->cl;
+    if (a->prev_retry)
+        a->prev_retry->next_retry = a->next_retry;
+    else
+        cl->retrying = a->next_retry;
+    if (a->next_retry)
+        a->next_retry->prev_retry = a->prev_retry;
+    int node = a->slot >= 0 && cl->map.slot[a->slot] >= 0 ? cl->map.slot[a->slot] : 0;
+    int rc = send_to(a, node, 0);
+    if (rc == 0) {
+        /* The node connection now holds a; libuv finishes closing the timer at the end of
+         * this loop iteration, before the reply can be read and a freed. */
+        uv_close((uv_handle_t *)t, NULL);
+        return;
+    }
+    if (a->cb)
+        a->cb(cl->owner, NULL, rc, a->privdata);
+    uv_close((uv_handle_t *)t, on_retry_closed);
+}
+
+static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    (void)r;
+    struct acmd *a = privdata;
+    struct sd_redis__acluster *cl = a->cl;
+    if (status != 0) {
+        if (status == SD_EDISCONNECTED && !cl->closing)
+            refresh_soon(cl);
+        finish(a, NULL, status);
+        return;
+    }
+    char host[64];
+    int slot, port;
+    int kind = sd_redis__redirect_parse(reply, &slot, host, sizeof host, &port);
+    if (kind == SD_REDIRECT_NONE || a->hops++ == MAX_REDIRECTS || cl->closing) {
+        finish(a, reply, 0);
+        return;
+    }
+    if (kind == SD_REDIRECT_RETRY) {
+        if (sd_now_ns() + RETRY_MS * 1000000ull >= a->deadline_ns) {
+            finish(a, reply, 0);
+            return;
+        }
+        uv_timer_init(cl->loop, &a->timer);
+        a->timer.data = a;
+        uv_timer_start(&a->timer, on_retry_timer, RETRY_MS, 0);
+        a->prev_retry = NULL;
+        a->next_retry = cl->retrying;
+        if (cl->retrying)
+            cl->retrying->prev_retry = a;
+        cl->retrying = a;
+        return;
+    }
+    int node = sd_redis__slot_map_node(&cl->map, host, port);
+    if (kind == SD_REDIRECT_MOVED) {
+        cl->map.slot[slot] = (short)node;
+        refresh_soon(cl);
+    }
+    int rc = send_to(a, node, kind == SD_REDIRECT_ASK);
+    if (rc != 0)
+        finish(a, NULL, rc);
+}
+
+/* ---- Entry points (called from redis_async.c) ----------------------------------------------- */
+
+struct sd_redis__acluster *sd_redis__acluster_open(sd_aredis *owner, uv_loop_t *loop,
+                                                   const sd_redis_url *url,
+                                                   const sd_redis_opts *opts) {
+    if (url->path)
+        return NULL;
+    /* Ask the seeds, in turn, for the map; a single URL is first asked whether it is a
+     * cluster at all. */
+    sd_redis_opts probe_opts = *opts;
+    probe_opts.scripts = NULL;
+    probe_opts.nscripts = 0;
+    probe_opts.command_timeout_ms = opts->connect_timeout_ms;
+    redisReply *slots = NULL;
+    char asked[64] = "";
+    for (int i = 0; slots == NULL; i++) {
+        sd_redis_url seed;
+        if (sd_redis__seed_url(url, i, &seed) != 0)
+            break;
+        sd_redis *r = sd_redis__new_node(&seed, &probe_opts);
+        int err = 0;
+        redisReply *info = url->seeds ? NULL : sd_redis_command(r, &err, "INFO cluster");
+        int cluster = url->seeds != NULL || (info && info->type == REDIS_REPLY_STRING &&
+                                             strstr(info->str, "cluster_enabled:1") != NULL);
+        if (info)
+            freeReplyObject(info);
+        if (cluster) {
+            slots = sd_redis_command(r, &err, "CLUSTER SLOTS");
+            if (slots && slots->type != REDIS_REPLY_ARRAY) {
+                freeReplyObject(slots);
+                slots = NULL;
+            }
+            snprintf(asked, sizeof asked, "%s", seed.host);
+        }
+        sd_redis_free(r);
+        sd_redis_url_clear(&seed);
+        if (!cluster)
+            return NULL;
+    }
+    struct sd_redis__acluster *cl = sd_xcalloc(1, sizeof *cl);
+    cl->owner = owner;
+    cl->loop = loop;
+    sd_redis_url_copy(&cl->url, url);
+    cl->opts = sd_redis__opts_resolve(opts);
+    for (int s = 0; s < SLOTS; s++)
+        cl->map.slot[s] = -1;
+    if (slots) {
+        sd_redis__slot_map_apply(&cl->map, slots, asked);
+        freeReplyObject(slots);
+        cl->refreshed_ms = sd_now_ms();
+    } else {
+        /* No seed answered: start from the seeds; the first MOVED fills the map in. */
+        sd_redis_url seed;
+        for (int i = 0; sd_redis__seed_url(url, i, &seed) == 0; i++) {
+            int n = sd_redis__slot_map_node(&cl->map, seed.host, seed.port);
+            if (i == 0)
+                for (int s = 0; s < SLOTS; s++)
+                    cl->map.slot[s] = (short)n;
+            sd_redis_url_clear(&seed);
+        }
+    }
+    open_masters(cl);
+    return cl;
+}
+
+int sd_redis__acluster_up(const struct sd_redis__acluster *cl) {
+    return all_up((struct sd_redis__acluster *)cl);
+}
+
+size_t sd_redis__acluster_pending(const struct sd_redis__acluster *cl) {
+    size_t n = 0;
+    for (int i = 0; i < SD_CLUSTER_MAX_NODES; i++)
+        if (cl->conn[i])
+            n += sd_aredis_pending(cl->conn[i]);
+    return n;
+}
+
+void sd_redis__acluster_flush(struct sd_redis__acluster *cl) {
+    for (int i = 0; i < SD_CLUSTER_MAX_NODES; i++)
+        sd_aredis_flush(cl->conn[i]);
+}
+
+int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, void *privdata,
+                            int timeout_ms, sd_script *script, int nkeys, int argc,
+                            const char **argv, const size_t *lens) {
+    struct sd_redis__route route;
+    int slot = -1;
+    if (script) {
+        slot = nkeys > 0 ? sd_redis_key_slot(argv[0], lens ? lens[0] : strlen(argv[0])) : -1;
+    } else {
+        size_t *own = NULL;
+        if (lens == NULL) {
+            own = sd_xmalloc((size_t)argc * sizeof *own);
+            for (int i = 0; i < argc; i++)
+                own[i] = strlen(argv[i]);
+            lens = own;
+        }
+        int rc = sd_redis__command_route(argc, argv, lens, &route);
+        if (rc != 0) {
+            char text[400];
+            sd_redis__crossslot_text(text, sizeof text, argv, lens, &route);
+        }
+        free(own);
+        if (rc != 0)
+            return SD_EPARSE;
+        slot = route.slot;
+    }
+    struct acmd *a = sd_xcalloc(1, sizeof *a);
+    a->cl = cl;
+    a->cb = cb;
+    a->privdata = privdata;
+    a->script = script;
+    a->nkeys = nkeys;
+    a->slot = slot;
+    int len = redisFormatCommandArgv(&a->cmd, argc, argv, lens);
+    a->len = len > 0 ? (size_t)len : 0;
+    int ms = timeout_ms > 0 ? timeout_ms : cl->opts.command_timeout_ms;
+    a->deadline_ns = sd_now_ns() + (uint64_t)ms * 1000000u;
+    int node = slot >= 0 && cl->map.slot[slot] >= 0 ? cl->map.slot[slot] : -1;
+    for (int n = 0; node < 0 && n < cl->map.nnodes; n++)
+        if (node_ready(cl, n))
+            node = n;
+    int rc = node < 0 ? SD_EDISCONNECTED : send_to(a, node, 0);
+    if (rc != 0)
+        acmd_free(a);
+    return rc;
+}
+
+void sd_redis__acluster_free(struct sd_redis__acluster *cl) {
+    if (cl == NULL)
+        return;
+    cl->closing = 1;
+    while (cl->retrying) {
+        struct acmd *a = cl->retrying;
+        cl->retrying = a->next_retry;
+        uv_timer_stop(&a->timer);
+        if (a->cb)
+            a->cb(cl->owner, NULL, SD_ECLOSED, a->privdata);
+        uv_close((uv_handle_t *)&a->timer, on_retry_closed);
+    }
+    for (int i = 0; i < SD_CLUSTER_MAX_NODES; i++)
+        sd_aredis_free(cl->conn[i]);
+    sd_redis_url_clear(&cl->url);
+    sd_redis__opts_clear(&cl->opts);
+    free(cl);
+}

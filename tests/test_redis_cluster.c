@@ -1,0 +1,678 @@
+/*
+ * test_redis_cluster.c - Redis Cluster: the private cluster launcher (redis_cluster_server.h)
+ * and the cluster-aware connections behind redis.h.
+ */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sd.h"
+#include "redis_sub.h"
+#include "support.h"
+
+static int dir_exists(const char *dir) {
+    struct stat st;
+    return stat(dir, &st) == 0;
+}
+
+static int process_alive(pid_t pid) {
+    /* A zombie still "exists" for kill(); look at its state instead. */
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *close_paren = strrchr(buf, ')');
+    return close_paren && close_paren[1] == ' ' && close_paren[2] != 'Z';
+}
+
+/* Polls cond up to 20 s: cleanup after a crash happens in other processes, with no event this
+ * process can wait on. The limit is generous; the condition usually holds within milliseconds. */
+#define EVENTUALLY(cond)                                                                           \
+    do {                                                                                           \
+        uint64_t until_ = sd_now_ms() + 20000;                                                     \
+        while (!(cond) && sd_now_ms() < until_) {                                                  \
+            struct timespec ts_ = {0, 10000000};                                                   \
+            nanosleep(&ts_, NULL);                                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* A command on one node over a bare hiredis connection (no routing, no probing); asserts that
+ * it answered. Free the reply. */
+static redisReply *raw(sd_redis_server *node, const char *fmt, ...) {
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", sd_redis_server_port(node), tv);
+    cr_assert(c != NULL && c->err == 0, "cannot connect to node %d", sd_redis_server_port(node));
+    redisSetTimeout(c, tv);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *reply = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    cr_assert_not_null(reply, "no reply to %s", fmt);
+    return reply;
+}
+
+/* The text of a bulk-string reply to a command on one node (a bare connection: a routed one
+ * would send a keyless command to any node); asserts. */
+static char *node_text(sd_redis_server *node, const char *cmd) {
+    redisReply *reply = raw(node, cmd);
+    cr_assert_eq(reply->type, REDIS_REPLY_STRING, "%s: type %d %s", cmd, reply->type,
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    char *text = sd_xstrdup(reply->str);
+    freeReplyObject(reply);
+    return text;
+}
+
+/* ---- The launcher ---------------------------------------------------------------------------- */
+
+Test(redis_cluster_server, three_masters_are_up_and_ok_and_stop_leaves_nothing) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    cr_assert_eq(sd_redis_cluster_server_count(c), 3);
+    pid_t pids[3];
+    char dirs[3][128];
+    for (int i = 0; i < 3; i++) {
+        sd_redis_server *node = sd_redis_cluster_server_node(c, i);
+        pids[i] = sd_redis_server_pid(node);
+        snprintf(dirs[i], sizeof dirs[i], "%s", sd_redis_server_dir(node));
+        char *info = node_text(node, "CLUSTER INFO");
+        cr_assert(strstr(info, "cluster_state:ok\r") != NULL, "node %d: %s", i, info);
+        cr_assert(strstr(info, "cluster_known_nodes:3\r") != NULL, "node %d: %s", i, info);
+        cr_assert(strstr(info, "cluster_slots_assigned:16384\r") != NULL, "node %d: %s", i, info);
+        free(info);
+        char port[32];
+        snprintf(port, sizeof port, "127.0.0.1:%d,", sd_redis_server_port(node));
+        char url[256];
+        snprintf(url, sizeof url, "%s,", sd_redis_cluster_server_url(c));
+        cr_assert(strstr(url, port) != NULL, "%s not in %s", port, url);
+    }
+    cr_assert_eq(sd_redis_cluster_server_stop(c), 0);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_not(process_alive(pids[i]), "node %d (pid %d) still running", i, (int)pids[i]);
+        cr_assert_not(dir_exists(dirs[i]), "%s not removed", dirs[i]);
+    }
+}
+
+Test(redis_cluster_server, replicas_follow_their_masters) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(1);
+    cr_assert_eq(sd_redis_cluster_server_count(c), 6);
+    for (int i = 3; i < 6; i++) {
+        char *info = node_text(sd_redis_cluster_server_node(c, i), "INFO replication");
+        cr_assert(strstr(info, "role:slave") != NULL, "node %d: %s", i, info);
+        char port[32];
+        snprintf(port, sizeof port, "master_port:%d\r",
+                 sd_redis_server_port(sd_redis_cluster_server_node(c, i - 3)));
+        cr_assert(strstr(info, port) != NULL, "node %d does not follow master %d: %s", i, i - 3,
+                  info);
+        free(info);
+    }
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster_server, nothing_is_left_when_the_owner_is_killed) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t owner = fork();
+    cr_assert_geq(owner, 0);
+    if (owner == 0) {
+        close(fds[0]);
+        sd_redis_cluster_server *c = NULL;
+        if (sd_redis_cluster_server_start(NULL, &c) != 0)
+            _exit(1);
+        for (int i = 0; i < 3; i++) {
+            sd_redis_server *node = sd_redis_cluster_server_node(c, i);
+            dprintf(fds[1], "%d %s\n", (int)sd_redis_server_pid(node), sd_redis_server_dir(node));
+        }
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    int pids[3];
+    char dirs[3][200];
+    for (int i = 0; i < 3; i++) {
+        char line[256];
+        cr_assert_geq(test_read_line(fds[0], line, sizeof line, 60000), 0, "owner did not start");
+        cr_assert_eq(sscanf(line, "%d %199s", &pids[i], dirs[i]), 2);
+        cr_assert(process_alive(pids[i]));
+    }
+    close(fds[0]);
+
+    test_kill_wait(owner, SIGKILL);
+
+    for (int i = 0; i < 3; i++) {
+        EVENTUALLY(!process_alive(pids[i]) && !dir_exists(dirs[i]));
+        cr_assert_not(process_alive(pids[i]), "node %d outlived its owner", pids[i]);
+        cr_assert_not(dir_exists(dirs[i]), "%s outlived its owner", dirs[i]);
+    }
+}
+
+/* ---- Helpers for the routing tests ------------------------------------------------------------
+ */
+
+static void raw_ok(sd_redis_server *node, const char *fmt, const char *a, const char *b) {
+    redisReply *reply = raw(node, fmt, a, b);
+    cr_assert_neq(reply->type, REDIS_REPLY_ERROR, "%s: %s", fmt, reply->str);
+    freeReplyObject(reply);
+}
+
+static char *node_id(sd_redis_server *node) {
+    redisReply *reply = raw(node, "CLUSTER MYID");
+    char *id = sd_xstrdup(reply->str);
+    freeReplyObject(reply);
+    return id;
+}
+
+/* Master m of the test cluster holds the m-th third of the slots (redis_cluster_server.c). */
+static int master_of_slot(int slot) {
+    return slot < 16384 / 3 ? 0 : slot < 2 * 16384 / 3 ? 1 : 2;
+}
+
+/* Writes into buf a key "<prefix><n>" whose slot is on master m. */
+static void key_on(int m, const char *prefix, char *buf, size_t len) {
+    for (int n = 0;; n++) {
+        snprintf(buf, len, "%s%d", prefix, n);
+        if (master_of_slot(sd_redis_key_slot(buf, strlen(buf))) == m)
+            return;
+    }
+}
+
+/* A sync connection to the cluster through the given URL (one seed or several). */
+static sd_redis *cluster_connect(const char *url, sd_script *const *scripts, size_t nscripts) {
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = 3000;
+    opts.scripts = scripts;
+    opts.nscripts = nscripts;
+    sd_redis *r = NULL;
+    int rc = sd_redis_connect(&u, &opts, &r);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(rc, 0, "cannot connect to %s: %s", url, sd_strerror(rc));
+    return r;
+}
+
+static char *get_text(sd_redis *r, const char *key) {
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "GET %s", key);
+    cr_assert_not_null(reply, "GET %s: %s (%s)", key, sd_strerror(err), sd_redis_errstr(r));
+    cr_assert_eq(reply->type, REDIS_REPLY_STRING, "GET %s: type %d %s", key, reply->type,
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    char *v = sd_xstrdup(reply->str);
+    freeReplyObject(reply);
+    return v;
+}
+
+/* ---- Seeds and detection --------------------------------------------------------------------- */
+
+Test(redis_cluster, a_url_may_list_several_seeds) {
+    sd_redis_url u;
+    char err[160], shown[256];
+    cr_assert_eq(sd_redis_url_parse("redis://:pw@127.0.0.1:7000,127.0.0.1:7001,[::1]:7002/0", &u,
+                                    err, sizeof err),
+                 0, "%s", err);
+    cr_assert_str_eq(u.host, "127.0.0.1");
+    cr_assert_eq(u.port, 7000);
+    cr_assert_str_eq(u.seeds, "127.0.0.1:7001,[::1]:7002");
+    cr_assert_str_eq(u.password, "pw");
+    sd_redis_url_format(&u, shown, sizeof shown);
+    cr_assert(strstr(shown, "7001,[::1]:7002") != NULL && strstr(shown, "pw") == NULL, "%s", shown);
+    sd_redis_url copy;
+    sd_redis_url_copy(&copy, &u);
+    cr_assert_str_eq(copy.seeds, u.seeds);
+    sd_redis_url_clear(&copy);
+    sd_redis_url_clear(&u);
+
+    cr_assert_eq(sd_redis_url_parse("redis://127.0.0.1:7000", &u, err, sizeof err), 0);
+    cr_assert_null(u.seeds);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(sd_redis_url_parse("redis://127.0.0.1:7000,", &u, err, sizeof err), SD_EPARSE);
+    cr_assert_eq(sd_redis_url_parse("redis://a:1,b:99999", &u, err, sizeof err), SD_EPARSE);
+    cr_assert(strstr(err, "port") != NULL, "%s", err);
+}
+
+/* A single server is not taken for a cluster: keys of different slots go together. */
+Test(redis_cluster, a_single_server_is_not_cluster_mode) {
+    sd_redis_server *s = test_redis_start(NULL);
+    sd_redis *r = test_redis_connect(sd_redis_server_url(s));
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "MSET alpha-key 1 beta-key 2");
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, REDIS_REPLY_STATUS, "%s", reply->str);
+    freeReplyObject(reply);
+    sd_redis_free(r);
+    sd_redis_server_stop(s);
+}
+
+/* ---- Synchronous routing ----------------------------------------------------------------------
+ */
+
+Test(redis_cluster, sync_commands_reach_all_three_masters_from_one_seed) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    /* One node's URL: cluster mode is detected, the other masters found from CLUSTER SLOTS. */
+    sd_redis *r = cluster_connect(sd_redis_server_url(sd_redis_cluster_server_node(c, 1)), NULL, 0);
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "sync", key, sizeof key);
+        cr_assert_eq(test_redis_int(r, "INCRBY %s %d", key, 10 + m), 10 + m);
+        redisReply *there = raw(sd_redis_cluster_server_node(c, m), "GET %s", key);
+        cr_assert_eq(there->type, REDIS_REPLY_STRING, "%s is not on master %d: %s", key, m,
+                     there->type == REDIS_REPLY_ERROR ? there->str : "");
+        freeReplyObject(there);
+    }
+    /* Pipelined commands come back in order across nodes. */
+    char keys[3][32];
+    for (int m = 0; m < 3; m++) {
+        key_on(m, "sync", keys[m], sizeof keys[m]);
+        cr_assert_eq(sd_redis_append(r, "INCRBY %s 1", keys[m]), 0);
+    }
+    for (int m = 0; m < 3; m++) {
+        int err = 0;
+        redisReply *reply = sd_redis_get_reply(r, &err);
+        cr_assert_not_null(reply, "%s", sd_strerror(err));
+        cr_assert_eq(reply->integer, 11 + m);
+        freeReplyObject(reply);
+    }
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, crossslot_is_refused_naming_the_keys) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    cr_assert_neq(sd_redis_key_slot("alpha-key", 9), sd_redis_key_slot("beta-key", 8));
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "MGET alpha-key beta-key");
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, REDIS_REPLY_ERROR);
+    cr_assert(strstr(reply->str, "CROSSSLOT") && strstr(reply->str, "'alpha-key'") &&
+                  strstr(reply->str, "'beta-key'"),
+              "%s", reply->str);
+    freeReplyObject(reply);
+    /* With one hash tag they share a slot and go together. */
+    reply = sd_redis_command(r, &err, "MSET {t}alpha 1 {t}beta 2");
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, REDIS_REPLY_STATUS, "%s", reply->str);
+    freeReplyObject(reply);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* Moves slot `slot` (holding `key`) from master `from` to master `to`; with finish == 0 it stops
+ * in the middle: the slot MIGRATING / IMPORTING, and only `key` moved. */
+static void migrate(sd_redis_cluster_server *c, int slot, const char *key, int from, int to,
+                    int finish) {
+    sd_redis_server *src = sd_redis_cluster_server_node(c, from);
+    sd_redis_server *dst = sd_redis_cluster_server_node(c, to);
+    char *src_id = node_id(src), *dst_id = node_id(dst);
+    char s[16];
+    snprintf(s, sizeof s, "%d", slot);
+    raw_ok(dst, "CLUSTER SETSLOT %s IMPORTING %s", s, src_id);
+    raw_ok(src, "CLUSTER SETSLOT %s MIGRATING %s", s, dst_id);
+    char port[16];
+    snprintf(port, sizeof port, "%d", sd_redis_server_port(dst));
+    redisReply *reply = raw(src, "MIGRATE 127.0.0.1 %s %s 0 5000", port, key);
+    cr_assert_eq(reply->type, REDIS_REPLY_STATUS, "MIGRATE: %s", reply->str);
+    freeReplyObject(reply);
+    if (finish)
+        for (int i = 0; i < 3; i++)
+            raw_ok(sd_redis_cluster_server_node(c, i), "CLUSTER SETSLOT %s NODE %s", s, dst_id);
+    free(src_id);
+    free(dst_id);
+}
+
+Test(redis_cluster, moved_is_followed_without_an_error) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    char key[32];
+    key_on(0, "moving", key, sizeof key);
+    cr_assert_eq(test_redis_int(r, "INCRBY %s 5", key), 5);
+    migrate(c, sd_redis_key_slot(key, strlen(key)), key, 0, 1, 1);
+    /* The connection's map still names master 0: the MOVED reply must not reach us. */
+    cr_assert_eq(test_redis_int(r, "INCRBY %s 1", key), 6);
+    cr_assert_eq(test_redis_int(r, "INCRBY %s 1", key), 7);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, ask_during_a_migration_is_answered) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    const char *moved = "{ask}moved", *stays = "{ask}stays";
+    int slot = sd_redis_key_slot(moved, strlen(moved));
+    cr_assert_eq(slot, sd_redis_key_slot(stays, strlen(stays)));
+    int from = master_of_slot(slot), to = (from + 1) % 3;
+    test_redis_int(r, "INCRBY %s 3", moved);
+    test_redis_int(r, "INCRBY %s 4", stays);
+    migrate(c, slot, moved, from, to, 0);
+    /* The source answers ASK for the moved key, and still serves the one it holds. */
+    char *v = get_text(r, moved);
+    cr_assert_str_eq(v, "3");
+    free(v);
+    v = get_text(r, stays);
+    cr_assert_str_eq(v, "4");
+    free(v);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+static sd_script counter_script = {
+    .name = "test/cluster-counter",
+    .body = "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+};
+
+Test(redis_cluster, a_script_works_on_first_call_on_every_node) {
+    counter_script.len = strlen(counter_script.body);
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_script *scripts[1] = {&counter_script};
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), scripts, 1);
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "script", key, sizeof key);
+        const char *argv[2] = {key, "7"};
+        int err = 0;
+        redisReply *reply = sd_redis_script(r, &err, 0, &counter_script, 1, 2, argv, NULL);
+        cr_assert_not_null(reply, "%s", sd_strerror(err));
+        cr_assert_eq(reply->type, REDIS_REPLY_INTEGER, "%s", reply->str);
+        cr_assert_eq(reply->integer, 7);
+        freeReplyObject(reply);
+    }
+    /* Loaded in each node's handshake: no node had to fall back to EVAL after NOSCRIPT. */
+    for (int m = 0; m < 3; m++) {
+        redisReply *stats = raw(sd_redis_cluster_server_node(c, m), "INFO commandstats");
+        cr_assert(strstr(stats->str, "cmdstat_evalsha:calls=1,") != NULL, "master %d: %s", m,
+                  stats->str);
+        cr_assert(strstr(stats->str, "cmdstat_eval:") == NULL, "master %d: %s", m, stats->str);
+        freeReplyObject(stats);
+    }
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, a_killed_master_fails_its_commands_and_the_others_keep_working) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    char keys[3][32];
+    for (int m = 0; m < 3; m++) {
+        key_on(m, "kill", keys[m], sizeof keys[m]);
+        cr_assert_eq(test_redis_int(r, "INCRBY %s 1", keys[m]), 1);
+    }
+    sd_redis_server *victim = sd_redis_cluster_server_node(c, 2);
+    cr_assert_eq(sd_redis_server_signal(victim, SIGKILL), 0);
+    sd_redis_server_halt(victim);
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "INCRBY %s 1", keys[2]);
+    cr_assert_null(reply, "a dead master answered");
+    cr_assert(err == SD_EDISCONNECTED || err == SD_ETIMEDOUT, "%s", sd_strerror(err));
+    for (int m = 0; m < 2; m++)
+        cr_assert_eq(test_redis_int(r, "INCRBY %s 1", keys[m]), 2);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* ---- Asynchronous routing ---------------------------------------------------------------------
+ */
+
+struct answers {
+    int calls, ok;
+    long long last;
+    int status;
+    char error[300];
+};
+
+static void count_cb(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    (void)r;
+    struct answers *a = privdata;
+    a->calls++;
+    a->status = status;
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        a->ok++;
+        a->last = reply->integer;
+    } else if (reply && reply->type == REDIS_REPLY_STRING) {
+        a->ok++;
+        a->last = atoll(reply->str);
+    } else if (reply && reply->type == REDIS_REPLY_ERROR) {
+        snprintf(a->error, sizeof a->error, "%s", reply->str);
+    }
+}
+
+/* Runs the loop until *calls reaches n; the 20 s guard only stops a broken test. */
+static void run_until(uv_loop_t *loop, const int *calls, int n) {
+    uint64_t until = sd_now_ms() + 20000;
+    while (*calls < n && sd_now_ms() < until)
+        uv_run(loop, UV_RUN_ONCE);
+    cr_assert_eq(*calls, n, "%d of %d callbacks ran", *calls, n);
+}
+
+static sd_aredis *acluster_connect(uv_loop_t *loop, const char *url, sd_script *const *scripts,
+                                   size_t nscripts) {
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = 3000;
+    opts.scripts = scripts;
+    opts.nscripts = nscripts;
+    sd_aredis *r = NULL;
+    cr_assert_eq(sd_aredis_new(loop, &u, &opts, &r), 0);
+    sd_redis_url_clear(&u);
+    cr_assert_eq(sd_aredis_wait_connected(r, 10000), 0, "not connected to %s", url);
+    return r;
+}
+
+static void aclose(uv_loop_t *loop, sd_aredis *r) {
+    sd_aredis_free(r);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+}
+
+Test(redis_cluster, async_commands_reach_all_three_masters_from_one_seed) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r =
+        acluster_connect(&loop, sd_redis_server_url(sd_redis_cluster_server_node(c, 2)), NULL, 0);
+    struct answers a = {0};
+    for (int round = 0; round < 10; round++)
+        for (int m = 0; m < 3; m++) {
+            char key[32];
+            key_on(m, "async", key, sizeof key);
+            cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 1", key), 0);
+        }
+    run_until(&loop, &a.calls, 30);
+    cr_assert_eq(a.ok, 30, "%s", a.error);
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "async", key, sizeof key);
+        redisReply *there = raw(sd_redis_cluster_server_node(c, m), "GET %s", key);
+        cr_assert_eq(there->type, REDIS_REPLY_STRING);
+        cr_assert_str_eq(there->str, "10");
+        freeReplyObject(there);
+    }
+    /* Keys of different slots together are refused at the call, the callback never runs. */
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "MGET alpha-key beta-key"), SD_EPARSE);
+    aclose(&loop, r);
+    cr_assert_eq(a.calls, 30);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, async_moved_and_ask_are_followed) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), NULL, 0);
+    struct answers a = {0};
+    char key[32];
+    key_on(0, "amoving", key, sizeof key);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 5", key), 0);
+    run_until(&loop, &a.calls, 1);
+    migrate(c, sd_redis_key_slot(key, strlen(key)), key, 0, 1, 1);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 1", key), 0);
+    run_until(&loop, &a.calls, 2);
+    cr_assert_eq(a.ok, 2, "MOVED reached the caller: %s", a.error);
+    cr_assert_eq(a.last, 6);
+
+    const char *moved = "{aask}moved", *stays = "{aask}stays";
+    int slot = sd_redis_key_slot(moved, strlen(moved));
+    int from = master_of_slot(slot), to = (from + 1) % 3;
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 3", moved), 0);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCRBY %s 4", stays), 0);
+    run_until(&loop, &a.calls, 4);
+    migrate(c, slot, moved, from, to, 0);
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "GET %s", moved), 0);
+    run_until(&loop, &a.calls, 5);
+    cr_assert_eq(a.ok, 5, "ASK reached the caller: %s", a.error);
+    cr_assert_eq(a.last, 3);
+    aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, async_script_works_on_first_call_on_every_node) {
+    counter_script.len = strlen(counter_script.body);
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_script *scripts[1] = {&counter_script};
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), scripts, 1);
+    struct answers a = {0};
+    for (int m = 0; m < 3; m++) {
+        char key[32];
+        key_on(m, "ascript", key, sizeof key);
+        const char *argv[2] = {key, "7"};
+        cr_assert_eq(sd_aredis_script(r, &counter_script, count_cb, &a, 0, 1, 2, argv, NULL), 0);
+    }
+    run_until(&loop, &a.calls, 3);
+    cr_assert_eq(a.ok, 3, "%s", a.error);
+    for (int m = 0; m < 3; m++) {
+        redisReply *stats = raw(sd_redis_cluster_server_node(c, m), "INFO commandstats");
+        cr_assert(strstr(stats->str, "cmdstat_evalsha:calls=1,") != NULL, "master %d: %s", m,
+                  stats->str);
+        cr_assert(strstr(stats->str, "cmdstat_eval:") == NULL, "master %d: %s", m, stats->str);
+        freeReplyObject(stats);
+    }
+    aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
+
+Test(redis_cluster, async_killed_master_fails_its_commands_and_the_others_keep_working) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), NULL, 0);
+    sd_redis_server *victim = sd_redis_cluster_server_node(c, 2);
+    cr_assert_eq(sd_redis_server_signal(victim, SIGKILL), 0);
+    sd_redis_server_halt(victim);
+    char keys[3][32];
+    for (int m = 0; m < 3; m++)
+        key_on(m, "akill", keys[m], sizeof keys[m]);
+    /* The dead master's command is refused at the call once its connection has noticed, or
+     * answered with an error; either way no reply. */
+    struct answers dead = {0};
+    int rc = sd_aredis_command(r, count_cb, &dead, 0, "INCRBY %s 1", keys[2]);
+    if (rc == 0) {
+        run_until(&loop, &dead.calls, 1);
+        rc = dead.status;
+    }
+    cr_assert(rc == SD_EDISCONNECTED || rc == SD_ETIMEDOUT, "%s", sd_strerror(rc));
+    cr_assert_eq(dead.ok, 0);
+    struct answers live = {0};
+    for (int m = 0; m < 2; m++)
+        cr_assert_eq(sd_aredis_command(r, count_cb, &live, 0, "INCRBY %s 1", keys[m]), 0);
+    run_until(&loop, &live.calls, 2);
+    cr_assert_eq(live.ok, 2, "%s", live.error);
+    aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* ---- Pub/sub ------------------------------------------------------------------------------------
+ */
+
+struct received {
+    int up, messages;
+    char payload[64];
+};
+
+static void sub_state_cb(sd_redis_sub *sub, int connected, void *udata) {
+    (void)sub;
+    ((struct received *)udata)->up += connected;
+}
+
+static void sub_message_cb(sd_redis_sub *sub, const char *channel, const char *pattern,
+                           const char *payload, size_t len, void *udata) {
+    (void)sub;
+    (void)channel;
+    (void)pattern;
+    struct received *rcv = udata;
+    rcv->messages++;
+    snprintf(rcv->payload, sizeof rcv->payload, "%.*s", (int)len, payload);
+}
+
+/* SUBSCRIBE on the first seed receives a PUBLISH made on another master (Redis 7 broadcasts
+ * PUBLISH over the cluster bus). */
+Test(redis_cluster, the_subscriber_receives_a_publish_made_on_another_node) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(sd_redis_cluster_server_url(c), &u, err, sizeof err), 0);
+    sd_redis_sub *sub = NULL;
+    cr_assert_eq(sd_redis_sub_new(&loop, &u, NULL, &sub), 0);
+    sd_redis_url_clear(&u);
+    struct received rcv = {0};
+    sd_redis_sub_set_callbacks(sub, sub_message_cb, sub_state_cb, &rcv);
+    cr_assert_eq(sd_redis_sub_subscribe(sub, "news"), 0);
+    run_until(&loop, &rcv.up, 1);
+    redisReply *reply = raw(sd_redis_cluster_server_node(c, 2), "PUBLISH news hello-from-2");
+    freeReplyObject(reply);
+    run_until(&loop, &rcv.messages, 1);
+    cr_assert_str_eq(rcv.payload, "hello-from-2");
+    sd_redis_sub_free(sub);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* A multi-key command during a migration, with its keys split between the two nodes, is
+ * answered TRYAGAIN: it is sent again until the deadline, then the error is returned. */
+Test(redis_cluster, tryagain_is_retried_until_the_deadline) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    const char *moved = "{try}moved", *stays = "{try}stays";
+    int slot = sd_redis_key_slot(moved, strlen(moved));
+    int from = master_of_slot(slot), to = (from + 1) % 3;
+    test_redis_int(r, "INCRBY %s 1", moved);
+    test_redis_int(r, "INCRBY %s 2", stays);
+    migrate(c, slot, moved, from, to, 0);
+    sd_redis_set_timeout(r, 300);
+    int err = 0;
+    redisReply *reply = sd_redis_command(r, &err, "MGET %s %s", moved, stays);
+    cr_assert_not_null(reply, "%s", sd_strerror(err));
+    cr_assert_eq(reply->type, REDIS_REPLY_ERROR);
+    cr_assert(strncmp(reply->str, "TRYAGAIN", 8) == 0, "%s", reply->str);
+    freeReplyObject(reply);
+    /* Sent more than once (every 10 ms for 300 ms: the count is not a speed test, only > 1). */
+    redisReply *stats = raw(sd_redis_cluster_server_node(c, from), "INFO commandstats");
+    const char *mget = strstr(stats->str, "cmdstat_mget:");
+    cr_assert_not_null(mget, "%s", stats->str);
+    /* TRYAGAIN answers count as rejected calls. */
+    const char *rejected = strstr(mget, "rejected_calls=");
+    cr_assert_not_null(rejected);
+    cr_assert_gt(atoi(rejected + strlen("rejected_calls=")), 1, "%s", stats->str);
+    freeReplyObject(stats);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
