@@ -4,7 +4,8 @@
   1. Output amplification: CONNS connections pipeline `GET /metrics` and never read. Reports
      the server's RSS before, during and after (and its peak, VmHWM), and the latency of
      `GET /healthz` on a fresh connection from a normal client meanwhile.
-  2. Slow bodies: TRICKLERS connections announce a 1 MB body and send one byte a second.
+  2. Slow bodies: TRICKLERS connections announce a body (--body-bytes, 8,000 by default) and
+     send one byte a second.
      Reports when the server cut each one off (408 or close), counted from its first byte, and
      /healthz latency meanwhile.
 
@@ -114,14 +115,14 @@ def amplification(pid, port, conns, seconds):
     print(f"RSS after closing them: {rss_kb(pid)} kB")
 
 
-def trickle(pid, port, n, limit_s):
-    print(f"== {n} connections trickling a 1 MB body, one byte a second")
+def trickle(pid, port, n, limit_s, body_bytes):
+    print(f"== {n} connections trickling a {body_bytes}-byte body, one byte a second")
     sel = selectors.DefaultSelector()
     t0 = {}
     socks = []
     for i in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: p\r\nContent-Length: 1000000\r\n\r\n")
+        s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: p\r\nContent-Length: %d\r\n\r\n" % body_bytes)
         t0[s] = time.monotonic()
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
@@ -174,6 +175,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--tricklers", type=int, default=1000)
     ap.add_argument("--trickle-limit", type=float, default=60)
+    # Under `ratelimit serve`'s 8 KiB body limit, so the body is accepted and must trickle.
+    ap.add_argument("--body-bytes", type=int, default=8000)
     args = ap.parse_args()
     proc = subprocess.Popen([args.binary, "serve", "--listen", "127.0.0.1:0", "--policy",
                              "p;q=100;w=60"], stdout=subprocess.PIPE,
@@ -184,7 +187,7 @@ def main():
         print(f"server pid {proc.pid} on port {port}")
         amplification(proc.pid, port, args.conns, args.seconds)
         if args.tricklers:
-            trickle(proc.pid, port, args.tricklers, args.trickle_limit)
+            trickle(proc.pid, port, args.tricklers, args.trickle_limit, args.body_bytes)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
