@@ -72,8 +72,9 @@ static const char *const algorithm_names[RL_ALGORITHMS] = {
  * is also the layout's schema version (DESIGN.md, contract 11): a script that changes how it
  * keeps a key's state changes its tag, so that instances of two versions running side by side
  * never read each other's values. The token bucket's "tb" held "<level> <t> <w> <e>"; "tb2"
- * holds the instant the bucket is full again, as gcra.lua keeps it. */
-static const char *const algorithm_tags[RL_ALGORITHMS] = {"tb2", "gcra", "swl", "swc", "fw"};
+ * holds the instant the bucket is full again, as gcra.lua keeps it. The sliding-window counter's
+ * "swc" held "<i> <c> <p> <e>"; "swc2" holds its counts as one integer that INCRBY can add to. */
+static const char *const algorithm_tags[RL_ALGORITHMS] = {"tb2", "gcra", "swl", "swc2", "fw"};
 
 /* The index of text in names[0..n), or -1. */
 static int name_index(const char *const *names, int n, const char *text) {
