@@ -7,6 +7,9 @@
  *
  * Most tests use windows of an hour or a day so that no refill happens while they run and the
  * expected counts are exact; the few that need time to pass use windows of a second or less.
+ * The fixed window's windows are aligned to the epoch, so a test of exact counts that ran across
+ * the turn of an hour (or of a day) would see its count start again: a span of milliseconds in
+ * an hour, the same odds as any test running across a clock change.
  */
 #include <criterion/criterion.h>
 #include <string.h>
