@@ -12,6 +12,11 @@
 # 1; CALLS (default 2000) script calls of BATCH (default 50) checks each, sent pipelined through
 # redis-cli --pipe, so that the client never waits and the figure is Redis's time alone. An
 # algorithm a tree does not have is skipped. The end-to-end figures are compare-ratelimit.sh's.
+#
+# Two figures per run. evalsha's usec is wall-clock time: on a busy machine a Redis that loses
+# its CPU in the middle of a script is charged for the wait. Redis's CPU time (INFO cpu,
+# used_cpu_user + used_cpu_sys, over the run) is not, but includes reading and parsing the
+# commands; both are divided by the checks.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -63,9 +68,15 @@ sys.stdout.write("".join(out))
 EOF
 }
 
+# Redis's CPU time so far, in seconds.
+cpu_seconds() {
+    redis-cli -p "$port" info cpu | tr -d '\r' | awk -F: '
+        $1 == "used_cpu_user" || $1 == "used_cpu_sys" { t += $2 } END { printf "%.6f", t }'
+}
+
 echo "redis-cost: $calls calls of $batch checks, 10,000 keys, q=10 w=1; load average" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-7s %-24s %-40s %s\n' round algorithm tree "Redis us/decision"
+printf '%-7s %-24s %-24s %-18s %s\n' round algorithm tree "evalsha us/check" "Redis CPU us/check"
 r=1
 while [ "$r" -le "$rounds" ]; do
     for alg in token-bucket gcra sliding-window-counter fixed-window sliding-window-log; do
@@ -76,12 +87,16 @@ while [ "$r" -le "$rounds" ]; do
             sha=$(redis-cli -p "$port" -x script load <"$dir/script.lua")
             commands "$sha" "$dir/commands"
             redis-cli -p "$port" config resetstat >/dev/null
+            cpu0=$(cpu_seconds)
             redis-cli -p "$port" --pipe <"$dir/commands" >"$dir/pipe.out" 2>&1
+            cpu1=$(cpu_seconds)
             line=$(redis-cli -p "$port" info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:')
             errors=$(echo "$line" | sed -n 's/.*failed_calls=\([0-9]*\).*/\1/p')
             per=$(echo "$line" | sed -n 's/.*usec_per_call=\([0-9.]*\).*/\1/p')
-            printf '%-7s %-24s %-40s %.2f%s\n' "$r" "$alg" "$src" \
-                "$(echo "$per / $batch" | bc -l)" "$([ "${errors:-0}" = 0 ] || echo " ($errors failed)")"
+            printf '%-7s %-24s %-24s %-18.2f %.2f%s\n' "$r" "$alg" "$src" \
+                "$(echo "$per / $batch" | bc -l)" \
+                "$(echo "($cpu1 - $cpu0) * 1000000 / ($calls * $batch)" | bc -l)" \
+                "$([ "${errors:-0}" = 0 ] || echo " ($errors failed)")"
         done
     done
     r=$((r + 1))
