@@ -1104,6 +1104,30 @@ Test(ratelimit, fixed_window_key_expires_at_the_window_end) {
     sd_redis_free(admin);
 }
 
+/* The counter's integer form holds counts below 10^7 (sliding-window-counter.lua); a quota of
+ * 5 * 10^6 or more is kept in the four-number form, which the fast way leaves to the general way,
+ * and its counts still add up. Below that, the integer form. */
+Test(ratelimit, sliding_counter_keeps_large_quotas_in_four_numbers) {
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    const char *policies[] = {"big;q=6000000;w=1500", "small;q=4999999;w=1500"};
+    for (int i = 0; i < 2; i++) {
+        rl_config cfg = config(RL_SLIDING_WINDOW_COUNTER, policies[i], NULL);
+        rl_sync *l = limiter(&cfg);
+        long long q = cfg.policies[0].quota;
+        cr_assert_eq(check(l, "large", 1000).policies[0].remaining, q - 1000);
+        cr_assert_eq(check(l, "large", 1).policies[0].remaining, q - 1001);
+        cr_assert_eq(check(l, "large", 0).policies[0].remaining, q - 1001);
+        char key[RL_REDIS_KEY_MAX];
+        cr_assert_gt(rl_config_key(&cfg, 0, "large", key, sizeof key), 0);
+        redisReply *r = sd_redis_command(admin, NULL, "GET %s", key);
+        cr_assert(r && r->type == REDIS_REPLY_STRING);
+        cr_assert_eq(strchr(r->str, ' ') != NULL, i == 0, "%s: '%s'", policies[i], r->str);
+        freeReplyObject(r);
+        rl_sync_free(l);
+    }
+    sd_redis_free(admin);
+}
+
 /*
  * The counter assumes the previous window's units were spread evenly. Traffic bunched at the
  * end of a window breaks that: a burst of q just before an edge, then steady traffic after it,
