@@ -48,6 +48,25 @@ static const bench_peer rate_limiter_flexible = {
     .hint = NODE_HINT,
 };
 
+/* The same peer again beside each of the other algorithms that hold one integer per key and
+ * decide a check with one INCRBY (token bucket, sliding-window counter, fixed window), so that
+ * the main job shows each one's ratio from runs seconds apart. Each adds the peer's warm-up and
+ * duration (about 5 s) to the job. The sliding-window log, whose cost per check grows with its
+ * log by design, is compared by hand (compare-ratelimit.sh). */
+#define RLF_BESIDE(ident, scenario)                                                                \
+    static const bench_peer ident = {                                                              \
+        .name = "rate-limiter-flexible",                                                           \
+        .compared_with = scenario,                                                                 \
+        .summary = "Node's RateLimiterRedis over ioredis, 10,000 keys, q=10 w=1",                  \
+        .argv = RLF_ARGV,                                                                          \
+        .programs = NODE,                                                                          \
+        .npm = RLF_NPM,                                                                            \
+        .hint = NODE_HINT,                                                                         \
+    }
+RLF_BESIDE(rlf_beside_tb, "ratelimit.token-bucket.closed");
+RLF_BESIDE(rlf_beside_swc, "ratelimit.sliding-window-counter.closed");
+RLF_BESIDE(rlf_beside_fw, "ratelimit.fixed-window.closed");
+
 /* The same with its in-process block of keys over their quota, its counterpart of the deny
  * cache that ratelimit.gcra.closed has on. */
 static const char *const RLF_BLOCK_ARGV[] = {"node",
@@ -73,9 +92,9 @@ static const bench_peer rate_limiter_flexible_block = {
 };
 
 const bench_peer *const bench_peers[] = {
-    &rate_limiter_flexible,
-    &rate_limiter_flexible_block,
-    NULL,
+    &rate_limiter_flexible, &rate_limiter_flexible_block,
+    &rlf_beside_tb,         &rlf_beside_swc,
+    &rlf_beside_fw,         NULL,
 };
 
 void bench_peers_run_after(const char *scenario, const bench_env *env, double warmup_s,

@@ -183,6 +183,9 @@ static int setup_swl(const bench_env *env, bench_target *t) {
 static int setup_swc(const bench_env *env, bench_target *t) {
     return setup_throughput(env, t, RL_SLIDING_WINDOW_COUNTER, 1);
 }
+static int setup_fw(const bench_env *env, bench_target *t) {
+    return setup_throughput(env, t, RL_FIXED_WINDOW, 1);
+}
 static int setup_unbatched(const bench_env *env, bench_target *t) {
     return setup_throughput(env, t, RL_GCRA, 0);
 }
@@ -308,6 +311,7 @@ CLOSED(tb_closed, "token-bucket", setup_tb);
 CLOSED(gcra_closed, "gcra", setup_gcra);
 CLOSED(swl_closed, "sliding-window-log", setup_swl);
 CLOSED(swc_closed, "sliding-window-counter", setup_swc);
+CLOSED(fw_closed, "fixed-window", setup_fw);
 
 static const bench_scenario gcra_unbatched = {
     .name = "ratelimit.gcra.unbatched",
@@ -347,6 +351,6 @@ static const bench_scenario frozen = {
 };
 
 const bench_scenario *const bench_scenarios_ratelimit[] = {
-    &tb_closed, &gcra_closed,  &swl_closed, &swc_closed, &gcra_unbatched,
-    &tb_open,   &serve_closed, &frozen,     NULL,
+    &tb_closed,      &gcra_closed, &swl_closed,   &swc_closed, &fw_closed,
+    &gcra_unbatched, &tb_open,     &serve_closed, &frozen,     NULL,
 };

@@ -235,7 +235,9 @@ static void refund_send(rl_limiter *l, rl_check *c) {
         lens[j] = c->key_len[j];
         key += c->key_len[j] + 1;
     }
-    int n = rl_refund_argv(&l->cfg, c->cost, text, argv + P, lens + P);
+    /* Redis charged the check after it started: at most this long ago (rounded up). */
+    long long within_ms = (long long)((sd_now_ns() - c->start_ns) / 1000000) + 1;
+    int n = rl_refund_argv(&l->cfg, c->cost, within_ms, text, argv + P, lens + P);
     if (sd_aredis_script(l->redis, rl_refund_script(), on_refund, NULL, l->cfg.reply_timeout_ms,
                          (int)P, (int)P + n, argv, lens) < 0) {
         l->guard.stats.in_doubt++; /* the charge stays: the quota shrinks, never grows */

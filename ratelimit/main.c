@@ -66,7 +66,8 @@ static int policy_parse(const char *value, void *udata, char *err, size_t len) {
 static int algorithm_parse(const char *value, void *udata, char *err, size_t len) {
     if (rl_algorithm_parse(value, &((rl_config *)udata)->algorithm) != 0) {
         snprintf(err, len,
-                 "wants token-bucket, gcra, sliding-window-log or sliding-window-counter, got '%s'",
+                 "wants token-bucket, gcra, sliding-window-log, sliding-window-counter or "
+                 "fixed-window, got '%s'",
                  value);
         return -1;
     }
@@ -145,7 +146,7 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
          .parse = policy_parse, .udata = &o->cfg, .required = 1},
         {"--algorithm", "NAME",
          "token-bucket (default), gcra, sliding-window-log,\n"
-         "sliding-window-counter",
+         "sliding-window-counter, fixed-window",
          .parse = algorithm_parse, .udata = &o->cfg},
         {"--redis", "URL",
          "Redis to use (else REDIS_URL, else a private redis-server);\n"

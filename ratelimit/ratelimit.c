@@ -54,10 +54,16 @@ const char *rl_strerror(int code) {
     }
 }
 
-static const char *const algorithm_names[] = {"token-bucket", "gcra", "sliding-window-log",
-                                              "sliding-window-counter"};
-/* The short form that ends each Redis key, so two algorithms never read each other's state. */
-static const char *const algorithm_tags[] = {"tb", "gcra", "swl", "swc"};
+#define RL_ALGORITHMS 5
+static const char *const algorithm_names[RL_ALGORITHMS] = {
+    "token-bucket", "gcra", "sliding-window-log", "sliding-window-counter", "fixed-window"};
+/* The short form that ends each Redis key, so two algorithms never read each other's state. It
+ * is also the layout's schema version (DESIGN.md, contract 11): a script that changes how it
+ * keeps a key's state changes its tag, so that instances of two versions running side by side
+ * never read each other's values. The token bucket's "tb" held "<level> <t> <w> <e>"; "tb2"
+ * holds the instant the bucket is full again, as gcra.lua keeps it. The sliding-window counter's
+ * "swc" held "<i> <c> <p> <e>"; "swc2" holds its counts as one integer that INCRBY can add to. */
+static const char *const algorithm_tags[RL_ALGORITHMS] = {"tb2", "gcra", "swl", "swc2", "fw"};
 
 /* The index of text in names[0..n), or -1. */
 static int name_index(const char *const *names, int n, const char *text) {
@@ -70,11 +76,11 @@ static int name_index(const char *const *names, int n, const char *text) {
 }
 
 const char *rl_algorithm_name(rl_algorithm a) {
-    return (unsigned)a < 4 ? algorithm_names[a] : "?";
+    return (unsigned)a < RL_ALGORITHMS ? algorithm_names[a] : "?";
 }
 
 int rl_algorithm_parse(const char *text, rl_algorithm *out) {
-    int i = name_index(algorithm_names, 4, text);
+    int i = name_index(algorithm_names, RL_ALGORITHMS, text);
     if (i < 0) {
         return RL_EARG;
     }
@@ -249,7 +255,7 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
             }
         }
     }
-    if ((unsigned)cfg->algorithm > RL_SLIDING_WINDOW_COUNTER || (unsigned)cfg->on_error > 2) {
+    if ((unsigned)cfg->algorithm >= RL_ALGORITHMS || (unsigned)cfg->on_error > 2) {
         snprintf(err, errlen, "unknown algorithm or failure mode");
         return RL_EARG;
     }
@@ -329,14 +335,19 @@ int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, si
 
 /* ---- Scripts -------------------------------------------------------------------------------- */
 
-static sd_script scripts[4];
+static sd_script scripts[RL_ALGORITHMS];
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
+/* Each script is rl-common.lua, then the algorithm's file, then a third part where there is one:
+ * the token bucket keeps its state as GCRA does (token-bucket.lua says why), so its script is
+ * its file's explanation followed by gcra.lua's code. */
 static void scripts_build(void) {
-    const char *bodies[4] = {sd_lua_token_bucket, sd_lua_gcra, sd_lua_sliding_window_log,
-                             sd_lua_sliding_window_counter};
-    for (int i = 0; i < 4; i++) {
-        char *body = sd_xasprintf("%s\n%s", sd_lua_rl_common, bodies[i]);
+    const char *bodies[RL_ALGORITHMS] = {sd_lua_token_bucket, sd_lua_gcra,
+                                         sd_lua_sliding_window_log, sd_lua_sliding_window_counter,
+                                         sd_lua_fixed_window};
+    const char *thirds[RL_ALGORITHMS] = {sd_lua_gcra, "", "", "", ""};
+    for (int i = 0; i < RL_ALGORITHMS; i++) {
+        char *body = sd_xasprintf("%s\n%s\n%s", sd_lua_rl_common, bodies[i], thirds[i]);
         scripts[i].name = algorithm_names[i];
         scripts[i].body = body; /* lives as long as the process */
         scripts[i].len = strlen(body);
@@ -374,8 +385,8 @@ sd_script *rl_refund_script(void) {
     return &refund_script;
 }
 
-int rl_refund_argv(const rl_config *cfg, long long cost, char text[][24], const char **argv,
-                   size_t *lens) {
+int rl_refund_argv(const rl_config *cfg, long long cost, long long within_ms, char text[][24],
+                   const char **argv, size_t *lens) {
     int n = 0;
     argv[n] = algorithm_tags[cfg->algorithm];
     lens[n] = strlen(argv[n]);
@@ -388,7 +399,8 @@ int rl_refund_argv(const rl_config *cfg, long long cost, char text[][24], const 
         snprintf(text[n + 1 + 2 * i], 24, "%lld", cfg->policies[i].quota);
         snprintf(text[n + 2 + 2 * i], 24, "%lld", cfg->policies[i].window_s);
     }
-    for (int k = n + 1 + 2 * (int)cfg->npolicies; n < k; n++) {
+    snprintf(text[n + 1 + 2 * cfg->npolicies], 24, "%lld", within_ms);
+    for (int k = n + 2 + 2 * (int)cfg->npolicies; n < k; n++) {
         argv[n] = text[n];
         lens[n] = strlen(text[n]);
     }

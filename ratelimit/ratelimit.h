@@ -3,13 +3,16 @@
  * instances of a service enforce one limit together.
  *
  * A policy is a quota q per window of w seconds, with a name ("burst;q=100;w=60"). A limiter
- * checks a key (an API key, a client address) against one or more policies with one of four
+ * checks a key (an API key, a client address) against one or more policies with one of five
  * algorithms, each one Lua script run on Redis with Redis's own clock:
  *
  *   token-bucket            q tokens, refilled continuously at q/w per second
- *   gcra                    the same contract kept as one timestamp per key (the cheap form)
+ *   gcra                    the same contract, in the terms of cells and arrival times (both keep
+ *                           one timestamp per key: the instant the bucket is full again)
  *   sliding-window-log      exact: never more than q in any window of w seconds
  *   sliding-window-counter  two counters per key; approximate (see README for the error)
+ *   fixed-window            one counter per key and window of w seconds aligned to the epoch;
+ *                           up to 2q across a window's edge
  *
  * A check has a cost (units of quota). Cost 0 is a peek: always allowed, consumes nothing. A
  * cost above a policy's quota is denied with retry_after_ms = RL_NEVER, decided from the policies
@@ -91,9 +94,10 @@ typedef enum rl_algorithm {
     RL_GCRA,
     RL_SLIDING_WINDOW_LOG,
     RL_SLIDING_WINDOW_COUNTER,
+    RL_FIXED_WINDOW,
 } rl_algorithm;
 
-/* "token-bucket", "gcra", "sliding-window-log", "sliding-window-counter". */
+/* "token-bucket", "gcra", "sliding-window-log", "sliding-window-counter", "fixed-window". */
 const char *rl_algorithm_name(rl_algorithm a);
 /* Parses one of the names above. Returns 0 or RL_EARG. */
 int rl_algorithm_parse(const char *text, rl_algorithm *out);

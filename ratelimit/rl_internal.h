@@ -151,10 +151,11 @@ sd_script *rl_presence_script(void);
 sd_script *rl_refund_script(void);
 
 /* Writes the refund's arguments that follow the check's P keys (the algorithm's tag, cost, P,
- * then q and w of each policy) into text, argv and lens; returns how many (at most
+ * q and w of each policy, then within_ms: Redis made the charge at most that long ago, since it
+ * was made after the check started) into text, argv and lens; returns how many (at most
  * RL_REFUND_ARGS). */
-#define RL_REFUND_ARGS (3 + 2 * RL_MAX_POLICIES)
-int rl_refund_argv(const rl_config *cfg, long long cost, char text[][24], const char **argv,
-                   size_t *lens);
+#define RL_REFUND_ARGS (4 + 2 * RL_MAX_POLICIES)
+int rl_refund_argv(const rl_config *cfg, long long cost, long long within_ms, char text[][24],
+                   const char **argv, size_t *lens);
 
 #endif

@@ -1,12 +1,15 @@
 /*
  * test_ratelimit.c - the rate limiter's decisions against a real redis-server, for each of the
- * four algorithms: exact admission (also across processes), costs, all-or-nothing policies,
+ * five algorithms: exact admission (also across processes), costs, all-or-nothing policies,
  * refill arithmetic, retry-after that is exact, TTLs, scripts flushed, the deny cache and
  * batching. Redis failures are in test_ratelimit_faults.c, the command in
  * test_ratelimit_serve.c.
  *
  * Most tests use windows of an hour or a day so that no refill happens while they run and the
  * expected counts are exact; the few that need time to pass use windows of a second or less.
+ * The fixed window's windows are aligned to the epoch, so a test of exact counts that ran across
+ * the turn of an hour (or of a day) would see its count start again: a span of milliseconds in
+ * an hour, the same odds as any test running across a clock change.
  */
 #include <criterion/criterion.h>
 #include <string.h>
@@ -36,7 +39,8 @@ static void stop(void) {
 TestSuite(ratelimit, .init = start, .fini = stop);
 
 static const rl_algorithm algorithms[] = {RL_TOKEN_BUCKET, RL_GCRA, RL_SLIDING_WINDOW_LOG,
-                                          RL_SLIDING_WINDOW_COUNTER};
+                                          RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
+#define NALGS (sizeof algorithms / sizeof algorithms[0])
 
 /* A configuration with the given policies (NULL-terminated). The deadline is generous: these
  * tests are about decisions, not about a slow Redis. */
@@ -137,7 +141,7 @@ Test(ratelimit, duplicate_policy_names_are_refused) {
 /* ---- Admission ------------------------------------------------------------------------------ */
 
 Test(ratelimit, admits_exactly_the_quota) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "hourly;q=25;w=3600", NULL);
         rl_sync *l = limiter(&cfg);
         int allowed = 0;
@@ -160,7 +164,7 @@ Test(ratelimit, admits_exactly_the_quota) {
 /* Several processes hammer one key at once: exactly q are admitted between them. */
 Test(ratelimit, processes_sharing_a_key_admit_exactly_the_quota) {
     enum { PROCS = 4, EACH = 60, QUOTA = 100 };
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         int fds[2];
         cr_assert_eq(pipe(fds), 0);
         pid_t pids[PROCS];
@@ -207,7 +211,7 @@ Test(ratelimit, processes_sharing_a_key_admit_exactly_the_quota) {
 
 Test(ratelimit, cost_zero_peeks_without_consuming_or_writing) {
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "p;q=5;w=3600", NULL);
         rl_sync *l = limiter(&cfg);
         rl_decision d = check(l, "peeker", 0);
@@ -228,7 +232,7 @@ Test(ratelimit, cost_zero_peeks_without_consuming_or_writing) {
 }
 
 Test(ratelimit, cost_equal_to_remaining_is_allowed_and_empties) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "c;q=10;w=3600", NULL);
         rl_sync *l = limiter(&cfg);
         cr_assert(check(l, "k", 4).allowed);
@@ -242,7 +246,7 @@ Test(ratelimit, cost_equal_to_remaining_is_allowed_and_empties) {
 }
 
 Test(ratelimit, cost_above_capacity_is_never_and_consumes_nothing) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "small;q=3;w=3600", "big;q=100;w=3600", NULL);
         rl_sync *l = limiter(&cfg);
         rl_decision d = check(l, "k", 4);
@@ -259,7 +263,7 @@ Test(ratelimit, cost_above_capacity_is_never_and_consumes_nothing) {
 }
 
 Test(ratelimit, denied_checks_consume_nothing) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "d;q=5;w=3600", NULL);
         cfg.deny_cache_entries = 0;
         rl_sync *l = limiter(&cfg);
@@ -292,7 +296,7 @@ static rl_sync *lowered(rl_algorithm a, const char *high, long long spent, const
 }
 
 Test(ratelimit, a_peek_is_allowed_after_the_quota_is_lowered) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_sync *l = lowered(algorithms[a], "p;q=10;w=3600", 10, "p;q=5;w=3600");
         rl_decision d = check(l, "k", 0);
         cr_assert(d.allowed, "%s denied a peek (retry %lld ms)", rl_algorithm_name(algorithms[a]),
@@ -308,7 +312,7 @@ Test(ratelimit, a_peek_is_allowed_after_the_quota_is_lowered) {
 /* ---- Several policies ----------------------------------------------------------------------- */
 
 Test(ratelimit, policies_are_all_or_nothing) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "wide;q=10;w=3600", "narrow;q=3;w=3600", NULL);
         cfg.deny_cache_entries = 0;
         rl_sync *l = limiter(&cfg);
@@ -392,12 +396,18 @@ Test(ratelimit, a_million_per_second_refills_per_microsecond) {
 
 /* A client that waits exactly the retry-after it was given is admitted, for every algorithm. */
 Test(ratelimit, waiting_the_retry_after_is_enough) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "r;q=3;w=1", NULL);
         rl_sync *l = limiter(&cfg);
         cr_assert(check(l, "k", 3).allowed);
         rl_decision d = check(l, "k", 2);
-        cr_assert_not(d.allowed);
+        if (algorithms[a] == RL_FIXED_WINDOW && d.allowed) {
+            /* A window's edge fell between the two checks: empty the new window and ask again
+             * (two edges within a second cannot fall between these checks). */
+            cr_assert(check(l, "k", 1).allowed);
+            d = check(l, "k", 2);
+        }
+        cr_assert_not(d.allowed, "%s", rl_algorithm_name(algorithms[a]));
         cr_assert_gt(d.retry_after_ms, 0);
         cr_assert_leq(d.retry_after_ms, 2000);
         sleep_ms(d.retry_after_ms);
@@ -436,7 +446,7 @@ Test(ratelimit, gcra_decides_like_the_token_bucket) {
 }
 
 Test(ratelimit, lowering_a_policy_clamps_existing_state) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_sync *l = lowered(algorithms[a], "p;q=100;w=3600", 20, "p;q=10;w=3600");
         rl_decision d = check(l, "k", 0);
         cr_assert_leq(d.policies[0].remaining, 10, "%s", rl_algorithm_name(algorithms[a]));
@@ -494,7 +504,7 @@ Test(ratelimit, sliding_log_never_admits_more_than_q_in_any_window) {
 /* Two policies, and one alone (a path of its own for GCRA, whose INCRBY creates a missing key
  * without a TTL), with allowed and denied checks. */
 Test(ratelimit, every_key_has_a_ttl) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "a;q=5;w=60", "b;q=50;w=86400", NULL);
         rl_sync *l = limiter(&cfg);
         for (int i = 0; i < 8; i++) {
@@ -512,8 +522,8 @@ Test(ratelimit, every_key_has_a_ttl) {
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     redisReply *keys = sd_redis_command(admin, NULL, "KEYS rl:*");
     cr_assert_not_null(keys);
-    cr_assert_eq(keys->elements, 24, "4 algorithms x (2 keys x 2 policies + 2 keys), got %zu",
-                 keys->elements);
+    cr_assert_eq(keys->elements, 6 * NALGS,
+                 "%zu algorithms x (2 keys x 2 policies + 2 keys), got %zu", NALGS, keys->elements);
     for (size_t i = 0; i < keys->elements; i++) {
         long long ttl = test_redis_int(admin, "PTTL %s", keys->element[i]->str);
         cr_assert_gt(ttl, 0, "%s has no TTL (%lld)", keys->element[i]->str, ttl);
@@ -536,32 +546,29 @@ Test(ratelimit, every_key_has_a_ttl) {
  * every 5 ms at q = 20/s (and 7 per 3 s, whose GCRA TAT carries a remainder), allowed and
  * denied, until the expiry has moved at least once.
  */
-static long long needed_us(rl_algorithm a, const char *value, long long q, long long w_s) {
-    if (a == RL_GCRA) {
+static long long needed_us(rl_algorithm a, const char *value, long long w_s, long long now_us) {
+    if (a == RL_GCRA || a == RL_TOKEN_BUCKET) {
+        /* The TAT, or the instant the bucket is full again: the same number (token-bucket.lua). */
         return strtoll(value, NULL, 10);
     }
-    if (a == RL_SLIDING_WINDOW_COUNTER) {
-        long long index, cur, prev, e;
-        cr_assert_eq(sscanf(value, "%lld %lld %lld %lld", &index, &cur, &prev, &e), 4, "%s", value);
-        return (index + 2) * w_s * 1000000 - 1;
-    }
-    long long level, t, w, e;
-    cr_assert_eq(sscanf(value, "%lld %lld %lld %lld", &level, &t, &w, &e), 4, "%s", value);
-    cr_assert_eq(w, w_s * 1000000);
-    long long missing = q * w - level;
-    return t + (missing + q - 1) / q;
+    /* The counter's integer form, whose first digit is its window's index modulo 10: the
+     * window of now, or the one before if a window began since the check. */
+    long long v = strtoll(value, NULL, 10), now_index = now_us / (w_s * 1000000);
+    long long index = now_index - ((now_index - v / 100000000000000LL) % 10 + 10) % 10;
+    cr_assert_leq(now_index - index, 1, "value %s read at window %lld", value, now_index);
+    return (index + 2) * w_s * 1000000 - 1;
 }
 
 Test(ratelimit, keys_expire_on_the_second_after_their_value_stops_mattering) {
     const struct {
         rl_algorithm a;
         const char *policy;
-        long long q, w;
-    } cases[] = {{RL_GCRA, "g;q=20;w=1", 20, 1},
-                 {RL_GCRA, "h;q=7;w=3", 7, 3},
-                 {RL_TOKEN_BUCKET, "g;q=20;w=1", 20, 1},
-                 {RL_TOKEN_BUCKET, "h;q=7;w=3", 7, 3},
-                 {RL_SLIDING_WINDOW_COUNTER, "g;q=20;w=1", 20, 1}};
+        long long w;
+    } cases[] = {{RL_GCRA, "g;q=20;w=1", 1},
+                 {RL_GCRA, "h;q=7;w=3", 3},
+                 {RL_TOKEN_BUCKET, "g;q=20;w=1", 1},
+                 {RL_TOKEN_BUCKET, "h;q=7;w=3", 3},
+                 {RL_SLIDING_WINDOW_COUNTER, "g;q=20;w=1", 1}};
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         rl_config cfg = config(cases[c].a, cases[c].policy, NULL);
@@ -573,26 +580,21 @@ Test(ratelimit, keys_expire_on_the_second_after_their_value_stops_mattering) {
         int i;
         for (i = 0; i < 40 || (seconds < 2 && i < 200); i++) {
             allowed += check(l, "grid", 1).allowed;
-            redisReply *r = sd_redis_command(
-                admin, NULL, "EVAL %s 1 %s",
-                "return {redis.call('GET', KEYS[1]), redis.call('PEXPIRETIME', KEYS[1])}", key);
-            cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
+            redisReply *r =
+                sd_redis_command(admin, NULL, "EVAL %s 1 %s",
+                                 "local t = redis.call('TIME') return {redis.call('GET', KEYS[1]), "
+                                 "redis.call('PEXPIRETIME', KEYS[1]), t[1], t[2]}",
+                                 key);
+            cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 4);
             cr_assert_eq(r->element[0]->type, REDIS_REPLY_STRING, "%s is gone", key);
-            long long needed = needed_us(cases[c].a, r->element[0]->str, cases[c].q, cases[c].w);
+            long long now_us = strtoll(r->element[2]->str, NULL, 10) * 1000000 +
+                               strtoll(r->element[3]->str, NULL, 10);
+            long long needed = needed_us(cases[c].a, r->element[0]->str, cases[c].w, now_us);
             long long expires_ms = r->element[1]->integer;
             cr_assert_eq(expires_ms, (needed / 1000000 + 1) * 1000,
                          "%s %s: value '%s' matters until %lld us, key expires at %lld ms",
                          rl_algorithm_name(cases[c].a), cases[c].policy, r->element[0]->str, needed,
                          expires_ms);
-            if (cases[c].a != RL_GCRA) {
-                /* The expiry second the value carries is the one its key has. */
-                long long f[4];
-                cr_assert_eq(
-                    sscanf(r->element[0]->str, "%lld %lld %lld %lld", &f[0], &f[1], &f[2], &f[3]),
-                    4);
-                cr_assert_eq(f[3] * 1000, expires_ms, "value '%s', key expires at %lld ms",
-                             r->element[0]->str, expires_ms);
-            }
             freeReplyObject(r);
             if (expires_ms != last) {
                 seconds++;
@@ -639,7 +641,7 @@ Test(ratelimit, hash_tags_keep_every_key_of_a_check_in_one_slot) {
     /* Ordinary keys stay readable; escaped ones stay distinct from the escapes' own text. */
     char a[RL_REDIS_KEY_MAX], b[RL_REDIS_KEY_MAX];
     rl_config_key(&cfg, 0, "alice", a, sizeof a);
-    cr_assert_str_eq(a, "rl:{alice}:burst:tb");
+    cr_assert_str_eq(a, "rl:{alice}:burst:tb2");
     rl_config_key(&cfg, 0, "}x", a, sizeof a);
     rl_config_key(&cfg, 0, "%7Dx", b, sizeof b);
     cr_assert_str_neq(a, b);
@@ -663,14 +665,14 @@ Test(ratelimit, keys_with_braces_are_limited_under_an_escaped_name) {
     cr_assert(check(l, "}x{", 1).allowed);
     cr_assert_not(check(l, "}x{", 1).allowed);
     cr_assert(check(l, "%7Dx%7B", 1).allowed, "a different key shared the state");
-    cr_assert_eq(test_redis_int(admin, "EXISTS %s", "rl:{%7Dx%7B}:b:tb"), 1);
+    cr_assert_eq(test_redis_int(admin, "EXISTS %s", "rl:{%7Dx%7B}:b:tb2"), 1);
     rl_sync_free(l);
     sd_redis_free(admin);
 }
 
 Test(ratelimit, scripts_flushed_from_redis_are_loaded_again) {
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "f;q=5;w=3600", NULL);
         rl_sync *l = limiter(&cfg);
         cr_assert(check(l, "k", 2).allowed);
@@ -766,7 +768,7 @@ static void async_free(uv_loop_t *loop, rl_limiter *l) {
 Test(ratelimit, async_checks_are_batched_and_exact) {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "b;q=100;w=86400", NULL);
         cfg.max_calls = 2;
         rl_limiter *l = async_limiter(&loop, &cfg);
@@ -796,10 +798,10 @@ Test(ratelimit, async_checks_are_batched_and_exact) {
  * path, whose INCRBY fails on both (and GET on the hash), must hand them to the general way
  * rather than fail the whole script. */
 Test(ratelimit, a_foreign_value_or_type_reads_as_a_new_key) {
-    rl_algorithm strings[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER};
+    rl_algorithm strings[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
     const char *plant[][2] = {{"SET %s %s", "not a state"}, {"HSET %s field %s", "value"}};
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    for (size_t a = 0; a < 3; a++) {
+    for (size_t a = 0; a < 4; a++) {
         for (size_t p = 0; p < 2; p++) {
             rl_config cfg = config(strings[a], "f;q=5;w=3600", NULL);
             char key[RL_REDIS_KEY_MAX];
@@ -852,13 +854,19 @@ Test(ratelimit, gcra_reads_a_remainder_left_by_another_policy) {
  * hour is, under 10 per minute, at most a minute's worth, and the next unit comes within a
  * minute. (GCRA's TAT then lies beyond the new window, which its fast path leaves to the general
  * way: pushed from there it would give a retry of most of an hour.) The sliding-window counter
- * numbers its windows by their length, so it starts afresh instead (README, "policy changes"). */
+ * and the fixed window number their windows by their length, so they start afresh instead
+ * (README, "policy changes"), or, when the stored tag (fixed-window.lua,
+ * sliding-window-counter.lua) happens to name a new window, keep the count at most that long. */
 Test(ratelimit, shortening_the_window_clamps_existing_state) {
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_sync *l = lowered(algorithms[a], "p;q=10;w=3600", 10, "p;q=10;w=60");
         rl_decision d = check(l, "k", 1);
-        if (algorithms[a] == RL_SLIDING_WINDOW_COUNTER) {
-            cr_assert(d.allowed);
+        if (algorithms[a] == RL_SLIDING_WINDOW_COUNTER || algorithms[a] == RL_FIXED_WINDOW) {
+            /* Unless the stored window's tag happens to name one of the new windows (one time in
+             * five for the counter's one digit, where the count then lasts two new windows at
+             * most; one in 10,000 for the fixed window's four). */
+            cr_assert(d.allowed || d.retry_after_ms <= 120000, "%s: retry %lld ms",
+                      rl_algorithm_name(algorithms[a]), d.retry_after_ms);
             rl_sync_free(l);
             continue;
         }
@@ -876,7 +884,7 @@ Test(ratelimit, shortening_the_window_clamps_existing_state) {
 Test(ratelimit, async_batches_of_several_policies_are_exact) {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    for (size_t a = 0; a < 4; a++) {
+    for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "wide;q=100;w=86400", "tight;q=37;w=3600", NULL);
         cfg.deny_cache_entries = 0;
         rl_limiter *l = async_limiter(&loop, &cfg);
@@ -899,8 +907,8 @@ Test(ratelimit, async_batches_of_several_policies_are_exact) {
 Test(ratelimit, the_largest_batch_is_decided_whole) {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    rl_algorithm big[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER};
-    for (size_t a = 0; a < 3; a++) {
+    rl_algorithm big[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
+    for (size_t a = 0; a < 4; a++) {
         rl_config cfg = config(big[a], "p1;q=1000;w=3600", "p2;q=1001;w=3600", "p3;q=1002;w=3600",
                                "p4;q=1003;w=3600", "p5;q=1004;w=3600", "p6;q=1005;w=3600",
                                "p7;q=1006;w=3600", "p8;q=1007;w=3600", NULL);
@@ -988,6 +996,136 @@ static void sleep_until_ms_of_second(long at_ms) {
     clock_gettime(CLOCK_REALTIME, &now);
     long ms = now.tv_nsec / 1000000;
     sleep_ms(ms < at_ms ? at_ms - ms : 1000 - ms + at_ms);
+}
+
+/* ---- The fixed window ---------------------------------------------------------------------- */
+
+static long long redis_time_us(sd_redis *admin);
+
+/*
+ * The fixed window's known price: q checks just before a window's edge and q more just after it
+ * are all admitted, 2q within much less than a window, where the sliding-window log admits q and
+ * then nothing. The span is Redis's own clock from before the first burst to after the second;
+ * a machine too slow to fit both bursts in under a window (or to start before the edge) only
+ * makes the test try again, on a new key.
+ */
+Test(ratelimit, fixed_window_admits_2q_across_an_edge, .timeout = 60) {
+    const rl_algorithm algs[] = {RL_FIXED_WINDOW, RL_SLIDING_WINDOW_LOG};
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    int after_edge[2];
+    for (int a = 0; a < 2; a++) {
+        rl_config cfg = config(algs[a], "edge;q=10;w=1", NULL);
+        cfg.deny_cache_entries = 0;
+        rl_sync *l = limiter(&cfg);
+        int tries, before = 0;
+        long long span = 0;
+        for (tries = 0; tries < 8; tries++) {
+            char key[32];
+            snprintf(key, sizeof key, "edge%d", tries);
+            /* Start 700 ms into a second of Redis's clock, 300 ms before the edge. */
+            long long into = redis_time_us(admin) % 1000000;
+            sleep_ms((into < 700000 ? 700000 - into : 1700000 - into) / 1000);
+            long long t0 = redis_time_us(admin), edge = (t0 / 1000000 + 1) * 1000000;
+            before = after_edge[a] = 0;
+            for (int i = 0; i < 10; i++) {
+                before += check(l, key, 1).allowed;
+            }
+            cr_assert_not(check(l, key, 1).allowed, "%s: q + 1 in one window",
+                          rl_algorithm_name(algs[a]));
+            if (redis_time_us(admin) >= edge) {
+                continue; /* the first burst was not all before the edge */
+            }
+            long long now;
+            while ((now = redis_time_us(admin)) < edge) {
+                sleep_ms((edge - now) / 1000 + 1);
+            }
+            for (int i = 0; i < 10; i++) {
+                after_edge[a] += check(l, key, 1).allowed;
+            }
+            span = redis_time_us(admin) - t0;
+            if (span < 1000000) {
+                break;
+            }
+        }
+        cr_assert_lt(tries, 8, "%s: no try fitted both bursts in a window",
+                     rl_algorithm_name(algs[a]));
+        cr_assert_eq(before, 10);
+        fprintf(stderr, "%s: 10 admitted before a window's edge, %d after it, within %lld ms\n",
+                rl_algorithm_name(algs[a]), after_edge[a], span / 1000);
+        rl_sync_free(l);
+    }
+    sd_redis_free(admin);
+    cr_assert_eq(after_edge[0], 10, "the fixed window admitted %d after the edge", after_edge[0]);
+    cr_assert_eq(after_edge[1], 0, "the log admitted %d after the edge", after_edge[1]);
+}
+
+/* A fixed window's key holds tag * 10^11 + count (fixed-window.lua) and expires when its window
+ * ends, a multiple of W since the epoch, whichever way it was written: the fast way's SET for a
+ * single policy, the general way's for two. A denial leaves both value and expiry alone. Read
+ * with TIME in one script, so no time passes between. */
+Test(ratelimit, fixed_window_key_expires_at_the_window_end) {
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    for (int two = 0; two < 2; two++) {
+        rl_config cfg = two ? config(RL_FIXED_WINDOW, "e;q=3;w=7", "other;q=100;w=60", NULL)
+                            : config(RL_FIXED_WINDOW, "e;q=3;w=7", NULL);
+        cfg.deny_cache_entries = 0;
+        rl_sync *l = limiter(&cfg);
+        const char *name = two ? "end2" : "end1";
+        char key[RL_REDIS_KEY_MAX];
+        cr_assert_gt(rl_config_key(&cfg, 0, name, key, sizeof key), 0);
+        long long count = 0, expires = -1;
+        for (int i = 0; i < 5; i++) {
+            rl_decision d = check(l, name, 1);
+            redisReply *r = sd_redis_command(
+                admin, NULL, "EVAL %s 1 %s",
+                "local t = redis.call('TIME') return {t[1], t[2], redis.call('GET', KEYS[1]), "
+                "redis.call('PEXPIRETIME', KEYS[1])}",
+                key);
+            cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 4);
+            long long now = strtoll(r->element[0]->str, NULL, 10) * 1000000 +
+                            strtoll(r->element[1]->str, NULL, 10);
+            long long index = now / 7000000;
+            long long value = strtoll(r->element[2]->str, NULL, 10);
+            long long ms = r->element[3]->integer;
+            freeReplyObject(r);
+            if (expires >= 0 && ms != expires) {
+                count = 0; /* a new window began between two checks */
+            }
+            count += d.allowed;
+            cr_assert_eq(d.allowed, count <= 3 && d.allowed, "policies %d", two + 1);
+            cr_assert_eq(ms, (index + 1) * 7000, "key expires at %lld ms, window ends at %lld ms",
+                         ms, (index + 1) * 7000);
+            cr_assert_eq(value, (index % 10000) * 100000000000LL + count, "value %lld", value);
+            expires = ms;
+        }
+        cr_assert_leq(count, 3);
+        rl_sync_free(l);
+    }
+    sd_redis_free(admin);
+}
+
+/* The counter's integer form holds counts below 10^7 (sliding-window-counter.lua); a quota of
+ * 5 * 10^6 or more is kept in the four-number form, which the fast way leaves to the general way,
+ * and its counts still add up. Below that, the integer form. */
+Test(ratelimit, sliding_counter_keeps_large_quotas_in_four_numbers) {
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    const char *policies[] = {"big;q=6000000;w=1500", "small;q=4999999;w=1500"};
+    for (int i = 0; i < 2; i++) {
+        rl_config cfg = config(RL_SLIDING_WINDOW_COUNTER, policies[i], NULL);
+        rl_sync *l = limiter(&cfg);
+        long long q = cfg.policies[0].quota;
+        cr_assert_eq(check(l, "large", 1000).policies[0].remaining, q - 1000);
+        cr_assert_eq(check(l, "large", 1).policies[0].remaining, q - 1001);
+        cr_assert_eq(check(l, "large", 0).policies[0].remaining, q - 1001);
+        char key[RL_REDIS_KEY_MAX];
+        cr_assert_gt(rl_config_key(&cfg, 0, "large", key, sizeof key), 0);
+        redisReply *r = sd_redis_command(admin, NULL, "GET %s", key);
+        cr_assert(r && r->type == REDIS_REPLY_STRING);
+        cr_assert_eq(strchr(r->str, ' ') != NULL, i == 0, "%s: '%s'", policies[i], r->str);
+        freeReplyObject(r);
+        rl_sync_free(l);
+    }
+    sd_redis_free(admin);
 }
 
 /*
@@ -1097,33 +1235,41 @@ Test(ratelimit, sliding_counter_weighs_the_previous_window_by_its_overlap) {
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
     char key[RL_REDIS_KEY_MAX];
     cr_assert_gt(rl_config_key(&cfg, 0, "even", key, sizeof key), 0);
-    int measured = 0;
-    for (int attempt = 0; attempt < 5 && !measured; attempt++) {
-        long long t0 = redis_time_us(admin), index = t0 / W;
-        /* The previous window's state as its last check stored it: q units, expiring at the
-         * end of the current window. */
-        char value[96];
-        snprintf(value, sizeof value, "%lld %lld 0 %lld", index - 1, q, (index + 1) * W / 1000000);
-        redisReply *r = sd_redis_command(admin, NULL, "SET %s %s PX 60000", key, value);
-        cr_assert_not_null(r);
-        freeReplyObject(r);
-        t0 = redis_time_us(admin);
-        int admitted = 0;
-        for (long long i = 0; i < q; i++) {
-            admitted += check(l, "even", 1).allowed;
+    for (int form = 0; form < 2; form++) {
+        int measured = 0;
+        for (int attempt = 0; attempt < 5 && !measured; attempt++) {
+            long long t0 = redis_time_us(admin), index = t0 / W;
+            /* The previous window's state as its last check stored it: q units, expiring at the
+             * end of the current window. In the four-number form, which the fast way hands to the
+             * general one, then in the integer form, whose window the fast way rolls itself. */
+            char value[96];
+            if (form == 0) {
+                snprintf(value, sizeof value, "%lld %lld 0 %lld", index - 1, q,
+                         (index + 1) * W / 1000000);
+            } else {
+                snprintf(value, sizeof value, "%lld", ((index - 1) % 10) * 100000000000000LL + q);
+            }
+            redisReply *r = sd_redis_command(admin, NULL, "SET %s %s PX 60000", key, value);
+            cr_assert_not_null(r);
+            freeReplyObject(r);
+            t0 = redis_time_us(admin);
+            int admitted = 0;
+            for (long long i = 0; i < q; i++) {
+                admitted += check(l, "even", 1).allowed;
+            }
+            long long t1 = redis_time_us(admin);
+            if (t0 / W != index || t1 / W != index) {
+                continue;
+            }
+            long long lo = q * (t0 - index * W) / W, hi = q * (t1 - index * W) / W;
+            cr_assert(admitted >= lo && admitted <= hi,
+                      "%d admitted %lld-%lld us into the window; the previous window's weight "
+                      "predicts %lld-%lld",
+                      admitted, t0 - index * W, t1 - index * W, lo, hi);
+            measured = 1;
         }
-        long long t1 = redis_time_us(admin);
-        if (t0 / W != index || t1 / W != index) {
-            continue;
-        }
-        long long lo = q * (t0 - index * W) / W, hi = q * (t1 - index * W) / W;
-        cr_assert(admitted >= lo && admitted <= hi,
-                  "%d admitted %lld-%lld us into the window; the previous window's weight "
-                  "predicts %lld-%lld",
-                  admitted, t0 - index * W, t1 - index * W, lo, hi);
-        measured = 1;
+        cr_assert(measured, "form %d: every burst crossed a window's edge", form);
     }
-    cr_assert(measured, "every burst crossed a window's edge");
     sd_redis_free(admin);
     rl_sync_free(l);
 }

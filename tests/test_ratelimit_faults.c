@@ -723,7 +723,7 @@ Test(ratelimit_faults, sync_check_shares_its_deadline_between_evalsha_and_eval) 
  */
 Test(ratelimit_faults, a_late_check_is_refused_and_its_charge_refunded) {
     static const rl_algorithm algorithms[] = {RL_TOKEN_BUCKET, RL_GCRA, RL_SLIDING_WINDOW_LOG,
-                                              RL_SLIDING_WINDOW_COUNTER};
+                                              RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
     for (size_t a = 0; a < sizeof algorithms / sizeof algorithms[0]; a++) {
         rl_config cfg = config(RL_FAIL_LOCAL);
         cfg.algorithm = algorithms[a];

@@ -150,7 +150,7 @@ static long long fleet_metric(fleet *f, const char *name) {
 }
 
 static const char *const algorithms[] = {"token-bucket", "gcra", "sliding-window-log",
-                                         "sliding-window-counter"};
+                                         "sliding-window-counter", "fixed-window"};
 
 /*
  * The cold start of the issue: four fresh gateways with default options (5 ms deadline, one
@@ -188,6 +188,11 @@ Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_sliding_window_log) {
 }
 Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_sliding_window_counter) {
     cold_start(algorithms[3]);
+}
+/* The fixed window's hour is aligned to the epoch: a run across the turn of an hour would see a
+ * second quota (odds: the run's few seconds in an hour). */
+Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_fixed_window) {
+    cold_start(algorithms[4]);
 }
 
 /*
@@ -237,4 +242,7 @@ Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_sliding_w
 }
 Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_sliding_window_counter) {
     stall(algorithms[3]);
+}
+Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_fixed_window) {
+    stall(algorithms[4]);
 }

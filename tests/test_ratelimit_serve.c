@@ -147,7 +147,7 @@ Test(ratelimit_serve, keys_come_from_the_header_or_the_address) {
     cr_assert_eq(test_http_exchange(g.port, none, resp, sizeof resp, NULL), 200);
     cr_assert_eq(test_http_exchange(g.port, none, resp, sizeof resp, NULL), 429);
     sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    cr_assert_eq(test_redis_int(admin, "EXISTS rl:{127.0.0.1}:one:tb"), 1);
+    cr_assert_eq(test_redis_int(admin, "EXISTS rl:{127.0.0.1}:one:tb2"), 1);
     sd_redis_free(admin);
     shutdown_gateway(g);
 }

@@ -6,14 +6,23 @@
 #   bench/peers/compare-ratelimit.sh            a private redis-server, stopped at the end
 #   REDIS_URL=redis://host:port bench/peers/compare-ratelimit.sh
 #
-# First the headline: ROUNDS (default 5) runs of ours (GCRA) alternating with runs of the peer,
-# the peer first and last, so that every run of ours sits between two of the peer's. The speed of
-# a shared machine drifts within minutes; each run of ours is compared with the mean of the two
+# First the headline: ROUNDS (default 5) runs of ours alternating with runs of the peer, the
+# peer first and last, so that every run of ours sits between two of the peer's. The speed of a
+# shared machine drifts within minutes; each run of ours is compared with the mean of the two
 # around it, and the summary gives every round's ratio and p99s, and their median. Then the rest:
 # each of our algorithms once, and the peer with its deny cache.
 #
+# ALGORITHMS names ours (default "gcra"; any of token-bucket, gcra, sliding-window-counter,
+# fixed-window, sliding-window-log, space-separated). With several, each round runs every one in
+# turn with a run of the peer after each: peer, ours (first), peer, ours (second), peer, ... so
+# every run of every algorithm still sits between two of the peer's, and each gets its own table.
+# For each run of ours the summary also gives Redis's own time per decision: the private
+# redis-server's counters are reset before the run (CONFIG RESETSTAT) and read after it (INFO
+# commandstats), and evalsha's total microseconds are divided by the checks the scripts decided
+# (the count bench prints; the deny cache's answers never reach Redis).
+#
 # BIN names the directory holding `bench` (default build/bin); DURATION the measured seconds of
-# each run (default 4).
+# each run (default 4); OTHERS=0 skips the runs after the headline.
 # PIN=1 runs everything (the private redis-server, node, bench) on CPU 0 with taskset: a
 # diagnostic that takes the cost of waking a process on the other CPU out of every round trip
 # (ratelimit/README.md, "Numbers"); not the default, and both sides get the same treatment.
@@ -38,6 +47,16 @@ require_count() {
 }
 rounds=${ROUNDS:-5}
 require_count ROUNDS "$rounds"
+algorithms=${ALGORITHMS:-gcra}
+for a in $algorithms; do
+    case "$a" in
+    token-bucket | gcra | sliding-window-counter | fixed-window | sliding-window-log) ;;
+    *)
+        echo "compare-ratelimit: unknown algorithm '$a' in ALGORITHMS" >&2
+        exit 2
+        ;;
+    esac
+done
 pin=""
 if [ "${PIN:-0}" = 1 ]; then
     if [ -n "${REDIS_URL:-}" ]; then
@@ -138,7 +157,8 @@ show() {
 # around it.
 summary() {
     node -e '
-        const fs = require("fs"), [dir, rounds] = [process.argv[1], Number(process.argv[2])];
+        const fs = require("fs"), dir = process.argv[1], rounds = Number(process.argv[2]);
+        const algs = process.argv[3].split(" ").filter((a) => a);
         const files = (name) => fs.readdirSync(dir).filter((f) => f.startsWith(name + "."));
         function peer(name) {
             const rows = files(name).filter((f) => f.endsWith(".out")).map((f) => JSON.parse(
@@ -146,60 +166,100 @@ summary() {
             return {rate: rows.reduce((a, r) => a + r.decisions_per_s, 0),
                     p99: Math.max(...rows.map((r) => r.p99_us))};
         }
+        // The checks the scripts decided, from the line bench prints at the end of a scenario.
+        function decided(name) {
+            let n = 0;
+            for (const f of files(name).filter((f) => f.endsWith(".out")))
+                for (const m of fs.readFileSync(dir + "/" + f, "utf8").matchAll(
+                         /script calls for (\d+) checks/g))
+                    n += Number(m[1]);
+            return n;
+        }
         function ours(name, scenario) {
             const rows = files(name).filter((f) => f.endsWith(".json")).map((f) => JSON.parse(
                 fs.readFileSync(dir + "/" + f, "utf8")).scenarios.find((s) => s.name === scenario));
+            let usec = NaN, calls = 0;
+            try {
+                const line = fs.readFileSync(dir + "/" + name + ".stats", "utf8");
+                usec = Number(/usec=(\d+)/.exec(line)[1]);
+                calls = Number(/calls=(\d+)/.exec(line)[1]);
+            } catch (e) {}
+            const checks = decided(name);
             return {rate: rows.reduce((a, r) => a + r.achieved_rate, 0),
-                    p99: Math.max(...rows.map((r) => r.p99_us))};
+                    p99: Math.max(...rows.map((r) => r.p99_us)),
+                    us: checks ? usec / checks : NaN, per_call: calls ? checks / calls : NaN};
         }
         const ms = (us) => (us / 1000).toFixed(2) + " ms";
         const k = (r) => Math.round(r).toLocaleString("en-US");
-        const ratios = [];
-        let both = 0;
-        console.log("round  peer before        ours (gcra)        peer after         ratio  lower p99");
-        for (let r = 1; r <= rounds; r++) {
-            const a = peer("peer" + (r - 1)), o = ours("ours" + r, "ratelimit.gcra.closed"),
-                  b = peer("peer" + r);
-            const ratio = o.rate / ((a.rate + b.rate) / 2), lower = o.p99 < Math.min(a.p99, b.p99);
-            ratios.push(ratio);
-            both += ratio >= 2 && lower;
-            console.log(`${String(r).padStart(5)}  ${(k(a.rate) + " " + ms(a.p99)).padEnd(17)}  ` +
-                `${(k(o.rate) + " " + ms(o.p99)).padEnd(17)}  ${(k(b.rate) + " " + ms(b.p99)).padEnd(17)}` +
-                `  ${ratio.toFixed(2).padStart(4)}x  ${lower ? "yes" : "no"}`);
-        }
-        ratios.sort((x, y) => x - y);
-        const mid = ratios.length >> 1;
-        const median = ratios.length % 2 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2;
-        console.log(`median ratio ${median.toFixed(2)}x (range ${ratios[0].toFixed(2)}x-` +
-            `${ratios[ratios.length - 1].toFixed(2)}x); ${both} of ${rounds} rounds at 2x or more ` +
-            `with a lower p99 than both runs of the peer around them`);
-    ' "$work" "$rounds"
+        algs.forEach((alg, ai) => {
+            const ratios = [];
+            let both = 0;
+            console.log(`== ${alg}`);
+            console.log("round  peer before        ours               peer after         ratio  " +
+                "lower p99  Redis us/decision (checks/call)");
+            for (let r = 1; r <= rounds; r++) {
+                const seq = (r - 1) * algs.length + ai;
+                const a = peer("peer" + seq), o = ours("ours" + r + "-" + alg,
+                                                      "ratelimit." + alg + ".closed"),
+                      b = peer("peer" + (seq + 1));
+                const ratio = o.rate / ((a.rate + b.rate) / 2),
+                      lower = o.p99 < Math.min(a.p99, b.p99);
+                ratios.push(ratio);
+                both += ratio >= 2 && lower;
+                console.log(`${String(r).padStart(5)}  ${(k(a.rate) + " " + ms(a.p99)).padEnd(17)}  ` +
+                    `${(k(o.rate) + " " + ms(o.p99)).padEnd(17)}  ` +
+                    `${(k(b.rate) + " " + ms(b.p99)).padEnd(17)}  ${ratio.toFixed(2).padStart(4)}x  ` +
+                    `${(lower ? "yes" : "no").padEnd(9)}  ${o.us.toFixed(2)} (${o.per_call.toFixed(1)})`);
+            }
+            ratios.sort((x, y) => x - y);
+            const mid = ratios.length >> 1;
+            const median = ratios.length % 2 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2;
+            console.log(`median ratio ${median.toFixed(2)}x (range ${ratios[0].toFixed(2)}x-` +
+                `${ratios[ratios.length - 1].toFixed(2)}x); ${both} of ${rounds} rounds at 2x or ` +
+                `more with a lower p99 than both runs of the peer around them`);
+            console.log();
+        });
+    ' "$work" "$rounds" "$algorithms"
 }
 
+# Redis's counters, reset before a run of ours and read after it into $work/NAME.stats: the
+# evalsha line of INFO commandstats ("cmdstat_evalsha:calls=...,usec=...,...").
+redis_cli() {
+    redis-cli -u "$REDIS_URL" "$@"
+}
 run() {
     kind=$1 name=$2
     shift 2
+    [ "$kind" != ours ] || redis_cli config resetstat >/dev/null
     if [ "$instances" = 1 ]; then
         "${kind}_one" 0 "$name" "$@"
     else
         in_parallel "${kind}_one" "$name" "$@"
     fi
+    [ "$kind" != ours ] || redis_cli info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:' \
+        >"$work/$name.stats" || true
     show "$name"
 }
 
-echo "== rate-limiter-flexible (RateLimiterRedis over ioredis) and ratelimit/ GCRA, alternating,"
-echo "   on $REDIS_URL: closed loop, 50 in flight in all ($instances process(es) a side),"
-echo "   10,000 keys, q=10 w=1, $duration s a run"
+echo "== rate-limiter-flexible (RateLimiterRedis over ioredis) and ratelimit/ ($algorithms),"
+echo "   alternating, on $REDIS_URL: closed loop, 50 in flight in all ($instances process(es) a"
+echo "   side), 10,000 keys, q=10 w=1, $duration s a run; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 run peer peer0
 r=1
+seq=0
 while [ "$r" -le "$rounds" ]; do
-    run ours "ours$r" ratelimit.gcra.closed
-    run peer "peer$r"
+    for a in $algorithms; do
+        run ours "ours$r-$a" "ratelimit.$a.closed"
+        seq=$((seq + 1))
+        run peer "peer$seq"
+    done
     r=$((r + 1))
 done
 echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 summary
 echo
+[ "${OTHERS:-1}" = 1 ] || exit 0
 echo "== the other algorithms of ratelimit/, and GCRA unbatched (one call per check), same Redis"
 run ours others ratelimit.token-bucket.closed ratelimit.sliding-window-log.closed \
     ratelimit.sliding-window-counter.closed ratelimit.gcra.unbatched
