@@ -52,6 +52,7 @@
 #include "rl_internal.h"
 
 #include <assert.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +114,11 @@ struct rl_limiter {
     uv_idle_t idle;      /* active while nready > 0 */
     uv_timer_t presence; /* refreshes this gateway's presence, for N (guard.c) */
     char presence_key[80], presence_id[48];
+    /* N is trusted only from PRESENCE_SETTLE_MS after this gateway's first answer: a gateway
+     * that starts beside others first sees only those that refreshed before it did. The
+     * largest count of the last RL_PRESENCE_TTL_MS is used: a larger N is the safe side. */
+    uint64_t presence_first_ns, live_max_ns;
+    int live_max;
     int closing;
     int handles_open;
 };
@@ -520,11 +526,26 @@ static void on_check(uv_check_t *h) {
     }
 }
 
+/* Two refresh periods: by then every gateway that was running when this one started has
+ * refreshed since, and is counted. */
+#define PRESENCE_SETTLE_MS (2 * RL_PRESENCE_EVERY_MS)
+
 static void on_presence_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     rl_limiter *l = privdata;
-    if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
-        l->guard.live = (int)reply->integer;
+    if (status != 0 || reply->type != REDIS_REPLY_INTEGER || reply->integer <= 0) {
+        return;
     }
+    uint64_t now = sd_now_ns();
+    int count = reply->integer > INT_MAX ? INT_MAX : (int)reply->integer;
+    if (l->presence_first_ns == 0) {
+        l->presence_first_ns = now;
+    }
+    if (count >= l->live_max || now - l->live_max_ns > (uint64_t)RL_PRESENCE_TTL_MS * 1000000) {
+        l->live_max = count;
+        l->live_max_ns = now;
+    }
+    int settled = now - l->presence_first_ns >= (uint64_t)PRESENCE_SETTLE_MS * 1000000;
+    l->guard.live = settled ? l->live_max : 0;
 }
 
 /* Says this gateway is alive and learns how many are (rl-presence.lua). */

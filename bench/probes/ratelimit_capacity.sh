@@ -15,9 +15,9 @@ set -eu
 
 DURATION=${1:-3}
 BIN=build/bin
-ALGS="token-bucket gcra sliding-window-log sliding-window-counter"
+ALGS="token-bucket gcra sliding-window-log sliding-window-counter fixed-window"
 # The batched scenarios (50 checks per call), then GCRA with one call per check.
-RUNS="token-bucket.closed gcra.closed sliding-window-log.closed sliding-window-counter.closed gcra.unbatched"
+RUNS="token-bucket.closed gcra.closed sliding-window-log.closed sliding-window-counter.closed fixed-window.closed gcra.unbatched"
 KEYS=100000
 TMP=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
