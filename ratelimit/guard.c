@@ -31,7 +31,8 @@
  * The local fallback spends a grant per key and policy in this process: floor(min(r, p% of q)
  * / N), r being the remaining quota Redis last reported for the key (q when never reported), p
  * local_share_pct (10) and N the configured or live instances (found through Redis by the async
- * limiter; unknown N grants nothing). A grant is renewed only once a whole window has passed
+ * limiter, and known only once the others count this one too: limiter.c; unknown N grants
+ * nothing). A grant is renewed only once a whole window has passed
  * since the last local admission, so no window holds two grants: the fleet's local admissions
  * per key and window are at most p% of q, on top of what Redis admitted (README, "Exact under
  * slowness"). Local admissions are remembered by key and charged to Redis when it is back.

@@ -26,8 +26,16 @@
  * when lost or unanswered: a check that expired in the queue says nothing about Redis.
  *
  * Presence: without cfg->instances, a timer refreshes this limiter's member of the live set
- * every second (rl-presence.lua), whose size is N for the local fallback. When Redis is back,
- * what the local fallback admitted is charged to it from flush() (clamped).
+ * every second (rl-presence.lua), whose size is N for the local fallback. The others learn of a
+ * new member only at their next refresh, so a limiter that has just joined is not yet in their
+ * N: if it granted locally now, the fleet's grants would add up to more than the allowance (four
+ * gateways started together see N = 1, 2, 3, 4 and grant 1 + 1/2 + 1/3 + 1/4 of it). So a limiter
+ * takes the count as its N only once it has been in the set for RL_PRESENCE_TTL_MS without a
+ * gap: by then every live gateway has refreshed since it joined (they refresh every
+ * RL_PRESENCE_EVERY_MS, and one silent for the TTL is no longer live) and counts it, and its own
+ * count includes every gateway that has matured in turn. Until then N is unknown and the local
+ * fallback grants nothing (guard.c). When Redis is back, what the local fallback admitted is
+ * charged to it from flush() (clamped).
  *
  * Callbacks never run from inside rl_limiter_check() or rl_limiter_free() (ratelimit.h). An
  * answer decided on the spot (a cost above a quota, the deny cache, an open breaker, a
@@ -113,6 +121,8 @@ struct rl_limiter {
     uv_idle_t idle;      /* active while nready > 0 */
     uv_timer_t presence; /* refreshes this gateway's presence, for N (guard.c) */
     char presence_key[80], presence_id[48];
+    uint64_t present_since_ns; /* first presence reply of the current run without gaps, 0: none */
+    uint64_t present_last_ns;  /* the latest presence reply */
     int closing;
     int handles_open;
 };
@@ -522,7 +532,20 @@ static void on_check(uv_check_t *h) {
 
 static void on_presence_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     rl_limiter *l = privdata;
-    if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+    if (status != 0 || reply->type != REDIS_REPLY_INTEGER || reply->integer <= 0) {
+        return;
+    }
+    uint64_t now = sd_now_ns(), ttl_ns = (uint64_t)RL_PRESENCE_TTL_MS * 1000000;
+    /* A gap of a TTL (Redis away, or this loop stalled) may have dropped this gateway from the
+     * others' counts: it joins anew. */
+    if (l->present_since_ns == 0 || now - l->present_last_ns >= ttl_ns) {
+        l->present_since_ns = now;
+        l->guard.live = 0;
+    }
+    l->present_last_ns = now;
+    /* The count is N only once every other live gateway has refreshed since this one joined
+     * (the top of this file). */
+    if (now - l->present_since_ns >= ttl_ns) {
         l->guard.live = (int)reply->integer;
     }
 }

@@ -66,7 +66,7 @@ typedef struct rl_guard {
     void *local; /* local-limiter entries */
     size_t local_mask, local_stride;
     uint64_t logged_ns; /* last Redis error logged */
-    int live;           /* gateways found through Redis, 0 until known */
+    int live;           /* gateways found through Redis, 0 until known (limiter.c, "Presence") */
     /* Local admissions not yet charged to Redis, by key (guard.c, "recovery"). */
     char **pending_keys;
     long long *pending_units;

@@ -880,7 +880,8 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
     cfg.instances = 0;
     rl_limiter *a = limiter(&cfg), *b = limiter(&cfg);
     rl_stats s;
-    for (int i = 0; i < 500; i++) {
+    /* N is known once the limiters have been in the live set for RL_PRESENCE_TTL_MS (3 s). */
+    for (int i = 0; i < 1000; i++) {
         rl_limiter_stats(a, &s);
         if (s.live_instances == 2) {
             break;
@@ -899,6 +900,44 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
         allowed += d.allowed;
     }
     cr_assert_eq(allowed, 5, "admitted %d, not q / N = 10 / 2", allowed);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    rl_limiter_free(a);
+    finish(b);
+}
+
+/*
+ * A gateway that has just joined is not in the others' N yet: they learn of it at their next
+ * presence refresh, a second later. Two limiters that start together, the first having heard
+ * only itself (N = 1) and the second both (N = 2), would grant q / 1 + q / 2 between them when
+ * Redis goes at once: more than the fleet's allowance (all of q here, with a share of 100%). A
+ * limiter takes the live count as N only once it has been in the set for the presence TTL.
+ */
+Test(ratelimit_faults, a_gateway_that_just_joined_grants_nothing_locally) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100;
+    cfg.instances = 0;
+    /* Each limiter registers on connect; a peek's reply, on the same connection, comes after
+     * the registration's, so the first has heard N = 1 before the second joins. */
+    rl_limiter *a = limiter(&cfg);
+    cr_assert_eq(check_cost(a, "warm", 0, NULL).source, RL_SOURCE_REDIS);
+    rl_limiter *b = limiter(&cfg);
+    cr_assert_eq(check_cost(b, "warm", 0, NULL).source, RL_SOURCE_REDIS);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    int allowed = 0;
+    rl_limiter *both[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 250 && check_cost(both[k], "other", 0, NULL).source != RL_SOURCE_LOCAL;
+             i++) {
+            pause_loop(20);
+        }
+        for (int i = 0; i < 20; i++) {
+            rl_decision d = check(both[k], "fresh", NULL);
+            cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+            allowed += d.allowed;
+        }
+    }
+    cr_assert_leq(allowed, 10, "the two limiters admitted %d locally, above the allowance q = 10",
+                  allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
     rl_limiter_free(a);
     finish(b);
