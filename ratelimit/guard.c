@@ -39,9 +39,13 @@
  *
  * The deny cache remembers, per key, a denial Redis gave and until when (the check's start time
  * plus the retry-after Redis computed). Until then a check of that key with at least the same
- * cost is denied locally. Quota only comes back with time (or with a refund, which the cache
- * may then hide until its retry-after), and the start time precedes Redis's clock reading, so
- * the cache never denies past the retry-after Redis gave and never admits anything.
+ * cost is denied locally. Quota only comes back with time, or with a refund: once a refund this
+ * limiter sent has run, it forgets its denial of the key (rl_guard_deny_forget), which Redis
+ * may have computed before the refund (a late reply's refund is sent after the calls already in
+ * flight, whose denials would otherwise hide the units given back until their retry-after, an
+ * hour for the fixed window). Other gateways' caches still hide them (README). The start time
+ * precedes Redis's clock reading, so the cache never denies past the retry-after Redis gave and
+ * never admits anything.
  *
  * Both tables are direct-mapped on a 64-bit hash of the key: a new key evicts the old one.
  */
@@ -218,6 +222,15 @@ static void deny_remember(rl_guard *g, uint64_t hash, long long cost, uint64_t s
     e->until_ns = start_ns + (uint64_t)d->retry_after_ms * 1000000;
     e->cost = cost;
     memcpy(e->usage, d->policies, d->npolicies * sizeof(rl_usage));
+}
+
+void rl_guard_deny_forget(rl_guard *g, uint64_t hash) {
+    if (g->deny) {
+        deny_entry *e = deny_slot(g, hash);
+        if (e->hash == hash) {
+            e->until_ns = 0;
+        }
+    }
 }
 
 /* ---- The local limiter ---------------------------------------------------------------------- */

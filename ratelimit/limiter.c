@@ -227,10 +227,23 @@ static void queue_fail(rl_limiter *l, int error) {
     }
 }
 
+/* A refund in flight: whose key it gives units back to. */
+typedef struct rl_refund {
+    rl_limiter *l;
+    uint64_t hash;
+} rl_refund;
+
+/* Once the refund has run, a denial of its key that this limiter cached may predate it (a call
+ * in flight when the refund was sent): the deny cache forgets it, so that the units given back
+ * are not hidden until its retry-after. */
 static void on_refund(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    rl_refund *f = privdata;
     if (status == 0 && reply->type == REDIS_REPLY_ERROR) {
         sd_log(SD_LOG_WARN, "ratelimit.refund_error", "error=\"%.200s\"", reply->str);
+    } else if (status == 0 && !f->l->closing) {
+        rl_guard_deny_forget(&f->l->guard, f->hash);
     }
+    free(f);
 }
 
 /* Gives back what Redis charged for a check the client was refused (rl-refund.lua). */
@@ -248,8 +261,12 @@ static void refund_send(rl_limiter *l, rl_check *c) {
     /* Redis charged the check after it started: at most this long ago (rounded up). */
     long long within_ms = (long long)((sd_now_ns() - c->start_ns) / 1000000) + 1;
     int n = rl_refund_argv(&l->cfg, c->cost, within_ms, text, argv + P, lens + P);
-    if (sd_aredis_script(l->redis, rl_refund_script(), on_refund, NULL, l->cfg.reply_timeout_ms,
+    rl_refund *f = sd_xmalloc(sizeof(*f));
+    f->l = l;
+    f->hash = c->hash;
+    if (sd_aredis_script(l->redis, rl_refund_script(), on_refund, f, l->cfg.reply_timeout_ms,
                          (int)P, (int)P + n, argv, lens) < 0) {
+        free(f);
         l->guard.stats.in_doubt++; /* the charge stays: the quota shrinks, never grows */
     }
 }

@@ -126,6 +126,10 @@ void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost,
 int rl_guard_reconcile(rl_guard *g, const rl_decision *given, const rl_decision *redis,
                        long long cost);
 
+/* A refund for the key has run on Redis: drop the key's deny-cache entry, whose denial may
+ * predate it (guard.c, "The deny cache"). */
+void rl_guard_deny_forget(rl_guard *g, uint64_t hash);
+
 /* The connection came back: probe at once, and restart the local shares. */
 void rl_guard_reconnected(rl_guard *g);
 

@@ -764,6 +764,54 @@ Test(ratelimit_faults, a_late_check_is_refused_and_its_charge_refunded) {
 }
 
 /*
+ * A refund makes units available again, but a denial cached from a reply that Redis computed
+ * before the refund ran would hide them until its retry-after (six minutes here, an hour for the
+ * fixed window). The late check's refund goes out after a call already in flight, whose denial
+ * comes back first; once the refund has run, the limiter forgets that denial, and the next check
+ * asks Redis and gets the unit back.
+ */
+Test(ratelimit_faults, a_refund_is_not_hidden_by_a_denial_cached_before_it) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.deadline_ms = 300; /* the second call must be answered by Redis, not late */
+    cfg.reply_timeout_ms = 60000;
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "warm");
+    for (int i = 0; i < 9; i++) {
+        cr_assert(check(l, "k", NULL).allowed);
+    }
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    /* The tenth unit: late, refused, and charged by Redis once it runs. */
+    rl_decision d = check(l, "k", NULL);
+    cr_assert_eq(d.source, RL_SOURCE_LATE);
+    /* A second call, sent while Redis is frozen, runs after the late one: denied by Redis. */
+    result second = {0};
+    cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &second), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    while (!second.done) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    cr_assert_eq(second.d.source, RL_SOURCE_REDIS, "decided by %s",
+                 rl_source_name(second.d.source));
+    cr_assert_not(second.d.allowed);
+    rl_stats s;
+    for (int i = 0; i < 500; i++) {
+        rl_limiter_stats(l, &s);
+        if (s.refunds > 0) {
+            break;
+        }
+        pause_loop(10);
+    }
+    cr_assert_eq(s.refunds, 1);
+    /* The refund is in flight on the connection; a peek's reply follows it. */
+    cr_assert_eq(check_cost(l, "warm", 0, NULL).source, RL_SOURCE_REDIS);
+    d = check(l, "k", NULL);
+    cr_assert_eq(d.source, RL_SOURCE_REDIS, "decided by %s", rl_source_name(d.source));
+    cr_assert(d.allowed, "the refunded unit was not admitted");
+    finish(l);
+}
+
+/*
  * An error *reply* proves that Redis is up: it must not open the breaker, in either front end.
  * The sliding-window log's script fails with WRONGTYPE on a key that holds a string; with a
  * breaker that opens on a single failure, twenty such replies leave it closed.
