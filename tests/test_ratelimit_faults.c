@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "ratelimit.h"
+#include "rl_internal.h" /* the refund script, to give back one unit */
 #include "sd.h"
 #include "support.h"
 
@@ -915,6 +916,80 @@ Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
     cr_assert_eq(d.source, RL_SOURCE_REDIS);
     cr_assert_eq(d.policies[0].remaining, 7, "the local admissions were not charged");
     finish(l);
+}
+
+/*
+ * The recovery charge is clamped for every algorithm, whose fast ways (one INCRBY per check)
+ * take each unit back when it does not fit: ten units admitted locally meet a restarted Redis on
+ * which another client has spent five of q = 10 meanwhile, so five are charged and the quota is
+ * spent, not overdrawn.
+ */
+Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
+    static const rl_algorithm algorithms[] = {RL_TOKEN_BUCKET, RL_GCRA, RL_SLIDING_WINDOW_LOG,
+                                              RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
+    for (size_t a = 0; a < sizeof algorithms / sizeof algorithms[0]; a++) {
+        rl_config cfg = config(RL_FAIL_LOCAL);
+        cfg.algorithm = algorithms[a];
+        cfg.local_share_pct = 100;
+        cfg.instances = 1;
+        const char *name = rl_algorithm_name(cfg.algorithm);
+        rl_limiter *l = limiter(&cfg);
+        await_redis(l, "other");
+        cr_assert_eq(sd_redis_server_halt(server), 0);
+        for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+            pause_loop(20);
+        }
+        for (int i = 0; i < 10; i++) {
+            cr_assert(check(l, "k", NULL).allowed, "%s: local admission %d refused", name, i);
+        }
+        /* Redis comes back empty; another client spends half the quota before this limiter's
+         * loop runs again (and with it, the reconnection and the charge). */
+        cr_assert_eq(sd_redis_server_restart(server), 0);
+        rl_sync *other = NULL;
+        cr_assert_eq(rl_sync_new(&url, &cfg, &other), 0);
+        for (int i = 0; i < 5; i++) {
+            rl_decision d = sync_check(other, "k", 1, 2000);
+            cr_assert(d.allowed && d.source == RL_SOURCE_REDIS, "%s: %s", name,
+                      rl_source_name(d.source));
+        }
+        rl_sync_free(other);
+        /* Peeks, so that nothing else is admitted locally, and charged, meanwhile. */
+        for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_REDIS; i++) {
+            pause_loop(20);
+        }
+        rl_stats s;
+        for (int i = 0; i < 500; i++) {
+            rl_limiter_stats(l, &s);
+            if (s.recovery_charged >= 5) {
+                break;
+            }
+            pause_loop(10);
+        }
+        /* Sent after the charge, on the same connection: its reply comes after the charge's. */
+        rl_decision d = check_cost(l, "k", 0, NULL);
+        rl_limiter_stats(l, &s);
+        cr_assert_eq(s.recovery_charged, 5, "%s: charged %llu of the 5 that fit", name,
+                     (unsigned long long)s.recovery_charged);
+        cr_assert_eq(d.source, RL_SOURCE_REDIS);
+        cr_assert_eq(d.policies[0].remaining, 0, "%s: %lld left", name, d.policies[0].remaining);
+        /* A unit given back (rl-refund.lua) is then the only one there is: a charge that went
+         * beyond q and reported a denial would leave the count above q, and nothing to admit. */
+        char key[RL_REDIS_KEY_MAX], text[RL_REFUND_ARGS][24];
+        const char *argv[1 + RL_REFUND_ARGS] = {key};
+        size_t lens[1 + RL_REFUND_ARGS];
+        lens[0] = (size_t)rl_config_key(&cfg, 0, "k", key, sizeof key);
+        int n = rl_refund_argv(&cfg, 1, 1, text, argv + 1, lens + 1);
+        sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+        int err = 0;
+        redisReply *r =
+            sd_redis_script(admin, &err, 2000, rl_refund_script(), 1, 1 + n, argv, lens);
+        cr_assert(r && r->type == REDIS_REPLY_INTEGER && r->integer == 1, "%s: no refund", name);
+        freeReplyObject(r);
+        sd_redis_free(admin);
+        cr_assert(check(l, "k", NULL).allowed, "%s: the unit given back was not there", name);
+        cr_assert_not(check(l, "k", NULL).allowed, "%s: more than one unit was there", name);
+        finish(l);
+    }
 }
 
 /*
