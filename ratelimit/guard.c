@@ -31,16 +31,21 @@
  * The local fallback spends a grant per key and policy in this process: floor(min(r, p% of q)
  * / N), r being the remaining quota Redis last reported for the key (q when never reported), p
  * local_share_pct (10) and N the configured or live instances (found through Redis by the async
- * limiter; unknown N grants nothing). A grant is renewed only once a whole window has passed
+ * limiter, and known only once the others count this one too: limiter.c; unknown N grants
+ * nothing). A grant is renewed only once a whole window has passed
  * since the last local admission, so no window holds two grants: the fleet's local admissions
  * per key and window are at most p% of q, on top of what Redis admitted (README, "Exact under
  * slowness"). Local admissions are remembered by key and charged to Redis when it is back.
  *
  * The deny cache remembers, per key, a denial Redis gave and until when (the check's start time
  * plus the retry-after Redis computed). Until then a check of that key with at least the same
- * cost is denied locally. Quota only comes back with time (or with a refund, which the cache
- * may then hide until its retry-after), and the start time precedes Redis's clock reading, so
- * the cache never denies past the retry-after Redis gave and never admits anything.
+ * cost is denied locally. Quota only comes back with time, or with a refund: once a refund this
+ * limiter sent has run, it forgets its denial of the key (rl_guard_deny_forget), which Redis
+ * may have computed before the refund (a late reply's refund is sent after the calls already in
+ * flight, whose denials would otherwise hide the units given back until their retry-after, an
+ * hour for the fixed window). Other gateways' caches still hide them (README). The start time
+ * precedes Redis's clock reading, so the cache never denies past the retry-after Redis gave and
+ * never admits anything.
  *
  * Both tables are direct-mapped on a 64-bit hash of the key: a new key evicts the old one.
  */
@@ -217,6 +222,15 @@ static void deny_remember(rl_guard *g, uint64_t hash, long long cost, uint64_t s
     e->until_ns = start_ns + (uint64_t)d->retry_after_ms * 1000000;
     e->cost = cost;
     memcpy(e->usage, d->policies, d->npolicies * sizeof(rl_usage));
+}
+
+void rl_guard_deny_forget(rl_guard *g, uint64_t hash) {
+    if (g->deny) {
+        deny_entry *e = deny_slot(g, hash);
+        if (e->hash == hash) {
+            e->until_ns = 0;
+        }
+    }
 }
 
 /* ---- The local limiter ---------------------------------------------------------------------- */

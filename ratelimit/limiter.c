@@ -26,8 +26,16 @@
  * when lost or unanswered: a check that expired in the queue says nothing about Redis.
  *
  * Presence: without cfg->instances, a timer refreshes this limiter's member of the live set
- * every second (rl-presence.lua), whose size is N for the local fallback. When Redis is back,
- * what the local fallback admitted is charged to it from flush() (clamped).
+ * every second (rl-presence.lua), whose size is N for the local fallback. The others learn of a
+ * new member only at their next refresh, so a limiter that has just joined is not yet in their
+ * N: if it granted locally now, the fleet's grants would add up to more than the allowance (four
+ * gateways started together see N = 1, 2, 3, 4 and grant 1 + 1/2 + 1/3 + 1/4 of it). So a limiter
+ * takes the count as its N only once it has been in the set for RL_PRESENCE_TTL_MS without a
+ * gap: by then every live gateway has refreshed since it joined (they refresh every
+ * RL_PRESENCE_EVERY_MS, and one silent for the TTL is no longer live) and counts it, and its own
+ * count includes every gateway that has matured in turn. Until then N is unknown and the local
+ * fallback grants nothing (guard.c). When Redis is back, what the local fallback admitted is
+ * charged to it from flush() (clamped).
  *
  * Callbacks never run from inside rl_limiter_check() or rl_limiter_free() (ratelimit.h). An
  * answer decided on the spot (a cost above a quota, the deny cache, an open breaker, a
@@ -52,7 +60,6 @@
 #include "rl_internal.h"
 
 #include <assert.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,11 +121,8 @@ struct rl_limiter {
     uv_idle_t idle;      /* active while nready > 0 */
     uv_timer_t presence; /* refreshes this gateway's presence, for N (guard.c) */
     char presence_key[80], presence_id[48];
-    /* N is trusted only from PRESENCE_SETTLE_MS after this gateway's first answer: a gateway
-     * that starts beside others first sees only those that refreshed before it did. The
-     * largest count of the last RL_PRESENCE_TTL_MS is used: a larger N is the safe side. */
-    uint64_t presence_first_ns, live_max_ns;
-    int live_max;
+    uint64_t present_since_ns; /* first presence reply of the current run without gaps, 0: none */
+    uint64_t present_last_ns;  /* the latest presence reply */
     int closing;
     int handles_open;
 };
@@ -223,10 +227,23 @@ static void queue_fail(rl_limiter *l, int error) {
     }
 }
 
+/* A refund in flight: whose key it gives units back to. */
+typedef struct rl_refund {
+    rl_limiter *l;
+    uint64_t hash;
+} rl_refund;
+
+/* Once the refund has run, a denial of its key that this limiter cached may predate it (a call
+ * in flight when the refund was sent): the deny cache forgets it, so that the units given back
+ * are not hidden until its retry-after. */
 static void on_refund(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    rl_refund *f = privdata;
     if (status == 0 && reply->type == REDIS_REPLY_ERROR) {
         sd_log(SD_LOG_WARN, "ratelimit.refund_error", "error=\"%.200s\"", reply->str);
+    } else if (status == 0 && !f->l->closing) {
+        rl_guard_deny_forget(&f->l->guard, f->hash);
     }
+    free(f);
 }
 
 /* Gives back what Redis charged for a check the client was refused (rl-refund.lua). */
@@ -244,8 +261,12 @@ static void refund_send(rl_limiter *l, rl_check *c) {
     /* Redis charged the check after it started: at most this long ago (rounded up). */
     long long within_ms = (long long)((sd_now_ns() - c->start_ns) / 1000000) + 1;
     int n = rl_refund_argv(&l->cfg, c->cost, within_ms, text, argv + P, lens + P);
-    if (sd_aredis_script(l->redis, rl_refund_script(), on_refund, NULL, l->cfg.reply_timeout_ms,
+    rl_refund *f = sd_xmalloc(sizeof(*f));
+    f->l = l;
+    f->hash = c->hash;
+    if (sd_aredis_script(l->redis, rl_refund_script(), on_refund, f, l->cfg.reply_timeout_ms,
                          (int)P, (int)P + n, argv, lens) < 0) {
+        free(f);
         l->guard.stats.in_doubt++; /* the charge stays: the quota shrinks, never grows */
     }
 }
@@ -526,26 +547,24 @@ static void on_check(uv_check_t *h) {
     }
 }
 
-/* Two refresh periods: by then every gateway that was running when this one started has
- * refreshed since, and is counted. */
-#define PRESENCE_SETTLE_MS (2 * RL_PRESENCE_EVERY_MS)
-
 static void on_presence_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     rl_limiter *l = privdata;
     if (status != 0 || reply->type != REDIS_REPLY_INTEGER || reply->integer <= 0) {
         return;
     }
-    uint64_t now = sd_now_ns();
-    int count = reply->integer > INT_MAX ? INT_MAX : (int)reply->integer;
-    if (l->presence_first_ns == 0) {
-        l->presence_first_ns = now;
+    uint64_t now = sd_now_ns(), ttl_ns = (uint64_t)RL_PRESENCE_TTL_MS * 1000000;
+    /* A gap of a TTL (Redis away, or this loop stalled) may have dropped this gateway from the
+     * others' counts: it joins anew. */
+    if (l->present_since_ns == 0 || now - l->present_last_ns >= ttl_ns) {
+        l->present_since_ns = now;
+        l->guard.live = 0;
     }
-    if (count >= l->live_max || now - l->live_max_ns > (uint64_t)RL_PRESENCE_TTL_MS * 1000000) {
-        l->live_max = count;
-        l->live_max_ns = now;
+    l->present_last_ns = now;
+    /* The count is N only once every other live gateway has refreshed since this one joined
+     * (the top of this file). */
+    if (now - l->present_since_ns >= ttl_ns) {
+        l->guard.live = (int)reply->integer;
     }
-    int settled = now - l->presence_first_ns >= (uint64_t)PRESENCE_SETTLE_MS * 1000000;
-    l->guard.live = settled ? l->live_max : 0;
 }
 
 /* Says this gateway is alive and learns how many are (rl-presence.lua). */

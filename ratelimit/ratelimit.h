@@ -122,7 +122,8 @@ typedef struct rl_config {
     rl_fail_mode on_error; /* default RL_FAIL_LOCAL */
     int instances;       /* N for RL_FAIL_LOCAL; default 0: the live gateways that the async limiter
                             finds through Redis (presence keys, refreshed every second; until it has
-                            heard, and in rl_sync, the local fallback admits nothing) */
+                            been in the live set for 3 s, so that the others count it too, and in
+                            rl_sync, the local fallback admits nothing) */
     int local_share_pct; /* RL_FAIL_LOCAL: the fleet's local admissions per key and
                             window are at most this percent of q, default 10 (README,
                             "Exact under slowness") */

@@ -66,7 +66,7 @@ typedef struct rl_guard {
     void *local; /* local-limiter entries */
     size_t local_mask, local_stride;
     uint64_t logged_ns; /* last Redis error logged */
-    int live;           /* gateways found through Redis, 0 until known */
+    int live;           /* gateways found through Redis, 0 until known (limiter.c, "Presence") */
     /* Local admissions not yet charged to Redis, by key (guard.c, "recovery"). */
     char **pending_keys;
     long long *pending_units;
@@ -125,6 +125,10 @@ void rl_guard_after(rl_guard *g, const char *key, uint64_t hash, long long cost,
  * over-admissions. */
 int rl_guard_reconcile(rl_guard *g, const rl_decision *given, const rl_decision *redis,
                        long long cost);
+
+/* A refund for the key has run on Redis: drop the key's deny-cache entry, whose denial may
+ * predate it (guard.c, "The deny cache"). */
+void rl_guard_deny_forget(rl_guard *g, uint64_t hash);
 
 /* The connection came back: probe at once, and restart the local shares. */
 void rl_guard_reconnected(rl_guard *g);

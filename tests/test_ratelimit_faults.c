@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "ratelimit.h"
+#include "rl_internal.h" /* the refund script, to give back one unit */
 #include "sd.h"
 #include "support.h"
 
@@ -764,6 +765,54 @@ Test(ratelimit_faults, a_late_check_is_refused_and_its_charge_refunded) {
 }
 
 /*
+ * A refund makes units available again, but a denial cached from a reply that Redis computed
+ * before the refund ran would hide them until its retry-after (six minutes here, an hour for the
+ * fixed window). The late check's refund goes out after a call already in flight, whose denial
+ * comes back first; once the refund has run, the limiter forgets that denial, and the next check
+ * asks Redis and gets the unit back.
+ */
+Test(ratelimit_faults, a_refund_is_not_hidden_by_a_denial_cached_before_it) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.deadline_ms = 300; /* the second call must be answered by Redis, not late */
+    cfg.reply_timeout_ms = 60000;
+    rl_limiter *l = limiter(&cfg);
+    await_redis(l, "warm");
+    for (int i = 0; i < 9; i++) {
+        cr_assert(check(l, "k", NULL).allowed);
+    }
+    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    /* The tenth unit: late, refused, and charged by Redis once it runs. */
+    rl_decision d = check(l, "k", NULL);
+    cr_assert_eq(d.source, RL_SOURCE_LATE);
+    /* A second call, sent while Redis is frozen, runs after the late one: denied by Redis. */
+    result second = {0};
+    cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &second), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    while (!second.done) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    cr_assert_eq(second.d.source, RL_SOURCE_REDIS, "decided by %s",
+                 rl_source_name(second.d.source));
+    cr_assert_not(second.d.allowed);
+    rl_stats s;
+    for (int i = 0; i < 500; i++) {
+        rl_limiter_stats(l, &s);
+        if (s.refunds > 0) {
+            break;
+        }
+        pause_loop(10);
+    }
+    cr_assert_eq(s.refunds, 1);
+    /* The refund is in flight on the connection; a peek's reply follows it. */
+    cr_assert_eq(check_cost(l, "warm", 0, NULL).source, RL_SOURCE_REDIS);
+    d = check(l, "k", NULL);
+    cr_assert_eq(d.source, RL_SOURCE_REDIS, "decided by %s", rl_source_name(d.source));
+    cr_assert(d.allowed, "the refunded unit was not admitted");
+    finish(l);
+}
+
+/*
  * An error *reply* proves that Redis is up: it must not open the breaker, in either front end.
  * The sliding-window log's script fails with WRONGTYPE on a key that holds a string; with a
  * breaker that opens on a single failure, twenty such replies leave it closed.
@@ -870,6 +919,80 @@ Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
 }
 
 /*
+ * The recovery charge is clamped for every algorithm, whose fast ways (one INCRBY per check)
+ * take each unit back when it does not fit: ten units admitted locally meet a restarted Redis on
+ * which another client has spent five of q = 10 meanwhile, so five are charged and the quota is
+ * spent, not overdrawn.
+ */
+Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
+    static const rl_algorithm algorithms[] = {RL_TOKEN_BUCKET, RL_GCRA, RL_SLIDING_WINDOW_LOG,
+                                              RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
+    for (size_t a = 0; a < sizeof algorithms / sizeof algorithms[0]; a++) {
+        rl_config cfg = config(RL_FAIL_LOCAL);
+        cfg.algorithm = algorithms[a];
+        cfg.local_share_pct = 100;
+        cfg.instances = 1;
+        const char *name = rl_algorithm_name(cfg.algorithm);
+        rl_limiter *l = limiter(&cfg);
+        await_redis(l, "other");
+        cr_assert_eq(sd_redis_server_halt(server), 0);
+        for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+            pause_loop(20);
+        }
+        for (int i = 0; i < 10; i++) {
+            cr_assert(check(l, "k", NULL).allowed, "%s: local admission %d refused", name, i);
+        }
+        /* Redis comes back empty; another client spends half the quota before this limiter's
+         * loop runs again (and with it, the reconnection and the charge). */
+        cr_assert_eq(sd_redis_server_restart(server), 0);
+        rl_sync *other = NULL;
+        cr_assert_eq(rl_sync_new(&url, &cfg, &other), 0);
+        for (int i = 0; i < 5; i++) {
+            rl_decision d = sync_check(other, "k", 1, 2000);
+            cr_assert(d.allowed && d.source == RL_SOURCE_REDIS, "%s: %s", name,
+                      rl_source_name(d.source));
+        }
+        rl_sync_free(other);
+        /* Peeks, so that nothing else is admitted locally, and charged, meanwhile. */
+        for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_REDIS; i++) {
+            pause_loop(20);
+        }
+        rl_stats s;
+        for (int i = 0; i < 500; i++) {
+            rl_limiter_stats(l, &s);
+            if (s.recovery_charged >= 5) {
+                break;
+            }
+            pause_loop(10);
+        }
+        /* Sent after the charge, on the same connection: its reply comes after the charge's. */
+        rl_decision d = check_cost(l, "k", 0, NULL);
+        rl_limiter_stats(l, &s);
+        cr_assert_eq(s.recovery_charged, 5, "%s: charged %llu of the 5 that fit", name,
+                     (unsigned long long)s.recovery_charged);
+        cr_assert_eq(d.source, RL_SOURCE_REDIS);
+        cr_assert_eq(d.policies[0].remaining, 0, "%s: %lld left", name, d.policies[0].remaining);
+        /* A unit given back (rl-refund.lua) is then the only one there is: a charge that went
+         * beyond q and reported a denial would leave the count above q, and nothing to admit. */
+        char key[RL_REDIS_KEY_MAX], text[RL_REFUND_ARGS][24];
+        const char *argv[1 + RL_REFUND_ARGS] = {key};
+        size_t lens[1 + RL_REFUND_ARGS];
+        lens[0] = (size_t)rl_config_key(&cfg, 0, "k", key, sizeof key);
+        int n = rl_refund_argv(&cfg, 1, 1, text, argv + 1, lens + 1);
+        sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+        int err = 0;
+        redisReply *r =
+            sd_redis_script(admin, &err, 2000, rl_refund_script(), 1, 1 + n, argv, lens);
+        cr_assert(r && r->type == REDIS_REPLY_INTEGER && r->integer == 1, "%s: no refund", name);
+        freeReplyObject(r);
+        sd_redis_free(admin);
+        cr_assert(check(l, "k", NULL).allowed, "%s: the unit given back was not there", name);
+        cr_assert_not(check(l, "k", NULL).allowed, "%s: more than one unit was there", name);
+        finish(l);
+    }
+}
+
+/*
  * N for the local share comes from Redis when it is not configured: each async limiter
  * registers itself (rl-presence.lua) and counts the live ones. Two limiters on one Redis each
  * learn N = 2, so that a key Redis never reported gets q / 2 from each when Redis is gone.
@@ -880,7 +1003,8 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
     cfg.instances = 0;
     rl_limiter *a = limiter(&cfg), *b = limiter(&cfg);
     rl_stats s;
-    for (int i = 0; i < 500; i++) {
+    /* N is known once the limiters have been in the live set for RL_PRESENCE_TTL_MS (3 s). */
+    for (int i = 0; i < 1000; i++) {
         rl_limiter_stats(a, &s);
         if (s.live_instances == 2) {
             break;
@@ -899,6 +1023,44 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
         allowed += d.allowed;
     }
     cr_assert_eq(allowed, 5, "admitted %d, not q / N = 10 / 2", allowed);
+    cr_assert_eq(sd_redis_server_restart(server), 0);
+    rl_limiter_free(a);
+    finish(b);
+}
+
+/*
+ * A gateway that has just joined is not in the others' N yet: they learn of it at their next
+ * presence refresh, a second later. Two limiters that start together, the first having heard
+ * only itself (N = 1) and the second both (N = 2), would grant q / 1 + q / 2 between them when
+ * Redis goes at once: more than the fleet's allowance (all of q here, with a share of 100%). A
+ * limiter takes the live count as N only once it has been in the set for the presence TTL.
+ */
+Test(ratelimit_faults, a_gateway_that_just_joined_grants_nothing_locally) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100;
+    cfg.instances = 0;
+    /* Each limiter registers on connect; a peek's reply, on the same connection, comes after
+     * the registration's, so the first has heard N = 1 before the second joins. */
+    rl_limiter *a = limiter(&cfg);
+    cr_assert_eq(check_cost(a, "warm", 0, NULL).source, RL_SOURCE_REDIS);
+    rl_limiter *b = limiter(&cfg);
+    cr_assert_eq(check_cost(b, "warm", 0, NULL).source, RL_SOURCE_REDIS);
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    int allowed = 0;
+    rl_limiter *both[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 250 && check_cost(both[k], "other", 0, NULL).source != RL_SOURCE_LOCAL;
+             i++) {
+            pause_loop(20);
+        }
+        for (int i = 0; i < 20; i++) {
+            rl_decision d = check(both[k], "fresh", NULL);
+            cr_assert_eq(d.source, RL_SOURCE_LOCAL);
+            allowed += d.allowed;
+        }
+    }
+    cr_assert_leq(allowed, 10, "the two limiters admitted %d locally, above the allowance q = 10",
+                  allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
     rl_limiter_free(a);
     finish(b);
