@@ -152,6 +152,40 @@ static int await_redis(rl_limiter *l, const char *key) {
     return 0;
 }
 
+/* Peeks (cost 0, nothing charged) every 20 ms, up to 5 s, until the local fallback answers:
+ * until the limiter has seen the connection go, a check that times out is late (Redis may only
+ * be slow), not a failure. */
+static void await_local(rl_limiter *l) {
+    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
+        pause_loop(20);
+    }
+}
+
+/* Makes n checks of key, each of which the local fallback must answer; returns how many it
+ * admitted. */
+static int local_admissions(rl_limiter *l, const char *key, int n) {
+    int allowed = 0;
+    for (int i = 0; i < n; i++) {
+        rl_decision d = check(l, key, NULL);
+        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s (%s)", i, rl_source_name(d.source),
+                     rl_strerror(d.error));
+        allowed += d.allowed;
+    }
+    return allowed;
+}
+
+/* A GCRA fleet of N = 2 with the default local share and one policy (deadline 50 ms). */
+static rl_config fleet_config(const char *policy) {
+    rl_config cfg;
+    rl_config_default(&cfg);
+    cfg.algorithm = RL_GCRA;
+    cfg.deadline_ms = 50;
+    cfg.instances = 2;
+    char err[256];
+    cr_assert_eq(rl_config_add_policy(&cfg, policy, err, sizeof err), 0);
+    return cfg;
+}
+
 static void finish(rl_limiter *l) {
     rl_limiter_free(l);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -201,18 +235,8 @@ Test(ratelimit_faults, stopped_redis_falls_back_to_a_local_share) {
     cfg.instances = 2;
     rl_limiter *l = limiter(&cfg);
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    /* Until the limiter has seen the connection go, a check that times out is late (Redis may
-     * only be slow): peek, which charges nothing, until the fallback answers. */
-    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
-        pause_loop(20);
-    }
-    int allowed = 0;
-    for (int i = 0; i < 20; i++) {
-        rl_decision d = check(l, "fresh", NULL);
-        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s (%s)", i, rl_source_name(d.source),
-                     rl_strerror(d.error));
-        allowed += d.allowed;
-    }
+    await_local(l);
+    int allowed = local_admissions(l, "fresh", 20);
     cr_assert_eq(allowed, 5);
     cr_assert_eq(sd_redis_server_restart(server), 0);
     await_redis(l, "fresh");
@@ -864,15 +888,8 @@ Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
         cr_assert(d.allowed);
     }
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
-        pause_loop(20);
-    }
-    int allowed = 0;
-    for (int i = 0; i < 20; i++) {
-        rl_decision d = check(l, "spent", NULL);
-        cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
-        allowed += d.allowed;
-    }
+    await_local(l);
+    int allowed = local_admissions(l, "spent", 20);
     cr_assert_eq(allowed, 2, "the local share admitted %d, not (10 - 6) / 2", allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
     await_redis(l, "other");
@@ -891,9 +908,7 @@ Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "other");
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
-        pause_loop(20);
-    }
+    await_local(l);
     for (int i = 0; i < 3; i++) {
         rl_decision d = check(l, "k", NULL);
         cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
@@ -936,9 +951,7 @@ Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
         rl_limiter *l = limiter(&cfg);
         await_redis(l, "other");
         cr_assert_eq(sd_redis_server_halt(server), 0);
-        for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
-            pause_loop(20);
-        }
+        await_local(l);
         for (int i = 0; i < 10; i++) {
             cr_assert(check(l, "k", NULL).allowed, "%s: local admission %d refused", name, i);
         }
@@ -1013,15 +1026,8 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
     }
     cr_assert_eq(s.live_instances, 2);
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    for (int i = 0; i < 250 && check_cost(a, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
-        pause_loop(20);
-    }
-    int allowed = 0;
-    for (int i = 0; i < 20; i++) {
-        rl_decision d = check(a, "fresh", NULL);
-        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
-        allowed += d.allowed;
-    }
+    await_local(a);
+    int allowed = local_admissions(a, "fresh", 20);
     cr_assert_eq(allowed, 5, "admitted %d, not q / N = 10 / 2", allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
     rl_limiter_free(a);
@@ -1049,15 +1055,8 @@ Test(ratelimit_faults, a_gateway_that_just_joined_grants_nothing_locally) {
     int allowed = 0;
     rl_limiter *both[2] = {a, b};
     for (int k = 0; k < 2; k++) {
-        for (int i = 0; i < 250 && check_cost(both[k], "other", 0, NULL).source != RL_SOURCE_LOCAL;
-             i++) {
-            pause_loop(20);
-        }
-        for (int i = 0; i < 20; i++) {
-            rl_decision d = check(both[k], "fresh", NULL);
-            cr_assert_eq(d.source, RL_SOURCE_LOCAL);
-            allowed += d.allowed;
-        }
+        await_local(both[k]);
+        allowed += local_admissions(both[k], "fresh", 20);
     }
     cr_assert_leq(allowed, 10, "the two limiters admitted %d locally, above the allowance q = 10",
                   allowed);
@@ -1088,24 +1087,11 @@ Test(ratelimit_faults, without_n_the_local_fallback_admits_nothing) {
  * instance admits 2 for a key Redis never reported (q / 10 / N), not 20.
  */
 Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
-    rl_config cfg;
-    rl_config_default(&cfg);
-    cfg.algorithm = RL_GCRA;
-    cfg.deadline_ms = 50;
-    cfg.instances = 2;
-    char err[256];
-    cr_assert_eq(rl_config_add_policy(&cfg, "t;q=40;w=3600", err, sizeof err), 0);
+    rl_config cfg = fleet_config("t;q=40;w=3600");
     rl_limiter *l = limiter(&cfg);
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
-        pause_loop(20);
-    }
-    int allowed = 0;
-    for (int i = 0; i < 30; i++) {
-        rl_decision d = check(l, "fresh", NULL);
-        cr_assert_eq(d.source, RL_SOURCE_LOCAL);
-        allowed += d.allowed;
-    }
+    await_local(l);
+    int allowed = local_admissions(l, "fresh", 30);
     cr_assert_eq(allowed, 2, "admitted %d, not q / 10 / N = 40 / 10 / 2", allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
     finish(l);
@@ -1118,18 +1104,10 @@ Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
  * loop is scheduled: the property is about the admissions' own times).
  */
 Test(ratelimit_faults, a_local_grant_is_renewed_at_most_once_a_window) {
-    rl_config cfg;
-    rl_config_default(&cfg);
-    cfg.algorithm = RL_GCRA;
-    cfg.deadline_ms = 50;
-    cfg.instances = 2;
-    char err[256];
-    cr_assert_eq(rl_config_add_policy(&cfg, "s;q=40;w=1", err, sizeof err), 0);
+    rl_config cfg = fleet_config("s;q=40;w=1");
     rl_limiter *l = limiter(&cfg);
     cr_assert_eq(sd_redis_server_halt(server), 0);
-    for (int i = 0; i < 250 && check_cost(l, "other", 0, NULL).source != RL_SOURCE_LOCAL; i++) {
-        pause_loop(20);
-    }
+    await_local(l);
     /* Each admission's instant lies between the times taken before and after its check. */
     uint64_t before[64], after[64];
     int n = 0;
