@@ -17,6 +17,7 @@
 #include <strings.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -44,18 +45,40 @@ sd_redis_cluster_server *test_redis_cluster_start(int replicas) {
     return c;
 }
 
-sd_redis *test_redis_connect(const char *url) {
+sd_redis *test_redis_connect_opts(const char *url, const sd_redis_opts *opts) {
     sd_redis_url u;
     char err[160];
     cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
-    sd_redis_opts opts;
-    sd_redis_opts_default(&opts);
-    opts.command_timeout_ms = 2000;
     sd_redis *r = NULL;
-    int rc = sd_redis_connect(&u, &opts, &r);
+    int rc = sd_redis_connect(&u, opts, &r);
     sd_redis_url_clear(&u);
     cr_assert_eq(rc, 0, "cannot connect to %s: %s", url, sd_strerror(rc));
     return r;
+}
+
+sd_redis *test_redis_connect(const char *url) {
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = 2000;
+    return test_redis_connect_opts(url, &opts);
+}
+
+int test_path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int test_process_alive(pid_t pid) {
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *close_paren = strrchr(buf, ')');
+    return close_paren && close_paren[1] == ' ' && close_paren[2] != 'Z';
 }
 
 long long test_redis_int(sd_redis *r, const char *fmt, ...) {

@@ -10,11 +10,13 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "http.h"
 #include "redis.h"
 #include "redis_cluster_server.h"
 #include "redis_server.h"
+#include "sd.h"
 #include "spawn.h"
 
 /* Starts a private redis-server (no persistence unless appendfsync is given); asserts. */
@@ -26,6 +28,9 @@ sd_redis_cluster_server *test_redis_cluster_start(int replicas);
 
 /* A sync connection to the server at url with a 2 s command timeout; asserts. */
 sd_redis *test_redis_connect(const char *url);
+
+/* A sync connection to the server (or cluster) at url with the options opts; asserts. */
+sd_redis *test_redis_connect_opts(const char *url, const sd_redis_opts *opts);
 
 /* Runs a command and returns its integer reply; asserts on any failure. */
 long long test_redis_int(sd_redis *r, const char *fmt, ...);
@@ -124,5 +129,22 @@ int test_count_processes(const char *needle);
  * was just sent SIGKILL may still be listed for a moment on a busy machine). Returns how many
  * are left then: 0 unless something really is still running. */
 int test_count_processes_until_none(const char *needle, int timeout_ms);
+
+/* Whether path exists (a file or a directory). */
+int test_path_exists(const char *path);
+
+/* Whether process pid is alive: it exists and is not a zombie (which kill() still finds). */
+int test_process_alive(pid_t pid);
+
+/* Polls cond every 10 ms until it holds or timeout_ms have passed: for cleanup that happens in
+ * other processes, with no event this process can wait on. The caller then asserts cond. */
+#define TEST_EVENTUALLY(cond, timeout_ms)                                                          \
+    do {                                                                                           \
+        uint64_t until_ = sd_now_ms() + (timeout_ms);                                              \
+        while (!(cond) && sd_now_ms() < until_) {                                                  \
+            struct timespec ts_ = {0, 10000000};                                                   \
+            nanosleep(&ts_, NULL);                                                                 \
+        }                                                                                          \
+    } while (0)
 
 #endif

@@ -18,36 +18,6 @@
 #include "redis_sub.h"
 #include "support.h"
 
-static int dir_exists(const char *dir) {
-    struct stat st;
-    return stat(dir, &st) == 0;
-}
-
-static int process_alive(pid_t pid) {
-    /* A zombie still "exists" for kill(); look at its state instead. */
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *close_paren = strrchr(buf, ')');
-    return close_paren && close_paren[1] == ' ' && close_paren[2] != 'Z';
-}
-
-/* Polls cond up to 20 s: cleanup after a crash happens in other processes, with no event this
- * process can wait on. The limit is generous; the condition usually holds within milliseconds. */
-#define EVENTUALLY(cond)                                                                           \
-    do {                                                                                           \
-        uint64_t until_ = sd_now_ms() + 20000;                                                     \
-        while (!(cond) && sd_now_ms() < until_) {                                                  \
-            struct timespec ts_ = {0, 10000000};                                                   \
-            nanosleep(&ts_, NULL);                                                                 \
-        }                                                                                          \
-    } while (0)
-
 /* A command on one node over a bare hiredis connection (no routing, no probing); asserts that
  * it answered. Free the reply. */
 static redisReply *raw(sd_redis_server *node, const char *fmt, ...) {
@@ -99,8 +69,9 @@ Test(redis_cluster_server, three_masters_are_up_and_ok_and_stop_leaves_nothing) 
     }
     cr_assert_eq(sd_redis_cluster_server_stop(c), 0);
     for (int i = 0; i < 3; i++) {
-        cr_assert_not(process_alive(pids[i]), "node %d (pid %d) still running", i, (int)pids[i]);
-        cr_assert_not(dir_exists(dirs[i]), "%s not removed", dirs[i]);
+        cr_assert_not(test_process_alive(pids[i]), "node %d (pid %d) still running", i,
+                      (int)pids[i]);
+        cr_assert_not(test_path_exists(dirs[i]), "%s not removed", dirs[i]);
     }
 }
 
@@ -144,16 +115,16 @@ Test(redis_cluster_server, nothing_is_left_when_the_owner_is_killed) {
         char line[256];
         cr_assert_geq(test_read_line(fds[0], line, sizeof line, 60000), 0, "owner did not start");
         cr_assert_eq(sscanf(line, "%d %199s", &pids[i], dirs[i]), 2);
-        cr_assert(process_alive(pids[i]));
+        cr_assert(test_process_alive(pids[i]));
     }
     close(fds[0]);
 
     test_kill_wait(owner, SIGKILL);
 
     for (int i = 0; i < 3; i++) {
-        EVENTUALLY(!process_alive(pids[i]) && !dir_exists(dirs[i]));
-        cr_assert_not(process_alive(pids[i]), "node %d outlived its owner", pids[i]);
-        cr_assert_not(dir_exists(dirs[i]), "%s outlived its owner", dirs[i]);
+        TEST_EVENTUALLY(!test_process_alive(pids[i]) && !test_path_exists(dirs[i]), 20000);
+        cr_assert_not(test_process_alive(pids[i]), "node %d outlived its owner", pids[i]);
+        cr_assert_not(test_path_exists(dirs[i]), "%s outlived its owner", dirs[i]);
     }
 }
 
@@ -189,19 +160,12 @@ static void key_on(int m, const char *prefix, char *buf, size_t len) {
 
 /* A sync connection to the cluster through the given URL (one seed or several). */
 static sd_redis *cluster_connect(const char *url, sd_script *const *scripts, size_t nscripts) {
-    sd_redis_url u;
-    char err[160];
-    cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
     sd_redis_opts opts;
     sd_redis_opts_default(&opts);
     opts.command_timeout_ms = 3000;
     opts.scripts = scripts;
     opts.nscripts = nscripts;
-    sd_redis *r = NULL;
-    int rc = sd_redis_connect(&u, &opts, &r);
-    sd_redis_url_clear(&u);
-    cr_assert_eq(rc, 0, "cannot connect to %s: %s", url, sd_strerror(rc));
-    return r;
+    return test_redis_connect_opts(url, &opts);
 }
 
 static char *get_text(sd_redis *r, const char *key) {

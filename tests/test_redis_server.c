@@ -16,51 +16,21 @@
 #include "sd.h"
 #include "support.h"
 
-static int dir_exists(const char *dir) {
-    struct stat st;
-    return stat(dir, &st) == 0;
-}
-
-static int process_alive(pid_t pid) {
-    /* A zombie still "exists" for kill(); look at its state instead. */
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *close_paren = strrchr(buf, ')');
-    return close_paren && close_paren[1] == ' ' && close_paren[2] != 'Z';
-}
-
-/* Polls cond up to 10 s: cleanup after a crash happens in other processes, with no event this
- * process can wait on. */
-#define EVENTUALLY(cond)                                                                           \
-    do {                                                                                           \
-        uint64_t until_ = sd_now_ms() + 10000;                                                     \
-        while (!(cond) && sd_now_ms() < until_) {                                                  \
-            struct timespec ts_ = {0, 10000000};                                                   \
-            nanosleep(&ts_, NULL);                                                                 \
-        }                                                                                          \
-    } while (0)
-
 Test(redis_server, starts_answers_and_stops_without_leftovers) {
     sd_redis_server *s = test_redis_start(NULL);
     pid_t pid = sd_redis_server_pid(s);
     char dir[128];
     snprintf(dir, sizeof dir, "%s", sd_redis_server_dir(s));
     cr_assert_gt(sd_redis_server_port(s), 0);
-    cr_assert(dir_exists(dir));
+    cr_assert(test_path_exists(dir));
 
     sd_redis *r = test_redis_connect(sd_redis_server_url(s));
     cr_assert_eq(test_redis_int(r, "INCRBY counter %d", 5), 5);
     sd_redis_free(r);
 
     cr_assert_eq(sd_redis_server_stop(s), 0);
-    cr_assert_not(process_alive(pid), "redis-server %d still running", (int)pid);
-    cr_assert_not(dir_exists(dir), "%s not removed", dir);
+    cr_assert_not(test_process_alive(pid), "redis-server %d still running", (int)pid);
+    cr_assert_not(test_path_exists(dir), "%s not removed", dir);
 }
 
 Test(redis_server, two_servers_get_different_ports) {
@@ -109,13 +79,13 @@ Test(redis_server, nothing_is_left_when_the_owner_is_killed) {
     int pid;
     char dir[200];
     cr_assert_eq(sscanf(line, "%d %199s", &pid, dir), 2);
-    cr_assert(process_alive(pid));
+    cr_assert(test_process_alive(pid));
 
     test_kill_wait(owner, SIGKILL);
 
-    EVENTUALLY(!process_alive(pid) && !dir_exists(dir));
-    cr_assert_not(process_alive(pid), "redis-server %d outlived its owner", pid);
-    cr_assert_not(dir_exists(dir), "%s outlived its owner", dir);
+    TEST_EVENTUALLY(!test_process_alive(pid) && !test_path_exists(dir), 10000);
+    cr_assert_not(test_process_alive(pid), "redis-server %d outlived its owner", pid);
+    cr_assert_not(test_path_exists(dir), "%s outlived its owner", dir);
 }
 
 Test(redis_server, signal_and_halt_reap_a_crashed_server) {
@@ -123,7 +93,7 @@ Test(redis_server, signal_and_halt_reap_a_crashed_server) {
     pid_t pid = sd_redis_server_pid(s);
     cr_assert_eq(sd_redis_server_signal(s, SIGKILL), 0);
     cr_assert_eq(sd_redis_server_halt(s), 0);
-    cr_assert_not(process_alive(pid));
+    cr_assert_not(test_process_alive(pid));
     cr_assert_eq(sd_redis_server_signal(s, SIGTERM), -ESRCH);
     cr_assert_eq(sd_redis_server_restart(s), 0);
     sd_redis *r = test_redis_connect(sd_redis_server_url(s));
