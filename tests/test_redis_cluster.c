@@ -34,15 +34,20 @@ static redisReply *raw(sd_redis_server *node, const char *fmt, ...) {
     return reply;
 }
 
-/* The text of a bulk-string reply to a command on one node (a bare connection: a routed one
- * would send a keyless command to any node); asserts. */
-static char *node_text(sd_redis_server *node, const char *cmd) {
-    redisReply *reply = raw(node, cmd);
-    cr_assert_eq(reply->type, REDIS_REPLY_STRING, "%s: type %d %s", cmd, reply->type,
+/* The text of reply, a bulk string (asserts, naming the command what), as a new string the
+ * caller frees; frees reply. */
+static char *reply_text(redisReply *reply, const char *what) {
+    cr_assert_eq(reply->type, REDIS_REPLY_STRING, "%s: type %d %s", what, reply->type,
                  reply->type == REDIS_REPLY_ERROR ? reply->str : "");
     char *text = sd_xstrdup(reply->str);
     freeReplyObject(reply);
     return text;
+}
+
+/* The text of a bulk-string reply to a command on one node (a bare connection: a routed one
+ * would send a keyless command to any node); asserts. */
+static char *node_text(sd_redis_server *node, const char *cmd) {
+    return reply_text(raw(node, cmd), cmd);
 }
 
 /* ---- The launcher ---------------------------------------------------------------------------- */
@@ -172,11 +177,9 @@ static char *get_text(sd_redis *r, const char *key) {
     int err = 0;
     redisReply *reply = sd_redis_command(r, &err, "GET %s", key);
     cr_assert_not_null(reply, "GET %s: %s (%s)", key, sd_strerror(err), sd_redis_errstr(r));
-    cr_assert_eq(reply->type, REDIS_REPLY_STRING, "GET %s: type %d %s", key, reply->type,
-                 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
-    char *v = sd_xstrdup(reply->str);
-    freeReplyObject(reply);
-    return v;
+    char what[160];
+    snprintf(what, sizeof what, "GET %s", key);
+    return reply_text(reply, what);
 }
 
 /* ---- Seeds and detection --------------------------------------------------------------------- */
