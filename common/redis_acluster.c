@@ -107,12 +107,7 @@ static void open_node(struct sd_redis__acluster *cl, int node) {
     if (cl->conn[node])
         return;
     sd_redis_url u;
-    sd_redis_url_copy(&u, &cl->url);
-    free(u.seeds);
-    u.seeds = NULL;
-    free(u.host);
-    u.host = sd_xstrdup(cl->map.node[node].host);
-    u.port = cl->map.node[node].port;
+    sd_redis__url_at(&cl->url, cl->map.node[node].host, cl->map.node[node].port, &u);
     cl->conn[node] = sd_aredis__new_node(cl->loop, &u, &cl->opts);
     sd_redis_url_clear(&u);
     sd_aredis_set_state_cb(cl->conn[node], on_node_state, cl);

@@ -225,15 +225,18 @@ int sd_redis__seed_url(const sd_redis_url *url, int i, sd_redis_url *out) {
     free(text);
     if (rc != 0)
         return -1;
+    sd_redis__url_at(url, one.host, one.port, out);
+    sd_redis_url_clear(&one);
+    return 0;
+}
+
+void sd_redis__url_at(const sd_redis_url *url, const char *host, int port, sd_redis_url *out) {
     sd_redis_url_copy(out, url);
     free(out->seeds);
     out->seeds = NULL;
     free(out->host);
-    out->host = one.host;
-    out->port = one.port;
-    one.host = NULL;
-    sd_redis_url_clear(&one);
-    return 0;
+    out->host = sd_xstrdup(host);
+    out->port = port;
 }
 
 void sd_redis__slot_map_apply(struct sd_redis__slot_map *m, const redisReply *slots,
@@ -297,12 +300,7 @@ struct sd_redis__cluster {
 static sd_redis *node_conn(struct sd_redis__cluster *cl, int node) {
     if (cl->conn[node] == NULL) {
         sd_redis_url u;
-        sd_redis_url_copy(&u, &cl->url);
-        free(u.seeds);
-        u.seeds = NULL;
-        free(u.host);
-        u.host = sd_xstrdup(cl->map.node[node].host);
-        u.port = cl->map.node[node].port;
+        sd_redis__url_at(&cl->url, cl->map.node[node].host, cl->map.node[node].port, &u);
         cl->conn[node] = sd_redis__new_node(&u, &cl->opts);
         sd_redis_url_clear(&u);
     }
@@ -492,19 +490,14 @@ redisReply *sd_redis__cluster_commandv(struct sd_redis__cluster *cl, int *err, i
     return first;
 }
 
-redisReply *sd_redis__cluster_vcommand(struct sd_redis__cluster *cl, int *err, const char *fmt,
-                                       va_list ap) {
-    char *cmd = NULL;
-    int len = redisvFormatCommand(&cmd, fmt, ap);
-    if (len < 0) {
-        if (err)
-            *err = SD_EPARSE;
-        return NULL;
-    }
+/* Runs a formatted command (RESP, as redisFormatCommand makes it; cmd stays the caller's) with
+ * its redirections: split into arguments, then sd_redis__cluster_commandv. */
+static redisReply *run_formatted(struct sd_redis__cluster *cl, int *err, const char *cmd,
+                                 size_t len) {
     enum { MAX_ARGS = 1024 };
     const char **argv = sd_xmalloc(MAX_ARGS * sizeof *argv);
     size_t *lens = sd_xmalloc(MAX_ARGS * sizeof *lens);
-    int argc = sd_redis__resp_argv(cmd, (size_t)len, MAX_ARGS, argv, lens);
+    int argc = sd_redis__resp_argv(cmd, len, MAX_ARGS, argv, lens);
     redisReply *reply = NULL;
     if (argc < 0) {
         if (err)
@@ -514,6 +507,19 @@ redisReply *sd_redis__cluster_vcommand(struct sd_redis__cluster *cl, int *err, c
     }
     free(argv);
     free(lens);
+    return reply;
+}
+
+redisReply *sd_redis__cluster_vcommand(struct sd_redis__cluster *cl, int *err, const char *fmt,
+                                       va_list ap) {
+    char *cmd = NULL;
+    int len = redisvFormatCommand(&cmd, fmt, ap);
+    if (len < 0) {
+        if (err)
+            *err = SD_EPARSE;
+        return NULL;
+    }
+    redisReply *reply = run_formatted(cl, err, cmd, (size_t)len);
     free(cmd);
     return reply;
 }
@@ -545,19 +551,7 @@ redisReply *sd_redis__cluster_get_reply(struct sd_redis__cluster *cl, int *err) 
         return NULL;
     }
     struct pipe_cmd c = cl->pipe[cl->pipe_head++];
-    enum { MAX_ARGS = 1024 };
-    const char **argv = sd_xmalloc(MAX_ARGS * sizeof *argv);
-    size_t *lens = sd_xmalloc(MAX_ARGS * sizeof *lens);
-    int argc = sd_redis__resp_argv(c.cmd, c.len, MAX_ARGS, argv, lens);
-    redisReply *reply = NULL;
-    if (argc < 0) {
-        if (err)
-            *err = SD_EPARSE;
-    } else {
-        reply = sd_redis__cluster_commandv(cl, err, argc, argv, lens);
-    }
-    free(argv);
-    free(lens);
+    redisReply *reply = run_formatted(cl, err, c.cmd, c.len);
     free(c.cmd);
     return reply;
 }

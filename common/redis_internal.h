@@ -119,6 +119,10 @@ int sd_redis__cluster_probe(redisContext *c);
  * credentials. Returns 0, or -1 when there is no seed i. */
 int sd_redis__seed_url(const sd_redis_url *url, int i, sd_redis_url *out);
 
+/* url (credentials, database, options) pointed at host:port, without its seeds list: a URL of
+ * one node. out is owned by the caller (sd_redis_url_clear). */
+void sd_redis__url_at(const sd_redis_url *url, const char *host, int port, sd_redis_url *out);
+
 #define SD_CLUSTER_MAX_NODES 64
 
 /* The slot map: the master of each slot, as an index into node[] (-1: unknown). */
