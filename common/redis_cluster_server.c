@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "redis_internal.h"
 #include "sd.h"
 
 #define MAX_NODES 32
@@ -47,33 +48,12 @@ struct sd_redis_cluster_server {
     char *url;
 };
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* A free loopback port for a node's cluster bus (as redis_server.c picks a node's own port:
- * another process may take it meanwhile, in which case the node fails to start and
- * start_node() tries again with another). */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof sa;
-    int port = -EADDRNOTAVAIL;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
+/* Starts a node with a free loopback port for its cluster bus; another process may take that
+ * port meanwhile, in which case the node fails to start and this tries again with another. */
 static int start_node(sd_redis_server **out, int *bus_out) {
     int err = -EADDRINUSE;
     for (int attempt = 0; attempt < 3 && err != 0; attempt++) {
-        int bus = free_port();
+        int bus = sd_redis__free_port();
         if (bus < 0)
             return bus;
         char bus_text[16];
@@ -175,7 +155,7 @@ static int wait_all(const sd_redis_cluster_server *c, int need_ok, uint64_t dead
             return 0;
         if (sd_now_ms() > deadline_ms)
             return SD_ETIMEDOUT;
-        sleep_ms(delay);
+        sd_redis__sleep_ms(delay);
     }
 }
 

@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "redis_internal.h"
 #include "sd.h"
 
 #define MAX_ARGS 64
@@ -62,15 +63,13 @@ static const char janitor_script[] =
     "fi\n"
     "rm -rf -- \"$1\"\n";
 
-static void sleep_ms(int ms) {
+void sd_redis__sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
 }
 
-/* Asks the kernel for a free loopback port. Another process may take it before redis-server
- * binds it; start() retries with a new port when that happens. */
-static int free_port(void) {
+int sd_redis__free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
@@ -144,7 +143,7 @@ static int wait_ready(sd_redis_server *s) {
         }
         if (sd_now_ms() > deadline)
             return -ETIMEDOUT;
-        sleep_ms(delay);
+        sd_redis__sleep_ms(delay);
     }
 }
 
@@ -269,7 +268,7 @@ int sd_redis_server_start(const sd_redis_server_opts *opts, sd_redis_server **ou
     }
     int err = 0;
     for (int attempt = 0; attempt < 5; attempt++) {
-        s->port = free_port();
+        s->port = sd_redis__free_port();
         if (s->port < 0) {
             err = s->port;
             break;
@@ -340,7 +339,7 @@ int sd_redis_server_halt(sd_redis_server *s) {
             break;
         if (waited == 5000)
             kill(s->pid, SIGKILL);
-        sleep_ms(5);
+        sd_redis__sleep_ms(5);
     }
     s->pid = 0;
     return 0;
