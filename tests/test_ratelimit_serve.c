@@ -347,6 +347,16 @@ Test(ratelimit_serve, usage_errors_exit_2_and_help_exits_0) {
     cr_assert_eq(run(big_log), 2, "a log of 20,000 entries per key was accepted");
 }
 
+/* Runs `ratelimit check` (argv), reads the one line it prints into line (asserts that it came
+ * within 5 s) and returns its wait status. */
+static int run_check(const char *const argv[], char *line, size_t len) {
+    int out;
+    pid_t pid = test_spawn(argv, NULL, &out);
+    cr_assert_gt(test_read_line(out, line, len, 5000), 0);
+    close(out);
+    return test_wait_exit(pid, 5000);
+}
+
 Test(ratelimit_serve, check_command_prints_one_decision) {
     const char *argv[] = {"ratelimit", "check",
                           "--redis",   sd_redis_server_url(server),
@@ -355,24 +365,16 @@ Test(ratelimit_serve, check_command_prints_one_decision) {
                           "--cost",    "2",
                           NULL};
     for (int round = 0; round < 2; round++) {
-        int out;
-        pid_t pid = test_spawn(argv, NULL, &out);
         char line[1024];
-        cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0);
-        close(out);
-        int status = test_wait_exit(pid, 5000);
+        int status = run_check(argv, line, sizeof line);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         assert_matches(line, round == 0 ? "^\\{\"allowed\":true,\"remaining\":0,"
                                         : "^\\{\"allowed\":false,\"remaining\":0,");
     }
     /* A cost above the quota is decided by the policies alone: a final answer, not a failure. */
     argv[9] = "3";
-    int out;
-    pid_t pid = test_spawn(argv, NULL, &out);
     char line[1024];
-    cr_assert_gt(test_read_line(out, line, sizeof line, 5000), 0);
-    close(out);
-    int status = test_wait_exit(pid, 5000);
+    int status = run_check(argv, line, sizeof line);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a never-decision exited %d",
               WEXITSTATUS(status));
     assert_matches(line, "^\\{\"allowed\":false,");
