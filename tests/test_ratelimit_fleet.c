@@ -152,6 +152,24 @@ static long long fleet_metric(fleet *f, const char *name) {
 static const char *const algorithms[] = {"token-bucket", "gcra", "sliding-window-log",
                                          "sliding-window-counter", "fixed-window"};
 
+/* One test per algorithm, named name_<algorithm>, each running run(algorithm). */
+#define FOR_EACH_ALGORITHM(name, run)                                                              \
+    Test(ratelimit_fleet, name##_token_bucket) {                                                   \
+        run(algorithms[0]);                                                                        \
+    }                                                                                              \
+    Test(ratelimit_fleet, name##_gcra) {                                                           \
+        run(algorithms[1]);                                                                        \
+    }                                                                                              \
+    Test(ratelimit_fleet, name##_sliding_window_log) {                                             \
+        run(algorithms[2]);                                                                        \
+    }                                                                                              \
+    Test(ratelimit_fleet, name##_sliding_window_counter) {                                         \
+        run(algorithms[3]);                                                                        \
+    }                                                                                              \
+    Test(ratelimit_fleet, name##_fixed_window) {                                                   \
+        run(algorithms[4]);                                                                        \
+    }
+
 /*
  * The cold start of the issue: four fresh gateways with default options (5 ms deadline, one
  * instance assumed), 2,000 requests for one key from 32 clients. The first checks are often late
@@ -177,23 +195,9 @@ static void cold_start(const char *algorithm) {
     fleet_stop(&f);
 }
 
-Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_token_bucket) {
-    cold_start(algorithms[0]);
-}
-Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_gcra) {
-    cold_start(algorithms[1]);
-}
-Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_sliding_window_log) {
-    cold_start(algorithms[2]);
-}
-Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_sliding_window_counter) {
-    cold_start(algorithms[3]);
-}
-/* The fixed window's hour is aligned to the epoch: a run across the turn of an hour would see a
- * second quota (odds: the run's few seconds in an hour). */
-Test(ratelimit_fleet, cold_start_admits_exactly_the_quota_fixed_window) {
-    cold_start(algorithms[4]);
-}
+/* In the fixed-window test the hour is aligned to the epoch: a run across the turn of an hour
+ * would see a second quota (odds: the run's few seconds in an hour). */
+FOR_EACH_ALGORITHM(cold_start_admits_exactly_the_quota, cold_start)
 
 /*
  * Redis frozen (SIGSTOP) for 2 s in the middle of the hammer, then thawed, and 2,000 more
@@ -231,18 +235,4 @@ static void stall(const char *algorithm) {
     fleet_stop(&f);
 }
 
-Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_token_bucket) {
-    stall(algorithms[0]);
-}
-Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_gcra) {
-    stall(algorithms[1]);
-}
-Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_sliding_window_log) {
-    stall(algorithms[2]);
-}
-Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_sliding_window_counter) {
-    stall(algorithms[3]);
-}
-Test(ratelimit_fleet, a_stalled_redis_keeps_the_fleet_within_the_bound_fixed_window) {
-    stall(algorithms[4]);
-}
+FOR_EACH_ALGORITHM(a_stalled_redis_keeps_the_fleet_within_the_bound, stall)
