@@ -63,6 +63,15 @@ static rl_config config(rl_fail_mode mode) {
     return cfg;
 }
 
+/* config(RL_FAIL_LOCAL) with the whole of q / N open to the local fallback (not the default
+ * tenth) and N = instances (0: learned through Redis). */
+static rl_config full_share_config(int instances) {
+    rl_config cfg = config(RL_FAIL_LOCAL);
+    cfg.local_share_pct = 100;
+    cfg.instances = instances;
+    return cfg;
+}
+
 static rl_limiter *limiter(const rl_config *cfg) {
     rl_limiter *l = NULL;
     cr_assert_eq(rl_limiter_new(&loop, &url, cfg, &l), 0);
@@ -230,9 +239,7 @@ Test(ratelimit_faults, stopped_redis_fails_closed) {
 /* The local fallback admits q/N per instance: with q = 10 and N = 2, five for a new key (with
  * the whole quota open to the local fallback; by default only a tenth of it is). */
 Test(ratelimit_faults, stopped_redis_falls_back_to_a_local_share) {
-    rl_config cfg = config(RL_FAIL_LOCAL);
-    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
-    cfg.instances = 2;
+    rl_config cfg = full_share_config(2);
     rl_limiter *l = limiter(&cfg);
     cr_assert_eq(sd_redis_server_halt(server), 0);
     await_local(l);
@@ -877,9 +884,7 @@ Test(ratelimit_faults, an_error_reply_does_not_open_the_breaker) {
  * down, not q / N = 5, so the fleet stays within q.
  */
 Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
-    rl_config cfg = config(RL_FAIL_LOCAL);
-    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
-    cfg.instances = 2;
+    rl_config cfg = full_share_config(2);
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "other");
     for (int i = 0; i < 6; i++) {
@@ -902,9 +907,7 @@ Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
  * lost its data (no persistence): the three local admissions are all that it holds afterwards.
  */
 Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
-    rl_config cfg = config(RL_FAIL_LOCAL);
-    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
-    cfg.instances = 1;
+    rl_config cfg = full_share_config(1);
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "other");
     cr_assert_eq(sd_redis_server_halt(server), 0);
@@ -943,10 +946,8 @@ Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
     static const rl_algorithm algorithms[] = {RL_TOKEN_BUCKET, RL_GCRA, RL_SLIDING_WINDOW_LOG,
                                               RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
     for (size_t a = 0; a < sizeof algorithms / sizeof algorithms[0]; a++) {
-        rl_config cfg = config(RL_FAIL_LOCAL);
+        rl_config cfg = full_share_config(1);
         cfg.algorithm = algorithms[a];
-        cfg.local_share_pct = 100;
-        cfg.instances = 1;
         const char *name = rl_algorithm_name(cfg.algorithm);
         rl_limiter *l = limiter(&cfg);
         await_redis(l, "other");
@@ -1011,9 +1012,7 @@ Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
  * learn N = 2, so that a key Redis never reported gets q / 2 from each when Redis is gone.
  */
 Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
-    rl_config cfg = config(RL_FAIL_LOCAL);
-    cfg.local_share_pct = 100; /* the whole of q / N, not the default tenth */
-    cfg.instances = 0;
+    rl_config cfg = full_share_config(0);
     rl_limiter *a = limiter(&cfg), *b = limiter(&cfg);
     rl_stats s;
     /* N is known once the limiters have been in the live set for RL_PRESENCE_TTL_MS (3 s). */
@@ -1042,9 +1041,7 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
  * limiter takes the live count as N only once it has been in the set for the presence TTL.
  */
 Test(ratelimit_faults, a_gateway_that_just_joined_grants_nothing_locally) {
-    rl_config cfg = config(RL_FAIL_LOCAL);
-    cfg.local_share_pct = 100;
-    cfg.instances = 0;
+    rl_config cfg = full_share_config(0);
     /* Each limiter registers on connect; a peek's reply, on the same connection, comes after
      * the registration's, so the first has heard N = 1 before the second joins. */
     rl_limiter *a = limiter(&cfg);
