@@ -63,6 +63,23 @@ sd_redis *test_redis_connect(const char *url) {
     return test_redis_connect_opts(url, &opts);
 }
 
+pid_t test_fork_owner(int (*start)(int fd), int *lines) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t owner = fork();
+    cr_assert_geq(owner, 0);
+    if (owner == 0) {
+        close(fds[0]);
+        if (start(fds[1]) != 0)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    *lines = fds[0];
+    return owner;
+}
+
 int test_path_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;

@@ -130,6 +130,12 @@ int test_count_processes(const char *needle);
  * are left then: 0 unless something really is still running. */
 int test_count_processes_until_none(const char *needle, int timeout_ms);
 
+/* Forks an owner: a child that runs start(fd), fd the write end of a pipe, on which start
+ * starts what the test is about and writes a line about each process it owns; then the child
+ * waits to be killed (it exits 1 at once when start returns non-zero). Returns the child's pid;
+ * *lines gets the read end of the pipe. */
+pid_t test_fork_owner(int (*start)(int fd), int *lines);
+
 /* Whether path exists (a file or a directory). */
 int test_path_exists(const char *path);
 

@@ -96,33 +96,30 @@ Test(redis_cluster_server, replicas_follow_their_masters) {
     sd_redis_cluster_server_stop(c);
 }
 
-Test(redis_cluster_server, nothing_is_left_when_the_owner_is_killed) {
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t owner = fork();
-    cr_assert_geq(owner, 0);
-    if (owner == 0) {
-        close(fds[0]);
-        sd_redis_cluster_server *c = NULL;
-        if (sd_redis_cluster_server_start(NULL, &c) != 0)
-            _exit(1);
-        for (int i = 0; i < 3; i++) {
-            sd_redis_server *node = sd_redis_cluster_server_node(c, i);
-            dprintf(fds[1], "%d %s\n", (int)sd_redis_server_pid(node), sd_redis_server_dir(node));
-        }
-        for (;;)
-            pause();
+/* In the owner: starts a cluster and writes "PID DIR" for each master. */
+static int start_cluster(int fd) {
+    sd_redis_cluster_server *c = NULL;
+    if (sd_redis_cluster_server_start(NULL, &c) != 0)
+        return -1;
+    for (int i = 0; i < 3; i++) {
+        sd_redis_server *node = sd_redis_cluster_server_node(c, i);
+        dprintf(fd, "%d %s\n", (int)sd_redis_server_pid(node), sd_redis_server_dir(node));
     }
-    close(fds[1]);
+    return 0;
+}
+
+Test(redis_cluster_server, nothing_is_left_when_the_owner_is_killed) {
+    int lines;
+    pid_t owner = test_fork_owner(start_cluster, &lines);
     int pids[3];
     char dirs[3][200];
     for (int i = 0; i < 3; i++) {
         char line[256];
-        cr_assert_geq(test_read_line(fds[0], line, sizeof line, 60000), 0, "owner did not start");
+        cr_assert_geq(test_read_line(lines, line, sizeof line, 60000), 0, "owner did not start");
         cr_assert_eq(sscanf(line, "%d %199s", &pids[i], dirs[i]), 2);
         cr_assert(test_process_alive(pids[i]));
     }
-    close(fds[0]);
+    close(lines);
 
     test_kill_wait(owner, SIGKILL);
 

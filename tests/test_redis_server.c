@@ -58,24 +58,21 @@ Test(redis_server, aof_data_survives_halt_and_restart_on_the_same_port) {
     sd_redis_server_stop(s);
 }
 
+/* In the owner: starts a redis-server and writes "PID DIR". */
+static int start_server(int fd) {
+    sd_redis_server *s = NULL;
+    if (sd_redis_server_start(NULL, &s) != 0)
+        return -1;
+    dprintf(fd, "%d %s\n", (int)sd_redis_server_pid(s), sd_redis_server_dir(s));
+    return 0;
+}
+
 Test(redis_server, nothing_is_left_when_the_owner_is_killed) {
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t owner = fork();
-    cr_assert_geq(owner, 0);
-    if (owner == 0) {
-        close(fds[0]);
-        sd_redis_server *s = NULL;
-        if (sd_redis_server_start(NULL, &s) != 0)
-            _exit(1);
-        dprintf(fds[1], "%d %s\n", (int)sd_redis_server_pid(s), sd_redis_server_dir(s));
-        for (;;)
-            pause();
-    }
-    close(fds[1]);
+    int lines;
+    pid_t owner = test_fork_owner(start_server, &lines);
     char line[256];
-    cr_assert_geq(test_read_line(fds[0], line, sizeof line, 10000), 0, "owner did not start");
-    close(fds[0]);
+    cr_assert_geq(test_read_line(lines, line, sizeof line, 10000), 0, "owner did not start");
+    close(lines);
     int pid;
     char dir[200];
     cr_assert_eq(sscanf(line, "%d %199s", &pid, dir), 2);
