@@ -170,6 +170,12 @@ static void await_local(rl_limiter *l) {
     }
 }
 
+/* Halts Redis (sd_redis_server_halt) and waits until l's local fallback answers. */
+static void halt_until_local(rl_limiter *l) {
+    cr_assert_eq(sd_redis_server_halt(server), 0);
+    await_local(l);
+}
+
 /* Makes n checks of key, each of which the local fallback must answer; returns how many it
  * admitted. */
 static int local_admissions(rl_limiter *l, const char *key, int n) {
@@ -241,8 +247,7 @@ Test(ratelimit_faults, stopped_redis_fails_closed) {
 Test(ratelimit_faults, stopped_redis_falls_back_to_a_local_share) {
     rl_config cfg = full_share_config(2);
     rl_limiter *l = limiter(&cfg);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
-    await_local(l);
+    halt_until_local(l);
     int allowed = local_admissions(l, "fresh", 20);
     cr_assert_eq(allowed, 5);
     cr_assert_eq(sd_redis_server_restart(server), 0);
@@ -892,8 +897,7 @@ Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
         cr_assert_eq(d.source, RL_SOURCE_REDIS);
         cr_assert(d.allowed);
     }
-    cr_assert_eq(sd_redis_server_halt(server), 0);
-    await_local(l);
+    halt_until_local(l);
     int allowed = local_admissions(l, "spent", 20);
     cr_assert_eq(allowed, 2, "the local share admitted %d, not (10 - 6) / 2", allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
@@ -910,8 +914,7 @@ Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
     rl_config cfg = full_share_config(1);
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "other");
-    cr_assert_eq(sd_redis_server_halt(server), 0);
-    await_local(l);
+    halt_until_local(l);
     for (int i = 0; i < 3; i++) {
         rl_decision d = check(l, "k", NULL);
         cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
@@ -951,8 +954,7 @@ Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
         const char *name = rl_algorithm_name(cfg.algorithm);
         rl_limiter *l = limiter(&cfg);
         await_redis(l, "other");
-        cr_assert_eq(sd_redis_server_halt(server), 0);
-        await_local(l);
+        halt_until_local(l);
         for (int i = 0; i < 10; i++) {
             cr_assert(check(l, "k", NULL).allowed, "%s: local admission %d refused", name, i);
         }
@@ -1024,8 +1026,7 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
         pause_loop(10);
     }
     cr_assert_eq(s.live_instances, 2);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
-    await_local(a);
+    halt_until_local(a);
     int allowed = local_admissions(a, "fresh", 20);
     cr_assert_eq(allowed, 5, "admitted %d, not q / N = 10 / 2", allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
@@ -1086,8 +1087,7 @@ Test(ratelimit_faults, without_n_the_local_fallback_admits_nothing) {
 Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
     rl_config cfg = fleet_config("t;q=40;w=3600");
     rl_limiter *l = limiter(&cfg);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
-    await_local(l);
+    halt_until_local(l);
     int allowed = local_admissions(l, "fresh", 30);
     cr_assert_eq(allowed, 2, "admitted %d, not q / 10 / N = 40 / 10 / 2", allowed);
     cr_assert_eq(sd_redis_server_restart(server), 0);
@@ -1103,8 +1103,7 @@ Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
 Test(ratelimit_faults, a_local_grant_is_renewed_at_most_once_a_window) {
     rl_config cfg = fleet_config("s;q=40;w=1");
     rl_limiter *l = limiter(&cfg);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
-    await_local(l);
+    halt_until_local(l);
     /* Each admission's instant lies between the times taken before and after its check. */
     uint64_t before[64], after[64];
     int n = 0;
