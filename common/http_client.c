@@ -33,6 +33,8 @@
  */
 #include "http_client.h"
 
+#include "addr_vet.h"
+
 #include <assert.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -661,64 +663,7 @@ void sd_http_client_free(sd_http_client *c) {
 
 /* ---- the usual address policy ---- */
 
-/* 1 when the IPv4 address a (host order) is public unicast. */
-static int ipv4_is_public(uint32_t a) {
-    static const struct {
-        uint32_t net;
-        int bits;
-    } blocked[] = {
-        {0x00000000, 8},  /* 0.0.0.0/8 "this network" */
-        {0x0a000000, 8},  /* 10.0.0.0/8 private (RFC 1918) */
-        {0x64400000, 10}, /* 100.64.0.0/10 shared address space (RFC 6598) */
-        {0x7f000000, 8},  /* 127.0.0.0/8 loopback */
-        {0xa9fe0000, 16}, /* 169.254.0.0/16 link-local, cloud metadata */
-        {0xac100000, 12}, /* 172.16.0.0/12 private */
-        {0xc0000000, 24}, /* 192.0.0.0/24 IETF protocol assignments */
-        {0xc0000200, 24}, /* 192.0.2.0/24 documentation */
-        {0xc0586300, 24}, /* 192.88.99.0/24 6to4 relay anycast (deprecated) */
-        {0xc0a80000, 16}, /* 192.168.0.0/16 private */
-        {0xc6120000, 15}, /* 198.18.0.0/15 benchmarking */
-        {0xc6336400, 24}, /* 198.51.100.0/24 documentation */
-        {0xcb007100, 24}, /* 203.0.113.0/24 documentation */
-        {0xe0000000, 4},  /* 224.0.0.0/4 multicast */
-        {0xf0000000, 4},  /* 240.0.0.0/4 reserved, and 255.255.255.255 broadcast */
-    };
-    for (size_t i = 0; i < sizeof blocked / sizeof blocked[0]; i++) {
-        uint32_t mask = 0xffffffffu << (32 - blocked[i].bits);
-        if ((a & mask) == blocked[i].net)
-            return 0;
-    }
-    return 1;
-}
-
-static uint32_t ipv4_at(const uint8_t *b) {
-    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
+/* The ranges live in addr_vet.c, the one list of them in the tree. */
 int sd_http_addr_is_public(const struct sockaddr *addr) {
-    if (addr->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
-        return ipv4_is_public(ntohl(in->sin_addr.s_addr));
-    }
-    if (addr->sa_family != AF_INET6)
-        return 0;
-    const uint8_t *b = ((const struct sockaddr_in6 *)addr)->sin6_addr.s6_addr;
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b};
-    /* IPv4 carried in IPv6: ::ffff:a.b.c.d (mapped) and 64:ff9b::a.b.c.d (NAT64, RFC 6052). */
-    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
-        return ipv4_is_public(ipv4_at(b + 12));
-    /* 6to4 (2002::/16) embeds an IPv4 address in bits 16..47. */
-    if (b[0] == 0x20 && b[1] == 0x02)
-        return ipv4_is_public(ipv4_at(b + 2));
-    /* Global unicast is 2000::/3; everything else (::, ::1, fc00::/7, fe80::/10, ff00::/8, ...)
-     * is not public. Within it: 2001::/23 IETF assignments (Teredo and others) and
-     * 2001:db8::/32 documentation. */
-    if ((b[0] & 0xe0) != 0x20)
-        return 0;
-    if (b[0] == 0x20 && b[1] == 0x01 && b[2] < 0x02)
-        return 0;
-    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8)
-        return 0;
-    return 1;
+    return sd_addr_classify(addr) == SD_ADDR_OK;
 }
