@@ -352,7 +352,10 @@ int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, voi
             char text[400];
             sd_redis__crossslot_text(text, sizeof text, argv, lens, &route);
         }
-        free(own);
+        if (own) {
+            free(own);
+            lens = NULL; /* hiredis measures the arguments itself below */
+        }
         if (rc != 0)
             return SD_EPARSE;
         slot = route.slot;
