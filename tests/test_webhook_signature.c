@@ -475,3 +475,37 @@ Test(wh_signature_npm, a_single_changed_byte_is_refused_by_both_sides) {
     answers_free(answers);
     free(l.buf);
 }
+
+/* The npm package reads the timestamp with parseInt and signs the number it read, so it accepts
+ * a timestamp header with bytes added around the number, under the original signature. We
+ * verify over the header's exact text and take plain digits only (webhook/README.md). */
+Test(wh_signature_npm, timestamps_the_npm_package_stretches_are_refused_here) {
+    NPM_SKIP_UNLESS_READY();
+    int64_t now = (int64_t)time(NULL);
+    char text[WH_SECRET_TEXT_MAX];
+    wh_secret s = secret_new(32, text);
+    const char *body = "{\"a\":1}";
+    char sig[WH_SIGNATURE_ENTRY_LEN + 1];
+    cr_assert_eq(wh_signature_sign(&s, 1, "msg_ts", now, body, strlen(body), sig, sizeof sig), 0);
+    char variants[5][40];
+    snprintf(variants[0], sizeof variants[0], "%lldabc", (long long)now);
+    snprintf(variants[1], sizeof variants[1], "0%lld", (long long)now);
+    snprintf(variants[2], sizeof variants[2], " %lld", (long long)now);
+    snprintf(variants[3], sizeof variants[3], "+%lld", (long long)now);
+    snprintf(variants[4], sizeof variants[4], "%lld.9", (long long)now);
+    lines l = {0};
+    for (int i = 0; i < 5; i++) {
+        cr_expect_neq(
+            wh_signature_verify(&s, 1, "msg_ts", variants[i], sig, body, strlen(body), now, 300), 0,
+            "we accepted timestamp '%s'", variants[i]);
+        lines_add(&l, "verify", text, "msg_ts", variants[i], 0, sig, body, strlen(body));
+    }
+    char **answers = lines_run(&l);
+    int stretched = 0;
+    for (int i = 0; i < 5; i++)
+        stretched += strcmp(answers[i], "ok") == 0;
+    cr_log_info("the npm package accepted %d of 5 altered timestamp headers", stretched);
+    cr_expect_eq(stretched, 5, "the package changed: update webhook/README.md");
+    answers_free(answers);
+    free(l.buf);
+}
