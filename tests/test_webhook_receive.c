@@ -167,7 +167,7 @@ static int count_lines(rx_rig *g, const char *name) {
     return n;
 }
 
-TestSuite(webhook_receive, .timeout = 120);
+TestSuite(webhook_receive, .timeout = 180);
 
 Test(webhook_receive, a_delivery_runs_the_command_once_and_a_duplicate_does_not) {
     rx_rig *g = rx_start(0, "cat >> {dir}/out && echo \"$WEBHOOK_ID\" >> {dir}/runs", NULL);
@@ -285,7 +285,7 @@ Test(webhook_receive, a_duplicate_storm_has_one_side_effect) {
     duplicate_storm(0);
 }
 
-Test(webhook_receive, a_duplicate_storm_has_one_side_effect_on_a_cluster, .timeout = 180) {
+Test(webhook_receive, a_duplicate_storm_has_one_side_effect_on_a_cluster) {
     duplicate_storm(1);
 }
 
