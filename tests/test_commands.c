@@ -61,6 +61,7 @@ static const struct {
     {"ratelimit", "serve", {"--deadline-ms", "0"}, "--deadline-ms"},
     {"ratelimit", "check", {"--cost", "-1"}, "--cost"},
     {"hello-server", NULL, {"--max-body-bytes", "0"}, "--max-body-bytes"},
+    {"webhook", "receive", {"--tolerance", "0"}, "--tolerance"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -99,8 +100,8 @@ Test(commands, help_exits_0_with_the_usage_from_the_table) {
         }
     }
     /* The programs with subcommands list them. */
-    const char *const progs[] = {"bench", "ratelimit"};
-    for (size_t i = 0; i < 2; i++) {
+    const char *const progs[] = {"bench", "ratelimit", "webhook"};
+    for (size_t i = 0; i < 3; i++) {
         run((const char *[]){progs[i], "--help", NULL}, NULL, &r);
         cr_expect_eq(r.status, 0);
         cr_expect_not_null(strstr(r.out, "\ncommands:\n"), "%s --help: %s", progs[i], r.out);
@@ -122,8 +123,8 @@ Test(commands, an_unknown_option_exits_2_with_one_line_naming_it) {
         cr_expect_not_null(strstr(r.err, "'--no-such-option'"), "%s", r.err);
         cr_expect_str_empty(r.out);
     }
-    const char *const progs[] = {"bench", "ratelimit"};
-    for (size_t i = 0; i < 2; i++) {
+    const char *const progs[] = {"bench", "ratelimit", "webhook"};
+    for (size_t i = 0; i < 3; i++) {
         run((const char *[]){progs[i], "--no-such-option", NULL}, NULL, &r);
         cr_expect_eq(r.status, 2);
         cr_expect_eq(lines(r.err), 1, "%s", r.err);
