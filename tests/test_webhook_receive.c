@@ -338,3 +338,20 @@ Test(webhook_receive, bad_secrets_are_a_usage_error_that_never_prints_them) {
     cr_assert_eq(r.status, 2, "%s", r.err);
     cr_assert(strstr(r.err, "no secret"), "%s", r.err);
 }
+
+/* A command that exits without reading a large body: the answer comes from its exit status,
+ * the unread input is dropped (EPIPE is no error), nothing is touched after it is freed. */
+Test(webhook_receive, a_command_that_ignores_its_stdin_still_counts) {
+    rx_rig *g = rx_start(0, "echo run >> {dir}/runs", NULL);
+    size_t n = 512 * 1024, len;
+    char *body = sd_xmalloc(n);
+    memset(body, 'x', n);
+    char *req = delivery_request(g, "msg_big", body, n, 0, &len);
+    int fd = send_request(g, req, len);
+    char resp[256];
+    cr_assert_eq(read_status(fd, resp, sizeof resp), 200, "%s", resp);
+    cr_assert_eq(count_lines(g, "runs"), 1);
+    free(req);
+    free(body);
+    rx_stop(g);
+}

@@ -83,6 +83,8 @@ typedef struct delivery {
     uv_process_t proc;
     uv_pipe_t in;
     uv_write_t write;
+    char *input; /* the body's copy being written to the command's stdin: the request's own
+                    bytes go away once it is answered, which may come first */
     int proc_open, in_open, finishing, responded;
     int ok;              /* the command exited 0 */
     int64_t exit_status; /* else how it ended */
@@ -97,6 +99,7 @@ static void delivery_maybe_free(delivery *d) {
     if (!d->responded || d->proc_open || d->in_open || d->finishing)
         return;
     receiver *rx = d->rx;
+    free(d->input);
     free(d->id);
     free(d);
     rx->active--;
@@ -227,7 +230,9 @@ static void run_command(delivery *d) {
         uv_close((uv_handle_t *)&d->in, on_in_closed);
         return;
     }
-    uv_buf_t buf = uv_buf_init((char *)body, (unsigned)len);
+    d->input = sd_xmalloc(len);
+    memcpy(d->input, body, len);
+    uv_buf_t buf = uv_buf_init(d->input, (unsigned)len);
     d->write.data = d;
     if (uv_write(&d->write, (uv_stream_t *)&d->in, &buf, 1, on_written) != 0)
         uv_close((uv_handle_t *)&d->in, on_in_closed);
