@@ -228,6 +228,10 @@ sd_redis_server *sd_redis_cluster_server_node(const sd_redis_cluster_server *c, 
     return i >= 0 && i < c->count ? c->nodes[i] : NULL;
 }
 
+int sd_redis_cluster_server_wait_ready(const sd_redis_cluster_server *c, int timeout_ms) {
+    return wait_all(c, 1, sd_now_ms() + (uint64_t)timeout_ms);
+}
+
 int sd_redis_cluster_server_stop(sd_redis_cluster_server *c) {
     if (c == NULL)
         return 0;

@@ -47,6 +47,13 @@ int sd_redis_cluster_server_count(const sd_redis_cluster_server *c);
  * and for fault tests (sd_redis_server_signal, _halt, _restart); do not stop it. */
 sd_redis_server *sd_redis_cluster_server_node(const sd_redis_cluster_server *c, int i);
 
+/* Waits until every node is ready again, as start does (cluster_state:ok, every slot assigned,
+ * every node known, replicas linked): after nodes were halted and restarted, or frozen and
+ * continued. A restarted master answers CLUSTERDOWN for its first 2 s (Redis's
+ * CLUSTER_WRITABLE_DELAY), so this takes at least that long after a restart. Returns 0, or
+ * SD_ETIMEDOUT after timeout_ms. */
+int sd_redis_cluster_server_wait_ready(const sd_redis_cluster_server *c, int timeout_ms);
+
 /* Stops every node, removes their directories and frees the handle. NULL is a no-op. Returns 0
  * or the first node's error (everything is stopped regardless). */
 int sd_redis_cluster_server_stop(sd_redis_cluster_server *c);
