@@ -44,10 +44,9 @@ typedef struct fleet {
 static fleet fleet_start(const char *policy, const char *algorithm) {
     fleet f;
     for (int i = 0; i < GATEWAYS; i++) {
-        const char *argv[] = {"ratelimit",   "serve",   "--listen",
-                              "127.0.0.1:0", "--redis", test_target_url(server),
-                              "--policy",    policy,    "--algorithm",
-                              algorithm,     NULL};
+        const char *argv[] = {
+            "ratelimit", "serve", "--listen",    "127.0.0.1:0", "--redis", test_target_url(server),
+            "--policy",  policy,  "--algorithm", algorithm,     NULL};
         f.g[i] = test_server_start(argv);
     }
     return f;

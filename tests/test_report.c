@@ -709,8 +709,7 @@ Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
     test_run_program(
         "bench",
         (const char *[]){"run", "ratelimit.gcra.closed", "--duration", "0.3", "--warmup", "0.1",
-                         "--redis", test_target_url(server), "--json", json, "--html", html,
-                         NULL},
+                         "--redis", test_target_url(server), "--json", json, "--html", html, NULL},
         NULL, (const char *[]){"PATH=/nonexistent-for-bench-peers", "BENCH_PEERS=1", NULL}, &ran);
     test_target_stop(server);
     const char *out = ran.out, *err = ran.err;
