@@ -157,7 +157,10 @@ static void on_asking(sd_aredis *r, redisReply *reply, int status, void *privdat
 static int send_to(struct acmd *a, int node, int asking) {
     struct sd_redis__acluster *cl = a->cl;
     if (!node_ready(cl, node)) {
+        /* The map may be stale (the master died and a replica took over): ask again, at most
+         * once per second, or its slots would stay on a dead node for good. */
         open_node(cl, node);
+        refresh_soon(cl);
         return SD_EDISCONNECTED;
     }
     uint64_t now = sd_now_ns();

@@ -25,6 +25,8 @@ typedef struct sd_redis_cluster_server_opts {
     int masters;          /* 3 when 0; 1 to 16 */
     int replicas;         /* replicas per master: 0 (the default) or 1 */
     int start_timeout_ms; /* for the whole start, default 30000 */
+    int node_timeout_ms;  /* cluster-node-timeout: how long a node may be unreachable before it
+                             is taken for failed (a replica then takes over), default 5000 */
 } sd_redis_cluster_server_opts;
 
 /*

@@ -799,3 +799,56 @@ Test(redis_cluster, thousands_of_arguments_are_routed_whole) {
     free(keys);
     sd_redis_cluster_server_stop(c);
 }
+
+/* A master killed with SIGKILL, with a replica: once the replica has taken over, both kinds of
+ * connection find it (the async one asks for the map again when a master's connection is down,
+ * at most once per second) and its slots answer again; the other masters never stopped. A short
+ * cluster-node-timeout (1 s) keeps the test short. */
+Test(redis_cluster, a_failover_is_followed_by_both_connections, .timeout = 120) {
+    sd_redis_cluster_server_opts o = {.masters = 3, .replicas = 1, .node_timeout_ms = 1000};
+    sd_redis_cluster_server *c = NULL;
+    cr_assert_eq(sd_redis_cluster_server_start(&o, &c), 0);
+    char key[3][32];
+    for (int m = 0; m < 3; m++)
+        key_on(m, "failover", key[m], sizeof key[m]);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *ar = acluster_connect(&loop, sd_redis_cluster_server_url(c), NULL, 0);
+    sd_redis *s = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    cr_assert_eq(test_redis_int(s, "INCR %s", key[1]), 1);
+
+    sd_redis_server *victim = sd_redis_cluster_server_node(c, 1);
+    cr_assert_eq(sd_redis_server_signal(victim, SIGKILL), 0);
+    sd_redis_server_halt(victim);
+
+    /* The async connection: INCR on the killed master's key until one is answered. */
+    struct answers a = {0};
+    uint64_t until = sd_now_ms() + 60000;
+    while (a.ok == 0 && sd_now_ms() < until) {
+        struct answers one = {0};
+        wait_accepted(&loop, ar, key[1], &one);
+        run_until(&loop, &one.calls, 1);
+        a.ok += one.ok;
+    }
+    cr_assert_eq(a.ok, 1, "the async connection never reached the promoted replica");
+    /* The sync one. */
+    redisReply *reply = NULL;
+    while (reply == NULL && sd_now_ms() < until) {
+        reply = sd_redis_command(s, NULL, "INCR %s", key[1]);
+        if (reply && reply->type != REDIS_REPLY_INTEGER) {
+            freeReplyObject(reply);
+            reply = NULL;
+        }
+    }
+    cr_assert_not_null(reply, "the sync connection never reached the promoted replica");
+    freeReplyObject(reply);
+    /* The replica (node 4) is now a master and holds the key. */
+    char *role = node_text(sd_redis_cluster_server_node(c, 4), "INFO replication");
+    cr_assert(strstr(role, "role:master") != NULL, "%s", role);
+    free(role);
+    for (int m = 0; m < 3; m += 2)
+        cr_assert_eq(test_redis_int(s, "INCR %s", key[m]), 1);
+    sd_redis_free(s);
+    aclose(&loop, ar);
+    sd_redis_cluster_server_stop(c);
+}
