@@ -6,6 +6,7 @@
 #      trip, then 16 pipelined), and EVALSHA of a one-line script (INCRBY of a random key), with
 #      Redis's own CPU (INFO cpu, user + sys) per operation for each run: ops/s per Redis CPU is
 #      what one core of Redis can serve when the clients are elsewhere.
+#      Then the memory of a short link (a 7-character code -> a 100-byte URL, one string).
 #   2. A 3-master Redis Cluster (redis-cli --cluster create, explicit --cluster-port values):
 #      redis-benchmark --cluster SET/GET over 100,000 random keys (spread over the 3 masters),
 #      then on one key (a hot key: every request goes to the master of its slot), with each
@@ -88,6 +89,16 @@ bench "SET, 16 pipelined" "$P" -t set -r 100000 -P 16
 bench "GET, 16 pipelined" "$P" -t get -r 100000 -P 16
 SHA=$(redis-cli -p "$P" script load "return redis.call('INCRBY', KEYS[1], ARGV[1])")
 bench "EVALSHA (INCRBY), 1 per round trip" "$P" -r 100000 evalsha "$SHA" 1 'k:__rand_int__' 1
+
+# What a short link costs in memory: a 7-character code mapped to a 100-byte URL, as one string
+# (MEMORY USAGE), and used_memory per entry over 100,000 of them.
+URL100=$(printf 'https://example.com/%080d' 0)
+redis-cli -p "$P" set "u:{aB3dE9x}" "$URL100" >/dev/null
+m0=$(redis-cli -p "$P" info memory | awk -F: '/^used_memory:/ { print $2 + 0 }')
+redis-cli -p "$P" eval "for i = 1, 100000 do redis.call('SET', 'u:{' .. string.format('%07d', i) .. '}', ARGV[1]) end" 0 "$URL100" >/dev/null
+m1=$(redis-cli -p "$P" info memory | awk -F: '/^used_memory:/ { print $2 + 0 }')
+printf 'a short link (7-char code -> 100-byte URL): MEMORY USAGE %s B, used_memory %s B per entry over 100,000\n' \
+    "$(redis-cli -p "$P" memory usage "u:{aB3dE9x}")" "$(( (m1 - m0) / 100000 ))"
 
 echo "== a 3-master cluster (each master on its own port, 2 CPUs for all of them + the client)"
 MASTERS=""
