@@ -80,6 +80,19 @@ static redisReply *command_until_answered(sd_redis *r, const char *cmd, int *err
     return reply;
 }
 
+/* The suite runs against what its CTest name says (SD_TEST_REDIS): a cluster run that quietly
+ * started a single server would pass without testing the cluster at all. */
+Test(redis, runs_against_a_cluster_exactly_when_asked) {
+    for (int i = 0; i < test_target_nodes(server); i++) {
+        redisReply *info = test_target_node_command(server, i, "INFO cluster");
+        cr_assert_eq(info->type, REDIS_REPLY_STRING);
+        int enabled = strstr(info->str, "cluster_enabled:1") != NULL;
+        freeReplyObject(info);
+        cr_assert_eq(enabled, test_target_is_cluster(), "node %d: cluster_enabled:%d", i, enabled);
+    }
+    cr_assert_eq(test_target_nodes(server), test_target_is_cluster() ? 3 : 1);
+}
+
 Test(redis, sync_script_survives_script_flush) {
     sd_redis *r = test_redis_connect(test_target_url(server));
     const char *argv[] = {"k", "2"};
