@@ -423,7 +423,8 @@ static int send_handshake(sd_aredis *r) {
  * The answer to the probe's CLUSTER SLOTS (top of file), inside hiredis's reply callback for ac.
  * A slot map: become the router and give up ac (hiredis frees it once this callback returns;
  * on_disconnect then finds the state CLUSTER and leaves it). "Cluster support disabled" (or a
- * server without the command): a single server, so finish the handshake here. Anything else (a
+ * server without the command, or a user not allowed it): a single server, so finish the
+ * handshake here. Anything else (a
  * node still loading its data, a cluster with no slot assigned yet): fail this attempt and ask
  * again on the next one.
  */
@@ -438,9 +439,12 @@ static void probe_answered(sd_aredis *r, redisAsyncContext *ac, const redisReply
         r->cluster = sd_redis__acluster_new(r, r->loop, &r->url, &r->opts, reply, r->seed_host);
         return;
     }
+    /* An ACL user without the right to ask (NOPERM) is taken for a single server too, rather
+     * than never connecting. */
     int single = reply->type == REDIS_REPLY_ERROR &&
                  (strstr(reply->str, "cluster support disabled") != NULL ||
-                  strncmp(reply->str, "ERR unknown command", 19) == 0);
+                  strncmp(reply->str, "ERR unknown command", 19) == 0 ||
+                  strncmp(reply->str, "NOPERM", 6) == 0);
     if (!single) {
         sd_log(SD_LOG_WARN, "redis.cluster_probe_failed", "error=\"%.100s\"",
                reply->type == REDIS_REPLY_ERROR ? reply->str : "no slot is assigned");

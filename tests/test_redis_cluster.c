@@ -852,3 +852,23 @@ Test(redis_cluster, a_failover_is_followed_by_both_connections, .timeout = 120) 
     aclose(&loop, ar);
     sd_redis_cluster_server_stop(c);
 }
+
+/* A single server whose ACL user may not run CLUSTER commands (NOPERM for the probe) is taken for
+ * a single server: the async connection comes up and serves the user. */
+Test(redis_cluster, async_probe_refused_by_the_acl_means_a_single_server) {
+    sd_redis_server *s = test_redis_start(NULL);
+    redisReply *reply = raw(s, "ACL SETUSER app on >app-secret ~* +@all -cluster");
+    cr_assert_neq(reply->type, REDIS_REPLY_ERROR, "%s", reply->str);
+    freeReplyObject(reply);
+    char url[96];
+    snprintf(url, sizeof url, "redis://app:app-secret@127.0.0.1:%d", sd_redis_server_port(s));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = acluster_connect(&loop, url, NULL, 0);
+    struct answers a = {0};
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCR acl-key"), 0);
+    run_until(&loop, &a.calls, 1);
+    cr_assert_eq(a.ok, 1, "%s", a.error);
+    aclose(&loop, r);
+    sd_redis_server_stop(s);
+}
