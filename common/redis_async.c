@@ -424,9 +424,8 @@ static int send_handshake(sd_aredis *r) {
  * A slot map: become the router and give up ac (hiredis frees it once this callback returns;
  * on_disconnect then finds the state CLUSTER and leaves it). "Cluster support disabled" (or a
  * server without the command, or a user not allowed it): a single server, so finish the
- * handshake here. Anything else (a
- * node still loading its data, a cluster with no slot assigned yet): fail this attempt and ask
- * again on the next one.
+ * handshake here. Anything else (a node still loading its data, a cluster with no slot assigned
+ * yet): fail this attempt and ask again on the next one.
  */
 static void probe_answered(sd_aredis *r, redisAsyncContext *ac, const redisReply *reply) {
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
