@@ -18,6 +18,9 @@
  *    runs) and the error naming the keys is logged.
  *  - A redirection to a master this connection has no ready connection to yet fails with
  *    SD_EDISCONNECTED (the connection to it is being opened; the next command gets through).
+ *  - A command refused because its master's connection is down also asks for a refresh of the
+ *    map (at most once per second): after a failover the slots move to the promoted replica,
+ *    and nothing else would tell this connection (bench/probes/cluster_kill.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
