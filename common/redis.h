@@ -20,7 +20,8 @@
  *     which both runs the script and loads it back into the script cache.
  *
  * Redis Cluster: both connections also work on a cluster, behind the same functions. A URL
- * with several seeds (redis://h:p,h:p) is a cluster; a single-node URL is asked INFO cluster.
+ * with several seeds (redis://h:p,h:p) is a cluster; a single-node URL is asked on connect (the
+ * sync connection: INFO cluster; the async one: CLUSTER SLOTS, inside its connect handshake).
  * Commands go to the master of their first key's slot (EVAL/EVALSHA: argv[3] when numkeys > 0),
  * MOVED / ASK / TRYAGAIN are followed within the command's deadline, every master's connection
  * loads the scripts. Keys of several slots in one command are refused before sending: the sync

@@ -3,9 +3,9 @@
  * asynchronous counterpart of the router in redis_cluster.c, whose design (detection, slot map,
  * command keys, redirections) it follows. What differs:
  *
- *  - Detection happens when the connection is created: a URL with several seeds is a cluster;
- *    a URL naming one node is asked INFO cluster once, synchronously, within the connect
- *    timeout (start-up code; a Redis that is down then is taken for a single server).
+ *  - Detection is part of the owner's first handshake (redis_async.c): its connection asks
+ *    CLUSTER SLOTS, and a cluster node's answer, the slot map, creates this router. Nothing
+ *    blocks the loop, and a Redis that is down at start is detected when it comes up.
  *  - One sd_aredis per master, each with its own handshake (scripts loaded), deadlines,
  *    pipelining and reconnect. The owner's connection counts as up when every master's is.
  *  - Each routed command is a small request (struct acmd) holding the caller's callback, the
@@ -18,6 +18,9 @@
  *    runs) and the error naming the keys is logged.
  *  - A redirection to a master this connection has no ready connection to yet fails with
  *    SD_EDISCONNECTED (the connection to it is being opened; the next command gets through).
+ *  - A command refused because its master's connection is down also asks for a refresh of the
+ *    map (at most once per second): after a failover the slots move to the promoted replica,
+ *    and nothing else would tell this connection (bench/probes/cluster_kill.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,17 +160,27 @@ static void on_asking(sd_aredis *r, redisReply *reply, int status, void *privdat
 static int send_to(struct acmd *a, int node, int asking) {
     struct sd_redis__acluster *cl = a->cl;
     if (!node_ready(cl, node)) {
+        /* The map may be stale (the master died and a replica took over): ask again, at most
+         * once per second, or its slots would stay on a dead node for good. */
         open_node(cl, node);
+        refresh_soon(cl);
         return SD_EDISCONNECTED;
     }
     uint64_t now = sd_now_ns();
     int left = a->deadline_ns > now ? (int)((a->deadline_ns - now + 999999) / 1000000) : 0;
     if (left < 1)
         return SD_ETIMEDOUT;
-    enum { MAX_ARGS = 4096 };
-    const char **argv = sd_xmalloc(MAX_ARGS * sizeof *argv);
-    size_t *lens = sd_xmalloc(MAX_ARGS * sizeof *lens);
-    int argc = sd_redis__resp_argv(a->cmd, a->len, MAX_ARGS, argv, lens), rc;
+    /* As many arguments as the command's header says (a batch of checks may have thousands). */
+    int max = a->len > 1 ? atoi(a->cmd + 1) : 0;
+    max = max > 0 ? max : 1;
+    const char **argv = sd_xmalloc((size_t)max * sizeof *argv);
+    size_t *lens = sd_xmalloc((size_t)max * sizeof *lens);
+    int argc = sd_redis__resp_argv(a->cmd, a->len, max, argv, lens), rc;
+    if (argc < 0) {
+        free(argv);
+        free(lens);
+        return SD_EPARSE;
+    }
     sd_aredis *conn = cl->conn[node];
     if (asking)
         sd_aredis_command(conn, on_asking, NULL, left, "ASKING");
@@ -252,43 +265,10 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
 
 /* ---- Entry points (called from redis_async.c) ----------------------------------------------- */
 
-struct sd_redis__acluster *sd_redis__acluster_open(sd_aredis *owner, uv_loop_t *loop,
-                                                   const sd_redis_url *url,
-                                                   const sd_redis_opts *opts) {
-    if (url->path)
-        return NULL;
-    /* Ask the seeds, in turn, for the map; a single URL is first asked whether it is a
-     * cluster at all. */
-    sd_redis_opts probe_opts = *opts;
-    probe_opts.scripts = NULL;
-    probe_opts.nscripts = 0;
-    probe_opts.command_timeout_ms = opts->connect_timeout_ms;
-    redisReply *slots = NULL;
-    char asked[64] = "";
-    for (int i = 0; slots == NULL; i++) {
-        sd_redis_url seed;
-        if (sd_redis__seed_url(url, i, &seed) != 0)
-            break;
-        sd_redis *r = sd_redis__new_node(&seed, &probe_opts);
-        int err = 0;
-        redisReply *info = url->seeds ? NULL : sd_redis_command(r, &err, "INFO cluster");
-        int cluster = url->seeds != NULL || (info && info->type == REDIS_REPLY_STRING &&
-                                             strstr(info->str, "cluster_enabled:1") != NULL);
-        if (info)
-            freeReplyObject(info);
-        if (cluster) {
-            slots = sd_redis_command(r, &err, "CLUSTER SLOTS");
-            if (slots && slots->type != REDIS_REPLY_ARRAY) {
-                freeReplyObject(slots);
-                slots = NULL;
-            }
-            snprintf(asked, sizeof asked, "%s", seed.host);
-        }
-        sd_redis_free(r);
-        sd_redis_url_clear(&seed);
-        if (!cluster)
-            return NULL;
-    }
+struct sd_redis__acluster *sd_redis__acluster_new(sd_aredis *owner, uv_loop_t *loop,
+                                                  const sd_redis_url *url,
+                                                  const sd_redis_opts *opts,
+                                                  const redisReply *slots, const char *asked_host) {
     struct sd_redis__acluster *cl = sd_xcalloc(1, sizeof *cl);
     cl->owner = owner;
     cl->loop = loop;
@@ -296,21 +276,8 @@ struct sd_redis__acluster *sd_redis__acluster_open(sd_aredis *owner, uv_loop_t *
     cl->opts = sd_redis__opts_resolve(opts);
     for (int s = 0; s < SLOTS; s++)
         cl->map.slot[s] = -1;
-    if (slots) {
-        sd_redis__slot_map_apply(&cl->map, slots, asked);
-        freeReplyObject(slots);
-        cl->refreshed_ms = sd_now_ms();
-    } else {
-        /* No seed answered: start from the seeds; the first MOVED fills the map in. */
-        sd_redis_url seed;
-        for (int i = 0; sd_redis__seed_url(url, i, &seed) == 0; i++) {
-            int n = sd_redis__slot_map_node(&cl->map, seed.host, seed.port);
-            if (i == 0)
-                for (int s = 0; s < SLOTS; s++)
-                    cl->map.slot[s] = (short)n;
-            sd_redis_url_clear(&seed);
-        }
-    }
+    sd_redis__slot_map_apply(&cl->map, slots, asked_host);
+    cl->refreshed_ms = sd_now_ms();
     open_masters(cl);
     return cl;
 }
@@ -337,10 +304,10 @@ int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, voi
                             const char **argv, const size_t *lens) {
     struct sd_redis__route route;
     int slot = -1;
+    size_t *own = NULL; /* the lengths of NUL-terminated arguments, until they are formatted */
     if (script) {
         slot = nkeys > 0 ? sd_redis_key_slot(argv[0], lens ? lens[0] : strlen(argv[0])) : -1;
     } else {
-        size_t *own = NULL;
         if (lens == NULL) {
             own = sd_xmalloc((size_t)argc * sizeof *own);
             for (int i = 0; i < argc; i++)
@@ -351,13 +318,9 @@ int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, voi
         if (rc != 0) {
             char text[400];
             sd_redis__crossslot_text(text, sizeof text, argv, lens, &route);
-        }
-        if (own) {
             free(own);
-            lens = NULL; /* hiredis measures the arguments itself below */
-        }
-        if (rc != 0)
             return SD_EPARSE;
+        }
         slot = route.slot;
     }
     struct acmd *a = sd_xcalloc(1, sizeof *a);
@@ -368,6 +331,7 @@ int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, voi
     a->nkeys = nkeys;
     a->slot = slot;
     int len = redisFormatCommandArgv(&a->cmd, argc, argv, lens);
+    free(own);
     a->len = len > 0 ? (size_t)len : 0;
     int ms = timeout_ms > 0 ? timeout_ms : cl->opts.command_timeout_ms;
     a->deadline_ns = sd_now_ns() + (uint64_t)ms * 1000000u;

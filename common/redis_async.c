@@ -18,6 +18,20 @@
  * Only READY accepts commands; in every other state sd_aredis_command fails at once with
  * SD_EDISCONNECTED, which is what lets callers bound their decision time when Redis is down.
  *
+ * Redis Cluster detection. Until a connection made by sd_aredis_new knows what it talks to
+ * (`probe`), its first handshake is AUTH and CLUSTER SLOTS only, on the first seed of the URL
+ * (the next seed after each failed attempt). A cluster node answers with the slot map: the
+ * connection gives up its own context and becomes a router (state CLUSTER, redis_acluster.c),
+ * which opens one connection per master and reports up once every one of them is. A single
+ * server answers that cluster support is disabled: the rest of the handshake (SELECT, the
+ * SCRIPT LOADs) follows on the same connection, and the question is never asked again. So
+ * detection never blocks the loop, a Redis that is down at start is detected when it comes up,
+ * and no script is loaded on a node only to be dropped.
+ *
+ *   HANDSHAKE (probe) ── slot map ──> CLUSTER (routes to one connection per master, for good)
+ *        │ "cluster support disabled"
+ *        └──> SELECT, SCRIPT LOADs ──> READY (as above; probe is over)
+ *
  * Deadlines. Each accepted command is a `struct areq` on the connection's pending list (a
  * doubly linked list, in send order). One uv_timer is armed for the earliest deadline. When it
  * fires, every expired request's callback runs with SD_ETIMEDOUT and the request is marked
@@ -76,12 +90,12 @@ static size_t resp_format(char **out, int argc, const char **argv, const size_t 
 
 /* ---- Asynchronous connection ---------------------------------------------------------------- */
 
-enum astate { AS_CONNECTING, AS_HANDSHAKE, AS_READY, AS_WAITING, AS_CLOSED };
+enum astate { AS_CONNECTING, AS_HANDSHAKE, AS_READY, AS_WAITING, AS_CLUSTER, AS_CLOSED };
 
 /* The kinds of handshake command: one Redis must accept (AUTH, SELECT, PING: an error reply
  * fails the handshake), and a SCRIPT LOAD (an error reply is logged, and the script's calls will
  * report it as EVAL would). */
-enum { HS_REQUIRED = 1, HS_SCRIPT_LOAD = 2 };
+enum { HS_REQUIRED = 1, HS_SCRIPT_LOAD = 2, HS_PROBE = 3 };
 
 /* One command in flight. For scripts it keeps the formatted EVALSHA command, so that after a
  * NOSCRIPT reply it can be re-sent as EVAL without asking the caller for its arguments again. */
@@ -92,7 +106,7 @@ struct areq {
     void *privdata;
     uint64_t deadline_ns;
     int expired;       /* the callback already ran with SD_ETIMEDOUT */
-    int internal;      /* a handshake command of ours: HS_REQUIRED or HS_SCRIPT_LOAD */
+    int internal;      /* a handshake command of ours: HS_REQUIRED, HS_SCRIPT_LOAD, HS_PROBE */
     sd_script *script; /* non-NULL for scripts until retried; a SCRIPT LOAD's script */
     char *cmd;         /* the formatted EVALSHA command (scripts only) */
     size_t cmdlen;
@@ -117,6 +131,9 @@ struct sd_aredis {
     /* Redis Cluster: when set, this connection only routes to one per master
      * (redis_acluster.c) and never connects itself. */
     struct sd_redis__acluster *cluster;
+    int probe;          /* whether the URL names a cluster is not known yet (top of file) */
+    int seed;           /* while probing: the seed of the URL this attempt connects to */
+    char seed_host[64]; /* and its host, which CLUSTER SLOTS may leave out */
 };
 
 static void aredis_connect(sd_aredis *r);
@@ -234,6 +251,8 @@ static void on_conn_timer(uv_timer_t *t);
 
 /* Schedules the next connect attempt after the current backoff step. */
 static void schedule_reconnect(sd_aredis *r) {
+    if (r->probe)
+        r->seed++; /* the next seed, if the URL has several */
     r->backoff_ms = sd_redis__backoff_next(r->backoff_ms, &r->opts);
     r->state = AS_WAITING;
     uv_timer_start(&r->conn_timer, on_conn_timer, (uint64_t)r->backoff_ms, 0);
@@ -253,6 +272,9 @@ static void on_conn_timer(uv_timer_t *t) {
     }
 }
 
+static void probe_answered(sd_aredis *r, redisAsyncContext *ac, const redisReply *reply);
+static int send_handshake(sd_aredis *r);
+
 /* hiredis's callback for every command we send; privdata is the struct areq. */
 static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
     struct areq *q = privdata;
@@ -262,6 +284,12 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
         /* The connection went away (or is being freed) before the reply came. */
         areq_finish(r, q, NULL, r->state == AS_CLOSED ? SD_ECLOSED : SD_EDISCONNECTED);
         areq_free(r, q);
+        return;
+    }
+    if (q->internal == HS_PROBE) {
+        areq_free(r, q);
+        r->handshake_left--;
+        probe_answered(r, ac, reply);
         return;
     }
     if (q->internal) {
@@ -310,8 +338,8 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
 static void on_disconnect(const redisAsyncContext *ac, int status) {
     sd_aredis *r = ac->data;
     /* CLOSED: we are freeing it. WAITING: the connect timer gave up on it and already
-     * scheduled the next attempt. */
-    if (r == NULL || r->state == AS_CLOSED || r->state == AS_WAITING)
+     * scheduled the next attempt. CLUSTER: it was the probe's, and the router took over. */
+    if (r == NULL || r->state == AS_CLOSED || r->state == AS_WAITING || r->state == AS_CLUSTER)
         return;
     r->ac = NULL;
     sd_log(SD_LOG_WARN, "redis.disconnected", "error=\"%s\"",
@@ -358,6 +386,20 @@ static void on_connect(const redisAsyncContext *ac, int status) {
                                r->url.password};
         rc |= send_internal(r, HS_REQUIRED, r->url.user ? 3 : 2, auth, NULL, NULL);
     }
+    if (r->probe) {
+        /* The rest of the handshake waits for the answer (probe_answered). */
+        const char *slots[2] = {"CLUSTER", "SLOTS"};
+        rc |= send_internal(r, HS_PROBE, 2, slots, NULL, NULL);
+    } else {
+        rc |= send_handshake(r);
+    }
+    if (rc != 0)
+        redisAsyncDisconnect(r->ac);
+}
+
+/* The handshake after AUTH: SELECT, the SCRIPT LOADs, or a PING. Returns 0 or -1. */
+static int send_handshake(sd_aredis *r) {
+    int rc = 0;
     char db[16];
     snprintf(db, sizeof db, "%d", r->url.db);
     const char *select[2] = {"SELECT", db};
@@ -374,8 +416,43 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     /* With nothing else to send, a PING is the readiness probe. */
     if (r->handshake_left == 0)
         rc |= send_internal(r, HS_REQUIRED, 1, ping, NULL, NULL);
-    if (rc != 0)
-        redisAsyncDisconnect(r->ac);
+    return rc;
+}
+
+/*
+ * The answer to the probe's CLUSTER SLOTS (top of file), inside hiredis's reply callback for ac.
+ * A slot map: become the router and give up ac (hiredis frees it once this callback returns;
+ * on_disconnect then finds the state CLUSTER and leaves it). "Cluster support disabled" (or a
+ * server without the command, or a user not allowed it): a single server, so finish the
+ * handshake here. Anything else (a node still loading its data, a cluster with no slot assigned
+ * yet): fail this attempt and ask again on the next one.
+ */
+static void probe_answered(sd_aredis *r, redisAsyncContext *ac, const redisReply *reply) {
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
+        r->probe = 0;
+        r->state = AS_CLUSTER;
+        uv_timer_stop(&r->conn_timer);
+        sd_redis__async_give_up(&r->ac);
+        sd_log(SD_LOG_INFO, "redis.cluster_detected", "host=%s ranges=%zu", r->seed_host,
+               reply->elements);
+        r->cluster = sd_redis__acluster_new(r, r->loop, &r->url, &r->opts, reply, r->seed_host);
+        return;
+    }
+    /* An ACL user without the right to ask (NOPERM) is taken for a single server too, rather
+     * than never connecting. */
+    int single = reply->type == REDIS_REPLY_ERROR &&
+                 (strstr(reply->str, "cluster support disabled") != NULL ||
+                  strncmp(reply->str, "ERR unknown command", 19) == 0 ||
+                  strncmp(reply->str, "NOPERM", 6) == 0);
+    if (!single) {
+        sd_log(SD_LOG_WARN, "redis.cluster_probe_failed", "error=\"%.100s\"",
+               reply->type == REDIS_REPLY_ERROR ? reply->str : "no slot is assigned");
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    r->probe = 0;
+    if (send_handshake(r) != 0)
+        redisAsyncDisconnect(ac);
 }
 
 redisAsyncContext *sd_redis__async_open(uv_loop_t *loop, const sd_redis_url *url, void *data,
@@ -406,8 +483,19 @@ void sd_redis__async_give_up(redisAsyncContext **ac) {
 static void aredis_connect(sd_aredis *r) {
     r->state = AS_CONNECTING;
     char err[160];
+    /* While probing, each attempt goes to the next seed of the URL (then the first again). */
+    sd_redis_url seed;
+    if (r->probe && sd_redis__seed_url(&r->url, r->seed, &seed) != 0) {
+        r->seed = 0;
+        sd_redis__seed_url(&r->url, 0, &seed);
+    }
+    const sd_redis_url *target = r->probe ? &seed : &r->url;
+    if (target->host)
+        snprintf(r->seed_host, sizeof r->seed_host, "%s", target->host);
     redisAsyncContext *ac =
-        sd_redis__async_open(r->loop, &r->url, r, on_connect, on_disconnect, err, sizeof err);
+        sd_redis__async_open(r->loop, target, r, on_connect, on_disconnect, err, sizeof err);
+    if (r->probe)
+        sd_redis_url_clear(&seed);
     if (ac == NULL) {
         sd_log(SD_LOG_DEBUG, "redis.connect_failed", "error=\"%s\"", err);
         schedule_reconnect(r);
@@ -449,9 +537,8 @@ int sd_aredis_new(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts 
     if ((url->host == NULL) == (url->path == NULL))
         return -EINVAL;
     sd_aredis *r = aredis_alloc(loop, url, opts);
-    r->cluster = sd_redis__acluster_open(r, loop, &r->url, &r->opts);
-    if (r->cluster == NULL)
-        aredis_connect(r);
+    r->probe = url->path == NULL; /* a Unix socket is never a cluster node */
+    aredis_connect(r);
     *out = r;
     return 0;
 }
@@ -552,10 +639,11 @@ int sd_aredis_command(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeou
     if (len < 0)
         return SD_EPARSE;
     if (r->cluster && r->state != AS_CLOSED) {
-        enum { MAX_ARGS = 1024 };
-        const char **argv = sd_xmalloc(MAX_ARGS * sizeof *argv);
-        size_t *lens = sd_xmalloc(MAX_ARGS * sizeof *lens);
-        int argc = sd_redis__resp_argv(cmd, (size_t)len, MAX_ARGS, argv, lens);
+        int max = atoi(cmd + 1); /* the argument count of the formatted "*N\r\n..." */
+        max = max > 0 ? max : 1;
+        const char **argv = sd_xmalloc((size_t)max * sizeof *argv);
+        size_t *lens = sd_xmalloc((size_t)max * sizeof *lens);
+        int argc = sd_redis__resp_argv(cmd, (size_t)len, max, argv, lens);
         int rc = argc < 0 ? SD_EPARSE
                           : sd_redis__acluster_send(r->cluster, cb, privdata, timeout_ms, NULL, 0,
                                                     argc, argv, lens);

@@ -494,10 +494,11 @@ redisReply *sd_redis__cluster_commandv(struct sd_redis__cluster *cl, int *err, i
  * its redirections: split into arguments, then sd_redis__cluster_commandv. */
 static redisReply *run_formatted(struct sd_redis__cluster *cl, int *err, const char *cmd,
                                  size_t len) {
-    enum { MAX_ARGS = 1024 };
-    const char **argv = sd_xmalloc(MAX_ARGS * sizeof *argv);
-    size_t *lens = sd_xmalloc(MAX_ARGS * sizeof *lens);
-    int argc = sd_redis__resp_argv(cmd, len, MAX_ARGS, argv, lens);
+    int max = len > 1 ? atoi(cmd + 1) : 0; /* the argument count of "*N\r\n..." */
+    max = max > 0 ? max : 1;
+    const char **argv = sd_xmalloc((size_t)max * sizeof *argv);
+    size_t *lens = sd_xmalloc((size_t)max * sizeof *lens);
+    int argc = sd_redis__resp_argv(cmd, len, max, argv, lens);
     redisReply *reply = NULL;
     if (argc < 0) {
         if (err)

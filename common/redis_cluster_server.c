@@ -18,8 +18,8 @@
  * cluster-require-full-coverage is off, so when one master dies the others go on serving their
  * own slots (the behaviour the fault tests look at), cluster-allow-replica-migration is off so
  * that each replica stays with the master it was given, and cluster-node-timeout is 5 s rather
- * than 15. A replica counts as ready once its link to its master is up; the masters start the
- * first sync at once (repl-diskless-sync-delay 0, not 5 s).
+ * than 15 (opts.node_timeout_ms). A replica counts as ready once its link to its master is up; the
+ * masters start the first sync at once (repl-diskless-sync-delay 0, not 5 s).
  */
 #include "redis_cluster_server.h"
 
@@ -50,14 +50,15 @@ struct sd_redis_cluster_server {
 
 /* Starts a node with a free loopback port for its cluster bus; another process may take that
  * port meanwhile, in which case the node fails to start and this tries again with another. */
-static int start_node(sd_redis_server **out, int *bus_out) {
+static int start_node(sd_redis_server **out, int *bus_out, int node_timeout_ms) {
     int err = -EADDRINUSE;
     for (int attempt = 0; attempt < 3 && err != 0; attempt++) {
         int bus = sd_redis__free_port();
         if (bus < 0)
             return bus;
-        char bus_text[16];
+        char bus_text[16], timeout_text[16];
         snprintf(bus_text, sizeof bus_text, "%d", bus);
+        snprintf(timeout_text, sizeof timeout_text, "%d", node_timeout_ms);
         const char *extra[] = {"--cluster-enabled",
                                "yes",
                                "--cluster-config-file",
@@ -65,7 +66,7 @@ static int start_node(sd_redis_server **out, int *bus_out) {
                                "--cluster-port",
                                bus_text,
                                "--cluster-node-timeout",
-                               "5000",
+                               timeout_text,
                                "--cluster-require-full-coverage",
                                "no",
                                "--cluster-allow-replica-migration",
@@ -197,7 +198,8 @@ int sd_redis_cluster_server_start(const sd_redis_cluster_server_opts *opts,
     c->masters = o.masters;
     int want = o.masters * (1 + o.replicas), rc = 0;
     while (c->count < want && rc == 0)
-        if ((rc = start_node(&c->nodes[c->count], &c->bus[c->count])) == 0)
+        if ((rc = start_node(&c->nodes[c->count], &c->bus[c->count],
+                             o.node_timeout_ms > 0 ? o.node_timeout_ms : 5000)) == 0)
             c->count++;
     if (rc == 0 && (rc = build_cluster(c, deadline_ms)) != 0)
         fprintf(stderr, "redis_cluster_server: the cluster did not become ready: %s\n",
@@ -226,6 +228,10 @@ int sd_redis_cluster_server_count(const sd_redis_cluster_server *c) {
 
 sd_redis_server *sd_redis_cluster_server_node(const sd_redis_cluster_server *c, int i) {
     return i >= 0 && i < c->count ? c->nodes[i] : NULL;
+}
+
+int sd_redis_cluster_server_wait_ready(const sd_redis_cluster_server *c, int timeout_ms) {
+    return wait_all(c, 1, sd_now_ms() + (uint64_t)timeout_ms);
 }
 
 int sd_redis_cluster_server_stop(sd_redis_cluster_server *c) {

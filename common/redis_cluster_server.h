@@ -25,6 +25,8 @@ typedef struct sd_redis_cluster_server_opts {
     int masters;          /* 3 when 0; 1 to 16 */
     int replicas;         /* replicas per master: 0 (the default) or 1 */
     int start_timeout_ms; /* for the whole start, default 30000 */
+    int node_timeout_ms;  /* cluster-node-timeout: how long a node may be unreachable before it
+                             is taken for failed (a replica then takes over), default 5000 */
 } sd_redis_cluster_server_opts;
 
 /*
@@ -46,6 +48,13 @@ int sd_redis_cluster_server_count(const sd_redis_cluster_server *c);
  * the replicas, replica m following master m. Borrowed: use it for its port, pid and directory
  * and for fault tests (sd_redis_server_signal, _halt, _restart); do not stop it. */
 sd_redis_server *sd_redis_cluster_server_node(const sd_redis_cluster_server *c, int i);
+
+/* Waits until every node is ready again, as start does (cluster_state:ok, every slot assigned,
+ * every node known, replicas linked): after nodes were halted and restarted, or frozen and
+ * continued. A restarted master answers CLUSTERDOWN for its first 2 s (Redis's
+ * CLUSTER_WRITABLE_DELAY), so this takes at least that long after a restart. Returns 0, or
+ * SD_ETIMEDOUT after timeout_ms. */
+int sd_redis_cluster_server_wait_ready(const sd_redis_cluster_server *c, int timeout_ms);
 
 /* Stops every node, removes their directories and frees the handle. NULL is a no-op. Returns 0
  * or the first node's error (everything is stopped regardless). */

@@ -160,10 +160,12 @@ redisReply *sd_redis__cluster_get_reply(struct sd_redis__cluster *cl, int *err);
 
 /* The router behind an asynchronous connection in cluster mode (redis_acluster.c). */
 struct sd_redis__acluster;
-/* NULL when url names a single server (or no seed answered INFO cluster). */
-struct sd_redis__acluster *sd_redis__acluster_open(sd_aredis *owner, uv_loop_t *loop,
-                                                   const sd_redis_url *url,
-                                                   const sd_redis_opts *opts);
+/* A router for owner, from the CLUSTER SLOTS reply `slots` given by a node at asked_host (the
+ * owner's probe, redis_async.c); opens a connection to every master. */
+struct sd_redis__acluster *sd_redis__acluster_new(sd_aredis *owner, uv_loop_t *loop,
+                                                  const sd_redis_url *url,
+                                                  const sd_redis_opts *opts,
+                                                  const redisReply *slots, const char *asked_host);
 int sd_redis__acluster_up(const struct sd_redis__acluster *cl);
 size_t sd_redis__acluster_pending(const struct sd_redis__acluster *cl);
 void sd_redis__acluster_flush(struct sd_redis__acluster *cl);

@@ -45,6 +45,116 @@ sd_redis_cluster_server *test_redis_cluster_start(int replicas) {
     return c;
 }
 
+struct test_target {
+    sd_redis_server *server;          /* a single Redis, or NULL */
+    sd_redis_cluster_server *cluster; /* a cluster, or NULL */
+};
+
+int test_target_is_cluster(void) {
+    const char *mode = getenv("SD_TEST_REDIS");
+    return mode != NULL && strcmp(mode, "cluster") == 0;
+}
+
+test_target *test_target_start(void) {
+    test_target *t = sd_xcalloc(1, sizeof *t);
+    if (test_target_is_cluster())
+        t->cluster = test_redis_cluster_start(0);
+    else
+        t->server = test_redis_start(NULL);
+    return t;
+}
+
+const char *test_target_url(const test_target *t) {
+    return t->cluster ? sd_redis_cluster_server_url(t->cluster) : sd_redis_server_url(t->server);
+}
+
+/* Node i of t (the server when single), or NULL past the last. */
+static sd_redis_server *target_node(const test_target *t, int i) {
+    if (t->cluster)
+        return sd_redis_cluster_server_node(t->cluster, i);
+    return i == 0 ? t->server : NULL;
+}
+
+int test_target_port(const test_target *t) {
+    return sd_redis_server_port(target_node(t, 0));
+}
+
+int test_target_nodes(const test_target *t) {
+    int n = 0;
+    while (target_node(t, n))
+        n++;
+    return n;
+}
+
+static redisReply *node_vcommand(const test_target *t, int i, const char *fmt, va_list ap) {
+    sd_redis_server *node = target_node(t, i);
+    cr_assert_not_null(node, "no node %d", i);
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", sd_redis_server_port(node), tv);
+    cr_assert(c && !c->err, "node %d: cannot connect: %s", i, c ? c->errstr : "out of memory");
+    redisSetTimeout(c, tv);
+    redisReply *reply = redisvCommand(c, fmt, ap);
+    cr_assert_not_null(reply, "node %d: no reply to %s: %s", i, fmt, c->errstr);
+    redisFree(c);
+    return reply;
+}
+
+redisReply *test_target_node_command(const test_target *t, int i, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *reply = node_vcommand(t, i, fmt, ap);
+    va_end(ap);
+    return reply;
+}
+
+void test_target_each(const test_target *t, const char *fmt, ...) {
+    for (int i = 0; target_node(t, i); i++) {
+        va_list ap;
+        va_start(ap, fmt);
+        redisReply *reply = node_vcommand(t, i, fmt, ap);
+        va_end(ap);
+        cr_assert_neq(reply->type, REDIS_REPLY_ERROR, "node %d refused %s: %s", i, fmt, reply->str);
+        freeReplyObject(reply);
+    }
+}
+
+int test_target_halt(test_target *t) {
+    int err = 0;
+    for (int i = 0; target_node(t, i); i++) {
+        int rc = sd_redis_server_halt(target_node(t, i));
+        err = err ? err : rc;
+    }
+    return err;
+}
+
+int test_target_signal(test_target *t, int sig) {
+    int err = 0;
+    for (int i = 0; target_node(t, i); i++) {
+        int rc = sd_redis_server_signal(target_node(t, i), sig);
+        err = err ? err : rc;
+    }
+    return err;
+}
+
+int test_target_restart(test_target *t) {
+    int err = 0;
+    for (int i = 0; target_node(t, i); i++) {
+        int rc = sd_redis_server_restart(target_node(t, i));
+        err = err ? err : rc;
+    }
+    if (err == 0 && t->cluster)
+        err = sd_redis_cluster_server_wait_ready(t->cluster, 30000);
+    return err;
+}
+
+void test_target_stop(test_target *t) {
+    if (t == NULL)
+        return;
+    sd_redis_server_stop(t->server);
+    sd_redis_cluster_server_stop(t->cluster);
+    free(t);
+}
+
 sd_redis *test_redis_connect_opts(const char *url, const sd_redis_opts *opts) {
     sd_redis_url u;
     char err[160];

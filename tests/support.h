@@ -26,6 +26,51 @@ sd_redis_server *test_redis_start(const char *appendfsync);
  * ready (cluster_state:ok on every node); asserts. Stop it with sd_redis_cluster_server_stop. */
 sd_redis_cluster_server *test_redis_cluster_start(int replicas);
 
+/*
+ * The Redis a suite runs against. tests/CMakeLists.txt registers every suite that uses Redis
+ * twice: `test_x` against a private redis-server, and `test_x@cluster`, with SD_TEST_REDIS=cluster,
+ * against a private Redis Cluster of 3 masters (test_redis_cluster_start). A suite that takes its
+ * Redis from test_target_start runs unchanged on both. The fault helpers act on every node of a
+ * cluster at once (all halted, restarted or frozen together): "Redis is down" as a component sees
+ * it. A test about one server on purpose (SELECT, a password set on one node) checks
+ * test_target_is_cluster() and skips itself with cr_skip_test, saying why.
+ */
+typedef struct test_target test_target;
+
+/* 1 when this run is against a cluster (SD_TEST_REDIS=cluster), else 0. */
+int test_target_is_cluster(void);
+
+/* Starts the suite's Redis (a server or a cluster, above); asserts. */
+test_target *test_target_start(void);
+
+/* Its URL: redis://127.0.0.1:PORT, or the cluster's seeds (every master). Valid until stop. */
+const char *test_target_url(const test_target *t);
+
+/* The port of its first node (the server itself for a single Redis). */
+int test_target_port(const test_target *t);
+
+/* Its nodes: 1 for a single Redis, the masters of a cluster. */
+int test_target_nodes(const test_target *t);
+
+/* Runs a command on node i alone, over a plain hiredis connection (no cluster routing): for what
+ * a test asks of each server (INFO, CLIENT KILL, CONFIG SET). Returns the reply, which the caller
+ * frees; asserts that the node answered. */
+redisReply *test_target_node_command(const test_target *t, int i, const char *fmt, ...);
+
+/* Runs a command on every node (CLIENT PAUSE, CONFIG SET); asserts that each one accepted it. */
+void test_target_each(const test_target *t, const char *fmt, ...);
+
+/* sd_redis_server_halt / _signal on every node. Return 0 or the first error. */
+int test_target_halt(test_target *t);
+int test_target_signal(test_target *t, int sig);
+
+/* sd_redis_server_restart on every node; a cluster is then waited for until it serves every slot
+ * again (at least 2 s: sd_redis_cluster_server_wait_ready). Returns 0 or the first error. */
+int test_target_restart(test_target *t);
+
+/* Stops everything and frees t. NULL is a no-op. */
+void test_target_stop(test_target *t);
+
 /* A sync connection to the server at url with a 2 s command timeout; asserts. */
 sd_redis *test_redis_connect(const char *url);
 

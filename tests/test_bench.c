@@ -822,8 +822,8 @@ static double checks_per_call(const char *err) {
 Test(cli, run_in_flight_overrides_the_scenarios, .timeout = 60) {
     static test_run_out r;
     setenv("BENCH_PEERS", "0", 1); /* about our scenario only: no peer (node, npm) runs */
-    sd_redis_server *server = test_redis_start(NULL);
-    const char *url = sd_redis_server_url(server);
+    test_target *server = test_target_start();
+    const char *url = test_target_url(server);
     run_bench(NULL,
               (const char *[]){"run", "ratelimit.gcra.closed", "--in-flight", "3", "--duration",
                                "0.3", "--warmup", "0.1", "--redis", url, NULL},
@@ -836,7 +836,7 @@ Test(cli, run_in_flight_overrides_the_scenarios, .timeout = 60) {
               &r);
     cr_expect_eq(r.status, 0, "%s", r.err);
     double fifty = checks_per_call(r.err);
-    sd_redis_server_stop(server);
+    test_target_stop(server);
     cr_expect_leq(three, 3.0, "%.1f checks per call with 3 in flight", three);
     cr_expect_gt(fifty, 3.0, "%.1f checks per call with 50 in flight", fifty);
 }

@@ -216,11 +216,11 @@ static void expect_listening_line(const char *const argv[]) {
 
 Test(commands, servers_print_exactly_the_listening_line) {
     expect_listening_line((const char *[]){"hello-server", "--listen", "127.0.0.1:0", NULL});
-    sd_redis_server *server = test_redis_start(NULL);
+    test_target *server = test_target_start();
     expect_listening_line((const char *[]){"ratelimit", "serve", "--listen", "127.0.0.1:0",
                                            "--policy", "p;q=1;w=1", "--redis",
-                                           sd_redis_server_url(server), NULL});
-    sd_redis_server_stop(server);
+                                           test_target_url(server), NULL});
+    test_target_stop(server);
 }
 
 /*

@@ -22,18 +22,18 @@
 #include "sd.h"
 #include "support.h"
 
-static sd_redis_server *server;
+static test_target *server;
 static sd_redis_url url;
 
 static void start(void) {
-    server = test_redis_start(NULL);
+    server = test_target_start();
     char err[160];
-    cr_assert_eq(sd_redis_url_parse(sd_redis_server_url(server), &url, err, sizeof err), 0);
+    cr_assert_eq(sd_redis_url_parse(test_target_url(server), &url, err, sizeof err), 0);
 }
 
 static void stop(void) {
     sd_redis_url_clear(&url);
-    sd_redis_server_stop(server);
+    test_target_stop(server);
 }
 
 TestSuite(ratelimit, .init = start, .fini = stop);
@@ -210,7 +210,7 @@ Test(ratelimit, processes_sharing_a_key_admit_exactly_the_quota) {
 /* ---- Costs ---------------------------------------------------------------------------------- */
 
 Test(ratelimit, cost_zero_peeks_without_consuming_or_writing) {
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "p;q=5;w=3600", NULL);
         rl_sync *l = limiter(&cfg);
@@ -519,21 +519,25 @@ Test(ratelimit, every_key_has_a_ttl) {
         }
         rl_sync_free(l);
     }
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    redisReply *keys = sd_redis_command(admin, NULL, "KEYS rl:*");
-    cr_assert_not_null(keys);
-    cr_assert_eq(keys->elements, 6 * NALGS,
-                 "%zu algorithms x (2 keys x 2 policies + 2 keys), got %zu", NALGS, keys->elements);
-    for (size_t i = 0; i < keys->elements; i++) {
-        long long ttl = test_redis_int(admin, "PTTL %s", keys->element[i]->str);
-        cr_assert_gt(ttl, 0, "%s has no TTL (%lld)", keys->element[i]->str, ttl);
-        cr_assert_leq(ttl, 2 * 86400 * 1000LL, "%s", keys->element[i]->str);
-        const char *k = keys->element[i]->str;
-        cr_assert(strstr(k, "{even}:") || strstr(k, "{odd}:") || strstr(k, "{solo}:") ||
-                      strstr(k, "{busy}:"),
-                  "%s has no hash tag", k);
+    /* KEYS answers for one node: ask each master of a cluster. */
+    sd_redis *admin = test_redis_connect(test_target_url(server));
+    size_t total = 0;
+    for (int n = 0; n < test_target_nodes(server); n++) {
+        redisReply *keys = test_target_node_command(server, n, "KEYS rl:*");
+        total += keys->elements;
+        for (size_t i = 0; i < keys->elements; i++) {
+            long long ttl = test_redis_int(admin, "PTTL %s", keys->element[i]->str);
+            cr_assert_gt(ttl, 0, "%s has no TTL (%lld)", keys->element[i]->str, ttl);
+            cr_assert_leq(ttl, 2 * 86400 * 1000LL, "%s", keys->element[i]->str);
+            const char *k = keys->element[i]->str;
+            cr_assert(strstr(k, "{even}:") || strstr(k, "{odd}:") || strstr(k, "{solo}:") ||
+                          strstr(k, "{busy}:"),
+                      "%s has no hash tag", k);
+        }
+        freeReplyObject(keys);
     }
-    freeReplyObject(keys);
+    cr_assert_eq(total, 6 * NALGS, "%zu algorithms x (2 keys x 2 policies + 2 keys), got %zu",
+                 NALGS, total);
     sd_redis_free(admin);
 }
 
@@ -569,7 +573,7 @@ Test(ratelimit, keys_expire_on_the_second_after_their_value_stops_mattering) {
                  {RL_TOKEN_BUCKET, "g;q=20;w=1", 1},
                  {RL_TOKEN_BUCKET, "h;q=7;w=3", 3},
                  {RL_SLIDING_WINDOW_COUNTER, "g;q=20;w=1", 1}};
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         rl_config cfg = config(cases[c].a, cases[c].policy, NULL);
         rl_sync *l = limiter(&cfg);
@@ -658,7 +662,7 @@ Test(ratelimit, hash_tags_keep_every_key_of_a_check_in_one_slot) {
 
 /* A key with braces is limited like any other, under its escaped name. */
 Test(ratelimit, keys_with_braces_are_limited_under_an_escaped_name) {
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     rl_config cfg = config(RL_TOKEN_BUCKET, "b;q=2;w=3600", NULL);
     rl_sync *l = limiter(&cfg);
     cr_assert(check(l, "}x{", 1).allowed);
@@ -671,7 +675,7 @@ Test(ratelimit, keys_with_braces_are_limited_under_an_escaped_name) {
 }
 
 Test(ratelimit, scripts_flushed_from_redis_are_loaded_again) {
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     for (size_t a = 0; a < NALGS; a++) {
         rl_config cfg = config(algorithms[a], "f;q=5;w=3600", NULL);
         rl_sync *l = limiter(&cfg);
@@ -800,7 +804,7 @@ Test(ratelimit, async_checks_are_batched_and_exact) {
 Test(ratelimit, a_foreign_value_or_type_reads_as_a_new_key) {
     rl_algorithm strings[] = {RL_GCRA, RL_TOKEN_BUCKET, RL_SLIDING_WINDOW_COUNTER, RL_FIXED_WINDOW};
     const char *plant[][2] = {{"SET %s %s", "not a state"}, {"HSET %s field %s", "value"}};
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     for (size_t a = 0; a < 4; a++) {
         for (size_t p = 0; p < 2; p++) {
             rl_config cfg = config(strings[a], "f;q=5;w=3600", NULL);
@@ -840,7 +844,7 @@ Test(ratelimit, gcra_reads_a_remainder_left_by_another_policy) {
     rl_config cfg = config(RL_GCRA, "r;q=3;w=3", NULL);
     char key[RL_REDIS_KEY_MAX];
     cr_assert_gt(rl_config_key(&cfg, 0, "k", key, sizeof key), 0);
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     redisReply *r = sd_redis_command(admin, NULL, "GET %s", key);
     cr_assert(r && r->type == REDIS_REPLY_STRING);
     cr_assert_null(strchr(r->str, ' '), "value '%s' kept its remainder", r->str);
@@ -1011,7 +1015,7 @@ static long long redis_time_us(sd_redis *admin);
  */
 Test(ratelimit, fixed_window_admits_2q_across_an_edge, .timeout = 60) {
     const rl_algorithm algs[] = {RL_FIXED_WINDOW, RL_SLIDING_WINDOW_LOG};
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     int after_edge[2];
     for (int a = 0; a < 2; a++) {
         rl_config cfg = config(algs[a], "edge;q=10;w=1", NULL);
@@ -1064,7 +1068,7 @@ Test(ratelimit, fixed_window_admits_2q_across_an_edge, .timeout = 60) {
  * single policy, the general way's for two. A denial leaves both value and expiry alone. Read
  * with TIME in one script, so no time passes between. */
 Test(ratelimit, fixed_window_key_expires_at_the_window_end) {
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     for (int two = 0; two < 2; two++) {
         rl_config cfg = two ? config(RL_FIXED_WINDOW, "e;q=3;w=7", "other;q=100;w=60", NULL)
                             : config(RL_FIXED_WINDOW, "e;q=3;w=7", NULL);
@@ -1108,7 +1112,7 @@ Test(ratelimit, fixed_window_key_expires_at_the_window_end) {
  * 5 * 10^6 or more is kept in the four-number form, which the fast way leaves to the general way,
  * and its counts still add up. Below that, the integer form. */
 Test(ratelimit, sliding_counter_keeps_large_quotas_in_four_numbers) {
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     const char *policies[] = {"big;q=6000000;w=1500", "small;q=4999999;w=1500"};
     for (int i = 0; i < 2; i++) {
         rl_config cfg = config(RL_SLIDING_WINDOW_COUNTER, policies[i], NULL);
@@ -1232,7 +1236,7 @@ Test(ratelimit, sliding_counter_weighs_the_previous_window_by_its_overlap) {
     rl_config cfg = config(RL_SLIDING_WINDOW_COUNTER, "even;q=100;w=10", NULL);
     cfg.deny_cache_entries = 0;
     rl_sync *l = limiter(&cfg);
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     char key[RL_REDIS_KEY_MAX];
     cr_assert_gt(rl_config_key(&cfg, 0, "even", key, sizeof key), 0);
     for (int form = 0; form < 2; form++) {

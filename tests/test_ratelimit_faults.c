@@ -28,20 +28,20 @@
 
 #define SLACK_MS 250
 
-static sd_redis_server *server;
+static test_target *server;
 static sd_redis_url url;
 static uv_loop_t loop;
 
 static void start(void) {
-    server = test_redis_start(NULL);
+    server = test_target_start();
     char err[160];
-    cr_assert_eq(sd_redis_url_parse(sd_redis_server_url(server), &url, err, sizeof err), 0);
+    cr_assert_eq(sd_redis_url_parse(test_target_url(server), &url, err, sizeof err), 0);
     uv_loop_init(&loop);
 }
 
 static void stop(void) {
     sd_redis_url_clear(&url);
-    sd_redis_server_stop(server);
+    test_target_stop(server);
     uv_loop_close(&loop);
 }
 
@@ -172,7 +172,7 @@ static void await_local(rl_limiter *l) {
 
 /* Halts Redis (sd_redis_server_halt) and waits until l's local fallback answers. */
 static void halt_until_local(rl_limiter *l) {
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     await_local(l);
 }
 
@@ -210,14 +210,14 @@ Test(ratelimit_faults, stopped_redis_fails_open) {
     rl_config cfg = config(RL_FAIL_OPEN);
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "k");
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     for (int i = 0; i < 30; i++) {
         rl_decision d = check(l, "k", NULL);
         cr_assert_eq(d.source, RL_SOURCE_FAIL_OPEN);
         cr_assert(d.allowed);
         cr_assert_eq(d.policies[0].remaining, -1, "an unknown remaining must say so");
     }
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     await_redis(l, "k");
     rl_stats s;
     rl_limiter_stats(l, &s);
@@ -230,14 +230,14 @@ Test(ratelimit_faults, stopped_redis_fails_closed) {
     rl_config cfg = config(RL_FAIL_CLOSED);
     rl_limiter *l = limiter(&cfg);
     cr_assert(check(l, "k", NULL).allowed);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     for (int i = 0; i < 10; i++) {
         rl_decision d = check(l, "k", NULL);
         cr_assert_eq(d.source, RL_SOURCE_FAIL_CLOSED);
         cr_assert_not(d.allowed);
         cr_assert_gt(d.retry_after_ms, 0);
     }
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     await_redis(l, "k");
     finish(l);
 }
@@ -250,7 +250,7 @@ Test(ratelimit_faults, stopped_redis_falls_back_to_a_local_share) {
     halt_until_local(l);
     int allowed = local_admissions(l, "fresh", 20);
     cr_assert_eq(allowed, 5);
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     await_redis(l, "fresh");
     finish(l);
 }
@@ -266,7 +266,7 @@ Test(ratelimit_faults, frozen_redis_hits_the_deadline_then_the_breaker) {
     await_redis(l, "k");
     rl_stats before;
     rl_limiter_stats(l, &before);
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     for (int i = 0; i < cfg.breaker_failures; i++) {
         int at_once;
         rl_decision d = check(l, "k", &at_once);
@@ -285,7 +285,7 @@ Test(ratelimit_faults, frozen_redis_hits_the_deadline_then_the_breaker) {
     cr_assert(s.breaker_open);
     cr_assert_eq(s.in_doubt - before.in_doubt, (uint64_t)cfg.breaker_failures,
                  "each timed-out check is in doubt");
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     await_redis(l, "k");
     rl_limiter_stats(l, &s);
     cr_assert_not(s.breaker_open);
@@ -305,13 +305,13 @@ Test(ratelimit_faults, a_check_that_timed_out_may_still_be_charged) {
     await_redis(l, "other");
     rl_stats before, s;
     rl_limiter_stats(l, &before);
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     rl_decision d = check(l, "late", NULL);
     cr_assert_eq(d.error, SD_ETIMEDOUT, "%s", rl_strerror(d.error));
     cr_assert_eq(d.source, RL_SOURCE_FAIL_OPEN);
     rl_limiter_stats(l, &s);
     cr_assert_eq(s.in_doubt - before.in_doubt, 1);
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     await_redis(l, "other");
     /* A peek charges nothing, so it may be repeated until Redis answers it in time. */
     for (int i = 0; i < 250; i++) {
@@ -385,7 +385,7 @@ Test(ratelimit_faults, a_cost_above_the_quota_is_never_even_without_redis) {
     rl_limiter *l = limiter(&cfg);
     rl_sync *sl = NULL;
     cr_assert_eq(rl_sync_new(&url, &cfg, &sl), 0);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     int at_once;
     rl_decision d = check_cost(l, "k", 11, &at_once);
     cr_assert(at_once, "it needs no waiting");
@@ -449,14 +449,14 @@ Test(ratelimit_faults, an_open_breaker_answers_from_the_loop) {
     rl_config cfg = config(RL_FAIL_CLOSED);
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "k");
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     for (int i = 0; i < cfg.breaker_failures; i++) {
         cr_assert_eq(check(l, "k", NULL).error, SD_ETIMEDOUT);
     }
     rl_decision d = check_later(l, "k", 1);
     cr_assert_eq(d.error, RL_EBREAKER, "%s", rl_strerror(d.error));
     cr_assert_eq(d.source, RL_SOURCE_FAIL_CLOSED);
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     finish(l);
 }
 
@@ -471,7 +471,7 @@ Test(ratelimit_faults, every_fallback_answers_a_disconnected_redis_from_the_loop
         cfg.breaker_failures = 1000; /* the connection's state, not the breaker, answers */
         l[m] = limiter(&cfg);
     }
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     for (int m = 0; m < 3; m++) {
         int i = 0;
         while (check(l[m], "k", NULL).error != SD_EDISCONNECTED) {
@@ -483,7 +483,7 @@ Test(ratelimit_faults, every_fallback_answers_a_disconnected_redis_from_the_loop
                      rl_source_name(d.source));
         cr_assert_eq(d.error, SD_EDISCONNECTED, "%s", rl_strerror(d.error));
     }
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     for (int m = 0; m < 3; m++) {
         rl_limiter_free(l[m]);
     }
@@ -496,7 +496,7 @@ Test(ratelimit_faults, a_closing_limiter_answers_from_the_loop) {
     rl_config cfg = config(RL_FAIL_OPEN);
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "k");
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     result sent = {0}, queued = {0}, refused = {0};
     cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &sent), 0);
     uv_run(&loop, UV_RUN_NOWAIT); /* sent to a Redis that will not answer */
@@ -513,7 +513,7 @@ Test(ratelimit_faults, a_closing_limiter_answers_from_the_loop) {
     cr_assert_eq(refused.done, 0);
     cr_assert_eq(sent.d.error, SD_ECLOSED, "%s", rl_strerror(sent.d.error));
     cr_assert_eq(queued.d.error, SD_ECLOSED, "%s", rl_strerror(queued.d.error));
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
 }
 
 /* However many answers wait when the limiter is freed, every one is delivered, from the close
@@ -584,11 +584,11 @@ Test(ratelimit_faults, sync_limiter_recovers_after_a_restart) {
     rl_sync *l = NULL;
     cr_assert_eq(rl_sync_new(&url, &cfg, &l), 0);
     sync_await_redis(l, "k", cfg.deadline_ms);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     for (int i = 0; i < 5; i++) {
         cr_assert_eq(sync_check(l, "k", 1, cfg.deadline_ms).source, RL_SOURCE_FAIL_CLOSED);
     }
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     rl_decision d = sync_await_redis(l, "k", cfg.deadline_ms);
     /* The state written before the halt is gone (no persistence): a fresh bucket. */
     cr_assert(d.allowed);
@@ -602,13 +602,13 @@ Test(ratelimit_faults, sync_limiter_gives_up_on_a_frozen_redis_at_the_deadline) 
     rl_sync *l = NULL;
     cr_assert_eq(rl_sync_new(&url, &cfg, &l), 0);
     sync_await_redis(l, "k", cfg.deadline_ms);
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     for (int i = 0; i < 5; i++) {
         rl_decision d = sync_check(l, "k", 1, cfg.deadline_ms);
         cr_assert_eq(d.source, RL_SOURCE_FAIL_OPEN);
         cr_assert_eq(d.error, SD_ETIMEDOUT, "%s", rl_strerror(d.error));
     }
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     sync_await_redis(l, "k", cfg.deadline_ms);
     rl_sync_free(l);
 }
@@ -634,7 +634,7 @@ static int count_lines_with(const char *path, const char *needle) {
 Test(ratelimit_faults, sync_limiter_started_without_redis_retries_with_backoff) {
     rl_config cfg = config(RL_FAIL_CLOSED);
     cfg.breaker_failures = 1000; /* the breaker would hide the attempts */
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     char log[] = "/tmp/rl-faults-log-XXXXXX";
     int fd = mkstemp(log);
     cr_assert_geq(fd, 0);
@@ -656,7 +656,7 @@ Test(ratelimit_faults, sync_limiter_started_without_redis_retries_with_backoff) 
     unlink(log);
     cr_assert_geq(attempts, 1);
     cr_assert_leq(attempts, 3, "%d connect attempts for 20 checks in a row", attempts);
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     sync_await_redis(l, "k", cfg.deadline_ms);
     rl_sync_free(l);
 }
@@ -723,8 +723,11 @@ static pid_t slow_proxy_start(int redis_port, int delay_ms, int *port) {
  * deadline of its own, and the check took 900 ms, beyond the 600 + SLACK_MS asserted.
  */
 Test(ratelimit_faults, sync_check_shares_its_deadline_between_evalsha_and_eval) {
+    if (test_target_is_cluster())
+        cr_skip_test("a slow link to one server: a cluster connection would go round the proxy, "
+                     "straight to the masters CLUSTER SLOTS names");
     int port;
-    pid_t proxy = slow_proxy_start(sd_redis_server_port(server), 450, &port);
+    pid_t proxy = slow_proxy_start(test_target_port(server), 450, &port);
     sd_redis_url slow;
     char text[64], err[160];
     snprintf(text, sizeof text, "redis://127.0.0.1:%d", port);
@@ -734,7 +737,7 @@ Test(ratelimit_faults, sync_check_shares_its_deadline_between_evalsha_and_eval) 
     rl_sync *l = NULL;
     cr_assert_eq(rl_sync_new(&slow, &cfg, &l), 0);
     /* The limiter loaded its script when it connected: unload it, so the check needs both steps. */
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     redisReply *flushed = sd_redis_command(admin, NULL, "SCRIPT FLUSH");
     cr_assert_not_null(flushed);
     freeReplyObject(flushed);
@@ -770,12 +773,12 @@ Test(ratelimit_faults, a_late_check_is_refused_and_its_charge_refunded) {
         await_redis(l, "warm");
         /* One unit spent through Redis first, so that every algorithm has a key to refund to. */
         cr_assert(check(l, "late", NULL).allowed);
-        cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+        cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
         rl_decision d = check(l, "late", NULL);
         cr_assert_eq(d.source, RL_SOURCE_LATE, "%s: decided by %s", name, rl_source_name(d.source));
         cr_assert_not(d.allowed, "%s: a late check must not be admitted locally", name);
         cr_assert_eq(d.retry_after_ms, 1000);
-        cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+        cr_assert_eq(test_target_signal(server, SIGCONT), 0);
         rl_stats s;
         for (int i = 0; i < 500; i++) {
             rl_limiter_stats(l, &s);
@@ -816,7 +819,7 @@ Test(ratelimit_faults, a_refund_is_not_hidden_by_a_denial_cached_before_it) {
     for (int i = 0; i < 9; i++) {
         cr_assert(check(l, "k", NULL).allowed);
     }
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     /* The tenth unit: late, refused, and charged by Redis once it runs. */
     rl_decision d = check(l, "k", NULL);
     cr_assert_eq(d.source, RL_SOURCE_LATE);
@@ -824,7 +827,7 @@ Test(ratelimit_faults, a_refund_is_not_hidden_by_a_denial_cached_before_it) {
     result second = {0};
     cr_assert_eq(rl_limiter_check(l, "k", 1, keep_cb, &second), 0);
     uv_run(&loop, UV_RUN_NOWAIT);
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     while (!second.done) {
         uv_run(&loop, UV_RUN_ONCE);
     }
@@ -859,7 +862,7 @@ Test(ratelimit_faults, an_error_reply_does_not_open_the_breaker) {
     cfg.breaker_failures = 1;
     char key[RL_REDIS_KEY_MAX];
     cr_assert_gt(rl_config_key(&cfg, 0, "wrong", key, sizeof key), 0);
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     redisReply *r = sd_redis_command(admin, NULL, "SET %s not-a-log", key);
     cr_assert(r);
     freeReplyObject(r);
@@ -900,7 +903,7 @@ Test(ratelimit_faults, the_local_share_is_what_redis_reported_left_over_n) {
     halt_until_local(l);
     int allowed = local_admissions(l, "spent", 20);
     cr_assert_eq(allowed, 2, "the local share admitted %d, not (10 - 6) / 2", allowed);
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     await_redis(l, "other");
     finish(l);
 }
@@ -920,7 +923,7 @@ Test(ratelimit_faults, local_admissions_are_charged_to_redis_when_it_is_back) {
         cr_assert_eq(d.source, RL_SOURCE_LOCAL, "check %d: %s", i, rl_source_name(d.source));
         cr_assert(d.allowed);
     }
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     await_redis(l, "other");
     rl_stats s;
     for (int i = 0; i < 500; i++) {
@@ -960,7 +963,7 @@ Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
         }
         /* Redis comes back empty; another client spends half the quota before this limiter's
          * loop runs again (and with it, the reconnection and the charge). */
-        cr_assert_eq(sd_redis_server_restart(server), 0);
+        cr_assert_eq(test_target_restart(server), 0);
         rl_sync *other = NULL;
         cr_assert_eq(rl_sync_new(&url, &cfg, &other), 0);
         for (int i = 0; i < 5; i++) {
@@ -995,7 +998,7 @@ Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
         size_t lens[1 + RL_REFUND_ARGS];
         lens[0] = (size_t)rl_config_key(&cfg, 0, "k", key, sizeof key);
         int n = rl_refund_argv(&cfg, 1, 1, text, argv + 1, lens + 1);
-        sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+        sd_redis *admin = test_redis_connect(test_target_url(server));
         int err = 0;
         redisReply *r =
             sd_redis_script(admin, &err, 2000, rl_refund_script(), 1, 1 + n, argv, lens);
@@ -1029,7 +1032,7 @@ Test(ratelimit_faults, n_is_the_live_instances_found_through_redis) {
     halt_until_local(a);
     int allowed = local_admissions(a, "fresh", 20);
     cr_assert_eq(allowed, 5, "admitted %d, not q / N = 10 / 2", allowed);
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     rl_limiter_free(a);
     finish(b);
 }
@@ -1049,7 +1052,7 @@ Test(ratelimit_faults, a_gateway_that_just_joined_grants_nothing_locally) {
     cr_assert_eq(check_cost(a, "warm", 0, NULL).source, RL_SOURCE_REDIS);
     rl_limiter *b = limiter(&cfg);
     cr_assert_eq(check_cost(b, "warm", 0, NULL).source, RL_SOURCE_REDIS);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     int allowed = 0;
     rl_limiter *both[2] = {a, b};
     for (int k = 0; k < 2; k++) {
@@ -1058,7 +1061,7 @@ Test(ratelimit_faults, a_gateway_that_just_joined_grants_nothing_locally) {
     }
     cr_assert_leq(allowed, 10, "the two limiters admitted %d locally, above the allowance q = 10",
                   allowed);
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     rl_limiter_free(a);
     finish(b);
 }
@@ -1067,7 +1070,7 @@ Test(ratelimit_faults, a_gateway_that_just_joined_grants_nothing_locally) {
 Test(ratelimit_faults, without_n_the_local_fallback_admits_nothing) {
     rl_config cfg = config(RL_FAIL_LOCAL);
     cfg.instances = 0;
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     rl_limiter *l = NULL;
     cr_assert_eq(rl_limiter_new(&loop, &url, &cfg, &l), 0);
     for (int i = 0; i < 5; i++) {
@@ -1075,7 +1078,7 @@ Test(ratelimit_faults, without_n_the_local_fallback_admits_nothing) {
         cr_assert_eq(d.source, RL_SOURCE_LOCAL);
         cr_assert_not(d.allowed);
     }
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     finish(l);
 }
 
@@ -1090,7 +1093,7 @@ Test(ratelimit_faults, the_local_fallback_admits_at_most_a_tenth_of_q) {
     halt_until_local(l);
     int allowed = local_admissions(l, "fresh", 30);
     cr_assert_eq(allowed, 2, "admitted %d, not q / 10 / N = 40 / 10 / 2", allowed);
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     finish(l);
 }
 
@@ -1121,6 +1124,6 @@ Test(ratelimit_faults, a_local_grant_is_renewed_at_most_once_a_window) {
         cr_assert_geq(after[i + 2] - before[i], 1000000000ULL,
                       "three local admissions within one window (%d, %d)", i, i + 2);
     }
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     finish(l);
 }

@@ -22,14 +22,14 @@
 #include "sd.h"
 #include "support.h"
 
-static sd_redis_server *server;
+static test_target *server;
 
 static void start(void) {
-    server = test_redis_start(NULL);
+    server = test_target_start();
 }
 
 static void stop(void) {
-    sd_redis_server_stop(server);
+    test_target_stop(server);
 }
 
 TestSuite(ratelimit_fleet, .init = start, .fini = stop, .timeout = 120);
@@ -44,10 +44,9 @@ typedef struct fleet {
 static fleet fleet_start(const char *policy, const char *algorithm) {
     fleet f;
     for (int i = 0; i < GATEWAYS; i++) {
-        const char *argv[] = {"ratelimit",   "serve",   "--listen",
-                              "127.0.0.1:0", "--redis", sd_redis_server_url(server),
-                              "--policy",    policy,    "--algorithm",
-                              algorithm,     NULL};
+        const char *argv[] = {
+            "ratelimit", "serve", "--listen",    "127.0.0.1:0", "--redis", test_target_url(server),
+            "--policy",  policy,  "--algorithm", algorithm,     NULL};
         f.g[i] = test_server_start(argv);
     }
     return f;
@@ -216,11 +215,11 @@ static void stall(const char *algorithm) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     struct timespec two = {2, 0};
     nanosleep(&two, NULL); /* the length of the stall is the scenario, not a synchronisation */
     int before = atomic_load(&h.ok);
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     atomic_store(&h.limit, atomic_load(&h.next) + REQUESTS);
     hammer_join(&h);
     int ok = atomic_load(&h.ok);

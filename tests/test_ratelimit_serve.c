@@ -21,14 +21,14 @@
 #include "sd.h"
 #include "support.h"
 
-static sd_redis_server *server;
+static test_target *server;
 
 static void start(void) {
-    server = test_redis_start(NULL);
+    server = test_target_start();
 }
 
 static void stop(void) {
-    sd_redis_server_stop(server);
+    test_target_stop(server);
 }
 
 TestSuite(ratelimit_serve, .init = start, .fini = stop, .timeout = 60);
@@ -42,7 +42,7 @@ typedef struct gateway {
 static gateway serve(const char *arg, ...) {
     /* A generous deadline: these tests are about answers, and sanitizer builds are slow. */
     const char *argv[32] = {"ratelimit",     "serve", "--listen", "127.0.0.1:0",
-                            "--deadline-ms", "2000",  "--redis",  sd_redis_server_url(server)};
+                            "--deadline-ms", "2000",  "--redis",  test_target_url(server)};
     int argc = 8;
     va_list ap;
     va_start(ap, arg);
@@ -146,7 +146,7 @@ Test(ratelimit_serve, keys_come_from_the_header_or_the_address) {
     cr_assert_eq(test_http_exchange(g.port, a, resp, sizeof resp, NULL), 429);
     cr_assert_eq(test_http_exchange(g.port, none, resp, sizeof resp, NULL), 200);
     cr_assert_eq(test_http_exchange(g.port, none, resp, sizeof resp, NULL), 429);
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     cr_assert_eq(test_redis_int(admin, "EXISTS rl:{127.0.0.1}:one:tb2"), 1);
     sd_redis_free(admin);
     shutdown_gateway(g);
@@ -324,7 +324,7 @@ static int run(const char *const argv[]) {
 }
 
 Test(ratelimit_serve, usage_errors_exit_2_and_help_exits_0) {
-    const char *url = sd_redis_server_url(server);
+    const char *url = test_target_url(server);
     const char *help[] = {"ratelimit", "serve", "--help", NULL};
     const char *top[] = {"ratelimit", "--help", NULL};
     const char *bad_policy[] = {"ratelimit",   "check", "--redis", url, "--policy",
@@ -359,7 +359,7 @@ static int run_check(const char *const argv[], char *line, size_t len) {
 
 Test(ratelimit_serve, check_command_prints_one_decision) {
     const char *argv[] = {"ratelimit", "check",
-                          "--redis",   sd_redis_server_url(server),
+                          "--redis",   test_target_url(server),
                           "--policy",  "c;q=2;w=3600",
                           "--key",     "cli",
                           "--cost",    "2",
@@ -408,7 +408,7 @@ Test(ratelimit_serve, sigterm_waits_for_requests_held_by_a_frozen_redis) {
                       "open", NULL);
     char resp[4096];
     cr_assert_eq(get(g, "warm", resp, sizeof resp), 200, "Redis answers before it is frozen");
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     int fds[N];
     for (int i = 0; i < N; i++) {
         char req[256];
@@ -428,7 +428,7 @@ Test(ratelimit_serve, sigterm_waits_for_requests_held_by_a_frozen_redis) {
         nanosleep(&ts, NULL);
     }
     if (held != N) {
-        sd_redis_server_signal(server, SIGCONT);
+        test_target_signal(server, SIGCONT);
     }
     cr_assert_eq(held, N, "the gateway holds %ld checks, not %d", held, N);
     kill(g.pid, SIGTERM);
@@ -440,7 +440,7 @@ Test(ratelimit_serve, sigterm_waits_for_requests_held_by_a_frozen_redis) {
         answered += status == 200;
         close(fds[i]);
     }
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     int status = test_wait_exit(g.pid, 30000);
     cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "no clean exit after the stop");

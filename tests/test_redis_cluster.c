@@ -640,3 +640,235 @@ Test(redis_cluster, tryagain_is_retried_until_the_deadline) {
     sd_redis_free(r);
     sd_redis_cluster_server_stop(c);
 }
+
+/* ---- Async detection in the handshake -------------------------------------------------------- */
+
+struct states {
+    int ups, downs;
+};
+
+static void state_cb(sd_aredis *r, int connected, void *privdata) {
+    (void)r;
+    struct states *s = privdata;
+    if (connected)
+        s->ups++;
+    else
+        s->downs++;
+}
+
+/* An async connection to url with a quick reconnect; not waited for. */
+static sd_aredis *anew(uv_loop_t *loop, const char *url, int connect_timeout_ms) {
+    sd_redis_url u;
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(url, &u, err, sizeof err), 0, "%s", err);
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = 3000;
+    opts.connect_timeout_ms = connect_timeout_ms;
+    opts.reconnect_min_ms = 20;
+    opts.reconnect_max_ms = 40;
+    sd_aredis *r = NULL;
+    cr_assert_eq(sd_aredis_new(loop, &u, &opts, &r), 0);
+    sd_redis_url_clear(&u);
+    return r;
+}
+
+static void on_wake(uv_timer_t *t) {
+    (void)t;
+}
+
+/* Runs the loop until r accepts INCRBY on key (the command is then in flight, answered into a),
+ * 20 s at most. */
+static void wait_accepted(uv_loop_t *loop, sd_aredis *r, const char *key, struct answers *a) {
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, on_wake, 10, 10); /* so that UV_RUN_ONCE returns */
+    uint64_t until = sd_now_ms() + 20000;
+    int rc;
+    while ((rc = sd_aredis_command(r, count_cb, a, 0, "INCRBY %s 1", key)) != 0 &&
+           sd_now_ms() < until)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    cr_assert_eq(rc, 0, "%s never accepted a command: %s", key, sd_strerror(rc));
+}
+
+/* sd_aredis_new asks nothing itself: against a "server" that accepts connections and never
+ * answers, it returns at once although the connect timeout is 30 s (the old detection asked
+ * INFO cluster synchronously, within that timeout). */
+Test(redis_cluster, async_detection_never_blocks_the_call) {
+    int port;
+    int fd = test_listen_loopback(&port);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uint64_t t0 = sd_now_ms();
+    sd_aredis *r = anew(&loop, url, 30000);
+    uint64_t took = sd_now_ms() - t0;
+    cr_assert_lt(took, 5000, "sd_aredis_new blocked for %llu ms", (unsigned long long)took);
+    cr_assert_not(sd_aredis_is_connected(r));
+    aclose(&loop, r);
+    close(fd);
+}
+
+/* A Redis that is down when the connection is made is detected once it comes up: a single-node
+ * URL becomes a cluster connection (no MOVED error reaches the caller), and a seeds URL whose
+ * first seed is down finds the map through the next one meanwhile. */
+Test(redis_cluster, async_detection_happens_when_the_node_comes_up) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_redis_server *down = sd_redis_cluster_server_node(c, 1);
+    char seeds[128];
+    snprintf(seeds, sizeof seeds, "redis://127.0.0.1:%d,127.0.0.1:%d", sd_redis_server_port(down),
+             sd_redis_server_port(sd_redis_cluster_server_node(c, 2)));
+    cr_assert_eq(sd_redis_server_halt(down), 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *single = anew(&loop, sd_redis_server_url(down), 1000);
+    sd_aredis *several = anew(&loop, seeds, 1000);
+    struct states st = {0};
+    sd_aredis_set_state_cb(single, state_cb, &st);
+
+    /* Through the second seed: master 2 answers while master 1 is still down. */
+    char key[3][32];
+    for (int m = 0; m < 3; m++)
+        key_on(m, "detect", key[m], sizeof key[m]);
+    struct answers early = {0};
+    wait_accepted(&loop, several, key[2], &early);
+    run_until(&loop, &early.calls, 1);
+    cr_assert_eq(early.ok, 1, "%s", early.error);
+    cr_assert_eq(sd_aredis_command(several, count_cb, &early, 0, "INCRBY %s 1", key[1]),
+                 SD_EDISCONNECTED, "a master that is down accepted a command");
+    cr_assert_eq(st.ups, 0);
+
+    cr_assert_eq(sd_redis_server_restart(down), 0);
+    cr_assert_eq(sd_redis_cluster_server_wait_ready(c, 30000), 0);
+    cr_assert_eq(sd_aredis_wait_connected(single, 20000), 0, "never came up");
+    cr_assert_eq(sd_aredis_wait_connected(several, 20000), 0, "never came up");
+    cr_assert_eq(st.ups, 1);
+    struct answers a = {0};
+    for (int m = 0; m < 3; m++) {
+        cr_assert_eq(sd_aredis_command(single, count_cb, &a, 0, "INCRBY %s 1", key[m]), 0);
+        cr_assert_eq(sd_aredis_command(several, count_cb, &a, 0, "INCRBY %s 1", key[m]), 0);
+    }
+    run_until(&loop, &a.calls, 6);
+    cr_assert_eq(a.ok, 6, "%s", a.error);
+    sd_aredis_free(single);
+    aclose(&loop, several);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* Commands and script calls with thousands of arguments (a batch of checks) are routed whole. */
+Test(redis_cluster, thousands_of_arguments_are_routed_whole) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    enum { PAIRS = 3000 };
+    const char **argv = sd_xmalloc((1 + 2 * PAIRS) * sizeof *argv);
+    char(*keys)[24] = sd_xmalloc(PAIRS * sizeof *keys);
+    argv[0] = "MSET";
+    for (int i = 0; i < PAIRS; i++) {
+        snprintf(keys[i], sizeof keys[i], "{big}:%d", i);
+        argv[1 + 2 * i] = keys[i];
+        argv[2 + 2 * i] = "7";
+    }
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), NULL, 0);
+    struct answers a = {0};
+    cr_assert_eq(sd_aredis_commandv(r, count_cb, &a, 0, 1 + 2 * PAIRS, argv, NULL), 0);
+    run_until(&loop, &a.calls, 1);
+    cr_assert_eq(a.status, 0);
+    cr_assert_str_empty(a.error);
+    aclose(&loop, r);
+
+    /* The sync pipeline (formatted commands split again for routing). */
+    sd_redis *s = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    argv[0] = "MGET";
+    for (int i = 0; i < PAIRS; i++)
+        argv[1 + i] = keys[i];
+    cr_assert_eq(sd_redis_appendv(s, 1 + PAIRS, argv, NULL), 0);
+    int err = 0;
+    redisReply *reply = sd_redis_get_reply(s, &err);
+    cr_assert_not_null(reply, "%s", sd_strerror(err));
+    cr_assert_eq(reply->type, REDIS_REPLY_ARRAY, "%s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    cr_assert_eq(reply->elements, PAIRS);
+    cr_assert_str_eq(reply->element[PAIRS - 1]->str, "7");
+    freeReplyObject(reply);
+    sd_redis_free(s);
+    free(argv);
+    free(keys);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* A master killed with SIGKILL, with a replica: once the replica has taken over, both kinds of
+ * connection find it (the async one asks for the map again when a master's connection is down,
+ * at most once per second) and its slots answer again; the other masters never stopped. A short
+ * cluster-node-timeout (1 s) keeps the test short. */
+Test(redis_cluster, a_failover_is_followed_by_both_connections, .timeout = 120) {
+    sd_redis_cluster_server_opts o = {.masters = 3, .replicas = 1, .node_timeout_ms = 1000};
+    sd_redis_cluster_server *c = NULL;
+    cr_assert_eq(sd_redis_cluster_server_start(&o, &c), 0);
+    char key[3][32];
+    for (int m = 0; m < 3; m++)
+        key_on(m, "failover", key[m], sizeof key[m]);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *ar = acluster_connect(&loop, sd_redis_cluster_server_url(c), NULL, 0);
+    sd_redis *s = cluster_connect(sd_redis_cluster_server_url(c), NULL, 0);
+    cr_assert_eq(test_redis_int(s, "INCR %s", key[1]), 1);
+
+    sd_redis_server *victim = sd_redis_cluster_server_node(c, 1);
+    cr_assert_eq(sd_redis_server_signal(victim, SIGKILL), 0);
+    sd_redis_server_halt(victim);
+
+    /* The async connection: INCR on the killed master's key until one is answered. */
+    struct answers a = {0};
+    uint64_t until = sd_now_ms() + 60000;
+    while (a.ok == 0 && sd_now_ms() < until) {
+        struct answers one = {0};
+        wait_accepted(&loop, ar, key[1], &one);
+        run_until(&loop, &one.calls, 1);
+        a.ok += one.ok;
+    }
+    cr_assert_eq(a.ok, 1, "the async connection never reached the promoted replica");
+    /* The sync one. */
+    redisReply *reply = NULL;
+    while (reply == NULL && sd_now_ms() < until) {
+        reply = sd_redis_command(s, NULL, "INCR %s", key[1]);
+        if (reply && reply->type != REDIS_REPLY_INTEGER) {
+            freeReplyObject(reply);
+            reply = NULL;
+        }
+    }
+    cr_assert_not_null(reply, "the sync connection never reached the promoted replica");
+    freeReplyObject(reply);
+    /* The replica (node 4) is now a master and holds the key. */
+    char *role = node_text(sd_redis_cluster_server_node(c, 4), "INFO replication");
+    cr_assert(strstr(role, "role:master") != NULL, "%s", role);
+    free(role);
+    for (int m = 0; m < 3; m += 2)
+        cr_assert_eq(test_redis_int(s, "INCR %s", key[m]), 1);
+    sd_redis_free(s);
+    aclose(&loop, ar);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* A single server whose ACL user may not run CLUSTER commands (NOPERM for the probe) is taken for
+ * a single server: the async connection comes up and serves the user. */
+Test(redis_cluster, async_probe_refused_by_the_acl_means_a_single_server) {
+    sd_redis_server *s = test_redis_start(NULL);
+    redisReply *reply = raw(s, "ACL SETUSER app on >app-secret ~* +@all -cluster");
+    cr_assert_neq(reply->type, REDIS_REPLY_ERROR, "%s", reply->str);
+    freeReplyObject(reply);
+    char url[96];
+    snprintf(url, sizeof url, "redis://app:app-secret@127.0.0.1:%d", sd_redis_server_port(s));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = acluster_connect(&loop, url, NULL, 0);
+    struct answers a = {0};
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "INCR acl-key"), 0);
+    run_until(&loop, &a.calls, 1);
+    cr_assert_eq(a.ok, 1, "%s", a.error);
+    aclose(&loop, r);
+    sd_redis_server_stop(s);
+}

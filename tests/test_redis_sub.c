@@ -44,19 +44,19 @@ struct rec {
 };
 
 /* Each test gets a redis-server, a loop (which the test closes) and an empty record. */
-static sd_redis_server *server;
+static test_target *server;
 static uv_loop_t loop;
 static struct rec *seen; /* what each test's callbacks saw */
 
 static void start(void) {
-    server = test_redis_start(NULL);
+    server = test_target_start();
     cr_assert_eq(uv_loop_init(&loop), 0);
     seen = sd_xcalloc(1, sizeof *seen);
 }
 
 static void stop(void) {
     free(seen);
-    sd_redis_server_stop(server);
+    test_target_stop(server);
 }
 
 TestSuite(redis_sub, .init = start, .fini = stop, .timeout = 120);
@@ -127,7 +127,7 @@ static sd_redis_sub *sub_new_url(uv_loop_t *loop, const char *text, const sd_red
 }
 
 static sd_redis_sub *sub_new(uv_loop_t *loop, const sd_redis_sub_opts *opts, struct rec *r) {
-    return sub_new_url(loop, sd_redis_server_url(server), opts, r);
+    return sub_new_url(loop, test_target_url(server), opts, r);
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -236,7 +236,7 @@ Test(redis_sub, delivers_binary_payloads_in_order_with_exact_counts) {
     cr_assert(sd_redis_sub_is_up(sub));
     cr_assert_eq(seen->unconfirmed_at_up[0], 0);
 
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     static const char binary[] = "a\0b\r\nc\r\n\0"; /* NUL and CR LF inside, NUL last */
     cr_assert_eq(publish(admin, "news", binary, sizeof binary - 1), 1, "one subscriber");
     cr_assert_eq(publish(admin, "news", "", 0), 1);
@@ -279,7 +279,7 @@ Test(redis_sub, pattern_messages_name_their_pattern) {
     cr_assert_eq(sd_redis_sub_subscribe(sub, "barrier"), 0);
     wait_for(&loop, &seen->ups, 1, "did not come up");
 
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     /* "user:1" matches both the channel and the pattern: Redis sends it twice. */
     cr_assert_eq(publish(admin, "user:1", "one", 3), 2);
     cr_assert_eq(publish(admin, "user:2", "two", 3), 1);
@@ -321,7 +321,7 @@ Test(redis_sub, unsubscribe_stops_delivery_at_once) {
     cr_assert_eq(sd_redis_sub_subscribe(sub, "barrier"), 0);
     wait_for(&loop, &seen->ups, 1, "did not come up");
 
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     seen->in_api = 1;
     cr_assert_eq(sd_redis_sub_unsubscribe(sub, "a"), 0);
     cr_assert_eq(sd_redis_sub_punsubscribe(sub, "p:*"), 0);
@@ -354,7 +354,7 @@ Test(redis_sub, subscribe_while_up_is_quiet_and_takes_effect_once_confirmed) {
     cr_assert_eq(sd_redis_sub_unconfirmed(sub), 1);
     cr_assert(sd_redis_sub_is_up(sub), "a new subscription does not take the others down");
     run_until_confirmed(&loop, sub);
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     barrier(&loop, admin, seen, "b");
     cr_assert_eq(seen->msgs, 1);
     assert_states(seen, 1, (int[]){1});
@@ -372,33 +372,30 @@ Test(redis_sub, up_waits_for_every_confirmation) {
     cr_assert_eq(sd_redis_sub_unconfirmed(sub), 2000);
     wait_for(&loop, &seen->ups, 1, "did not come up");
     cr_assert_eq(seen->unconfirmed_at_up[0], 0, "up was reported before every confirmation");
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     barrier(&loop, admin, seen, "channel:1999");
     assert_states(seen, 1, (int[]){1});
     sub_finish(&loop, sub, admin);
 }
 
 Test(redis_sub, auth_from_the_url) {
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
-    redisReply *reply = sd_redis_command(admin, NULL, "CONFIG SET requirepass s3cret");
-    cr_assert_not_null(reply);
-    cr_assert_eq(reply->type, REDIS_REPLY_STATUS);
-    freeReplyObject(reply);
-    reply = sd_redis_command(admin, NULL, "AUTH s3cret");
-    cr_assert_not_null(reply);
-    freeReplyObject(reply);
-
+    test_target_each(server, "CONFIG SET requirepass s3cret"); /* every node of a cluster */
     char url[128];
-    snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d/5", sd_redis_server_port(server));
+    snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d", test_target_port(server));
+    sd_redis *admin = test_redis_connect(url);
+
+    snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d/5", test_target_port(server));
     sd_redis_sub *sub = sub_new_url(&loop, url, NULL, seen);
     cr_assert_eq(sd_redis_sub_subscribe(sub, "secured"), 0);
     wait_for(&loop, &seen->ups, 1, "did not come up");
     /* Databases do not matter to pub/sub: the subscriber's URL says 5 (and it sends no SELECT),
-     * the publisher is on 3. */
-    reply = sd_redis_command(admin, NULL, "SELECT 3");
-    cr_assert_not_null(reply);
-    cr_assert_eq(reply->type, REDIS_REPLY_STATUS);
-    freeReplyObject(reply);
+     * the publisher is on 3 (a cluster has database 0 only). */
+    if (!test_target_is_cluster()) {
+        redisReply *reply = sd_redis_command(admin, NULL, "SELECT 3");
+        cr_assert_not_null(reply);
+        cr_assert_eq(reply->type, REDIS_REPLY_STATUS);
+        freeReplyObject(reply);
+    }
     barrier(&loop, admin, seen, "secured");
     assert_states(seen, 1, (int[]){1});
     sub_finish(&loop, sub, admin);
@@ -421,7 +418,7 @@ Test(redis_sub, client_kill_goes_down_then_up_and_resubscribes) {
     sd_redis_sub_opts o = quick_opts();
     sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 1);
 
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     for (int round = 1; round <= 2; round++) {
         cr_assert_eq(test_redis_int(admin, "CLIENT KILL TYPE pubsub"), 1);
         wait_for(&loop, &seen->downs, round, "the kill was not noticed");
@@ -441,15 +438,15 @@ Test(redis_sub, restart_on_the_same_port_goes_down_then_up_and_resubscribes) {
     sd_redis_sub_opts o = quick_opts();
     sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 1);
 
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     wait_for(&loop, &seen->downs, 1, "the loss was not noticed");
     cr_assert(!sd_redis_sub_is_up(sub));
     cr_assert_eq(sd_redis_sub_unconfirmed(sub), 2);
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
     wait_for(&loop, &seen->ups, 2, "did not come back after the restart");
     cr_assert_eq(seen->unconfirmed_at_up[1], 0);
 
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     assert_resubscribed(&loop, admin, seen);
     assert_states(seen, 3, (int[]){1, 0, 1});
     sub_finish(&loop, sub, admin);
@@ -474,13 +471,13 @@ Test(redis_sub, frozen_server_is_noticed_by_the_ping_deadline) {
     run_until_pongs(&loop, sub, 2);
 
     /* A stopped process keeps its sockets open: only the missing PING answer can tell. */
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     wait_for(&loop, &seen->downs, 1, "a frozen server was not noticed");
     cr_assert_eq(seen->ups, 1);
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
     wait_for(&loop, &seen->ups, 2, "did not come back after the server woke up");
 
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     assert_resubscribed(&loop, admin, seen);
     assert_states(seen, 3, (int[]){1, 0, 1});
     sub_finish(&loop, sub, admin);
@@ -507,7 +504,7 @@ Test(redis_sub, free_while_connecting_to_nothing) {
 }
 
 Test(redis_sub, free_while_subscribing_to_a_frozen_server) {
-    cr_assert_eq(sd_redis_server_signal(server, SIGSTOP), 0);
+    cr_assert_eq(test_target_signal(server, SIGSTOP), 0);
     sd_redis_sub_opts o = quick_opts();
     o.redis.connect_timeout_ms = 60000; /* stays in the handshake */
     sd_redis_sub *sub = sub_new(&loop, &o, seen);
@@ -519,22 +516,22 @@ Test(redis_sub, free_while_subscribing_to_a_frozen_server) {
         uv_run(&loop, UV_RUN_NOWAIT);
     close_loop(&loop, sub);
     cr_assert_eq(seen->nstates, 0);
-    cr_assert_eq(sd_redis_server_signal(server, SIGCONT), 0);
+    cr_assert_eq(test_target_signal(server, SIGCONT), 0);
 }
 
 Test(redis_sub, free_while_down) {
     sd_redis_sub_opts o = quick_opts();
     sd_redis_sub *sub = sub_up_on_a(&loop, &o, seen, 0);
-    cr_assert_eq(sd_redis_server_halt(server), 0);
+    cr_assert_eq(test_target_halt(server), 0);
     wait_for(&loop, &seen->downs, 1, "the loss was not noticed");
     close_loop(&loop, sub);
     assert_states(seen, 2, (int[]){1, 0});
-    cr_assert_eq(sd_redis_server_restart(server), 0);
+    cr_assert_eq(test_target_restart(server), 0);
 }
 
 Test(redis_sub, free_from_inside_the_message_callback) {
     sub_up_on_a(&loop, NULL, seen, 0); /* freed from its own callback */
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     /* Three messages, likely read in one go: the first frees, the others must not arrive. */
     for (int i = 0; i < 3; i++)
         cr_assert_eq(publish(admin, "a", "x", 1), 1);
@@ -551,7 +548,7 @@ Test(redis_sub, free_from_inside_the_down_callback) {
     sd_redis_sub_opts o = quick_opts();
     sub_up_on_a(&loop, &o, seen, 0); /* freed from its own callback */
     seen->free_on_down = 1;
-    sd_redis *admin = test_redis_connect(sd_redis_server_url(server));
+    sd_redis *admin = test_redis_connect(test_target_url(server));
     cr_assert_eq(test_redis_int(admin, "CLIENT KILL TYPE pubsub"), 1);
     wait_for(&loop, &seen->freed, 1, "the subscriber was not freed");
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -701,7 +701,7 @@ Test(peers, a_failing_or_hanging_npm_skips_the_peer_with_one_line) {
 /* ---- The main job without node --------------------------------------------------------------- */
 
 Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
-    sd_redis_server *server = test_redis_start(NULL);
+    test_target *server = test_target_start();
     char json[64], html[64];
     temp_path(json, sizeof json, "json");
     temp_path(html, sizeof html, "html");
@@ -709,10 +709,9 @@ Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
     test_run_program(
         "bench",
         (const char *[]){"run", "ratelimit.gcra.closed", "--duration", "0.3", "--warmup", "0.1",
-                         "--redis", sd_redis_server_url(server), "--json", json, "--html", html,
-                         NULL},
+                         "--redis", test_target_url(server), "--json", json, "--html", html, NULL},
         NULL, (const char *[]){"PATH=/nonexistent-for-bench-peers", "BENCH_PEERS=1", NULL}, &ran);
-    sd_redis_server_stop(server);
+    test_target_stop(server);
     const char *out = ran.out, *err = ran.err;
     cr_expect_eq(ran.status, 0, "stdout: %s\nstderr: %s", out, err);
 
@@ -785,7 +784,7 @@ Test(cli, the_main_job_reads_the_peers_results_and_goes_on) {
     fclose(f);
     cr_assert_eq(chmod(node, 0700), 0);
 
-    sd_redis_server *server = test_redis_start(NULL);
+    test_target *server = test_target_start();
     char json[64], path_env[160], dir_env[160];
     temp_path(json, sizeof json, "json");
     snprintf(path_env, sizeof path_env, "PATH=%s", getenv("PATH"));
@@ -794,10 +793,10 @@ Test(cli, the_main_job_reads_the_peers_results_and_goes_on) {
     test_run_program("bench",
                      (const char *[]){"run", "ratelimit.gcra.closed",
                                       "ratelimit.sliding-window-log.closed", "--duration", "0.3",
-                                      "--warmup", "0.1", "--redis", sd_redis_server_url(server),
+                                      "--warmup", "0.1", "--redis", test_target_url(server),
                                       "--json", json, NULL},
                      NULL, (const char *[]){path_env, dir_env, "BENCH_PEERS=1", NULL}, &ran);
-    sd_redis_server_stop(server);
+    test_target_stop(server);
     const char *out = ran.out;
     cr_expect_eq(ran.status, 0, "stdout: %s\nstderr: %s", out, ran.err);
     cr_expect_null(strstr(out, "FAILED"), "%s", out);
