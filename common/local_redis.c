@@ -48,7 +48,7 @@
 
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS 10000
-#define PROBE_TIMEOUT_MS 1000
+#define PROBE_TIMEOUT_MS 2000
 
 /* ---- Where it lives ------------------------------------------------------------------------ */
 
@@ -302,7 +302,11 @@ static int start_server(const sd_local_redis_opts *opts, sd_local_redis_info *in
                           "noeviction",
                           NULL};
     long offset = log_size(info->dir);
-    unlink(info->socket); /* stale: nobody answers on it (Redis would unlink it too) */
+    /* Stale files of a server that died: nobody answers on the socket (Redis would unlink it
+     * too), and the pid file's process is gone, or the wait below would take the old pid for
+     * a new server that died at once. */
+    unlink(info->socket);
+    unlink(pidfile);
     pid_t child = fork();
     if (child < 0)
         return -errno;
