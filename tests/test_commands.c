@@ -61,6 +61,9 @@ static const struct {
     {"ratelimit", "serve", {"--deadline-ms", "0"}, "--deadline-ms"},
     {"ratelimit", "check", {"--cost", "-1"}, "--cost"},
     {"hello-server", NULL, {"--max-body-bytes", "0"}, "--max-body-bytes"},
+    {"sd-redis", "start", {NULL}, NULL},
+    {"sd-redis", "status", {NULL}, NULL},
+    {"sd-redis", "stop", {NULL}, NULL},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
