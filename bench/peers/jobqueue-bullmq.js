@@ -3,9 +3,9 @@
 // ioredis, at BullMQ's defaults except the worker's concurrency) on a given Redis, under the
 // load of bench's jobqueue.* scenarios.
 //
-//   node jobqueue-bullmq.js --redis URL [--mode throughput|latency] [--concurrency 50]
+//   node jobqueue-bullmq.js --redis URL [--mode throughput|latency|drain] [--concurrency 50]
 //                           [--duration 5] [--warmup 1] [--in-flight N]
-//                           [--bulk 100] [--rate 1000] [--drain 20]
+//                           [--bulk 100] [--rate 1000] [--drain 20] [--jobs 20000]
 //
 // --mode throughput (default): no-op jobs, enqueue -> complete, in jobs/s. A producer in this
 //   process adds jobs with Queue.addBulk, --bulk at a time (--bulk 1: Queue.add, --concurrency
@@ -22,6 +22,10 @@
 //   in the warm-up are not counted. After --duration, no more jobs are added and the run waits
 //   up to --drain seconds for the rest to start; one that never starts counts as an error.
 //   achieved_rate is the rate of jobs added in the measured window.
+// --mode drain: BullMQ at its best, the worker alone: --jobs no-op jobs are enqueued first
+//   (addBulk, 1,000 a call, not timed), then a Worker with --concurrency starts and the time
+//   from its start to the last completion is measured. achieved_rate is jobs/s; no latency.
+//   The other modes pay for their producer in this process, as a job queue's users do.
 // --in-flight is a synonym of --concurrency (bench's {in_flight} placeholder).
 //
 // Every run uses its own queue name (bench-PID-TIME) and removes its keys afterwards
@@ -40,8 +44,9 @@ const IORedis = require('ioredis');
 const { Queue, Worker } = require('bullmq');
 
 function usage(msg) {
-  const text = 'usage: node jobqueue-bullmq.js --redis URL [--mode throughput|latency] ' +
-    '[--concurrency N] [--duration S] [--warmup S] [--bulk N] [--rate R] [--drain S]\n';
+  const text = 'usage: node jobqueue-bullmq.js --redis URL [--mode throughput|latency|drain] ' +
+    '[--concurrency N] [--duration S] [--warmup S] [--bulk N] [--rate R] [--drain S] ' +
+    '[--jobs N]\n';
   if (msg) {
     process.stderr.write(`jobqueue-bullmq: ${msg}\n${text}`);
     process.exit(2);
@@ -53,7 +58,7 @@ function usage(msg) {
 function parseArgs(argv) {
   const o = {
     redis: process.env.REDIS_URL || 'redis://127.0.0.1:6379', mode: 'throughput',
-    concurrency: 50, duration: 5, warmup: 1, bulk: 100, rate: 1000, drain: 20,
+    concurrency: 50, duration: 5, warmup: 1, bulk: 100, rate: 1000, drain: 20, jobs: 20000,
   };
   for (let i = 2; i < argv.length; i++) {
     const a = argv[i];
@@ -69,11 +74,14 @@ function parseArgs(argv) {
     else if (a === '--bulk') o.bulk = Number(next());
     else if (a === '--rate') o.rate = Number(next());
     else if (a === '--drain') o.drain = Number(next());
+    else if (a === '--jobs') o.jobs = Number(next());
     else if (a === '-h' || a === '--help') usage(null);
     else usage(`unknown argument '${a}'`);
   }
-  if (o.mode !== 'throughput' && o.mode !== 'latency') usage('--mode is throughput or latency');
-  for (const k of ['concurrency', 'duration', 'bulk', 'rate']) {
+  if (!['throughput', 'latency', 'drain'].includes(o.mode)) {
+    usage('--mode is throughput, latency or drain');
+  }
+  for (const k of ['concurrency', 'duration', 'bulk', 'rate', 'jobs']) {
     if (!Number.isFinite(o[k]) || o[k] <= 0) usage(`--${k} must be a number > 0`);
   }
   for (const k of ['warmup', 'drain']) {
@@ -81,6 +89,7 @@ function parseArgs(argv) {
   }
   o.concurrency = Math.floor(o.concurrency);
   o.bulk = Math.floor(o.bulk);
+  o.jobs = Math.floor(o.jobs);
   return o;
 }
 
@@ -212,6 +221,31 @@ async function latency(o, queue, name, conn) {
   return { expected, started, addErrors, startLat, rawLat, doneLat };
 }
 
+async function drain(o, queue, name, conn) {
+  // Fill the queue first (not measured), then time the worker alone.
+  for (let i = 0; i < o.jobs; i += 1000) {
+    const n = Math.min(1000, o.jobs - i);
+    await queue.addBulk(Array.from({ length: n }, (_, k) => ({ name: 'noop', data: { i: i + k } })));
+  }
+  let completed = 0, errors = 0, first = null, last = null;
+  let done;
+  const finished = new Promise((r) => { done = r; });
+  const worker = new Worker(name, async () => {}, { connection: conn, concurrency: o.concurrency,
+                                                   autorun: false });
+  worker.on('completed', () => {
+    last = now();
+    if (first === null) first = last;
+    if (++completed + errors === o.jobs) done();
+  });
+  worker.on('failed', () => { if (completed + ++errors === o.jobs) done(); });
+  const t0 = now();
+  worker.run();
+  const limit = sleep(o.drain * 1000 + o.jobs).then(() => 'timeout');
+  await Promise.race([finished, limit]);
+  await worker.close(true);
+  return { completed, errors, seconds: Number((last || t0) - t0) / 1e9 };
+}
+
 async function main() {
   const o = parseArgs(process.argv);
   const name = `bench-${process.pid}-${Date.now()}`;
@@ -222,7 +256,19 @@ async function main() {
   const version = require('bullmq/package.json').version;
   let result;
   try {
-    if (o.mode === 'throughput') {
+    if (o.mode === 'drain') {
+      const r = await drain(o, queue, name, wconn);
+      const rate = r.seconds > 0 ? r.completed / r.seconds : 0;
+      result = {
+        peer: 'bullmq', version, mode: 'drain', concurrency: o.concurrency, jobs: o.jobs,
+        in_flight: o.concurrency, duration_s: Math.round(r.seconds * 1000) / 1000,
+        achieved_rate: Math.round(rate * 10) / 10, count: r.completed,
+        errors: r.errors + (o.jobs - r.completed - r.errors), p50_us: 0, p99_us: 0,
+      };
+      process.stdout.write(
+        `bullmq ${version} drain: ${r.completed} of ${o.jobs} queued no-op jobs completed in ` +
+        `${r.seconds.toFixed(2)} s, ${Math.round(rate)} jobs/s (concurrency ${o.concurrency})\n`);
+    } else if (o.mode === 'throughput') {
       const r = await throughput(o, queue, name, wconn);
       const s = summary(r.lat);
       result = {
