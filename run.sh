@@ -2,6 +2,7 @@
 # The project's two set-up commands (see README.md):
 #   ./run.sh bench [bench run arguments...]   build, then benchmark every component
 #   ./run.sh test                             build (normal + sanitizers), then run every test
+#   ./run.sh redis-stop [--purge]             stop the local durable Redis (common/local_redis.h)
 # Both install the Debian packages they need when they are missing (as root; otherwise they
 # print the exact apt-get command and stop). A second run reinstalls nothing and rebuilds only
 # what changed.
@@ -20,6 +21,7 @@ usage() {
 usage: ./run.sh bench [SCENARIO-PREFIX...] [bench run options]
        ./run.sh test
        ./run.sh build
+       ./run.sh redis-stop [--purge]
 
   bench   builds (build/) and runs build/bin/bench run: every component's benchmark against a
           private redis-server (or REDIS_URL), with the peers beside them, and writes
@@ -29,6 +31,11 @@ usage: ./run.sh bench [SCENARIO-PREFIX...] [bench run options]
           runs every Criterion suite in both; fails on any sanitizer report or leaked
           redis-server process.
   build   only builds build/.
+  redis-stop
+          stops the local durable Redis that jobqueue, webhook and urlshortener start on
+          first use when given neither --redis nor REDIS_URL (a redis-server on a unix
+          socket in \$XDG_STATE_HOME/sysdesign, default ~/.local/state/sysdesign). Its data
+          (the AOF) stays for the next start; --purge deletes it too.
 USAGE
 }
 
@@ -123,6 +130,10 @@ bench)
 build)
     install_packages
     build build
+    ;;
+redis-stop)
+    [ -x build/bin/sd-redis ] || { install_packages && build build; }
+    exec build/bin/sd-redis stop "$@"
     ;;
 test)
     install_packages

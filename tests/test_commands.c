@@ -62,6 +62,9 @@ static const struct {
     {"ratelimit", "check", {"--cost", "-1"}, "--cost"},
     {"hello-server", NULL, {"--max-body-bytes", "0"}, "--max-body-bytes"},
     {"webhook", "receive", {"--tolerance", "0"}, "--tolerance"},
+    {"sd-redis", "start", {NULL}, NULL},
+    {"sd-redis", "status", {NULL}, NULL},
+    {"sd-redis", "stop", {NULL}, NULL},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
