@@ -308,6 +308,31 @@ JQ_TEST(extend_after_the_lease_ended_is_refused) {
     jq_client_free(c);
 }
 
+/* Redis's clock, ms. */
+static int64_t redis_now_ms(jq_client *c) {
+    redisReply *t = sd_redis_command(jq_client_redis(c), NULL, "TIME");
+    cr_assert(t && t->type == REDIS_REPLY_ARRAY && t->elements == 2);
+    int64_t now = atoll(t->element[0]->str) * 1000 + atoll(t->element[1]->str) / 1000;
+    freeReplyObject(t);
+    return now;
+}
+
+JQ_TEST(a_lease_past_its_deadline_is_void_even_if_nobody_took_the_job) {
+    jq_client *c = client();
+    jq_enqueued e = put(c, "void", "p", NULL);
+    jq_job j = take(c, "void", 100);
+    int64_t now;
+    while ((now = redis_now_ms(c)) <= j.lease_until_ms)
+        sleep_ms(j.lease_until_ms - now + 1);
+    /* Not reaped yet: the job is still RESERVED under this token, but the lease is over. */
+    cr_assert_eq(state_of(c, "void", e.id), JQ_STATE_RESERVED);
+    cr_assert_eq(jq_extend(c, "void", &j, 60000), JQ_ESTALE);
+    cr_assert_eq(jq_ack(c, "void", &j, "", 0), JQ_ESTALE);
+    cr_assert_eq(state_of(c, "void", e.id), JQ_STATE_RESERVED);
+    jq_job_clear(&j);
+    jq_client_free(c);
+}
+
 JQ_TEST(release_returns_the_job_without_counting_the_delivery) {
     jq_client *c = client();
     jq_enqueued a = put(c, "rel", "a", NULL);
@@ -700,28 +725,32 @@ JQ_TEST(priority_first_then_fifo) {
 
 JQ_TEST(delayed_jobs_wait_and_then_run_in_due_order) {
     jq_client *c = client();
-    jq_new_job jobs[4];
-    jq_enqueue_opts o[4];
-    const char *names[] = {"late", "t1", "t2", "t3"};
-    int64_t delay[] = {60000, 300, 300, 300};
-    for (int i = 0; i < 4; i++) {
+    /* Seven late jobs first, so the three due together get ids 8, 9 and 10: FIFO must not
+     * follow the ids' text order ("10" < "8"). */
+    jq_new_job jobs[10];
+    jq_enqueue_opts o[10];
+    const char *names[] = {"late", "late", "late", "late", "late",
+                           "late", "late", "t1",   "t2",   "t3"};
+    int64_t delay[] = {60000, 60000, 60000, 60000, 60000, 60000, 60000, 300, 300, 300};
+    for (int i = 0; i < 10; i++) {
         jq_enqueue_opts_default(&o[i]);
         o[i].delay_ms = delay[i];
         jobs[i] = (jq_new_job){names[i], strlen(names[i]), &o[i]};
     }
-    jq_enqueued out[4];
-    cr_assert_eq(jq_enqueue_many(c, "delay", jobs, 4, out), 0);
+    jq_enqueued out[10];
+    cr_assert_eq(jq_enqueue_many(c, "delay", jobs, 10, out), 0);
+    cr_assert_str_eq(out[9].id, "10");
     jq_job none;
     size_t got = 1;
     cr_assert_eq(jq_reserve(c, "delay", 1, 1000, &none, &got), 0);
     cr_assert_eq(got, 0, "a delayed job ran early");
-    cr_assert_eq(stats(c, "delay").delayed, 4);
-    for (int i = 1; i <= 3; i++) {
+    cr_assert_eq(stats(c, "delay").delayed, 10);
+    for (int i = 7; i <= 9; i++) {
         jq_job j = take(c, "delay", 60000); /* wakes when they fall due */
         cr_assert_str_eq(j.payload, names[i], "ties in due time are FIFO");
         jq_job_clear(&j);
     }
-    cr_assert_eq(stats(c, "delay").delayed, 1);
+    cr_assert_eq(stats(c, "delay").delayed, 7);
     jq_client_free(c);
 }
 
