@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,6 +63,16 @@ TestSuite(jobqueue_cluster, .init = start_cluster, .fini = stop, .timeout = 120)
         name##_body();                                                                             \
     }                                                                                              \
     static void name##_body(void)
+
+/* fork() for a child that dies with the test process, so a failed assertion leaves no worker
+ * behind. */
+static pid_t fork_child(void) {
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    return pid;
+}
 
 static jq_client *client(void) {
     jq_client *c = NULL;
@@ -582,7 +593,7 @@ JQ_TEST(cancel_reaches_a_running_worker_through_its_heartbeat) {
     jq_enqueued e = put(c, "canw", "long", NULL);
     int p[2];
     cr_assert_eq(pipe(p), 0);
-    pid_t pid = fork();
+    pid_t pid = fork_child();
     if (pid == 0) {
         close(p[0]);
         heartbeat_worker(p[1]);
@@ -634,7 +645,7 @@ JQ_TEST(idempotency_key_raced_by_eight_processes_makes_one_job) {
     cr_assert_eq(pipe(p), 0);
     pid_t pids[8];
     for (int i = 0; i < 8; i++) {
-        pids[i] = fork();
+        pids[i] = fork_child();
         if (pids[i] == 0) {
             close(p[0]);
             jq_client *c = NULL;
@@ -759,7 +770,7 @@ JQ_TEST(delayed_jobs_wait_and_then_run_in_due_order) {
 JQ_TEST(blocking_reserve_wakes_on_an_enqueue) {
     int p[2];
     cr_assert_eq(pipe(p), 0);
-    pid_t pid = fork();
+    pid_t pid = fork_child();
     if (pid == 0) {
         close(p[0]);
         jq_client *c = NULL;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +47,16 @@ static void stop(void) {
 
 TestSuite(jobqueue_faults, .init = start, .fini = stop, .timeout = 180);
 TestSuite(jobqueue_durable, .init = start_always, .fini = stop, .timeout = 180);
+
+/* fork() for a child that dies with the test process, so a failed assertion leaves no worker
+ * behind. */
+static pid_t fork_child(void) {
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    return pid;
+}
 
 static jq_client *client(void) {
     jq_client *c = NULL;
@@ -113,7 +124,7 @@ Test(jobqueue_faults, a_job_that_kills_its_worker_ends_dead) {
     for (int k = 1; k <= 3; k++) {
         int p[2];
         cr_assert_eq(pipe(p), 0);
-        pid_t pid = fork();
+        pid_t pid = fork_child();
         if (pid == 0) {
             close(p[0]);
             reserve_and_hang(p[1]);
@@ -159,7 +170,7 @@ static void counting_worker(void) {
 }
 
 static pid_t spawn_worker(void) {
-    pid_t pid = fork();
+    pid_t pid = fork_child();
     cr_assert_geq(pid, 0);
     if (pid == 0)
         counting_worker();
@@ -288,7 +299,7 @@ static void enqueue_until_error(int fd) {
 Test(jobqueue_durable, sigkilled_redis_loses_no_acknowledged_enqueue) {
     int p[2];
     cr_assert_eq(pipe(p), 0);
-    pid_t pid = fork();
+    pid_t pid = fork_child();
     if (pid == 0) {
         close(p[0]);
         enqueue_until_error(p[1]);
