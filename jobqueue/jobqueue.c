@@ -64,6 +64,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "jq_internal.h"
 #include "jq_lua.h"
 #include "sd.h"
 
@@ -181,36 +182,20 @@ int64_t jq_backoff_ms(int64_t base_ms, int64_t max_ms, int attempt, uint64_t rnd
 
 /* ---- Scripts ------------------------------------------------------------------------------- */
 
-enum {
-    S_ENQUEUE,
-    S_RESERVE,
-    S_ACK,
-    S_ACK_EFFECT,
-    S_FAIL,
-    S_EXTEND,
-    S_RELEASE,
-    S_PROGRESS,
-    S_CANCEL,
-    S_REAP,
-    S_STATS,
-    S_DLQ,
-    S_COUNT
-};
-
-static sd_script scripts[S_COUNT];
+static sd_script scripts[JQ_S_COUNT];
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
 /* Each script is jq-common.lua followed by the script's own file. */
 static void scripts_build(void) {
-    static const char *const names[S_COUNT] = {
+    static const char *const names[JQ_S_COUNT] = {
         "jobqueue/enqueue", "jobqueue/reserve", "jobqueue/ack",     "jobqueue/ack-effect",
         "jobqueue/fail",    "jobqueue/extend",  "jobqueue/release", "jobqueue/progress",
         "jobqueue/cancel",  "jobqueue/reap",    "jobqueue/stats",   "jobqueue/dlq"};
-    const char *bodies[S_COUNT] = {sd_lua_jq_enqueue,    sd_lua_jq_reserve,  sd_lua_jq_ack,
-                                   sd_lua_jq_ack_effect, sd_lua_jq_fail,     sd_lua_jq_extend,
-                                   sd_lua_jq_release,    sd_lua_jq_progress, sd_lua_jq_cancel,
-                                   sd_lua_jq_reap,       sd_lua_jq_stats,    sd_lua_jq_dlq};
-    for (int i = 0; i < S_COUNT; i++) {
+    const char *bodies[JQ_S_COUNT] = {sd_lua_jq_enqueue,    sd_lua_jq_reserve,  sd_lua_jq_ack,
+                                      sd_lua_jq_ack_effect, sd_lua_jq_fail,     sd_lua_jq_extend,
+                                      sd_lua_jq_release,    sd_lua_jq_progress, sd_lua_jq_cancel,
+                                      sd_lua_jq_reap,       sd_lua_jq_stats,    sd_lua_jq_dlq};
+    for (int i = 0; i < JQ_S_COUNT; i++) {
         char *body = sd_xasprintf("%s\n%s", sd_lua_jq_common, bodies[i]);
         scripts[i].name = names[i];
         scripts[i].body = body; /* lives as long as the process */
@@ -219,7 +204,7 @@ static void scripts_build(void) {
     }
 }
 
-static sd_script *script(int which) {
+sd_script *jq__script(int which) {
     pthread_once(&scripts_once, scripts_build);
     return &scripts[which];
 }
@@ -247,11 +232,11 @@ int jq_client_new(const sd_redis_url *url, const jq_config *cfg, jq_client **out
     sd_redis_opts opts;
     sd_redis_opts_default(&opts);
     opts.command_timeout_ms = cfg->timeout_ms;
-    sd_script *list[S_COUNT];
-    for (int i = 0; i < S_COUNT; i++)
-        list[i] = script(i);
+    sd_script *list[JQ_S_COUNT];
+    for (int i = 0; i < JQ_S_COUNT; i++)
+        list[i] = jq__script(i);
     opts.scripts = list;
-    opts.nscripts = S_COUNT;
+    opts.nscripts = JQ_S_COUNT;
     sd_redis *r = NULL;
     int rc = sd_redis_connect(url, &opts, &r);
     if (rc != 0)
@@ -270,11 +255,15 @@ void jq_client_free(jq_client *c) {
     free(c);
 }
 
-int jq_key(const jq_client *c, const char *queue, const char *suffix, char *buf, size_t len) {
+int jq_key_cfg(const jq_config *cfg, const char *queue, const char *suffix, char *buf, size_t len) {
     if (!jq_queue_name_valid(queue))
         return JQ_EINVAL;
-    int n = snprintf(buf, len, "%s{jq:%s}%s", c->cfg.prefix, queue, suffix);
+    int n = snprintf(buf, len, "%s{jq:%s}%s", cfg->prefix, queue, suffix);
     return n < 0 || (size_t)n >= len ? JQ_EINVAL : n;
+}
+
+int jq_key(const jq_client *c, const char *queue, const char *suffix, char *buf, size_t len) {
+    return jq_key_cfg(&c->cfg, queue, suffix, buf, len);
 }
 
 int jq_effect_key(const jq_client *c, const char *queue, const char *name, char *buf, size_t len) {
@@ -286,18 +275,9 @@ int jq_effect_key(const jq_client *c, const char *queue, const char *name, char 
     return jq_key(c, queue, suffix, buf, len);
 }
 
-/* ---- Argument lists -------------------------------------------------------------------------
- * A script's arguments: KEYS[1] (the queue's base name), the four housekeeping arguments of
- * jq-common.lua, then the script's own. Numbers are formatted into strings the list owns. */
+/* ---- Argument lists (jq_internal.h) ------------------------------------------------------ */
 
-typedef struct args {
-    const char **v;
-    size_t *l;
-    char **owned;
-    int n, cap, nowned;
-} args;
-
-static void args_push(args *a, const void *p, size_t len) {
+void jq__args_push(jq__args *a, const void *p, size_t len) {
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 32;
         a->v = sd_xrealloc(a->v, sizeof *a->v * (size_t)a->cap);
@@ -309,41 +289,44 @@ static void args_push(args *a, const void *p, size_t len) {
     a->n++;
 }
 
-static void args_str(args *a, const char *s) {
-    args_push(a, s, strlen(s));
+void jq__args_str(jq__args *a, const char *s) {
+    jq__args_push(a, s, strlen(s));
 }
 
-static void args_num(args *a, long long v) {
+void jq__args_num(jq__args *a, long long v) {
     char *s = sd_xasprintf("%lld", v);
-    args_str(a, s);
+    jq__args_str(a, s);
     a->owned[a->nowned++] = s; /* nowned <= n <= cap */
 }
 
-static void args_free(args *a) {
+void jq__args_free(jq__args *a) {
     for (int i = 0; i < a->nowned; i++)
         free(a->owned[i]);
     free(a->v);
     free(a->l);
     free(a->owned);
+    a->v = NULL;
+    a->l = NULL;
+    a->owned = NULL;
+    a->n = a->cap = a->nowned = 0;
 }
 
-/* Starts a's list with the queue's base name and the common arguments. base must outlive a. */
-static int args_begin(args *a, const jq_client *c, const char *queue, char *base, size_t len) {
+int jq__args_begin(jq__args *a, const jq_config *cfg, const char *queue) {
     memset(a, 0, sizeof *a);
-    if (jq_key(c, queue, "", base, len) < 0)
+    if (jq_key_cfg(cfg, queue, "", a->base, sizeof a->base) < 0)
         return JQ_EINVAL;
-    args_str(a, base);
-    args_num(a, c->cfg.done_retention_ms);
-    args_num(a, c->cfg.cancelled_retention_ms);
-    args_num(a, c->cfg.dead_retention_ms);
-    args_num(a, c->cfg.housekeep_batch);
+    jq__args_str(a, a->base);
+    jq__args_num(a, cfg->done_retention_ms);
+    jq__args_num(a, cfg->cancelled_retention_ms);
+    jq__args_num(a, cfg->dead_retention_ms);
+    jq__args_num(a, cfg->housekeep_batch);
     return 0;
 }
 
 /* ---- Replies ------------------------------------------------------------------------------- */
 
 /* The JQ_E* code of a script's status element (jq-common.lua's E_* values). */
-static int lua_code(long long v) {
+int jq__lua_code(long long v) {
     switch (v) {
     case 0:
         return 0;
@@ -362,7 +345,7 @@ static int lua_code(long long v) {
     }
 }
 
-static long long elem_ll(const redisReply *e) {
+long long jq__elem_ll(const redisReply *e) {
     if (e->type == REDIS_REPLY_INTEGER)
         return e->integer;
     if (e->type == REDIS_REPLY_STRING)
@@ -370,7 +353,7 @@ static long long elem_ll(const redisReply *e) {
     return 0;
 }
 
-static void elem_text(const redisReply *e, char *buf, size_t len) {
+void jq__elem_text(const redisReply *e, char *buf, size_t len) {
     if (e->type == REDIS_REPLY_STRING)
         snprintf(buf, len, "%.*s", (int)e->len, e->str);
     else if (e->type == REDIS_REPLY_INTEGER)
@@ -395,15 +378,15 @@ static char *elem_dup(const redisReply *e, size_t *len) {
 
 /* Runs script `which` with the arguments of a (nkeys of them keys) and returns its reply, an
  * array of at least min elements, in *out; or an error code (the reply is freed). */
-static int run(jq_client *c, int which, args *a, int nkeys, size_t min, redisReply **out) {
+static int run(jq_client *c, int which, jq__args *a, int nkeys, size_t min, redisReply **out) {
     int err = 0;
-    redisReply *reply =
-        sd_redis_script(c->redis, &err, c->cfg.timeout_ms, script(which), nkeys, a->n, a->v, a->l);
+    redisReply *reply = sd_redis_script(c->redis, &err, c->cfg.timeout_ms, jq__script(which), nkeys,
+                                        a->n, a->v, a->l);
     if (!reply)
         return err ? err : SD_EDISCONNECTED;
     if (reply->type == REDIS_REPLY_ERROR) {
         sd_log(SD_LOG_ERROR, "jobqueue.script_error", "script=%s error=\"%.200s\"",
-               script(which)->name, reply->str);
+               jq__script(which)->name, reply->str);
     }
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements < min) {
         freeReplyObject(reply);
@@ -415,13 +398,13 @@ static int run(jq_client *c, int which, args *a, int nkeys, size_t min, redisRep
 
 /* Runs a script whose reply is {code, ...} and returns the code (freeing the reply when out is
  * NULL). */
-static int run_code(jq_client *c, int which, args *a, int nkeys, redisReply **out) {
+static int run_code(jq_client *c, int which, jq__args *a, int nkeys, redisReply **out) {
     redisReply *reply = NULL;
     int rc = run(c, which, a, nkeys, 1, &reply);
-    args_free(a);
+    jq__args_free(a);
     if (rc != 0)
         return rc;
-    rc = lua_code(elem_ll(reply->element[0]));
+    rc = jq__lua_code(jq__elem_ll(reply->element[0]));
     if (out)
         *out = reply;
     else
@@ -461,25 +444,24 @@ int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, siz
         if (rc != 0)
             return rc;
     }
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (args_begin(&a, c, queue, base, sizeof base) != 0)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
-    args_num(&a, c->cfg.max_ready);
-    args_num(&a, c->cfg.idempotency_ttl_ms);
-    args_num(&a, (long long)n);
+    jq__args_num(&a, c->cfg.max_ready);
+    jq__args_num(&a, c->cfg.idempotency_ttl_ms);
+    jq__args_num(&a, (long long)n);
     jq_enqueue_opts def;
     jq_enqueue_opts_default(&def);
     for (size_t i = 0; i < n; i++) {
         const jq_enqueue_opts *o = jobs[i].opts ? jobs[i].opts : &def;
-        args_push(&a, jobs[i].payload, jobs[i].len);
-        args_num(&a, o->delay_ms);
-        args_num(&a, o->priority);
-        args_num(&a, o->max_attempts);
-        args_str(&a, o->idempotency_key ? o->idempotency_key : "");
+        jq__args_push(&a, jobs[i].payload, jobs[i].len);
+        jq__args_num(&a, o->delay_ms);
+        jq__args_num(&a, o->priority);
+        jq__args_num(&a, o->max_attempts);
+        jq__args_str(&a, o->idempotency_key ? o->idempotency_key : "");
     }
     redisReply *reply = NULL;
-    int rc = run_code(c, S_ENQUEUE, &a, 1, &reply);
+    int rc = run_code(c, JQ_S_ENQUEUE, &a, 1, &reply);
     if (rc != 0) {
         if (reply)
             freeReplyObject(reply);
@@ -490,8 +472,8 @@ int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, siz
         return SD_EREDIS;
     }
     for (size_t i = 0; i < n; i++) {
-        elem_text(reply->element[1 + 2 * i], out[i].id, sizeof out[i].id);
-        out[i].created = (int)elem_ll(reply->element[2 + 2 * i]);
+        jq__elem_text(reply->element[1 + 2 * i], out[i].id, sizeof out[i].id);
+        out[i].created = (int)jq__elem_ll(reply->element[2 + 2 * i]);
     }
     freeReplyObject(reply);
     return 0;
@@ -516,46 +498,55 @@ void jq_job_clear(jq_job *job) {
 
 static void job_from(const redisReply *const *e, jq_job *job) {
     memset(job, 0, sizeof *job);
-    elem_text(e[0], job->id, sizeof job->id);
-    elem_text(e[1], job->token, sizeof job->token);
-    job->attempts = (int)elem_ll(e[2]);
-    job->max_attempts = (int)elem_ll(e[3]);
-    job->priority = (int)elem_ll(e[4]);
-    job->lease_until_ms = elem_ll(e[5]);
-    job->created_ms = elem_ll(e[6]);
+    jq__elem_text(e[0], job->id, sizeof job->id);
+    jq__elem_text(e[1], job->token, sizeof job->token);
+    job->attempts = (int)jq__elem_ll(e[2]);
+    job->max_attempts = (int)jq__elem_ll(e[3]);
+    job->priority = (int)jq__elem_ll(e[4]);
+    job->lease_until_ms = jq__elem_ll(e[5]);
+    job->created_ms = jq__elem_ll(e[6]);
     job->payload = elem_dup(e[7], &job->payload_len);
+}
+
+int jq__reserve_args(jq__args *a, int n, int64_t visibility_ms) {
+    if (n < 1 || n > 1000 || visibility_ms < 1 || visibility_ms > 24LL * 3600 * 1000)
+        return JQ_EINVAL;
+    jq__args_num(a, n);
+    jq__args_num(a, visibility_ms);
+    return 0;
+}
+
+int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms) {
+    *got = 0;
+    size_t count = reply->elements >= 3 ? (size_t)jq__elem_ll(reply->element[2]) : 0;
+    if (reply->elements != 3 + JOB_FIELDS * count || count > (size_t)n)
+        return SD_EREDIS;
+    *next_ms = jq__elem_ll(reply->element[1]);
+    for (size_t i = 0; i < count; i++)
+        job_from((const redisReply *const *)reply->element + 3 + JOB_FIELDS * i, &jobs[i]);
+    *got = count;
+    return 0;
 }
 
 /* One reserve; *next_ms gets the script's "next" (see jq-reserve.lua). */
 static int reserve_once(jq_client *c, const char *queue, int n, int64_t visibility_ms, jq_job *jobs,
                         size_t *got, int64_t *next_ms) {
     *got = 0;
-    if (n < 1 || n > 1000 || visibility_ms < 1 || visibility_ms > 24LL * 3600 * 1000)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (args_begin(&a, c, queue, base, sizeof base) != 0)
-        return JQ_EINVAL;
-    args_num(&a, n);
-    args_num(&a, visibility_ms);
-    redisReply *reply = NULL;
-    int rc = run_code(c, S_RESERVE, &a, 1, &reply);
+    int rc = jq__reserve_args(&a, n, visibility_ms);
     if (rc != 0) {
-        if (reply)
-            freeReplyObject(reply);
+        jq__args_free(&a);
         return rc;
     }
-    size_t count = reply->elements >= 3 ? (size_t)elem_ll(reply->element[2]) : 0;
-    if (reply->elements != 3 + JOB_FIELDS * count || count > (size_t)n) {
+    redisReply *reply = NULL;
+    rc = run_code(c, JQ_S_RESERVE, &a, 1, &reply);
+    if (rc == 0)
+        rc = jq__reserve_parse(reply, n, jobs, got, next_ms);
+    if (reply)
         freeReplyObject(reply);
-        return SD_EREDIS;
-    }
-    *next_ms = elem_ll(reply->element[1]);
-    for (size_t i = 0; i < count; i++)
-        job_from((const redisReply *const *)reply->element + 3 + JOB_FIELDS * i, &jobs[i]);
-    *got = count;
-    freeReplyObject(reply);
-    return 0;
+    return rc;
 }
 
 int jq_reserve(jq_client *c, const char *queue, int n, int64_t visibility_ms, jq_job *jobs,
@@ -599,44 +590,59 @@ int jq_reserve_wait(jq_client *c, const char *queue, int n, int64_t visibility_m
 
 /* ---- Calls about a reserved job ------------------------------------------------------------ */
 
-static int lease_args(args *a, const jq_client *c, const char *queue, const jq_job *job, char *base,
-                      size_t len) {
+int jq__lease_args(jq__args *a, const jq_job *job) {
     if (!job || !job->id[0] || !job->token[0])
         return JQ_EINVAL;
-    if (args_begin(a, c, queue, base, len) != 0)
-        return JQ_EINVAL;
-    args_str(a, job->id);
-    args_str(a, job->token);
+    jq__args_str(a, job->id);
+    jq__args_str(a, job->token);
     return 0;
 }
 
-int jq_ack_many(jq_client *c, const char *queue, const jq_ack_item *items, size_t n, int *codes) {
+/* Starts a's list for a call about job: the queue, then the job's id and token. */
+static int lease_args(jq__args *a, const jq_client *c, const char *queue, const jq_job *job) {
+    if (jq__args_begin(a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__lease_args(a, job);
+    if (rc != 0)
+        jq__args_free(a);
+    return rc;
+}
+
+int jq__ack_args(const jq_config *cfg, jq__args *a, const jq_ack_item *items, size_t n) {
     if (n == 0 || n > 1000)
         return JQ_EINVAL;
     for (size_t i = 0; i < n; i++) {
         if (!items[i].job || !items[i].job->id[0] || !items[i].job->token[0] ||
             (items[i].len > 0 && !items[i].result))
             return JQ_EINVAL;
-        if (items[i].len > c->cfg.max_result)
+        if (items[i].len > cfg->max_result)
             return JQ_ETOOBIG;
     }
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (args_begin(&a, c, queue, base, sizeof base) != 0)
-        return JQ_EINVAL;
-    args_num(&a, (long long)n);
+    jq__args_num(a, (long long)n);
     for (size_t i = 0; i < n; i++) {
-        args_str(&a, items[i].job->id);
-        args_str(&a, items[i].job->token);
-        args_push(&a, items[i].result, items[i].len);
+        jq__args_str(a, items[i].job->id);
+        jq__args_str(a, items[i].job->token);
+        jq__args_push(a, items[i].result, items[i].len);
+    }
+    return 0;
+}
+
+int jq_ack_many(jq_client *c, const char *queue, const jq_ack_item *items, size_t n, int *codes) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__ack_args(&c->cfg, &a, items, n);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
     }
     redisReply *reply = NULL;
-    int rc = run(c, S_ACK, &a, 1, n, &reply);
-    args_free(&a);
+    rc = run(c, JQ_S_ACK, &a, 1, n, &reply);
+    jq__args_free(&a);
     if (rc != 0)
         return rc;
     for (size_t i = 0; i < n; i++)
-        codes[i] = lua_code(elem_ll(reply->element[i]));
+        codes[i] = jq__lua_code(jq__elem_ll(reply->element[i]));
     freeReplyObject(reply);
     return 0;
 }
@@ -659,33 +665,32 @@ int jq_ack_effect(jq_client *c, const char *queue, const jq_job *job, const void
     char fxkey[JQ_QUEUE_MAX + 256];
     if (jq_effect_key(c, queue, fx->name, fxkey, sizeof fxkey) < 0)
         return JQ_EINVAL;
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (lease_args(&a, c, queue, job, base, sizeof base) != 0)
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
         return JQ_EINVAL;
     /* KEYS[2], the effect's key, goes after KEYS[1]: shift the list by one. */
-    args_str(&a, "");
+    jq__args_str(&a, "");
     memmove(a.v + 2, a.v + 1, sizeof *a.v * (size_t)(a.n - 2));
     memmove(a.l + 2, a.l + 1, sizeof *a.l * (size_t)(a.n - 2));
     a.v[1] = fxkey;
     a.l[1] = strlen(fxkey);
-    args_push(&a, result, len);
-    args_str(&a, ops[fx->op]);
+    jq__args_push(&a, result, len);
+    jq__args_str(&a, ops[fx->op]);
     if (fx->op == JQ_EFFECT_INCRBY)
-        args_num(&a, fx->delta);
+        jq__args_num(&a, fx->delta);
     else
-        args_str(&a, fx->value);
-    return run_code(c, S_ACK_EFFECT, &a, 2, NULL);
+        jq__args_str(&a, fx->value);
+    return run_code(c, JQ_S_ACK_EFFECT, &a, 2, NULL);
 }
 
-int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *error,
-            const jq_fail_opts *opts, jq_state *state) {
+int jq__fail_args(const jq_config *cfg, jq__args *a, const jq_job *job, const char *error,
+                  const jq_fail_opts *opts) {
     jq_fail_opts def = {0, -1};
     if (!opts)
         opts = &def;
     if (!error)
         error = "";
-    if (strlen(error) > c->cfg.max_result)
+    if (strlen(error) > cfg->max_result)
         return JQ_ETOOBIG;
     if (opts->retry_after_ms > YEAR_MS)
         return JQ_EINVAL;
@@ -694,22 +699,34 @@ int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *erro
         uint64_t rnd = 0;
         if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
             rnd = sd_now_ns();
-        delay = jq_backoff_ms(c->cfg.backoff_base_ms, c->cfg.backoff_max_ms,
-                              job ? job->attempts : 1, rnd);
+        delay =
+            jq_backoff_ms(cfg->backoff_base_ms, cfg->backoff_max_ms, job ? job->attempts : 1, rnd);
     }
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (lease_args(&a, c, queue, job, base, sizeof base) != 0)
+    int rc = jq__lease_args(a, job);
+    if (rc != 0)
+        return rc;
+    jq__args_str(a, error);
+    jq__args_str(a, opts->permanent ? "dead" : "retry");
+    jq__args_num(a, delay);
+    return 0;
+}
+
+int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *error,
+            const jq_fail_opts *opts, jq_state *state) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
-    args_str(&a, error);
-    args_str(&a, opts->permanent ? "dead" : "retry");
-    args_num(&a, delay);
+    int rc0 = jq__fail_args(&c->cfg, &a, job, error, opts);
+    if (rc0 != 0) {
+        jq__args_free(&a);
+        return rc0;
+    }
     redisReply *reply = NULL;
-    int rc = run_code(c, S_FAIL, &a, 1, &reply);
+    int rc = run_code(c, JQ_S_FAIL, &a, 1, &reply);
     if (reply) {
         char name[16] = "";
         if (reply->elements >= 2)
-            elem_text(reply->element[1], name, sizeof name);
+            jq__elem_text(reply->element[1], name, sizeof name);
         jq_state s;
         if (state && jq_state_parse(name, &s) == 0)
             *state = s;
@@ -721,27 +738,25 @@ int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *erro
 int jq_extend(jq_client *c, const char *queue, jq_job *job, int64_t ms) {
     if (ms < 1 || ms > 24LL * 3600 * 1000)
         return JQ_EINVAL;
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (lease_args(&a, c, queue, job, base, sizeof base) != 0)
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
         return JQ_EINVAL;
-    args_num(&a, ms);
+    jq__args_num(&a, ms);
     redisReply *reply = NULL;
-    int rc = run_code(c, S_EXTEND, &a, 1, &reply);
+    int rc = run_code(c, JQ_S_EXTEND, &a, 1, &reply);
     if (reply) {
         if (rc == 0 && reply->elements >= 2)
-            job->lease_until_ms = elem_ll(reply->element[1]);
+            job->lease_until_ms = jq__elem_ll(reply->element[1]);
         freeReplyObject(reply);
     }
     return rc;
 }
 
 int jq_release(jq_client *c, const char *queue, const jq_job *job) {
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (lease_args(&a, c, queue, job, base, sizeof base) != 0)
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
         return JQ_EINVAL;
-    return run_code(c, S_RELEASE, &a, 1, NULL);
+    return run_code(c, JQ_S_RELEASE, &a, 1, NULL);
 }
 
 int jq_progress(jq_client *c, const char *queue, const jq_job *job, const void *value, size_t len) {
@@ -749,12 +764,11 @@ int jq_progress(jq_client *c, const char *queue, const jq_job *job, const void *
         return JQ_ETOOBIG;
     if (len > 0 && !value)
         return JQ_EINVAL;
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (lease_args(&a, c, queue, job, base, sizeof base) != 0)
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
         return JQ_EINVAL;
-    args_push(&a, value, len);
-    return run_code(c, S_PROGRESS, &a, 1, NULL);
+    jq__args_push(&a, value, len);
+    return run_code(c, JQ_S_PROGRESS, &a, 1, NULL);
 }
 
 /* ---- Cancel, inspect, stats, housekeeping, dead letters ------------------------------------ */
@@ -772,17 +786,16 @@ static int id_valid(const char *id) {
 int jq_cancel(jq_client *c, const char *queue, const char *id, jq_state *was) {
     if (!id_valid(id))
         return JQ_ENOTFOUND;
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (args_begin(&a, c, queue, base, sizeof base) != 0)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
-    args_str(&a, id);
+    jq__args_str(&a, id);
     redisReply *reply = NULL;
-    int rc = run_code(c, S_CANCEL, &a, 1, &reply);
+    int rc = run_code(c, JQ_S_CANCEL, &a, 1, &reply);
     if (reply) {
         char name[16] = "";
         if (reply->elements >= 2)
-            elem_text(reply->element[1], name, sizeof name);
+            jq__elem_text(reply->element[1], name, sizeof name);
         jq_state s;
         if (was && jq_state_parse(name, &s) == 0)
             *was = s;
@@ -847,25 +860,25 @@ int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
         if (strcmp(k, "state") == 0 && v->str)
             jq_state_parse(v->str, &info->state);
         else if (strcmp(k, "attempts") == 0)
-            info->attempts = (int)elem_ll(v);
+            info->attempts = (int)jq__elem_ll(v);
         else if (strcmp(k, "max_attempts") == 0)
-            info->max_attempts = (int)elem_ll(v);
+            info->max_attempts = (int)jq__elem_ll(v);
         else if (strcmp(k, "priority") == 0)
-            info->priority = (int)elem_ll(v);
+            info->priority = (int)jq__elem_ll(v);
         else if (strcmp(k, "cancel") == 0)
-            info->cancel_requested = elem_ll(v) == 1;
+            info->cancel_requested = jq__elem_ll(v) == 1;
         else if (strcmp(k, "created_at") == 0)
-            info->created_ms = elem_ll(v);
+            info->created_ms = jq__elem_ll(v);
         else if (strcmp(k, "updated_at") == 0)
-            info->updated_ms = elem_ll(v);
+            info->updated_ms = jq__elem_ll(v);
         else if (strcmp(k, "run_at") == 0)
-            info->run_at_ms = elem_ll(v);
+            info->run_at_ms = jq__elem_ll(v);
         else if (strcmp(k, "lease_until") == 0)
-            info->lease_until_ms = elem_ll(v);
+            info->lease_until_ms = jq__elem_ll(v);
         else if (strcmp(k, "failed_at") == 0)
-            info->failed_ms = elem_ll(v);
+            info->failed_ms = jq__elem_ll(v);
         else if (strcmp(k, "finished_at") == 0)
-            info->finished_ms = elem_ll(v);
+            info->finished_ms = jq__elem_ll(v);
         else if (strcmp(k, "payload") == 0)
             info_set(info, &info->payload, v);
         else if (strcmp(k, "result") == 0)
@@ -882,44 +895,42 @@ int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
 }
 
 int jq_stats_get(jq_client *c, const char *queue, jq_stats *out) {
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (args_begin(&a, c, queue, base, sizeof base) != 0)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
     redisReply *reply = NULL;
-    int rc = run_code(c, S_STATS, &a, 1, &reply);
+    int rc = run_code(c, JQ_S_STATS, &a, 1, &reply);
     if (rc != 0 || reply->elements < 8) {
         if (reply)
             freeReplyObject(reply);
         return rc != 0 ? rc : SD_EREDIS;
     }
-    out->ready = elem_ll(reply->element[1]);
-    out->delayed = elem_ll(reply->element[2]);
-    out->reserved = elem_ll(reply->element[3]);
-    out->dead = elem_ll(reply->element[4]);
-    out->done = elem_ll(reply->element[5]);
-    out->cancelled = elem_ll(reply->element[6]);
-    out->oldest_ready_age_ms = elem_ll(reply->element[7]);
+    out->ready = jq__elem_ll(reply->element[1]);
+    out->delayed = jq__elem_ll(reply->element[2]);
+    out->reserved = jq__elem_ll(reply->element[3]);
+    out->dead = jq__elem_ll(reply->element[4]);
+    out->done = jq__elem_ll(reply->element[5]);
+    out->cancelled = jq__elem_ll(reply->element[6]);
+    out->oldest_ready_age_ms = jq__elem_ll(reply->element[7]);
     freeReplyObject(reply);
     return 0;
 }
 
 int jq_reap(jq_client *c, const char *queue, jq_reap_result *out) {
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (args_begin(&a, c, queue, base, sizeof base) != 0)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
     redisReply *reply = NULL;
-    int rc = run_code(c, S_REAP, &a, 1, &reply);
+    int rc = run_code(c, JQ_S_REAP, &a, 1, &reply);
     if (rc != 0 || reply->elements < 5) {
         if (reply)
             freeReplyObject(reply);
         return rc != 0 ? rc : SD_EREDIS;
     }
-    out->promoted = (int)elem_ll(reply->element[1]);
-    out->reclaimed = (int)elem_ll(reply->element[2]);
-    out->buried = (int)elem_ll(reply->element[3]);
-    out->next_ms = elem_ll(reply->element[4]);
+    out->promoted = (int)jq__elem_ll(reply->element[1]);
+    out->reclaimed = (int)jq__elem_ll(reply->element[2]);
+    out->buried = (int)jq__elem_ll(reply->element[3]);
+    out->next_ms = jq__elem_ll(reply->element[4]);
     freeReplyObject(reply);
     return 0;
 }
@@ -929,15 +940,14 @@ static int dlq_call(jq_client *c, const char *queue, const char *op, int offset,
                     redisReply **out) {
     if (offset < 0 || n < 1 || n > 1000)
         return JQ_EINVAL;
-    args a;
-    char base[JQ_QUEUE_MAX + 64];
-    if (args_begin(&a, c, queue, base, sizeof base) != 0)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
-    args_str(&a, op);
-    args_num(&a, offset);
-    args_num(&a, n);
+    jq__args_str(&a, op);
+    jq__args_num(&a, offset);
+    jq__args_num(&a, n);
     redisReply *reply = NULL;
-    int rc = run_code(c, S_DLQ, &a, 1, &reply);
+    int rc = run_code(c, JQ_S_DLQ, &a, 1, &reply);
     if (rc != 0 || reply->elements < 2) {
         if (reply)
             freeReplyObject(reply);
@@ -955,7 +965,7 @@ int jq_dlq_list(jq_client *c, const char *queue, int offset, int n, jq_info *out
     int rc = dlq_call(c, queue, "list", offset, n, &reply);
     if (rc != 0)
         return rc;
-    size_t count = (size_t)elem_ll(reply->element[1]);
+    size_t count = (size_t)jq__elem_ll(reply->element[1]);
     if (count > (size_t)n || reply->elements != 2 + DLQ_FIELDS * count) {
         freeReplyObject(reply);
         return SD_EREDIS;
@@ -963,14 +973,14 @@ int jq_dlq_list(jq_client *c, const char *queue, int offset, int n, jq_info *out
     for (size_t i = 0; i < count; i++) {
         redisReply **e = reply->element + 2 + DLQ_FIELDS * i;
         char id[JQ_ID_MAX];
-        elem_text(e[0], id, sizeof id);
+        jq__elem_text(e[0], id, sizeof id);
         info_init(&out[i], id);
         out[i].state = JQ_STATE_DEAD;
-        out[i].attempts = (int)elem_ll(e[1]);
-        out[i].max_attempts = (int)elem_ll(e[2]);
+        out[i].attempts = (int)jq__elem_ll(e[1]);
+        out[i].max_attempts = (int)jq__elem_ll(e[2]);
         info_set(&out[i], &out[i].last_error, e[3]);
-        out[i].failed_ms = elem_ll(e[4]);
-        out[i].created_ms = elem_ll(e[5]);
+        out[i].failed_ms = jq__elem_ll(e[4]);
+        out[i].created_ms = jq__elem_ll(e[5]);
         info_set(&out[i], &out[i].payload, e[6]);
     }
     *got = count;
@@ -991,7 +1001,7 @@ static int dlq_drain(jq_client *c, const char *queue, const char *op, int64_t ma
         int rc = dlq_call(c, queue, op, 0, want > 1000 ? 1000 : (int)want, &reply);
         if (rc != 0)
             return rc;
-        int64_t count = elem_ll(reply->element[1]);
+        int64_t count = jq__elem_ll(reply->element[1]);
         freeReplyObject(reply);
         *done += count;
         if (count == 0)

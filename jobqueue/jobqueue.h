@@ -8,9 +8,10 @@
  * All keys of a queue share the hash tag {jq:<queue>}, so a queue lives in one slot of a
  * Redis Cluster and every script touches one slot.
  *
- * This header has the synchronous client (jq_client, over sd_redis): each call is one round
- * trip (a blocking reserve: a few) within the configured deadline. It is what tools, tests and
- * a worker that runs one handler at a time need.
+ * This header has three parts: the synchronous client (jq_client, over sd_redis: each call is
+ * one round trip, a blocking reserve a few, within the configured deadline), for tools and
+ * tests; the asynchronous client (jq_aclient, libuv over sd_aredis), for servers; and the
+ * worker runtime (jq_worker) built on it.
  *
  * Errors: functions return 0 or a negative code: a JQ_E* code below, or a code of common/
  * (SD_ETIMEDOUT, SD_EDISCONNECTED, SD_EREDIS: redis.h). jq_strerror names either. An empty
@@ -302,5 +303,120 @@ sd_redis *jq_client_redis(jq_client *c);
 
 /* Writes the key <prefix>{jq:<queue>}<suffix> into buf; returns its length or JQ_EINVAL. */
 int jq_key(const jq_client *c, const char *queue, const char *suffix, char *buf, size_t len);
+int jq_key_cfg(const jq_config *cfg, const char *queue, const char *suffix, char *buf, size_t len);
+
+/* ---- The asynchronous client (libuv) ------------------------------------------------------
+ * The same scripts over sd_aredis, for a worker runtime or a server. Every call returns 0 and
+ * then runs its callback exactly once, later, never from inside the call; or returns an error
+ * (JQ_EINVAL, JQ_ETOOBIG, SD_EDISCONNECTED, SD_ECLOSED) and never runs it. A callback's status
+ * is 0, a JQ_E* code or a Redis transport code (SD_ETIMEDOUT, SD_EDISCONNECTED, SD_ECLOSED,
+ * SD_EREDIS). Its pointers are valid only during the callback, except as stated. */
+
+typedef struct jq_aclient jq_aclient;
+
+/* Creates a client on loop with two connections (scripts, and one only for the blocking wait)
+ * that connect in the background. Returns 0 or a negative code. */
+int jq_aclient_new(uv_loop_t *loop, const sd_redis_url *url, const jq_config *cfg,
+                   jq_aclient **out);
+
+/* Runs the loop until both connections are up or timeout_ms passes: 0 or SD_ETIMEDOUT. For
+ * start-up code and tests. */
+int jq_aclient_wait_connected(jq_aclient *c, int timeout_ms);
+
+/* Closes the waiting connection: a jq_await in flight is answered SD_ECLOSED (from inside this
+ * call), later ones fail with SD_ECLOSED. */
+void jq_aclient_close_waiter(jq_aclient *c);
+
+/* Closes both connections (pending callbacks run with SD_ECLOSED, from inside this call) and
+ * frees the client; run the loop afterwards so libuv can release the handles. NULL: no-op. */
+void jq_aclient_free(jq_aclient *c);
+
+/* Reserve's result: jobs[0..n) are the callee's to keep (clear each with jq_job_clear); the
+ * array itself is valid only during the callback. next_ms as in jq_reap_result. */
+typedef void jq_reserve_cb(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
+                           void *arg);
+/* A single value: extend's new lease deadline, fail's jq_state, await's 1 (woken) or 0. */
+typedef void jq_value_cb(jq_aclient *c, int status, int64_t value, void *arg);
+/* ack_many's per-item codes (as jq_ack_many). */
+typedef void jq_codes_cb(jq_aclient *c, int status, const int *codes, size_t n, void *arg);
+
+int jq_areserve(jq_aclient *c, const char *queue, int n, int64_t visibility_ms, jq_reserve_cb *cb,
+                void *arg);
+/* Blocks (on the waiting connection) until something is pushed to the queue's wake list or
+ * wait_ms (1 ms to 1 h) passes. */
+int jq_await(jq_aclient *c, const char *queue, int64_t wait_ms, jq_value_cb *cb, void *arg);
+int jq_aack_many(jq_aclient *c, const char *queue, const jq_ack_item *items, size_t n,
+                 jq_codes_cb *cb, void *arg);
+int jq_afail(jq_aclient *c, const char *queue, const jq_job *job, const char *error,
+             const jq_fail_opts *opts, jq_value_cb *cb, void *arg);
+int jq_aextend(jq_aclient *c, const char *queue, const jq_job *job, int64_t ms, jq_value_cb *cb,
+               void *arg);
+int jq_arelease(jq_aclient *c, const char *queue, const jq_job *job, jq_value_cb *cb, void *arg);
+
+/* ---- The worker runtime (libuv) -------------------------------------------------------------
+ * Runs up to `concurrency` handlers at once; heartbeats extend each lease every third of the
+ * visibility timeout; a handler running past job_timeout_ms is told to stop and its attempt
+ * counts as failed; jq_worker_stop stops reserving, lets running handlers finish within a grace
+ * period, then tells the rest to stop and releases their jobs. worker.c draws the life of a
+ * task. Everything runs on the loop's thread. */
+
+typedef struct jq_worker jq_worker;
+typedef struct jq_task jq_task;
+
+/* Starts a job's work. job (and its payload) stays valid until the task is finished. The
+ * handler must call jq_task_finish exactly once, from the loop's thread, now or later. */
+typedef void jq_handler_fn(jq_task *task, const jq_job *job, void *arg);
+
+/* Asks a running handler to stop early (it still calls jq_task_finish). reason: JQ_ECANCELLED
+ * (a cancel was requested: the job ends CANCELLED), SD_ETIMEDOUT (job_timeout_ms passed: the
+ * attempt fails), SD_ECLOSED (the stop's grace ended: the job is released), JQ_ESTALE (the lease
+ * was lost: whatever the handler reports is dropped). */
+typedef void jq_stop_fn(jq_task *task, int reason, void *arg);
+
+typedef struct jq_worker_opts {
+    const char *queue;      /* copied */
+    int concurrency;        /* handlers at once, default 1 */
+    int64_t visibility_ms;  /* the lease, default 30000; at least 3 x cfg.timeout_ms */
+    int64_t job_timeout_ms; /* 0 (default): none */
+    int batch;              /* jobs per reserve call at most, default 100 */
+    jq_handler_fn *handler;
+    jq_stop_fn *stop; /* may be NULL: the handler then never hears of a stop */
+    void *arg;
+} jq_worker_opts;
+
+void jq_worker_opts_default(jq_worker_opts *opts);
+
+/* Creates a worker (not yet reserving). Returns 0, JQ_EINVAL with a message in err (bad
+ * options, or a visibility timeout too short for heartbeats), or a connection error. */
+int jq_worker_new(uv_loop_t *loop, const sd_redis_url *url, const jq_config *cfg,
+                  const jq_worker_opts *opts, jq_worker **out, char *err, size_t errlen);
+
+/* Starts reserving (from the loop: no handler runs inside this call). Returns 0 or
+ * SD_ECLOSED after a stop. */
+int jq_worker_start(jq_worker *w);
+
+/* Ends a task: ok non-zero acks with data as the result; zero fails with data as the error
+ * text (at most 255 bytes kept). What is sent depends on a stop reason, if any (jq_stop_fn). */
+void jq_task_finish(jq_task *task, int ok, const void *data, size_t len);
+
+const jq_job *jq_task_job(const jq_task *task);
+
+typedef void jq_worker_stop_cb(jq_worker *w, void *arg);
+
+/* Stops: no more reserving; running handlers get grace_ms to finish, then are told to stop
+ * (SD_ECLOSED) and their jobs are released as they finish. cb runs once, later, when nothing is
+ * left running and every release has been answered; then free the worker. A second call does
+ * nothing. */
+void jq_worker_stop(jq_worker *w, int64_t grace_ms, jq_worker_stop_cb *cb, void *arg);
+
+/* Frees a stopped worker (after its stop callback); run the loop afterwards. NULL: no-op. */
+void jq_worker_free(jq_worker *w);
+
+typedef struct jq_worker_stats {
+    int64_t started, acked, failed, released, heartbeats;
+    int running;
+} jq_worker_stats;
+
+jq_worker_stats jq_worker_get_stats(const jq_worker *w);
 
 #endif
