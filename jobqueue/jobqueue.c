@@ -86,6 +86,8 @@ const char *jq_strerror(int code) {
         return "invalid argument";
     case JQ_ETOOBIG:
         return "payload, result, progress or error text too big";
+    case JQ_EEVICTION:
+        return "Redis may evict keys (maxmemory-policy is not noeviction)";
     default:
         return sd_strerror(code);
     }
@@ -253,6 +255,32 @@ void jq_client_free(jq_client *c) {
         return;
     sd_redis_free(c->redis);
     free(c);
+}
+
+int jq_client_check_redis(jq_client *c, char *err, size_t errlen) {
+    int rc = 0;
+    redisReply *reply = sd_redis_command(c->redis, &rc, "CONFIG GET maxmemory-policy");
+    if (!reply) {
+        snprintf(err, errlen, "cannot read maxmemory-policy: %s", sd_strerror(rc));
+        return rc ? rc : SD_EDISCONNECTED;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[1]->type != REDIS_REPLY_STRING) {
+        snprintf(err, errlen, "cannot read maxmemory-policy: %s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    rc = 0;
+    if (strcmp(reply->element[1]->str, "noeviction") != 0) {
+        snprintf(err, errlen,
+                 "Redis has maxmemory-policy %.40s: it may evict jobs under memory pressure; a "
+                 "job queue needs noeviction (CONFIG SET maxmemory-policy noeviction)",
+                 reply->element[1]->str);
+        rc = JQ_EEVICTION;
+    }
+    freeReplyObject(reply);
+    return rc;
 }
 
 int jq_key_cfg(const jq_config *cfg, const char *queue, const char *suffix, char *buf, size_t len) {

@@ -39,6 +39,7 @@ enum {
     JQ_ESTATE = -20005,     /* the job is in a state that does not allow the call */
     JQ_EINVAL = -20006,     /* a bad argument (queue name, option out of range) */
     JQ_ETOOBIG = -20007,    /* a payload, result, progress or error text over its bound */
+    JQ_EEVICTION = -20008,  /* Redis may evict keys: its maxmemory-policy is not noeviction */
 };
 
 /* Returns a static description of a JQ_E* code or of any code sd_strerror knows. */
@@ -109,6 +110,12 @@ int jq_client_new(const sd_redis_url *url, const jq_config *cfg, jq_client **out
 
 /* Closes the connection and frees the client. NULL is a no-op. */
 void jq_client_free(jq_client *c);
+
+/* Checks that Redis will not evict the queue's keys (an evicted job is a lost job): returns 0
+ * when its maxmemory-policy is noeviction, JQ_EEVICTION with a message naming the policy in err
+ * otherwise, or a Redis error. A command starts with this and refuses to run on JQ_EEVICTION.
+ * On a cluster it asks the node CONFIG GET reaches: check every master when they may differ. */
+int jq_client_check_redis(jq_client *c, char *err, size_t errlen);
 
 /* Options of one new job. */
 typedef struct jq_enqueue_opts {

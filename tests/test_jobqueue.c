@@ -920,3 +920,17 @@ Test(jobqueue, retention_ends_and_done_jobs_are_gone) {
     jq_job_clear(&j);
     jq_client_free(c);
 }
+
+Test(jobqueue, an_evicting_redis_is_refused) {
+    jq_client *c = client();
+    char err[256] = "";
+    cr_assert_eq(jq_client_check_redis(c, err, sizeof err), 0, "%s", err);
+    redisReply *r =
+        sd_redis_command(jq_client_redis(c), NULL, "CONFIG SET maxmemory-policy allkeys-lru");
+    cr_assert(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    cr_assert_eq(jq_client_check_redis(c, err, sizeof err), JQ_EEVICTION);
+    cr_assert_not_null(strstr(err, "allkeys-lru"), "%s", err);
+    cr_assert_not_null(strstr(err, "noeviction"), "%s", err);
+    jq_client_free(c);
+}
