@@ -848,7 +848,7 @@ JQ_TEST(ack_with_effect_writes_once) {
 
 /* ---- Housekeeping in bounded batches ------------------------------------------------------ */
 
-Test(jobqueue, ten_thousand_expiring_leases_are_reaped_in_bounded_batches, .timeout = 240) {
+Test(jobqueue, ten_thousand_expiring_leases_are_reaped_in_bounded_batches) {
     jq_client *c = client();
     enum { N = 10000 };
     static jq_new_job jobs[1000];
