@@ -402,8 +402,10 @@ int jq_worker_new(uv_loop_t *loop, const sd_redis_url *url, const jq_config *cfg
  * SD_ECLOSED after a stop. */
 int jq_worker_start(jq_worker *w);
 
-/* Ends a task: ok non-zero acks with data as the result; zero fails with data as the error
- * text (at most 255 bytes kept). What is sent depends on a stop reason, if any (jq_stop_fn). */
+/* Ends a task: ok non-zero acks with data as the result (copied; over cfg.max_result bytes the
+ * job fails instead); zero fails with data as the error text (cut at 255 bytes and at
+ * cfg.max_result). Acks of the handlers that finish in one loop iteration go to Redis together, in
+ * one script. What is sent depends on a stop reason, if any (jq_stop_fn). */
 void jq_task_finish(jq_task *task, int ok, const void *data, size_t len);
 
 const jq_job *jq_task_job(const jq_task *task);
@@ -421,6 +423,8 @@ void jq_worker_free(jq_worker *w);
 
 typedef struct jq_worker_stats {
     int64_t started, acked, failed, released, heartbeats;
+    int64_t ack_calls; /* scripts that sent acks: handlers finishing in one loop iteration share
+                          one */
     int running;
 } jq_worker_stats;
 

@@ -15,8 +15,10 @@
  * A task's life (task->state)
  *
  *   RUNNING --- the handler calls jq_task_finish ---> FINISHING --- reply --> CLOSING --> freed
- *      |                                               (ack, fail or release sent;
- *      |                                                nothing when the lease was lost)
+ *      |                                               (fail or release sent; an ack joins
+ *      |                                                the acks of this loop iteration, sent
+ *      |                                                together by on_flush; nothing when
+ *      |                                                the lease was lost)
  *      +-- heartbeat says cancelled / lease lost, the job timeout fires, or the stop's grace
  *          ends: task->stop_reason is set and the handler's stop function is called; the
  *          task stays RUNNING until the handler finishes. The reason decides what finishing
@@ -53,6 +55,8 @@ struct jq_task {
     uv_timer_t heartbeat;
     uv_timer_t timeout;
     jq_task *prev, *next;
+    char *result; /* a successful handler's result, kept until its batched ack is sent */
+    size_t result_len;
 };
 
 struct jq_worker {
@@ -67,6 +71,10 @@ struct jq_worker {
     int releases; /* releases in flight for jobs reserved during the stop */
     uv_timer_t retry;
     uv_timer_t grace;
+    uv_timer_t flush; /* a 0 ms timer: sends the acks of one loop iteration together */
+    jq_task **acks;   /* finished tasks whose ack is not sent yet */
+    size_t nacks, acks_cap;
+    size_t max_result; /* cfg.max_result: a larger result fails its job, alone */
     int open_handles;
     jq_worker_stop_cb *stop_cb;
     void *stop_arg;
@@ -83,6 +91,7 @@ static void task_unref(jq_task *t) {
         return;
     jq_worker *w = t->w;
     jq_job_clear(&t->job);
+    free(t->result);
     free(t);
     w->in_flight--;
     pump(w);
@@ -149,12 +158,69 @@ static void on_finish_reply(jq_aclient *c, int status, int64_t value, void *arg)
     task_close(t);
 }
 
-static void on_ack_reply(jq_aclient *c, int status, const int *codes, size_t n, void *arg) {
-    jq_task *t = arg;
-    if (status == 0 && codes[0] == 0)
-        t->w->stats.acked++;
-    t->pending--;
-    task_close(t);
+/* One batched ack in flight: the tasks it acks. */
+typedef struct ack_batch {
+    jq_worker *w;
+    size_t n;
+    jq_task *tasks[];
+} ack_batch;
+
+static void on_batch_acked(jq_aclient *c, int status, const int *codes, size_t n, void *arg) {
+    ack_batch *b = arg;
+    for (size_t i = 0; i < b->n; i++) {
+        jq_task *t = b->tasks[i];
+        if (status == 0 && codes[i] == 0)
+            t->w->stats.acked++;
+        t->pending--;
+        task_close(t);
+    }
+    free(b);
+}
+
+/* Sends the acks of the handlers that finished since the last flush, 1,000 per script: a busy
+ * worker pays one round trip for many jobs. */
+static void on_flush(uv_timer_t *h) {
+    jq_worker *w = h->data;
+    while (w->nacks > 0) {
+        size_t n = w->nacks > 1000 ? 1000 : w->nacks;
+        ack_batch *b = sd_xmalloc(sizeof *b + n * sizeof b->tasks[0]);
+        b->w = w;
+        b->n = n;
+        jq_ack_item *items = sd_xmalloc(n * sizeof *items);
+        for (size_t i = 0; i < n; i++) {
+            jq_task *t = w->acks[w->nacks - n + i];
+            b->tasks[i] = t;
+            items[i] = (jq_ack_item){&t->job, t->result, t->result_len};
+        }
+        w->nacks -= n;
+        int rc = jq_aack_many(w->c, w->queue, items, n, on_batch_acked, b);
+        free(items);
+        w->stats.ack_calls += rc == 0;
+        if (rc != 0) {
+            /* Not sent (Redis down, or a result over the bound): the leases will expire and
+             * the jobs come back. */
+            for (size_t i = 0; i < n; i++) {
+                b->tasks[i]->pending--;
+                task_close(b->tasks[i]);
+            }
+            free(b);
+        }
+    }
+}
+
+static void ack_later(jq_worker *w, jq_task *t, const void *data, size_t len) {
+    t->result = sd_xmalloc(len + 1);
+    if (len > 0)
+        memcpy(t->result, data, len);
+    t->result_len = len;
+    if (w->nacks == w->acks_cap) {
+        w->acks_cap = w->acks_cap ? 2 * w->acks_cap : 64;
+        w->acks = sd_xrealloc(w->acks, w->acks_cap * sizeof *w->acks);
+    }
+    w->acks[w->nacks++] = t;
+    t->pending++;
+    if (w->nacks == 1)
+        uv_timer_start(&w->flush, on_flush, 0, 0);
 }
 
 void jq_task_finish(jq_task *t, int ok, const void *data, size_t len) {
@@ -170,12 +236,15 @@ void jq_task_finish(jq_task *t, int ok, const void *data, size_t len) {
     } else if (reason == SD_ECLOSED) {
         rc = jq_arelease(w->c, w->queue, &t->job, on_finish_reply, t);
         w->stats.released += rc == 0;
-    } else if (reason == 0 && ok) {
-        jq_ack_item item = {&t->job, data, len};
-        rc = jq_aack_many(w->c, w->queue, &item, 1, on_ack_reply, t);
+    } else if (reason == 0 && ok && len <= w->max_result) {
+        ack_later(w, t, data, len);
+        return;
     } else {
         char error[256];
-        if (reason == SD_ETIMEDOUT)
+        if (reason == 0 && ok)
+            snprintf(error, sizeof error, "result of %zu bytes over the bound of %zu", len,
+                     w->max_result);
+        else if (reason == SD_ETIMEDOUT)
             snprintf(error, sizeof error, "job timeout after %lld ms",
                      (long long)w->opts.job_timeout_ms);
         else if (reason == JQ_ECANCELLED)
@@ -183,6 +252,8 @@ void jq_task_finish(jq_task *t, int ok, const void *data, size_t len) {
         else
             snprintf(error, sizeof error, "%.*s", (int)(len < 255 ? len : 255),
                      data ? (const char *)data : "");
+        if (strlen(error) > w->max_result)
+            error[w->max_result] = '\0'; /* the error text has the result's bound */
         rc = jq_afail(w->c, w->queue, &t->job, error, NULL, on_finish_reply, t);
         w->stats.failed += rc == 0;
     }
@@ -353,12 +424,15 @@ int jq_worker_new(uv_loop_t *loop, const sd_redis_url *url, const jq_config *cfg
     }
     w->loop = loop;
     w->opts = *opts;
+    w->max_result = cfg->max_result;
     snprintf(w->queue, sizeof w->queue, "%s", opts->queue);
     w->opts.queue = w->queue;
     uv_timer_init(loop, &w->retry);
     uv_timer_init(loop, &w->grace);
+    uv_timer_init(loop, &w->flush);
     w->retry.data = w;
     w->grace.data = w;
+    w->flush.data = w;
     *out = w;
     return 0;
 }
@@ -383,9 +457,10 @@ static void maybe_stopped(jq_worker *w) {
         w->releases > 0)
         return;
     w->stopped = 1;
-    w->open_handles = 2;
+    w->open_handles = 3;
     uv_close((uv_handle_t *)&w->retry, on_worker_handle_closed);
     uv_close((uv_handle_t *)&w->grace, on_worker_handle_closed);
+    uv_close((uv_handle_t *)&w->flush, on_worker_handle_closed);
 }
 
 static void on_grace_over(uv_timer_t *h) {
@@ -415,6 +490,7 @@ void jq_worker_free(jq_worker *w) {
         return;
     assert(w->stopped);
     jq_aclient_free(w->c);
+    free(w->acks);
     free(w);
 }
 

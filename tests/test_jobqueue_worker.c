@@ -199,6 +199,10 @@ static void runs_every_job_body(void) {
     cr_assert_eq(H.running, 0, "a handler ran inside jq_worker_start");
     run_until(all_acked_200);
     cr_assert_leq(H.max_running, 4);
+    /* Handlers finishing together share an ack script. */
+    jq_worker_stats ws = jq_worker_get_stats(H.w);
+    cr_assert_lt(ws.ack_calls, ws.acked, "%lld ack scripts for %lld jobs", (long long)ws.ack_calls,
+                 (long long)ws.acked);
     stop_worker(1000);
     jq_stats s;
     cr_assert_eq(jq_stats_get(H.sync, "run", &s), 0);
@@ -370,4 +374,29 @@ Test(jobqueue_worker, a_visibility_timeout_too_short_for_heartbeats_is_refused) 
     H.w = w;
     H.stopped = 0;
     stop_worker(0);
+}
+
+static int two_settled(harness *h) {
+    jq_worker_stats s = jq_worker_get_stats(h->w);
+    return s.acked + s.failed == 2 && s.running == 0;
+}
+
+Test(jobqueue_worker, a_result_over_the_bound_fails_its_job_alone) {
+    cfg.max_result = 8;
+    setup();
+    jq_enqueued ok = put("big", "small", 1);
+    jq_enqueued big = put("big", "a result far over eight bytes", 1);
+    H.w = worker("big", 2, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(two_settled);
+    jq_info info = info_of("big", ok.id);
+    cr_assert_eq(info.state, JQ_STATE_DONE);
+    cr_assert_str_eq(info.result, "small");
+    jq_info_clear(&info);
+    info = info_of("big", big.id);
+    cr_assert_eq(info.state, JQ_STATE_DEAD);
+    cr_assert_str_eq(info.last_error, "result o"); /* cut at max_result, as every error text */
+    jq_info_clear(&info);
+    stop_worker(1000);
+    jq_client_free(H.sync);
 }
