@@ -22,6 +22,7 @@
 #include "support.h"
 
 static sd_redis_server *server;
+static sd_redis_cluster_server *cluster;
 static sd_redis_url url;
 static jq_config cfg;
 
@@ -40,13 +41,24 @@ static void start_always(void) {
     start_with("always");
 }
 
+static void start_cluster(void) {
+    cluster = test_redis_cluster_start(0);
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(sd_redis_cluster_server_url(cluster), &url, err, sizeof err),
+                 0);
+    jq_config_default(&cfg);
+}
+
 static void stop(void) {
     sd_redis_url_clear(&url);
     sd_redis_server_stop(server);
+    if (cluster)
+        sd_redis_cluster_server_stop(cluster);
 }
 
 TestSuite(jobqueue_faults, .init = start, .fini = stop, .timeout = 180);
 TestSuite(jobqueue_durable, .init = start_always, .fini = stop, .timeout = 180);
+TestSuite(jobqueue_faults_cluster, .init = start_cluster, .fini = stop, .timeout = 180);
 
 /* fork() for a child that dies with the test process, so a failed assertion leaves no worker
  * behind. */
@@ -114,7 +126,17 @@ static void reserve_and_hang(int fd) {
         pause();
 }
 
+static void a_job_that_kills_its_worker_ends_dead_body(void);
+
 Test(jobqueue_faults, a_job_that_kills_its_worker_ends_dead) {
+    a_job_that_kills_its_worker_ends_dead_body();
+}
+
+Test(jobqueue_faults_cluster, a_job_that_kills_its_worker_ends_dead) {
+    a_job_that_kills_its_worker_ends_dead_body();
+}
+
+static void a_job_that_kills_its_worker_ends_dead_body(void) {
     jq_client *c = client();
     jq_enqueue_opts o;
     jq_enqueue_opts_default(&o);
@@ -177,7 +199,17 @@ static pid_t spawn_worker(void) {
     return pid;
 }
 
+static void effectively_once_body(void);
+
 Test(jobqueue_faults, effectively_once_counter_is_exact_with_workers_killed_at_random) {
+    effectively_once_body();
+}
+
+Test(jobqueue_faults_cluster, effectively_once_counter_is_exact_with_workers_killed_at_random) {
+    effectively_once_body();
+}
+
+static void effectively_once_body(void) {
     enum { N = 3000, W = 3 };
     jq_client *c = client();
     static jq_new_job jobs[N];

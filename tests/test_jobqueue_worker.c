@@ -8,6 +8,7 @@
  * events (a count reached, a callback run), checked on a 5 ms tick of the same loop.
  */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,11 @@ static void start(void) {
     init_with(sd_redis_server_url(server));
 }
 
+static void start_always(void) {
+    server = test_redis_start("always");
+    init_with(sd_redis_server_url(server));
+}
+
 static void start_cluster(void) {
     cluster = test_redis_cluster_start(0);
     init_with(sd_redis_cluster_server_url(cluster));
@@ -51,6 +57,7 @@ static void stop(void) {
 
 TestSuite(jobqueue_worker, .init = start, .fini = stop, .timeout = 120);
 TestSuite(jobqueue_worker_cluster, .init = start_cluster, .fini = stop, .timeout = 120);
+TestSuite(jobqueue_worker_durable, .init = start_always, .fini = stop, .timeout = 120);
 
 /* ---- The harness ---------------------------------------------------------------------------- */
 
@@ -397,6 +404,40 @@ Test(jobqueue_worker, a_result_over_the_bound_fails_its_job_alone) {
     cr_assert_eq(info.state, JQ_STATE_DEAD);
     cr_assert_str_eq(info.last_error, "result o"); /* cut at max_result, as every error text */
     jq_info_clear(&info);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+#define RESTART_JOBS 3000
+
+static int restarted;
+
+/* Kills Redis once a few hundred jobs are acked, restarts it, and waits for every job DONE. */
+static int restart_then_all_done(harness *h) {
+    if (!restarted && jq_worker_get_stats(h->w).acked >= 300) {
+        cr_assert_eq(sd_redis_server_signal(server, SIGKILL), 0);
+        sd_redis_server_halt(server);
+        cr_assert_eq(sd_redis_server_restart(server), 0);
+        restarted = 1;
+        return 0;
+    }
+    jq_stats s;
+    return restarted && jq_stats_get(h->sync, "rs", &s) == 0 && s.done == RESTART_JOBS;
+}
+
+Test(jobqueue_worker_durable, the_worker_rides_out_a_redis_restart) {
+    setup();
+    static jq_new_job jobs[RESTART_JOBS];
+    static jq_enqueued out[RESTART_JOBS];
+    for (int i = 0; i < RESTART_JOBS; i++)
+        jobs[i] = (jq_new_job){"x", 1, NULL};
+    cr_assert_eq(jq_enqueue_many(H.sync, "rs", jobs, RESTART_JOBS, out), 0);
+    H.w = worker("rs", 4, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(restart_then_all_done);
+    jq_stats s;
+    cr_assert_eq(jq_stats_get(H.sync, "rs", &s), 0);
+    cr_assert(s.done == RESTART_JOBS && s.dead == 0 && s.ready == 0 && s.reserved == 0);
     stop_worker(1000);
     jq_client_free(H.sync);
 }
