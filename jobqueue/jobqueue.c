@@ -52,8 +52,8 @@
  *     shared decision. The client computes only the backoff's jitter (it knows the attempt).
  *
  * Keys (all "<prefix>{jq:<queue>}" + suffix; the README lists types and TTLs): :job:<id>,
- * :ready, :since, :delayed, :reserved, :done, :cancelled, :dead, :seq, :wake, :idem:<key>,
- * :fx:<name>.
+ * :log:<id>, :ready, :since, :delayed, :reserved, :done, :cancelled, :dead, :seq, :wake,
+ * :idem:<key>, :fx:<name>.
  */
 #include "jobqueue.h"
 
@@ -917,6 +917,42 @@ int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
             info_set(info, &info->last_error, v);
         else if (strcmp(k, "ikey") == 0)
             info_set(info, &info->idempotency_key, v);
+    }
+    freeReplyObject(reply);
+    return 0;
+}
+
+int jq_job_history(jq_client *c, const char *queue, const char *id, jq_attempt *out, size_t max,
+                   size_t *got) {
+    *got = 0;
+    if (!id_valid(id) || max == 0)
+        return max == 0 ? 0 : JQ_ENOTFOUND;
+    char key[JQ_QUEUE_MAX + 96];
+    char suffix[JQ_ID_MAX + 8];
+    snprintf(suffix, sizeof suffix, ":log:%s", id);
+    if (jq_key(c, queue, suffix, key, sizeof key) < 0)
+        return JQ_EINVAL;
+    int err = 0;
+    redisReply *reply =
+        sd_redis_command(c->redis, &err, "LRANGE %s 0 %lld", key, (long long)max - 1);
+    if (!reply)
+        return err ? err : SD_EDISCONNECTED;
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    for (size_t i = 0; i < reply->elements && i < max; i++) {
+        const redisReply *e = reply->element[i];
+        jq_attempt *a = &out[*got];
+        memset(a, 0, sizeof *a);
+        long long at = 0;
+        int attempt = 0, used = 0;
+        if (e->type != REDIS_REPLY_STRING || sscanf(e->str, "%lld %d %n", &at, &attempt, &used) < 2)
+            continue;
+        a->at_ms = at;
+        a->attempt = attempt;
+        snprintf(a->error, sizeof a->error, "%s", e->str + used);
+        (*got)++;
     }
     freeReplyObject(reply);
     return 0;

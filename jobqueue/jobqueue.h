@@ -278,6 +278,20 @@ void jq_info_clear(jq_info *info);
 /* Reads job id. Returns 0 and fills *out (clear it), JQ_ENOTFOUND, or a Redis error. */
 int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out);
 
+/* One failed attempt of a job's history. */
+typedef struct jq_attempt {
+    int64_t at_ms; /* Redis time of the failure */
+    int attempt;   /* the delivery that failed */
+    char error[256];
+} jq_attempt;
+
+/* A job's failed attempts, newest first (at most 20 are kept; failures only: a failed
+ * handler's error, or "lease expired" for a delivery whose worker vanished): up to max into
+ * out[0..*got). The history expires with its job. Returns 0 (also with none) or a Redis
+ * error. */
+int jq_job_history(jq_client *c, const char *queue, const char *id, jq_attempt *out, size_t max,
+                   size_t *got);
+
 typedef struct jq_stats {
     int64_t ready, delayed, reserved, dead, done, cancelled;
     int64_t oldest_ready_age_ms; /* -1 when nothing is READY */

@@ -23,6 +23,7 @@ local K_DONE = base .. ':done'           -- zset: id -> ms when its retention en
 local K_CANCELLED = base .. ':cancelled' -- zset: id -> ms when its retention ends
 local K_SEQ = base .. ':seq'             -- string: counter for ids, tokens and FIFO order
 local K_WAKE = base .. ':wake'           -- list: at most WAKE_MAX tokens for blocked reservers
+-- and per job: ':job:<id>' (hash) and ':log:<id>' (list: its failures, newest first)
 
 local DONE_TTL = tonumber(ARGV[1])
 local CANCELLED_TTL = tonumber(ARGV[2])
@@ -31,6 +32,7 @@ local BATCH = tonumber(ARGV[4])
 
 local E_STALE, E_NOTFOUND, E_FULL, E_CANCELLED, E_STATE = -1, -2, -3, -4, -5
 local WAKE_MAX = 16
+local LOG_MAX = 20 -- failures kept per job
 local BAND = 4398046511104 -- 2^42: orders within one priority; priorities are -1000..1000
 
 local floor = math.floor
@@ -43,6 +45,17 @@ end
 
 local function fmt(n)
     return string.format('%d', n)
+end
+
+local function lk(id)
+    return base .. ':log:' .. id
+end
+
+-- Records a failed attempt in the job's history ("<ms> <attempt> <error>", newest first, at
+-- most LOG_MAX): failures are rare, so this costs nothing on the common path.
+local function log_failure(id, attempt, err)
+    redis.call('LPUSH', lk(id), fmt(now) .. ' ' .. attempt .. ' ' .. err)
+    redis.call('LTRIM', lk(id), 0, LOG_MAX - 1)
 end
 
 -- Pushes up to n wake tokens (the list never holds more than WAKE_MAX): a reserver blocked on
@@ -80,6 +93,7 @@ local function to_final(id, state, zset, ttl)
         'finished_at', fmt(now))
     redis.call('ZADD', zset, fmt(now + ttl), id)
     redis.call('PEXPIRE', jk(id), ttl)
+    redis.call('PEXPIRE', lk(id), ttl) -- the history goes with its job (no-op when none)
 end
 
 local function to_dead(id, err)
@@ -137,6 +151,9 @@ local function housekeep()
     for _, id in ipairs(expired) do
         unlease(id)
         local f = redis.call('HMGET', jk(id), 'attempts', 'max_attempts', 'priority', 'cancel')
+        if f[4] ~= '1' then
+            log_failure(id, f[1], 'lease expired')
+        end
         if f[4] == '1' then
             to_cancelled(id)
         elseif tonumber(f[1]) >= tonumber(f[2]) then

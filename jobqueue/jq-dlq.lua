@@ -24,10 +24,11 @@ for _, id in ipairs(ids) do
         redis.call('ZREM', K_DEAD, id)
         if op == 'redrive' then
             redis.call('PERSIST', job)
+            redis.call('PERSIST', lk(id))
             redis.call('HSET', job, 'attempts', '0')
             to_ready(id, tonumber(redis.call('HGET', job, 'priority') or '0'), nil)
         else
-            redis.call('DEL', job)
+            redis.call('DEL', job, lk(id))
         end
         out[#out + 1] = id
     end

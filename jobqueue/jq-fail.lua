@@ -19,6 +19,7 @@ if f[4] == '1' then
     to_cancelled(id)
     return {E_CANCELLED, 'cancelled'}
 end
+log_failure(id, f[1], err)
 if mode == 'dead' or tonumber(f[1]) >= tonumber(f[2]) then
     to_dead(id, err)
     return {0, 'dead'}

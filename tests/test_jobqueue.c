@@ -428,6 +428,45 @@ JQ_TEST(fail_retries_after_the_backoff_then_dies) {
     jq_client_free(c);
 }
 
+JQ_TEST(failed_attempts_are_kept_in_a_history_that_expires_with_the_job) {
+    cfg.dead_retention_ms = 3600000;
+    jq_client *c = client();
+    jq_enqueue_opts o;
+    jq_enqueue_opts_default(&o);
+    o.max_attempts = 3;
+    jq_enqueued e = put(c, "hist", "p", &o);
+    jq_fail_opts now = {0, 0};
+    jq_job j = take(c, "hist", 60000);
+    cr_assert_eq(jq_fail(c, "hist", &j, "first", &now, NULL), 0);
+    jq_job_clear(&j);
+    j = take(c, "hist", 100);
+    jq_job_clear(&j);
+    j = take(c, "hist", 60000); /* after the second lease expired */
+    jq_fail_opts dead = {1, -1};
+    cr_assert_eq(jq_fail(c, "hist", &j, "third", &dead, NULL), 0);
+    jq_job_clear(&j);
+    jq_attempt h[5];
+    size_t got = 0;
+    cr_assert_eq(jq_job_history(c, "hist", e.id, h, 5, &got), 0);
+    cr_assert_eq(got, 3);
+    cr_assert(h[0].attempt == 3 && strcmp(h[0].error, "third") == 0);
+    cr_assert(h[1].attempt == 2 && strcmp(h[1].error, "lease expired") == 0, "%d %s", h[1].attempt,
+              h[1].error);
+    cr_assert(h[2].attempt == 1 && strcmp(h[2].error, "first") == 0);
+    cr_assert(h[0].at_ms >= h[1].at_ms && h[1].at_ms >= h[2].at_ms && h[2].at_ms > 0);
+    char key[256];
+    char suffix[64];
+    snprintf(suffix, sizeof suffix, ":log:%s", e.id);
+    cr_assert_gt(jq_key(c, "hist", suffix, key, sizeof key), 0);
+    long long pttl = test_redis_int(jq_client_redis(c), "PTTL %s", key);
+    cr_assert(pttl > 0 && pttl <= 3600000, "the history has no TTL: %lld", pttl);
+    /* Redrive keeps it (and its job) for good again; purge deletes both. */
+    int64_t n = 0;
+    cr_assert_eq(jq_dlq_redrive(c, "hist", 0, &n), 0);
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "PTTL %s", key), -1);
+    jq_client_free(c);
+}
+
 JQ_TEST(fail_with_retry_after_waits_exactly_that_long) {
     jq_client *c = client();
     jq_enqueued e = put(c, "ra", "p", NULL);
@@ -517,6 +556,10 @@ JQ_TEST(dead_letters_list_redrive_and_purge) {
     cr_assert_eq(stats(c, "dlq").dead, 0);
     jq_info info;
     cr_assert_eq(jq_job_get(c, "dlq", ids[1].id, &info), JQ_ENOTFOUND);
+    jq_attempt h[2];
+    size_t got_h = 1;
+    cr_assert_eq(jq_job_history(c, "dlq", ids[1].id, h, 2, &got_h), 0);
+    cr_assert_eq(got_h, 0, "purge left the job's history behind");
     jq_client_free(c);
 }
 
