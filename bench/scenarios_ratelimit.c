@@ -95,6 +95,9 @@ static rl_config bench_config(rl_algorithm a, int batch) {
     rl_config_default(&cfg);
     cfg.algorithm = a;
     snprintf(cfg.prefix, sizeof cfg.prefix, "rlbench:");
+    /* Three shared tags: on the 3-master private cluster (bench run --cluster), one batching
+     * lane per master; on a single Redis they change only the key names. */
+    cfg.tags = 3;
     if (!batch) {
         cfg.max_batch = 1;
         cfg.max_calls = 64;

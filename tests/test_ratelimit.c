@@ -936,28 +936,6 @@ Test(ratelimit, the_largest_batch_is_decided_whole) {
     cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
 }
 
-Test(ratelimit, cluster_mode_batches_only_one_slot) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    rl_config cfg = config(RL_GCRA, "c;q=1000;w=3600", NULL);
-    cfg.cluster = 1;
-    cfg.max_calls = 1;
-    rl_limiter *l = async_limiter(&loop, &cfg);
-    tally t = {0, 0, 0};
-    /* Keys "a" and "b" hash to different slots (15495 and 3300): at least two calls. */
-    for (int i = 0; i < 20; i++) {
-        rl_limiter_check(l, i % 2 ? "a" : "b", 1, count_cb, &t);
-    }
-    await_tally(&loop, &t, 20);
-    rl_stats s;
-    rl_limiter_stats(l, &s);
-    cr_assert_eq(t.allowed, 20);
-    cr_assert_geq(s.script_calls, 2);
-    cr_assert_lt(s.script_calls, 20);
-    async_free(&loop, l);
-    uv_loop_close(&loop);
-}
-
 /* ---- The sliding-window counter's error ----------------------------------------------------- */
 
 typedef struct admissions {
