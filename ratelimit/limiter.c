@@ -237,6 +237,22 @@ static rl_check *queue_pop(rl_limiter *l) {
     return c;
 }
 
+/* Puts a check back into the queue, before the first check with a later deadline: the queue
+ * stays in deadline order (expire_queued). */
+static void queue_insert(rl_limiter *l, rl_check *c) {
+    rl_check **link = &l->head, *prev = NULL;
+    while (*link && (*link)->deadline_ns <= c->deadline_ns) {
+        prev = *link;
+        link = &prev->next;
+    }
+    c->next = *link;
+    *link = c;
+    if (c->next == NULL) {
+        l->tail = c;
+    }
+    l->queued++;
+}
+
 /* Answers every queued check with the fallback (Redis was not asked). */
 static void queue_fail(rl_limiter *l, int error) {
     while (l->head) {
@@ -301,6 +317,22 @@ static void flying_unlink(rl_limiter *l, rl_batch *b) {
     }
 }
 
+/* Whether a reply is a Redis Cluster redirection (MOVED, ASK) or a request to retry (TRYAGAIN,
+ * CLUSTERDOWN), which the connection passes on once it has followed too many: the script did
+ * not run. */
+static int redirected(const redisReply *reply) {
+    static const char *const kinds[] = {"MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"};
+    if (reply->type != REDIS_REPLY_ERROR) {
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        if (strncmp(reply->str, kinds[i], strlen(kinds[i])) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /*
  * A call's reply, its failure, or its reply_timeout_ms passing. Checks not answered yet get
  * Redis's decision (or the guard's answer); checks already answered late are reconciled: a
@@ -312,6 +344,22 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
     uint64_t now = sd_now_ns();
     l->calls[b->lane]--;
     flying_unlink(l, b);
+    if (status == 0 && !l->closing && redirected(reply)) {
+        /* A slot on the move (resharding): the checks not answered yet go back into the queue
+         * and leave with the next flush, or are answered late at their deadline. Those already
+         * answered late were refused, and Redis did not charge them: nothing to reconcile. */
+        sd_log(SD_LOG_WARN, "ratelimit.redirected", "error=\"%.200s\"", reply->str);
+        rl_guard_call_done(&l->guard, 0, now);
+        for (size_t i = 0; i < b->n; i++) {
+            if (b->checks[i]->answered) {
+                free(b->checks[i]);
+            } else {
+                queue_insert(l, b->checks[i]);
+            }
+        }
+        free(b);
+        return;
+    }
     int rc = status;
     if (rc == 0 && reply->type != REDIS_REPLY_ARRAY) {
         rc = SD_EREDIS;
