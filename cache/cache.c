@@ -475,10 +475,11 @@ static void on_store(sd_aredis *r, redisReply *reply, int status, void *privdata
     f->redis_pending--;
     if (status == 0 && reply->type == REDIS_REPLY_INTEGER) {
         if (reply->integer == 1) {
+            c->st.stored++;
             cache_blob *b = f->loaded;
             if (b)
                 local_store(c, f, b, b->status == CACHE_OK ? f->ttl_ms : c->o.negative_ttl_ms);
-        } else if (!f->tainted) {
+        } else {
             c->st.fenced++;
         }
     } else if (status == 0) {

@@ -154,7 +154,9 @@ typedef struct cache_stats {
     uint64_t waits;         /* times a flight had to wait for another instance's lease */
     uint64_t stale_served;  /* answers with stale = 1 */
     uint64_t refreshes;     /* background loads (XFetch or stale-while-revalidate) */
-    uint64_t fenced;        /* stores refused: the lease was no longer this load's */
+    uint64_t stored;        /* loads stored in Redis */
+    uint64_t fenced;        /* stores refused: the lease was no longer this load's (it ran
+                               out, or an invalidation deleted it) */
     uint64_t not_stored;    /* loads whose value was kept from the tiers by an invalidation */
     uint64_t invalidations; /* invalidation messages received (own included) */
     uint64_t local_drops;   /* times the local tier was dropped (subscriber down) */

@@ -92,8 +92,7 @@ int main(int argc, char **argv) {
         size_t budget = (size_t)(fractions[i] * (double)keys * (double)per_key);
         double s = run(trace, requests, budget, LOCAL_SIEVE);
         double l = run(trace, requests, budget, LOCAL_LRU);
-        printf("%-9.1f%%   %-12zu %-10.4f %-10.4f %+.4f\n", fractions[i] * 100, budget, s, l,
-               s - l);
+        printf("%-11.1f %-12zu %-10.4f %-10.4f %+.4f\n", fractions[i] * 100, budget, s, l, s - l);
     }
     free(trace);
     free(cdf);
