@@ -10,7 +10,8 @@
 --   kind "miss": no usable value; lead = 1: this caller loads (value = a stale-if-error
 --        fallback or false); lead = 0: another holds the lease for lease_pttl ms more
 -- Hash fields: v value, st status (0 ok, 1 not found), fu fresh until, su stale-while-
--- revalidate until, eu stale-if-error until, ne error until (ms, server clock), d load ms.
+-- revalidate until, eu stale-if-error until, ne error until, t stored at (ms, server clock),
+-- d the load's measured ms.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'v', 'st', 'fu', 'su', 'eu', 'ne', 'd')

@@ -27,8 +27,8 @@ else
         st = 1
     end
     redis.call('DEL', KEYS[1])
-    redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', st, 'fu', now + ttl, 'su', now + ttl + swr,
-        'eu', now + ttl + sie, 'd', ARGV[7])
+    redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', st, 't', now, 'fu', now + ttl,
+        'su', now + ttl + swr, 'eu', now + ttl + sie, 'd', ARGV[7])
     redis.call('PEXPIRE', KEYS[1], ttl + math.max(swr, sie))
 end
 redis.call('DEL', KEYS[2])

@@ -458,14 +458,16 @@ void cache_load_done(cache_load *load, int status, const void *value, size_t len
     f->loaded = b;
     if (f->tainted)
         c->st.not_stored++;
+    /* The local tier takes the value now, unless an invalidation already came (tainted); one
+     * that comes later deletes it like any local copy. */
+    int ttl = status == CACHE_OK ? f->ttl_ms : c->o.negative_ttl_ms;
     if (!f->has_lease || c->closing) {
         /* Degraded or local-only: this instance's flight was the only coalescing. */
-        int ttl = c->has_redis ? c->o.degraded_ttl_ms
-                               : (status == CACHE_OK ? f->ttl_ms : c->o.negative_ttl_ms);
-        local_store(c, f, b, ttl);
+        local_store(c, f, b, c->has_redis ? c->o.degraded_ttl_ms : ttl);
         flight_finish(f);
         return;
     }
+    local_store(c, f, b, ttl);
     flight_store(f, b, status, delta_ms);
 }
 
@@ -476,11 +478,11 @@ static void on_store(sd_aredis *r, redisReply *reply, int status, void *privdata
     if (status == 0 && reply->type == REDIS_REPLY_INTEGER) {
         if (reply->integer == 1) {
             c->st.stored++;
-            cache_blob *b = f->loaded;
-            if (b)
-                local_store(c, f, b, b->status == CACHE_OK ? f->ttl_ms : c->o.negative_ttl_ms);
         } else {
+            /* Another instance's value is the one in Redis: ours must not outlive it here. */
             c->st.fenced++;
+            if (c->local)
+                local_del(c->local, f->key, f->klen);
         }
     } else if (status == 0) {
         sd_log(SD_LOG_WARN, "cache.store_failed", "error=\"%s\"",
@@ -989,6 +991,7 @@ void cache_stats_get(const cache *c, cache_stats *out) {
     *out = c->st;
     out->local_bytes = c->local ? local_bytes(c->local) : 0;
     out->local_count = c->local ? local_count(c->local) : 0;
+    out->flights = c->nflights;
 }
 
 static void maybe_free_cache(cache *c) {

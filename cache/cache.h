@@ -163,6 +163,7 @@ typedef struct cache_stats {
     uint64_t degraded_loads;
     uint64_t timeouts; /* gets answered SD_ETIMEDOUT */
     size_t local_bytes, local_count;
+    size_t flights; /* keys with a look-up, load or store in progress */
     uint64_t sub_ups, sub_downs;
 } cache_stats;
 
