@@ -559,7 +559,9 @@ static void late_write_refused(void) {
     cache_opts o = test_opts();
     o.lease_ms = 500;
     o.local_bytes = 0;
-    cache *a = cache_start(&o);
+    cache_opts oa = o;
+    oa.local_bytes = 1 << 20; /* a keeps what it loaded locally until its store is refused */
+    cache *a = cache_start(&oa);
     cache *b = cache_start(&o);
     answers aa = {0}, ba = {0};
     get(a, "late", &aa);
@@ -584,6 +586,8 @@ static void late_write_refused(void) {
     answers ca = get_one(c, "late");
     cr_assert_str_eq(ca.first, "late#2");
     cr_assert_eq(ca.by_source[CACHE_SRC_REDIS], 1);
+    answers a2 = get_one(a, "late");
+    cr_assert_str_eq(a2.first, "late#2", "the fenced instance kept its own value locally");
     cache_stop(a);
     cache_stop(b);
     cache_stop(c);
@@ -742,6 +746,9 @@ static void jitter_spread(void) {
         long long s = (life - 8000) / 400;
         slices[s > 9 ? 9 : s]++;
     }
+    for (int s = 0; s < 10; s++)
+        cr_assert_leq(slices[s], 1500, "slice %d holds %d of 10000 (uniform share 1000)", s,
+                      slices[s]);
     sd_redis_free(r);
     cache_stop(c);
 }
