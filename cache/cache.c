@@ -681,6 +681,8 @@ static void on_message(sd_redis_sub *sub, const char *channel, const char *patte
     size_t klen = len - 1 - ID_LEN;
     if (payload[0] == 'i')
         c->st.invalidations++;
+    else
+        c->st.fills++;
     if (c->local && (payload[0] == 'i' || !own))
         local_del(c->local, key, klen);
     flight *f = flight_find(c, key, klen);

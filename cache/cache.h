@@ -159,6 +159,7 @@ typedef struct cache_stats {
                                out, or an invalidation deleted it) */
     uint64_t not_stored;    /* loads whose value was kept from the tiers by an invalidation */
     uint64_t invalidations; /* invalidation messages received (own included) */
+    uint64_t fills;         /* "filled" messages received (own included) */
     uint64_t local_drops;   /* times the local tier was dropped (subscriber down) */
     uint64_t degraded_loads;
     uint64_t timeouts; /* gets answered SD_ETIMEDOUT */
