@@ -707,6 +707,43 @@ Test(cache, stale_is_served_while_the_origin_is_down) {
     cache_stop(a);
 }
 
+/* XFetch: with a load time recorded as huge, every look-up is "near expiry": exactly one
+ * caller refreshes early (the lease), everyone is answered with the fresh value meanwhile, and
+ * the refresh records the real (small) load time, which ends the early refreshes. */
+Test(cache, xfetch_refreshes_a_hot_key_early_exactly_once) {
+    cache_opts o = test_opts();
+    o.xfetch_beta = 1.0;
+    o.local_bytes = 0;
+    cache *a = cache_start(&o);
+    cache *b = cache_start(&o);
+    cr_assert_str_eq(get_one(a, "xf").first, "xf#1");
+    sd_redis *r = sync_redis();
+    test_redis_int(r, "HSET cache:v1:{xf} d 1000000000");
+    sd_redis_free(r);
+    origin_ctl_send("/_hold");
+    answers aa = {0}, ba = {0};
+    for (int i = 0; i < 50; i++) {
+        get(a, "xf", &aa);
+        get(b, "xf", &ba);
+    }
+    RUN_UNTIL(aa.n == 50 && ba.n == 50 && origin_seen == 2, 20000);
+    cr_assert_eq(aa.ok + ba.ok, 100);
+    cr_assert_eq(aa.stale + ba.stale, 0, "XFetch answers are fresh hits");
+    cr_assert_str_eq(aa.first, "xf#1");
+    cr_assert_eq(stats(a).refreshes + stats(b).refreshes, 1);
+    origin_ctl_send("/_release");
+    RUN_UNTIL(stats(a).stored + stats(b).stored == 2, 20000);
+    answers after = {0};
+    for (int i = 0; i < 20; i++)
+        get(a, "xf", &after);
+    RUN_UNTIL(after.n == 20 && stats(a).flights == 0, 20000);
+    cr_assert_str_eq(after.first, "xf#2");
+    cr_assert_eq(after.differ, 0);
+    cr_assert_eq(origin_calls(), 2, "early refreshes went on after the real load time was known");
+    cache_stop(a);
+    cache_stop(b);
+}
+
 /* ---- Jittered TTLs -----------------------------------------------------------------------------
  */
 
