@@ -2,7 +2,7 @@
 -- (fencing: a leader that overran its lease, or whose lease an invalidation deleted, is
 -- refused), then tells every instance.
 -- KEYS[1] the value hash, KEYS[2] the lease
--- ARGV[1] token, ARGV[2] kind ("ok", "notfound" or "err"), ARGV[3] value,
+-- ARGV[1] token, ARGV[2] kind ("ok", "notfound", "err" or "none"), ARGV[3] value,
 -- ARGV[4] fresh ms (jittered; for "err" the negative TTL), ARGV[5] stale-while-revalidate ms,
 -- ARGV[6] stale-if-error ms, ARGV[7] measured load ms, ARGV[8] channel, ARGV[9] message
 -- Returns 1 stored, 0 refused (the lease is not this token's).
@@ -12,6 +12,12 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[4])
+if ARGV[2] == 'none' then
+    -- Not to be stored (the origin said no-store): the lease goes, the waiters look again.
+    redis.call('DEL', KEYS[2])
+    redis.call('PUBLISH', ARGV[8], ARGV[9])
+    return 1
+end
 if ARGV[2] == 'err' then
     -- Negative caching of a failure: no load for ttl ms; an older value stays for
     -- stale-if-error.

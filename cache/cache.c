@@ -408,7 +408,10 @@ static void flight_store(flight *f, cache_blob *b, int status, uint64_t delta_ms
     snprintf(swr, sizeof swr, "%d", status == CACHE_OK ? c->o.swr_ms : 0);
     snprintf(sie, sizeof sie, "%d", status == CACHE_OK ? c->o.sie_ms : 0);
     snprintf(delta, sizeof delta, "%llu", (unsigned long long)delta_ms);
-    const char *kind = status == CACHE_OK ? "ok" : status == CACHE_NOTFOUND ? "notfound" : "err";
+    const char *kind = status == CACHE_OK         ? "ok"
+                       : status == CACHE_NOTFOUND ? "notfound"
+                       : status == CACHE_ERROR    ? "err"
+                                                  : "none"; /* -1: store nothing, free the lease */
     const char *argv[] = {k1, k2, f->token, kind, b->data, ttl, swr, sie, delta, c->channel, msg};
     size_t lens[] = {k1len,       k2len,       strlen(f->token), strlen(kind),  b->len,
                      strlen(ttl), strlen(swr), strlen(sie),      strlen(delta), strlen(c->channel),
@@ -433,6 +436,10 @@ static void local_store(cache *c, flight *f, cache_blob *b, int ttl_ms) {
 }
 
 void cache_load_done(cache_load *load, int status, const void *value, size_t len) {
+    cache_load_done_ttl(load, status, value, len, 0);
+}
+
+void cache_load_done_ttl(cache_load *load, int status, const void *value, size_t len, int ttl_ms) {
     flight *f = load->f;
     if (!f) {
         free(load);
@@ -444,6 +451,9 @@ void cache_load_done(cache_load *load, int status, const void *value, size_t len
     f->load = NULL;
     if (status != CACHE_OK && status != CACHE_NOTFOUND)
         status = CACHE_ERROR;
+    int no_store = ttl_ms < 0;
+    if (ttl_ms > 0 && status == CACHE_OK)
+        f->ttl_ms = jittered_ttl(c, ttl_ms);
     cache_blob *b = cache_blob_new(status, value, len);
     int use_fallback = status == CACHE_ERROR && f->fallback != NULL; /* RFC 5861 stale-if-error */
     cache_blob *answer = use_fallback ? f->fallback : b;
@@ -463,12 +473,14 @@ void cache_load_done(cache_load *load, int status, const void *value, size_t len
     int ttl = status == CACHE_OK ? f->ttl_ms : c->o.negative_ttl_ms;
     if (!f->has_lease || c->closing) {
         /* Degraded or local-only: this instance's flight was the only coalescing. */
-        local_store(c, f, b, c->has_redis ? c->o.degraded_ttl_ms : ttl);
+        if (!no_store)
+            local_store(c, f, b, c->has_redis ? c->o.degraded_ttl_ms : ttl);
         flight_finish(f);
         return;
     }
-    local_store(c, f, b, ttl);
-    flight_store(f, b, status, delta_ms);
+    if (!no_store)
+        local_store(c, f, b, ttl);
+    flight_store(f, b, no_store ? -1 : status, delta_ms);
 }
 
 static void on_store(sd_aredis *r, redisReply *reply, int status, void *privdata) {

@@ -110,6 +110,13 @@ typedef void cache_loader_fn(cache_load *load, const char *key, size_t klen, voi
  * load handle is invalid afterwards. After cache_free, a late call only frees the handle. */
 void cache_load_done(cache_load *load, int status, const void *value, size_t len);
 
+/* Like cache_load_done, with this value's own freshness: ttl_ms > 0 replaces the configured
+ * ttl (jitter still applies), 0 keeps it, CACHE_TTL_NO_STORE answers the waiters and stores
+ * nothing anywhere (the lease is released, so other instances' waiters look again and one of
+ * them loads). For a proxy honouring Cache-Control. */
+#define CACHE_TTL_NO_STORE (-1)
+void cache_load_done_ttl(cache_load *load, int status, const void *value, size_t len, int ttl_ms);
+
 /*
  * Creates a cache on loop. url may be NULL: a local-only cache (always DEGRADED-free, no
  * sharing). Otherwise it connects a command connection (sd_aredis) and a subscriber
