@@ -362,6 +362,7 @@ static void flight_reset(flight *f) {
     f->fallback = f->serve = f->loaded = NULL;
     f->tainted = f->has_lease = f->waited = f->background = f->degraded = f->recheck = 0;
     f->state = FLIGHT_QUEUED;
+    f->whead->joined = 0; /* the oldest waiter is now the get this flight is for */
     f->qnext = NULL;
     if (c->qtail)
         c->qtail->qnext = f;
@@ -459,9 +460,10 @@ void cache_load_done_ttl(cache_load *load, int status, const void *value, size_t
     cache_blob *answer = use_fallback ? f->fallback : b;
     flight_answer(f, answer, CACHE_SRC_ORIGIN, use_fallback);
     /* Gets that join while the store runs get this answer at once, unless an invalidation
-     * came: they then wait and the flight starts over for them (flight_finish). */
+     * came or the value is not to be stored: they then wait and the flight starts over for them
+     * (flight_finish). */
     cache_blob_unref(f->serve);
-    f->serve = f->tainted ? NULL : cache_blob_ref(answer);
+    f->serve = f->tainted || no_store ? NULL : cache_blob_ref(answer);
     f->serve_stale = use_fallback;
     f->serve_source = CACHE_SRC_COALESCED;
     cache_blob_unref(f->loaded);
