@@ -739,6 +739,8 @@ static void restart_waiting(cache *c) {
 
 static void on_sub_state(sd_redis_sub *sub, int connected, void *udata) {
     cache *c = udata;
+    if (c->closing)
+        return;
     c->sub_up = connected;
     if (connected) {
         c->st.sub_ups++;
@@ -755,6 +757,8 @@ static void on_sub_state(sd_redis_sub *sub, int connected, void *udata) {
 
 static void on_redis_state(sd_aredis *r, int connected, void *udata) {
     cache *c = udata;
+    if (c->closing) /* sd_aredis_free, from cache_free, may report the connection down */
+        return;
     c->redis_up = connected;
     if (!connected)
         restart_waiting(c);
