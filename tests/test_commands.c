@@ -61,6 +61,8 @@ static const struct {
     {"ratelimit", "serve", {"--deadline-ms", "0"}, "--deadline-ms"},
     {"ratelimit", "check", {"--cost", "-1"}, "--cost"},
     {"hello-server", NULL, {"--max-body-bytes", "0"}, "--max-body-bytes"},
+    {"cache", "serve", {"--jitter", "90"}, "--jitter"},
+    {"cache-evict-sim", NULL, {"--alpha", "9"}, "--alpha"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
