@@ -370,6 +370,8 @@ static int serve(options *o, const sd_redis_url *url) {
     }
     sd_log(SD_LOG_INFO, "cache.listening", "port=%d origin=%s", sd_http_server_port(p.http),
            o->origin);
+    sd_log(SD_LOG_WARN, "cache.purge_loopback_only",
+           "detail=\"no admin token: PURGE and /v1/purge answer loopback clients only\"");
     uv_run(loop, UV_RUN_DEFAULT);
     sd_http_server_free(p.http);
     uv_loop_close(loop);
