@@ -350,6 +350,11 @@ static int serve(options *o, const sd_redis_url *url) {
         fprintf(stderr, "cache serve: %s\n", sd_strerror(rc));
         return SD_EXIT_FAILURE;
     }
+    /* Listen only once both Redis connections are up, or after 10 s (then degraded: misses
+     * coalesced in this process only): an instance that announced itself and then loads
+     * alone would break the fleet's one-origin-call promise for its first requests. */
+    if (cache_wait_ready(p.cache, 10000) != 0)
+        sd_log(SD_LOG_WARN, "cache.degraded_at_start", "detail=\"Redis not reachable yet\"");
     p.client = sd_http_client_new(loop, NULL);
     p.http = sd_http_server_new(loop, NULL);
     sd_http_server_route(p.http, "POST", "/v1/purge", on_purge_api, &p);
