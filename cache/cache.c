@@ -33,8 +33,9 @@
  *  3. A flight marked TAINTED (an invalidation of its key arrived, or the subscriber went down
  *     while it ran) never writes the local tier. Its Redis store is fenced by the lease, which
  *     an invalidation deletes.
- *  4. The local tier is written only from a Redis answer or a stored load, never after the
- *     subscriber went down without being marked degraded-short (degraded_ttl_ms).
+ *  4. The local tier is written only by an untainted flight: from a Redis answer, or from a
+ *     load (removed again if its store is fenced). A load made without Redis (degraded) stays
+ *     local for degraded_ttl_ms only, since no invalidation could reach it.
  *  5. Every callback to the user runs from the ready queue (an idle handle), never from inside
  *     a cache_* call: answers, timeouts and closings all go through it, except at cache_free.
  *

@@ -118,10 +118,11 @@ void cache_load_done(cache_load *load, int status, const void *value, size_t len
 void cache_load_done_ttl(cache_load *load, int status, const void *value, size_t len, int ttl_ms);
 
 /*
- * Creates a cache on loop. url may be NULL: a local-only cache (always DEGRADED-free, no
- * sharing). Otherwise it connects a command connection (sd_aredis) and a subscriber
- * (sd_redis_sub) in the background; until both are up the cache is degraded. opts may be
- * NULL (defaults). Returns 0, -EINVAL (bad options or URL). The URL is copied.
+ * Creates a cache on loop. url may be NULL: a local-only cache (never degraded, nothing
+ * shared, loads coalesced in this process only). Otherwise it connects a command connection
+ * (sd_aredis) and a subscriber (sd_redis_sub) in the background; until both are up the cache is
+ * degraded. opts may be NULL (defaults). Returns 0, -EINVAL (bad options or URL). The URL is
+ * copied.
  */
 int cache_new(uv_loop_t *loop, const sd_redis_url *url, const cache_opts *opts, cache **out);
 
