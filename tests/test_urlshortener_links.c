@@ -264,7 +264,10 @@ static void writer(const char *url, int fd) {
     }
     if (fclose(f) != 0)
         _exit(4);
-    _exit(0);
+    /* a counter that only grows hands out no id twice: nothing was skipped */
+    us_links_stats st;
+    us_links_stats_get(l, &st);
+    _exit(st.skipped == 0 ? 0 : 5);
 }
 
 static int cmp_code(const void *a, const void *b) {
