@@ -258,7 +258,8 @@ static int link_write(us_links *l, const char *code, const us_create_req *req, u
         sd_redis_script(l->redis, &err, l->timeout_ms, &create_script, 1, 5, argv, NULL);
     free(key);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-        r->element[0]->type != REDIS_REPLY_INTEGER)
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER ||
+        r->element[2]->type != REDIS_REPLY_INTEGER)
         return reply_error(r, err);
     int written = r->element[0]->integer == 1;
     if (written) {
