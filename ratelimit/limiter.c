@@ -121,7 +121,7 @@ struct rl_limiter {
     int cluster_up;        /* on a cluster: what the state callback last said */
     rl_check *head, *tail; /* queued checks, oldest first */
     size_t queued;
-    uint32_t *calls;  /* script calls in flight per lane (16384 lanes on a cluster, else 1) */
+    uint32_t *calls;  /* script calls in flight per lane (a lane per slot on a cluster, else 0) */
     uint32_t *taking; /* on a cluster, while send_lanes() runs: checks taken per slot */
     rl_batch *flying; /* those calls, kept until their reply or reply_timeout_ms */
     uv_prepare_t prepare;
@@ -711,6 +711,14 @@ static void on_presence(uv_timer_t *t) {
 static void on_state(sd_aredis *r, int connected, void *privdata) {
     rl_limiter *l = privdata;
     l->cluster_up = connected;
+    if (connected && !l->cluster && sd_aredis_is_cluster(r)) {
+        /* The connection finds out in its first handshake whether it talks to a cluster: from
+         * now on a lane per slot. Checks queued meanwhile get their slots. */
+        l->cluster = 1;
+        for (rl_check *c = l->head; c; c = c->next) {
+            c->slot = sd_redis_key_slot(c->keys, c->key_len[0]);
+        }
+    }
     if (connected) {
         rl_guard_reconnected(&l->guard);
         presence_send(l);
@@ -742,9 +750,10 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
         free(l);
         return rc;
     }
+    /* Known once the first handshake is done (on_state); the lanes are there from the start. */
     l->cluster = sd_aredis_is_cluster(l->redis);
-    l->calls = sd_xcalloc(l->cluster ? 16384 : 1, sizeof(*l->calls));
-    l->taking = l->cluster ? sd_xcalloc(16384, sizeof(*l->taking)) : NULL;
+    l->calls = sd_xcalloc(16384, sizeof(*l->calls));
+    l->taking = sd_xcalloc(16384, sizeof(*l->taking));
     sd_aredis_set_state_cb(l->redis, on_state, l);
     uv_prepare_init(loop, &l->prepare);
     uv_check_init(loop, &l->check);
