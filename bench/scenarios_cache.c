@@ -71,6 +71,7 @@ typedef struct cb_conn {
     bench_done_fn *done;
     char req[256];
     int status;
+    uint64_t sent_ns;
 } cb_conn;
 
 typedef struct cb_pending {
@@ -91,7 +92,10 @@ struct cb_target {
     size_t qhead, qlen, qcap;
     uint64_t seq;
     cb_path_fn *path;
-    int round; /* stampede: operations per round */
+    int round;        /* stampede: operations per round, sent together (0: no rounds) */
+    int outstanding;  /* stampede: requests of the current round not yet answered */
+    uint32_t *lat_us; /* stampede: each request's latency from its send, for the teardown */
+    size_t nlat, caplat;
     char run[24];
     double *zipf_cdf;
     uint64_t rng;
@@ -100,6 +104,8 @@ struct cb_target {
 
 static void conn_open(cb_conn *c);
 static void conn_send(cb_conn *c, void *token, bench_done_fn *done);
+
+static void round_release(cb_target *t, int partial);
 
 static void conn_finish(cb_conn *c, int err) {
     if (!c->busy)
@@ -110,14 +116,25 @@ static void conn_finish(cb_conn *c, int err) {
     bench_done_fn *done = c->done;
     c->token = NULL;
     cb_target *t = c->t;
-    /* Take the next waiting operation before completing this one, so FIFO order holds. */
-    if (c->up && !c->closing && t->qlen > 0) {
+    if (t && t->round) {
+        if (t->nlat == t->caplat) {
+            t->caplat = t->caplat ? t->caplat * 2 : 65536;
+            t->lat_us = sd_xrealloc(t->lat_us, t->caplat * sizeof *t->lat_us);
+        }
+        t->lat_us[t->nlat++] = (uint32_t)((sd_now_ns() - c->sent_ns) / 1000);
+        t->outstanding--;
+    } else if (t && c->up && !c->closing && t->qlen > 0) {
+        /* Take the next waiting operation before completing this one, so FIFO order holds. */
         cb_pending p = t->queue[t->qhead];
         t->qhead = (t->qhead + 1) % t->qcap;
         t->qlen--;
         conn_send(c, p.token, p.done);
     }
     done(token, err);
+    /* A round that could not be completed (the run is ending, or a connection was down) is
+     * sent as it is once the previous one is answered. */
+    if (t && t->round)
+        round_release(t, 1);
 }
 
 static void on_conn_closed(uv_handle_t *h) {
@@ -193,6 +210,9 @@ static void conn_send(cb_conn *c, void *token, bench_done_fn *done) {
     t->path(t, t->seq++, path, sizeof path);
     int n = snprintf(c->req, sizeof c->req, "GET %s HTTP/1.1\r\nHost: bench\r\n\r\n", path);
     c->busy = 1;
+    c->sent_ns = sd_now_ns();
+    if (t->round)
+        t->outstanding++;
     c->token = token;
     c->done = done;
     http_parser_init(&c->parser, HTTP_RESPONSE);
@@ -215,7 +235,9 @@ static void on_connected(uv_connect_t *req, int status) {
     c->up = 1;
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     cb_target *t = c->t;
-    if (t->qlen > 0) {
+    if (t->round) {
+        round_release(t, 1);
+    } else if (t->qlen > 0) {
         cb_pending p = t->queue[t->qhead];
         t->qhead = (t->qhead + 1) % t->qcap;
         t->qlen--;
@@ -233,8 +255,31 @@ static void conn_open(cb_conn *c) {
         conn_close(c, BENCH_ERR_CONNECT);
 }
 
+static void queue_push(cb_target *t, void *token, bench_done_fn *done);
+
+/* A stampede round starts when the previous one is fully answered and a whole round of
+ * operations is waiting: all of them are sent at once, one per connection. */
+static void round_release(cb_target *t, int partial) {
+    if (t->outstanding > 0 || t->qlen == 0 || (!partial && t->qlen < (size_t)t->round))
+        return;
+    for (int i = 0; i < t->nconns && t->qlen > 0; i++) {
+        cb_conn *c = t->conns[i];
+        if (!c->up || c->busy || c->closing)
+            continue;
+        cb_pending p = t->queue[t->qhead];
+        t->qhead = (t->qhead + 1) % t->qcap;
+        t->qlen--;
+        conn_send(c, p.token, p.done);
+    }
+}
+
 static void target_issue(void *ctx, void *token, bench_done_fn *done) {
     cb_target *t = ctx;
+    if (t->round) {
+        queue_push(t, token, done);
+        round_release(t, 0);
+        return;
+    }
     for (int i = 0; i < t->nconns; i++) {
         cb_conn *c = t->conns[i];
         if (c->up && !c->busy && !c->closing) {
@@ -242,6 +287,10 @@ static void target_issue(void *ctx, void *token, bench_done_fn *done) {
             return;
         }
     }
+    queue_push(t, token, done);
+}
+
+static void queue_push(cb_target *t, void *token, bench_done_fn *done) {
     if (t->qlen == t->qcap) {
         size_t ncap = t->qcap ? t->qcap * 2 : 1024;
         cb_pending *q = sd_xcalloc(ncap, sizeof *q);
@@ -330,7 +379,8 @@ static int path_hot(cb_target *t, uint64_t seq, char *buf, size_t len) {
 }
 
 static int path_stampede(cb_target *t, uint64_t seq, char *buf, size_t len) {
-    return snprintf(buf, len, "/stampede/%s/%llu", t->run, (unsigned long long)(seq / t->round));
+    return snprintf(buf, len, "/stampede/%s/%llu", t->run,
+                    (unsigned long long)(seq / (uint64_t)t->round));
 }
 
 static int path_zipf(cb_target *t, uint64_t seq, char *buf, size_t len) {
@@ -429,6 +479,7 @@ static void cache_bench_free(cache_bench *b) {
         bench_server_stop(&b->serve[i], SIGTERM, 10000);
     bench_server_stop(&b->origin, SIGTERM, 5000);
     free(b->t.zipf_cdf);
+    free(b->t.lat_us);
     free(b);
 }
 
@@ -441,12 +492,14 @@ static void issue(void *ctx, void *token, bench_done_fn *done) {
  * and conns connections. */
 static int setup_common(const bench_env *env, bench_target *target, int nserve, int delay_ms,
                         const char *local_bytes, int conns, cb_path_fn *path) {
+    /* The nginx peer that runs after this scenario finds bench and cache-origin here. */
+    setenv("BENCH_BIN_DIR", env->bin_dir, 0);
     cache_bench *b = sd_xcalloc(1, sizeof *b);
     uint64_t seed = sd_now_ns() ^ ((uint64_t)getpid() << 32);
     snprintf(b->t.run, sizeof b->t.run, "%016llx", (unsigned long long)next_random(&seed));
     b->t.rng = seed | 1;
     b->t.path = path;
-    b->t.round = conns;
+    b->t.round = path == path_stampede ? conns : 0;
     const char *ext = getenv("BENCH_CACHE_URL");
     int rc = 0;
     if (ext && ext[0]) {
@@ -494,6 +547,11 @@ static int setup_common(const bench_env *env, bench_target *target, int nserve, 
     return 0;
 }
 
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void teardown(const bench_env *env, bench_target *target) {
     cache_bench *b = target->ctx;
     long long calls = b->origin_url[0] ? origin_calls(b->origin_url) : -1;
@@ -502,11 +560,15 @@ static void teardown(const bench_env *env, bench_target *target) {
         unsigned long long c = (unsigned long long)calls - b->calls_before;
         if (b->t.path == path_stampede) {
             uint64_t rounds = (ops + (uint64_t)b->t.round - 1) / (uint64_t)b->t.round;
+            qsort(b->t.lat_us, b->t.nlat, sizeof *b->t.lat_us, cmp_u32);
+            double p50 = b->t.nlat ? b->t.lat_us[(size_t)(0.50 * (double)(b->t.nlat - 1))] : 0;
+            double p99 = b->t.nlat ? b->t.lat_us[(size_t)(0.99 * (double)(b->t.nlat - 1))] : 0;
             fprintf(stderr,
                     "cache bench: stampede: %llu requests in %llu rounds of %d, %llu origin "
-                    "calls (%.2f per round)\n",
+                    "calls (%.2f per round); from each request's send: p50 %.1f ms, p99 "
+                    "%.1f ms (p50_us %.0f p99_us %.0f)\n",
                     (unsigned long long)ops, (unsigned long long)rounds, b->t.round, c,
-                    rounds ? (double)c / (double)rounds : 0.0);
+                    rounds ? (double)c / (double)rounds : 0.0, p50 / 1000, p99 / 1000, p50, p99);
         } else {
             fprintf(stderr, "cache bench: %llu requests, %llu origin calls\n",
                     (unsigned long long)ops, c);
