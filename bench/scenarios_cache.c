@@ -5,12 +5,12 @@
  *   cache.serve.local-hit     50 connections, one hot path: local-tier hits/s and latency
  *   cache.serve.redis-hit     the same with --local-bytes 0: every hit is one EVALSHA (shared by
  *                             the gets of one key that overlap it: one flight per key)
- *   cache.serve.redis-hit.open  open loop at a fixed rate (--rate): Redis-tier latency with
+ *   cache.serve.redis-open    open loop at a fixed rate (--rate): Redis-tier latency with
  *                             headroom, coordinated omission corrected
  *   cache.stampede            1,000 connections, one `cache serve`, a 50 ms origin: rounds of
  *                             1,000 concurrent requests for a path nobody asked for before;
  *                             latency of every request, and the origin's calls per round
- *   cache.stampede.fleet      the same with 4 `cache serve` on the one Redis and 400 requests
+ *   cache.fleet-stampede      the same with 4 `cache serve` on the one Redis and 400 requests
  *                             per round, spread round-robin over the four (the issue's done-when)
  *   cache.zipf                50 connections, paths drawn from Zipf(0.99) over 100,000 keys, a
  *                             local tier of 1 MiB: the mix of local hits, Redis hits and misses
@@ -616,7 +616,7 @@ static const bench_scenario redis_hit = {
 };
 
 static const bench_scenario redis_hit_open = {
-    .name = "cache.serve.redis-hit.open",
+    .name = "cache.serve.redis-open",
     .summary = "Redis-tier hits, open loop at 10,000/s (--rate), 50 connections",
     .default_rate = 10000,
     .in_flight = 50,
@@ -635,7 +635,7 @@ static const bench_scenario stampede = {
 };
 
 static const bench_scenario stampede_fleet = {
-    .name = "cache.stampede.fleet",
+    .name = "cache.fleet-stampede",
     .summary = "rounds of 400 concurrent misses, 50 ms origin, 4 instances on one Redis",
     .in_flight = 400,
     .default_duration_s = 3,

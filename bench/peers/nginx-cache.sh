@@ -35,7 +35,7 @@ origin_pid='' nginx_pid=''
 cleanup() {
     [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null
     [ -n "$origin_pid" ] && kill "$origin_pid" 2>/dev/null && wait "$origin_pid" 2>/dev/null
-    [ -n "${KEEP:-}" ] || rm -rf "$dir"
+    rm -rf "$dir"
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM
