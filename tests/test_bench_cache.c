@@ -93,6 +93,25 @@ Test(bench_cache, every_cache_scenario_answers_every_request_and_a_stampede_roun
     cr_expect_eq(lines, 2, "one line per stampede scenario: %s", r.err);
 }
 
+Test(bench_cache, the_fleet_stampede_costs_one_call_per_round_on_a_cluster) {
+    static test_run_out r;
+    /* bench's own private 3-master cluster: the 4 instances' leases and messages cross it. */
+    test_run_program("bench",
+                     (const char *[]){"run", "cache.fleet-stampede", "--cluster", "--duration",
+                                      "0.3", "--warmup", "0.1", NULL},
+                     NULL, (const char *[]){"BENCH_PEERS=0", "SD_LOG_LEVEL=error", NULL}, &r);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    const char *p = strstr(r.err, "cache bench: stampede: ");
+    cr_assert_not_null(p, "%s", r.err);
+    unsigned long long reqs, rounds, calls;
+    int per;
+    cr_assert_eq(sscanf(p, "cache bench: stampede: %llu requests in %llu rounds of %d, %llu", &reqs,
+                        &rounds, &per, &calls),
+                 4, "%.200s", p);
+    cr_expect_gt(rounds, 0);
+    cr_expect_eq(calls, rounds, "%.200s", p);
+}
+
 /* The peer entry named name in the report's "peers" array, or NULL. */
 static json_t *peer(json_t *report, const char *name) {
     size_t i;
