@@ -98,6 +98,7 @@ struct cb_target {
     size_t nlat, caplat;
     char run[24];
     double *zipf_cdf;
+    bench_later *later; /* completes an operation whose send failed inside issue() */
     uint64_t rng;
     http_parser_settings settings;
 };
@@ -220,8 +221,15 @@ static void conn_send(cb_conn *c, void *token, bench_done_fn *done) {
     bench_op_sent(token);
     uv_buf_t b = uv_buf_init(c->req, (unsigned)n);
     uv_timer_start(&c->timer, on_timeout, OP_TIMEOUT_MS, 0);
-    if (uv_write(&c->write, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0)
+    if (uv_write(&c->write, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        /* This may be inside issue(): the operation completes from the loop instead. */
+        c->busy = 0;
+        uv_timer_stop(&c->timer);
+        if (t->round)
+            t->outstanding--;
+        bench_later_done(t->later, token, done, BENCH_ERR_CONNECT);
         conn_close(c, BENCH_ERR_CONNECT);
+    }
 }
 
 static void on_connected(uv_connect_t *req, int status) {
@@ -318,6 +326,7 @@ static int parse_url(const char *url, struct sockaddr_in *addr) {
 /* Opens nconns connections, round-robin over the servers, and waits for all of them. */
 static int target_start(cb_target *t, uv_loop_t *loop, int nconns) {
     t->loop = loop;
+    t->later = bench_later_new(loop);
     t->settings.on_status = on_status;
     t->settings.on_message_complete = on_complete;
     t->nconns = nconns;
@@ -361,6 +370,8 @@ static void target_stop(cb_target *t) {
     }
     free(t->conns);
     t->conns = NULL;
+    bench_later_free(t->later);
+    t->later = NULL;
     free(t->queue);
     t->queue = NULL;
 }
