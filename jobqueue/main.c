@@ -720,6 +720,9 @@ static void on_worker_stopped(jq_worker *w, void *arg) {
            (long long)st.released);
     uv_close((uv_handle_t *)&wc->sigterm, NULL);
     uv_close((uv_handle_t *)&wc->sigint, NULL);
+    /* Its Redis connections are what keeps the loop running now. */
+    jq_worker_free(w);
+    wc->w = NULL;
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum) {
@@ -837,8 +840,6 @@ static int run_work(int argc, char **argv) {
                "queue=%s concurrency=%lld visibility_ms=%lld "
                "job_timeout_ms=%lld",
                c.queue, concurrency, visibility, job_timeout);
-        uv_run(wc.loop, UV_RUN_DEFAULT);
-        jq_worker_free(wc.w);
         uv_run(wc.loop, UV_RUN_DEFAULT);
     }
     uv_loop_close(wc.loop);
@@ -1310,8 +1311,9 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
         ok[i] = jq_stats_get(s->sync, s->queues[i], &st[i]) == 0;
         if (!ok[i])
             continue;
+        /* In jq_state's order, which jq_state_name names. */
         long long v[6] = {st[i].ready, st[i].delayed, st[i].reserved,
-                          st[i].dead,  st[i].done,    st[i].cancelled};
+                          st[i].done,  st[i].dead,    st[i].cancelled};
         for (int k = 0; k < 6; k++)
             sd_http_buf_printf(buf, "jobqueue_depth{queue=\"%s\",state=\"%s\"} %lld\n",
                                s->queues[i], jq_state_name((jq_state)k), v[k]);
