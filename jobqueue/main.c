@@ -539,11 +539,13 @@ static void run_maybe_finish(run *r) {
     r->finished = 1;
     run_close((uv_handle_t *)&r->kill);
     int ok = r->exit_status == 0 && r->term_signal == 0;
-    const jq_job *job = jq_task_job(r->task);
+    jq_task *task = r->task;
+    r->task = NULL; /* the runtime's once finished: a later stop must not find it here */
+    const jq_job *job = jq_task_job(task);
     if (ok && !r->over) {
         sd_log(SD_LOG_INFO, "jobqueue.job_done", "id=%s attempt=%d bytes=%zu", job->id,
                job->attempts, r->result_len);
-        jq_task_finish(r->task, 1, r->result, r->result_len);
+        jq_task_finish(task, 1, r->result, r->result_len);
         return;
     }
     char error[256];
@@ -560,7 +562,7 @@ static void run_maybe_finish(run *r) {
     error[strcspn(error, "\n")] = '\0';
     sd_log(SD_LOG_INFO, "jobqueue.job_failed", "id=%s attempt=%d error=\"%s\"", job->id,
            job->attempts, error);
-    jq_task_finish(r->task, 0, error, strlen(error));
+    jq_task_finish(task, 0, error, strlen(error));
 }
 
 static void on_run_exit(uv_process_t *p, int64_t exit_status, int term_signal) {
