@@ -106,6 +106,15 @@ static void write_all(int fd, const char *buf, size_t len) {
     }
 }
 
+/* Reads fd to its end (a pipe: until every writer closed it) into buf, NUL-terminated. */
+static void read_all(int fd, char *buf, size_t len) {
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < len && (got = read(fd, buf + n, len - 1 - n)) > 0)
+        n += (size_t)got;
+    buf[n] = '\0';
+}
+
 static void proc_close_stdin(proc *p) {
     if (p->in >= 0)
         close(p->in);
@@ -125,7 +134,7 @@ static int proc_wait(proc *p) {
 static int jq_run(const char *const *args, const char *const *env, char *out, size_t len) {
     proc p = start(args, env);
     proc_close_stdin(&p);
-    test_slurp_fd(dup(p.out), out, len);
+    read_all(p.out, out, len);
     return proc_wait(&p);
 }
 
@@ -580,4 +589,46 @@ Test(jobqueue_command, serve_answers_every_status) {
     kill(h.p.pid, SIGTERM);
     cr_assert_eq(proc_wait(&h.p), 0);
     jq_client_free(c);
+}
+
+Test(jobqueue_command, enqueue_stops_at_a_bad_line_and_a_rerun_with_the_key_fills_the_gap) {
+    /* Line 3 is over the 64 KiB payload bound: lines 1 and 2 are printed, the command fails
+     * naming line 3, and line 4 is not enqueued. */
+    size_t big = 70000;
+    char *input = sd_xmalloc(big + 64);
+    size_t n = (size_t)snprintf(input, 64, "a\nb\n");
+    memset(input + n, 'x', big);
+    n += big;
+    n += (size_t)snprintf(input + n, 64, "\nd\n");
+    const char *args[] = {"enqueue", "--queue", "q", "--idempotency-key", "batch", "-", NULL};
+    proc e = start(args, NULL);
+    write_all(e.in, input, n);
+    proc_close_stdin(&e);
+    char out[256];
+    read_all(e.out, out, sizeof out);
+    cr_assert_eq(proc_wait(&e), 1);
+    char a[32], b[32];
+    cr_assert_eq(sscanf(out, "%31s %31s", a, b), 2, "%s", out);
+    cr_assert_eq(strchr(strchr(out, '\n') + 1, '\n')[1], '\0', "two ids only: %s", out);
+    char errpath[128], err[16384];
+    snprintf(errpath, sizeof errpath, "%s/stderr", dir);
+    test_slurp_fd(open(errpath, O_RDONLY), err, sizeof err);
+    cr_assert(strstr(err, "line 3:"), "%s", err);
+    jq_client *c = client();
+    cr_assert_eq(stats(c, "q").ready, 2);
+    /* The same input without the bad line, with the same key: lines 1 and 2 are found again
+     * (the same ids), only the new lines are created. */
+    e = start(args, NULL);
+    write_all(e.in, "a\nb\nc\nd\n", 8);
+    proc_close_stdin(&e);
+    char out2[256];
+    read_all(e.out, out2, sizeof out2);
+    cr_assert_eq(proc_wait(&e), 0);
+    char a2[32], b2[32], c2[32], d2[32];
+    cr_assert_eq(sscanf(out2, "%31s %31s %31s %31s", a2, b2, c2, d2), 4, "%s", out2);
+    cr_assert_str_eq(a2, a);
+    cr_assert_str_eq(b2, b);
+    cr_assert_eq(stats(c, "q").ready, 4);
+    jq_client_free(c);
+    free(input);
 }
