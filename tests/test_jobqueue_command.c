@@ -632,3 +632,55 @@ Test(jobqueue_command, enqueue_stops_at_a_bad_line_and_a_rerun_with_the_key_fill
     jq_client_free(c);
     free(input);
 }
+
+Test(jobqueue_command, work_refuses_a_lease_too_short_for_heartbeats) {
+    char out[256];
+    cr_assert_eq(jq_run((const char *[]){"work", "--queue", "q", "--visibility-timeout", "1000",
+                                         "--exec", "true", NULL},
+                        NULL, out, sizeof out),
+                 2);
+    char errpath[128], err[16384];
+    snprintf(errpath, sizeof errpath, "%s/stderr", dir);
+    test_slurp_fd(open(errpath, O_RDONLY), err, sizeof err);
+    cr_assert(strstr(err, "--visibility-timeout 1000 is too short"), "%s", err);
+}
+
+/* The long-running export's contract end to end: POST, a worker runs it, GET the Location
+ * until the job is done, and its result is the command's stdout. */
+Test(jobqueue_command, serve_shows_a_job_done_with_its_result) {
+    http h = serve_start("0");
+    char buf[8192];
+    const char *body;
+    cr_assert_eq(req(&h, "POST", "/v1/queues/q/jobs", "Idempotency-Key: export-42\r\n",
+                     "{\"payload\":\"42\"}", buf, sizeof buf, &body),
+                 202);
+    char *loc = strstr(buf, "Location: ");
+    cr_assert_not_null(loc);
+    char path[128];
+    snprintf(path, sizeof path, "%.*s", (int)strcspn(loc + 10, "\r"), loc + 10);
+    proc w = start(
+        (const char *[]){"work", "--queue", "q", "--exec", "echo \"s3://bucket/$(cat).csv\"", NULL},
+        NULL);
+    json_t *j = NULL;
+    uint64_t until = sd_now_ms() + 30000;
+    for (;;) {
+        cr_assert_eq(req(&h, "GET", path, NULL, NULL, buf, sizeof buf, &body), 200);
+        json_error_t jerr;
+        j = json_loads(body, 0, &jerr);
+        if (strcmp(json_string_value(json_object_get(j, "state")), "done") == 0 ||
+            sd_now_ms() > until)
+            break;
+        json_decref(j);
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_str_eq(json_string_value(json_object_get(j, "state")), "done");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "result")), "s3://bucket/42.csv\n");
+    cr_assert_eq(json_integer_value(json_object_get(j, "attempts")), 1);
+    cr_assert(json_is_string(json_object_get(j, "finished_at")));
+    json_decref(j);
+    kill(w.pid, SIGTERM);
+    cr_assert_eq(proc_wait(&w), 0);
+    kill(h.p.pid, SIGTERM);
+    cr_assert_eq(proc_wait(&h.p), 0);
+}
