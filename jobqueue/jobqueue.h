@@ -352,6 +352,16 @@ void jq_aclient_close_waiter(jq_aclient *c);
  * frees the client; run the loop afterwards so libuv can release the handles. NULL: no-op. */
 void jq_aclient_free(jq_aclient *c);
 
+/* Enqueue's result: e (valid only during the callback) when status is 0. */
+typedef void jq_enqueue_cb(jq_aclient *c, int status, const jq_enqueued *e, void *arg);
+
+/* jq_enqueue over the asynchronous client: the same checks (JQ_EINVAL, JQ_ETOOBIG are returned
+ * by the call, the callback then never runs) and the same results in the callback (JQ_EFULL,
+ * a Redis transport code). Calls in flight are pipelined on one connection and answered in
+ * the order they were made. */
+int jq_aenqueue(jq_aclient *c, const char *queue, const void *payload, size_t len,
+                const jq_enqueue_opts *opts, jq_enqueue_cb *cb, void *arg);
+
 /* Reserve's result: jobs[0..n) are the callee's to keep (clear each with jq_job_clear); the
  * array itself is valid only during the callback. next_ms as in jq_reap_result. */
 typedef void jq_reserve_cb(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,

@@ -108,6 +108,36 @@ static int reply_status(const redisReply *reply, int status, size_t min) {
     return 0;
 }
 
+/* ---- Enqueue ---------------------------------------------------------------------------- */
+
+static void on_enqueued(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_enqueue_cb *cb = (jq_enqueue_cb *)call->cb;
+    jq_enqueued e;
+    memset(&e, 0, sizeof e);
+    int rc = reply_status(reply, status, 1);
+    if (rc == 0)
+        rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+    if (rc == 0)
+        rc = jq__enqueue_parse(reply, 1, &e);
+    cb(call->c, rc, rc == 0 ? &e : NULL, call->arg);
+    free(call);
+}
+
+int jq_aenqueue(jq_aclient *c, const char *queue, const void *payload, size_t len,
+                const jq_enqueue_opts *opts, jq_enqueue_cb *cb, void *arg) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    jq_new_job j = {payload, len, opts};
+    int rc = jq__enqueue_args(&c->cfg, &a, &j, 1);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    return send_script(c, JQ_S_ENQUEUE, &a, 1, on_enqueued, (void *)cb, arg, 1);
+}
+
 /* ---- Reserve ---------------------------------------------------------------------------- */
 
 static void on_reserve(sd_aredis *r, redisReply *reply, int status, void *privdata) {
