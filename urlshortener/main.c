@@ -878,6 +878,10 @@ static int run_serve(int argc, char **argv) {
     o.flush_ms = 1000;
     rl_config_default(&o.rl);
     snprintf(o.rl.prefix, sizeof o.rl.prefix, "%s", PREFIX "rl:");
+    /* A create waits on Redis anyway, so the limiter may too (its 5 ms default is for a
+     * gateway in front of every request), and when Redis fails the create fails: open. */
+    o.rl.deadline_ms = 1000;
+    o.rl.on_error = RL_FAIL_OPEN;
     const sd_cli_opt opts[] = {
         {"--listen", "HOST:PORT", "address to listen on (default 127.0.0.1:8080)",
          .parse = sd_cli_listen_parse, .udata = &o.listen},
