@@ -860,6 +860,16 @@ static int base_url_parse(const char *value, void *udata, char *err, size_t len)
     return 0;
 }
 
+static int redirect_parse(const char *value, void *udata, char *err, size_t len) {
+    long long v;
+    if (sd_parse_ll(value, 301, 308, &v) != 0 || (v != 301 && v != 302 && v != 307 && v != 308)) {
+        snprintf(err, len, "wants 301, 302, 307 or 308, got '%s'", value);
+        return -1;
+    }
+    *(long long *)udata = v;
+    return 0;
+}
+
 static int limit_parse(const char *value, void *udata, char *err, size_t len) {
     options *o = udata;
     char why[200];
@@ -889,8 +899,8 @@ static int run_serve(int argc, char **argv) {
          .parse = base_url_parse, .udata = &o.base_url, .required = 1},
         {"--redis", "URL", "Redis (default REDIS_URL, else the local durable Redis)",
          .parse = sd_cli_redis_parse, .udata = &o.redis},
-        {"--redirect", "STATUS", "302 (default), 301, 307 or 308", .integer = &o.redirect,
-         .min = 301, .max = 308},
+        {"--redirect", "STATUS", "302 (default), 301, 307 or 308", .parse = redirect_parse,
+         .udata = &o.redirect},
         {"--create-limit", "POLICY",
          "creations per client, 'NAME;q=Q;w=W' (repeatable; default 'create;q=100;w=60')",
          .parse = limit_parse, .udata = &o},
@@ -907,10 +917,6 @@ static int run_serve(int argc, char **argv) {
     int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
     if (rc != SD_CLI_OK)
         return sd_cli_exit_status(rc);
-    if (o.redirect != 301 && o.redirect != 302 && o.redirect != 307 && o.redirect != 308) {
-        fprintf(stderr, "urlshortener serve: --redirect wants 301, 302, 307 or 308\n");
-        return SD_EXIT_USAGE;
-    }
     if (o.nlimits == 0) {
         char why[200];
         rl_config_add_policy(&o.rl, "create;q=100;w=60", why, sizeof why);
