@@ -414,3 +414,42 @@ Test(us_serve, a_deleted_link_stops_redirecting_on_every_instance) {
                      i);
     cr_assert_eq(exchange(inst[1].port, "DELETE", req, NULL, NULL, buf, sizeof buf, &body), 404);
 }
+
+/* ---- The read path: coalesced misses, negative caching, permanent redirects -------------------
+ */
+
+#define COLD 30
+
+Test(us_serve, a_cold_code_is_loaded_once_and_an_unknown_one_is_cached_as_such) {
+    const char *const perm[] = {"--create-limit", "create;q=100000;w=60", "--redirect", "308",
+                                NULL};
+    start_instances(1, perm);
+    int port = inst[0].port;
+    static int fds[COLD];
+    static char buf[8192];
+    char code[80], req[256], v[128];
+    cr_assert_eq(create(port, "{\"url\":\"https://example.com/cold\"}", NULL, code, sizeof code),
+                 201);
+    long long loads = metric(port, "us_cache_loads_total");
+    snprintf(req, sizeof req, "GET /%s HTTP/1.1\r\nHost: sho.rt\r\n\r\n", code);
+    for (int i = 0; i < COLD; i++) {
+        fds[i] = test_tcp_connect(port);
+        test_write_all(fds[i], req, strlen(req));
+    }
+    for (int i = 0; i < COLD; i++) {
+        cr_assert_eq(test_http_read_response(fds[i], buf, sizeof buf, NULL), 308);
+        close(fds[i]);
+    }
+    header(buf, "Cache-Control", v, sizeof v);
+    cr_assert_str_eq(v, "max-age=300");
+    cr_assert_eq(metric(port, "us_cache_loads_total"), loads + 1, "misses were not coalesced");
+    /* Unknown: one load, then the negative entry answers (well within its 5 s). */
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(get(port, "/never-made", buf, sizeof buf), 404);
+    cr_assert_eq(metric(port, "us_cache_loads_total"), loads + 2, "unknown code not cached");
+    /* A later alias of that name is not hidden by the negative entry. */
+    cr_assert_eq(
+        create(port, "{\"url\":\"https://example.com/n\",\"alias\":\"never-made\"}", NULL, NULL, 0),
+        201);
+    cr_assert_eq(get(port, "/never-made", buf, sizeof buf), 308);
+}
