@@ -14,12 +14,14 @@
  *     fleet, not-found cached for the negative TTL, invalidation by pub/sub): a hot code is
  *     answered from this process's memory with no Redis round trip. A string that is neither a
  *     canonical code nor a possible alias is 404 before the cache is asked.
- *  2. The link library (links.h) is synchronous. Its calls (create, the cache's loader, get,
- *     delete) run on libuv's thread pool (uv_queue_work), each over one of two sync
- *     connections held under a mutex: `api` for the /v1 calls, `load` for the cache's loads,
- *     so that a burst of creates never delays a redirect miss. The loop never blocks on Redis;
- *     a create costs a pool thread for its one or two round trips, which is cheap next to the
- *     redirect volume, and keeps links.c the one place that writes links.
+ *  2. The link library (links.h) is synchronous. Its calls (create, the cache's loads, get,
+ *     delete) run on libuv's thread pool (uv_queue_work), over one of two sync connections:
+ *     `api` for the /v1 calls, `load` for the cache's loads, so that a burst of creates never
+ *     delays a redirect miss. Each connection's jobs wait in a queue kept on the loop and go to
+ *     the pool one at a time, so no pool thread ever sits waiting for another's Redis call.
+ *     The loop never blocks on Redis; a create costs a pool thread for its one or two round
+ *     trips, which is cheap next to the redirect volume, and keeps links.c the one place that
+ *     writes links.
  *  3. Clicks of links without a budget are counted in this process (a table code -> count)
  *     and flushed every --flush-ms with one INCRBY per code to <prefix>c:{code} (the link's hash
  *     tag, so it is one key on one shard). A flush that Redis refused before sending
@@ -68,11 +70,19 @@ typedef struct options {
     int nlimits;
 } options;
 
-/* A sync connection and its link store, used by one pool thread at a time. */
+struct job;
+
+/* A sync connection and its link store. Its jobs run one at a time, in order: the loop keeps
+ * the queue and hands the pool the next one when the last is done, so no pool thread ever waits
+ * for another's Redis call (the mutex is for the final flush at a stop, which may meet a load
+ * still running). */
 typedef struct store {
     pthread_mutex_t mu;
     sd_redis *redis;
     us_links *links;
+    struct job *head, *tail; /* waiting, owned */
+    int busy;                /* one job in the pool */
+    size_t queued;
 } store;
 
 /* One code's clicks not yet flushed. */
@@ -252,6 +262,10 @@ typedef struct job {
     sd_idem_call *call;
     sd_http_req *hreq;
     cache_load *load;
+    /* the store's queue */
+    store *store;
+    uv_after_work_cb done;
+    struct job *next;
 } job;
 
 static void job_free(job *j) {
@@ -276,7 +290,7 @@ static long long read_clicks(store *s, const char *code) {
 
 static void job_run(uv_work_t *w) {
     job *j = w->data;
-    store *s = j->kind == JOB_LOAD ? &j->a->load : &j->a->api;
+    store *s = j->store;
     pthread_mutex_lock(&s->mu);
     switch (j->kind) {
     case JOB_CREATE:
@@ -304,14 +318,47 @@ static void job_run(uv_work_t *w) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static void job_queue(app *a, job *j, uv_after_work_cb done) {
-    j->a = a;
-    j->work.data = j;
-    int rc = uv_queue_work(a->loop, &j->work, job_run, done);
+static void job_after(uv_work_t *w, int status);
+
+static void store_next(app *a, store *s) {
+    job *j = s->head;
+    if (s->busy || !j)
+        return;
+    s->head = j->next;
+    if (!s->head)
+        s->tail = NULL;
+    s->queued--;
+    s->busy = 1;
+    int rc = uv_queue_work(a->loop, &j->work, job_run, job_after);
     if (rc != 0) { /* only for a NULL callback: cannot happen */
         sd_log(SD_LOG_ERROR, "urlshortener.queue", "error=\"%s\"", uv_strerror(rc));
         abort();
     }
+}
+
+static void job_after(uv_work_t *w, int status) {
+    job *j = w->data;
+    store *s = j->store;
+    s->busy = 0;
+    store_next(j->a, s);
+    j->done(w, status);
+}
+
+/* Queues j on its store (loads on `load`, the rest on `api`); done runs on the loop. */
+static void job_queue(app *a, job *j, uv_after_work_cb done) {
+    j->a = a;
+    j->work.data = j;
+    j->done = done;
+    j->store = j->kind == JOB_LOAD ? &a->load : &a->api;
+    j->next = NULL;
+    store *s = j->store;
+    if (s->tail)
+        s->tail->next = j;
+    else
+        s->head = j;
+    s->tail = j;
+    s->queued++;
+    store_next(a, s);
 }
 
 /* ---- The redirect path ------------------------------------------------------------------------
@@ -717,6 +764,8 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
     sd_http_buf_printf(buf, "us_cache_invalidations_total %llu\n",
                        (unsigned long long)s.invalidations);
     sd_http_buf_printf(buf, "us_cache_degraded %d\n", cache_is_degraded(a->cache));
+    sd_http_buf_printf(buf, "us_store_queued{store=\"api\"} %zu\n", a->api.queued);
+    sd_http_buf_printf(buf, "us_store_queued{store=\"load\"} %zu\n", a->load.queued);
 }
 
 static int store_open(store *s, const sd_redis_url *url, const us_codec *codec,
