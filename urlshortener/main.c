@@ -14,14 +14,14 @@
  *     fleet, not-found cached for the negative TTL, invalidation by pub/sub): a hot code is
  *     answered from this process's memory with no Redis round trip. A string that is neither a
  *     canonical code nor a possible alias is 404 before the cache is asked.
- *  2. The link library (links.h) is synchronous. Its calls (create, the cache's loads, get,
- *     delete) run on libuv's thread pool (uv_queue_work), over one of two sync connections:
- *     `api` for the /v1 calls, `load` for the cache's loads, so that a burst of creates never
- *     delays a redirect miss. Each connection's jobs wait in a queue kept on the loop and go to
- *     the pool one at a time, so no pool thread ever sits waiting for another's Redis call.
- *     The loop never blocks on Redis; a create costs a pool thread for its one or two round
- *     trips, which is cheap next to the redirect volume, and keeps links.c the one place that
- *     writes links.
+ *  2. The redirect path's loads use the async look-up (us_links_get_async, us-get.lua over
+ *     the loop's sd_aredis): many codes' misses are in flight at once. The rest of the link
+ *     library is synchronous: create, and the API's get and delete, run on libuv's thread pool
+ *     (uv_queue_work) over one sync connection, one job at a time from a queue kept on the loop
+ *     (so no pool thread ever waits for another's Redis call). The loop never blocks on Redis;
+ *     a create costs a pool thread for its one or two round trips, which is cheap next to the
+ *     redirect volume, and keeps links.c the one place that writes links (its id blocks, skips
+ *     and SET NX). The price: one instance's creates are serialised, a round trip each.
  *  3. Clicks of links without a budget are counted in this process (a table code -> count)
  *     and flushed every --flush-ms with one INCRBY per code to <prefix>c:{code} (the link's hash
  *     tag, so it is one key on one shard). A flush that Redis refused before sending
@@ -74,7 +74,7 @@ struct job;
 
 /* A sync connection and its link store. Its jobs run one at a time, in order: the loop keeps
  * the queue and hands the pool the next one when the last is done, so no pool thread ever waits
- * for another's Redis call (the mutex is for the final flush at a stop, which may meet a load
+ * for another's Redis call (the mutex is for the final flush at a stop, which may meet a job
  * still running). */
 typedef struct store {
     pthread_mutex_t mu;
@@ -99,7 +99,7 @@ typedef struct app {
     options *o;
     char *base; /* base URL without a trailing slash */
     us_codec *codec;
-    store api, load;
+    store api;
     cache *cache;
     sd_aredis *ar;
     sd_idem *idem;
@@ -241,7 +241,7 @@ static void clicks_flush_sync(app *a) {
 /* ---- Work on the pool -------------------------------------------------------------------------
  */
 
-enum { JOB_CREATE, JOB_LOAD, JOB_GET, JOB_DELETE };
+enum { JOB_CREATE, JOB_GET, JOB_DELETE };
 
 typedef struct job {
     uv_work_t work;
@@ -296,7 +296,6 @@ static void job_run(uv_work_t *w) {
     case JOB_CREATE:
         j->rc = us_links_create(s->links, &j->req, &j->link, &j->verdict, &j->why);
         break;
-    case JOB_LOAD:
     case JOB_GET:
         j->rc = us_links_get(s->links, j->code, &j->state, &j->link);
         if (j->rc == 0 && j->kind == JOB_GET && j->state != US_LINK_NOT_FOUND) {
@@ -349,7 +348,7 @@ static void job_queue(app *a, job *j, uv_after_work_cb done) {
     j->a = a;
     j->work.data = j;
     j->done = done;
-    j->store = j->kind == JOB_LOAD ? &a->load : &a->api;
+    j->store = &a->api;
     j->next = NULL;
     store *s = j->store;
     if (s->tail)
@@ -364,35 +363,36 @@ static void job_queue(app *a, job *j, uv_after_work_cb done) {
 /* ---- The redirect path ------------------------------------------------------------------------
  */
 
-static void load_done(uv_work_t *w, int status) {
-    (void)status;
-    job *j = w->data;
-    if (j->rc < 0) {
-        cache_load_done(j->load, CACHE_ERROR, "", 0);
-    } else if (j->state == US_LINK_NOT_FOUND) {
-        cache_load_done(j->load, CACHE_NOTFOUND, "", 0);
-    } else if (j->state == US_LINK_EXPIRED) {
-        cache_load_done(j->load, CACHE_OK, "E", 1);
+static void on_loaded(int rc, us_link_state state, const us_link *link, void *udata) {
+    cache_load *load = udata;
+    if (rc < 0) {
+        cache_load_done(load, CACHE_ERROR, "", 0);
+    } else if (state == US_LINK_NOT_FOUND) {
+        cache_load_done(load, CACHE_NOTFOUND, "", 0);
+    } else if (state == US_LINK_EXPIRED) {
+        cache_load_done(load, CACHE_OK, "E", 1);
     } else {
-        char *v = sd_xasprintf("F %lld %lld %s", (long long)j->link.expires_at_ms,
-                               (long long)j->link.max_clicks, j->link.url);
+        char *v = sd_xasprintf("F %lld %lld %s", (long long)link->expires_at_ms,
+                               (long long)link->max_clicks, link->url);
         int ttl = 0; /* the configured one */
-        if (j->link.expires_at_ms > 0) {
-            int64_t left = j->link.expires_at_ms - wall_ms();
+        if (link->expires_at_ms > 0) {
+            int64_t left = link->expires_at_ms - wall_ms();
             ttl = left < 1 ? 1 : left < 60000 ? (int)left : 0;
         }
-        cache_load_done_ttl(j->load, CACHE_OK, v, strlen(v), ttl);
+        cache_load_done_ttl(load, CACHE_OK, v, strlen(v), ttl);
         free(v);
     }
-    job_free(j);
 }
 
 static void code_loader(cache_load *load, const char *key, size_t klen, void *udata) {
-    job *j = sd_xcalloc(1, sizeof(*j));
-    j->kind = JOB_LOAD;
-    j->load = load;
-    snprintf(j->code, sizeof j->code, "%.*s", (int)klen, key);
-    job_queue(udata, j, load_done);
+    app *a = udata;
+    char code[US_ALIAS_MAX + 1];
+    snprintf(code, sizeof code, "%.*s", (int)klen, key);
+    int rc = us_links_get_async(a->api.links, a->ar, code, on_loaded, load);
+    if (rc == -EINVAL)
+        cache_load_done(load, CACHE_NOTFOUND, "", 0);
+    else if (rc != 0)
+        cache_load_done(load, CACHE_ERROR, "", 0);
 }
 
 static void respond_gone(sd_http_req *req, const char *detail) {
@@ -764,8 +764,7 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
     sd_http_buf_printf(buf, "us_cache_invalidations_total %llu\n",
                        (unsigned long long)s.invalidations);
     sd_http_buf_printf(buf, "us_cache_degraded %d\n", cache_is_degraded(a->cache));
-    sd_http_buf_printf(buf, "us_store_queued{store=\"api\"} %zu\n", a->api.queued);
-    sd_http_buf_printf(buf, "us_store_queued{store=\"load\"} %zu\n", a->load.queued);
+    sd_http_buf_printf(buf, "us_api_queued %zu\n", a->api.queued);
 }
 
 static int store_open(store *s, const sd_redis_url *url, const us_codec *codec,
@@ -813,8 +812,6 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     int rc = us_codec_new(key, US_DOMAIN_DEFAULT, &a.codec);
     if (rc == 0)
         rc = store_open(&a.api, url, a.codec, a.base);
-    if (rc == 0)
-        rc = store_open(&a.load, url, a.codec, a.base);
     if (rc != 0) {
         fprintf(stderr, "urlshortener serve: %s\n", us_strerror(rc));
         return SD_EXIT_FAILURE;
@@ -825,8 +822,12 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     sd_script_init(&click_script);
     sd_script *scripts[8];
     size_t ns = 0;
-    for (size_t i = 0; i < sd_idem_nscripts && ns < 7; i++)
+    size_t nlinks = 0;
+    sd_script *const *links_scripts = us_links_scripts(&nlinks);
+    for (size_t i = 0; i < sd_idem_nscripts && ns < 5; i++)
         scripts[ns++] = sd_idem_scripts[i];
+    for (size_t i = 0; i < nlinks && ns < 7; i++)
+        scripts[ns++] = links_scripts[i];
     scripts[ns++] = &click_script;
     sd_redis_opts ro;
     sd_redis_opts_default(&ro);
@@ -887,7 +888,6 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     }
     uv_loop_close(loop);
     store_close(&a.api);
-    store_close(&a.load);
     us_codec_free(a.codec);
     free(a.base);
     for (size_t i = 0; i < CLICK_BUCKETS; i++)
