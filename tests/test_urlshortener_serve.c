@@ -453,3 +453,30 @@ Test(us_serve, a_cold_code_is_loaded_once_and_an_unknown_one_is_cached_as_such) 
         201);
     cr_assert_eq(get(port, "/never-made", buf, sizeof buf), 308);
 }
+
+/* Clicks still pending in one instance when another deletes the link do not bring its counter
+ * back (us-flush.lua adds only while the link exists). */
+Test(us_serve, pending_clicks_of_a_deleted_link_do_not_recreate_its_counter) {
+    const char *const slow[] = {"--create-limit", "create;q=100000;w=60", "--flush-ms", "60000",
+                                NULL};
+    start_instances(1, slow);
+    bench_server holder = inst[0];
+    inst[0] = (bench_server){0};
+    start_instances(1, high_limit);
+    static char buf[8192];
+    char code[80], path[128];
+    const char *body;
+    cr_assert_eq(
+        create(inst[0].port, "{\"url\":\"https://example.com/p\"}", NULL, code, sizeof code), 201);
+    snprintf(path, sizeof path, "/%s", code);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(get(holder.port, path, buf, sizeof buf), 302);
+    cr_assert_eq(metric(holder.port, "us_clicks_pending"), 3);
+    snprintf(path, sizeof path, "/v1/links/%s", code);
+    cr_assert_eq(exchange(inst[0].port, "DELETE", path, NULL, NULL, buf, sizeof buf, &body), 204);
+    /* The holder's graceful stop flushes its 3 clicks: refused, the link is gone. */
+    cr_assert_eq(bench_server_stop(&holder, SIGTERM, 10000), 0);
+    sd_redis *r = test_redis_connect(test_target_url(target));
+    cr_assert_eq(test_redis_int(r, "EXISTS us:c:{%s}", code), 0);
+    sd_redis_free(r);
+}

@@ -23,9 +23,10 @@
  *     redirect volume, and keeps links.c the one place that writes links (its id blocks, skips
  *     and SET NX). The price: one instance's creates are serialised, a round trip each.
  *  3. Clicks of links without a budget are counted in this process (a table code -> count)
- *     and flushed every --flush-ms with one INCRBY per code to <prefix>c:{code} (the link's hash
- *     tag, so it is one key on one shard). A flush that Redis refused before sending
- *     (SD_EDISCONNECTED) puts its count back; one that timed out may or may not have been
+ *     and flushed every --flush-ms with one us-flush.lua per code: INCRBY <prefix>c:{code}
+ *     while the link exists (a deleted link's counter is not brought back), the counter's TTL
+ *     set to the link's; both keys share the code's hash tag. A flush that Redis refused before
+ * sending (SD_EDISCONNECTED) puts its count back; one that timed out may or may not have been
  *     applied and is dropped (counted in us_clicks_uncertain_total) rather than risk counting
  *     twice. A graceful stop flushes what is left synchronously. A crash (SIGKILL, power) loses
  *     the clicks of at most the last --flush-ms of that instance.
@@ -60,6 +61,8 @@
 /* us-click.lua, embedded into the us library (CMakeLists.txt). */
 extern const char sd_lua_us_click[];
 extern const size_t sd_lua_us_click_len;
+extern const char sd_lua_us_flush[];
+extern const size_t sd_lua_us_flush_len;
 
 #define PREFIX "us:"
 
@@ -109,11 +112,12 @@ typedef struct app {
     uv_timer_t flush_timer;
     click *clicks[CLICK_BUCKETS];
     long long pending;
-    uint64_t clicks_flushed, clicks_uncertain, clicks_budgeted, budget_spent;
+    uint64_t clicks_flushed, clicks_uncertain, clicks_dropped, clicks_budgeted, budget_spent;
     uint64_t redirects, not_found, gone, impossible;
 } app;
 
 static sd_script click_script = {"urlshortener/click", NULL, 0, ""};
+static sd_script flush_script = {"urlshortener/flush", NULL, 0, ""};
 
 static int64_t wall_ms(void) {
     struct timeval tv;
@@ -172,7 +176,9 @@ static void on_flushed(sd_aredis *r, redisReply *reply, int status, void *udata)
     (void)r;
     flush_op *f = udata;
     app *a = f->a;
-    if (status == 0 && reply->type == REDIS_REPLY_INTEGER) {
+    if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer < 0) {
+        a->clicks_dropped += (uint64_t)f->n; /* the link is gone */
+    } else if (status == 0 && reply->type == REDIS_REPLY_INTEGER) {
         a->clicks_flushed += (uint64_t)f->n;
     } else if (status == SD_EDISCONNECTED && a->ar) {
         clicks_add(a, f->code, f->n); /* not sent: try again next time */
@@ -196,11 +202,12 @@ static void clicks_flush(app *a) {
             f->a = a;
             f->n = c->n;
             memcpy(f->code, c->code, len + 1);
-            char key[US_ALIAS_MAX + 16], n[24];
+            char key[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16], n[24];
             snprintf(key, sizeof key, PREFIX "c:{%s}", c->code);
+            snprintf(link, sizeof link, PREFIX "l:{%s}", c->code);
             snprintf(n, sizeof n, "%lld", c->n);
-            const char *argv[] = {"INCRBY", key, n};
-            if (sd_aredis_commandv(a->ar, on_flushed, f, 0, 3, argv, NULL) != 0) {
+            const char *argv[] = {key, link, n};
+            if (sd_aredis_script(a->ar, &flush_script, on_flushed, f, 0, 2, 3, argv, NULL) != 0) {
                 clicks_add(a, f->code, f->n); /* Redis down: kept for the next flush */
                 free(f);
             }
@@ -221,8 +228,14 @@ static void clicks_flush_sync(app *a) {
         for (click *c = a->clicks[i]; c;) {
             click *next = c->next;
             int err = 0;
-            redisReply *r =
-                sd_redis_command(a->api.redis, &err, "INCRBY " PREFIX "c:{%s} %lld", c->code, c->n);
+            char key[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16], n[24];
+            snprintf(key, sizeof key, PREFIX "c:{%s}", c->code);
+            snprintf(link, sizeof link, PREFIX "l:{%s}", c->code);
+            snprintf(n, sizeof n, "%lld", c->n);
+            const char *argv[] = {key, link, n};
+            pthread_mutex_lock(&a->api.mu);
+            redisReply *r = sd_redis_script(a->api.redis, &err, 0, &flush_script, 2, 3, argv, NULL);
+            pthread_mutex_unlock(&a->api.mu);
             if (r && r->type == REDIS_REPLY_INTEGER)
                 a->clicks_flushed += (uint64_t)c->n;
             else
@@ -432,6 +445,9 @@ static void on_budget(sd_aredis *r, redisReply *reply, int status, void *udata) 
     if (status != 0 || reply->type != REDIS_REPLY_INTEGER) {
         sd_http_req_respond_problem(b->req, 503, NULL, "Click budget unavailable",
                                     status ? sd_strerror(status) : "unexpected reply", NULL);
+    } else if (reply->integer < 0) {
+        sd_http_req_add_header(b->req, "Cache-Control", "no-store");
+        sd_http_req_respond_problem(b->req, 404, NULL, "No such link", NULL, NULL);
     } else if (reply->integer == 0) {
         b->a->budget_spent++;
         respond_gone(b->req, "the link has used all its clicks");
@@ -479,11 +495,12 @@ static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
             b->req = req;
             b->expires_at = exp;
             memcpy(b->url, url, ulen + 1);
-            char key[US_ALIAS_MAX + 16], m[24];
+            char key[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16], m[24];
             snprintf(key, sizeof key, PREFIX "c:{%s}", op->code);
+            snprintf(link, sizeof link, PREFIX "l:{%s}", op->code);
             snprintf(m, sizeof m, "%lld", max);
-            const char *argv[] = {key, m};
-            if (sd_aredis_script(a->ar, &click_script, on_budget, b, 0, 1, 2, argv, NULL) != 0) {
+            const char *argv[] = {key, link, m};
+            if (sd_aredis_script(a->ar, &click_script, on_budget, b, 0, 2, 3, argv, NULL) != 0) {
                 free(b);
                 sd_http_req_respond_problem(req, 503, NULL, "Click budget unavailable",
                                             "Redis is not connected", NULL);
@@ -751,6 +768,8 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
     sd_http_buf_printf(buf, "us_clicks_pending %lld\n", a->pending);
     sd_http_buf_printf(buf, "us_clicks_flushed_total %llu\n",
                        (unsigned long long)a->clicks_flushed);
+    sd_http_buf_printf(buf, "us_clicks_dropped_total %llu\n",
+                       (unsigned long long)a->clicks_dropped);
     sd_http_buf_printf(buf, "us_clicks_uncertain_total %llu\n",
                        (unsigned long long)a->clicks_uncertain);
     sd_http_buf_printf(buf, "us_clicks_budgeted_total %llu\n",
@@ -820,7 +839,10 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     click_script.body = sd_lua_us_click;
     click_script.len = sd_lua_us_click_len;
     sd_script_init(&click_script);
-    sd_script *scripts[8];
+    flush_script.body = sd_lua_us_flush;
+    flush_script.len = sd_lua_us_flush_len;
+    sd_script_init(&flush_script);
+    sd_script *scripts[10];
     size_t ns = 0;
     size_t nlinks = 0;
     sd_script *const *links_scripts = us_links_scripts(&nlinks);
@@ -829,6 +851,7 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     for (size_t i = 0; i < nlinks && ns < 7; i++)
         scripts[ns++] = links_scripts[i];
     scripts[ns++] = &click_script;
+    scripts[ns++] = &flush_script;
     sd_redis_opts ro;
     sd_redis_opts_default(&ro);
     ro.scripts = scripts;
