@@ -73,6 +73,7 @@ static const struct {
     {"sd-redis", "stop", {NULL}, NULL},
     {"cache", "serve", {"--jitter", "90"}, "--jitter"},
     {"cache-evict-sim", NULL, {"--alpha", "9"}, "--alpha"},
+    {"urlshortener", "serve", {"--redirect", "303"}, "--redirect"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -340,6 +340,25 @@ static int link_parse(const char *code, const char *v, size_t len, us_link *out)
     return 0;
 }
 
+/* Reads us-get.lua's reply r (NULL with err when the call failed); frees nothing. */
+static int get_reply(const char *code, redisReply *r, int err, us_link_state *state, us_link *out) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[1]->type != REDIS_REPLY_INTEGER)
+        return r && r->type == REDIS_REPLY_ERROR ? SD_EREDIS : r ? US_ECORRUPT : err;
+    redisReply *v = r->element[0];
+    int64_t now = r->element[1]->integer;
+    int rc = 0;
+    if (v->type == REDIS_REPLY_NIL) {
+        *state = US_LINK_NOT_FOUND;
+    } else if (v->type != REDIS_REPLY_STRING) {
+        rc = US_ECORRUPT;
+    } else if ((rc = link_parse(code, v->str, v->len, out)) == 0) {
+        *state =
+            out->expires_at_ms > 0 && now >= out->expires_at_ms ? US_LINK_EXPIRED : US_LINK_FOUND;
+    }
+    return rc;
+}
+
 int us_links_get(us_links *l, const char *code, us_link_state *state, us_link *out) {
     if (strlen(code) > US_ALIAS_MAX || !us_code_possible(l->codec, code)) {
         *state = US_LINK_NOT_FOUND;
@@ -353,18 +372,43 @@ int us_links_get(us_links *l, const char *code, us_link_state *state, us_link *o
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[1]->type != REDIS_REPLY_INTEGER)
         return reply_error(r, err);
-    redisReply *v = r->element[0];
-    int64_t now = r->element[1]->integer;
-    int rc = 0;
-    if (v->type == REDIS_REPLY_NIL) {
-        *state = US_LINK_NOT_FOUND;
-    } else if (v->type != REDIS_REPLY_STRING) {
-        rc = US_ECORRUPT;
-    } else if ((rc = link_parse(code, v->str, v->len, out)) == 0) {
-        *state =
-            out->expires_at_ms > 0 && now >= out->expires_at_ms ? US_LINK_EXPIRED : US_LINK_FOUND;
-    }
+    int rc = get_reply(code, r, err, state, out);
     freeReplyObject(r);
+    return rc;
+}
+
+typedef struct get_op {
+    us_links_get_cb *cb;
+    void *udata;
+    char code[US_ALIAS_MAX + 1];
+} get_op;
+
+static void on_get(sd_aredis *ar, redisReply *r, int status, void *udata) {
+    (void)ar;
+    get_op *op = udata;
+    us_link link;
+    memset(&link, 0, sizeof link);
+    us_link_state state = US_LINK_NOT_FOUND;
+    int rc = get_reply(op->code, status == 0 ? r : NULL, status, &state, &link);
+    op->cb(rc, state, rc == 0 && state != US_LINK_NOT_FOUND ? &link : NULL, op->udata);
+    us_link_clear(&link);
+    free(op);
+}
+
+int us_links_get_async(const us_links *l, sd_aredis *ar, const char *code, us_links_get_cb *cb,
+                       void *udata) {
+    if (strlen(code) > US_ALIAS_MAX || !us_code_possible(l->codec, code))
+        return -EINVAL;
+    get_op *op = sd_xmalloc(sizeof *op);
+    op->cb = cb;
+    op->udata = udata;
+    snprintf(op->code, sizeof op->code, "%s", code);
+    char *key = link_key(l, code);
+    const char *argv[] = {key};
+    int rc = sd_aredis_script(ar, &get_script, on_get, op, l->timeout_ms, 1, 1, argv, NULL);
+    free(key);
+    if (rc != 0)
+        free(op);
     return rc;
 }
 

@@ -174,6 +174,16 @@ typedef enum us_link_state {
  * negative error (SD_* as above, US_ECORRUPT). */
 int us_links_get(us_links *l, const char *code, us_link_state *state, us_link *out);
 
+/* The same look-up on an async connection (its sd_redis_opts.scripts should hold
+ * us_links_scripts()), for a caller on a loop. cb runs exactly once, later, from the loop, with
+ * rc 0 and the state (link non-NULL when FOUND or EXPIRED, valid during the call only) or a
+ * negative error. Returns 0, -EINVAL (not a possible code: nothing sent, cb never runs) or
+ * sd_aredis_script's error (cb never runs). Only reads l's settings, so it may run on the loop
+ * while l's sync calls run on another thread. */
+typedef void us_links_get_cb(int rc, us_link_state state, const us_link *link, void *udata);
+int us_links_get_async(const us_links *l, sd_aredis *ar, const char *code, us_links_get_cb *cb,
+                       void *udata);
+
 /* Deletes a link. Returns 1 when it existed, 0 when not, or a negative error. */
 int us_links_delete(us_links *l, const char *code);
 
