@@ -1,0 +1,1082 @@
+/*
+ * jobqueue.c - the job queue of jobqueue.h: the client side of the Lua scripts that move jobs
+ * between states. The scripts (jq-*.lua, each sent after jq-common.lua) hold all the logic that
+ * must be atomic; this file checks arguments, builds their argument lists and reads their
+ * replies.
+ *
+ * A job's life (the state field of its hash; the script that makes each move, and the call
+ * that runs it)
+ *
+ *            enqueue (jq-enqueue)                 enqueue with a delay (jq-enqueue)
+ *                 |                                          |
+ *                 v           due (housekeep)                v
+ *   +-------->  READY  <------------------------------  DELAYED  <---------------+
+ *   |             |  ^                                     |                     |
+ *   |  reserve    |  | lease expired, attempts left        | cancel              |
+ *   |  (jq-reserve)  | (housekeep); release (jq-release,   v                     |
+ *   |             |  |  the delivery not counted)      CANCELLED <--+            |
+ *   |             v  |                                     ^         |            |
+ *   |          RESERVED -- fail, attempts left, delay (jq-fail) -----|------------+
+ *   |           | |  |                                                |
+ *   |           | |  +-- cancel flagged (jq-cancel), then the worker's next call or the
+ *   |           | |      lease's expiry (jq-ack, jq-fail, jq-release, housekeep) -+
+ *   |           | |
+ *   |           | +-- fail permanent, or attempts used up (jq-fail);
+ *   |           |     lease expired at the delivery limit (housekeep) --> DEAD
+ *   |           |                                                           |
+ *   |           +-- ack, ack with effect (jq-ack, jq-ack-effect) --> DONE   |
+ *   |                                                                       |
+ *   +---- redrive (jq-dlq), attempts from 0 ---------------------------------+
+ *
+ *   READY -- cancel (jq-cancel) --> CANCELLED;  fail with no delay: RESERVED -> READY.
+ *   DONE, CANCELLED and DEAD jobs expire after their retention (PEXPIRE on the hash; their
+ *   zset entries are trimmed by housekeep); jq-dlq purge deletes dead letters at once.
+ *
+ * housekeep is the function of jq-common.lua that jq-reserve and jq-reap run first, at most
+ * housekeep_batch jobs of each kind per call, so a pile of 10,000 leases expiring at once is
+ * worked off in many short scripts, never one long one.
+ *
+ * Invariants
+ *  1. A job's id is in exactly one of the zsets ready, delayed, reserved, done, cancelled, dead
+ *     (until a terminal entry is trimmed), the one its state field names. Every script that
+ *     changes the state moves the id in the same script.
+ *  2. A call about a RESERVED job (ack, fail, extend, release, progress) changes something
+ *     only when its token is the job's current one and its lease has not passed (check_lease
+ *     in jq-common.lua). Tokens come from a per-queue counter, so a token is never reused.
+ *  3. Every delivery counts as an attempt when the job is reserved, not when it fails, so a
+ *     job whose worker dies (kill -9) still uses up its attempts: a poison job ends DEAD.
+ *     Only release gives the delivery back.
+ *  4. A script either refuses and writes nothing, or does all its writes: every check comes
+ *     before the first write (Redis does not roll a script back).
+ *  5. Time is Redis TIME, read once per script; nothing here uses the client's clock for a
+ *     shared decision. The client computes only the backoff's jitter (it knows the attempt).
+ *
+ * Keys (all "<prefix>{jq:<queue>}" + suffix; the README lists types and TTLs): :job:<id>,
+ * :log:<id>, :ready, :since, :delayed, :reserved, :done, :cancelled, :dead, :seq, :wake,
+ * :idem:<key>, :fx:<name>.
+ */
+#include "jobqueue.h"
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "jq_internal.h"
+#include "jq_lua.h"
+#include "sd.h"
+
+/* ---- Errors, states, config ---------------------------------------------------------------- */
+
+const char *jq_strerror(int code) {
+    switch (code) {
+    case JQ_ESTALE:
+        return "stale lease: the token is not the job's current one, or the lease expired";
+    case JQ_ENOTFOUND:
+        return "no such job";
+    case JQ_EFULL:
+        return "queue full: too many ready jobs";
+    case JQ_ECANCELLED:
+        return "the job was cancelled";
+    case JQ_ESTATE:
+        return "the job's state does not allow this";
+    case JQ_EINVAL:
+        return "invalid argument";
+    case JQ_ETOOBIG:
+        return "payload, result, progress or error text too big";
+    case JQ_EEVICTION:
+        return "Redis may evict keys (maxmemory-policy is not noeviction)";
+    default:
+        return sd_strerror(code);
+    }
+}
+
+static const char *const state_names[] = {"ready", "delayed", "reserved",
+                                          "done",  "dead",    "cancelled"};
+
+const char *jq_state_name(jq_state s) {
+    return (unsigned)s < sizeof state_names / sizeof state_names[0] ? state_names[s] : "?";
+}
+
+int jq_state_parse(const char *name, jq_state *out) {
+    for (size_t i = 0; i < sizeof state_names / sizeof state_names[0]; i++) {
+        if (strcmp(name, state_names[i]) == 0) {
+            *out = (jq_state)i;
+            return 0;
+        }
+    }
+    return JQ_EINVAL;
+}
+
+void jq_config_default(jq_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->prefix, sizeof cfg->prefix, "jq1:");
+    cfg->max_payload = 65536;
+    cfg->max_result = 4096;
+    cfg->done_retention_ms = 24LL * 3600 * 1000;
+    cfg->cancelled_retention_ms = 24LL * 3600 * 1000;
+    cfg->dead_retention_ms = 7LL * 24 * 3600 * 1000;
+    cfg->idempotency_ttl_ms = 24LL * 3600 * 1000;
+    cfg->max_ready = 0;
+    cfg->backoff_base_ms = 1000;
+    cfg->backoff_max_ms = 300000;
+    cfg->housekeep_batch = 100;
+    cfg->timeout_ms = 2000;
+}
+
+#define YEAR_MS (366LL * 24 * 3600 * 1000)
+
+int jq_config_validate(const jq_config *cfg, char *err, size_t errlen) {
+    const char *bad = NULL;
+    if (strchr(cfg->prefix, '{') || strchr(cfg->prefix, '}') ||
+        strnlen(cfg->prefix, sizeof cfg->prefix) == sizeof cfg->prefix)
+        bad = "prefix must be under 32 bytes without '{' or '}'";
+    else if (cfg->max_payload < 1 || cfg->max_payload > 64u * 1024 * 1024)
+        bad = "max_payload must be 1 byte to 64 MiB";
+    else if (cfg->max_result < 1 || cfg->max_result > 1024u * 1024)
+        bad = "max_result must be 1 byte to 1 MiB";
+    else if (cfg->done_retention_ms < 1 || cfg->done_retention_ms > YEAR_MS ||
+             cfg->cancelled_retention_ms < 1 || cfg->cancelled_retention_ms > YEAR_MS ||
+             cfg->dead_retention_ms < 1 || cfg->dead_retention_ms > YEAR_MS ||
+             cfg->idempotency_ttl_ms < 1 || cfg->idempotency_ttl_ms > YEAR_MS)
+        bad = "retention times and the idempotency window must be 1 ms to a year";
+    else if (cfg->max_ready < 0)
+        bad = "max_ready must be 0 (no bound) or positive";
+    else if (cfg->backoff_base_ms < 0 || cfg->backoff_max_ms < cfg->backoff_base_ms ||
+             cfg->backoff_max_ms > YEAR_MS)
+        bad = "backoff: 0 <= base <= max <= a year";
+    else if (cfg->housekeep_batch < 1 || cfg->housekeep_batch > 1000)
+        bad = "housekeep_batch must be 1 to 1000";
+    else if (cfg->timeout_ms < 1)
+        bad = "timeout_ms must be positive";
+    if (bad) {
+        snprintf(err, errlen, "%s", bad);
+        return JQ_EINVAL;
+    }
+    return 0;
+}
+
+int jq_queue_name_valid(const char *name) {
+    size_t n = strnlen(name, JQ_QUEUE_MAX + 1);
+    if (n == 0 || n > JQ_QUEUE_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+int64_t jq_backoff_ms(int64_t base_ms, int64_t max_ms, int attempt, uint64_t rnd) {
+    if (base_ms <= 0 || max_ms <= 0)
+        return 0;
+    int64_t cap = base_ms < max_ms ? base_ms : max_ms;
+    /* Double while under max: at most 63 doublings, and the test before each one keeps the
+     * product below max_ms, so nothing overflows however large attempt is. */
+    for (int i = 1; i < attempt && cap < max_ms; i++)
+        cap = cap > max_ms / 2 ? max_ms : cap * 2;
+    return (int64_t)(rnd % ((uint64_t)cap + 1));
+}
+
+/* ---- Scripts ------------------------------------------------------------------------------- */
+
+static sd_script scripts[JQ_S_COUNT];
+static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
+
+/* Each script is jq-common.lua followed by the script's own file. */
+static void scripts_build(void) {
+    static const char *const names[JQ_S_COUNT] = {
+        "jobqueue/enqueue", "jobqueue/reserve", "jobqueue/ack",     "jobqueue/ack-effect",
+        "jobqueue/fail",    "jobqueue/extend",  "jobqueue/release", "jobqueue/progress",
+        "jobqueue/cancel",  "jobqueue/reap",    "jobqueue/stats",   "jobqueue/dlq"};
+    const char *bodies[JQ_S_COUNT] = {sd_lua_jq_enqueue,    sd_lua_jq_reserve,  sd_lua_jq_ack,
+                                      sd_lua_jq_ack_effect, sd_lua_jq_fail,     sd_lua_jq_extend,
+                                      sd_lua_jq_release,    sd_lua_jq_progress, sd_lua_jq_cancel,
+                                      sd_lua_jq_reap,       sd_lua_jq_stats,    sd_lua_jq_dlq};
+    for (int i = 0; i < JQ_S_COUNT; i++) {
+        char *body = sd_xasprintf("%s\n%s", sd_lua_jq_common, bodies[i]);
+        scripts[i].name = names[i];
+        scripts[i].body = body; /* lives as long as the process */
+        scripts[i].len = strlen(body);
+        sd_script_init(&scripts[i]);
+    }
+}
+
+sd_script *jq__script(int which) {
+    pthread_once(&scripts_once, scripts_build);
+    return &scripts[which];
+}
+
+/* ---- The client ---------------------------------------------------------------------------- */
+
+struct jq_client {
+    sd_redis *redis;
+    jq_config cfg;
+};
+
+sd_redis *jq_client_redis(jq_client *c) {
+    return c->redis;
+}
+
+int jq_client_new(const sd_redis_url *url, const jq_config *cfg, jq_client **out) {
+    jq_config def;
+    if (!cfg) {
+        jq_config_default(&def);
+        cfg = &def;
+    }
+    char err[128];
+    if (jq_config_validate(cfg, err, sizeof err) != 0)
+        return JQ_EINVAL;
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = cfg->timeout_ms;
+    sd_script *list[JQ_S_COUNT];
+    for (int i = 0; i < JQ_S_COUNT; i++)
+        list[i] = jq__script(i);
+    opts.scripts = list;
+    opts.nscripts = JQ_S_COUNT;
+    sd_redis *r = NULL;
+    int rc = sd_redis_connect(url, &opts, &r);
+    if (rc != 0)
+        return rc;
+    jq_client *c = sd_xcalloc(1, sizeof *c);
+    c->redis = r;
+    c->cfg = *cfg;
+    *out = c;
+    return 0;
+}
+
+void jq_client_free(jq_client *c) {
+    if (!c)
+        return;
+    sd_redis_free(c->redis);
+    free(c);
+}
+
+int jq_client_check_redis(jq_client *c, char *err, size_t errlen) {
+    int rc = 0;
+    redisReply *reply = sd_redis_command(c->redis, &rc, "CONFIG GET maxmemory-policy");
+    if (!reply) {
+        snprintf(err, errlen, "cannot read maxmemory-policy: %s", sd_strerror(rc));
+        return rc ? rc : SD_EDISCONNECTED;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[1]->type != REDIS_REPLY_STRING) {
+        snprintf(err, errlen, "cannot read maxmemory-policy: %s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    rc = 0;
+    if (strcmp(reply->element[1]->str, "noeviction") != 0) {
+        snprintf(err, errlen,
+                 "Redis has maxmemory-policy %.40s: it may evict jobs under memory pressure; a "
+                 "job queue needs noeviction (CONFIG SET maxmemory-policy noeviction)",
+                 reply->element[1]->str);
+        rc = JQ_EEVICTION;
+    }
+    freeReplyObject(reply);
+    return rc;
+}
+
+int jq_key_cfg(const jq_config *cfg, const char *queue, const char *suffix, char *buf, size_t len) {
+    if (!jq_queue_name_valid(queue))
+        return JQ_EINVAL;
+    int n = snprintf(buf, len, "%s{jq:%s}%s", cfg->prefix, queue, suffix);
+    return n < 0 || (size_t)n >= len ? JQ_EINVAL : n;
+}
+
+int jq_key(const jq_client *c, const char *queue, const char *suffix, char *buf, size_t len) {
+    return jq_key_cfg(&c->cfg, queue, suffix, buf, len);
+}
+
+int jq_effect_key(const jq_client *c, const char *queue, const char *name, char *buf, size_t len) {
+    size_t n = strnlen(name, 129);
+    if (n == 0 || n > 128)
+        return JQ_EINVAL;
+    char suffix[140];
+    snprintf(suffix, sizeof suffix, ":fx:%s", name);
+    return jq_key(c, queue, suffix, buf, len);
+}
+
+/* ---- Argument lists (jq_internal.h) ------------------------------------------------------ */
+
+void jq__args_push(jq__args *a, const void *p, size_t len) {
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 32;
+        a->v = sd_xrealloc(a->v, sizeof *a->v * (size_t)a->cap);
+        a->l = sd_xrealloc(a->l, sizeof *a->l * (size_t)a->cap);
+        a->owned = sd_xrealloc(a->owned, sizeof *a->owned * (size_t)a->cap);
+    }
+    a->v[a->n] = p ? p : "";
+    a->l[a->n] = p ? len : 0;
+    a->n++;
+}
+
+void jq__args_str(jq__args *a, const char *s) {
+    jq__args_push(a, s, strlen(s));
+}
+
+void jq__args_num(jq__args *a, long long v) {
+    char *s = sd_xasprintf("%lld", v);
+    jq__args_str(a, s);
+    a->owned[a->nowned++] = s; /* nowned <= n <= cap */
+}
+
+void jq__args_free(jq__args *a) {
+    for (int i = 0; i < a->nowned; i++)
+        free(a->owned[i]);
+    free(a->v);
+    free(a->l);
+    free(a->owned);
+    a->v = NULL;
+    a->l = NULL;
+    a->owned = NULL;
+    a->n = a->cap = a->nowned = 0;
+}
+
+int jq__args_begin(jq__args *a, const jq_config *cfg, const char *queue) {
+    memset(a, 0, sizeof *a);
+    if (jq_key_cfg(cfg, queue, "", a->base, sizeof a->base) < 0)
+        return JQ_EINVAL;
+    jq__args_str(a, a->base);
+    jq__args_num(a, cfg->done_retention_ms);
+    jq__args_num(a, cfg->cancelled_retention_ms);
+    jq__args_num(a, cfg->dead_retention_ms);
+    jq__args_num(a, cfg->housekeep_batch);
+    return 0;
+}
+
+/* ---- Replies ------------------------------------------------------------------------------- */
+
+/* The JQ_E* code of a script's status element (jq-common.lua's E_* values). */
+int jq__lua_code(long long v) {
+    switch (v) {
+    case 0:
+        return 0;
+    case -1:
+        return JQ_ESTALE;
+    case -2:
+        return JQ_ENOTFOUND;
+    case -3:
+        return JQ_EFULL;
+    case -4:
+        return JQ_ECANCELLED;
+    case -5:
+        return JQ_ESTATE;
+    default:
+        return SD_EREDIS;
+    }
+}
+
+long long jq__elem_ll(const redisReply *e) {
+    if (e->type == REDIS_REPLY_INTEGER)
+        return e->integer;
+    if (e->type == REDIS_REPLY_STRING)
+        return strtoll(e->str, NULL, 10);
+    return 0;
+}
+
+void jq__elem_text(const redisReply *e, char *buf, size_t len) {
+    if (e->type == REDIS_REPLY_STRING)
+        snprintf(buf, len, "%.*s", (int)e->len, e->str);
+    else if (e->type == REDIS_REPLY_INTEGER)
+        snprintf(buf, len, "%lld", e->integer);
+    else
+        buf[0] = '\0';
+}
+
+static char *elem_dup(const redisReply *e, size_t *len) {
+    if (e->type != REDIS_REPLY_STRING) {
+        if (len)
+            *len = 0;
+        return sd_xstrdup("");
+    }
+    if (len)
+        *len = e->len;
+    char *s = sd_xmalloc(e->len + 1);
+    memcpy(s, e->str, e->len);
+    s[e->len] = '\0';
+    return s;
+}
+
+/* Runs script `which` with the arguments of a (nkeys of them keys) and returns its reply, an
+ * array of at least min elements, in *out; or an error code (the reply is freed). */
+static int run(jq_client *c, int which, jq__args *a, int nkeys, size_t min, redisReply **out) {
+    int err = 0;
+    redisReply *reply = sd_redis_script(c->redis, &err, c->cfg.timeout_ms, jq__script(which), nkeys,
+                                        a->n, a->v, a->l);
+    if (!reply)
+        return err ? err : SD_EDISCONNECTED;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        sd_log(SD_LOG_ERROR, "jobqueue.script_error", "script=%s error=\"%.200s\"",
+               jq__script(which)->name, reply->str);
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < min) {
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    *out = reply;
+    return 0;
+}
+
+/* Runs a script whose reply is {code, ...} and returns the code (freeing the reply when out is
+ * NULL). */
+static int run_code(jq_client *c, int which, jq__args *a, int nkeys, redisReply **out) {
+    redisReply *reply = NULL;
+    int rc = run(c, which, a, nkeys, 1, &reply);
+    jq__args_free(a);
+    if (rc != 0)
+        return rc;
+    rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+    if (out)
+        *out = reply;
+    else
+        freeReplyObject(reply);
+    return rc;
+}
+
+/* ---- Enqueue ------------------------------------------------------------------------------- */
+
+void jq_enqueue_opts_default(jq_enqueue_opts *opts) {
+    memset(opts, 0, sizeof *opts);
+    opts->max_attempts = 5;
+}
+
+static int opts_check(const jq_client *c, const jq_new_job *j) {
+    if (j->len > c->cfg.max_payload)
+        return JQ_ETOOBIG;
+    if (j->len > 0 && !j->payload)
+        return JQ_EINVAL;
+    const jq_enqueue_opts *o = j->opts;
+    if (!o)
+        return 0;
+    if (o->delay_ms < 0 || o->delay_ms > YEAR_MS || o->priority < JQ_PRIORITY_MIN ||
+        o->priority > JQ_PRIORITY_MAX || o->max_attempts < 1 || o->max_attempts > 1000)
+        return JQ_EINVAL;
+    if (o->idempotency_key && (o->idempotency_key[0] == '\0' || strlen(o->idempotency_key) > 256))
+        return JQ_EINVAL;
+    return 0;
+}
+
+int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, size_t n,
+                    jq_enqueued *out) {
+    if (n == 0 || n > 10000)
+        return JQ_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        int rc = opts_check(c, &jobs[i]);
+        if (rc != 0)
+            return rc;
+    }
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    jq__args_num(&a, c->cfg.max_ready);
+    jq__args_num(&a, c->cfg.idempotency_ttl_ms);
+    jq__args_num(&a, (long long)n);
+    jq_enqueue_opts def;
+    jq_enqueue_opts_default(&def);
+    for (size_t i = 0; i < n; i++) {
+        const jq_enqueue_opts *o = jobs[i].opts ? jobs[i].opts : &def;
+        jq__args_push(&a, jobs[i].payload, jobs[i].len);
+        jq__args_num(&a, o->delay_ms);
+        jq__args_num(&a, o->priority);
+        jq__args_num(&a, o->max_attempts);
+        jq__args_str(&a, o->idempotency_key ? o->idempotency_key : "");
+    }
+    redisReply *reply = NULL;
+    int rc = run_code(c, JQ_S_ENQUEUE, &a, 1, &reply);
+    if (rc != 0) {
+        if (reply)
+            freeReplyObject(reply);
+        return rc;
+    }
+    if (reply->elements != 1 + 2 * n) {
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    for (size_t i = 0; i < n; i++) {
+        jq__elem_text(reply->element[1 + 2 * i], out[i].id, sizeof out[i].id);
+        out[i].created = (int)jq__elem_ll(reply->element[2 + 2 * i]);
+    }
+    freeReplyObject(reply);
+    return 0;
+}
+
+int jq_enqueue(jq_client *c, const char *queue, const void *payload, size_t len,
+               const jq_enqueue_opts *opts, jq_enqueued *out) {
+    jq_new_job j = {payload, len, opts};
+    return jq_enqueue_many(c, queue, &j, 1, out);
+}
+
+/* ---- Reserve ------------------------------------------------------------------------------- */
+
+void jq_job_clear(jq_job *job) {
+    if (!job)
+        return;
+    free(job->payload);
+    memset(job, 0, sizeof *job);
+}
+
+#define JOB_FIELDS 8
+
+static void job_from(const redisReply *const *e, jq_job *job) {
+    memset(job, 0, sizeof *job);
+    jq__elem_text(e[0], job->id, sizeof job->id);
+    jq__elem_text(e[1], job->token, sizeof job->token);
+    job->attempts = (int)jq__elem_ll(e[2]);
+    job->max_attempts = (int)jq__elem_ll(e[3]);
+    job->priority = (int)jq__elem_ll(e[4]);
+    job->lease_until_ms = jq__elem_ll(e[5]);
+    job->created_ms = jq__elem_ll(e[6]);
+    job->payload = elem_dup(e[7], &job->payload_len);
+}
+
+int jq__reserve_args(jq__args *a, int n, int64_t visibility_ms) {
+    if (n < 1 || n > 1000 || visibility_ms < 1 || visibility_ms > 24LL * 3600 * 1000)
+        return JQ_EINVAL;
+    jq__args_num(a, n);
+    jq__args_num(a, visibility_ms);
+    return 0;
+}
+
+int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms) {
+    *got = 0;
+    size_t count = reply->elements >= 3 ? (size_t)jq__elem_ll(reply->element[2]) : 0;
+    if (reply->elements != 3 + JOB_FIELDS * count || count > (size_t)n)
+        return SD_EREDIS;
+    *next_ms = jq__elem_ll(reply->element[1]);
+    for (size_t i = 0; i < count; i++)
+        job_from((const redisReply *const *)reply->element + 3 + JOB_FIELDS * i, &jobs[i]);
+    *got = count;
+    return 0;
+}
+
+/* One reserve; *next_ms gets the script's "next" (see jq-reserve.lua). */
+static int reserve_once(jq_client *c, const char *queue, int n, int64_t visibility_ms, jq_job *jobs,
+                        size_t *got, int64_t *next_ms) {
+    *got = 0;
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__reserve_args(&a, n, visibility_ms);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    redisReply *reply = NULL;
+    rc = run_code(c, JQ_S_RESERVE, &a, 1, &reply);
+    if (rc == 0)
+        rc = jq__reserve_parse(reply, n, jobs, got, next_ms);
+    if (reply)
+        freeReplyObject(reply);
+    return rc;
+}
+
+int jq_reserve(jq_client *c, const char *queue, int n, int64_t visibility_ms, jq_job *jobs,
+               size_t *got) {
+    int64_t next;
+    return reserve_once(c, queue, n, visibility_ms, jobs, got, &next);
+}
+
+int jq_reserve_wait(jq_client *c, const char *queue, int n, int64_t visibility_ms, int64_t wait_ms,
+                    jq_job *jobs, size_t *got) {
+    uint64_t until = sd_now_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+    char wake[JQ_QUEUE_MAX + 64];
+    if (jq_key(c, queue, ":wake", wake, sizeof wake) < 0)
+        return JQ_EINVAL;
+    for (;;) {
+        int64_t next = -1;
+        int rc = reserve_once(c, queue, n, visibility_ms, jobs, got, &next);
+        if (rc != 0 || *got > 0)
+            return rc;
+        uint64_t now = sd_now_ms();
+        if (now >= until)
+            return 0;
+        int64_t wait = (int64_t)(until - now);
+        if (next >= 0 && next + 1 < wait)
+            wait = next + 1; /* wake when housekeeping has work: a job falls due, a lease ends */
+        /* BLPOP takes seconds (a decimal since Redis 6); 0 would block for ever. */
+        char secs[32];
+        snprintf(secs, sizeof secs, "%.3f", (double)(wait < 1 ? 1 : wait) / 1000.0);
+        int err = 0;
+        sd_redis_set_timeout(c->redis, (int)wait + c->cfg.timeout_ms);
+        redisReply *reply = sd_redis_command(c->redis, &err, "BLPOP %s %s", wake, secs);
+        sd_redis_set_timeout(c->redis, c->cfg.timeout_ms);
+        if (!reply)
+            return err ? err : SD_EDISCONNECTED;
+        int bad = reply->type == REDIS_REPLY_ERROR;
+        freeReplyObject(reply);
+        if (bad)
+            return SD_EREDIS;
+    }
+}
+
+/* ---- Calls about a reserved job ------------------------------------------------------------ */
+
+int jq__lease_args(jq__args *a, const jq_job *job) {
+    if (!job || !job->id[0] || !job->token[0])
+        return JQ_EINVAL;
+    jq__args_str(a, job->id);
+    jq__args_str(a, job->token);
+    return 0;
+}
+
+/* Starts a's list for a call about job: the queue, then the job's id and token. */
+static int lease_args(jq__args *a, const jq_client *c, const char *queue, const jq_job *job) {
+    if (jq__args_begin(a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__lease_args(a, job);
+    if (rc != 0)
+        jq__args_free(a);
+    return rc;
+}
+
+int jq__ack_args(const jq_config *cfg, jq__args *a, const jq_ack_item *items, size_t n) {
+    if (n == 0 || n > 1000)
+        return JQ_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        if (!items[i].job || !items[i].job->id[0] || !items[i].job->token[0] ||
+            (items[i].len > 0 && !items[i].result))
+            return JQ_EINVAL;
+        if (items[i].len > cfg->max_result)
+            return JQ_ETOOBIG;
+    }
+    jq__args_num(a, (long long)n);
+    for (size_t i = 0; i < n; i++) {
+        jq__args_str(a, items[i].job->id);
+        jq__args_str(a, items[i].job->token);
+        jq__args_push(a, items[i].result, items[i].len);
+    }
+    return 0;
+}
+
+int jq_ack_many(jq_client *c, const char *queue, const jq_ack_item *items, size_t n, int *codes) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__ack_args(&c->cfg, &a, items, n);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    redisReply *reply = NULL;
+    rc = run(c, JQ_S_ACK, &a, 1, n, &reply);
+    jq__args_free(&a);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < n; i++)
+        codes[i] = jq__lua_code(jq__elem_ll(reply->element[i]));
+    freeReplyObject(reply);
+    return 0;
+}
+
+int jq_ack(jq_client *c, const char *queue, const jq_job *job, const void *result, size_t len) {
+    jq_ack_item item = {job, result, len};
+    int code = 0;
+    int rc = jq_ack_many(c, queue, &item, 1, &code);
+    return rc != 0 ? rc : code;
+}
+
+int jq_ack_effect(jq_client *c, const char *queue, const jq_job *job, const void *result,
+                  size_t len, const jq_effect *fx) {
+    static const char *const ops[] = {"incrby", "set", "hset"};
+    if (!fx || (unsigned)fx->op > JQ_EFFECT_HSET || (fx->op != JQ_EFFECT_INCRBY && !fx->value) ||
+        (len > 0 && !result))
+        return JQ_EINVAL;
+    if (len > c->cfg.max_result || (fx->value && strlen(fx->value) > c->cfg.max_result))
+        return JQ_ETOOBIG;
+    char fxkey[JQ_QUEUE_MAX + 256];
+    if (jq_effect_key(c, queue, fx->name, fxkey, sizeof fxkey) < 0)
+        return JQ_EINVAL;
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
+        return JQ_EINVAL;
+    /* KEYS[2], the effect's key, goes after KEYS[1]: shift the list by one. */
+    jq__args_str(&a, "");
+    memmove(a.v + 2, a.v + 1, sizeof *a.v * (size_t)(a.n - 2));
+    memmove(a.l + 2, a.l + 1, sizeof *a.l * (size_t)(a.n - 2));
+    a.v[1] = fxkey;
+    a.l[1] = strlen(fxkey);
+    jq__args_push(&a, result, len);
+    jq__args_str(&a, ops[fx->op]);
+    if (fx->op == JQ_EFFECT_INCRBY)
+        jq__args_num(&a, fx->delta);
+    else
+        jq__args_str(&a, fx->value);
+    return run_code(c, JQ_S_ACK_EFFECT, &a, 2, NULL);
+}
+
+int jq__fail_args(const jq_config *cfg, jq__args *a, const jq_job *job, const char *error,
+                  const jq_fail_opts *opts) {
+    jq_fail_opts def = {0, -1};
+    if (!opts)
+        opts = &def;
+    if (!error)
+        error = "";
+    if (strlen(error) > cfg->max_result)
+        return JQ_ETOOBIG;
+    if (opts->retry_after_ms > YEAR_MS)
+        return JQ_EINVAL;
+    int64_t delay = opts->retry_after_ms;
+    if (delay < 0) {
+        uint64_t rnd = 0;
+        if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+            rnd = sd_now_ns();
+        delay =
+            jq_backoff_ms(cfg->backoff_base_ms, cfg->backoff_max_ms, job ? job->attempts : 1, rnd);
+    }
+    int rc = jq__lease_args(a, job);
+    if (rc != 0)
+        return rc;
+    jq__args_str(a, error);
+    jq__args_str(a, opts->permanent ? "dead" : "retry");
+    jq__args_num(a, delay);
+    return 0;
+}
+
+int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *error,
+            const jq_fail_opts *opts, jq_state *state) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc0 = jq__fail_args(&c->cfg, &a, job, error, opts);
+    if (rc0 != 0) {
+        jq__args_free(&a);
+        return rc0;
+    }
+    redisReply *reply = NULL;
+    int rc = run_code(c, JQ_S_FAIL, &a, 1, &reply);
+    if (reply) {
+        char name[16] = "";
+        if (reply->elements >= 2)
+            jq__elem_text(reply->element[1], name, sizeof name);
+        jq_state s;
+        if (state && jq_state_parse(name, &s) == 0)
+            *state = s;
+        freeReplyObject(reply);
+    }
+    return rc;
+}
+
+int jq_extend(jq_client *c, const char *queue, jq_job *job, int64_t ms) {
+    if (ms < 1 || ms > 24LL * 3600 * 1000)
+        return JQ_EINVAL;
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
+        return JQ_EINVAL;
+    jq__args_num(&a, ms);
+    redisReply *reply = NULL;
+    int rc = run_code(c, JQ_S_EXTEND, &a, 1, &reply);
+    if (reply) {
+        if (rc == 0 && reply->elements >= 2)
+            job->lease_until_ms = jq__elem_ll(reply->element[1]);
+        freeReplyObject(reply);
+    }
+    return rc;
+}
+
+int jq_release(jq_client *c, const char *queue, const jq_job *job) {
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
+        return JQ_EINVAL;
+    return run_code(c, JQ_S_RELEASE, &a, 1, NULL);
+}
+
+int jq_progress(jq_client *c, const char *queue, const jq_job *job, const void *value, size_t len) {
+    if (len > c->cfg.max_result)
+        return JQ_ETOOBIG;
+    if (len > 0 && !value)
+        return JQ_EINVAL;
+    jq__args a;
+    if (lease_args(&a, c, queue, job) != 0)
+        return JQ_EINVAL;
+    jq__args_push(&a, value, len);
+    return run_code(c, JQ_S_PROGRESS, &a, 1, NULL);
+}
+
+/* ---- Cancel, inspect, stats, housekeeping, dead letters ------------------------------------ */
+
+static int id_valid(const char *id) {
+    size_t n = id ? strnlen(id, JQ_ID_MAX) : 0;
+    if (n == 0 || n >= JQ_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (id[i] < '0' || id[i] > '9')
+            return 0;
+    return 1;
+}
+
+int jq_cancel(jq_client *c, const char *queue, const char *id, jq_state *was) {
+    if (!id_valid(id))
+        return JQ_ENOTFOUND;
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    jq__args_str(&a, id);
+    redisReply *reply = NULL;
+    int rc = run_code(c, JQ_S_CANCEL, &a, 1, &reply);
+    if (reply) {
+        char name[16] = "";
+        if (reply->elements >= 2)
+            jq__elem_text(reply->element[1], name, sizeof name);
+        jq_state s;
+        if (was && jq_state_parse(name, &s) == 0)
+            *was = s;
+        freeReplyObject(reply);
+    }
+    return rc;
+}
+
+void jq_info_clear(jq_info *info) {
+    if (!info)
+        return;
+    free(info->payload);
+    free(info->result);
+    free(info->progress);
+    free(info->last_error);
+    free(info->idempotency_key);
+    memset(info, 0, sizeof *info);
+}
+
+static void info_init(jq_info *info, const char *id) {
+    memset(info, 0, sizeof *info);
+    snprintf(info->id, sizeof info->id, "%s", id);
+    info->payload = sd_xstrdup("");
+    info->result = sd_xstrdup("");
+    info->progress = sd_xstrdup("");
+    info->last_error = sd_xstrdup("");
+    info->idempotency_key = sd_xstrdup("");
+}
+
+static void info_set(jq_info *info, char **field, const redisReply *v) {
+    free(*field);
+    *field = elem_dup(v, field == &info->payload ? &info->payload_len : NULL);
+}
+
+int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
+    if (!id_valid(id))
+        return JQ_ENOTFOUND;
+    char key[JQ_QUEUE_MAX + 96];
+    char suffix[JQ_ID_MAX + 8];
+    snprintf(suffix, sizeof suffix, ":job:%s", id);
+    if (jq_key(c, queue, suffix, key, sizeof key) < 0)
+        return JQ_EINVAL;
+    int err = 0;
+    redisReply *reply = sd_redis_command(c->redis, &err, "HGETALL %s", key);
+    if (!reply)
+        return err ? err : SD_EDISCONNECTED;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0) {
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    if (reply->elements == 0) {
+        freeReplyObject(reply);
+        return JQ_ENOTFOUND;
+    }
+    jq_info *info = out;
+    info_init(info, id);
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        const char *k = reply->element[i]->str;
+        const redisReply *v = reply->element[i + 1];
+        if (!k)
+            continue;
+        if (strcmp(k, "state") == 0 && v->str)
+            jq_state_parse(v->str, &info->state);
+        else if (strcmp(k, "attempts") == 0)
+            info->attempts = (int)jq__elem_ll(v);
+        else if (strcmp(k, "max_attempts") == 0)
+            info->max_attempts = (int)jq__elem_ll(v);
+        else if (strcmp(k, "priority") == 0)
+            info->priority = (int)jq__elem_ll(v);
+        else if (strcmp(k, "cancel") == 0)
+            info->cancel_requested = jq__elem_ll(v) == 1;
+        else if (strcmp(k, "created_at") == 0)
+            info->created_ms = jq__elem_ll(v);
+        else if (strcmp(k, "updated_at") == 0)
+            info->updated_ms = jq__elem_ll(v);
+        else if (strcmp(k, "run_at") == 0)
+            info->run_at_ms = jq__elem_ll(v);
+        else if (strcmp(k, "lease_until") == 0)
+            info->lease_until_ms = jq__elem_ll(v);
+        else if (strcmp(k, "failed_at") == 0)
+            info->failed_ms = jq__elem_ll(v);
+        else if (strcmp(k, "finished_at") == 0)
+            info->finished_ms = jq__elem_ll(v);
+        else if (strcmp(k, "payload") == 0)
+            info_set(info, &info->payload, v);
+        else if (strcmp(k, "result") == 0)
+            info_set(info, &info->result, v);
+        else if (strcmp(k, "progress") == 0)
+            info_set(info, &info->progress, v);
+        else if (strcmp(k, "last_error") == 0)
+            info_set(info, &info->last_error, v);
+        else if (strcmp(k, "ikey") == 0)
+            info_set(info, &info->idempotency_key, v);
+    }
+    freeReplyObject(reply);
+    return 0;
+}
+
+int jq_job_history(jq_client *c, const char *queue, const char *id, jq_attempt *out, size_t max,
+                   size_t *got) {
+    *got = 0;
+    if (!id_valid(id) || max == 0)
+        return max == 0 ? 0 : JQ_ENOTFOUND;
+    char key[JQ_QUEUE_MAX + 96];
+    char suffix[JQ_ID_MAX + 8];
+    snprintf(suffix, sizeof suffix, ":log:%s", id);
+    if (jq_key(c, queue, suffix, key, sizeof key) < 0)
+        return JQ_EINVAL;
+    int err = 0;
+    redisReply *reply =
+        sd_redis_command(c->redis, &err, "LRANGE %s 0 %lld", key, (long long)max - 1);
+    if (!reply)
+        return err ? err : SD_EDISCONNECTED;
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    for (size_t i = 0; i < reply->elements && i < max; i++) {
+        const redisReply *e = reply->element[i];
+        jq_attempt *a = &out[*got];
+        memset(a, 0, sizeof *a);
+        long long at = 0;
+        int attempt = 0, used = 0;
+        if (e->type != REDIS_REPLY_STRING || sscanf(e->str, "%lld %d %n", &at, &attempt, &used) < 2)
+            continue;
+        a->at_ms = at;
+        a->attempt = attempt;
+        snprintf(a->error, sizeof a->error, "%s", e->str + used);
+        (*got)++;
+    }
+    freeReplyObject(reply);
+    return 0;
+}
+
+int jq_stats_get(jq_client *c, const char *queue, jq_stats *out) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    redisReply *reply = NULL;
+    int rc = run_code(c, JQ_S_STATS, &a, 1, &reply);
+    if (rc != 0 || reply->elements < 8) {
+        if (reply)
+            freeReplyObject(reply);
+        return rc != 0 ? rc : SD_EREDIS;
+    }
+    out->ready = jq__elem_ll(reply->element[1]);
+    out->delayed = jq__elem_ll(reply->element[2]);
+    out->reserved = jq__elem_ll(reply->element[3]);
+    out->dead = jq__elem_ll(reply->element[4]);
+    out->done = jq__elem_ll(reply->element[5]);
+    out->cancelled = jq__elem_ll(reply->element[6]);
+    out->oldest_ready_age_ms = jq__elem_ll(reply->element[7]);
+    freeReplyObject(reply);
+    return 0;
+}
+
+int jq_reap(jq_client *c, const char *queue, jq_reap_result *out) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    redisReply *reply = NULL;
+    int rc = run_code(c, JQ_S_REAP, &a, 1, &reply);
+    if (rc != 0 || reply->elements < 5) {
+        if (reply)
+            freeReplyObject(reply);
+        return rc != 0 ? rc : SD_EREDIS;
+    }
+    out->promoted = (int)jq__elem_ll(reply->element[1]);
+    out->reclaimed = (int)jq__elem_ll(reply->element[2]);
+    out->buried = (int)jq__elem_ll(reply->element[3]);
+    out->next_ms = jq__elem_ll(reply->element[4]);
+    freeReplyObject(reply);
+    return 0;
+}
+
+/* One jq-dlq call; returns its reply ({0, count, ...}) in *out. */
+static int dlq_call(jq_client *c, const char *queue, const char *op, int offset, int n,
+                    redisReply **out) {
+    if (offset < 0 || n < 1 || n > 1000)
+        return JQ_EINVAL;
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    jq__args_str(&a, op);
+    jq__args_num(&a, offset);
+    jq__args_num(&a, n);
+    redisReply *reply = NULL;
+    int rc = run_code(c, JQ_S_DLQ, &a, 1, &reply);
+    if (rc != 0 || reply->elements < 2) {
+        if (reply)
+            freeReplyObject(reply);
+        return rc != 0 ? rc : SD_EREDIS;
+    }
+    *out = reply;
+    return 0;
+}
+
+#define DLQ_FIELDS 7
+
+int jq_dlq_list(jq_client *c, const char *queue, int offset, int n, jq_info *out, size_t *got) {
+    *got = 0;
+    redisReply *reply = NULL;
+    int rc = dlq_call(c, queue, "list", offset, n, &reply);
+    if (rc != 0)
+        return rc;
+    size_t count = (size_t)jq__elem_ll(reply->element[1]);
+    if (count > (size_t)n || reply->elements != 2 + DLQ_FIELDS * count) {
+        freeReplyObject(reply);
+        return SD_EREDIS;
+    }
+    for (size_t i = 0; i < count; i++) {
+        redisReply **e = reply->element + 2 + DLQ_FIELDS * i;
+        char id[JQ_ID_MAX];
+        jq__elem_text(e[0], id, sizeof id);
+        info_init(&out[i], id);
+        out[i].state = JQ_STATE_DEAD;
+        out[i].attempts = (int)jq__elem_ll(e[1]);
+        out[i].max_attempts = (int)jq__elem_ll(e[2]);
+        info_set(&out[i], &out[i].last_error, e[3]);
+        out[i].failed_ms = jq__elem_ll(e[4]);
+        out[i].created_ms = jq__elem_ll(e[5]);
+        info_set(&out[i], &out[i].payload, e[6]);
+    }
+    *got = count;
+    freeReplyObject(reply);
+    return 0;
+}
+
+/* Redrive or purge in calls of at most 1000 jobs until max are done or none are left. */
+static int dlq_drain(jq_client *c, const char *queue, const char *op, int64_t max, int64_t *done) {
+    *done = 0;
+    if (max < 0)
+        return JQ_EINVAL;
+    for (;;) {
+        int64_t want = max == 0 ? 1000 : max - *done;
+        if (want <= 0)
+            return 0;
+        redisReply *reply = NULL;
+        int rc = dlq_call(c, queue, op, 0, want > 1000 ? 1000 : (int)want, &reply);
+        if (rc != 0)
+            return rc;
+        int64_t count = jq__elem_ll(reply->element[1]);
+        freeReplyObject(reply);
+        *done += count;
+        if (count == 0)
+            return 0;
+    }
+}
+
+int jq_dlq_redrive(jq_client *c, const char *queue, int64_t max, int64_t *moved) {
+    return dlq_drain(c, queue, "redrive", max, moved);
+}
+
+int jq_dlq_purge(jq_client *c, const char *queue, int64_t max, int64_t *removed) {
+    return dlq_drain(c, queue, "purge", max, removed);
+}

@@ -1,0 +1,67 @@
+-- jq-enqueue.lua - new jobs -> READY or DELAYED (jq_enqueue, jq_enqueue_many). Follows
+-- jq-common.lua.
+--
+--   ARGV[5]  bound on READY jobs (0: none)    ARGV[6]  idempotency window, ms
+--   ARGV[7]  n, then per job: payload, delay ms, priority, max attempts, idempotency key ('')
+--
+-- Returns {0, id, created, id, created, ...} (created 0: an earlier job with the same key) or
+-- {E_FULL, ready count}. Everything is checked before anything is written, so a refused call
+-- changes nothing: a key whose enqueue was refused is not consumed.
+
+local max_ready, idem_ttl, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local out = {0}
+local known = {} -- idempotency key -> index of the job in this call that takes it
+local fresh = 0
+for i = 1, n do
+    local a = 7 + (i - 1) * 5
+    local key = ARGV[a + 5]
+    if key ~= '' then
+        local prev = redis.call('GET', base .. ':idem:' .. key)
+        if prev then
+            out[2 * i], out[2 * i + 1] = prev, 0
+        elseif known[key] then
+            out[2 * i], out[2 * i + 1] = known[key], 0
+        else
+            known[key] = i
+            fresh = fresh + 1
+        end
+    else
+        fresh = fresh + 1
+    end
+end
+if max_ready > 0 and fresh > 0 then
+    local ready = redis.call('ZCARD', K_READY)
+    if ready + fresh > max_ready then
+        return {E_FULL, ready}
+    end
+end
+local woken = 0
+for i = 1, n do
+    if not out[2 * i] or type(out[2 * i]) == 'number' then
+        local a = 7 + (i - 1) * 5
+        local payload, delay, prio = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+        local key = ARGV[a + 5]
+        local first = out[2 * i] -- an index into this call, for a repeated key
+        if first then
+            out[2 * i] = out[2 * first]
+        else
+            local id = fmt(redis.call('INCR', K_SEQ))
+            redis.call('HSET', jk(id), 'payload', payload, 'priority', fmt(prio), 'max_attempts',
+                ARGV[a + 4], 'attempts', '0', 'ikey', key, 'created_at', fmt(now))
+            if delay > 0 then
+                redis.call('HSET', jk(id), 'state', 'delayed', 'run_at', fmt(now + delay),
+                    'updated_at', fmt(now))
+                redis.call('ZADD', K_DELAYED, fmt(now + delay), id)
+            else
+                to_ready(id, prio, nil)
+                woken = woken + 1
+            end
+            if key ~= '' then
+                redis.call('SET', base .. ':idem:' .. key, id, 'PX', idem_ttl)
+            end
+            out[2 * i], out[2 * i + 1] = id, 1
+        end
+    end
+end
+wake(woken)
+return out

@@ -1,0 +1,265 @@
+/*
+ * jq_async.c - the asynchronous job-queue client of jobqueue.h: the same scripts as the
+ * synchronous client (jobqueue.c), sent over sd_aredis on a libuv loop. It holds two
+ * connections: one for the scripts, and one that only ever blocks in BLPOP on a queue's wake
+ * list, because Redis answers a connection's commands in order and a blocked BLPOP would hold
+ * every script queued behind it.
+ *
+ * Every call follows the callback rule of STYLE.md: when it returns 0 its callback runs
+ * exactly once, later (never from inside the call); when it returns an error the callback
+ * never runs. Each call carries a small record (acall) to its reply callback; the record is
+ * freed there.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jq_internal.h"
+#include "sd.h"
+
+struct jq_aclient {
+    sd_aredis *redis;  /* scripts */
+    sd_aredis *waiter; /* BLPOP only */
+    jq_config cfg;
+};
+
+/* One call in flight. */
+typedef struct acall {
+    jq_aclient *c;
+    void *cb;
+    void *arg;
+    int n; /* reserve: the jobs asked for; ack: the items */
+} acall;
+
+int jq_aclient_new(uv_loop_t *loop, const sd_redis_url *url, const jq_config *cfg,
+                   jq_aclient **out) {
+    jq_config def;
+    if (!cfg) {
+        jq_config_default(&def);
+        cfg = &def;
+    }
+    char err[128];
+    if (jq_config_validate(cfg, err, sizeof err) != 0)
+        return JQ_EINVAL;
+    sd_redis_opts opts;
+    sd_redis_opts_default(&opts);
+    opts.command_timeout_ms = cfg->timeout_ms;
+    sd_script *list[JQ_S_COUNT];
+    for (int i = 0; i < JQ_S_COUNT; i++)
+        list[i] = jq__script(i);
+    opts.scripts = list;
+    opts.nscripts = JQ_S_COUNT;
+    jq_aclient *c = sd_xcalloc(1, sizeof *c);
+    c->cfg = *cfg;
+    int rc = sd_aredis_new(loop, url, &opts, &c->redis);
+    if (rc == 0) {
+        opts.scripts = NULL;
+        opts.nscripts = 0;
+        rc = sd_aredis_new(loop, url, &opts, &c->waiter);
+    }
+    if (rc != 0) {
+        sd_aredis_free(c->redis);
+        free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+int jq_aclient_wait_connected(jq_aclient *c, int timeout_ms) {
+    int rc = sd_aredis_wait_connected(c->redis, timeout_ms);
+    return rc != 0 || !c->waiter ? rc : sd_aredis_wait_connected(c->waiter, timeout_ms);
+}
+
+void jq_aclient_close_waiter(jq_aclient *c) {
+    sd_aredis *w = c->waiter;
+    c->waiter = NULL;
+    sd_aredis_free(w);
+}
+
+void jq_aclient_free(jq_aclient *c) {
+    if (!c)
+        return;
+    sd_aredis_free(c->redis);
+    sd_aredis_free(c->waiter);
+    free(c);
+}
+
+/* Sends script `which` with the list a (freed here) for the reply callback on_reply. */
+static int send_script(jq_aclient *c, int which, jq__args *a, int nkeys, sd_aredis_cb *on_reply,
+                       void *cb, void *arg, int n) {
+    acall *call = sd_xmalloc(sizeof *call);
+    *call = (acall){c, cb, arg, n};
+    int rc = sd_aredis_script(c->redis, jq__script(which), on_reply, call, c->cfg.timeout_ms, nkeys,
+                              a->n, a->v, a->l);
+    jq__args_free(a);
+    if (rc != 0)
+        free(call);
+    return rc;
+}
+
+/* The status of a script's reply: its transport status, an error reply, or the code of its
+ * first element. */
+static int reply_status(const redisReply *reply, int status, size_t min) {
+    if (status != 0)
+        return status;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < min)
+        return SD_EREDIS;
+    return 0;
+}
+
+/* ---- Reserve ---------------------------------------------------------------------------- */
+
+static void on_reserve(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_reserve_cb *cb = (jq_reserve_cb *)call->cb;
+    jq_job *jobs = sd_xcalloc((size_t)call->n, sizeof *jobs);
+    size_t got = 0;
+    int64_t next = -1;
+    int rc = reply_status(reply, status, 3);
+    if (rc == 0)
+        rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+    if (rc == 0)
+        rc = jq__reserve_parse(reply, call->n, jobs, &got, &next);
+    cb(call->c, rc, jobs, got, next, call->arg);
+    free(jobs);
+    free(call);
+}
+
+int jq_areserve(jq_aclient *c, const char *queue, int n, int64_t visibility_ms, jq_reserve_cb *cb,
+                void *arg) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__reserve_args(&a, n, visibility_ms);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    return send_script(c, JQ_S_RESERVE, &a, 1, on_reserve, (void *)cb, arg, n);
+}
+
+/* ---- Wake -------------------------------------------------------------------------------- */
+
+static void on_wake(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_value_cb *cb = (jq_value_cb *)call->cb;
+    int rc = status;
+    int64_t woken = 0;
+    if (rc == 0 && reply->type == REDIS_REPLY_ERROR)
+        rc = SD_EREDIS;
+    else if (rc == 0)
+        woken = reply->type == REDIS_REPLY_ARRAY;
+    cb(call->c, rc, woken, call->arg);
+    free(call);
+}
+
+int jq_await(jq_aclient *c, const char *queue, int64_t wait_ms, jq_value_cb *cb, void *arg) {
+    if (!c->waiter)
+        return SD_ECLOSED;
+    char key[JQ_QUEUE_MAX + 64];
+    if (jq_key_cfg(&c->cfg, queue, ":wake", key, sizeof key) < 0 || wait_ms < 1 ||
+        wait_ms > 3600000)
+        return JQ_EINVAL;
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", (double)wait_ms / 1000.0);
+    acall *call = sd_xmalloc(sizeof *call);
+    *call = (acall){c, (void *)cb, arg, 0};
+    int rc = sd_aredis_command(c->waiter, on_wake, call, (int)wait_ms + c->cfg.timeout_ms,
+                               "BLPOP %s %s", key, secs);
+    if (rc != 0)
+        free(call);
+    return rc;
+}
+
+/* ---- Acks --------------------------------------------------------------------------------- */
+
+static void on_codes(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_codes_cb *cb = (jq_codes_cb *)call->cb;
+    int *codes = sd_xcalloc((size_t)call->n, sizeof *codes);
+    int rc = reply_status(reply, status, (size_t)call->n);
+    if (rc == 0)
+        for (int i = 0; i < call->n; i++)
+            codes[i] = jq__lua_code(jq__elem_ll(reply->element[i]));
+    cb(call->c, rc, codes, (size_t)call->n, call->arg);
+    free(codes);
+    free(call);
+}
+
+int jq_aack_many(jq_aclient *c, const char *queue, const jq_ack_item *items, size_t n,
+                 jq_codes_cb *cb, void *arg) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__ack_args(&c->cfg, &a, items, n);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    return send_script(c, JQ_S_ACK, &a, 1, on_codes, (void *)cb, arg, (int)n);
+}
+
+/* ---- Fail, extend, release --------------------------------------------------------------- */
+
+/* The reply {code, value}: value a number (extend) or a state name (fail). */
+static void on_value(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_value_cb *cb = (jq_value_cb *)call->cb;
+    int rc = reply_status(reply, status, 1);
+    int64_t value = 0;
+    if (rc == 0) {
+        rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+        if (reply->elements >= 2) {
+            const redisReply *v = reply->element[1];
+            jq_state s;
+            if (v->type == REDIS_REPLY_STRING && jq_state_parse(v->str, &s) == 0)
+                value = s;
+            else
+                value = jq__elem_ll(v);
+        }
+    }
+    cb(call->c, rc, value, call->arg);
+    free(call);
+}
+
+int jq_afail(jq_aclient *c, const char *queue, const jq_job *job, const char *error,
+             const jq_fail_opts *opts, jq_value_cb *cb, void *arg) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__fail_args(&c->cfg, &a, job, error, opts);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    return send_script(c, JQ_S_FAIL, &a, 1, on_value, (void *)cb, arg, 0);
+}
+
+int jq_aextend(jq_aclient *c, const char *queue, const jq_job *job, int64_t ms, jq_value_cb *cb,
+               void *arg) {
+    if (ms < 1 || ms > 24LL * 3600 * 1000)
+        return JQ_EINVAL;
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__lease_args(&a, job);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    jq__args_num(&a, ms);
+    return send_script(c, JQ_S_EXTEND, &a, 1, on_value, (void *)cb, arg, 0);
+}
+
+int jq_arelease(jq_aclient *c, const char *queue, const jq_job *job, jq_value_cb *cb, void *arg) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__lease_args(&a, job);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    return send_script(c, JQ_S_RELEASE, &a, 1, on_value, (void *)cb, arg, 0);
+}

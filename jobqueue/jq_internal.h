@@ -1,0 +1,61 @@
+/*
+ * jq_internal.h - what the job queue's synchronous client (jobqueue.c), its asynchronous
+ * client (jq_async.c) and the worker runtime (worker.c) share: the scripts, argument lists and
+ * reply parsing. Not part of the public API.
+ */
+#ifndef JQ_INTERNAL_H
+#define JQ_INTERNAL_H
+
+#include "jobqueue.h"
+
+/* The scripts, each jq-common.lua followed by its own file. */
+enum {
+    JQ_S_ENQUEUE,
+    JQ_S_RESERVE,
+    JQ_S_ACK,
+    JQ_S_ACK_EFFECT,
+    JQ_S_FAIL,
+    JQ_S_EXTEND,
+    JQ_S_RELEASE,
+    JQ_S_PROGRESS,
+    JQ_S_CANCEL,
+    JQ_S_REAP,
+    JQ_S_STATS,
+    JQ_S_DLQ,
+    JQ_S_COUNT
+};
+
+sd_script *jq__script(int which);
+
+/* A script's argument list: KEYS[1] (the queue's base name), the four housekeeping arguments
+ * of jq-common.lua, then the script's own. Numbers are formatted into strings it owns. */
+typedef struct jq__args {
+    const char **v;
+    size_t *l;
+    char **owned;
+    int n, cap, nowned;
+    char base[JQ_QUEUE_MAX + 64];
+} jq__args;
+
+/* Starts a list for queue; returns 0 or JQ_EINVAL (bad queue name). */
+int jq__args_begin(jq__args *a, const jq_config *cfg, const char *queue);
+void jq__args_push(jq__args *a, const void *p, size_t len);
+void jq__args_str(jq__args *a, const char *s);
+void jq__args_num(jq__args *a, long long v);
+void jq__args_free(jq__args *a);
+
+/* The arguments of each call (after jq__args_begin); each returns 0 or a JQ_E* code. */
+int jq__reserve_args(jq__args *a, int n, int64_t visibility_ms);
+int jq__ack_args(const jq_config *cfg, jq__args *a, const jq_ack_item *items, size_t n);
+int jq__fail_args(const jq_config *cfg, jq__args *a, const jq_job *job, const char *error,
+                  const jq_fail_opts *opts);
+int jq__lease_args(jq__args *a, const jq_job *job);
+
+/* The JQ_E* code of a script's status value. */
+int jq__lua_code(long long v);
+long long jq__elem_ll(const redisReply *e);
+void jq__elem_text(const redisReply *e, char *buf, size_t len);
+/* Checks a reserve reply and fills jobs (at most n); returns 0 or SD_EREDIS. */
+int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);
+
+#endif

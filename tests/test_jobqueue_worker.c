@@ -1,0 +1,443 @@
+/*
+ * test_jobqueue_worker.c - the worker runtime (jq_worker, jobqueue.h) on a libuv loop against a
+ * real redis-server: concurrency, heartbeats that keep a long job, the per-job timeout, cancel
+ * reaching a running handler, the graceful stop, and the refusal of a visibility timeout too
+ * short for heartbeats.
+ *
+ * Handlers here hold their jobs until the test (or a stop) ends them; the tests wait for
+ * events (a count reached, a callback run), checked on a 5 ms tick of the same loop.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobqueue.h"
+#include "sd.h"
+#include "support.h"
+
+static sd_redis_server *server;
+static sd_redis_cluster_server *cluster;
+static sd_redis_url url;
+static jq_config cfg;
+static uv_loop_t loop;
+
+static void init_with(const char *text) {
+    char err[160];
+    cr_assert_eq(sd_redis_url_parse(text, &url, err, sizeof err), 0);
+    jq_config_default(&cfg);
+    cfg.timeout_ms = 200; /* lets leases of 600 ms pass the heartbeat check */
+    uv_loop_init(&loop);
+}
+
+static void start(void) {
+    server = test_redis_start(NULL);
+    init_with(sd_redis_server_url(server));
+}
+
+static void start_always(void) {
+    server = test_redis_start("always");
+    init_with(sd_redis_server_url(server));
+}
+
+static void start_cluster(void) {
+    cluster = test_redis_cluster_start(0);
+    init_with(sd_redis_cluster_server_url(cluster));
+}
+
+static void stop(void) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_loop_close(&loop);
+    sd_redis_url_clear(&url);
+    sd_redis_server_stop(server);
+    if (cluster)
+        sd_redis_cluster_server_stop(cluster);
+}
+
+TestSuite(jobqueue_worker, .init = start, .fini = stop, .timeout = 120);
+TestSuite(jobqueue_worker_cluster, .init = start_cluster, .fini = stop, .timeout = 120);
+TestSuite(jobqueue_worker_durable, .init = start_always, .fini = stop, .timeout = 120);
+
+/* ---- The harness ---------------------------------------------------------------------------- */
+
+#define MAX_TASKS 64
+
+/* What the test's handler saw. */
+typedef struct harness {
+    jq_worker *w;
+    jq_client *sync;
+    jq_task *held[MAX_TASKS]; /* tasks whose handler has not finished yet */
+    int nheld;
+    int running, max_running, finished;
+    int hold;            /* 1: handlers keep their jobs until the test ends them */
+    int stop_reasons[8]; /* how often each reason came: [0] cancelled, [1] timeout, [2] closed */
+    int stopped;
+    int (*tick)(struct harness *h); /* returns non-zero when the test may go on */
+    uv_timer_t tick_timer;
+    int done;
+} harness;
+
+static harness H;
+
+static void finish(jq_task *t, int ok, const char *text) {
+    for (int i = 0; i < H.nheld; i++) {
+        if (H.held[i] == t) {
+            H.held[i] = H.held[--H.nheld];
+            break;
+        }
+    }
+    H.running--;
+    H.finished++;
+    jq_task_finish(t, ok, text, strlen(text));
+}
+
+static void on_job(jq_task *t, const jq_job *job, void *arg) {
+    H.running++;
+    if (H.running > H.max_running)
+        H.max_running = H.running;
+    if (!H.hold) {
+        finish(t, 1, job->payload);
+        return;
+    }
+    cr_assert_lt(H.nheld, MAX_TASKS);
+    H.held[H.nheld++] = t;
+}
+
+static void on_stop_task(jq_task *t, int reason, void *arg) {
+    int k = reason == JQ_ECANCELLED ? 0 : reason == SD_ETIMEDOUT ? 1 : reason == SD_ECLOSED ? 2 : 3;
+    H.stop_reasons[k]++;
+    finish(t, 0, "stopped");
+}
+
+static void on_stopped(jq_worker *w, void *arg) {
+    H.stopped++;
+}
+
+static void on_tick(uv_timer_t *t) {
+    if (!H.done && H.tick && H.tick(&H))
+        H.done = 1;
+}
+
+static jq_worker *worker(const char *queue, int concurrency, int64_t vis, int64_t job_timeout) {
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = queue;
+    o.concurrency = concurrency;
+    o.visibility_ms = vis;
+    o.job_timeout_ms = job_timeout;
+    o.handler = on_job;
+    o.stop = on_stop_task;
+    char err[256];
+    jq_worker *w = NULL;
+    int rc = jq_worker_new(&loop, &url, &cfg, &o, &w, err, sizeof err);
+    cr_assert_eq(rc, 0, "%s", err);
+    return w;
+}
+
+static void setup(void) {
+    memset(&H, 0, sizeof H);
+    jq_config scfg = cfg;
+    scfg.timeout_ms = 5000;
+    cr_assert_eq(jq_client_new(&url, &scfg, &H.sync), 0);
+}
+
+/* Runs the loop until tick says so (60 s at most). */
+static void run_until(int (*tick)(harness *)) {
+    H.tick = tick;
+    H.done = 0;
+    uv_timer_init(&loop, &H.tick_timer);
+    uv_timer_start(&H.tick_timer, on_tick, 5, 5);
+    uint64_t until = sd_now_ms() + 60000;
+    while (!H.done) {
+        cr_assert(sd_now_ms() < until, "the condition never came");
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&H.tick_timer, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+static int is_stopped(harness *h) {
+    return h->stopped > 0;
+}
+
+/* Stops the worker with grace_ms, waits for its stop callback, frees it. */
+static void stop_worker(int64_t grace_ms) {
+    jq_worker_stop(H.w, grace_ms, on_stopped, NULL);
+    run_until(is_stopped);
+    cr_assert_eq(H.stopped, 1);
+    jq_worker_free(H.w);
+    H.w = NULL;
+    uv_run(&loop, UV_RUN_DEFAULT); /* the connections' handles close */
+}
+
+static jq_enqueued put(const char *q, const char *payload, int max_attempts) {
+    jq_enqueue_opts o;
+    jq_enqueue_opts_default(&o);
+    o.max_attempts = max_attempts;
+    jq_enqueued e;
+    cr_assert_eq(jq_enqueue(H.sync, q, payload, strlen(payload), &o, &e), 0);
+    return e;
+}
+
+static jq_info info_of(const char *q, const char *id) {
+    jq_info info;
+    int rc = jq_job_get(H.sync, q, id, &info);
+    cr_assert_eq(rc, 0, "%s", jq_strerror(rc));
+    return info;
+}
+
+/* ---- Tests ------------------------------------------------------------------------------------
+ */
+
+static int all_acked_200(harness *h) {
+    return jq_worker_get_stats(h->w).acked == 200;
+}
+
+static void runs_every_job_body(void) {
+    setup();
+    jq_new_job jobs[200];
+    for (int i = 0; i < 200; i++)
+        jobs[i] = (jq_new_job){"x", 1, NULL};
+    jq_enqueued out[200];
+    cr_assert_eq(jq_enqueue_many(H.sync, "run", jobs, 200, out), 0);
+    H.w = worker("run", 4, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    cr_assert_eq(H.running, 0, "a handler ran inside jq_worker_start");
+    run_until(all_acked_200);
+    cr_assert_leq(H.max_running, 4);
+    /* Handlers finishing together share an ack script. */
+    jq_worker_stats ws = jq_worker_get_stats(H.w);
+    cr_assert_lt(ws.ack_calls, ws.acked, "%lld ack scripts for %lld jobs", (long long)ws.ack_calls,
+                 (long long)ws.acked);
+    stop_worker(1000);
+    jq_stats s;
+    cr_assert_eq(jq_stats_get(H.sync, "run", &s), 0);
+    cr_assert(s.done == 200 && s.ready == 0 && s.reserved == 0);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, runs_every_job_with_at_most_concurrency_handlers) {
+    runs_every_job_body();
+}
+
+Test(jobqueue_worker_cluster, runs_every_job_with_at_most_concurrency_handlers) {
+    runs_every_job_body();
+}
+
+static int three_running(harness *h) {
+    return h->running == 3;
+}
+
+Test(jobqueue_worker, concurrency_is_used) {
+    setup();
+    for (int i = 0; i < 4; i++)
+        put("conc", "x", 5);
+    H.hold = 1;
+    H.w = worker("conc", 3, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(three_running);
+    cr_assert_eq(H.max_running, 3);
+    while (H.nheld > 0)
+        finish(H.held[0], 1, "");
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+/* A reaper beside the worker: if a lease lapsed, this would hand the job back to READY. */
+static int reap_and_check_held(harness *h) {
+    jq_reap_result r;
+    jq_reap(h->sync, "long", &r);
+    if (h->nheld == 1 && jq_worker_get_stats(h->w).heartbeats >= 6) {
+        finish(h->held[0], 1, "done");
+        return 1;
+    }
+    return 0;
+}
+
+static int acked_one(harness *h) {
+    return jq_worker_get_stats(h->w).acked + jq_worker_get_stats(h->w).failed >= 1 ||
+           (h->finished > 0 && jq_worker_get_stats(h->w).running == 0);
+}
+
+Test(jobqueue_worker, heartbeats_keep_a_job_longer_than_its_lease) {
+    setup();
+    jq_enqueued e = put("long", "x", 5);
+    H.hold = 1;
+    H.w = worker("long", 1, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    /* Six heartbeats (every 200 ms) are two whole leases of 600 ms. */
+    run_until(reap_and_check_held);
+    run_until(acked_one);
+    jq_info info = info_of("long", e.id);
+    cr_assert_eq(info.state, JQ_STATE_DONE, "state %s: the lease lapsed while the handler ran",
+                 jq_state_name(info.state));
+    cr_assert_eq(info.attempts, 1);
+    jq_info_clear(&info);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+static int stopped_once(harness *h) {
+    return h->finished == 1 && jq_worker_get_stats(h->w).running == 0;
+}
+
+Test(jobqueue_worker, a_handler_past_its_job_timeout_is_stopped_and_the_attempt_fails) {
+    setup();
+    jq_enqueued e = put("slow", "x", 1);
+    H.hold = 1;
+    H.w = worker("slow", 1, 600, 300);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(stopped_once);
+    cr_assert_eq(H.stop_reasons[1], 1, "the handler was not told of its timeout");
+    jq_info info = info_of("slow", e.id);
+    cr_assert_eq(info.state, JQ_STATE_DEAD); /* max_attempts 1: the failed attempt was its last */
+    cr_assert_not_null(strstr(info.last_error, "job timeout"), "%s", info.last_error);
+    jq_info_clear(&info);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+static const char *cancel_id;
+
+static int running_then_cancel(harness *h) {
+    if (h->nheld == 1 && !h->stop_reasons[0] && cancel_id) {
+        cr_assert_eq(jq_cancel(h->sync, "cw", cancel_id, NULL), 0);
+        cancel_id = NULL;
+    }
+    return h->stop_reasons[0] == 1 && jq_worker_get_stats(h->w).running == 0;
+}
+
+Test(jobqueue_worker, cancel_reaches_the_running_handler) {
+    setup();
+    jq_enqueued e = put("cw", "x", 5);
+    cancel_id = e.id;
+    H.hold = 1;
+    H.w = worker("cw", 1, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(running_then_cancel);
+    jq_info info = info_of("cw", e.id);
+    cr_assert_eq(info.state, JQ_STATE_CANCELLED);
+    jq_info_clear(&info);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+static int two_running(harness *h) {
+    return h->nheld == 2;
+}
+
+Test(jobqueue_worker, graceful_stop_finishes_within_grace_and_releases_the_rest) {
+    setup();
+    jq_enqueued a = put("gs", "a", 5);
+    jq_enqueued b = put("gs", "b", 5);
+    jq_enqueued c = put("gs", "c", 5);
+    H.hold = 1;
+    H.w = worker("gs", 2, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(two_running);
+    /* Stop; one handler finishes within the grace, the other is still running when it ends. */
+    jq_worker_stop(H.w, 300, on_stopped, NULL);
+    jq_task *quick = H.held[0];
+    char quick_id[JQ_ID_MAX];
+    snprintf(quick_id, sizeof quick_id, "%s", jq_task_job(quick)->id);
+    finish(quick, 1, "ok");
+    run_until(is_stopped);
+    cr_assert_eq(H.stop_reasons[2], 1, "the unfinished handler was not told to stop");
+    jq_worker_free(H.w);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    const char *ids[3] = {a.id, b.id, c.id};
+    int done = 0;
+    for (int i = 0; i < 3; i++) {
+        jq_info info = info_of("gs", ids[i]);
+        if (strcmp(ids[i], quick_id) == 0) {
+            cr_assert_eq(info.state, JQ_STATE_DONE);
+            done++;
+        } else {
+            cr_assert_eq(info.state, JQ_STATE_READY, "job %s is %s", ids[i],
+                         jq_state_name(info.state));
+            cr_assert_eq(info.attempts, 0, "a released delivery was counted");
+        }
+        jq_info_clear(&info);
+    }
+    cr_assert_eq(done, 1);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_visibility_timeout_too_short_for_heartbeats_is_refused) {
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = "q";
+    o.handler = on_job;
+    o.visibility_ms = 3 * cfg.timeout_ms - 1;
+    char err[256] = "";
+    jq_worker *w = NULL;
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &w, err, sizeof err), JQ_EINVAL);
+    cr_assert_null(w);
+    cr_assert_not_null(strstr(err, "too short"), "%s", err);
+    o.visibility_ms = 3 * cfg.timeout_ms;
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &w, err, sizeof err), 0, "%s", err);
+    H.w = w;
+    H.stopped = 0;
+    stop_worker(0);
+}
+
+static int two_settled(harness *h) {
+    jq_worker_stats s = jq_worker_get_stats(h->w);
+    return s.acked + s.failed == 2 && s.running == 0;
+}
+
+Test(jobqueue_worker, a_result_over_the_bound_fails_its_job_alone) {
+    cfg.max_result = 8;
+    setup();
+    jq_enqueued ok = put("big", "small", 1);
+    jq_enqueued big = put("big", "a result far over eight bytes", 1);
+    H.w = worker("big", 2, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(two_settled);
+    jq_info info = info_of("big", ok.id);
+    cr_assert_eq(info.state, JQ_STATE_DONE);
+    cr_assert_str_eq(info.result, "small");
+    jq_info_clear(&info);
+    info = info_of("big", big.id);
+    cr_assert_eq(info.state, JQ_STATE_DEAD);
+    cr_assert_str_eq(info.last_error, "result o"); /* cut at max_result, as every error text */
+    jq_info_clear(&info);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+#define RESTART_JOBS 3000
+
+static int restarted;
+
+/* Kills Redis once a few hundred jobs are acked, restarts it, and waits for every job DONE. */
+static int restart_then_all_done(harness *h) {
+    if (!restarted && jq_worker_get_stats(h->w).acked >= 300) {
+        cr_assert_eq(sd_redis_server_signal(server, SIGKILL), 0);
+        sd_redis_server_halt(server);
+        cr_assert_eq(sd_redis_server_restart(server), 0);
+        restarted = 1;
+        return 0;
+    }
+    jq_stats s;
+    return restarted && jq_stats_get(h->sync, "rs", &s) == 0 && s.done == RESTART_JOBS;
+}
+
+Test(jobqueue_worker_durable, the_worker_rides_out_a_redis_restart) {
+    setup();
+    static jq_new_job jobs[RESTART_JOBS];
+    static jq_enqueued out[RESTART_JOBS];
+    for (int i = 0; i < RESTART_JOBS; i++)
+        jobs[i] = (jq_new_job){"x", 1, NULL};
+    cr_assert_eq(jq_enqueue_many(H.sync, "rs", jobs, RESTART_JOBS, out), 0);
+    H.w = worker("rs", 4, 600, 0);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(restart_then_all_done);
+    jq_stats s;
+    cr_assert_eq(jq_stats_get(H.sync, "rs", &s), 0);
+    cr_assert(s.done == RESTART_JOBS && s.dead == 0 && s.ready == 0 && s.reserved == 0);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
