@@ -198,12 +198,20 @@ static int id_valid(const char *id) {
     return 1;
 }
 
+/* One command on the synchronous connection. A connection that broke since its last use (a
+ * Redis restart) fails its first command and reconnects in the next one: such a failure is
+ * retried once (the commands here are reads, overwrites and counters). */
 static redisReply *cmd(sender *s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int err = 0;
     redisReply *r = sd_redis_vcommand(s->r, &err, fmt, ap);
     va_end(ap);
+    if (!r && err == SD_EDISCONNECTED) {
+        va_start(ap, fmt);
+        r = sd_redis_vcommand(s->r, &err, fmt, ap);
+        va_end(ap);
+    }
     if (r && r->type == REDIS_REPLY_ERROR) {
         sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", r->str);
         freeReplyObject(r);
@@ -252,10 +260,18 @@ static void attempt_free(attempt *a) {
     free(a);
 }
 
+/* Unix time in ms, for what users read (the attempts' times); durations use sd_now_ms. */
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void record_attempt(sender *s, attempt *a, int status, const char *error) {
+    int64_t at = wall_ms() - (int64_t)(sd_now_ms() - a->start_ms);
     json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:I, s:s}", "endpoint_id", a->ep->id, "attempt",
-                          a->job.attempts, "at_ms", (json_int_t)a->start_ms, "status", status,
-                          "latency_ms", (json_int_t)(sd_now_ms() - a->start_ms), "error", error);
+                          a->job.attempts, "at_ms", (json_int_t)at, "status", status, "latency_ms",
+                          (json_int_t)(sd_now_ms() - a->start_ms), "error", error);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     cmd_void(s, "RPUSH " KP "att:%s %s", a->job.payload, text);
@@ -642,7 +658,7 @@ static void on_endpoint_create(sd_http_req *req, void *udata) {
                           "state",  "enabled", "created_ms",  NULL};
     char key[80], now[24];
     snprintf(key, sizeof key, KP "ep:%s", id);
-    snprintf(now, sizeof now, "%llu", (unsigned long long)sd_now_ms());
+    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
     argv[1] = key;
     argv[11] = now;
     int err = 0;
@@ -806,7 +822,7 @@ static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
     }
     if (ok) {
         redisReply *r = cmd(s, "HSET " KP "msg:%s event_type %s body %s created_ms %llu", id, type,
-                            text, (unsigned long long)sd_now_ms());
+                            text, (unsigned long long)wall_ms());
         ok = r != NULL;
         if (r)
             freeReplyObject(r);
@@ -822,7 +838,10 @@ static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
         eo.max_attempts = s->nschedule + 2; /* one spare for an attempt whose worker died */
         eo.idempotency_key = id;
         jq_enqueued out;
-        ok = jq_enqueue(s->jq, queue, id, strlen(id), &eo, &out) == 0;
+        int rc = jq_enqueue(s->jq, queue, id, strlen(id), &eo, &out);
+        if (rc == SD_EDISCONNECTED || rc == SD_ETIMEDOUT) /* the idempotency key makes it safe */
+            rc = jq_enqueue(s->jq, queue, id, strlen(id), &eo, &out);
+        ok = rc == 0;
         if (ok)
             cmd_void(s, "SADD " KP "msg:%s:eps %s", id, targets[i]);
     }
