@@ -662,7 +662,12 @@ static void on_endpoint_create(sd_http_req *req, void *udata) {
     argv[1] = key;
     argv[11] = now;
     int err = 0;
-    redisReply *r = sd_redis_commandv(s->r, &err, 12, argv, NULL);
+    size_t lens[12];
+    for (int i = 0; i < 12; i++)
+        lens[i] = strlen(argv[i]);
+    redisReply *r = sd_redis_commandv(s->r, &err, 12, argv, lens);
+    if (!r && err == SD_EDISCONNECTED)
+        r = sd_redis_commandv(s->r, &err, 12, argv, lens);
     int ok = r && r->type == REDIS_REPLY_INTEGER;
     if (r)
         freeReplyObject(r);
