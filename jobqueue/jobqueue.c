@@ -2,7 +2,9 @@
  * jobqueue.c - the job queue of jobqueue.h: the client side of the Lua scripts that move jobs
  * between states. The scripts (jq-*.lua, each sent after jq-common.lua) hold all the logic that
  * must be atomic; this file checks arguments, builds their argument lists and reads their
- * replies.
+ * replies for the synchronous client's hot path (enqueue, reserve, ack, fail, extend, release,
+ * progress). jq_admin.c has the other calls (cancel, inspect, stats, dead letters), jq_async.c
+ * the asynchronous client and worker.c the worker runtime; jq_internal.h is what they share.
  *
  * A job's life (the state field of its hash; the script that makes each move, and the call
  * that runs it)
@@ -213,11 +215,6 @@ sd_script *jq__script(int which) {
 
 /* ---- The client ---------------------------------------------------------------------------- */
 
-struct jq_client {
-    sd_redis *redis;
-    jq_config cfg;
-};
-
 sd_redis *jq_client_redis(jq_client *c) {
     return c->redis;
 }
@@ -390,7 +387,7 @@ void jq__elem_text(const redisReply *e, char *buf, size_t len) {
         buf[0] = '\0';
 }
 
-static char *elem_dup(const redisReply *e, size_t *len) {
+char *jq__elem_dup(const redisReply *e, size_t *len) {
     if (e->type != REDIS_REPLY_STRING) {
         if (len)
             *len = 0;
@@ -406,7 +403,7 @@ static char *elem_dup(const redisReply *e, size_t *len) {
 
 /* Runs script `which` with the arguments of a (nkeys of them keys) and returns its reply, an
  * array of at least min elements, in *out; or an error code (the reply is freed). */
-static int run(jq_client *c, int which, jq__args *a, int nkeys, size_t min, redisReply **out) {
+int jq__run(jq_client *c, int which, jq__args *a, int nkeys, size_t min, redisReply **out) {
     int err = 0;
     redisReply *reply = sd_redis_script(c->redis, &err, c->cfg.timeout_ms, jq__script(which), nkeys,
                                         a->n, a->v, a->l);
@@ -426,9 +423,9 @@ static int run(jq_client *c, int which, jq__args *a, int nkeys, size_t min, redi
 
 /* Runs a script whose reply is {code, ...} and returns the code (freeing the reply when out is
  * NULL). */
-static int run_code(jq_client *c, int which, jq__args *a, int nkeys, redisReply **out) {
+int jq__run_code(jq_client *c, int which, jq__args *a, int nkeys, redisReply **out) {
     redisReply *reply = NULL;
-    int rc = run(c, which, a, nkeys, 1, &reply);
+    int rc = jq__run(c, which, a, nkeys, 1, &reply);
     jq__args_free(a);
     if (rc != 0)
         return rc;
@@ -489,7 +486,7 @@ int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, siz
         jq__args_str(&a, o->idempotency_key ? o->idempotency_key : "");
     }
     redisReply *reply = NULL;
-    int rc = run_code(c, JQ_S_ENQUEUE, &a, 1, &reply);
+    int rc = jq__run_code(c, JQ_S_ENQUEUE, &a, 1, &reply);
     if (rc != 0) {
         if (reply)
             freeReplyObject(reply);
@@ -533,7 +530,7 @@ static void job_from(const redisReply *const *e, jq_job *job) {
     job->priority = (int)jq__elem_ll(e[4]);
     job->lease_until_ms = jq__elem_ll(e[5]);
     job->created_ms = jq__elem_ll(e[6]);
-    job->payload = elem_dup(e[7], &job->payload_len);
+    job->payload = jq__elem_dup(e[7], &job->payload_len);
 }
 
 int jq__reserve_args(jq__args *a, int n, int64_t visibility_ms) {
@@ -569,7 +566,7 @@ static int reserve_once(jq_client *c, const char *queue, int n, int64_t visibili
         return rc;
     }
     redisReply *reply = NULL;
-    rc = run_code(c, JQ_S_RESERVE, &a, 1, &reply);
+    rc = jq__run_code(c, JQ_S_RESERVE, &a, 1, &reply);
     if (rc == 0)
         rc = jq__reserve_parse(reply, n, jobs, got, next_ms);
     if (reply)
@@ -665,7 +662,7 @@ int jq_ack_many(jq_client *c, const char *queue, const jq_ack_item *items, size_
         return rc;
     }
     redisReply *reply = NULL;
-    rc = run(c, JQ_S_ACK, &a, 1, n, &reply);
+    rc = jq__run(c, JQ_S_ACK, &a, 1, n, &reply);
     jq__args_free(&a);
     if (rc != 0)
         return rc;
@@ -708,7 +705,7 @@ int jq_ack_effect(jq_client *c, const char *queue, const jq_job *job, const void
         jq__args_num(&a, fx->delta);
     else
         jq__args_str(&a, fx->value);
-    return run_code(c, JQ_S_ACK_EFFECT, &a, 2, NULL);
+    return jq__run_code(c, JQ_S_ACK_EFFECT, &a, 2, NULL);
 }
 
 int jq__fail_args(const jq_config *cfg, jq__args *a, const jq_job *job, const char *error,
@@ -750,7 +747,7 @@ int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *erro
         return rc0;
     }
     redisReply *reply = NULL;
-    int rc = run_code(c, JQ_S_FAIL, &a, 1, &reply);
+    int rc = jq__run_code(c, JQ_S_FAIL, &a, 1, &reply);
     if (reply) {
         char name[16] = "";
         if (reply->elements >= 2)
@@ -771,7 +768,7 @@ int jq_extend(jq_client *c, const char *queue, jq_job *job, int64_t ms) {
         return JQ_EINVAL;
     jq__args_num(&a, ms);
     redisReply *reply = NULL;
-    int rc = run_code(c, JQ_S_EXTEND, &a, 1, &reply);
+    int rc = jq__run_code(c, JQ_S_EXTEND, &a, 1, &reply);
     if (reply) {
         if (rc == 0 && reply->elements >= 2)
             job->lease_until_ms = jq__elem_ll(reply->element[1]);
@@ -784,7 +781,7 @@ int jq_release(jq_client *c, const char *queue, const jq_job *job) {
     jq__args a;
     if (lease_args(&a, c, queue, job) != 0)
         return JQ_EINVAL;
-    return run_code(c, JQ_S_RELEASE, &a, 1, NULL);
+    return jq__run_code(c, JQ_S_RELEASE, &a, 1, NULL);
 }
 
 int jq_progress(jq_client *c, const char *queue, const jq_job *job, const void *value, size_t len) {
@@ -796,287 +793,5 @@ int jq_progress(jq_client *c, const char *queue, const jq_job *job, const void *
     if (lease_args(&a, c, queue, job) != 0)
         return JQ_EINVAL;
     jq__args_push(&a, value, len);
-    return run_code(c, JQ_S_PROGRESS, &a, 1, NULL);
-}
-
-/* ---- Cancel, inspect, stats, housekeeping, dead letters ------------------------------------ */
-
-static int id_valid(const char *id) {
-    size_t n = id ? strnlen(id, JQ_ID_MAX) : 0;
-    if (n == 0 || n >= JQ_ID_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (id[i] < '0' || id[i] > '9')
-            return 0;
-    return 1;
-}
-
-int jq_cancel(jq_client *c, const char *queue, const char *id, jq_state *was) {
-    if (!id_valid(id))
-        return JQ_ENOTFOUND;
-    jq__args a;
-    if (jq__args_begin(&a, &c->cfg, queue) != 0)
-        return JQ_EINVAL;
-    jq__args_str(&a, id);
-    redisReply *reply = NULL;
-    int rc = run_code(c, JQ_S_CANCEL, &a, 1, &reply);
-    if (reply) {
-        char name[16] = "";
-        if (reply->elements >= 2)
-            jq__elem_text(reply->element[1], name, sizeof name);
-        jq_state s;
-        if (was && jq_state_parse(name, &s) == 0)
-            *was = s;
-        freeReplyObject(reply);
-    }
-    return rc;
-}
-
-void jq_info_clear(jq_info *info) {
-    if (!info)
-        return;
-    free(info->payload);
-    free(info->result);
-    free(info->progress);
-    free(info->last_error);
-    free(info->idempotency_key);
-    memset(info, 0, sizeof *info);
-}
-
-static void info_init(jq_info *info, const char *id) {
-    memset(info, 0, sizeof *info);
-    snprintf(info->id, sizeof info->id, "%s", id);
-    info->payload = sd_xstrdup("");
-    info->result = sd_xstrdup("");
-    info->progress = sd_xstrdup("");
-    info->last_error = sd_xstrdup("");
-    info->idempotency_key = sd_xstrdup("");
-}
-
-static void info_set(jq_info *info, char **field, const redisReply *v) {
-    free(*field);
-    *field = elem_dup(v, field == &info->payload ? &info->payload_len : NULL);
-}
-
-int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
-    if (!id_valid(id))
-        return JQ_ENOTFOUND;
-    char key[JQ_QUEUE_MAX + 96];
-    char suffix[JQ_ID_MAX + 8];
-    snprintf(suffix, sizeof suffix, ":job:%s", id);
-    if (jq_key(c, queue, suffix, key, sizeof key) < 0)
-        return JQ_EINVAL;
-    int err = 0;
-    redisReply *reply = sd_redis_command(c->redis, &err, "HGETALL %s", key);
-    if (!reply)
-        return err ? err : SD_EDISCONNECTED;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0) {
-        freeReplyObject(reply);
-        return SD_EREDIS;
-    }
-    if (reply->elements == 0) {
-        freeReplyObject(reply);
-        return JQ_ENOTFOUND;
-    }
-    jq_info *info = out;
-    info_init(info, id);
-    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
-        const char *k = reply->element[i]->str;
-        const redisReply *v = reply->element[i + 1];
-        if (!k)
-            continue;
-        if (strcmp(k, "state") == 0 && v->str)
-            jq_state_parse(v->str, &info->state);
-        else if (strcmp(k, "attempts") == 0)
-            info->attempts = (int)jq__elem_ll(v);
-        else if (strcmp(k, "max_attempts") == 0)
-            info->max_attempts = (int)jq__elem_ll(v);
-        else if (strcmp(k, "priority") == 0)
-            info->priority = (int)jq__elem_ll(v);
-        else if (strcmp(k, "cancel") == 0)
-            info->cancel_requested = jq__elem_ll(v) == 1;
-        else if (strcmp(k, "created_at") == 0)
-            info->created_ms = jq__elem_ll(v);
-        else if (strcmp(k, "updated_at") == 0)
-            info->updated_ms = jq__elem_ll(v);
-        else if (strcmp(k, "run_at") == 0)
-            info->run_at_ms = jq__elem_ll(v);
-        else if (strcmp(k, "lease_until") == 0)
-            info->lease_until_ms = jq__elem_ll(v);
-        else if (strcmp(k, "failed_at") == 0)
-            info->failed_ms = jq__elem_ll(v);
-        else if (strcmp(k, "finished_at") == 0)
-            info->finished_ms = jq__elem_ll(v);
-        else if (strcmp(k, "payload") == 0)
-            info_set(info, &info->payload, v);
-        else if (strcmp(k, "result") == 0)
-            info_set(info, &info->result, v);
-        else if (strcmp(k, "progress") == 0)
-            info_set(info, &info->progress, v);
-        else if (strcmp(k, "last_error") == 0)
-            info_set(info, &info->last_error, v);
-        else if (strcmp(k, "ikey") == 0)
-            info_set(info, &info->idempotency_key, v);
-    }
-    freeReplyObject(reply);
-    return 0;
-}
-
-int jq_job_history(jq_client *c, const char *queue, const char *id, jq_attempt *out, size_t max,
-                   size_t *got) {
-    *got = 0;
-    if (!id_valid(id) || max == 0)
-        return max == 0 ? 0 : JQ_ENOTFOUND;
-    char key[JQ_QUEUE_MAX + 96];
-    char suffix[JQ_ID_MAX + 8];
-    snprintf(suffix, sizeof suffix, ":log:%s", id);
-    if (jq_key(c, queue, suffix, key, sizeof key) < 0)
-        return JQ_EINVAL;
-    int err = 0;
-    redisReply *reply =
-        sd_redis_command(c->redis, &err, "LRANGE %s 0 %lld", key, (long long)max - 1);
-    if (!reply)
-        return err ? err : SD_EDISCONNECTED;
-    if (reply->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(reply);
-        return SD_EREDIS;
-    }
-    for (size_t i = 0; i < reply->elements && i < max; i++) {
-        const redisReply *e = reply->element[i];
-        jq_attempt *a = &out[*got];
-        memset(a, 0, sizeof *a);
-        long long at = 0;
-        int attempt = 0, used = 0;
-        if (e->type != REDIS_REPLY_STRING || sscanf(e->str, "%lld %d %n", &at, &attempt, &used) < 2)
-            continue;
-        a->at_ms = at;
-        a->attempt = attempt;
-        snprintf(a->error, sizeof a->error, "%s", e->str + used);
-        (*got)++;
-    }
-    freeReplyObject(reply);
-    return 0;
-}
-
-int jq_stats_get(jq_client *c, const char *queue, jq_stats *out) {
-    jq__args a;
-    if (jq__args_begin(&a, &c->cfg, queue) != 0)
-        return JQ_EINVAL;
-    redisReply *reply = NULL;
-    int rc = run_code(c, JQ_S_STATS, &a, 1, &reply);
-    if (rc != 0 || reply->elements < 8) {
-        if (reply)
-            freeReplyObject(reply);
-        return rc != 0 ? rc : SD_EREDIS;
-    }
-    out->ready = jq__elem_ll(reply->element[1]);
-    out->delayed = jq__elem_ll(reply->element[2]);
-    out->reserved = jq__elem_ll(reply->element[3]);
-    out->dead = jq__elem_ll(reply->element[4]);
-    out->done = jq__elem_ll(reply->element[5]);
-    out->cancelled = jq__elem_ll(reply->element[6]);
-    out->oldest_ready_age_ms = jq__elem_ll(reply->element[7]);
-    freeReplyObject(reply);
-    return 0;
-}
-
-int jq_reap(jq_client *c, const char *queue, jq_reap_result *out) {
-    jq__args a;
-    if (jq__args_begin(&a, &c->cfg, queue) != 0)
-        return JQ_EINVAL;
-    redisReply *reply = NULL;
-    int rc = run_code(c, JQ_S_REAP, &a, 1, &reply);
-    if (rc != 0 || reply->elements < 5) {
-        if (reply)
-            freeReplyObject(reply);
-        return rc != 0 ? rc : SD_EREDIS;
-    }
-    out->promoted = (int)jq__elem_ll(reply->element[1]);
-    out->reclaimed = (int)jq__elem_ll(reply->element[2]);
-    out->buried = (int)jq__elem_ll(reply->element[3]);
-    out->next_ms = jq__elem_ll(reply->element[4]);
-    freeReplyObject(reply);
-    return 0;
-}
-
-/* One jq-dlq call; returns its reply ({0, count, ...}) in *out. */
-static int dlq_call(jq_client *c, const char *queue, const char *op, int offset, int n,
-                    redisReply **out) {
-    if (offset < 0 || n < 1 || n > 1000)
-        return JQ_EINVAL;
-    jq__args a;
-    if (jq__args_begin(&a, &c->cfg, queue) != 0)
-        return JQ_EINVAL;
-    jq__args_str(&a, op);
-    jq__args_num(&a, offset);
-    jq__args_num(&a, n);
-    redisReply *reply = NULL;
-    int rc = run_code(c, JQ_S_DLQ, &a, 1, &reply);
-    if (rc != 0 || reply->elements < 2) {
-        if (reply)
-            freeReplyObject(reply);
-        return rc != 0 ? rc : SD_EREDIS;
-    }
-    *out = reply;
-    return 0;
-}
-
-#define DLQ_FIELDS 7
-
-int jq_dlq_list(jq_client *c, const char *queue, int offset, int n, jq_info *out, size_t *got) {
-    *got = 0;
-    redisReply *reply = NULL;
-    int rc = dlq_call(c, queue, "list", offset, n, &reply);
-    if (rc != 0)
-        return rc;
-    size_t count = (size_t)jq__elem_ll(reply->element[1]);
-    if (count > (size_t)n || reply->elements != 2 + DLQ_FIELDS * count) {
-        freeReplyObject(reply);
-        return SD_EREDIS;
-    }
-    for (size_t i = 0; i < count; i++) {
-        redisReply **e = reply->element + 2 + DLQ_FIELDS * i;
-        char id[JQ_ID_MAX];
-        jq__elem_text(e[0], id, sizeof id);
-        info_init(&out[i], id);
-        out[i].state = JQ_STATE_DEAD;
-        out[i].attempts = (int)jq__elem_ll(e[1]);
-        out[i].max_attempts = (int)jq__elem_ll(e[2]);
-        info_set(&out[i], &out[i].last_error, e[3]);
-        out[i].failed_ms = jq__elem_ll(e[4]);
-        out[i].created_ms = jq__elem_ll(e[5]);
-        info_set(&out[i], &out[i].payload, e[6]);
-    }
-    *got = count;
-    freeReplyObject(reply);
-    return 0;
-}
-
-/* Redrive or purge in calls of at most 1000 jobs until max are done or none are left. */
-static int dlq_drain(jq_client *c, const char *queue, const char *op, int64_t max, int64_t *done) {
-    *done = 0;
-    if (max < 0)
-        return JQ_EINVAL;
-    for (;;) {
-        int64_t want = max == 0 ? 1000 : max - *done;
-        if (want <= 0)
-            return 0;
-        redisReply *reply = NULL;
-        int rc = dlq_call(c, queue, op, 0, want > 1000 ? 1000 : (int)want, &reply);
-        if (rc != 0)
-            return rc;
-        int64_t count = jq__elem_ll(reply->element[1]);
-        freeReplyObject(reply);
-        *done += count;
-        if (count == 0)
-            return 0;
-    }
-}
-
-int jq_dlq_redrive(jq_client *c, const char *queue, int64_t max, int64_t *moved) {
-    return dlq_drain(c, queue, "redrive", max, moved);
-}
-
-int jq_dlq_purge(jq_client *c, const char *queue, int64_t max, int64_t *removed) {
-    return dlq_drain(c, queue, "purge", max, removed);
+    return jq__run_code(c, JQ_S_PROGRESS, &a, 1, NULL);
 }

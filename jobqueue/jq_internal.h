@@ -58,4 +58,19 @@ void jq__elem_text(const redisReply *e, char *buf, size_t len);
 /* Checks a reserve reply and fills jobs (at most n); returns 0 or SD_EREDIS. */
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);
 
+/* The synchronous client (jobqueue.c, jq_admin.c). */
+struct jq_client {
+    sd_redis *redis;
+    jq_config cfg;
+};
+
+/* Runs script `which` with the arguments of a (nkeys of them keys) and returns its reply, an
+ * array of at least min elements, in *out; or an error code (the reply is freed). */
+int jq__run(jq_client *c, int which, jq__args *a, int nkeys, size_t min, redisReply **out);
+/* Runs a script whose reply is {code, ...}, frees a, and returns the code; the reply goes to
+ * *out (or is freed when out is NULL). */
+int jq__run_code(jq_client *c, int which, jq__args *a, int nkeys, redisReply **out);
+/* A new NUL-terminated copy of a bulk string ("" for anything else); its length in *len. */
+char *jq__elem_dup(const redisReply *e, size_t *len);
+
 #endif
