@@ -13,6 +13,7 @@
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 
 #include "spawn.h"
 #include "http.h"
+#include "node.h"
 #include "sd.h"
 #include "signature.h"
 #include "support.h"
@@ -80,8 +82,20 @@ static void on_ep_request(sd_http_req *req, void *udata) {
                                  (int64_t)time(NULL), 300) == 0;
     char e[32];
     script_entry(c->cfg->script, c->n++, e, sizeof e);
-    dprintf(c->out, "%s %d %s %llu %zu\n", id ? id : "-", ok, e, (unsigned long long)sd_now_ms(),
-            len);
+    /* Then what an independent verifier needs: the timestamp, the signature header (blanks as
+     * '|'), the body in base64. */
+    char *b64 = sd_xmalloc(4 * (len / 3 + 1) + 1);
+    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)body, (int)len);
+    const char *ts = sd_http_req_header(req, "webhook-timestamp");
+    const char *sh = sd_http_req_header(req, "webhook-signature");
+    char *sig = sd_xstrdup(sh ? sh : "-");
+    for (char *p = sig; *p; p++)
+        if (*p == ' ')
+            *p = '|';
+    dprintf(c->out, "%s %d %s %llu %zu %s %s %s\n", id ? id : "-", ok, e,
+            (unsigned long long)sd_now_ms(), len, ts ? ts : "-", sig, len ? b64 : "=");
+    free(b64);
+    free(sig);
     if (strcmp(e, "hang") == 0)
         return; /* never answered: the server keeps the connection until it stops */
     if (strcmp(e, "slow") == 0) {
@@ -145,16 +159,22 @@ typedef struct seen {
     char answer[32];
     unsigned long long at_ms;
     size_t len;
+    char ts[32], sig[512], body[8192];
 } seen;
 
 /* Waits (up to timeout_ms) for the endpoint's next request; returns 0, or -1 when none came. */
 static int endpoint_next(endpoint *e, seen *s, int timeout_ms) {
-    char line[256];
+    static char line[9000];
     if (test_read_line(e->lines, line, sizeof line, timeout_ms) <= 0)
         return -1;
-    cr_assert_eq(
-        sscanf(line, "%63s %d %31s %llu %zu", s->id, &s->verified, s->answer, &s->at_ms, &s->len),
-        5, "bad line '%s'", line);
+    cr_assert_eq(sscanf(line, "%63s %d %31s %llu %zu %31s %511s %8191s", s->id, &s->verified,
+                        s->answer, &s->at_ms, &s->len, s->ts, s->sig, s->body),
+                 8, "bad line '%s'", line);
+    for (char *p = s->sig; *p; p++)
+        if (*p == '|')
+            *p = ' ';
+    if (strcmp(s->body, "=") == 0)
+        s->body[0] = 0;
     return 0;
 }
 
@@ -647,5 +667,70 @@ Test(webhook_sender, bad_input_is_a_problem_and_stores_nothing) {
     cr_expect_eq(api(&g, "POST", "/v1/dead-letters/dl_nope/replay", "", NULL, NULL), 404);
     cr_expect_eq(test_redis_int(r, "EXISTS wh1:{wh1}:eps"), 0, "bad input stored an endpoint");
     sd_redis_free(r);
+    rig_stop(&g);
+}
+
+Test(webhook_sender, the_npm_package_verifies_every_delivery_across_a_rotation) {
+    char why[512];
+    if (!node_ready(why, sizeof why))
+        cr_skip_test("skipped: %s", why);
+    rig g;
+    rig_start(&g, FAST);
+    endpoint e = {0};
+    endpoint_start(&e, "200", 0);
+    endpoint_create(&g, &e, NULL);
+    char old_secret[WH_SECRET_TEXT_MAX], msg[64], path[128];
+    snprintf(old_secret, sizeof old_secret, "%s", e.cfg.secret);
+    const char *bodies[] = {
+        "{\"event_type\":\"a\",\"payload\":{}}",
+        "{\"event_type\":\"b\",\"payload\":\"\\u00e9\\u6f22\\ud83d\\ude00 \\\" \"}",
+        "{\"event_type\":\"c\",\"payload\":[1,2.5,null,true]}", NULL};
+    json_t *j;
+    cr_assert_eq(api(&g, "POST", "/v1/messages", bodies[0], NULL, &j), 202);
+    json_decref(j);
+    seen s[3];
+    cr_assert_eq(endpoint_next(&e, &s[0], 20000), 0);
+    /* Rotate: from now on both secrets sign, one entry each. */
+    snprintf(path, sizeof path, "/v1/endpoints/%s/rotate-secret", e.id);
+    cr_assert_eq(api(&g, "POST", path, "{\"grace_seconds\":3600}", NULL, &j), 200);
+    char new_secret[WH_SECRET_TEXT_MAX];
+    snprintf(new_secret, sizeof new_secret, "%s", json_string_value(json_object_get(j, "secret")));
+    json_decref(j);
+    cr_assert_str_neq(new_secret, old_secret);
+    for (int i = 1; i < 3; i++) {
+        cr_assert_eq(api(&g, "POST", "/v1/messages", bodies[i], NULL, &j), 202);
+        snprintf(msg, sizeof msg, "%s", json_string_value(json_object_get(j, "id")));
+        json_decref(j);
+        cr_assert_eq(endpoint_next(&e, &s[i], 20000), 0);
+        cr_expect_str_eq(s[i].id, msg);
+        cr_expect_eq(strchr(s[i].sig, ' ') != NULL, 1, "one signature after a rotation: %s",
+                     s[i].sig);
+    }
+    /* Every delivery by the old secret, the rotated ones by the new too. */
+    char *input = sd_xstrdup("");
+    int expected = 0;
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < (i ? 2 : 1); k++) {
+            json_t *c = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "op", "verify", "secret",
+                                  k ? new_secret : old_secret, "id", s[i].id, "ts", s[i].ts, "sig",
+                                  s[i].sig, "body", s[i].body);
+            char *line = json_dumps(c, JSON_COMPACT);
+            char *next = sd_xasprintf("%s%s\n", input, line);
+            free(input);
+            free(line);
+            json_decref(c);
+            input = next;
+            expected++;
+        }
+    int status;
+    char *out = node_run("webhook-check.mjs", NULL, input, strlen(input), &status);
+    cr_assert_eq(status, 0);
+    int oks = 0;
+    for (char *p = out; (p = strstr(p, "ok")) != NULL; p += 2)
+        oks++;
+    cr_expect_eq(oks, expected, "standardwebhooks answered:\n%s", out);
+    free(out);
+    free(input);
+    endpoint_stop(&e);
     rig_stop(&g);
 }
