@@ -62,6 +62,8 @@ static const struct {
     {"ratelimit", "check", {"--cost", "-1"}, "--cost"},
     {"hello-server", NULL, {"--max-body-bytes", "0"}, "--max-body-bytes"},
     {"webhook", "receive", {"--tolerance", "0"}, "--tolerance"},
+    {"webhook", "serve", {"--timeout-ms", "x"}, "--timeout-ms"},
+    {"webhook", "deliver", {"--poll-ms", "0"}, "--poll-ms"},
     {"sd-redis", "start", {NULL}, NULL},
     {"sd-redis", "status", {NULL}, NULL},
     {"sd-redis", "stop", {NULL}, NULL},
@@ -223,6 +225,8 @@ Test(commands, servers_print_exactly_the_listening_line) {
     expect_listening_line((const char *[]){"ratelimit", "serve", "--listen", "127.0.0.1:0",
                                            "--policy", "p;q=1;w=1", "--redis",
                                            test_target_url(server), NULL});
+    expect_listening_line((const char *[]){"webhook", "serve", "--listen", "127.0.0.1:0",
+                                           "--redis", test_target_url(server), NULL});
     test_target_stop(server);
 }
 

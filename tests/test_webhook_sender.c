@@ -734,3 +734,39 @@ Test(webhook_sender, the_npm_package_verifies_every_delivery_across_a_rotation) 
     endpoint_stop(&e);
     rig_stop(&g);
 }
+
+Test(webhook_sender, sustained_failure_disables_the_endpoint_and_keeps_its_message) {
+    rig g;
+    const char *args[] = {"--retry-schedule",
+                          "50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms",
+                          "--disable-after",
+                          "3",
+                          "--allow-private",
+                          "--poll-ms",
+                          "10",
+                          NULL};
+    rig_start(&g, args);
+    endpoint e = {0};
+    endpoint_start(&e, "500,500,500,200", 0);
+    endpoint_create(&g, &e, NULL);
+    char msg[64], path[128];
+    message_post(&g, "a", msg, sizeof msg);
+    seen s;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(endpoint_next(&e, &s, 20000), 0);
+    snprintf(path, sizeof path, "/v1/endpoints/%s", e.id);
+    json_decref(api_until(&g, path, is_disabled, NULL));
+    cr_expect_eq(endpoint_next(&e, &s, 300), -1, "a disabled endpoint got a request");
+    /* Enabled again, it gets the kept message, with its id. */
+    snprintf(path, sizeof path, "/v1/endpoints/%s/enable", e.id);
+    cr_assert_eq(api(&g, "POST", path, "", NULL, NULL), 200);
+    cr_assert_eq(endpoint_next(&e, &s, 20000), 0, "the kept message never came");
+    cr_expect_str_eq(s.id, msg);
+    cr_expect_str_eq(s.answer, "200");
+    json_t *arr;
+    cr_assert_eq(api(&g, "GET", "/v1/dead-letters", NULL, NULL, &arr), 200);
+    cr_expect_eq(json_array_size(arr), 0);
+    json_decref(arr);
+    endpoint_stop(&e);
+    rig_stop(&g);
+}

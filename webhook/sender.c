@@ -371,6 +371,7 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
     if (err == 0 && status >= 200 && status <= 299) {
         s->delivered++;
         ep->failures_row = 0;
+        ep->open_until_ms = 0; /* the breaker closes */
         record_attempt(s, a, status, "");
         cmd_void(s, "HSET " KP "ep:%s failures_row 0", ep->id);
         cmd_void(s, "HINCRBY " KP "ep:%s ok 1", ep->id);
@@ -577,8 +578,8 @@ static void on_tick(uv_timer_t *t) {
             continue;
         if (ep->open_until_ms > now)
             continue;
-        if (ep->open_until_ms) /* half open: one probe */
-            n = ep->inflight ? 0 : 1, ep->open_until_ms = ep->failures_row ? 0 : ep->open_until_ms;
+        if (ep->open_until_ms) /* half open: one probe at a time until one succeeds */
+            n = ep->inflight ? 0 : 1;
         if (n <= 0)
             continue;
         if (jq_areserve(s->aq, ep->queue, n, s->visibility_ms, on_reserved, ep) == 0)
@@ -701,7 +702,8 @@ static void on_endpoint(sd_http_req *req, void *udata) {
     snprintf(id, sizeof id, "%.*s", (int)(n < 63 ? n : 63), rest);
     int get = strcmp(sd_http_req_method(req), "GET") == 0;
     int rotate = !get && slash && strcmp(slash, "/rotate-secret") == 0;
-    if (!id_valid(id) || n > 39 || (get && slash) || (!get && !rotate)) {
+    int enable = !get && slash && strcmp(slash, "/enable") == 0;
+    if (!id_valid(id) || n > 39 || (get && slash) || (!get && !rotate && !enable)) {
         problem(req, 404, "Not found", NULL);
         return;
     }
@@ -713,6 +715,19 @@ static void on_endpoint(sd_http_req *req, void *udata) {
     if (e->elements == 0) {
         freeReplyObject(e);
         problem(req, 404, "Not found", "no such endpoint");
+        return;
+    }
+    if (enable) { /* its queued messages are delivered again */
+        freeReplyObject(e);
+        redisReply *r = cmd(s, "HSET " KP "ep:%s state enabled failures_row 0", id);
+        if (!r) {
+            redis_down(req);
+            return;
+        }
+        freeReplyObject(r);
+        cmd_void(s, "HDEL " KP "ep:%s disabled_reason", id);
+        sd_http_req_respond_json(req, 200, json_pack("{s:s, s:s}", "id", id, "state", "enabled"));
+        workers_kick(s);
         return;
     }
     if (rotate) {
