@@ -35,7 +35,8 @@
 typedef struct endpoint_cfg {
     const char *script;
     char secret[WH_SECRET_TEXT_MAX];
-    int port; /* 0: any */
+    int port;          /* 0: any */
+    int redirect_port; /* "302" answers redirect to 127.0.0.1:redirect_port */
 } endpoint_cfg;
 
 typedef struct ep_child {
@@ -107,6 +108,11 @@ static void on_ep_request(sd_http_req *req, void *udata) {
         return;
     }
     int status = atoi(e);
+    if (status == 302) {
+        char loc[64];
+        snprintf(loc, sizeof loc, "http://127.0.0.1:%d/elsewhere", c->cfg->redirect_port);
+        sd_http_req_add_header(req, "Location", loc);
+    }
     const char *ra = strchr(e, ':');
     if (ra)
         sd_http_req_add_header(req, "Retry-After", ra + 1);
@@ -119,6 +125,7 @@ static void endpoint_main(int out, void *arg) {
     uv_loop_t *loop = uv_default_loop();
     sd_http_server *srv = sd_http_server_new(loop, NULL);
     sd_http_server_route(srv, "POST", "*", on_ep_request, &c);
+    sd_http_server_route(srv, "GET", "*", on_ep_request, &c); /* a followed 302 turns into GET */
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", c.cfg->port);
     if (sd_http_server_listen(srv, addr) != 0)
@@ -767,6 +774,54 @@ Test(webhook_sender, sustained_failure_disables_the_endpoint_and_keeps_its_messa
     cr_assert_eq(api(&g, "GET", "/v1/dead-letters", NULL, NULL, &arr), 200);
     cr_expect_eq(json_array_size(arr), 0);
     json_decref(arr);
+    endpoint_stop(&e);
+    rig_stop(&g);
+}
+
+Test(webhook_sender, a_redirect_is_a_failure_and_is_not_followed) {
+    rig g;
+    rig_start(&g, FAST);
+    endpoint target = {0}, e = {0};
+    endpoint_start(&target, "200", 0);
+    e.cfg.redirect_port = target.port;
+    endpoint_start(&e, "302,200", 0);
+    endpoint_create(&g, &e, NULL);
+    char msg[64];
+    message_post(&g, "a", msg, sizeof msg);
+    seen s;
+    cr_assert_eq(endpoint_next(&e, &s, 20000), 0);
+    cr_expect_str_eq(s.answer, "302");
+    /* The retry comes back to the endpoint itself; the redirect's target never hears of it. */
+    cr_assert_eq(endpoint_next(&e, &s, 20000), 0);
+    cr_expect_str_eq(s.id, msg);
+    cr_expect_eq(endpoint_next(&target, &s, 300), -1, "the redirect was followed");
+    endpoint_stop(&target);
+    endpoint_stop(&e);
+    rig_stop(&g);
+}
+
+Test(webhook_sender, an_idempotency_key_makes_one_message) {
+    rig g;
+    rig_start(&g, FAST);
+    endpoint e = {0};
+    endpoint_start(&e, "200", 0);
+    endpoint_create(&g, &e, NULL);
+    const char *body = "{\"event_type\":\"a\",\"payload\":1}";
+    json_t *a, *b;
+    cr_assert_eq(api(&g, "POST", "/v1/messages", body, "Idempotency-Key: order-17", &a), 202);
+    cr_assert_eq(api(&g, "POST", "/v1/messages", body, "Idempotency-Key: order-17", &b), 202);
+    cr_expect_str_eq(json_string_value(json_object_get(a, "id")),
+                     json_string_value(json_object_get(b, "id")));
+    seen s;
+    cr_assert_eq(endpoint_next(&e, &s, 20000), 0);
+    cr_expect_str_eq(s.id, json_string_value(json_object_get(a, "id")));
+    /* A message sent after it arrives next: the repeated POST made no second delivery. */
+    char msg2[64];
+    message_post(&g, "a", msg2, sizeof msg2);
+    cr_assert_eq(endpoint_next(&e, &s, 20000), 0);
+    cr_expect_str_eq(s.id, msg2);
+    json_decref(a);
+    json_decref(b);
     endpoint_stop(&e);
     rig_stop(&g);
 }
