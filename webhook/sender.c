@@ -79,12 +79,15 @@ typedef struct options {
     const char *listen;
     const char *redis;
     const char *schedule_text;
-    long long timeout_ms, concurrency, endpoint_concurrency, poll_ms, disable_after, grace_s;
+    long long timeout_ms, concurrency, endpoint_concurrency, poll_ms, disable_after;
     int allow_private, no_deliver;
 } options;
 
 /* An endpoint as a worker sees it. Never freed while the worker runs (attempts point at it). */
+typedef struct sender sender;
+
 typedef struct endpoint {
+    sender *s; /* the sender it belongs to (a reserve callback's way back) */
     char id[40];
     char queue[64];
     int inflight;     /* attempts running in this process */
@@ -94,7 +97,7 @@ typedef struct endpoint {
     uint64_t open_until_ms;
 } endpoint;
 
-typedef struct sender {
+struct sender {
     uv_loop_t *loop;
     sd_redis_url url;
     sd_redis *r;    /* synchronous: API calls and the attempts' records */
@@ -119,7 +122,7 @@ typedef struct sender {
     uv_signal_t sigint, sigterm;
     uv_timer_t finish; /* frees the queue connections once a stop has nothing left running */
     uint64_t delivered, failed, dead;
-} sender;
+};
 
 /* One HTTP attempt of one job. */
 typedef struct attempt {
@@ -505,7 +508,7 @@ out:
 static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
                         void *arg) {
     endpoint *ep = arg;
-    sender *s = *(sender **)((char *)ep + sizeof *ep);
+    sender *s = ep->s;
     ep->reserving = 0;
     if (status != 0)
         sd_log(SD_LOG_DEBUG, "webhook.reserve_failed", "endpoint=%s error=\"%s\"", ep->id,
@@ -544,9 +547,8 @@ static void endpoints_refresh(sender *s) {
                 s->caps = s->caps ? 2 * s->caps : 16;
                 s->eps = sd_xrealloc(s->eps, s->caps * sizeof *s->eps);
             }
-            /* The endpoint and, right after it, its sender (on_reserved's way back). */
-            ep = sd_xcalloc(1, sizeof *ep + sizeof(sender *));
-            *(sender **)((char *)ep + sizeof *ep) = s;
+            ep = sd_xcalloc(1, sizeof *ep);
+            ep->s = s;
             snprintf(ep->id, sizeof ep->id, "%s", id);
             snprintf(ep->queue, sizeof ep->queue, "wh1.ep.%s", id);
             s->eps[s->neps++] = ep;
