@@ -825,3 +825,33 @@ Test(webhook_sender, an_idempotency_key_makes_one_message) {
     endpoint_stop(&e);
     rig_stop(&g);
 }
+
+Test(webhook_sender, sigterm_releases_attempts_in_flight_for_the_next_process) {
+    rig g;
+    const char *args[] = {"--timeout-ms", "60000", "--allow-private", "--poll-ms", "10", NULL};
+    rig_start(&g, args);
+    endpoint e = {0};
+    endpoint_start(&e, "hang,200", 0);
+    endpoint_create(&g, &e, NULL);
+    char msg[64];
+    message_post(&g, "a", msg, sizeof msg);
+    seen s;
+    cr_assert_eq(endpoint_next(&e, &s, 20000), 0);
+    /* Stopped with the attempt held: it exits 0 and gives the job back at once. */
+    int st = bench_server_stop(&g.srv, SIGTERM, 20000);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "webhook serve did not stop cleanly: %d", st);
+    /* The next process delivers it long before the 65 s lease would have ended. */
+    const char *argv[] = {"webhook",      "deliver", "--redis",         test_target_url(g.redis),
+                          "--timeout-ms", "60000",   "--allow-private", "--poll-ms",
+                          "10",           NULL};
+    int out;
+    pid_t d = test_spawn(argv, NULL, &out);
+    cr_assert_eq(endpoint_next(&e, &s, 30000), 0, "the released attempt never came");
+    cr_expect_str_eq(s.id, msg);
+    st = test_kill_wait(d, SIGTERM);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "webhook deliver did not stop cleanly: %d",
+              st);
+    close(out);
+    endpoint_stop(&e);
+    rig_stop(&g);
+}
