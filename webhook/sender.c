@@ -90,11 +90,12 @@ typedef struct endpoint {
     sender *s; /* the sender it belongs to (a reserve callback's way back) */
     char id[40];
     char queue[64];
-    int inflight;     /* attempts running in this process */
-    int reserving;    /* a reserve call is in flight */
-    int disabled;     /* as last read from Redis */
-    int failures_row; /* in this process, for the breaker */
-    uint64_t open_until_ms;
+    int inflight;            /* attempts running in this process */
+    int reserving;           /* a reserve call is in flight */
+    int disabled;            /* as last read from Redis */
+    int failures_row;        /* in this process, for the breaker */
+    uint64_t open_until_ms;  /* the breaker: open until then */
+    uint64_t pause_until_ms; /* no reserve before then (Redis failed under an attempt) */
 } endpoint;
 
 struct sender {
@@ -253,14 +254,18 @@ static void redis_down(sd_http_req *req) {
 /* ---- the delivery workers ---- */
 
 static void sender_maybe_finish(sender *s);
+static void endpoint_fill(sender *s, endpoint *ep, uint64_t now);
 
 static void attempt_free(attempt *a) {
-    a->ep->inflight--;
-    a->s->inflight--;
+    sender *s = a->s;
+    endpoint *ep = a->ep;
+    ep->inflight--;
+    s->inflight--;
     jq_job_clear(&a->job);
     free(a->body);
-    sender_maybe_finish(a->s);
     free(a);
+    sender_maybe_finish(s);
+    endpoint_fill(s, ep, sd_now_ms());
 }
 
 /* Unix time in ms, for what users read (the attempts' times); durations use sd_now_ms. */
@@ -270,16 +275,43 @@ static int64_t wall_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void record_attempt(sender *s, attempt *a, int status, const char *error) {
+/* Pipelining: the records an attempt writes go to Redis in one round trip. pipe_add appends a
+ * command and counts it in *n unless an earlier append failed (*n < 0: the connection is then
+ * unusable until the next command, which reconnects); pipe_end reads the *n replies and returns
+ * the last one (the caller frees it) or NULL. */
+#define pipe_add(s, n, ...)                                                                        \
+    do {                                                                                           \
+        if (*(n) >= 0)                                                                             \
+            *(n) = sd_redis_append((s)->r, __VA_ARGS__) == 0 ? *(n) + 1 : -1;                      \
+    } while (0)
+
+static redisReply *pipe_end(sender *s, int n) {
+    redisReply *last = NULL;
+    for (int i = 0; i < n; i++) {
+        if (last)
+            freeReplyObject(last);
+        last = sd_redis_get_reply(s->r, NULL);
+        if (!last)
+            return NULL;
+    }
+    if (last && last->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(last);
+        return NULL;
+    }
+    return last;
+}
+
+/* Appends the attempt's record (time, endpoint, status, latency, error) to its message's list. */
+static void record_attempt(sender *s, attempt *a, int status, const char *error, int *n) {
     int64_t at = wall_ms() - (int64_t)(sd_now_ms() - a->start_ms);
     json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:I, s:s}", "endpoint_id", a->ep->id, "attempt",
                           a->job.attempts, "at_ms", (json_int_t)at, "status", status, "latency_ms",
                           (json_int_t)(sd_now_ms() - a->start_ms), "error", error);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    cmd_void(s, "RPUSH " KP "att:%s %s", a->job.payload, text);
-    cmd_void(s, "LTRIM " KP "att:%s -%d -1", a->job.payload, WH_ATTEMPTS_KEPT);
-    cmd_void(s, "EXPIRE " KP "att:%s %d", a->job.payload, WH_RETENTION_S);
+    pipe_add(s, n, "RPUSH " KP "att:%s %s", a->job.payload, text);
+    pipe_add(s, n, "LTRIM " KP "att:%s -%d -1", a->job.payload, WH_ATTEMPTS_KEPT);
+    pipe_add(s, n, "EXPIRE " KP "att:%s %d", a->job.payload, WH_RETENTION_S);
     free(text);
 }
 
@@ -375,9 +407,13 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
         s->delivered++;
         ep->failures_row = 0;
         ep->open_until_ms = 0; /* the breaker closes */
-        record_attempt(s, a, status, "");
-        cmd_void(s, "HSET " KP "ep:%s failures_row 0", ep->id);
-        cmd_void(s, "HINCRBY " KP "ep:%s ok 1", ep->id);
+        int n = 0;
+        record_attempt(s, a, status, "", &n);
+        pipe_add(s, &n, "HSET " KP "ep:%s failures_row 0", ep->id);
+        pipe_add(s, &n, "HINCRBY " KP "ep:%s ok 1", ep->id);
+        redisReply *last = pipe_end(s, n);
+        if (last)
+            freeReplyObject(last);
         jq_ack_item item = {.job = &a->job, .result = NULL, .len = 0};
         if (jq_aack_many(s->aq, ep->queue, &item, 1, on_acked, a) != 0)
             attempt_free(a);
@@ -391,9 +427,11 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
         snprintf(error, sizeof error, "HTTP %d", status);
     if (err == 0 && status >= 300 && status <= 399)
         snprintf(error, sizeof error, "HTTP %d (redirects are not followed)", status);
-    record_attempt(s, a, status, error);
-    cmd_void(s, "HINCRBY " KP "ep:%s failed 1", ep->id);
-    redisReply *row = cmd(s, "HINCRBY " KP "ep:%s failures_row 1", ep->id);
+    int n = 0;
+    record_attempt(s, a, status, error, &n);
+    pipe_add(s, &n, "HINCRBY " KP "ep:%s failed 1", ep->id);
+    pipe_add(s, &n, "HINCRBY " KP "ep:%s failures_row 1", ep->id);
+    redisReply *row = pipe_end(s, n);
     long long in_row = row && row->type == REDIS_REPLY_INTEGER ? row->integer : 0;
     if (row)
         freeReplyObject(row);
@@ -432,13 +470,23 @@ static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
     a->start_ms = sd_now_ms();
     ep->inflight++;
     s->inflight++;
-    redisReply *e = cmd(s, "HGETALL " KP "ep:%s", ep->id);
-    redisReply *m = cmd(s, "HGET " KP "msg:%s body", a->job.payload);
+    /* The endpoint and the message's bytes, in one round trip. */
+    int n = 0;
+    pipe_add(s, &n, "HGETALL " KP "ep:%s", ep->id);
+    pipe_add(s, &n, "HGET " KP "msg:%s body", a->job.payload);
+    redisReply *e = n == 2 ? sd_redis_get_reply(s->r, NULL) : NULL;
+    redisReply *m = e ? pipe_end(s, 1) : NULL;
+    if (e && e->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(e);
+        e = NULL;
+    }
     const char *url = hfield(e, "url"), *secret = hfield(e, "secret");
     const char *state = hfield(e, "state");
     if (!e || !m || !url || !secret || !state || strcmp(state, "enabled") != 0) {
         if (state && strcmp(state, "enabled") != 0)
             ep->disabled = 1;
+        else /* Redis failed: the next try waits for a tick, not for this release */
+            ep->pause_until_ms = sd_now_ms() + (uint64_t)s->o.poll_ms;
         attempt_release(a); /* Redis failed, or the endpoint is disabled: try later */
         goto out;
     }
@@ -493,7 +541,11 @@ static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
     if (rc != 0) {
         char error[96];
         snprintf(error, sizeof error, "%s", sd_strerror(rc));
-        record_attempt(s, a, 0, error);
+        int np = 0;
+        record_attempt(s, a, 0, error, &np);
+        redisReply *last = pipe_end(s, np);
+        if (last)
+            freeReplyObject(last);
         jq_fail_opts fo = {.permanent = 0, .retry_after_ms = schedule_delay(s, a->job.attempts)};
         if (jq_afail(s->aq, ep->queue, &a->job, error, &fo, on_failed, a) != 0)
             attempt_free(a);
@@ -562,6 +614,25 @@ static void endpoints_refresh(sender *s) {
     freeReplyObject(ids);
 }
 
+/* Reserves as many of the endpoint's jobs as it has free slots (invariant 4), unless it is
+ * disabled, its breaker is open, or a reserve is already on its way. Runs on every tick and
+ * whenever one of its attempts ends, so a busy endpoint's next job does not wait for a tick. */
+static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
+    int free_ep = (int)s->o.endpoint_concurrency - ep->inflight;
+    int free_all = (int)s->o.concurrency - s->inflight;
+    int n = free_ep < free_all ? free_ep : free_all;
+    if (s->stopping || !s->deliver || ep->disabled || ep->reserving || n <= 0)
+        return;
+    if (ep->open_until_ms > now || ep->pause_until_ms > now)
+        return;
+    if (ep->open_until_ms) /* half open: one probe at a time until one succeeds */
+        n = ep->inflight ? 0 : 1;
+    if (n <= 0)
+        return;
+    if (jq_areserve(s->aq, ep->queue, n, s->visibility_ms, on_reserved, ep) == 0)
+        ep->reserving = 1;
+}
+
 static void on_tick(uv_timer_t *t) {
     sender *s = t->data;
     if (s->stopping)
@@ -571,22 +642,8 @@ static void on_tick(uv_timer_t *t) {
         endpoints_refresh(s);
         s->last_refresh_ms = now;
     }
-    for (size_t i = 0; i < s->neps; i++) {
-        endpoint *ep = s->eps[i];
-        int free_ep = (int)s->o.endpoint_concurrency - ep->inflight;
-        int free_all = (int)s->o.concurrency - s->inflight;
-        int n = free_ep < free_all ? free_ep : free_all;
-        if (ep->disabled || ep->reserving || n <= 0)
-            continue;
-        if (ep->open_until_ms > now)
-            continue;
-        if (ep->open_until_ms) /* half open: one probe at a time until one succeeds */
-            n = ep->inflight ? 0 : 1;
-        if (n <= 0)
-            continue;
-        if (jq_areserve(s->aq, ep->queue, n, s->visibility_ms, on_reserved, ep) == 0)
-            ep->reserving = 1;
-    }
+    for (size_t i = 0; i < s->neps; i++)
+        endpoint_fill(s, s->eps[i], now);
 }
 
 /* Makes the workers look at the queues now (after an enqueue in this process). */
@@ -1116,6 +1173,10 @@ static int sender_run(options *o, int serve) {
         aopts.scripts = sd_idem_scripts;
         aopts.nscripts = sd_idem_nscripts;
         sd_aredis_new(s->loop, &s->url, &aopts, &s->ar);
+        /* Up before the first request, so that an Idempotency-Key is not answered 503 at start
+         * (it reconnects by itself later). */
+        if (s->ar && sd_aredis_wait_connected(s->ar, 5000) != 0)
+            sd_log(SD_LOG_WARN, "webhook.redis_unreachable", "what=idempotency answer=503");
         sd_idem_opts io = {.prefix = "wh1:{wh1}:idem"};
         sd_idem_new(s->ar, &io, &s->idem);
         sd_http_opts hopts;
