@@ -68,6 +68,8 @@ static const struct {
     {"jobqueue", "dlq", {"--max", "-1"}, "--max"},
     {"jobqueue", "cancel", {"--queue", "a/b"}, "--queue"},
     {"jobqueue", "serve", {"--max-ready", "-1"}, "--max-ready"},
+    {"webhook", "serve", {"--timeout-ms", "x"}, "--timeout-ms"},
+    {"webhook", "deliver", {"--poll-ms", "0"}, "--poll-ms"},
     {"sd-redis", "start", {NULL}, NULL},
     {"sd-redis", "status", {NULL}, NULL},
     {"sd-redis", "stop", {NULL}, NULL},
@@ -232,6 +234,8 @@ Test(commands, servers_print_exactly_the_listening_line) {
     expect_listening_line((const char *[]){"ratelimit", "serve", "--listen", "127.0.0.1:0",
                                            "--policy", "p;q=1;w=1", "--redis",
                                            test_target_url(server), NULL});
+    expect_listening_line((const char *[]){"webhook", "serve", "--listen", "127.0.0.1:0",
+                                           "--redis", test_target_url(server), NULL});
     test_target_stop(server);
 }
 

@@ -40,6 +40,7 @@
 #include "redis.h"
 #include "redis_server.h"
 #include "sd.h"
+#include "sender.h"
 #include "signature.h"
 
 extern char **environ;
@@ -515,7 +516,11 @@ static int run_receive(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     static const sd_cli_sub subs[] = {
-        {"receive", "receive webhooks and run a command once per webhook-id", run_receive}, {0}};
+        {"serve", "the sender: endpoints, messages, dead letters, and delivery workers",
+         wh_run_serve},
+        {"deliver", "more delivery workers for the sender, as a separate process", wh_run_deliver},
+        {"receive", "receive webhooks and run a command once per webhook-id", run_receive},
+        {0}};
     return sd_cli_dispatch("webhook", "Signed, idempotent webhooks (Standard Webhooks).", subs,
                            argc, argv);
 }

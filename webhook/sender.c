@@ -1,0 +1,1292 @@
+/*
+ * sender.c - the webhook sender: `webhook serve` (the management API and delivery workers) and
+ * `webhook deliver` (more delivery workers, as separate processes).
+ *
+ * What is stored (Redis, all keys under the hash tag {wh1}, see webhook/README.md "Keys"):
+ *   endpoints   a hash per endpoint (url, secret, the previous secret and until when it still
+ *               signs, event types, state) and a set of their ids;
+ *   messages    a hash per message: its event type and its body, the exact bytes every attempt
+ *               sends; a list of its attempts (time, endpoint, status, latency, error);
+ *   deliveries  one job queue per endpoint, "wh1.ep.<endpoint id>" (jobqueue.h); a job's payload
+ *               is the message id. Each HTTP attempt is one delivery of that job;
+ *   dead        a hash of dead letters (id -> JSON), replayable.
+ *
+ * The life of a delivery (one job):
+ *
+ *     POST /v1/messages ──enqueue──> READY ──reserve──> RESERVED ──2xx──> ack: DONE
+ *                                      ^                  │
+ *                                      │                  ├─ 410: release, endpoint DISABLED
+ *                                      │   fail(retry     ├─ 4xx (not 408/409/425/429), after
+ *                                      └── after = the    │  WH_4XX_ATTEMPTS attempts: DEAD
+ *                                          schedule or    ├─ schedule used up: DEAD
+ *                                          Retry-After)───┘  (a dead letter: replay enqueues a
+ *                                                             new job for the same message)
+ *
+ * Invariants:
+ *  1. The webhook-id of every attempt is the message id: retries and replays carry the same id,
+ *     so a receiver's dedupe (dedupe.h) applies the message once.
+ *  2. The body sent is the stored bytes, never a re-serialisation.
+ *  3. A job's visibility timeout is the HTTP timeout plus WH_LEASE_MARGIN_MS, computed here and
+ *     not configurable apart: an attempt still waiting for its endpoint can never be handed to a
+ *     second worker (the duplicate that a visibility timeout shorter than the HTTP timeout makes).
+ *  4. Isolation: every endpoint has its own queue and its own in-flight cap (--endpoint-
+ *     concurrency); a worker reserves from an endpoint's queue only as many jobs as that
+ *     endpoint has free slots, so jobs of a slow or black-holed endpoint wait in Redis, not in a
+ *     worker slot, and never delay another endpoint's. A circuit breaker stops reserving for an
+ *     endpoint after WH_BREAKER_FAILURES failures in a row for a while; --disable-after failures
+ *     in a row (across restarts, counted in Redis) disable it: its jobs stay queued.
+ *  5. SSRF: an endpoint URL is checked when stored (sd_addr_url_check) and every address is
+ *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
+ *     --allow-private.
+ *
+ * Known limits (README "What is not built yet"): the API's Redis calls are synchronous on the
+ * loop (one local round trip each); workers poll the endpoint queues every --poll-ms (serve's
+ * own workers are also kicked by each enqueue); a process crash between a message's store and
+ * its fan-out leaves it stored with fewer deliveries (the client's retry with the same
+ * Idempotency-Key replays the recorded answer only if it got recorded).
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "addr_vet.h"
+#include "cli.h"
+#include "http.h"
+#include "http_client.h"
+#include "idempotency.h"
+#include "jobqueue.h"
+#include "local_redis.h"
+#include "redis.h"
+#include "sd.h"
+#include "sender.h"
+#include "signature.h"
+
+#define KP "wh1:{wh1}:"                  /* every key's prefix (schema version, hash tag) */
+#define WH_LEASE_MARGIN_MS 5000          /* invariant 3 */
+#define WH_4XX_ATTEMPTS 3                /* attempts a non-retryable 4xx gets */
+#define WH_BREAKER_FAILURES 5            /* failures in a row that open the breaker */
+#define WH_RETRY_AFTER_MAX_MS 86400000LL /* the most a Retry-After can defer */
+#define WH_ATTEMPTS_KEPT 100             /* attempts kept per message */
+#define WH_RETENTION_S (30 * 86400)      /* messages and their attempts */
+#define WH_BODY_MAX (256 * 1024)
+
+typedef struct options {
+    const char *listen;
+    const char *redis;
+    const char *schedule_text;
+    long long timeout_ms, concurrency, endpoint_concurrency, poll_ms, disable_after;
+    int allow_private, no_deliver;
+} options;
+
+/* An endpoint as a worker sees it. Never freed while the worker runs (attempts point at it). */
+typedef struct sender sender;
+
+typedef struct endpoint {
+    sender *s; /* the sender it belongs to (a reserve callback's way back) */
+    char id[40];
+    char queue[64];
+    int inflight;            /* attempts running in this process */
+    int reserving;           /* a reserve call is in flight */
+    int disabled;            /* as last read from Redis */
+    int failures_row;        /* in this process, for the breaker */
+    uint64_t open_until_ms;  /* the breaker: open until then */
+    uint64_t pause_until_ms; /* no reserve before then (Redis failed under an attempt) */
+} endpoint;
+
+struct sender {
+    uv_loop_t *loop;
+    sd_redis_url url;
+    sd_redis *r;    /* synchronous: API calls and the attempts' records */
+    jq_client *jq;  /* synchronous: enqueue */
+    jq_aclient *aq; /* asynchronous: reserve, ack, fail, release */
+    sd_aredis *ar;  /* Idempotency-Key records */
+    sd_idem *idem;
+    sd_http_server *http;
+    sd_http_client *client;
+    sd_addr_opts addr;
+    long long schedule[WH_SCHEDULE_MAX];
+    int nschedule;
+    options o;
+    int64_t visibility_ms;
+    endpoint **eps;
+    size_t neps, caps;
+    int inflight;
+    int deliver; /* workers run in this process */
+    int stopping;
+    uint64_t last_refresh_ms;
+    uv_timer_t tick;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t finish; /* frees the queue connections once a stop has nothing left running */
+    uint64_t delivered, failed, dead;
+};
+
+/* One HTTP attempt of one job. */
+typedef struct attempt {
+    sender *s;
+    endpoint *ep;
+    jq_job job;
+    uint64_t start_ms;
+    char *body;
+    size_t body_len;
+} attempt;
+
+/* ---- small helpers ---- */
+
+int wh_schedule_parse(const char *text, long long *out, int *n, char *err, size_t errlen) {
+    *n = 0;
+    const char *p = text;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || v <= 0 || *p == '-' || *p == '+') {
+            snprintf(err, errlen, "wants durations like 50ms,1s,5m,2h, got '%s'", text);
+            return -1;
+        }
+        long long mult;
+        if (strncmp(end, "ms", 2) == 0)
+            mult = 1, end += 2;
+        else if (*end == 's')
+            mult = 1000, end++;
+        else if (*end == 'm')
+            mult = 60000, end++;
+        else if (*end == 'h')
+            mult = 3600000, end++;
+        else {
+            snprintf(err, errlen, "each duration needs a unit (ms, s, m, h), got '%s'", text);
+            return -1;
+        }
+        if (v > 7LL * 86400000 / mult || *n == WH_SCHEDULE_MAX) {
+            snprintf(err, errlen, "at most %d durations of at most 7 days each", WH_SCHEDULE_MAX);
+            return -1;
+        }
+        out[(*n)++] = v * mult;
+        if (*end == ',')
+            end++;
+        else if (*end) {
+            snprintf(err, errlen, "durations are separated by commas, got '%s'", text);
+            return -1;
+        }
+        p = end;
+    }
+    if (*n == 0) {
+        snprintf(err, errlen, "wants at least one duration");
+        return -1;
+    }
+    return 0;
+}
+
+static void random_id(const char *prefix, char *out, size_t len) {
+    unsigned char b[12];
+    if (RAND_bytes(b, sizeof b) != 1)
+        for (size_t i = 0; i < sizeof b; i++)
+            b[i] = (unsigned char)rand();
+    size_t o = (size_t)snprintf(out, len, "%s", prefix);
+    for (size_t i = 0; i < sizeof b && o + 2 < len; i++, o += 2)
+        snprintf(out + o, len - o, "%02x", b[i]);
+}
+
+/* An id from a path: letters, digits and '_' only, at most 39 bytes. */
+static int id_valid(const char *id) {
+    size_t n = strlen(id);
+    if (n == 0 || n > 39)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9') || id[i] == '_'))
+            return 0;
+    return 1;
+}
+
+/* One command on the synchronous connection. A connection that broke since its last use (a
+ * Redis restart) fails its first command and reconnects in the next one: such a failure is
+ * retried once (the commands here are reads, overwrites and counters). */
+static redisReply *cmd(sender *s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int err = 0;
+    redisReply *r = sd_redis_vcommand(s->r, &err, fmt, ap);
+    va_end(ap);
+    if (!r && err == SD_EDISCONNECTED) {
+        va_start(ap, fmt);
+        r = sd_redis_vcommand(s->r, &err, fmt, ap);
+        va_end(ap);
+    }
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", r->str);
+        freeReplyObject(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void cmd_void(sender *s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = sd_redis_vcommand(s->r, NULL, fmt, ap);
+    va_end(ap);
+    if (r)
+        freeReplyObject(r);
+}
+
+/* A field of an HGETALL reply, or NULL. */
+static const char *hfield(const redisReply *h, const char *name) {
+    if (!h || h->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t i = 0; i + 1 < h->elements; i += 2)
+        if (strcmp(h->element[i]->str, name) == 0)
+            return h->element[i + 1]->str;
+    return NULL;
+}
+
+static void problem(sd_http_req *req, int status, const char *title, const char *detail) {
+    sd_http_req_respond_problem(req, status, "about:blank", title, detail, NULL);
+}
+
+static void redis_down(sd_http_req *req) {
+    problem(req, 503, "Redis unavailable", "the request could not be completed; retry");
+}
+
+/* ---- the delivery workers ---- */
+
+static void sender_maybe_finish(sender *s);
+static void endpoint_fill(sender *s, endpoint *ep, uint64_t now);
+
+static void attempt_free(attempt *a) {
+    sender *s = a->s;
+    endpoint *ep = a->ep;
+    ep->inflight--;
+    s->inflight--;
+    jq_job_clear(&a->job);
+    free(a->body);
+    free(a);
+    sender_maybe_finish(s);
+    endpoint_fill(s, ep, sd_now_ms());
+}
+
+/* Unix time in ms, for what users read (the attempts' times); durations use sd_now_ms. */
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Pipelining: the records an attempt writes go to Redis in one round trip. pipe_add appends a
+ * command and counts it in *n unless an earlier append failed (*n < 0: the connection is then
+ * unusable until the next command, which reconnects); pipe_end reads the *n replies and returns
+ * the last one (the caller frees it) or NULL. */
+#define pipe_add(s, n, ...)                                                                        \
+    do {                                                                                           \
+        if (*(n) >= 0)                                                                             \
+            *(n) = sd_redis_append((s)->r, __VA_ARGS__) == 0 ? *(n) + 1 : -1;                      \
+    } while (0)
+
+static redisReply *pipe_end(sender *s, int n) {
+    redisReply *last = NULL;
+    for (int i = 0; i < n; i++) {
+        if (last)
+            freeReplyObject(last);
+        last = sd_redis_get_reply(s->r, NULL);
+        if (!last)
+            return NULL;
+    }
+    if (last && last->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(last);
+        return NULL;
+    }
+    return last;
+}
+
+/* Appends the attempt's record (time, endpoint, status, latency, error) to its message's list. */
+static void record_attempt(sender *s, attempt *a, int status, const char *error, int *n) {
+    int64_t at = wall_ms() - (int64_t)(sd_now_ms() - a->start_ms);
+    json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:I, s:s}", "endpoint_id", a->ep->id, "attempt",
+                          a->job.attempts, "at_ms", (json_int_t)at, "status", status, "latency_ms",
+                          (json_int_t)(sd_now_ms() - a->start_ms), "error", error);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    pipe_add(s, n, "RPUSH " KP "att:%s %s", a->job.payload, text);
+    pipe_add(s, n, "LTRIM " KP "att:%s -%d -1", a->job.payload, WH_ATTEMPTS_KEPT);
+    pipe_add(s, n, "EXPIRE " KP "att:%s %d", a->job.payload, WH_RETENTION_S);
+    free(text);
+}
+
+static void on_jq_done(jq_aclient *c, int status, int64_t value, void *arg) {
+    attempt *a = arg;
+    if (status != 0)
+        sd_log(SD_LOG_WARN, "webhook.queue_error", "endpoint=%s error=\"%s\"", a->ep->id,
+               jq_strerror(status));
+    attempt_free(a);
+}
+
+static void on_acked(jq_aclient *c, int status, const int *codes, size_t n, void *arg) {
+    on_jq_done(c, status == 0 && n == 1 ? codes[0] : status, 0, arg);
+}
+
+static void on_failed(jq_aclient *c, int status, int64_t state, void *arg) {
+    attempt *a = arg;
+    if (status == 0 && state == JQ_STATE_DEAD) {
+        sender *s = a->s;
+        s->dead++;
+        char dl[48];
+        random_id("dl_", dl, sizeof dl);
+        redisReply *last = cmd(s, "LINDEX " KP "att:%s -1", a->job.payload);
+        const char *err = last && last->type == REDIS_REPLY_STRING ? last->str : "";
+        json_t *le = json_loads(err, 0, NULL);
+        json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:O}", "id", dl, "message_id", a->job.payload,
+                              "endpoint_id", a->ep->id, "attempts", a->job.attempts, "last_error",
+                              le ? le : json_null());
+        char *text = json_dumps(j, JSON_COMPACT);
+        cmd_void(s, "HSET " KP "dead %s %s", dl, text);
+        sd_log(SD_LOG_INFO, "webhook.dead_letter", "id=%s message=%s endpoint=%s", dl,
+               a->job.payload, a->ep->id);
+        free(text);
+        json_decref(j);
+        json_decref(le);
+        if (last)
+            freeReplyObject(last);
+    }
+    on_jq_done(c, status, state, arg);
+}
+
+static void attempt_release(attempt *a) {
+    if (jq_arelease(a->s->aq, a->ep->queue, &a->job, on_jq_done, a) != 0)
+        attempt_free(a);
+}
+
+static void endpoint_disable(sender *s, endpoint *ep, const char *reason) {
+    cmd_void(s, "HSET " KP "ep:%s state disabled disabled_reason %s", ep->id, reason);
+    ep->disabled = 1;
+    sd_log(SD_LOG_WARN, "webhook.endpoint_disabled", "endpoint=%s reason=\"%s\"", ep->id, reason);
+}
+
+/* The delay before the next attempt after the attempt-th failed, with +-10% jitter. */
+static int64_t schedule_delay(sender *s, int attempt_no) {
+    int i = attempt_no - 1;
+    if (i >= s->nschedule)
+        i = s->nschedule - 1;
+    int64_t d = s->schedule[i];
+    uint64_t r;
+    if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
+        r = (uint64_t)rand();
+    int64_t span = d / 5;
+    return span > 0 ? d - d / 10 + (int64_t)(r % (uint64_t)(span + 1)) : d;
+}
+
+/* Retry-After as seconds or an HTTP date; -1 when absent or unreadable. */
+static int64_t retry_after_ms(const sd_http_response *resp) {
+    const char *v = sd_http_response_header(resp, "Retry-After");
+    if (!v)
+        return -1;
+    long long secs;
+    if (sd_parse_ll(v, 0, 10LL * 365 * 86400, &secs) == 0)
+        return secs * 1000;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (!end)
+        return -1;
+    int64_t at = (int64_t)timegm(&tm) - (int64_t)time(NULL);
+    return at > 0 ? at * 1000 : 0;
+}
+
+static void on_response(int err, sd_http_response *resp, void *udata) {
+    attempt *a = udata;
+    sender *s = a->s;
+    endpoint *ep = a->ep;
+    int status = resp->status;
+    if (err == SD_ECLOSED) { /* stopping: the attempt did not happen */
+        attempt_release(a);
+        return;
+    }
+    if (err == 0 && status >= 200 && status <= 299) {
+        s->delivered++;
+        ep->failures_row = 0;
+        ep->open_until_ms = 0; /* the breaker closes */
+        int n = 0;
+        record_attempt(s, a, status, "", &n);
+        pipe_add(s, &n, "HSET " KP "ep:%s failures_row 0", ep->id);
+        pipe_add(s, &n, "HINCRBY " KP "ep:%s ok 1", ep->id);
+        redisReply *last = pipe_end(s, n);
+        if (last)
+            freeReplyObject(last);
+        jq_ack_item item = {.job = &a->job, .result = NULL, .len = 0};
+        if (jq_aack_many(s->aq, ep->queue, &item, 1, on_acked, a) != 0)
+            attempt_free(a);
+        return;
+    }
+    s->failed++;
+    char error[160];
+    if (err)
+        snprintf(error, sizeof error, "%s", sd_strerror(err));
+    else
+        snprintf(error, sizeof error, "HTTP %d", status);
+    if (err == 0 && status >= 300 && status <= 399)
+        snprintf(error, sizeof error, "HTTP %d (redirects are not followed)", status);
+    int n = 0;
+    record_attempt(s, a, status, error, &n);
+    pipe_add(s, &n, "HINCRBY " KP "ep:%s failed 1", ep->id);
+    pipe_add(s, &n, "HINCRBY " KP "ep:%s failures_row 1", ep->id);
+    redisReply *row = pipe_end(s, n);
+    long long in_row = row && row->type == REDIS_REPLY_INTEGER ? row->integer : 0;
+    if (row)
+        freeReplyObject(row);
+    if (++ep->failures_row >= WH_BREAKER_FAILURES)
+        ep->open_until_ms = sd_now_ms() + (uint64_t)s->schedule[0];
+    if (err == 0 && status == 410) {
+        endpoint_disable(s, ep, "410 Gone");
+        attempt_release(a); /* its message is kept, queued, for a re-enabled endpoint */
+        return;
+    }
+    if (in_row >= s->o.disable_after) {
+        endpoint_disable(s, ep, "failed too many times in a row");
+        attempt_release(a);
+        return;
+    }
+    jq_fail_opts fo = {.permanent = 0, .retry_after_ms = -1};
+    int stop_4xx = err == 0 && status >= 400 && status <= 499 && status != 408 && status != 409 &&
+                   status != 425 && status != 429;
+    if ((stop_4xx && a->job.attempts >= WH_4XX_ATTEMPTS) || a->job.attempts > s->nschedule)
+        fo.permanent = 1;
+    else {
+        fo.retry_after_ms = schedule_delay(s, a->job.attempts);
+        int64_t ra = err == 0 && (status == 429 || status == 503) ? retry_after_ms(resp) : -1;
+        if (ra >= 0)
+            fo.retry_after_ms = ra > WH_RETRY_AFTER_MAX_MS ? WH_RETRY_AFTER_MAX_MS : ra;
+    }
+    if (jq_afail(s->aq, ep->queue, &a->job, error, &fo, on_failed, a) != 0)
+        attempt_free(a);
+}
+
+static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
+    attempt *a = sd_xcalloc(1, sizeof *a);
+    a->s = s;
+    a->ep = ep;
+    a->job = *job; /* takes the payload */
+    a->start_ms = sd_now_ms();
+    ep->inflight++;
+    s->inflight++;
+    /* The endpoint and the message's bytes, in one round trip. */
+    int n = 0;
+    pipe_add(s, &n, "HGETALL " KP "ep:%s", ep->id);
+    pipe_add(s, &n, "HGET " KP "msg:%s body", a->job.payload);
+    redisReply *e = n == 2 ? sd_redis_get_reply(s->r, NULL) : NULL;
+    redisReply *m = e ? pipe_end(s, 1) : NULL;
+    if (e && e->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(e);
+        e = NULL;
+    }
+    const char *url = hfield(e, "url"), *secret = hfield(e, "secret");
+    const char *state = hfield(e, "state");
+    if (!e || !m || !url || !secret || !state || strcmp(state, "enabled") != 0) {
+        if (state && strcmp(state, "enabled") != 0)
+            ep->disabled = 1;
+        else /* Redis failed: the next try waits for a tick, not for this release */
+            ep->pause_until_ms = sd_now_ms() + (uint64_t)s->o.poll_ms;
+        attempt_release(a); /* Redis failed, or the endpoint is disabled: try later */
+        goto out;
+    }
+    if (m->type != REDIS_REPLY_STRING) { /* the message is past its retention */
+        jq_ack_item item = {.job = &a->job};
+        if (jq_aack_many(s->aq, ep->queue, &item, 1, on_acked, a) != 0)
+            attempt_free(a);
+        goto out;
+    }
+    a->body = sd_xmalloc(m->len + 1);
+    memcpy(a->body, m->str, m->len);
+    a->body_len = m->len;
+    wh_secret keys[2];
+    size_t nkeys = 0;
+    if (wh_secret_parse(secret, &keys[0]) == 0)
+        nkeys++;
+    const char *old = hfield(e, "old_secret"), *old_until = hfield(e, "old_until_ms");
+    if (old && old_until && (uint64_t)atoll(old_until) > (uint64_t)time(NULL) * 1000 &&
+        wh_secret_parse(old, &keys[nkeys]) == 0)
+        nkeys++;
+    char sig[2 * (WH_SIGNATURE_ENTRY_LEN + 1)];
+    int64_t ts = (int64_t)time(NULL);
+    int rc = nkeys ? wh_signature_sign(keys, nkeys, a->job.payload, ts, a->body, a->body_len, sig,
+                                       sizeof sig)
+                   : WH_ESECRET;
+    for (size_t i = 0; i < nkeys; i++)
+        wh_secret_clear(&keys[i]);
+    if (rc != 0) {
+        sd_log(SD_LOG_ERROR, "webhook.sign_failed", "endpoint=%s error=\"%s\"", ep->id,
+               wh_strerror(rc));
+        attempt_release(a);
+        goto out;
+    }
+    char h_id[300], h_ts[64], h_sig[sizeof sig + 32];
+    snprintf(h_id, sizeof h_id, "webhook-id: %s", a->job.payload);
+    snprintf(h_ts, sizeof h_ts, "webhook-timestamp: %lld", (long long)ts);
+    snprintf(h_sig, sizeof h_sig, "webhook-signature: %s", sig);
+    const char *headers[] = {"Content-Type: application/json", h_id, h_ts, h_sig, NULL};
+    sd_http_request req = {.method = "POST",
+                           .url = url,
+                           .headers = headers,
+                           .body = a->body,
+                           .body_len = a->body_len,
+                           .timeout_ms = (int)s->o.timeout_ms,
+                           .connect_timeout_ms = (int)s->o.timeout_ms,
+                           .max_response_bytes = 64 * 1024,
+                           .max_redirects = 0};
+    /* Invariant 3: the attempt ends (its deadline) well before its lease does. */
+    if (s->o.timeout_ms + WH_LEASE_MARGIN_MS > s->visibility_ms)
+        abort();
+    rc = sd_http_client_request(s->client, &req, on_response, a);
+    if (rc != 0) {
+        char error[96];
+        snprintf(error, sizeof error, "%s", sd_strerror(rc));
+        int np = 0;
+        record_attempt(s, a, 0, error, &np);
+        redisReply *last = pipe_end(s, np);
+        if (last)
+            freeReplyObject(last);
+        jq_fail_opts fo = {.permanent = 0, .retry_after_ms = schedule_delay(s, a->job.attempts)};
+        if (jq_afail(s->aq, ep->queue, &a->job, error, &fo, on_failed, a) != 0)
+            attempt_free(a);
+    }
+out:
+    if (e)
+        freeReplyObject(e);
+    if (m)
+        freeReplyObject(m);
+}
+
+static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
+                        void *arg) {
+    endpoint *ep = arg;
+    sender *s = ep->s;
+    ep->reserving = 0;
+    if (status != 0)
+        sd_log(SD_LOG_DEBUG, "webhook.reserve_failed", "endpoint=%s error=\"%s\"", ep->id,
+               jq_strerror(status));
+    for (size_t i = 0; i < n; i++) {
+        if (s->stopping) {
+            attempt *a = sd_xcalloc(1, sizeof *a);
+            a->s = s;
+            a->ep = ep;
+            a->job = jobs[i];
+            ep->inflight++;
+            s->inflight++;
+            attempt_release(a);
+            continue;
+        }
+        attempt_start(s, ep, &jobs[i]);
+    }
+    sender_maybe_finish(s);
+}
+
+/* Reads the endpoint list and states (at most every poll interval, or when kicked). */
+static void endpoints_refresh(sender *s) {
+    redisReply *ids = cmd(s, "SMEMBERS " KP "eps");
+    if (!ids)
+        return;
+    for (size_t i = 0; i < ids->elements; i++) {
+        const char *id = ids->element[i]->str;
+        endpoint *ep = NULL;
+        for (size_t k = 0; k < s->neps; k++)
+            if (strcmp(s->eps[k]->id, id) == 0)
+                ep = s->eps[k];
+        if (!ep) {
+            if (!id_valid(id))
+                continue;
+            if (s->neps == s->caps) {
+                s->caps = s->caps ? 2 * s->caps : 16;
+                s->eps = sd_xrealloc(s->eps, s->caps * sizeof *s->eps);
+            }
+            ep = sd_xcalloc(1, sizeof *ep);
+            ep->s = s;
+            snprintf(ep->id, sizeof ep->id, "%s", id);
+            snprintf(ep->queue, sizeof ep->queue, "wh1.ep.%s", id);
+            s->eps[s->neps++] = ep;
+        }
+        redisReply *st = cmd(s, "HGET " KP "ep:%s state", id);
+        if (st)
+            ep->disabled = !(st->type == REDIS_REPLY_STRING && strcmp(st->str, "enabled") == 0);
+        if (st)
+            freeReplyObject(st);
+    }
+    freeReplyObject(ids);
+}
+
+/* Reserves as many of the endpoint's jobs as it has free slots (invariant 4), unless it is
+ * disabled, its breaker is open, or a reserve is already on its way. Runs on every tick and
+ * whenever one of its attempts ends, so a busy endpoint's next job does not wait for a tick. */
+static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
+    int free_ep = (int)s->o.endpoint_concurrency - ep->inflight;
+    int free_all = (int)s->o.concurrency - s->inflight;
+    int n = free_ep < free_all ? free_ep : free_all;
+    if (s->stopping || !s->deliver || ep->disabled || ep->reserving || n <= 0)
+        return;
+    if (ep->open_until_ms > now || ep->pause_until_ms > now)
+        return;
+    if (ep->open_until_ms) /* half open: one probe at a time until one succeeds */
+        n = ep->inflight ? 0 : 1;
+    if (n <= 0)
+        return;
+    if (jq_areserve(s->aq, ep->queue, n, s->visibility_ms, on_reserved, ep) == 0)
+        ep->reserving = 1;
+}
+
+static void on_tick(uv_timer_t *t) {
+    sender *s = t->data;
+    if (s->stopping)
+        return;
+    uint64_t now = sd_now_ms();
+    if (now - s->last_refresh_ms >= (uint64_t)s->o.poll_ms) {
+        endpoints_refresh(s);
+        s->last_refresh_ms = now;
+    }
+    for (size_t i = 0; i < s->neps; i++)
+        endpoint_fill(s, s->eps[i], now);
+}
+
+/* Makes the workers look at the queues now (after an enqueue in this process). */
+static void workers_kick(sender *s) {
+    if (!s->deliver || s->stopping)
+        return;
+    s->last_refresh_ms = 0;
+    uv_timer_start(&s->tick, on_tick, 0, (uint64_t)s->o.poll_ms);
+}
+
+/* ---- the API ---- */
+
+static void on_endpoint_create(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    size_t len;
+    const char *body = sd_http_req_body(req, &len);
+    json_error_t jerr;
+    json_t *in = json_loadb(body, len, 0, &jerr);
+    if (!json_is_object(in)) {
+        problem(req, 400, "Bad request", "the body must be a JSON object");
+        json_decref(in);
+        return;
+    }
+    const char *url = json_string_value(json_object_get(in, "url"));
+    json_t *secret_j = json_object_get(in, "secret"), *types = json_object_get(in, "event_types");
+    sd_addr_url parsed;
+    sd_addr_verdict v = url ? sd_addr_url_check(url, &s->addr, &parsed) : SD_ADDR_URL_SCHEME;
+    char secret[WH_SECRET_TEXT_MAX];
+    wh_secret tmp;
+    const char *bad = NULL;
+    if (!url)
+        bad = "\"url\" is required (a string)";
+    else if (v != SD_ADDR_OK)
+        bad = sd_addr_reason(v);
+    else if (secret_j &&
+             (!json_is_string(secret_j) || wh_secret_parse(json_string_value(secret_j), &tmp) != 0))
+        bad = "\"secret\" must be whsec_ and the base64 of 24 to 64 bytes";
+    else if (types && !json_is_array(types))
+        bad = "\"event_types\" must be an array of strings";
+    char *types_text = sd_xstrdup(",");
+    size_t i;
+    json_t *t;
+    json_array_foreach(types, i, t) {
+        const char *tv = json_string_value(t);
+        if (!tv || !*tv || strlen(tv) > 128 || strchr(tv, ',')) {
+            bad = "\"event_types\" must be an array of strings";
+            break;
+        }
+        char *n = sd_xasprintf("%s%s,", types_text, tv);
+        free(types_text);
+        types_text = n;
+    }
+    wh_secret_clear(&tmp);
+    if (bad) {
+        problem(req, 422, "Invalid endpoint", bad);
+        json_decref(in);
+        free(types_text);
+        return;
+    }
+    if (secret_j)
+        snprintf(secret, sizeof secret, "%s", json_string_value(secret_j));
+    else if (wh_secret_generate(32, secret, sizeof secret) != 0) {
+        problem(req, 500, "No randomness", NULL);
+        json_decref(in);
+        free(types_text);
+        return;
+    }
+    char id[40];
+    random_id("ep_", id, sizeof id);
+    const char *argv[] = {"HSET",   NULL,      "url",         url,
+                          "secret", secret,    "event_types", types ? types_text : "*",
+                          "state",  "enabled", "created_ms",  NULL};
+    char key[80], now[24];
+    snprintf(key, sizeof key, KP "ep:%s", id);
+    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
+    argv[1] = key;
+    argv[11] = now;
+    int err = 0;
+    size_t lens[12];
+    for (int i = 0; i < 12; i++)
+        lens[i] = strlen(argv[i]);
+    redisReply *r = sd_redis_commandv(s->r, &err, 12, argv, lens);
+    if (!r && err == SD_EDISCONNECTED)
+        r = sd_redis_commandv(s->r, &err, 12, argv, lens);
+    int ok = r && r->type == REDIS_REPLY_INTEGER;
+    if (r)
+        freeReplyObject(r);
+    redisReply *r2 = ok ? cmd(s, "SADD " KP "eps %s", id) : NULL;
+    ok = r2 != NULL;
+    if (r2)
+        freeReplyObject(r2);
+    json_decref(in);
+    free(types_text);
+    if (!ok) {
+        cmd_void(s, "DEL %s", key);
+        redis_down(req);
+        return;
+    }
+    sd_log(SD_LOG_INFO, "webhook.endpoint_created", "endpoint=%s", id);
+    char loc[80];
+    snprintf(loc, sizeof loc, "/v1/endpoints/%s", id);
+    sd_http_req_add_header(req, "Location", loc);
+    sd_http_req_respond_json(req, 201, json_pack("{s:s, s:s}", "id", id, "secret", secret));
+    memset(secret, 0, sizeof secret);
+    workers_kick(s);
+}
+
+/* GET /v1/endpoints/{id} and POST /v1/endpoints/{id}/rotate-secret. */
+static void on_endpoint(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    char id[64];
+    const char *rest = sd_http_req_path(req) + strlen("/v1/endpoints/");
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    snprintf(id, sizeof id, "%.*s", (int)(n < 63 ? n : 63), rest);
+    int get = strcmp(sd_http_req_method(req), "GET") == 0;
+    int rotate = !get && slash && strcmp(slash, "/rotate-secret") == 0;
+    int enable = !get && slash && strcmp(slash, "/enable") == 0;
+    if (!id_valid(id) || n > 39 || (get && slash) || (!get && !rotate && !enable)) {
+        problem(req, 404, "Not found", NULL);
+        return;
+    }
+    redisReply *e = cmd(s, "HGETALL " KP "ep:%s", id);
+    if (!e) {
+        redis_down(req);
+        return;
+    }
+    if (e->elements == 0) {
+        freeReplyObject(e);
+        problem(req, 404, "Not found", "no such endpoint");
+        return;
+    }
+    if (enable) { /* its queued messages are delivered again */
+        freeReplyObject(e);
+        redisReply *r = cmd(s, "HSET " KP "ep:%s state enabled failures_row 0", id);
+        if (!r) {
+            redis_down(req);
+            return;
+        }
+        freeReplyObject(r);
+        cmd_void(s, "HDEL " KP "ep:%s disabled_reason", id);
+        sd_http_req_respond_json(req, 200, json_pack("{s:s, s:s}", "id", id, "state", "enabled"));
+        workers_kick(s);
+        return;
+    }
+    if (rotate) {
+        size_t len;
+        const char *body = sd_http_req_body(req, &len);
+        json_t *in = len ? json_loadb(body, len, 0, NULL) : json_object();
+        long long grace = 86400;
+        json_t *g = json_object_get(in, "grace_seconds");
+        if (!json_is_object(in) || (g && (!json_is_integer(g) || json_integer_value(g) < 0 ||
+                                          json_integer_value(g) > 7 * 86400))) {
+            json_decref(in);
+            freeReplyObject(e);
+            problem(req, 422, "Invalid rotation", "\"grace_seconds\" must be 0 to 604800");
+            return;
+        }
+        if (g)
+            grace = json_integer_value(g);
+        json_decref(in);
+        char secret[WH_SECRET_TEXT_MAX];
+        if (wh_secret_generate(32, secret, sizeof secret) != 0) {
+            freeReplyObject(e);
+            problem(req, 500, "No randomness", NULL);
+            return;
+        }
+        redisReply *r =
+            cmd(s, "HSET " KP "ep:%s secret %s old_secret %s old_until_ms %llu", id, secret,
+                hfield(e, "secret"),
+                (unsigned long long)time(NULL) * 1000ULL + (unsigned long long)grace * 1000);
+        freeReplyObject(e);
+        if (!r) {
+            redis_down(req);
+            return;
+        }
+        freeReplyObject(r);
+        sd_http_req_respond_json(req, 200, json_pack("{s:s}", "secret", secret));
+        memset(secret, 0, sizeof secret);
+        return;
+    }
+    long long ok = atoll(hfield(e, "ok") ? hfield(e, "ok") : "0");
+    long long failed = atoll(hfield(e, "failed") ? hfield(e, "failed") : "0");
+    json_t *out =
+        json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "id", id, "url", hfield(e, "url"), "state",
+                  hfield(e, "state"), "delivered", (json_int_t)ok, "failed", (json_int_t)failed,
+                  "failures_in_a_row",
+                  (json_int_t)atoll(hfield(e, "failures_row") ? hfield(e, "failures_row") : "0"));
+    json_object_set_new(out, "success_rate",
+                        ok + failed ? json_real((double)ok / (double)(ok + failed)) : json_null());
+    if (hfield(e, "disabled_reason"))
+        json_object_set_new(out, "disabled_reason", json_string(hfield(e, "disabled_reason")));
+    const char *types = hfield(e, "event_types");
+    if (types && strcmp(types, "*") != 0) {
+        json_t *arr = json_array();
+        char *copy = sd_xstrdup(types), *save = NULL;
+        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            json_array_append_new(arr, json_string(t));
+        free(copy);
+        json_object_set_new(out, "event_types", arr);
+    }
+    freeReplyObject(e);
+    sd_http_req_respond_json(req, 200, out);
+}
+
+static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
+    sender *s = udata;
+    size_t len;
+    const char *body = sd_http_req_body(req, &len);
+    json_t *in = json_loadb(body, len, 0, NULL);
+    const char *type = json_string_value(json_object_get(in, "event_type"));
+    json_t *payload = json_object_get(in, "payload");
+    const char *bad = NULL;
+    if (!json_is_object(in))
+        bad = "the body must be a JSON object";
+    else if (!type || !*type || strlen(type) > 128 || strchr(type, ','))
+        bad = "\"event_type\" must be a string of 1 to 128 bytes without ','";
+    else if (!payload)
+        bad = "\"payload\" is required (any JSON value)";
+    if (bad) {
+        json_decref(in);
+        sd_idem_call_respond_problem(call, 422, "about:blank", "Invalid message", bad, NULL);
+        return;
+    }
+    /* The body every attempt sends: {"type","timestamp","data"}, serialised once, here. */
+    char iso[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_t *msg = json_pack("{s:s, s:s, s:O}", "type", type, "timestamp", iso, "data", payload);
+    char *text = json_dumps(msg, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(msg);
+    char id[40];
+    random_id("msg_", id, sizeof id);
+    /* Which endpoints take it. */
+    redisReply *ids = cmd(s, "SMEMBERS " KP "eps");
+    char **targets = NULL;
+    size_t ntargets = 0;
+    int ok = ids != NULL;
+    for (size_t i = 0; ok && i < ids->elements; i++) {
+        redisReply *e = cmd(s, "HMGET " KP "ep:%s event_types", ids->element[i]->str);
+        if (!e) {
+            ok = 0;
+            break;
+        }
+        const char *types = e->element[0]->str;
+        char *needle = sd_xasprintf(",%s,", type);
+        if (types && (strcmp(types, "*") == 0 || strstr(types, needle))) {
+            targets = sd_xrealloc(targets, (ntargets + 1) * sizeof *targets);
+            targets[ntargets++] = sd_xstrdup(ids->element[i]->str);
+        }
+        free(needle);
+        freeReplyObject(e);
+    }
+    if (ok) {
+        redisReply *r = cmd(s, "HSET " KP "msg:%s event_type %s body %s created_ms %llu", id, type,
+                            text, (unsigned long long)wall_ms());
+        ok = r != NULL;
+        if (r)
+            freeReplyObject(r);
+        cmd_void(s, "EXPIRE " KP "msg:%s %d", id, WH_RETENTION_S);
+    }
+    /* One job per endpoint; the message id as the idempotency key, so a repeated fan-out
+     * makes no second job. */
+    for (size_t i = 0; ok && i < ntargets; i++) {
+        char queue[64];
+        snprintf(queue, sizeof queue, "wh1.ep.%s", targets[i]);
+        jq_enqueue_opts eo;
+        jq_enqueue_opts_default(&eo);
+        eo.max_attempts = s->nschedule + 2; /* one spare for an attempt whose worker died */
+        eo.idempotency_key = id;
+        jq_enqueued out;
+        int rc = jq_enqueue(s->jq, queue, id, strlen(id), &eo, &out);
+        if (rc == SD_EDISCONNECTED || rc == SD_ETIMEDOUT) /* the idempotency key makes it safe */
+            rc = jq_enqueue(s->jq, queue, id, strlen(id), &eo, &out);
+        ok = rc == 0;
+        if (ok)
+            cmd_void(s, "SADD " KP "msg:%s:eps %s", id, targets[i]);
+    }
+    cmd_void(s, "EXPIRE " KP "msg:%s:eps %d", id, WH_RETENTION_S);
+    for (size_t i = 0; i < ntargets; i++)
+        free(targets[i]);
+    free(targets);
+    if (ids)
+        freeReplyObject(ids);
+    free(text);
+    json_decref(in);
+    if (!ok) {
+        sd_idem_call_respond_problem(call, 503, "about:blank", "Redis unavailable",
+                                     "the message may be partly fanned out; retry with the same "
+                                     "Idempotency-Key",
+                                     NULL);
+        return;
+    }
+    sd_idem_call_respond_json(call, 202,
+                              json_pack("{s:s, s:I}", "id", id, "endpoints", (json_int_t)ntargets));
+    workers_kick(s);
+}
+
+static void on_message_create(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    sd_idem_handle(s->idem, req, message_create, s);
+}
+
+static void on_message_get(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    const char *id = sd_http_req_path(req) + strlen("/v1/messages/");
+    if (!id_valid(id)) {
+        problem(req, 404, "Not found", NULL);
+        return;
+    }
+    redisReply *m = cmd(s, "HGETALL " KP "msg:%s", id);
+    redisReply *att = m ? cmd(s, "LRANGE " KP "att:%s 0 -1", id) : NULL;
+    redisReply *eps = att ? cmd(s, "SMEMBERS " KP "msg:%s:eps", id) : NULL;
+    if (!eps) {
+        if (m)
+            freeReplyObject(m);
+        if (att)
+            freeReplyObject(att);
+        redis_down(req);
+        return;
+    }
+    if (m->elements == 0) {
+        problem(req, 404, "Not found", "no such message (or past its retention)");
+    } else {
+        json_t *body = json_loads(hfield(m, "body"), 0, NULL);
+        json_t *out = json_pack("{s:s, s:s, s:I}", "id", id, "event_type", hfield(m, "event_type"),
+                                "created_ms", (json_int_t)atoll(hfield(m, "created_ms")));
+        json_object_set_new(out, "payload", json_incref(json_object_get(body, "data")));
+        json_decref(body);
+        json_t *list = json_array(), *el = json_array();
+        for (size_t i = 0; i < att->elements; i++) {
+            json_t *a = json_loads(att->element[i]->str, 0, NULL);
+            if (a)
+                json_array_append_new(list, a);
+        }
+        for (size_t i = 0; i < eps->elements; i++)
+            json_array_append_new(el, json_string(eps->element[i]->str));
+        json_object_set_new(out, "endpoints", el);
+        json_object_set_new(out, "attempts", list);
+        sd_http_req_respond_json(req, 200, out);
+    }
+    freeReplyObject(m);
+    freeReplyObject(att);
+    freeReplyObject(eps);
+}
+
+static void on_dead_list(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    redisReply *d = cmd(s, "HVALS " KP "dead");
+    if (!d) {
+        redis_down(req);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < d->elements; i++) {
+        json_t *j = json_loads(d->element[i]->str, 0, NULL);
+        if (j)
+            json_array_append_new(arr, j);
+    }
+    freeReplyObject(d);
+    sd_http_req_respond_json(req, 200, arr);
+}
+
+static void on_dead_replay(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    char id[64];
+    const char *rest = sd_http_req_path(req) + strlen("/v1/dead-letters/");
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : 0;
+    if (!slash || strcmp(slash, "/replay") != 0 || n > 39) {
+        problem(req, 404, "Not found", NULL);
+        return;
+    }
+    snprintf(id, sizeof id, "%.*s", (int)n, rest);
+    if (!id_valid(id)) {
+        problem(req, 404, "Not found", NULL);
+        return;
+    }
+    redisReply *d = cmd(s, "HGET " KP "dead %s", id);
+    if (!d) {
+        redis_down(req);
+        return;
+    }
+    json_t *j = d->type == REDIS_REPLY_STRING ? json_loads(d->str, 0, NULL) : NULL;
+    freeReplyObject(d);
+    const char *msg = json_string_value(json_object_get(j, "message_id"));
+    const char *ep = json_string_value(json_object_get(j, "endpoint_id"));
+    if (!msg || !ep) {
+        json_decref(j);
+        problem(req, 404, "Not found", "no such dead letter");
+        return;
+    }
+    char queue[64];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", ep);
+    jq_enqueue_opts eo;
+    jq_enqueue_opts_default(&eo);
+    eo.max_attempts = s->nschedule + 2;
+    jq_enqueued out;
+    int rc = jq_enqueue(s->jq, queue, msg, strlen(msg), &eo, &out);
+    if (rc == 0)
+        cmd_void(s, "HDEL " KP "dead %s", id);
+    json_t *resp = json_pack("{s:s, s:s}", "id", msg, "endpoint_id", ep);
+    json_decref(j);
+    if (rc != 0) {
+        json_decref(resp);
+        redis_down(req);
+        return;
+    }
+    sd_http_req_respond_json(req, 202, resp);
+    workers_kick(s);
+}
+
+static void on_metrics(sd_http_buf *buf, void *udata) {
+    sender *s = udata;
+    sd_http_buf_printf(buf,
+                       "# HELP webhook_attempts_total Delivery attempts by outcome.\n"
+                       "# TYPE webhook_attempts_total counter\n"
+                       "webhook_attempts_total{outcome=\"delivered\"} %llu\n"
+                       "webhook_attempts_total{outcome=\"failed\"} %llu\n"
+                       "webhook_dead_letters_total %llu\n",
+                       (unsigned long long)s->delivered, (unsigned long long)s->failed,
+                       (unsigned long long)s->dead);
+}
+
+/* ---- start and stop ---- */
+
+static void on_closed(uv_handle_t *h) {}
+
+/* Runs from its own timer, never from inside a queue callback: frees the connections. */
+static void on_finish(uv_timer_t *t) {
+    sender *s = t->data;
+    uv_close((uv_handle_t *)&s->finish, on_closed);
+    jq_aclient_free(s->aq);
+    s->aq = NULL;
+    sd_aredis_free(s->ar);
+    s->ar = NULL;
+}
+
+static void sender_maybe_finish(sender *s) {
+    if (!s->stopping || s->inflight > 0 || uv_is_active((uv_handle_t *)&s->finish) ||
+        uv_is_closing((uv_handle_t *)&s->finish))
+        return;
+    for (size_t i = 0; i < s->neps; i++)
+        if (s->eps[i]->reserving)
+            return;
+    uv_timer_start(&s->finish, on_finish, 0, 0);
+}
+
+static void sender_stop(sender *s) {
+    if (s->stopping)
+        return;
+    s->stopping = 1;
+    uv_timer_stop(&s->tick);
+    uv_close((uv_handle_t *)&s->tick, on_closed);
+    uv_close((uv_handle_t *)&s->sigint, on_closed);
+    uv_close((uv_handle_t *)&s->sigterm, on_closed);
+    /* Attempts in flight end with SD_ECLOSED and release their jobs (not counted). */
+    sd_http_client_free(s->client);
+    s->client = NULL;
+    sender_maybe_finish(s);
+}
+
+static void on_http_stopped(sd_http_server *srv, void *udata) {
+    sender_stop(udata);
+}
+
+static void on_signal(uv_signal_t *sig, int signum) {
+    sender *s = sig->data;
+    if (s->http)
+        sd_http_server_stop(s->http, 2000, on_http_stopped, s);
+    else
+        sender_stop(s);
+}
+
+static int sender_run(options *o, int serve) {
+    sender *s = sd_xcalloc(1, sizeof *s);
+    s->o = *o;
+    s->loop = uv_default_loop();
+    s->deliver = !(serve && o->no_deliver);
+    char err[256];
+    int status = SD_EXIT_FAILURE;
+    if (wh_schedule_parse(o->schedule_text, s->schedule, &s->nschedule, err, sizeof err) != 0) {
+        free(s);
+        return sd_cli_usage_error(serve ? "webhook serve" : "webhook deliver",
+                                  "--retry-schedule %s", err);
+    }
+    s->visibility_ms = o->timeout_ms + WH_LEASE_MARGIN_MS;
+    sd_addr_opts_default(&s->addr);
+    s->addr.allow_private = o->allow_private;
+    if (sd_redis_resolve_durable(o->redis, &s->url) != 0) {
+        free(s);
+        return SD_EXIT_FAILURE;
+    }
+    if (sd_redis_require_noeviction(&s->url, err, sizeof err) != 0) {
+        fprintf(stderr, "webhook: %s\n", err);
+        goto out;
+    }
+    sd_redis_opts ropts;
+    sd_redis_opts_default(&ropts);
+    s->r = sd_redis_new(&s->url, &ropts);
+    if (jq_client_new(&s->url, NULL, &s->jq) != 0 ||
+        jq_aclient_new(s->loop, &s->url, NULL, &s->aq) != 0) {
+        fprintf(stderr, "webhook: cannot connect to Redis\n");
+        goto out;
+    }
+    sd_http_client_opts copts;
+    sd_http_client_opts_default(&copts);
+    copts.vet = sd_addr_vet_connect;
+    copts.vet_udata = &s->addr;
+    copts.max_connections_per_host = (int)o->endpoint_concurrency;
+    copts.user_agent = "sysdesign-webhook";
+    s->client = sd_http_client_new(s->loop, &copts);
+    uv_timer_init(s->loop, &s->tick);
+    s->tick.data = s;
+    uv_timer_init(s->loop, &s->finish);
+    s->finish.data = s;
+    uv_signal_init(s->loop, &s->sigint);
+    uv_signal_init(s->loop, &s->sigterm);
+    s->sigint.data = s->sigterm.data = s;
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    if (serve) {
+        sd_redis_opts aopts;
+        sd_redis_opts_default(&aopts);
+        aopts.scripts = sd_idem_scripts;
+        aopts.nscripts = sd_idem_nscripts;
+        sd_aredis_new(s->loop, &s->url, &aopts, &s->ar);
+        /* Up before the first request, so that an Idempotency-Key is not answered 503 at start
+         * (it reconnects by itself later). */
+        if (s->ar && sd_aredis_wait_connected(s->ar, 5000) != 0)
+            sd_log(SD_LOG_WARN, "webhook.redis_unreachable", "what=idempotency answer=503");
+        sd_idem_opts io = {.prefix = "wh1:{wh1}:idem"};
+        sd_idem_new(s->ar, &io, &s->idem);
+        sd_http_opts hopts;
+        sd_http_opts_default(&hopts);
+        hopts.server_name = "webhook";
+        hopts.max_body_bytes = WH_BODY_MAX;
+        s->http = sd_http_server_new(s->loop, &hopts);
+        sd_http_server_route(s->http, "POST", "/v1/endpoints", on_endpoint_create, s);
+        sd_http_server_route(s->http, "GET", "/v1/endpoints/*", on_endpoint, s);
+        sd_http_server_route(s->http, "POST", "/v1/endpoints/*", on_endpoint, s);
+        sd_http_server_route(s->http, "POST", "/v1/messages", on_message_create, s);
+        sd_http_server_route(s->http, "GET", "/v1/messages/*", on_message_get, s);
+        sd_http_server_route(s->http, "GET", "/v1/dead-letters", on_dead_list, s);
+        sd_http_server_route(s->http, "POST", "/v1/dead-letters/*", on_dead_replay, s);
+        sd_http_server_add_metrics(s->http, on_metrics, s);
+        sd_idem_add_metrics(s->idem, s->http);
+        int rc = sd_http_server_listen(s->http, o->listen);
+        if (rc == 0)
+            rc = sd_http_server_print_address(s->http);
+        if (rc != 0) {
+            fprintf(stderr, "webhook serve: cannot listen on %s: %s\n", o->listen, sd_strerror(rc));
+            sd_http_server_stop(s->http, 0, on_http_stopped, s);
+            uv_run(s->loop, UV_RUN_DEFAULT);
+            goto out;
+        }
+    } else {
+        printf("delivering\n");
+        fflush(stdout);
+    }
+    if (s->deliver)
+        uv_timer_start(&s->tick, on_tick, 0, (uint64_t)o->poll_ms);
+    sd_log(SD_LOG_INFO, "webhook.sending",
+           "workers=%d timeout_ms=%lld visibility_ms=%lld allow_private=%d", s->deliver,
+           o->timeout_ms, (long long)s->visibility_ms, o->allow_private);
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    /* Every attempt has released or acked its job once the loop has no more work. */
+    status = SD_EXIT_OK;
+out:
+    if (!s->stopping && s->client)
+        sd_http_client_free(s->client);
+    sd_http_server_free(s->http);
+    if (!s->stopping) { /* a start that failed before the loop ran */
+        jq_aclient_free(s->aq);
+        sd_aredis_free(s->ar);
+    }
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    sd_idem_free(s->idem);
+    jq_client_free(s->jq);
+    sd_redis_free(s->r);
+    for (size_t i = 0; i < s->neps; i++)
+        free(s->eps[i]);
+    free(s->eps);
+    sd_redis_url_clear(&s->url);
+    uv_loop_close(s->loop);
+    free(s);
+    return status;
+}
+
+static int sender_main(int argc, char **argv, int serve) {
+    options o;
+    memset(&o, 0, sizeof o);
+    o.listen = "127.0.0.1:8090";
+    o.schedule_text = "5s,5m,30m,2h,5h,10h,14h,20h,24h";
+    o.timeout_ms = 15000;
+    o.concurrency = 256;
+    o.endpoint_concurrency = 8;
+    o.poll_ms = 50;
+    o.disable_after = 200;
+    const sd_cli_opt opts[] = {
+        {"--listen", "HOST:PORT", "serve: address to listen on (default 127.0.0.1:8090)",
+         .parse = sd_cli_listen_parse, .udata = &o.listen},
+        {"--redis", "URL", "Redis to use (else REDIS_URL, else the local durable Redis)",
+         .parse = sd_cli_redis_parse, .udata = &o.redis},
+        {"--retry-schedule", "LIST",
+         "delays between attempts, e.g. 50ms,1s,5m (default the Standard\n"
+         "Webhooks schedule 5s,5m,30m,2h,5h,10h,14h,20h,24h), +-10% jitter",
+         .text = &o.schedule_text},
+        {"--timeout-ms", "MS", "each attempt's HTTP deadline (default 15000)",
+         .integer = &o.timeout_ms, .min = 10, .max = 300000},
+        {"--concurrency", "N", "attempts at once in this process (default 256)",
+         .integer = &o.concurrency, .min = 1, .max = 10000},
+        {"--endpoint-concurrency", "N", "attempts at once per endpoint (default 8)",
+         .integer = &o.endpoint_concurrency, .min = 1, .max = 1000},
+        {"--poll-ms", "MS", "how often the endpoint queues are read (default 50)",
+         .integer = &o.poll_ms, .min = 1, .max = 10000},
+        {"--disable-after", "N", "failures in a row that disable an endpoint (default 200)",
+         .integer = &o.disable_after, .min = 1, .max = 1000000},
+        {"--allow-private", NULL,
+         "allow endpoints on loopback and private addresses (local use\n"
+         "and tests only: it turns the SSRF guard off)",
+         .flag = &o.allow_private},
+        {"--no-deliver", NULL, "serve: run no delivery workers here", .flag = &o.no_deliver},
+        {0}};
+    const sd_cli_cmd cmd = {
+        .name = serve ? "webhook serve" : "webhook deliver",
+        .synopsis = "[options]",
+        .about = serve ? "Runs the sender's API (endpoints, messages, dead letters) and delivery\n"
+                         "workers: each attempt is a job on the endpoint's queue."
+                       : "Runs delivery workers for the messages `webhook serve` accepted.",
+        .opts = opts};
+    int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
+    if (rc != SD_CLI_OK)
+        return sd_cli_exit_status(rc);
+    return sender_run(&o, serve);
+}
+
+int wh_run_serve(int argc, char **argv) {
+    return sender_main(argc, argv, 1);
+}
+
+int wh_run_deliver(int argc, char **argv) {
+    return sender_main(argc, argv, 0);
+}
