@@ -12,6 +12,7 @@
 
 static const bench_scenario *const *const component_lists[] = {
     bench_scenarios_ratelimit,
+    bench_scenarios_jobqueue,
 };
 
 const bench_scenario *const *bench_scenarios_all(void) {

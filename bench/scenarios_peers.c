@@ -91,10 +91,43 @@ static const bench_peer rate_limiter_flexible_block = {
     .hint = NODE_HINT,
 };
 
+/* BullMQ (Queue + Worker over ioredis, its defaults but the worker's concurrency) beside each
+ * jobqueue.* scenario: the same worker concurrency (50, fixed in the scenarios, so not
+ * {in_flight}, which is the open loop's cap there), the same bulk size or rate. In throughput
+ * mode the script keeps 10 x concurrency jobs enqueued and not completed, as ours keeps 500 in
+ * flight; in latency mode it adds one job at a time at the planned times and measures enqueue ->
+ * start, as ours. */
+static const char *const BULLMQ_NPM[] = {"bullmq", "ioredis", NULL};
+static const char BULLMQ_SUMMARY[] = "BullMQ Queue + Worker over ioredis, defaults, concurrency 50";
+#define BULLMQ_BESIDE(ident, scenario, ...)                                                        \
+    static const char *const ident##_argv[] = {"node",          "{peers_dir}/jobqueue-bullmq.js",  \
+                                               "--redis",       "{redis}",                         \
+                                               "--duration",    "{duration}",                      \
+                                               "--warmup",      "{warmup}",                        \
+                                               "--concurrency", "50",                              \
+                                               __VA_ARGS__,     NULL};                             \
+    static const bench_peer ident = {                                                              \
+        .name = "bullmq",                                                                          \
+        .compared_with = scenario,                                                                 \
+        .summary = BULLMQ_SUMMARY,                                                                 \
+        .argv = ident##_argv,                                                                      \
+        .programs = NODE,                                                                          \
+        .npm = BULLMQ_NPM,                                                                         \
+        .hint = NODE_HINT,                                                                         \
+    }
+BULLMQ_BESIDE(bullmq_bulk1, "jobqueue.noop.bulk1", "--mode", "throughput", "--bulk", "1");
+BULLMQ_BESIDE(bullmq_bulk100, "jobqueue.noop.bulk100", "--mode", "throughput", "--bulk", "100");
+BULLMQ_BESIDE(bullmq_lat1000, "jobqueue.latency.1000", "--mode", "latency", "--rate", "1000",
+              "--drain", "10");
+BULLMQ_BESIDE(bullmq_lat5000, "jobqueue.latency.5000", "--mode", "latency", "--rate", "5000",
+              "--drain", "10");
+
 const bench_peer *const bench_peers[] = {
     &rate_limiter_flexible, &rate_limiter_flexible_block,
     &rlf_beside_tb,         &rlf_beside_swc,
-    &rlf_beside_fw,         NULL,
+    &rlf_beside_fw,         &bullmq_bulk1,
+    &bullmq_bulk100,        &bullmq_lat1000,
+    &bullmq_lat5000,        NULL,
 };
 
 void bench_peers_run_after(const char *scenario, const bench_env *env, double warmup_s,

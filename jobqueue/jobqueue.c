@@ -444,8 +444,8 @@ void jq_enqueue_opts_default(jq_enqueue_opts *opts) {
     opts->max_attempts = 5;
 }
 
-static int opts_check(const jq_client *c, const jq_new_job *j) {
-    if (j->len > c->cfg.max_payload)
+static int opts_check(const jq_config *cfg, const jq_new_job *j) {
+    if (j->len > cfg->max_payload)
         return JQ_ETOOBIG;
     if (j->len > 0 && !j->payload)
         return JQ_EINVAL;
@@ -460,48 +460,57 @@ static int opts_check(const jq_client *c, const jq_new_job *j) {
     return 0;
 }
 
-int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, size_t n,
-                    jq_enqueued *out) {
+int jq__enqueue_args(const jq_config *cfg, jq__args *a, const jq_new_job *jobs, size_t n) {
     if (n == 0 || n > 10000)
         return JQ_EINVAL;
     for (size_t i = 0; i < n; i++) {
-        int rc = opts_check(c, &jobs[i]);
+        int rc = opts_check(cfg, &jobs[i]);
         if (rc != 0)
             return rc;
     }
-    jq__args a;
-    if (jq__args_begin(&a, &c->cfg, queue) != 0)
-        return JQ_EINVAL;
-    jq__args_num(&a, c->cfg.max_ready);
-    jq__args_num(&a, c->cfg.idempotency_ttl_ms);
-    jq__args_num(&a, (long long)n);
+    jq__args_num(a, cfg->max_ready);
+    jq__args_num(a, cfg->idempotency_ttl_ms);
+    jq__args_num(a, (long long)n);
     jq_enqueue_opts def;
     jq_enqueue_opts_default(&def);
     for (size_t i = 0; i < n; i++) {
         const jq_enqueue_opts *o = jobs[i].opts ? jobs[i].opts : &def;
-        jq__args_push(&a, jobs[i].payload, jobs[i].len);
-        jq__args_num(&a, o->delay_ms);
-        jq__args_num(&a, o->priority);
-        jq__args_num(&a, o->max_attempts);
-        jq__args_str(&a, o->idempotency_key ? o->idempotency_key : "");
+        jq__args_push(a, jobs[i].payload, jobs[i].len);
+        jq__args_num(a, o->delay_ms);
+        jq__args_num(a, o->priority);
+        jq__args_num(a, o->max_attempts);
+        jq__args_str(a, o->idempotency_key ? o->idempotency_key : "");
     }
-    redisReply *reply = NULL;
-    int rc = jq__run_code(c, JQ_S_ENQUEUE, &a, 1, &reply);
-    if (rc != 0) {
-        if (reply)
-            freeReplyObject(reply);
-        return rc;
-    }
-    if (reply->elements != 1 + 2 * n) {
-        freeReplyObject(reply);
+    return 0;
+}
+
+int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1 + 2 * n)
         return SD_EREDIS;
-    }
     for (size_t i = 0; i < n; i++) {
         jq__elem_text(reply->element[1 + 2 * i], out[i].id, sizeof out[i].id);
         out[i].created = (int)jq__elem_ll(reply->element[2 + 2 * i]);
     }
-    freeReplyObject(reply);
     return 0;
+}
+
+int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, size_t n,
+                    jq_enqueued *out) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__enqueue_args(&c->cfg, &a, jobs, n);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    redisReply *reply = NULL;
+    rc = jq__run_code(c, JQ_S_ENQUEUE, &a, 1, &reply);
+    if (rc == 0)
+        rc = jq__enqueue_parse(reply, n, out);
+    if (reply)
+        freeReplyObject(reply);
+    return rc;
 }
 
 int jq_enqueue(jq_client *c, const char *queue, const void *payload, size_t len,

@@ -361,6 +361,13 @@ typedef void jq_value_cb(jq_aclient *c, int status, int64_t value, void *arg);
 /* ack_many's per-item codes (as jq_ack_many). */
 typedef void jq_codes_cb(jq_aclient *c, int status, const int *codes, size_t n, void *arg);
 
+/* Enqueue's result: out[0..n) as jq_enqueue_many fills it, valid only during the callback. */
+typedef void jq_enqueued_cb(jq_aclient *c, int status, const jq_enqueued *out, size_t n, void *arg);
+
+/* jq_enqueue_many over the loop: n jobs (1 to 10,000) in one script, all or none. The
+ * payloads are copied before the call returns. */
+int jq_aenqueue_many(jq_aclient *c, const char *queue, const jq_new_job *jobs, size_t n,
+                     jq_enqueued_cb *cb, void *arg);
 int jq_areserve(jq_aclient *c, const char *queue, int n, int64_t visibility_ms, jq_reserve_cb *cb,
                 void *arg);
 /* Blocks (on the waiting connection) until something is pushed to the queue's wake list or

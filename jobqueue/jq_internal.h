@@ -45,6 +45,7 @@ void jq__args_num(jq__args *a, long long v);
 void jq__args_free(jq__args *a);
 
 /* The arguments of each call (after jq__args_begin); each returns 0 or a JQ_E* code. */
+int jq__enqueue_args(const jq_config *cfg, jq__args *a, const jq_new_job *jobs, size_t n);
 int jq__reserve_args(jq__args *a, int n, int64_t visibility_ms);
 int jq__ack_args(const jq_config *cfg, jq__args *a, const jq_ack_item *items, size_t n);
 int jq__fail_args(const jq_config *cfg, jq__args *a, const jq_job *job, const char *error,
@@ -55,6 +56,9 @@ int jq__lease_args(jq__args *a, const jq_job *job);
 int jq__lua_code(long long v);
 long long jq__elem_ll(const redisReply *e);
 void jq__elem_text(const redisReply *e, char *buf, size_t len);
+/* Checks an enqueue reply of n jobs (its code already 0) and fills out[0..n); returns 0 or
+ * SD_EREDIS. */
+int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out);
 /* Checks a reserve reply and fills jobs (at most n); returns 0 or SD_EREDIS. */
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);
 
