@@ -2,17 +2,19 @@
  * jobqueue_faults.c - probe-jobqueue: the job queue's kill -9 figures, measured on a private
  * redis-server (or --redis URL, a cluster too).
  *
- *   probe-jobqueue soak [--jobs 20000] [--workers 4] [--kill-ms 250] [--redis URL]
+ *   probe-jobqueue soak [--jobs 20000] [--workers 4] [--work-ms 2] [--kill-ms 250]
+ *                       [--redis URL|cluster]
  *
  *     Two queues of --jobs no-op jobs each. On "soak", --workers processes run the worker
  *     runtime (jq_worker, concurrency 10, visibility 1 s, Redis deadline 300 ms) with a
  *     handler that writes the job id to an execution log (one write(2) per run, so a SIGKILL
- *     loses no line) and finishes at once. On "once", as many processes reserve 10 jobs at a
- *     time with the synchronous client and finish each with jq_ack_effect (INCRBY of a counter
- *     by 1), logging each run the same way. Every --kill-ms one of these processes, picked at
- *     random, is SIGKILLed and a new one started, until both queues have every job DONE (or
- *     300 s pass). Prints the kills, the jobs completed at least once, lost (not DONE at the
- *     end), dead, the runs beyond one per job (duplicates) beside their bound (the jobs the
+ *     loses no line) and finishes after a random 0 to 2 x --work-ms (a timer; 0: at once), so
+ *     that kills find jobs in flight. On "once", as many processes reserve 10 jobs at a
+ *     time with the synchronous client and finish each, after the same work time, with
+ * jq_ack_effect (INCRBY of a counter by 1), logging each run the same way. Every --kill-ms one of
+ * these processes, picked at random, is SIGKILLed and a new one started, until both queues have
+ * every job DONE (or 300 s pass). Prints the kills, the jobs completed at least once, lost (not
+ * DONE at the end), dead, the runs beyond one per job (duplicates) beside their bound (the jobs the
  *     killed workers could hold: kills x concurrency), and the effect counter (must equal
  *     --jobs). Exit 0 when none is lost or dead and the counter is exact.
  *
@@ -37,6 +39,7 @@
 #include <uv.h>
 
 #include "jobqueue.h"
+#include "redis_cluster_server.h"
 #include "redis_server.h"
 #include "sd.h"
 
@@ -62,10 +65,36 @@ static void log_id(int fd, const char *id) {
 /* ---- Soak: the two kinds of worker ---------------------------------------------------------- */
 
 static int runtime_log_fd;
+static int work_ms; /* each job takes a random 0 to 2 x work_ms */
 
+typedef struct work {
+    uv_timer_t timer;
+    jq_task *task;
+} work;
+
+static void on_work_closed(uv_handle_t *h) {
+    free(h->data);
+}
+
+static void on_worked(uv_timer_t *h) {
+    work *wk = h->data;
+    jq_task_finish(wk->task, 1, NULL, 0);
+    uv_close((uv_handle_t *)h, on_work_closed);
+}
+
+/* Logs the run, then finishes after the job's work time (at once when it is 0). */
 static void noop_handler(jq_task *task, const jq_job *job, void *arg) {
     log_id(runtime_log_fd, job->id);
-    jq_task_finish(task, 1, NULL, 0);
+    int ms = work_ms > 0 ? rand() % (2 * work_ms + 1) : 0;
+    if (ms == 0) {
+        jq_task_finish(task, 1, NULL, 0);
+        return;
+    }
+    work *wk = malloc(sizeof *wk);
+    wk->task = task;
+    uv_timer_init(arg, &wk->timer);
+    wk->timer.data = wk;
+    uv_timer_start(&wk->timer, on_worked, (uint64_t)ms, 0);
 }
 
 static void runtime_worker(int fd) {
@@ -78,6 +107,8 @@ static void runtime_worker(int fd) {
     o.concurrency = WORKER_CONCURRENCY;
     o.visibility_ms = 1000;
     o.handler = noop_handler;
+    o.arg = &loop;
+    srand((unsigned)getpid());
     jq_worker *w = NULL;
     char err[256];
     if (jq_worker_new(&loop, &url, &cfg, &o, &w, err, sizeof err) != 0 || jq_worker_start(w) != 0) {
@@ -93,6 +124,7 @@ static void effect_worker(int fd) {
     if (jq_client_new(&url, &cfg, &c) != 0)
         _exit(2);
     jq_effect fx = {JQ_EFFECT_INCRBY, "count", 1, NULL};
+    srand((unsigned)getpid());
     for (;;) {
         jq_job jobs[ONCE_BATCH];
         size_t got = 0;
@@ -100,6 +132,8 @@ static void effect_worker(int fd) {
             continue;
         for (size_t i = 0; i < got; i++) {
             log_id(fd, jobs[i].id);
+            if (work_ms > 0)
+                sleep_ms(rand() % (2 * work_ms + 1));
             jq_ack_effect(c, "once", &jobs[i], "", 0, &fx); /* JQ_ESTALE when late: fine */
             jq_job_clear(&jobs[i]);
         }
@@ -220,9 +254,9 @@ static int cmd_soak(int jobs, int workers, int kill_ms) {
     if (r)
         freeReplyObject(r);
     long lost1 = jobs - s1.done - s1.dead, lost2 = jobs - s2.done - s2.dead;
-    printf("soak: %d jobs a queue, %d + %d worker processes, one SIGKILL every %d ms: %d kills "
-           "in %.1f s (%d worker runtime, %d effect)\n",
-           jobs, workers, workers, kill_ms, kills, secs, kills_runtime, kills_effect);
+    printf("soak: %d jobs a queue, %d + %d worker processes, jobs of 0-%d ms, one SIGKILL every "
+           "%d ms: %d kills in %.1f s (%d worker runtime, %d effect)\n",
+           jobs, workers, workers, 2 * work_ms, kill_ms, kills, secs, kills_runtime, kills_effect);
     printf("worker runtime (queue soak): done %lld, completed at least once %ld, lost %ld, dead "
            "%lld, runs %ld, duplicates %ld (bound: %d kills x %d in flight = %d)\n",
            (long long)s1.done, uniq1, lost1, (long long)s1.dead, runs1, runs1 - uniq1,
@@ -324,22 +358,29 @@ static int cmd_durability(int jobs, const char *fsync, double kill_after) {
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2 || (strcmp(argv[1], "soak") != 0 && strcmp(argv[1], "durability") != 0)) {
-        fprintf(stderr, "usage: probe-jobqueue soak [--jobs N] [--workers N] [--kill-ms MS] "
+        fprintf(stderr, "usage: probe-jobqueue soak [--jobs N] [--workers N] [--work-ms MS] "
+                        "[--kill-ms MS] "
                         "[--redis URL]\n       probe-jobqueue durability [--jobs N] [--fsync "
                         "always|everysec] [--kill-after FRACTION]\n");
         return 2;
     }
     int soak = strcmp(argv[1], "soak") == 0;
     int jobs = soak ? 20000 : 5000, workers = 4, kill_ms = 250;
+    work_ms = 2;
     double kill_after = 0.5;
     const char *redis = NULL, *fsync = "always";
+    int cluster = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--jobs") == 0)
             jobs = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--workers") == 0)
             workers = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--work-ms") == 0)
+            work_ms = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--kill-ms") == 0)
             kill_ms = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--redis") == 0 && strcmp(argv[i + 1], "cluster") == 0)
+            cluster = 1;
         else if (strcmp(argv[i], "--redis") == 0)
             redis = argv[i + 1];
         else if (strcmp(argv[i], "--fsync") == 0)
@@ -361,7 +402,12 @@ int main(int argc, char **argv) {
     if (!soak)
         return cmd_durability(jobs, fsync, kill_after);
     sd_redis_server *s = NULL;
-    if (!redis) {
+    sd_redis_cluster_server *cs = NULL;
+    if (cluster) {
+        if (sd_redis_cluster_server_start(NULL, &cs) != 0)
+            return 2;
+        redis = sd_redis_cluster_server_url(cs);
+    } else if (!redis) {
         if (sd_redis_server_start(NULL, &s) != 0)
             return 2;
         redis = sd_redis_server_url(s);
@@ -374,5 +420,6 @@ int main(int argc, char **argv) {
     int rc = cmd_soak(jobs, workers, kill_ms);
     sd_redis_url_clear(&url);
     sd_redis_server_stop(s);
+    sd_redis_cluster_server_stop(cs);
     return rc;
 }
