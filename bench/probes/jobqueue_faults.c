@@ -323,6 +323,7 @@ static int cmd_durability(int jobs, const char *fsync, double kill_after) {
     waitpid(pid, NULL, 0);
     close(fd);
     long acked = lines_of(path);
+    sd_redis_server_halt(s); /* reaps the killed process */
     int rc = sd_redis_server_restart(s);
     if (rc != 0) {
         fprintf(stderr, "probe-jobqueue: restart: %s\n", sd_strerror(rc));
