@@ -191,9 +191,17 @@ static int enqueue_all(jq_client *c, const char *queue, int n) {
     return 0;
 }
 
+/* The probe's own client: a deadline long enough for a loaded machine (the workers keep 300 ms,
+ * so that a 1 s lease is three deadlines). */
+static int probe_client(jq_client **out) {
+    jq_config slow = cfg;
+    slow.timeout_ms = 10000;
+    return jq_client_new(&url, &slow, out);
+}
+
 static int cmd_soak(int jobs, int workers, int kill_ms) {
     jq_client *c = NULL;
-    int rc = jq_client_new(&url, &cfg, &c);
+    int rc = probe_client(&c);
     if (rc != 0) {
         fprintf(stderr, "probe-jobqueue: %s\n", jq_strerror(rc));
         return 2;
@@ -281,7 +289,7 @@ static int cmd_soak(int jobs, int workers, int kill_ms) {
 
 static void enqueuer(int fd, int jobs) {
     jq_client *c = NULL;
-    if (jq_client_new(&url, &cfg, &c) != 0)
+    if (probe_client(&c) != 0)
         _exit(2);
     for (int i = 0; i < jobs; i++) {
         jq_enqueued out;
@@ -317,10 +325,19 @@ static int cmd_durability(int jobs, const char *fsync, double kill_after) {
     if (pid == 0)
         enqueuer(fd, jobs);
     long want = (long)(kill_after * jobs);
-    while (lines_of(path) < want)
+    int early = 0;
+    while (lines_of(path) < want) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            early = 1; /* the enqueuer stopped on an error before the kill */
+            break;
+        }
         sleep_ms(1);
+    }
     sd_redis_server_signal(s, SIGKILL);
-    waitpid(pid, NULL, 0);
+    if (!early)
+        waitpid(pid, NULL, 0);
+    if (early)
+        fprintf(stderr, "probe-jobqueue: the enqueuer stopped before the kill\n");
     close(fd);
     long acked = lines_of(path);
     sd_redis_server_halt(s); /* reaps the killed process */
@@ -330,7 +347,7 @@ static int cmd_durability(int jobs, const char *fsync, double kill_after) {
         return 2;
     }
     jq_client *c = NULL;
-    if (jq_client_new(&url, &cfg, &c) != 0)
+    if (probe_client(&c) != 0)
         return 2;
     FILE *f = fopen(path, "r");
     char line[64];
