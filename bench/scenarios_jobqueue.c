@@ -254,8 +254,14 @@ static void teardown(const bench_env *env, bench_target *target) {
         uv_run(env->loop, UV_RUN_ONCE);
     /* Jobs left in the queue (enqueued in the last moments) expire with the private Redis; on
      * a Redis of the user's they are the run's only leftovers, under the prefix jqbench:. */
-    if (b->stopped)
-        jq_worker_free(b->worker);
+    if (!b->stopped) {
+        /* Its handler still points at b: keep both rather than free what it may touch. */
+        fprintf(stderr, "jobqueue bench: %s: the worker did not stop within 10 s\n", b->queue);
+        jq_aclient_free(b->producer);
+        target->ctx = NULL;
+        return;
+    }
+    jq_worker_free(b->worker);
     jq_aclient_free(b->producer);
     bench_later_free(b->later);
     uv_close((uv_handle_t *)&b->flush, NULL);
