@@ -4,7 +4,7 @@
  * handlers that finish in one loop iteration in one script) on the harness's loop, with a no-op
  * handler that finishes each job at once.
  *
- *   jobqueue.noop.bulk1     closed loop, 500 jobs enqueued and not yet acked, one enqueue call
+ *   jobqueue.noop.single    closed loop, 500 jobs enqueued and not yet acked, one enqueue call
  *                           per job: jobs/s enqueue -> ack, and that latency
  *   jobqueue.noop.bulk100   the same with enqueues sent 100 jobs a call (a batch waits at most
  *                           BULK_WAIT_MS for its hundredth job)
@@ -289,7 +289,7 @@ static int setup_latency(const bench_env *env, bench_target *t) {
 /* ---- The registry --------------------------------------------------------------------------- */
 
 static const bench_scenario noop_bulk1 = {
-    .name = "jobqueue.noop.bulk1",
+    .name = "jobqueue.noop.single",
     .summary = "no-op jobs enqueue -> ack, 500 in flight, 1 job per enqueue, worker x50",
     .in_flight = 10 * CONCURRENCY,
     .default_duration_s = 4,

@@ -115,7 +115,7 @@ static const char BULLMQ_SUMMARY[] = "BullMQ Queue + Worker over ioredis, defaul
         .npm = BULLMQ_NPM,                                                                         \
         .hint = NODE_HINT,                                                                         \
     }
-BULLMQ_BESIDE(bullmq_bulk1, "jobqueue.noop.bulk1", "--mode", "throughput", "--bulk", "1");
+BULLMQ_BESIDE(bullmq_bulk1, "jobqueue.noop.single", "--mode", "throughput", "--bulk", "1");
 BULLMQ_BESIDE(bullmq_bulk100, "jobqueue.noop.bulk100", "--mode", "throughput", "--bulk", "100");
 BULLMQ_BESIDE(bullmq_lat1000, "jobqueue.latency.1000", "--mode", "latency", "--rate", "1000",
               "--drain", "10");

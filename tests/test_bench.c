@@ -990,7 +990,7 @@ Test(cli, jobqueue_scenarios_run_without_errors_and_skip_bullmq_without_node, .t
     unlink(json_path);
     cr_assert_not_null(root, "%s", e.text);
     json_t *arr = json_object_get(root, "scenarios");
-    const char *names[] = {"jobqueue.noop.bulk1", "jobqueue.noop.bulk100", "jobqueue.latency.1000",
+    const char *names[] = {"jobqueue.noop.single", "jobqueue.noop.bulk100", "jobqueue.latency.1000",
                            "jobqueue.latency.5000"};
     cr_assert_eq(json_array_size(arr), 4, "stderr: %s", r.err);
     int below = 0;
