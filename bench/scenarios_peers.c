@@ -122,12 +122,41 @@ BULLMQ_BESIDE(bullmq_lat1000, "jobqueue.latency.1000", "--mode", "latency", "--r
 BULLMQ_BESIDE(bullmq_lat5000, "jobqueue.latency.5000", "--mode", "latency", "--rate", "5000",
               "--drain", "10");
 
+/* nginx proxy_cache with proxy_cache_lock on, in front of the same cache-origin, loaded by the
+ * same client (bench/peers/nginx-cache.sh): local-tier hits and the stampede. */
+static const char *const NGINX_PROGRAMS[] = {"nginx", "jq", "curl", "python3", NULL};
+static const char NGINX_HINT[] = "Debian: apt-get install nginx-light jq curl";
+static const char *const NGINX_HIT_ARGV[] = {
+    "sh", "{peers_dir}/nginx-cache.sh", "hit", "{duration}", "{warmup}", "{in_flight}", "{redis}",
+    NULL};
+static const char *const NGINX_STAMPEDE_ARGV[] = {"sh",       "{peers_dir}/nginx-cache.sh",
+                                                  "stampede", "{duration}",
+                                                  "{warmup}", "{in_flight}",
+                                                  "{redis}",  NULL};
+static const bench_peer nginx_cache_hit = {
+    .name = "nginx-proxy_cache",
+    .compared_with = "cache.serve.local-hit",
+    .summary = "nginx proxy_cache, 1 worker, one hot path",
+    .argv = NGINX_HIT_ARGV,
+    .programs = NGINX_PROGRAMS,
+    .hint = NGINX_HINT,
+};
+static const bench_peer nginx_cache_stampede = {
+    .name = "nginx-proxy_cache_lock",
+    .compared_with = "cache.stampede",
+    .summary = "nginx proxy_cache_lock on, rounds of concurrent misses, 50 ms origin",
+    .argv = NGINX_STAMPEDE_ARGV,
+    .programs = NGINX_PROGRAMS,
+    .hint = NGINX_HINT,
+};
+
 const bench_peer *const bench_peers[] = {
     &rate_limiter_flexible, &rate_limiter_flexible_block,
     &rlf_beside_tb,         &rlf_beside_swc,
     &rlf_beside_fw,         &bullmq_bulk1,
     &bullmq_bulk100,        &bullmq_lat1000,
-    &bullmq_lat5000,        NULL,
+    &bullmq_lat5000,        &nginx_cache_hit,
+    &nginx_cache_stampede,  NULL,
 };
 
 void bench_peers_run_after(const char *scenario, const bench_env *env, double warmup_s,

@@ -206,6 +206,11 @@ int sd_aredis_wait_connected(sd_aredis *r, int timeout_ms);
 /* Non-zero while the connection is up (connected and authenticated). */
 int sd_aredis_is_connected(const sd_aredis *r);
 
+/* Non-zero when the connection routes to a Redis Cluster (decided in sd_aredis_new, before it
+ * returns, and fixed for the connection's life): a caller that sends commands of several keys
+ * then groups them by sd_redis_key_slot(). */
+int sd_aredis_is_cluster(const sd_aredis *r);
+
 /*
  * Sends one command with a deadline of timeout_ms (0 = the connection's default). Returns 0 when
  * accepted: the callback then runs exactly once, later, never from inside this call. Returns

@@ -554,6 +554,10 @@ int sd_aredis_is_connected(const sd_aredis *r) {
     return r->state == AS_READY;
 }
 
+int sd_aredis_is_cluster(const sd_aredis *r) {
+    return r->cluster != NULL;
+}
+
 size_t sd_aredis_pending(const sd_aredis *r) {
     if (r->cluster)
         return sd_redis__acluster_pending(r->cluster);

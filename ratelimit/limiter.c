@@ -12,9 +12,18 @@
  * the calls are in flight wait for the next reply and leave together: the batch grows with the
  * load, as in group commit.
  *
- * Redis Cluster: a batch names keys of many hash tags, which a cluster refuses unless they map
- * to one slot. With cfg->cluster set, a batch takes only checks of the head check's slot (each
- * check's own keys always share a tag); on a single Redis every check may join.
+ * Redis Cluster: one script call may only name keys of one hash slot, and each check's keys
+ * share one (its hash tag, rl_config_key). When the connection routes to a cluster
+ * (sd_aredis_is_cluster), each slot is a lane of its own: the batching above runs per slot, a
+ * call taking the queued checks of one slot while no other call of that slot is in flight, and
+ * the calls of one flush leave together (the connection pipelines each master's calls on its
+ * socket). The lanes overlap one another, which is what max_calls gives a single Redis, so one
+ * call per lane lets each lane's next batch grow while its call is out (two per lane made
+ * smaller batches and fewer decisions/s, README "Redis Cluster"). A slot whose call is out
+ * holds back no other slot: a slow master delays only its own checks. Keys spread over many
+ * slots make calls of one check each; cfg->tags gathers the keys under N shared tags, N lanes
+ * (README, "Redis Cluster", for the trade-off). On a single Redis the connection is the one
+ * lane.
  *
  * Deadlines: each check's deadline counts from rl_limiter_check(). Checks still queued when
  * their deadline passes (all calls busy on a slow Redis, or a loop that was blocked), and the
@@ -75,7 +84,7 @@ typedef struct rl_check {
     void *udata;
     uint64_t start_ns, deadline_ns, hash;
     long long cost;
-    int slot;     /* hash slot (cluster mode only) */
+    int slot;     /* its keys' hash slot (on a cluster; 0 on a single Redis) */
     int answered; /* late: its answer went out before its reply came */
     int given;    /* the answer's allowed, when answered */
     char cost_text[24];
@@ -94,6 +103,7 @@ typedef struct rl_answer {
 
 typedef struct rl_batch {
     rl_limiter *l;
+    int lane;                     /* its checks' slot on a cluster, 0 on a single Redis */
     struct rl_batch *prev, *next; /* the calls in flight */
     uint64_t deadline_ns;         /* its oldest check's: the checks are answered late then */
     int answered;                 /* they were */
@@ -107,9 +117,12 @@ struct rl_limiter {
     rl_policy_args args;
     rl_guard guard;
     sd_aredis *redis;
+    int cluster;           /* the connection routes to a Redis Cluster: a lane per slot */
+    int cluster_up;        /* on a cluster: what the state callback last said */
     rl_check *head, *tail; /* queued checks, oldest first */
     size_t queued;
-    int calls;        /* script calls in flight */
+    uint32_t *calls;  /* script calls in flight per lane (a lane per slot on a cluster, else 0) */
+    uint32_t *taking; /* on a cluster, while send_lanes() runs: checks taken per slot */
     rl_batch *flying; /* those calls, kept until their reply or reply_timeout_ms */
     uv_prepare_t prepare;
     uv_check_t check;
@@ -126,6 +139,12 @@ struct rl_limiter {
     int closing;
     int handles_open;
 };
+
+/* Whether Redis can be asked. On a cluster, the state callback's last word: asking the
+ * connection looks at every master of the slot map, too much for every check. */
+static int redis_up(const rl_limiter *l) {
+    return l->cluster ? l->cluster_up : sd_aredis_is_connected(l->redis);
+}
 
 /* Returns the next free slot of the ready array, growing it; ready_commit() fills in the rest. */
 static rl_answer *ready_slot(rl_limiter *l) {
@@ -218,6 +237,22 @@ static rl_check *queue_pop(rl_limiter *l) {
     return c;
 }
 
+/* Puts a check back into the queue, before the first check with a later deadline: the queue
+ * stays in deadline order (expire_queued). */
+static void queue_insert(rl_limiter *l, rl_check *c) {
+    rl_check **link = &l->head, *prev = NULL;
+    while (*link && (*link)->deadline_ns <= c->deadline_ns) {
+        prev = *link;
+        link = &prev->next;
+    }
+    c->next = *link;
+    *link = c;
+    if (c->next == NULL) {
+        l->tail = c;
+    }
+    l->queued++;
+}
+
 /* Answers every queued check with the fallback (Redis was not asked). */
 static void queue_fail(rl_limiter *l, int error) {
     while (l->head) {
@@ -282,6 +317,22 @@ static void flying_unlink(rl_limiter *l, rl_batch *b) {
     }
 }
 
+/* Whether a reply is a Redis Cluster redirection (MOVED, ASK) or a request to retry (TRYAGAIN,
+ * CLUSTERDOWN), which the connection passes on once it has followed too many: the script did
+ * not run. */
+static int redirected(const redisReply *reply) {
+    static const char *const kinds[] = {"MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"};
+    if (reply->type != REDIS_REPLY_ERROR) {
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        if (strncmp(reply->str, kinds[i], strlen(kinds[i])) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /*
  * A call's reply, its failure, or its reply_timeout_ms passing. Checks not answered yet get
  * Redis's decision (or the guard's answer); checks already answered late are reconciled: a
@@ -291,8 +342,24 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
     rl_batch *b = privdata;
     rl_limiter *l = b->l;
     uint64_t now = sd_now_ns();
-    l->calls--;
+    l->calls[b->lane]--;
     flying_unlink(l, b);
+    if (status == 0 && !l->closing && redirected(reply)) {
+        /* A slot on the move (resharding): the checks not answered yet go back into the queue
+         * and leave with the next flush, or are answered late at their deadline. Those already
+         * answered late were refused, and Redis did not charge them: nothing to reconcile. */
+        sd_log(SD_LOG_WARN, "ratelimit.redirected", "error=\"%.200s\"", reply->str);
+        rl_guard_call_done(&l->guard, 0, now);
+        for (size_t i = 0; i < b->n; i++) {
+            if (b->checks[i]->answered) {
+                free(b->checks[i]);
+            } else {
+                queue_insert(l, b->checks[i]);
+            }
+        }
+        free(b);
+        return;
+    }
     int rc = status;
     if (rc == 0 && reply->type != REDIS_REPLY_ARRAY) {
         rc = SD_EREDIS;
@@ -331,8 +398,18 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
     free(b);
 }
 
-/* Takes up to max_batch checks off the queue: all from the front on a single Redis; in
- * cluster mode, the head and later checks of its slot, the others keeping their order.
+/* A batch of room for n checks, none in it yet. */
+static rl_batch *batch_alloc(rl_limiter *l, size_t n, int lane) {
+    rl_batch *b = sd_xmalloc(sizeof(*b) + n * sizeof(rl_check *));
+    b->l = l;
+    b->lane = lane;
+    b->prev = b->next = NULL;
+    b->answered = 0;
+    b->n = 0;
+    return b;
+}
+
+/* On a single Redis: takes up to max_batch checks off the front of the queue.
  *
  * The queue is not spread over the free call slots. Calls sent together reach Redis together,
  * and Redis answers everything it read in one event-loop iteration with one write, so two calls
@@ -341,34 +418,26 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
  * checks that arrive while this call is out. */
 static rl_batch *batch_take(rl_limiter *l) {
     size_t max = (size_t)l->cfg.max_batch;
-    rl_batch *b = sd_xmalloc(sizeof(*b) + (max < l->queued ? max : l->queued) * sizeof(rl_check *));
-    b->l = l;
-    b->prev = b->next = NULL;
-    b->answered = 0;
-    b->n = 0;
-    if (!l->cfg.cluster) {
-        while (l->head && b->n < max) {
-            b->checks[b->n++] = queue_pop(l);
-        }
-        return b;
-    }
-    int slot = l->head->slot;
-    rl_check **link = &l->head, *prev = NULL;
-    while (*link && b->n < max) {
-        rl_check *c = *link;
-        if (c->slot == slot) {
-            *link = c->next;
-            if (l->tail == c) {
-                l->tail = prev;
-            }
-            l->queued--;
-            b->checks[b->n++] = c;
-        } else {
-            prev = c;
-            link = &c->next;
-        }
+    rl_batch *b = batch_alloc(l, max < l->queued ? max : l->queued, 0);
+    while (l->head && b->n < max) {
+        b->checks[b->n++] = queue_pop(l);
     }
     return b;
+}
+
+/* A check taken by send_lanes(), and its place in the queue, to sort the taken checks by slot
+ * and keep the queue's order within one. */
+typedef struct rl_taken {
+    rl_check *c;
+    size_t index;
+} rl_taken;
+
+static int taken_cmp(const void *a, const void *b) {
+    const rl_taken *x = a, *y = b;
+    if (x->c->slot != y->c->slot) {
+        return x->c->slot < y->c->slot ? -1 : 1;
+    }
+    return x->index < y->index ? -1 : x->index > y->index;
 }
 
 /* Sends one batch. Returns 0, or a negative code after answering its checks by fallback. */
@@ -410,7 +479,7 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
     free(argv);
     free(lens);
     if (rc == 0) {
-        l->calls++;
+        l->calls[b->lane]++;
         b->next = l->flying;
         if (l->flying) {
             l->flying->prev = b;
@@ -429,6 +498,57 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
     }
     free(b);
     return rc;
+}
+
+/*
+ * On a cluster: one pass over the queue takes, for every slot with no call in flight, up to
+ * max_batch of its checks, in queue order; the others stay queued, in order. Then one call per
+ * slot, each after the breaker admits it (a refusal answers its checks by fallback, as
+ * queue_fail does). The fallback's callbacks may free the limiter: the calls not sent by then
+ * answer their checks the same way (SD_ECLOSED).
+ */
+static void send_lanes(rl_limiter *l, uint64_t now) {
+    size_t max = (size_t)l->cfg.max_batch, n = 0, index = 0;
+    rl_taken *taken = sd_xmalloc(l->queued * sizeof(*taken));
+    rl_check **link = &l->head, *prev = NULL;
+    while (*link) {
+        rl_check *c = *link;
+        if (l->calls[c->slot] == 0 && l->taking[c->slot] < max) {
+            l->taking[c->slot]++;
+            *link = c->next;
+            if (l->tail == c) {
+                l->tail = prev;
+            }
+            l->queued--;
+            taken[n++] = (rl_taken){c, index};
+        } else {
+            prev = c;
+            link = &c->next;
+        }
+        index++;
+    }
+    qsort(taken, n, sizeof(*taken), taken_cmp);
+    for (size_t i = 0, end; i < n; i = end) {
+        int slot = taken[i].c->slot;
+        l->taking[slot] = 0;
+        for (end = i + 1; end < n && taken[end].c->slot == slot; end++) {
+        }
+        rl_batch *b = batch_alloc(l, end - i, slot);
+        for (size_t j = i; j < end; j++) {
+            b->checks[b->n++] = taken[j].c;
+        }
+        int refused = l->closing ? SD_ECLOSED : !rl_breaker_admit(&l->guard, now) ? RL_EBREAKER : 0;
+        if (refused == 0) {
+            batch_send(l, b, now);
+            continue;
+        }
+        for (size_t j = 0; j < b->n; j++) {
+            answer_without(l, b->checks[j], refused, 0);
+            free(b->checks[j]);
+        }
+        free(b);
+    }
+    free(taken);
 }
 
 static void flush(rl_limiter *l);
@@ -501,24 +621,29 @@ static void charge_pending(rl_limiter *l) {
 static void flush(rl_limiter *l) {
     uint64_t now = sd_now_ns();
     if (l->guard.npending > 0 && !l->closing && l->guard.breaker == RL_BREAKER_CLOSED &&
-        sd_aredis_is_connected(l->redis)) {
+        redis_up(l)) {
         charge_pending(l);
     }
-    while (l->head && l->calls < l->cfg.max_calls) {
+    while (l->head && (l->cluster || l->calls[0] < (uint32_t)l->cfg.max_calls)) {
         /* A loop blocked past the deadlines gets here before the expiry timer. */
         expire_queued(l, now);
         if (!l->head) {
             break;
         }
-        if (!sd_aredis_is_connected(l->redis)) {
+        if (!redis_up(l)) {
             queue_fail(l, SD_EDISCONNECTED);
             break;
         }
-        if (!rl_breaker_admit(&l->guard, now)) {
+        if (l->cluster) {
+            send_lanes(l, now); /* every lane that could send has sent */
+            break;
+        }
+        if (rl_breaker_admit(&l->guard, now)) {
+            batch_send(l, batch_take(l), now);
+        } else {
             queue_fail(l, RL_EBREAKER);
             break;
         }
-        batch_send(l, batch_take(l), now);
         now = sd_now_ns();
     }
     uint64_t d = next_deadline(l);
@@ -569,7 +694,7 @@ static void on_presence_reply(sd_aredis *r, redisReply *reply, int status, void 
 
 /* Says this gateway is alive and learns how many are (rl-presence.lua). */
 static void presence_send(rl_limiter *l) {
-    if (l->closing || !sd_aredis_is_connected(l->redis)) {
+    if (l->closing || !redis_up(l)) {
         return;
     }
     char ttl[24];
@@ -585,6 +710,15 @@ static void on_presence(uv_timer_t *t) {
 
 static void on_state(sd_aredis *r, int connected, void *privdata) {
     rl_limiter *l = privdata;
+    l->cluster_up = connected;
+    if (connected && !l->cluster && sd_aredis_is_cluster(r)) {
+        /* The connection finds out in its first handshake whether it talks to a cluster: from
+         * now on a lane per slot. Checks queued meanwhile get their slots. */
+        l->cluster = 1;
+        for (rl_check *c = l->head; c; c = c->next) {
+            c->slot = sd_redis_key_slot(c->keys, c->key_len[0]);
+        }
+    }
     if (connected) {
         rl_guard_reconnected(&l->guard);
         presence_send(l);
@@ -616,6 +750,10 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
         free(l);
         return rc;
     }
+    /* Known once the first handshake is done (on_state); the lanes are there from the start. */
+    l->cluster = sd_aredis_is_cluster(l->redis);
+    l->calls = sd_xcalloc(16384, sizeof(*l->calls));
+    l->taking = sd_xcalloc(16384, sizeof(*l->taking));
     sd_aredis_set_state_cb(l->redis, on_state, l);
     uv_prepare_init(loop, &l->prepare);
     uv_check_init(loop, &l->check);
@@ -658,13 +796,13 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     /* Answers that need no waiting, delivered from the loop (guard.c, step 1): a cost above a
      * quota, the deny cache, a connection that is down, an open breaker. */
     rl_answer *a = ready_slot(l);
-    if (rl_guard_before(g, key, hash, cost, sd_aredis_is_connected(l->redis), 0, now, &a->d)) {
+    if (rl_guard_before(g, key, hash, cost, redis_up(l), 0, now, &a->d)) {
         ready_commit(l, cb, udata);
         return 0;
     }
     size_t P = l->cfg.npolicies;
     /* Each Redis key: the prefix, the key with each byte escaped to at most three, the rest. */
-    size_t room = P * (3 * keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 16) + keylen + 1;
+    size_t room = P * (3 * keylen + sizeof(l->cfg.prefix) + RL_POLICY_NAME_MAX + 24) + keylen + 1;
     rl_check *c = sd_xmalloc(sizeof(*c) + room);
     c->next = NULL;
     c->cb = cb;
@@ -683,7 +821,7 @@ int rl_limiter_check(rl_limiter *l, const char *key, long long cost, rl_check_cb
     }
     memcpy(p, key, keylen + 1);
     c->key = p;
-    c->slot = l->cfg.cluster ? sd_redis_key_slot(c->keys, c->key_len[0]) : 0;
+    c->slot = l->cluster ? sd_redis_key_slot(c->keys, c->key_len[0]) : 0;
     if (l->tail) {
         l->tail->next = c;
     } else {
@@ -709,6 +847,8 @@ static void on_close(uv_handle_t *h) {
         deliver(l);
         free(l->ready);
         free(l->spare);
+        free(l->calls);
+        free(l->taking);
         rl_guard_clear(&l->guard);
         free(l);
     }

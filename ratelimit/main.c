@@ -49,9 +49,9 @@ typedef struct options {
     const char *key;
     long long cost;
     long long deadline_ms, instances, breaker_failures, breaker_cooldown_ms, max_batch;
-    long long reply_timeout_ms, local_share_pct;
+    long long reply_timeout_ms, local_share_pct, tags;
     long long grace_ms; /* -1: derived from the deadline */
-    int no_deny_cache, cluster, json;
+    int no_deny_cache, json;
 } options;
 
 static int policy_parse(const char *value, void *udata, char *err, size_t len) {
@@ -157,6 +157,11 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
          "in the URL); needs --redis or REDIS_URL",
          .parse = password_file_parse, .udata = o},
         {"--prefix", "TEXT", "key prefix (default rl:)", .parse = prefix_parse, .udata = &o->cfg},
+        {"--tags", "N",
+         "spread the keys over N shared hash tags, so that on a Redis\n"
+         "Cluster a batch needs at most N calls (default 0: one tag per\n"
+         "key); part of the key names, the same for every gateway",
+         .integer = &o->tags, .min = 0, .max = RL_MAX_TAGS},
         {"--deadline-ms", "N", "every decision within N ms (default 5)", .integer = &o->deadline_ms,
          .min = 1, .max = 60000},
         {"--on-redis-error", "MODE",
@@ -196,8 +201,6 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
          "reconcile it (refund a refused check Redis charged); a call\n"
          "unanswered by then counts as failed (default 1000)",
          .integer = &o->reply_timeout_ms, .min = 1, .max = 600000},
-        {"--cluster", NULL, "batch only checks whose keys share a Redis Cluster slot",
-         .flag = &o->cluster},
         {"--grace-ms", "N",
          "on SIGINT/SIGTERM, let requests in flight finish for up to N ms\n"
          "(default: --deadline-ms + 2000; never below --deadline-ms)",
@@ -240,7 +243,7 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
     o->cfg.max_batch = (int)o->max_batch;
     o->cfg.reply_timeout_ms = (int)o->reply_timeout_ms;
     o->cfg.local_share_pct = (int)o->local_share_pct;
-    o->cfg.cluster = o->cluster;
+    o->cfg.tags = (int)o->tags;
     if (o->no_deny_cache) {
         o->cfg.deny_cache_entries = 0;
     }

@@ -275,10 +275,12 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen) {
     if (cfg->deadline_ms < 1 || cfg->instances < 0 || cfg->local_share_pct < 0 ||
         cfg->local_share_pct > 100 || cfg->breaker_failures < 1 || cfg->breaker_cooldown_ms < 1 ||
         cfg->deny_cache_entries < 0 || cfg->local_entries < 1 || cfg->max_batch < 1 ||
-        cfg->max_calls < 1 || cfg->reply_timeout_ms < 1) {
+        cfg->max_calls < 1 || cfg->reply_timeout_ms < 1 || cfg->tags < 0 ||
+        cfg->tags > RL_MAX_TAGS) {
         snprintf(err, errlen,
                  "deadline, breaker, table sizes and batch limits must be positive, "
-                 "instances not negative, the local share from 0 to 100 percent");
+                 "instances not negative, the local share from 0 to 100 percent, tags from 0 "
+                 "to 16384");
         return RL_EARG;
     }
     return 0;
@@ -296,13 +298,70 @@ static int tag_escaped(char c) {
     return c == '%' || c == '{' || c == '}';
 }
 
+/*
+ * Shared tags (cfg->tags = N): tag t of N is written as a decimal number whose hash slot is
+ * floor((2t + 1) * 16384 / 2N), the middle of the t-th of N equal ranges of slots, so that the N
+ * tags lie evenly over the slot space and a cluster's default layout (contiguous ranges of
+ * slots per master) gives each of M masters N / M of them when M divides N. The number is the
+ * smallest that hashes to that slot: slot_names[] holds it for every slot, found once by
+ * counting up from 0 (110,000 numbers cover all 16,384 slots).
+ */
+static int32_t slot_names[16384];
+static pthread_once_t slot_names_once = PTHREAD_ONCE_INIT;
+
+static void slot_names_init(void) {
+    int left = 16384;
+    for (int s = 0; s < 16384; s++) {
+        slot_names[s] = -1;
+    }
+    for (int32_t j = 0; left > 0; j++) {
+        char text[16];
+        int n = snprintf(text, sizeof(text), "%d", (int)j);
+        int s = sd_redis_key_slot(text, (size_t)n);
+        if (slot_names[s] < 0) {
+            slot_names[s] = j;
+            left--;
+        }
+    }
+}
+
+/* The decimal number that names tag t of cfg->tags (see above). */
+static int32_t tag_name(const rl_config *cfg, int t) {
+    pthread_once(&slot_names_once, slot_names_init);
+    return slot_names[(2 * (int64_t)t + 1) * 16384 / (2 * (int64_t)cfg->tags)];
+}
+
+int rl_config_tag(const rl_config *cfg, const char *key) {
+    if (cfg->tags <= 0) {
+        return -1;
+    }
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a, 64 bits */
+    for (const char *k = key; *k; k++) {
+        h = (h ^ (unsigned char)*k) * 1099511628211ULL;
+    }
+    return (int)(h % (uint64_t)cfg->tags);
+}
+
 int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, size_t len) {
     static const char hex[] = "0123456789ABCDEF";
     size_t n = strlen(cfg->prefix);
-    if (n + 1 >= len) {
+    if (n + 10 >= len) {
         return -1;
     }
     memcpy(buf, cfg->prefix, n);
+    if (cfg->tags > 0) {
+        /* "{<tag>}": at most six digits, written without snprintf (this runs for every check). */
+        char digits[12];
+        int d = 0;
+        for (int32_t t = tag_name(cfg, rl_config_tag(cfg, key)); d == 0 || t > 0; t /= 10) {
+            digits[d++] = (char)('0' + t % 10);
+        }
+        buf[n++] = '{';
+        while (d > 0) {
+            buf[n++] = digits[--d];
+        }
+        buf[n++] = '}';
+    }
     buf[n++] = '{';
     for (const char *k = key; *k; k++) {
         if (n + 3 >= len) {

@@ -71,7 +71,7 @@ const char *rl_strerror(int code);
 
 /* Longest Redis key rl_config_key() writes, with its NUL: the prefix, the key with every byte
  * possibly escaped to three, the policy name and the algorithm's tag. */
-#define RL_REDIS_KEY_MAX (64 + 3 * RL_KEY_MAX + RL_POLICY_NAME_MAX + 16)
+#define RL_REDIS_KEY_MAX (64 + 3 * RL_KEY_MAX + RL_POLICY_NAME_MAX + 24)
 
 /* retry_after_ms of a check that can never be allowed (its cost exceeds a quota). */
 #define RL_NEVER (-1LL)
@@ -136,8 +136,12 @@ typedef struct rl_config {
     int deny_cache_entries;  /* size of the deny cache, 0 = no deny cache; default 16384 */
     int local_entries;       /* keys the local fallback limiter tracks, default 16384 */
     int max_batch;           /* async: checks per script call, default 64 (1 = no batching) */
-    int max_calls;           /* async: script calls in flight on the connection, default 2 */
-    int cluster;             /* async: batch only checks whose keys share a hash slot */
+    int max_calls;           /* async: script calls in flight on a single Redis, default 2 (on
+                                a Redis Cluster: one per hash slot, limiter.c) */
+    int tags; /* 0 (default): each client key is its own hash tag; N > 0: the keys share N tags,
+                 so that on a Redis Cluster a round needs at most N calls (README, "Redis
+                 Cluster"). Part of the key names: every process of one fleet uses the same. */
+#define RL_MAX_TAGS 16384
 } rl_config;
 
 /* Fills *cfg with the defaults above and no policies. */
@@ -153,13 +157,19 @@ int rl_config_validate(const rl_config *cfg, char *err, size_t errlen);
 
 /*
  * Writes the Redis key that holds `key`'s state for policy index i (for tests and tools):
- * "<prefix>{<tag>}:<policy>:<algorithm>". The tag is the key itself, except that '%', '{' and
- * '}' are written as %25, %7B and %7D: a key may hold any bytes, and the braces must delimit
+ * "<prefix>{<key>}:<policy>:<algorithm>". The braces hold the key itself, except that '%', '{'
+ * and '}' are written as %25, %7B and %7D: a key may hold any bytes, and the braces must delimit
  * exactly one hash tag, the same for every policy of the key, so that all keys of one check
- * share a Redis Cluster slot. Distinct keys keep distinct tags. A buffer of RL_REDIS_KEY_MAX
+ * share a Redis Cluster slot. Distinct keys keep distinct names. With cfg->tags = N > 0 the
+ * name starts with a shared tag, "<prefix>{<t>}{<key>}:<policy>:<algorithm>", t the key's
+ * rl_config_tag(): Redis Cluster hashes only the first braces. A buffer of RL_REDIS_KEY_MAX
  * bytes always suffices. Returns the length, or -1 if it does not fit.
  */
 int rl_config_key(const rl_config *cfg, size_t i, const char *key, char *buf, size_t len);
+
+/* The shared tag of a key when cfg->tags = N > 0: 64-bit FNV-1a of the key's bytes, modulo N
+ * (a fixed function: it is part of the key names). -1 when cfg->tags is 0. */
+int rl_config_tag(const rl_config *cfg, const char *key);
 
 /* ---- Decisions ------------------------------------------------------------------------- */
 

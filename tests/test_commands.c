@@ -65,6 +65,8 @@ static const struct {
     {"sd-redis", "start", {NULL}, NULL},
     {"sd-redis", "status", {NULL}, NULL},
     {"sd-redis", "stop", {NULL}, NULL},
+    {"cache", "serve", {"--jitter", "90"}, "--jitter"},
+    {"cache-evict-sim", NULL, {"--alpha", "9"}, "--alpha"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -660,6 +660,62 @@ Test(ratelimit, hash_tags_keep_every_key_of_a_check_in_one_slot) {
     cr_assert_gt(rl_config_key(&cfg, 0, longest, big, sizeof big), 0);
 }
 
+/*
+ * Shared tags (cfg.tags = N): the name starts with the key's tag, a number whose slot is the
+ * middle of the tag's N-th of the slot space, so that the tags lie evenly over the masters; the
+ * client key stays in its own braces, and every policy of a check keeps one slot.
+ */
+Test(ratelimit, shared_tags_lie_evenly_over_the_slots) {
+    rl_config cfg = config(RL_TOKEN_BUCKET, "burst;q=1;w=1", "daily;q=5;w=86400", NULL);
+    char a[RL_REDIS_KEY_MAX];
+    cr_assert_eq(rl_config_tag(&cfg, "alice"), -1);
+    cfg.tags = 3;
+    rl_config_key(&cfg, 0, "alice", a, sizeof a);
+    cr_assert_str_eq(a, "rl:{16418}{alice}:burst:tb2");
+    static const int counts[] = {1, 3, 6, 12, 1000, RL_MAX_TAGS};
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        cfg.tags = counts[i];
+        static unsigned char used[RL_MAX_TAGS];
+        memset(used, 0, sizeof used);
+        int distinct = 0;
+        for (int k = 0; k < 20000; k++) {
+            char key[32];
+            snprintf(key, sizeof key, "user%d", k);
+            int t = rl_config_tag(&cfg, key);
+            cr_assert(t >= 0 && t < cfg.tags);
+            distinct += !used[t];
+            used[t] = 1;
+            int slot[2];
+            for (size_t p = 0; p < 2; p++) {
+                int n = rl_config_key(&cfg, p, key, a, sizeof a);
+                cr_assert_gt(n, 0);
+                slot[p] = sd_redis_key_slot(a, (size_t)n);
+            }
+            int want = (int)((2 * (long long)t + 1) * 16384 / (2 * (long long)cfg.tags));
+            cr_assert(slot[0] == want && slot[1] == want, "%d tags, key %s: slots %d, %d, not %d",
+                      cfg.tags, key, slot[0], slot[1], want);
+        }
+        if (cfg.tags <= 1000) {
+            cr_assert_eq(distinct, cfg.tags, "%d tags, %d used", cfg.tags, distinct);
+        }
+    }
+    /* The longest key and tag fit the documented buffer. */
+    char longest[RL_KEY_MAX + 1];
+    memset(longest, '}', RL_KEY_MAX);
+    longest[RL_KEY_MAX] = '\0';
+    cfg.policies[0] = (rl_policy){"a-policy-name-of-31-characters.", 1, 1};
+    snprintf(cfg.prefix, sizeof cfg.prefix, "%063d", 0);
+    cfg.algorithm = RL_GCRA;
+    static char big[RL_REDIS_KEY_MAX];
+    cfg.tags = RL_MAX_TAGS;
+    cr_assert_gt(rl_config_key(&cfg, 0, longest, big, sizeof big), 0);
+    char err[200];
+    cfg.tags = RL_MAX_TAGS + 1;
+    cr_assert_neq(rl_config_validate(&cfg, err, sizeof err), 0);
+    cfg.tags = -1;
+    cr_assert_neq(rl_config_validate(&cfg, err, sizeof err), 0);
+}
+
 /* A key with braces is limited like any other, under its escaped name. */
 Test(ratelimit, keys_with_braces_are_limited_under_an_escaped_name) {
     sd_redis *admin = test_redis_connect(test_target_url(server));
@@ -919,6 +975,7 @@ Test(ratelimit, the_largest_batch_is_decided_whole) {
         cfg.max_batch = 4096;
         cfg.max_calls = 1;
         cfg.deny_cache_entries = 0;
+        cfg.tags = 1; /* every key in one slot: one call on a Redis Cluster too */
         rl_limiter *l = async_limiter(&loop, &cfg);
         tally t = {0, 0, 0};
         char key[32];
@@ -938,28 +995,6 @@ Test(ratelimit, the_largest_batch_is_decided_whole) {
         async_free(&loop, l);
     }
     cr_assert_eq(uv_loop_close(&loop), 0, "handles left open");
-}
-
-Test(ratelimit, cluster_mode_batches_only_one_slot) {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    rl_config cfg = config(RL_GCRA, "c;q=1000;w=3600", NULL);
-    cfg.cluster = 1;
-    cfg.max_calls = 1;
-    rl_limiter *l = async_limiter(&loop, &cfg);
-    tally t = {0, 0, 0};
-    /* Keys "a" and "b" hash to different slots (15495 and 3300): at least two calls. */
-    for (int i = 0; i < 20; i++) {
-        rl_limiter_check(l, i % 2 ? "a" : "b", 1, count_cb, &t);
-    }
-    await_tally(&loop, &t, 20);
-    rl_stats s;
-    rl_limiter_stats(l, &s);
-    cr_assert_eq(t.allowed, 20);
-    cr_assert_geq(s.script_calls, 2);
-    cr_assert_lt(s.script_calls, 20);
-    async_free(&loop, l);
-    uv_loop_close(&loop);
 }
 
 /* ---- The sliding-window counter's error ----------------------------------------------------- */

@@ -1,0 +1,453 @@
+/*
+ * main.c - the `cache` command.
+ *
+ *   cache serve --listen ADDR --origin http://HOST:PORT [--ttl S] [--jitter PCT]
+ *               [--stale-while-revalidate S] [--stale-if-error S] [--negative-ttl S]
+ *               [--local-bytes N] [--redis URL]
+ *
+ * A caching reverse proxy for GET (and HEAD) on the cache library: every instance on one Redis
+ * shares the Redis tier, so a cold path costs the origin one request whatever the number of
+ * instances and concurrent clients.
+ *
+ *  - The cache key is the method GET, the Host header, the path and the query.
+ *  - Origin answers: 2xx and 3xx are values; 404 and 410 are cached as not-found for the
+ *    negative TTL, with their body; 5xx and transport failures are failures (negative TTL, the
+ *    client gets 502 unless a stale value is served).
+ *  - Cache-Control of the origin: `no-store` and `private` are stored nowhere; `s-maxage`,
+ *    else `max-age`, sets the freshness (0: not stored). A response with `Set-Cookie`, or with
+ *    `Vary` (not honoured: such a response is not cached at all), is not stored unless it
+ *    says `public` (Vary: never). A request with `Authorization` bypasses the cache (sent to the
+ *    origin, never shared: the `public` exception for it is not built).
+ *  - Every answer carries `X-Cache: HIT|MISS|STALE|COALESCED`, on hits `X-Cache-Tier:
+ *    local|redis`, and `Age` (seconds since the origin produced it).
+ *  - `PURGE /path` and `POST /v1/purge {"path": "/path"}` invalidate GET of that path for the
+ *    request's Host on every instance. Without an admin token (not built yet) they are answered
+ *    only to loopback clients, as DESIGN.md contract 10 asks.
+ *  - `/metrics`: hits by tier, misses, coalesced, origin calls, stale, takeovers, local bytes.
+ *
+ * What is stored for a key: "STATUS FETCHED_MS\nCONTENT-TYPE\n" then the body; FETCHED_MS is the
+ * origin's answer time (wall clock, ms), for Age.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+
+#include "cache.h"
+#include "cli.h"
+#include "http.h"
+#include "http_client.h"
+#include "redis_server.h"
+#include "sd.h"
+
+typedef struct options {
+    const char *listen, *origin, *redis;
+    double ttl, swr, sie, negative_ttl;
+    long long jitter, local_bytes;
+} options;
+
+typedef struct proxy {
+    uv_loop_t *loop;
+    options *o;
+    cache *cache;
+    sd_http_client *client;
+    sd_http_server *http;
+    uint64_t misses, bypassed;
+} proxy;
+
+static uint64_t wall_ms(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+/* ---- Cache-Control ------------------------------------------------------------------------- */
+
+/* Whether the comma-separated Cache-Control value cc holds the directive name; its "=N" value,
+ * if asked and present, goes to *value (seconds). */
+static int cc_has(const char *cc, const char *name, long long *value) {
+    size_t n = strlen(name);
+    for (const char *p = cc; p && *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (strncasecmp(p, name, n) == 0 &&
+            (p[n] == '\0' || p[n] == ',' || p[n] == ' ' || p[n] == '=')) {
+            if (value && p[n] == '=') {
+                char *end;
+                long long v = strtoll(p + n + 1, &end, 10);
+                *value = v < 0 ? 0 : v;
+            }
+            return 1;
+        }
+        p = strchr(p, ',');
+    }
+    return 0;
+}
+
+/* The freshness the origin asks for: > 0 ms, 0 (the configured TTL), or CACHE_TTL_NO_STORE. */
+static int origin_ttl(const sd_http_response *resp) {
+    const char *cc = sd_http_response_header(resp, "Cache-Control");
+    int pub = cc && cc_has(cc, "public", NULL);
+    if (sd_http_response_header(resp, "Vary"))
+        return CACHE_TTL_NO_STORE;
+    if (sd_http_response_header(resp, "Set-Cookie") && !pub)
+        return CACHE_TTL_NO_STORE;
+    if (!cc)
+        return 0;
+    if (cc_has(cc, "no-store", NULL) || cc_has(cc, "private", NULL))
+        return CACHE_TTL_NO_STORE;
+    long long s = -1;
+    if (cc_has(cc, "s-maxage", &s) || cc_has(cc, "max-age", &s)) {
+        if (s <= 0)
+            return CACHE_TTL_NO_STORE;
+        return s > 86400 * 24 ? 86400 * 24 * 1000 : (int)(s * 1000); /* capped at 24 days */
+    }
+    return 0;
+}
+
+/* ---- Loading from the origin ------------------------------------------------------------------
+ */
+
+static char *encode(int status, const char *ctype, const char *body, size_t len, size_t *out) {
+    char head[512];
+    int n = snprintf(head, sizeof head, "%d %llu\n%s\n", status, (unsigned long long)wall_ms(),
+                     ctype ? ctype : "application/octet-stream");
+    if (n < 0 || (size_t)n >= sizeof head)
+        n = snprintf(head, sizeof head, "%d %llu\napplication/octet-stream\n", status,
+                     (unsigned long long)wall_ms());
+    char *v = sd_xmalloc((size_t)n + len);
+    memcpy(v, head, (size_t)n);
+    if (len)
+        memcpy(v + n, body, len);
+    *out = (size_t)n + len;
+    return v;
+}
+
+static void on_origin(int err, sd_http_response *resp, void *udata) {
+    cache_load *load = udata;
+    if (err || resp->status >= 500 || resp->status < 200) {
+        cache_load_done(load, CACHE_ERROR, "", 0);
+        return;
+    }
+    size_t len;
+    char *v = encode(resp->status, sd_http_response_header(resp, "Content-Type"), resp->body,
+                     resp->body_len, &len);
+    int ttl = origin_ttl(resp);
+    int st = resp->status == 404 || resp->status == 410 ? CACHE_NOTFOUND : CACHE_OK;
+    if (st == CACHE_NOTFOUND && ttl > 0)
+        ttl = 0; /* not-found lives for the negative TTL */
+    cache_load_done_ttl(load, st, v, len, ttl);
+    free(v);
+}
+
+/* The key is "GET HOST PATH[?QUERY]": the loader takes the path back from it. */
+static void origin_loader(cache_load *load, const char *key, size_t klen, void *udata) {
+    proxy *p = udata;
+    const char *sp = memchr(key + 4, ' ', klen - 4);
+    if (!sp) {
+        cache_load_done(load, CACHE_ERROR, "", 0);
+        return;
+    }
+    p->misses++;
+    char *url = sd_xasprintf("%s%.*s", p->o->origin, (int)(klen - (size_t)(sp + 1 - key)), sp + 1);
+    sd_http_request req = {.url = url, .timeout_ms = 30000};
+    if (sd_http_client_request(p->client, &req, on_origin, load) != 0)
+        cache_load_done(load, CACHE_ERROR, "", 0);
+    free(url);
+}
+
+/* ---- Answering ----------------------------------------------------------------------------------
+ */
+
+static void respond_value(sd_http_req *req, const char *v, size_t len, const char *xcache,
+                          const char *tier) {
+    int status = 502;
+    unsigned long long fetched = 0;
+    const char *nl1 = memchr(v, '\n', len);
+    const char *nl2 = nl1 ? memchr(nl1 + 1, '\n', len - (size_t)(nl1 + 1 - v)) : NULL;
+    if (!nl2 || sscanf(v, "%d %llu", &status, &fetched) != 2) {
+        sd_http_req_respond(req, 502, "text/plain", "bad cached value\n", 17);
+        return;
+    }
+    char ctype[256];
+    snprintf(ctype, sizeof ctype, "%.*s", (int)(nl2 - nl1 - 1), nl1 + 1);
+    uint64_t now = wall_ms();
+    char age[24];
+    snprintf(age, sizeof age, "%llu",
+             now > fetched ? (unsigned long long)(now - fetched) / 1000 : 0ULL);
+    sd_http_req_add_header(req, "X-Cache", xcache);
+    if (tier)
+        sd_http_req_add_header(req, "X-Cache-Tier", tier);
+    sd_http_req_add_header(req, "Age", age);
+    const char *body = nl2 + 1;
+    sd_http_req_respond(req, status, ctype, body, len - (size_t)(body - v));
+}
+
+static void on_cached(cache *c, int err, const cache_result *r, void *udata) {
+    sd_http_req *req = udata;
+    if (err) {
+        sd_http_req_add_header(req, "X-Cache", "MISS");
+        sd_http_req_respond_problem(req, 504, NULL, "The origin did not answer in time",
+                                    sd_strerror(err), NULL);
+        return;
+    }
+    const char *xcache = r->stale                           ? "STALE"
+                         : r->source == CACHE_SRC_ORIGIN    ? "MISS"
+                         : r->source == CACHE_SRC_COALESCED ? "COALESCED"
+                                                            : "HIT";
+    const char *tier = r->source == CACHE_SRC_LOCAL   ? "local"
+                       : r->source == CACHE_SRC_REDIS ? "redis"
+                                                      : NULL;
+    if (r->status == CACHE_ERROR) {
+        sd_http_req_add_header(req, "X-Cache", xcache);
+        sd_http_req_respond_problem(req, 502, NULL, "The origin failed",
+                                    "the origin failed recently; retried after the negative TTL",
+                                    NULL);
+        return;
+    }
+    respond_value(req, r->value, r->len, xcache, tier);
+}
+
+static void on_bypass(int err, sd_http_response *resp, void *udata) {
+    sd_http_req *req = udata;
+    if (err) {
+        sd_http_req_respond_problem(req, 502, NULL, "The origin failed", sd_strerror(err), NULL);
+        return;
+    }
+    sd_http_req_add_header(req, "X-Cache", "MISS");
+    const char *ct = sd_http_response_header(resp, "Content-Type");
+    sd_http_req_respond(req, resp->status, ct ? ct : "application/octet-stream", resp->body,
+                        resp->body_len);
+}
+
+static char *request_key(sd_http_req *req, const char *path) {
+    const char *host = sd_http_req_header(req, "Host");
+    const char *q = sd_http_req_query(req);
+    return sd_xasprintf("GET %s %s%s%s", host ? host : "", path, *q ? "?" : "", q);
+}
+
+static int loopback_peer(sd_http_req *req) {
+    const char *peer = sd_http_req_peer(req);
+    return peer && (strncmp(peer, "127.", 4) == 0 || strncmp(peer, "[::1]", 5) == 0 ||
+                    strncmp(peer, "::1", 3) == 0);
+}
+
+static void purge(proxy *p, sd_http_req *req, const char *path) {
+    if (!loopback_peer(req)) {
+        sd_http_req_respond_problem(req, 403, NULL, "Purge is allowed from loopback only",
+                                    "no admin token is configured", NULL);
+        return;
+    }
+    const char *host = sd_http_req_header(req, "Host");
+    char *key = sd_xasprintf("GET %s %s", host ? host : "", path);
+    int rc = cache_invalidate(p->cache, key, strlen(key), NULL, NULL);
+    free(key);
+    if (rc != 0 && rc != SD_EDISCONNECTED) {
+        sd_http_req_respond_problem(req, 503, NULL, "Purge failed", sd_strerror(rc), NULL);
+        return;
+    }
+    json_t *j = json_pack("{s:s, s:b}", "purged", path, "everywhere", rc == 0);
+    sd_http_req_respond_json(req, 200, j);
+}
+
+static void on_request(sd_http_req *req, void *udata) {
+    proxy *p = udata;
+    const char *m = sd_http_req_method(req);
+    const char *path = sd_http_req_path(req);
+    if (strcmp(m, "PURGE") == 0) {
+        purge(p, req, path);
+        return;
+    }
+    if (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0) {
+        sd_http_req_respond_problem(req, 405, NULL, "Only GET, HEAD and PURGE are proxied", m,
+                                    NULL);
+        return;
+    }
+    if (sd_http_req_header(req, "Authorization")) {
+        const char *q = sd_http_req_query(req);
+        char *url = sd_xasprintf("%s%s%s%s", p->o->origin, path, *q ? "?" : "", q);
+        const char *auth =
+            sd_xasprintf("Authorization: %s", sd_http_req_header(req, "Authorization"));
+        const char *hdrs[] = {auth, NULL};
+        sd_http_request r = {.url = url, .headers = hdrs, .timeout_ms = 30000};
+        p->bypassed++;
+        if (sd_http_client_request(p->client, &r, on_bypass, req) != 0)
+            sd_http_req_respond_problem(req, 502, NULL, "The origin failed", "bad request URL",
+                                        NULL);
+        free(url);
+        free((char *)auth);
+        return;
+    }
+    char *key = request_key(req, path);
+    int rc = cache_get(p->cache, key, strlen(key), origin_loader, p, on_cached, req);
+    free(key);
+    if (rc != 0)
+        sd_http_req_respond_problem(req, 503, NULL, "Cache unavailable", sd_strerror(rc), NULL);
+}
+
+static void on_purge_api(sd_http_req *req, void *udata) {
+    size_t len;
+    const char *body = sd_http_req_body(req, &len);
+    json_t *j = json_loadb(body ? body : "", len, 0, NULL);
+    const char *path = j ? json_string_value(json_object_get(j, "path")) : NULL;
+    if (!path || path[0] != '/') {
+        sd_http_req_respond_problem(req, 400, NULL, "Bad purge request",
+                                    "the body must be {\"path\": \"/...\"}", NULL);
+    } else {
+        purge(udata, req, path);
+    }
+    json_decref(j);
+}
+
+static void on_metrics(sd_http_buf *buf, void *udata) {
+    proxy *p = udata;
+    cache_stats s;
+    cache_stats_get(p->cache, &s);
+    sd_http_buf_printf(buf, "cache_hits_total{tier=\"local\"} %llu\n",
+                       (unsigned long long)s.hits_local);
+    sd_http_buf_printf(buf, "cache_hits_total{tier=\"redis\"} %llu\n",
+                       (unsigned long long)s.hits_redis);
+    sd_http_buf_printf(buf, "cache_misses_total %llu\n", (unsigned long long)s.leases);
+    sd_http_buf_printf(buf, "cache_coalesced_total %llu\n", (unsigned long long)s.coalesced);
+    sd_http_buf_printf(buf, "cache_origin_calls_total %llu\n",
+                       (unsigned long long)(s.loads + p->bypassed));
+    sd_http_buf_printf(buf, "cache_stale_served_total %llu\n", (unsigned long long)s.stale_served);
+    sd_http_buf_printf(buf, "cache_takeovers_total %llu\n", (unsigned long long)s.takeovers);
+    sd_http_buf_printf(buf, "cache_waits_total %llu\n", (unsigned long long)s.waits);
+    sd_http_buf_printf(buf, "cache_local_drops_total %llu\n", (unsigned long long)s.local_drops);
+    sd_http_buf_printf(buf, "cache_local_bytes %zu\n", s.local_bytes);
+    sd_http_buf_printf(buf, "cache_degraded %d\n", cache_is_degraded(p->cache));
+}
+
+/* ---- serve ------------------------------------------------------------------------------------
+ */
+
+static void on_http_stopped(sd_http_server *srv, void *udata) {
+    proxy *p = udata;
+    cache_free(p->cache);
+    sd_http_client_free(p->client);
+}
+
+static int serve(options *o, const sd_redis_url *url) {
+    uv_loop_t *loop = uv_default_loop();
+    proxy p = {.loop = loop, .o = o};
+
+    cache_opts co;
+    cache_opts_default(&co);
+    co.ttl_ms = (int)(o->ttl * 1000);
+    co.jitter_pct = (int)o->jitter;
+    co.swr_ms = (int)(o->swr * 1000);
+    co.sie_ms = (int)(o->sie * 1000);
+    co.negative_ttl_ms = (int)(o->negative_ttl * 1000);
+    co.local_bytes = (size_t)o->local_bytes;
+    co.wait_timeout_ms = 30000;
+    co.lease_ms = 30000;
+    int rc = cache_new(loop, url, &co, &p.cache);
+    if (rc != 0) {
+        fprintf(stderr, "cache serve: %s\n", sd_strerror(rc));
+        return SD_EXIT_FAILURE;
+    }
+    /* Listen only once both Redis connections are up, or after 10 s (then degraded: misses
+     * coalesced in this process only): an instance that announced itself and then loads
+     * alone would break the fleet's one-origin-call promise for its first requests. */
+    if (cache_wait_ready(p.cache, 10000) != 0)
+        sd_log(SD_LOG_WARN, "cache.degraded_at_start", "detail=\"Redis not reachable yet\"");
+    p.client = sd_http_client_new(loop, NULL);
+    p.http = sd_http_server_new(loop, NULL);
+    sd_http_server_route(p.http, "POST", "/v1/purge", on_purge_api, &p);
+    sd_http_server_route(p.http, NULL, "*", on_request, &p);
+    sd_http_server_add_metrics(p.http, on_metrics, &p);
+    rc = sd_http_server_listen(p.http, o->listen);
+    if (rc == 0)
+        rc = sd_http_server_stop_on_signals(p.http, 5000, on_http_stopped, &p);
+    if (rc == 0)
+        rc = sd_http_server_print_address(p.http);
+    if (rc < 0) {
+        fprintf(stderr, "cache serve: cannot listen on %s: %s\n", o->listen, sd_strerror(rc));
+        sd_http_server_free(p.http);
+        cache_free(p.cache);
+        sd_http_client_free(p.client);
+        uv_run(loop, UV_RUN_DEFAULT);
+        return SD_EXIT_FAILURE;
+    }
+    sd_log(SD_LOG_INFO, "cache.listening", "port=%d origin=%s", sd_http_server_port(p.http),
+           o->origin);
+    sd_log(SD_LOG_WARN, "cache.purge_loopback_only",
+           "detail=\"no admin token: PURGE and /v1/purge answer loopback clients only\"");
+    uv_run(loop, UV_RUN_DEFAULT);
+    sd_http_server_free(p.http);
+    uv_loop_close(loop);
+    return SD_EXIT_OK;
+}
+
+static int origin_parse(const char *value, void *udata, char *err, size_t len) {
+    if (strncmp(value, "http://", 7) != 0 && strncmp(value, "https://", 8) != 0) {
+        snprintf(err, len, "wants http://HOST:PORT, got '%s'", value);
+        return -1;
+    }
+    size_t n = strlen(value);
+    char **out = udata;
+    *out = sd_xstrndup(value, value[n - 1] == '/' ? n - 1 : n); /* no trailing slash */
+    return 0;
+}
+
+static int run_serve(int argc, char **argv) {
+    options o = {.listen = "127.0.0.1:8080",
+                 .ttl = 60,
+                 .jitter = 10,
+                 .negative_ttl = 5,
+                 .local_bytes = 64LL << 20};
+    char *origin = NULL;
+    const sd_cli_opt opts[] = {
+        {"--listen", "HOST:PORT", "address to listen on (default 127.0.0.1:8080)",
+         .parse = sd_cli_listen_parse, .udata = &o.listen},
+        {"--origin", "URL", "the origin, http://HOST:PORT (required)", .parse = origin_parse,
+         .udata = &origin, .required = 1},
+        {"--ttl", "S", "freshness when the origin says none (default 60)", .number = &o.ttl,
+         .min = 0.001, .max = 31536000, .what = "seconds"},
+        {"--jitter", "PCT", "+- percent on every TTL (default 10)", .integer = &o.jitter, .min = 0,
+         .max = 50},
+        {"--stale-while-revalidate", "S", "serve stale while one reload runs (default 0)",
+         .number = &o.swr, .min = 0, .max = 31536000, .what = "seconds"},
+        {"--stale-if-error", "S", "serve stale while the origin fails (default 0)",
+         .number = &o.sie, .min = 0, .max = 31536000, .what = "seconds"},
+        {"--negative-ttl", "S", "failures and not-found (default 5)", .number = &o.negative_ttl,
+         .min = 0.001, .max = 86400, .what = "seconds"},
+        {"--local-bytes", "N", "in-process tier budget (default 67108864; 0: none)",
+         .integer = &o.local_bytes, .min = 0, .max = 1LL << 40},
+        {"--redis", "URL", "Redis (default REDIS_URL, else a private redis-server)",
+         .parse = sd_cli_redis_parse, .udata = &o.redis},
+        {0}};
+    const sd_cli_cmd cmd = {.name = "cache serve",
+                            .synopsis = "--origin URL [options]",
+                            .about = "A caching reverse proxy for GET, shared over Redis.",
+                            .opts = opts};
+    int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
+    if (rc != SD_CLI_OK) {
+        free(origin);
+        return sd_cli_exit_status(rc);
+    }
+    o.origin = origin;
+    sd_redis_url url;
+    memset(&url, 0, sizeof url);
+    sd_redis_server *server = NULL;
+    if (sd_redis_resolve(o.redis, &url, &server) != 0) {
+        rc = o.redis || getenv("REDIS_URL") ? SD_EXIT_USAGE : SD_EXIT_FAILURE;
+    } else {
+        rc = serve(&o, &url);
+    }
+    sd_redis_url_clear(&url);
+    sd_redis_server_stop(server);
+    free(origin);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    static const sd_cli_sub subs[] = {{"serve", "run the caching reverse proxy (HTTP)", run_serve},
+                                      {0}};
+    return sd_cli_dispatch("cache", "A two-tier read-through cache with request coalescing.", subs,
+                           argc, argv);
+}
