@@ -138,6 +138,7 @@ typedef struct bench_scenario {
 /* The registry: each component defines a NULL-terminated array of pointers in
  * bench/scenarios_<component>.c and bench/scenarios.c lists the arrays. */
 extern const bench_scenario *const bench_scenarios_ratelimit[];
+extern const bench_scenario *const bench_scenarios_jobqueue[];
 extern const bench_scenario *const bench_scenarios_cache[];
 
 /* All scenarios, NULL-terminated, in the order `bench run` runs them. */

@@ -12,6 +12,7 @@
 
 static const bench_scenario *const *const component_lists[] = {
     bench_scenarios_ratelimit,
+    bench_scenarios_jobqueue,
     bench_scenarios_cache,
 };
 

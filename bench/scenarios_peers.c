@@ -91,6 +91,37 @@ static const bench_peer rate_limiter_flexible_block = {
     .hint = NODE_HINT,
 };
 
+/* BullMQ (Queue + Worker over ioredis, its defaults but the worker's concurrency) beside each
+ * jobqueue.* scenario: the same worker concurrency (50, fixed in the scenarios, so not
+ * {in_flight}, which is the open loop's cap there), the same bulk size or rate. In throughput
+ * mode the script keeps 10 x concurrency jobs enqueued and not completed, as ours keeps 500 in
+ * flight; in latency mode it adds one job at a time at the planned times and measures enqueue ->
+ * start, as ours. */
+static const char *const BULLMQ_NPM[] = {"bullmq", "ioredis", NULL};
+static const char BULLMQ_SUMMARY[] = "BullMQ Queue + Worker over ioredis, defaults, concurrency 50";
+#define BULLMQ_BESIDE(ident, scenario, ...)                                                        \
+    static const char *const ident##_argv[] = {"node",          "{peers_dir}/jobqueue-bullmq.js",  \
+                                               "--redis",       "{redis}",                         \
+                                               "--duration",    "{duration}",                      \
+                                               "--warmup",      "{warmup}",                        \
+                                               "--concurrency", "50",                              \
+                                               __VA_ARGS__,     NULL};                             \
+    static const bench_peer ident = {                                                              \
+        .name = "bullmq",                                                                          \
+        .compared_with = scenario,                                                                 \
+        .summary = BULLMQ_SUMMARY,                                                                 \
+        .argv = ident##_argv,                                                                      \
+        .programs = NODE,                                                                          \
+        .npm = BULLMQ_NPM,                                                                         \
+        .hint = NODE_HINT,                                                                         \
+    }
+BULLMQ_BESIDE(bullmq_bulk1, "jobqueue.noop.single", "--mode", "throughput", "--bulk", "1");
+BULLMQ_BESIDE(bullmq_bulk100, "jobqueue.noop.bulk100", "--mode", "throughput", "--bulk", "100");
+BULLMQ_BESIDE(bullmq_lat1000, "jobqueue.latency.1000", "--mode", "latency", "--rate", "1000",
+              "--drain", "10");
+BULLMQ_BESIDE(bullmq_lat5000, "jobqueue.latency.5000", "--mode", "latency", "--rate", "5000",
+              "--drain", "10");
+
 /* nginx proxy_cache with proxy_cache_lock on, in front of the same cache-origin, loaded by the
  * same client (bench/peers/nginx-cache.sh): local-tier hits and the stampede. */
 static const char *const NGINX_PROGRAMS[] = {"nginx", "jq", "curl", "python3", NULL};
@@ -122,7 +153,9 @@ static const bench_peer nginx_cache_stampede = {
 const bench_peer *const bench_peers[] = {
     &rate_limiter_flexible, &rate_limiter_flexible_block,
     &rlf_beside_tb,         &rlf_beside_swc,
-    &rlf_beside_fw,         &nginx_cache_hit,
+    &rlf_beside_fw,         &bullmq_bulk1,
+    &bullmq_bulk100,        &bullmq_lat1000,
+    &bullmq_lat5000,        &nginx_cache_hit,
     &nginx_cache_stampede,  NULL,
 };
 

@@ -485,7 +485,7 @@ int jq__enqueue_args(const jq_config *cfg, jq__args *a, const jq_new_job *jobs, 
 }
 
 int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out) {
-    if (reply->elements != 1 + 2 * n)
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1 + 2 * n)
         return SD_EREDIS;
     for (size_t i = 0; i < n; i++) {
         jq__elem_text(reply->element[1 + 2 * i], out[i].id, sizeof out[i].id);
@@ -506,13 +506,10 @@ int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, siz
     }
     redisReply *reply = NULL;
     rc = jq__run_code(c, JQ_S_ENQUEUE, &a, 1, &reply);
-    if (rc != 0) {
-        if (reply)
-            freeReplyObject(reply);
-        return rc;
-    }
-    rc = jq__enqueue_parse(reply, n, out);
-    freeReplyObject(reply);
+    if (rc == 0)
+        rc = jq__enqueue_parse(reply, n, out);
+    if (reply)
+        freeReplyObject(reply);
     return rc;
 }
 

@@ -352,16 +352,6 @@ void jq_aclient_close_waiter(jq_aclient *c);
  * frees the client; run the loop afterwards so libuv can release the handles. NULL: no-op. */
 void jq_aclient_free(jq_aclient *c);
 
-/* Enqueue's result: e (valid only during the callback) when status is 0. */
-typedef void jq_enqueue_cb(jq_aclient *c, int status, const jq_enqueued *e, void *arg);
-
-/* jq_enqueue over the asynchronous client: the same checks (JQ_EINVAL, JQ_ETOOBIG are returned
- * by the call, the callback then never runs) and the same results in the callback (JQ_EFULL,
- * a Redis transport code). Calls in flight are pipelined on one connection and answered in
- * the order they were made. */
-int jq_aenqueue(jq_aclient *c, const char *queue, const void *payload, size_t len,
-                const jq_enqueue_opts *opts, jq_enqueue_cb *cb, void *arg);
-
 /* Reserve's result: jobs[0..n) are the callee's to keep (clear each with jq_job_clear); the
  * array itself is valid only during the callback. next_ms as in jq_reap_result. */
 typedef void jq_reserve_cb(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
@@ -371,6 +361,13 @@ typedef void jq_value_cb(jq_aclient *c, int status, int64_t value, void *arg);
 /* ack_many's per-item codes (as jq_ack_many). */
 typedef void jq_codes_cb(jq_aclient *c, int status, const int *codes, size_t n, void *arg);
 
+/* Enqueue's result: out[0..n) as jq_enqueue_many fills it, valid only during the callback. */
+typedef void jq_enqueued_cb(jq_aclient *c, int status, const jq_enqueued *out, size_t n, void *arg);
+
+/* jq_enqueue_many over the loop: n jobs (1 to 10,000) in one script, all or none. The
+ * payloads are copied before the call returns. */
+int jq_aenqueue_many(jq_aclient *c, const char *queue, const jq_new_job *jobs, size_t n,
+                     jq_enqueued_cb *cb, void *arg);
 int jq_areserve(jq_aclient *c, const char *queue, int n, int64_t visibility_ms, jq_reserve_cb *cb,
                 void *arg);
 /* Blocks (on the waiting connection) until something is pushed to the queue's wake list or

@@ -112,30 +112,29 @@ static int reply_status(const redisReply *reply, int status, size_t min) {
 
 static void on_enqueued(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     acall *call = privdata;
-    jq_enqueue_cb *cb = (jq_enqueue_cb *)call->cb;
-    jq_enqueued e;
-    memset(&e, 0, sizeof e);
+    jq_enqueued_cb *cb = (jq_enqueued_cb *)call->cb;
+    jq_enqueued *out = sd_xcalloc((size_t)call->n, sizeof *out);
     int rc = reply_status(reply, status, 1);
     if (rc == 0)
         rc = jq__lua_code(jq__elem_ll(reply->element[0]));
     if (rc == 0)
-        rc = jq__enqueue_parse(reply, 1, &e);
-    cb(call->c, rc, rc == 0 ? &e : NULL, call->arg);
+        rc = jq__enqueue_parse(reply, (size_t)call->n, out);
+    cb(call->c, rc, out, rc == 0 ? (size_t)call->n : 0, call->arg);
+    free(out);
     free(call);
 }
 
-int jq_aenqueue(jq_aclient *c, const char *queue, const void *payload, size_t len,
-                const jq_enqueue_opts *opts, jq_enqueue_cb *cb, void *arg) {
+int jq_aenqueue_many(jq_aclient *c, const char *queue, const jq_new_job *jobs, size_t n,
+                     jq_enqueued_cb *cb, void *arg) {
     jq__args a;
     if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
-    jq_new_job j = {payload, len, opts};
-    int rc = jq__enqueue_args(&c->cfg, &a, &j, 1);
+    int rc = jq__enqueue_args(&c->cfg, &a, jobs, n);
     if (rc != 0) {
         jq__args_free(&a);
         return rc;
     }
-    return send_script(c, JQ_S_ENQUEUE, &a, 1, on_enqueued, (void *)cb, arg, 1);
+    return send_script(c, JQ_S_ENQUEUE, &a, 1, on_enqueued, (void *)cb, arg, (int)n);
 }
 
 /* ---- Reserve ---------------------------------------------------------------------------- */

@@ -56,8 +56,8 @@ int jq__lease_args(jq__args *a, const jq_job *job);
 int jq__lua_code(long long v);
 long long jq__elem_ll(const redisReply *e);
 void jq__elem_text(const redisReply *e, char *buf, size_t len);
-/* Reads an enqueue reply {code, id, created, ...} (its code already checked) into out[0..n);
- * returns 0 or SD_EREDIS. */
+/* Checks an enqueue reply of n jobs (its code already 0) and fills out[0..n); returns 0 or
+ * SD_EREDIS. */
 int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out);
 /* Checks a reserve reply and fills jobs (at most n); returns 0 or SD_EREDIS. */
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);

@@ -41,7 +41,7 @@
  *
  * serve. The HTTP API (jobqueue/README.md, section 2): POST /v1/queues/{q}/jobs through the
  * shared Idempotency-Key handling (idempotency.h), whose key is also the job's idempotency key;
- * the enqueue itself is asynchronous (jq_aenqueue). GET and DELETE of a job, the stats and
+ * the enqueue itself is asynchronous (jq_aenqueue_many). GET and DELETE of a job, the stats and
  * /metrics use the synchronous client on the loop's thread: one round trip each, which holds
  * the loop for that long (the asynchronous client has no calls for them yet).
  *
@@ -228,7 +228,8 @@ static void enq_print(enq_stream *s) {
         fflush(stdout);
 }
 
-static void on_line_enqueued(jq_aclient *c, int status, const jq_enqueued *e, void *arg) {
+static void on_line_enqueued(jq_aclient *c, int status, const jq_enqueued *e, size_t n, void *arg) {
+    (void)n; /* one job per call */
     enq_stream *s = ((void **)arg)[0];
     long long line = (long long)(intptr_t)((void **)arg)[1];
     free(arg);
@@ -261,7 +262,8 @@ static void enq_send_line(enq_stream *s) {
     void **arg = sd_xmalloc(2 * sizeof *arg);
     arg[0] = s;
     arg[1] = (void *)(intptr_t)line;
-    int rc = jq_aenqueue(s->c, s->queue, s->line, s->line_len, &o, on_line_enqueued, arg);
+    jq_new_job job = {s->line, s->line_len, &o};
+    int rc = jq_aenqueue_many(s->c, s->queue, &job, 1, on_line_enqueued, arg);
     if (rc != 0) {
         free(arg);
         enq_fail(s, line, rc);

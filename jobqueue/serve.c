@@ -72,7 +72,8 @@ typedef struct post {
     char queue[JQ_QUEUE_MAX + 1];
 } post;
 
-static void on_posted(jq_aclient *c, int status, const jq_enqueued *e, void *arg) {
+static void on_posted(jq_aclient *c, int status, const jq_enqueued *e, size_t n, void *arg) {
+    (void)n; /* one job per call */
     post *p = arg;
     p->s->posts_in_flight--;
     if (status == 0) {
@@ -196,7 +197,8 @@ static void on_post(sd_idem_call *call, sd_http_req *req, void *udata) {
     o.idempotency_key = sd_http_req_header(req, "Idempotency-Key");
     int rc = 0;
     if (!problem_text[0]) {
-        rc = jq_aenqueue(s->async, p->queue, bytes, nbytes, &o, on_posted, p);
+        jq_new_job job = {bytes, nbytes, &o};
+        rc = jq_aenqueue_many(s->async, p->queue, &job, 1, on_posted, p);
         if (rc == JQ_EINVAL || rc == JQ_ETOOBIG)
             snprintf(problem_text, sizeof problem_text, "%s", jq_strerror(rc));
     }

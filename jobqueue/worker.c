@@ -66,6 +66,7 @@ struct jq_worker {
     char queue[JQ_QUEUE_MAX + 1];
     jq_task *tasks; /* the running ones (a list) */
     int in_flight;  /* tasks not yet freed */
+    int acking;     /* of those, tasks whose handler is done and whose ack is sent, unanswered */
     int reserving, waiting, retrying;
     int stopping, stopped;
     int releases; /* releases in flight for jobs reserved during the stop */
@@ -171,6 +172,7 @@ static void on_batch_acked(jq_aclient *c, int status, const int *codes, size_t n
         jq_task *t = b->tasks[i];
         if (status == 0 && codes[i] == 0)
             t->w->stats.acked++;
+        t->w->acking--;
         t->pending--;
         task_close(t);
     }
@@ -178,7 +180,8 @@ static void on_batch_acked(jq_aclient *c, int status, const int *codes, size_t n
 }
 
 /* Sends the acks of the handlers that finished since the last flush, 1,000 per script: a busy
- * worker pays one round trip for many jobs. */
+ * worker pays one round trip for many jobs. A task whose ack is sent no longer holds one of the
+ * `concurrency` slots (its handler is done), so the next reserve need not wait for the answer. */
 static void on_flush(uv_timer_t *h) {
     jq_worker *w = h->data;
     while (w->nacks > 0) {
@@ -196,6 +199,7 @@ static void on_flush(uv_timer_t *h) {
         int rc = jq_aack_many(w->c, w->queue, items, n, on_batch_acked, b);
         free(items);
         w->stats.ack_calls += rc == 0;
+        w->acking += rc == 0 ? (int)n : 0;
         if (rc != 0) {
             /* Not sent (Redis down, or a result over the bound): the leases will expire and
              * the jobs come back. */
@@ -206,6 +210,8 @@ static void on_flush(uv_timer_t *h) {
             free(b);
         }
     }
+    /* The handlers are done: their slots take new jobs while the acks are on their way. */
+    pump(w);
 }
 
 static void ack_later(jq_worker *w, jq_task *t, const void *data, size_t len) {
@@ -363,7 +369,7 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
 static void pump(jq_worker *w) {
     if (w->stopping || w->reserving || w->waiting || w->retrying)
         return;
-    int free_slots = w->opts.concurrency - w->in_flight;
+    int free_slots = w->opts.concurrency - (w->in_flight - w->acking);
     if (free_slots <= 0)
         return;
     if (free_slots > w->opts.batch)

@@ -962,3 +962,79 @@ Test(cli, http_to_a_closed_port_fails_with_a_message) {
     cr_expect_eq(r.status, 1);
     cr_expect_not_null(strstr(r.err, "refused"), "%s", r.err);
 }
+
+/* ---- The job queue's scenarios ----------------------------------------------------------------
+ */
+
+/* A short run of every jobqueue.* scenario on the test Redis (a cluster too) completes jobs and
+ * none fails: each job is counted once, when its ack (or its handler's start) is seen. Without
+ * node on PATH, each scenario's BullMQ peer is skipped with one line and the run still succeeds
+ * (or exits 1 only because an open-loop run fell below its rate on a busy machine, which the
+ * JSON then says). */
+Test(cli, jobqueue_scenarios_run_without_errors_and_skip_bullmq_without_node, .timeout = 120) {
+    test_target *server = test_target_start();
+    char json_path[] = "/tmp/test_bench_jqXXXXXX";
+    int fd = mkstemp(json_path);
+    close(fd);
+    static test_run_out r;
+    test_run_program(
+        "bench",
+        (const char *[]){"run", "jobqueue.", "--duration", "0.5", "--warmup", "0.2", "--redis",
+                         test_target_url(server), "--json", json_path, NULL},
+        NULL, (const char *[]){"PATH=/nonexistent-for-bench-peers", "BENCH_PEERS=1", NULL}, &r);
+    test_target_stop(server);
+    cr_assert(r.status == 0 || r.status == 1, "stdout: %s\nstderr: %s", r.out, r.err);
+
+    json_error_t e;
+    json_t *root = json_load_file(json_path, 0, &e);
+    unlink(json_path);
+    cr_assert_not_null(root, "%s", e.text);
+    json_t *arr = json_object_get(root, "scenarios");
+    const char *names[] = {"jobqueue.noop.single", "jobqueue.noop.bulk100", "jobqueue.latency.1000",
+                           "jobqueue.latency.5000"};
+    cr_assert_eq(json_array_size(arr), 4, "stderr: %s", r.err);
+    int below = 0;
+    for (size_t i = 0; i < 4; i++) {
+        json_t *s = json_array_get(arr, i);
+        cr_expect_str_eq(json_string_value(json_object_get(s, "name")), names[i]);
+        cr_expect_gt(jnum(s, "count"), 0, "%s", names[i]);
+        cr_expect_eq(jnum(s, "errors"), 0, "%s: %s", names[i], r.err);
+        below += json_is_true(json_object_get(s, "below_target"));
+    }
+    cr_expect_eq(below > 0, r.status == 1, "exit status %d", r.status);
+    cr_expect_null(strstr(r.err, "unfinished"), "%s", r.err);
+    cr_expect_not_null(strstr(r.err, ", 0 enqueue errors"), "%s", r.err);
+
+    /* Each scenario's own line: every job the worker started was acked. */
+    int scenarios = 0;
+    for (const char *p = r.err; (p = strstr(p, "jobqueue bench: ")) != NULL; p++) {
+        long long enq, started, acked;
+        const char *q = strchr(p, ':');
+        q = strchr(q + 1, ':');
+        cr_assert_eq(
+            sscanf(q + 1, " %lld jobs enqueued, %lld started, %lld acked", &enq, &started, &acked),
+            3, "%s", p);
+        cr_expect_geq(enq, started, "%s", p);
+        cr_expect_gt(acked, 0, "%s", p);
+        scenarios++;
+    }
+    cr_expect_eq(scenarios, 4, "%s", r.err);
+
+    int skipped = 0;
+    for (const char *p = r.err; (p = strstr(p, "peer bullmq skipped: node not found on PATH")); p++)
+        skipped++;
+    cr_expect_eq(skipped, 4, "one line per BullMQ peer: %s", r.err);
+    json_t *peers = json_object_get(root, "peers");
+    size_t i;
+    json_t *p;
+    int bullmq = 0;
+    json_array_foreach(peers, i, p) {
+        if (strcmp(json_string_value(json_object_get(p, "name")), "bullmq") != 0)
+            continue;
+        bullmq++;
+        const char *why = json_string_value(json_object_get(p, "skipped"));
+        cr_expect(why && strstr(why, "node not found"), "peer %zu", i);
+    }
+    cr_expect_eq(bullmq, 4);
+    json_decref(root);
+}

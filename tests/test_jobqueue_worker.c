@@ -441,3 +441,83 @@ Test(jobqueue_worker_durable, the_worker_rides_out_a_redis_restart) {
     stop_worker(1000);
     jq_client_free(H.sync);
 }
+
+/* ---- The asynchronous enqueue ------------------------------------------------------------------
+ */
+
+typedef struct aenq {
+    int calls, status;
+    size_t n;
+    jq_enqueued out[3];
+} aenq;
+
+static void on_aenqueued(jq_aclient *c, int status, const jq_enqueued *out, size_t n, void *arg) {
+    aenq *a = arg;
+    a->calls++;
+    a->status = status;
+    a->n = n;
+    for (size_t i = 0; i < n && i < 3; i++)
+        a->out[i] = out[i];
+}
+
+/* Runs the loop until a's callback ran (bounded). */
+static void wait_called(aenq *a) {
+    uint64_t until = sd_now_ms() + 30000;
+    while (a->calls == 0) {
+        cr_assert(sd_now_ms() < until, "the enqueue was never answered");
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+}
+
+/* jq_aenqueue_many: one callback per call, never from inside it; the jobs exist with their
+ * payloads; a repeated idempotency key gives the first id; a refused call runs no callback. */
+static void aenqueue_body(void) {
+    jq_aclient *ac = NULL;
+    cr_assert_eq(jq_aclient_new(&loop, &url, &cfg, &ac), 0);
+    cr_assert_eq(jq_aclient_wait_connected(ac, 5000), 0);
+    jq_enqueue_opts keyed;
+    jq_enqueue_opts_default(&keyed);
+    keyed.idempotency_key = "k1";
+    jq_new_job jobs[3] = {{"a", 1, NULL}, {"bb", 2, NULL}, {"ccc", 3, &keyed}};
+    static aenq a, again, bad;
+    cr_assert_eq(jq_aenqueue_many(ac, "aq", jobs, 3, on_aenqueued, &a), 0);
+    cr_expect_eq(a.calls, 0, "the callback ran inside the call");
+    cr_expect_eq(jq_aenqueue_many(ac, "aq", jobs, 0, on_aenqueued, &bad), JQ_EINVAL);
+    cr_expect_eq(jq_aenqueue_many(ac, "bad queue", jobs, 1, on_aenqueued, &bad), JQ_EINVAL);
+    wait_called(&a);
+    cr_assert_eq(a.status, 0, "%s", jq_strerror(a.status));
+    cr_assert_eq(a.n, 3);
+    cr_expect_str_neq(a.out[0].id, a.out[1].id);
+    cr_expect_str_neq(a.out[1].id, a.out[2].id);
+    jq_client *c = NULL;
+    cr_assert_eq(jq_client_new(&url, &cfg, &c), 0);
+    for (int i = 0; i < 3; i++) {
+        jq_info info;
+        cr_assert_eq(jq_job_get(c, "aq", a.out[i].id, &info), 0);
+        cr_expect_eq(info.payload_len, jobs[i].len);
+        cr_expect_eq(memcmp(info.payload, jobs[i].payload, jobs[i].len), 0);
+        cr_expect_eq(info.state, JQ_STATE_READY);
+        jq_info_clear(&info);
+        cr_expect_eq(a.out[i].created, 1);
+    }
+    cr_assert_eq(jq_aenqueue_many(ac, "aq", &jobs[2], 1, on_aenqueued, &again), 0);
+    wait_called(&again);
+    cr_assert_eq(again.status, 0);
+    cr_expect_str_eq(again.out[0].id, a.out[2].id, "the key's first id");
+    cr_expect_eq(again.out[0].created, 0);
+    jq_stats s;
+    cr_assert_eq(jq_stats_get(c, "aq", &s), 0);
+    cr_expect_eq(s.ready, 3);
+    cr_expect_eq(bad.calls, 0, "a refused call ran its callback");
+    jq_client_free(c);
+    jq_aclient_free(ac);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+Test(jobqueue_worker, aenqueue_many_enqueues_in_one_call_and_answers_later) {
+    aenqueue_body();
+}
+
+Test(jobqueue_worker_cluster, aenqueue_many_enqueues_in_one_call_and_answers_later) {
+    aenqueue_body();
+}
