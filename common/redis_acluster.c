@@ -266,8 +266,10 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
         refresh_soon(cl);
     }
     int rc = send_to(a, node, kind == SD_REDIRECT_ASK);
-    if (rc != 0)
-        finish(a, NULL, rc);
+    if (rc != 0) {
+        finish(a, NULL, rc); /* the caller's callback may free the connection, and cl */
+        return;
+    }
     if (kind == SD_REDIRECT_MOVED)
         update_state(cl); /* the slot may name a master with no connection yet */
 }

@@ -677,7 +677,7 @@ static int rejected_calls(sd_redis_server *node, const char *cmd) {
     return n;
 }
 
-/* Puts {mig}a in slot's migration from `from` to `to`, unfinished. */
+/* A migration of slot from master `from` to master `to`, left unfinished by migrate(). */
 struct slow_migration {
     sd_redis_cluster_server *c;
     int slot, from, to, finished;
