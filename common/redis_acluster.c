@@ -72,7 +72,10 @@ struct acmd {
     int slot;         /* of the first key, -1 when keyless */
     int node;         /* where it was last sent */
     int asking;       /* and whether with ASKING */
-    uv_timer_t timer; /* the TRYAGAIN retry, initialised only when used */
+    uv_timer_t timer; /* the TRYAGAIN retry, initialised on first use and closed only when a
+                       * is released: a reply may come (and ask for another retry, or end the
+                       * command) in the same loop iteration as the retry was sent */
+    int timer_used;
     struct acmd *next_retry, *prev_retry;
 };
 
@@ -83,6 +86,14 @@ static void acmd_free(struct acmd *a) {
 
 static void on_retry_closed(uv_handle_t *h) {
     acmd_free(h->data);
+}
+
+/* Frees a once its caller's callback has run: at once, or when its timer has closed. */
+static void acmd_release(struct acmd *a) {
+    if (a->timer_used)
+        uv_close((uv_handle_t *)&a->timer, on_retry_closed);
+    else
+        acmd_free(a);
 }
 
 static int node_ready(struct sd_redis__acluster *cl, int node) {
@@ -199,7 +210,7 @@ static int send_to(struct acmd *a, int node, int asking) {
 static void finish(struct acmd *a, redisReply *reply, int status) {
     if (a->cb)
         a->cb(a->cl->owner, reply, status, a->privdata);
-    acmd_free(a);
+    acmd_release(a);
 }
 
 static void on_retry_timer(uv_timer_t *t) {
@@ -216,15 +227,9 @@ static void on_retry_timer(uv_timer_t *t) {
                : a->slot >= 0 && cl->map.slot[a->slot] >= 0 ? cl->map.slot[a->slot]
                                                             : 0;
     int rc = send_to(a, node, a->asking);
-    if (rc == 0) {
-        /* The node connection now holds a; libuv finishes closing the timer at the end of
-         * this loop iteration, before the reply can be read and a freed. */
-        uv_close((uv_handle_t *)t, NULL);
-        return;
-    }
-    if (a->cb)
-        a->cb(cl->owner, NULL, rc, a->privdata);
-    uv_close((uv_handle_t *)t, on_retry_closed);
+    if (rc == 0)
+        return; /* the node connection now holds a */
+    finish(a, NULL, rc);
 }
 
 static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
@@ -250,8 +255,11 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
             finish(a, reply, 0);
             return;
         }
-        uv_timer_init(cl->loop, &a->timer);
-        a->timer.data = a;
+        if (!a->timer_used) {
+            uv_timer_init(cl->loop, &a->timer);
+            a->timer.data = a;
+            a->timer_used = 1;
+        }
         uv_timer_start(&a->timer, on_retry_timer, RETRY_MS, 0);
         a->prev_retry = NULL;
         a->next_retry = cl->retrying;
@@ -386,7 +394,7 @@ void sd_redis__acluster_free(struct sd_redis__acluster *cl) {
         uv_timer_stop(&a->timer);
         if (a->cb)
             a->cb(cl->owner, NULL, SD_ECLOSED, a->privdata);
-        uv_close((uv_handle_t *)&a->timer, on_retry_closed);
+        acmd_release(a);
     }
     for (int i = 0; i < SD_CLUSTER_MAX_NODES; i++)
         sd_aredis_free(cl->conn[i]);
