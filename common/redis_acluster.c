@@ -7,13 +7,23 @@
  *    CLUSTER SLOTS, and a cluster node's answer, the slot map, creates this router. Nothing
  *    blocks the loop, and a Redis that is down at start is detected when it comes up.
  *  - One sd_aredis per master, each with its own handshake (scripts loaded), deadlines,
- *    pipelining and reconnect. The owner's connection counts as up when every master's is.
+ *    pipelining and reconnect. The owner's connection counts as up when every master's is;
+ *    that answer is kept (`up`), worked out again only when a master's connection changes state
+ *    or the map changes, since callers ask before every command and the map has 16,384 slots.
  *  - Each routed command is a small request (struct acmd) holding the caller's callback, the
- *    command's absolute deadline and its bytes, so that a MOVED or ASK reply can send it again
- *    with the time that is left; the caller's callback runs exactly once, with the final reply.
+ *    command's absolute deadline, its slot and its bytes, formatted once (a script call as
+ *    EVALSHA), so that a MOVED or ASK reply can send it again with the time that is left; the
+ *    node's connection borrows the bytes (hiredis copies them into its output buffer). ASKING
+ *    is a separate, constant command. The caller's callback runs exactly once, with the final
+ *    reply.
  *  - MOVED also asks for a refresh of the map (CLUSTER SLOTS on a connected master), at most
  *    once per second, in the background: the command does not wait for it.
- *  - TRYAGAIN / CLUSTERDOWN: sent again after 10 ms (a uv_timer), until the deadline.
+ *  - TRYAGAIN / CLUSTERDOWN: sent again after 10 ms (a uv_timer), until the deadline; these
+ *    retries do not count as hops (MAX_REDIRECTS bounds MOVED / ASK loops only). A TRYAGAIN
+ *    that answers a command sent with ASKING comes from the importing node, in the middle of
+ *    a migration (some of the keys are there, some not yet): the retry goes to that node, with
+ *    ASKING again. Sent to the slot's master instead, it would answer ASK, and a migration
+ *    slower than the hop limit (~80 ms) would reach the caller as an ASK error.
  *  - A command whose keys span slots is refused: the call returns SD_EPARSE (the callback never
  *    runs) and the error naming the keys is logged.
  *  - A redirection to a master this connection has no ready connection to yet fails with
@@ -41,7 +51,7 @@ struct sd_redis__acluster {
     sd_redis_opts opts;
     struct sd_redis__slot_map map;
     sd_aredis *conn[SD_CLUSTER_MAX_NODES];
-    int up;         /* what the owner was last told */
+    int up;         /* every master's connection is ready: what the owner was last told */
     int closing;    /* sd_redis__acluster_free is running */
     int refreshing; /* a CLUSTER SLOTS is in flight, asked of node refresh_node */
     int refresh_node;
@@ -56,12 +66,16 @@ struct acmd {
     void *privdata;
     uint64_t deadline_ns;
     sd_script *script; /* a script call: argv holds keys then arguments */
-    int nkeys;
-    char *cmd; /* the arguments, formatted (RESP) */
+    char *cmd;         /* the command, formatted (RESP; a script call as EVALSHA), owned */
     size_t len;
-    int hops;
+    int hops;         /* MOVED and ASK followed */
     int slot;         /* of the first key, -1 when keyless */
-    uv_timer_t timer; /* the TRYAGAIN retry, initialised only when used */
+    int node;         /* where it was last sent */
+    int asking;       /* and whether with ASKING */
+    uv_timer_t timer; /* the TRYAGAIN retry, initialised on first use and closed only when a
+                       * is released: a reply may come (and ask for another retry, or end the
+                       * command) in the same loop iteration as the retry was sent */
+    int timer_used;
     struct acmd *next_retry, *prev_retry;
 };
 
@@ -72,6 +86,14 @@ static void acmd_free(struct acmd *a) {
 
 static void on_retry_closed(uv_handle_t *h) {
     acmd_free(h->data);
+}
+
+/* Frees a once its caller's callback has run: at once, or when its timer has closed. */
+static void acmd_release(struct acmd *a) {
+    if (a->timer_used)
+        uv_close((uv_handle_t *)&a->timer, on_retry_closed);
+    else
+        acmd_free(a);
 }
 
 static int node_ready(struct sd_redis__acluster *cl, int node) {
@@ -92,6 +114,7 @@ static int all_up(struct sd_redis__acluster *cl) {
     return any;
 }
 
+/* Works out `up` again: on a master's state change and after the map changed. */
 static void update_state(struct sd_redis__acluster *cl) {
     int up = all_up(cl);
     if (up != cl->up && !cl->closing) {
@@ -130,6 +153,7 @@ static void on_slots(sd_aredis *r, redisReply *reply, int status, void *privdata
         return;
     sd_redis__slot_map_apply(&cl->map, reply, cl->map.node[cl->refresh_node].host);
     open_masters(cl);
+    update_state(cl);
 }
 
 /* Asks a ready master for CLUSTER SLOTS, at most once per second. */
@@ -170,33 +194,23 @@ static int send_to(struct acmd *a, int node, int asking) {
     int left = a->deadline_ns > now ? (int)((a->deadline_ns - now + 999999) / 1000000) : 0;
     if (left < 1)
         return SD_ETIMEDOUT;
-    /* As many arguments as the command's header says (a batch of checks may have thousands). */
-    int max = a->len > 1 ? atoi(a->cmd + 1) : 0;
-    max = max > 0 ? max : 1;
-    const char **argv = sd_xmalloc((size_t)max * sizeof *argv);
-    size_t *lens = sd_xmalloc((size_t)max * sizeof *lens);
-    int argc = sd_redis__resp_argv(a->cmd, a->len, max, argv, lens), rc;
-    if (argc < 0) {
-        free(argv);
-        free(lens);
-        return SD_EPARSE;
-    }
+    static const char asking_cmd[] = "*1\r\n$6\r\nASKING\r\n";
     sd_aredis *conn = cl->conn[node];
     if (asking)
-        sd_aredis_command(conn, on_asking, NULL, left, "ASKING");
-    if (a->script)
-        rc = sd_aredis_script(conn, a->script, on_reply, a, left, a->nkeys, argc, argv, lens);
-    else
-        rc = sd_aredis_commandv(conn, on_reply, a, left, argc, argv, lens);
-    free(argv);
-    free(lens);
+        sd_aredis__send_formatted(conn, on_asking, NULL, left, asking_cmd, sizeof asking_cmd - 1,
+                                  NULL);
+    int rc = sd_aredis__send_formatted(conn, on_reply, a, left, a->cmd, a->len, a->script);
+    if (rc == 0) {
+        a->node = node;
+        a->asking = asking;
+    }
     return rc;
 }
 
 static void finish(struct acmd *a, redisReply *reply, int status) {
     if (a->cb)
         a->cb(a->cl->owner, reply, status, a->privdata);
-    acmd_free(a);
+    acmd_release(a);
 }
 
 static void on_retry_timer(uv_timer_t *t) {
@@ -208,17 +222,14 @@ static void on_retry_timer(uv_timer_t *t) {
         cl->retrying = a->next_retry;
     if (a->next_retry)
         a->next_retry->prev_retry = a->prev_retry;
-    int node = a->slot >= 0 && cl->map.slot[a->slot] >= 0 ? cl->map.slot[a->slot] : 0;
-    int rc = send_to(a, node, 0);
-    if (rc == 0) {
-        /* The node connection now holds a; libuv finishes closing the timer at the end of
-         * this loop iteration, before the reply can be read and a freed. */
-        uv_close((uv_handle_t *)t, NULL);
-        return;
-    }
-    if (a->cb)
-        a->cb(cl->owner, NULL, rc, a->privdata);
-    uv_close((uv_handle_t *)t, on_retry_closed);
+    /* After ASKING, the node that answered is the one importing the slot (top of file). */
+    int node = a->asking                                    ? a->node
+               : a->slot >= 0 && cl->map.slot[a->slot] >= 0 ? cl->map.slot[a->slot]
+                                                            : 0;
+    int rc = send_to(a, node, a->asking);
+    if (rc == 0)
+        return; /* the node connection now holds a */
+    finish(a, NULL, rc);
 }
 
 static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata) {
@@ -234,7 +245,8 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
     char host[64];
     int slot, port;
     int kind = sd_redis__redirect_parse(reply, &slot, host, sizeof host, &port);
-    if (kind == SD_REDIRECT_NONE || a->hops++ == MAX_REDIRECTS || cl->closing) {
+    if (kind == SD_REDIRECT_NONE || cl->closing ||
+        (kind != SD_REDIRECT_RETRY && a->hops++ == MAX_REDIRECTS)) {
         finish(a, reply, 0);
         return;
     }
@@ -243,8 +255,11 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
             finish(a, reply, 0);
             return;
         }
-        uv_timer_init(cl->loop, &a->timer);
-        a->timer.data = a;
+        if (!a->timer_used) {
+            uv_timer_init(cl->loop, &a->timer);
+            a->timer.data = a;
+            a->timer_used = 1;
+        }
         uv_timer_start(&a->timer, on_retry_timer, RETRY_MS, 0);
         a->prev_retry = NULL;
         a->next_retry = cl->retrying;
@@ -259,8 +274,12 @@ static void on_reply(sd_aredis *r, redisReply *reply, int status, void *privdata
         refresh_soon(cl);
     }
     int rc = send_to(a, node, kind == SD_REDIRECT_ASK);
-    if (rc != 0)
-        finish(a, NULL, rc);
+    if (rc != 0) {
+        finish(a, NULL, rc); /* the caller's callback may free the connection, and cl */
+        return;
+    }
+    if (kind == SD_REDIRECT_MOVED)
+        update_state(cl); /* the slot may name a master with no connection yet */
 }
 
 /* ---- Entry points (called from redis_async.c) ----------------------------------------------- */
@@ -283,7 +302,7 @@ struct sd_redis__acluster *sd_redis__acluster_new(sd_aredis *owner, uv_loop_t *l
 }
 
 int sd_redis__acluster_up(const struct sd_redis__acluster *cl) {
-    return all_up((struct sd_redis__acluster *)cl);
+    return cl->up;
 }
 
 size_t sd_redis__acluster_pending(const struct sd_redis__acluster *cl) {
@@ -299,40 +318,27 @@ void sd_redis__acluster_flush(struct sd_redis__acluster *cl) {
         sd_aredis_flush(cl->conn[i]);
 }
 
-int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, void *privdata,
-                            int timeout_ms, sd_script *script, int nkeys, int argc,
-                            const char **argv, const size_t *lens) {
+int sd_redis__acluster_slot(int argc, const char **argv, const size_t *lens) {
     struct sd_redis__route route;
-    int slot = -1;
-    size_t *own = NULL; /* the lengths of NUL-terminated arguments, until they are formatted */
-    if (script) {
-        slot = nkeys > 0 ? sd_redis_key_slot(argv[0], lens ? lens[0] : strlen(argv[0])) : -1;
-    } else {
-        if (lens == NULL) {
-            own = sd_xmalloc((size_t)argc * sizeof *own);
-            for (int i = 0; i < argc; i++)
-                own[i] = strlen(argv[i]);
-            lens = own;
-        }
-        int rc = sd_redis__command_route(argc, argv, lens, &route);
-        if (rc != 0) {
-            char text[400];
-            sd_redis__crossslot_text(text, sizeof text, argv, lens, &route);
-            free(own);
-            return SD_EPARSE;
-        }
-        slot = route.slot;
+    if (sd_redis__command_route(argc, argv, lens, &route) != 0) {
+        char text[400];
+        sd_redis__crossslot_text(text, sizeof text, argv, lens, &route); /* logs it */
+        return SD_EPARSE;
     }
+    return route.slot;
+}
+
+int sd_redis__acluster_send_formatted(struct sd_redis__acluster *cl, sd_aredis_cb *cb,
+                                      void *privdata, int timeout_ms, sd_script *script, char *cmd,
+                                      size_t len, int slot) {
     struct acmd *a = sd_xcalloc(1, sizeof *a);
     a->cl = cl;
     a->cb = cb;
     a->privdata = privdata;
     a->script = script;
-    a->nkeys = nkeys;
     a->slot = slot;
-    int len = redisFormatCommandArgv(&a->cmd, argc, argv, lens);
-    free(own);
-    a->len = len > 0 ? (size_t)len : 0;
+    a->cmd = cmd;
+    a->len = len;
     int ms = timeout_ms > 0 ? timeout_ms : cl->opts.command_timeout_ms;
     a->deadline_ns = sd_now_ns() + (uint64_t)ms * 1000000u;
     int node = slot >= 0 && cl->map.slot[slot] >= 0 ? cl->map.slot[slot] : -1;
@@ -345,6 +351,39 @@ int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, voi
     return rc;
 }
 
+int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, void *privdata,
+                            int timeout_ms, sd_script *script, int nkeys, int argc,
+                            const char **argv, const size_t *lens) {
+    int slot;
+    char *cmd = NULL;
+    size_t len = 0;
+    if (script) {
+        /* A script's keys are one slot by the caller's design (hash tags); Redis refuses
+         * them otherwise with CROSSSLOT. */
+        slot = nkeys > 0 ? sd_redis_key_slot(argv[0], lens ? lens[0] : strlen(argv[0])) : -1;
+        struct sd_redis__script_call call;
+        sd_redis__script_call_init(&call, script, nkeys, argc, argv, lens);
+        len = sd_redis__resp_format(&cmd, call.argc, call.argv, call.lens);
+        sd_redis__script_call_release(&call);
+    } else {
+        size_t small[16] = {0}, *own = NULL; /* the lengths of NUL-terminated arguments */
+        if (lens == NULL) {
+            own = argc <= 16 ? small : sd_xmalloc((size_t)argc * sizeof *own);
+            for (int i = 0; i < argc; i++)
+                own[i] = strlen(argv[i]);
+            lens = own;
+        }
+        slot = sd_redis__acluster_slot(argc, argv, lens);
+        if (slot >= -1)
+            len = sd_redis__resp_format(&cmd, argc, argv, lens);
+        if (own != small)
+            free(own);
+        if (slot < -1)
+            return SD_EPARSE;
+    }
+    return sd_redis__acluster_send_formatted(cl, cb, privdata, timeout_ms, script, cmd, len, slot);
+}
+
 void sd_redis__acluster_free(struct sd_redis__acluster *cl) {
     if (cl == NULL)
         return;
@@ -355,7 +394,7 @@ void sd_redis__acluster_free(struct sd_redis__acluster *cl) {
         uv_timer_stop(&a->timer);
         if (a->cb)
             a->cb(cl->owner, NULL, SD_ECLOSED, a->privdata);
-        uv_close((uv_handle_t *)&a->timer, on_retry_closed);
+        acmd_release(a);
     }
     for (int i = 0; i < SD_CLUSTER_MAX_NODES; i++)
         sd_aredis_free(cl->conn[i]);

@@ -62,7 +62,7 @@
  * instructions per check (measured with callgrind; ratelimit/README.md), so the digits are written
  * here by hand. lens may be NULL for NUL-terminated arguments.
  */
-static size_t resp_format(char **out, int argc, const char **argv, const size_t *lens) {
+size_t sd_redis__resp_format(char **out, int argc, const char **argv, const size_t *lens) {
     size_t total = 1 + 20 + 2 + 1;
     for (int i = 0; i < argc; i++)
         total += 1 + 20 + 2 + (lens ? lens[i] : strlen(argv[i])) + 2;
@@ -110,6 +110,8 @@ struct areq {
     sd_script *script; /* non-NULL for scripts until retried; a SCRIPT LOAD's script */
     char *cmd;         /* the formatted EVALSHA command (scripts only) */
     size_t cmdlen;
+    int cmd_borrowed; /* cmd belongs to the cluster router's request, which outlives the
+                       * callback's run only until then: read it only before areq_finish */
 };
 
 struct sd_aredis {
@@ -161,7 +163,8 @@ static void list_unlink(sd_aredis *r, struct areq *q) {
 
 static void areq_free(sd_aredis *r, struct areq *q) {
     list_unlink(r, q);
-    free(q->cmd);
+    if (!q->cmd_borrowed)
+        free(q->cmd);
     free(q);
 }
 
@@ -170,6 +173,8 @@ static void areq_finish(sd_aredis *r, struct areq *q, redisReply *reply, int sta
     if (!q->expired && !q->internal) {
         r->npending--;
         q->expired = 1;
+        if (q->cmd_borrowed) /* the callback frees it */
+            q->cmd = NULL;
         q->cb(r, reply, status, q->privdata);
     }
 }
@@ -582,10 +587,11 @@ int sd_aredis_wait_connected(sd_aredis *r, int timeout_ms) {
     return sd_aredis_is_connected(r) ? 0 : SD_ETIMEDOUT;
 }
 
-/* Accepts a formatted command: registers the request, hands the bytes to hiredis, arms the
- * deadline. Takes ownership of cmd when keep_cmd (a script), else the caller frees it. */
+/* Accepts a formatted command: registers the request, hands the bytes to hiredis (which copies
+ * them), arms the deadline. For a script the request keeps cmd, for the NOSCRIPT retry: it takes
+ * ownership of it on success unless `borrowed`; otherwise the caller frees it. */
 static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms, char *cmd,
-                          size_t len, sd_script *script) {
+                          size_t len, sd_script *script, int borrowed) {
     if (r->state == AS_CLOSED)
         return SD_ECLOSED;
     if (r->state != AS_READY)
@@ -605,6 +611,7 @@ static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int ti
     if (script) {
         q->cmd = cmd;
         q->cmdlen = len;
+        q->cmd_borrowed = borrowed;
     }
     r->npending++;
     arm_deadline(r, q->deadline_ns);
@@ -627,8 +634,8 @@ int sd_aredis_commandv(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeo
         return sd_redis__acluster_send(r->cluster, cb, privdata, timeout_ms, NULL, 0, argc, argv,
                                        argvlen);
     char *cmd = NULL;
-    size_t len = resp_format(&cmd, argc, argv, argvlen);
-    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, NULL);
+    size_t len = sd_redis__resp_format(&cmd, argc, argv, argvlen);
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, NULL, 0);
     free(cmd);
     return rc;
 }
@@ -643,20 +650,28 @@ int sd_aredis_command(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeou
     if (len < 0)
         return SD_EPARSE;
     if (r->cluster && r->state != AS_CLOSED) {
+        /* The router needs the keys to find the slot: split the formatted command (arguments
+         * point into cmd) and hand it over as it is, formatted once. */
+        const char *small[16];
+        size_t smalllen[16];
         int max = atoi(cmd + 1); /* the argument count of the formatted "*N\r\n..." */
         max = max > 0 ? max : 1;
-        const char **argv = sd_xmalloc((size_t)max * sizeof *argv);
-        size_t *lens = sd_xmalloc((size_t)max * sizeof *lens);
+        const char **argv = max <= 16 ? small : sd_xmalloc((size_t)max * sizeof *argv);
+        size_t *lens = max <= 16 ? smalllen : sd_xmalloc((size_t)max * sizeof *lens);
         int argc = sd_redis__resp_argv(cmd, (size_t)len, max, argv, lens);
-        int rc = argc < 0 ? SD_EPARSE
-                          : sd_redis__acluster_send(r->cluster, cb, privdata, timeout_ms, NULL, 0,
-                                                    argc, argv, lens);
-        free(argv);
-        free(lens);
-        free(cmd);
-        return rc;
+        int slot = argc < 0 ? SD_EPARSE : sd_redis__acluster_slot(argc, argv, lens);
+        if (argv != small) {
+            free(argv);
+            free(lens);
+        }
+        if (slot < -1) {
+            free(cmd);
+            return SD_EPARSE;
+        }
+        return sd_redis__acluster_send_formatted(r->cluster, cb, privdata, timeout_ms, NULL, cmd,
+                                                 (size_t)len, slot);
     }
-    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, (size_t)len, NULL);
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, (size_t)len, NULL, 0);
     free(cmd);
     return rc;
 }
@@ -670,12 +685,17 @@ int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *pr
     struct sd_redis__script_call call;
     sd_redis__script_call_init(&call, script, nkeys, argc, argv, argvlen);
     char *cmd = NULL;
-    size_t len = resp_format(&cmd, call.argc, call.argv, call.lens);
+    size_t len = sd_redis__resp_format(&cmd, call.argc, call.argv, call.lens);
     sd_redis__script_call_release(&call);
-    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, script);
+    int rc = send_formatted(r, cb, privdata, timeout_ms, cmd, len, script, 0);
     if (rc != 0)
         free(cmd);
     return rc;
+}
+
+int sd_aredis__send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms,
+                              const char *cmd, size_t len, sd_script *script) {
+    return send_formatted(r, cb, privdata, timeout_ms, (char *)cmd, len, script, 1);
 }
 
 static void on_handle_closed(uv_handle_t *h) {

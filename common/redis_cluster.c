@@ -30,8 +30,10 @@
  *     - ASK slot host:port: the slot is being migrated and this key has already moved. ASKING
  *       and the command are sent to the named node, pipelined; the map is not changed.
  *     - TRYAGAIN (a multi-key command during a migration) and CLUSTERDOWN: sent again after
- *       10 ms, until the deadline; then the error reply is returned.
- *     At most 16 redirections per command, so a map that never settles cannot loop forever.
+ *       10 ms, to the node that answered (with ASKING again when it was sent with it), until
+ *       the deadline; then the error reply is returned.
+ *     At most 16 MOVED / ASK per command, so a map that never settles cannot loop forever;
+ *     TRYAGAIN retries are bounded by the deadline only.
  *  5. A node that goes away: its commands fail as on any connection (SD_EDISCONNECTED or
  *     SD_ETIMEDOUT) and the map is marked for a refresh; the other masters keep answering.
  */
@@ -351,8 +353,8 @@ static void sleep_ms(int ms) {
 static redisReply *run_at(struct sd_redis__cluster *cl, int *err, int node, int argc,
                           const char **argv, const size_t *lens) {
     uint64_t deadline = sd_now_ms() + (uint64_t)cl->timeout_ms;
-    int asking = 0;
-    for (int hop = 0;; hop++) {
+    int asking = 0, hops = 0;
+    for (;;) {
         sd_redis *conn = node_conn(cl, node);
         redisReply *reply;
         if (asking) {
@@ -368,7 +370,6 @@ static redisReply *run_at(struct sd_redis__cluster *cl, int *err, int node, int 
                 freeReplyObject(reply);
                 reply = sd_redis_get_reply(conn, err);
             }
-            asking = 0;
         } else {
             reply = sd_redis_commandv(conn, err, argc, argv, lens);
         }
@@ -381,9 +382,11 @@ static redisReply *run_at(struct sd_redis__cluster *cl, int *err, int node, int 
         char host[64];
         int slot, port;
         int kind = sd_redis__redirect_parse(reply, &slot, host, sizeof host, &port);
-        if (kind == SD_REDIRECT_NONE || hop == MAX_REDIRECTS)
+        if (kind == SD_REDIRECT_NONE || (kind != SD_REDIRECT_RETRY && hops++ == MAX_REDIRECTS))
             return reply;
         if (kind == SD_REDIRECT_RETRY) {
+            /* Retried where it was answered, with ASKING again if it was sent with it: a
+             * TRYAGAIN after ASKING comes from the importing node (redis_acluster.c). */
             if (sd_now_ms() + 10 >= deadline)
                 return reply;
             freeReplyObject(reply);
@@ -392,11 +395,10 @@ static redisReply *run_at(struct sd_redis__cluster *cl, int *err, int node, int 
         }
         freeReplyObject(reply);
         node = sd_redis__slot_map_node(&cl->map, host, port);
+        asking = kind == SD_REDIRECT_ASK;
         if (kind == SD_REDIRECT_MOVED) {
             cl->map.slot[slot] = (short)node;
             cl->refresh_wanted = 1;
-        } else {
-            asking = 1;
         }
     }
 }

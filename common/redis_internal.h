@@ -108,6 +108,10 @@ enum { SD_REDIRECT_NONE, SD_REDIRECT_MOVED, SD_REDIRECT_ASK, SD_REDIRECT_RETRY }
 int sd_redis__redirect_parse(const redisReply *reply, int *slot, char *host, size_t hostlen,
                              int *port);
 
+/* Formats argv as a RESP array of bulk strings into a new buffer (free()), NUL-terminated;
+ * returns its length. lens may be NULL for NUL-terminated arguments (redis_async.c). */
+size_t sd_redis__resp_format(char **out, int argc, const char **argv, const size_t *lens);
+
 /* Splits a formatted command ("*N\r\n$L\r\n...") into at most max arguments pointing into
  * cmd. Returns the count or -1. */
 int sd_redis__resp_argv(const char *cmd, size_t len, int max, const char **argv, size_t *lens);
@@ -169,6 +173,14 @@ struct sd_redis__acluster *sd_redis__acluster_new(sd_aredis *owner, uv_loop_t *l
 int sd_redis__acluster_up(const struct sd_redis__acluster *cl);
 size_t sd_redis__acluster_pending(const struct sd_redis__acluster *cl);
 void sd_redis__acluster_flush(struct sd_redis__acluster *cl);
+/* The slot a command goes to (-1: keyless), or SD_EPARSE when its keys span slots (the error
+ * naming them is logged). */
+int sd_redis__acluster_slot(int argc, const char **argv, const size_t *lens);
+/* Sends a command formatted by the caller (for a script: the EVALSHA call) to the master of
+ * slot (-1: any); takes ownership of cmd, whatever it returns. */
+int sd_redis__acluster_send_formatted(struct sd_redis__acluster *cl, sd_aredis_cb *cb,
+                                      void *privdata, int timeout_ms, sd_script *script, char *cmd,
+                                      size_t len, int slot);
 /* script == NULL: a command (argv); else a script call (argv: keys, then arguments). */
 int sd_redis__acluster_send(struct sd_redis__acluster *cl, sd_aredis_cb *cb, void *privdata,
                             int timeout_ms, sd_script *script, int nkeys, int argc,
@@ -177,6 +189,10 @@ void sd_redis__acluster_free(struct sd_redis__acluster *cl);
 
 /* An async connection to one node of a cluster: never probed (redis_async.c). */
 sd_aredis *sd_aredis__new_node(uv_loop_t *loop, const sd_redis_url *url, const sd_redis_opts *opts);
+/* Sends a formatted command on a node's connection (send_formatted), borrowing cmd: for a
+ * script, cmd must stay valid until the callback runs (it is re-sent as EVAL after NOSCRIPT). */
+int sd_aredis__send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int timeout_ms,
+                              const char *cmd, size_t len, sd_script *script);
 /* Runs the owner's state callback. */
 void sd_aredis__report_state(sd_aredis *r, int connected);
 

@@ -14,7 +14,8 @@
  *
  * Redis Cluster: one script call may only name keys of one hash slot, and each check's keys
  * share one (its hash tag, rl_config_key). When the connection routes to a cluster
- * (sd_aredis_is_cluster), each slot is a lane of its own: the batching above runs per slot, a
+ * (sd_aredis_is_cluster, known once the connection first reports up: detection is part of its
+ * handshake), each slot is a lane of its own: the batching above runs per slot, a
  * call taking the queued checks of one slot while no other call of that slot is in flight, and
  * the calls of one flush leave together (the connection pipelines each master's calls on its
  * socket). The lanes overlap one another, which is what max_calls gives a single Redis, so one
@@ -121,7 +122,7 @@ struct rl_limiter {
     int cluster_up;        /* on a cluster: what the state callback last said */
     rl_check *head, *tail; /* queued checks, oldest first */
     size_t queued;
-    uint32_t *calls;  /* script calls in flight per lane (a lane per slot on a cluster, else 0) */
+    uint32_t *calls;  /* script calls in flight per lane (16384 lanes on a cluster, else 1) */
     uint32_t *taking; /* on a cluster, while send_lanes() runs: checks taken per slot */
     rl_batch *flying; /* those calls, kept until their reply or reply_timeout_ms */
     uv_prepare_t prepare;
@@ -708,17 +709,26 @@ static void on_presence(uv_timer_t *t) {
     presence_send(t->data);
 }
 
+/* The connection found a cluster (its first report of up): from now on each slot is a lane.
+ * Nothing was sent before (a connection that was never up accepts no command), so no call is
+ * in flight on the single lane; the checks queued meanwhile get their slots. */
+static void cluster_detected(rl_limiter *l) {
+    assert(l->calls[0] == 0);
+    l->cluster = 1;
+    free(l->calls);
+    l->calls = sd_xcalloc(16384, sizeof(*l->calls));
+    l->taking = sd_xcalloc(16384, sizeof(*l->taking));
+    for (rl_check *c = l->head; c != NULL; c = c->next) {
+        c->slot = sd_redis_key_slot(c->keys, c->key_len[0]);
+    }
+}
+
 static void on_state(sd_aredis *r, int connected, void *privdata) {
     rl_limiter *l = privdata;
-    l->cluster_up = connected;
     if (connected && !l->cluster && sd_aredis_is_cluster(r)) {
-        /* The connection finds out in its first handshake whether it talks to a cluster: from
-         * now on a lane per slot. Checks queued meanwhile get their slots. */
-        l->cluster = 1;
-        for (rl_check *c = l->head; c; c = c->next) {
-            c->slot = sd_redis_key_slot(c->keys, c->key_len[0]);
-        }
+        cluster_detected(l);
     }
+    l->cluster_up = connected;
     if (connected) {
         rl_guard_reconnected(&l->guard);
         presence_send(l);
@@ -750,10 +760,8 @@ int rl_limiter_new(uv_loop_t *loop, const sd_redis_url *url, const rl_config *cf
         free(l);
         return rc;
     }
-    /* Known once the first handshake is done (on_state); the lanes are there from the start. */
-    l->cluster = sd_aredis_is_cluster(l->redis);
-    l->calls = sd_xcalloc(16384, sizeof(*l->calls));
-    l->taking = sd_xcalloc(16384, sizeof(*l->taking));
+    /* Not known yet (on_state, cluster_detected): the connection asks in its handshake. */
+    l->calls = sd_xcalloc(1, sizeof(*l->calls));
     sd_aredis_set_state_cb(l->redis, on_state, l);
     uv_prepare_init(loop, &l->prepare);
     uv_check_init(loop, &l->check);

@@ -811,6 +811,11 @@ Test(ratelimit_faults, a_late_check_is_refused_and_its_charge_refunded) {
  * asks Redis and gets the unit back.
  */
 Test(ratelimit_faults, a_refund_is_not_hidden_by_a_denial_cached_before_it) {
+    if (test_target_is_cluster()) {
+        cr_skip_test("needs a second call in flight on the key's lane while the first is late: on "
+                     "a cluster a lane has one call in flight (README, \"Redis Cluster\"), so "
+                     "the second check waits for the first's reply and the refund");
+    }
     rl_config cfg = config(RL_FAIL_LOCAL);
     cfg.deadline_ms = 300; /* the second call must be answered by Redis, not late */
     cfg.reply_timeout_ms = 60000;

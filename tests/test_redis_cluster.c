@@ -531,6 +531,10 @@ Test(redis_cluster, async_script_works_on_first_call_on_every_node) {
     sd_redis_cluster_server_stop(c);
 }
 
+static void on_tick(uv_timer_t *t) {
+    (void)t;
+}
+
 Test(redis_cluster, async_killed_master_fails_its_commands_and_the_others_keep_working) {
     sd_redis_cluster_server *c = test_redis_cluster_start(0);
     uv_loop_t loop;
@@ -557,6 +561,15 @@ Test(redis_cluster, async_killed_master_fails_its_commands_and_the_others_keep_w
         cr_assert_eq(sd_aredis_command(r, count_cb, &live, 0, "INCRBY %s 1", keys[m]), 0);
     run_until(&loop, &live.calls, 2);
     cr_assert_eq(live.ok, 2, "%s", live.error);
+    /* The connection's up state follows its masters' (it is kept, not worked out per call). */
+    uv_timer_t tick;
+    uv_timer_init(&loop, &tick);
+    uv_timer_start(&tick, on_tick, 10, 10); /* so that UV_RUN_ONCE returns */
+    uint64_t until = sd_now_ms() + 20000;
+    while (sd_aredis_is_connected(r) && sd_now_ms() < until)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    cr_assert_not(sd_aredis_is_connected(r), "up although a master is dead");
     aclose(&loop, r);
     sd_redis_cluster_server_stop(c);
 }
@@ -637,6 +650,158 @@ Test(redis_cluster, tryagain_is_retried_until_the_deadline) {
     cr_assert_not_null(rejected);
     cr_assert_gt(atoi(rejected + strlen("rejected_calls=")), 1, "%s", stats->str);
     freeReplyObject(stats);
+    sd_redis_free(r);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* Both keys of a script, one already migrated and one not there yet: during the migration the
+ * source answers ASK (it holds neither key) and the importing node, asked with ASKING, answers
+ * TRYAGAIN (it holds one); once the migration is finished, the script runs. */
+#define PAIR_BODY                                                                                  \
+    "return redis.call('INCRBY', KEYS[1], ARGV[1]) + redis.call('INCRBY', KEYS[2], ARGV[1])"
+static sd_script pair_script = {
+    .name = "test/cluster-pair",
+    .body = PAIR_BODY,
+    .len = sizeof PAIR_BODY - 1,
+};
+
+/* The number of calls of cmd the node refused (TRYAGAIN, ASK, ...), from INFO commandstats. */
+static int rejected_calls(sd_redis_server *node, const char *cmd) {
+    redisReply *stats = raw(node, "INFO commandstats");
+    char name[64];
+    snprintf(name, sizeof name, "cmdstat_%s:", cmd);
+    const char *line = strstr(stats->str, name);
+    const char *rejected = line ? strstr(line, "rejected_calls=") : NULL;
+    int n = rejected ? atoi(rejected + strlen("rejected_calls=")) : 0;
+    freeReplyObject(stats);
+    return n;
+}
+
+/* A migration of slot from master `from` to master `to`, left unfinished by migrate(). */
+struct slow_migration {
+    sd_redis_cluster_server *c;
+    int slot, from, to, finished;
+    const int *calls; /* the script's callbacks: stop watching once it has answered */
+};
+
+/* Finishes the migration once the importing node has refused the script 20 times: more than
+ * the hop limit (16 MOVED / ASK) would let through if retries counted as hops or went back to
+ * the source. Waits for the count, not for time, so a slow machine changes nothing. */
+static void finish_when_refused(uv_timer_t *t) {
+    struct slow_migration *m = t->data;
+    if (*m->calls > 0 || m->finished) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (rejected_calls(sd_redis_cluster_server_node(m->c, m->to), "evalsha") < 20)
+        return;
+    char *dst_id = node_id(sd_redis_cluster_server_node(m->c, m->to));
+    char s[16];
+    snprintf(s, sizeof s, "%d", m->slot);
+    for (int i = 0; i < 3; i++)
+        raw_ok(sd_redis_cluster_server_node(m->c, i), "CLUSTER SETSLOT %s NODE %s", s, dst_id);
+    free(dst_id);
+    m->finished = 1;
+}
+
+Test(redis_cluster, async_tryagain_after_ask_waits_for_a_slow_migration) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_script *scripts[] = {&pair_script};
+    sd_aredis *r = acluster_connect(&loop, sd_redis_cluster_server_url(c), scripts, 1);
+    const char *keys[2] = {"{mig}a", "{mig}b"};
+    struct slow_migration m = {.c = c, .slot = sd_redis_key_slot(keys[0], strlen(keys[0]))};
+    m.from = master_of_slot(m.slot);
+    m.to = (m.from + 1) % 3;
+    struct answers a = {0};
+    m.calls = &a.calls;
+    cr_assert_eq(sd_aredis_command(r, count_cb, &a, 0, "SET %s 10", keys[0]), 0);
+    run_until(&loop, &a.calls, 1);
+    migrate(c, m.slot, keys[0], m.from, m.to, 0);
+    a.calls = 0;
+    const char *argv[3] = {keys[0], keys[1], "1"};
+    cr_assert_eq(sd_aredis_script(r, &pair_script, count_cb, &a, 20000, 2, 3, argv, NULL), 0);
+    uv_timer_t watch;
+    uv_timer_init(&loop, &watch);
+    watch.data = &m;
+    uv_timer_start(&watch, finish_when_refused, 5, 5);
+    run_until(&loop, &a.calls, 1);
+    uv_close((uv_handle_t *)&watch, NULL);
+    cr_assert_eq(a.ok, 1, "the migration's redirection reached the caller: %s (status %s)", a.error,
+                 sd_strerror(a.status));
+    cr_assert(m.finished);
+    cr_assert_eq(a.last, 11 + 1);
+    aclose(&loop, r);
+    sd_redis_cluster_server_stop(c);
+}
+
+/* finish_when_refused for a child process, which may not use Criterion's asserts: polls the
+ * importing node's count every 5 ms (another process's counter: there is no event to wait
+ * for), then moves the slot for good. Returns the child's exit status, 0 when finished. */
+static int finish_after_refusals(const int ports[3], int to, int slot, const char *dst_id) {
+    struct timeval tv = {5, 0};
+    uint64_t until = sd_now_ms() + 20000;
+    while (sd_now_ms() < until) {
+        redisContext *ctx = redisConnectWithTimeout("127.0.0.1", ports[to], tv);
+        redisReply *stats = ctx && !ctx->err ? redisCommand(ctx, "INFO commandstats") : NULL;
+        const char *line = stats ? strstr(stats->str, "cmdstat_evalsha:") : NULL;
+        const char *rejected = line ? strstr(line, "rejected_calls=") : NULL;
+        int n = rejected ? atoi(rejected + strlen("rejected_calls=")) : 0;
+        freeReplyObject(stats);
+        redisFree(ctx);
+        if (n >= 20) {
+            for (int i = 0; i < 3; i++) {
+                redisContext *node = redisConnectWithTimeout("127.0.0.1", ports[i], tv);
+                redisReply *ok =
+                    node && !node->err
+                        ? redisCommand(node, "CLUSTER SETSLOT %d NODE %s", slot, dst_id)
+                        : NULL;
+                int failed = ok == NULL || ok->type == REDIS_REPLY_ERROR;
+                freeReplyObject(ok);
+                redisFree(node);
+                if (failed)
+                    return 2;
+            }
+            return 0;
+        }
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    return 1;
+}
+
+/* The same through the synchronous router: a child process finishes the migration. */
+Test(redis_cluster, tryagain_after_ask_waits_for_a_slow_migration) {
+    sd_redis_cluster_server *c = test_redis_cluster_start(0);
+    sd_script *scripts[] = {&pair_script};
+    sd_redis *r = cluster_connect(sd_redis_cluster_server_url(c), scripts, 1);
+    const char *keys[2] = {"{smig}a", "{smig}b"};
+    int slot = sd_redis_key_slot(keys[0], strlen(keys[0]));
+    int from = master_of_slot(slot), to = (from + 1) % 3;
+    test_redis_int(r, "INCRBY %s 10", keys[0]);
+    migrate(c, slot, keys[0], from, to, 0);
+    int ports[3];
+    for (int i = 0; i < 3; i++)
+        ports[i] = sd_redis_server_port(sd_redis_cluster_server_node(c, i));
+    char *dst_id = node_id(sd_redis_cluster_server_node(c, to));
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0)
+        _exit(finish_after_refusals(ports, to, slot, dst_id));
+    free(dst_id);
+    sd_redis_set_timeout(r, 20000);
+    int err = 0;
+    const char *argv[3] = {keys[0], keys[1], "1"};
+    redisReply *reply = sd_redis_script(r, &err, 20000, &pair_script, 2, 3, argv, NULL);
+    int status = 0;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert_not_null(reply, "%s", sd_strerror(err));
+    cr_assert_eq(reply->type, REDIS_REPLY_INTEGER, "a redirection reached the caller: %d %s",
+                 reply->type, reply->str);
+    cr_assert_eq(reply->integer, 11 + 1);
+    freeReplyObject(reply);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     sd_redis_free(r);
     sd_redis_cluster_server_stop(c);
 }
