@@ -234,8 +234,8 @@ Test(commands, servers_print_exactly_the_listening_line) {
     expect_listening_line((const char *[]){"ratelimit", "serve", "--listen", "127.0.0.1:0",
                                            "--policy", "p;q=1;w=1", "--redis",
                                            test_target_url(server), NULL});
-    expect_listening_line((const char *[]){"webhook", "serve", "--listen", "127.0.0.1:0",
-                                           "--redis", test_target_url(server), NULL});
+    expect_listening_line((const char *[]){"webhook", "serve", "--listen", "127.0.0.1:0", "--redis",
+                                           test_target_url(server), NULL});
     test_target_stop(server);
 }
 
