@@ -27,6 +27,7 @@
 #include "cli.h"
 #include "http.h"
 #include "ratelimit.h"
+#include "rl_http.h"
 #include "redis_server.h"
 #include "sd.h"
 
@@ -312,43 +313,6 @@ static json_t *decision_json(const rl_config *cfg, const rl_decision *d) {
                      rl_source_name(d->source), "policies", policies);
 }
 
-/* Whole seconds, rounded up: the HTTP fields have no finer unit, and rounding down would send a
- * client back too early. */
-static long long seconds_up(long long ms) {
-    return ms <= 0 ? 0 : (ms + 999) / 1000;
-}
-
-/*
- * Adds RateLimit-Policy and RateLimit (Structured Field lists, RFC 8941) as in
- * draft-ietf-httpapi-ratelimit-headers-10 sections 3 and 4:
- *   RateLimit-Policy: "burst";q=100;w=60, "daily";q=1000;w=86400
- *   RateLimit: "burst";r=42;t=17, "daily";r=958;t=87
- * Policy names are restricted to characters that need no escaping in an sf-string. RateLimit is
- * left out when a fallback could not know the remaining quota.
- */
-static void add_ratelimit_fields(sd_http_req *req, const rl_config *cfg, const rl_decision *d) {
-    char policy[RL_MAX_POLICIES * 80] = "", limit[RL_MAX_POLICIES * 80] = "";
-    size_t pn = 0, ln = 0;
-    int known = 1;
-    for (size_t i = 0; i < cfg->npolicies; i++) {
-        const char *sep = i ? ", " : "";
-        pn += (size_t)snprintf(policy + pn, sizeof(policy) - pn, "%s\"%s\";q=%lld;w=%lld", sep,
-                               cfg->policies[i].name, cfg->policies[i].quota,
-                               cfg->policies[i].window_s);
-        if (d->policies[i].remaining < 0) {
-            known = 0;
-            continue;
-        }
-        ln += (size_t)snprintf(limit + ln, sizeof(limit) - ln, "%s\"%s\";r=%lld;t=%lld", sep,
-                               cfg->policies[i].name, d->policies[i].remaining,
-                               seconds_up(d->policies[i].reset_ms));
-    }
-    sd_http_req_add_header(req, "RateLimit-Policy", policy);
-    if (known) {
-        sd_http_req_add_header(req, "RateLimit", limit);
-    }
-}
-
 /* ---- serve ---------------------------------------------------------------------------------- */
 
 typedef struct gateway {
@@ -368,7 +332,7 @@ typedef struct pending {
 static void respond_denied(sd_http_req *req, const rl_config *cfg, const rl_decision *d) {
     char retry[32], detail[256];
     if (d->retry_after_ms != RL_NEVER) {
-        snprintf(retry, sizeof(retry), "%lld", seconds_up(d->retry_after_ms));
+        snprintf(retry, sizeof(retry), "%lld", rl_seconds_up(d->retry_after_ms));
         sd_http_req_add_header(req, "Retry-After", retry);
     }
     /* A request that can never pass is a 429 whatever Redis is doing: no store is needed to
@@ -409,7 +373,7 @@ static void on_decision(const rl_decision *d, void *udata) {
     pending *p = udata;
     const rl_config *cfg = p->gw->cfg;
     p->gw->in_flight--;
-    add_ratelimit_fields(p->req, cfg, d);
+    rl_http_add_fields(p->req, cfg, d);
     if (p->api) {
         sd_http_req_respond_json(p->req, 200, decision_json(cfg, d));
     } else if (d->allowed) {

@@ -55,6 +55,7 @@
 #include "links.h"
 #include "local_redis.h"
 #include "ratelimit.h"
+#include "rl_http.h"
 #include "redis.h"
 #include "sd.h"
 
@@ -693,42 +694,14 @@ typedef struct create_op {
     sd_http_req *req;
 } create_op;
 
-static long long seconds_up(long long ms) {
-    return ms <= 0 ? 0 : (ms + 999) / 1000;
-}
-
-/* RateLimit-Policy and RateLimit as ratelimit/main.c writes them (draft-ietf-httpapi-ratelimit-
- * headers-10). */
-static void add_ratelimit_fields(sd_http_req *req, const rl_config *cfg, const rl_decision *d) {
-    char policy[RL_MAX_POLICIES * 80] = "", limit[RL_MAX_POLICIES * 80] = "";
-    size_t pn = 0, ln = 0;
-    int known = 1;
-    for (size_t i = 0; i < cfg->npolicies; i++) {
-        const char *sep = i ? ", " : "";
-        pn += (size_t)snprintf(policy + pn, sizeof(policy) - pn, "%s\"%s\";q=%lld;w=%lld", sep,
-                               cfg->policies[i].name, cfg->policies[i].quota,
-                               cfg->policies[i].window_s);
-        if (d->policies[i].remaining < 0) {
-            known = 0;
-            continue;
-        }
-        ln += (size_t)snprintf(limit + ln, sizeof(limit) - ln, "%s\"%s\";r=%lld;t=%lld", sep,
-                               cfg->policies[i].name, d->policies[i].remaining,
-                               seconds_up(d->policies[i].reset_ms));
-    }
-    sd_http_req_add_header(req, "RateLimit-Policy", policy);
-    if (known)
-        sd_http_req_add_header(req, "RateLimit", limit);
-}
-
 static void on_create_decision(const rl_decision *d, void *udata) {
     create_op *op = udata;
     app *a = op->a;
-    add_ratelimit_fields(op->req, a->rl, d);
+    rl_http_add_fields(op->req, a->rl, d);
     if (!d->allowed) {
         if (d->retry_after_ms != RL_NEVER) {
             char retry[32];
-            snprintf(retry, sizeof retry, "%lld", seconds_up(d->retry_after_ms));
+            snprintf(retry, sizeof retry, "%lld", rl_seconds_up(d->retry_after_ms));
             sd_http_req_add_header(op->req, "Retry-After", retry);
         }
         sd_http_req_respond_problem(op->req, 429, "/problems/quota-exceeded", "Quota exceeded",
