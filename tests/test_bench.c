@@ -971,7 +971,7 @@ Test(cli, http_to_a_closed_port_fails_with_a_message) {
  * node on PATH, each scenario's BullMQ peer is skipped with one line and the run still succeeds
  * (or exits 1 only because an open-loop run fell below its rate on a busy machine, which the
  * JSON then says). */
-Test(cli, jobqueue_scenarios_run_without_errors_and_skip_bullmq_without_node, .timeout = 120) {
+Test(cli, jobqueue_scenarios_run_without_errors_and_skip_bullmq_without_node) {
     test_target *server = test_target_start();
     char json_path[] = "/tmp/test_bench_jqXXXXXX";
     int fd = mkstemp(json_path);
