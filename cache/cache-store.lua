@@ -35,7 +35,8 @@ else
     redis.call('DEL', KEYS[1])
     redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', st, 't', now, 'fu', now + ttl,
         'su', now + ttl + swr, 'eu', now + ttl + sie, 'd', ARGV[7])
-    redis.call('PEXPIRE', KEYS[1], ttl + math.max(swr, sie))
+    -- From the same clock reading as the fields, so the key lives exactly as they say.
+    redis.call('PEXPIREAT', KEYS[1], now + ttl + math.max(swr, sie))
 end
 redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[8], ARGV[9])
