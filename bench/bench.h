@@ -140,6 +140,7 @@ typedef struct bench_scenario {
 extern const bench_scenario *const bench_scenarios_ratelimit[];
 extern const bench_scenario *const bench_scenarios_jobqueue[];
 extern const bench_scenario *const bench_scenarios_cache[];
+extern const bench_scenario *const bench_scenarios_urlshortener[];
 
 /* All scenarios, NULL-terminated, in the order `bench run` runs them. */
 const bench_scenario *const *bench_scenarios_all(void);
