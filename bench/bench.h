@@ -141,6 +141,7 @@ extern const bench_scenario *const bench_scenarios_ratelimit[];
 extern const bench_scenario *const bench_scenarios_jobqueue[];
 extern const bench_scenario *const bench_scenarios_cache[];
 extern const bench_scenario *const bench_scenarios_webhook[];
+extern const bench_scenario *const bench_scenarios_urlshortener[];
 
 /* All scenarios, NULL-terminated, in the order `bench run` runs them. */
 const bench_scenario *const *bench_scenarios_all(void);

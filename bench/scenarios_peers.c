@@ -150,13 +150,41 @@ static const bench_peer nginx_cache_stampede = {
     .hint = NGINX_HINT,
 };
 
+/* nginx `return 302` (one worker, a generated config) beside the hot redirect closed loop and
+ * the open loop at 35,000/s, loaded by the same client (bench/peers/nginx-urlshortener.sh). */
+static const char *const NGINX_US_HOT_ARGV[] = {"sh",       "{peers_dir}/nginx-urlshortener.sh",
+                                                "hot",      "{duration}",
+                                                "{warmup}", "{in_flight}",
+                                                "{redis}",  NULL};
+static const char *const NGINX_US_OPEN_ARGV[] = {"sh",       "{peers_dir}/nginx-urlshortener.sh",
+                                                 "open",     "{duration}",
+                                                 "{warmup}", "{in_flight}",
+                                                 "{redis}",  NULL};
+static const bench_peer nginx_us_hot = {
+    .name = "nginx-return-302",
+    .compared_with = "urlshortener.redirect.hot",
+    .summary = "nginx `return 302`, 1 worker",
+    .argv = NGINX_US_HOT_ARGV,
+    .programs = NGINX_PROGRAMS,
+    .hint = NGINX_HINT,
+};
+static const bench_peer nginx_us_open = {
+    .name = "nginx-return-302",
+    .compared_with = "urlshortener.redirect.open",
+    .summary = "nginx `return 302`, 1 worker, open loop at 35,000/s",
+    .argv = NGINX_US_OPEN_ARGV,
+    .programs = NGINX_PROGRAMS,
+    .hint = NGINX_HINT,
+};
+
 const bench_peer *const bench_peers[] = {
     &rate_limiter_flexible, &rate_limiter_flexible_block,
     &rlf_beside_tb,         &rlf_beside_swc,
     &rlf_beside_fw,         &bullmq_bulk1,
     &bullmq_bulk100,        &bullmq_lat1000,
     &bullmq_lat5000,        &nginx_cache_hit,
-    &nginx_cache_stampede,  NULL,
+    &nginx_cache_stampede,  &nginx_us_hot,
+    &nginx_us_open,         NULL,
 };
 
 void bench_peers_run_after(const char *scenario, const bench_env *env, double warmup_s,
