@@ -989,8 +989,13 @@ Test(ratelimit_faults, a_recovery_charge_beyond_the_quota_is_clamped) {
             }
             pause_loop(10);
         }
-        /* Sent after the charge, on the same connection: its reply comes after the charge's. */
+        /* Sent after the charge, on the same connection: its reply comes after the charge's.
+         * A peek that misses its 50 ms deadline on a loaded machine is asked again (peeks
+         * change nothing). */
         rl_decision d = check_cost(l, "k", 0, NULL);
+        for (int i = 0; i < 50 && d.source != RL_SOURCE_REDIS; i++) {
+            d = check_cost(l, "k", 0, NULL);
+        }
         rl_limiter_stats(l, &s);
         cr_assert_eq(s.recovery_charged, 5, "%s: charged %llu of the 5 that fit", name,
                      (unsigned long long)s.recovery_charged);
