@@ -444,9 +444,11 @@ void jq_worker_free(jq_worker *w);
 
 typedef struct jq_worker_stats {
     int64_t started, acked, failed, released, heartbeats;
-    int64_t ack_calls; /* scripts that sent acks: handlers finishing in one loop iteration share
-                          one */
+    int64_t ack_calls;     /* scripts that sent acks: handlers finishing in one loop iteration
+                              share one */
+    int64_t reserve_calls; /* reserve scripts sent */
     int running;
+    int reserving; /* reserves in flight now: up to two while slots are free */
 } jq_worker_stats;
 
 jq_worker_stats jq_worker_get_stats(const jq_worker *w);

@@ -43,6 +43,7 @@
 
 #define WAIT_MAX_MS 1000
 #define RETRY_MS 100
+#define RESERVES_MAX 2
 
 typedef enum task_state { TASK_RUNNING, TASK_FINISHING, TASK_CLOSING } task_state;
 
@@ -67,7 +68,9 @@ struct jq_worker {
     jq_task *tasks; /* the running ones (a list) */
     int in_flight;  /* tasks not yet freed */
     int acking;     /* of those, tasks whose handler is done and whose ack is sent, unanswered */
-    int reserving, waiting, retrying;
+    int reserving;  /* reserves in flight: at most RESERVES_MAX */
+    int claimed;    /* slots those reserves may fill (what each asked for) */
+    int waiting, retrying;
     int stopping, stopped;
     int releases; /* releases in flight for jobs reserved during the stop */
     uv_timer_t retry;
@@ -333,10 +336,19 @@ static void on_stop_release(jq_aclient *c, int status, int64_t value, void *arg)
     maybe_stopped(w);
 }
 
+/* One reserve in flight: the slots it asked for. */
+typedef struct reserve_call {
+    jq_worker *w;
+    int slots;
+} reserve_call;
+
 static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
                         void *arg) {
-    jq_worker *w = arg;
-    w->reserving = 0;
+    reserve_call *r = arg;
+    jq_worker *w = r->w;
+    w->reserving--;
+    w->claimed -= r->slots;
+    free(r);
     if (w->stopping) {
         /* Reserved while the stop began: hand them straight back. */
         for (size_t i = 0; i < n; i++) {
@@ -359,6 +371,8 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
         pump(w);
         return;
     }
+    if (w->reserving > 0)
+        return; /* the other reserve decides whether to wait */
     int64_t wait = next_ms >= 0 && next_ms + 1 < WAIT_MAX_MS ? next_ms + 1 : WAIT_MAX_MS;
     if (jq_await(w->c, w->queue, wait, on_woken, w) == 0)
         w->waiting = 1;
@@ -366,18 +380,27 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
         retry_later(w);
 }
 
+/* Keeps up to RESERVES_MAX reserves in flight while slots are free, each for the slots no
+ * other reserve has claimed: with one, a worker starts at most `batch` jobs per round trip
+ * plus loop iteration; with two, the next batch is on its way while the last one starts. */
 static void pump(jq_worker *w) {
-    if (w->stopping || w->reserving || w->waiting || w->retrying)
-        return;
-    int free_slots = w->opts.concurrency - (w->in_flight - w->acking);
-    if (free_slots <= 0)
-        return;
-    if (free_slots > w->opts.batch)
-        free_slots = w->opts.batch;
-    if (jq_areserve(w->c, w->queue, free_slots, w->opts.visibility_ms, on_reserved, w) == 0)
-        w->reserving = 1;
-    else
-        retry_later(w);
+    while (!w->stopping && !w->waiting && !w->retrying && w->reserving < RESERVES_MAX) {
+        int free_slots = w->opts.concurrency - (w->in_flight - w->acking) - w->claimed;
+        if (free_slots <= 0)
+            return;
+        if (free_slots > w->opts.batch)
+            free_slots = w->opts.batch;
+        reserve_call *r = sd_xmalloc(sizeof *r);
+        *r = (reserve_call){w, free_slots};
+        if (jq_areserve(w->c, w->queue, free_slots, w->opts.visibility_ms, on_reserved, r) != 0) {
+            free(r);
+            retry_later(w);
+            return;
+        }
+        w->reserving++;
+        w->claimed += free_slots;
+        w->stats.reserve_calls++;
+    }
 }
 
 /* ---- Life of the worker --------------------------------------------------------------------- */
@@ -503,5 +526,6 @@ void jq_worker_free(jq_worker *w) {
 jq_worker_stats jq_worker_get_stats(const jq_worker *w) {
     jq_worker_stats s = w->stats;
     s.running = w->in_flight;
+    s.reserving = w->reserving;
     return s;
 }

@@ -244,6 +244,61 @@ Test(jobqueue_worker, concurrency_is_used) {
     jq_client_free(H.sync);
 }
 
+/* Two reserves in flight: concurrency 4, batch 2, ten jobs ready. The start sends two reserves
+ * of 2 (the second is on its way while the first one's jobs start), and the slots the first one
+ * claimed are not asked for again by the second: exactly 4 handlers run, never more. */
+static int reserving_seen_by_first_handler = -1;
+
+static void on_job_note_reserving(jq_task *t, const jq_job *job, void *arg) {
+    if (reserving_seen_by_first_handler < 0)
+        reserving_seen_by_first_handler = jq_worker_get_stats(H.w).reserving;
+    on_job(t, job, arg);
+}
+
+static int four_running_none_reserving(harness *h) {
+    return h->running == 4 && jq_worker_get_stats(h->w).reserving == 0;
+}
+
+static void two_reserves_body(void) {
+    setup();
+    for (int i = 0; i < 10; i++)
+        put("two", "x", 5);
+    H.hold = 1;
+    reserving_seen_by_first_handler = -1;
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = "two";
+    o.concurrency = 4;
+    o.batch = 2;
+    o.visibility_ms = 600;
+    o.handler = on_job_note_reserving;
+    o.stop = on_stop_task;
+    char err[256];
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &H.w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(four_running_none_reserving);
+    cr_assert_eq(reserving_seen_by_first_handler, 1,
+                 "the first handler saw %d reserves in flight, not the second one",
+                 reserving_seen_by_first_handler);
+    cr_assert_eq(H.max_running, 4);
+    cr_assert_eq(jq_worker_get_stats(H.w).reserve_calls, 2);
+    while (H.nheld > 0)
+        finish(H.held[0], 1, "");
+    stop_worker(1000);
+    jq_stats s;
+    cr_assert_eq(jq_stats_get(H.sync, "two", &s), 0);
+    cr_assert_eq(s.reserved, 0);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_second_reserve_is_in_flight_and_claims_other_slots) {
+    two_reserves_body();
+}
+
+Test(jobqueue_worker_cluster, a_second_reserve_is_in_flight_and_claims_other_slots) {
+    two_reserves_body();
+}
+
 /* A reaper beside the worker: if a lease lapsed, this would hand the job back to READY. */
 static int reap_and_check_held(harness *h) {
     jq_reap_result r;
