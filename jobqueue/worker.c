@@ -5,12 +5,16 @@
  *
  * A worker's loop
  *
- *   pump() -- a free slot, not stopping --> jq_areserve(free slots) --> on_reserved()
+ *   pump() -- a free slot, not stopping --> jq_areserve(unclaimed free slots) --> on_reserved()
  *     ^                                                                   |      |
  *     |                    jobs: task_start() for each, then pump() <-----+      |
  *     |                                                                          |
  *     +-- on_woken() <-- jq_await(BLPOP on the wake list, until the next ---- none
  *                         scheduled event or at most WAIT_MAX_MS)
+ *
+ * Up to RESERVES_MAX (2) reserves are in flight at once, each claiming the slots it asked for,
+ * so the next batch is on its way while the last one starts; the worker waits (jq_await) only
+ * when a reserve found nothing and no other is in flight.
  *
  * A task's life (task->state)
  *
