@@ -280,6 +280,35 @@ void jq_task_finish(jq_task *t, int ok, const void *data, size_t len) {
     task_close(t);
 }
 
+static void on_effect_acked(jq_aclient *c, int status, int64_t value, void *arg) {
+    jq_task *t = arg;
+    if (status == 0)
+        t->w->stats.acked++;
+    t->pending--;
+    task_close(t);
+}
+
+void jq_task_finish_effect(jq_task *t, const void *data, size_t len, const jq_effect *fx) {
+    assert(t->state == TASK_RUNNING);
+    jq_worker *w = t->w;
+    if (t->stop_reason != 0 || len > w->max_result) {
+        jq_task_finish(t, 1, data, len); /* a fail or a release, as for a plain ack */
+        return;
+    }
+    int rc = jq_aack_effect(w->c, w->queue, &t->job, data, len, fx, on_effect_acked, t);
+    if (rc != 0) {
+        /* A bad effect fails the job (not sent either when Redis is down: the lease expires). */
+        char error[128];
+        snprintf(error, sizeof error, "ack with effect refused: %s", jq_strerror(rc));
+        jq_task_finish(t, 0, error, strlen(error));
+        return;
+    }
+    t->state = TASK_FINISHING;
+    uv_timer_stop(&t->heartbeat);
+    uv_timer_stop(&t->timeout);
+    t->pending++;
+}
+
 const jq_job *jq_task_job(const jq_task *t) {
     return &t->job;
 }

@@ -299,6 +299,59 @@ Test(jobqueue_worker_cluster, a_second_reserve_is_in_flight_and_claims_other_slo
     two_reserves_body();
 }
 
+/* Handlers that end with an ack with effect: each job's ack increments a counter in the same
+ * script, so the counter equals the jobs acked. */
+static void on_job_effect(jq_task *t, const jq_job *job, void *arg) {
+    jq_effect fx = {JQ_EFFECT_INCRBY, "n", 1, NULL};
+    H.finished++;
+    jq_task_finish_effect(t, "ok", 2, &fx);
+}
+
+static int all_acked_30(harness *h) {
+    return jq_worker_get_stats(h->w).acked == 30 && jq_worker_get_stats(h->w).running == 0;
+}
+
+static void ack_with_effect_body(void) {
+    setup();
+    jq_new_job jobs[30];
+    for (int i = 0; i < 30; i++)
+        jobs[i] = (jq_new_job){"x", 1, NULL};
+    jq_enqueued out[30];
+    cr_assert_eq(jq_enqueue_many(H.sync, "fxw", jobs, 30, out), 0);
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = "fxw";
+    o.concurrency = 4;
+    o.visibility_ms = 600;
+    o.handler = on_job_effect;
+    o.stop = on_stop_task;
+    char err[256];
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &H.w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(all_acked_30);
+    cr_assert_eq(H.finished, 30);
+    stop_worker(1000);
+    char key[256];
+    cr_assert_gt(jq_effect_key(H.sync, "fxw", "n", key, sizeof key), 0);
+    redisReply *g = sd_redis_command(jq_client_redis(H.sync), NULL, "GET %s", key);
+    cr_assert(g && g->type == REDIS_REPLY_STRING && strcmp(g->str, "30") == 0,
+              "the effect counter is not 30");
+    freeReplyObject(g);
+    jq_info info = info_of("fxw", out[7].id);
+    cr_assert_eq(info.state, JQ_STATE_DONE);
+    cr_assert_str_eq(info.result, "ok");
+    jq_info_clear(&info);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_task_finished_with_effect_acks_and_writes_the_effect) {
+    ack_with_effect_body();
+}
+
+Test(jobqueue_worker_cluster, a_task_finished_with_effect_acks_and_writes_the_effect) {
+    ack_with_effect_body();
+}
+
 /* A reaper beside the worker: if a lease lapsed, this would hand the job back to READY. */
 static int reap_and_check_held(harness *h) {
     jq_reap_result r;
