@@ -688,32 +688,54 @@ int jq_ack(jq_client *c, const char *queue, const jq_job *job, const void *resul
     return rc != 0 ? rc : code;
 }
 
-int jq_ack_effect(jq_client *c, const char *queue, const jq_job *job, const void *result,
-                  size_t len, const jq_effect *fx) {
+int jq__ack_effect_args(const jq_config *cfg, jq__args *a, const char *queue, const jq_job *job,
+                        const void *result, size_t len, const jq_effect *fx) {
     static const char *const ops[] = {"incrby", "set", "hset"};
     if (!fx || (unsigned)fx->op > JQ_EFFECT_HSET || (fx->op != JQ_EFFECT_INCRBY && !fx->value) ||
-        (len > 0 && !result))
+        (len > 0 && !result) || !fx->name)
         return JQ_EINVAL;
-    if (len > c->cfg.max_result || (fx->value && strlen(fx->value) > c->cfg.max_result))
+    if (len > cfg->max_result || (fx->value && strlen(fx->value) > cfg->max_result))
         return JQ_ETOOBIG;
-    char fxkey[JQ_QUEUE_MAX + 256];
-    if (jq_effect_key(c, queue, fx->name, fxkey, sizeof fxkey) < 0)
+    size_t n = strnlen(fx->name, 129);
+    if (n == 0 || n > 128)
         return JQ_EINVAL;
-    jq__args a;
-    if (lease_args(&a, c, queue, job) != 0)
+    char suffix[140], fxkey[JQ_QUEUE_MAX + 256];
+    snprintf(suffix, sizeof suffix, ":fx:%s", fx->name);
+    if (jq_key_cfg(cfg, queue, suffix, fxkey, sizeof fxkey) < 0)
         return JQ_EINVAL;
-    /* KEYS[2], the effect's key, goes after KEYS[1]: shift the list by one. */
-    jq__args_str(&a, "");
-    memmove(a.v + 2, a.v + 1, sizeof *a.v * (size_t)(a.n - 2));
-    memmove(a.l + 2, a.l + 1, sizeof *a.l * (size_t)(a.n - 2));
-    a.v[1] = fxkey;
-    a.l[1] = strlen(fxkey);
-    jq__args_push(&a, result, len);
-    jq__args_str(&a, ops[fx->op]);
+    int rc = jq__lease_args(a, job);
+    if (rc != 0)
+        return rc;
+    /* KEYS[2], the effect's key, goes after KEYS[1]: push a copy the list owns, then move it
+     * from the end to index 1. */
+    char *k = sd_xasprintf("%s", fxkey);
+    jq__args_str(a, k);
+    a->owned[a->nowned++] = k; /* nowned <= n <= cap */
+    const char *v = a->v[a->n - 1];
+    size_t l = a->l[a->n - 1];
+    memmove(a->v + 2, a->v + 1, sizeof *a->v * (size_t)(a->n - 2));
+    memmove(a->l + 2, a->l + 1, sizeof *a->l * (size_t)(a->n - 2));
+    a->v[1] = v;
+    a->l[1] = l;
+    jq__args_push(a, result, len);
+    jq__args_str(a, ops[fx->op]);
     if (fx->op == JQ_EFFECT_INCRBY)
-        jq__args_num(&a, fx->delta);
+        jq__args_num(a, fx->delta);
     else
-        jq__args_str(&a, fx->value);
+        jq__args_str(a, fx->value);
+    return 0;
+}
+
+int jq_ack_effect(jq_client *c, const char *queue, const jq_job *job, const void *result,
+                  size_t len, const jq_effect *fx) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__ack_effect_args(&c->cfg, &a, queue, job, result, len, fx);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
     return jq__run_code(c, JQ_S_ACK_EFFECT, &a, 2, NULL);
 }
 

@@ -380,6 +380,10 @@ int jq_afail(jq_aclient *c, const char *queue, const jq_job *job, const char *er
 int jq_aextend(jq_aclient *c, const char *queue, const jq_job *job, int64_t ms, jq_value_cb *cb,
                void *arg);
 int jq_arelease(jq_aclient *c, const char *queue, const jq_job *job, jq_value_cb *cb, void *arg);
+/* jq_ack_effect over the loop: the ack and fx in one script; cb's status is jq_ack_effect's
+ * result (value 0). fx, result and the key are copied before the call returns. */
+int jq_aack_effect(jq_aclient *c, const char *queue, const jq_job *job, const void *result,
+                   size_t len, const jq_effect *fx, jq_value_cb *cb, void *arg);
 
 /* ---- The worker runtime (libuv) -------------------------------------------------------------
  * Runs up to `concurrency` handlers at once; heartbeats extend each lease every third of the
@@ -428,6 +432,11 @@ int jq_worker_start(jq_worker *w);
  * cfg.max_result). Acks of the handlers that finish in one loop iteration go to Redis together, in
  * one script. What is sent depends on a stop reason, if any (jq_stop_fn). */
 void jq_task_finish(jq_task *task, int ok, const void *data, size_t len);
+/* Ends a task with an ack that makes fx too (jq_ack_effect: both or neither, once per job
+ * however often it was delivered), sent at once, not batched. A task told to stop (jq_stop_fn)
+ * finishes as jq_task_finish(task, 1, ...) would, without the effect; so does a result over the
+ * bound (the job fails); an invalid fx fails the job. */
+void jq_task_finish_effect(jq_task *task, const void *data, size_t len, const jq_effect *fx);
 
 const jq_job *jq_task_job(const jq_task *task);
 
@@ -444,9 +453,11 @@ void jq_worker_free(jq_worker *w);
 
 typedef struct jq_worker_stats {
     int64_t started, acked, failed, released, heartbeats;
-    int64_t ack_calls; /* scripts that sent acks: handlers finishing in one loop iteration share
-                          one */
+    int64_t ack_calls;     /* scripts that sent acks: handlers finishing in one loop iteration
+                              share one */
+    int64_t reserve_calls; /* reserve scripts sent */
     int running;
+    int reserving; /* reserves in flight now: up to two while slots are free */
 } jq_worker_stats;
 
 jq_worker_stats jq_worker_get_stats(const jq_worker *w);

@@ -229,6 +229,30 @@ int jq_aack_many(jq_aclient *c, const char *queue, const jq_ack_item *items, siz
     return send_script(c, JQ_S_ACK, &a, 1, on_codes, (void *)cb, arg, (int)n);
 }
 
+/* The reply {code}: cb gets the code as its status. */
+static void on_code(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_value_cb *cb = (jq_value_cb *)call->cb;
+    int rc = reply_status(reply, status, 1);
+    if (rc == 0)
+        rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+    cb(call->c, rc, 0, call->arg);
+    free(call);
+}
+
+int jq_aack_effect(jq_aclient *c, const char *queue, const jq_job *job, const void *result,
+                   size_t len, const jq_effect *fx, jq_value_cb *cb, void *arg) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__ack_effect_args(&c->cfg, &a, queue, job, result, len, fx);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    return send_script(c, JQ_S_ACK_EFFECT, &a, 2, on_code, (void *)cb, arg, 0);
+}
+
 /* ---- Fail, extend, release --------------------------------------------------------------- */
 
 /* The reply {code, value}: value a number (extend) or a state name (fail). */

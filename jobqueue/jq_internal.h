@@ -51,6 +51,10 @@ int jq__ack_args(const jq_config *cfg, jq__args *a, const jq_ack_item *items, si
 int jq__fail_args(const jq_config *cfg, jq__args *a, const jq_job *job, const char *error,
                   const jq_fail_opts *opts);
 int jq__lease_args(jq__args *a, const jq_job *job);
+/* An ack with effect's list (two keys: the queue's base, then the effect's key, a copy a owns). */
+int jq__ack_effect_args(const jq_config *cfg, jq__args *a, const char *queue, const jq_job *job,
+                        const void *result, size_t len, const jq_effect *fx);
+int jq_key_cfg(const jq_config *cfg, const char *queue, const char *suffix, char *buf, size_t len);
 
 /* The JQ_E* code of a script's status value. */
 int jq__lua_code(long long v);

@@ -5,12 +5,16 @@
  *
  * A worker's loop
  *
- *   pump() -- a free slot, not stopping --> jq_areserve(free slots) --> on_reserved()
+ *   pump() -- a free slot, not stopping --> jq_areserve(unclaimed free slots) --> on_reserved()
  *     ^                                                                   |      |
  *     |                    jobs: task_start() for each, then pump() <-----+      |
  *     |                                                                          |
  *     +-- on_woken() <-- jq_await(BLPOP on the wake list, until the next ---- none
  *                         scheduled event or at most WAIT_MAX_MS)
+ *
+ * Up to RESERVES_MAX (2) reserves are in flight at once, each claiming the slots it asked for,
+ * so the next batch is on its way while the last one starts; the worker waits (jq_await) only
+ * when a reserve found nothing and no other is in flight.
  *
  * A task's life (task->state)
  *
@@ -43,6 +47,7 @@
 
 #define WAIT_MAX_MS 1000
 #define RETRY_MS 100
+#define RESERVES_MAX 2
 
 typedef enum task_state { TASK_RUNNING, TASK_FINISHING, TASK_CLOSING } task_state;
 
@@ -67,7 +72,9 @@ struct jq_worker {
     jq_task *tasks; /* the running ones (a list) */
     int in_flight;  /* tasks not yet freed */
     int acking;     /* of those, tasks whose handler is done and whose ack is sent, unanswered */
-    int reserving, waiting, retrying;
+    int reserving;  /* reserves in flight: at most RESERVES_MAX */
+    int claimed;    /* slots those reserves may fill (what each asked for) */
+    int waiting, retrying;
     int stopping, stopped;
     int releases; /* releases in flight for jobs reserved during the stop */
     uv_timer_t retry;
@@ -273,6 +280,35 @@ void jq_task_finish(jq_task *t, int ok, const void *data, size_t len) {
     task_close(t);
 }
 
+static void on_effect_acked(jq_aclient *c, int status, int64_t value, void *arg) {
+    jq_task *t = arg;
+    if (status == 0)
+        t->w->stats.acked++;
+    t->pending--;
+    task_close(t);
+}
+
+void jq_task_finish_effect(jq_task *t, const void *data, size_t len, const jq_effect *fx) {
+    assert(t->state == TASK_RUNNING);
+    jq_worker *w = t->w;
+    if (t->stop_reason != 0 || len > w->max_result) {
+        jq_task_finish(t, 1, data, len); /* a fail or a release, as for a plain ack */
+        return;
+    }
+    int rc = jq_aack_effect(w->c, w->queue, &t->job, data, len, fx, on_effect_acked, t);
+    if (rc != 0) {
+        /* A bad effect fails the job (not sent either when Redis is down: the lease expires). */
+        char error[128];
+        snprintf(error, sizeof error, "ack with effect refused: %s", jq_strerror(rc));
+        jq_task_finish(t, 0, error, strlen(error));
+        return;
+    }
+    t->state = TASK_FINISHING;
+    uv_timer_stop(&t->heartbeat);
+    uv_timer_stop(&t->timeout);
+    t->pending++;
+}
+
 const jq_job *jq_task_job(const jq_task *t) {
     return &t->job;
 }
@@ -333,10 +369,19 @@ static void on_stop_release(jq_aclient *c, int status, int64_t value, void *arg)
     maybe_stopped(w);
 }
 
+/* One reserve in flight: the slots it asked for. */
+typedef struct reserve_call {
+    jq_worker *w;
+    int slots;
+} reserve_call;
+
 static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
                         void *arg) {
-    jq_worker *w = arg;
-    w->reserving = 0;
+    reserve_call *r = arg;
+    jq_worker *w = r->w;
+    w->reserving--;
+    w->claimed -= r->slots;
+    free(r);
     if (w->stopping) {
         /* Reserved while the stop began: hand them straight back. */
         for (size_t i = 0; i < n; i++) {
@@ -359,6 +404,8 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
         pump(w);
         return;
     }
+    if (w->reserving > 0)
+        return; /* the other reserve decides whether to wait */
     int64_t wait = next_ms >= 0 && next_ms + 1 < WAIT_MAX_MS ? next_ms + 1 : WAIT_MAX_MS;
     if (jq_await(w->c, w->queue, wait, on_woken, w) == 0)
         w->waiting = 1;
@@ -366,18 +413,27 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
         retry_later(w);
 }
 
+/* Keeps up to RESERVES_MAX reserves in flight while slots are free, each for the slots no
+ * other reserve has claimed: with one, a worker starts at most `batch` jobs per round trip
+ * plus loop iteration; with two, the next batch is on its way while the last one starts. */
 static void pump(jq_worker *w) {
-    if (w->stopping || w->reserving || w->waiting || w->retrying)
-        return;
-    int free_slots = w->opts.concurrency - (w->in_flight - w->acking);
-    if (free_slots <= 0)
-        return;
-    if (free_slots > w->opts.batch)
-        free_slots = w->opts.batch;
-    if (jq_areserve(w->c, w->queue, free_slots, w->opts.visibility_ms, on_reserved, w) == 0)
-        w->reserving = 1;
-    else
-        retry_later(w);
+    while (!w->stopping && !w->waiting && !w->retrying && w->reserving < RESERVES_MAX) {
+        int free_slots = w->opts.concurrency - (w->in_flight - w->acking) - w->claimed;
+        if (free_slots <= 0)
+            return;
+        if (free_slots > w->opts.batch)
+            free_slots = w->opts.batch;
+        reserve_call *r = sd_xmalloc(sizeof *r);
+        *r = (reserve_call){w, free_slots};
+        if (jq_areserve(w->c, w->queue, free_slots, w->opts.visibility_ms, on_reserved, r) != 0) {
+            free(r);
+            retry_later(w);
+            return;
+        }
+        w->reserving++;
+        w->claimed += free_slots;
+        w->stats.reserve_calls++;
+    }
 }
 
 /* ---- Life of the worker --------------------------------------------------------------------- */
@@ -503,5 +559,6 @@ void jq_worker_free(jq_worker *w) {
 jq_worker_stats jq_worker_get_stats(const jq_worker *w) {
     jq_worker_stats s = w->stats;
     s.running = w->in_flight;
+    s.reserving = w->reserving;
     return s;
 }

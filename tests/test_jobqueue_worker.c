@@ -244,6 +244,114 @@ Test(jobqueue_worker, concurrency_is_used) {
     jq_client_free(H.sync);
 }
 
+/* Two reserves in flight: concurrency 4, batch 2, ten jobs ready. The start sends two reserves
+ * of 2 (the second is on its way while the first one's jobs start), and the slots the first one
+ * claimed are not asked for again by the second: exactly 4 handlers run, never more. */
+static int reserving_seen_by_first_handler = -1;
+
+static void on_job_note_reserving(jq_task *t, const jq_job *job, void *arg) {
+    if (reserving_seen_by_first_handler < 0)
+        reserving_seen_by_first_handler = jq_worker_get_stats(H.w).reserving;
+    on_job(t, job, arg);
+}
+
+static int four_running_none_reserving(harness *h) {
+    return h->running == 4 && jq_worker_get_stats(h->w).reserving == 0;
+}
+
+static void two_reserves_body(void) {
+    setup();
+    for (int i = 0; i < 10; i++)
+        put("two", "x", 5);
+    H.hold = 1;
+    reserving_seen_by_first_handler = -1;
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = "two";
+    o.concurrency = 4;
+    o.batch = 2;
+    o.visibility_ms = 600;
+    o.handler = on_job_note_reserving;
+    o.stop = on_stop_task;
+    char err[256];
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &H.w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(four_running_none_reserving);
+    cr_assert_eq(reserving_seen_by_first_handler, 1,
+                 "the first handler saw %d reserves in flight, not the second one",
+                 reserving_seen_by_first_handler);
+    cr_assert_eq(H.max_running, 4);
+    cr_assert_eq(jq_worker_get_stats(H.w).reserve_calls, 2);
+    while (H.nheld > 0)
+        finish(H.held[0], 1, "");
+    stop_worker(1000);
+    jq_stats s;
+    cr_assert_eq(jq_stats_get(H.sync, "two", &s), 0);
+    cr_assert_eq(s.reserved, 0);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_second_reserve_is_in_flight_and_claims_other_slots) {
+    two_reserves_body();
+}
+
+Test(jobqueue_worker_cluster, a_second_reserve_is_in_flight_and_claims_other_slots) {
+    two_reserves_body();
+}
+
+/* Handlers that end with an ack with effect: each job's ack increments a counter in the same
+ * script, so the counter equals the jobs acked. */
+static void on_job_effect(jq_task *t, const jq_job *job, void *arg) {
+    jq_effect fx = {JQ_EFFECT_INCRBY, "n", 1, NULL};
+    H.finished++;
+    jq_task_finish_effect(t, "ok", 2, &fx);
+}
+
+static int all_acked_30(harness *h) {
+    return jq_worker_get_stats(h->w).acked == 30 && jq_worker_get_stats(h->w).running == 0;
+}
+
+static void ack_with_effect_body(void) {
+    setup();
+    jq_new_job jobs[30];
+    for (int i = 0; i < 30; i++)
+        jobs[i] = (jq_new_job){"x", 1, NULL};
+    jq_enqueued out[30];
+    cr_assert_eq(jq_enqueue_many(H.sync, "fxw", jobs, 30, out), 0);
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = "fxw";
+    o.concurrency = 4;
+    o.visibility_ms = 600;
+    o.handler = on_job_effect;
+    o.stop = on_stop_task;
+    char err[256];
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &H.w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(all_acked_30);
+    cr_assert_eq(H.finished, 30);
+    stop_worker(1000);
+    char key[256];
+    cr_assert_gt(jq_effect_key(H.sync, "fxw", "n", key, sizeof key), 0);
+    redisReply *g = sd_redis_command(jq_client_redis(H.sync), NULL, "GET %s", key);
+    cr_assert(g && g->type == REDIS_REPLY_STRING && strcmp(g->str, "30") == 0,
+              "the effect counter is not 30");
+    freeReplyObject(g);
+    jq_info info = info_of("fxw", out[7].id);
+    cr_assert_eq(info.state, JQ_STATE_DONE);
+    cr_assert_str_eq(info.result, "ok");
+    jq_info_clear(&info);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_task_finished_with_effect_acks_and_writes_the_effect) {
+    ack_with_effect_body();
+}
+
+Test(jobqueue_worker_cluster, a_task_finished_with_effect_acks_and_writes_the_effect) {
+    ack_with_effect_body();
+}
+
 /* A reaper beside the worker: if a lease lapsed, this would hand the job back to READY. */
 static int reap_and_check_held(harness *h) {
     jq_reap_result r;
