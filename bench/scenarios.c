@@ -11,11 +11,8 @@
 #include "sd.h"
 
 static const bench_scenario *const *const component_lists[] = {
-    bench_scenarios_ratelimit,
-    bench_scenarios_jobqueue,
-    bench_scenarios_cache,
-    bench_scenarios_webhook,
-    bench_scenarios_urlshortener,
+    bench_scenarios_ratelimit, bench_scenarios_jobqueue,     bench_scenarios_cache,
+    bench_scenarios_webhook,   bench_scenarios_urlshortener,
 };
 
 const bench_scenario *const *bench_scenarios_all(void) {
