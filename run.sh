@@ -119,6 +119,9 @@ bench)
         --json | --json=*) json=0 ;;
         esac
     done
+    # On a busy machine an open loop may fall below its rate: the table marks it with '!' (a
+    # result to read, not a failed run), so the main job's exit status does not count it.
+    args+=(--below-target-ok)
     [ $html = 0 ] || args+=(--html build/report/index.html)
     [ $json = 0 ] || args+=(--json build/report/results.json)
     start=$SECONDS

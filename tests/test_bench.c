@@ -841,6 +841,30 @@ Test(cli, run_in_flight_overrides_the_scenarios, .timeout = 60) {
     cr_expect_gt(fifty, 3.0, "%.1f checks per call with 50 in flight", fifty);
 }
 
+/* An open loop far above what the machine can do falls below its rate: exit status 1, unless
+ * --below-target-ok (the main job's flag) says that is a result to read, not a failure. */
+Test(cli, below_target_fails_the_run_unless_below_target_ok) {
+    static test_run_out r;
+    setenv("BENCH_PEERS", "0", 1);
+    test_target *server = test_target_start();
+    const char *url = test_target_url(server);
+    const char *args[] = {"run",        "ratelimit.token-bucket.open",
+                          "--rate",     "50000000",
+                          "--duration", "0.3",
+                          "--warmup",   "0",
+                          "--redis",    url,
+                          "--json",     "-",
+                          NULL,         NULL};
+    run_bench(NULL, args, &r);
+    cr_expect_eq(r.status, 1, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "\"below_target\": true"), "%s", r.out);
+    args[12] = "--below-target-ok";
+    run_bench(NULL, args, &r);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "\"below_target\": true"), "%s", r.out);
+    test_target_stop(server);
+}
+
 Test(cli, http_writes_the_documented_json_and_compares_with_itself) {
     int port;
     pid_t pid = server_start(&port);
