@@ -103,12 +103,14 @@ static void *client_run(void *arg) {
 
 static client clients[CLIENTS];
 
-static void hammer_start(hammer *h, fleet *f) {
+/* Starts the clients, which send until `limit` requests have been sent in all (set before any
+ * client starts: a client that found the old limit reached would leave for good). */
+static void hammer_start(hammer *h, fleet *f, int limit) {
     atomic_init(&h->next, 0);
     atomic_init(&h->ok, 0);
     atomic_init(&h->denied, 0);
     atomic_init(&h->other, 0);
-    atomic_init(&h->limit, REQUESTS);
+    atomic_init(&h->limit, limit);
     for (int i = 0; i < CLIENTS; i++) {
         h->fds[i] = test_tcp_connect(f->g[i % GATEWAYS].port);
         clients[i] = (client){h, h->fds[i]};
@@ -179,7 +181,7 @@ static void cold_start(const char *algorithm) {
     enum { Q = 300 };
     fleet f = fleet_start("hour;q=300;w=3600", algorithm);
     hammer h;
-    hammer_start(&h, &f);
+    hammer_start(&h, &f, REQUESTS);
     hammer_join(&h);
     int ok = atomic_load(&h.ok);
     long long late = fleet_metric(&f, "ratelimit_decisions_by_source_total{source=\"late\"}");
@@ -207,8 +209,7 @@ static void stall(const char *algorithm) {
     enum { Q = 100 };
     fleet f = fleet_start("hour;q=100;w=3600", algorithm);
     hammer h;
-    hammer_start(&h, &f);
-    atomic_store(&h.limit, 1 << 30); /* until 2,000 after the thaw (below) */
+    hammer_start(&h, &f, 1 << 30); /* until 2,000 after the thaw (below) */
     /* Freeze once some of the quota is spent (polled: the count is the event). */
     uint64_t give_up = sd_now_ms() + 60000;
     while (atomic_load(&h.ok) < Q / 3 && atomic_load(&h.next) < REQUESTS && sd_now_ms() < give_up) {
