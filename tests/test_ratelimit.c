@@ -1213,8 +1213,9 @@ Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 30) {
  * How steady the traffic is depends on the machine: next to CPU hogs a check every 5 ms may
  * become one every 20 ms, below q per second (then the counter rightly admits them all), or come
  * in bunches after a stall (then the counter's known error shows). So this test asserts only what
- * holds whatever the pace: at least 80% of what was offered is admitted, up to the 3q of three
- * windows (a counter whose previous window's weight did not decay would admit half), and never
+ * holds whatever the pace: at least 70% of what was offered is admitted, up to the 3q of three
+ * windows (a counter whose previous window's weight did not decay would admit half; a cluster
+ * under ASan on a busy machine once admitted 75%), and never
  * 2q in a window. That the estimate is exact when the traffic is as even as the counter assumes
  * is checked without timing by the next test.
  */
@@ -1242,7 +1243,7 @@ Test(ratelimit, sliding_counter_is_close_under_steady_load, .timeout = 30) {
             "4q/s, after 2 s), %d of %d in 3 s\n",
             worst, adm.n, sent);
     cr_assert_lt(worst, 100, "steady traffic admitted %d in a window of q=50", worst);
-    cr_assert_geq(adm.n * 10, offered * 8,
+    cr_assert_geq(adm.n * 10, offered * 7,
                   "steady traffic admitted only %d of %d sent in 3 windows of q=50", adm.n, sent);
     rl_sync_free(l);
 }
