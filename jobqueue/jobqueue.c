@@ -215,27 +215,34 @@ sd_script *jq__script(int which) {
 
 /* ---- The client ---------------------------------------------------------------------------- */
 
+int jq__connect_opts(const jq_config **cfg, jq_config *def, sd_redis_opts *opts,
+                     sd_script *list[JQ_S_COUNT]) {
+    if (!*cfg) {
+        jq_config_default(def);
+        *cfg = def;
+    }
+    char err[128];
+    if (jq_config_validate(*cfg, err, sizeof err) != 0)
+        return JQ_EINVAL;
+    sd_redis_opts_default(opts);
+    opts->command_timeout_ms = (*cfg)->timeout_ms;
+    for (int i = 0; i < JQ_S_COUNT; i++)
+        list[i] = jq__script(i);
+    opts->scripts = list;
+    opts->nscripts = JQ_S_COUNT;
+    return 0;
+}
+
 sd_redis *jq_client_redis(jq_client *c) {
     return c->redis;
 }
 
 int jq_client_new(const sd_redis_url *url, const jq_config *cfg, jq_client **out) {
     jq_config def;
-    if (!cfg) {
-        jq_config_default(&def);
-        cfg = &def;
-    }
-    char err[128];
-    if (jq_config_validate(cfg, err, sizeof err) != 0)
-        return JQ_EINVAL;
     sd_redis_opts opts;
-    sd_redis_opts_default(&opts);
-    opts.command_timeout_ms = cfg->timeout_ms;
     sd_script *list[JQ_S_COUNT];
-    for (int i = 0; i < JQ_S_COUNT; i++)
-        list[i] = jq__script(i);
-    opts.scripts = list;
-    opts.nscripts = JQ_S_COUNT;
+    if (jq__connect_opts(&cfg, &def, &opts, list) != 0)
+        return JQ_EINVAL;
     sd_redis *r = NULL;
     int rc = sd_redis_connect(url, &opts, &r);
     if (rc != 0)

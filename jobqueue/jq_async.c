@@ -34,21 +34,10 @@ typedef struct acall {
 int jq_aclient_new(uv_loop_t *loop, const sd_redis_url *url, const jq_config *cfg,
                    jq_aclient **out) {
     jq_config def;
-    if (!cfg) {
-        jq_config_default(&def);
-        cfg = &def;
-    }
-    char err[128];
-    if (jq_config_validate(cfg, err, sizeof err) != 0)
-        return JQ_EINVAL;
     sd_redis_opts opts;
-    sd_redis_opts_default(&opts);
-    opts.command_timeout_ms = cfg->timeout_ms;
     sd_script *list[JQ_S_COUNT];
-    for (int i = 0; i < JQ_S_COUNT; i++)
-        list[i] = jq__script(i);
-    opts.scripts = list;
-    opts.nscripts = JQ_S_COUNT;
+    if (jq__connect_opts(&cfg, &def, &opts, list) != 0)
+        return JQ_EINVAL;
     jq_aclient *c = sd_xcalloc(1, sizeof *c);
     c->cfg = *cfg;
     int rc = sd_aredis_new(loop, url, &opts, &c->redis);

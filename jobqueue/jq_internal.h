@@ -81,4 +81,10 @@ int jq__run_code(jq_client *c, int which, jq__args *a, int nkeys, redisReply **o
 /* A new NUL-terminated copy of a bulk string ("" for anything else); its length in *len. */
 char *jq__elem_dup(const redisReply *e, size_t *len);
 
+/* The connection options both clients use: cfg's defaults when *cfg is NULL (filled into def),
+ * cfg validated, its timeout, every script loaded in the handshake (list holds them).
+ * Returns 0 or JQ_EINVAL. */
+int jq__connect_opts(const jq_config **cfg, jq_config *def, sd_redis_opts *opts,
+                     sd_script *list[JQ_S_COUNT]);
+
 #endif
