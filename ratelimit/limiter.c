@@ -20,10 +20,11 @@
  * the calls of one flush leave together (the connection pipelines each master's calls on its
  * socket). The lanes overlap one another, which is what max_calls gives a single Redis, so one
  * call per lane lets each lane's next batch grow while its call is out (two per lane made
- * smaller batches and fewer decisions/s, README "Redis Cluster"). A slot whose call is out
- * holds back no other slot: a slow master delays only its own checks. Keys spread over many
- * slots make calls of one check each; cfg->tags gathers the keys under N shared tags, N lanes
- * (README, "Redis Cluster", for the trade-off). On a single Redis the connection is the one
+ * smaller batches and fewer decisions/s, README "Redis Cluster"). Without batching (max_batch
+ * 1) a lane keeps up to max_calls calls of one check in flight, as a single Redis does. A slot
+ * whose call is out holds back no other slot: a slow master delays only its own checks. Keys spread
+ * over many slots make calls of one check each; cfg->tags gathers the keys under N shared tags, N
+ * lanes (README, "Redis Cluster", for the trade-off). On a single Redis the connection is the one
  * lane.
  *
  * Deadlines: each check's deadline counts from rl_limiter_check(). Checks still queued when
@@ -145,6 +146,14 @@ struct rl_limiter {
  * connection looks at every master of the slot map, too much for every check. */
 static int redis_up(const rl_limiter *l) {
     return l->cluster ? l->cluster_up : sd_aredis_is_connected(l->redis);
+}
+
+/* Calls a cluster lane may have in flight: one while batching (the lane's next batch grows
+ * while its call is out, the top of the file), max_calls without batching (max_batch 1), where
+ * there is no batch to grow and a lane of one call at a time would serve one check per round
+ * trip. */
+static uint32_t lane_calls(const rl_limiter *l) {
+    return l->cfg.max_batch == 1 ? (uint32_t)l->cfg.max_calls : 1;
 }
 
 /* Returns the next free slot of the ready array, growing it; ready_commit() fills in the rest. */
@@ -510,11 +519,13 @@ static int batch_send(rl_limiter *l, rl_batch *b, uint64_t now) {
  */
 static void send_lanes(rl_limiter *l, uint64_t now) {
     size_t max = (size_t)l->cfg.max_batch, n = 0, index = 0;
+    uint32_t cap = lane_calls(l);
     rl_taken *taken = sd_xmalloc(l->queued * sizeof(*taken));
     rl_check **link = &l->head, *prev = NULL;
     while (*link) {
         rl_check *c = *link;
-        if (l->calls[c->slot] == 0 && l->taking[c->slot] < max) {
+        uint32_t flying = l->calls[c->slot];
+        if (flying < cap && l->taking[c->slot] < (cap - flying) * max) {
             l->taking[c->slot]++;
             *link = c->next;
             if (l->tail == c) {
@@ -531,8 +542,12 @@ static void send_lanes(rl_limiter *l, uint64_t now) {
     qsort(taken, n, sizeof(*taken), taken_cmp);
     for (size_t i = 0, end; i < n; i = end) {
         int slot = taken[i].c->slot;
-        l->taking[slot] = 0;
         for (end = i + 1; end < n && taken[end].c->slot == slot; end++) {
+        }
+        if (end - i > max) {
+            end = i + max; /* without batching, a lane sends several calls of one check */
+        } else {
+            l->taking[slot] = 0;
         }
         rl_batch *b = batch_alloc(l, end - i, slot);
         for (size_t j = i; j < end; j++) {

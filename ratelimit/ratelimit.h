@@ -137,7 +137,8 @@ typedef struct rl_config {
     int local_entries;       /* keys the local fallback limiter tracks, default 16384 */
     int max_batch;           /* async: checks per script call, default 64 (1 = no batching) */
     int max_calls;           /* async: script calls in flight on a single Redis, default 2 (on
-                                a Redis Cluster: one per hash slot, limiter.c) */
+                                a Redis Cluster: one per hash slot, or max_calls per slot when
+                                max_batch is 1; limiter.c) */
     int tags; /* 0 (default): each client key is its own hash tag; N > 0: the keys share N tags,
                  so that on a Redis Cluster a round needs at most N calls (README, "Redis
                  Cluster"). Part of the key names: every process of one fleet uses the same. */
