@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "local_redis.h"
 #include "redis_cluster_server.h"
 #include "redis_server.h"
 #include "sd.h"
@@ -31,17 +32,43 @@ typedef struct rx_rig {
     bench_server srv;
 } rx_rig;
 
-/* Starts Redis and `webhook receive --exec exec` (with {dir} replaced by the rig's directory),
- * its two secrets given in a --secret-file, extra_env added to its environment. */
-static rx_rig *rx_start(int cluster, const char *exec, const char *const *extra_env) {
+/* Where rx_start's receiver keeps its ids: a private redis-server, a private cluster, or no
+ * --redis at all (the local durable Redis, under the XDG_STATE_HOME the test set). */
+enum { RX_SINGLE, RX_CLUSTER, RX_LOCAL };
+
+/* Starts `webhook receive --exec exec` (with {dir} replaced by the rig's directory) on the rig's
+ * Redis, its two secrets given in a --secret-file, extra_env added to its environment. */
+static void rx_spawn(rx_rig *g, const char *url, const char *exec, const char *const *extra_env) {
+    char *file = sd_xasprintf("%s/secrets", g->dir);
+    /* {dir} in the command: the rig's directory. */
+    char *cmd = sd_xstrdup(exec), *at;
+    while ((at = strstr(cmd, "{dir}")) != NULL) {
+        char *next = sd_xasprintf("%.*s%s%s", (int)(at - cmd), cmd, g->dir, at + 5);
+        free(cmd);
+        cmd = next;
+    }
+    char *bin = test_bin_path("webhook");
+    const char *argv[] = {
+        bin,    "receive",       "--listen", "127.0.0.1:0",          "--exec", cmd, "--lease-ms",
+        "2000", "--secret-file", file,       url ? "--redis" : NULL, url,      NULL};
+    char err[256];
+    cr_assert_eq(bench_server_spawn(argv, extra_env, 20000, &g->srv, err, sizeof err), 0, "%s",
+                 err);
+    free(bin);
+    free(cmd);
+    free(file);
+}
+
+/* A rig: its directory, its Redis (where), its secrets, and a receiver started on them. */
+static rx_rig *rx_start_on(int where, const char *exec, const char *const *extra_env) {
     rx_rig *g = sd_xcalloc(1, sizeof *g);
     snprintf(g->dir, sizeof g->dir, "/tmp/sd-whrx-XXXXXX");
     cr_assert(mkdtemp(g->dir));
-    const char *url;
-    if (cluster) {
+    const char *url = NULL;
+    if (where == RX_CLUSTER) {
         g->cluster = test_redis_cluster_start(0);
         url = sd_redis_cluster_server_url(g->cluster);
-    } else {
+    } else if (where == RX_SINGLE) {
         g->redis = test_redis_start(NULL);
         url = sd_redis_server_url(g->redis);
     }
@@ -54,33 +81,27 @@ static rx_rig *rx_start(int cluster, const char *exec, const char *const *extra_
     cr_assert(f);
     fprintf(f, "%s\n%s\n", g->secret_text[0], g->secret_text[1]);
     fclose(f);
-    /* {dir} in the command: the rig's directory. */
-    char *cmd = sd_xstrdup(exec), *at;
-    while ((at = strstr(cmd, "{dir}")) != NULL) {
-        char *next = sd_xasprintf("%.*s%s%s", (int)(at - cmd), cmd, g->dir, at + 5);
-        free(cmd);
-        cmd = next;
-    }
-    char *bin = test_bin_path("webhook");
-    const char *argv[] = {bin,          "receive",       "--listen", "127.0.0.1:0", "--redis",
-                          url,          "--secret-file", file,       "--exec",      cmd,
-                          "--lease-ms", "2000",          NULL};
-    char err[256];
-    cr_assert_eq(bench_server_spawn(argv, extra_env, 20000, &g->srv, err, sizeof err), 0, "%s",
-                 err);
-    free(bin);
-    free(cmd);
     free(file);
+    rx_spawn(g, url, exec, extra_env);
     return g;
 }
 
-static void rx_stop(rx_rig *g) {
+static rx_rig *rx_start(int cluster, const char *exec, const char *const *extra_env) {
+    return rx_start_on(cluster ? RX_CLUSTER : RX_SINGLE, exec, extra_env);
+}
+
+/* Stops the receiver alone (SIGTERM), expecting a clean exit. */
+static void rx_stop_receiver(rx_rig *g) {
     int st = bench_server_stop(&g->srv, SIGTERM, 20000);
     cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "webhook receive did not stop cleanly: %d",
               st);
+}
+
+static void rx_stop(rx_rig *g) {
+    rx_stop_receiver(g);
     if (g->cluster)
         sd_redis_cluster_server_stop(g->cluster);
-    else
+    else if (g->redis)
         sd_redis_server_stop(g->redis);
     char *rm = sd_xasprintf("rm -rf '%s'", g->dir);
     cr_assert_eq(system(rm), 0);
@@ -354,4 +375,62 @@ Test(webhook_receive, a_command_that_ignores_its_stdin_still_counts) {
     free(req);
     free(body);
     rx_stop(g);
+}
+
+/*
+ * Without --redis (nor REDIS_URL) the processed ids go to the local durable Redis, so a receiver
+ * restarted after applying an id answers the sender's retry as a duplicate and does not run the
+ * command again (a throwaway Redis that died with the first receiver would have run it twice).
+ * XDG_STATE_HOME points at a fresh directory named like the test servers' (a server left behind
+ * is a leftover for `run.sh test`); the test stops and purges it.
+ */
+Test(webhook_receive, a_restarted_receiver_remembers_the_ids_it_applied) {
+    const char *tag = getenv("SD_TEST_RUN_ID");
+    char home[128], env_home[160];
+    snprintf(home, sizeof home, "/tmp/sd-redis-%s%swhrx-XXXXXX", tag ? tag : "", tag ? "-" : "");
+    cr_assert_not_null(mkdtemp(home));
+    setenv("XDG_STATE_HOME", home, 1); /* for sd_local_redis_stop below */
+    unsetenv("REDIS_URL");
+    snprintf(env_home, sizeof env_home, "XDG_STATE_HOME=%s", home);
+    const char *env[] = {env_home, "REDIS_URL=", NULL};
+    const char *exec = "echo \"$WEBHOOK_ID\" >> {dir}/runs";
+    rx_rig *g = rx_start_on(RX_LOCAL, exec, env);
+    char resp[512];
+    cr_assert_eq(deliver(g, "msg_kept", "{}", 0, resp, sizeof resp), 200, "%s", resp);
+    cr_assert(strstr(resp, "\"processed\""), "%s", resp);
+    rx_stop_receiver(g);
+    rx_spawn(g, NULL, exec, env);
+    cr_assert_eq(deliver(g, "msg_kept", "{}", 0, resp, sizeof resp), 200, "%s", resp);
+    cr_assert(strstr(resp, "\"duplicate\""), "the restarted receiver forgot the id: %s", resp);
+    cr_assert_eq(count_lines(g, "runs"), 1);
+    rx_stop(g);
+    sd_local_redis_info info;
+    cr_assert_eq(sd_local_redis_stop(NULL, 1, &info), 0, "the local durable Redis was not used");
+    rmdir(home);
+}
+
+/* A Redis that may evict keys could drop a processed id and run its command again: refused. */
+Test(webhook_receive, an_evicting_redis_is_refused_at_start) {
+    static test_run_out r;
+    sd_redis_server *s = test_redis_start(NULL);
+    sd_redis *admin = test_redis_connect(sd_redis_server_url(s));
+    redisReply *rep = sd_redis_command(admin, NULL, "CONFIG SET maxmemory-policy allkeys-lru");
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    sd_redis_free(admin);
+    const char *args[] = {"receive",
+                          "--listen",
+                          "127.0.0.1:0",
+                          "--exec",
+                          "true",
+                          "--secret",
+                          "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                          "--redis",
+                          sd_redis_server_url(s),
+                          NULL};
+    test_run_program("webhook", args, NULL, NULL, &r);
+    cr_assert_eq(r.status, 1, "%s", r.err);
+    cr_assert(strstr(r.err, "noeviction"), "%s", r.err);
+    cr_assert_null(strstr(r.err, "MDEyMzQ1"), "the secret was printed: %s", r.err);
+    sd_redis_server_stop(s);
 }

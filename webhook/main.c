@@ -38,7 +38,7 @@
 #include "dedupe.h"
 #include "http.h"
 #include "redis.h"
-#include "redis_server.h"
+#include "local_redis.h"
 #include "sd.h"
 #include "sender.h"
 #include "signature.h"
@@ -470,7 +470,9 @@ static int run_receive(int argc, char **argv) {
          "WEBHOOK_SECRETS: argv is readable by every local user",
          .list = o.secret_args, .count = &o.nsecret_args},
         {"--secret-file", "FILE", "secrets, one a line", .text = &o.secret_file},
-        {"--redis", "URL", "Redis to use (else REDIS_URL, else a private redis-server)",
+        {"--redis", "URL",
+         "Redis for the processed ids (else REDIS_URL, else the local durable\n"
+         "Redis: they must outlive this process, or a restart runs CMD again)",
          .parse = sd_cli_redis_parse, .udata = &o.redis},
         {"--tolerance", "S", "accepted timestamp skew in seconds (default 300)",
          .integer = &o.tolerance_s, .min = 1, .max = 86400},
@@ -494,22 +496,26 @@ static int run_receive(int argc, char **argv) {
     int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
     sd_redis_url url;
     memset(&url, 0, sizeof url);
-    sd_redis_server *server = NULL;
-    /* Secrets first: a bad one is a usage error before any redis-server starts. */
+    /* Secrets first: a bad one is a usage error before any redis-server starts. The processed
+     * ids must outlive this process (a restarted receiver that forgot them would run CMD again
+     * for every retry and replay), so the Redis is a durable one that never evicts. */
     receiver rx;
     memset(&rx, 0, sizeof rx);
+    char err[512];
     if (rc != SD_CLI_OK)
         rc = sd_cli_exit_status(rc);
     else if (secrets_load(&rx, &o) != 0)
         rc = SD_EXIT_USAGE;
-    else if (sd_redis_resolve(o.redis, &url, &server) != 0)
+    else if (sd_redis_resolve_durable(o.redis, &url) != 0)
         rc = o.redis || getenv("REDIS_URL") ? SD_EXIT_USAGE : SD_EXIT_FAILURE;
-    else
+    else if (sd_redis_require_noeviction(&url, err, sizeof err) != 0) {
+        fprintf(stderr, "webhook receive: %s\n", err);
+        rc = SD_EXIT_FAILURE;
+    } else
         rc = cmd_receive(&rx, &o, &url);
     for (size_t i = 0; i < rx.nsecrets; i++)
         wh_secret_clear(&rx.secrets[i]);
     sd_redis_url_clear(&url);
-    sd_redis_server_stop(server);
     free(o.secret_args);
     return rc;
 }
