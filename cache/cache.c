@@ -958,6 +958,10 @@ int cache_invalidate(cache *c, const char *key, size_t klen, cache_done_cb *cb, 
     flight *f = flight_find(c, key, klen);
     if (f) {
         f->tainted = 1;
+        if (f->serve) { /* as on_message: no answers from a value older than this */
+            cache_blob_unref(f->serve);
+            f->serve = NULL;
+        }
         if (f->state == FLIGHT_LOOKUP)
             f->recheck = 1;
     }

@@ -882,6 +882,49 @@ Test(cache_cluster, a_load_racing_an_invalidation_stores_nothing) {
     load_racing_invalidation();
 }
 
+/*
+ * An invalidation made here, while the flight that loaded the old value is still storing it:
+ * a get that comes right after must not be answered from that flight's value (it waits, and the
+ * flight starts over). Before, only the invalidation's message, which comes later through the
+ * subscriber, took the value away from the flight, so on a loaded machine a purge answered 200
+ * and the next request still got the purged body.
+ */
+static cache_load *held_load;
+
+/* The first load is held (the test ends it); a later one answers "new" at once. */
+static void holding_loader(cache_load *load, const char *key, size_t klen, void *udata) {
+    if (held_load == NULL)
+        held_load = load;
+    else
+        cache_load_done(load, CACHE_OK, "new", 3);
+}
+
+static void invalidated_while_storing(void) {
+    cache_opts o = test_opts();
+    cache *c = cache_start(&o);
+    held_load = NULL;
+    answers first = {0}, second = {0};
+    cr_assert_eq(cache_get(c, "purged", 6, holding_loader, NULL, on_answer, &first), 0);
+    RUN_UNTIL(held_load != NULL, 20000);
+    cr_assert_not_null(held_load, "the loader was not called");
+    /* The load ends and its store is sent; in the same loop turn, before any reply: */
+    cache_load_done(held_load, CACHE_OK, "old", 3);
+    cr_assert_eq(cache_invalidate(c, "purged", 6, NULL, NULL), 0);
+    cr_assert_eq(cache_get(c, "purged", 6, holding_loader, NULL, on_answer, &second), 0);
+    RUN_UNTIL(first.n == 1 && second.n == 1 && stats(c).flights == 0, 20000);
+    cr_assert_str_eq(first.first, "old"); /* asked before the invalidation */
+    cr_assert_eq(second.n, 1);
+    cr_assert_str_eq(second.first, "new", "a get after the invalidation got the old value");
+    cache_stop(c);
+}
+
+Test(cache, a_get_after_an_invalidation_here_is_not_answered_with_the_old_value) {
+    invalidated_while_storing();
+}
+Test(cache_cluster, a_get_after_an_invalidation_here_is_not_answered_with_the_old_value) {
+    invalidated_while_storing();
+}
+
 /* ---- Lost connections --------------------------------------------------------------------------
  */
 

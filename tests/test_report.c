@@ -747,7 +747,11 @@ Test(cli, the_main_job_without_node_skips_the_peers_and_succeeds) {
     }
     json_decref(root);
     char *page = read_all(html);
-    cr_expect_eq(check_page(page), 1, "only the percentile chart: no peer was measured");
+    /* No throughput chart (no peer was measured), only the scenario's percentile chart, unless
+     * a very loaded machine let the 0.3 s run measure nothing (the page then says so). */
+    int svgs = check_page(page);
+    cr_expect(svgs == 1 || (svgs == 0 && strstr(page, "no measurements")), "%d charts: %s", svgs,
+              out);
     cr_expect_not_null(strstr(page, "skipped: node not found"));
     free(page);
     unlink(json);
