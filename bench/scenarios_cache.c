@@ -85,6 +85,7 @@ typedef struct cb_lat {
     uint64_t round;
     uint32_t us;
     int miss;
+    int server; /* which instance answered it */
 } cb_lat;
 
 typedef struct cb_pending {
@@ -137,7 +138,8 @@ static void conn_finish(cb_conn *c, int err) {
         }
         t->lat[t->nlat++] = (cb_lat){.round = c->round_no,
                                      .us = (uint32_t)((sd_now_ns() - c->sent_ns) / 1000),
-                                     .miss = err == BENCH_OK && c->miss};
+                                     .miss = err == BENCH_OK && c->miss,
+                                     .server = c->server};
         t->outstanding--;
     } else if (t && c->up && !c->closing && t->qlen > 0) {
         /* Take the next waiting operation before completing this one, so FIFO order holds. */
@@ -645,29 +647,43 @@ static void stampede_report(cb_target *t, uint64_t ops, unsigned long long calls
     int64_t *all = sd_xcalloc(t->nlat + 1, sizeof *all);
     int64_t *wait = sd_xcalloc(t->nlat + 1, sizeof *wait);
     int64_t *miss = sd_xcalloc(t->nlat + 1, sizeof *miss);
-    size_t nw = 0, nm = 0;
+    int64_t *same = sd_xcalloc(t->nlat + 1, sizeof *same);   /* on the MISS's instance */
+    int64_t *other = sd_xcalloc(t->nlat + 1, sizeof *other); /* on the others: woken by a message */
+    size_t nw = 0, nm = 0, ns = 0, no = 0;
     for (size_t i = 0; i < t->nlat; i++)
         all[i] = t->lat[i].us;
     qsort(t->lat, t->nlat, sizeof *t->lat, cmp_lat_round);
     for (size_t i = 0; i < t->nlat;) {
         size_t j = i;
         int64_t leader = -1;
+        int lserver = -1;
         while (j < t->nlat && t->lat[j].round == t->lat[i].round) {
-            if (t->lat[j].miss)
+            if (t->lat[j].miss) {
                 leader = t->lat[j].us;
+                lserver = t->lat[j].server;
+            }
             j++;
         }
         if (leader >= 0) {
             miss[nm++] = leader;
-            for (size_t k = i; k < j; k++)
-                if (!t->lat[k].miss)
-                    wait[nw++] = (int64_t)t->lat[k].us - leader;
+            for (size_t k = i; k < j; k++) {
+                if (t->lat[k].miss)
+                    continue;
+                int64_t d = (int64_t)t->lat[k].us - leader;
+                wait[nw++] = d;
+                if (t->lat[k].server == lserver)
+                    same[ns++] = d;
+                else
+                    other[no++] = d;
+            }
         }
         i = j;
     }
     qsort(all, t->nlat, sizeof *all, cmp_i64);
     qsort(wait, nw, sizeof *wait, cmp_i64);
     qsort(miss, nm, sizeof *miss, cmp_i64);
+    qsort(same, ns, sizeof *same, cmp_i64);
+    qsort(other, no, sizeof *other, cmp_i64);
     double p50 = pct(all, t->nlat, 0.5), p99 = pct(all, t->nlat, 0.99);
     fprintf(stderr,
             "cache bench: stampede: %llu requests in %llu rounds of %d, %llu origin "
@@ -682,9 +698,18 @@ static void stampede_report(cb_target *t, uint64_t ops, unsigned long long calls
             nm, pct(miss, nm, 0.5) / 1000, pct(miss, nm, 0.99) / 1000, nw,
             pct(wait, nw, 0.5) / 1000, pct(wait, nw, 0.99) / 1000,
             nw ? (double)wait[nw - 1] / 1000 : 0.0, pct(wait, nw, 0.99));
+    if (t->nservers > 1)
+        fprintf(stderr,
+                "cache bench: stampede waiters minus their round's MISS, on the MISS's instance: "
+                "p50 %+.1f ms p99 %+.1f ms (%zu); on the other instances: p50 %+.1f ms p99 %+.1f "
+                "ms (%zu)\n",
+                pct(same, ns, 0.5) / 1000, pct(same, ns, 0.99) / 1000, ns,
+                pct(other, no, 0.5) / 1000, pct(other, no, 0.99) / 1000, no);
     free(all);
     free(wait);
     free(miss);
+    free(same);
+    free(other);
 }
 
 static void teardown(const bench_env *env, bench_target *target) {

@@ -174,6 +174,7 @@ struct cache {
     ready *rhead, *rtail;
     uv_idle_t idle;
     int idle_on;
+    int flush_pending; /* commands sent since the last sd_aredis_flush (on_idle flushes) */
     int closing;
     int handles; /* open libuv handles (idle + flight timers); freed at 0 when closing */
     uint64_t rng;
@@ -245,6 +246,20 @@ static char *make_message(cache *c, char type, const char *key, size_t klen, siz
 /* ---- The ready queue: every user callback runs from here (invariant 5) -------------------- */
 
 static void on_idle(uv_idle_t *h);
+
+/* The commands just sent are written by on_idle, in this loop iteration or the next, before
+ * any answer is written to a client: a leader's store (whose message wakes the other
+ * instances) goes out before its own waiters' responses, and a batch of look-ups costs one
+ * write instead of a loop iteration and two epoll_ctl calls (sd_aredis_flush, redis.h). Never
+ * flushed in place: a command may be sent from inside a reply callback of the same connection,
+ * where a flush is not allowed. */
+static void flush_soon(cache *c) {
+    c->flush_pending = 1;
+    if (!c->idle_on) {
+        uv_idle_start(&c->idle, on_idle);
+        c->idle_on = 1;
+    }
+}
 
 static void ready_push(cache *c, cache_get_cb *cb, void *udata, int err, cache_blob *b, int source,
                        int stale) {
@@ -453,10 +468,12 @@ static void flight_store(flight *f, cache_blob *b, int status, uint64_t delta_ms
         strlen(swr), strlen(sie), strlen(delta),    strlen(c->channel), mlen,   1};
     f->state = FLIGHT_STORING;
     if (sd_aredis_script(c->r, &script_store, on_store, f, c->o.redis_timeout_ms, 2, 12, argv,
-                         lens) == 0)
+                         lens) == 0) {
         f->redis_pending++;
-    else
+        flush_soon(c);
+    } else {
         flight_finish(f);
+    }
     free(k1);
     free(k2);
     free(msg);
@@ -574,6 +591,7 @@ static void flight_lookup(flight *f) {
     free(k2);
     if (rc == 0) {
         f->redis_pending++;
+        flush_soon(c);
         flight_timer_arm(f);
         return;
     }
@@ -873,6 +891,12 @@ static void on_idle(uv_idle_t *h) {
             flight_start(q);
         q = next;
     }
+    if (c->flush_pending) {
+        /* May run reply callbacks with an error (a failed write closes the connection): they
+         * only queue work, which runs below or on the next turn. */
+        c->flush_pending = 0;
+        sd_aredis_flush(c->r);
+    }
     ready *r = c->rhead;
     c->rhead = c->rtail = NULL;
     while (r) {
@@ -880,7 +904,7 @@ static void on_idle(uv_idle_t *h) {
         ready_run(c, r);
         r = next;
     }
-    if (!c->rhead && !c->qhead && c->idle_on) {
+    if (!c->rhead && !c->qhead && !c->flush_pending && c->idle_on) {
         uv_idle_stop(&c->idle);
         c->idle_on = 0;
     }
@@ -1094,6 +1118,7 @@ int cache_invalidate(cache *c, const char *key, size_t klen, cache_done_cb *cb, 
         free(q);
         return rc;
     }
+    flush_soon(c);
     return 0;
 }
 
