@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -74,7 +75,18 @@ typedef struct cb_conn {
     char req[256];
     int status;
     uint64_t sent_ns;
+    uint64_t round_no; /* stampede: the round of the request in flight */
+    int in_xcache;     /* the header being parsed is X-Cache */
+    int miss;          /* its answer said X-Cache: MISS (the round's leader) */
 } cb_conn;
+
+/* One stampede request's latency from its send, its round, and whether it was the MISS. */
+typedef struct cb_lat {
+    uint64_t round;
+    uint32_t us;
+    int miss;
+    int server; /* which instance answered it */
+} cb_lat;
 
 typedef struct cb_pending {
     void *token;
@@ -94,9 +106,9 @@ struct cb_target {
     size_t qhead, qlen, qcap;
     uint64_t seq;
     cb_path_fn *path;
-    int round;        /* stampede: operations per round, sent together (0: no rounds) */
-    int outstanding;  /* stampede: requests of the current round not yet answered */
-    uint32_t *lat_us; /* stampede: each request's latency from its send, for the teardown */
+    int round;       /* stampede: operations per round, sent together (0: no rounds) */
+    int outstanding; /* stampede: requests of the current round not yet answered */
+    cb_lat *lat;     /* stampede: each request's latency from its send, for the teardown */
     size_t nlat, caplat;
     char run[24];
     double *zipf_cdf;
@@ -122,9 +134,12 @@ static void conn_finish(cb_conn *c, int err) {
     if (t && t->round) {
         if (t->nlat == t->caplat) {
             t->caplat = t->caplat ? t->caplat * 2 : 65536;
-            t->lat_us = sd_xrealloc(t->lat_us, t->caplat * sizeof *t->lat_us);
+            t->lat = sd_xrealloc(t->lat, t->caplat * sizeof *t->lat);
         }
-        t->lat_us[t->nlat++] = (uint32_t)((sd_now_ns() - c->sent_ns) / 1000);
+        t->lat[t->nlat++] = (cb_lat){.round = c->round_no,
+                                     .us = (uint32_t)((sd_now_ns() - c->sent_ns) / 1000),
+                                     .miss = err == BENCH_OK && c->miss,
+                                     .server = c->server};
         t->outstanding--;
     } else if (t && c->up && !c->closing && t->qlen > 0) {
         /* Take the next waiting operation before completing this one, so FIFO order holds. */
@@ -172,6 +187,20 @@ static int on_status(http_parser *p, const char *at, size_t len) {
     return 0;
 }
 
+static int on_header_field(http_parser *p, const char *at, size_t len) {
+    cb_conn *c = p->data;
+    c->in_xcache = len == 7 && strncasecmp(at, "X-Cache", 7) == 0;
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len) {
+    cb_conn *c = p->data;
+    if (c->in_xcache && len >= 4 && strncmp(at, "MISS", 4) == 0)
+        c->miss = 1;
+    c->in_xcache = 0;
+    return 0;
+}
+
 static int on_complete(http_parser *p) {
     cb_conn *c = p->data;
     int status = (int)p->status_code;
@@ -214,6 +243,8 @@ static void conn_send(cb_conn *c, void *token, bench_done_fn *done) {
     int n = snprintf(c->req, sizeof c->req, "GET %s HTTP/1.1\r\nHost: bench\r\n\r\n", path);
     c->busy = 1;
     c->sent_ns = sd_now_ns();
+    c->miss = c->in_xcache = 0;
+    c->round_no = t->round ? (t->seq - 1) / (uint64_t)t->round : 0;
     if (t->round)
         t->outstanding++;
     c->token = token;
@@ -331,6 +362,8 @@ static int target_start(cb_target *t, uv_loop_t *loop, int nconns) {
     t->later = bench_later_new(loop);
     t->settings.on_status = on_status;
     t->settings.on_message_complete = on_complete;
+    t->settings.on_header_field = on_header_field;
+    t->settings.on_header_value = on_header_value;
     t->nconns = nconns;
     t->conns = sd_xcalloc((size_t)nconns, sizeof *t->conns);
     for (int i = 0; i < nconns; i++) {
@@ -421,6 +454,38 @@ typedef struct cache_bench {
     unsigned long long calls_before;
 } cache_bench;
 
+/* GET path of the server at url into buf (NUL-terminated), with a blocking socket: the body,
+ * or NULL when it does not answer 200. */
+static char *http_get_body(const char *url, const char *path, char *buf, size_t len) {
+    struct sockaddr_in a;
+    if (parse_url(url, &a) < 0)
+        return NULL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[256];
+    int n =
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n", path);
+    size_t got = 0;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && write(fd, req, (size_t)n) == n) {
+        ssize_t r;
+        while (got + 1 < len && (r = read(fd, buf + got, len - 1 - got)) > 0)
+            got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    char *body = strstr(buf, "\r\n\r\n");
+    return strncmp(buf, "HTTP/1.1 200", 12) == 0 && body ? body + 4 : NULL;
+}
+
+/* The value of the metric line starting with name in a /metrics body, or 0. */
+static unsigned long long metric_value(const char *body, const char *name) {
+    const char *p = body ? strstr(body, name) : NULL;
+    return p ? strtoull(p + strlen(name), NULL, 10) : 0;
+}
+
 /* GET /_calls of the origin at url, with a blocking socket: -1 when it does not answer. */
 static long long origin_calls(const char *url) {
     struct sockaddr_in a;
@@ -492,7 +557,7 @@ static void cache_bench_free(cache_bench *b) {
         bench_server_stop(&b->serve[i], SIGTERM, 10000);
     bench_server_stop(&b->origin, SIGTERM, 5000);
     free(b->t.zipf_cdf);
-    free(b->t.lat_us);
+    free(b->t.lat);
     free(b);
 }
 
@@ -560,9 +625,91 @@ static int setup_common(const bench_env *env, bench_target *target, int nserve, 
     return 0;
 }
 
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
+}
+
+static int cmp_lat_round(const void *a, const void *b) {
+    const cb_lat *x = a, *y = b;
+    return x->round < y->round ? -1 : x->round > y->round;
+}
+
+static double pct(const int64_t *v, size_t n, double q) {
+    return n ? (double)v[(size_t)(q * (double)(n - 1))] : 0;
+}
+
+/* The stampede's teardown figures: every request's latency, and the waiters' (every request
+ * but the round's MISS) minus their round's MISS latency, which is the origin's latency plus
+ * one pass through the cache: what a waiter costs beyond the load it waited for. */
+static void stampede_report(cb_target *t, uint64_t ops, unsigned long long calls) {
+    uint64_t rounds = (ops + (uint64_t)t->round - 1) / (uint64_t)t->round;
+    int64_t *all = sd_xcalloc(t->nlat + 1, sizeof *all);
+    int64_t *wait = sd_xcalloc(t->nlat + 1, sizeof *wait);
+    int64_t *miss = sd_xcalloc(t->nlat + 1, sizeof *miss);
+    int64_t *same = sd_xcalloc(t->nlat + 1, sizeof *same);   /* on the MISS's instance */
+    int64_t *other = sd_xcalloc(t->nlat + 1, sizeof *other); /* on the others: woken by a message */
+    size_t nw = 0, nm = 0, ns = 0, no = 0;
+    for (size_t i = 0; i < t->nlat; i++)
+        all[i] = t->lat[i].us;
+    qsort(t->lat, t->nlat, sizeof *t->lat, cmp_lat_round);
+    for (size_t i = 0; i < t->nlat;) {
+        size_t j = i;
+        int64_t leader = -1;
+        int lserver = -1;
+        while (j < t->nlat && t->lat[j].round == t->lat[i].round) {
+            if (t->lat[j].miss) {
+                leader = t->lat[j].us;
+                lserver = t->lat[j].server;
+            }
+            j++;
+        }
+        if (leader >= 0) {
+            miss[nm++] = leader;
+            for (size_t k = i; k < j; k++) {
+                if (t->lat[k].miss)
+                    continue;
+                int64_t d = (int64_t)t->lat[k].us - leader;
+                wait[nw++] = d;
+                if (t->lat[k].server == lserver)
+                    same[ns++] = d;
+                else
+                    other[no++] = d;
+            }
+        }
+        i = j;
+    }
+    qsort(all, t->nlat, sizeof *all, cmp_i64);
+    qsort(wait, nw, sizeof *wait, cmp_i64);
+    qsort(miss, nm, sizeof *miss, cmp_i64);
+    qsort(same, ns, sizeof *same, cmp_i64);
+    qsort(other, no, sizeof *other, cmp_i64);
+    double p50 = pct(all, t->nlat, 0.5), p99 = pct(all, t->nlat, 0.99);
+    fprintf(stderr,
+            "cache bench: stampede: %llu requests in %llu rounds of %d, %llu origin "
+            "calls (%.2f per round); from each request's send: p50 %.1f ms, p99 "
+            "%.1f ms (p50_us %.0f p99_us %.0f)\n",
+            (unsigned long long)ops, (unsigned long long)rounds, t->round, calls,
+            rounds ? (double)calls / (double)rounds : 0.0, p50 / 1000, p99 / 1000, p50, p99);
+    fprintf(stderr,
+            "cache bench: stampede waiters: %zu rounds with a MISS, MISS latency p50 %.1f ms p99 "
+            "%.1f ms; %zu waiters minus their round's MISS: p50 %+.1f ms p99 %+.1f ms max %+.1f "
+            "ms (waiter_minus_miss_p99_us %.0f)\n",
+            nm, pct(miss, nm, 0.5) / 1000, pct(miss, nm, 0.99) / 1000, nw,
+            pct(wait, nw, 0.5) / 1000, pct(wait, nw, 0.99) / 1000,
+            nw ? (double)wait[nw - 1] / 1000 : 0.0, pct(wait, nw, 0.99));
+    if (t->nservers > 1)
+        fprintf(stderr,
+                "cache bench: stampede waiters minus their round's MISS, on the MISS's instance: "
+                "p50 %+.1f ms p99 %+.1f ms (%zu); on the other instances: p50 %+.1f ms p99 %+.1f "
+                "ms (%zu)\n",
+                pct(same, ns, 0.5) / 1000, pct(same, ns, 0.99) / 1000, ns,
+                pct(other, no, 0.5) / 1000, pct(other, no, 0.99) / 1000, no);
+    free(all);
+    free(wait);
+    free(miss);
+    free(same);
+    free(other);
 }
 
 static void teardown(const bench_env *env, bench_target *target) {
@@ -572,16 +719,21 @@ static void teardown(const bench_env *env, bench_target *target) {
     if (calls >= 0) {
         unsigned long long c = (unsigned long long)calls - b->calls_before;
         if (b->t.path == path_stampede) {
-            uint64_t rounds = (ops + (uint64_t)b->t.round - 1) / (uint64_t)b->t.round;
-            qsort(b->t.lat_us, b->t.nlat, sizeof *b->t.lat_us, cmp_u32);
-            double p50 = b->t.nlat ? b->t.lat_us[(size_t)(0.50 * (double)(b->t.nlat - 1))] : 0;
-            double p99 = b->t.nlat ? b->t.lat_us[(size_t)(0.99 * (double)(b->t.nlat - 1))] : 0;
-            fprintf(stderr,
-                    "cache bench: stampede: %llu requests in %llu rounds of %d, %llu origin "
-                    "calls (%.2f per round); from each request's send: p50 %.1f ms, p99 "
-                    "%.1f ms (p50_us %.0f p99_us %.0f)\n",
-                    (unsigned long long)ops, (unsigned long long)rounds, b->t.round, c,
-                    rounds ? (double)c / (double)rounds : 0.0, p50 / 1000, p99 / 1000, p50, p99);
+            stampede_report(&b->t, ops, c);
+            /* What woke the waiting instances (cache_woken_total in their /metrics). */
+            unsigned long long by_msg = 0, by_poll = 0, values = 0;
+            static char mbuf[16384];
+            for (int i = 0; i < b->nserve; i++) {
+                const char *m = http_get_body(b->serve[i].url, "/metrics", mbuf, sizeof mbuf);
+                by_msg += metric_value(m, "cache_woken_total{by=\"message\"} ");
+                by_poll += metric_value(m, "cache_woken_total{by=\"poll\"} ");
+                values += metric_value(m, "cache_fill_values_total ");
+            }
+            if (b->nserve > 1)
+                fprintf(stderr,
+                        "cache bench: waiting instances woken by the message %llu (answered from "
+                        "its value %llu), by the fallback look-up %llu\n",
+                        by_msg, values, by_poll);
         } else {
             fprintf(stderr, "cache bench: %llu requests, %llu origin calls\n",
                     (unsigned long long)ops, c);

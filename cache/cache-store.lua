@@ -4,7 +4,8 @@
 -- KEYS[1] the value hash, KEYS[2] the lease
 -- ARGV[1] token, ARGV[2] kind ("ok", "notfound", "err" or "none"), ARGV[3] value,
 -- ARGV[4] fresh ms (jittered; for "err" the negative TTL), ARGV[5] stale-while-revalidate ms,
--- ARGV[6] stale-if-error ms, ARGV[7] measured load ms, ARGV[8] channel, ARGV[9] message
+-- ARGV[6] stale-if-error ms, ARGV[7] measured load ms, ARGV[8] channel, ARGV[9] message,
+-- ARGV[10] "1": the message carries the value (appended here, so it is sent to Redis once)
 -- Returns 1 stored, 0 refused (the lease is not this token's).
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
     return 0
@@ -39,5 +40,9 @@ else
     redis.call('PEXPIREAT', KEYS[1], now + ttl + math.max(swr, sie))
 end
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[8], ARGV[9])
+if ARGV[10] == '1' then
+    redis.call('PUBLISH', ARGV[8], ARGV[9] .. ARGV[3])
+else
+    redis.call('PUBLISH', ARGV[8], ARGV[9])
+end
 return 1

@@ -40,8 +40,16 @@
  *     a cache_* call: answers, timeouts and closings all go through it, except at cache_free.
  *
  * Messages on <prefix>events: one byte ('f' filled, 'i' invalidated), the sender's 16-hex
- * instance id, then the key. An instance ignores its own 'f' for its local tier (it just stored
- * that value) but never its own 'i'.
+ * instance id, then for 'i' the key; for 'f' the key's length (8 hex), the key, a flag ('0' a
+ * value follows, '1' a not-found follows, '-' nothing follows: look again), the value's
+ * freshness in ms (10 digits), then the value itself (cache-store.lua appends it, up to
+ * CACHE_FILL_INLINE_MAX bytes). A WAITING flight answers its waiters from that value with no
+ * Redis call (the store that published it held the lease, so no invalidation came between:
+ * an invalidation deletes the lease and fences the store). An instance ignores its own 'f' for
+ * its local tier (it just stored that value) but never its own 'i'.
+ *
+ * Waiting flights also look again every wait_poll_ms (a bounded fallback for a message lost
+ * without a subscriber drop) and at the lease's expiry; stats say which woke each one.
  */
 #include "cache.h"
 
@@ -60,6 +68,8 @@
 #include "sd.h"
 
 #define ID_LEN 16
+/* 'f', id, klen in 8 hex, key, flag, fresh ms in 10 digits, value */
+#define FILL_HEAD_LEN(klen) (1 + ID_LEN + 8 + (klen) + 1 + 10)
 
 /* Filled by scripts_init (bodies are embedded at build time: cache_lua.h). */
 static sd_script script_get = {"cache/get", NULL, 0, ""};
@@ -118,6 +128,7 @@ struct flight {
     int degraded;   /* loading without Redis */
     int has_lease;  /* this flight's lookup won the lease */
     int waited;     /* it waited for another instance's lease at least once */
+    int woken;      /* a message for its key came while it waited */
     int background; /* its waiters were answered; it refreshes for the tiers */
     int redis_pending;
     cache_blob *fallback; /* stale-if-error value from the lookup */
@@ -163,6 +174,7 @@ struct cache {
     ready *rhead, *rtail;
     uv_idle_t idle;
     int idle_on;
+    int flush_pending; /* commands sent since the last sd_aredis_flush (on_idle flushes) */
     int closing;
     int handles; /* open libuv handles (idle + flight timers); freed at 0 when closing */
     uint64_t rng;
@@ -207,6 +219,21 @@ static char *make_key(cache *c, const char *key, size_t klen, const char *suffix
     return k;
 }
 
+/* The head of a "filled" message (the store script appends the value when flag is '0'/'1'). */
+static char *make_fill_message(cache *c, const char *key, size_t klen, char flag, int fresh_ms,
+                               size_t *len) {
+    size_t n = FILL_HEAD_LEN(klen);
+    char *m = sd_xmalloc(n + 1);
+    m[0] = 'f';
+    memcpy(m + 1, c->id, ID_LEN);
+    snprintf(m + 1 + ID_LEN, 9, "%08zx", klen);
+    memcpy(m + 1 + ID_LEN + 8, key, klen);
+    m[1 + ID_LEN + 8 + klen] = flag;
+    snprintf(m + 1 + ID_LEN + 8 + klen + 1, 11, "%010d", fresh_ms < 0 ? 0 : fresh_ms);
+    *len = n;
+    return m;
+}
+
 static char *make_message(cache *c, char type, const char *key, size_t klen, size_t *len) {
     char *m = sd_xmalloc(1 + ID_LEN + klen);
     m[0] = type;
@@ -219,6 +246,20 @@ static char *make_message(cache *c, char type, const char *key, size_t klen, siz
 /* ---- The ready queue: every user callback runs from here (invariant 5) -------------------- */
 
 static void on_idle(uv_idle_t *h);
+
+/* The commands just sent are written by on_idle, in this loop iteration or the next, before
+ * any answer is written to a client: a leader's store (whose message wakes the other
+ * instances) goes out before its own waiters' responses, and a batch of look-ups costs one
+ * write instead of a loop iteration and two epoll_ctl calls (sd_aredis_flush, redis.h). Never
+ * flushed in place: a command may be sent from inside a reply callback of the same connection,
+ * where a flush is not allowed. */
+static void flush_soon(cache *c) {
+    c->flush_pending = 1;
+    if (!c->idle_on) {
+        uv_idle_start(&c->idle, on_idle);
+        c->idle_on = 1;
+    }
+}
 
 static void ready_push(cache *c, cache_get_cb *cb, void *udata, int err, cache_blob *b, int source,
                        int stale) {
@@ -362,6 +403,7 @@ static void flight_reset(flight *f) {
     cache_blob_unref(f->loaded);
     f->fallback = f->serve = f->loaded = NULL;
     f->tainted = f->has_lease = f->waited = f->background = f->degraded = f->recheck = 0;
+    f->woken = 0;
     f->state = FLIGHT_QUEUED;
     f->whead->joined = 0; /* the oldest waiter is now the get this flight is for */
     f->qnext = NULL;
@@ -403,9 +445,14 @@ static void flight_store(flight *f, cache_blob *b, int status, uint64_t delta_ms
     char *k1 = make_key(c, f->key, f->klen, "", &k1len);
     char *k2 = make_key(c, f->key, f->klen, ":lease", &k2len);
     size_t mlen;
-    char *msg = make_message(c, 'f', f->key, f->klen, &mlen);
-    char ttl[24], swr[24], sie[24], delta[24];
     int fresh = status == CACHE_OK ? f->ttl_ms : c->o.negative_ttl_ms;
+    /* Waiters elsewhere answer from the message's value; failures are not carried (their
+     * waiters look again, for a stale-if-error value), nor no-store answers (one loads). */
+    int inline_value =
+        (status == CACHE_OK || status == CACHE_NOTFOUND) && b->len <= CACHE_FILL_INLINE_MAX;
+    char flag = !inline_value ? '-' : status == CACHE_OK ? '0' : '1';
+    char *msg = make_fill_message(c, f->key, f->klen, flag, fresh, &mlen);
+    char ttl[24], swr[24], sie[24], delta[24];
     snprintf(ttl, sizeof ttl, "%d", fresh);
     snprintf(swr, sizeof swr, "%d", status == CACHE_OK ? c->o.swr_ms : 0);
     snprintf(sie, sizeof sie, "%d", status == CACHE_OK ? c->o.sie_ms : 0);
@@ -414,16 +461,19 @@ static void flight_store(flight *f, cache_blob *b, int status, uint64_t delta_ms
                        : status == CACHE_NOTFOUND ? "notfound"
                        : status == CACHE_ERROR    ? "err"
                                                   : "none"; /* -1: store nothing, free the lease */
-    const char *argv[] = {k1, k2, f->token, kind, b->data, ttl, swr, sie, delta, c->channel, msg};
-    size_t lens[] = {k1len,       k2len,       strlen(f->token), strlen(kind),  b->len,
-                     strlen(ttl), strlen(swr), strlen(sie),      strlen(delta), strlen(c->channel),
-                     mlen};
+    const char *argv[] = {k1,  k2,  f->token, kind,       b->data, ttl,
+                          swr, sie, delta,    c->channel, msg,     inline_value ? "1" : "0"};
+    size_t lens[] = {
+        k1len,       k2len,       strlen(f->token), strlen(kind),       b->len, strlen(ttl),
+        strlen(swr), strlen(sie), strlen(delta),    strlen(c->channel), mlen,   1};
     f->state = FLIGHT_STORING;
-    if (sd_aredis_script(c->r, &script_store, on_store, f, c->o.redis_timeout_ms, 2, 11, argv,
-                         lens) == 0)
+    if (sd_aredis_script(c->r, &script_store, on_store, f, c->o.redis_timeout_ms, 2, 12, argv,
+                         lens) == 0) {
         f->redis_pending++;
-    else
+        flush_soon(c);
+    } else {
         flight_finish(f);
+    }
     free(k1);
     free(k2);
     free(msg);
@@ -541,12 +591,23 @@ static void flight_lookup(flight *f) {
     free(k2);
     if (rc == 0) {
         f->redis_pending++;
+        flush_soon(c);
         flight_timer_arm(f);
         return;
     }
     /* Redis refused at once: coalesce in process, never a stampede on the origin. */
     f->degraded = 1;
     flight_load(f);
+}
+
+/* A flight that waited is being answered by a look-up: say what woke it. */
+static void count_wake(flight *f) {
+    if (!f->waited)
+        return;
+    if (f->woken)
+        f->c->st.woken_by_message++;
+    else
+        f->c->st.woken_by_poll++;
 }
 
 static cache_blob *reply_blob(const redisReply *a) {
@@ -581,6 +642,7 @@ static void on_lookup(sd_aredis *r, redisReply *reply, int status, void *privdat
     if (strcmp(kind, "hit") == 0 || strcmp(kind, "stale") == 0) {
         int stale = kind[0] == 's';
         int source = f->waited ? CACHE_SRC_COALESCED : CACHE_SRC_REDIS;
+        count_wake(f);
         flight_answer(f, b, source, stale);
         if (!stale && !f->recheck)
             local_store(c, f, b, (int)fresh_left);
@@ -601,6 +663,7 @@ static void on_lookup(sd_aredis *r, redisReply *reply, int status, void *privdat
         return;
     }
     if (strcmp(kind, "err") == 0) {
+        count_wake(f);
         cache_blob_unref(b);
         b = cache_blob_new(CACHE_ERROR, "", 0);
         flight_answer(f, b, f->waited ? CACHE_SRC_COALESCED : CACHE_SRC_REDIS, 0);
@@ -634,10 +697,15 @@ static void on_lookup(sd_aredis *r, redisReply *reply, int status, void *privdat
         return;
     }
     f->state = FLIGHT_WAITING;
+    if (!f->waited)
+        c->st.waits++;
     f->waited = 1;
-    c->st.waits++;
-    /* Woken by the leader's message; if it died, at its lease's expiry (not a poll). */
-    f->lease_wake_ms = sd_now_ms() + (uint64_t)pttl + 2;
+    f->woken = 0;
+    /* Woken by the leader's message; if it died, at its lease's expiry; and every
+     * wait_poll_ms in case the message was lost (a look-up that finds the lease still held
+     * waits again). */
+    f->lease_wake_ms = sd_now_ms() + (pttl + 2 < c->o.wait_poll_ms ? (uint64_t)pttl + 2
+                                                                   : (uint64_t)c->o.wait_poll_ms);
     flight_timer_arm(f);
 }
 
@@ -686,6 +754,31 @@ static void flight_timer_arm(flight *f) {
 
 /* ---- Pub/sub --------------------------------------------------------------------------------- */
 
+/* Parses a "filled" message: 0 with the key, the flag, the freshness and the value, else -1. */
+static int parse_fill(const char *payload, size_t len, const char **key, size_t *klen, char *flag,
+                      int *fresh_ms, const char **value, size_t *vlen) {
+    if (len < FILL_HEAD_LEN(0))
+        return -1;
+    char hex[9], digits[11];
+    memcpy(hex, payload + 1 + ID_LEN, 8);
+    hex[8] = '\0';
+    char *end;
+    unsigned long long k = strtoull(hex, &end, 16);
+    if (*end || k == 0 || k > len - FILL_HEAD_LEN(0))
+        return -1;
+    *klen = (size_t)k;
+    *key = payload + 1 + ID_LEN + 8;
+    *flag = (*key)[k];
+    memcpy(digits, *key + k + 1, 10);
+    digits[10] = '\0';
+    *fresh_ms = (int)strtol(digits, &end, 10);
+    if (*end || (*flag != '0' && *flag != '1' && *flag != '-'))
+        return -1;
+    *value = *key + k + 11;
+    *vlen = len - FILL_HEAD_LEN(k);
+    return 0;
+}
+
 static void on_message(sd_redis_sub *sub, const char *channel, const char *pattern,
                        const char *payload, size_t len, void *udata) {
     cache *c = udata;
@@ -694,10 +787,17 @@ static void on_message(sd_redis_sub *sub, const char *channel, const char *patte
     int own = memcmp(payload + 1, c->id, ID_LEN) == 0;
     const char *key = payload + 1 + ID_LEN;
     size_t klen = len - 1 - ID_LEN;
-    if (payload[0] == 'i')
+    char flag = '-';
+    int fresh_ms = 0;
+    const char *value = NULL;
+    size_t vlen = 0;
+    if (payload[0] == 'i') {
         c->st.invalidations++;
-    else
+    } else {
+        if (parse_fill(payload, len, &key, &klen, &flag, &fresh_ms, &value, &vlen) != 0)
+            return;
         c->st.fills++;
+    }
     if (c->local && (payload[0] == 'i' || !own))
         local_del(c->local, key, klen);
     flight *f = flight_find(c, key, klen);
@@ -709,6 +809,19 @@ static void on_message(sd_redis_sub *sub, const char *channel, const char *patte
             cache_blob_unref(f->serve);
             f->serve = NULL;
         }
+    }
+    if (f->waited)
+        f->woken = 1;
+    if (f->state == FLIGHT_WAITING && payload[0] == 'f' && flag != '-' && !own) {
+        /* The leader's value, as a look-up would have read it right after its store. */
+        cache_blob *b = cache_blob_new(flag == '0' ? CACHE_OK : CACHE_NOTFOUND, value, vlen);
+        c->st.woken_by_message++;
+        c->st.fill_values++;
+        flight_answer(f, b, CACHE_SRC_COALESCED, 0);
+        local_store(c, f, b, fresh_ms);
+        cache_blob_unref(b);
+        flight_finish(f);
+        return;
     }
     if (f->state == FLIGHT_LOOKUP)
         f->recheck = 1;
@@ -778,6 +891,12 @@ static void on_idle(uv_idle_t *h) {
             flight_start(q);
         q = next;
     }
+    if (c->flush_pending) {
+        /* May run reply callbacks with an error (a failed write closes the connection): they
+         * only queue work, which runs below or on the next turn. */
+        c->flush_pending = 0;
+        sd_aredis_flush(c->r);
+    }
     ready *r = c->rhead;
     c->rhead = c->rtail = NULL;
     while (r) {
@@ -785,7 +904,7 @@ static void on_idle(uv_idle_t *h) {
         ready_run(c, r);
         r = next;
     }
-    if (!c->rhead && !c->qhead && c->idle_on) {
+    if (!c->rhead && !c->qhead && !c->flush_pending && c->idle_on) {
         uv_idle_stop(&c->idle);
         c->idle_on = 0;
     }
@@ -808,6 +927,7 @@ void cache_opts_default(cache_opts *o) {
     o->reconnect_min_ms = 50;
     o->reconnect_max_ms = 2000;
     o->ping_interval_ms = 1000;
+    o->wait_poll_ms = 1000;
 }
 
 int cache_new(uv_loop_t *loop, const sd_redis_url *url, const cache_opts *opts, cache **out) {
@@ -819,7 +939,7 @@ int cache_new(uv_loop_t *loop, const sd_redis_url *url, const cache_opts *opts, 
     if (!o.prefix || o.ttl_ms <= 0 || o.jitter_pct < 0 || o.jitter_pct > 50 ||
         o.negative_ttl_ms <= 0 || o.lease_ms <= 0 || o.wait_timeout_ms <= 0 ||
         o.degraded_ttl_ms <= 0 || o.swr_ms < 0 || o.sie_ms < 0 || o.xfetch_beta < 0 ||
-        o.redis_timeout_ms <= 0)
+        o.redis_timeout_ms <= 0 || o.wait_poll_ms <= 0)
         return -EINVAL;
     if (o.local_ttl_ms <= 0)
         o.local_ttl_ms = o.ttl_ms;
@@ -938,6 +1058,22 @@ int cache_get(cache *c, const char *key, size_t klen, cache_loader_fn *loader, v
     return 0;
 }
 
+int cache_get_local(cache *c, const char *key, size_t klen, cache_result *out) {
+    if (!c->local || !key || klen == 0 || c->closing)
+        return 0;
+    cache_blob *b = local_get(c->local, key, klen, sd_now_ms());
+    if (!b)
+        return 0;
+    c->st.gets++;
+    c->st.hits_local++;
+    *out = (cache_result){.status = b->status,
+                          .value = b->data,
+                          .len = b->len,
+                          .source = CACHE_SRC_LOCAL,
+                          .stale = 0};
+    return 1;
+}
+
 static void on_invalidated(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     inval_req *q = privdata;
     int err = status;
@@ -986,6 +1122,7 @@ int cache_invalidate(cache *c, const char *key, size_t klen, cache_done_cb *cb, 
         free(q);
         return rc;
     }
+    flush_soon(c);
     return 0;
 }
 

@@ -15,10 +15,14 @@
  *     (in-process single-flight), which runs cache-get.lua on Redis: a fresh value is a Redis
  *     hit; otherwise the script gives a lease (SET NX PX with a random token) to exactly one
  *     caller across all instances, who calls the loader; the others wait for the leader's
- *     "filled" message on the cache's pub/sub channel and look again. A leader that dies
- *     leaves a lease that expires: waiters look again at its expiry and exactly one takes it
- *     over (SET NX). A leader that overran its lease is fenced: its store (cache-store.lua)
- *     is refused because the lease no longer holds its token.
+ *     "filled" message on the cache's pub/sub channel: it carries the value (up to
+ *     CACHE_FILL_INLINE_MAX bytes), so they answer from it with no Redis call; a larger
+ *     value or a no-store answer makes them look again (one EVALSHA). A look-up every
+ *     wait_poll_ms (1 s) covers a message lost without a subscriber drop (a drop restarts
+ *     them at once). A leader that dies leaves a lease that expires: waiters look again at
+ *     its expiry and exactly one takes it over (SET NX). A leader that overran its lease is
+ *     fenced: its store (cache-store.lua) is refused because the lease no longer holds its
+ *     token.
  *  3. TTLs are jittered by +-jitter_pct; a fresh value may be refreshed early by one caller
  *     (XFetch, Vattani et al. 2015: load when now - delta * beta * ln(rand) >= expiry, delta
  *     the measured load time, rand in (0,1]); RFC 5861 stale-while-revalidate (serve the old
@@ -62,6 +66,10 @@ enum {
     CACHE_SRC_COALESCED = 3, /* another caller's load (this or another instance) */
 };
 
+/* Values up to this size ride on the "filled" message to every instance, so the waiters of
+ * other instances answer at once; larger ones cost one look-up per waiting instance. */
+#define CACHE_FILL_INLINE_MAX 16384
+
 typedef struct cache cache;
 typedef struct cache_load cache_load;
 
@@ -81,6 +89,7 @@ typedef struct cache_opts {
     int redis_timeout_ms; /* deadline of each Redis call, default 1000 */
     int reconnect_min_ms, reconnect_max_ms; /* both connections' backoff: 50, 2000 */
     int ping_interval_ms;                   /* the subscriber's liveness PING: 1000 */
+    int wait_poll_ms; /* a waiting flight's fallback look-up, for a lost message: 1000 */
 } cache_opts;
 
 void cache_opts_default(cache_opts *o);
@@ -134,6 +143,15 @@ int cache_new(uv_loop_t *loop, const sd_redis_url *url, const cache_opts *opts, 
 int cache_get(cache *c, const char *key, size_t klen, cache_loader_fn *loader, void *loader_udata,
               cache_get_cb *cb, void *udata);
 
+/*
+ * A synchronous peek at the local tier only: returns 1 and fills *out (source
+ * CACHE_SRC_LOCAL) on a fresh local hit, else 0 (then use cache_get). No callback, no Redis
+ * call, no allocation. out->value is borrowed: valid until the caller returns to the loop or
+ * calls another cache_* function. Counts as a get and a local hit. For callers that can
+ * answer in place (cache serve's hot path).
+ */
+int cache_get_local(cache *c, const char *key, size_t klen, cache_result *out);
+
 /* err is 0 once Redis deleted the key and published the invalidation, else a redis.h code. */
 typedef void cache_done_cb(cache *c, int err, void *udata);
 
@@ -159,7 +177,7 @@ typedef struct cache_stats {
     uint64_t loads;         /* loader calls by this instance */
     uint64_t leases;        /* leases this instance won for a miss (not early refresh) */
     uint64_t takeovers;     /* leases won after waiting out another's */
-    uint64_t waits;         /* times a flight had to wait for another instance's lease */
+    uint64_t waits;         /* flights that had to wait for another instance's lease */
     uint64_t stale_served;  /* answers with stale = 1 */
     uint64_t refreshes;     /* background loads (XFetch or stale-while-revalidate) */
     uint64_t stored;        /* loads stored in Redis */
@@ -171,6 +189,10 @@ typedef struct cache_stats {
     uint64_t local_drops;   /* times the local tier was dropped (subscriber down) */
     uint64_t degraded_loads;
     uint64_t timeouts; /* gets answered SD_ETIMEDOUT */
+    /* How each waiting flight was answered: after the leader's message (from the value it
+     * carried, or one look-up it triggered), or by the fallback look-up with no message (one
+     * was lost: should stay 0). fill_values: answered from the message's value, no Redis call. */
+    uint64_t woken_by_message, woken_by_poll, fill_values;
     size_t local_bytes, local_count;
     size_t flights; /* keys with a look-up, load or store in progress */
     uint64_t sub_ups, sub_downs;

@@ -162,28 +162,50 @@ static void origin_loader(cache_load *load, const char *key, size_t klen, void *
 /* ---- Answering ----------------------------------------------------------------------------------
  */
 
+/* Parses the decimal digits at *p up to stop: -1 when there are none or another byte. */
+static long long parse_digits(const char **p, const char *end, char stop) {
+    long long v = 0;
+    const char *s = *p;
+    if (s >= end || *s < '0' || *s > '9')
+        return -1;
+    while (s < end && *s >= '0' && *s <= '9' && v < (1LL << 56))
+        v = v * 10 + (*s++ - '0');
+    if (s >= end || *s != stop)
+        return -1;
+    *p = s + 1;
+    return v;
+}
+
+/* Answers from a stored value ("STATUS FETCHED_MS\nCONTENT-TYPE\n" then the body). No
+ * allocation of its own and no printf: the local-hit path runs it once per request. */
 static void respond_value(sd_http_req *req, const char *v, size_t len, const char *xcache,
                           const char *tier) {
-    int status = 502;
-    unsigned long long fetched = 0;
-    const char *nl1 = memchr(v, '\n', len);
-    const char *nl2 = nl1 ? memchr(nl1 + 1, '\n', len - (size_t)(nl1 + 1 - v)) : NULL;
-    if (!nl2 || sscanf(v, "%d %llu", &status, &fetched) != 2) {
+    const char *p = v, *end = v + len;
+    long long status = parse_digits(&p, end, ' ');
+    long long fetched = status < 0 ? -1 : parse_digits(&p, end, '\n');
+    const char *nl2 = fetched < 0 ? NULL : memchr(p, '\n', (size_t)(end - p));
+    if (!nl2 || status < 200 || status > 599 || (size_t)(nl2 - p) >= 256) {
         sd_http_req_respond(req, 502, "text/plain", "bad cached value\n", 17);
         return;
     }
     char ctype[256];
-    snprintf(ctype, sizeof ctype, "%.*s", (int)(nl2 - nl1 - 1), nl1 + 1);
+    memcpy(ctype, p, (size_t)(nl2 - p));
+    ctype[nl2 - p] = '\0';
     uint64_t now = wall_ms();
+    unsigned long long secs = now > (uint64_t)fetched ? (now - (uint64_t)fetched) / 1000 : 0;
     char age[24];
-    snprintf(age, sizeof age, "%llu",
-             now > fetched ? (unsigned long long)(now - fetched) / 1000 : 0ULL);
+    int i = sizeof age - 1;
+    age[i] = '\0';
+    do {
+        age[--i] = (char)('0' + secs % 10);
+        secs /= 10;
+    } while (secs && i > 0);
     sd_http_req_add_header(req, "X-Cache", xcache);
     if (tier)
         sd_http_req_add_header(req, "X-Cache-Tier", tier);
-    sd_http_req_add_header(req, "Age", age);
+    sd_http_req_add_header(req, "Age", age + i);
     const char *body = nl2 + 1;
-    sd_http_req_respond(req, status, ctype, body, len - (size_t)(body - v));
+    sd_http_req_respond(req, (int)status, ctype, body, len - (size_t)(body - v));
 }
 
 static void on_cached(cache *c, int err, const cache_result *r, void *udata) {
@@ -223,10 +245,35 @@ static void on_bypass(int err, sd_http_response *resp, void *udata) {
                         resp->body_len);
 }
 
-static char *request_key(sd_http_req *req, const char *path) {
+/* The cache key "GET HOST PATH[?QUERY]", in buf (of len bytes) when it fits, else allocated
+ * (*heap set: the caller frees it). */
+static char *request_key(sd_http_req *req, const char *path, char *buf, size_t len, size_t *klen,
+                         char **heap) {
     const char *host = sd_http_req_header(req, "Host");
     const char *q = sd_http_req_query(req);
-    return sd_xasprintf("GET %s %s%s%s", host ? host : "", path, *q ? "?" : "", q);
+    host = host ? host : "";
+    size_t hl = strlen(host), pl = strlen(path), ql = strlen(q);
+    size_t n = 4 + hl + 1 + pl + (ql ? 1 + ql : 0);
+    char *k = buf;
+    *heap = NULL;
+    if (n + 1 > len)
+        k = *heap = sd_xmalloc(n + 1);
+    char *w = k;
+    memcpy(w, "GET ", 4);
+    w += 4;
+    memcpy(w, host, hl);
+    w += hl;
+    *w++ = ' ';
+    memcpy(w, path, pl);
+    w += pl;
+    if (ql) {
+        *w++ = '?';
+        memcpy(w, q, ql);
+        w += ql;
+    }
+    *w = '\0';
+    *klen = n;
+    return k;
 }
 
 static int loopback_peer(sd_http_req *req) {
@@ -281,9 +328,18 @@ static void on_request(sd_http_req *req, void *udata) {
         free((char *)auth);
         return;
     }
-    char *key = request_key(req, path);
-    int rc = cache_get(p->cache, key, strlen(key), origin_loader, p, on_cached, req);
-    free(key);
+    char kbuf[512], *heap;
+    size_t klen;
+    const char *key = request_key(req, path, kbuf, sizeof kbuf, &klen, &heap);
+    cache_result hit;
+    if (cache_get_local(p->cache, key, klen, &hit)) {
+        /* The hot path: answered in place, no callback, no Redis, no allocation here. */
+        free(heap);
+        respond_value(req, hit.value, hit.len, "HIT", "local");
+        return;
+    }
+    int rc = cache_get(p->cache, key, klen, origin_loader, p, on_cached, req);
+    free(heap);
     if (rc != 0)
         sd_http_req_respond_problem(req, 503, NULL, "Cache unavailable", sd_strerror(rc), NULL);
 }
@@ -317,6 +373,11 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
     sd_http_buf_printf(buf, "cache_stale_served_total %llu\n", (unsigned long long)s.stale_served);
     sd_http_buf_printf(buf, "cache_takeovers_total %llu\n", (unsigned long long)s.takeovers);
     sd_http_buf_printf(buf, "cache_waits_total %llu\n", (unsigned long long)s.waits);
+    sd_http_buf_printf(buf, "cache_woken_total{by=\"message\"} %llu\n",
+                       (unsigned long long)s.woken_by_message);
+    sd_http_buf_printf(buf, "cache_woken_total{by=\"poll\"} %llu\n",
+                       (unsigned long long)s.woken_by_poll);
+    sd_http_buf_printf(buf, "cache_fill_values_total %llu\n", (unsigned long long)s.fill_values);
     sd_http_buf_printf(buf, "cache_local_drops_total %llu\n", (unsigned long long)s.local_drops);
     sd_http_buf_printf(buf, "cache_local_bytes %zu\n", s.local_bytes);
     sd_http_buf_printf(buf, "cache_degraded %d\n", cache_is_degraded(p->cache));

@@ -390,8 +390,10 @@ static void child_tick(uv_timer_t *t) {
         dprintf(x->out, "waiting\n");
     }
     if (x->a.n == x->nget) {
-        dprintf(x->out, "done %d %s %llu %d\n", x->a.ok, x->a.first,
-                (unsigned long long)s.takeovers, x->a.by_source[CACHE_SRC_COALESCED]);
+        dprintf(x->out, "done %d %s %llu %d %llu %llu %llu\n", x->a.ok, x->a.first,
+                (unsigned long long)s.takeovers, x->a.by_source[CACHE_SRC_COALESCED],
+                (unsigned long long)s.woken_by_message, (unsigned long long)s.woken_by_poll,
+                (unsigned long long)s.fill_values);
         _exit(0);
     }
 }
@@ -431,6 +433,8 @@ static getter getter_spawn(const char *key, int nget, int lease_ms) {
             _exit(2);
         cache_opts o = test_opts();
         o.lease_ms = lease_ms;
+        o.wait_poll_ms = 60000; /* longer than any test: only the message (or the lease's
+                                   expiry) wakes a waiter, so the counters can tell */
         if (cache_new(&l, &u, &o, &x.c) != 0)
             _exit(2);
         /* Like cache_wait_ready, on this loop. */
@@ -484,15 +488,27 @@ static void four_processes_one_call(void) {
     for (int i = 0; i < 4; i++)
         getter_expect(&g[i], "waiting", line, sizeof line);
     origin_ctl_send("/_release");
+    unsigned long long by_msg = 0, by_poll = 0, values = 0;
     for (int i = 0; i < 4; i++) {
         getter_expect(&g[i], "done", line, sizeof line);
-        int ok = 0;
+        int ok = 0, co = 0;
         char body[64];
-        cr_assert_eq(sscanf(line, "done %d %63s", &ok, body), 2);
+        unsigned long long tk, m, p, v;
+        cr_assert_eq(
+            sscanf(line, "done %d %63s %llu %d %llu %llu %llu", &ok, body, &tk, &co, &m, &p, &v),
+            7);
         cr_assert_eq(ok, 250, "process %d: %d of 250 answers", i, ok);
         cr_assert_str_eq(body, "shared#1");
+        by_msg += m;
+        by_poll += p;
+        values += v;
     }
     cr_assert_eq(origin_calls(), 1, "4 processes made more than one origin call");
+    /* The three waiting processes were each woken by the leader's message and answered from
+     * the value it carried, with no look-up of their own. */
+    cr_assert_eq(by_msg, 3, "woken by the message: %llu of 3", by_msg);
+    cr_assert_eq(values, 3, "answered from the message's value: %llu of 3", values);
+    cr_assert_eq(by_poll, 0);
     for (int i = 0; i < 4; i++)
         getter_close(&g[i]);
 }
@@ -502,6 +518,76 @@ Test(cache, four_processes_make_one_origin_call_in_total) {
 }
 Test(cache_cluster, four_processes_make_one_origin_call_in_total) {
     four_processes_one_call();
+}
+
+/* ---- cache_get_local: a synchronous peek at the local tier ---------------------------------
+ */
+
+Test(cache, get_local_answers_a_local_hit_in_place_and_nothing_else) {
+    cache_opts o = test_opts();
+    cache *c = cache_start(&o);
+    cache_result r;
+    cr_assert_eq(cache_get_local(c, "peek", 4, &r), 0, "a hit before any load");
+    cr_assert_eq(stats(c).flights, 0, "the peek started a flight");
+    answers a = get_one(c, "peek");
+    cr_assert_str_eq(a.first, "peek#1");
+    cache_stats before = stats(c);
+    cr_assert_eq(cache_get_local(c, "peek", 4, &r), 1);
+    cr_assert_eq(r.source, CACHE_SRC_LOCAL);
+    cr_assert_eq(r.len, 6);
+    cr_assert_eq(memcmp(r.value, "peek#1", 6), 0);
+    cache_stats after = stats(c);
+    cr_assert_eq(after.hits_local, before.hits_local + 1);
+    cr_assert_eq(after.hits_redis, before.hits_redis);
+    cr_assert_eq(after.flights, 0);
+    /* An invalidation removes it from the peek too. */
+    cr_assert_eq(cache_invalidate(c, "peek", 4, NULL, NULL), 0);
+    cr_assert_eq(cache_get_local(c, "peek", 4, &r), 0);
+    cr_assert_eq(origin_calls(), 1);
+    cache_stop(c);
+}
+
+/* ---- A lost message: the fallback look-up answers the waiters ---------------------------------
+ */
+
+/* Another instance's lease is faked, then the value appears in Redis with no message (as if
+ * the message were lost): the waiting flight finds it by its periodic look-up. */
+static void lost_message_fallback(void) {
+    cache_opts o = test_opts();
+    o.wait_poll_ms = 100;
+    cache *c = cache_start(&o);
+    sd_redis *r = sync_redis();
+    redisReply *rep = sd_redis_command(r, NULL, "SET cache:v1:{lost}:lease someone-else PX 60000");
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    answers a = {0};
+    get(c, "lost", &a);
+    RUN_UNTIL(stats(c).waits == 1, 20000);
+    cr_assert_eq(stats(c).waits, 1, "the get did not wait for the lease");
+    /* Fresh for a long time (server ms far ahead); the lease goes, no PUBLISH. */
+    rep = sd_redis_command(r, NULL,
+                           "HSET cache:v1:{lost} v lost#x st 0 t 0 fu 9999999999999 "
+                           "su 9999999999999 eu 9999999999999 d 0");
+    cr_assert(rep && rep->type == REDIS_REPLY_INTEGER);
+    freeReplyObject(rep);
+    cr_assert_eq(test_redis_int(r, "DEL cache:v1:{lost}:lease"), 1);
+    RUN_UNTIL(a.n == 1, 20000);
+    cr_assert_eq(a.ok, 1);
+    cr_assert_str_eq(a.first, "lost#x");
+    cache_stats st = stats(c);
+    cr_assert_eq(st.woken_by_poll, 1);
+    cr_assert_eq(st.woken_by_message, 0);
+    cr_assert_eq(st.loads, 0);
+    cr_assert_eq(origin_calls(), 0);
+    sd_redis_free(r);
+    cache_stop(c);
+}
+
+Test(cache, a_lost_message_is_covered_by_the_fallback_look_up) {
+    lost_message_fallback();
+}
+Test(cache_cluster, a_lost_message_is_covered_by_the_fallback_look_up) {
+    lost_message_fallback();
 }
 
 /* ---- The leader dies mid-load: exactly one takes over ------------------------------------------

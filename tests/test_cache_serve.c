@@ -182,6 +182,13 @@ Test(cache_serve, four_instances_answer_400_concurrent_requests_with_one_origin_
     cr_assert_eq(origin_ctl_send("/_calls"), 1, "more than one origin request");
     cr_assert_eq(miss, 1);
     cr_assert_eq(coalesced, NREQ - 1);
+    /* The three other instances were each woken once (tests/test_cache.c shows, with the
+     * fallback look-up switched off, that the message alone does it). */
+    long long woken = 0;
+    for (int i = 0; i < 4; i++)
+        woken += metric(inst[i].port, "cache_woken_total{by=\"message\"}") +
+                 metric(inst[i].port, "cache_woken_total{by=\"poll\"}");
+    cr_assert_eq(woken, 3);
     /* And then a hit, from the local tier. */
     char body[256], x[32];
     cr_assert_eq(get(inst[1].port, "/cold?x=1", body, sizeof body, x, sizeof x), 200);
