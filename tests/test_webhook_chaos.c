@@ -188,8 +188,10 @@ Test(webhook_chaos, a_thousand_messages_through_500s_and_hangs_take_effect_exact
     char *body = sd_xasprintf("{\"url\":\"%s/hook\",\"secret\":\"%s\"}", chaos.url, secret);
     json_t *j;
     cr_assert_eq(api(tx.port, "POST", "/v1/endpoints", body, &j), 201);
-    char queue[96];
+    char queue[96], ep_path[96];
     snprintf(queue, sizeof queue, "wh1.ep.%s", json_string_value(json_object_get(j, "id")));
+    snprintf(ep_path, sizeof ep_path, "/v1/endpoints/%s",
+             json_string_value(json_object_get(j, "id")));
     json_decref(j);
     free(body);
 
@@ -209,7 +211,8 @@ Test(webhook_chaos, a_thousand_messages_through_500s_and_hangs_take_effect_exact
 
     /* Wait for every side effect and for the queue to be drained (the last attempt of a
      * message whose command already ran may still be on its way: a hang after the receiver
-     * answered). A dead job ends the wait at once: it can never be undone. */
+     * answered). A dead job, or the endpoint disabled (--disable-after failures in a row: every
+     * attempt refused), ends the wait at once: neither undoes itself. */
     sd_redis_url qurl;
     cr_assert_eq(sd_redis_url_parse(url, &qurl, err, sizeof err), 0, "%s", err);
     jq_client *jq;
@@ -218,8 +221,18 @@ Test(webhook_chaos, a_thousand_messages_through_500s_and_hangs_take_effect_exact
     memset(&st, 0, sizeof st);
     size_t seen = 0;
     int drained = 0;
-    for (uint64_t until = sd_now_ms() + CHAOS_WAIT_MS; sd_now_ms() < until;) {
+    char ep_state[32] = "enabled";
+    for (uint64_t until = sd_now_ms() + CHAOS_WAIT_MS, i = 0; sd_now_ms() < until; i++) {
         seen = effects_count(effects);
+        if (i % 10 == 9) {
+            json_t *e = NULL;
+            if (api(tx.port, "GET", ep_path, NULL, &e) == 200)
+                snprintf(ep_state, sizeof ep_state, "%s",
+                         json_string_value(json_object_get(e, "state")));
+            json_decref(e);
+            if (strcmp(ep_state, "enabled") != 0)
+                break;
+        }
         if (jq_stats_get(jq, queue, &st) == 0) {
             if (st.dead > 0)
                 break;
@@ -248,9 +261,9 @@ Test(webhook_chaos, a_thousand_messages_through_500s_and_hangs_take_effect_exact
             (long long)st.dead, stats_text);
     cr_expect(drained,
               "not drained: %zu side effects; queue ready %lld delayed %lld reserved %lld "
-              "dead %lld (seed %u)",
+              "dead %lld; endpoint %s (seed %u)",
               seen, (long long)st.ready, (long long)st.delayed, (long long)st.reserved,
-              (long long)st.dead, seed);
+              (long long)st.dead, ep_state, seed);
 
     /* Every side effect exactly once, and no effect of anything else. */
     char *text;
