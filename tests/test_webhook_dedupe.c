@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <signal.h>
 #include <hiredis/hiredis.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,4 +363,43 @@ Test(wh_dedupe, freeing_with_a_claim_held_abandons_it) {
     wh_dedupe_free(d);
     cr_assert_eq(test_redis_int(g->sync, "EXISTS whrx:{msg_abandon}"), 1);
     rig_close(g); /* asserts the loop closes with no handle left */
+}
+
+/* A claim whose reply timed out may still be written when Redis gets to it, and nobody would
+ * renew or finish that mark: every retry would get 409 for a whole lease (30 s here). It is
+ * taken back: the release of its own token, sent after it, drops it as soon as Redis runs. */
+Test(wh_dedupe, a_claim_whose_reply_timed_out_is_taken_back) {
+    rig *g = rig_open(0);
+    wh_dedupe_opts o;
+    wh_dedupe_opts_default(&o);
+    o.retention_ms = 3600 * 1000;
+    o.timeout_ms = 200;
+    wh_dedupe *d = wh_dedupe_new(&g->loop, g->ar, &o);
+    cr_assert(d);
+    cr_assert_eq(sd_redis_server_signal(g->single, SIGSTOP), 0);
+    began b = {0};
+    b.in_call = 1;
+    cr_assert_eq(wh_dedupe_begin(d, "msg_late", on_began, &b), 0);
+    b.in_call = 0;
+    run_until(g, &b.calls, 1);
+    cr_assert_eq(sd_redis_server_signal(g->single, SIGCONT), 0);
+    cr_assert_eq(b.err, SD_ETIMEDOUT, "%s", sd_strerror(b.err));
+    /* Redis now runs the claim's SET, then the release: the mark goes, long before its lease. */
+    uint64_t until = sd_now_ms() + 10000;
+    long long exists = 1;
+    while (exists && sd_now_ms() < until) {
+        uv_run(&g->loop, UV_RUN_NOWAIT);
+        exists = test_redis_int(g->sync, "EXISTS whrx:{msg_late}");
+        if (exists) {
+            struct timespec ts = {0, 10 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    cr_assert_eq(exists, 0, "the timed-out claim's mark stayed (PTTL %lld ms)",
+                 key_pttl(g, "msg_late"));
+    began retry = begin(g, d, "msg_late");
+    cr_assert_eq(retry.state, WH_DEDUPE_CLAIMED);
+    cr_assert_eq(finish(g, retry.claim, 1), WH_CLAIM_RECORDED);
+    wh_dedupe_free(d);
+    rig_close(g);
 }

@@ -250,6 +250,28 @@ static wh_claim *claim_new(begin_op *op) {
     return c;
 }
 
+static void begin_op_free(begin_op *op) {
+    free(op->key);
+    free(op);
+}
+
+static void on_claim_undone(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    begin_op *op = privdata;
+    if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        sd_log(SD_LOG_INFO, "webhook.claim_undone", "key=%s", op->key);
+    begin_op_free(op);
+}
+
+/* Takes back a claim whose reply timed out (Limits in dedupe.h): Redis may have written the
+ * mark all the same, and nobody would renew or finish it. The release compares the value with
+ * op's token, so it drops that mark and nothing else; sent on the same connection after the
+ * claim, it runs after it. Returns 0 when sent (op is freed with its reply). */
+static int claim_undo(begin_op *op) {
+    const char *argv[] = {op->key, op->mark};
+    return sd_aredis_script(op->d->redis, &release_script, on_claim_undone, op,
+                            op->d->opts.timeout_ms, 1, 2, argv, NULL);
+}
+
 static void on_claimed(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     begin_op *op = privdata;
     int err = status;
@@ -267,9 +289,10 @@ static void on_claimed(sd_aredis *r, redisReply *reply, int status, void *privda
     }
     if (state == WH_DEDUPE_CLAIMED)
         claim = claim_new(op);
+    int undoing = err == SD_ETIMEDOUT && claim_undo(op) == 0;
     op->cb(err, state, claim, op->udata);
-    free(op->key);
-    free(op);
+    if (!undoing)
+        begin_op_free(op);
 }
 
 int wh_dedupe_begin(wh_dedupe *d, const char *id, wh_dedupe_begin_cb *cb, void *udata) {
@@ -291,10 +314,8 @@ int wh_dedupe_begin(wh_dedupe *d, const char *id, wh_dedupe_begin_cb *cb, void *
     /* SET NX GET (Redis 7.0): claims the id and returns what was there in one command. */
     const char *argv[] = {"SET", op->key, op->mark, "NX", "GET", "PX", lease};
     int rc = sd_aredis_commandv(d->redis, on_claimed, op, d->opts.timeout_ms, 7, argv, NULL);
-    if (rc != 0) {
-        free(op->key);
-        free(op);
-    }
+    if (rc != 0)
+        begin_op_free(op);
     return rc;
 }
 

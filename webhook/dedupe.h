@@ -40,8 +40,11 @@
  *     every command and script touches that key alone, so the same code runs on a single Redis
  *     and on Redis Cluster (common/ routes by the key's slot).
  *
- * Limits: if Redis answers a claim too late (SD_ETIMEDOUT) the SET may still have happened; the
- * mark then expires after lease_ms and retries get 409 until it does. A command that outlives a
+ * Limits: if Redis answers a claim too late (SD_ETIMEDOUT) the SET may still have happened, and
+ * nobody would renew or finish that mark: retries would get 409 for a whole lease (longer than a
+ * short retry schedule lasts). So the claim is taken back at once: a release of its own token,
+ * sent after it on the same connection, drops the mark if it was written. If that release is
+ * lost too (the connection dropped), the mark expires after lease_ms. A command that outlives a
  * lease it could not renew (Redis down for longer than lease_ms) may run twice: the renewal
  * reports that (wh_claim_lost) and the finish says so. Exactly-once needs the side effect and
  * the done record in one transaction, which a shell command cannot give.

@@ -399,6 +399,11 @@ static int cmd_receive(receiver *rxp, options *o, const sd_redis_url *url) {
     sd_redis_opts ropts;
     sd_redis_opts_default(&ropts);
     ropts.scripts = wh_dedupe_scripts(&ropts.nscripts);
+    /* Patient with Redis: a claim or a done record given up on is worse than a late one (a
+     * mark left to answer 409 for a lease, a command that runs again), and the sender waits for
+     * us anyway (15 s by default). The loop itself stalls while commands start: uv_spawn waits
+     * for each child's exec, hundreds of ms apiece on a loaded machine. */
+    ropts.command_timeout_ms = 5000;
     if (sd_aredis_new(rx.loop, url, &ropts, &rx.redis) != 0) {
         fprintf(stderr, "webhook receive: bad Redis URL\n");
         goto out;
