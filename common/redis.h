@@ -238,6 +238,17 @@ int sd_aredis_script(sd_aredis *r, sd_script *script, sd_aredis_cb *cb, void *pr
  */
 void sd_aredis_flush(sd_aredis *r);
 
+/*
+ * Reads the replies that have already arrived and runs their callbacks, without waiting. libuv
+ * runs a loop iteration's timers before it polls for input, so after the loop was held up (a
+ * slow callback, a loaded machine) a timer that gives up on a reply would run while the reply
+ * sits unread in the socket: call this first, and a reply that came in time is not taken for a
+ * late one. Callbacks run inside this call (the same rules as sd_aredis_flush); a closed
+ * connection is found as from the loop. The connection's own deadlines do this already. NULL
+ * is a no-op.
+ */
+void sd_aredis_read(sd_aredis *r);
+
 /* Number of commands sent and not yet answered or expired. */
 size_t sd_aredis_pending(const sd_aredis *r);
 

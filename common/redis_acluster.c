@@ -318,6 +318,16 @@ void sd_redis__acluster_flush(struct sd_redis__acluster *cl) {
         sd_aredis_flush(cl->conn[i]);
 }
 
+void sd_redis__acluster_read(struct sd_redis__acluster *cl) {
+    sd_aredis *owner = cl->owner;
+    for (int i = 0; i < SD_CLUSTER_MAX_NODES; i++) {
+        sd_aredis_read(cl->conn[i]);
+        /* A callback may have closed the owner, and with it this router. */
+        if (sd_redis__aredis_closed(owner))
+            return;
+    }
+}
+
 int sd_redis__acluster_slot(int argc, const char **argv, const size_t *lens) {
     struct sd_redis__route route;
     if (sd_redis__command_route(argc, argv, lens, &route) != 0) {

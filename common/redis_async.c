@@ -205,8 +205,13 @@ static void drop_unresponsive(sd_aredis *r) {
 
 static void on_deadline(uv_timer_t *t) {
     sd_aredis *r = t->data;
-    uint64_t now = sd_now_ns(), next = 0;
     r->armed_ns = 0;
+    /* Replies that arrived while the loop was held up are read before any is taken for late
+     * (timers run before the loop polls for input; sd_aredis_read). */
+    sd_aredis_read(r);
+    if (r->state == AS_CLOSED)
+        return;
+    uint64_t now = sd_now_ns(), next = 0;
     /* Callbacks may send new commands (appended at the tail) or free the connection: remember
      * the next request before running a callback, and stop if the connection was freed. */
     for (struct areq *q = r->head, *nx; q != NULL; q = nx) {
@@ -616,6 +621,20 @@ static int send_formatted(sd_aredis *r, sd_aredis_cb *cb, void *privdata, int ti
     r->npending++;
     arm_deadline(r, q->deadline_ns);
     return 0;
+}
+
+void sd_aredis_read(sd_aredis *r) {
+    if (r && r->cluster) {
+        sd_redis__acluster_read(r->cluster);
+        return;
+    }
+    /* A non-blocking read: nothing arrived is EAGAIN, not an error. */
+    if (r && (r->state == AS_READY || r->state == AS_HANDSHAKE) && r->ac)
+        redisAsyncHandleRead(r->ac);
+}
+
+int sd_redis__aredis_closed(const sd_aredis *r) {
+    return r->state == AS_CLOSED;
 }
 
 void sd_aredis_flush(sd_aredis *r) {

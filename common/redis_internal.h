@@ -173,6 +173,9 @@ struct sd_redis__acluster *sd_redis__acluster_new(sd_aredis *owner, uv_loop_t *l
 int sd_redis__acluster_up(const struct sd_redis__acluster *cl);
 size_t sd_redis__acluster_pending(const struct sd_redis__acluster *cl);
 void sd_redis__acluster_flush(struct sd_redis__acluster *cl);
+void sd_redis__acluster_read(struct sd_redis__acluster *cl);
+/* Whether r was closed (sd_aredis_free): its struct lives on until its timers are closed. */
+int sd_redis__aredis_closed(const sd_aredis *r);
 /* The slot a command goes to (-1: keyless), or SD_EPARSE when its keys span slots (the error
  * naming them is logged). */
 int sd_redis__acluster_slot(int argc, const char **argv, const size_t *lens);

@@ -606,6 +606,12 @@ static uint64_t next_deadline(rl_limiter *l) {
 
 static void on_expiry(uv_timer_t *t) {
     rl_limiter *l = t->data;
+    /* Replies already in the socket answer their checks first: after a loop held up, timers
+     * run before the loop reads, and those checks would be answered as late (sd_aredis_read). */
+    sd_aredis_read(l->redis);
+    if (l->closing) {
+        return;
+    }
     uint64_t now = sd_now_ns();
     expire_flying(l, now);
     expire_queued(l, now);
