@@ -277,6 +277,42 @@ Test(redis, async_flush_writes_without_running_the_loop) {
     close_loop(&loop, r);
 }
 
+/*
+ * A reply that is in the socket when the command's deadline passes is the answer, not a timeout:
+ * the loop is held up (not run) past a 50 ms deadline after Redis has answered, then runs once.
+ * libuv runs timers before it polls for input; the deadline timer reads first (sd_aredis_read).
+ */
+Test(redis, async_a_reply_in_the_socket_at_the_deadline_is_the_answer) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sd_aredis *r = async_connect(&loop, 20);
+    sd_redis *admin = test_redis_connect(test_target_url(server));
+    struct calls c = {0};
+    uint64_t sent = sd_now_ms();
+    cr_assert_eq(sd_aredis_command(r, record_cb, &c, 50, "INCRBY inhand 3"), 0);
+    sd_aredis_flush(r);
+    /* Redis has run it (and so written its reply) once another client can read the result. */
+    long long seen = 0;
+    for (uint64_t until = sd_now_ms() + 10000; seen == 0 && sd_now_ms() < until;) {
+        redisReply *reply = sd_redis_command(admin, NULL, "GET inhand");
+        cr_assert(reply);
+        seen = reply->type == REDIS_REPLY_STRING ? atoll(reply->str) : 0;
+        freeReplyObject(reply);
+    }
+    cr_assert_eq(seen, 3);
+    while (sd_now_ms() < sent + 100) { /* the deadline passes while the loop is held up */
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    uv_run(&loop, UV_RUN_NOWAIT); /* timers first, then a poll that does not wait */
+    cr_assert_eq(c.count, 1, "no answer");
+    cr_assert_eq(c.status, 0, "the reply in the socket was taken for late: %s",
+                 sd_strerror(c.status));
+    cr_assert_eq(c.integer, 3);
+    sd_redis_free(admin);
+    close_loop(&loop, r);
+}
+
 /* Arguments of any bytes and lengths (CR LF, NUL, empty, 10 and 100,000 bytes) reach Redis
  * intact through the connection's own command encoding, and a script sees them all. */
 struct text_reply {
