@@ -115,6 +115,7 @@ typedef struct app {
     long long pending;
     uint64_t clicks_flushed, clicks_uncertain, clicks_dropped, clicks_budgeted, budget_spent;
     uint64_t redirects, not_found, gone, impossible;
+    us_links_stats links; /* the store's, as of the last create (read on the loop) */
 } app;
 
 static sd_script click_script = {"urlshortener/click", NULL, 0, ""};
@@ -272,6 +273,7 @@ typedef struct job {
     us_link_state state;
     us_link link;
     long long clicks;
+    us_links_stats stats; /* the store's, after a create */
     /* who waits */
     sd_idem_call *call;
     sd_http_req *hreq;
@@ -309,6 +311,7 @@ static void job_run(uv_work_t *w) {
     switch (j->kind) {
     case JOB_CREATE:
         j->rc = us_links_create(s->links, &j->req, &j->link, &j->verdict, &j->why);
+        us_links_stats_get(s->links, &j->stats);
         break;
     case JOB_GET:
         j->rc = us_links_get(s->links, j->code, &j->state, &j->link);
@@ -629,6 +632,7 @@ static void create_done(uv_work_t *w, int status) {
     (void)status;
     job *j = w->data;
     app *a = j->a;
+    a->links = j->stats;
     if (j->rc < 0) {
         sd_idem_call_respond_problem(j->call, 503, NULL, "Link store unavailable",
                                      us_strerror(j->rc), NULL);
@@ -747,6 +751,9 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
                        (unsigned long long)a->clicks_uncertain);
     sd_http_buf_printf(buf, "us_clicks_budgeted_total %llu\n",
                        (unsigned long long)a->clicks_budgeted);
+    sd_http_buf_printf(buf, "us_links_created_total %llu\n", (unsigned long long)a->links.created);
+    sd_http_buf_printf(buf, "us_links_skipped_total %llu\n", (unsigned long long)a->links.skipped);
+    sd_http_buf_printf(buf, "us_id_blocks_total %llu\n", (unsigned long long)a->links.blocks);
     sd_http_buf_printf(buf, "us_cache_hits_total{tier=\"local\"} %llu\n",
                        (unsigned long long)s.hits_local);
     sd_http_buf_printf(buf, "us_cache_hits_total{tier=\"redis\"} %llu\n",
