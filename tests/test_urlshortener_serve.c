@@ -630,7 +630,7 @@ static int code_cmp(const void *x, const void *y) {
     return strcmp(x, y);
 }
 
-Test(us_serve, hundred_thousand_creates_from_four_processes_give_distinct_codes, .timeout = 900) {
+Test(us_serve, hundred_thousand_creates_from_four_processes_give_distinct_codes) {
     const char *const limit[] = {"--create-limit", "create;q=100000000;w=60", NULL};
     start_instances(2, limit);
     int ports[2] = {inst[0].port, inst[1].port};
