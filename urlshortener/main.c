@@ -819,9 +819,18 @@ static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
         a->gone++;
         respond_gone(req, "the link has expired");
     } else {
+        /* "F EXPIRES_AT MAX URL", parsed by hand: this runs on every hit. */
+        char *end = NULL;
         long long exp = 0, max = 0;
         int used = 0;
-        if (sscanf(res->value, "F %lld %lld %n", &exp, &max, &used) != 2 || used <= 0) {
+        if (res->value[0] == 'F' && res->value[1] == ' ') {
+            exp = strtoll(res->value + 2, &end, 10);
+            if (end && *end == ' ')
+                max = strtoll(end + 1, &end, 10);
+            if (end && *end == ' ')
+                used = (int)(end + 1 - res->value);
+        }
+        if (used <= 0) {
             sd_http_req_respond_problem(req, 500, NULL, "Bad cached link", NULL, NULL);
         } else if (exp > 0 && wall_ms() >= exp) {
             a->gone++;
