@@ -25,6 +25,7 @@
  * (pipelined SETs of the stored format of links.c, `1 CREATED 0 0 URL` under us:l:{ALIAS}, one
  * key per command so that it works on a cluster too): through the API it would take minutes.
  * They are aliases (`z-0000000` ...), which the read path serves exactly as generated codes.
+ * BENCH_US_ZIPF_LINKS=N writes and draws from N links instead (tests: a short run).
  * Its load comes from a small HTTP client of this file, because the path changes per request
  * (bench/http_client.c sends one fixed request): one keep-alive connection per operation in
  * flight, one request at a time on each, the code drawn when the request is sent.
@@ -197,7 +198,7 @@ static int setup_create(const bench_env *env, bench_target *t) {
 /* ---- Zipf over 1M codes ------------------------------------------------------------------------
  */
 
-#define ZIPF_LINKS 1000000
+#define ZIPF_LINKS 1000000 /* BENCH_US_ZIPF_LINKS may lower it (the tests' short runs) */
 #define ZIPF_S 0.99
 #define ZIPF_TIMEOUT_MS 10000
 
@@ -235,6 +236,7 @@ struct zipf_load {
     http_parser_settings settings;
     bench_server serve;
     uint64_t sent;
+    size_t links; /* codes z-0000000 ... z-(links - 1) */
 };
 
 static void zconn_open(zconn *c);
@@ -326,7 +328,7 @@ static uint64_t zipf_random(uint64_t *s) { /* xorshift64* */
 /* A rank drawn from the Zipf distribution: the first i with cdf[i] >= u. */
 static size_t zipf_rank(zipf_load *z) {
     double u = (double)(zipf_random(&z->rng) >> 11) / 9007199254740992.0;
-    size_t lo = 0, hi = ZIPF_LINKS - 1;
+    size_t lo = 0, hi = z->links - 1;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (z->cdf[mid] < u)
@@ -423,8 +425,8 @@ static void on_seeded(sd_aredis *r, redisReply *reply, int status, void *udata) 
         s->failed++;
 }
 
-/* Writes the ZIPF_LINKS links, at most 10,000 commands in flight. Returns 0 or -EIO. */
-static int zipf_seed(const bench_env *env) {
+/* Writes the n links, at most 10,000 commands in flight. Returns 0 or -EIO. */
+static int zipf_seed(const bench_env *env, size_t n) {
     sd_redis_url url;
     memset(&url, 0, sizeof url);
     char err[256];
@@ -444,7 +446,7 @@ static int zipf_seed(const bench_env *env) {
     }
     uint64_t t0 = sd_now_ms();
     zseed s = {0, 0};
-    for (size_t i = 0; i < ZIPF_LINKS && s.failed == 0; i++) {
+    for (size_t i = 0; i < n && s.failed == 0; i++) {
         char key[48], value[96];
         snprintf(key, sizeof key, "us:l:{z-%07zu}", i);
         snprintf(value, sizeof value, "1 %llu 0 0 https://example.com/z/%zu",
@@ -466,24 +468,30 @@ static int zipf_seed(const bench_env *env) {
         uv_run(env->loop, UV_RUN_ONCE);
     sd_aredis_free(ar);
     drain(env->loop);
-    fprintf(stderr, "urlshortener bench: %d links written in %llu ms (%llu failed)\n", ZIPF_LINKS,
+    fprintf(stderr, "urlshortener bench: %zu links written in %llu ms (%llu failed)\n", n,
             (unsigned long long)(sd_now_ms() - t0), (unsigned long long)s.failed);
     return s.failed ? -EIO : 0;
 }
 
 static int setup_zipf(const bench_env *env, bench_target *target) {
     setenv("BENCH_BIN_DIR", env->bin_dir, 0);
-    int rc = zipf_seed(env);
+    size_t links = ZIPF_LINKS;
+    const char *lim = getenv("BENCH_US_ZIPF_LINKS");
+    long long v;
+    if (lim && sd_parse_ll(lim, 1, ZIPF_LINKS, &v) == 0)
+        links = (size_t)v;
+    int rc = zipf_seed(env, links);
     if (rc != 0)
         return rc;
     zipf_load *z = sd_xcalloc(1, sizeof *z);
+    z->links = links;
     z->loop = env->loop;
     z->rng = 0x9e3779b97f4a7c15ULL;
-    z->cdf = sd_xmalloc(ZIPF_LINKS * sizeof *z->cdf);
+    z->cdf = sd_xmalloc(links * sizeof *z->cdf);
     double sum = 0;
-    for (size_t i = 0; i < ZIPF_LINKS; i++)
+    for (size_t i = 0; i < links; i++)
         z->cdf[i] = sum += 1.0 / pow((double)(i + 1), ZIPF_S);
-    for (size_t i = 0; i < ZIPF_LINKS; i++)
+    for (size_t i = 0; i < links; i++)
         z->cdf[i] /= sum;
     char *path = sd_xasprintf("%s/urlshortener", env->bin_dir);
     const char *argv[] = {path,          "serve",        "--listen",
@@ -518,9 +526,9 @@ static int setup_zipf(const bench_env *env, bench_target *target) {
             up += z->conns[i]->up;
     }
     fprintf(stderr,
-            "urlshortener bench: GET /z-NNNNNNN, Zipf(%.2f) over %d links, %d of %d "
+            "urlshortener bench: GET /z-NNNNNNN, Zipf(%.2f) over %zu links, %d of %d "
             "connections up\n",
-            ZIPF_S, ZIPF_LINKS, up, z->nconns);
+            ZIPF_S, links, up, z->nconns);
     target->ctx = z;
     target->issue = zipf_issue;
     return 0;
