@@ -162,7 +162,9 @@ typedef struct app {
     uint64_t clicks_flushed, clicks_uncertain, clicks_dropped, clicks_budgeted, budget_spent;
     uint64_t lease_calls, lease_granted, lease_returned, lease_lost, lease_given_up;
     uint64_t redirects, not_found, gone, impossible;
-    us_links_stats links; /* the store's, as of the last create (read on the loop) */
+    us_links_stats links;         /* the store's, as of the last create (read on the loop) */
+    struct redirect_op *free_ops; /* owned: freed at the end of serve() */
+    size_t nfree_ops;
 } app;
 
 static sd_script lease_script = {"urlshortener/lease", NULL, 0, ""};
@@ -797,11 +799,26 @@ static void lease_forget(app *a, const char *code) {
     lease_unlink_free(a, l);
 }
 
+/* A redirect waiting for its cache answer. Kept on a free list (at most REDIRECT_OPS_KEPT), so a
+ * hit allocates nothing of ours. */
 typedef struct redirect_op {
     app *a;
     sd_http_req *req;
+    struct redirect_op *next_free;
     char code[US_ALIAS_MAX + 1];
 } redirect_op;
+
+#define REDIRECT_OPS_KEPT 4096
+
+static void redirect_op_put(app *a, redirect_op *op) {
+    if (a->nfree_ops >= REDIRECT_OPS_KEPT) {
+        free(op);
+        return;
+    }
+    op->next_free = a->free_ops;
+    a->free_ops = op;
+    a->nfree_ops++;
+}
 
 static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
     (void)c;
@@ -842,25 +859,32 @@ static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
             respond_redirect(a, req, res->value + used, exp);
         }
     }
-    free(op);
+    redirect_op_put(a, op);
 }
 
 static void on_redirect(sd_http_req *req, void *udata) {
     app *a = udata;
     const char *code = sd_http_req_path(req) + 1;
-    if (strlen(code) > US_ALIAS_MAX || !us_code_possible(a->codec, code)) {
+    size_t len = strlen(code);
+    if (len > US_ALIAS_MAX || !us_code_possible(a->codec, code)) {
         a->impossible++;
         sd_http_req_add_header(req, "Cache-Control", "no-store");
         sd_http_req_respond_problem(req, 404, NULL, "No such link", "not a possible code", NULL);
         return;
     }
-    redirect_op *op = sd_xmalloc(sizeof(*op));
+    redirect_op *op = a->free_ops;
+    if (op) {
+        a->free_ops = op->next_free;
+        a->nfree_ops--;
+    } else {
+        op = sd_xmalloc(sizeof(*op));
+    }
     op->a = a;
     op->req = req;
-    snprintf(op->code, sizeof op->code, "%s", code);
-    int rc = cache_get(a->cache, code, strlen(code), code_loader, a, on_cached, op);
+    memcpy(op->code, code, len + 1);
+    int rc = cache_get(a->cache, code, len, code_loader, a, on_cached, op);
     if (rc != 0) {
-        free(op);
+        redirect_op_put(a, op);
         sd_http_req_respond_problem(req, 503, NULL, "Cache unavailable", sd_strerror(rc), NULL);
     }
 }
@@ -1242,6 +1266,11 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     store_close(&a.api);
     us_codec_free(a.codec);
     free(a.base);
+    while (a.free_ops) {
+        struct redirect_op *op = a.free_ops;
+        a.free_ops = op->next_free;
+        free(op);
+    }
     for (size_t i = 0; i < CLICK_BUCKETS; i++)
         while (a.clicks[i]) {
             click *c = a.clicks[i];
