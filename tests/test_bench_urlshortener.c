@@ -31,7 +31,7 @@ static void stop(void) {
 TestSuite(bench_us, .init = start, .fini = stop, .timeout = 240);
 
 static const char *const SCENARIOS[] = {"urlshortener.redirect.hot", "urlshortener.redirect.open",
-                                        "urlshortener.create"};
+                                        "urlshortener.redirect.zipf", "urlshortener.create"};
 
 /* Runs `bench run PREFIX` for 0.3 s per scenario with env, into the JSON report *out. */
 static void run_bench(const char *prefix, const char *const env[], test_run_out *r, json_t **out) {
@@ -62,8 +62,10 @@ static json_t *find(json_t *report, const char *array, const char *name) {
 Test(bench_us, every_scenario_completes_a_short_run_with_zero_errors) {
     static test_run_out r;
     json_t *report;
-    run_bench("urlshortener.", (const char *[]){"BENCH_PEERS=0", "SD_LOG_LEVEL=error", NULL}, &r,
-              &report);
+    run_bench(
+        "urlshortener.",
+        (const char *[]){"BENCH_PEERS=0", "SD_LOG_LEVEL=error", "BENCH_US_ZIPF_LINKS=20000", NULL},
+        &r, &report);
     /* 1 is allowed: the open loop may fall below 35,000/s on a loaded machine, a failed run but
      * not this test's business; a scenario that did not run or had errors is caught below. */
     cr_expect(r.status == 0 || r.status == 1, "status %d: %s", r.status, r.err);
@@ -104,7 +106,9 @@ static void expect_peer_ran_or_skipped(json_t *report, const test_run_out *r, in
 Test(bench_us, the_nginx_peer_runs_or_is_skipped_with_a_line) {
     static test_run_out r;
     json_t *report;
-    run_bench("urlshortener.redirect.", (const char *[]){"SD_LOG_LEVEL=error", NULL}, &r, &report);
+    run_bench("urlshortener.redirect.",
+              (const char *[]){"SD_LOG_LEVEL=error", "BENCH_US_ZIPF_LINKS=20000", NULL}, &r,
+              &report);
     cr_expect(r.status == 0 || r.status == 1, "status %d: %s", r.status, r.err);
     expect_peer_ran_or_skipped(report, &r, 0);
     json_decref(report);
@@ -115,7 +119,9 @@ Test(bench_us, the_nginx_peer_is_skipped_with_a_line_when_nginx_is_missing) {
     json_t *report;
     /* A PATH without /usr/sbin, where Debian puts nginx. */
     run_bench("urlshortener.redirect.",
-              (const char *[]){"SD_LOG_LEVEL=error", "PATH=/usr/bin:/bin", NULL}, &r, &report);
+              (const char *[]){"SD_LOG_LEVEL=error", "PATH=/usr/bin:/bin",
+                               "BENCH_US_ZIPF_LINKS=20000", NULL},
+              &r, &report);
     cr_expect(r.status == 0 || r.status == 1, "a missing peer does not fail the run: %s", r.err);
     expect_peer_ran_or_skipped(report, &r, 1);
     json_decref(report);

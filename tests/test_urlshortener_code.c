@@ -144,6 +144,14 @@ Test(urlshortener_code, non_canonical_codes_are_refused) {
     /* the largest value in the domain is canonical, one more is not */
     cr_assert_eq(us_code_encode(c, (1ULL << 40) - 1, code), 0);
     cr_assert_eq(us_code_encode(c, 1ULL << 40, code), -ERANGE);
+    /* us_code_is_canonical (the redirect path's check) agrees with us_code_decode */
+    const char *samples[] = {code,      "zzzzzzz", "K0000000", "",         "abc-def",
+                             "abc def", "0000000", longer,     longer + 1, longer + 2};
+    for (size_t i = 0; i < sizeof samples / sizeof samples[0]; i++)
+        cr_assert_eq(us_code_is_canonical(c, samples[i], strlen(samples[i])),
+                     us_code_decode(c, samples[i], strlen(samples[i]), &id) == 0, "%s", samples[i]);
+    cr_assert(us_code_is_canonical(c, code, 7));
+    cr_assert(!us_code_is_canonical(c, "zzzzzzz", 7));
     us_codec_free(c);
 }
 

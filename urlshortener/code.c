@@ -184,7 +184,8 @@ static int digit_value(char ch) {
     return -1;
 }
 
-int us_code_decode(const us_codec *c, const char *code, size_t len, uint64_t *id) {
+/* The base62 value of a canonical code, or -EINVAL. */
+static int code_value(const us_codec *c, const char *code, size_t len, uint64_t *out) {
     if (len != c->length)
         return -EINVAL;
     uint64_t v = 0;
@@ -196,8 +197,21 @@ int us_code_decode(const us_codec *c, const char *code, size_t len, uint64_t *id
     }
     if (v >= c->domain)
         return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+int us_code_decode(const us_codec *c, const char *code, size_t len, uint64_t *id) {
+    uint64_t v;
+    if (code_value(c, code, len, &v) != 0)
+        return -EINVAL;
     *id = us_codec_unpermute(c, v);
     return 0;
+}
+
+int us_code_is_canonical(const us_codec *c, const char *code, size_t len) {
+    uint64_t v;
+    return code_value(c, code, len, &v) == 0;
 }
 
 /* ---- keys ---- */

@@ -66,6 +66,11 @@ int us_code_encode(const us_codec *c, uint64_t id, char out[US_CODE_MAX + 1]);
  * *id, or -EINVAL when the string is not a canonical code (design 3). */
 int us_code_decode(const us_codec *c, const char *code, size_t len, uint64_t *id);
 
+/* Whether code (len bytes) is a canonical code: what us_code_decode accepts, without inverting
+ * the permutation (a bijection on the domain, so every value below it is some id's code). For
+ * the redirect path, which checks every request. */
+int us_code_is_canonical(const us_codec *c, const char *code, size_t len);
+
 /* Derives a codec key from a secret of any length: HMAC-SHA256(secret, "us-code-key-v1").
  * Returns 0, or -EINVAL when the secret is shorter than 16 bytes. */
 int us_key_derive(const void *secret, size_t len, unsigned char out[US_KEY_LEN]);

@@ -135,8 +135,7 @@ us_verdict us_alias_check(const us_codec *codec, const char *alias) {
 }
 
 int us_code_possible(const us_codec *codec, const char *s) {
-    uint64_t id;
-    return us_code_decode(codec, s, strlen(s), &id) == 0 || alias_syntax_ok(s);
+    return us_code_is_canonical(codec, s, strlen(s)) || alias_syntax_ok(s);
 }
 
 /* ---- the store ---- */

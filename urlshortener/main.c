@@ -30,16 +30,28 @@
  *     applied and is dropped (counted in us_clicks_uncertain_total) rather than risk counting
  *     twice. A graceful stop flushes what is left synchronously. A crash (SIGKILL, power) loses
  *     the clicks of at most the last --flush-ms of that instance.
- *  4. Links with max_clicks are exact across instances: every redirect of such a link runs
- *     us-click.lua (compare the counter with the budget and INCR, atomically), so the budget is
- *     never overspent and the count is exact at once. It costs one Redis round trip per click
- *     of a budgeted link only; leasing budgets in blocks to instances is not built.
+ *  4. Links with max_clicks are exact across instances, and a hot one costs no Redis round trip
+ *     per click: an instance leases a block of the budget (us-lease.lua: an eighth of what is
+ *     left, 1 to LEASE_BLOCK_MAX clicks, added to the link's "leased" total atomically, never
+ *     past max_clicks) and spends it from memory. Redirects that find no lease here wait for
+ *     the one lease call in flight for their code. Every flush reports the clicks spent
+ *     (us-settle.lua adds them to the click counter) and gives the unspent rest back when the
+ *     lease was idle for the whole period or another instance is waiting for budget (us-lease
+ *     leaves a "want" mark that us-settle reports); a graceful stop gives everything back. So
+ *     the redirects answered across every instance never pass max_clicks: each one spends a
+ *     click leased to its instance alone. When nothing is left to lease but other instances
+ *     still hold some, a request waits up to LEASE_RETRIES retries, one every min(--flush-ms,
+ *     1 s), then gets 410 and the instance answers 410 at once while the code stays busy.
+ *     What a crash loses: the unspent rest of the dead instance's leases (at most one block
+ *     per link: under-admitted, never over-admitted) and its spent clicks not yet reported
+ *     (the count is low by at most --flush-ms of them, as in 3).
  *
  * Cached value of a code: "F EXPIRES_AT_MS MAX_CLICKS URL" (found) or "E" (expired: 410);
  * unknown codes are cached as CACHE_NOTFOUND.
  */
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,9 +71,11 @@
 #include "redis.h"
 #include "sd.h"
 
-/* us-click.lua, embedded into the us library (CMakeLists.txt). */
-extern const char sd_lua_us_click[];
-extern const size_t sd_lua_us_click_len;
+/* The scripts main.c runs itself, embedded into the us library (CMakeLists.txt). */
+extern const char sd_lua_us_lease[];
+extern const size_t sd_lua_us_lease_len;
+extern const char sd_lua_us_settle[];
+extern const size_t sd_lua_us_settle_len;
 extern const char sd_lua_us_flush[];
 extern const size_t sd_lua_us_flush_len;
 
@@ -98,6 +112,36 @@ typedef struct click {
 
 #define CLICK_BUCKETS 4096
 
+/* A request waiting for click budget. */
+typedef struct waiter {
+    struct waiter *next;
+    sd_http_req *req;
+} waiter;
+
+/* This instance's share of one budgeted link's clicks (design 4). */
+typedef struct lease {
+    struct lease *next;
+    long long left;     /* leased to this instance, unspent */
+    long long spent;    /* spent since the last report */
+    long long max;      /* the link's max_clicks */
+    int64_t expires_at; /* the link's, for the redirect's Cache-Control */
+    int used;           /* spent or asked for since the last flush (not idle) */
+    int asking;         /* a us-lease.lua call in flight */
+    int retry;          /* waiting for the retry timer (the rest is held by other instances) */
+    int tries;          /* "held elsewhere" answers in a row */
+    int give_back;      /* another instance waits: return the unspent rest at the next flush */
+    int final;          /* answer 410 without asking (spent, or given up on the holders) */
+    waiter *head, *tail;
+    char *url; /* owned */
+    char code[];
+} lease;
+
+/* Retries of a request that found the rest of the budget held by other instances, one every
+ * min(--flush-ms, 1 s), before it gets 410. */
+#define LEASE_RETRIES 6
+/* The largest block of a budget one lease hands out. */
+#define LEASE_BLOCK_MAX 1000
+
 typedef struct app {
     uv_loop_t *loop;
     options *o;
@@ -112,12 +156,19 @@ typedef struct app {
     sd_http_server *http;
     uv_timer_t flush_timer;
     click *clicks[CLICK_BUCKETS];
+    lease *leases[CLICK_BUCKETS];
+    uv_timer_t lease_timer; /* retries leases held elsewhere */
     long long pending;
     uint64_t clicks_flushed, clicks_uncertain, clicks_dropped, clicks_budgeted, budget_spent;
+    uint64_t lease_calls, lease_granted, lease_returned, lease_lost, lease_given_up;
     uint64_t redirects, not_found, gone, impossible;
+    us_links_stats links;         /* the store's, as of the last create (read on the loop) */
+    struct redirect_op *free_ops; /* owned: freed at the end of serve() */
+    size_t nfree_ops;
 } app;
 
-static sd_script click_script = {"urlshortener/click", NULL, 0, ""};
+static sd_script lease_script = {"urlshortener/lease", NULL, 0, ""};
+static sd_script settle_script = {"urlshortener/settle", NULL, 0, ""};
 static sd_script flush_script = {"urlshortener/flush", NULL, 0, ""};
 
 static int64_t wall_ms(void) {
@@ -219,7 +270,10 @@ static void clicks_flush(app *a) {
     sd_aredis_flush(a->ar);
 }
 
+static void leases_flush(app *a);
+
 static void on_flush_timer(uv_timer_t *t) {
+    leases_flush(t->data);
     clicks_flush(t->data);
 }
 
@@ -272,6 +326,7 @@ typedef struct job {
     us_link_state state;
     us_link link;
     long long clicks;
+    us_links_stats stats; /* the store's, after a create */
     /* who waits */
     sd_idem_call *call;
     sd_http_req *hreq;
@@ -309,6 +364,7 @@ static void job_run(uv_work_t *w) {
     switch (j->kind) {
     case JOB_CREATE:
         j->rc = us_links_create(s->links, &j->req, &j->link, &j->verdict, &j->why);
+        us_links_stats_get(s->links, &j->stats);
         break;
     case JOB_GET:
         j->rc = us_links_get(s->links, j->code, &j->state, &j->link);
@@ -322,7 +378,8 @@ static void job_run(uv_work_t *w) {
         j->rc = us_links_delete(s->links, j->code);
         if (j->rc >= 0) {
             int err = 0;
-            redisReply *r = sd_redis_command(s->redis, &err, "DEL " PREFIX "c:{%s}", j->code);
+            redisReply *r = sd_redis_command(
+                s->redis, &err, "DEL " PREFIX "c:{%s} " PREFIX "b:{%s}", j->code, j->code);
             if (r)
                 freeReplyObject(r);
         }
@@ -433,37 +490,335 @@ static void respond_redirect(app *a, sd_http_req *req, const char *url, int64_t 
     sd_http_req_respond(req, st, NULL, NULL, 0);
 }
 
-typedef struct budget_op {
-    app *a;
-    sd_http_req *req;
-    int64_t expires_at;
-    char url[];
-} budget_op;
+/* ---- Click budgets leased in blocks (design 4) -------------------------------------------------
+ */
 
-static void on_budget(sd_aredis *r, redisReply *reply, int status, void *udata) {
-    (void)r;
-    budget_op *b = udata;
-    if (status != 0 || reply->type != REDIS_REPLY_INTEGER) {
-        sd_http_req_respond_problem(b->req, 503, NULL, "Click budget unavailable",
-                                    status ? sd_strerror(status) : "unexpected reply", NULL);
-    } else if (reply->integer < 0) {
-        sd_http_req_add_header(b->req, "Cache-Control", "no-store");
-        sd_http_req_respond_problem(b->req, 404, NULL, "No such link", NULL, NULL);
-    } else if (reply->integer == 0) {
-        b->a->budget_spent++;
-        respond_gone(b->req, "the link has used all its clicks");
-    } else {
-        b->a->clicks_budgeted++;
-        respond_redirect(b->a, b->req, b->url, b->expires_at);
-    }
-    free(b);
+static lease *lease_find(app *a, const char *code) {
+    for (lease *l = a->leases[hash_code(code) % CLICK_BUCKETS]; l; l = l->next)
+        if (strcmp(l->code, code) == 0)
+            return l;
+    return NULL;
 }
 
+static lease *lease_get(app *a, const char *code, long long max, int64_t expires_at,
+                        const char *url) {
+    lease *l = lease_find(a, code);
+    if (!l) {
+        size_t len = strlen(code);
+        l = sd_xcalloc(1, sizeof(*l) + len + 1);
+        memcpy(l->code, code, len + 1);
+        lease **slot = &a->leases[hash_code(code) % CLICK_BUCKETS];
+        l->next = *slot;
+        *slot = l;
+    }
+    if (!l->url || strcmp(l->url, url) != 0) {
+        free(l->url);
+        l->url = sd_xstrdup(url);
+    }
+    l->max = max;
+    l->expires_at = expires_at;
+    return l;
+}
+
+static void lease_unlink_free(app *a, lease *l) {
+    for (lease **p = &a->leases[hash_code(l->code) % CLICK_BUCKETS]; *p; p = &(*p)->next) {
+        if (*p == l) {
+            *p = l->next;
+            break;
+        }
+    }
+    free(l->url);
+    free(l);
+}
+
+/* Answers every waiter of l the same way (kind: 404, 410 or 503). */
+static void lease_refuse_waiters(app *a, lease *l, int kind, const char *detail) {
+    while (l->head) {
+        waiter *w = l->head;
+        l->head = w->next;
+        if (kind == 410) {
+            a->budget_spent++;
+            respond_gone(w->req, detail);
+        } else if (kind == 404) {
+            a->not_found++;
+            sd_http_req_add_header(w->req, "Cache-Control", "no-store");
+            sd_http_req_respond_problem(w->req, 404, NULL, "No such link", NULL, NULL);
+        } else {
+            sd_http_req_respond_problem(w->req, 503, NULL, "Click budget unavailable", detail,
+                                        NULL);
+        }
+        free(w);
+    }
+    l->tail = NULL;
+}
+
+/* Spends one click of l's lease on req. */
+static void lease_spend(app *a, lease *l, sd_http_req *req) {
+    l->left--;
+    l->spent++;
+    l->used = 1;
+    a->clicks_budgeted++;
+    a->pending++;
+    respond_redirect(a, req, l->url, l->expires_at);
+}
+
+static void lease_ask(app *a, lease *l);
+
+typedef struct lease_op {
+    app *a;
+    char code[];
+} lease_op;
+
+static void on_leased(sd_aredis *r, redisReply *reply, int status, void *udata) {
+    (void)r;
+    lease_op *op = udata;
+    app *a = op->a;
+    lease *l = lease_find(a, op->code);
+    free(op);
+    long long n = status == 0 && reply->type == REDIS_REPLY_INTEGER ? reply->integer : LLONG_MIN;
+    if (!l) { /* forgotten: the link was deleted here meanwhile */
+        if (n > 0)
+            a->lease_lost += (uint64_t)n;
+        return;
+    }
+    l->asking = 0;
+    if (n == LLONG_MIN) {
+        lease_refuse_waiters(a, l, 503, status ? sd_strerror(status) : "unexpected reply");
+    } else if (n > 0) {
+        a->lease_granted += (uint64_t)n;
+        l->left += n;
+        l->tries = 0;
+        while (l->head && l->left > 0) {
+            waiter *w = l->head;
+            l->head = w->next;
+            if (!l->head)
+                l->tail = NULL;
+            lease_spend(a, l, w->req);
+            free(w);
+        }
+        if (l->head)
+            lease_ask(a, l);
+    } else if (n == 0) {
+        l->final = 1;
+        lease_refuse_waiters(a, l, 410, "the link has used all its clicks");
+    } else if (n == -1) {
+        lease_refuse_waiters(a, l, 404, NULL);
+    } else if (++l->tries > LEASE_RETRIES) {
+        /* The rest stays with other instances (or died with one): under-admitted, never over. */
+        a->lease_given_up++;
+        l->final = 1;
+        l->tries = 0;
+        lease_refuse_waiters(a, l, 410, "the rest of the link's clicks is held elsewhere");
+    } else {
+        l->retry = 1;
+    }
+}
+
+static void lease_ask(app *a, lease *l) {
+    char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16], m[24], b[24];
+    snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
+    snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
+    snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
+    snprintf(m, sizeof m, "%lld", l->max);
+    snprintf(b, sizeof b, "%d", LEASE_BLOCK_MAX);
+    const char *argv[] = {key, clicks, link, m, b};
+    size_t len = strlen(l->code);
+    lease_op *op = sd_xmalloc(sizeof(*op) + len + 1);
+    op->a = a;
+    memcpy(op->code, l->code, len + 1);
+    l->used = 1;
+    a->lease_calls++;
+    if (sd_aredis_script(a->ar, &lease_script, on_leased, op, 0, 3, 5, argv, NULL) != 0) {
+        free(op);
+        lease_refuse_waiters(a, l, 503, "Redis is not connected");
+        return;
+    }
+    l->asking = 1;
+}
+
+/* A redirect of a link with max_clicks: from this instance's lease when it holds some, else it
+ * waits for the next lease. */
+static void lease_redirect(app *a, sd_http_req *req, const char *code, long long max,
+                           int64_t expires_at, const char *url) {
+    lease *l = lease_get(a, code, max, expires_at, url);
+    if (l->left > 0) {
+        lease_spend(a, l, req);
+        return;
+    }
+    l->used = 1;
+    if (l->final) {
+        a->budget_spent++;
+        respond_gone(req, "the link has used all its clicks");
+        return;
+    }
+    waiter *w = sd_xmalloc(sizeof(*w));
+    w->req = req;
+    w->next = NULL;
+    if (l->tail)
+        l->tail->next = w;
+    else
+        l->head = w;
+    l->tail = w;
+    if (!l->asking && !l->retry)
+        lease_ask(a, l);
+}
+
+static void on_lease_timer(uv_timer_t *t) {
+    app *a = t->data;
+    for (size_t i = 0; i < CLICK_BUCKETS; i++)
+        for (lease *l = a->leases[i]; l; l = l->next)
+            if (l->retry && !l->asking) {
+                l->retry = 0;
+                if (l->head)
+                    lease_ask(a, l);
+            }
+}
+
+typedef struct settle_op {
+    app *a;
+    long long spent, back;
+    char code[];
+} settle_op;
+
+static void on_settled(sd_aredis *r, redisReply *reply, int status, void *udata) {
+    (void)r;
+    settle_op *op = udata;
+    app *a = op->a;
+    lease *l = lease_find(a, op->code);
+    if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer < 0) {
+        a->clicks_dropped += (uint64_t)op->spent; /* the link is gone */
+    } else if (status == 0 && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        a->clicks_flushed += (uint64_t)op->spent;
+        a->lease_returned += (uint64_t)op->back;
+        if (l && reply->element[1]->type == REDIS_REPLY_INTEGER && reply->element[1]->integer)
+            l->give_back = 1;
+    } else if (status == SD_EDISCONNECTED && a->ar && l) {
+        l->spent += op->spent; /* not sent: in the next report */
+        l->left += op->back;
+        a->pending += op->spent;
+    } else {
+        /* May have been applied: never counted twice. Clicks returned that way are lost to
+         * the budget (under-admitted). */
+        a->clicks_uncertain += (uint64_t)op->spent;
+        a->lease_lost += (uint64_t)op->back;
+        sd_log(SD_LOG_WARN, "urlshortener.settle_uncertain", "code=%s clicks=%lld returned=%lld",
+               op->code, op->spent, op->back);
+    }
+    free(op);
+}
+
+/* Every --flush-ms: each lease reports its spent clicks, and gives its unspent rest back when
+ * it was idle for the whole period or another instance waits for it; an empty idle lease is
+ * forgotten. */
+static void leases_flush(app *a) {
+    for (size_t i = 0; i < CLICK_BUCKETS; i++) {
+        for (lease *l = a->leases[i], *next; l; l = next) {
+            next = l->next;
+            long long back = l->left > 0 && (!l->used || l->give_back) ? l->left : 0;
+            if (l->spent > 0 || back > 0) {
+                size_t len = strlen(l->code);
+                settle_op *op = sd_xmalloc(sizeof(*op) + len + 1);
+                op->a = a;
+                op->spent = l->spent;
+                op->back = back;
+                memcpy(op->code, l->code, len + 1);
+                char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16];
+                char sp[24], bk[24];
+                snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
+                snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
+                snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
+                snprintf(sp, sizeof sp, "%lld", l->spent);
+                snprintf(bk, sizeof bk, "%lld", back);
+                const char *argv[] = {key, clicks, link, sp, bk};
+                if (sd_aredis_script(a->ar, &settle_script, on_settled, op, 0, 3, 5, argv, NULL) !=
+                    0) {
+                    free(op); /* Redis down: kept for the next flush */
+                    continue;
+                }
+                a->pending -= l->spent;
+                l->spent = 0;
+                l->left -= back;
+                l->give_back = 0;
+            }
+            if (!l->used && l->left == 0 && l->spent == 0 && !l->head && !l->asking && !l->retry)
+                lease_unlink_free(a, l);
+            else
+                l->used = 0;
+        }
+    }
+}
+
+/* At a graceful stop: every lease reports and gives back all it holds, over the sync
+ * connection. */
+static void leases_flush_sync(app *a) {
+    for (size_t i = 0; i < CLICK_BUCKETS; i++) {
+        while (a->leases[i]) {
+            lease *l = a->leases[i];
+            if (l->spent > 0 || l->left > 0) {
+                int err = 0;
+                char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16];
+                char sp[24], bk[24];
+                snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
+                snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
+                snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
+                snprintf(sp, sizeof sp, "%lld", l->spent);
+                snprintf(bk, sizeof bk, "%lld", l->left);
+                const char *argv[] = {key, clicks, link, sp, bk};
+                pthread_mutex_lock(&a->api.mu);
+                redisReply *r =
+                    sd_redis_script(a->api.redis, &err, 0, &settle_script, 3, 5, argv, NULL);
+                pthread_mutex_unlock(&a->api.mu);
+                if (r && (r->type == REDIS_REPLY_ARRAY || r->type == REDIS_REPLY_INTEGER))
+                    a->clicks_flushed += (uint64_t)l->spent;
+                else
+                    sd_log(SD_LOG_WARN, "urlshortener.settle_lost",
+                           "code=%s clicks=%lld returned=%lld", l->code, l->spent, l->left);
+                if (r)
+                    freeReplyObject(r);
+                a->pending -= l->spent;
+            }
+            while (l->head) { /* the server is stopped: nobody reads their answer */
+                waiter *w = l->head;
+                l->head = w->next;
+                free(w);
+            }
+            a->leases[i] = l->next;
+            free(l->url);
+            free(l);
+        }
+    }
+}
+
+/* A deleted link: its lease and waiters go (the waiters get 404). */
+static void lease_forget(app *a, const char *code) {
+    lease *l = lease_find(a, code);
+    if (!l)
+        return;
+    a->pending -= l->spent;
+    lease_refuse_waiters(a, l, 404, NULL);
+    lease_unlink_free(a, l);
+}
+
+/* A redirect waiting for its cache answer. Kept on a free list (at most REDIRECT_OPS_KEPT), so a
+ * hit allocates nothing of ours. */
 typedef struct redirect_op {
     app *a;
     sd_http_req *req;
+    struct redirect_op *next_free;
     char code[US_ALIAS_MAX + 1];
 } redirect_op;
+
+#define REDIRECT_OPS_KEPT 4096
+
+static void redirect_op_put(app *a, redirect_op *op) {
+    if (a->nfree_ops >= REDIRECT_OPS_KEPT) {
+        free(op);
+        return;
+    }
+    op->next_free = a->free_ops;
+    a->free_ops = op;
+    a->nfree_ops++;
+}
 
 static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
     (void)c;
@@ -481,55 +836,55 @@ static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
         a->gone++;
         respond_gone(req, "the link has expired");
     } else {
+        /* "F EXPIRES_AT MAX URL", parsed by hand: this runs on every hit. */
+        char *end = NULL;
         long long exp = 0, max = 0;
         int used = 0;
-        if (sscanf(res->value, "F %lld %lld %n", &exp, &max, &used) != 2 || used <= 0) {
+        if (res->value[0] == 'F' && res->value[1] == ' ') {
+            exp = strtoll(res->value + 2, &end, 10);
+            if (end && *end == ' ')
+                max = strtoll(end + 1, &end, 10);
+            if (end && *end == ' ')
+                used = (int)(end + 1 - res->value);
+        }
+        if (used <= 0) {
             sd_http_req_respond_problem(req, 500, NULL, "Bad cached link", NULL, NULL);
         } else if (exp > 0 && wall_ms() >= exp) {
             a->gone++;
             respond_gone(req, "the link has expired");
         } else if (max > 0) {
-            const char *url = res->value + used;
-            size_t ulen = strlen(url);
-            budget_op *b = sd_xmalloc(sizeof(*b) + ulen + 1);
-            b->a = a;
-            b->req = req;
-            b->expires_at = exp;
-            memcpy(b->url, url, ulen + 1);
-            char key[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16], m[24];
-            snprintf(key, sizeof key, PREFIX "c:{%s}", op->code);
-            snprintf(link, sizeof link, PREFIX "l:{%s}", op->code);
-            snprintf(m, sizeof m, "%lld", max);
-            const char *argv[] = {key, link, m};
-            if (sd_aredis_script(a->ar, &click_script, on_budget, b, 0, 2, 3, argv, NULL) != 0) {
-                free(b);
-                sd_http_req_respond_problem(req, 503, NULL, "Click budget unavailable",
-                                            "Redis is not connected", NULL);
-            }
+            lease_redirect(a, req, op->code, max, exp, res->value + used);
         } else {
             clicks_add(a, op->code, 1);
             respond_redirect(a, req, res->value + used, exp);
         }
     }
-    free(op);
+    redirect_op_put(a, op);
 }
 
 static void on_redirect(sd_http_req *req, void *udata) {
     app *a = udata;
     const char *code = sd_http_req_path(req) + 1;
-    if (strlen(code) > US_ALIAS_MAX || !us_code_possible(a->codec, code)) {
+    size_t len = strlen(code);
+    if (len > US_ALIAS_MAX || !us_code_possible(a->codec, code)) {
         a->impossible++;
         sd_http_req_add_header(req, "Cache-Control", "no-store");
         sd_http_req_respond_problem(req, 404, NULL, "No such link", "not a possible code", NULL);
         return;
     }
-    redirect_op *op = sd_xmalloc(sizeof(*op));
+    redirect_op *op = a->free_ops;
+    if (op) {
+        a->free_ops = op->next_free;
+        a->nfree_ops--;
+    } else {
+        op = sd_xmalloc(sizeof(*op));
+    }
     op->a = a;
     op->req = req;
-    snprintf(op->code, sizeof op->code, "%s", code);
-    int rc = cache_get(a->cache, code, strlen(code), code_loader, a, on_cached, op);
+    memcpy(op->code, code, len + 1);
+    int rc = cache_get(a->cache, code, len, code_loader, a, on_cached, op);
     if (rc != 0) {
-        free(op);
+        redirect_op_put(a, op);
         sd_http_req_respond_problem(req, 503, NULL, "Cache unavailable", sd_strerror(rc), NULL);
     }
 }
@@ -595,6 +950,7 @@ static void delete_done(uv_work_t *w, int status) {
         sd_http_req_respond_problem(j->hreq, 404, NULL, "No such link", NULL, NULL);
     } else {
         clicks_forget(a, j->code);
+        lease_forget(a, j->code);
         /* 204 once every instance has been told (the message is published). */
         int rc = cache_invalidate(a->cache, j->code, strlen(j->code), on_invalidated, j->hreq);
         if (rc != 0)
@@ -629,6 +985,7 @@ static void create_done(uv_work_t *w, int status) {
     (void)status;
     job *j = w->data;
     app *a = j->a;
+    a->links = j->stats;
     if (j->rc < 0) {
         sd_idem_call_respond_problem(j->call, 503, NULL, "Link store unavailable",
                                      us_strerror(j->rc), NULL);
@@ -747,6 +1104,18 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
                        (unsigned long long)a->clicks_uncertain);
     sd_http_buf_printf(buf, "us_clicks_budgeted_total %llu\n",
                        (unsigned long long)a->clicks_budgeted);
+    sd_http_buf_printf(buf, "us_budget_leases_total %llu\n", (unsigned long long)a->lease_calls);
+    sd_http_buf_printf(buf, "us_budget_leased_clicks_total %llu\n",
+                       (unsigned long long)a->lease_granted);
+    sd_http_buf_printf(buf, "us_budget_returned_clicks_total %llu\n",
+                       (unsigned long long)a->lease_returned);
+    sd_http_buf_printf(buf, "us_budget_lost_clicks_total %llu\n",
+                       (unsigned long long)a->lease_lost);
+    sd_http_buf_printf(buf, "us_budget_given_up_total %llu\n",
+                       (unsigned long long)a->lease_given_up);
+    sd_http_buf_printf(buf, "us_links_created_total %llu\n", (unsigned long long)a->links.created);
+    sd_http_buf_printf(buf, "us_links_skipped_total %llu\n", (unsigned long long)a->links.skipped);
+    sd_http_buf_printf(buf, "us_id_blocks_total %llu\n", (unsigned long long)a->links.blocks);
     sd_http_buf_printf(buf, "us_cache_hits_total{tier=\"local\"} %llu\n",
                        (unsigned long long)s.hits_local);
     sd_http_buf_printf(buf, "us_cache_hits_total{tier=\"redis\"} %llu\n",
@@ -784,6 +1153,9 @@ static void on_http_stopped(sd_http_server *srv, void *udata) {
     app *a = udata;
     uv_timer_stop(&a->flush_timer);
     uv_close((uv_handle_t *)&a->flush_timer, NULL);
+    uv_timer_stop(&a->lease_timer);
+    uv_close((uv_handle_t *)&a->lease_timer, NULL);
+    leases_flush_sync(a);
     clicks_flush_sync(a);
     sd_aredis *ar = a->ar;
     a->ar = NULL;
@@ -809,13 +1181,16 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
         return SD_EXIT_FAILURE;
     }
 
-    click_script.body = sd_lua_us_click;
-    click_script.len = sd_lua_us_click_len;
-    sd_script_init(&click_script);
+    lease_script.body = sd_lua_us_lease;
+    lease_script.len = sd_lua_us_lease_len;
+    sd_script_init(&lease_script);
+    settle_script.body = sd_lua_us_settle;
+    settle_script.len = sd_lua_us_settle_len;
+    sd_script_init(&settle_script);
     flush_script.body = sd_lua_us_flush;
     flush_script.len = sd_lua_us_flush_len;
     sd_script_init(&flush_script);
-    sd_script *scripts[10];
+    sd_script *scripts[12];
     size_t ns = 0;
     size_t nlinks = 0;
     sd_script *const *links_scripts = us_links_scripts(&nlinks);
@@ -823,7 +1198,8 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
         scripts[ns++] = sd_idem_scripts[i];
     for (size_t i = 0; i < nlinks && ns < 7; i++)
         scripts[ns++] = links_scripts[i];
-    scripts[ns++] = &click_script;
+    scripts[ns++] = &lease_script;
+    scripts[ns++] = &settle_script;
     scripts[ns++] = &flush_script;
     sd_redis_opts ro;
     sd_redis_opts_default(&ro);
@@ -854,6 +1230,10 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     uv_timer_init(loop, &a.flush_timer);
     a.flush_timer.data = &a;
     uv_timer_start(&a.flush_timer, on_flush_timer, (uint64_t)o->flush_ms, (uint64_t)o->flush_ms);
+    uint64_t retry_ms = o->flush_ms < 1000 ? (uint64_t)o->flush_ms : 1000;
+    uv_timer_init(loop, &a.lease_timer);
+    a.lease_timer.data = &a;
+    uv_timer_start(&a.lease_timer, on_lease_timer, retry_ms, retry_ms);
 
     a.http = sd_http_server_new(loop, NULL);
     sd_http_route_opts small = {.max_body_bytes = 8192};
@@ -886,6 +1266,11 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     store_close(&a.api);
     us_codec_free(a.codec);
     free(a.base);
+    while (a.free_ops) {
+        struct redirect_op *op = a.free_ops;
+        a.free_ops = op->next_free;
+        free(op);
+    }
     for (size_t i = 0; i < CLICK_BUCKETS; i++)
         while (a.clicks[i]) {
             click *c = a.clicks[i];
