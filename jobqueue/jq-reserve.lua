@@ -12,6 +12,11 @@
 local n, vis = tonumber(ARGV[5]), tonumber(ARGV[6])
 housekeep()
 local popped = redis.call('ZPOPMIN', K_READY, n)
+if #popped < 2 * n then
+    -- :ready is empty now, so every wake token left is stale: a wait that took one would only
+    -- run a reserve that finds nothing. The next enqueue pushes a fresh one.
+    redis.call('DEL', K_WAKE)
+end
 local out = {0, 0, 0}
 local count = 0
 if #popped > 0 then

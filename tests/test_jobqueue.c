@@ -843,6 +843,30 @@ JQ_TEST(delayed_jobs_wait_and_then_run_in_due_order) {
 
 /* ---- Blocking reserve ----------------------------------------------------------------------- */
 
+JQ_TEST(a_reserve_that_empties_the_queue_drops_the_stale_wake_tokens) {
+    jq_client *c = client();
+    for (int i = 0; i < 5; i++)
+        put(c, "stale", "x", NULL);
+    char key[256];
+    cr_assert_gt(jq_key(c, "stale", ":wake", key, sizeof key), 0);
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "LLEN %s", key), 5);
+    jq_job jobs[3];
+    size_t got = 0;
+    cr_assert_eq(jq_reserve(c, "stale", 3, 60000, jobs, &got), 0);
+    cr_assert_eq(got, 3);
+    for (size_t i = 0; i < got; i++)
+        jq_job_clear(&jobs[i]);
+    /* Two jobs are still READY: the tokens stay for the waits that will take them. */
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "LLEN %s", key), 5);
+    cr_assert_eq(jq_reserve(c, "stale", 3, 60000, jobs, &got), 0);
+    cr_assert_eq(got, 2);
+    for (size_t i = 0; i < got; i++)
+        jq_job_clear(&jobs[i]);
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "LLEN %s", key), 0,
+                 "a wait would wake for a queue with nothing READY");
+    jq_client_free(c);
+}
+
 JQ_TEST(blocking_reserve_wakes_on_an_enqueue) {
     int p[2];
     cr_assert_eq(pipe(p), 0);
