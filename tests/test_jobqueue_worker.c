@@ -246,6 +246,55 @@ Test(jobqueue_worker_cluster, a_wait_with_its_reserve_returns_the_job_enqueued_m
     await_reserve_body();
 }
 
+static int reserving_after_first_start = -1;
+
+/* After each loop iteration: the reserves in flight once the first handler ran. */
+static void on_check_first_start(uv_check_t *c) {
+    jq_worker_stats st = jq_worker_get_stats(H.w);
+    if (reserving_after_first_start < 0 && st.started == 1)
+        reserving_after_first_start = st.reserving;
+}
+
+static int all_acked_3(harness *h) {
+    return jq_worker_get_stats(h->w).acked == 3;
+}
+
+/* A handler that finished gives its slot back at once: with concurrency 1, the next reserve is
+ * in flight by the end of the loop iteration that ran the first handler, before its ack is even
+ * sent (the acks of an iteration leave on a 0 ms timer, in the next one). */
+static void finished_slot_body(void) {
+    setup();
+    for (int i = 0; i < 3; i++)
+        put("slot", "x", 5);
+    reserving_after_first_start = -1;
+    uv_check_t check;
+    uv_check_init(&loop, &check);
+    uv_check_start(&check, on_check_first_start);
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = "slot";
+    o.concurrency = 1;
+    o.batch = 1;
+    o.visibility_ms = 60000;
+    o.handler = on_job;
+    o.stop = on_stop_task;
+    char err[256];
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &H.w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(all_acked_3);
+    uv_close((uv_handle_t *)&check, NULL);
+    cr_assert_eq(reserving_after_first_start, 1,
+                 "after the first handler finished, %d reserves were in flight",
+                 reserving_after_first_start);
+    cr_assert_eq(H.max_running, 1);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_finished_handler_frees_its_slot_before_its_ack_is_sent) {
+    finished_slot_body();
+}
+
 static int all_acked_200(harness *h) {
     return jq_worker_get_stats(h->w).acked == 200;
 }
