@@ -8,9 +8,14 @@
  *                           per job: jobs/s enqueue -> ack, and that latency
  *   jobqueue.noop.bulk100   the same with enqueues sent 100 jobs a call (a batch waits at most
  *                           BULK_WAIT_MS for its hundredth job)
- *   jobqueue.latency.1000   open loop at 1,000 jobs/s, one enqueue call per job: latency from a
- *   jobqueue.latency.5000   job's planned enqueue time to the moment its handler starts
- *                           (enqueue -> start), coordinated omission corrected; and 5,000 jobs/s
+ *   jobqueue.latency.1000   open loop at 1,000 jobs/s: latency from a job's planned enqueue
+ *   jobqueue.latency.5000   time to the moment its handler starts (enqueue -> start),
+ *                           coordinated omission corrected; and 5,000 jobs/s. The jobs the
+ *                           generator starts in one loop iteration go in one enqueue call, sent
+ *                           at the start of the next iteration (no wait): on schedule that is
+ *                           one job per call; after a late wake-up, the jobs that fell due
+ *                           meanwhile share one call, as a producer that pipelines would send
+ *                           them, instead of one script each on a machine already behind
  *
  * One operation is one job. The throughput scenarios complete a job when its ack is answered:
  * the handler puts the job's operation on a FIFO, and after each loop iteration (a uv_check) as
@@ -46,7 +51,8 @@ typedef struct jq_bench {
     jq_worker *worker;
     bench_later *later; /* completes the enqueues refused before they were sent */
     char queue[64];
-    int bulk;     /* jobs per enqueue call */
+    int bulk;     /* jobs per enqueue call, at most */
+    int wait_ms;  /* how long a batch waits for its last job (0: the next loop iteration) */
     int on_start; /* complete at the handler's start (latency), else at the ack */
     /* Every job of the run, by index (the payload); an entry is cleared once completed. */
     jq_bench_op *ops;
@@ -175,12 +181,12 @@ static void issue_job(void *ctx, void *token, bench_done_fn *done) {
     if (b->nbatch == (size_t)b->bulk)
         send_batch(b);
     else if (b->nbatch == 1)
-        uv_timer_start(&b->flush, on_flush, BULK_WAIT_MS, 0);
+        uv_timer_start(&b->flush, on_flush, (uint64_t)b->wait_ms, 0);
 }
 
 /* ---- Setup and teardown --------------------------------------------------------------------- */
 
-static int setup(const bench_env *env, bench_target *target, int bulk, int on_start) {
+static int setup(const bench_env *env, bench_target *target, int bulk, int wait_ms, int on_start) {
     sd_redis_url url;
     char err[256];
     int rc = sd_redis_url_parse(env->redis_url, &url, err, sizeof err);
@@ -197,6 +203,7 @@ static int setup(const bench_env *env, bench_target *target, int bulk, int on_st
     jq_bench *b = sd_xcalloc(1, sizeof *b);
     snprintf(b->queue, sizeof b->queue, "bench-%d-%d", (int)getpid(), ++run_counter);
     b->bulk = bulk;
+    b->wait_ms = wait_ms;
     b->on_start = on_start;
     b->batch = sd_xmalloc((size_t)bulk * sizeof *b->batch);
     b->payloads = sd_xmalloc((size_t)bulk * sizeof *b->payloads);
@@ -277,13 +284,13 @@ static void teardown(const bench_env *env, bench_target *target) {
 }
 
 static int setup_bulk1(const bench_env *env, bench_target *t) {
-    return setup(env, t, 1, 0);
+    return setup(env, t, 1, 0, 0);
 }
 static int setup_bulk100(const bench_env *env, bench_target *t) {
-    return setup(env, t, 100, 0);
+    return setup(env, t, 100, BULK_WAIT_MS, 0);
 }
 static int setup_latency(const bench_env *env, bench_target *t) {
-    return setup(env, t, 1, 1);
+    return setup(env, t, 100, 0, 1);
 }
 
 /* ---- The registry --------------------------------------------------------------------------- */

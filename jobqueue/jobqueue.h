@@ -373,6 +373,16 @@ int jq_areserve(jq_aclient *c, const char *queue, int n, int64_t visibility_ms, 
 /* Blocks (on the waiting connection) until something is pushed to the queue's wake list or
  * wait_ms (1 ms to 1 h) passes. */
 int jq_await(jq_aclient *c, const char *queue, int64_t wait_ms, jq_value_cb *cb, void *arg);
+/* jq_await and then jq_areserve, both on the waiting connection, sent together: Redis runs
+ * the reserve as soon as the wait ends (something was pushed to the wake list, or wait_ms
+ * passed), without a round trip to this process in between, so a blocked worker gets a new
+ * job one round trip after its enqueue instead of two. cb as jq_areserve's; the jobs are
+ * reserved even when nothing woke the wait (then usually none, or the delayed jobs that fell
+ * due). A jq_aclient_close_waiter while the pair is in flight answers cb SD_ECLOSED; if Redis
+ * had already run the reserve, its jobs come back when their leases expire (the delivery
+ * counts). */
+int jq_await_reserve(jq_aclient *c, const char *queue, int64_t wait_ms, int n,
+                     int64_t visibility_ms, jq_reserve_cb *cb, void *arg);
 int jq_aack_many(jq_aclient *c, const char *queue, const jq_ack_item *items, size_t n,
                  jq_codes_cb *cb, void *arg);
 int jq_afail(jq_aclient *c, const char *queue, const jq_job *job, const char *error,

@@ -74,6 +74,18 @@ local function wake(n)
     end
 end
 
+-- Sends cmd on key with the arguments in list, 2,000 at a time (unpack refuses a few thousand):
+-- the hot scripts add and remove a whole batch's members in one command instead of one each.
+local function bulk(cmd, key, list)
+    for i = 1, #list, 2000 do
+        local j = i + 1999
+        if j > #list then
+            j = #list
+        end
+        redis.call(cmd, key, unpack(list, i, j))
+    end
+end
+
 -- -> READY. order: the job's place among its priority (a new one from the counter when nil:
 -- the back of the line).
 local function to_ready(id, prio, order)
@@ -105,10 +117,9 @@ local function to_cancelled(id)
     to_final(id, 'cancelled', K_CANCELLED, CANCELLED_TTL)
 end
 
--- The fence: the job must be RESERVED under this token and its lease not past. Returns 0 or
--- an error code; changes nothing.
-local function check_lease(id, token)
-    local f = redis.call('HMGET', jk(id), 'state', 'token', 'lease_until')
+-- The fence: the job must be RESERVED under this token and its lease not past. f holds the job's
+-- state, token and lease_until (HMGET, in that order). Returns 0 or an error code.
+local function lease_code(f, token)
     if not f[1] then
         return E_NOTFOUND
     end
@@ -116,6 +127,11 @@ local function check_lease(id, token)
         return E_STALE
     end
     return 0
+end
+
+-- The fence for one job, read here. Changes nothing.
+local function check_lease(id, token)
+    return lease_code(redis.call('HMGET', jk(id), 'state', 'token', 'lease_until'), token)
 end
 
 -- Leaves RESERVED (the caller then sets the next state).

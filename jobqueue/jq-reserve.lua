@@ -12,25 +12,44 @@
 local n, vis = tonumber(ARGV[5]), tonumber(ARGV[6])
 housekeep()
 local popped = redis.call('ZPOPMIN', K_READY, n)
+if #popped < 2 * n then
+    -- :ready is empty now, so every wake token left is stale: a wait that took one would only
+    -- run a reserve that finds nothing. The next enqueue pushes a fresh one.
+    redis.call('DEL', K_WAKE)
+end
 local out = {0, 0, 0}
 local count = 0
-for i = 1, #popped, 2 do
-    local id = popped[i]
-    redis.call('ZREM', K_SINCE, id)
-    local job = jk(id)
-    if redis.call('EXISTS', job) == 1 then
-        local token = fmt(redis.call('INCR', K_SEQ))
-        local attempts = redis.call('HINCRBY', job, 'attempts', 1)
-        local lease = now + vis
-        redis.call('HSET', job, 'state', 'reserved', 'token', token, 'lease_until', fmt(lease),
-            'reserved_at', fmt(now), 'updated_at', fmt(now))
-        redis.call('ZADD', K_RESERVED, fmt(lease), id)
-        local f = redis.call('HMGET', job, 'max_attempts', 'priority', 'created_at', 'payload')
-        count = count + 1
-        local o = #out
-        out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, token, attempts, tonumber(f[1])
-        out[o + 5], out[o + 6], out[o + 7], out[o + 8] = tonumber(f[2]), lease, tonumber(f[3]), f[4]
+if #popped > 0 then
+    -- Per job one HMGET and one HSET: the tokens come from one INCRBY for the batch, and the
+    -- batch leaves :since and joins :reserved in one command each.
+    local ids, leased = {}, {}
+    for i = 1, #popped, 2 do
+        ids[#ids + 1] = popped[i]
     end
+    bulk('ZREM', K_SINCE, ids)
+    local token = redis.call('INCRBY', K_SEQ, #ids) - #ids
+    local lease = now + vis
+    local slease, snow = fmt(lease), fmt(now)
+    for _, id in ipairs(ids) do
+        local job = jk(id)
+        local f = redis.call('HMGET', job, 'attempts', 'max_attempts', 'priority', 'created_at',
+            'payload')
+        token = token + 1
+        if f[1] then -- a job's hash always holds attempts: none means the job is gone
+            local attempts = tonumber(f[1]) + 1
+            local stoken = fmt(token)
+            redis.call('HSET', job, 'state', 'reserved', 'token', stoken, 'lease_until', slease,
+                'reserved_at', snow, 'updated_at', snow, 'attempts', fmt(attempts))
+            local l = #leased
+            leased[l + 1], leased[l + 2] = slease, id
+            count = count + 1
+            local o = #out
+            out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, stoken, attempts, tonumber(f[2])
+            out[o + 5], out[o + 6], out[o + 7], out[o + 8] = tonumber(f[3]), lease,
+                tonumber(f[4]), f[5]
+        end
+    end
+    bulk('ZADD', K_RESERVED, leased)
 end
 out[3] = count
 if count == 0 then

@@ -190,6 +190,52 @@ int jq_await(jq_aclient *c, const char *queue, int64_t wait_ms, jq_value_cb *cb,
     return rc;
 }
 
+/* The wait's own reply: nothing to do, the reserve behind it carries the result. */
+static void on_wait_over(sd_aredis *r, redisReply *reply, int status, void *privdata) {}
+
+int jq_await_reserve(jq_aclient *c, const char *queue, int64_t wait_ms, int n,
+                     int64_t visibility_ms, jq_reserve_cb *cb, void *arg) {
+    if (!c->waiter)
+        return SD_ECLOSED;
+    char key[JQ_QUEUE_MAX + 64];
+    if (jq_key_cfg(&c->cfg, queue, ":wake", key, sizeof key) < 0 || wait_ms < 1 ||
+        wait_ms > 3600000)
+        return JQ_EINVAL;
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    int rc = jq__reserve_args(&a, n, visibility_ms);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", (double)wait_ms / 1000.0);
+    int deadline = (int)wait_ms + c->cfg.timeout_ms;
+    rc = sd_aredis_command(c->waiter, on_wait_over, NULL, deadline, "BLPOP %s %s", key, secs);
+    if (rc != 0) {
+        jq__args_free(&a);
+        return rc;
+    }
+    /* Pipelined behind the BLPOP on the same connection: Redis answers a connection's commands
+     * in order, so it runs this reserve the moment the wait ends, with no round trip to us. */
+    acall *call = sd_xmalloc(sizeof *call);
+    *call = (acall){c, (void *)cb, arg, n};
+    rc = sd_aredis_script(c->waiter, jq__script(JQ_S_RESERVE), on_reserve, call, deadline, 1, a.n,
+                          a.v, a.l);
+    jq__args_free(&a);
+    if (rc != 0)
+        free(call); /* the BLPOP alone is harmless: its reply is dropped */
+    return rc;
+}
+
+int jq__awake(jq_aclient *c, const char *queue) {
+    char key[JQ_QUEUE_MAX + 64];
+    if (jq_key_cfg(&c->cfg, queue, ":wake", key, sizeof key) < 0)
+        return JQ_EINVAL;
+    return sd_aredis_command(c->redis, on_wait_over, NULL, 0, "RPUSH %s 1", key);
+}
+
 /* ---- Acks --------------------------------------------------------------------------------- */
 
 static void on_codes(sd_aredis *r, redisReply *reply, int status, void *privdata) {

@@ -66,6 +66,10 @@ int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out);
 /* Checks a reserve reply and fills jobs (at most n); returns 0 or SD_EREDIS. */
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);
 
+/* Pushes one wake token to queue's wake list on the scripts connection (the reply is
+ * dropped): ends a blocked wait, ours or another worker's. Returns 0 or a negative code. */
+int jq__awake(jq_aclient *c, const char *queue);
+
 /* The synchronous client (jobqueue.c, jq_admin.c). */
 struct jq_client {
     sd_redis *redis;

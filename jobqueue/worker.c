@@ -9,13 +9,17 @@
  *     ^                                                                   |      |
  *     |                    jobs: task_start() for each, then pump() <-----+      |
  *     |                                                                          |
- *     +-- on_woken() <-- jq_await(BLPOP on the wake list, until the next ---- none
- *                         scheduled event or at most WAIT_MAX_MS)
+ *     +--------- on_reserved() <-- jq_await_reserve(BLPOP on the wake list ---- none
+ *                                   until the next scheduled event or at most WAIT_MAX_MS,
+ *                                   and a reserve pipelined behind it)
  *
  * Up to RESERVES_MAX (2) reserves are in flight at once, each claiming the slots it asked for,
- * so the next batch is on its way while the last one starts; the worker waits (jq_await) only
- * when a reserve found nothing and no other is in flight.
- *
+ * so the next batch is on its way while the last one starts; the worker waits only when a
+ * reserve found nothing and no other is in flight. The wait carries its own reserve: Redis runs
+ * it as soon as an enqueue's wake token ends the BLPOP, so a job enqueued to an idle worker
+ * costs one round trip to start, not two (wake, then reserve). (jq_await, a wait alone, is
+ * left for the case of no free slot.)
+
  * A task's life (task->state)
  *
  *   RUNNING --- the handler calls jq_task_finish ---> FINISHING --- reply --> CLOSING --> freed
@@ -71,10 +75,12 @@ struct jq_worker {
     char queue[JQ_QUEUE_MAX + 1];
     jq_task *tasks; /* the running ones (a list) */
     int in_flight;  /* tasks not yet freed */
-    int acking;     /* of those, tasks whose handler is done and whose ack is sent, unanswered */
+    int acking;     /* of those, tasks whose handler is done and whose ack is queued or sent,
+                     * unanswered: they hold no slot */
     int reserving;  /* reserves in flight: at most RESERVES_MAX */
     int claimed;    /* slots those reserves may fill (what each asked for) */
     int waiting, retrying;
+    int wait_reserves; /* the wait in flight has a reserve behind it (jq_await_reserve) */
     int stopping, stopped;
     int releases; /* releases in flight for jobs reserved during the stop */
     uv_timer_t retry;
@@ -187,8 +193,9 @@ static void on_batch_acked(jq_aclient *c, int status, const int *codes, size_t n
 }
 
 /* Sends the acks of the handlers that finished since the last flush, 1,000 per script: a busy
- * worker pays one round trip for many jobs. A task whose ack is sent no longer holds one of the
- * `concurrency` slots (its handler is done), so the next reserve need not wait for the answer. */
+ * worker pays one round trip for many jobs. A task whose handler is done no longer holds one of
+ * the `concurrency` slots (ack_later counts it in `acking`), so the next reserve waits neither
+ * for this flush nor for its answer. */
 static void on_flush(uv_timer_t *h) {
     jq_worker *w = h->data;
     while (w->nacks > 0) {
@@ -206,11 +213,11 @@ static void on_flush(uv_timer_t *h) {
         int rc = jq_aack_many(w->c, w->queue, items, n, on_batch_acked, b);
         free(items);
         w->stats.ack_calls += rc == 0;
-        w->acking += rc == 0 ? (int)n : 0;
         if (rc != 0) {
             /* Not sent (Redis down, or a result over the bound): the leases will expire and
              * the jobs come back. */
             for (size_t i = 0; i < n; i++) {
+                w->acking--;
                 b->tasks[i]->pending--;
                 task_close(b->tasks[i]);
             }
@@ -231,6 +238,7 @@ static void ack_later(jq_worker *w, jq_task *t, const void *data, size_t len) {
         w->acks = sd_xrealloc(w->acks, w->acks_cap * sizeof *w->acks);
     }
     w->acks[w->nacks++] = t;
+    w->acking++;
     t->pending++;
     if (w->nacks == 1)
         uv_timer_start(&w->flush, on_flush, 0, 0);
@@ -369,11 +377,18 @@ static void on_stop_release(jq_aclient *c, int status, int64_t value, void *arg)
     maybe_stopped(w);
 }
 
-/* One reserve in flight: the slots it asked for. */
+/* One reserve in flight: the slots it asked for, and whether it waits behind a BLPOP. */
 typedef struct reserve_call {
     jq_worker *w;
     int slots;
+    int waited;
 } reserve_call;
+
+/* Slots neither running a handler nor claimed by a reserve in flight. */
+static int free_slots(const jq_worker *w) {
+    int n = w->opts.concurrency - (w->in_flight - w->acking) - w->claimed;
+    return n > w->opts.batch ? w->opts.batch : n;
+}
 
 static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
                         void *arg) {
@@ -381,6 +396,8 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
     jq_worker *w = r->w;
     w->reserving--;
     w->claimed -= r->slots;
+    if (r->waited)
+        w->waiting = w->wait_reserves = 0;
     free(r);
     if (w->stopping) {
         /* Reserved while the stop began: hand them straight back. */
@@ -407,10 +424,25 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
     if (w->reserving > 0)
         return; /* the other reserve decides whether to wait */
     int64_t wait = next_ms >= 0 && next_ms + 1 < WAIT_MAX_MS ? next_ms + 1 : WAIT_MAX_MS;
-    if (jq_await(w->c, w->queue, wait, on_woken, w) == 0)
+    int slots = free_slots(w);
+    if (slots > 0) {
+        /* Wait and reserve in one go: the reserve runs in Redis the moment the wait ends. */
+        reserve_call *next = sd_xmalloc(sizeof *next);
+        *next = (reserve_call){w, slots, 1};
+        if (jq_await_reserve(w->c, w->queue, wait, slots, w->opts.visibility_ms, on_reserved,
+                             next) == 0) {
+            w->waiting = w->wait_reserves = 1;
+            w->reserving++;
+            w->claimed += slots;
+            w->stats.reserve_calls++;
+            return;
+        }
+        free(next);
+    } else if (jq_await(w->c, w->queue, wait, on_woken, w) == 0) {
         w->waiting = 1;
-    else
-        retry_later(w);
+        return;
+    }
+    retry_later(w);
 }
 
 /* Keeps up to RESERVES_MAX reserves in flight while slots are free, each for the slots no
@@ -418,20 +450,18 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
  * plus loop iteration; with two, the next batch is on its way while the last one starts. */
 static void pump(jq_worker *w) {
     while (!w->stopping && !w->waiting && !w->retrying && w->reserving < RESERVES_MAX) {
-        int free_slots = w->opts.concurrency - (w->in_flight - w->acking) - w->claimed;
-        if (free_slots <= 0)
+        int slots = free_slots(w);
+        if (slots <= 0)
             return;
-        if (free_slots > w->opts.batch)
-            free_slots = w->opts.batch;
         reserve_call *r = sd_xmalloc(sizeof *r);
-        *r = (reserve_call){w, free_slots};
-        if (jq_areserve(w->c, w->queue, free_slots, w->opts.visibility_ms, on_reserved, r) != 0) {
+        *r = (reserve_call){w, slots, 0};
+        if (jq_areserve(w->c, w->queue, slots, w->opts.visibility_ms, on_reserved, r) != 0) {
             free(r);
             retry_later(w);
             return;
         }
         w->reserving++;
-        w->claimed += free_slots;
+        w->claimed += slots;
         w->stats.reserve_calls++;
     }
 }
@@ -540,10 +570,20 @@ void jq_worker_stop(jq_worker *w, int64_t grace_ms, jq_worker_stop_cb *cb, void 
     uv_timer_stop(&w->retry);
     w->retrying = 0;
     uv_timer_start(&w->grace, on_grace_over, (uint64_t)(grace_ms > 0 ? grace_ms : 0), 0);
-    /* A blocked BLPOP would hold the stop for up to WAIT_MAX_MS: close the connection it
-     * waits on. Its callback (on_woken) runs from inside this with SD_ECLOSED and only clears
-     * the flag; the stop callback itself runs later, from the handles' close callbacks. */
-    jq_aclient_close_waiter(w->c);
+    if (w->waiting && w->wait_reserves) {
+        /* A wait with its reserve behind it must not be cut off: Redis may have run the
+         * reserve already, and jobs whose answer is lost would stay RESERVED until their
+         * leases expire (the delivery counted). A wake token ends the wait at once (or, if
+         * another worker's wait takes it, the wait ends within WAIT_MAX_MS), and on_reserved
+         * releases whatever it reserved. */
+        jq__awake(w->c, w->queue);
+    } else {
+        /* A plain BLPOP would hold the stop for up to WAIT_MAX_MS: close the connection it
+         * waits on. Its callback (on_woken) runs from inside this with SD_ECLOSED and only
+         * clears the flag; the stop callback itself runs later, from the handles' close
+         * callbacks. */
+        jq_aclient_close_waiter(w->c);
+    }
     maybe_stopped(w);
 }
 

@@ -467,6 +467,39 @@ JQ_TEST(failed_attempts_are_kept_in_a_history_that_expires_with_the_job) {
     jq_client_free(c);
 }
 
+JQ_TEST(an_acked_job_s_history_expires_with_it_and_a_clean_job_has_none) {
+    cfg.done_retention_ms = 3600000;
+    jq_client *c = client();
+    jq_enqueued e = put(c, "hist2", "p", NULL);
+    jq_enqueued clean = put(c, "hist2", "q", NULL);
+    jq_fail_opts now = {0, 0};
+    jq_job j = take(c, "hist2", 60000);
+    cr_assert_str_eq(j.id, e.id);
+    cr_assert_eq(jq_fail(c, "hist2", &j, "first", &now, NULL), 0);
+    jq_job_clear(&j);
+    /* Both are acked in one call: the one with a failure behind it, then the clean one. */
+    jq_job a = take(c, "hist2", 60000);
+    jq_job b = take(c, "hist2", 60000);
+    cr_assert_str_eq(a.id, clean.id);
+    cr_assert_str_eq(b.id, e.id);
+    jq_ack_item items[2] = {{&a, "r", 1}, {&b, "r", 1}};
+    int codes[2] = {-99, -99};
+    cr_assert_eq(jq_ack_many(c, "hist2", items, 2, codes), 0);
+    cr_assert(codes[0] == 0 && codes[1] == 0, "%d %d", codes[0], codes[1]);
+    char key[256];
+    char suffix[64];
+    snprintf(suffix, sizeof suffix, ":log:%s", e.id);
+    cr_assert_gt(jq_key(c, "hist2", suffix, key, sizeof key), 0);
+    long long pttl = test_redis_int(jq_client_redis(c), "PTTL %s", key);
+    cr_assert(pttl > 0 && pttl <= 3600000, "the history of a DONE job has no TTL: %lld", pttl);
+    snprintf(suffix, sizeof suffix, ":log:%s", clean.id);
+    cr_assert_gt(jq_key(c, "hist2", suffix, key, sizeof key), 0);
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "EXISTS %s", key), 0);
+    jq_job_clear(&a);
+    jq_job_clear(&b);
+    jq_client_free(c);
+}
+
 JQ_TEST(fail_with_retry_after_waits_exactly_that_long) {
     jq_client *c = client();
     jq_enqueued e = put(c, "ra", "p", NULL);
@@ -809,6 +842,30 @@ JQ_TEST(delayed_jobs_wait_and_then_run_in_due_order) {
 }
 
 /* ---- Blocking reserve ----------------------------------------------------------------------- */
+
+JQ_TEST(a_reserve_that_empties_the_queue_drops_the_stale_wake_tokens) {
+    jq_client *c = client();
+    for (int i = 0; i < 5; i++)
+        put(c, "stale", "x", NULL);
+    char key[256];
+    cr_assert_gt(jq_key(c, "stale", ":wake", key, sizeof key), 0);
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "LLEN %s", key), 5);
+    jq_job jobs[3];
+    size_t got = 0;
+    cr_assert_eq(jq_reserve(c, "stale", 3, 60000, jobs, &got), 0);
+    cr_assert_eq(got, 3);
+    for (size_t i = 0; i < got; i++)
+        jq_job_clear(&jobs[i]);
+    /* Two jobs are still READY: the tokens stay for the waits that will take them. */
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "LLEN %s", key), 5);
+    cr_assert_eq(jq_reserve(c, "stale", 3, 60000, jobs, &got), 0);
+    cr_assert_eq(got, 2);
+    for (size_t i = 0; i < got; i++)
+        jq_job_clear(&jobs[i]);
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "LLEN %s", key), 0,
+                 "a wait would wake for a queue with nothing READY");
+    jq_client_free(c);
+}
 
 JQ_TEST(blocking_reserve_wakes_on_an_enqueue) {
     int p[2];

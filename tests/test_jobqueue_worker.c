@@ -190,6 +190,111 @@ static jq_info info_of(const char *q, const char *id) {
 /* ---- Tests ------------------------------------------------------------------------------------
  */
 
+static int wr_calls, wr_status;
+static size_t wr_n;
+static char wr_id[JQ_ID_MAX];
+
+static void on_wait_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
+                             void *arg) {
+    wr_calls++;
+    wr_status = status;
+    wr_n = n;
+    if (n > 0)
+        snprintf(wr_id, sizeof wr_id, "%s", jobs[0].id);
+    for (size_t i = 0; i < n; i++)
+        jq_job_clear(&jobs[i]);
+}
+
+static int wait_reserved(harness *h) {
+    return wr_calls > 0;
+}
+
+/* The wait and the reserve behind it: an enqueue made while the wait blocks ends it, and the
+ * job comes back reserved in the same answer (the wait was 30 s: not its timeout). */
+static void await_reserve_body(void) {
+    setup();
+    jq_aclient *c;
+    cr_assert_eq(jq_aclient_new(&loop, &url, &cfg, &c), 0);
+    cr_assert_eq(jq_aclient_wait_connected(c, 5000), 0);
+    wr_calls = 0;
+    wr_n = 0;
+    uint64_t t0 = sd_now_ms();
+    cr_assert_eq(jq_await_reserve(c, "wr", 30000, 5, 60000, on_wait_reserved, NULL), 0);
+    cr_assert_eq(wr_calls, 0, "the callback ran from inside the call");
+    for (int i = 0; i < 5; i++)
+        uv_run(&loop, UV_RUN_NOWAIT); /* the pair is sent */
+    jq_enqueued e = put("wr", "x", 5);
+    run_until(wait_reserved);
+    cr_assert_eq(wr_calls, 1);
+    cr_assert_eq(wr_status, 0);
+    cr_assert_eq(wr_n, 1);
+    cr_assert_str_eq(wr_id, e.id);
+    cr_assert_lt(sd_now_ms() - t0, 20000, "the wait ended by its timeout, not the enqueue");
+    jq_info info = info_of("wr", e.id);
+    cr_assert_eq(info.state, JQ_STATE_RESERVED);
+    jq_info_clear(&info);
+    jq_aclient_free(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_wait_with_its_reserve_returns_the_job_enqueued_meanwhile) {
+    await_reserve_body();
+}
+
+Test(jobqueue_worker_cluster, a_wait_with_its_reserve_returns_the_job_enqueued_meanwhile) {
+    await_reserve_body();
+}
+
+static int reserving_after_first_start = -1;
+
+/* After each loop iteration: the reserves in flight once the first handler ran. */
+static void on_check_first_start(uv_check_t *c) {
+    jq_worker_stats st = jq_worker_get_stats(H.w);
+    if (reserving_after_first_start < 0 && st.started == 1)
+        reserving_after_first_start = st.reserving;
+}
+
+static int all_acked_3(harness *h) {
+    return jq_worker_get_stats(h->w).acked == 3;
+}
+
+/* A handler that finished gives its slot back at once: with concurrency 1, the next reserve is
+ * in flight by the end of the loop iteration that ran the first handler, before its ack is even
+ * sent (the acks of an iteration leave on a 0 ms timer, in the next one). */
+static void finished_slot_body(void) {
+    setup();
+    for (int i = 0; i < 3; i++)
+        put("slot", "x", 5);
+    reserving_after_first_start = -1;
+    uv_check_t check;
+    uv_check_init(&loop, &check);
+    uv_check_start(&check, on_check_first_start);
+    jq_worker_opts o;
+    jq_worker_opts_default(&o);
+    o.queue = "slot";
+    o.concurrency = 1;
+    o.batch = 1;
+    o.visibility_ms = 60000;
+    o.handler = on_job;
+    o.stop = on_stop_task;
+    char err[256];
+    cr_assert_eq(jq_worker_new(&loop, &url, &cfg, &o, &H.w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(jq_worker_start(H.w), 0);
+    run_until(all_acked_3);
+    uv_close((uv_handle_t *)&check, NULL);
+    cr_assert_eq(reserving_after_first_start, 1,
+                 "after the first handler finished, %d reserves were in flight",
+                 reserving_after_first_start);
+    cr_assert_eq(H.max_running, 1);
+    stop_worker(1000);
+    jq_client_free(H.sync);
+}
+
+Test(jobqueue_worker, a_finished_handler_frees_its_slot_before_its_ack_is_sent) {
+    finished_slot_body();
+}
+
 static int all_acked_200(harness *h) {
     return jq_worker_get_stats(h->w).acked == 200;
 }
