@@ -11,6 +11,11 @@
  *   webhook.blackhole.1000      the same with a second, black-holed endpoint subscribed to every
  *                               message (it accepts connections and never answers); the
  *                               latency is the healthy endpoint's
+ *   webhook.isolation.R.alone   webhook.latency.1000 and webhook.blackhole.1000 again, alternated
+ *   webhook.isolation.R.hole    three rounds (R = 1, 2, 3), so that the healthy endpoint's p99
+ *                               alone and beside the black hole come from one run, side by side,
+ *                               and a swing of the machine's load shows as a swing between
+ *                               rounds rather than as a cost of the hole
  *
  * One operation is one message. It is posted through the API (sd_http_client, the producer's
  * cost is not what is measured but it shares the machine) with the payload {"i":N}, N the
@@ -342,9 +347,34 @@ static const bench_scenario blackhole_1000 = {
     .teardown = teardown,
 };
 
+#define ISOLATION_ROUND(r)                                                                         \
+    static const bench_scenario isolation_##r##_alone = {                                          \
+        .name = "webhook.isolation." #r ".alone",                                                  \
+        .summary = "round " #r ": as webhook.latency.1000 (the healthy endpoint alone)",           \
+        .default_rate = 1000,                                                                      \
+        .in_flight = 20000,                                                                        \
+        .default_duration_s = 4,                                                                   \
+        .setup = setup_plain,                                                                      \
+        .teardown = teardown,                                                                      \
+    };                                                                                             \
+    static const bench_scenario isolation_##r##_hole = {                                           \
+        .name = "webhook.isolation." #r ".hole",                                                   \
+        .summary = "round " #r ": as webhook.blackhole.1000 (beside the black hole)",              \
+        .default_rate = 1000,                                                                      \
+        .in_flight = 20000,                                                                        \
+        .default_duration_s = 4,                                                                   \
+        .setup = setup_blackhole,                                                                  \
+        .teardown = teardown,                                                                      \
+    };
+
+ISOLATION_ROUND(1)
+ISOLATION_ROUND(2)
+ISOLATION_ROUND(3)
+
 const bench_scenario *const bench_scenarios_webhook[] = {
-    &deliveries,
-    &latency_1000,
-    &blackhole_1000,
-    NULL,
+    &deliveries,       &latency_1000,
+    &blackhole_1000,   &isolation_1_alone,
+    &isolation_1_hole, &isolation_2_alone,
+    &isolation_2_hole, &isolation_3_alone,
+    &isolation_3_hole, NULL,
 };

@@ -508,8 +508,19 @@ Test(webhook_sender, deliveries_resume_by_themselves_after_a_redis_restart) {
         usleep(20000);
     cr_assert_eq(st, 201);
     free(body);
-    for (int i = 0; i < 10; i++)
-        message_post(&g, "a", msg, sizeof msg);
+    /* Messages go over the sender's asynchronous connections, which reconnect on their own
+     * backoff: a post answered 503 meanwhile is sent again with its Idempotency-Key, as a
+     * client would. */
+    for (int i = 0; i < 10; i++) {
+        char hdr[64];
+        snprintf(hdr, sizeof hdr, "Idempotency-Key: after-restart-%d", i);
+        for (int k = 0;
+             k < 1500 && (st = api(&g, "POST", "/v1/messages",
+                                   "{\"event_type\":\"a\",\"payload\":2}", hdr, NULL)) == 503;
+             k++)
+            usleep(20000);
+        cr_assert_eq(st, 202);
+    }
     /* The same sender process delivers everything sent after the restart. */
     collect_distinct(&e, 10, 30000);
     endpoint_stop(&e);
