@@ -75,6 +75,7 @@
 #define WH_ATTEMPTS_KEPT 100             /* attempts kept per message */
 #define WH_RETENTION_S (30 * 86400)      /* messages and their attempts */
 #define WH_BODY_MAX (256 * 1024)
+#define WH_REFRESH_MS 100 /* the endpoint list is read at most this often, or --poll-ms */
 
 typedef struct options {
     const char *listen;
@@ -94,6 +95,7 @@ typedef struct endpoint {
     char queue[64];
     int inflight;            /* slots taken: attempts reading or waiting for the endpoint */
     int reserving;           /* a reserve call is in flight */
+    int again;               /* asked to fill while reserving: fill once more when it returns */
     int disabled;            /* as last read from Redis */
     int failures_row;        /* in this process, for the breaker */
     uint64_t open_until_ms;  /* the breaker: open until then */
@@ -120,6 +122,8 @@ struct sender {
     int64_t visibility_ms;
     endpoint **eps;
     size_t neps, caps;
+    struct enqueue_list *enq; /* the API's enqueues waiting for the next flush, per queue */
+    size_t nenq;
     int inflight; /* attempts not yet freed (their job not yet acked, failed or released) */
     int records;  /* commands on ar in flight whose callbacks touch the sender */
     int refreshing;
@@ -516,8 +520,11 @@ static void on_acked(jq_aclient *c, int status, const int *codes, size_t n, void
     free(b);
 }
 
+static void enqueues_flush(sender *s);
+
 static void on_flush(uv_timer_t *t) {
     sender *s = t->data;
+    enqueues_flush(s);
     for (size_t i = 0; i < s->neps; i++) {
         endpoint *ep = s->eps[i];
         if (ep->ok_pending) {
@@ -747,9 +754,11 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
     endpoint *ep = arg;
     sender *s = ep->s;
     ep->reserving = 0;
-    if (status != 0)
+    if (status != 0) {
+        ep->again = 0; /* Redis failed: the next tick tries again, not a loop of failures */
         sd_log(SD_LOG_DEBUG, "webhook.reserve_failed", "endpoint=%s error=\"%s\"", ep->id,
                jq_strerror(status));
+    }
     for (size_t i = 0; i < n; i++) {
         if (s->stopping) {
             attempt *a = sd_xcalloc(1, sizeof *a);
@@ -762,9 +771,12 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
         }
         attempt_start(s, ep, &jobs[i]);
     }
-    /* A full batch says more may wait: ask again now rather than at the next tick. */
-    if (n > 0)
+    /* Jobs found say more may wait, and a fill asked for meanwhile (a kick after an enqueue)
+     * may be for a job this reserve came too early to see: ask again now, not at the next tick. */
+    if (n > 0 || ep->again) {
+        ep->again = 0;
         endpoint_fill(s, ep, sd_now_ms());
+    }
     sender_maybe_finish(s);
 }
 
@@ -808,8 +820,8 @@ static void on_endpoints_read(sd_aredis *r, redisReply *reply, int status, void 
 static sd_script endpoints_script = {"webhook/endpoints", NULL, 0, ""};
 static sd_script message_script = {"webhook/message", NULL, 0, ""};
 
-/* Reads the endpoint list and states (at most every poll interval, or when kicked), one call
- * in flight at a time. */
+/* Reads the endpoint list and states (every --poll-ms but at most every WH_REFRESH_MS, and at
+ * once after an endpoint is added or enabled through this process), one call in flight. */
 static void endpoints_refresh(sender *s) {
     if (s->refreshing)
         return;
@@ -826,7 +838,11 @@ static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
     int free_ep = (int)s->o.endpoint_concurrency - ep->inflight;
     int free_all = (int)s->o.concurrency - s->inflight;
     int n = free_ep < free_all ? free_ep : free_all;
-    if (s->stopping || !s->deliver || ep->disabled || ep->reserving || n <= 0)
+    if (ep->reserving) { /* it may have been sent before the job that this fill is for */
+        ep->again = 1;
+        return;
+    }
+    if (s->stopping || !s->deliver || ep->disabled || n <= 0)
         return;
     if (ep->open_until_ms > now || ep->pause_until_ms > now)
         return;
@@ -843,7 +859,8 @@ static void on_tick(uv_timer_t *t) {
     if (s->stopping)
         return;
     uint64_t now = sd_now_ms();
-    if (now - s->last_refresh_ms >= (uint64_t)s->o.poll_ms) {
+    uint64_t every = s->o.poll_ms > WH_REFRESH_MS ? (uint64_t)s->o.poll_ms : WH_REFRESH_MS;
+    if (now - s->last_refresh_ms >= every) {
         endpoints_refresh(s);
         s->last_refresh_ms = now;
     }
@@ -1057,8 +1074,10 @@ static void on_endpoint(sd_http_req *req, void *udata) {
 }
 
 /* POST /v1/messages, without waiting on the loop: wh-message.lua stores the message and names
- * the endpoints it fans out to (one round trip), then one enqueue per endpoint goes out at once
- * (each endpoint's queue is its own slot), and the answer is sent when the last one is back. */
+ * the endpoints it fans out to (one round trip), then the post's enqueues (one per endpoint)
+ * join those of the other posts of this loop iteration, and on_flush sends each queue's in one
+ * script (jq_aenqueue_many; each endpoint's queue is its own slot). The answer is sent when the
+ * post's last enqueue is back. */
 typedef struct message_post {
     sender *s;
     sd_idem_call *call;
@@ -1071,11 +1090,23 @@ typedef struct message_post {
 /* One endpoint's enqueue of a post. */
 typedef struct message_enqueue {
     message_post *p;
-    char queue[64];
     int retried;
 } message_enqueue;
 
-static int message_enqueue_send(message_enqueue *e);
+/* The enqueues waiting for the next flush, of one queue. */
+typedef struct enqueue_list {
+    char queue[64];
+    message_enqueue **items;
+    size_t n, cap;
+} enqueue_list;
+
+/* A batch in flight. */
+typedef struct enqueue_batch {
+    size_t n;
+    message_enqueue *e[];
+} enqueue_batch;
+
+#define WH_ENQUEUE_BATCH 500
 
 static void message_post_end(message_post *p) {
     sender *s = p->s;
@@ -1093,16 +1124,28 @@ static void message_post_end(message_post *p) {
     free(p);
 }
 
-static void on_message_enqueued(jq_aclient *c, int status, const jq_enqueued *out, size_t n,
-                                void *arg) {
-    message_enqueue *e = arg;
-    message_post *p = e->p;
-    /* The message id is the job's idempotency key: sending it again makes no second job. */
-    if ((status == SD_EDISCONNECTED || status == SD_ETIMEDOUT) && !e->retried) {
-        e->retried = 1;
-        if (message_enqueue_send(e) == 0)
-            return;
+static void enqueue_later(sender *s, const char *queue, message_enqueue *e) {
+    enqueue_list *l = NULL;
+    for (size_t i = 0; i < s->nenq && !l; i++)
+        if (strcmp(s->enq[i].queue, queue) == 0)
+            l = &s->enq[i];
+    if (!l) {
+        s->enq = sd_xrealloc(s->enq, (s->nenq + 1) * sizeof *s->enq);
+        l = &s->enq[s->nenq++];
+        memset(l, 0, sizeof *l);
+        snprintf(l->queue, sizeof l->queue, "%s", queue);
     }
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 16;
+        l->items = sd_xrealloc(l->items, l->cap * sizeof *l->items);
+    }
+    l->items[l->n++] = e;
+    flush_schedule(s);
+}
+
+/* One enqueue has its answer (status 0 or the batch's error). */
+static void enqueue_done(message_enqueue *e, int status) {
+    message_post *p = e->p;
     if (status != 0)
         p->failed = 1;
     free(e);
@@ -1110,14 +1153,63 @@ static void on_message_enqueued(jq_aclient *c, int status, const jq_enqueued *ou
         message_post_end(p);
 }
 
-static int message_enqueue_send(message_enqueue *e) {
-    message_post *p = e->p;
-    jq_enqueue_opts eo;
-    jq_enqueue_opts_default(&eo);
-    eo.max_attempts = p->s->nschedule + 2; /* one spare for an attempt whose worker died */
-    eo.idempotency_key = p->id;
-    jq_new_job job = {.payload = p->id, .len = strlen(p->id), .opts = &eo};
-    return jq_aenqueue_many(p->s->aq, e->queue, &job, 1, on_message_enqueued, e);
+typedef struct enqueue_ctx {
+    sender *s;
+    char queue[64];
+    enqueue_batch *b;
+} enqueue_ctx;
+
+static void on_enqueued(jq_aclient *c, int status, const jq_enqueued *out, size_t n, void *arg) {
+    enqueue_ctx *x = arg;
+    for (size_t i = 0; i < x->b->n; i++) {
+        message_enqueue *e = x->b->e[i];
+        /* The message id is the job's idempotency key: sending it again makes no second job. */
+        if ((status == SD_EDISCONNECTED || status == SD_ETIMEDOUT) && !e->retried) {
+            e->retried = 1;
+            enqueue_later(x->s, x->queue, e);
+            continue;
+        }
+        enqueue_done(e, status);
+    }
+    free(x->b);
+    free(x);
+}
+
+/* Sends every waiting enqueue, one script per queue (WH_ENQUEUE_BATCH jobs at most each). */
+static void enqueues_flush(sender *s) {
+    for (size_t i = 0; i < s->nenq; i++) {
+        enqueue_list *l = &s->enq[i];
+        while (l->n > 0) {
+            size_t k = l->n > WH_ENQUEUE_BATCH ? WH_ENQUEUE_BATCH : l->n;
+            enqueue_ctx *x = sd_xcalloc(1, sizeof *x);
+            x->s = s;
+            snprintf(x->queue, sizeof x->queue, "%s", l->queue);
+            x->b = sd_xmalloc(sizeof *x->b + k * sizeof x->b->e[0]);
+            x->b->n = k;
+            jq_new_job *jobs = sd_xcalloc(k, sizeof *jobs);
+            jq_enqueue_opts *opts = sd_xcalloc(k, sizeof *opts);
+            for (size_t j = 0; j < k; j++) {
+                message_enqueue *e = l->items[j];
+                x->b->e[j] = e;
+                jq_enqueue_opts_default(&opts[j]);
+                opts[j].max_attempts = s->nschedule + 2; /* a spare for a worker that died */
+                opts[j].idempotency_key = e->p->id;
+                jobs[j] =
+                    (jq_new_job){.payload = e->p->id, .len = strlen(e->p->id), .opts = &opts[j]};
+            }
+            l->n -= k;
+            memmove(l->items, l->items + k, l->n * sizeof *l->items);
+            int rc = jq_aenqueue_many(s->aq, x->queue, jobs, k, on_enqueued, x);
+            free(jobs);
+            free(opts);
+            if (rc != 0) {
+                for (size_t j = 0; j < k; j++)
+                    enqueue_done(x->b->e[j], rc);
+                free(x->b);
+                free(x);
+            }
+        }
+    }
 }
 
 static void on_message_stored(sd_aredis *r, redisReply *reply, int status, void *privdata) {
@@ -1137,13 +1229,10 @@ static void on_message_stored(sd_aredis *r, redisReply *reply, int status, void 
         p->ntargets++;
         message_enqueue *e = sd_xcalloc(1, sizeof *e);
         e->p = p;
-        snprintf(e->queue, sizeof e->queue, "wh1.ep.%s", t->str);
+        char queue[64];
+        snprintf(queue, sizeof queue, "wh1.ep.%s", t->str);
         p->pending++;
-        if (message_enqueue_send(e) != 0) {
-            p->failed = 1;
-            p->pending--;
-            free(e);
-        }
+        enqueue_later(p->s, queue, e);
     }
     if (--p->pending == 0)
         message_post_end(p);
@@ -1499,6 +1588,9 @@ out:
         free(s->eps[i]);
     }
     free(s->eps);
+    for (size_t i = 0; i < s->nenq; i++)
+        free(s->enq[i].items);
+    free(s->enq);
     sd_redis_url_clear(&s->url);
     uv_loop_close(s->loop);
     free(s);
