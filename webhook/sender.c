@@ -39,11 +39,19 @@
  *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
  *     --allow-private.
  *
- * Known limits (README "What is not built yet"): the API's Redis calls are synchronous on the
- * loop (one local round trip each); workers poll the endpoint queues every --poll-ms (serve's
- * own workers are also kicked by each enqueue); a process crash between a message's store and
- * its fan-out leaves it stored with fewer deliveries (the client's retry with the same
- * Idempotency-Key replays the recorded answer only if it got recorded).
+ *  6. Nothing on the delivery path or on POST /v1/messages waits for Redis: those calls go over
+ *     the asynchronous connections (s->ar: the sender's own keys; s->aq: the job queue), so a
+ *     slow attempt or a slow reply holds its own slot and nothing else. Writes whose answer
+ *     nobody needs (attempt records, counters) are not waited for; what one loop iteration
+ *     sends leaves in one write per connection (on_write), and acks, "ok" counters and the
+ *     API's enqueues are gathered per endpoint queue and sent by on_flush, one script each.
+ *
+ * Known limits (README "What is not built yet"): the management API's other calls (endpoints,
+ * GET of a message, dead letters) are still synchronous on the loop (one local round trip
+ * each); workers poll the endpoint queues every --poll-ms (serve's own workers are also woken
+ * by each enqueue); a process crash between a message's store and its fan-out leaves it
+ * stored with fewer deliveries (the client's retry with the same Idempotency-Key replays the
+ * recorded answer only if it got recorded).
  */
 #include <errno.h>
 #include <jansson.h>
