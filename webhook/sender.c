@@ -629,6 +629,10 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
 static void attempt_send(attempt *a) {
     sender *s = a->s;
     endpoint *ep = a->ep;
+    if (s->stopping) { /* a stop came while it was reading: the HTTP client is gone */
+        attempt_release(a);
+        return;
+    }
     if (a->read_failed || !a->ep_state || strcmp(a->ep_state, "enabled") != 0 || !a->url ||
         !a->secret) {
         if (a->ep_state && strcmp(a->ep_state, "enabled") != 0)
