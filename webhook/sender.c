@@ -120,7 +120,12 @@ struct sender {
     sd_redis *r;    /* synchronous: the management API's calls (not the hot paths) */
     jq_client *jq;  /* synchronous: a dead letter's replay */
     jq_aclient *aq; /* asynchronous: enqueue, reserve, ack, fail, release */
-    sd_aredis *ar;  /* asynchronous: messages, attempts' reads and records, Idempotency-Keys */
+    sd_aredis *ar;  /* asynchronous: the attempts' reads and records, the endpoint list */
+    /* The API's own asynchronous connections (serve only): a burst of posts queues its scripts
+     * there, never in front of a worker's reserve, read or ack (Redis answers each connection
+     * in order). */
+    jq_aclient *api_aq; /* enqueues */
+    sd_aredis *api_ar;  /* messages, Idempotency-Keys */
     sd_idem *idem;
     sd_http_server *http;
     sd_http_client *client;
@@ -1215,7 +1220,7 @@ static void enqueues_flush(sender *s) {
             }
             l->n -= k;
             memmove(l->items, l->items + k, l->n * sizeof *l->items);
-            int rc = jq_aenqueue_many(s->aq, x->queue, jobs, k, on_enqueued, x);
+            int rc = jq_aenqueue_many(s->api_aq, x->queue, jobs, k, on_enqueued, x);
             free(jobs);
             free(opts);
             if (rc != 0) {
@@ -1293,7 +1298,8 @@ static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
     size_t lens[6];
     for (int i = 0; i < 6; i++)
         lens[i] = strlen(argv[i]);
-    int rc = sd_aredis_script(s->ar, &message_script, on_message_stored, p, 0, 1, 6, argv, lens);
+    int rc =
+        sd_aredis_script(s->api_ar, &message_script, on_message_stored, p, 0, 1, 6, argv, lens);
     free(text);
     json_decref(in);
     if (rc != 0) {
@@ -1440,6 +1446,8 @@ static void on_write(uv_prepare_t *h) {
     sender *s = h->data;
     sd_aredis_flush(s->ar);
     jq_aclient_flush(s->aq);
+    sd_aredis_flush(s->api_ar);
+    jq_aclient_flush(s->api_aq);
 }
 
 /* Runs from its own timer, never from inside a queue callback: frees the connections. */
@@ -1452,6 +1460,10 @@ static void on_finish(uv_timer_t *t) {
     s->aq = NULL;
     sd_aredis_free(s->ar);
     s->ar = NULL;
+    jq_aclient_free(s->api_aq);
+    s->api_aq = NULL;
+    sd_aredis_free(s->api_ar);
+    s->api_ar = NULL;
 }
 
 /* A stop ends once nothing is left that a callback could still need: no attempt, no reserve,
@@ -1534,13 +1546,17 @@ static int sender_run(options *o, int serve) {
     aopts.nscripts = nscripts;
     if (jq_client_new(&s->url, NULL, &s->jq) != 0 ||
         jq_aclient_new(s->loop, &s->url, NULL, &s->aq) != 0 ||
-        sd_aredis_new(s->loop, &s->url, &aopts, &s->ar) != 0) {
+        sd_aredis_new(s->loop, &s->url, &aopts, &s->ar) != 0 ||
+        (serve && (jq_aclient_new(s->loop, &s->url, NULL, &s->api_aq) != 0 ||
+                   sd_aredis_new(s->loop, &s->url, &aopts, &s->api_ar) != 0))) {
         fprintf(stderr, "webhook: cannot connect to Redis\n");
         goto out;
     }
     /* Up before the first request or attempt, so that neither is answered 503 or put off at
-     * start (both reconnect by themselves later). */
-    if (sd_aredis_wait_connected(s->ar, 5000) != 0 || jq_aclient_wait_connected(s->aq, 5000) != 0)
+     * start (all reconnect by themselves later). */
+    if (sd_aredis_wait_connected(s->ar, 5000) != 0 || jq_aclient_wait_connected(s->aq, 5000) != 0 ||
+        (serve && (sd_aredis_wait_connected(s->api_ar, 5000) != 0 ||
+                   jq_aclient_wait_connected(s->api_aq, 5000) != 0)))
         sd_log(SD_LOG_WARN, "webhook.redis_unreachable", "what=start answer=503");
     sd_http_client_opts copts;
     sd_http_client_opts_default(&copts);
@@ -1566,7 +1582,7 @@ static int sender_run(options *o, int serve) {
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     if (serve) {
         sd_idem_opts io = {.prefix = "wh1:{wh1}:idem"};
-        sd_idem_new(s->ar, &io, &s->idem);
+        sd_idem_new(s->api_ar, &io, &s->idem);
         sd_http_opts hopts;
         sd_http_opts_default(&hopts);
         hopts.server_name = "webhook";
@@ -1609,6 +1625,8 @@ out:
     if (!s->stopping) { /* a start that failed before the loop ran */
         jq_aclient_free(s->aq);
         sd_aredis_free(s->ar);
+        jq_aclient_free(s->api_aq);
+        sd_aredis_free(s->api_ar);
     }
     uv_run(s->loop, UV_RUN_DEFAULT);
     sd_idem_free(s->idem);
