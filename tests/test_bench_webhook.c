@@ -31,10 +31,11 @@ TestSuite(bench_webhook, .init = start, .fini = stop, .timeout = 240);
 
 /* In the order bench runs them; HOLE[i] says whether SCENARIOS[i] has the black hole. */
 static const char *const SCENARIOS[] = {
-    "webhook.deliveries.closed", "webhook.latency.1000",      "webhook.blackhole.1000",
-    "webhook.isolation.1.alone", "webhook.isolation.1.hole",  "webhook.isolation.2.alone",
-    "webhook.isolation.2.hole",  "webhook.isolation.3.alone", "webhook.isolation.3.hole"};
-static const int HOLE[] = {0, 0, 1, 0, 1, 0, 1, 0, 1};
+    "webhook.deliveries.closed", "webhook.latency.1000",     "webhook.blackhole.1000",
+    "webhook.isolation.1.alone", "webhook.isolation.1.hole", "webhook.isolation.1.pair",
+    "webhook.isolation.2.alone", "webhook.isolation.2.hole", "webhook.isolation.2.pair",
+    "webhook.isolation.3.alone", "webhook.isolation.3.hole", "webhook.isolation.3.pair"};
+static const int HOLE[] = {0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0};
 #define NSCENARIOS (sizeof SCENARIOS / sizeof SCENARIOS[0])
 
 static json_t *scenario(json_t *report, const char *name) {
