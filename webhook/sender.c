@@ -84,6 +84,14 @@
 #define WH_RETENTION_S (30 * 86400)      /* messages and their attempts */
 #define WH_BODY_MAX (256 * 1024)
 #define WH_REFRESH_MS 100 /* the endpoint list is read at most this often, or --poll-ms */
+/* An endpoint holds up to this many times --endpoint-concurrency jobs: the others wait, read
+ * and signed-to-be, for a request slot, so a slot that frees starts the next request at once
+ * instead of after a reserve and a read (two Redis round trips, long on a busy machine). */
+#define WH_PREFETCH 2
+/* A job that waited for a slot is sent only if its lease is at most this old (the lease is
+ * --timeout-ms + WH_LEASE_MARGIN_MS: the request then still ends 2.5 s before it); otherwise it
+ * is released, uncounted, to be reserved again. */
+#define WH_WAIT_MAX_MS (WH_LEASE_MARGIN_MS / 2)
 
 typedef struct options {
     const char *listen;
@@ -101,7 +109,12 @@ typedef struct endpoint {
     sender *s; /* the sender it belongs to (a reserve callback's way back) */
     char id[40];
     char queue[64];
-    int inflight;            /* slots taken: attempts reading or waiting for the endpoint */
+    int inflight;             /* jobs held: attempts reading, waiting or being sent (at most
+                                 WH_PREFETCH x --endpoint-concurrency) */
+    int sending;              /* HTTP requests in flight (at most --endpoint-concurrency) */
+    uint64_t reserve_sent_ms; /* when the reserve in flight was sent: its leases start after */
+    attempt **waiting;        /* read, waiting for a request slot, oldest first */
+    size_t nwaiting, waiting_cap;
     int reserving;           /* a reserve call is in flight */
     int again;               /* asked to fill while reserving: fill once more when it returns */
     int asked;               /* the jobs the reserve in flight asked for */
@@ -171,8 +184,10 @@ struct attempt {
     endpoint *ep;
     jq_job job;
     attempt_state state;
-    int holds_slot; /* counted in ep->inflight */
-    int reads;      /* READING: replies still awaited */
+    int holds_slot;         /* counted in ep->inflight */
+    int sending;            /* counted in ep->sending */
+    uint64_t lease_from_ms; /* a local time no later than its lease's start */
+    int reads;              /* READING: replies still awaited */
     int read_failed;
     uint64_t start_ms;
     char *url, *secret, *old_secret, *ep_state; /* the endpoint's hash, as read */
@@ -586,12 +601,25 @@ static void attempt_ack_later(attempt *a) {
     flush_schedule(a->s);
 }
 
+static void endpoint_send_next(endpoint *ep);
+
+/* The request of a sent attempt has ended: its request slot goes to the next waiting one. */
+static void attempt_http_done(attempt *a) {
+    if (!a->sending)
+        return;
+    a->sending = 0;
+    a->ep->sending--;
+    endpoint_send_next(a->ep);
+}
+
 static void on_response(int err, sd_http_response *resp, void *udata) {
     attempt *a = udata;
     sender *s = a->s;
     endpoint *ep = a->ep;
     int status = resp->status;
     if (err == SD_ECLOSED) { /* stopping: the attempt did not happen */
+        a->sending = 0;
+        ep->sending--;
         attempt_release(a);
         return;
     }
@@ -605,6 +633,7 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
          * batched ack lands (its lease covers that). */
         attempt_ack_later(a);
         attempt_slot_free(a);
+        attempt_http_done(a);
         return;
     }
     s->failed++;
@@ -624,13 +653,33 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
     record_send(s, "HINCRBY " KP "ep:%s failed 1", ep->id);
     if (++ep->failures_row >= WH_BREAKER_FAILURES)
         ep->open_until_ms = sd_now_ms() + (uint64_t)s->schedule[0];
-    /* The endpoint keeps the slot until the job has been failed (the breaker counts on it). */
+    /* The request slot is free now; the endpoint keeps the job's slot until the job has been
+     * failed (the breaker counts on it). */
+    attempt_http_done(a);
     if (sd_aredis_command(s->ar, on_failure_counted, a, 0, "HINCRBY " KP "ep:%s failures_row 1",
                           ep->id) != 0)
         attempt_failed(a, 0);
 }
 
-/* Both reads are in: sign and send, or give the job back. */
+static void attempt_http(attempt *a);
+
+/* Starts waiting attempts while the endpoint has request slots free. One that waited too long
+ * for its lease, or whose endpoint was disabled or broke its circuit meanwhile, is released. */
+static void endpoint_send_next(endpoint *ep) {
+    sender *s = ep->s;
+    while (ep->nwaiting > 0 && (s->stopping || ep->sending < (int)s->o.endpoint_concurrency)) {
+        attempt *a = ep->waiting[0];
+        memmove(ep->waiting, ep->waiting + 1, --ep->nwaiting * sizeof *ep->waiting);
+        uint64_t now = sd_now_ms();
+        if (s->stopping || ep->disabled || ep->open_until_ms > now ||
+            now - a->lease_from_ms > WH_WAIT_MAX_MS)
+            attempt_release(a);
+        else
+            attempt_http(a);
+    }
+}
+
+/* Both reads are in: sign and send (or wait for a request slot), or give the job back. */
 static void attempt_send(attempt *a) {
     sender *s = a->s;
     endpoint *ep = a->ep;
@@ -652,7 +701,25 @@ static void attempt_send(attempt *a) {
         attempt_ack_later(a);
         return;
     }
+    if (ep->sending >= (int)s->o.endpoint_concurrency || ep->nwaiting > 0) {
+        if (ep->nwaiting == ep->waiting_cap) {
+            ep->waiting_cap = ep->waiting_cap ? 2 * ep->waiting_cap : 16;
+            ep->waiting = sd_xrealloc(ep->waiting, ep->waiting_cap * sizeof *ep->waiting);
+        }
+        ep->waiting[ep->nwaiting++] = a;
+        endpoint_send_next(ep);
+        return;
+    }
+    attempt_http(a);
+}
+
+/* Signs and sends a request (a request slot is free). */
+static void attempt_http(attempt *a) {
+    sender *s = a->s;
+    endpoint *ep = a->ep;
     a->state = ATTEMPT_SENDING;
+    a->sending = 1;
+    ep->sending++;
     wh_secret keys[2];
     size_t nkeys = 0;
     if (wh_secret_parse(a->secret, &keys[0]) == 0)
@@ -670,6 +737,8 @@ static void attempt_send(attempt *a) {
     if (rc != 0) {
         sd_log(SD_LOG_ERROR, "webhook.sign_failed", "endpoint=%s error=\"%s\"", ep->id,
                wh_strerror(rc));
+        a->sending = 0;
+        ep->sending--;
         attempt_release(a);
         return;
     }
@@ -692,6 +761,8 @@ static void attempt_send(attempt *a) {
         abort();
     rc = sd_http_client_request(s->client, &req, on_response, a);
     if (rc != 0) {
+        a->sending = 0;
+        ep->sending--;
         s->failed++;
         a->state = ATTEMPT_FAILING;
         snprintf(a->error, sizeof a->error, "%s", sd_strerror(rc));
@@ -751,6 +822,7 @@ static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
     a->ep = ep;
     a->job = *job; /* takes the payload */
     a->start_ms = sd_now_ms();
+    a->lease_from_ms = ep->reserve_sent_ms;
     a->state = ATTEMPT_READING;
     a->holds_slot = 1;
     ep->inflight++;
@@ -854,7 +926,7 @@ static void endpoints_refresh(sender *s) {
  * disabled, its breaker is open, or a reserve is already on its way. Runs on every tick and
  * whenever one of its slots frees, so a busy endpoint's next job does not wait for a tick. */
 static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
-    int free_ep = (int)s->o.endpoint_concurrency - ep->inflight;
+    int free_ep = WH_PREFETCH * (int)s->o.endpoint_concurrency - ep->inflight;
     int free_all = (int)s->o.concurrency - s->inflight;
     int n = free_ep < free_all ? free_ep : free_all;
     if (ep->reserving) { /* it may have been sent before the job that this fill is for */
@@ -872,6 +944,7 @@ static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
     if (jq_areserve(s->aq, ep->queue, n, s->visibility_ms, on_reserved, ep) == 0) {
         ep->reserving = 1;
         ep->asked = n;
+        ep->reserve_sent_ms = now;
     }
 }
 
@@ -1483,6 +1556,8 @@ static void sender_stop(sender *s) {
     if (s->stopping)
         return;
     s->stopping = 1;
+    for (size_t i = 0; i < s->neps; i++) /* waiting attempts go back to their queues */
+        endpoint_send_next(s->eps[i]);
     uv_timer_stop(&s->tick);
     uv_close((uv_handle_t *)&s->tick, on_closed);
     uv_close((uv_handle_t *)&s->sigint, on_closed);
@@ -1634,6 +1709,7 @@ out:
     sd_redis_free(s->r);
     for (size_t i = 0; i < s->neps; i++) {
         free(s->eps[i]->acks);
+        free(s->eps[i]->waiting);
         free(s->eps[i]);
     }
     free(s->eps);
