@@ -30,11 +30,13 @@
  *     not configurable apart: an attempt still waiting for its endpoint can never be handed to a
  *     second worker (the duplicate that a visibility timeout shorter than the HTTP timeout makes).
  *  4. Isolation: every endpoint has its own queue and its own in-flight cap (--endpoint-
- *     concurrency); a worker reserves from an endpoint's queue only as many jobs as that
- *     endpoint has free slots, so jobs of a slow or black-holed endpoint wait in Redis, not in a
- *     worker slot, and never delay another endpoint's. A circuit breaker stops reserving for an
- *     endpoint after WH_BREAKER_FAILURES failures in a row for a while; --disable-after failures
- *     in a row (across restarts, counted in Redis) disable it: its jobs stay queued.
+ *     concurrency requests at once, and at most WH_PREFETCH times that many jobs held, the rest
+ *     read and waiting for a request slot); a worker reserves from an endpoint's queue only as
+ *     many jobs as that endpoint has free slots, so jobs of a slow or black-holed endpoint wait
+ *     in Redis, not in a worker slot, and never delay another endpoint's. A circuit breaker stops
+ * reserving for an endpoint after WH_BREAKER_FAILURES failures in a row for a while;
+ * --disable-after failures in a row (across restarts, counted in Redis) disable it: its jobs stay
+ * queued.
  *  5. SSRF: an endpoint URL is checked when stored (sd_addr_url_check) and every address is
  *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
  *     --allow-private.
