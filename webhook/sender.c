@@ -167,15 +167,20 @@ struct sender {
     uint64_t delivered, failed, dead;
 };
 
-/* One HTTP attempt of one job. Its life:
+/* One HTTP attempt of one job. Its life (attempt_start, attempt_send, attempt_http,
+ * on_response, attempt_failed):
  *
  *   READING --both replies--> SENDING --2xx--> ACKING (slot freed; ack batched) --> freed
- *      |                         |
- *      |                         +--other--> FAILING (failures_row counted) --> fail, release
- *      +-- Redis failed or endpoint disabled --> release                      or disable --> freed
+ *      |        |                ^  |
+ *      |        +-- no request   |  +--other--> FAILING (failures_row counted) --> fail, release
+ *      |            slot free:   |                                          or disable --> freed
+ *      |            WAITING -----+ (a slot frees: endpoint_send_next)
+ *      |              +-- waited 2.5 s of its lease, endpoint disabled or breaker open: release
+ *      +-- Redis failed or endpoint disabled --> release --> freed
  */
 typedef enum attempt_state {
     ATTEMPT_READING,
+    ATTEMPT_WAITING,
     ATTEMPT_SENDING,
     ATTEMPT_ACKING,
     ATTEMPT_FAILING
@@ -708,6 +713,7 @@ static void attempt_send(attempt *a) {
             ep->waiting_cap = ep->waiting_cap ? 2 * ep->waiting_cap : 16;
             ep->waiting = sd_xrealloc(ep->waiting, ep->waiting_cap * sizeof *ep->waiting);
         }
+        a->state = ATTEMPT_WAITING;
         ep->waiting[ep->nwaiting++] = a;
         endpoint_send_next(ep);
         return;
