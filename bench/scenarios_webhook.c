@@ -11,6 +11,14 @@
  *   webhook.blackhole.1000      the same with a second, black-holed endpoint subscribed to every
  *                               message (it accepts connections and never answers); the
  *                               latency is the healthy endpoint's
+ *   webhook.isolation.R.alone   webhook.latency.1000 and webhook.blackhole.1000 again, alternated
+ *   webhook.isolation.R.hole    three rounds (R = 1, 2, 3), so that the healthy endpoint's p99
+ *   webhook.isolation.R.pair    alone and beside the black hole come from one run, side by side,
+ *                               and a swing of the machine's load shows as a swing between
+ *                               rounds rather than as a cost of the hole; "pair" puts a second
+ *                               healthy endpoint beside it instead (every message fans out to
+ *                               two endpoints, as with the hole): the cost of the fan-out alone,
+ *                               so that hole - pair is what the black hole itself costs
  *
  * One operation is one message. It is posted through the API (sd_http_client, the producer's
  * cost is not what is measured but it shares the machine) with the payload {"i":N}, N the
@@ -20,8 +28,10 @@
  * to its own event type (bench.PID.N), so endpoints of earlier runs on the same Redis get
  * nothing of it.
  *
- * The sender runs with --poll-ms 1 (the idle endpoint-queue read period, default 50 ms, which
- * would otherwise set the latency floor), its default --endpoint-concurrency 8 (given, so the
+ * The sender runs with its default --poll-ms 50 (given, as the others below: the idle period of
+ * its endpoint-queue reads; the messages measured here are posted to the same process, whose
+ * workers each enqueue wakes at once, so the poll does not set their latency), its default
+ * --endpoint-concurrency 8 (given, so the
  * figures keep their meaning if the default changes; 32 delivered less than 8 in webhook/README's
  * first figures), --timeout-ms 2000 (the black hole's attempts end after 2 s, inside a short run)
  * and --retry-schedule 1s,1s.
@@ -50,8 +60,9 @@ typedef struct wh_bench_op {
 typedef struct wh_bench {
     uv_loop_t *loop;
     bench_server sender;
-    sd_http_server *rx; /* the healthy receiver */
-    uv_tcp_t hole;      /* the black hole's listener (blackhole scenario) */
+    sd_http_server *rx;  /* the healthy receiver */
+    sd_http_server *rx2; /* a second healthy endpoint (pair scenarios): answers, counts nothing */
+    uv_tcp_t hole;       /* the black hole's listener (blackhole scenario) */
     int has_hole;
     uv_tcp_t *hole_conns[256]; /* connections it accepted and never reads */
     int nhole_conns;
@@ -90,6 +101,10 @@ static void on_delivery(sd_http_req *req, void *udata) {
         return;
     b->received++;
     complete(b, (size_t)strtoull(p + 4, NULL, 10), BENCH_OK);
+}
+
+static void on_other_delivery(sd_http_req *req, void *udata) {
+    sd_http_req_respond(req, 200, "text/plain", "ok", 2);
 }
 
 static void on_hole_conn(uv_stream_t *server, int status) {
@@ -182,9 +197,11 @@ static void wh_bench_free(wh_bench *b) {
     bench_server_stop(&b->sender, SIGTERM, 10000);
     if (b->http)
         sd_http_client_free(b->http);
-    int rx_stopped = 0;
+    int rx_stopped = 0, rx2_stopped = 0;
     if (b->rx)
         sd_http_server_stop(b->rx, 0, on_rx_stopped, &rx_stopped);
+    if (b->rx2)
+        sd_http_server_stop(b->rx2, 0, on_rx_stopped, &rx2_stopped);
     for (int k = 0; k < b->nhole_conns; k++)
         uv_close((uv_handle_t *)b->hole_conns[k], (uv_close_cb)free);
     if (b->has_hole)
@@ -192,12 +209,14 @@ static void wh_bench_free(wh_bench *b) {
     if (b->later)
         bench_later_free(b->later);
     uint64_t until = sd_now_ms() + 5000;
-    while (b->rx && !rx_stopped && sd_now_ms() < until)
+    while (((b->rx && !rx_stopped) || (b->rx2 && !rx2_stopped)) && sd_now_ms() < until)
         uv_run(b->loop, UV_RUN_ONCE);
     for (int k = 0; k < 20; k++)
         uv_run(b->loop, UV_RUN_NOWAIT);
     if (!b->rx || rx_stopped)
         sd_http_server_free(b->rx); /* else kept: its handles may still be closing */
+    if (!b->rx2 || rx2_stopped)
+        sd_http_server_free(b->rx2);
     free(b->ops);
     free(b);
 }
@@ -215,7 +234,11 @@ static int add_endpoint(wh_bench *b, const char *base, int port) {
     return 0;
 }
 
-static int setup(const bench_env *env, bench_target *target, int blackhole) {
+/* The second endpoint beside the measured one: none, a black hole, or one more healthy one. */
+enum { SECOND_NONE, SECOND_HOLE, SECOND_HEALTHY };
+
+static int setup(const bench_env *env, bench_target *target, int second) {
+    int blackhole = second == SECOND_HOLE;
     wh_bench *b = sd_xcalloc(1, sizeof *b);
     b->loop = env->loop;
     snprintf(b->event_type, sizeof b->event_type, "bench.%d.%d", (int)getpid(), ++run_counter);
@@ -223,6 +246,11 @@ static int setup(const bench_env *env, bench_target *target, int blackhole) {
     b->rx = sd_http_server_new(env->loop, NULL);
     sd_http_server_route(b->rx, "POST", "/hook", on_delivery, b);
     int rc = sd_http_server_listen(b->rx, "127.0.0.1:0");
+    if (rc == 0 && second == SECOND_HEALTHY) {
+        b->rx2 = sd_http_server_new(env->loop, NULL);
+        sd_http_server_route(b->rx2, "POST", "/hook", on_other_delivery, b);
+        rc = sd_http_server_listen(b->rx2, "127.0.0.1:0");
+    }
     if (rc == 0 && blackhole) {
         struct sockaddr_in a;
         uv_ip4_addr("127.0.0.1", 0, &a);
@@ -248,7 +276,7 @@ static int setup(const bench_env *env, bench_target *target, int blackhole) {
                           env->redis_url,
                           "--allow-private",
                           "--poll-ms",
-                          "1",
+                          "50",
                           "--endpoint-concurrency",
                           "8",
                           "--timeout-ms",
@@ -274,6 +302,8 @@ static int setup(const bench_env *env, bench_target *target, int blackhole) {
     snprintf(b->messages_url, sizeof b->messages_url, "%s/v1/messages", b->sender.url);
 
     rc = add_endpoint(b, b->sender.url, sd_http_server_port(b->rx));
+    if (rc == 0 && b->rx2)
+        rc = add_endpoint(b, b->sender.url, sd_http_server_port(b->rx2));
     if (rc == 0 && blackhole) {
         struct sockaddr_storage ss;
         int len = sizeof ss;
@@ -304,10 +334,13 @@ static void teardown(const bench_env *env, bench_target *target) {
 }
 
 static int setup_plain(const bench_env *env, bench_target *t) {
-    return setup(env, t, 0);
+    return setup(env, t, SECOND_NONE);
 }
 static int setup_blackhole(const bench_env *env, bench_target *t) {
-    return setup(env, t, 1);
+    return setup(env, t, SECOND_HOLE);
+}
+static int setup_pair(const bench_env *env, bench_target *t) {
+    return setup(env, t, SECOND_HEALTHY);
 }
 
 /* ---- The registry -----------------------------------------------------------------------------
@@ -342,9 +375,51 @@ static const bench_scenario blackhole_1000 = {
     .teardown = teardown,
 };
 
+#define ISOLATION_ROUND(r)                                                                         \
+    static const bench_scenario isolation_##r##_alone = {                                          \
+        .name = "webhook.isolation." #r ".alone",                                                  \
+        .summary = "round " #r ": as webhook.latency.1000 (the healthy endpoint alone)",           \
+        .default_rate = 1000,                                                                      \
+        .in_flight = 20000,                                                                        \
+        .default_duration_s = 4,                                                                   \
+        .setup = setup_plain,                                                                      \
+        .teardown = teardown,                                                                      \
+    };                                                                                             \
+    static const bench_scenario isolation_##r##_hole = {                                           \
+        .name = "webhook.isolation." #r ".hole",                                                   \
+        .summary = "round " #r ": as webhook.blackhole.1000 (beside the black hole)",              \
+        .default_rate = 1000,                                                                      \
+        .in_flight = 20000,                                                                        \
+        .default_duration_s = 4,                                                                   \
+        .setup = setup_blackhole,                                                                  \
+        .teardown = teardown,                                                                      \
+    };                                                                                             \
+    static const bench_scenario isolation_##r##_pair = {                                           \
+        .name = "webhook.isolation." #r ".pair",                                                   \
+        .summary = "round " #r ": beside a second healthy endpoint (the cost of the fan-out)",     \
+        .default_rate = 1000,                                                                      \
+        .in_flight = 20000,                                                                        \
+        .default_duration_s = 4,                                                                   \
+        .setup = setup_pair,                                                                       \
+        .teardown = teardown,                                                                      \
+    };
+
+ISOLATION_ROUND(1)
+ISOLATION_ROUND(2)
+ISOLATION_ROUND(3)
+
 const bench_scenario *const bench_scenarios_webhook[] = {
     &deliveries,
     &latency_1000,
     &blackhole_1000,
+    &isolation_1_alone,
+    &isolation_1_hole,
+    &isolation_1_pair,
+    &isolation_2_alone,
+    &isolation_2_hole,
+    &isolation_2_pair,
+    &isolation_3_alone,
+    &isolation_3_hole,
+    &isolation_3_pair,
     NULL,
 };

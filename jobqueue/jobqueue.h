@@ -348,6 +348,11 @@ int jq_aclient_wait_connected(jq_aclient *c, int timeout_ms);
  * call), later ones fail with SD_ECLOSED. */
 void jq_aclient_close_waiter(jq_aclient *c);
 
+/* Writes the calls accepted so far to Redis now, as sd_aredis_flush does for one connection
+ * (redis.h: call it once per loop iteration after the last call, e.g. from a uv_prepare_t,
+ * never from inside one of this client's callbacks). NULL is a no-op. */
+void jq_aclient_flush(jq_aclient *c);
+
 /* Closes both connections (pending callbacks run with SD_ECLOSED, from inside this call) and
  * frees the client; run the loop afterwards so libuv can release the handles. NULL: no-op. */
 void jq_aclient_free(jq_aclient *c);

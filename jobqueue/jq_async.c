@@ -66,6 +66,11 @@ void jq_aclient_close_waiter(jq_aclient *c) {
     sd_aredis_free(w);
 }
 
+void jq_aclient_flush(jq_aclient *c) {
+    if (c)
+        sd_aredis_flush(c->redis);
+}
+
 void jq_aclient_free(jq_aclient *c) {
     if (!c)
         return;

@@ -30,20 +30,30 @@
  *     not configurable apart: an attempt still waiting for its endpoint can never be handed to a
  *     second worker (the duplicate that a visibility timeout shorter than the HTTP timeout makes).
  *  4. Isolation: every endpoint has its own queue and its own in-flight cap (--endpoint-
- *     concurrency); a worker reserves from an endpoint's queue only as many jobs as that
- *     endpoint has free slots, so jobs of a slow or black-holed endpoint wait in Redis, not in a
- *     worker slot, and never delay another endpoint's. A circuit breaker stops reserving for an
- *     endpoint after WH_BREAKER_FAILURES failures in a row for a while; --disable-after failures
- *     in a row (across restarts, counted in Redis) disable it: its jobs stay queued.
+ *     concurrency requests at once, and at most WH_PREFETCH times that many jobs held, the rest
+ *     read and waiting for a request slot); a worker reserves from an endpoint's queue only as
+ *     many jobs as that endpoint has free slots, so jobs of a slow or black-holed endpoint wait
+ *     in Redis, not in a worker slot, and never delay another endpoint's. A circuit breaker stops
+ * reserving for an endpoint after WH_BREAKER_FAILURES failures in a row for a while;
+ * --disable-after failures in a row (across restarts, counted in Redis) disable it: its jobs stay
+ * queued.
  *  5. SSRF: an endpoint URL is checked when stored (sd_addr_url_check) and every address is
  *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
  *     --allow-private.
  *
- * Known limits (README "What is not built yet"): the API's Redis calls are synchronous on the
- * loop (one local round trip each); workers poll the endpoint queues every --poll-ms (serve's
- * own workers are also kicked by each enqueue); a process crash between a message's store and
- * its fan-out leaves it stored with fewer deliveries (the client's retry with the same
- * Idempotency-Key replays the recorded answer only if it got recorded).
+ *  6. Nothing on the delivery path or on POST /v1/messages waits for Redis: those calls go over
+ *     the asynchronous connections (s->ar: the sender's own keys; s->aq: the job queue), so a
+ *     slow attempt or a slow reply holds its own slot and nothing else. Writes whose answer
+ *     nobody needs (attempt records, counters) are not waited for; what one loop iteration
+ *     sends leaves in one write per connection (on_write), and acks, "ok" counters and the
+ *     API's enqueues are gathered per endpoint queue and sent by on_flush, one script each.
+ *
+ * Known limits (README "What is not built yet"): the management API's other calls (endpoints,
+ * GET of a message, dead letters) are still synchronous on the loop (one local round trip
+ * each); workers poll the endpoint queues every --poll-ms (serve's own workers are also woken
+ * by each enqueue); a process crash between a message's store and its fan-out leaves it
+ * stored with fewer deliveries (the client's retry with the same Idempotency-Key replays the
+ * recorded answer only if it got recorded).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -65,6 +75,7 @@
 #include "sd.h"
 #include "sender.h"
 #include "signature.h"
+#include "webhook_lua.h"
 
 #define KP "wh1:{wh1}:"                  /* every key's prefix (schema version, hash tag) */
 #define WH_LEASE_MARGIN_MS 5000          /* invariant 3 */
@@ -74,6 +85,15 @@
 #define WH_ATTEMPTS_KEPT 100             /* attempts kept per message */
 #define WH_RETENTION_S (30 * 86400)      /* messages and their attempts */
 #define WH_BODY_MAX (256 * 1024)
+#define WH_REFRESH_MS 100 /* the endpoint list is read at most this often, or --poll-ms */
+/* An endpoint holds up to this many times --endpoint-concurrency jobs: the others wait, read
+ * and signed-to-be, for a request slot, so a slot that frees starts the next request at once
+ * instead of after a reserve and a read (two Redis round trips, long on a busy machine). */
+#define WH_PREFETCH 2
+/* A job that waited for a slot is sent only if its lease is at most this old (the lease is
+ * --timeout-ms + WH_LEASE_MARGIN_MS: the request then still ends 2.5 s before it); otherwise it
+ * is released, uncounted, to be reserved again. */
+#define WH_WAIT_MAX_MS (WH_LEASE_MARGIN_MS / 2)
 
 typedef struct options {
     const char *listen;
@@ -85,26 +105,42 @@ typedef struct options {
 
 /* An endpoint as a worker sees it. Never freed while the worker runs (attempts point at it). */
 typedef struct sender sender;
+typedef struct attempt attempt;
 
 typedef struct endpoint {
     sender *s; /* the sender it belongs to (a reserve callback's way back) */
     char id[40];
     char queue[64];
-    int inflight;            /* attempts running in this process */
+    int inflight;             /* jobs held: attempts reading, waiting or being sent (at most
+                                 WH_PREFETCH x --endpoint-concurrency) */
+    int sending;              /* HTTP requests in flight (at most --endpoint-concurrency) */
+    uint64_t reserve_sent_ms; /* when the reserve in flight was sent: its leases start after */
+    attempt **waiting;        /* read, waiting for a request slot, oldest first */
+    size_t nwaiting, waiting_cap;
     int reserving;           /* a reserve call is in flight */
+    int again;               /* asked to fill while reserving: fill once more when it returns */
+    int asked;               /* the jobs the reserve in flight asked for */
     int disabled;            /* as last read from Redis */
     int failures_row;        /* in this process, for the breaker */
     uint64_t open_until_ms;  /* the breaker: open until then */
     uint64_t pause_until_ms; /* no reserve before then (Redis failed under an attempt) */
+    attempt **acks;          /* delivered attempts whose ack waits for the next flush */
+    size_t nacks, acks_cap;
+    long long ok_pending; /* deliveries not yet added to the endpoint's "ok" counter */
 } endpoint;
 
 struct sender {
     uv_loop_t *loop;
     sd_redis_url url;
-    sd_redis *r;    /* synchronous: API calls and the attempts' records */
-    jq_client *jq;  /* synchronous: enqueue */
-    jq_aclient *aq; /* asynchronous: reserve, ack, fail, release */
-    sd_aredis *ar;  /* Idempotency-Key records */
+    sd_redis *r;    /* synchronous: the management API's calls (not the hot paths) */
+    jq_client *jq;  /* synchronous: a dead letter's replay */
+    jq_aclient *aq; /* asynchronous: enqueue, reserve, ack, fail, release */
+    sd_aredis *ar;  /* asynchronous: the attempts' reads and records, the endpoint list */
+    /* The API's own asynchronous connections (serve only): a burst of posts queues its scripts
+     * there, never in front of a worker's reserve, read or ack (Redis answers each connection
+     * in order). */
+    jq_aclient *api_aq; /* enqueues */
+    sd_aredis *api_ar;  /* messages, Idempotency-Keys */
     sd_idem *idem;
     sd_http_server *http;
     sd_http_client *client;
@@ -115,25 +151,62 @@ struct sender {
     int64_t visibility_ms;
     endpoint **eps;
     size_t neps, caps;
-    int inflight;
+    struct enqueue_list *enq; /* the API's enqueues waiting for the next flush, per queue */
+    size_t nenq;
+    int inflight; /* attempts not yet freed (their job not yet acked, failed or released) */
+    int records;  /* commands on ar in flight whose callbacks touch the sender */
+    int refreshing;
     int deliver; /* workers run in this process */
     int stopping;
     uint64_t last_refresh_ms;
     uv_timer_t tick;
+    uv_timer_t flush;   /* a 0 ms timer: the acks and counters of one loop iteration, together */
+    uv_prepare_t write; /* before the loop polls: writes what the iteration sent to Redis */
     uv_signal_t sigint, sigterm;
     uv_timer_t finish; /* frees the queue connections once a stop has nothing left running */
     uint64_t delivered, failed, dead;
 };
 
-/* One HTTP attempt of one job. */
-typedef struct attempt {
+/* One HTTP attempt of one job. Its life (attempt_start, attempt_send, attempt_http,
+ * on_response, attempt_failed):
+ *
+ *   READING --both replies--> SENDING --2xx--> ACKING (slot freed; ack batched) --> freed
+ *      |        |                ^  |
+ *      |        +-- no request   |  +--other--> FAILING (failures_row counted) --> fail, release
+ *      |            slot free:   |                                          or disable --> freed
+ *      |            WAITING -----+ (a slot frees: endpoint_send_next)
+ *      |              +-- waited 2.5 s of its lease, endpoint disabled or breaker open: release
+ *      +-- Redis failed or endpoint disabled --> release --> freed
+ */
+typedef enum attempt_state {
+    ATTEMPT_READING,
+    ATTEMPT_WAITING,
+    ATTEMPT_SENDING,
+    ATTEMPT_ACKING,
+    ATTEMPT_FAILING
+} attempt_state;
+
+struct attempt {
     sender *s;
     endpoint *ep;
     jq_job job;
+    attempt_state state;
+    int holds_slot;         /* counted in ep->inflight */
+    int sending;            /* counted in ep->sending */
+    uint64_t lease_from_ms; /* a local time no later than its lease's start */
+    int reads;              /* READING: replies still awaited */
+    int read_failed;
     uint64_t start_ms;
-    char *body;
+    char *url, *secret, *old_secret, *ep_state; /* the endpoint's hash, as read */
+    int64_t old_until_ms;
+    char *body; /* the message's bytes; NULL while unread or when the message is gone */
     size_t body_len;
-} attempt;
+    int body_gone;
+    /* FAILING: what the answer decided, kept for after the failure count is read. */
+    int http_status, gone, retry_after_set;
+    int64_t retry_after_ms;
+    char error[160];
+};
 
 /* ---- small helpers ---- */
 
@@ -251,21 +324,40 @@ static void redis_down(sd_http_req *req) {
     problem(req, 503, "Redis unavailable", "the request could not be completed; retry");
 }
 
-/* ---- the delivery workers ---- */
+/* ---- the delivery workers ----
+ *
+ * Nothing here waits for Redis: every read and write of an attempt goes over the asynchronous
+ * connections (s->ar for the sender's own keys, s->aq for the job queue), so an attempt that is
+ * slow anywhere (its endpoint, Redis) holds its own slot and nothing else. The commands that one
+ * loop iteration sends leave together (hiredis writes its buffer once per iteration); acks and
+ * the endpoints' "ok" counters are collected and sent by on_flush, one script per endpoint per
+ * iteration, as the job queue's worker runtime batches its acks. */
 
 static void sender_maybe_finish(sender *s);
 static void endpoint_fill(sender *s, endpoint *ep, uint64_t now);
+static void flush_schedule(sender *s);
+
+/* Gives back the attempt's endpoint slot (once) and lets the endpoint reserve again. */
+static void attempt_slot_free(attempt *a) {
+    if (!a->holds_slot)
+        return;
+    a->holds_slot = 0;
+    a->ep->inflight--;
+    endpoint_fill(a->s, a->ep, sd_now_ms());
+}
 
 static void attempt_free(attempt *a) {
     sender *s = a->s;
-    endpoint *ep = a->ep;
-    ep->inflight--;
+    attempt_slot_free(a);
     s->inflight--;
     jq_job_clear(&a->job);
+    free(a->url);
+    free(a->secret);
+    free(a->old_secret);
+    free(a->ep_state);
     free(a->body);
     free(a);
     sender_maybe_finish(s);
-    endpoint_fill(s, ep, sd_now_ms());
 }
 
 /* Unix time in ms, for what users read (the attempts' times); durations use sd_now_ms. */
@@ -275,43 +367,35 @@ static int64_t wall_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Pipelining: the records an attempt writes go to Redis in one round trip. pipe_add appends a
- * command and counts it in *n unless an earlier append failed (*n < 0: the connection is then
- * unusable until the next command, which reconnects); pipe_end reads the *n replies and returns
- * the last one (the caller frees it) or NULL. */
-#define pipe_add(s, n, ...)                                                                        \
-    do {                                                                                           \
-        if (*(n) >= 0)                                                                             \
-            *(n) = sd_redis_append((s)->r, __VA_ARGS__) == 0 ? *(n) + 1 : -1;                      \
-    } while (0)
-
-static redisReply *pipe_end(sender *s, int n) {
-    redisReply *last = NULL;
-    for (int i = 0; i < n; i++) {
-        if (last)
-            freeReplyObject(last);
-        last = sd_redis_get_reply(s->r, NULL);
-        if (!last)
-            return NULL;
-    }
-    if (last && last->type == REDIS_REPLY_ERROR) {
-        freeReplyObject(last);
-        return NULL;
-    }
-    return last;
+/* A record command's reply: nothing to do but count it. */
+static void on_record(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    sender *s = privdata;
+    if (status == 0 && reply->type == REDIS_REPLY_ERROR)
+        sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", reply->str);
+    s->records--;
+    sender_maybe_finish(s);
 }
 
+/* Sends one write whose outcome nobody waits for (a record, a counter) on s->ar. A write
+ * refused at once (Redis down) is dropped, as a lost reply would be: records are for reading,
+ * never for delivery. */
+#define record_send(s, ...)                                                                        \
+    do {                                                                                           \
+        if (sd_aredis_command((s)->ar, on_record, (s), 0, __VA_ARGS__) == 0)                       \
+            (s)->records++;                                                                        \
+    } while (0)
+
 /* Appends the attempt's record (time, endpoint, status, latency, error) to its message's list. */
-static void record_attempt(sender *s, attempt *a, int status, const char *error, int *n) {
+static void record_attempt(sender *s, attempt *a, int status, const char *error) {
     int64_t at = wall_ms() - (int64_t)(sd_now_ms() - a->start_ms);
     json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:I, s:s}", "endpoint_id", a->ep->id, "attempt",
                           a->job.attempts, "at_ms", (json_int_t)at, "status", status, "latency_ms",
                           (json_int_t)(sd_now_ms() - a->start_ms), "error", error);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    pipe_add(s, n, "RPUSH " KP "att:%s %s", a->job.payload, text);
-    pipe_add(s, n, "LTRIM " KP "att:%s -%d -1", a->job.payload, WH_ATTEMPTS_KEPT);
-    pipe_add(s, n, "EXPIRE " KP "att:%s %d", a->job.payload, WH_RETENTION_S);
+    record_send(s, "RPUSH " KP "att:%s %s", a->job.payload, text);
+    record_send(s, "LTRIM " KP "att:%s -%d -1", a->job.payload, WH_ATTEMPTS_KEPT);
+    record_send(s, "EXPIRE " KP "att:%s %d", a->job.payload, WH_RETENTION_S);
     free(text);
 }
 
@@ -323,43 +407,67 @@ static void on_jq_done(jq_aclient *c, int status, int64_t value, void *arg) {
     attempt_free(a);
 }
 
-static void on_acked(jq_aclient *c, int status, const int *codes, size_t n, void *arg) {
-    on_jq_done(c, status == 0 && n == 1 ? codes[0] : status, 0, arg);
-}
-
-static void on_failed(jq_aclient *c, int status, int64_t state, void *arg) {
-    attempt *a = arg;
-    if (status == 0 && state == JQ_STATE_DEAD) {
-        sender *s = a->s;
-        s->dead++;
-        char dl[48];
-        random_id("dl_", dl, sizeof dl);
-        redisReply *last = cmd(s, "LINDEX " KP "att:%s -1", a->job.payload);
-        const char *err = last && last->type == REDIS_REPLY_STRING ? last->str : "";
-        json_t *le = json_loads(err, 0, NULL);
-        json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:O}", "id", dl, "message_id", a->job.payload,
-                              "endpoint_id", a->ep->id, "attempts", a->job.attempts, "last_error",
-                              le ? le : json_null());
-        char *text = json_dumps(j, JSON_COMPACT);
-        cmd_void(s, "HSET " KP "dead %s %s", dl, text);
-        sd_log(SD_LOG_INFO, "webhook.dead_letter", "id=%s message=%s endpoint=%s", dl,
-               a->job.payload, a->ep->id);
-        free(text);
-        json_decref(j);
-        json_decref(le);
-        if (last)
-            freeReplyObject(last);
-    }
-    on_jq_done(c, status, state, arg);
-}
-
 static void attempt_release(attempt *a) {
     if (jq_arelease(a->s->aq, a->ep->queue, &a->job, on_jq_done, a) != 0)
         attempt_free(a);
 }
 
+/* A dead letter being written: what it says, kept until the last attempt's record is read. */
+typedef struct dead_letter {
+    sender *s;
+    char id[48];
+    char endpoint_id[40];
+    char *message_id;
+    int attempts;
+} dead_letter;
+
+/* The last attempt's record has been read (on the connection that wrote it, so it is there):
+ * the dead letter quotes it. */
+static void on_last_attempt(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    dead_letter *d = privdata;
+    sender *s = d->s;
+    const char *err = status == 0 && reply->type == REDIS_REPLY_STRING ? reply->str : "";
+    json_t *le = json_loads(err, 0, NULL);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:O}", "id", d->id, "message_id", d->message_id,
+                          "endpoint_id", d->endpoint_id, "attempts", d->attempts, "last_error",
+                          le ? le : json_null());
+    char *text = json_dumps(j, JSON_COMPACT);
+    record_send(s, "HSET " KP "dead %s %s", d->id, text);
+    sd_log(SD_LOG_INFO, "webhook.dead_letter", "id=%s message=%s endpoint=%s", d->id, d->message_id,
+           d->endpoint_id);
+    free(text);
+    json_decref(j);
+    json_decref(le);
+    free(d->message_id);
+    free(d);
+    s->records--;
+    sender_maybe_finish(s);
+}
+
+static void on_failed(jq_aclient *c, int status, int64_t state, void *arg) {
+    attempt *a = arg;
+    sender *s = a->s;
+    if (status == 0 && state == JQ_STATE_DEAD) {
+        s->dead++;
+        dead_letter *d = sd_xcalloc(1, sizeof *d);
+        d->s = s;
+        random_id("dl_", d->id, sizeof d->id);
+        snprintf(d->endpoint_id, sizeof d->endpoint_id, "%s", a->ep->id);
+        d->message_id = sd_xstrdup(a->job.payload);
+        d->attempts = a->job.attempts;
+        if (sd_aredis_command(s->ar, on_last_attempt, d, 0, "LINDEX " KP "att:%s -1",
+                              a->job.payload) == 0)
+            s->records++;
+        else {
+            s->records++;
+            on_last_attempt(s->ar, NULL, SD_EDISCONNECTED, d);
+        }
+    }
+    on_jq_done(c, status, state, arg);
+}
+
 static void endpoint_disable(sender *s, endpoint *ep, const char *reason) {
-    cmd_void(s, "HSET " KP "ep:%s state disabled disabled_reason %s", ep->id, reason);
+    record_send(s, "HSET " KP "ep:%s state disabled disabled_reason %s", ep->id, reason);
     ep->disabled = 1;
     sd_log(SD_LOG_WARN, "webhook.endpoint_disabled", "endpoint=%s reason=\"%s\"", ep->id, reason);
 }
@@ -394,50 +502,12 @@ static int64_t retry_after_ms(const sd_http_response *resp) {
     return at > 0 ? at * 1000 : 0;
 }
 
-static void on_response(int err, sd_http_response *resp, void *udata) {
-    attempt *a = udata;
+/* A failed attempt, once Redis has counted it (in_row: the endpoint's failures in a row, 0 when
+ * Redis could not say): disable the endpoint, or fail the job for a retry or a dead letter. */
+static void attempt_failed(attempt *a, long long in_row) {
     sender *s = a->s;
     endpoint *ep = a->ep;
-    int status = resp->status;
-    if (err == SD_ECLOSED) { /* stopping: the attempt did not happen */
-        attempt_release(a);
-        return;
-    }
-    if (err == 0 && status >= 200 && status <= 299) {
-        s->delivered++;
-        ep->failures_row = 0;
-        ep->open_until_ms = 0; /* the breaker closes */
-        int n = 0;
-        record_attempt(s, a, status, "", &n);
-        pipe_add(s, &n, "HSET " KP "ep:%s failures_row 0", ep->id);
-        pipe_add(s, &n, "HINCRBY " KP "ep:%s ok 1", ep->id);
-        redisReply *last = pipe_end(s, n);
-        if (last)
-            freeReplyObject(last);
-        jq_ack_item item = {.job = &a->job, .result = NULL, .len = 0};
-        if (jq_aack_many(s->aq, ep->queue, &item, 1, on_acked, a) != 0)
-            attempt_free(a);
-        return;
-    }
-    s->failed++;
-    char error[160];
-    if (err)
-        snprintf(error, sizeof error, "%s", sd_strerror(err));
-    else
-        snprintf(error, sizeof error, "HTTP %d", status);
-    if (err == 0 && status >= 300 && status <= 399)
-        snprintf(error, sizeof error, "HTTP %d (redirects are not followed)", status);
-    int n = 0;
-    record_attempt(s, a, status, error, &n);
-    pipe_add(s, &n, "HINCRBY " KP "ep:%s failed 1", ep->id);
-    pipe_add(s, &n, "HINCRBY " KP "ep:%s failures_row 1", ep->id);
-    redisReply *row = pipe_end(s, n);
-    long long in_row = row && row->type == REDIS_REPLY_INTEGER ? row->integer : 0;
-    if (row)
-        freeReplyObject(row);
-    if (++ep->failures_row >= WH_BREAKER_FAILURES)
-        ep->open_until_ms = sd_now_ms() + (uint64_t)s->schedule[0];
-    if (err == 0 && status == 410) {
+    if (a->gone) {
         endpoint_disable(s, ep, "410 Gone");
         attempt_release(a); /* its message is kept, queued, for a re-enabled endpoint */
         return;
@@ -447,65 +517,223 @@ static void on_response(int err, sd_http_response *resp, void *udata) {
         attempt_release(a);
         return;
     }
+    int status = a->http_status;
     jq_fail_opts fo = {.permanent = 0, .retry_after_ms = -1};
-    int stop_4xx = err == 0 && status >= 400 && status <= 499 && status != 408 && status != 409 &&
+    int stop_4xx = status >= 400 && status <= 499 && status != 408 && status != 409 &&
                    status != 425 && status != 429;
     if ((stop_4xx && a->job.attempts >= WH_4XX_ATTEMPTS) || a->job.attempts > s->nschedule)
         fo.permanent = 1;
     else {
         fo.retry_after_ms = schedule_delay(s, a->job.attempts);
-        int64_t ra = err == 0 && (status == 429 || status == 503) ? retry_after_ms(resp) : -1;
-        if (ra >= 0)
-            fo.retry_after_ms = ra > WH_RETRY_AFTER_MAX_MS ? WH_RETRY_AFTER_MAX_MS : ra;
+        if (a->retry_after_set)
+            fo.retry_after_ms = a->retry_after_ms > WH_RETRY_AFTER_MAX_MS ? WH_RETRY_AFTER_MAX_MS
+                                                                          : a->retry_after_ms;
     }
-    if (jq_afail(s->aq, ep->queue, &a->job, error, &fo, on_failed, a) != 0)
+    if (jq_afail(s->aq, ep->queue, &a->job, a->error, &fo, on_failed, a) != 0)
         attempt_free(a);
 }
 
-static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
-    attempt *a = sd_xcalloc(1, sizeof *a);
-    a->s = s;
-    a->ep = ep;
-    a->job = *job; /* takes the payload */
-    a->start_ms = sd_now_ms();
-    ep->inflight++;
-    s->inflight++;
-    /* The endpoint and the message's bytes, in one round trip. */
-    int n = 0;
-    pipe_add(s, &n, "HGETALL " KP "ep:%s", ep->id);
-    pipe_add(s, &n, "HGET " KP "msg:%s body", a->job.payload);
-    redisReply *e = n == 2 ? sd_redis_get_reply(s->r, NULL) : NULL;
-    redisReply *m = e ? pipe_end(s, 1) : NULL;
-    if (e && e->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(e);
-        e = NULL;
+static void on_failure_counted(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    attempt *a = privdata;
+    attempt_failed(a, status == 0 && reply->type == REDIS_REPLY_INTEGER ? reply->integer : 0);
+}
+
+/* Sends the acks the last loop iteration collected (one script per endpoint) and adds the
+ * deliveries to the endpoints' counters. */
+typedef struct ack_batch {
+    size_t n;
+    attempt *a[];
+} ack_batch;
+
+static void on_acked(jq_aclient *c, int status, const int *codes, size_t n, void *arg) {
+    ack_batch *b = arg;
+    for (size_t i = 0; i < b->n; i++) {
+        int rc = status != 0 ? status : codes[i];
+        if (rc != 0)
+            sd_log(SD_LOG_WARN, "webhook.queue_error", "endpoint=%s error=\"%s\"", b->a[i]->ep->id,
+                   jq_strerror(rc));
+        attempt_free(b->a[i]);
     }
-    const char *url = hfield(e, "url"), *secret = hfield(e, "secret");
-    const char *state = hfield(e, "state");
-    if (!e || !m || !url || !secret || !state || strcmp(state, "enabled") != 0) {
-        if (state && strcmp(state, "enabled") != 0)
+    free(b);
+}
+
+static void enqueues_flush(sender *s);
+
+static void on_flush(uv_timer_t *t) {
+    sender *s = t->data;
+    enqueues_flush(s);
+    for (size_t i = 0; i < s->neps; i++) {
+        endpoint *ep = s->eps[i];
+        if (ep->ok_pending) {
+            record_send(s, "HSET " KP "ep:%s failures_row 0", ep->id);
+            record_send(s, "HINCRBY " KP "ep:%s ok %lld", ep->id, ep->ok_pending);
+            ep->ok_pending = 0;
+        }
+        while (ep->nacks > 0) {
+            size_t n = ep->nacks > 1000 ? 1000 : ep->nacks;
+            ack_batch *b = sd_xmalloc(sizeof *b + n * sizeof b->a[0]);
+            jq_ack_item *items = sd_xcalloc(n, sizeof *items);
+            b->n = n;
+            for (size_t k = 0; k < n; k++) {
+                b->a[k] = ep->acks[ep->nacks - n + k];
+                items[k].job = &b->a[k]->job;
+            }
+            ep->nacks -= n;
+            int rc = jq_aack_many(s->aq, ep->queue, items, n, on_acked, b);
+            free(items);
+            if (rc != 0) { /* the leases run out and the jobs come back: at least once */
+                for (size_t k = 0; k < n; k++)
+                    attempt_free(b->a[k]);
+                free(b);
+            }
+        }
+    }
+    sender_maybe_finish(s);
+}
+
+static void flush_schedule(sender *s) {
+    if (!uv_is_active((uv_handle_t *)&s->flush) && !uv_is_closing((uv_handle_t *)&s->flush))
+        uv_timer_start(&s->flush, on_flush, 0, 0);
+}
+
+/* Queues a delivered attempt's ack for the next flush. */
+static void attempt_ack_later(attempt *a) {
+    endpoint *ep = a->ep;
+    a->state = ATTEMPT_ACKING;
+    if (ep->nacks == ep->acks_cap) {
+        ep->acks_cap = ep->acks_cap ? 2 * ep->acks_cap : 64;
+        ep->acks = sd_xrealloc(ep->acks, ep->acks_cap * sizeof *ep->acks);
+    }
+    ep->acks[ep->nacks++] = a;
+    flush_schedule(a->s);
+}
+
+static void endpoint_send_next(endpoint *ep);
+
+/* The request of a sent attempt has ended: its request slot goes to the next waiting one. */
+static void attempt_http_done(attempt *a) {
+    if (!a->sending)
+        return;
+    a->sending = 0;
+    a->ep->sending--;
+    endpoint_send_next(a->ep);
+}
+
+static void on_response(int err, sd_http_response *resp, void *udata) {
+    attempt *a = udata;
+    sender *s = a->s;
+    endpoint *ep = a->ep;
+    int status = resp->status;
+    if (err == SD_ECLOSED) { /* stopping: the attempt did not happen */
+        a->sending = 0;
+        ep->sending--;
+        attempt_release(a);
+        return;
+    }
+    if (err == 0 && status >= 200 && status <= 299) {
+        s->delivered++;
+        ep->failures_row = 0;
+        ep->open_until_ms = 0; /* the breaker closes */
+        ep->ok_pending++;
+        record_attempt(s, a, status, "");
+        /* The endpoint has answered: its slot is free now; the job stays RESERVED until the
+         * batched ack lands (its lease covers that). */
+        attempt_ack_later(a);
+        attempt_slot_free(a);
+        attempt_http_done(a);
+        return;
+    }
+    s->failed++;
+    a->state = ATTEMPT_FAILING;
+    a->http_status = err == 0 ? status : 0;
+    if (err)
+        snprintf(a->error, sizeof a->error, "%s", sd_strerror(err));
+    else if (status >= 300 && status <= 399)
+        snprintf(a->error, sizeof a->error, "HTTP %d (redirects are not followed)", status);
+    else
+        snprintf(a->error, sizeof a->error, "HTTP %d", status);
+    a->gone = err == 0 && status == 410;
+    int64_t ra = err == 0 && (status == 429 || status == 503) ? retry_after_ms(resp) : -1;
+    a->retry_after_set = ra >= 0;
+    a->retry_after_ms = ra;
+    record_attempt(s, a, a->http_status, a->error);
+    record_send(s, "HINCRBY " KP "ep:%s failed 1", ep->id);
+    if (++ep->failures_row >= WH_BREAKER_FAILURES)
+        ep->open_until_ms = sd_now_ms() + (uint64_t)s->schedule[0];
+    /* The request slot is free now; the endpoint keeps the job's slot until the job has been
+     * failed (the breaker counts on it). */
+    attempt_http_done(a);
+    if (sd_aredis_command(s->ar, on_failure_counted, a, 0, "HINCRBY " KP "ep:%s failures_row 1",
+                          ep->id) != 0)
+        attempt_failed(a, 0);
+}
+
+static void attempt_http(attempt *a);
+
+/* Starts waiting attempts while the endpoint has request slots free. One that waited too long
+ * for its lease, or whose endpoint was disabled or broke its circuit meanwhile, is released. */
+static void endpoint_send_next(endpoint *ep) {
+    sender *s = ep->s;
+    while (ep->nwaiting > 0 && (s->stopping || ep->sending < (int)s->o.endpoint_concurrency)) {
+        attempt *a = ep->waiting[0];
+        memmove(ep->waiting, ep->waiting + 1, --ep->nwaiting * sizeof *ep->waiting);
+        uint64_t now = sd_now_ms();
+        if (s->stopping || ep->disabled || ep->open_until_ms > now ||
+            now - a->lease_from_ms > WH_WAIT_MAX_MS)
+            attempt_release(a);
+        else
+            attempt_http(a);
+    }
+}
+
+/* Both reads are in: sign and send (or wait for a request slot), or give the job back. */
+static void attempt_send(attempt *a) {
+    sender *s = a->s;
+    endpoint *ep = a->ep;
+    if (s->stopping) { /* a stop came while it was reading: the HTTP client is gone */
+        attempt_release(a);
+        return;
+    }
+    if (a->read_failed || !a->ep_state || strcmp(a->ep_state, "enabled") != 0 || !a->url ||
+        !a->secret) {
+        if (a->ep_state && strcmp(a->ep_state, "enabled") != 0)
             ep->disabled = 1;
         else /* Redis failed: the next try waits for a tick, not for this release */
             ep->pause_until_ms = sd_now_ms() + (uint64_t)s->o.poll_ms;
         attempt_release(a); /* Redis failed, or the endpoint is disabled: try later */
-        goto out;
+        return;
     }
-    if (m->type != REDIS_REPLY_STRING) { /* the message is past its retention */
-        jq_ack_item item = {.job = &a->job};
-        if (jq_aack_many(s->aq, ep->queue, &item, 1, on_acked, a) != 0)
-            attempt_free(a);
-        goto out;
+    if (a->body_gone) { /* the message is past its retention */
+        attempt_slot_free(a);
+        attempt_ack_later(a);
+        return;
     }
-    a->body = sd_xmalloc(m->len + 1);
-    memcpy(a->body, m->str, m->len);
-    a->body_len = m->len;
+    if (ep->sending >= (int)s->o.endpoint_concurrency || ep->nwaiting > 0) {
+        if (ep->nwaiting == ep->waiting_cap) {
+            ep->waiting_cap = ep->waiting_cap ? 2 * ep->waiting_cap : 16;
+            ep->waiting = sd_xrealloc(ep->waiting, ep->waiting_cap * sizeof *ep->waiting);
+        }
+        a->state = ATTEMPT_WAITING;
+        ep->waiting[ep->nwaiting++] = a;
+        endpoint_send_next(ep);
+        return;
+    }
+    attempt_http(a);
+}
+
+/* Signs and sends a request (a request slot is free). */
+static void attempt_http(attempt *a) {
+    sender *s = a->s;
+    endpoint *ep = a->ep;
+    a->state = ATTEMPT_SENDING;
+    a->sending = 1;
+    ep->sending++;
     wh_secret keys[2];
     size_t nkeys = 0;
-    if (wh_secret_parse(secret, &keys[0]) == 0)
+    if (wh_secret_parse(a->secret, &keys[0]) == 0)
         nkeys++;
-    const char *old = hfield(e, "old_secret"), *old_until = hfield(e, "old_until_ms");
-    if (old && old_until && (uint64_t)atoll(old_until) > (uint64_t)time(NULL) * 1000 &&
-        wh_secret_parse(old, &keys[nkeys]) == 0)
+    if (a->old_secret && a->old_until_ms > (int64_t)time(NULL) * 1000 &&
+        wh_secret_parse(a->old_secret, &keys[nkeys]) == 0)
         nkeys++;
     char sig[2 * (WH_SIGNATURE_ENTRY_LEN + 1)];
     int64_t ts = (int64_t)time(NULL);
@@ -517,8 +745,10 @@ static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
     if (rc != 0) {
         sd_log(SD_LOG_ERROR, "webhook.sign_failed", "endpoint=%s error=\"%s\"", ep->id,
                wh_strerror(rc));
+        a->sending = 0;
+        ep->sending--;
         attempt_release(a);
-        goto out;
+        return;
     }
     char h_id[300], h_ts[64], h_sig[sizeof sig + 32];
     snprintf(h_id, sizeof h_id, "webhook-id: %s", a->job.payload);
@@ -526,7 +756,7 @@ static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
     snprintf(h_sig, sizeof h_sig, "webhook-signature: %s", sig);
     const char *headers[] = {"Content-Type: application/json", h_id, h_ts, h_sig, NULL};
     sd_http_request req = {.method = "POST",
-                           .url = url,
+                           .url = a->url,
                            .headers = headers,
                            .body = a->body,
                            .body_len = a->body_len,
@@ -539,22 +769,83 @@ static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
         abort();
     rc = sd_http_client_request(s->client, &req, on_response, a);
     if (rc != 0) {
-        char error[96];
-        snprintf(error, sizeof error, "%s", sd_strerror(rc));
-        int np = 0;
-        record_attempt(s, a, 0, error, &np);
-        redisReply *last = pipe_end(s, np);
-        if (last)
-            freeReplyObject(last);
+        a->sending = 0;
+        ep->sending--;
+        s->failed++;
+        a->state = ATTEMPT_FAILING;
+        snprintf(a->error, sizeof a->error, "%s", sd_strerror(rc));
+        record_attempt(s, a, 0, a->error);
         jq_fail_opts fo = {.permanent = 0, .retry_after_ms = schedule_delay(s, a->job.attempts)};
-        if (jq_afail(s->aq, ep->queue, &a->job, error, &fo, on_failed, a) != 0)
+        if (jq_afail(s->aq, ep->queue, &a->job, a->error, &fo, on_failed, a) != 0)
             attempt_free(a);
     }
-out:
-    if (e)
-        freeReplyObject(e);
-    if (m)
-        freeReplyObject(m);
+}
+
+/* A field of an HGETALL reply, copied, or NULL. */
+static char *hfield_dup(const redisReply *h, const char *name) {
+    const char *v = hfield(h, name);
+    return v ? sd_xstrdup(v) : NULL;
+}
+
+static void attempt_read_done(attempt *a) {
+    if (--a->reads == 0)
+        attempt_send(a);
+}
+
+static void on_endpoint_read(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    attempt *a = privdata;
+    if (status != 0 || reply->type != REDIS_REPLY_ARRAY)
+        a->read_failed = 1;
+    else {
+        a->url = hfield_dup(reply, "url");
+        a->secret = hfield_dup(reply, "secret");
+        a->old_secret = hfield_dup(reply, "old_secret");
+        a->ep_state = hfield_dup(reply, "state");
+        const char *until = hfield(reply, "old_until_ms");
+        a->old_until_ms = until ? atoll(until) : 0;
+    }
+    attempt_read_done(a);
+}
+
+static void on_body_read(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    attempt *a = privdata;
+    if (status != 0 || reply->type == REDIS_REPLY_ERROR)
+        a->read_failed = 1;
+    else if (reply->type != REDIS_REPLY_STRING)
+        a->body_gone = 1;
+    else {
+        a->body = sd_xmalloc(reply->len + 1);
+        memcpy(a->body, reply->str, reply->len);
+        a->body[reply->len] = '\0';
+        a->body_len = reply->len;
+    }
+    attempt_read_done(a);
+}
+
+/* A reserved job becomes an attempt: read its endpoint and its message's bytes (two commands,
+ * sent with every other attempt's of this loop iteration), then attempt_send. */
+static void attempt_start(sender *s, endpoint *ep, jq_job *job) {
+    attempt *a = sd_xcalloc(1, sizeof *a);
+    a->s = s;
+    a->ep = ep;
+    a->job = *job; /* takes the payload */
+    a->start_ms = sd_now_ms();
+    a->lease_from_ms = ep->reserve_sent_ms;
+    a->state = ATTEMPT_READING;
+    a->holds_slot = 1;
+    ep->inflight++;
+    s->inflight++;
+    a->reads = 1; /* held until both are sent, so a reply cannot end the reading early */
+    if (sd_aredis_command(s->ar, on_endpoint_read, a, 0, "HGETALL " KP "ep:%s", ep->id) == 0)
+        a->reads++;
+    else
+        a->read_failed = 1;
+    if (!a->read_failed &&
+        sd_aredis_command(s->ar, on_body_read, a, 0, "HGET " KP "msg:%s body", a->job.payload) == 0)
+        a->reads++;
+    else
+        a->read_failed = 1;
+    attempt_read_done(a);
 }
 
 static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64_t next_ms,
@@ -562,66 +853,95 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
     endpoint *ep = arg;
     sender *s = ep->s;
     ep->reserving = 0;
-    if (status != 0)
+    if (status != 0) {
+        ep->again = 0; /* Redis failed: the next tick tries again, not a loop of failures */
         sd_log(SD_LOG_DEBUG, "webhook.reserve_failed", "endpoint=%s error=\"%s\"", ep->id,
                jq_strerror(status));
+    }
     for (size_t i = 0; i < n; i++) {
         if (s->stopping) {
             attempt *a = sd_xcalloc(1, sizeof *a);
             a->s = s;
             a->ep = ep;
             a->job = jobs[i];
-            ep->inflight++;
             s->inflight++;
             attempt_release(a);
             continue;
         }
         attempt_start(s, ep, &jobs[i]);
     }
+    /* A full batch says more may wait, and a fill asked for meanwhile (a kick after an enqueue)
+     * may be for a job this reserve came too early to see: ask again now, not at the next tick. */
+    if ((size_t)ep->asked == n || ep->again) {
+        ep->again = 0;
+        endpoint_fill(s, ep, sd_now_ms());
+    }
     sender_maybe_finish(s);
 }
 
-/* Reads the endpoint list and states (at most every poll interval, or when kicked). */
-static void endpoints_refresh(sender *s) {
-    redisReply *ids = cmd(s, "SMEMBERS " KP "eps");
-    if (!ids)
-        return;
-    for (size_t i = 0; i < ids->elements; i++) {
-        const char *id = ids->element[i]->str;
-        endpoint *ep = NULL;
-        for (size_t k = 0; k < s->neps; k++)
-            if (strcmp(s->eps[k]->id, id) == 0)
-                ep = s->eps[k];
-        if (!ep) {
-            if (!id_valid(id))
-                continue;
-            if (s->neps == s->caps) {
-                s->caps = s->caps ? 2 * s->caps : 16;
-                s->eps = sd_xrealloc(s->eps, s->caps * sizeof *s->eps);
-            }
-            ep = sd_xcalloc(1, sizeof *ep);
-            ep->s = s;
-            snprintf(ep->id, sizeof ep->id, "%s", id);
-            snprintf(ep->queue, sizeof ep->queue, "wh1.ep.%s", id);
-            s->eps[s->neps++] = ep;
-        }
-        redisReply *st = cmd(s, "HGET " KP "ep:%s state", id);
-        if (st)
-            ep->disabled = !(st->type == REDIS_REPLY_STRING && strcmp(st->str, "enabled") == 0);
-        if (st)
-            freeReplyObject(st);
+static endpoint *endpoint_find_or_add(sender *s, const char *id) {
+    for (size_t k = 0; k < s->neps; k++)
+        if (strcmp(s->eps[k]->id, id) == 0)
+            return s->eps[k];
+    if (!id_valid(id))
+        return NULL;
+    if (s->neps == s->caps) {
+        s->caps = s->caps ? 2 * s->caps : 16;
+        s->eps = sd_xrealloc(s->eps, s->caps * sizeof *s->eps);
     }
-    freeReplyObject(ids);
+    endpoint *ep = sd_xcalloc(1, sizeof *ep);
+    ep->s = s;
+    snprintf(ep->id, sizeof ep->id, "%s", id);
+    snprintf(ep->queue, sizeof ep->queue, "wh1.ep.%s", id);
+    s->eps[s->neps++] = ep;
+    return ep;
+}
+
+static void on_endpoints_read(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    sender *s = privdata;
+    s->refreshing = 0;
+    if (status == 0 && reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+            if (reply->element[i]->type != REDIS_REPLY_STRING ||
+                reply->element[i + 1]->type != REDIS_REPLY_STRING)
+                continue;
+            endpoint *ep = endpoint_find_or_add(s, reply->element[i]->str);
+            if (ep)
+                ep->disabled = strcmp(reply->element[i + 1]->str, "enabled") != 0;
+        }
+        uint64_t now = sd_now_ms();
+        for (size_t i = 0; i < s->neps; i++)
+            endpoint_fill(s, s->eps[i], now);
+    }
+    sender_maybe_finish(s);
+}
+
+static sd_script endpoints_script = {"webhook/endpoints", NULL, 0, ""};
+static sd_script message_script = {"webhook/message", NULL, 0, ""};
+
+/* Reads the endpoint list and states (every --poll-ms but at most every WH_REFRESH_MS, and at
+ * once after an endpoint is added or enabled through this process), one call in flight. */
+static void endpoints_refresh(sender *s) {
+    if (s->refreshing)
+        return;
+    const char *argv[] = {KP};
+    size_t lens[] = {strlen(KP)};
+    if (sd_aredis_script(s->ar, &endpoints_script, on_endpoints_read, s, 0, 1, 1, argv, lens) == 0)
+        s->refreshing = 1;
 }
 
 /* Reserves as many of the endpoint's jobs as it has free slots (invariant 4), unless it is
  * disabled, its breaker is open, or a reserve is already on its way. Runs on every tick and
- * whenever one of its attempts ends, so a busy endpoint's next job does not wait for a tick. */
+ * whenever one of its slots frees, so a busy endpoint's next job does not wait for a tick. */
 static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
-    int free_ep = (int)s->o.endpoint_concurrency - ep->inflight;
+    int free_ep = WH_PREFETCH * (int)s->o.endpoint_concurrency - ep->inflight;
     int free_all = (int)s->o.concurrency - s->inflight;
     int n = free_ep < free_all ? free_ep : free_all;
-    if (s->stopping || !s->deliver || ep->disabled || ep->reserving || n <= 0)
+    if (ep->reserving) { /* it may have been sent before the job that this fill is for */
+        ep->again = 1;
+        return;
+    }
+    if (s->stopping || !s->deliver || ep->disabled || n <= 0)
         return;
     if (ep->open_until_ms > now || ep->pause_until_ms > now)
         return;
@@ -629,8 +949,11 @@ static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
         n = ep->inflight ? 0 : 1;
     if (n <= 0)
         return;
-    if (jq_areserve(s->aq, ep->queue, n, s->visibility_ms, on_reserved, ep) == 0)
+    if (jq_areserve(s->aq, ep->queue, n, s->visibility_ms, on_reserved, ep) == 0) {
         ep->reserving = 1;
+        ep->asked = n;
+        ep->reserve_sent_ms = now;
+    }
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -638,7 +961,8 @@ static void on_tick(uv_timer_t *t) {
     if (s->stopping)
         return;
     uint64_t now = sd_now_ms();
-    if (now - s->last_refresh_ms >= (uint64_t)s->o.poll_ms) {
+    uint64_t every = s->o.poll_ms > WH_REFRESH_MS ? (uint64_t)s->o.poll_ms : WH_REFRESH_MS;
+    if (now - s->last_refresh_ms >= every) {
         endpoints_refresh(s);
         s->last_refresh_ms = now;
     }
@@ -646,11 +970,13 @@ static void on_tick(uv_timer_t *t) {
         endpoint_fill(s, s->eps[i], now);
 }
 
-/* Makes the workers look at the queues now (after an enqueue in this process). */
-static void workers_kick(sender *s) {
+/* Makes the workers look at the queues now: after an enqueue in this process, and with
+ * refresh set after an endpoint was added or enabled here (its state is read first). */
+static void workers_kick(sender *s, int refresh) {
     if (!s->deliver || s->stopping)
         return;
-    s->last_refresh_ms = 0;
+    if (refresh)
+        s->last_refresh_ms = 0;
     uv_timer_start(&s->tick, on_tick, 0, (uint64_t)s->o.poll_ms);
 }
 
@@ -748,7 +1074,7 @@ static void on_endpoint_create(sd_http_req *req, void *udata) {
     sd_http_req_add_header(req, "Location", loc);
     sd_http_req_respond_json(req, 201, json_pack("{s:s, s:s}", "id", id, "secret", secret));
     memset(secret, 0, sizeof secret);
-    workers_kick(s);
+    workers_kick(s, 1);
 }
 
 /* GET /v1/endpoints/{id} and POST /v1/endpoints/{id}/rotate-secret. */
@@ -786,7 +1112,7 @@ static void on_endpoint(sd_http_req *req, void *udata) {
         freeReplyObject(r);
         cmd_void(s, "HDEL " KP "ep:%s disabled_reason", id);
         sd_http_req_respond_json(req, 200, json_pack("{s:s, s:s}", "id", id, "state", "enabled"));
-        workers_kick(s);
+        workers_kick(s, 1);
         return;
     }
     if (rotate) {
@@ -849,6 +1175,171 @@ static void on_endpoint(sd_http_req *req, void *udata) {
     sd_http_req_respond_json(req, 200, out);
 }
 
+/* POST /v1/messages, without waiting on the loop: wh-message.lua stores the message and names
+ * the endpoints it fans out to (one round trip), then the post's enqueues (one per endpoint)
+ * join those of the other posts of this loop iteration, and on_flush sends each queue's in one
+ * script (jq_aenqueue_many; each endpoint's queue is its own slot). The answer is sent when the
+ * post's last enqueue is back. */
+typedef struct message_post {
+    sender *s;
+    sd_idem_call *call;
+    char id[40];
+    size_t ntargets;
+    size_t pending; /* enqueues not yet answered */
+    int failed;
+} message_post;
+
+/* One endpoint's enqueue of a post. */
+typedef struct message_enqueue {
+    message_post *p;
+    int retried;
+} message_enqueue;
+
+/* The enqueues waiting for the next flush, of one queue. */
+typedef struct enqueue_list {
+    char queue[64];
+    message_enqueue **items;
+    size_t n, cap;
+} enqueue_list;
+
+/* A batch in flight. */
+typedef struct enqueue_batch {
+    size_t n;
+    message_enqueue *e[];
+} enqueue_batch;
+
+#define WH_ENQUEUE_BATCH 500
+
+static void message_post_end(message_post *p) {
+    sender *s = p->s;
+    if (p->failed)
+        sd_idem_call_respond_problem(p->call, 503, "about:blank", "Redis unavailable",
+                                     "the message may be partly fanned out; retry with the same "
+                                     "Idempotency-Key",
+                                     NULL);
+    else {
+        sd_idem_call_respond_json(
+            p->call, 202,
+            json_pack("{s:s, s:I}", "id", p->id, "endpoints", (json_int_t)p->ntargets));
+        workers_kick(s, 0);
+    }
+    free(p);
+}
+
+static void enqueue_later(sender *s, const char *queue, message_enqueue *e) {
+    enqueue_list *l = NULL;
+    for (size_t i = 0; i < s->nenq && !l; i++)
+        if (strcmp(s->enq[i].queue, queue) == 0)
+            l = &s->enq[i];
+    if (!l) {
+        s->enq = sd_xrealloc(s->enq, (s->nenq + 1) * sizeof *s->enq);
+        l = &s->enq[s->nenq++];
+        memset(l, 0, sizeof *l);
+        snprintf(l->queue, sizeof l->queue, "%s", queue);
+    }
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 16;
+        l->items = sd_xrealloc(l->items, l->cap * sizeof *l->items);
+    }
+    l->items[l->n++] = e;
+    flush_schedule(s);
+}
+
+/* One enqueue has its answer (status 0 or the batch's error). */
+static void enqueue_done(message_enqueue *e, int status) {
+    message_post *p = e->p;
+    if (status != 0)
+        p->failed = 1;
+    free(e);
+    if (--p->pending == 0)
+        message_post_end(p);
+}
+
+typedef struct enqueue_ctx {
+    sender *s;
+    char queue[64];
+    enqueue_batch *b;
+} enqueue_ctx;
+
+static void on_enqueued(jq_aclient *c, int status, const jq_enqueued *out, size_t n, void *arg) {
+    enqueue_ctx *x = arg;
+    for (size_t i = 0; i < x->b->n; i++) {
+        message_enqueue *e = x->b->e[i];
+        /* The message id is the job's idempotency key: sending it again makes no second job. */
+        if ((status == SD_EDISCONNECTED || status == SD_ETIMEDOUT) && !e->retried) {
+            e->retried = 1;
+            enqueue_later(x->s, x->queue, e);
+            continue;
+        }
+        enqueue_done(e, status);
+    }
+    free(x->b);
+    free(x);
+}
+
+/* Sends every waiting enqueue, one script per queue (WH_ENQUEUE_BATCH jobs at most each). */
+static void enqueues_flush(sender *s) {
+    for (size_t i = 0; i < s->nenq; i++) {
+        enqueue_list *l = &s->enq[i];
+        while (l->n > 0) {
+            size_t k = l->n > WH_ENQUEUE_BATCH ? WH_ENQUEUE_BATCH : l->n;
+            enqueue_ctx *x = sd_xcalloc(1, sizeof *x);
+            x->s = s;
+            snprintf(x->queue, sizeof x->queue, "%s", l->queue);
+            x->b = sd_xmalloc(sizeof *x->b + k * sizeof x->b->e[0]);
+            x->b->n = k;
+            jq_new_job *jobs = sd_xcalloc(k, sizeof *jobs);
+            jq_enqueue_opts *opts = sd_xcalloc(k, sizeof *opts);
+            for (size_t j = 0; j < k; j++) {
+                message_enqueue *e = l->items[j];
+                x->b->e[j] = e;
+                jq_enqueue_opts_default(&opts[j]);
+                opts[j].max_attempts = s->nschedule + 2; /* a spare for a worker that died */
+                opts[j].idempotency_key = e->p->id;
+                jobs[j] =
+                    (jq_new_job){.payload = e->p->id, .len = strlen(e->p->id), .opts = &opts[j]};
+            }
+            l->n -= k;
+            memmove(l->items, l->items + k, l->n * sizeof *l->items);
+            int rc = jq_aenqueue_many(s->api_aq, x->queue, jobs, k, on_enqueued, x);
+            free(jobs);
+            free(opts);
+            if (rc != 0) {
+                for (size_t j = 0; j < k; j++)
+                    enqueue_done(x->b->e[j], rc);
+                free(x->b);
+                free(x);
+            }
+        }
+    }
+}
+
+static void on_message_stored(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    message_post *p = privdata;
+    if (status != 0 || reply->type != REDIS_REPLY_ARRAY) {
+        if (status == 0 && reply->type == REDIS_REPLY_ERROR)
+            sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", reply->str);
+        p->failed = 1;
+        message_post_end(p);
+        return;
+    }
+    p->pending = 1; /* held while sending, so that no answer ends the post early */
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *t = reply->element[i];
+        if (t->type != REDIS_REPLY_STRING || !id_valid(t->str))
+            continue;
+        p->ntargets++;
+        message_enqueue *e = sd_xcalloc(1, sizeof *e);
+        e->p = p;
+        char queue[64];
+        snprintf(queue, sizeof queue, "wh1.ep.%s", t->str);
+        p->pending++;
+        enqueue_later(p->s, queue, e);
+    }
+    if (--p->pending == 0)
+        message_post_end(p);
+}
+
 static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
     sender *s = udata;
     size_t len;
@@ -877,71 +1368,25 @@ static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
     json_t *msg = json_pack("{s:s, s:s, s:O}", "type", type, "timestamp", iso, "data", payload);
     char *text = json_dumps(msg, JSON_COMPACT | JSON_ENCODE_ANY);
     json_decref(msg);
-    char id[40];
-    random_id("msg_", id, sizeof id);
-    /* Which endpoints take it. */
-    redisReply *ids = cmd(s, "SMEMBERS " KP "eps");
-    char **targets = NULL;
-    size_t ntargets = 0;
-    int ok = ids != NULL;
-    for (size_t i = 0; ok && i < ids->elements; i++) {
-        redisReply *e = cmd(s, "HMGET " KP "ep:%s event_types", ids->element[i]->str);
-        if (!e) {
-            ok = 0;
-            break;
-        }
-        const char *types = e->element[0]->str;
-        char *needle = sd_xasprintf(",%s,", type);
-        if (types && (strcmp(types, "*") == 0 || strstr(types, needle))) {
-            targets = sd_xrealloc(targets, (ntargets + 1) * sizeof *targets);
-            targets[ntargets++] = sd_xstrdup(ids->element[i]->str);
-        }
-        free(needle);
-        freeReplyObject(e);
-    }
-    if (ok) {
-        redisReply *r = cmd(s, "HSET " KP "msg:%s event_type %s body %s created_ms %llu", id, type,
-                            text, (unsigned long long)wall_ms());
-        ok = r != NULL;
-        if (r)
-            freeReplyObject(r);
-        cmd_void(s, "EXPIRE " KP "msg:%s %d", id, WH_RETENTION_S);
-    }
-    /* One job per endpoint; the message id as the idempotency key, so a repeated fan-out
-     * makes no second job. */
-    for (size_t i = 0; ok && i < ntargets; i++) {
-        char queue[64];
-        snprintf(queue, sizeof queue, "wh1.ep.%s", targets[i]);
-        jq_enqueue_opts eo;
-        jq_enqueue_opts_default(&eo);
-        eo.max_attempts = s->nschedule + 2; /* one spare for an attempt whose worker died */
-        eo.idempotency_key = id;
-        jq_enqueued out;
-        int rc = jq_enqueue(s->jq, queue, id, strlen(id), &eo, &out);
-        if (rc == SD_EDISCONNECTED || rc == SD_ETIMEDOUT) /* the idempotency key makes it safe */
-            rc = jq_enqueue(s->jq, queue, id, strlen(id), &eo, &out);
-        ok = rc == 0;
-        if (ok)
-            cmd_void(s, "SADD " KP "msg:%s:eps %s", id, targets[i]);
-    }
-    cmd_void(s, "EXPIRE " KP "msg:%s:eps %d", id, WH_RETENTION_S);
-    for (size_t i = 0; i < ntargets; i++)
-        free(targets[i]);
-    free(targets);
-    if (ids)
-        freeReplyObject(ids);
+    message_post *p = sd_xcalloc(1, sizeof *p);
+    p->s = s;
+    p->call = call;
+    random_id("msg_", p->id, sizeof p->id);
+    char created[24], retention[16];
+    snprintf(created, sizeof created, "%lld", (long long)wall_ms());
+    snprintf(retention, sizeof retention, "%d", WH_RETENTION_S);
+    const char *argv[] = {KP, p->id, type, text, created, retention};
+    size_t lens[6];
+    for (int i = 0; i < 6; i++)
+        lens[i] = strlen(argv[i]);
+    int rc =
+        sd_aredis_script(s->api_ar, &message_script, on_message_stored, p, 0, 1, 6, argv, lens);
     free(text);
     json_decref(in);
-    if (!ok) {
-        sd_idem_call_respond_problem(call, 503, "about:blank", "Redis unavailable",
-                                     "the message may be partly fanned out; retry with the same "
-                                     "Idempotency-Key",
-                                     NULL);
-        return;
+    if (rc != 0) {
+        p->failed = 1;
+        message_post_end(p);
     }
-    sd_idem_call_respond_json(call, 202,
-                              json_pack("{s:s, s:I}", "id", id, "endpoints", (json_int_t)ntargets));
-    workers_kick(s);
 }
 
 static void on_message_create(sd_http_req *req, void *udata) {
@@ -1055,7 +1500,7 @@ static void on_dead_replay(sd_http_req *req, void *udata) {
         return;
     }
     sd_http_req_respond_json(req, 202, resp);
-    workers_kick(s);
+    workers_kick(s, 0);
 }
 
 static void on_metrics(sd_http_buf *buf, void *udata) {
@@ -1074,22 +1519,43 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
 
 static void on_closed(uv_handle_t *h) {}
 
+/* The last thing of every loop iteration, before it waits: the commands its callbacks and
+ * timers sent leave in one write per connection, instead of each connection asking the loop
+ * for a writable event (two epoll_ctl calls and an iteration more) - at a few thousand
+ * deliveries a second those system calls were a large part of the sender's CPU. */
+static void on_write(uv_prepare_t *h) {
+    sender *s = h->data;
+    sd_aredis_flush(s->ar);
+    jq_aclient_flush(s->aq);
+    sd_aredis_flush(s->api_ar);
+    jq_aclient_flush(s->api_aq);
+}
+
 /* Runs from its own timer, never from inside a queue callback: frees the connections. */
 static void on_finish(uv_timer_t *t) {
     sender *s = t->data;
     uv_close((uv_handle_t *)&s->finish, on_closed);
+    uv_close((uv_handle_t *)&s->flush, on_closed);
+    uv_close((uv_handle_t *)&s->write, on_closed);
     jq_aclient_free(s->aq);
     s->aq = NULL;
     sd_aredis_free(s->ar);
     s->ar = NULL;
+    jq_aclient_free(s->api_aq);
+    s->api_aq = NULL;
+    sd_aredis_free(s->api_ar);
+    s->api_ar = NULL;
 }
 
+/* A stop ends once nothing is left that a callback could still need: no attempt, no reserve,
+ * no refresh, no record or ack unsent or unanswered. */
 static void sender_maybe_finish(sender *s) {
-    if (!s->stopping || s->inflight > 0 || uv_is_active((uv_handle_t *)&s->finish) ||
+    if (!s->stopping || s->inflight > 0 || s->records > 0 || s->refreshing ||
+        uv_is_active((uv_handle_t *)&s->flush) || uv_is_active((uv_handle_t *)&s->finish) ||
         uv_is_closing((uv_handle_t *)&s->finish))
         return;
     for (size_t i = 0; i < s->neps; i++)
-        if (s->eps[i]->reserving)
+        if (s->eps[i]->reserving || s->eps[i]->ok_pending)
             return;
     uv_timer_start(&s->finish, on_finish, 0, 0);
 }
@@ -1098,6 +1564,8 @@ static void sender_stop(sender *s) {
     if (s->stopping)
         return;
     s->stopping = 1;
+    for (size_t i = 0; i < s->neps; i++) /* waiting attempts go back to their queues */
+        endpoint_send_next(s->eps[i]);
     uv_timer_stop(&s->tick);
     uv_close((uv_handle_t *)&s->tick, on_closed);
     uv_close((uv_handle_t *)&s->sigint, on_closed);
@@ -1146,11 +1614,33 @@ static int sender_run(options *o, int serve) {
     sd_redis_opts ropts;
     sd_redis_opts_default(&ropts);
     s->r = sd_redis_new(&s->url, &ropts);
+    /* The asynchronous connection's scripts: the sender's own, and the Idempotency-Key ones. */
+    endpoints_script.body = sd_lua_wh_endpoints;
+    endpoints_script.len = sd_lua_wh_endpoints_len;
+    message_script.body = sd_lua_wh_message;
+    message_script.len = sd_lua_wh_message_len;
+    sd_script *scripts[8] = {&endpoints_script, &message_script};
+    size_t nscripts = 2;
+    for (size_t i = 0; i < sd_idem_nscripts && nscripts < 8; i++)
+        scripts[nscripts++] = sd_idem_scripts[i];
+    sd_redis_opts aopts;
+    sd_redis_opts_default(&aopts);
+    aopts.scripts = scripts;
+    aopts.nscripts = nscripts;
     if (jq_client_new(&s->url, NULL, &s->jq) != 0 ||
-        jq_aclient_new(s->loop, &s->url, NULL, &s->aq) != 0) {
+        jq_aclient_new(s->loop, &s->url, NULL, &s->aq) != 0 ||
+        sd_aredis_new(s->loop, &s->url, &aopts, &s->ar) != 0 ||
+        (serve && (jq_aclient_new(s->loop, &s->url, NULL, &s->api_aq) != 0 ||
+                   sd_aredis_new(s->loop, &s->url, &aopts, &s->api_ar) != 0))) {
         fprintf(stderr, "webhook: cannot connect to Redis\n");
         goto out;
     }
+    /* Up before the first request or attempt, so that neither is answered 503 or put off at
+     * start (all reconnect by themselves later). */
+    if (sd_aredis_wait_connected(s->ar, 5000) != 0 || jq_aclient_wait_connected(s->aq, 5000) != 0 ||
+        (serve && (sd_aredis_wait_connected(s->api_ar, 5000) != 0 ||
+                   jq_aclient_wait_connected(s->api_aq, 5000) != 0)))
+        sd_log(SD_LOG_WARN, "webhook.redis_unreachable", "what=start answer=503");
     sd_http_client_opts copts;
     sd_http_client_opts_default(&copts);
     copts.vet = sd_addr_vet_connect;
@@ -1162,23 +1652,20 @@ static int sender_run(options *o, int serve) {
     s->tick.data = s;
     uv_timer_init(s->loop, &s->finish);
     s->finish.data = s;
+    uv_timer_init(s->loop, &s->flush);
+    s->flush.data = s;
+    uv_prepare_init(s->loop, &s->write);
+    s->write.data = s;
+    uv_prepare_start(&s->write, on_write);
+    uv_unref((uv_handle_t *)&s->write); /* it alone does not keep the loop running */
     uv_signal_init(s->loop, &s->sigint);
     uv_signal_init(s->loop, &s->sigterm);
     s->sigint.data = s->sigterm.data = s;
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     if (serve) {
-        sd_redis_opts aopts;
-        sd_redis_opts_default(&aopts);
-        aopts.scripts = sd_idem_scripts;
-        aopts.nscripts = sd_idem_nscripts;
-        sd_aredis_new(s->loop, &s->url, &aopts, &s->ar);
-        /* Up before the first request, so that an Idempotency-Key is not answered 503 at start
-         * (it reconnects by itself later). */
-        if (s->ar && sd_aredis_wait_connected(s->ar, 5000) != 0)
-            sd_log(SD_LOG_WARN, "webhook.redis_unreachable", "what=idempotency answer=503");
         sd_idem_opts io = {.prefix = "wh1:{wh1}:idem"};
-        sd_idem_new(s->ar, &io, &s->idem);
+        sd_idem_new(s->api_ar, &io, &s->idem);
         sd_http_opts hopts;
         sd_http_opts_default(&hopts);
         hopts.server_name = "webhook";
@@ -1221,14 +1708,22 @@ out:
     if (!s->stopping) { /* a start that failed before the loop ran */
         jq_aclient_free(s->aq);
         sd_aredis_free(s->ar);
+        jq_aclient_free(s->api_aq);
+        sd_aredis_free(s->api_ar);
     }
     uv_run(s->loop, UV_RUN_DEFAULT);
     sd_idem_free(s->idem);
     jq_client_free(s->jq);
     sd_redis_free(s->r);
-    for (size_t i = 0; i < s->neps; i++)
+    for (size_t i = 0; i < s->neps; i++) {
+        free(s->eps[i]->acks);
+        free(s->eps[i]->waiting);
         free(s->eps[i]);
+    }
     free(s->eps);
+    for (size_t i = 0; i < s->nenq; i++)
+        free(s->enq[i].items);
+    free(s->enq);
     sd_redis_url_clear(&s->url);
     uv_loop_close(s->loop);
     free(s);
