@@ -21,6 +21,9 @@
  *   |   "filled"/"invalidated" message, or the lease's expiry              DONE
  *   +--- subscriber down while WAITING
  *
+ * LOOKUP is a plain HMGET first when the value may be a fresh hit (the fast path, below), then
+ * cache-get.lua for anything else.
+ *
  * Functions: flight_start (QUEUED -> LOOKUP or LOADING), on_lookup (LOOKUP -> DONE, LOADING,
  * WAITING), on_message / on_flight_timer (WAITING -> LOOKUP), cache_load_done (LOADING ->
  * STORING or DONE), on_store (STORING -> DONE), flight_finish (-> DONE: out of the table).
@@ -131,6 +134,7 @@ struct flight {
     int woken;      /* a message for its key came while it waited */
     int background; /* its waiters were answered; it refreshes for the tiers */
     int redis_pending;
+    double xrand;         /* XFetch's rand for the script, when the fast path drew it; 0: none */
     cache_blob *fallback; /* stale-if-error value from the lookup */
     cache_blob *serve;    /* value given at once to gets that join now */
     cache_blob *loaded;   /* what the loader gave, for the local tier once stored */
@@ -178,6 +182,12 @@ struct cache {
     int closing;
     int handles; /* open libuv handles (idle + flight timers); freed at 0 when closing */
     uint64_t rng;
+    /* Redis's clock, for the fast path: server ms = (local monotonic us + clock_off_us) / 1000
+     * at most (an upper bound: the offset is taken from the TIME reply against the time the
+     * command was sent). clock_at_ms: when it was learned, 0 none; clock_pending: a TIME is out. */
+    int64_t clock_off_us;
+    uint64_t clock_at_ms, clock_sent_us;
+    int clock_pending;
     cache_stats st;
 };
 
@@ -559,6 +569,7 @@ static void on_store(sd_aredis *r, redisReply *reply, int status, void *privdata
 /* ---- Look-ups ------------------------------------------------------------------------------ */
 
 static void on_lookup(sd_aredis *r, redisReply *reply, int status, void *privdata);
+static void flight_fast_lookup(flight *f);
 
 /* QUEUED or WAITING -> LOOKUP, or straight to LOADING when Redis is not to be used. */
 static void flight_start(flight *f) {
@@ -568,7 +579,7 @@ static void flight_start(flight *f) {
         flight_load(f);
         return;
     }
-    flight_lookup(f);
+    flight_fast_lookup(f);
 }
 
 static void flight_lookup(flight *f) {
@@ -578,7 +589,9 @@ static void flight_lookup(flight *f) {
     char *k2 = make_key(c, f->key, f->klen, ":lease", &k2len);
     char lease[24], rnd[40], beta[40];
     snprintf(lease, sizeof lease, "%d", c->o.lease_ms);
-    snprintf(rnd, sizeof rnd, "%.17g", 1.0 - rng_unit(c)); /* (0, 1] */
+    /* (0, 1]; the fast path's draw when it sent this flight here for XFetch to decide */
+    snprintf(rnd, sizeof rnd, "%.17g", f->xrand > 0 ? f->xrand : 1.0 - rng_unit(c));
+    f->xrand = 0;
     snprintf(beta, sizeof beta, "%.17g", c->o.xfetch_beta);
     const char *argv[] = {k1, k2, f->token, lease, rnd, beta};
     size_t lens[] = {k1len, k2len, strlen(f->token), strlen(lease), strlen(rnd), strlen(beta)};
@@ -707,6 +720,128 @@ static void on_lookup(sd_aredis *r, redisReply *reply, int status, void *privdat
     f->lease_wake_ms = sd_now_ms() + (pttl + 2 < c->o.wait_poll_ms ? (uint64_t)pttl + 2
                                                                    : (uint64_t)c->o.wait_poll_ms);
     flight_timer_arm(f);
+}
+
+/* ---- The fast path: a fresh hit read with one HMGET ---------------------------------------------
+ *
+ * cache-get.lua costs Redis a script call per look-up (TIME, HMGET, the rules, the lease), and
+ * at tens of thousands of hits/s that CPU is what a hit waits behind. A fresh hit needs none of
+ * the script's atomicity (it writes nothing), so a flight's first look-up reads the fields with
+ * a plain HMGET and answers a hit from it when
+ *   - the value is there and fresh by fast_margin_ms against an UPPER bound of Redis's clock
+ *     when the HMGET ran: the local monotonic clock plus an offset learned from TIME, taken
+ *     against the moment the TIME was sent, read when the HMGET's reply arrives (so the
+ *     script, run at the same moment, would also have found it fresh), and
+ *   - XFetch, evaluated here with the script's formula at that upper bound, does not elect
+ *     this caller (a later clock only elects more often, so the script would not have either).
+ * Anything else (no value, not fresh by the margin, negative-cached, XFetch elects, no clock
+ * yet, an error) runs the script as before, with the same XFetch rand, so leases, fencing,
+ * stale-while-revalidate, stale-if-error and negative caching keep their exact rules. The
+ * margin covers a Redis wall clock that steps forward between two TIME readings (every
+ * CLOCK_REFRESH_MS) and, on a cluster, the skew between the node TIME was read from and the
+ * key's node (nodes are assumed to agree within it). */
+
+#define CLOCK_REFRESH_MS 2000  /* TIME again after this */
+#define CLOCK_MAX_AGE_MS 10000 /* an older estimate is not used */
+
+static void on_time(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    cache *c = privdata;
+    c->clock_pending = 0;
+    if (c->closing || status != 0 || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    int64_t server_us = strtoll(reply->element[0]->str, NULL, 10) * 1000000 +
+                        strtoll(reply->element[1]->str, NULL, 10);
+    c->clock_off_us = server_us - (int64_t)c->clock_sent_us;
+    c->clock_at_ms = sd_now_ms();
+}
+
+/* Asks Redis for its clock when the estimate is missing or due for a refresh. */
+static void clock_refresh(cache *c) {
+    if (c->clock_pending || !c->redis_up || c->o.fast_margin_ms < 0)
+        return;
+    if (c->clock_at_ms && sd_now_ms() - c->clock_at_ms < CLOCK_REFRESH_MS)
+        return;
+    c->clock_sent_us = sd_now_ns() / 1000;
+    if (sd_aredis_command(c->r, on_time, c, c->o.redis_timeout_ms, "TIME") == 0) {
+        c->clock_pending = 1;
+        flush_soon(c);
+    }
+}
+
+static int clock_known(const cache *c) {
+    return c->clock_at_ms && sd_now_ms() - c->clock_at_ms < CLOCK_MAX_AGE_MS;
+}
+
+static void on_fast_lookup(sd_aredis *r, redisReply *reply, int status, void *privdata);
+
+/* QUEUED -> LOOKUP by an HMGET, or by the script when the fast path cannot be used. */
+static void flight_fast_lookup(flight *f) {
+    cache *c = f->c;
+    clock_refresh(c);
+    if (c->o.fast_margin_ms < 0 || !clock_known(c)) {
+        flight_lookup(f);
+        return;
+    }
+    size_t klen;
+    char *k = make_key(c, f->key, f->klen, "", &klen);
+    const char *argv[] = {"HMGET", k, "v", "st", "fu", "d"};
+    size_t lens[] = {5, klen, 1, 2, 2, 1};
+    f->state = FLIGHT_LOOKUP;
+    f->recheck = 0;
+    f->lease_wake_ms = 0;
+    int rc = sd_aredis_commandv(c->r, on_fast_lookup, f, c->o.redis_timeout_ms, 6, argv, lens);
+    free(k);
+    if (rc != 0) {
+        flight_lookup(f); /* it handles a refusal */
+        return;
+    }
+    f->redis_pending++;
+    flush_soon(c);
+    flight_timer_arm(f);
+}
+
+static void on_fast_lookup(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    flight *f = privdata;
+    cache *c = f->c;
+    f->redis_pending--;
+    if (c->closing || f->state == FLIGHT_DONE) {
+        flight_finish(f);
+        return;
+    }
+    if (status != 0 || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
+        reply->element[0]->type != REDIS_REPLY_STRING || !clock_known(c)) {
+        flight_lookup(f);
+        return;
+    }
+    const redisReply *v = reply->element[0];
+    const redisReply *e_st = reply->element[1], *e_fu = reply->element[2], *e_d = reply->element[3];
+    int st = e_st->type == REDIS_REPLY_STRING ? (int)strtol(e_st->str, NULL, 10) : 0;
+    int64_t fu = e_fu->type == REDIS_REPLY_STRING ? strtoll(e_fu->str, NULL, 10) : 0;
+    double d = e_d->type == REDIS_REPLY_STRING ? strtod(e_d->str, NULL) : 0;
+    /* Redis's clock now, rounded up: at least what TIME would say in the script. */
+    int64_t now_us = (int64_t)(sd_now_ns() / 1000) + c->clock_off_us;
+    int64_t now = (now_us + 999) / 1000;
+    if (fu <= now + c->o.fast_margin_ms) {
+        flight_lookup(f);
+        return;
+    }
+    double beta = c->o.xfetch_beta;
+    double rnd = 1.0 - rng_unit(c); /* (0, 1] */
+    if (beta > 0 && (double)now - d * beta * log(rnd) >= (double)fu) {
+        f->xrand = rnd; /* the script decides, with this draw, and takes the lease */
+        flight_lookup(f);
+        return;
+    }
+    c->st.hits_fast++;
+    cache_blob *b = cache_blob_new(st, v->str, v->len);
+    count_wake(f);
+    flight_answer(f, b, f->waited ? CACHE_SRC_COALESCED : CACHE_SRC_REDIS, 0);
+    if (!f->recheck)
+        local_store(c, f, b, (int)(fu - now));
+    cache_blob_unref(b);
+    flight_finish(f);
 }
 
 /* ---- Timers: waiters' deadlines and the lease's expiry -------------------------------------- */
@@ -874,7 +1009,10 @@ static void on_redis_state(sd_aredis *r, int connected, void *udata) {
     if (c->closing) /* sd_aredis_free, from cache_free, may report the connection down */
         return;
     c->redis_up = connected;
-    if (!connected)
+    c->clock_at_ms = 0; /* a new connection may be another server: learn its clock again */
+    if (connected)
+        clock_refresh(c);
+    else
         restart_waiting(c);
 }
 
@@ -928,6 +1066,7 @@ void cache_opts_default(cache_opts *o) {
     o->reconnect_max_ms = 2000;
     o->ping_interval_ms = 1000;
     o->wait_poll_ms = 1000;
+    o->fast_margin_ms = 50;
 }
 
 int cache_new(uv_loop_t *loop, const sd_redis_url *url, const cache_opts *opts, cache **out) {

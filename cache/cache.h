@@ -12,10 +12,11 @@
  * What a get does (the design is drawn in cache.c):
  *  1. Local tier hit: answered from memory (on the next loop iteration).
  *  2. Else the key's flight: every concurrent get of one key in one instance joins one flight
- *     (in-process single-flight), which runs cache-get.lua on Redis: a fresh value is a Redis
- *     hit; otherwise the script gives a lease (SET NX PX with a random token) to exactly one
- *     caller across all instances, who calls the loader; the others wait for the leader's
- *     "filled" message on the cache's pub/sub channel: it carries the value (up to
+ *     (in-process single-flight), which reads the value with a plain HMGET: a value fresh by
+ *     a margin (fast_margin_ms) is a Redis hit; anything else runs cache-get.lua, where a
+ *     fresh value is a Redis hit too; otherwise the script gives a lease (SET NX PX with a random
+ * token) to exactly one caller across all instances, who calls the loader; the others wait for the
+ * leader's "filled" message on the cache's pub/sub channel: it carries the value (up to
  *     CACHE_FILL_INLINE_MAX bytes), so they answer from it with no Redis call; a larger
  *     value or a no-store answer makes them look again (one EVALSHA). A look-up every
  *     wait_poll_ms (1 s) covers a message lost without a subscriber drop (a drop restarts
@@ -90,6 +91,11 @@ typedef struct cache_opts {
     int reconnect_min_ms, reconnect_max_ms; /* both connections' backoff: 50, 2000 */
     int ping_interval_ms;                   /* the subscriber's liveness PING: 1000 */
     int wait_poll_ms; /* a waiting flight's fallback look-up, for a lost message: 1000 */
+    /* The fast path (cache.c): a look-up first reads the value with a plain HMGET and answers a
+     * hit from it when it is fresh by at least this many ms on Redis's clock (as estimated from
+     * TIME) and XFetch does not pick this caller; anything else runs cache-get.lua. Default
+     * 50; negative: every look-up runs the script. */
+    int fast_margin_ms;
 } cache_opts;
 
 void cache_opts_default(cache_opts *o);
@@ -188,7 +194,8 @@ typedef struct cache_stats {
     uint64_t fills;         /* "filled" messages received (own included) */
     uint64_t local_drops;   /* times the local tier was dropped (subscriber down) */
     uint64_t degraded_loads;
-    uint64_t timeouts; /* gets answered SD_ETIMEDOUT */
+    uint64_t timeouts;  /* gets answered SD_ETIMEDOUT */
+    uint64_t hits_fast; /* Redis hits answered by the fast path's HMGET, no script */
     /* How each waiting flight was answered: after the leader's message (from the value it
      * carried, or one look-up it triggered), or by the fallback look-up with no message (one
      * was lost: should stay 0). fill_values: answered from the message's value, no Redis call. */

@@ -1119,3 +1119,133 @@ Test(cache, a_waiter_timing_out_cancels_nobody_else) {
     cache_stop(a);
     cache_stop(b);
 }
+
+/* ---- The fast path: a fresh Redis hit is one HMGET, anything else the script ------------------
+ */
+
+/* Calls of a command since the servers started, summed over every node (INFO commandstats). */
+static long long command_calls(const char *name) {
+    int n = cluster ? sd_redis_cluster_server_count(cluster) : 1;
+    char needle[64];
+    snprintf(needle, sizeof needle, "cmdstat_%s:calls=", name);
+    long long total = 0;
+    for (int i = 0; i < n; i++) {
+        sd_redis_server *node = cluster ? sd_redis_cluster_server_node(cluster, i) : server;
+        struct timeval tv = {5, 0};
+        redisContext *rc = redisConnectWithTimeout("127.0.0.1", sd_redis_server_port(node), tv);
+        cr_assert(rc != NULL && rc->err == 0, "cannot connect to node %d", i);
+        redisReply *reply = redisCommand(rc, "INFO commandstats");
+        cr_assert(reply != NULL && reply->type == REDIS_REPLY_STRING);
+        const char *p = strstr(reply->str, needle);
+        if (p)
+            total += atoll(p + strlen(needle));
+        freeReplyObject(reply);
+        redisFree(rc);
+    }
+    return total;
+}
+
+/* Gets key (loaded before) until one is answered by the fast path: the cache learns Redis's
+ * clock from a TIME sent when it connects, and uses no fast path before the answer. */
+static void wait_fast_path(cache *c, const char *key) {
+    for (int i = 0; i < 500 && stats(c).hits_fast == 0; i++)
+        get_one(c, key);
+    cr_assert_gt(stats(c).hits_fast, 0, "no look-up took the fast path");
+}
+
+/* Redis's clock in ms (the node TIME is routed to). */
+static long long redis_now_ms(sd_redis *r) {
+    int err = 0;
+    redisReply *t = sd_redis_command(r, &err, "TIME");
+    cr_assert(t != NULL && t->type == REDIS_REPLY_ARRAY && t->elements == 2, "%s",
+              sd_strerror(err));
+    long long ms = atoll(t->element[0]->str) * 1000 + atoll(t->element[1]->str) / 1000;
+    freeReplyObject(t);
+    return ms;
+}
+
+static void fresh_hit_is_one_hmget(void) {
+    cache_opts o = test_opts();
+    o.local_bytes = 0; /* every get a Redis look-up */
+    cache *c = cache_start(&o);
+    cr_assert_str_eq(get_one(c, "fp").first, "fp#1");
+    wait_fast_path(c, "fp");
+    cache_stats s0 = stats(c);
+    long long evalsha0 = command_calls("evalsha"), hmget0 = command_calls("hmget");
+    for (int i = 0; i < 20; i++) {
+        answers a = get_one(c, "fp");
+        cr_assert_str_eq(a.first, "fp#1");
+        cr_assert_eq(a.by_source[CACHE_SRC_REDIS], 1);
+        cr_assert_eq(a.stale, 0);
+    }
+    cr_assert_eq(stats(c).hits_redis - s0.hits_redis, 20);
+    cr_assert_eq(stats(c).hits_fast - s0.hits_fast, 20);
+    /* (Redis counts the script's own HMGET here too: 20 is one per get, and no script.) */
+    cr_assert_eq(command_calls("hmget") - hmget0, 20);
+    cr_assert_eq(command_calls("evalsha") - evalsha0, 0, "a fresh hit ran the script");
+
+    /* A negative margin turns the fast path off: every hit is the script again. */
+    cache_opts off = o;
+    off.fast_margin_ms = -1;
+    cache *d = cache_start(&off);
+    evalsha0 = command_calls("evalsha");
+    for (int i = 0; i < 20; i++)
+        cr_assert_str_eq(get_one(d, "fp").first, "fp#1");
+    cr_assert_eq(stats(d).hits_redis, 20);
+    cr_assert_eq(stats(d).hits_fast, 0);
+    cr_assert_eq(command_calls("evalsha") - evalsha0, 20);
+    cr_assert_eq(origin_calls(), 1);
+    cache_stop(c);
+    cache_stop(d);
+}
+
+Test(cache, a_fresh_redis_hit_is_one_hmget_and_no_script) {
+    fresh_hit_is_one_hmget();
+}
+Test(cache_cluster, a_fresh_redis_hit_is_one_hmget_and_no_script) {
+    fresh_hit_is_one_hmget();
+}
+
+/* The fast path answers only what the script would: a value within the margin of its expiry
+ * (by Redis's clock, not the local one) and a value past it go to the script, which serves
+ * the second as stale-while-revalidate and refreshes it once. */
+static void near_expiry_goes_to_the_script(void) {
+    cache_opts o = test_opts();
+    o.local_bytes = 0;
+    o.swr_ms = 600000;
+    cache *c = cache_start(&o);
+    cr_assert_eq(get_one(c, "warm").ok, 1);
+    wait_fast_path(c, "warm");
+    cr_assert_eq(get_one(c, "edge").ok, 1);
+    sd_redis *r = sync_redis();
+
+    /* Fresh for 25 ms more: inside the 50 ms margin. */
+    test_redis_int(r, "HSET cache:v1:{edge} fu %lld", redis_now_ms(r) + 25);
+    cache_stats s0 = stats(c);
+    long long evalsha0 = command_calls("evalsha");
+    answers a = get_one(c, "edge");
+    cr_assert_eq(a.ok, 1);
+    cr_assert_eq(stats(c).hits_fast, s0.hits_fast, "a value about to expire was a fast hit");
+    cr_assert_geq(command_calls("evalsha") - evalsha0, 1);
+
+    /* Expired a second ago by Redis's clock, inside its stale-while-revalidate window. */
+    long long now = redis_now_ms(r);
+    test_redis_int(r, "HSET cache:v1:{edge} fu %lld su %lld", now - 1000, now + 600000);
+    s0 = stats(c);
+    int calls0 = origin_calls();
+    a = get_one(c, "edge");
+    cr_assert_eq(a.ok, 1);
+    cr_assert_eq(a.stale, 1, "an expired value was answered as fresh");
+    cr_assert_eq(stats(c).hits_fast, s0.hits_fast);
+    cr_assert_eq(stats(c).refreshes - s0.refreshes, 1);
+    cr_assert_eq(origin_calls() - calls0, 1);
+    sd_redis_free(r);
+    cache_stop(c);
+}
+
+Test(cache, a_value_near_or_past_expiry_goes_to_the_script) {
+    near_expiry_goes_to_the_script();
+}
+Test(cache_cluster, a_value_near_or_past_expiry_goes_to_the_script) {
+    near_expiry_goes_to_the_script();
+}
