@@ -819,3 +819,24 @@ Test(us_serve, an_idle_lease_is_returned_at_a_flush) {
     TEST_EVENTUALLY((clicks = clicks_of(inst[1].port, code)) >= SMALL_BUDGET, 20000);
     cr_assert_eq(clicks, SMALL_BUDGET);
 }
+
+/* Clicks counted before any lease record existed (by a build that counted budgeted clicks
+ * straight into the click counter) are budget spent: the first lease starts from them, and the
+ * link is not given its whole budget again. */
+Test(us_serve, clicks_counted_before_the_lease_record_are_spent_budget) {
+    start_instances(1, high_limit);
+    char code[80], path[128], json[128], key[128];
+    snprintf(json, sizeof json, "{\"url\":\"https://example.com/u\",\"max_clicks\":20}");
+    cr_assert_eq(create(inst[0].port, json, NULL, code, sizeof code), 201);
+    snprintf(path, sizeof path, "/%s", code);
+    snprintf(key, sizeof key, "us:c:{%s}", code);
+    sd_redis *r = test_redis_connect(test_target_url(target));
+    redisReply *rep = sd_redis_command(r, NULL, "SET %s 15", key);
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    sd_redis_free(r);
+    int redirected = 0, gone = 0;
+    hammer(&inst[0].port, 1, path, BULK_BATCH, &redirected, &gone);
+    cr_assert_eq(redirected, 5, "%d redirects for the 5 clicks left of 20", redirected);
+    cr_assert_eq(gone, BULK_BATCH - 5);
+}

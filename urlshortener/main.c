@@ -26,10 +26,11 @@
  *     and flushed every --flush-ms with one us-flush.lua per code: INCRBY <prefix>c:{code}
  *     while the link exists (a deleted link's counter is not brought back), the counter's TTL
  *     set to the link's; both keys share the code's hash tag. A flush that Redis refused before
- * sending (SD_EDISCONNECTED) puts its count back; one that timed out may or may not have been
- *     applied and is dropped (counted in us_clicks_uncertain_total) rather than risk counting
- *     twice. A graceful stop flushes what is left synchronously. A crash (SIGKILL, power) loses
- *     the clicks of at most the last --flush-ms of that instance.
+ *     sending (the call not accepted) stays for the next flush; one that was sent and got no
+ *     reply (timed out, or the connection dropped: it may have been written) may or may not
+ *     have been applied and is dropped (counted in us_clicks_uncertain_total) rather than risk
+ *     counting twice. A graceful stop flushes what is left synchronously. A crash (SIGKILL, power)
+ * loses the clicks of at most the last --flush-ms of that instance.
  *  4. Links with max_clicks are exact across instances, and a hot one costs no Redis round trip
  *     per click: an instance leases a block of the budget (us-lease.lua: an eighth of what is
  *     left, 1 to LEASE_BLOCK_MAX clicks, added to the link's "leased" total atomically, never
@@ -232,8 +233,6 @@ static void on_flushed(sd_aredis *r, redisReply *reply, int status, void *udata)
         a->clicks_dropped += (uint64_t)f->n; /* the link is gone */
     } else if (status == 0 && reply->type == REDIS_REPLY_INTEGER) {
         a->clicks_flushed += (uint64_t)f->n;
-    } else if (status == SD_EDISCONNECTED && a->ar) {
-        clicks_add(a, f->code, f->n); /* not sent: try again next time */
     } else {
         a->clicks_uncertain += (uint64_t)f->n; /* may have been applied: never counted twice */
         sd_log(SD_LOG_WARN, "urlshortener.flush_uncertain", "code=%s clicks=%lld error=\"%s\"",
@@ -692,10 +691,6 @@ static void on_settled(sd_aredis *r, redisReply *reply, int status, void *udata)
         a->lease_returned += (uint64_t)op->back;
         if (l && reply->element[1]->type == REDIS_REPLY_INTEGER && reply->element[1]->integer)
             l->give_back = 1;
-    } else if (status == SD_EDISCONNECTED && a->ar && l) {
-        l->spent += op->spent; /* not sent: in the next report */
-        l->left += op->back;
-        a->pending += op->spent;
     } else {
         /* May have been applied: never counted twice. Clicks returned that way are lost to
          * the budget (under-admitted). */

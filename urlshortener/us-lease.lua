@@ -16,7 +16,18 @@ local ttl = redis.call('PTTL', KEYS[3])
 if ttl == -2 then
     return -1
 end
-local leased = tonumber(redis.call('HGET', KEYS[1], 'leased') or '0')
+local leased = redis.call('HGET', KEYS[1], 'leased')
+if leased then
+    leased = tonumber(leased)
+else
+    -- No lease record yet: clicks already counted (by a build before leases, which counted
+    -- budgeted clicks straight into KEYS[2]) are budget spent, not budget to lease again.
+    leased = tonumber(redis.call('GET', KEYS[2]) or '0')
+    redis.call('HSET', KEYS[1], 'leased', leased)
+    if ttl > 0 then
+        redis.call('PEXPIRE', KEYS[1], ttl)
+    end
+end
 local left = tonumber(ARGV[1]) - leased
 if left <= 0 then
     local spent = tonumber(redis.call('GET', KEYS[2]) or '0')
