@@ -840,3 +840,36 @@ Test(us_serve, clicks_counted_before_the_lease_record_are_spent_budget) {
     cr_assert_eq(redirected, 5, "%d redirects for the 5 clicks left of 20", redirected);
     cr_assert_eq(gone, BULK_BATCH - 5);
 }
+
+/* A lease is of one link, not of its code: instance 1 holds a block of an alias's first budget
+ * (1,000 clicks: a block of 125), the alias is deleted and claimed again with max_clicks 3, and
+ * instance 1 redirects the new link exactly 3 times, not from the old link's block. */
+Test(us_serve, a_lease_of_a_deleted_alias_is_not_spent_on_its_new_link) {
+    start_instances(2, high_limit);
+    static char buf[8192];
+    const char *body;
+    char code[80], path[128];
+    cr_assert_eq(
+        create(inst[0].port,
+               "{\"url\":\"https://example.com/old\",\"alias\":\"reborn\",\"max_clicks\":1000}",
+               NULL, code, sizeof code),
+        201);
+    snprintf(path, sizeof path, "/%s", code);
+    cr_assert_eq(get(inst[1].port, path, buf, sizeof buf), 302);
+    cr_assert_eq(metric(inst[1].port, "us_budget_leased_clicks_total"), 1000 / 8);
+    cr_assert_eq(
+        exchange(inst[0].port, "DELETE", "/v1/links/reborn", NULL, NULL, buf, sizeof buf, &body),
+        204);
+    long long inv = 0;
+    TEST_EVENTUALLY((inv = metric(inst[1].port, "us_cache_invalidations_total")) >= 1, 20000);
+    cr_assert_geq(inv, 1);
+    cr_assert_eq(
+        create(inst[0].port,
+               "{\"url\":\"https://example.com/new\",\"alias\":\"reborn\",\"max_clicks\":3}", NULL,
+               code, sizeof code),
+        201);
+    int redirected = 0, gone = 0;
+    hammer(&inst[1].port, 1, path, BULK_BATCH, &redirected, &gone);
+    cr_assert_eq(redirected, 3, "%d redirects of a link with max_clicks 3", redirected);
+    cr_assert_eq(gone, BULK_BATCH - 3);
+}

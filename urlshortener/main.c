@@ -47,7 +47,9 @@
  *     per link: under-admitted, never over-admitted) and its spent clicks not yet reported
  *     (the count is low by at most --flush-ms of them, as in 3).
  *
- * Cached value of a code: "F EXPIRES_AT_MS MAX_CLICKS URL" (found) or "E" (expired: 410);
+ * Cached value of a code: "F EXPIRES_AT_MS MAX_CLICKS CREATED_MS URL" (found) or "E" (expired:
+ * 410); CREATED_MS tells a link from an earlier one of the same code (an alias deleted and
+ * claimed again), whose lease must not be spent on it;
  * unknown codes are cached as CACHE_NOTFOUND.
  */
 #include <errno.h>
@@ -125,6 +127,7 @@ typedef struct lease {
     long long left;     /* leased to this instance, unspent */
     long long spent;    /* spent since the last report */
     long long max;      /* the link's max_clicks */
+    int64_t created;    /* the link's created_ms: a lease is of one link, not of its code */
     int64_t expires_at; /* the link's, for the redirect's Cache-Control */
     int used;           /* spent or asked for since the last flush (not idle) */
     int asking;         /* a us-lease.lua call in flight */
@@ -442,8 +445,8 @@ static void on_loaded(int rc, us_link_state state, const us_link *link, void *ud
     } else if (state == US_LINK_EXPIRED) {
         cache_load_done(load, CACHE_OK, "E", 1);
     } else {
-        char *v = sd_xasprintf("F %lld %lld %s", (long long)link->expires_at_ms,
-                               (long long)link->max_clicks, link->url);
+        char *v = sd_xasprintf("F %lld %lld %lld %s", (long long)link->expires_at_ms,
+                               (long long)link->max_clicks, (long long)link->created_ms, link->url);
         int ttl = 0; /* the configured one */
         if (link->expires_at_ms > 0) {
             int64_t left = link->expires_at_ms - wall_ms();
@@ -500,7 +503,7 @@ static lease *lease_find(app *a, const char *code) {
 }
 
 static lease *lease_get(app *a, const char *code, long long max, int64_t expires_at,
-                        const char *url) {
+                        int64_t created, const char *url) {
     lease *l = lease_find(a, code);
     if (!l) {
         size_t len = strlen(code);
@@ -509,6 +512,17 @@ static lease *lease_get(app *a, const char *code, long long max, int64_t expires
         lease **slot = &a->leases[hash_code(code) % CLICK_BUCKETS];
         l->next = *slot;
         *slot = l;
+        l->created = created;
+    } else if (l->created != created) {
+        /* The code now names another link (deleted elsewhere and claimed again): what this
+         * instance held of the old one's budget went with it (its calls still out are ignored:
+         * the scripts answer "gone" for another link, and on_leased checks created). */
+        a->lease_lost += (uint64_t)l->left;
+        a->clicks_dropped += (uint64_t)l->spent;
+        a->pending -= l->spent;
+        l->left = l->spent = 0;
+        l->asking = l->retry = l->tries = l->give_back = l->final = 0;
+        l->created = created;
     }
     if (!l->url || strcmp(l->url, url) != 0) {
         free(l->url);
@@ -565,6 +579,7 @@ static void lease_ask(app *a, lease *l);
 
 typedef struct lease_op {
     app *a;
+    int64_t created; /* the link the lease was asked for */
     char code[];
 } lease_op;
 
@@ -573,9 +588,11 @@ static void on_leased(sd_aredis *r, redisReply *reply, int status, void *udata) 
     lease_op *op = udata;
     app *a = op->a;
     lease *l = lease_find(a, op->code);
+    if (l && l->created != op->created)
+        l = NULL; /* asked for a link since replaced: its lease is not this one's */
     free(op);
     long long n = status == 0 && reply->type == REDIS_REPLY_INTEGER ? reply->integer : LLONG_MIN;
-    if (!l) { /* forgotten: the link was deleted here meanwhile */
+    if (!l) { /* forgotten: the link was deleted (or replaced) meanwhile */
         if (n > 0)
             a->lease_lost += (uint64_t)n;
         return;
@@ -615,19 +632,22 @@ static void on_leased(sd_aredis *r, redisReply *reply, int status, void *udata) 
 
 static void lease_ask(app *a, lease *l) {
     char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16], m[24], b[24];
+    char created[24];
     snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
     snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
     snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
     snprintf(m, sizeof m, "%lld", l->max);
     snprintf(b, sizeof b, "%d", LEASE_BLOCK_MAX);
-    const char *argv[] = {key, clicks, link, m, b};
+    snprintf(created, sizeof created, "%lld", (long long)l->created);
+    const char *argv[] = {key, clicks, link, m, b, created};
     size_t len = strlen(l->code);
     lease_op *op = sd_xmalloc(sizeof(*op) + len + 1);
     op->a = a;
+    op->created = l->created;
     memcpy(op->code, l->code, len + 1);
     l->used = 1;
     a->lease_calls++;
-    if (sd_aredis_script(a->ar, &lease_script, on_leased, op, 0, 3, 5, argv, NULL) != 0) {
+    if (sd_aredis_script(a->ar, &lease_script, on_leased, op, 0, 3, 6, argv, NULL) != 0) {
         free(op);
         lease_refuse_waiters(a, l, 503, "Redis is not connected");
         return;
@@ -638,8 +658,8 @@ static void lease_ask(app *a, lease *l) {
 /* A redirect of a link with max_clicks: from this instance's lease when it holds some, else it
  * waits for the next lease. */
 static void lease_redirect(app *a, sd_http_req *req, const char *code, long long max,
-                           int64_t expires_at, const char *url) {
-    lease *l = lease_get(a, code, max, expires_at, url);
+                           int64_t expires_at, int64_t created, const char *url) {
+    lease *l = lease_get(a, code, max, expires_at, created, url);
     if (l->left > 0) {
         lease_spend(a, l, req);
         return;
@@ -676,6 +696,7 @@ static void on_lease_timer(uv_timer_t *t) {
 typedef struct settle_op {
     app *a;
     long long spent, back;
+    int64_t created; /* the link reported on */
     char code[];
 } settle_op;
 
@@ -684,6 +705,8 @@ static void on_settled(sd_aredis *r, redisReply *reply, int status, void *udata)
     settle_op *op = udata;
     app *a = op->a;
     lease *l = lease_find(a, op->code);
+    if (l && l->created != op->created)
+        l = NULL; /* a report on a link since replaced */
     if (status == 0 && reply->type == REDIS_REPLY_INTEGER && reply->integer < 0) {
         a->clicks_dropped += (uint64_t)op->spent; /* the link is gone */
     } else if (status == 0 && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
@@ -716,16 +739,18 @@ static void leases_flush(app *a) {
                 op->a = a;
                 op->spent = l->spent;
                 op->back = back;
+                op->created = l->created;
                 memcpy(op->code, l->code, len + 1);
                 char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16];
-                char sp[24], bk[24];
+                char sp[24], bk[24], cr[24];
                 snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
                 snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
                 snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
                 snprintf(sp, sizeof sp, "%lld", l->spent);
                 snprintf(bk, sizeof bk, "%lld", back);
-                const char *argv[] = {key, clicks, link, sp, bk};
-                if (sd_aredis_script(a->ar, &settle_script, on_settled, op, 0, 3, 5, argv, NULL) !=
+                snprintf(cr, sizeof cr, "%lld", (long long)l->created);
+                const char *argv[] = {key, clicks, link, sp, bk, cr};
+                if (sd_aredis_script(a->ar, &settle_script, on_settled, op, 0, 3, 6, argv, NULL) !=
                     0) {
                     free(op); /* Redis down: kept for the next flush */
                     continue;
@@ -752,16 +777,17 @@ static void leases_flush_sync(app *a) {
             if (l->spent > 0 || l->left > 0) {
                 int err = 0;
                 char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16];
-                char sp[24], bk[24];
+                char sp[24], bk[24], cr[24];
                 snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
                 snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
                 snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
                 snprintf(sp, sizeof sp, "%lld", l->spent);
                 snprintf(bk, sizeof bk, "%lld", l->left);
-                const char *argv[] = {key, clicks, link, sp, bk};
+                snprintf(cr, sizeof cr, "%lld", (long long)l->created);
+                const char *argv[] = {key, clicks, link, sp, bk, cr};
                 pthread_mutex_lock(&a->api.mu);
                 redisReply *r =
-                    sd_redis_script(a->api.redis, &err, 0, &settle_script, 3, 5, argv, NULL);
+                    sd_redis_script(a->api.redis, &err, 0, &settle_script, 3, 6, argv, NULL);
                 pthread_mutex_unlock(&a->api.mu);
                 if (r && (r->type == REDIS_REPLY_ARRAY || r->type == REDIS_REPLY_INTEGER))
                     a->clicks_flushed += (uint64_t)l->spent;
@@ -831,14 +857,16 @@ static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
         a->gone++;
         respond_gone(req, "the link has expired");
     } else {
-        /* "F EXPIRES_AT MAX URL", parsed by hand: this runs on every hit. */
+        /* "F EXPIRES_AT MAX CREATED URL", parsed by hand: this runs on every hit. */
         char *end = NULL;
-        long long exp = 0, max = 0;
+        long long exp = 0, max = 0, created = 0;
         int used = 0;
         if (res->value[0] == 'F' && res->value[1] == ' ') {
             exp = strtoll(res->value + 2, &end, 10);
             if (end && *end == ' ')
                 max = strtoll(end + 1, &end, 10);
+            if (end && *end == ' ')
+                created = strtoll(end + 1, &end, 10);
             if (end && *end == ' ')
                 used = (int)(end + 1 - res->value);
         }
@@ -848,7 +876,7 @@ static void on_cached(cache *c, int err, const cache_result *res, void *udata) {
             a->gone++;
             respond_gone(req, "the link has expired");
         } else if (max > 0) {
-            lease_redirect(a, req, op->code, max, exp, res->value + used);
+            lease_redirect(a, req, op->code, max, exp, created, res->value + used);
         } else {
             clicks_add(a, op->code, 1);
             respond_redirect(a, req, res->value + used, exp);
@@ -1208,7 +1236,7 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
         rc = rl_limiter_new(loop, url, &o->rl, &a.limiter);
     cache_opts co;
     cache_opts_default(&co);
-    co.prefix = PREFIX "cache:";
+    co.prefix = PREFIX "cache2:"; /* 2: the cached value carries the link's creation time */
     co.ttl_ms = 60000;
     co.negative_ttl_ms = 5000;
     if (rc == 0)

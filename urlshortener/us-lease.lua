@@ -7,15 +7,18 @@
 -- KEYS[3]  the link key (<prefix>l:{<code>}); the three share the code's hash tag
 -- ARGV[1]  max_clicks (> 0)
 -- ARGV[2]  the largest block to lease (> 0)
+-- ARGV[3]  the link's created_ms: a code deleted and claimed again names another link, and a
+--          lease asked for the old one is refused as for a link that is gone
 -- Returns the clicks leased (> 0); 0 when the budget is spent (everything leased has been
 -- reported spent); -1 when the link is gone; -2 when nothing is left to lease but some of it is
 -- still held by instances (spent and not yet reported, or unspent and not yet returned).
 -- A block is an eighth of what is left (at least 1, at most ARGV[2]), so near the end of a budget
 -- no instance holds much of it. The lease counter expires with the link.
-local ttl = redis.call('PTTL', KEYS[3])
-if ttl == -2 then
+local link = redis.call('GET', KEYS[3])
+if not link or string.match(link, '^%d+ (%d+) ') ~= ARGV[3] then
     return -1
 end
+local ttl = redis.call('PTTL', KEYS[3])
 local leased = redis.call('HGET', KEYS[1], 'leased')
 if leased then
     leased = tonumber(leased)

@@ -5,13 +5,16 @@
 -- KEYS[3]  the link key (<prefix>l:{<code>}); the same hash tag
 -- ARGV[1]  clicks spent (>= 0)
 -- ARGV[2]  clicks returned (>= 0)
+-- ARGV[3]  the link's created_ms (us-lease.lua): a report on a link since deleted and claimed
+--          again is refused as for a link that is gone
 -- Returns {the link's click count, want}: want is 1 when another instance waits for budget that
 -- holders keep (the caller then gives its unspent rest back at its next report); or -1 when the
--- link is gone (nothing recorded: the counters went with it).
-local ttl = redis.call('PTTL', KEYS[3])
-if ttl == -2 then
+-- link is gone or is another link (nothing recorded: the counters went with it).
+local link = redis.call('GET', KEYS[3])
+if not link or string.match(link, '^%d+ (%d+) ') ~= ARGV[3] then
     return -1
 end
+local ttl = redis.call('PTTL', KEYS[3])
 local spent = tonumber(ARGV[1])
 local back = tonumber(ARGV[2])
 if back > 0 then
