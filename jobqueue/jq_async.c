@@ -19,7 +19,7 @@
 
 struct jq_aclient {
     sd_aredis *redis;  /* scripts */
-    sd_aredis *waiter; /* BLPOP only */
+    sd_aredis *waiter; /* BLPOP, and the reserve pipelined behind it (jq_await_reserve) */
     jq_config cfg;
 };
 
