@@ -630,16 +630,28 @@ static void on_leased(sd_aredis *r, redisReply *reply, int status, void *udata) 
     }
 }
 
+/* The 6 arguments of us-lease.lua and us-settle.lua for l: its code's lease record, click
+ * counter and link key, two numbers (lease: max_clicks and the largest block; settle: the clicks
+ * spent and the clicks given back), and the link's created_ms. */
+typedef struct lease_argv {
+    char text[6][US_ALIAS_MAX + 16];
+    const char *argv[6];
+} lease_argv;
+
+static void lease_argv_fill(lease_argv *v, const lease *l, long long x, long long y) {
+    snprintf(v->text[0], sizeof v->text[0], PREFIX "b:{%s}", l->code);
+    snprintf(v->text[1], sizeof v->text[1], PREFIX "c:{%s}", l->code);
+    snprintf(v->text[2], sizeof v->text[2], PREFIX "l:{%s}", l->code);
+    snprintf(v->text[3], sizeof v->text[3], "%lld", x);
+    snprintf(v->text[4], sizeof v->text[4], "%lld", y);
+    snprintf(v->text[5], sizeof v->text[5], "%lld", (long long)l->created);
+    for (int i = 0; i < 6; i++)
+        v->argv[i] = v->text[i];
+}
+
 static void lease_ask(app *a, lease *l) {
-    char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16], m[24], b[24];
-    char created[24];
-    snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
-    snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
-    snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
-    snprintf(m, sizeof m, "%lld", l->max);
-    snprintf(b, sizeof b, "%d", LEASE_BLOCK_MAX);
-    snprintf(created, sizeof created, "%lld", (long long)l->created);
-    const char *argv[] = {key, clicks, link, m, b, created};
+    lease_argv v;
+    lease_argv_fill(&v, l, l->max, LEASE_BLOCK_MAX);
     size_t len = strlen(l->code);
     lease_op *op = sd_xmalloc(sizeof(*op) + len + 1);
     op->a = a;
@@ -647,7 +659,7 @@ static void lease_ask(app *a, lease *l) {
     memcpy(op->code, l->code, len + 1);
     l->used = 1;
     a->lease_calls++;
-    if (sd_aredis_script(a->ar, &lease_script, on_leased, op, 0, 3, 6, argv, NULL) != 0) {
+    if (sd_aredis_script(a->ar, &lease_script, on_leased, op, 0, 3, 6, v.argv, NULL) != 0) {
         free(op);
         lease_refuse_waiters(a, l, 503, "Redis is not connected");
         return;
@@ -741,17 +753,10 @@ static void leases_flush(app *a) {
                 op->back = back;
                 op->created = l->created;
                 memcpy(op->code, l->code, len + 1);
-                char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16];
-                char sp[24], bk[24], cr[24];
-                snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
-                snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
-                snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
-                snprintf(sp, sizeof sp, "%lld", l->spent);
-                snprintf(bk, sizeof bk, "%lld", back);
-                snprintf(cr, sizeof cr, "%lld", (long long)l->created);
-                const char *argv[] = {key, clicks, link, sp, bk, cr};
-                if (sd_aredis_script(a->ar, &settle_script, on_settled, op, 0, 3, 6, argv, NULL) !=
-                    0) {
+                lease_argv v;
+                lease_argv_fill(&v, l, l->spent, back);
+                if (sd_aredis_script(a->ar, &settle_script, on_settled, op, 0, 3, 6, v.argv,
+                                     NULL) != 0) {
                     free(op); /* Redis down: kept for the next flush */
                     continue;
                 }
@@ -776,18 +781,11 @@ static void leases_flush_sync(app *a) {
             lease *l = a->leases[i];
             if (l->spent > 0 || l->left > 0) {
                 int err = 0;
-                char key[US_ALIAS_MAX + 16], clicks[US_ALIAS_MAX + 16], link[US_ALIAS_MAX + 16];
-                char sp[24], bk[24], cr[24];
-                snprintf(key, sizeof key, PREFIX "b:{%s}", l->code);
-                snprintf(clicks, sizeof clicks, PREFIX "c:{%s}", l->code);
-                snprintf(link, sizeof link, PREFIX "l:{%s}", l->code);
-                snprintf(sp, sizeof sp, "%lld", l->spent);
-                snprintf(bk, sizeof bk, "%lld", l->left);
-                snprintf(cr, sizeof cr, "%lld", (long long)l->created);
-                const char *argv[] = {key, clicks, link, sp, bk, cr};
+                lease_argv v;
+                lease_argv_fill(&v, l, l->spent, l->left);
                 pthread_mutex_lock(&a->api.mu);
                 redisReply *r =
-                    sd_redis_script(a->api.redis, &err, 0, &settle_script, 3, 6, argv, NULL);
+                    sd_redis_script(a->api.redis, &err, 0, &settle_script, 3, 6, v.argv, NULL);
                 pthread_mutex_unlock(&a->api.mu);
                 if (r && (r->type == REDIS_REPLY_ARRAY || r->type == REDIS_REPLY_INTEGER))
                     a->clicks_flushed += (uint64_t)l->spent;
