@@ -3,8 +3,9 @@
  * between states. The scripts (jq-*.lua, each sent after jq-common.lua) hold all the logic that
  * must be atomic; this file checks arguments, builds their argument lists and reads their
  * replies for the synchronous client's hot path (enqueue, reserve, ack, fail, extend, release,
- * progress). jq_admin.c has the other calls (cancel, inspect, stats, dead letters), jq_async.c
- * the asynchronous client and worker.c the worker runtime; jq_internal.h is what they share.
+ * progress). jq_admin.c has the other calls (cancel, inspect, stats, dead letters, drop),
+ * jq_async.c the asynchronous client and worker.c the worker runtime; jq_internal.h is what they
+ * share.
  *
  * A job's life (the state field of its hash; the script that makes each move, and the call
  * that runs it)
@@ -32,7 +33,9 @@
  *
  *   READY -- cancel (jq-cancel) --> CANCELLED;  fail with no delay: RESERVED -> READY.
  *   DONE, CANCELLED and DEAD jobs expire after their retention (PEXPIRE on the hash; their
- *   zset entries are trimmed by housekeep); jq-dlq purge deletes dead letters at once.
+ *   zset entries are trimmed by housekeep); jq-dlq purge deletes dead letters at once, and
+ *   jq-drop (jq_queue_drop) deletes jobs of every state at once, then the queue's indexes; a
+ *   dropped RESERVED job's worker finds no hash, and its calls answer JQ_ENOTFOUND.
  *
  * housekeep is the function of jq-common.lua that jq-reserve and jq-reap run first, at most
  * housekeep_batch jobs of each kind per call, so a pile of 10,000 leases expiring at once is
@@ -55,7 +58,8 @@
  *
  * Keys (all "<prefix>{jq:<queue>}" + suffix; the README lists types and TTLs): :job:<id>,
  * :log:<id>, :ready, :since, :delayed, :reserved, :done, :cancelled, :dead, :seq, :wake,
- * :idem:<key>, :fx:<name>.
+ * :idem:<key>, :fx:<name>. A drop deletes all but :seq (never: invariant 2), :idem:<key>
+ * (expires) and :fx:<name> (the caller's).
  */
 #include "jobqueue.h"
 
@@ -194,11 +198,13 @@ static void scripts_build(void) {
     static const char *const names[JQ_S_COUNT] = {
         "jobqueue/enqueue", "jobqueue/reserve", "jobqueue/ack",     "jobqueue/ack-effect",
         "jobqueue/fail",    "jobqueue/extend",  "jobqueue/release", "jobqueue/progress",
-        "jobqueue/cancel",  "jobqueue/reap",    "jobqueue/stats",   "jobqueue/dlq"};
+        "jobqueue/cancel",  "jobqueue/reap",    "jobqueue/stats",   "jobqueue/dlq",
+        "jobqueue/drop"};
     const char *bodies[JQ_S_COUNT] = {sd_lua_jq_enqueue,    sd_lua_jq_reserve,  sd_lua_jq_ack,
                                       sd_lua_jq_ack_effect, sd_lua_jq_fail,     sd_lua_jq_extend,
                                       sd_lua_jq_release,    sd_lua_jq_progress, sd_lua_jq_cancel,
-                                      sd_lua_jq_reap,       sd_lua_jq_stats,    sd_lua_jq_dlq};
+                                      sd_lua_jq_reap,       sd_lua_jq_stats,    sd_lua_jq_dlq,
+                                      sd_lua_jq_drop};
     for (int i = 0; i < JQ_S_COUNT; i++) {
         char *body = sd_xasprintf("%s\n%s", sd_lua_jq_common, bodies[i]);
         scripts[i].name = names[i];

@@ -319,6 +319,26 @@ int jq_dlq_redrive(jq_client *c, const char *queue, int64_t max, int64_t *moved)
 /* Deletes dead letters now, oldest first, at most max (0: all). *removed gets the count. */
 int jq_dlq_purge(jq_client *c, const char *queue, int64_t max, int64_t *removed);
 
+/*
+ * Deletes the queue's jobs now, in every state (READY, DELAYED, RESERVED, DONE, CANCELLED,
+ * DEAD: the ones that would run next first), each with its hash and failure history, at most
+ * max (0: all); once none is left, the queue's indexes and wake list too. *removed gets the
+ * count of jobs deleted. Works in scripts of at most 1000 jobs each, so no call holds Redis long
+ * whatever the queue's size; a Redis error part way returns the error, the jobs deleted so far
+ * staying deleted (*removed counts them): call again to finish. Returns 0, JQ_EINVAL or a Redis
+ * error.
+ *
+ * What stays: the counter :seq, so a queue made again under the same name never reuses an id or
+ * a lease token (a stale worker's ack could otherwise land on a new job); the :idem:<key>
+ * records until their window ends (an enqueue with such a key still returns the dropped job's
+ * id and creates nothing); the :fx:<name> keys, which are the caller's data. A worker holding a
+ * lease on a dropped job gets JQ_ENOTFOUND from its ack, fail, extend, release or progress, which
+ * change nothing. Dropping is not a barrier: a job enqueued while a drop runs is just a job of
+ * the queue, deleted by a later script of the same drop if max allows, else left; stop the
+ * enqueues first to empty a queue for good.
+ */
+int jq_queue_drop(jq_client *c, const char *queue, int64_t max, int64_t *removed);
+
 /* The underlying connection (for tests and tools that read keys directly). */
 sd_redis *jq_client_redis(jq_client *c);
 

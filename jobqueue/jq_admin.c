@@ -1,7 +1,8 @@
 /*
  * jq_admin.c - the job queue's calls that are not on a job's hot path: cancel, inspect
- * (jq_job_get, jq_job_history), stats, one round of housekeeping, and the dead letters (list,
- * redrive, purge). The lifecycle they act on is drawn at the top of jobqueue.c.
+ * (jq_job_get, jq_job_history), stats, one round of housekeeping, the dead letters (list,
+ * redrive, purge), and dropping a whole queue. The lifecycle they act on is drawn at the top of
+ * jobqueue.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -290,4 +291,37 @@ int jq_dlq_redrive(jq_client *c, const char *queue, int64_t max, int64_t *moved)
 
 int jq_dlq_purge(jq_client *c, const char *queue, int64_t max, int64_t *removed) {
     return dlq_drain(c, queue, "purge", max, removed);
+}
+
+/* ---- Dropping a queue ---------------------------------------------------------------------- */
+
+/* jq-drop calls of at most 1000 jobs each, until max jobs are deleted or no index entry is left.
+ * A call may take entries whose jobs are already gone (past retention, not yet trimmed): they
+ * do not count against max, and each call takes at least one entry, so the loop ends. */
+int jq_queue_drop(jq_client *c, const char *queue, int64_t max, int64_t *removed) {
+    *removed = 0;
+    if (max < 0)
+        return JQ_EINVAL;
+    for (;;) {
+        int64_t want = max == 0 ? 1000 : max - *removed;
+        if (want <= 0)
+            return 0;
+        jq__args a;
+        if (jq__args_begin(&a, &c->cfg, queue) != 0)
+            return JQ_EINVAL;
+        jq__args_num(&a, want > 1000 ? 1000 : want);
+        redisReply *reply = NULL;
+        int rc = jq__run_code(c, JQ_S_DROP, &a, 1, &reply);
+        if (rc != 0 || reply->elements < 4) {
+            if (reply)
+                freeReplyObject(reply);
+            return rc != 0 ? rc : SD_EREDIS;
+        }
+        *removed += jq__elem_ll(reply->element[1]);
+        long long taken = jq__elem_ll(reply->element[2]);
+        long long left = jq__elem_ll(reply->element[3]);
+        freeReplyObject(reply);
+        if (taken == 0 || left == 0)
+            return 0;
+    }
 }

@@ -22,6 +22,7 @@ enum {
     JQ_S_REAP,
     JQ_S_STATS,
     JQ_S_DLQ,
+    JQ_S_DROP,
     JQ_S_COUNT
 };
 

@@ -9,6 +9,7 @@
  *   jobqueue stats   --queue Q [--json]
  *   jobqueue dlq     (list | redrive | purge) --queue Q [--json] [--max N]
  *   jobqueue cancel  --queue Q ID
+ *   jobqueue drop    QUEUE [--max N] --yes
  *   jobqueue serve   --listen HOST:PORT [--max-ready N] [--queue Q ...]
  *
  * Which Redis. `--redis URL`, else REDIS_URL, else the local durable Redis (local_redis.h):
@@ -45,7 +46,9 @@
  * /metrics use the synchronous client on the loop's thread: one round trip each, which holds
  * the loop for that long (the asynchronous client has no calls for them yet).
  *
- * Files: main.c (this one: the shared options and JSON, enqueue, stats, dlq, cancel, the
+ * drop. jq_queue_drop, refused without --yes (it cannot be undone), then "removed N".
+ *
+ * Files: main.c (this one: the shared options and JSON, enqueue, stats, dlq, cancel, drop, the
  * dispatch), work.c, serve.c, and cmd.h between them.
  *
  * Exit status: 0 ok, 1 runtime failure, 2 usage error.
@@ -619,6 +622,68 @@ static int run_cancel(int argc, char **argv) {
     return status;
 }
 
+/* ---- drop --------------------------------------------------------------------------------------
+ */
+
+static int run_drop(int argc, char **argv) {
+    common c;
+    memset(&c, 0, sizeof c);
+    jq_config_default(&c.cfg);
+    long long max = 0;
+    int yes = 0;
+    const sd_cli_opt opts[] = {
+        {"--max", "N", "at most N jobs (default 0: all)", .integer = &max, .min = 0, .max = 1e12},
+        {"--yes", NULL, "really delete them (required)", .flag = &yes},
+        REDIS_OPT(&c),
+        {0}};
+    const sd_cli_cmd cmd = {
+        .name = "jobqueue drop",
+        .synopsis = "QUEUE [--max N] --yes",
+        .about = "Deletes the jobs of QUEUE now, in every state (ready, delayed, reserved, done,\n"
+                 "cancelled, dead) with their results and failure histories, 1000 per Redis\n"
+                 "script, then the queue's indexes, and prints \"removed N\". Its id counter\n"
+                 "stays, so a queue made again under the name never reuses an id. A worker\n"
+                 "running a dropped job has its ack refused. Jobs enqueued meanwhile may stay:\n"
+                 "stop the producers first.",
+        .opts = opts,
+        .footer = "Exit status: 0 ok, 1 runtime failure, 2 usage error (also without --yes)."};
+    const char **pos = sd_xcalloc((size_t)argc, sizeof *pos);
+    int npos = 0;
+    int rc = sd_cli_parse(&cmd, argc, argv, pos, &npos);
+    const char *queue = npos == 1 ? pos[0] : NULL;
+    free(pos);
+    if (rc != SD_CLI_OK)
+        return sd_cli_exit_status(rc);
+    if (!queue)
+        return sd_cli_usage_error(cmd.name, "wants one QUEUE");
+    if (!jq_queue_name_valid(queue))
+        return sd_cli_usage_error(cmd.name,
+                                  "QUEUE wants 1 to %d letters, digits or '-_.:', got '%s'",
+                                  JQ_QUEUE_MAX, queue);
+    if (!yes)
+        return sd_cli_usage_error(cmd.name,
+                                  "this deletes %s jobs of queue %s in every state, running ones "
+                                  "too, and cannot be undone: add --yes to do it",
+                                  max == 0 ? "all the" : "up to --max", queue);
+    c.queue = queue;
+    jq_client *jc = NULL;
+    int status = jq_cmd_client_open(cmd.name, &c, &jc);
+    if (status == 0) {
+        int64_t n = 0;
+        rc = jq_queue_drop(jc, queue, max, &n);
+        if (rc != 0) {
+            fprintf(stderr, "jobqueue drop: %s (%lld jobs were removed before it)\n",
+                    jq_strerror(rc), (long long)n);
+            status = SD_EXIT_FAILURE;
+        } else {
+            printf("removed %lld\n", (long long)n);
+        }
+    }
+    jq_client_free(jc);
+    sd_redis_url_clear(&c.url);
+    return status;
+}
+
 int main(int argc, char **argv) {
     static const sd_cli_sub subs[] = {
         {"enqueue", "enqueue a job, or one per stdin line", run_enqueue},
@@ -626,6 +691,7 @@ int main(int argc, char **argv) {
         {"stats", "jobs per state and the oldest ready age", run_stats},
         {"dlq", "list, redrive or purge dead letters", run_dlq},
         {"cancel", "cancel a job", run_cancel},
+        {"drop", "delete a whole queue's jobs", run_drop},
         {"serve", "the HTTP API", jq_cmd_serve},
         {0}};
     return sd_cli_dispatch("jobqueue", "An at-least-once job queue over Redis.", subs, argc, argv);
