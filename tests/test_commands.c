@@ -67,6 +67,7 @@ static const struct {
     {"jobqueue", "stats", {"--queue", "a b"}, "--queue"},
     {"jobqueue", "dlq", {"--max", "-1"}, "--max"},
     {"jobqueue", "cancel", {"--queue", "a/b"}, "--queue"},
+    {"jobqueue", "drop", {"q", "--max", "-1"}, "--max"},
     {"jobqueue", "serve", {"--max-ready", "-1"}, "--max-ready"},
     {"webhook", "serve", {"--timeout-ms", "x"}, "--timeout-ms"},
     {"webhook", "deliver", {"--poll-ms", "0"}, "--poll-ms"},

@@ -2,9 +2,9 @@
  * test_jobqueue_command.c - the `jobqueue` command (jobqueue/main.c) as a user runs it: real
  * processes against a real Redis (single, and a 3-master cluster in the @cluster run):
  * enqueue from stdin streamed and in order, work running a shell command per job, retries to
- * DEAD and the dead-letter commands, cancel and the job timeout killing the command's process
- * group, the graceful stop releasing what did not finish, stats, the local durable Redis shared
- * by two commands, and the HTTP API's statuses.
+ * DEAD and the dead-letter commands, drop, cancel and the job timeout killing the command's
+ * process group, the graceful stop releasing what did not finish, stats, the local durable Redis
+ * shared by two commands, and the HTTP API's statuses.
  *
  * Nothing here waits on time passing: tests wait for events (a line on a pipe, a file a
  * command writes, a job's state in Redis), polled with generous limits that only bound a
@@ -280,6 +280,37 @@ Test(jobqueue_command, a_failing_command_is_retried_then_dead_listed_and_redrive
     cr_assert_eq(s.dead, 0);
     cr_assert_eq(s.ready, 1);
     free(cmd);
+    jq_client_free(c);
+}
+
+Test(jobqueue_command, drop_refuses_without_yes_then_deletes_the_queue) {
+    jq_client *c = client();
+    for (int i = 0; i < 3; i++) {
+        jq_enqueued e;
+        cr_assert_eq(jq_enqueue(c, "q", "x", 1, NULL, &e), 0);
+    }
+    char url_env[512];
+    snprintf(url_env, sizeof url_env, "REDIS_URL=%s", test_target_url(target));
+    const char *const env[] = {url_env, NULL};
+    static test_run_out r;
+    test_run_program("jobqueue", (const char *[]){"drop", "q", NULL}, NULL, env, &r);
+    cr_assert_eq(r.status, 2, "without --yes: exit %d", r.status);
+    cr_assert_not_null(strstr(r.err, "--yes"), "%s", r.err);
+    cr_assert_str_empty(r.out);
+    cr_assert_eq(stats(c, "q").ready, 3, "nothing was deleted");
+    test_run_program("jobqueue", (const char *[]){"drop", "q", "--max", "1", "--yes", NULL}, NULL,
+                     env, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_str_eq(r.out, "removed 1\n");
+    cr_assert_eq(stats(c, "q").ready, 2);
+    test_run_program("jobqueue", (const char *[]){"drop", "--yes", "q", NULL}, NULL, env, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_str_eq(r.out, "removed 2\n");
+    jq_stats s = stats(c, "q");
+    cr_assert_eq(s.ready + s.delayed + s.reserved + s.done + s.dead + s.cancelled, 0);
+    test_run_program("jobqueue", (const char *[]){"drop", "bad/name", "--yes", NULL}, NULL, env,
+                     &r);
+    cr_assert_eq(r.status, 2);
     jq_client_free(c);
 }
 
