@@ -26,7 +26,10 @@
  * with that index, and the entry is then cleared, so a message delivered twice completes once.
  * A refused post (not 202) completes it with BENCH_ERR_STATUS. Each run subscribes its endpoints
  * to its own event type (bench.PID.N), so endpoints of earlier runs on the same Redis get
- * nothing of it.
+ * nothing of it, and deletes them at its teardown (DELETE /v1/endpoints/{id}, which drops their
+ * queues): otherwise a black hole's backlog of thousands of jobs stayed in Redis, and every
+ * later run's sender worked it off (refused connections, retries, dead letters) while being
+ * measured, which made each isolation round slower than the one before it.
  *
  * The sender runs with its default --poll-ms 50 (given, as the others below: the idle period of
  * its endpoint-queue reads; the messages measured here are posted to the same process, whose
@@ -68,6 +71,8 @@ typedef struct wh_bench {
     int nhole_conns;
     sd_http_client *http;
     bench_later *later;
+    char ep_ids[3][48]; /* the endpoints this run added, deleted at its teardown */
+    int neps;
     char event_type[64];
     char messages_url[128];
     wh_bench_op *ops;
@@ -128,6 +133,7 @@ typedef struct post_ctx {
     size_t i;
     int status; /* setup's synchronous calls: the HTTP status, -1 on error */
     int done;
+    char id[48]; /* the "id" of the answer's JSON body, if any */
 } post_ctx;
 
 static void on_posted(int err, sd_http_response *resp, void *udata) {
@@ -170,19 +176,31 @@ static void issue_message(void *ctx, void *token, bench_done_fn *done) {
 static void on_setup_reply(int err, sd_http_response *resp, void *udata) {
     post_ctx *c = udata;
     c->status = err != 0 ? -1 : resp->status;
+    json_t *j = err == 0 && resp->body ? json_loadb(resp->body, resp->body_len, 0, NULL) : NULL;
+    const char *id = json_string_value(json_object_get(j, "id"));
+    if (id)
+        snprintf(c->id, sizeof c->id, "%s", id);
+    json_decref(j);
     c->done = 1;
 }
 
-/* POST url body from setup, waiting for the answer; returns the status or -1. */
-static int post_sync(wh_bench *b, const char *url, const char *body) {
+/* A request from setup or teardown, waiting for the answer; returns the status or -1, and the
+ * answer's "id" in id_out (when not NULL). */
+static int call_sync(wh_bench *b, const char *method, const char *url, const char *body,
+                     char *id_out, size_t id_len) {
     post_ctx c = {.b = b};
     static const char *const headers[] = {"Content-Type: application/json", NULL};
-    sd_http_request req = {
-        .method = "POST", .url = url, .headers = headers, .body = body, .body_len = strlen(body)};
+    sd_http_request req = {.method = method,
+                           .url = url,
+                           .headers = headers,
+                           .body = body,
+                           .body_len = body ? strlen(body) : 0};
     if (sd_http_client_request(b->http, &req, on_setup_reply, &c) != 0)
         return -1;
     while (!c.done)
         uv_run(b->loop, UV_RUN_ONCE);
+    if (id_out)
+        snprintf(id_out, id_len, "%s", c.id);
     return c.status;
 }
 
@@ -226,12 +244,27 @@ static int add_endpoint(wh_bench *b, const char *base, int port) {
     snprintf(url, sizeof url, "%s/v1/endpoints", base);
     snprintf(body, sizeof body, "{\"url\":\"http://127.0.0.1:%d/hook\",\"event_types\":[\"%s\"]}",
              port, b->event_type);
-    int status = post_sync(b, url, body);
+    char *id = b->ep_ids[b->neps];
+    int status = call_sync(b, "POST", url, body, id, sizeof b->ep_ids[0]);
     if (status != 201) {
         fprintf(stderr, "webhook bench: POST /v1/endpoints answered %d\n", status);
         return -1;
     }
+    b->neps++;
     return 0;
+}
+
+/* Deletes the run's endpoints (their queues with them: a black hole's backlog would otherwise
+ * stay in Redis, and the next run's sender would work on it while being measured). */
+static void delete_endpoints(wh_bench *b) {
+    for (int k = 0; k < b->neps; k++) {
+        char url[256];
+        snprintf(url, sizeof url, "%s/v1/endpoints/%s", b->sender.url, b->ep_ids[k]);
+        int status = call_sync(b, "DELETE", url, NULL, NULL, 0);
+        if (status != 204)
+            fprintf(stderr, "webhook bench: DELETE /v1/endpoints/%s answered %d\n", b->ep_ids[k],
+                    status);
+    }
 }
 
 /* The second endpoint beside the measured one: none, a black hole, or one more healthy one. */
@@ -329,6 +362,7 @@ static void teardown(const bench_env *env, bench_target *target) {
     /* Operations still outstanding were not measured (the run has ended): drop them. */
     for (size_t i = 0; i < b->nops; i++)
         b->ops[i].done = NULL;
+    delete_endpoints(b);
     wh_bench_free(b);
     target->ctx = NULL;
 }

@@ -12,6 +12,7 @@
  * counts and order, not on how fast anything went.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <signal.h>
@@ -25,6 +26,7 @@
 
 #include "spawn.h"
 #include "http.h"
+#include "jobqueue.h"
 #include "node.h"
 #include "sd.h"
 #include "signature.h"
@@ -612,6 +614,142 @@ Test(webhook_sender, a_black_holed_endpoint_does_not_delay_a_healthy_one) {
     endpoint_stop(&ok);
     bench_server_stop(&g.srv, SIGKILL, 5000);
     test_target_stop(g.redis);
+}
+
+/* The jobs a queue holds in the states a drop empties (the live ones). */
+static long long queue_jobs(rig *g, const char *endpoint_id) {
+    sd_redis_url url;
+    char err[128];
+    cr_assert_eq(sd_redis_url_parse(test_target_url(g->redis), &url, err, sizeof err), 0);
+    jq_client *c = NULL;
+    cr_assert_eq(jq_client_new(&url, NULL, &c), 0);
+    char queue[64];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", endpoint_id);
+    jq_stats st;
+    cr_assert_eq(jq_stats_get(c, queue, &st), 0);
+    jq_client_free(c);
+    sd_redis_url_clear(&url);
+    return st.ready + st.delayed + st.reserved;
+}
+
+Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
+    rig g;
+    const char *args[] = {"--timeout-ms",  "120000", "--allow-private",        "--poll-ms", "10",
+                          "--concurrency", "6",      "--endpoint-concurrency", "2",         NULL};
+    rig_start(&g, args);
+    endpoint hole = {0}, ok = {0};
+    endpoint_start(&hole, "hang", 0);
+    endpoint_start(&ok, "200", 0);
+    endpoint_create(&g, &hole, NULL);
+    endpoint_create(&g, &ok, NULL);
+    /* A backlog at the black hole: its two request slots hang, the rest waits in its queue. */
+    char msg[64];
+    int n = 20;
+    for (int i = 0; i < n; i++)
+        message_post(&g, "a", msg, sizeof msg);
+    seen s;
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(endpoint_next(&hole, &s, 60000), 0, "the black hole got %d attempts of 2", i);
+    cr_assert_eq(collect_distinct(&ok, n, 60000), n);
+    cr_assert_eq(queue_jobs(&g, hole.id), n, "the hole's jobs, all still queued or held");
+
+    char path[96];
+    snprintf(path, sizeof path, "/v1/endpoints/%s", hole.id);
+    cr_assert_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 204);
+    cr_expect_eq(queue_jobs(&g, hole.id), 0, "the deleted endpoint's jobs are still queued");
+    cr_expect_eq(api(&g, "GET", path, NULL, NULL, NULL), 404);
+    cr_expect_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 404);
+    char rot[128];
+    snprintf(rot, sizeof rot, "%s/rotate-secret", path);
+    cr_expect_eq(api(&g, "POST", rot, "{}", NULL, NULL), 404);
+    /* What stays: the hash, marked and expiring, without its secrets; the id in the list whose
+     * queues the senders drop again for a while (a fan-out under way at the deletion). */
+    sd_redis *r = test_redis_connect(test_target_url(g.redis));
+    cr_expect_eq(test_redis_int(r, "SISMEMBER wh1:{wh1}:eps %s", hole.id), 0);
+    cr_expect_gt(test_redis_int(r, "PTTL wh1:{wh1}:ep:%s", hole.id), 0);
+    cr_expect_eq(test_redis_int(r, "HEXISTS wh1:{wh1}:ep:%s secret", hole.id), 0);
+    cr_expect_eq(test_redis_int(r, "HEXISTS wh1:{wh1}:eps_deleted %s", hole.id), 1);
+    /* A dead letter of the deleted endpoint is not replayed into a queue nobody reads. */
+    redisReply *w = sd_redis_command(
+        r, NULL,
+        "HSET wh1:{wh1}:dead dl_x {\"id\":\"dl_x\",\"message_id\":\"%s\",\"endpoint_id\":\"%s\"}",
+        msg, hole.id);
+    cr_assert(w && w->type == REDIS_REPLY_INTEGER);
+    freeReplyObject(w);
+    cr_expect_eq(api(&g, "POST", "/v1/dead-letters/dl_x/replay", NULL, NULL, NULL), 409);
+    cr_expect_eq(queue_jobs(&g, hole.id), 0);
+    sd_redis_free(r);
+
+    /* New messages reach the healthy endpoint and make no job for the deleted one. */
+    for (int i = 0; i < 5; i++)
+        message_post(&g, "a", msg, sizeof msg);
+    cr_expect_eq(collect_distinct(&ok, 5, 60000), 5);
+    cr_expect_eq(queue_jobs(&g, hole.id), 0);
+    /* A delivery that lands in the queue after the deletion (a fan-out that was under way) is
+     * dropped by the sender's drain, within seconds. */
+    sd_redis_url url;
+    char err[128];
+    cr_assert_eq(sd_redis_url_parse(test_target_url(g.redis), &url, err, sizeof err), 0);
+    jq_client *c = NULL;
+    cr_assert_eq(jq_client_new(&url, NULL, &c), 0);
+    char queue[80];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", hole.id);
+    jq_enqueued e;
+    cr_assert_eq(jq_enqueue(c, queue, msg, strlen(msg), NULL, &e), 0);
+    jq_client_free(c);
+    sd_redis_url_clear(&url);
+    long long left = 1;
+    for (int i = 0; i < 1500 && (left = queue_jobs(&g, hole.id)) > 0; i++)
+        usleep(20000);
+    cr_expect_eq(left, 0, "a late delivery of the deleted endpoint was never dropped");
+    endpoint_stop(&hole);
+    endpoint_stop(&ok);
+    rig_stop(&g);
+}
+
+Test(webhook_sender, with_a_token_every_api_call_wants_it) {
+    char file[] = "/tmp/wh-token-XXXXXX";
+    int fd = mkstemp(file);
+    cr_assert_geq(fd, 0);
+    const char *token = "tok-9f2c1a7e5b3d8c40";
+    cr_assert_eq(dprintf(fd, "%s\n", token), (int)strlen(token) + 1);
+    close(fd);
+    rig g;
+    const char *args[] = {"--api-token-file", file, "--allow-private", NULL};
+    rig_start(&g, args);
+    const char *body = "{\"url\":\"http://127.0.0.1:9/hook\"}";
+    json_t *j = NULL;
+    cr_expect_eq(api(&g, "POST", "/v1/endpoints", body, NULL, &j), 401);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "title")), "Unauthorized");
+    json_decref(j);
+    cr_expect_eq(
+        api(&g, "POST", "/v1/endpoints", body, "Authorization: Bearer tok-9f2c1a7e5b3d8c4", NULL),
+        401, "a prefix of the token was taken");
+    cr_expect_eq(api(&g, "POST", "/v1/endpoints", body, "Authorization: Basic dG9r", NULL), 401);
+    cr_expect_eq(api(&g, "GET", "/v1/dead-letters", NULL, NULL, NULL), 401);
+    cr_expect_eq(
+        api(&g, "POST", "/v1/messages", "{\"event_type\":\"a\",\"payload\":1}", NULL, NULL), 401);
+    sd_redis *r = test_redis_connect(test_target_url(g.redis));
+    cr_expect_eq(test_redis_int(r, "SCARD wh1:{wh1}:eps"), 0, "a refused call stored something");
+    sd_redis_free(r);
+    char auth[64];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    cr_expect_eq(api(&g, "POST", "/v1/endpoints", body, auth, NULL), 201);
+    cr_expect_eq(api(&g, "GET", "/v1/dead-letters", NULL, auth, NULL), 200);
+    cr_expect_eq(api(&g, "GET", "/metrics", NULL, NULL, NULL), 200, "metrics need no token");
+    rig_stop(&g);
+    /* A token too short to be one is a usage error that does not print it. */
+    cr_assert_eq(truncate(file, 0), 0);
+    fd = open(file, O_WRONLY);
+    cr_assert_eq(dprintf(fd, "short-tok\n"), 10);
+    close(fd);
+    static test_run_out out;
+    const char *bad[] = {"serve", "--listen", "127.0.0.1:0", "--api-token-file", file, NULL};
+    test_run_program("webhook", bad, NULL, NULL, &out);
+    cr_expect_eq(out.status, 2, "%s", out.err);
+    cr_expect(strstr(out.err, "16 to 510 characters"), "%s", out.err);
+    cr_expect_null(strstr(out.err, "short-tok"), "the token was printed: %s", out.err);
+    unlink(file);
 }
 
 static int delivered_at_least(json_t *j, void *n) {

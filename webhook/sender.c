@@ -57,10 +57,13 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <uv.h>
 
@@ -99,6 +102,7 @@ typedef struct options {
     const char *listen;
     const char *redis;
     const char *schedule_text;
+    const char *token_file;
     long long timeout_ms, concurrency, endpoint_concurrency, poll_ms, disable_after;
     int allow_private, no_deliver;
 } options;
@@ -120,7 +124,7 @@ typedef struct endpoint {
     int reserving;           /* a reserve call is in flight */
     int again;               /* asked to fill while reserving: fill once more when it returns */
     int asked;               /* the jobs the reserve in flight asked for */
-    int disabled;            /* as last read from Redis */
+    int disabled;            /* as last read from Redis (a deleted endpoint counts as one) */
     int failures_row;        /* in this process, for the breaker */
     uint64_t open_until_ms;  /* the breaker: open until then */
     uint64_t pause_until_ms; /* no reserve before then (Redis failed under an attempt) */
@@ -160,11 +164,14 @@ struct sender {
     int stopping;
     uint64_t last_refresh_ms;
     uv_timer_t tick;
+    uv_timer_t drain;   /* serve: drops the queues of deleted endpoints (endpoints_drain) */
     uv_timer_t flush;   /* a 0 ms timer: the acks and counters of one loop iteration, together */
     uv_prepare_t write; /* before the loop polls: writes what the iteration sent to Redis */
     uv_signal_t sigint, sigterm;
     uv_timer_t finish; /* frees the queue connections once a stop has nothing left running */
     uint64_t delivered, failed, dead;
+    int has_token;               /* the API wants a bearer token (check_token) */
+    unsigned char token_sha[32]; /* SHA-256 of it: the token itself is not kept */
 };
 
 /* One HTTP attempt of one job. Its life (attempt_start, attempt_send, attempt_http,
@@ -322,6 +329,66 @@ static void problem(sd_http_req *req, int status, const char *title, const char 
 
 static void redis_down(sd_http_req *req) {
     problem(req, 503, "Redis unavailable", "the request could not be completed; retry");
+}
+
+static void sha256(const void *data, size_t len, unsigned char out[32]) {
+    unsigned int n = 32;
+    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+}
+
+/* The API's bearer token (--api-token-file or WEBHOOK_API_TOKEN): when one is set, every /v1
+ * request must carry "Authorization: Bearer <token>", else 401 and nothing is done. The two
+ * SHA-256 digests are compared in constant time, so neither the token's bytes nor its length
+ * show in the timing; the token is never logged. Returns 1 when the request may go on. */
+static int check_token(sender *s, sd_http_req *req) {
+    if (!s->has_token)
+        return 1;
+    const char *h = sd_http_req_header(req, "Authorization");
+    unsigned char got[32];
+    int ok = 0;
+    if (h && strncasecmp(h, "Bearer ", 7) == 0) {
+        sha256(h + 7, strlen(h + 7), got);
+        ok = CRYPTO_memcmp(got, s->token_sha, sizeof got) == 0;
+    }
+    if (!ok) {
+        sd_http_req_add_header(req, "WWW-Authenticate", "Bearer");
+        problem(req, 401, "Unauthorized", "this API wants \"Authorization: Bearer <token>\"");
+    }
+    return ok;
+}
+
+/* Reads the token from the file, or from WEBHOOK_API_TOKEN; 0 (none set or one read) or -1. */
+static int token_load(sender *s, const char *file) {
+    char buf[512] = "";
+    const char *env = getenv("WEBHOOK_API_TOKEN");
+    if (file) {
+        FILE *f = fopen(file, "r");
+        if (!f) {
+            fprintf(stderr, "webhook serve: cannot read --api-token-file %s: %s\n", file,
+                    strerror(errno));
+            return -1;
+        }
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+    } else if (env)
+        snprintf(buf, sizeof buf, "%s", env);
+    else
+        return 0;
+    buf[strcspn(buf, "\r\n")] = '\0';
+    size_t len = strlen(buf);
+    if (len < 16 || len == sizeof buf - 1) {
+        OPENSSL_cleanse(buf, sizeof buf);
+        fprintf(stderr,
+                "webhook serve: the API token (%s) must be 16 to 510 characters on one "
+                "line\n",
+                file ? "--api-token-file" : "WEBHOOK_API_TOKEN");
+        return -1;
+    }
+    sha256(buf, len, s->token_sha);
+    OPENSSL_cleanse(buf, sizeof buf);
+    s->has_token = 1;
+    return 0;
 }
 
 /* ---- the delivery workers ----
@@ -901,6 +968,10 @@ static void on_endpoints_read(sd_aredis *r, redisReply *reply, int status, void 
     sender *s = privdata;
     s->refreshing = 0;
     if (status == 0 && reply->type == REDIS_REPLY_ARRAY) {
+        /* An endpoint no longer listed was deleted: it is not read from again (it stays in the
+         * array, as attempts may still point at it). */
+        for (size_t i = 0; i < s->neps; i++)
+            s->eps[i]->disabled = 1;
         for (size_t i = 0; i + 1 < reply->elements; i += 2) {
             if (reply->element[i]->type != REDIS_REPLY_STRING ||
                 reply->element[i + 1]->type != REDIS_REPLY_STRING)
@@ -918,6 +989,7 @@ static void on_endpoints_read(sd_aredis *r, redisReply *reply, int status, void 
 
 static sd_script endpoints_script = {"webhook/endpoints", NULL, 0, ""};
 static sd_script message_script = {"webhook/message", NULL, 0, ""};
+static sd_script endpoint_delete_script = {"webhook/endpoint-delete", NULL, 0, ""};
 
 /* Reads the endpoint list and states (every --poll-ms but at most every WH_REFRESH_MS, and at
  * once after an endpoint is added or enabled through this process), one call in flight. */
@@ -984,6 +1056,8 @@ static void workers_kick(sender *s, int refresh) {
 
 static void on_endpoint_create(sd_http_req *req, void *udata) {
     sender *s = udata;
+    if (!check_token(s, req))
+        return;
     size_t len;
     const char *body = sd_http_req_body(req, &len);
     json_error_t jerr;
@@ -1080,6 +1154,8 @@ static void on_endpoint_create(sd_http_req *req, void *udata) {
 /* GET /v1/endpoints/{id} and POST /v1/endpoints/{id}/rotate-secret. */
 static void on_endpoint(sd_http_req *req, void *udata) {
     sender *s = udata;
+    if (!check_token(s, req))
+        return;
     char id[64];
     const char *rest = sd_http_req_path(req) + strlen("/v1/endpoints/");
     const char *slash = strchr(rest, '/');
@@ -1097,7 +1173,8 @@ static void on_endpoint(sd_http_req *req, void *udata) {
         redis_down(req);
         return;
     }
-    if (e->elements == 0) {
+    const char *state = hfield(e, "state");
+    if (e->elements == 0 || !state || strcmp(state, "deleted") == 0) {
         freeReplyObject(e);
         problem(req, 404, "Not found", "no such endpoint");
         return;
@@ -1391,11 +1468,15 @@ static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
 
 static void on_message_create(sd_http_req *req, void *udata) {
     sender *s = udata;
+    if (!check_token(s, req))
+        return;
     sd_idem_handle(s->idem, req, message_create, s);
 }
 
 static void on_message_get(sd_http_req *req, void *udata) {
     sender *s = udata;
+    if (!check_token(s, req))
+        return;
     const char *id = sd_http_req_path(req) + strlen("/v1/messages/");
     if (!id_valid(id)) {
         problem(req, 404, "Not found", NULL);
@@ -1437,8 +1518,100 @@ static void on_message_get(sd_http_req *req, void *udata) {
     freeReplyObject(eps);
 }
 
+/* ---- Deleting an endpoint ----
+ *
+ * DELETE /v1/endpoints/{id} takes the endpoint out in one script (wh-endpoint-delete.lua): it
+ * leaves the set that the fan-out and the workers read, its hash says "deleted" (and expires in
+ * a day), and its id joins KP "eps_deleted" (id -> ms of the deletion). Its delivery queue is
+ * then dropped (jq_queue_drop, which keeps the queue's id counter): up to WH_DROP_NOW jobs in the
+ * request itself, the rest by the drain timer of every `webhook serve`, WH_DROP_BATCH jobs per
+ * endpoint every WH_DRAIN_MS. An id leaves eps_deleted once its queue was found empty at least
+ * WH_DROP_LINGER_MS after the deletion: a fan-out or an attempt under way at the deletion
+ * (an enqueue, a release) may still add a job, and that one is dropped too. The list is in
+ * Redis, so a process that dies mid-drop leaves the rest to the next drain. Workers stop
+ * reading the queue at their next endpoint refresh; an attempt in flight ends as it would,
+ * and its ack or fail finds no job. */
+#define WH_DROP_NOW 100000
+#define WH_DROP_BATCH 1000
+#define WH_DRAIN_MS 1000
+#define WH_DROP_LINGER_MS 60000
+
+/* Drops up to max jobs of the deleted endpoint's queue; returns how many went, or -1. */
+static int64_t endpoint_queue_drop(sender *s, const char *id, int64_t max) {
+    char queue[64];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", id);
+    int64_t removed = 0;
+    if (jq_queue_drop(s->jq, queue, max, &removed) != 0)
+        return -1;
+    return removed;
+}
+
+/* The list of deleted endpoints is read without waiting (it is read every second by every
+ * serve process, nearly always empty); only a non-empty one costs the loop the drops. */
+static void on_deleted_read(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    sender *s = privdata;
+    s->records--;
+    if (status == 0 && reply->type == REDIS_REPLY_ARRAY) {
+        int64_t now = wall_ms();
+        for (size_t i = 0; i + 1 < reply->elements && !s->stopping; i += 2) {
+            const char *id = reply->element[i]->str;
+            if (reply->element[i]->type != REDIS_REPLY_STRING || !id_valid(id))
+                continue;
+            int64_t removed = endpoint_queue_drop(s, id, WH_DROP_BATCH);
+            if (removed == 0 && now - atoll(reply->element[i + 1]->str) >= WH_DROP_LINGER_MS)
+                cmd_void(s, "HDEL " KP "eps_deleted %s", id);
+            if (removed > 0)
+                sd_log(SD_LOG_INFO, "webhook.endpoint_drained", "endpoint=%s jobs=%lld", id,
+                       (long long)removed);
+        }
+    }
+    sender_maybe_finish(s);
+}
+
+static void endpoints_drain(uv_timer_t *t) {
+    sender *s = t->data;
+    if (sd_aredis_command(s->ar, on_deleted_read, s, 0, "HGETALL " KP "eps_deleted") == 0)
+        s->records++;
+}
+
+static void on_endpoint_delete(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    if (!check_token(s, req))
+        return;
+    const char *id = sd_http_req_path(req) + strlen("/v1/endpoints/");
+    if (!id_valid(id) || strlen(id) > 39) {
+        problem(req, 404, "Not found", NULL);
+        return;
+    }
+    const char *argv[] = {KP, id};
+    size_t lens[] = {strlen(KP), strlen(id)};
+    int err = 0;
+    redisReply *r = sd_redis_script(s->r, &err, 0, &endpoint_delete_script, 1, 2, argv, lens);
+    if (!r || r->type != REDIS_REPLY_INTEGER) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", r->str);
+        if (r)
+            freeReplyObject(r);
+        redis_down(req);
+        return;
+    }
+    long long gone = r->integer;
+    freeReplyObject(r);
+    if (!gone) {
+        problem(req, 404, "Not found", "no such endpoint");
+        return;
+    }
+    int64_t removed = endpoint_queue_drop(s, id, WH_DROP_NOW);
+    sd_log(SD_LOG_INFO, "webhook.endpoint_deleted", "endpoint=%s jobs_dropped=%lld", id,
+           (long long)(removed < 0 ? 0 : removed));
+    s->last_refresh_ms = 0; /* this process's workers let go of it at their next tick */
+    sd_http_req_respond(req, 204, NULL, NULL, 0);
+}
+
 static void on_dead_list(sd_http_req *req, void *udata) {
     sender *s = udata;
+    if (!check_token(s, req))
+        return;
     redisReply *d = cmd(s, "HVALS " KP "dead");
     if (!d) {
         redis_down(req);
@@ -1456,6 +1629,8 @@ static void on_dead_list(sd_http_req *req, void *udata) {
 
 static void on_dead_replay(sd_http_req *req, void *udata) {
     sender *s = udata;
+    if (!check_token(s, req))
+        return;
     char id[64];
     const char *rest = sd_http_req_path(req) + strlen("/v1/dead-letters/");
     const char *slash = strchr(rest, '/');
@@ -1481,6 +1656,19 @@ static void on_dead_replay(sd_http_req *req, void *udata) {
     if (!msg || !ep) {
         json_decref(j);
         problem(req, 404, "Not found", "no such dead letter");
+        return;
+    }
+    redisReply *live = cmd(s, "SISMEMBER " KP "eps %s", ep);
+    if (!live) {
+        json_decref(j);
+        redis_down(req);
+        return;
+    }
+    int deleted = live->type == REDIS_REPLY_INTEGER && live->integer == 0;
+    freeReplyObject(live);
+    if (deleted) {
+        json_decref(j);
+        problem(req, 409, "Endpoint deleted", "the dead letter's endpoint was deleted");
         return;
     }
     char queue[64];
@@ -1568,6 +1756,7 @@ static void sender_stop(sender *s) {
         endpoint_send_next(s->eps[i]);
     uv_timer_stop(&s->tick);
     uv_close((uv_handle_t *)&s->tick, on_closed);
+    uv_close((uv_handle_t *)&s->drain, on_closed);
     uv_close((uv_handle_t *)&s->sigint, on_closed);
     uv_close((uv_handle_t *)&s->sigterm, on_closed);
     /* Attempts in flight end with SD_ECLOSED and release their jobs (not counted). */
@@ -1600,6 +1789,10 @@ static int sender_run(options *o, int serve) {
         return sd_cli_usage_error(serve ? "webhook serve" : "webhook deliver",
                                   "--retry-schedule %s", err);
     }
+    if (serve && token_load(s, o->token_file) != 0) {
+        free(s);
+        return SD_EXIT_USAGE;
+    }
     s->visibility_ms = o->timeout_ms + WH_LEASE_MARGIN_MS;
     sd_addr_opts_default(&s->addr);
     s->addr.allow_private = o->allow_private;
@@ -1619,6 +1812,8 @@ static int sender_run(options *o, int serve) {
     endpoints_script.len = sd_lua_wh_endpoints_len;
     message_script.body = sd_lua_wh_message;
     message_script.len = sd_lua_wh_message_len;
+    endpoint_delete_script.body = sd_lua_wh_endpoint_delete;
+    endpoint_delete_script.len = sd_lua_wh_endpoint_delete_len;
     sd_script *scripts[8] = {&endpoints_script, &message_script};
     size_t nscripts = 2;
     for (size_t i = 0; i < sd_idem_nscripts && nscripts < 8; i++)
@@ -1652,6 +1847,8 @@ static int sender_run(options *o, int serve) {
     s->tick.data = s;
     uv_timer_init(s->loop, &s->finish);
     s->finish.data = s;
+    uv_timer_init(s->loop, &s->drain);
+    s->drain.data = s;
     uv_timer_init(s->loop, &s->flush);
     s->flush.data = s;
     uv_prepare_init(s->loop, &s->write);
@@ -1674,6 +1871,7 @@ static int sender_run(options *o, int serve) {
         sd_http_server_route(s->http, "POST", "/v1/endpoints", on_endpoint_create, s);
         sd_http_server_route(s->http, "GET", "/v1/endpoints/*", on_endpoint, s);
         sd_http_server_route(s->http, "POST", "/v1/endpoints/*", on_endpoint, s);
+        sd_http_server_route(s->http, "DELETE", "/v1/endpoints/*", on_endpoint_delete, s);
         sd_http_server_route(s->http, "POST", "/v1/messages", on_message_create, s);
         sd_http_server_route(s->http, "GET", "/v1/messages/*", on_message_get, s);
         sd_http_server_route(s->http, "GET", "/v1/dead-letters", on_dead_list, s);
@@ -1695,6 +1893,8 @@ static int sender_run(options *o, int serve) {
     }
     if (s->deliver)
         uv_timer_start(&s->tick, on_tick, 0, (uint64_t)o->poll_ms);
+    if (serve)
+        uv_timer_start(&s->drain, endpoints_drain, WH_DRAIN_MS, WH_DRAIN_MS);
     sd_log(SD_LOG_INFO, "webhook.sending",
            "workers=%d timeout_ms=%lld visibility_ms=%lld allow_private=%d", s->deliver,
            o->timeout_ms, (long long)s->visibility_ms, o->allow_private);
@@ -1764,6 +1964,11 @@ static int sender_main(int argc, char **argv, int serve) {
          "and tests only: it turns the SSRF guard off)",
          .flag = &o.allow_private},
         {"--no-deliver", NULL, "serve: run no delivery workers here", .flag = &o.no_deliver},
+        {"--api-token-file", "FILE",
+         "serve: every /v1 request must carry \"Authorization: Bearer\n"
+         "<token>\", the token being this file's first line (or\n"
+         "WEBHOOK_API_TOKEN's value; 16 characters at least)",
+         .text = &o.token_file},
         {0}};
     const sd_cli_cmd cmd = {
         .name = serve ? "webhook serve" : "webhook deliver",
