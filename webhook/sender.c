@@ -1264,6 +1264,7 @@ typedef struct message_post {
     size_t ntargets;
     size_t pending; /* enqueues not yet answered */
     int failed;
+    int kick; /* an enqueue went to a queue whose workers were not told (workers_kick) */
 } message_post;
 
 /* One endpoint's enqueue of a post. */
@@ -1298,7 +1299,8 @@ static void message_post_end(message_post *p) {
         sd_idem_call_respond_json(
             p->call, 202,
             json_pack("{s:s, s:I}", "id", p->id, "endpoints", (json_int_t)p->ntargets));
-        workers_kick(s, 0);
+        if (p->kick)
+            workers_kick(s, 0);
     }
     free(p);
 }
@@ -1338,18 +1340,35 @@ typedef struct enqueue_ctx {
     enqueue_batch *b;
 } enqueue_ctx;
 
+static endpoint *endpoint_by_queue(sender *s, const char *queue) {
+    for (size_t i = 0; i < s->neps; i++)
+        if (strcmp(s->eps[i]->queue, queue) == 0)
+            return s->eps[i];
+    return NULL;
+}
+
 static void on_enqueued(jq_aclient *c, int status, const jq_enqueued *out, size_t n, void *arg) {
     enqueue_ctx *x = arg;
+    sender *s = x->s;
+    /* The queue's endpoint, when this process's workers know it, reserves now: the moment its
+     * jobs are in, without waiting for the other enqueues of the same messages (a black hole's
+     * among them) to be answered, nor for a tick. An endpoint not known here yet is for a kick
+     * once the post is answered (it also reads the endpoint list when due). */
+    endpoint *ep = status == 0 && s->deliver ? endpoint_by_queue(s, x->queue) : NULL;
     for (size_t i = 0; i < x->b->n; i++) {
         message_enqueue *e = x->b->e[i];
         /* The message id is the job's idempotency key: sending it again makes no second job. */
         if ((status == SD_EDISCONNECTED || status == SD_ETIMEDOUT) && !e->retried) {
             e->retried = 1;
-            enqueue_later(x->s, x->queue, e);
+            enqueue_later(s, x->queue, e);
             continue;
         }
-        enqueue_done(e, status);
+        if (!ep)
+            e->p->kick = 1;
+        enqueue_done(e, status); /* may free e->p */
     }
+    if (ep && !s->stopping)
+        endpoint_fill(s, ep, sd_now_ms());
     free(x->b);
     free(x);
 }
