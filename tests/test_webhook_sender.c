@@ -634,8 +634,10 @@ static long long queue_jobs(rig *g, const char *endpoint_id) {
 
 Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     rig g;
-    const char *args[] = {"--timeout-ms",  "120000", "--allow-private",        "--poll-ms", "10",
-                          "--concurrency", "6",      "--endpoint-concurrency", "2",         NULL};
+    const char *args[] = {
+        "--timeout-ms",  "120000", "--allow-private",        "--poll-ms", "10",
+        "--concurrency", "6",      "--endpoint-concurrency", "2",         "--recheck-ms",
+        "3000",          NULL};
     rig_start(&g, args);
     endpoint hole = {0}, ok = {0};
     endpoint_start(&hole, "hang", 0);
@@ -686,7 +688,8 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     cr_expect_eq(collect_distinct(&ok, 5, 60000), 5);
     cr_expect_eq(queue_jobs(&g, hole.id), 0);
     /* A delivery that lands in the queue after the deletion (a fan-out that was under way) is
-     * dropped by the sender's drain, within seconds. */
+     * dropped by the sender's drain once the recheck is due (3 s here), and the id leaves the
+     * list of deleted endpoints. */
     sd_redis_url url;
     char err[128];
     cr_assert_eq(sd_redis_url_parse(test_target_url(g.redis), &url, err, sizeof err), 0);
@@ -702,6 +705,12 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     for (int i = 0; i < 1500 && (left = queue_jobs(&g, hole.id)) > 0; i++)
         usleep(20000);
     cr_expect_eq(left, 0, "a late delivery of the deleted endpoint was never dropped");
+    r = test_redis_connect(test_target_url(g.redis));
+    long long listed = 1;
+    for (int i = 0; i < 1500 && (listed = test_redis_int(r, "HLEN wh1:{wh1}:eps_deleted")) > 0; i++)
+        usleep(20000);
+    cr_expect_eq(listed, 0, "the deleted endpoint stayed in the drain's list");
+    sd_redis_free(r);
     endpoint_stop(&hole);
     endpoint_stop(&ok);
     rig_stop(&g);

@@ -103,7 +103,7 @@ typedef struct options {
     const char *redis;
     const char *schedule_text;
     const char *token_file;
-    long long timeout_ms, concurrency, endpoint_concurrency, poll_ms, disable_after;
+    long long timeout_ms, concurrency, endpoint_concurrency, poll_ms, disable_after, recheck_ms;
     int allow_private, no_deliver;
 } options;
 
@@ -1278,6 +1278,7 @@ typedef struct enqueue_list {
     char queue[64];
     message_enqueue **items;
     size_t n, cap;
+    int held; /* held back by one flush: its endpoint is backlogged (enqueues_flush) */
 } enqueue_list;
 
 /* A batch in flight. */
@@ -1373,10 +1374,27 @@ static void on_enqueued(jq_aclient *c, int status, const jq_enqueued *out, size_
     free(x);
 }
 
-/* Sends every waiting enqueue, one script per queue (WH_ENQUEUE_BATCH jobs at most each). */
+/* An endpoint whose new jobs would wait anyway: every request slot taken (a black hole's are,
+ * until its timeouts), its breaker open or half open (one probe at a time), or disabled. */
+static int endpoint_backlogged(const sender *s, const endpoint *ep) {
+    return ep->disabled || ep->open_until_ms != 0 || ep->sending >= (int)s->o.endpoint_concurrency;
+}
+
+/* Sends every waiting enqueue, one script per queue (WH_ENQUEUE_BATCH jobs at most each). The
+ * enqueues of a backlogged endpoint wait for the next flush (the next loop iteration): sent in
+ * the same write, Redis would run them before it answers the others, and a healthy endpoint's
+ * jobs would start that much later because a black hole shares its messages (isolation). */
 static void enqueues_flush(sender *s) {
+    int held = 0;
     for (size_t i = 0; i < s->nenq; i++) {
         enqueue_list *l = &s->enq[i];
+        endpoint *ep = l->n > 0 && !l->held && s->deliver ? endpoint_by_queue(s, l->queue) : NULL;
+        if (ep && endpoint_backlogged(s, ep)) {
+            l->held = 1;
+            held = 1;
+            continue;
+        }
+        l->held = 0;
         while (l->n > 0) {
             size_t k = l->n > WH_ENQUEUE_BATCH ? WH_ENQUEUE_BATCH : l->n;
             enqueue_ctx *x = sd_xcalloc(1, sizeof *x);
@@ -1408,6 +1426,8 @@ static void enqueues_flush(sender *s) {
             }
         }
     }
+    if (held)
+        flush_schedule(s);
 }
 
 static void on_message_stored(sd_aredis *r, redisReply *reply, int status, void *privdata) {
@@ -1543,17 +1563,18 @@ static void on_message_get(sd_http_req *req, void *udata) {
  * leaves the set that the fan-out and the workers read, its hash says "deleted" (and expires in
  * a day), and its id joins KP "eps_deleted" (id -> ms of the deletion). Its delivery queue is
  * then dropped (jq_queue_drop, which keeps the queue's id counter): up to WH_DROP_NOW jobs in the
- * request itself, the rest by the drain timer of every `webhook serve`, WH_DROP_BATCH jobs per
- * endpoint every WH_DRAIN_MS. An id leaves eps_deleted once its queue was found empty at least
- * WH_DROP_LINGER_MS after the deletion: a fan-out or an attempt under way at the deletion
- * (an enqueue, a release) may still add a job, and that one is dropped too. The list is in
- * Redis, so a process that dies mid-drop leaves the rest to the next drain. Workers stop
- * reading the queue at their next endpoint refresh; an attempt in flight ends as it would,
- * and its ack or fail finds no job. */
+ * request itself. --recheck-ms later (30 s by default) the drain timer of a `webhook serve`
+ * drops it again, WH_DROP_BATCH jobs per endpoint every WH_DRAIN_MS, and the id leaves
+ * eps_deleted once the queue is found empty: a fan-out or an attempt under way at the deletion
+ * (an enqueue, a release) may still have added a job, and a backlog over WH_DROP_NOW is
+ * finished there. The list is in Redis, so a process that dies mid-drop leaves the rest to the
+ * drain. Until the recheck is due the drain makes no call (one HGETALL a second): it runs on the
+ * delivery loop, and each drop waits for its answer. Workers stop reading the queue at their
+ * next endpoint refresh; an attempt in flight ends as it would, and its ack or fail finds no
+ * job. */
 #define WH_DROP_NOW 100000
 #define WH_DROP_BATCH 1000
 #define WH_DRAIN_MS 1000
-#define WH_DROP_LINGER_MS 60000
 
 /* Drops up to max jobs of the deleted endpoint's queue; returns how many went, or -1. */
 static int64_t endpoint_queue_drop(sender *s, const char *id, int64_t max) {
@@ -1576,8 +1597,10 @@ static void on_deleted_read(sd_aredis *r, redisReply *reply, int status, void *p
             const char *id = reply->element[i]->str;
             if (reply->element[i]->type != REDIS_REPLY_STRING || !id_valid(id))
                 continue;
+            if (now - atoll(reply->element[i + 1]->str) < s->o.recheck_ms)
+                continue;
             int64_t removed = endpoint_queue_drop(s, id, WH_DROP_BATCH);
-            if (removed == 0 && now - atoll(reply->element[i + 1]->str) >= WH_DROP_LINGER_MS)
+            if (removed == 0)
                 cmd_void(s, "HDEL " KP "eps_deleted %s", id);
             if (removed > 0)
                 sd_log(SD_LOG_INFO, "webhook.endpoint_drained", "endpoint=%s jobs=%lld", id,
@@ -1959,6 +1982,7 @@ static int sender_main(int argc, char **argv, int serve) {
     o.endpoint_concurrency = 8;
     o.poll_ms = 50;
     o.disable_after = 200;
+    o.recheck_ms = 30000;
     const sd_cli_opt opts[] = {
         {"--listen", "HOST:PORT", "serve: address to listen on (default 127.0.0.1:8090)",
          .parse = sd_cli_listen_parse, .udata = &o.listen},
@@ -1978,6 +2002,11 @@ static int sender_main(int argc, char **argv, int serve) {
          .integer = &o.poll_ms, .min = 1, .max = 10000},
         {"--disable-after", "N", "failures in a row that disable an endpoint (default 200)",
          .integer = &o.disable_after, .min = 1, .max = 1000000},
+        {"--recheck-ms", "MS",
+         "serve: a deleted endpoint's queue is dropped again this long\n"
+         "after the deletion, for deliveries a fan-out under way then\n"
+         "added (default 30000)",
+         .integer = &o.recheck_ms, .min = 1, .max = 86400000},
         {"--allow-private", NULL,
          "allow endpoints on loopback and private addresses (local use\n"
          "and tests only: it turns the SSRF guard off)",
