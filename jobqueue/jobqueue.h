@@ -420,6 +420,16 @@ int jq_arelease(jq_aclient *c, const char *queue, const jq_job *job, jq_value_cb
 int jq_aack_effect(jq_aclient *c, const char *queue, const jq_job *job, const void *result,
                    size_t len, const jq_effect *fx, jq_value_cb *cb, void *arg);
 
+/* The inspect calls over the loop, for a server that must not wait on Redis (`jobqueue serve`):
+ * the same answers as jq_job_get, jq_cancel and jq_stats_get. *info and *stats are valid only
+ * during the callback (info's strings are freed after it). jq_acancel's value is the jq_state
+ * the job was in. A malformed id is refused at once: JQ_ENOTFOUND, no callback. */
+typedef void jq_info_cb(jq_aclient *c, int status, const jq_info *info, void *arg);
+typedef void jq_stats_cb(jq_aclient *c, int status, const jq_stats *stats, void *arg);
+int jq_ajob_get(jq_aclient *c, const char *queue, const char *id, jq_info_cb *cb, void *arg);
+int jq_acancel(jq_aclient *c, const char *queue, const char *id, jq_value_cb *cb, void *arg);
+int jq_astats(jq_aclient *c, const char *queue, jq_stats_cb *cb, void *arg);
+
 /* ---- The worker runtime (libuv) -------------------------------------------------------------
  * Runs up to `concurrency` handlers at once; heartbeats extend each lease every third of the
  * visibility timeout; a handler running past job_timeout_ms is told to stop and its attempt

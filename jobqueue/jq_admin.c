@@ -13,7 +13,7 @@
 
 /* ---- Cancel, inspect, stats, housekeeping, dead letters ------------------------------------ */
 
-static int id_valid(const char *id) {
+int jq__id_valid(const char *id) {
     size_t n = id ? strnlen(id, JQ_ID_MAX) : 0;
     if (n == 0 || n >= JQ_ID_MAX)
         return 0;
@@ -24,7 +24,7 @@ static int id_valid(const char *id) {
 }
 
 int jq_cancel(jq_client *c, const char *queue, const char *id, jq_state *was) {
-    if (!id_valid(id))
+    if (!jq__id_valid(id))
         return JQ_ENOTFOUND;
     jq__args a;
     if (jq__args_begin(&a, &c->cfg, queue) != 0)
@@ -33,15 +33,19 @@ int jq_cancel(jq_client *c, const char *queue, const char *id, jq_state *was) {
     redisReply *reply = NULL;
     int rc = jq__run_code(c, JQ_S_CANCEL, &a, 1, &reply);
     if (reply) {
-        char name[16] = "";
-        if (reply->elements >= 2)
-            jq__elem_text(reply->element[1], name, sizeof name);
-        jq_state s;
-        if (was && jq_state_parse(name, &s) == 0)
-            *was = s;
+        jq__cancel_parse(reply, was);
         freeReplyObject(reply);
     }
     return rc;
+}
+
+void jq__cancel_parse(const redisReply *reply, jq_state *was) {
+    char name[16] = "";
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2)
+        jq__elem_text(reply->element[1], name, sizeof name);
+    jq_state st;
+    if (was && jq_state_parse(name, &st) == 0)
+        *was = st;
 }
 
 void jq_info_clear(jq_info *info) {
@@ -71,7 +75,7 @@ static void info_set(jq_info *info, char **field, const redisReply *v) {
 }
 
 int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
-    if (!id_valid(id))
+    if (!jq__id_valid(id))
         return JQ_ENOTFOUND;
     char key[JQ_QUEUE_MAX + 96];
     char suffix[JQ_ID_MAX + 8];
@@ -82,14 +86,16 @@ int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
     redisReply *reply = sd_redis_command(c->redis, &err, "HGETALL %s", key);
     if (!reply)
         return err ? err : SD_EDISCONNECTED;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0) {
-        freeReplyObject(reply);
+    int rc = jq__info_parse(reply, id, out);
+    freeReplyObject(reply);
+    return rc;
+}
+
+int jq__info_parse(const redisReply *reply, const char *id, jq_info *out) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0)
         return SD_EREDIS;
-    }
-    if (reply->elements == 0) {
-        freeReplyObject(reply);
+    if (reply->elements == 0)
         return JQ_ENOTFOUND;
-    }
     jq_info *info = out;
     info_init(info, id);
     for (size_t i = 0; i + 1 < reply->elements; i += 2) {
@@ -130,14 +136,13 @@ int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
         else if (strcmp(k, "ikey") == 0)
             info_set(info, &info->idempotency_key, v);
     }
-    freeReplyObject(reply);
     return 0;
 }
 
 int jq_job_history(jq_client *c, const char *queue, const char *id, jq_attempt *out, size_t max,
                    size_t *got) {
     *got = 0;
-    if (!id_valid(id) || max == 0)
+    if (!jq__id_valid(id) || max == 0)
         return max == 0 ? 0 : JQ_ENOTFOUND;
     char key[JQ_QUEUE_MAX + 96];
     char suffix[JQ_ID_MAX + 8];
@@ -176,11 +181,16 @@ int jq_stats_get(jq_client *c, const char *queue, jq_stats *out) {
         return JQ_EINVAL;
     redisReply *reply = NULL;
     int rc = jq__run_code(c, JQ_S_STATS, &a, 1, &reply);
-    if (rc != 0 || reply->elements < 8) {
-        if (reply)
-            freeReplyObject(reply);
-        return rc != 0 ? rc : SD_EREDIS;
-    }
+    if (rc == 0)
+        rc = jq__stats_parse(reply, out);
+    if (reply)
+        freeReplyObject(reply);
+    return rc;
+}
+
+int jq__stats_parse(const redisReply *reply, jq_stats *out) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 8)
+        return SD_EREDIS;
     out->ready = jq__elem_ll(reply->element[1]);
     out->delayed = jq__elem_ll(reply->element[2]);
     out->reserved = jq__elem_ll(reply->element[3]);
@@ -188,7 +198,6 @@ int jq_stats_get(jq_client *c, const char *queue, jq_stats *out) {
     out->done = jq__elem_ll(reply->element[5]);
     out->cancelled = jq__elem_ll(reply->element[6]);
     out->oldest_ready_age_ms = jq__elem_ll(reply->element[7]);
-    freeReplyObject(reply);
     return 0;
 }
 

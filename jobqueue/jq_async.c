@@ -356,3 +356,83 @@ int jq_arelease(jq_aclient *c, const char *queue, const jq_job *job, jq_value_cb
     }
     return send_script(c, JQ_S_RELEASE, &a, 1, on_value, (void *)cb, arg, 0);
 }
+
+/* ---- Inspect: a job, a cancel, the counts ------------------------------------------------ */
+
+typedef struct info_call {
+    jq_aclient *c;
+    jq_info_cb *cb;
+    void *arg;
+    char id[JQ_ID_MAX];
+} info_call;
+
+static void on_info(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    info_call *call = privdata;
+    jq_info info;
+    memset(&info, 0, sizeof info);
+    int rc = status != 0 ? status : jq__info_parse(reply, call->id, &info);
+    call->cb(call->c, rc, rc == 0 ? &info : NULL, call->arg);
+    jq_info_clear(&info);
+    free(call);
+}
+
+int jq_ajob_get(jq_aclient *c, const char *queue, const char *id, jq_info_cb *cb, void *arg) {
+    if (!jq__id_valid(id))
+        return JQ_ENOTFOUND;
+    char key[JQ_QUEUE_MAX + 96];
+    char suffix[JQ_ID_MAX + 8];
+    snprintf(suffix, sizeof suffix, ":job:%s", id);
+    if (jq_key_cfg(&c->cfg, queue, suffix, key, sizeof key) < 0)
+        return JQ_EINVAL;
+    info_call *call = sd_xmalloc(sizeof *call);
+    *call = (info_call){.c = c, .cb = cb, .arg = arg};
+    snprintf(call->id, sizeof call->id, "%s", id);
+    int rc = sd_aredis_command(c->redis, on_info, call, c->cfg.timeout_ms, "HGETALL %s", key);
+    if (rc != 0)
+        free(call);
+    return rc;
+}
+
+static void on_cancel(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_value_cb *cb = (jq_value_cb *)call->cb;
+    jq_state was = JQ_STATE_READY;
+    int rc = reply_status(reply, status, 1);
+    if (rc == 0) {
+        rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+        jq__cancel_parse(reply, &was);
+    }
+    cb(call->c, rc, (int64_t)was, call->arg);
+    free(call);
+}
+
+int jq_acancel(jq_aclient *c, const char *queue, const char *id, jq_value_cb *cb, void *arg) {
+    if (!jq__id_valid(id))
+        return JQ_ENOTFOUND;
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    jq__args_str(&a, id);
+    return send_script(c, JQ_S_CANCEL, &a, 1, on_cancel, (void *)cb, arg, 0);
+}
+
+static void on_stats(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_stats_cb *cb = (jq_stats_cb *)call->cb;
+    jq_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = reply_status(reply, status, 1);
+    if (rc == 0)
+        rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+    if (rc == 0)
+        rc = jq__stats_parse(reply, &st);
+    cb(call->c, rc, rc == 0 ? &st : NULL, call->arg);
+    free(call);
+}
+
+int jq_astats(jq_aclient *c, const char *queue, jq_stats_cb *cb, void *arg) {
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    return send_script(c, JQ_S_STATS, &a, 1, on_stats, (void *)cb, arg, 0);
+}

@@ -67,6 +67,16 @@ int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out);
 /* Checks a reserve reply and fills jobs (at most n); returns 0 or SD_EREDIS. */
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);
 
+/* Shared by the synchronous and the asynchronous inspect calls (jq_admin.c). jq__id_valid: a
+ * job id is decimal digits, shorter than JQ_ID_MAX. jq__info_parse: an HGETALL reply of the
+ * job's hash into out (which it owns then: jq_info_clear); 0, JQ_ENOTFOUND (no hash) or
+ * SD_EREDIS. jq__stats_parse: a stats script's reply (its code already 0); 0 or SD_EREDIS.
+ * jq__cancel_parse: the state a cancel found, when the reply names one. */
+int jq__id_valid(const char *id);
+int jq__info_parse(const redisReply *reply, const char *id, jq_info *out);
+int jq__stats_parse(const redisReply *reply, jq_stats *out);
+void jq__cancel_parse(const redisReply *reply, jq_state *was);
+
 /* Pushes one wake token to queue's wake list on the scripts connection (the reply is
  * dropped): ends a blocked wait, ours or another worker's. Returns 0 or a negative code. */
 int jq__awake(jq_aclient *c, const char *queue);

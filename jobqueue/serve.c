@@ -25,8 +25,8 @@
 typedef struct server {
     uv_loop_t *loop;
     sd_http_server *http;
-    jq_client *sync;   /* GET, DELETE, stats, metrics */
-    jq_aclient *async; /* POST: the enqueue */
+    jq_client *sync;   /* /metrics (its callback answers at once) */
+    jq_aclient *async; /* POST (the enqueue), GET and DELETE of a job, GET of the stats */
     sd_aredis *idem_redis;
     sd_idem *idem;
     jq_config cfg;
@@ -219,6 +219,22 @@ static void on_post(sd_idem_call *call, sd_http_req *req, void *udata) {
     }
 }
 
+/* A GET of a job or of the stats, or a DELETE, waiting for its reply. */
+typedef struct inspect {
+    sd_http_req *req;
+    char queue[JQ_QUEUE_MAX + 1];
+    char id[JQ_ID_MAX];
+} inspect;
+
+static void job_not_found(sd_http_req *req) {
+    problem(req, 404, "/problems/job-not-found", "Job not found",
+            "no such job (never existed, or past its retention)");
+}
+
+static jq_stats_cb on_stats;
+static jq_info_cb on_job;
+static jq_value_cb on_cancelled;
+
 static void on_queues(sd_http_req *req, void *udata) {
     server *s = udata;
     const char *method = sd_http_req_method(req);
@@ -252,32 +268,50 @@ static void on_queues(sd_http_req *req, void *udata) {
         sd_idem_handle(s->idem, req, on_post, s);
         return;
     }
-    if (stats) {
-        jq_stats st;
-        int rc = jq_stats_get(s->sync, q, &st);
-        if (rc != 0)
-            problem_redis(req, rc);
-        else
-            sd_http_req_respond_json(req, 200, jq_cmd_stats_json(&st));
-        return;
-    }
+    /* The rest answer from their reply's callback: the loop goes on meanwhile (a slow Redis
+     * holds these requests, not the server). */
+    inspect *in = sd_xcalloc(1, sizeof *in);
+    in->req = req;
+    snprintf(in->queue, sizeof in->queue, "%s", q);
     const char *id = rest + 5;
-    if (strcmp(method, "GET") == 0) {
-        jq_info info;
-        int rc = jq_job_get(s->sync, q, id, &info);
-        if (rc == JQ_ENOTFOUND) {
-            problem(req, 404, "/problems/job-not-found", "Job not found",
-                    "no such job (never existed, or past its retention)");
-        } else if (rc != 0) {
+    snprintf(in->id, sizeof in->id, "%.*s", (int)sizeof in->id - 1, id);
+    int rc = stats                        ? jq_astats(s->async, q, on_stats, in)
+             : strcmp(method, "GET") == 0 ? jq_ajob_get(s->async, q, id, on_job, in)
+                                          : jq_acancel(s->async, q, id, on_cancelled, in);
+    if (rc != 0) { /* refused at once: no callback comes */
+        if (rc == JQ_ENOTFOUND)
+            job_not_found(req);
+        else
             problem_redis(req, rc);
-        } else {
-            sd_http_req_respond_json(req, 200, jq_cmd_info_json(q, &info));
-            jq_info_clear(&info);
-        }
-        return;
+        free(in);
     }
-    jq_state was = JQ_STATE_READY;
-    int rc = jq_cancel(s->sync, q, id, &was);
+}
+
+static void on_stats(jq_aclient *c, int status, const jq_stats *st, void *arg) {
+    inspect *in = arg;
+    if (status != 0)
+        problem_redis(in->req, status);
+    else
+        sd_http_req_respond_json(in->req, 200, jq_cmd_stats_json(st));
+    free(in);
+}
+
+static void on_job(jq_aclient *c, int status, const jq_info *info, void *arg) {
+    inspect *in = arg;
+    if (status == JQ_ENOTFOUND)
+        job_not_found(in->req);
+    else if (status != 0)
+        problem_redis(in->req, status);
+    else
+        sd_http_req_respond_json(in->req, 200, jq_cmd_info_json(in->queue, info));
+    free(in);
+}
+
+static void on_cancelled(jq_aclient *c, int rc, int64_t state, void *arg) {
+    inspect *in = arg;
+    sd_http_req *req = in->req;
+    const char *id = in->id;
+    jq_state was = (jq_state)state;
     if (rc == 0 && was == JQ_STATE_RESERVED) {
         sd_http_req_respond_json(
             req, 202,
@@ -287,8 +321,7 @@ static void on_queues(sd_http_req *req, void *udata) {
                                  json_pack("{s:s, s:s, s:s}", "id", id, "state", "cancelled", "was",
                                            jq_state_name(was)));
     } else if (rc == JQ_ENOTFOUND) {
-        problem(req, 404, "/problems/job-not-found", "Job not found",
-                "no such job (never existed, or past its retention)");
+        job_not_found(req);
     } else if (rc == JQ_ESTATE) {
         char detail[96];
         snprintf(detail, sizeof detail, "the job is %s already", jq_state_name(was));
@@ -296,6 +329,7 @@ static void on_queues(sd_http_req *req, void *udata) {
     } else {
         problem_redis(req, rc);
     }
+    free(in);
 }
 
 /* Depth per state and the oldest READY job's age, for the queues named by --queue and those

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -626,6 +627,37 @@ Test(jobqueue_command, serve_answers_every_status) {
     kill(h.p.pid, SIGTERM);
     cr_assert_eq(proc_wait(&h.p), 0);
     jq_client_free(c);
+}
+
+/* A GET waiting for a frozen Redis holds that one request: the server answers another meanwhile.
+ * The stats request goes first and gets 200 ms to be read (if the machine is too slow for that,
+ * the test passes without proving anything, but never fails for it); a server that waited on
+ * Redis in its handler would have answered it (503, after its 2 s timeout) before reading the
+ * second one. */
+Test(jobqueue_command, serve_answers_other_requests_while_redis_is_frozen) {
+    http h = serve_start("0");
+    cr_assert_eq(test_target_signal(target, SIGSTOP), 0);
+    int a = test_tcp_connect(h.port);
+    const char *get = "GET /v1/queues/q/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    cr_assert_eq(write(a, get, strlen(get)), (ssize_t)strlen(get));
+    usleep(200000);
+    char buf[8192];
+    int st = req(&h, "GET", "/healthz", NULL, NULL, buf, sizeof buf, NULL);
+    char early[64];
+    ssize_t got = recv(a, early, sizeof early, MSG_DONTWAIT);
+    cr_assert_eq(test_target_signal(target, SIGCONT), 0);
+    cr_assert_eq(st, 200, "%s", buf);
+    cr_assert_lt(got, 1,
+                 "the stats request was answered before /healthz: the server waited on Redis");
+    char answer[4096];
+    ssize_t n = recv(a, answer, sizeof answer - 1, 0);
+    cr_assert_gt(n, 0, "the stats request got no answer");
+    answer[n] = '\0';
+    cr_assert(strncmp(answer, "HTTP/1.1 200", 12) == 0 || strncmp(answer, "HTTP/1.1 503", 12) == 0,
+              "%s", answer);
+    close(a);
+    kill(h.p.pid, SIGTERM);
+    cr_assert_eq(proc_wait(&h.p), 0);
 }
 
 Test(jobqueue_command, enqueue_stops_at_a_bad_line_and_a_rerun_with_the_key_fills_the_gap) {
