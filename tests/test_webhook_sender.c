@@ -1137,10 +1137,11 @@ static int readable_now(int fd) {
 /* A management call waiting for Redis holds its own request, not the process: with Redis frozen
  * (SIGSTOP, every node), a GET of an endpoint sent before a GET /metrics is still unanswered
  * when /metrics has its answer, and gets its own once Redis goes on. A loop that waited for the
- * first (a synchronous call) would answer /metrics only after it: the two connections are open
- * before either request is sent, and the endpoint's request is sent first, so the server reads
- * it first. Then the sender stops cleanly (exit 0, and no leak in the sanitizer build) with such
- * a call in flight. */
+ * first (a synchronous call) would answer /metrics only after it: the connections are open
+ * before any request is sent, and the endpoint's requests are sent first, so the server reads
+ * them first. A client that resets its connection meanwhile loses its answer and nothing else.
+ * Then the sender stops cleanly (exit 0, and no leak in the sanitizer build) with such a call in
+ * flight. */
 Test(webhook_sender, a_management_call_waiting_for_redis_holds_up_no_other_request) {
     rig g;
     rig_start(&g, FAST);
@@ -1156,18 +1157,25 @@ Test(webhook_sender, a_management_call_waiting_for_redis_holds_up_no_other_reque
     static char buf[1 << 16];
 
     cr_assert_eq(test_target_signal(g.redis, SIGSTOP), 0);
-    int a = test_tcp_connect(g.srv.port), b = test_tcp_connect(g.srv.port);
+    int a = test_tcp_connect(g.srv.port), c = test_tcp_connect(g.srv.port),
+        b = test_tcp_connect(g.srv.port);
     test_write_all(a, get, strlen(get));
+    test_write_all(c, get, strlen(get));
     test_write_all(b, metrics, strlen(metrics));
     cr_expect_eq(test_http_read_response(b, buf, sizeof buf, NULL), 200);
     /* The call's deadline is the connection's command timeout (1 s): only a machine that took
      * that long to answer /metrics could see the endpoint's answer (a 503) here. */
     cr_expect_not(readable_now(a), "the endpoint's GET was answered before /metrics");
+    /* The second GET's client goes away (a reset): its answer, when it comes, is dropped. */
+    struct linger reset = {.l_onoff = 1, .l_linger = 0};
+    cr_assert_eq(setsockopt(c, SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+    close(c);
     cr_assert_eq(test_target_signal(g.redis, SIGCONT), 0);
     int st = test_http_read_response(a, buf, sizeof buf, NULL);
     cr_expect(st == 200 || st == 503, "the endpoint's GET got %d", st);
     close(a);
     close(b);
+    cr_expect_eq(api(&g, "GET", "/metrics", NULL, NULL, NULL), 200);
 
     /* A stop while a call waits for a frozen Redis: the call is answered (503 at its deadline),
      * or its connection closed if the stop came before the request was read; either way the
