@@ -659,7 +659,12 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     char path[96];
     snprintf(path, sizeof path, "/v1/endpoints/%s", hole.id);
     cr_assert_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 204);
-    cr_expect_eq(queue_jobs(&g, hole.id), 0, "the deleted endpoint's jobs are still queued");
+    /* The queue is dropped right after the answer (a_deleted_endpoints_backlog_is_dropped_after_
+     * the_answer shows it without the drain's help). */
+    long long queued = 1;
+    for (int i = 0; i < 1500 && (queued = queue_jobs(&g, hole.id)) > 0; i++)
+        usleep(20000);
+    cr_expect_eq(queued, 0, "the deleted endpoint's jobs are still queued");
     cr_expect_eq(api(&g, "GET", path, NULL, NULL, NULL), 404);
     cr_expect_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 404);
     char rot[128];
@@ -714,6 +719,46 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     sd_redis_free(r);
     endpoint_stop(&hole);
     endpoint_stop(&ok);
+    rig_stop(&g);
+}
+
+/* A backlog of several drop batches (1,000 jobs each) goes after the DELETE's answer, a batch
+ * per loop iteration, without the drain (its recheck is a day away here): the deletion's own
+ * drop goes on until the queue is empty, and the endpoint is gone meanwhile. */
+Test(webhook_sender, a_deleted_endpoints_backlog_is_dropped_after_the_answer) {
+    rig g;
+    const char *args[] = {"--allow-private", "--no-deliver", "--recheck-ms", "86400000", NULL};
+    rig_start(&g, args);
+    json_t *j = NULL;
+    cr_assert_eq(
+        api(&g, "POST", "/v1/endpoints", "{\"url\":\"http://127.0.0.1:9/hook\"}", NULL, &j), 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    sd_redis_url url;
+    char err[128];
+    cr_assert_eq(sd_redis_url_parse(test_target_url(g.redis), &url, err, sizeof err), 0);
+    jq_client *c = NULL;
+    cr_assert_eq(jq_client_new(&url, NULL, &c), 0);
+    char queue[80];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", id);
+    enum { N = 2500 };
+    static jq_new_job jobs[N];
+    static jq_enqueued out[N];
+    for (int i = 0; i < N; i++)
+        jobs[i] = (jq_new_job){.payload = "msg_x", .len = 5};
+    cr_assert_eq(jq_enqueue_many(c, queue, jobs, N, out), 0);
+    jq_client_free(c);
+    sd_redis_url_clear(&url);
+    cr_assert_eq(queue_jobs(&g, id), N);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/endpoints/%s", id);
+    cr_assert_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 204);
+    cr_expect_eq(api(&g, "GET", path, NULL, NULL, NULL), 404);
+    long long queued = N;
+    for (int i = 0; i < 1500 && (queued = queue_jobs(&g, id)) > 0; i++)
+        usleep(20000);
+    cr_expect_eq(queued, 0, "%lld of the deleted endpoint's %d jobs are still queued", queued, N);
     rig_stop(&g);
 }
 

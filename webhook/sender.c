@@ -164,7 +164,10 @@ struct sender {
     int stopping;
     uint64_t last_refresh_ms;
     uv_timer_t tick;
-    uv_timer_t drain;   /* serve: drops the queues of deleted endpoints (endpoints_drain) */
+    uv_timer_t drain;  /* serve: drops the queues of deleted endpoints (endpoints_drain) */
+    uv_idle_t dropper; /* serve: the drops that follow a DELETE, a batch an iteration (on_drop) */
+    struct queue_drop *drops; /* the queues it drops, in turn */
+    size_t ndrops, drops_cap;
     uv_timer_t flush;   /* a 0 ms timer: the acks and counters of one loop iteration, together */
     uv_prepare_t write; /* before the loop polls: writes what the iteration sent to Redis */
     uv_signal_t sigint, sigterm;
@@ -1684,16 +1687,19 @@ static void on_message_get(sd_http_req *req, void *udata) {
  *
  * DELETE /v1/endpoints/{id} takes the endpoint out in one script (wh-endpoint-delete.lua): it
  * leaves the set that the fan-out and the workers read, its hash says "deleted" (and expires in
- * a day), and its id joins KP "eps_deleted" (id -> ms of the deletion). Its delivery queue is
- * then dropped (jq_queue_drop, which keeps the queue's id counter): up to WH_DROP_NOW jobs in the
- * request itself. --recheck-ms later (30 s by default) the drain timer of a `webhook serve`
- * drops it again, WH_DROP_BATCH jobs per endpoint every WH_DRAIN_MS, and the id leaves
- * eps_deleted once the queue is found empty: a fan-out or an attempt under way at the deletion
- * (an enqueue, a release) may still have added a job, and a backlog over WH_DROP_NOW is
- * finished there. The list is in Redis, so a process that dies mid-drop leaves the rest to the
- * drain. Until the recheck is due the drain makes no call (one HGETALL a second): it runs on the
- * delivery loop, and each drop waits for its answer. Workers stop reading the queue at their
- * next endpoint refresh; an attempt in flight ends as it would, and its ack or fail finds no
+ * a day), and its id joins KP "eps_deleted" (id -> ms of the deletion); the answer (204) goes
+ * then. Its delivery queue is dropped next (jq_queue_drop, which keeps the queue's id counter),
+ * up to WH_DROP_NOW jobs, WH_DROP_BATCH per loop iteration (on_drop, from a uv_idle_t, taking
+ * the queues of several deletions in turn): the drop is one script on the synchronous job queue
+ * client, so the loop waits for one batch at a time at most, never for a whole backlog, and the
+ * requests and attempts of the process go on in between. --recheck-ms later (30 s by default) the
+ * drain timer of a `webhook serve` drops it again, WH_DROP_BATCH jobs per endpoint every
+ * WH_DRAIN_MS, and the id leaves eps_deleted once the queue is found empty: a fan-out or an attempt
+ * under way at the deletion (an enqueue, a release) may still have added a job, and a backlog over
+ * WH_DROP_NOW is finished there. The list is in Redis, so a process that dies mid-drop leaves the
+ * rest to the drain. Until the recheck is due the drain makes no call (one HGETALL a second): it
+ * runs on the delivery loop, and each drop waits for its answer. Workers stop reading the queue at
+ * their next endpoint refresh; an attempt in flight ends as it would, and its ack or fail finds no
  * job. */
 #define WH_DROP_NOW 100000
 #define WH_DROP_BATCH 1000
@@ -1707,6 +1713,49 @@ static int64_t endpoint_queue_drop(sender *s, const char *id, int64_t max) {
     if (jq_queue_drop(s->jq, queue, max, &removed) != 0)
         return -1;
     return removed;
+}
+
+/* A deleted endpoint's queue being dropped after its DELETE was answered. */
+typedef struct queue_drop {
+    char id[64];
+    int64_t dropped; /* jobs so far */
+} queue_drop;
+
+/* One batch of the first queue in turn. A queue is done once a batch finds fewer jobs than it
+ * asks for (empty), once WH_DROP_NOW went, or when a drop fails: the drain finishes what is left
+ * (the id stays in eps_deleted). */
+static void on_drop(uv_idle_t *h) {
+    sender *s = h->data;
+    queue_drop d = s->drops[0];
+    s->ndrops--;
+    memmove(s->drops, s->drops + 1, s->ndrops * sizeof *s->drops);
+    int64_t removed = endpoint_queue_drop(s, d.id, WH_DROP_BATCH);
+    if (removed > 0)
+        d.dropped += removed;
+    if (removed == WH_DROP_BATCH && d.dropped < WH_DROP_NOW)
+        s->drops[s->ndrops++] = d; /* the place it left */
+    else
+        sd_log(SD_LOG_INFO, "webhook.endpoint_queue_dropped", "endpoint=%s jobs=%lld failed=%d",
+               d.id, (long long)d.dropped, removed < 0);
+    if (s->ndrops == 0)
+        uv_idle_stop(h);
+}
+
+/* Starts dropping a deleted endpoint's queue (once, when the deletion is answered). */
+static void endpoint_drop_start(sender *s, const char *id) {
+    if (s->stopping) /* the drain drops it, in this process or another */
+        return;
+    for (size_t i = 0; i < s->ndrops; i++)
+        if (strcmp(s->drops[i].id, id) == 0)
+            return;
+    if (s->ndrops == s->drops_cap) {
+        s->drops_cap = s->drops_cap ? 2 * s->drops_cap : 8;
+        s->drops = sd_xrealloc(s->drops, s->drops_cap * sizeof *s->drops);
+    }
+    queue_drop *d = &s->drops[s->ndrops++];
+    snprintf(d->id, sizeof d->id, "%s", id);
+    d->dropped = 0;
+    uv_idle_start(&s->dropper, on_drop);
 }
 
 /* The list of deleted endpoints is read without waiting (it is read every second by every
@@ -1750,11 +1799,10 @@ static void on_endpoint_deleted(sd_aredis *r, redisReply *reply, int status, voi
         api_call_problem(c, 404, "Not found", "no such endpoint");
         return;
     }
-    int64_t removed = endpoint_queue_drop(s, c->id, WH_DROP_NOW);
-    sd_log(SD_LOG_INFO, "webhook.endpoint_deleted", "endpoint=%s jobs_dropped=%lld", c->id,
-           (long long)(removed < 0 ? 0 : removed));
+    sd_log(SD_LOG_INFO, "webhook.endpoint_deleted", "endpoint=%s", c->id);
     s->last_refresh_ms = 0; /* this process's workers let go of it at their next tick */
     sd_http_req_respond(c->req, 204, NULL, NULL, 0);
+    endpoint_drop_start(s, c->id);
     api_call_free(c);
 }
 
@@ -1954,6 +2002,7 @@ static void sender_stop(sender *s) {
     uv_timer_stop(&s->tick);
     uv_close((uv_handle_t *)&s->tick, on_closed);
     uv_close((uv_handle_t *)&s->drain, on_closed);
+    uv_close((uv_handle_t *)&s->dropper, on_closed);
     uv_close((uv_handle_t *)&s->sigint, on_closed);
     uv_close((uv_handle_t *)&s->sigterm, on_closed);
     /* Attempts in flight end with SD_ECLOSED and release their jobs (not counted). */
@@ -2043,6 +2092,8 @@ static int sender_run(options *o, int serve) {
     s->finish.data = s;
     uv_timer_init(s->loop, &s->drain);
     s->drain.data = s;
+    uv_idle_init(s->loop, &s->dropper);
+    s->dropper.data = s;
     uv_timer_init(s->loop, &s->flush);
     s->flush.data = s;
     uv_prepare_init(s->loop, &s->write);
@@ -2117,6 +2168,7 @@ out:
     for (size_t i = 0; i < s->nenq; i++)
         free(s->enq[i].items);
     free(s->enq);
+    free(s->drops);
     sd_redis_url_clear(&s->url);
     uv_loop_close(s->loop);
     free(s);
