@@ -41,19 +41,22 @@
  *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
  *     --allow-private.
  *
- *  6. Nothing on the delivery path or on POST /v1/messages waits for Redis: those calls go over
- *     the asynchronous connections (s->ar: the sender's own keys; s->aq: the job queue), so a
- *     slow attempt or a slow reply holds its own slot and nothing else. Writes whose answer
- *     nobody needs (attempt records, counters) are not waited for; what one loop iteration
- *     sends leaves in one write per connection (on_write), and acks, "ok" counters and the
- *     API's enqueues are gathered per endpoint queue and sent by on_flush, one script each.
+ *  6. Nothing on the delivery path or in the API waits for Redis: those calls go over the
+ *     asynchronous connections (the workers': s->ar, the sender's own keys, and s->aq, the job
+ *     queue; the API's: s->api_ar and s->api_aq), so a slow attempt, a slow reply or a slow
+ *     management call (api_call) holds its own slot or request and nothing else. Writes whose
+ *     answer nobody needs (attempt records, counters) are not waited for; what one loop
+ *     iteration sends leaves in one write per connection (on_write), and acks, "ok" counters
+ *     and the API's enqueues are gathered per endpoint queue and sent by on_flush, one script
+ *     each.
  *
- * Known limits (README "What is not built yet"): the management API's other calls (endpoints,
- * GET of a message, dead letters) are still synchronous on the loop (one local round trip
- * each); workers poll the endpoint queues every --poll-ms (serve's own workers are also woken
- * by each enqueue); a process crash between a message's store and its fan-out leaves it
- * stored with fewer deliveries (the client's retry with the same Idempotency-Key replays the
- * recorded answer only if it got recorded).
+ * Known limits (README "What is not built yet"): a deleted endpoint's queue is dropped on the
+ * synchronous job queue client (s->jq; jobqueue.h has no asynchronous drop), one 1,000-job
+ * script per loop iteration after the DELETE's answer, and by the drain; workers poll the
+ * endpoint queues every --poll-ms (serve's own workers are also woken by each enqueue); a
+ * process crash between a message's store and its fan-out leaves it stored with fewer
+ * deliveries (the client's retry with the same Idempotency-Key replays the recorded answer
+ * only if it got recorded).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -142,8 +145,8 @@ struct sender {
     /* The API's own asynchronous connections (serve only): a burst of posts queues its scripts
      * there, never in front of a worker's reserve, read or ack (Redis answers each connection
      * in order). */
-    jq_aclient *api_aq; /* enqueues */
-    sd_aredis *api_ar;  /* messages, Idempotency-Keys */
+    jq_aclient *api_aq; /* enqueues, replays */
+    sd_aredis *api_ar;  /* messages, Idempotency-Keys, the management calls */
     sd_idem *idem;
     sd_http_server *http;
     sd_http_client *client;
