@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -658,7 +659,12 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     char path[96];
     snprintf(path, sizeof path, "/v1/endpoints/%s", hole.id);
     cr_assert_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 204);
-    cr_expect_eq(queue_jobs(&g, hole.id), 0, "the deleted endpoint's jobs are still queued");
+    /* The queue is dropped right after the answer (a_deleted_endpoints_backlog_is_dropped_after_
+     * the_answer shows it without the drain's help). */
+    long long queued = 1;
+    for (int i = 0; i < 1500 && (queued = queue_jobs(&g, hole.id)) > 0; i++)
+        usleep(20000);
+    cr_expect_eq(queued, 0, "the deleted endpoint's jobs are still queued");
     cr_expect_eq(api(&g, "GET", path, NULL, NULL, NULL), 404);
     cr_expect_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 404);
     char rot[128];
@@ -713,6 +719,46 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     sd_redis_free(r);
     endpoint_stop(&hole);
     endpoint_stop(&ok);
+    rig_stop(&g);
+}
+
+/* A backlog of several drop batches (1,000 jobs each) goes after the DELETE's answer, a batch
+ * per loop iteration, without the drain (its recheck is a day away here): the deletion's own
+ * drop goes on until the queue is empty, and the endpoint is gone meanwhile. */
+Test(webhook_sender, a_deleted_endpoints_backlog_is_dropped_after_the_answer) {
+    rig g;
+    const char *args[] = {"--allow-private", "--no-deliver", "--recheck-ms", "86400000", NULL};
+    rig_start(&g, args);
+    json_t *j = NULL;
+    cr_assert_eq(
+        api(&g, "POST", "/v1/endpoints", "{\"url\":\"http://127.0.0.1:9/hook\"}", NULL, &j), 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    sd_redis_url url;
+    char err[128];
+    cr_assert_eq(sd_redis_url_parse(test_target_url(g.redis), &url, err, sizeof err), 0);
+    jq_client *c = NULL;
+    cr_assert_eq(jq_client_new(&url, NULL, &c), 0);
+    char queue[80];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", id);
+    enum { N = 2500 };
+    static jq_new_job jobs[N];
+    static jq_enqueued out[N];
+    for (int i = 0; i < N; i++)
+        jobs[i] = (jq_new_job){.payload = "msg_x", .len = 5};
+    cr_assert_eq(jq_enqueue_many(c, queue, jobs, N, out), 0);
+    jq_client_free(c);
+    sd_redis_url_clear(&url);
+    cr_assert_eq(queue_jobs(&g, id), N);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/endpoints/%s", id);
+    cr_assert_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 204);
+    cr_expect_eq(api(&g, "GET", path, NULL, NULL, NULL), 404);
+    long long queued = N;
+    for (int i = 0; i < 1500 && (queued = queue_jobs(&g, id)) > 0; i++)
+        usleep(20000);
+    cr_expect_eq(queued, 0, "%lld of the deleted endpoint's %d jobs are still queued", queued, N);
     rig_stop(&g);
 }
 
@@ -1125,4 +1171,70 @@ Test(webhook_sender, a_persistent_redis_restarted_mid_delivery_loses_no_message)
     int st = bench_server_stop(&g.srv, SIGTERM, 20000);
     cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "webhook serve did not stop cleanly: %d", st);
     sd_redis_server_stop(redis);
+}
+
+/* Whether fd has bytes (or an EOF) to read now, without waiting. */
+static int readable_now(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* A management call waiting for Redis holds its own request, not the process: with Redis frozen
+ * (SIGSTOP, every node), a GET of an endpoint sent before a GET /metrics is still unanswered
+ * when /metrics has its answer, and gets its own once Redis goes on. A loop that waited for the
+ * first (a synchronous call) would answer /metrics only after it: the connections are open
+ * before any request is sent, and the endpoint's requests are sent first, so the server reads
+ * them first. A client that resets its connection meanwhile loses its answer and nothing else.
+ * Then the sender stops cleanly (exit 0, and no leak in the sanitizer build) with such a call in
+ * flight. */
+Test(webhook_sender, a_management_call_waiting_for_redis_holds_up_no_other_request) {
+    rig g;
+    rig_start(&g, FAST);
+    json_t *j = NULL;
+    cr_assert_eq(
+        api(&g, "POST", "/v1/endpoints", "{\"url\":\"http://127.0.0.1:9/hook\"}", NULL, &j), 201);
+    char get[160];
+    snprintf(get, sizeof get,
+             "GET /v1/endpoints/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+             json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    const char *metrics = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    static char buf[1 << 16];
+
+    cr_assert_eq(test_target_signal(g.redis, SIGSTOP), 0);
+    int a = test_tcp_connect(g.srv.port), c = test_tcp_connect(g.srv.port),
+        b = test_tcp_connect(g.srv.port);
+    test_write_all(a, get, strlen(get));
+    test_write_all(c, get, strlen(get));
+    test_write_all(b, metrics, strlen(metrics));
+    cr_expect_eq(test_http_read_response(b, buf, sizeof buf, NULL), 200);
+    /* The call's deadline is the connection's command timeout (1 s): only a machine that took
+     * that long to answer /metrics could see the endpoint's answer (a 503) here. */
+    cr_expect_not(readable_now(a), "the endpoint's GET was answered before /metrics");
+    /* The second GET's client goes away (a reset): its answer, when it comes, is dropped. */
+    struct linger reset = {.l_onoff = 1, .l_linger = 0};
+    cr_assert_eq(setsockopt(c, SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+    close(c);
+    cr_assert_eq(test_target_signal(g.redis, SIGCONT), 0);
+    int st = test_http_read_response(a, buf, sizeof buf, NULL);
+    cr_expect(st == 200 || st == 503, "the endpoint's GET got %d", st);
+    close(a);
+    close(b);
+    cr_expect_eq(api(&g, "GET", "/metrics", NULL, NULL, NULL), 200);
+
+    /* A stop while a call waits for a frozen Redis: the call is answered (503 at its deadline),
+     * or its connection closed if the stop came before the request was read; either way the
+     * process exits 0. */
+    cr_assert_eq(test_target_signal(g.redis, SIGSTOP), 0);
+    a = test_tcp_connect(g.srv.port);
+    test_write_all(a, get, strlen(get));
+    cr_assert_eq(kill(g.srv.pid, SIGTERM), 0);
+    int got = test_http_read_response(a, buf, sizeof buf, NULL);
+    cr_expect(got == 503 || got == -1, "the GET in flight at the stop got %d", got);
+    close(a);
+    st = test_wait_exit(g.srv.pid, 20000);
+    g.srv.pid = 0;
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "webhook serve did not stop cleanly: %d", st);
+    cr_assert_eq(test_target_signal(g.redis, SIGCONT), 0);
+    rig_stop(&g);
 }

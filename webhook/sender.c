@@ -41,19 +41,22 @@
  *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
  *     --allow-private.
  *
- *  6. Nothing on the delivery path or on POST /v1/messages waits for Redis: those calls go over
- *     the asynchronous connections (s->ar: the sender's own keys; s->aq: the job queue), so a
- *     slow attempt or a slow reply holds its own slot and nothing else. Writes whose answer
- *     nobody needs (attempt records, counters) are not waited for; what one loop iteration
- *     sends leaves in one write per connection (on_write), and acks, "ok" counters and the
- *     API's enqueues are gathered per endpoint queue and sent by on_flush, one script each.
+ *  6. Nothing on the delivery path or in the API waits for Redis: those calls go over the
+ *     asynchronous connections (the workers': s->ar, the sender's own keys, and s->aq, the job
+ *     queue; the API's: s->api_ar and s->api_aq), so a slow attempt, a slow reply or a slow
+ *     management call (api_call) holds its own slot or request and nothing else. Writes whose
+ *     answer nobody needs (attempt records, counters) are not waited for; what one loop
+ *     iteration sends leaves in one write per connection (on_write), and acks, "ok" counters
+ *     and the API's enqueues are gathered per endpoint queue and sent by on_flush, one script
+ *     each.
  *
- * Known limits (README "What is not built yet"): the management API's other calls (endpoints,
- * GET of a message, dead letters) are still synchronous on the loop (one local round trip
- * each); workers poll the endpoint queues every --poll-ms (serve's own workers are also woken
- * by each enqueue); a process crash between a message's store and its fan-out leaves it
- * stored with fewer deliveries (the client's retry with the same Idempotency-Key replays the
- * recorded answer only if it got recorded).
+ * Known limits (README "What is not built yet"): a deleted endpoint's queue is dropped on the
+ * synchronous job queue client (s->jq; jobqueue.h has no asynchronous drop), one 1,000-job
+ * script per loop iteration after the DELETE's answer, and by the drain; workers poll the
+ * endpoint queues every --poll-ms (serve's own workers are also woken by each enqueue); a
+ * process crash between a message's store and its fan-out leaves it stored with fewer
+ * deliveries (the client's retry with the same Idempotency-Key replays the recorded answer
+ * only if it got recorded).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -136,15 +139,14 @@ typedef struct endpoint {
 struct sender {
     uv_loop_t *loop;
     sd_redis_url url;
-    sd_redis *r;    /* synchronous: the management API's calls (not the hot paths) */
-    jq_client *jq;  /* synchronous: a dead letter's replay */
+    jq_client *jq;  /* synchronous: the drops of a deleted endpoint's queue */
     jq_aclient *aq; /* asynchronous: enqueue, reserve, ack, fail, release */
     sd_aredis *ar;  /* asynchronous: the attempts' reads and records, the endpoint list */
     /* The API's own asynchronous connections (serve only): a burst of posts queues its scripts
      * there, never in front of a worker's reserve, read or ack (Redis answers each connection
      * in order). */
-    jq_aclient *api_aq; /* enqueues */
-    sd_aredis *api_ar;  /* messages, Idempotency-Keys */
+    jq_aclient *api_aq; /* enqueues, replays */
+    sd_aredis *api_ar;  /* messages, Idempotency-Keys, the management calls */
     sd_idem *idem;
     sd_http_server *http;
     sd_http_client *client;
@@ -157,14 +159,18 @@ struct sender {
     size_t neps, caps;
     struct enqueue_list *enq; /* the API's enqueues waiting for the next flush, per queue */
     size_t nenq;
-    int inflight; /* attempts not yet freed (their job not yet acked, failed or released) */
-    int records;  /* commands on ar in flight whose callbacks touch the sender */
+    int inflight;  /* attempts not yet freed (their job not yet acked, failed or released) */
+    int records;   /* commands on ar in flight whose callbacks touch the sender */
+    int api_calls; /* management requests waiting for Redis (api_call) */
     int refreshing;
     int deliver; /* workers run in this process */
     int stopping;
     uint64_t last_refresh_ms;
     uv_timer_t tick;
-    uv_timer_t drain;   /* serve: drops the queues of deleted endpoints (endpoints_drain) */
+    uv_timer_t drain;  /* serve: drops the queues of deleted endpoints (endpoints_drain) */
+    uv_idle_t dropper; /* serve: the drops that follow a DELETE, a batch an iteration (on_drop) */
+    struct queue_drop *drops; /* the queues it drops, in turn */
+    size_t ndrops, drops_cap;
     uv_timer_t flush;   /* a 0 ms timer: the acks and counters of one loop iteration, together */
     uv_prepare_t write; /* before the loop polls: writes what the iteration sent to Redis */
     uv_signal_t sigint, sigterm;
@@ -280,37 +286,6 @@ static int id_valid(const char *id) {
         if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9') || id[i] == '_'))
             return 0;
     return 1;
-}
-
-/* One command on the synchronous connection. A connection that broke since its last use (a
- * Redis restart) fails its first command and reconnects in the next one: such a failure is
- * retried once (the commands here are reads, overwrites and counters). */
-static redisReply *cmd(sender *s, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int err = 0;
-    redisReply *r = sd_redis_vcommand(s->r, &err, fmt, ap);
-    va_end(ap);
-    if (!r && err == SD_EDISCONNECTED) {
-        va_start(ap, fmt);
-        r = sd_redis_vcommand(s->r, &err, fmt, ap);
-        va_end(ap);
-    }
-    if (r && r->type == REDIS_REPLY_ERROR) {
-        sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", r->str);
-        freeReplyObject(r);
-        return NULL;
-    }
-    return r;
-}
-
-static void cmd_void(sender *s, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = sd_redis_vcommand(s->r, NULL, fmt, ap);
-    va_end(ap);
-    if (r)
-        freeReplyObject(r);
 }
 
 /* A field of an HGETALL reply, or NULL. */
@@ -1052,7 +1027,112 @@ static void workers_kick(sender *s, int refresh) {
     uv_timer_start(&s->tick, on_tick, 0, (uint64_t)s->o.poll_ms);
 }
 
-/* ---- the API ---- */
+/* ---- the API ----
+ *
+ * No management handler waits for Redis either: each sends its commands on the API's own
+ * asynchronous connections (s->api_ar, s->api_aq) and answers from the last reply, holding its
+ * sd_http_req until then (http.h: a request stays valid until it is answered, and the answer
+ * to a client that went away, or to a request a stopping server detached, is dropped). What a
+ * request needs between its replies is an api_call, counted in s->api_calls until it is freed:
+ * a stop frees the connections only once none is left (sender_maybe_finish), so every step of
+ * a call runs on a live connection and a live sender, and every request gets its one answer. A
+ * step that cannot be sent (Redis down) answers 503 at once, as a failed reply does. */
+
+typedef enum api_kind { API_GET, API_ENABLE, API_ROTATE } api_kind;
+
+typedef struct api_call {
+    sender *s;
+    sd_http_req *req;
+    api_kind kind;
+    char id[64];                     /* the endpoint, message or dead letter of the path */
+    char key[80];                    /* a create: the new endpoint's hash */
+    char secret[WH_SECRET_TEXT_MAX]; /* a create or a rotation: the secret answered */
+    json_t *dead;                    /* a replay: the dead letter */
+    json_t *out, *att, *eps;         /* a message's read: its parts, as their replies come */
+    int pending;                     /* a message's read: replies still due */
+    int failed, missing;
+} api_call;
+
+static api_call *api_call_new(sender *s, sd_http_req *req) {
+    api_call *c = sd_xcalloc(1, sizeof *c);
+    c->s = s;
+    c->req = req;
+    s->api_calls++;
+    return c;
+}
+
+/* Frees the call; its request has been answered. */
+static void api_call_free(api_call *c) {
+    sender *s = c->s;
+    json_decref(c->dead);
+    json_decref(c->out);
+    json_decref(c->att);
+    json_decref(c->eps);
+    OPENSSL_cleanse(c->secret, sizeof c->secret);
+    free(c);
+    s->api_calls--;
+    sender_maybe_finish(s);
+}
+
+static void api_call_problem(api_call *c, int status, const char *title, const char *detail) {
+    problem(c->req, status, title, detail);
+    api_call_free(c);
+}
+
+static void api_call_down(api_call *c) {
+    redis_down(c->req);
+    api_call_free(c);
+}
+
+static void api_call_json(api_call *c, int status, json_t *body) {
+    sd_http_req_respond_json(c->req, status, body);
+    api_call_free(c);
+}
+
+/* Whether a reply came and is not an error (which is logged, as a failure). */
+static int reply_ok(const redisReply *reply, int status) {
+    if (status != 0)
+        return 0;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", reply->str);
+        return 0;
+    }
+    return 1;
+}
+
+/* POST /v1/endpoints: HSET of its hash, then SADD to the list (a failed SADD deletes the hash
+ * again before the 503). */
+static void on_endpoint_undone(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call_down(privdata);
+}
+
+static void endpoint_create_fail(api_call *c) {
+    if (sd_aredis_command(c->s->api_ar, on_endpoint_undone, c, 0, "DEL %s", c->key) != 0)
+        api_call_down(c);
+}
+
+static void on_endpoint_listed(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call *c = privdata;
+    sender *s = c->s;
+    if (!reply_ok(reply, status)) {
+        endpoint_create_fail(c);
+        return;
+    }
+    sd_log(SD_LOG_INFO, "webhook.endpoint_created", "endpoint=%s", c->id);
+    char loc[80];
+    snprintf(loc, sizeof loc, "/v1/endpoints/%s", c->id);
+    sd_http_req_add_header(c->req, "Location", loc);
+    api_call_json(c, 201, json_pack("{s:s, s:s}", "id", c->id, "secret", c->secret));
+    workers_kick(s, 1);
+}
+
+static void on_endpoint_stored(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call *c = privdata;
+    int ok = reply_ok(reply, status) && reply->type == REDIS_REPLY_INTEGER;
+    if (!ok ||
+        sd_aredis_command(c->s->api_ar, on_endpoint_listed, c, 0, "SADD " KP "eps %s", c->id) != 0)
+        endpoint_create_fail(c);
+}
 
 static void on_endpoint_create(sd_http_req *req, void *udata) {
     sender *s = udata;
@@ -1071,7 +1151,6 @@ static void on_endpoint_create(sd_http_req *req, void *udata) {
     json_t *secret_j = json_object_get(in, "secret"), *types = json_object_get(in, "event_types");
     sd_addr_url parsed;
     sd_addr_verdict v = url ? sd_addr_url_check(url, &s->addr, &parsed) : SD_ADDR_URL_SCHEME;
-    char secret[WH_SECRET_TEXT_MAX];
     wh_secret tmp;
     const char *bad = NULL;
     if (!url)
@@ -1103,135 +1182,94 @@ static void on_endpoint_create(sd_http_req *req, void *udata) {
         free(types_text);
         return;
     }
+    api_call *c = api_call_new(s, req);
     if (secret_j)
-        snprintf(secret, sizeof secret, "%s", json_string_value(secret_j));
-    else if (wh_secret_generate(32, secret, sizeof secret) != 0) {
-        problem(req, 500, "No randomness", NULL);
+        snprintf(c->secret, sizeof c->secret, "%s", json_string_value(secret_j));
+    else if (wh_secret_generate(32, c->secret, sizeof c->secret) != 0) {
         json_decref(in);
         free(types_text);
+        api_call_problem(c, 500, "No randomness", NULL);
         return;
     }
-    char id[40];
-    random_id("ep_", id, sizeof id);
-    const char *argv[] = {"HSET",   NULL,      "url",         url,
-                          "secret", secret,    "event_types", types ? types_text : "*",
-                          "state",  "enabled", "created_ms",  NULL};
-    char key[80], now[24];
-    snprintf(key, sizeof key, KP "ep:%s", id);
+    random_id("ep_", c->id, sizeof c->id);
+    snprintf(c->key, sizeof c->key, KP "ep:%s", c->id);
+    char now[24];
     snprintf(now, sizeof now, "%lld", (long long)wall_ms());
-    argv[1] = key;
-    argv[11] = now;
-    int err = 0;
+    const char *argv[] = {"HSET",   c->key,    "url",         url,
+                          "secret", c->secret, "event_types", types ? types_text : "*",
+                          "state",  "enabled", "created_ms",  now};
     size_t lens[12];
-    for (int i = 0; i < 12; i++)
-        lens[i] = strlen(argv[i]);
-    redisReply *r = sd_redis_commandv(s->r, &err, 12, argv, lens);
-    if (!r && err == SD_EDISCONNECTED)
-        r = sd_redis_commandv(s->r, &err, 12, argv, lens);
-    int ok = r && r->type == REDIS_REPLY_INTEGER;
-    if (r)
-        freeReplyObject(r);
-    redisReply *r2 = ok ? cmd(s, "SADD " KP "eps %s", id) : NULL;
-    ok = r2 != NULL;
-    if (r2)
-        freeReplyObject(r2);
+    for (int k = 0; k < 12; k++)
+        lens[k] = strlen(argv[k]);
+    int rc = sd_aredis_commandv(s->api_ar, on_endpoint_stored, c, 0, 12, argv, lens);
     json_decref(in);
     free(types_text);
-    if (!ok) {
-        cmd_void(s, "DEL %s", key);
-        redis_down(req);
-        return;
-    }
-    sd_log(SD_LOG_INFO, "webhook.endpoint_created", "endpoint=%s", id);
-    char loc[80];
-    snprintf(loc, sizeof loc, "/v1/endpoints/%s", id);
-    sd_http_req_add_header(req, "Location", loc);
-    sd_http_req_respond_json(req, 201, json_pack("{s:s, s:s}", "id", id, "secret", secret));
-    memset(secret, 0, sizeof secret);
+    if (rc != 0)
+        api_call_down(c);
+}
+
+/* GET /v1/endpoints/{id}, POST .../enable and POST .../rotate-secret: the hash is read (a
+ * deleted endpoint is 404), then the enable or the rotation writes it. */
+static void on_endpoint_enabled(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call *c = privdata;
+    sender *s = c->s;
+    api_call_json(c, 200, json_pack("{s:s, s:s}", "id", c->id, "state", "enabled"));
     workers_kick(s, 1);
 }
 
-/* GET /v1/endpoints/{id} and POST /v1/endpoints/{id}/rotate-secret. */
-static void on_endpoint(sd_http_req *req, void *udata) {
-    sender *s = udata;
-    if (!check_token(s, req))
-        return;
-    char id[64];
-    const char *rest = sd_http_req_path(req) + strlen("/v1/endpoints/");
-    const char *slash = strchr(rest, '/');
-    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
-    snprintf(id, sizeof id, "%.*s", (int)(n < 63 ? n : 63), rest);
-    int get = strcmp(sd_http_req_method(req), "GET") == 0;
-    int rotate = !get && slash && strcmp(slash, "/rotate-secret") == 0;
-    int enable = !get && slash && strcmp(slash, "/enable") == 0;
-    if (!id_valid(id) || n > 39 || (get && slash) || (!get && !rotate && !enable)) {
-        problem(req, 404, "Not found", NULL);
+static void on_endpoint_enable(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(reply, status)) {
+        api_call_down(c);
         return;
     }
-    redisReply *e = cmd(s, "HGETALL " KP "ep:%s", id);
-    if (!e) {
-        redis_down(req);
+    if (sd_aredis_command(c->s->api_ar, on_endpoint_enabled, c, 0,
+                          "HDEL " KP "ep:%s disabled_reason", c->id) != 0)
+        on_endpoint_enabled(r, NULL, SD_EDISCONNECTED, c);
+}
+
+static void on_secret_rotated(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(reply, status)) {
+        api_call_down(c);
         return;
     }
-    const char *state = hfield(e, "state");
-    if (e->elements == 0 || !state || strcmp(state, "deleted") == 0) {
-        freeReplyObject(e);
-        problem(req, 404, "Not found", "no such endpoint");
-        return;
-    }
-    if (enable) { /* its queued messages are delivered again */
-        freeReplyObject(e);
-        redisReply *r = cmd(s, "HSET " KP "ep:%s state enabled failures_row 0", id);
-        if (!r) {
-            redis_down(req);
-            return;
-        }
-        freeReplyObject(r);
-        cmd_void(s, "HDEL " KP "ep:%s disabled_reason", id);
-        sd_http_req_respond_json(req, 200, json_pack("{s:s, s:s}", "id", id, "state", "enabled"));
-        workers_kick(s, 1);
-        return;
-    }
-    if (rotate) {
-        size_t len;
-        const char *body = sd_http_req_body(req, &len);
-        json_t *in = len ? json_loadb(body, len, 0, NULL) : json_object();
-        long long grace = 86400;
-        json_t *g = json_object_get(in, "grace_seconds");
-        if (!json_is_object(in) || (g && (!json_is_integer(g) || json_integer_value(g) < 0 ||
-                                          json_integer_value(g) > 7 * 86400))) {
-            json_decref(in);
-            freeReplyObject(e);
-            problem(req, 422, "Invalid rotation", "\"grace_seconds\" must be 0 to 604800");
-            return;
-        }
-        if (g)
-            grace = json_integer_value(g);
+    api_call_json(c, 200, json_pack("{s:s}", "secret", c->secret));
+}
+
+static void endpoint_rotate(api_call *c, const redisReply *e) {
+    size_t len;
+    const char *body = sd_http_req_body(c->req, &len);
+    json_t *in = len ? json_loadb(body, len, 0, NULL) : json_object();
+    long long grace = 86400;
+    json_t *g = json_object_get(in, "grace_seconds");
+    if (!json_is_object(in) || (g && (!json_is_integer(g) || json_integer_value(g) < 0 ||
+                                      json_integer_value(g) > 7 * 86400))) {
         json_decref(in);
-        char secret[WH_SECRET_TEXT_MAX];
-        if (wh_secret_generate(32, secret, sizeof secret) != 0) {
-            freeReplyObject(e);
-            problem(req, 500, "No randomness", NULL);
-            return;
-        }
-        redisReply *r =
-            cmd(s, "HSET " KP "ep:%s secret %s old_secret %s old_until_ms %llu", id, secret,
-                hfield(e, "secret"),
-                (unsigned long long)time(NULL) * 1000ULL + (unsigned long long)grace * 1000);
-        freeReplyObject(e);
-        if (!r) {
-            redis_down(req);
-            return;
-        }
-        freeReplyObject(r);
-        sd_http_req_respond_json(req, 200, json_pack("{s:s}", "secret", secret));
-        memset(secret, 0, sizeof secret);
+        api_call_problem(c, 422, "Invalid rotation", "\"grace_seconds\" must be 0 to 604800");
         return;
     }
+    if (g)
+        grace = json_integer_value(g);
+    json_decref(in);
+    if (wh_secret_generate(32, c->secret, sizeof c->secret) != 0) {
+        api_call_problem(c, 500, "No randomness", NULL);
+        return;
+    }
+    const char *old = hfield(e, "secret");
+    if (sd_aredis_command(c->s->api_ar, on_secret_rotated, c, 0,
+                          "HSET " KP "ep:%s secret %s old_secret %s old_until_ms %llu", c->id,
+                          c->secret, old ? old : "",
+                          (unsigned long long)time(NULL) * 1000ULL +
+                              (unsigned long long)grace * 1000) != 0)
+        api_call_down(c);
+}
+
+static void endpoint_describe(api_call *c, const redisReply *e) {
     long long ok = atoll(hfield(e, "ok") ? hfield(e, "ok") : "0");
     long long failed = atoll(hfield(e, "failed") ? hfield(e, "failed") : "0");
     json_t *out =
-        json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "id", id, "url", hfield(e, "url"), "state",
+        json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "id", c->id, "url", hfield(e, "url"), "state",
                   hfield(e, "state"), "delivered", (json_int_t)ok, "failed", (json_int_t)failed,
                   "failures_in_a_row",
                   (json_int_t)atoll(hfield(e, "failures_row") ? hfield(e, "failures_row") : "0"));
@@ -1248,8 +1286,51 @@ static void on_endpoint(sd_http_req *req, void *udata) {
         free(copy);
         json_object_set_new(out, "event_types", arr);
     }
-    freeReplyObject(e);
-    sd_http_req_respond_json(req, 200, out);
+    api_call_json(c, 200, out);
+}
+
+static void on_endpoint_read_api(sd_aredis *r, redisReply *e, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(e, status)) {
+        api_call_down(c);
+        return;
+    }
+    const char *state = hfield(e, "state");
+    if (e->elements == 0 || !state || strcmp(state, "deleted") == 0) {
+        api_call_problem(c, 404, "Not found", "no such endpoint");
+        return;
+    }
+    if (c->kind == API_ENABLE) { /* its queued messages are delivered again */
+        if (sd_aredis_command(c->s->api_ar, on_endpoint_enable, c, 0,
+                              "HSET " KP "ep:%s state enabled failures_row 0", c->id) != 0)
+            api_call_down(c);
+    } else if (c->kind == API_ROTATE)
+        endpoint_rotate(c, e);
+    else
+        endpoint_describe(c, e);
+}
+
+static void on_endpoint(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    if (!check_token(s, req))
+        return;
+    char id[64];
+    const char *rest = sd_http_req_path(req) + strlen("/v1/endpoints/");
+    const char *slash = strchr(rest, '/');
+    size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+    snprintf(id, sizeof id, "%.*s", (int)(n < 63 ? n : 63), rest);
+    int get = strcmp(sd_http_req_method(req), "GET") == 0;
+    int rotate = !get && slash && strcmp(slash, "/rotate-secret") == 0;
+    int enable = !get && slash && strcmp(slash, "/enable") == 0;
+    if (!id_valid(id) || n > 39 || (get && slash) || (!get && !rotate && !enable)) {
+        problem(req, 404, "Not found", NULL);
+        return;
+    }
+    api_call *c = api_call_new(s, req);
+    c->kind = enable ? API_ENABLE : rotate ? API_ROTATE : API_GET;
+    snprintf(c->id, sizeof c->id, "%s", id);
+    if (sd_aredis_command(s->api_ar, on_endpoint_read_api, c, 0, "HGETALL " KP "ep:%s", id) != 0)
+        api_call_down(c);
 }
 
 /* POST /v1/messages, without waiting on the loop: wh-message.lua stores the message and names
@@ -1512,6 +1593,70 @@ static void on_message_create(sd_http_req *req, void *udata) {
     sd_idem_handle(s->idem, req, message_create, s);
 }
 
+/* GET /v1/messages/{id}: its hash, its attempts and its endpoints, three reads sent together;
+ * the answer is built once the last reply is in. */
+static void message_get_part_done(api_call *c) {
+    if (--c->pending > 0)
+        return;
+    if (c->failed) {
+        api_call_down(c);
+        return;
+    }
+    if (c->missing) {
+        api_call_problem(c, 404, "Not found", "no such message (or past its retention)");
+        return;
+    }
+    json_t *out = c->out;
+    c->out = NULL;
+    json_object_set_new(out, "endpoints", c->eps);
+    json_object_set_new(out, "attempts", c->att);
+    c->eps = c->att = NULL;
+    api_call_json(c, 200, out);
+}
+
+static void on_message_hash(sd_aredis *r, redisReply *m, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(m, status))
+        c->failed = 1;
+    else if (m->elements == 0)
+        c->missing = 1;
+    else {
+        json_t *body = json_loads(hfield(m, "body"), 0, NULL);
+        c->out = json_pack("{s:s, s:s, s:I}", "id", c->id, "event_type", hfield(m, "event_type"),
+                           "created_ms", (json_int_t)atoll(hfield(m, "created_ms")));
+        json_object_set_new(c->out, "payload", json_incref(json_object_get(body, "data")));
+        json_decref(body);
+    }
+    message_get_part_done(c);
+}
+
+static void on_message_attempts(sd_aredis *r, redisReply *att, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(att, status))
+        c->failed = 1;
+    else {
+        c->att = json_array();
+        for (size_t i = 0; i < att->elements; i++) {
+            json_t *a = json_loads(att->element[i]->str, 0, NULL);
+            if (a)
+                json_array_append_new(c->att, a);
+        }
+    }
+    message_get_part_done(c);
+}
+
+static void on_message_endpoints(sd_aredis *r, redisReply *eps, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(eps, status))
+        c->failed = 1;
+    else {
+        c->eps = json_array();
+        for (size_t i = 0; i < eps->elements; i++)
+            json_array_append_new(c->eps, json_string(eps->element[i]->str));
+    }
+    message_get_part_done(c);
+}
+
 static void on_message_get(sd_http_req *req, void *udata) {
     sender *s = udata;
     if (!check_token(s, req))
@@ -1521,56 +1666,43 @@ static void on_message_get(sd_http_req *req, void *udata) {
         problem(req, 404, "Not found", NULL);
         return;
     }
-    redisReply *m = cmd(s, "HGETALL " KP "msg:%s", id);
-    redisReply *att = m ? cmd(s, "LRANGE " KP "att:%s 0 -1", id) : NULL;
-    redisReply *eps = att ? cmd(s, "SMEMBERS " KP "msg:%s:eps", id) : NULL;
-    if (!eps) {
-        if (m)
-            freeReplyObject(m);
-        if (att)
-            freeReplyObject(att);
-        redis_down(req);
-        return;
-    }
-    if (m->elements == 0) {
-        problem(req, 404, "Not found", "no such message (or past its retention)");
-    } else {
-        json_t *body = json_loads(hfield(m, "body"), 0, NULL);
-        json_t *out = json_pack("{s:s, s:s, s:I}", "id", id, "event_type", hfield(m, "event_type"),
-                                "created_ms", (json_int_t)atoll(hfield(m, "created_ms")));
-        json_object_set_new(out, "payload", json_incref(json_object_get(body, "data")));
-        json_decref(body);
-        json_t *list = json_array(), *el = json_array();
-        for (size_t i = 0; i < att->elements; i++) {
-            json_t *a = json_loads(att->element[i]->str, 0, NULL);
-            if (a)
-                json_array_append_new(list, a);
-        }
-        for (size_t i = 0; i < eps->elements; i++)
-            json_array_append_new(el, json_string(eps->element[i]->str));
-        json_object_set_new(out, "endpoints", el);
-        json_object_set_new(out, "attempts", list);
-        sd_http_req_respond_json(req, 200, out);
-    }
-    freeReplyObject(m);
-    freeReplyObject(att);
-    freeReplyObject(eps);
+    api_call *c = api_call_new(s, req);
+    snprintf(c->id, sizeof c->id, "%s", id);
+    c->pending = 1; /* held while sending, so that no reply ends the call early */
+    if (sd_aredis_command(s->api_ar, on_message_hash, c, 0, "HGETALL " KP "msg:%s", id) == 0)
+        c->pending++;
+    else
+        c->failed = 1;
+    if (!c->failed && sd_aredis_command(s->api_ar, on_message_attempts, c, 0,
+                                        "LRANGE " KP "att:%s 0 -1", id) == 0)
+        c->pending++;
+    else
+        c->failed = 1;
+    if (!c->failed && sd_aredis_command(s->api_ar, on_message_endpoints, c, 0,
+                                        "SMEMBERS " KP "msg:%s:eps", id) == 0)
+        c->pending++;
+    else
+        c->failed = 1;
+    message_get_part_done(c);
 }
 
 /* ---- Deleting an endpoint ----
  *
  * DELETE /v1/endpoints/{id} takes the endpoint out in one script (wh-endpoint-delete.lua): it
  * leaves the set that the fan-out and the workers read, its hash says "deleted" (and expires in
- * a day), and its id joins KP "eps_deleted" (id -> ms of the deletion). Its delivery queue is
- * then dropped (jq_queue_drop, which keeps the queue's id counter): up to WH_DROP_NOW jobs in the
- * request itself. --recheck-ms later (30 s by default) the drain timer of a `webhook serve`
- * drops it again, WH_DROP_BATCH jobs per endpoint every WH_DRAIN_MS, and the id leaves
- * eps_deleted once the queue is found empty: a fan-out or an attempt under way at the deletion
- * (an enqueue, a release) may still have added a job, and a backlog over WH_DROP_NOW is
- * finished there. The list is in Redis, so a process that dies mid-drop leaves the rest to the
- * drain. Until the recheck is due the drain makes no call (one HGETALL a second): it runs on the
- * delivery loop, and each drop waits for its answer. Workers stop reading the queue at their
- * next endpoint refresh; an attempt in flight ends as it would, and its ack or fail finds no
+ * a day), and its id joins KP "eps_deleted" (id -> ms of the deletion); the answer (204) goes
+ * then. Its delivery queue is dropped next (jq_queue_drop, which keeps the queue's id counter),
+ * up to WH_DROP_NOW jobs, WH_DROP_BATCH per loop iteration (on_drop, from a uv_idle_t, taking
+ * the queues of several deletions in turn): the drop is one script on the synchronous job queue
+ * client, so the loop waits for one batch at a time at most, never for a whole backlog, and the
+ * requests and attempts of the process go on in between. --recheck-ms later (30 s by default) the
+ * drain timer of a `webhook serve` drops it again, WH_DROP_BATCH jobs per endpoint every
+ * WH_DRAIN_MS, and the id leaves eps_deleted once the queue is found empty: a fan-out or an attempt
+ * under way at the deletion (an enqueue, a release) may still have added a job, and a backlog over
+ * WH_DROP_NOW is finished there. The list is in Redis, so a process that dies mid-drop leaves the
+ * rest to the drain. Until the recheck is due the drain makes no call (one HGETALL a second): it
+ * runs on the delivery loop, and each drop waits for its answer. Workers stop reading the queue at
+ * their next endpoint refresh; an attempt in flight ends as it would, and its ack or fail finds no
  * job. */
 #define WH_DROP_NOW 100000
 #define WH_DROP_BATCH 1000
@@ -1578,12 +1710,55 @@ static void on_message_get(sd_http_req *req, void *udata) {
 
 /* Drops up to max jobs of the deleted endpoint's queue; returns how many went, or -1. */
 static int64_t endpoint_queue_drop(sender *s, const char *id, int64_t max) {
-    char queue[64];
+    char queue[80];
     snprintf(queue, sizeof queue, "wh1.ep.%s", id);
     int64_t removed = 0;
     if (jq_queue_drop(s->jq, queue, max, &removed) != 0)
         return -1;
     return removed;
+}
+
+/* A deleted endpoint's queue being dropped after its DELETE was answered. */
+typedef struct queue_drop {
+    char id[64];
+    int64_t dropped; /* jobs so far */
+} queue_drop;
+
+/* One batch of the first queue in turn. A queue is done once a batch finds fewer jobs than it
+ * asks for (empty), once WH_DROP_NOW went, or when a drop fails: the drain finishes what is left
+ * (the id stays in eps_deleted). */
+static void on_drop(uv_idle_t *h) {
+    sender *s = h->data;
+    queue_drop d = s->drops[0];
+    s->ndrops--;
+    memmove(s->drops, s->drops + 1, s->ndrops * sizeof *s->drops);
+    int64_t removed = endpoint_queue_drop(s, d.id, WH_DROP_BATCH);
+    if (removed > 0)
+        d.dropped += removed;
+    if (removed == WH_DROP_BATCH && d.dropped < WH_DROP_NOW)
+        s->drops[s->ndrops++] = d; /* the place it left */
+    else
+        sd_log(SD_LOG_INFO, "webhook.endpoint_queue_dropped", "endpoint=%s jobs=%lld failed=%d",
+               d.id, (long long)d.dropped, removed < 0);
+    if (s->ndrops == 0)
+        uv_idle_stop(h);
+}
+
+/* Starts dropping a deleted endpoint's queue (once, when the deletion is answered). */
+static void endpoint_drop_start(sender *s, const char *id) {
+    if (s->stopping) /* the drain drops it, in this process or another */
+        return;
+    for (size_t i = 0; i < s->ndrops; i++)
+        if (strcmp(s->drops[i].id, id) == 0)
+            return;
+    if (s->ndrops == s->drops_cap) {
+        s->drops_cap = s->drops_cap ? 2 * s->drops_cap : 8;
+        s->drops = sd_xrealloc(s->drops, s->drops_cap * sizeof *s->drops);
+    }
+    queue_drop *d = &s->drops[s->ndrops++];
+    snprintf(d->id, sizeof d->id, "%s", id);
+    d->dropped = 0;
+    uv_idle_start(&s->dropper, on_drop);
 }
 
 /* The list of deleted endpoints is read without waiting (it is read every second by every
@@ -1601,7 +1776,7 @@ static void on_deleted_read(sd_aredis *r, redisReply *reply, int status, void *p
                 continue;
             int64_t removed = endpoint_queue_drop(s, id, WH_DROP_BATCH);
             if (removed == 0)
-                cmd_void(s, "HDEL " KP "eps_deleted %s", id);
+                record_send(s, "HDEL " KP "eps_deleted %s", id);
             if (removed > 0)
                 sd_log(SD_LOG_INFO, "webhook.endpoint_drained", "endpoint=%s jobs=%lld", id,
                        (long long)removed);
@@ -1616,6 +1791,24 @@ static void endpoints_drain(uv_timer_t *t) {
         s->records++;
 }
 
+static void on_endpoint_deleted(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call *c = privdata;
+    sender *s = c->s;
+    if (!reply_ok(reply, status) || reply->type != REDIS_REPLY_INTEGER) {
+        api_call_down(c);
+        return;
+    }
+    if (!reply->integer) {
+        api_call_problem(c, 404, "Not found", "no such endpoint");
+        return;
+    }
+    sd_log(SD_LOG_INFO, "webhook.endpoint_deleted", "endpoint=%s", c->id);
+    s->last_refresh_ms = 0; /* this process's workers let go of it at their next tick */
+    sd_http_req_respond(c->req, 204, NULL, NULL, 0);
+    endpoint_drop_start(s, c->id);
+    api_call_free(c);
+}
+
 static void on_endpoint_delete(sd_http_req *req, void *udata) {
     sender *s = udata;
     if (!check_token(s, req))
@@ -1625,38 +1818,19 @@ static void on_endpoint_delete(sd_http_req *req, void *udata) {
         problem(req, 404, "Not found", NULL);
         return;
     }
+    api_call *c = api_call_new(s, req);
+    snprintf(c->id, sizeof c->id, "%s", id);
     const char *argv[] = {KP, id};
     size_t lens[] = {strlen(KP), strlen(id)};
-    int err = 0;
-    redisReply *r = sd_redis_script(s->r, &err, 0, &endpoint_delete_script, 1, 2, argv, lens);
-    if (!r || r->type != REDIS_REPLY_INTEGER) {
-        if (r && r->type == REDIS_REPLY_ERROR)
-            sd_log(SD_LOG_WARN, "webhook.redis_error", "error=\"%s\"", r->str);
-        if (r)
-            freeReplyObject(r);
-        redis_down(req);
-        return;
-    }
-    long long gone = r->integer;
-    freeReplyObject(r);
-    if (!gone) {
-        problem(req, 404, "Not found", "no such endpoint");
-        return;
-    }
-    int64_t removed = endpoint_queue_drop(s, id, WH_DROP_NOW);
-    sd_log(SD_LOG_INFO, "webhook.endpoint_deleted", "endpoint=%s jobs_dropped=%lld", id,
-           (long long)(removed < 0 ? 0 : removed));
-    s->last_refresh_ms = 0; /* this process's workers let go of it at their next tick */
-    sd_http_req_respond(req, 204, NULL, NULL, 0);
+    if (sd_aredis_script(s->api_ar, &endpoint_delete_script, on_endpoint_deleted, c, 0, 1, 2, argv,
+                         lens) != 0)
+        api_call_down(c);
 }
 
-static void on_dead_list(sd_http_req *req, void *udata) {
-    sender *s = udata;
-    if (!check_token(s, req))
-        return;
-    redisReply *d = cmd(s, "HVALS " KP "dead");
-    if (!d) {
-        redis_down(req);
+static void on_dead_listed(sd_aredis *r, redisReply *d, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(d, status)) {
+        api_call_down(c);
         return;
     }
     json_t *arr = json_array();
@@ -1665,8 +1839,81 @@ static void on_dead_list(sd_http_req *req, void *udata) {
         if (j)
             json_array_append_new(arr, j);
     }
-    freeReplyObject(d);
-    sd_http_req_respond_json(req, 200, arr);
+    api_call_json(c, 200, arr);
+}
+
+static void on_dead_list(sd_http_req *req, void *udata) {
+    sender *s = udata;
+    if (!check_token(s, req))
+        return;
+    api_call *c = api_call_new(s, req);
+    if (sd_aredis_command(s->api_ar, on_dead_listed, c, 0, "HVALS " KP "dead") != 0)
+        api_call_down(c);
+}
+
+/* POST /v1/dead-letters/{id}/replay: the dead letter is read, its endpoint checked (409 once
+ * deleted), a new job enqueued for its message (on s->api_aq), and the dead letter removed. */
+static const char *dead_field(const api_call *c, const char *name) {
+    return json_string_value(json_object_get(c->dead, name));
+}
+
+static void on_dead_replayed(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    api_call *c = privdata;
+    sender *s = c->s;
+    api_call_json(c, 202,
+                  json_pack("{s:s, s:s}", "id", dead_field(c, "message_id"), "endpoint_id",
+                            dead_field(c, "endpoint_id")));
+    workers_kick(s, 0);
+}
+
+static void on_dead_requeued(jq_aclient *q, int status, const jq_enqueued *out, size_t n,
+                             void *arg) {
+    api_call *c = arg;
+    if (status != 0) {
+        api_call_down(c);
+        return;
+    }
+    if (sd_aredis_command(c->s->api_ar, on_dead_replayed, c, 0, "HDEL " KP "dead %s", c->id) != 0)
+        on_dead_replayed(NULL, NULL, SD_EDISCONNECTED, c);
+}
+
+static void on_dead_endpoint_read(sd_aredis *r, redisReply *live, int status, void *privdata) {
+    api_call *c = privdata;
+    sender *s = c->s;
+    if (!reply_ok(live, status)) {
+        api_call_down(c);
+        return;
+    }
+    if (live->type == REDIS_REPLY_INTEGER && live->integer == 0) {
+        api_call_problem(c, 409, "Endpoint deleted", "the dead letter's endpoint was deleted");
+        return;
+    }
+    const char *msg = dead_field(c, "message_id");
+    char queue[64];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", dead_field(c, "endpoint_id"));
+    jq_enqueue_opts eo;
+    jq_enqueue_opts_default(&eo);
+    eo.max_attempts = s->nschedule + 2;
+    jq_new_job job = {.payload = msg, .len = strlen(msg), .opts = &eo};
+    if (jq_aenqueue_many(s->api_aq, queue, &job, 1, on_dead_requeued, c) != 0)
+        api_call_down(c);
+}
+
+static void on_dead_read(sd_aredis *r, redisReply *d, int status, void *privdata) {
+    api_call *c = privdata;
+    if (!reply_ok(d, status)) {
+        api_call_down(c);
+        return;
+    }
+    c->dead = d->type == REDIS_REPLY_STRING ? json_loads(d->str, 0, NULL) : NULL;
+    const char *ep = dead_field(c, "endpoint_id");
+    if (!dead_field(c, "message_id") || !ep) {
+        api_call_problem(c, 404, "Not found", "no such dead letter");
+        return;
+    }
+    if (sd_aredis_command(c->s->api_ar, on_dead_endpoint_read, c, 0, "SISMEMBER " KP "eps %s",
+                          ep) != 0)
+        api_call_down(c);
 }
 
 static void on_dead_replay(sd_http_req *req, void *udata) {
@@ -1686,51 +1933,10 @@ static void on_dead_replay(sd_http_req *req, void *udata) {
         problem(req, 404, "Not found", NULL);
         return;
     }
-    redisReply *d = cmd(s, "HGET " KP "dead %s", id);
-    if (!d) {
-        redis_down(req);
-        return;
-    }
-    json_t *j = d->type == REDIS_REPLY_STRING ? json_loads(d->str, 0, NULL) : NULL;
-    freeReplyObject(d);
-    const char *msg = json_string_value(json_object_get(j, "message_id"));
-    const char *ep = json_string_value(json_object_get(j, "endpoint_id"));
-    if (!msg || !ep) {
-        json_decref(j);
-        problem(req, 404, "Not found", "no such dead letter");
-        return;
-    }
-    redisReply *live = cmd(s, "SISMEMBER " KP "eps %s", ep);
-    if (!live) {
-        json_decref(j);
-        redis_down(req);
-        return;
-    }
-    int deleted = live->type == REDIS_REPLY_INTEGER && live->integer == 0;
-    freeReplyObject(live);
-    if (deleted) {
-        json_decref(j);
-        problem(req, 409, "Endpoint deleted", "the dead letter's endpoint was deleted");
-        return;
-    }
-    char queue[64];
-    snprintf(queue, sizeof queue, "wh1.ep.%s", ep);
-    jq_enqueue_opts eo;
-    jq_enqueue_opts_default(&eo);
-    eo.max_attempts = s->nschedule + 2;
-    jq_enqueued out;
-    int rc = jq_enqueue(s->jq, queue, msg, strlen(msg), &eo, &out);
-    if (rc == 0)
-        cmd_void(s, "HDEL " KP "dead %s", id);
-    json_t *resp = json_pack("{s:s, s:s}", "id", msg, "endpoint_id", ep);
-    json_decref(j);
-    if (rc != 0) {
-        json_decref(resp);
-        redis_down(req);
-        return;
-    }
-    sd_http_req_respond_json(req, 202, resp);
-    workers_kick(s, 0);
+    api_call *c = api_call_new(s, req);
+    snprintf(c->id, sizeof c->id, "%s", id);
+    if (sd_aredis_command(s->api_ar, on_dead_read, c, 0, "HGET " KP "dead %s", id) != 0)
+        api_call_down(c);
 }
 
 static void on_metrics(sd_http_buf *buf, void *udata) {
@@ -1780,7 +1986,7 @@ static void on_finish(uv_timer_t *t) {
 /* A stop ends once nothing is left that a callback could still need: no attempt, no reserve,
  * no refresh, no record or ack unsent or unanswered. */
 static void sender_maybe_finish(sender *s) {
-    if (!s->stopping || s->inflight > 0 || s->records > 0 || s->refreshing ||
+    if (!s->stopping || s->inflight > 0 || s->records > 0 || s->api_calls > 0 || s->refreshing ||
         uv_is_active((uv_handle_t *)&s->flush) || uv_is_active((uv_handle_t *)&s->finish) ||
         uv_is_closing((uv_handle_t *)&s->finish))
         return;
@@ -1799,6 +2005,7 @@ static void sender_stop(sender *s) {
     uv_timer_stop(&s->tick);
     uv_close((uv_handle_t *)&s->tick, on_closed);
     uv_close((uv_handle_t *)&s->drain, on_closed);
+    uv_close((uv_handle_t *)&s->dropper, on_closed);
     uv_close((uv_handle_t *)&s->sigint, on_closed);
     uv_close((uv_handle_t *)&s->sigterm, on_closed);
     /* Attempts in flight end with SD_ECLOSED and release their jobs (not counted). */
@@ -1846,9 +2053,6 @@ static int sender_run(options *o, int serve) {
         fprintf(stderr, "webhook: %s\n", err);
         goto out;
     }
-    sd_redis_opts ropts;
-    sd_redis_opts_default(&ropts);
-    s->r = sd_redis_new(&s->url, &ropts);
     /* The asynchronous connection's scripts: the sender's own, and the Idempotency-Key ones. */
     endpoints_script.body = sd_lua_wh_endpoints;
     endpoints_script.len = sd_lua_wh_endpoints_len;
@@ -1856,8 +2060,8 @@ static int sender_run(options *o, int serve) {
     message_script.len = sd_lua_wh_message_len;
     endpoint_delete_script.body = sd_lua_wh_endpoint_delete;
     endpoint_delete_script.len = sd_lua_wh_endpoint_delete_len;
-    sd_script *scripts[8] = {&endpoints_script, &message_script};
-    size_t nscripts = 2;
+    sd_script *scripts[8] = {&endpoints_script, &message_script, &endpoint_delete_script};
+    size_t nscripts = 3;
     for (size_t i = 0; i < sd_idem_nscripts && nscripts < 8; i++)
         scripts[nscripts++] = sd_idem_scripts[i];
     sd_redis_opts aopts;
@@ -1891,6 +2095,8 @@ static int sender_run(options *o, int serve) {
     s->finish.data = s;
     uv_timer_init(s->loop, &s->drain);
     s->drain.data = s;
+    uv_idle_init(s->loop, &s->dropper);
+    s->dropper.data = s;
     uv_timer_init(s->loop, &s->flush);
     s->flush.data = s;
     uv_prepare_init(s->loop, &s->write);
@@ -1956,7 +2162,6 @@ out:
     uv_run(s->loop, UV_RUN_DEFAULT);
     sd_idem_free(s->idem);
     jq_client_free(s->jq);
-    sd_redis_free(s->r);
     for (size_t i = 0; i < s->neps; i++) {
         free(s->eps[i]->acks);
         free(s->eps[i]->waiting);
@@ -1966,6 +2171,7 @@ out:
     for (size_t i = 0; i < s->nenq; i++)
         free(s->enq[i].items);
     free(s->enq);
+    free(s->drops);
     sd_redis_url_clear(&s->url);
     uv_loop_close(s->loop);
     free(s);
