@@ -49,6 +49,7 @@
 
 #include "bench.h"
 #include "http.h"
+#include "jobqueue.h"
 #include "../common/http_client.h" /* not bench/http_client.h, found first from here */
 #include "sd.h"
 #include "spawn.h"
@@ -254,9 +255,22 @@ static int add_endpoint(wh_bench *b, const char *base, int port) {
     return 0;
 }
 
+/* The jobs left in an endpoint's queue, or -1 when they cannot be read. */
+static int64_t queue_left(jq_client *c, const char *endpoint_id) {
+    char queue[80];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", endpoint_id);
+    jq_stats st;
+    if (jq_stats_get(c, queue, &st) != 0)
+        return -1;
+    return st.ready + st.delayed + st.reserved;
+}
+
 /* Deletes the run's endpoints (their queues with them: a black hole's backlog would otherwise
- * stay in Redis, and the next run's sender would work on it while being measured). */
-static void delete_endpoints(wh_bench *b) {
+ * stay in Redis, and the next run's sender would work on it while being measured). The sender
+ * answers 204 and then drops the queue, a script per loop iteration: the sender is stopped only
+ * once the queues are empty (10 s at most), or a later run's sender would finish the drop
+ * while being measured. */
+static void delete_endpoints(wh_bench *b, const char *redis_url) {
     for (int k = 0; k < b->neps; k++) {
         char url[256];
         snprintf(url, sizeof url, "%s/v1/endpoints/%s", b->sender.url, b->ep_ids[k]);
@@ -265,6 +279,26 @@ static void delete_endpoints(wh_bench *b) {
             fprintf(stderr, "webhook bench: DELETE /v1/endpoints/%s answered %d\n", b->ep_ids[k],
                     status);
     }
+    sd_redis_url u;
+    char err[128];
+    jq_client *c = NULL;
+    if (sd_redis_url_parse(redis_url, &u, err, sizeof err) != 0)
+        return;
+    if (jq_client_new(&u, NULL, &c) == 0) {
+        uint64_t until = sd_now_ms() + 10000;
+        for (int k = 0; k < b->neps; k++) {
+            int64_t left;
+            while ((left = queue_left(c, b->ep_ids[k])) > 0 && sd_now_ms() < until) {
+                uv_run(b->loop, UV_RUN_NOWAIT); /* the receivers go on answering meanwhile */
+                usleep(10000);
+            }
+            if (left != 0)
+                fprintf(stderr, "webhook bench: endpoint %s: %lld jobs not dropped yet\n",
+                        b->ep_ids[k], (long long)left);
+        }
+        jq_client_free(c);
+    }
+    sd_redis_url_clear(&u);
 }
 
 /* The second endpoint beside the measured one: none, a black hole, or one more healthy one. */
@@ -362,7 +396,7 @@ static void teardown(const bench_env *env, bench_target *target) {
     /* Operations still outstanding were not measured (the run has ended): drop them. */
     for (size_t i = 0; i < b->nops; i++)
         b->ops[i].done = NULL;
-    delete_endpoints(b);
+    delete_endpoints(b, env->redis_url);
     wh_bench_free(b);
     target->ctx = NULL;
 }
