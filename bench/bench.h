@@ -133,6 +133,11 @@ typedef struct bench_scenario {
     int (*setup)(const bench_env *env, bench_target *target);
     /* Releases what setup made. Runs on the loop's thread; may run the loop. */
     void (*teardown)(const bench_env *env, bench_target *target);
+    /* NULL, or the name of a row that `bench run` adds after all others, holding every
+     * operation of the scenarios that name it (histograms merged, counts and durations summed):
+     * the rounds of an alternated comparison read as one long run each, so that a burst of
+     * machine noise in one round moves the comparison less. */
+    const char *pool;
 } bench_scenario;
 
 /* The registry: each component defines a NULL-terminated array of pointers in

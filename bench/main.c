@@ -125,6 +125,50 @@ static void run_one(const bench_scenario *sc, const bench_env *env, double warmu
         uv_run(env->loop, UV_RUN_NOWAIT);
 }
 
+/* Adds src's operations to pooled (a row made by pool_rows; a failed src adds nothing). */
+static void pool_add(bench_row *pooled, const bench_row *src) {
+    if (src->failure[0] || !src->r.latency)
+        return;
+    bench_result *d = &pooled->r;
+    const bench_result *r = &src->r;
+    d->target_rate = r->target_rate;
+    d->duration_s += r->duration_s;
+    d->count += r->count;
+    d->errors += r->errors;
+    for (int k = 0; k < BENCH_ERR_KINDS; k++)
+        d->errors_by_kind[k] += r->errors_by_kind[k];
+    hdr_merge(d->latency, r->latency);
+    hdr_merge(d->uncorrected, r->uncorrected);
+    d->below_target |= r->below_target;
+    d->achieved_rate = d->duration_s > 0 ? (double)d->count / d->duration_s : 0;
+}
+
+/* Fills rows[n..] with one row per pool named by the chosen scenarios (bench_scenario.pool), in
+ * the order the pools first appear, and returns how many it added. rows has room for nchosen
+ * more. */
+static size_t pool_rows(const bench_scenario *const *chosen, size_t nchosen, bench_row *rows,
+                        size_t n) {
+    size_t added = 0;
+    for (size_t i = 0; i < nchosen; i++) {
+        const char *pool = chosen[i]->pool;
+        int seen = 0;
+        for (size_t j = 0; j < i && pool && !seen; j++)
+            seen = chosen[j]->pool && strcmp(chosen[j]->pool, pool) == 0;
+        if (!pool || seen)
+            continue;
+        bench_row *p = &rows[n + added++];
+        snprintf(p->r.name, sizeof p->r.name, "%s", pool);
+        p->r.latency = hdr_new_default();
+        p->r.uncorrected = hdr_new_default();
+        for (size_t j = i; j < nchosen; j++)
+            if (chosen[j]->pool && strcmp(chosen[j]->pool, pool) == 0)
+                pool_add(p, &rows[j]);
+        if (p->r.count == 0)
+            snprintf(p->failure, sizeof p->failure, "no round of the pool ran");
+    }
+    return added;
+}
+
 static int cmd_run(int argc, char **argv) {
     const char *redis = NULL, *json = NULL, *html = NULL;
     int poisson = 0, cluster = 0, below_ok = 0, status = SD_EXIT_OK;
@@ -261,7 +305,7 @@ static int cmd_run(int argc, char **argv) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     char *dir = bin_dir();
-    bench_row *rows = sd_xcalloc(nchosen, sizeof *rows);
+    bench_row *rows = sd_xcalloc(2 * nchosen, sizeof *rows); /* room for the pooled rows */
     for (size_t i = 0; i < nchosen; i++) {
         const bench_scenario *sc = chosen[i];
         bench_env env = {.loop = &loop, .redis_url = redis_url, .bin_dir = dir};
@@ -273,12 +317,14 @@ static int cmd_run(int argc, char **argv) {
             status = SD_EXIT_FAILURE;
     }
 
+    size_t nrows = nchosen + pool_rows(chosen, nchosen, rows, nchosen);
+
     /* With the JSON on stdout, the table goes to stderr so that stdout stays parseable. */
-    bench_report_table(json && strcmp(json, "-") == 0 ? stderr : stdout, rows, nchosen);
-    if (write_reports(json, html, rows, nchosen) < 0)
+    bench_report_table(json && strcmp(json, "-") == 0 ? stderr : stdout, rows, nrows);
+    if (write_reports(json, html, rows, nrows) < 0)
         status = SD_EXIT_FAILURE;
 
-    for (size_t i = 0; i < nchosen; i++) {
+    for (size_t i = 0; i < nrows; i++) {
         bench_result_clear(&rows[i].r);
         free(rows[i].peers);
     }

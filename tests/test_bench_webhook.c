@@ -34,8 +34,11 @@ static const char *const SCENARIOS[] = {
     "webhook.deliveries.closed", "webhook.latency.1000",     "webhook.blackhole.1000",
     "webhook.isolation.1.alone", "webhook.isolation.1.hole", "webhook.isolation.1.pair",
     "webhook.isolation.2.alone", "webhook.isolation.2.hole", "webhook.isolation.2.pair",
-    "webhook.isolation.3.alone", "webhook.isolation.3.hole", "webhook.isolation.3.pair"};
-static const int HOLE[] = {0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0};
+    "webhook.isolation.3.alone", "webhook.isolation.3.hole", "webhook.isolation.3.pair",
+    "webhook.isolation.4.alone", "webhook.isolation.4.hole", "webhook.isolation.4.pair",
+    "webhook.isolation.5.alone", "webhook.isolation.5.hole", "webhook.isolation.5.pair"};
+static const int HOLE[] = {0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0};
+#define ROUNDS 5 /* of webhook.isolation, each pooled into webhook.isolation.pooled.KIND */
 #define NSCENARIOS (sizeof SCENARIOS / sizeof SCENARIOS[0])
 
 static json_t *scenario(json_t *report, const char *name) {
@@ -71,6 +74,21 @@ Test(bench_webhook, every_webhook_scenario_delivers_with_no_errors) {
         cr_expect_gt(json_integer_value(json_object_get(s, "count")), 0, "%s", SCENARIOS[i]);
         cr_expect_eq(json_integer_value(json_object_get(s, "errors")), 0, "%s: %s", SCENARIOS[i],
                      r.err);
+    }
+    /* Each pooled row holds exactly the operations of its five rounds. */
+    const char *const kinds[] = {"alone", "hole", "pair"};
+    for (size_t k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "webhook.isolation.pooled.%s", kinds[k]);
+        json_t *p = scenario(report, name);
+        cr_assert_not_null(p, "no row %s", name);
+        json_int_t sum = 0;
+        for (int r = 1; r <= ROUNDS; r++) {
+            char round[64];
+            snprintf(round, sizeof round, "webhook.isolation.%d.%s", r, kinds[k]);
+            sum += json_integer_value(json_object_get(scenario(report, round), "count"));
+        }
+        cr_expect_eq(json_integer_value(json_object_get(p, "count")), sum, "%s", name);
     }
     json_decref(report);
     /* Each scenario prints "webhook bench: EVENT: P messages posted, R deliveries received (D

@@ -126,6 +126,8 @@ typedef struct endpoint {
     size_t nwaiting, waiting_cap;
     int reserving;           /* a reserve call is in flight */
     int again;               /* asked to fill while reserving: fill once more when it returns */
+    int drained; /* its last reserve got fewer jobs than it asked for: a freed slot leaves the
+                    next reserve to an enqueue here or to the next tick (endpoint_fill) */
     int asked;               /* the jobs the reserve in flight asked for */
     int disabled;            /* as last read from Redis (a deleted endpoint counts as one) */
     int failures_row;        /* in this process, for the breaker */
@@ -379,13 +381,15 @@ static void sender_maybe_finish(sender *s);
 static void endpoint_fill(sender *s, endpoint *ep, uint64_t now);
 static void flush_schedule(sender *s);
 
-/* Gives back the attempt's endpoint slot (once) and lets the endpoint reserve again. */
+/* Gives back the attempt's endpoint slot (once) and lets the endpoint reserve again, unless its
+ * queue was found empty. */
 static void attempt_slot_free(attempt *a) {
     if (!a->holds_slot)
         return;
     a->holds_slot = 0;
     a->ep->inflight--;
-    endpoint_fill(a->s, a->ep, sd_now_ms());
+    if (!a->ep->drained)
+        endpoint_fill(a->s, a->ep, sd_now_ms());
 }
 
 static void attempt_free(attempt *a) {
@@ -895,6 +899,7 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
     endpoint *ep = arg;
     sender *s = ep->s;
     ep->reserving = 0;
+    ep->drained = status == 0 && n < (size_t)ep->asked;
     if (status != 0) {
         ep->again = 0; /* Redis failed: the next tick tries again, not a loop of failures */
         sd_log(SD_LOG_DEBUG, "webhook.reserve_failed", "endpoint=%s error=\"%s\"", ep->id,
@@ -978,8 +983,11 @@ static void endpoints_refresh(sender *s) {
 }
 
 /* Reserves as many of the endpoint's jobs as it has free slots (invariant 4), unless it is
- * disabled, its breaker is open, or a reserve is already on its way. Runs on every tick and
- * whenever one of its slots frees, so a busy endpoint's next job does not wait for a tick. */
+ * disabled, its breaker is open, or a reserve is already on its way. Runs on every tick, after
+ * each of its enqueues here, and whenever one of its slots frees, so a busy endpoint's next job
+ * does not wait for a tick; but not on a freed slot when its last reserve found the queue
+ * empty (drained): that reserve, one per delivery at a steady rate, found nothing but cost Redis
+ * a script. */
 static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
     int free_ep = WH_PREFETCH * (int)s->o.endpoint_concurrency - ep->inflight;
     int free_all = (int)s->o.concurrency - s->inflight;
@@ -1013,8 +1021,10 @@ static void on_tick(uv_timer_t *t) {
         endpoints_refresh(s);
         s->last_refresh_ms = now;
     }
-    for (size_t i = 0; i < s->neps; i++)
+    for (size_t i = 0; i < s->neps; i++) {
+        s->eps[i]->drained = 0; /* jobs from other processes, retries come due */
         endpoint_fill(s, s->eps[i], now);
+    }
 }
 
 /* Makes the workers look at the queues now: after an enqueue in this process, and with
@@ -1449,8 +1459,10 @@ static void on_enqueued(jq_aclient *c, int status, const jq_enqueued *out, size_
             e->p->kick = 1;
         enqueue_done(e, status); /* may free e->p */
     }
-    if (ep && !s->stopping)
+    if (ep && !s->stopping) {
+        ep->drained = 0;
         endpoint_fill(s, ep, sd_now_ms());
+    }
     free(x->b);
     free(x);
 }
