@@ -18,29 +18,49 @@
 
 /* Queues /metrics reports, at most (named by --queue, then seen by requests). */
 #define MAX_QUEUES 64
+/* How often the figures /metrics reports are read from Redis (metrics_refresh). */
+#define METRICS_EVERY_MS 1000
 
 /* ---- serve -------------------------------------------------------------------------------------
  */
 
-typedef struct server {
+typedef struct server server;
+
+/* What /metrics reports of one queue: the last figures read (metrics_refresh). */
+typedef struct queue_figures {
+    server *s;
+    int i;        /* its index in s->queues */
+    int asking;   /* a read is in flight */
+    uint64_t at;  /* when the figures were read (sd_now_ms), 0: never */
+    jq_stats st;
+} queue_figures;
+
+struct server {
     uv_loop_t *loop;
     sd_http_server *http;
-    jq_client *sync;   /* /metrics (its callback answers at once) */
-    jq_aclient *async; /* POST (the enqueue), GET and DELETE of a job, GET of the stats */
+    jq_aclient *async; /* every Redis call of the API, and the figures of /metrics */
     sd_aredis *idem_redis;
     sd_idem *idem;
     jq_config cfg;
     char *queues[MAX_QUEUES];
+    queue_figures figures[MAX_QUEUES];
     int nqueues;
+    uv_timer_t metrics; /* every METRICS_EVERY_MS: metrics_refresh */
     long long posts_in_flight;
-} server;
+};
+
+static void metrics_refresh(server *s);
 
 static void queue_seen(server *s, const char *q) {
     for (int i = 0; i < s->nqueues; i++)
         if (strcmp(s->queues[i], q) == 0)
             return;
-    if (s->nqueues < MAX_QUEUES)
+    if (s->nqueues < MAX_QUEUES) {
+        s->figures[s->nqueues] = (queue_figures){.s = s, .i = s->nqueues};
         s->queues[s->nqueues++] = sd_xstrdup(q);
+        if (s->async) /* a new queue's figures are read now, not at the next tick */
+            metrics_refresh(s);
+    }
 }
 
 static void problem(sd_http_req *req, int status, const char *type, const char *title,
@@ -332,21 +352,49 @@ static void on_cancelled(jq_aclient *c, int rc, int64_t state, void *arg) {
     free(in);
 }
 
+/* ---- /metrics ----
+ *
+ * A scrape never waits for Redis: the callback of sd_http_server_add_metrics answers at once,
+ * so it prints the figures that a timer reads every METRICS_EVERY_MS (and at once for a queue
+ * seen for the first time) over the asynchronous connection. A frozen or unreachable Redis
+ * leaves the last figures in place, and jobqueue_figures_age_seconds says how old they are. */
+
+static void on_figures(jq_aclient *c, int status, const jq_stats *st, void *arg) {
+    queue_figures *f = arg;
+    f->asking = 0;
+    if (status == 0) {
+        f->st = *st;
+        f->at = sd_now_ms();
+    }
+}
+
+static void metrics_refresh(server *s) {
+    for (int i = 0; i < s->nqueues; i++) {
+        queue_figures *f = &s->figures[i];
+        if (!f->asking && jq_astats(s->async, s->queues[i], on_figures, f) == 0)
+            f->asking = 1;
+    }
+}
+
+static void on_metrics_tick(uv_timer_t *t) {
+    metrics_refresh(t->data);
+}
+
 /* Depth per state and the oldest READY job's age, for the queues named by --queue and those
- * requests have named since the start (MAX_QUEUES at most), read from Redis at each scrape. */
+ * requests have named since the start (MAX_QUEUES at most); a queue whose figures were never
+ * read yet is left out. */
 static void on_metrics(sd_http_buf *buf, void *udata) {
     server *s = udata;
+    uint64_t now = sd_now_ms();
     sd_http_buf_printf(buf, "# HELP jobqueue_depth Jobs per queue and state.\n"
                             "# TYPE jobqueue_depth gauge\n");
-    jq_stats st[MAX_QUEUES];
-    int ok[MAX_QUEUES];
     for (int i = 0; i < s->nqueues; i++) {
-        ok[i] = jq_stats_get(s->sync, s->queues[i], &st[i]) == 0;
-        if (!ok[i])
+        const queue_figures *f = &s->figures[i];
+        if (!f->at)
             continue;
         /* In jq_state's order, which jq_state_name names. */
-        long long v[6] = {st[i].ready, st[i].delayed, st[i].reserved,
-                          st[i].done,  st[i].dead,    st[i].cancelled};
+        long long v[6] = {f->st.ready, f->st.delayed, f->st.reserved,
+                          f->st.done,  f->st.dead,    f->st.cancelled};
         for (int k = 0; k < 6; k++)
             sd_http_buf_printf(buf, "jobqueue_depth{queue=\"%s\",state=\"%s\"} %lld\n",
                                s->queues[i], jq_state_name((jq_state)k), v[k]);
@@ -354,15 +402,28 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
     sd_http_buf_printf(buf, "# HELP jobqueue_oldest_ready_age_seconds Age of the oldest READY "
                             "job (0 when none).\n"
                             "# TYPE jobqueue_oldest_ready_age_seconds gauge\n");
-    for (int i = 0; i < s->nqueues; i++)
-        if (ok[i])
+    for (int i = 0; i < s->nqueues; i++) {
+        const queue_figures *f = &s->figures[i];
+        if (f->at)
             sd_http_buf_printf(
                 buf, "jobqueue_oldest_ready_age_seconds{queue=\"%s\"} %.3f\n", s->queues[i],
-                st[i].oldest_ready_age_ms < 0 ? 0.0 : (double)st[i].oldest_ready_age_ms / 1000.0);
+                f->st.oldest_ready_age_ms < 0 ? 0.0 : (double)f->st.oldest_ready_age_ms / 1000.0);
+    }
+    sd_http_buf_printf(buf, "# HELP jobqueue_figures_age_seconds Time since the figures above "
+                            "were read from Redis (every %d ms while it answers).\n"
+                            "# TYPE jobqueue_figures_age_seconds gauge\n",
+                       METRICS_EVERY_MS);
+    for (int i = 0; i < s->nqueues; i++) {
+        const queue_figures *f = &s->figures[i];
+        if (f->at)
+            sd_http_buf_printf(buf, "jobqueue_figures_age_seconds{queue=\"%s\"} %.3f\n",
+                               s->queues[i], (double)(now - f->at) / 1000.0);
+    }
 }
 
 static void on_http_stopped(sd_http_server *srv, void *udata) {
     server *s = udata;
+    uv_close((uv_handle_t *)&s->metrics, NULL);
     jq_aclient_free(s->async);
     s->async = NULL;
     sd_aredis_free(s->idem_redis);
@@ -419,7 +480,11 @@ int jq_cmd_serve(int argc, char **argv) {
     for (int i = 0; i < nqueues; i++)
         queue_seen(&s, queues[i]);
     free(queues);
-    int status = jq_cmd_client_open(cmd.name, &c, &s.sync);
+    /* The synchronous client only checks the Redis at the start (which one, its eviction
+     * policy: jq_cmd_client_open); serving never waits for Redis. */
+    jq_client *check = NULL;
+    int status = jq_cmd_client_open(cmd.name, &c, &check);
+    jq_client_free(check);
     s.loop = uv_default_loop();
     if (status == 0) {
         sd_redis_opts ro;
@@ -435,6 +500,9 @@ int jq_cmd_serve(int argc, char **argv) {
         } else {
             jq_aclient_wait_connected(s.async, 2000);
             sd_aredis_wait_connected(s.idem_redis, 2000);
+            uv_timer_init(s.loop, &s.metrics);
+            s.metrics.data = &s;
+            uv_timer_start(&s.metrics, on_metrics_tick, 0, METRICS_EVERY_MS);
         }
     }
     if (status == 0) {
@@ -468,7 +536,6 @@ int jq_cmd_serve(int argc, char **argv) {
     uv_run(s.loop, UV_RUN_DEFAULT);
     sd_idem_free(s.idem);
     uv_loop_close(s.loop);
-    jq_client_free(s.sync);
     for (int i = 0; i < s.nqueues; i++)
         free(s.queues[i]);
     sd_redis_url_clear(&c.url);
