@@ -29,9 +29,9 @@ typedef struct server server;
 /* What /metrics reports of one queue: the last figures read (metrics_refresh). */
 typedef struct queue_figures {
     server *s;
-    int i;        /* its index in s->queues */
-    int asking;   /* a read is in flight */
-    uint64_t at;  /* when the figures were read (sd_now_ms), 0: never */
+    int i;       /* its index in s->queues */
+    int asking;  /* a read is in flight */
+    uint64_t at; /* when the figures were read (sd_now_ms), 0: never */
     jq_stats st;
 } queue_figures;
 
@@ -409,9 +409,10 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
                 buf, "jobqueue_oldest_ready_age_seconds{queue=\"%s\"} %.3f\n", s->queues[i],
                 f->st.oldest_ready_age_ms < 0 ? 0.0 : (double)f->st.oldest_ready_age_ms / 1000.0);
     }
-    sd_http_buf_printf(buf, "# HELP jobqueue_figures_age_seconds Time since the figures above "
-                            "were read from Redis (every %d ms while it answers).\n"
-                            "# TYPE jobqueue_figures_age_seconds gauge\n",
+    sd_http_buf_printf(buf,
+                       "# HELP jobqueue_figures_age_seconds Time since the figures above "
+                       "were read from Redis (every %d ms while it answers).\n"
+                       "# TYPE jobqueue_figures_age_seconds gauge\n",
                        METRICS_EVERY_MS);
     for (int i = 0; i < s->nqueues; i++) {
         const queue_figures *f = &s->figures[i];

@@ -48,15 +48,16 @@
  *     answer nobody needs (attempt records, counters) are not waited for; what one loop
  *     iteration sends leaves in one write per connection (on_write), and acks, "ok" counters
  *     and the API's enqueues are gathered per endpoint queue and sent by on_flush, one script
- *     each.
+ *     each. A message for a backlogged endpoint is parked in the message's own script and moved
+ *     to the endpoint's queue in batches ("Parking"), so that its post does not wait for it.
  *
  * Known limits (README "What is not built yet"): a deleted endpoint's queue is dropped on the
  * synchronous job queue client (s->jq; jobqueue.h has no asynchronous drop), one 1,000-job
  * script per loop iteration after the DELETE's answer, and by the drain; workers poll the
  * endpoint queues every --poll-ms (serve's own workers are also woken by each enqueue); a
  * process crash between a message's store and its fan-out leaves it stored with fewer
- * deliveries (the client's retry with the same Idempotency-Key replays the recorded answer
- * only if it got recorded).
+ * deliveries, those it was parked for excepted (the client's retry with the same
+ * Idempotency-Key replays the recorded answer only if it got recorded).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -91,7 +92,10 @@
 #define WH_ATTEMPTS_KEPT 100             /* attempts kept per message */
 #define WH_RETENTION_S (30 * 86400)      /* messages and their attempts */
 #define WH_BODY_MAX (256 * 1024)
-#define WH_REFRESH_MS 100 /* the endpoint list is read at most this often, or --poll-ms */
+#define WH_REFRESH_MS 100     /* the endpoint list is read at most this often, or --poll-ms */
+#define WH_PARK_MS 20         /* how often parked messages move to their endpoint's queue */
+#define WH_PARK_BATCH 100     /* and how many per endpoint at most, in one script */
+#define WH_PARK_SWEEP_MS 1000 /* every endpoint's parked zset is looked at this often */
 /* An endpoint holds up to this many times --endpoint-concurrency jobs: the others wait, read
  * and signed-to-be, for a request slot, so a slot that frees starts the next request at once
  * instead of after a reserve and a read (two Redis round trips, long on a busy machine). */
@@ -124,13 +128,16 @@ typedef struct endpoint {
     uint64_t reserve_sent_ms; /* when the reserve in flight was sent: its leases start after */
     attempt **waiting;        /* read, waiting for a request slot, oldest first */
     size_t nwaiting, waiting_cap;
-    int reserving;           /* a reserve call is in flight */
-    int again;               /* asked to fill while reserving: fill once more when it returns */
-    int drained; /* its last reserve got fewer jobs than it asked for: a freed slot leaves the
-                    next reserve to an enqueue here or to the next tick (endpoint_fill) */
-    int asked;               /* the jobs the reserve in flight asked for */
-    int disabled;            /* as last read from Redis (a deleted endpoint counts as one) */
-    int failures_row;        /* in this process, for the breaker */
+    int reserving;     /* a reserve call is in flight */
+    int again;         /* asked to fill while reserving: fill once more when it returns */
+    int drained;       /* its last reserve got fewer jobs than it asked for: a freed slot leaves the
+                          next reserve to an enqueue here or to the next tick (endpoint_fill) */
+    int asked;         /* the jobs the reserve in flight asked for */
+    int parked;        /* its parked zset may hold messages: the mover looks (on_park) */
+    int moving;        /* a move is in flight */
+    unsigned park_gen; /* messages parked here by this process so far */
+    int disabled;      /* as last read from Redis (a deleted endpoint counts as one) */
+    int failures_row;  /* in this process, for the breaker */
     uint64_t open_until_ms;  /* the breaker: open until then */
     uint64_t pause_until_ms; /* no reserve before then (Redis failed under an attempt) */
     attempt **acks;          /* delivered attempts whose ack waits for the next flush */
@@ -173,7 +180,10 @@ struct sender {
     uv_idle_t dropper; /* serve: the drops that follow a DELETE, a batch an iteration (on_drop) */
     struct queue_drop *drops; /* the queues it drops, in turn */
     size_t ndrops, drops_cap;
-    uv_timer_t flush;   /* a 0 ms timer: the acks and counters of one loop iteration, together */
+    uv_timer_t flush; /* a 0 ms timer: the acks and counters of one loop iteration, together */
+    uv_timer_t park;  /* moves parked messages (on_park) */
+    int moves;        /* moves in flight */
+    uint64_t last_park_sweep_ms;
     uv_prepare_t write; /* before the loop polls: writes what the iteration sent to Redis */
     uv_signal_t sigint, sigterm;
     uv_timer_t finish; /* frees the queue connections once a stop has nothing left running */
@@ -1011,6 +1021,137 @@ static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
     }
 }
 
+/* ---- Parking ----
+ *
+ * A message for a backlogged endpoint (endpoint_backlogged: a black hole whose request slots
+ * are all taken, a breaker open, a disabled endpoint) is parked rather than enqueued: the
+ * message's own script (wh-message.lua) adds its id to the endpoint's ep:<id>:parked zset, so
+ * the post is answered once the message is stored, in one round trip, without waiting for that
+ * endpoint's enqueue. One job-queue script per message for a black hole, run between a healthy
+ * endpoint's enqueue and its reserve, and the post answers that came together when those
+ * enqueues were held and sent in bulk, were what a healthy endpoint paid for sharing its
+ * messages with a black hole (isolation; webhook/README.md).
+ *
+ * The mover then takes each endpoint's parked ids every WH_PARK_MS, up to WH_PARK_BATCH at a
+ * time, enqueues them in one script (the message id is the job's idempotency key, as for any
+ * enqueue of the sender) and removes exactly those ids from the zset once they are jobs. A
+ * crash between the two leaves them parked, and moving them again makes no second job; two
+ * processes moving the same ids make one job each, and neither removes an id the other has not
+ * enqueued. Every process with workers also looks at every endpoint's zset every
+ * WH_PARK_SWEEP_MS, which moves what a process that stopped or died had parked. */
+
+static void on_park(uv_timer_t *t);
+
+static void park_schedule(sender *s) {
+    if (!s->stopping && !uv_is_active((uv_handle_t *)&s->park) &&
+        !uv_is_closing((uv_handle_t *)&s->park))
+        uv_timer_start(&s->park, on_park, WH_PARK_MS, 0);
+}
+
+typedef struct park_move {
+    endpoint *ep;
+    unsigned gen; /* ep->park_gen when the ids were read */
+    size_t n;
+    char **ids;
+} park_move;
+
+static void park_move_end(park_move *m) {
+    sender *s = m->ep->s;
+    m->ep->moving = 0;
+    s->moves--;
+    for (size_t i = 0; i < m->n; i++)
+        free(m->ids[i]);
+    free(m->ids);
+    free(m);
+    sender_maybe_finish(s);
+}
+
+static void on_park_enqueued(jq_aclient *c, int status, const jq_enqueued *out, size_t n,
+                             void *arg) {
+    park_move *m = arg;
+    endpoint *ep = m->ep;
+    sender *s = ep->s;
+    if (status == 0) {
+        /* They are jobs now: exactly these ids leave the zset. */
+        char key[96];
+        snprintf(key, sizeof key, KP "ep:%s:parked", ep->id);
+        const char **argv = sd_xcalloc(m->n + 2, sizeof *argv);
+        size_t *lens = sd_xcalloc(m->n + 2, sizeof *lens);
+        argv[0] = "ZREM";
+        argv[1] = key;
+        for (size_t i = 0; i < m->n; i++)
+            argv[i + 2] = m->ids[i];
+        for (size_t i = 0; i < m->n + 2; i++)
+            lens[i] = strlen(argv[i]);
+        if (sd_aredis_commandv(s->ar, on_record, s, 0, (int)m->n + 2, argv, lens) == 0)
+            s->records++;
+        free(argv);
+        free(lens);
+        ep->drained = 0;
+        endpoint_fill(s, ep, sd_now_ms());
+    }
+    park_move_end(m);
+}
+
+static void on_parked_read(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    park_move *m = privdata;
+    endpoint *ep = m->ep;
+    sender *s = ep->s;
+    if (status != 0 || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
+        /* Empty: nothing more to move, unless this process parked one since the read. */
+        if (status == 0 && reply->type == REDIS_REPLY_ARRAY && ep->park_gen == m->gen)
+            ep->parked = 0;
+        park_move_end(m);
+        return;
+    }
+    m->ids = sd_xcalloc(reply->elements, sizeof *m->ids);
+    jq_new_job *jobs = sd_xcalloc(reply->elements, sizeof *jobs);
+    jq_enqueue_opts *opts = sd_xcalloc(reply->elements, sizeof *opts);
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        char *id = m->ids[m->n] = sd_xstrdup(e->str);
+        jq_enqueue_opts_default(&opts[m->n]);
+        opts[m->n].max_attempts = s->nschedule + 2; /* as message_enqueue's jobs */
+        opts[m->n].idempotency_key = id;
+        jobs[m->n] = (jq_new_job){.payload = id, .len = strlen(id), .opts = &opts[m->n]};
+        m->n++;
+    }
+    int rc = m->n > 0 ? jq_aenqueue_many(s->aq, ep->queue, jobs, m->n, on_park_enqueued, m) : -1;
+    free(jobs);
+    free(opts);
+    if (rc != 0)
+        park_move_end(m);
+}
+
+/* Every WH_PARK_MS while some endpoint may have parked messages: one move per such endpoint,
+ * one at a time each. */
+static void on_park(uv_timer_t *t) {
+    sender *s = t->data;
+    int more = 0;
+    for (size_t i = 0; i < s->neps; i++) {
+        endpoint *ep = s->eps[i];
+        if (!ep->parked)
+            continue;
+        more = 1;
+        if (ep->moving)
+            continue;
+        park_move *m = sd_xcalloc(1, sizeof *m);
+        m->ep = ep;
+        m->gen = ep->park_gen;
+        if (sd_aredis_command(s->ar, on_parked_read, m, 0, "ZRANGE " KP "ep:%s:parked 0 %d", ep->id,
+                              WH_PARK_BATCH - 1) == 0) {
+            ep->moving = 1;
+            s->moves++;
+        } else {
+            free(m);
+        }
+    }
+    if (more)
+        park_schedule(s);
+}
+
 static void on_tick(uv_timer_t *t) {
     sender *s = t->data;
     if (s->stopping)
@@ -1021,9 +1162,17 @@ static void on_tick(uv_timer_t *t) {
         endpoints_refresh(s);
         s->last_refresh_ms = now;
     }
+    /* Messages another process parked and did not move (it stopped or died) are moved here. */
+    int sweep = now - s->last_park_sweep_ms >= WH_PARK_SWEEP_MS;
+    if (sweep)
+        s->last_park_sweep_ms = now;
     for (size_t i = 0; i < s->neps; i++) {
         s->eps[i]->drained = 0; /* jobs from other processes, retries come due */
         endpoint_fill(s, s->eps[i], now);
+        if (sweep) {
+            s->eps[i]->parked = 1;
+            park_schedule(s);
+        }
     }
 }
 
@@ -1532,8 +1681,25 @@ static void on_message_stored(sd_aredis *r, redisReply *reply, int status, void 
         message_post_end(p);
         return;
     }
+    /* {endpoints to enqueue it for, endpoints it was parked for} */
+    const redisReply *parked = reply->elements == 2 ? reply->element[1] : NULL;
+    if (parked && parked->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < parked->elements; i++) {
+            const redisReply *t = parked->element[i];
+            if (t->type != REDIS_REPLY_STRING || !id_valid(t->str))
+                continue;
+            p->ntargets++;
+            endpoint *ep = endpoint_find_or_add(p->s, t->str);
+            if (ep) {
+                ep->parked = 1;
+                ep->park_gen++;
+                park_schedule(p->s);
+            }
+        }
+    reply = reply->elements == 2 && reply->element[0]->type == REDIS_REPLY_ARRAY ? reply->element[0]
+                                                                                 : NULL;
     p->pending = 1; /* held while sending, so that no answer ends the post early */
-    for (size_t i = 0; i < reply->elements; i++) {
+    for (size_t i = 0; reply && i < reply->elements; i++) {
         const redisReply *t = reply->element[i];
         if (t->type != REDIS_REPLY_STRING || !id_valid(t->str))
             continue;
@@ -1584,12 +1750,25 @@ static void message_create(sd_idem_call *call, sd_http_req *req, void *udata) {
     char created[24], retention[16];
     snprintf(created, sizeof created, "%lld", (long long)wall_ms());
     snprintf(retention, sizeof retention, "%d", WH_RETENTION_S);
-    const char *argv[] = {KP, p->id, type, text, created, retention};
-    size_t lens[6];
-    for (int i = 0; i < 6; i++)
+    /* Then the endpoints whose messages are parked rather than enqueued (Parking). */
+    const char **argv = sd_xcalloc(6 + s->neps, sizeof *argv);
+    size_t *lens = sd_xcalloc(6 + s->neps, sizeof *lens);
+    int argc = 0;
+    argv[argc++] = KP;
+    argv[argc++] = p->id;
+    argv[argc++] = type;
+    argv[argc++] = text;
+    argv[argc++] = created;
+    argv[argc++] = retention;
+    for (size_t i = 0; s->deliver && !s->stopping && i < s->neps; i++)
+        if (endpoint_backlogged(s, s->eps[i]))
+            argv[argc++] = s->eps[i]->id;
+    for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
     int rc =
-        sd_aredis_script(s->api_ar, &message_script, on_message_stored, p, 0, 1, 6, argv, lens);
+        sd_aredis_script(s->api_ar, &message_script, on_message_stored, p, 0, 1, argc, argv, lens);
+    free(argv);
+    free(lens);
     free(text);
     json_decref(in);
     if (rc != 0) {
@@ -1999,8 +2178,8 @@ static void on_finish(uv_timer_t *t) {
  * no refresh, no record or ack unsent or unanswered. */
 static void sender_maybe_finish(sender *s) {
     if (!s->stopping || s->inflight > 0 || s->records > 0 || s->api_calls > 0 || s->refreshing ||
-        uv_is_active((uv_handle_t *)&s->flush) || uv_is_active((uv_handle_t *)&s->finish) ||
-        uv_is_closing((uv_handle_t *)&s->finish))
+        s->moves > 0 || uv_is_active((uv_handle_t *)&s->flush) ||
+        uv_is_active((uv_handle_t *)&s->finish) || uv_is_closing((uv_handle_t *)&s->finish))
         return;
     for (size_t i = 0; i < s->neps; i++)
         if (s->eps[i]->reserving || s->eps[i]->ok_pending)
@@ -2016,6 +2195,7 @@ static void sender_stop(sender *s) {
         endpoint_send_next(s->eps[i]);
     uv_timer_stop(&s->tick);
     uv_close((uv_handle_t *)&s->tick, on_closed);
+    uv_close((uv_handle_t *)&s->park, on_closed);
     uv_close((uv_handle_t *)&s->drain, on_closed);
     uv_close((uv_handle_t *)&s->dropper, on_closed);
     uv_close((uv_handle_t *)&s->sigint, on_closed);
@@ -2111,6 +2291,8 @@ static int sender_run(options *o, int serve) {
     s->dropper.data = s;
     uv_timer_init(s->loop, &s->flush);
     s->flush.data = s;
+    uv_timer_init(s->loop, &s->park);
+    s->park.data = s;
     uv_prepare_init(s->loop, &s->write);
     s->write.data = s;
     uv_prepare_start(&s->write, on_write);

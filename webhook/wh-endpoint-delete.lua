@@ -1,7 +1,7 @@
 -- wh-endpoint-delete.lua: DELETE /v1/endpoints/{id} (sender.c, "Deleting an endpoint"), in one
 -- step: the endpoint leaves the set that the fan-out and the workers read, its hash says
--- "deleted" and expires in a day, and its id joins the hash of deleted endpoints whose delivery
--- queues are still to be dropped (id -> ms of the deletion).
+-- "deleted" and expires in a day, its parked messages go, and its id joins the hash of deleted
+-- endpoints whose delivery queues are still to be dropped (id -> ms of the deletion).
 -- The hash is kept a day rather than deleted: an attempt in flight at the deletion still
 -- updates its counters when it ends (HINCRBY), which on a deleted key would make a new hash
 -- without a TTL; on this one it only adds to what expires.
@@ -18,4 +18,5 @@ redis.call('HSET', ep, 'state', 'deleted')
 redis.call('HDEL', ep, 'secret', 'old_secret') -- a deleted endpoint's secrets sign nothing more
 redis.call('PEXPIRE', ep, 86400000)
 redis.call('HSET', p .. 'eps_deleted', id, string.format('%d', now))
+redis.call('DEL', ep .. ':parked') -- messages parked for it (sender.c, "Parking")
 return 1
