@@ -272,6 +272,7 @@ Test(ratelimit_faults, stopped_redis_falls_back_to_a_local_share) {
  */
 Test(ratelimit_faults, frozen_redis_hits_the_deadline_then_the_breaker) {
     rl_config cfg = config(RL_FAIL_OPEN);
+    cfg.breaker_cooldown_ms = 1000; /* open through the 20 checks, even on a loaded machine */
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "k");
     rl_stats before;
@@ -460,6 +461,9 @@ Test(ratelimit_faults, a_cost_above_the_quota_is_answered_from_the_loop) {
 
 Test(ratelimit_faults, an_open_breaker_answers_from_the_loop) {
     rl_config cfg = config(RL_FAIL_CLOSED);
+    /* Open for the whole test: with the 100 ms of config(), a loaded machine could let it go
+     * half open before the check, which then waits for Redis as the probe. */
+    cfg.breaker_cooldown_ms = 60000;
     rl_limiter *l = limiter(&cfg);
     await_redis(l, "k");
     cr_assert_eq(test_target_signal(server, SIGSTOP), 0);

@@ -290,9 +290,30 @@ static void migrate(sd_redis_cluster_server *c, int slot, const char *key, int f
     redisReply *reply = raw(src, "MIGRATE 127.0.0.1 %s %s 0 5000", port, key);
     cr_assert_eq(reply->type, REDIS_REPLY_STATUS, "MIGRATE: %s", reply->str);
     freeReplyObject(reply);
-    if (finish)
-        for (int i = 0; i < 3; i++)
-            raw_ok(sd_redis_cluster_server_node(c, i), "CLUSTER SETSLOT %s NODE %s", s, dst_id);
+    if (finish) {
+        /* The target first, then the source, then the third master (the order Redis's manual
+         * gives: a source that let go first would send the key back and forth with a target
+         * still importing), and then until each of them names the target for the key: a MOVED
+         * from the two others, an answer from the target. */
+        raw_ok(dst, "CLUSTER SETSLOT %s NODE %s", s, dst_id);
+        raw_ok(src, "CLUSTER SETSLOT %s NODE %s", s, dst_id);
+        int other = 3 - from - to;
+        raw_ok(sd_redis_cluster_server_node(c, other), "CLUSTER SETSLOT %s NODE %s", s, dst_id);
+        char moved[64];
+        snprintf(moved, sizeof moved, "MOVED %d 127.0.0.1:%s", slot, port);
+        for (int i = 0; i < 3; i++) {
+            int agreed = 0;
+            for (int tries = 0; tries < 500 && !agreed; tries++) {
+                redisReply *r = raw(sd_redis_cluster_server_node(c, i), "EXISTS %s", key);
+                agreed = i == to ? r->type == REDIS_REPLY_INTEGER
+                                 : r->type == REDIS_REPLY_ERROR && strcmp(r->str, moved) == 0;
+                freeReplyObject(r);
+                if (!agreed)
+                    usleep(10000);
+            }
+            cr_assert(agreed, "master %d does not name master %d for slot %d", i, to, slot);
+        }
+    }
     free(src_id);
     free(dst_id);
 }
