@@ -1179,7 +1179,7 @@ Test(ratelimit, sliding_counter_keeps_large_quotas_in_four_numbers) {
  * lets nearly 2q through in the one-second window straddling the edge. The exact log admits q.
  * Both figures are printed for the README; the assertions hold each algorithm to its bound.
  */
-Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 30) {
+Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 60) {
     const rl_algorithm algs[] = {RL_SLIDING_WINDOW_COUNTER, RL_SLIDING_WINDOW_LOG};
     int worst[2];
     for (int a = 0; a < 2; a++) {
@@ -1187,18 +1187,30 @@ Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 30) {
         cfg.deny_cache_entries = 0;
         rl_sync *l = limiter(&cfg);
         static admissions adm;
-        adm.n = 0;
-        /* The burst: q checks 900 ms into a window, then one check every 5 ms for 1.5 s. */
-        sleep_until_ms_of_second(900);
-        for (int i = 0; i < 50; i++) {
-            timed_check(l, "bunched", &adm);
+        /* The burst: q checks 900 ms into a window, then one check every 5 ms for 1.5 s. The
+         * burst must end before the window's edge (a wall-clock second: Redis's TIME reads the
+         * same clock): on a machine too loaded for 50 checks in 100 ms, it runs again on a fresh
+         * key, five times at most. */
+        for (int attempt = 0; attempt < 5; attempt++) {
+            char key[32];
+            snprintf(key, sizeof key, "bunched-%d", attempt);
+            adm.n = 0;
+            sleep_until_ms_of_second(900);
+            time_t second = time(NULL);
+            for (int i = 0; i < 50; i++) {
+                timed_check(l, key, &adm);
+            }
+            int before_the_edge = time(NULL) == second;
+            uint64_t end = sd_now_ns() + 1500000000ULL;
+            while (sd_now_ns() < end) {
+                timed_check(l, key, &adm);
+                sleep_ms(5);
+            }
+            worst[a] = most_in_a_window(&adm, 1000000000ULL);
+            if (before_the_edge) {
+                break;
+            }
         }
-        uint64_t end = sd_now_ns() + 1500000000ULL;
-        while (sd_now_ns() < end) {
-            timed_check(l, "bunched", &adm);
-            sleep_ms(5);
-        }
-        worst[a] = most_in_a_window(&adm, 1000000000ULL);
         rl_sync_free(l);
     }
     fprintf(stderr,

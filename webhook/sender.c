@@ -1036,8 +1036,8 @@ static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
  * time, enqueues them in one script (the message id is the job's idempotency key, as for any
  * enqueue of the sender) and removes exactly those ids from the zset once they are jobs. A
  * crash between the two leaves them parked, and moving them again makes no second job; two
- * processes moving the same ids make one job each, and neither removes an id the other has not
- * enqueued. Every process with workers also looks at every endpoint's zset every
+ * processes moving the same ids make one job per id between them, and neither removes an id
+ * the other has not enqueued. Every process with workers also looks at every endpoint's zset every
  * WH_PARK_SWEEP_MS, which moves what a process that stopped or died had parked. */
 
 static void on_park(uv_timer_t *t);
