@@ -28,8 +28,6 @@ typedef struct server server;
 
 /* What /metrics reports of one queue: the last figures read (metrics_refresh). */
 typedef struct queue_figures {
-    server *s;
-    int i;       /* its index in s->queues */
     int asking;  /* a read is in flight */
     uint64_t at; /* when the figures were read (sd_now_ms), 0: never */
     jq_stats st;
@@ -56,7 +54,7 @@ static void queue_seen(server *s, const char *q) {
         if (strcmp(s->queues[i], q) == 0)
             return;
     if (s->nqueues < MAX_QUEUES) {
-        s->figures[s->nqueues] = (queue_figures){.s = s, .i = s->nqueues};
+        s->figures[s->nqueues] = (queue_figures){0};
         s->queues[s->nqueues++] = sd_xstrdup(q);
         if (s->async) /* a new queue's figures are read now, not at the next tick */
             metrics_refresh(s);
