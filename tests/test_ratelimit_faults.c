@@ -4,8 +4,8 @@
  * decision's time is measured); the circuit breaker stops waiting on a dead Redis, and decisions
  * come from Redis again once it is back.
  *
- * Times are short and configurable: a 20 ms deadline and a 100 ms breaker cool-down. The bound
- * asserted on each decision is the deadline plus a generous slack (SLACK_MS, LOOP_SLACK_MS): a
+ * Times are short and configurable: a 50 ms deadline and a 100 ms breaker cool-down. The bound
+ * asserted on each decision is the deadline plus a generous slack (SLACK_MS): a
  * correctness bound (a check that waited for Redis past its deadline would blow it), not a speed
  * measurement, so it must hold on a loaded 2-core machine and under sanitizers.
  */
@@ -26,13 +26,12 @@
 #include "sd.h"
 #include "support.h"
 
-#define SLACK_MS 250
-/* The slack of an asynchronous check (check_cost), which runs the test's loop: a decision took
- * 419 ms once under ASan on a cluster while another suite ran beside it (CI, 5 December). 600 ms
- * stays below the 1 s reply timeout and breaker cool-down of the fleet tests' limiter, which a
- * check that waited on Redis would run into. The blocking checks keep SLACK_MS: the deadline
- * shared by EVALSHA and EVAL (below) is told from one EVAL's own deadline by 300 ms. */
-#define LOOP_SLACK_MS 600
+/* The slack of every decision's bound: decisions took 419 ms (under ASan), 752 ms and 1,381 ms
+ * in clean-clone CI runs on 5 December, with two suites and their Redis servers sharing the two
+ * cores. 900 ms keeps a 50 ms deadline's bound below the 1 s reply timeout and breaker
+ * cool-down of the fleet tests' limiter, which a check that waited on Redis would run into.
+ * (The deadline shared by EVALSHA and EVAL has a test and a bound of its own, below.) */
+#define SLACK_MS 900
 
 static test_target *server;
 static sd_redis_url url;
@@ -125,7 +124,7 @@ static rl_decision check_cost(rl_limiter *l, const char *key, long long cost, in
         uv_run(&loop, UV_RUN_ONCE);
     }
     cr_assert_eq(r.done, 1, "callback ran %d times", r.done);
-    assert_in_time(start, r.at_ns, rl_limiter_config(l)->deadline_ms, LOOP_SLACK_MS);
+    assert_in_time(start, r.at_ns, rl_limiter_config(l)->deadline_ms, SLACK_MS);
     return r.d;
 }
 
