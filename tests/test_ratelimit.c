@@ -1179,7 +1179,7 @@ Test(ratelimit, sliding_counter_keeps_large_quotas_in_four_numbers) {
  * lets nearly 2q through in the one-second window straddling the edge. The exact log admits q.
  * Both figures are printed for the README; the assertions hold each algorithm to its bound.
  */
-Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 60) {
+Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 30) {
     const rl_algorithm algs[] = {RL_SLIDING_WINDOW_COUNTER, RL_SLIDING_WINDOW_LOG};
     int worst[2];
     for (int a = 0; a < 2; a++) {
