@@ -1188,19 +1188,21 @@ Test(ratelimit, sliding_counter_error_is_measured_and_below_2q, .timeout = 30) {
         rl_sync *l = limiter(&cfg);
         static admissions adm;
         /* The burst: q checks 900 ms into a window, then one check every 5 ms for 1.5 s. The
-         * burst must end before the window's edge (a wall-clock second: Redis's TIME reads the
-         * same clock): on a machine too loaded for 50 checks in 100 ms, it runs again on a fresh
-         * key, five times at most. */
+         * burst must start in the window's last 100 ms and end before its edge (a wall-clock
+         * second: Redis's TIME reads the same clock): on a machine too loaded for that (a sleep
+         * that overslept into the next second, 50 checks that took over 100 ms), it runs again
+         * on a fresh key, five times at most. */
         for (int attempt = 0; attempt < 5; attempt++) {
             char key[32];
             snprintf(key, sizeof key, "bunched-%d", attempt);
             adm.n = 0;
             sleep_until_ms_of_second(900);
-            time_t second = time(NULL);
+            struct timespec start;
+            clock_gettime(CLOCK_REALTIME, &start);
             for (int i = 0; i < 50; i++) {
                 timed_check(l, key, &adm);
             }
-            int before_the_edge = time(NULL) == second;
+            int before_the_edge = start.tv_nsec >= 900000000L && time(NULL) == start.tv_sec;
             uint64_t end = sd_now_ns() + 1500000000ULL;
             while (sd_now_ns() < end) {
                 timed_check(l, key, &adm);

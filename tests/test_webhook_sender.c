@@ -466,6 +466,34 @@ Test(webhook_sender, a_receiver_down_then_up_gets_the_message) {
     rig_stop(&g);
 }
 
+/* With the breaker open and the endpoint's queue empty (every earlier message dead), a new
+ * message is parked; it is moved while the breaker is half open and is the probe that closes it,
+ * so an endpoint that comes back is not left with its messages parked. */
+Test(webhook_sender, a_message_parked_behind_an_open_breaker_is_its_probe) {
+    rig g;
+    rig_start(&g, FAST);
+    endpoint e = {0};
+    e.port = test_closed_port();
+    cr_assert_eq(wh_secret_generate(32, e.cfg.secret, sizeof e.cfg.secret), 0);
+    endpoint_create(&g, &e, NULL);
+    /* Three messages of three attempts each, all refused: nine failures in a row open the
+     * breaker (five do), and all three end as dead letters. */
+    char msg[3][64];
+    for (int i = 0; i < 3; i++)
+        message_post(&g, "a", msg[i], sizeof msg[i]);
+    for (int i = 0; i < 3; i++)
+        json_decref(dead_letter_for(&g, msg[i]));
+    endpoint_start(&e, "200", e.port);
+    char last[64];
+    message_post(&g, "a", last, sizeof last);
+    seen s;
+    cr_assert_eq(endpoint_next(&e, &s, 30000), 0,
+                 "the message parked behind the breaker never came");
+    cr_expect_str_eq(s.id, last);
+    endpoint_stop(&e);
+    rig_stop(&g);
+}
+
 /* Waits for n distinct ids at e; returns how many requests it took. */
 static int collect_distinct(endpoint *e, int n, int timeout_ms) {
     char(*ids)[64] = sd_xcalloc((size_t)n, 64);
@@ -578,6 +606,22 @@ static long long metric(rig *g, const char *name) {
 #define DELIVERED "webhook_attempts_total{outcome=\"delivered\"}"
 #define FAILED "webhook_attempts_total{outcome=\"failed\"}"
 
+/* The jobs a queue holds in the states a drop empties (the live ones). */
+static long long queue_jobs(rig *g, const char *endpoint_id) {
+    sd_redis_url url;
+    char err[128];
+    cr_assert_eq(sd_redis_url_parse(test_target_url(g->redis), &url, err, sizeof err), 0);
+    jq_client *c = NULL;
+    cr_assert_eq(jq_client_new(&url, NULL, &c), 0);
+    char queue[64];
+    snprintf(queue, sizeof queue, "wh1.ep.%s", endpoint_id);
+    jq_stats st;
+    cr_assert_eq(jq_stats_get(c, queue, &st), 0);
+    jq_client_free(c);
+    sd_redis_url_clear(&url);
+    return st.ready + st.delayed + st.reserved;
+}
+
 Test(webhook_sender, a_black_holed_endpoint_does_not_delay_a_healthy_one) {
     rig g;
     const char *args[] = {"--timeout-ms",  "120000", "--allow-private",        "--poll-ms", "10",
@@ -611,6 +655,15 @@ Test(webhook_sender, a_black_holed_endpoint_does_not_delay_a_healthy_one) {
     while (endpoint_next(&hole, &s, 200) == 0)
         held++;
     cr_expect_eq(held, 0, "the black hole got %d attempts over its cap of 2", held);
+    /* The 30 were parked for the hole (its slots all taken) and stay parked while they hang:
+     * moved to a queue that no slot can drain, they would only cost Redis time. */
+    sd_redis *r = test_redis_connect(test_target_url(g.redis));
+    cr_expect_eq(test_redis_int(r, "ZCARD wh1:{wh1}:ep:%s:parked", hole.id), 30);
+    usleep(300000); /* 15 rounds of the mover */
+    cr_expect_eq(test_redis_int(r, "ZCARD wh1:{wh1}:ep:%s:parked", hole.id), 30,
+                 "a black hole's parked messages were moved while it hung");
+    cr_expect_eq(queue_jobs(&g, hole.id), 2);
+    sd_redis_free(r);
     endpoint_stop(&hole);
     endpoint_stop(&ok);
     bench_server_stop(&g.srv, SIGKILL, 5000);
@@ -660,22 +713,6 @@ Test(webhook_sender, a_message_left_parked_is_moved_and_delivered_once) {
     rig_stop(&g);
 }
 
-/* The jobs a queue holds in the states a drop empties (the live ones). */
-static long long queue_jobs(rig *g, const char *endpoint_id) {
-    sd_redis_url url;
-    char err[128];
-    cr_assert_eq(sd_redis_url_parse(test_target_url(g->redis), &url, err, sizeof err), 0);
-    jq_client *c = NULL;
-    cr_assert_eq(jq_client_new(&url, NULL, &c), 0);
-    char queue[64];
-    snprintf(queue, sizeof queue, "wh1.ep.%s", endpoint_id);
-    jq_stats st;
-    cr_assert_eq(jq_stats_get(c, queue, &st), 0);
-    jq_client_free(c);
-    sd_redis_url_clear(&url);
-    return st.ready + st.delayed + st.reserved;
-}
-
 Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     rig g;
     const char *args[] = {
@@ -697,12 +734,12 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     for (int i = 0; i < 2; i++)
         cr_assert_eq(endpoint_next(&hole, &s, 60000), 0, "the black hole got %d attempts of 2", i);
     cr_assert_eq(collect_distinct(&ok, n, 60000), n);
-    /* Messages for the hole once its slots were taken were parked, and move to its queue within
-     * a few tens of ms (sender.c, "Parking"). */
-    long long jobs = 0;
-    for (int i = 0; i < 500 && (jobs = queue_jobs(&g, hole.id)) < n; i++)
-        usleep(20000);
-    cr_assert_eq(jobs, n, "the hole's jobs, all still queued or held");
+    /* Messages for the hole once its slots were taken were parked (sender.c, "Parking"). */
+    sd_redis *r = test_redis_connect(test_target_url(g.redis));
+    long long parked = test_redis_int(r, "ZCARD wh1:{wh1}:ep:%s:parked", hole.id);
+    cr_assert_gt(parked, 0);
+    cr_assert_eq(queue_jobs(&g, hole.id) + parked, n,
+                 "the hole's messages, queued, held or parked");
 
     char path[96];
     snprintf(path, sizeof path, "/v1/endpoints/%s", hole.id);
@@ -713,6 +750,7 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     for (int i = 0; i < 1500 && (queued = queue_jobs(&g, hole.id)) > 0; i++)
         usleep(20000);
     cr_expect_eq(queued, 0, "the deleted endpoint's jobs are still queued");
+    cr_expect_eq(test_redis_int(r, "EXISTS wh1:{wh1}:ep:%s:parked", hole.id), 0);
     cr_expect_eq(api(&g, "GET", path, NULL, NULL, NULL), 404);
     cr_expect_eq(api(&g, "DELETE", path, NULL, NULL, NULL), 404);
     char rot[128];
@@ -720,7 +758,6 @@ Test(webhook_sender, deleting_an_endpoint_drops_its_queue_and_its_deliveries) {
     cr_expect_eq(api(&g, "POST", rot, "{}", NULL, NULL), 404);
     /* What stays: the hash, marked and expiring, without its secrets; the id in the list whose
      * queues the senders drop again for a while (a fan-out under way at the deletion). */
-    sd_redis *r = test_redis_connect(test_target_url(g.redis));
     cr_expect_eq(test_redis_int(r, "SISMEMBER wh1:{wh1}:eps %s", hole.id), 0);
     cr_expect_gt(test_redis_int(r, "PTTL wh1:{wh1}:ep:%s", hole.id), 0);
     cr_expect_eq(test_redis_int(r, "HEXISTS wh1:{wh1}:ep:%s secret", hole.id), 0);
@@ -1075,13 +1112,24 @@ Test(webhook_sender, sustained_failure_disables_the_endpoint_and_keeps_its_messa
         cr_assert_eq(endpoint_next(&e, &s, 20000), 0);
     snprintf(path, sizeof path, "/v1/endpoints/%s", e.id);
     json_decref(api_until(&g, path, is_disabled, NULL));
+    /* A message for the disabled endpoint is parked, and stays parked while it is disabled. */
+    char msg2[64];
+    message_post(&g, "a", msg2, sizeof msg2);
     cr_expect_eq(endpoint_next(&e, &s, 300), -1, "a disabled endpoint got a request");
-    /* Enabled again, it gets the kept message, with its id. */
+    sd_redis *r = test_redis_connect(test_target_url(g.redis));
+    cr_expect_eq(test_redis_int(r, "ZCARD wh1:{wh1}:ep:%s:parked", e.id), 1,
+                 "the message for a disabled endpoint left its parked zset");
+    sd_redis_free(r);
+    /* Enabled again, it gets the kept message, with its id, and the parked one. */
     snprintf(path, sizeof path, "/v1/endpoints/%s/enable", e.id);
     cr_assert_eq(api(&g, "POST", path, "", NULL, NULL), 200);
-    cr_assert_eq(endpoint_next(&e, &s, 20000), 0, "the kept message never came");
-    cr_expect_str_eq(s.id, msg);
-    cr_expect_str_eq(s.answer, "200");
+    int got = 0;
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(endpoint_next(&e, &s, 20000), 0, "%d of the 2 messages came", i);
+        cr_expect_str_eq(s.answer, "200");
+        got |= strcmp(s.id, msg) == 0 ? 1 : strcmp(s.id, msg2) == 0 ? 2 : 4;
+    }
+    cr_expect_eq(got, 3, "not the kept message and the parked one");
     json_t *arr;
     cr_assert_eq(api(&g, "GET", "/v1/dead-letters", NULL, NULL, &arr), 200);
     cr_expect_eq(json_array_size(arr), 0);

@@ -48,8 +48,9 @@
  *     answer nobody needs (attempt records, counters) are not waited for; what one loop
  *     iteration sends leaves in one write per connection (on_write), and acks, "ok" counters
  *     and the API's enqueues are gathered per endpoint queue and sent by on_flush, one script
- *     each. A message for a backlogged endpoint is parked in the message's own script and moved
- *     to the endpoint's queue in batches ("Parking"), so that its post does not wait for it.
+ *     each. A message for a backlogged endpoint is parked in the message's own script, so that
+ *     its post does not wait for it, and moved to the endpoint's queue in batches once the
+ *     endpoint can take deliveries again ("Parking").
  *
  * Known limits (README "What is not built yet"): a deleted endpoint's queue is dropped on the
  * synchronous job queue client (s->jq; jobqueue.h has no asynchronous drop), one 1,000-job
@@ -1033,14 +1034,31 @@ static void endpoint_fill(sender *s, endpoint *ep, uint64_t now) {
  * messages with a black hole (isolation; webhook/README.md).
  *
  * The mover then takes each endpoint's parked ids every WH_PARK_MS, up to WH_PARK_BATCH at a
- * time, enqueues them in one script (the message id is the job's idempotency key, as for any
- * enqueue of the sender) and removes exactly those ids from the zset once they are jobs. A
- * crash between the two leaves them parked, and moving them again makes no second job; two
- * processes moving the same ids make one job per id between them, and neither removes an id
- * the other has not enqueued. Every process with workers also looks at every endpoint's zset every
- * WH_PARK_SWEEP_MS, which moves what a process that stopped or died had parked. */
+ * time, once the endpoint could start one of them (endpoint_takes_more), enqueues them in one
+ * script (the message id is the job's idempotency key, as for any enqueue of the sender) and
+ * removes exactly those ids from the zset once they are jobs. A crash between the two leaves them
+ * parked, and moving them again makes no second job; two processes moving the same ids make one job
+ * per id between them, and neither removes an id the other has not enqueued. Every process with
+ * workers also looks at every endpoint's zset every WH_PARK_SWEEP_MS, which moves what a process
+ * that stopped or died had parked.
+ *
+ * While the endpoint cannot start them, parked ids stay where they are: moved into a queue that
+ * no slot can drain, a black hole's messages would cost Redis one job-queue script per batch
+ * every WH_PARK_MS, and those scripts, run between a healthy endpoint's enqueues and reserves,
+ * were most of what the hole still cost it. A disabled endpoint keeps its messages there until
+ * it is enabled; a deleted one (disabled here) is never read again. */
 
 static void on_park(uv_timer_t *t);
+
+/* Whether a job moved to the endpoint's queue now could start soon: enabled, no Retry-After
+ * pause, the breaker closed with a request slot free, or half open with no probe out. */
+static int endpoint_takes_more(const sender *s, const endpoint *ep, uint64_t now) {
+    if (ep->disabled || ep->open_until_ms > now || ep->pause_until_ms > now)
+        return 0;
+    if (ep->open_until_ms)
+        return ep->inflight == 0;
+    return ep->sending < (int)s->o.endpoint_concurrency;
+}
 
 static void park_schedule(sender *s) {
     if (!s->stopping && !uv_is_active((uv_handle_t *)&s->park) &&
@@ -1129,13 +1147,14 @@ static void on_parked_read(sd_aredis *r, redisReply *reply, int status, void *pr
  * one at a time each. */
 static void on_park(uv_timer_t *t) {
     sender *s = t->data;
+    uint64_t now = sd_now_ms();
     int more = 0;
     for (size_t i = 0; i < s->neps; i++) {
         endpoint *ep = s->eps[i];
         if (!ep->parked)
             continue;
         more = 1;
-        if (ep->moving)
+        if (ep->moving || !endpoint_takes_more(s, ep, now))
             continue;
         park_move *m = sd_xcalloc(1, sizeof *m);
         m->ep = ep;

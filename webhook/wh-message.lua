@@ -4,7 +4,7 @@
 -- ARGV: message id, event type, body (the exact bytes every attempt sends), created_ms,
 -- retention in seconds, then the ids of the endpoints the sender holds back (backlogged: every
 -- request slot taken, breaker open, disabled). A message for one of those is parked rather than
--- enqueued: its id joins the endpoint's ep:<id>:parked zset (scored by the time), stored with the
+-- enqueued: its id joins the endpoint's ep:<id>:parked zset (scored by created_ms), stored with the
 -- message in this same step, and the sender moves parked messages to the endpoint's queue in
 -- batches (sender.c, "Parking").
 -- Returns {ids of the endpoints to enqueue it for, ids of those it was parked for}: the
@@ -16,14 +16,12 @@ local held = {}
 for i = 6, #ARGV do
     held[ARGV[i]] = true
 end
-local t = redis.call('TIME')
-local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local enqueue, parked = {}, {}
 for _, ep in ipairs(redis.call('SMEMBERS', p .. 'eps')) do
     local types = redis.call('HGET', p .. 'ep:' .. ep, 'event_types')
     if types and (types == '*' or string.find(types, ',' .. etype .. ',', 1, true)) then
         if held[ep] then
-            redis.call('ZADD', p .. 'ep:' .. ep .. ':parked', now, id)
+            redis.call('ZADD', p .. 'ep:' .. ep .. ':parked', ARGV[4], id)
             parked[#parked + 1] = ep
         else
             enqueue[#enqueue + 1] = ep
