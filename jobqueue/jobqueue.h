@@ -430,6 +430,13 @@ int jq_ajob_get(jq_aclient *c, const char *queue, const char *id, jq_info_cb *cb
 int jq_acancel(jq_aclient *c, const char *queue, const char *id, jq_value_cb *cb, void *arg);
 int jq_astats(jq_aclient *c, const char *queue, jq_stats_cb *cb, void *arg);
 
+/* One step of jq_queue_drop over the loop: one script that deletes up to count jobs (1 to 1000)
+ * of the queue, in jq_queue_drop's order, and the queue's indexes once none is left. cb gets the
+ * jobs deleted and more = 1 while some are left: call again to go on (between the calls the
+ * loop and Redis serve everything else). The same guarantees as jq_queue_drop. */
+typedef void jq_dropped_cb(jq_aclient *c, int status, int64_t removed, int more, void *arg);
+int jq_adrop(jq_aclient *c, const char *queue, int count, jq_dropped_cb *cb, void *arg);
+
 /* ---- The worker runtime (libuv) -------------------------------------------------------------
  * Runs up to `concurrency` handlers at once; heartbeats extend each lease every third of the
  * visibility timeout; a handler running past job_timeout_ms is told to stop and its attempt

@@ -321,16 +321,26 @@ int jq_queue_drop(jq_client *c, const char *queue, int64_t max, int64_t *removed
         jq__args_num(&a, want > 1000 ? 1000 : want);
         redisReply *reply = NULL;
         int rc = jq__run_code(c, JQ_S_DROP, &a, 1, &reply);
-        if (rc != 0 || reply->elements < 4) {
-            if (reply)
-                freeReplyObject(reply);
-            return rc != 0 ? rc : SD_EREDIS;
-        }
-        *removed += jq__elem_ll(reply->element[1]);
-        long long taken = jq__elem_ll(reply->element[2]);
-        long long left = jq__elem_ll(reply->element[3]);
-        freeReplyObject(reply);
-        if (taken == 0 || left == 0)
+        int64_t n = 0;
+        int more = 0;
+        if (rc == 0)
+            rc = jq__drop_parse(reply, &n, &more);
+        if (reply)
+            freeReplyObject(reply);
+        if (rc != 0)
+            return rc;
+        *removed += n;
+        if (!more)
             return 0;
     }
+}
+
+/* {0, jobs deleted, index entries taken, 1 while an index holds an entry}: a step that took
+ * nothing ends the drop too, whatever it says is left. */
+int jq__drop_parse(const redisReply *reply, int64_t *removed, int *more) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4)
+        return SD_EREDIS;
+    *removed = jq__elem_ll(reply->element[1]);
+    *more = jq__elem_ll(reply->element[2]) > 0 && jq__elem_ll(reply->element[3]) != 0;
+    return 0;
 }

@@ -436,3 +436,27 @@ int jq_astats(jq_aclient *c, const char *queue, jq_stats_cb *cb, void *arg) {
         return JQ_EINVAL;
     return send_script(c, JQ_S_STATS, &a, 1, on_stats, (void *)cb, arg, 0);
 }
+
+static void on_dropped(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    acall *call = privdata;
+    jq_dropped_cb *cb = (jq_dropped_cb *)call->cb;
+    int64_t removed = 0;
+    int more = 0;
+    int rc = reply_status(reply, status, 1);
+    if (rc == 0)
+        rc = jq__lua_code(jq__elem_ll(reply->element[0]));
+    if (rc == 0)
+        rc = jq__drop_parse(reply, &removed, &more);
+    cb(call->c, rc, removed, more, call->arg);
+    free(call);
+}
+
+int jq_adrop(jq_aclient *c, const char *queue, int count, jq_dropped_cb *cb, void *arg) {
+    if (count < 1 || count > 1000)
+        return JQ_EINVAL;
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
+        return JQ_EINVAL;
+    jq__args_num(&a, count);
+    return send_script(c, JQ_S_DROP, &a, 1, on_dropped, (void *)cb, arg, 0);
+}

@@ -71,11 +71,14 @@ int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got,
  * job id is decimal digits, shorter than JQ_ID_MAX. jq__info_parse: an HGETALL reply of the
  * job's hash into out (which it owns then: jq_info_clear); 0, JQ_ENOTFOUND (no hash) or
  * SD_EREDIS. jq__stats_parse: a stats script's reply (its code already 0); 0 or SD_EREDIS.
- * jq__cancel_parse: the state a cancel found, when the reply names one. */
+ * jq__cancel_parse: the state a cancel found, when the reply names one. jq__drop_parse: a drop
+ * script's reply (jq-drop.lua, its code already 0): the jobs it deleted, and *more = 1 while the
+ * queue holds some; 0 or SD_EREDIS. */
 int jq__id_valid(const char *id);
 int jq__info_parse(const redisReply *reply, const char *id, jq_info *out);
 int jq__stats_parse(const redisReply *reply, jq_stats *out);
 void jq__cancel_parse(const redisReply *reply, jq_state *was);
+int jq__drop_parse(const redisReply *reply, int64_t *removed, int *more);
 
 /* Pushes one wake token to queue's wake list on the scripts connection (the reply is
  * dropped): ends a blocked wait, ours or another worker's. Returns 0 or a negative code. */

@@ -1,15 +1,18 @@
 /*
  * test_jobqueue_drop.c - jq_queue_drop (jobqueue.h) against a real redis-server: a queue with
  * jobs in every state is deleted to its last key but :seq; max bounds the count; a big queue
- * goes in several bounded scripts; a worker whose job was dropped is refused and recreates
- * nothing; a queue made again under the same name never reuses an id or a token. Every test
- * runs twice: on a single Redis (suite jobqueue_drop) and on a private 3-master cluster (suite
- * jobqueue_drop_cluster), where the keys are looked for on every master.
+ * goes in several bounded scripts, and over the loop (jq_adrop) one bounded script a call; a
+ * worker whose job was dropped is refused and recreates nothing; a queue made again under the
+ * same name never reuses an id or a token. Every test runs twice: on a single Redis (suite
+ * jobqueue_drop) and on a private 3-master cluster (suite jobqueue_drop_cluster), where the
+ * keys are looked for on every master.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <uv.h>
 
 #include "jobqueue.h"
 #include "sd.h"
@@ -355,6 +358,77 @@ DROP_TEST(a_big_queue_goes_in_several_bounded_scripts) {
     char keys[4096];
     queue_keys(c, q, keys, sizeof keys);
     cr_assert_str_eq(keys, ":seq", "left after the drop: %s", keys);
+    jq_client_free(c);
+}
+
+/* ---- Over the loop (jq_adrop) ---------------------------------------------------------------- */
+
+typedef struct drop_step {
+    int called, status, more;
+    int64_t removed;
+} drop_step;
+
+static void on_drop_step(jq_aclient *c, int status, int64_t removed, int more, void *arg) {
+    drop_step *d = arg;
+    *d = (drop_step){d->called + 1, status, more, removed};
+}
+
+/* One jq_adrop on the loop, run until its callback. */
+static drop_step adrop(uv_loop_t *loop, jq_aclient *ac, const char *q, int count) {
+    drop_step d = {0};
+    cr_assert_eq(jq_adrop(ac, q, count, on_drop_step, &d), 0);
+    for (int i = 0; i < 100000 && !d.called; i++) {
+        jq_aclient_flush(ac);
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    cr_assert_eq(d.called, 1);
+    return d;
+}
+
+/* A step deletes count jobs, the next to run first, and says whether more are left; the last one
+ * takes the structure too, as jq_queue_drop does. Bad arguments are refused with no call. */
+DROP_TEST(the_asynchronous_drop_goes_one_bounded_step_a_call) {
+    jq_client *c = client();
+    const char *q = "astep";
+    enum { N = 2500 };
+    static jq_new_job jobs[N];
+    static jq_enqueued out[N];
+    for (int i = 0; i < N; i++)
+        jobs[i] = (jq_new_job){"p", 1, NULL};
+    cr_assert_eq(jq_enqueue_many(c, q, jobs, N, out), 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jq_aclient *ac = NULL;
+    cr_assert_eq(jq_aclient_new(&loop, &url, &cfg, &ac), 0);
+    cr_assert_eq(jq_aclient_wait_connected(ac, 5000), 0);
+    cr_assert_eq(jq_adrop(ac, q, 0, on_drop_step, NULL), JQ_EINVAL);
+    cr_assert_eq(jq_adrop(ac, q, 1001, on_drop_step, NULL), JQ_EINVAL);
+    cr_assert_eq(jq_adrop(ac, "a b", 10, on_drop_step, NULL), JQ_EINVAL);
+
+    drop_step d = adrop(&loop, ac, q, 1000);
+    cr_assert(d.status == 0 && d.removed == 1000 && d.more == 1, "status %d, %lld, more %d",
+              d.status, (long long)d.removed, d.more);
+    jq_info info;
+    cr_assert_eq(jq_job_get(c, q, out[999].id, &info), JQ_ENOTFOUND);
+    cr_assert_eq(jq_job_get(c, q, out[1000].id, &info), 0, "the step went past its count");
+    jq_info_clear(&info);
+    cr_assert_eq(stats(c, q).ready, N - 1000);
+    d = adrop(&loop, ac, q, 1000);
+    cr_assert(d.status == 0 && d.removed == 1000 && d.more == 1);
+    d = adrop(&loop, ac, q, 1000);
+    cr_assert(d.status == 0 && d.removed == 500 && d.more == 0, "last step: %lld, more %d",
+              (long long)d.removed, d.more);
+    assert_stats_zero(c, q);
+    char keys[4096];
+    queue_keys(c, q, keys, sizeof keys);
+    cr_assert_str_eq(keys, ":seq", "left after the drop: %s", keys);
+    /* An empty queue: nothing deleted, nothing more. */
+    d = adrop(&loop, ac, q, 1000);
+    cr_assert(d.status == 0 && d.removed == 0 && d.more == 0);
+
+    jq_aclient_free(ac);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0);
     jq_client_free(c);
 }
 

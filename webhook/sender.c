@@ -41,10 +41,11 @@
  *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
  *     --allow-private.
  *
- *  6. Nothing on the delivery path or in the API waits for Redis: those calls go over the
- *     asynchronous connections (the workers': s->ar, the sender's own keys, and s->aq, the job
- *     queue; the API's: s->api_ar and s->api_aq), so a slow attempt, a slow reply or a slow
- *     management call (api_call) holds its own slot or request and nothing else. Writes whose
+ *  6. Nothing in the process waits for Redis: every call goes over the asynchronous
+ *     connections (the workers': s->ar, the sender's own keys, and s->aq, the job queue; the
+ *     API's: s->api_ar and s->api_aq, which also drop a deleted endpoint's queue), so a slow
+ *     attempt, a slow reply or a slow management call (api_call) holds its own slot or request
+ *     and nothing else. Writes whose
  *     answer nobody needs (attempt records, counters) are not waited for; what one loop
  *     iteration sends leaves in one write per connection (on_write), and acks, "ok" counters
  *     and the API's enqueues are gathered per endpoint queue and sent by on_flush, one script
@@ -52,13 +53,11 @@
  *     its post does not wait for it, and moved to the endpoint's queue in batches once the
  *     endpoint can take deliveries again ("Parking").
  *
- * Known limits (README "What is not built yet"): a deleted endpoint's queue is dropped on the
- * synchronous job queue client (s->jq; jobqueue.h has no asynchronous drop), one 1,000-job
- * script per loop iteration after the DELETE's answer, and by the drain; workers poll the
- * endpoint queues every --poll-ms (serve's own workers are also woken by each enqueue); a
- * process crash between a message's store and its fan-out leaves it stored with fewer
- * deliveries, those it was parked for excepted (the client's retry with the same
- * Idempotency-Key replays the recorded answer only if it got recorded).
+ * Known limits (README "What is not built yet"): workers poll the endpoint queues every
+ * --poll-ms (serve's own workers are also woken by each enqueue); a process crash between a
+ * message's store and its fan-out leaves it stored with fewer deliveries, those it was parked
+ * for excepted (the client's retry with the same Idempotency-Key replays the recorded answer
+ * only if it got recorded).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -149,7 +148,6 @@ typedef struct endpoint {
 struct sender {
     uv_loop_t *loop;
     sd_redis_url url;
-    jq_client *jq;  /* synchronous: the drops of a deleted endpoint's queue */
     jq_aclient *aq; /* asynchronous: enqueue, reserve, ack, fail, release */
     sd_aredis *ar;  /* asynchronous: the attempts' reads and records, the endpoint list */
     /* The API's own asynchronous connections (serve only): a burst of posts queues its scripts
@@ -177,10 +175,10 @@ struct sender {
     int stopping;
     uint64_t last_refresh_ms;
     uv_timer_t tick;
-    uv_timer_t drain;  /* serve: drops the queues of deleted endpoints (endpoints_drain) */
-    uv_idle_t dropper; /* serve: the drops that follow a DELETE, a batch an iteration (on_drop) */
-    struct queue_drop *drops; /* the queues it drops, in turn */
+    uv_timer_t drain;         /* serve: drops the queues of deleted endpoints (endpoints_drain) */
+    struct queue_drop *drops; /* serve: the queues dropped after a DELETE, in turn (drop_next) */
     size_t ndrops, drops_cap;
+    int dropping;     /* a batch of drops[0] in flight */
     uv_timer_t flush; /* a 0 ms timer: the acks and counters of one loop iteration, together */
     uv_timer_t park;  /* moves parked messages (on_park) */
     int moves;        /* moves in flight */
@@ -937,6 +935,11 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
     sender_maybe_finish(s);
 }
 
+/* The endpoint's delivery queue: "wh1.ep.<id>". */
+static void endpoint_queue_name(const char *id, char *queue, size_t len) {
+    snprintf(queue, len, "wh1.ep.%s", id);
+}
+
 static endpoint *endpoint_find_or_add(sender *s, const char *id) {
     for (size_t k = 0; k < s->neps; k++)
         if (strcmp(s->eps[k]->id, id) == 0)
@@ -950,7 +953,7 @@ static endpoint *endpoint_find_or_add(sender *s, const char *id) {
     endpoint *ep = sd_xcalloc(1, sizeof *ep);
     ep->s = s;
     snprintf(ep->id, sizeof ep->id, "%s", id);
-    snprintf(ep->queue, sizeof ep->queue, "wh1.ep.%s", id);
+    endpoint_queue_name(id, ep->queue, sizeof ep->queue);
     s->eps[s->neps++] = ep;
     return ep;
 }
@@ -1726,7 +1729,7 @@ static void on_message_stored(sd_aredis *r, redisReply *reply, int status, void 
         message_enqueue *e = sd_xcalloc(1, sizeof *e);
         e->p = p;
         char queue[64];
-        snprintf(queue, sizeof queue, "wh1.ep.%s", t->str);
+        endpoint_queue_name(t->str, queue, sizeof queue);
         p->pending++;
         enqueue_later(p->s, queue, e);
     }
@@ -1901,32 +1904,20 @@ static void on_message_get(sd_http_req *req, void *udata) {
  * DELETE /v1/endpoints/{id} takes the endpoint out in one script (wh-endpoint-delete.lua): it
  * leaves the set that the fan-out and the workers read, its hash says "deleted" (and expires in
  * a day), and its id joins KP "eps_deleted" (id -> ms of the deletion); the answer (204) goes
- * then. Its delivery queue is dropped next (jq_queue_drop, which keeps the queue's id counter),
- * up to WH_DROP_NOW jobs, WH_DROP_BATCH per loop iteration (on_drop, from a uv_idle_t, taking
- * the queues of several deletions in turn): the drop is one script on the synchronous job queue
- * client, so the loop waits for one batch at a time at most, never for a whole backlog, and the
- * requests and attempts of the process go on in between. --recheck-ms later (30 s by default) the
- * drain timer of a `webhook serve` drops it again, WH_DROP_BATCH jobs per endpoint every
- * WH_DRAIN_MS, and the id leaves eps_deleted once the queue is found empty: a fan-out or an attempt
- * under way at the deletion (an enqueue, a release) may still have added a job, and a backlog over
- * WH_DROP_NOW is finished there. The list is in Redis, so a process that dies mid-drop leaves the
- * rest to the drain. Until the recheck is due the drain makes no call (one HGETALL a second): it
- * runs on the delivery loop, and each drop waits for its answer. Workers stop reading the queue at
- * their next endpoint refresh; an attempt in flight ends as it would, and its ack or fail finds no
- * job. */
+ * then. Its delivery queue is dropped next, up to WH_DROP_NOW jobs, one jq_adrop of WH_DROP_BATCH
+ * jobs at a time (the drop keeps the queue's id counter), taking the queues of several deletions
+ * in turn (drop_next): each batch is one script on the API's asynchronous job queue client, so
+ * nothing in the process waits for it, and Redis serves the other clients between two batches.
+ * --recheck-ms later (30 s by default) the drain timer of a `webhook serve` drops it again,
+ * WH_DROP_BATCH jobs per endpoint every WH_DRAIN_MS, and the id leaves eps_deleted once the queue
+ * is found empty: a fan-out or an attempt under way at the deletion (an enqueue, a release) may
+ * still have added a job, and a backlog over WH_DROP_NOW is finished there. The list is in Redis,
+ * so a process that dies mid-drop leaves the rest to the drain. Until the recheck is due the drain
+ * drops nothing (one HGETALL a second). Workers stop reading the queue at their next endpoint
+ * refresh; an attempt in flight ends as it would, and its ack or fail finds no job. */
 #define WH_DROP_NOW 100000
 #define WH_DROP_BATCH 1000
 #define WH_DRAIN_MS 1000
-
-/* Drops up to max jobs of the deleted endpoint's queue; returns how many went, or -1. */
-static int64_t endpoint_queue_drop(sender *s, const char *id, int64_t max) {
-    char queue[80];
-    snprintf(queue, sizeof queue, "wh1.ep.%s", id);
-    int64_t removed = 0;
-    if (jq_queue_drop(s->jq, queue, max, &removed) != 0)
-        return -1;
-    return removed;
-}
 
 /* A deleted endpoint's queue being dropped after its DELETE was answered. */
 typedef struct queue_drop {
@@ -1934,30 +1925,40 @@ typedef struct queue_drop {
     int64_t dropped; /* jobs so far */
 } queue_drop;
 
-/* One batch of the first queue in turn. A queue is done once a batch finds fewer jobs than it
- * asks for (empty), once WH_DROP_NOW went, or when a drop fails: the drain finishes what is left
- * (the id stays in eps_deleted). */
-static void on_drop(uv_idle_t *h) {
-    sender *s = h->data;
+static void drop_next(sender *s);
+
+/* A queue is done once a batch leaves nothing (empty), once WH_DROP_NOW went, or when a batch
+ * fails: the drain finishes what is left (the id stays in eps_deleted). Otherwise it goes back
+ * to the end of the line. */
+static void on_drop_step(jq_aclient *c, int status, int64_t removed, int more, void *arg) {
+    sender *s = arg;
     queue_drop d = s->drops[0];
     s->ndrops--;
     memmove(s->drops, s->drops + 1, s->ndrops * sizeof *s->drops);
-    int64_t removed = endpoint_queue_drop(s, d.id, WH_DROP_BATCH);
-    if (removed > 0)
-        d.dropped += removed;
-    if (removed == WH_DROP_BATCH && d.dropped < WH_DROP_NOW)
-        s->drops[s->ndrops++] = d; /* the place it left */
+    s->dropping = 0;
+    d.dropped += removed;
+    if (status == 0 && more && d.dropped < WH_DROP_NOW)
+        s->drops[s->ndrops++] = d;
     else
         sd_log(SD_LOG_INFO, "webhook.endpoint_queue_dropped", "endpoint=%s jobs=%lld failed=%d",
-               d.id, (long long)d.dropped, removed < 0);
-    if (s->ndrops == 0)
-        uv_idle_stop(h);
+               d.id, (long long)d.dropped, status != 0);
+    drop_next(s);
+    sender_maybe_finish(s);
+}
+
+/* Sends the next batch of the first queue in line, one batch in flight at a time. A stop sends
+ * no more (the drain drops the rest, in this process or another). */
+static void drop_next(sender *s) {
+    if (s->dropping || s->ndrops == 0 || s->stopping)
+        return;
+    char queue[80];
+    endpoint_queue_name(s->drops[0].id, queue, sizeof queue);
+    if (jq_adrop(s->api_aq, queue, WH_DROP_BATCH, on_drop_step, s) == 0)
+        s->dropping = 1;
 }
 
 /* Starts dropping a deleted endpoint's queue (once, when the deletion is answered). */
 static void endpoint_drop_start(sender *s, const char *id) {
-    if (s->stopping) /* the drain drops it, in this process or another */
-        return;
     for (size_t i = 0; i < s->ndrops; i++)
         if (strcmp(s->drops[i].id, id) == 0)
             return;
@@ -1968,11 +1969,30 @@ static void endpoint_drop_start(sender *s, const char *id) {
     queue_drop *d = &s->drops[s->ndrops++];
     snprintf(d->id, sizeof d->id, "%s", id);
     d->dropped = 0;
-    uv_idle_start(&s->dropper, on_drop);
+    drop_next(s);
 }
 
-/* The list of deleted endpoints is read without waiting (it is read every second by every
- * serve process, nearly always empty); only a non-empty one costs the loop the drops. */
+/* One batch of the drain, for one deleted endpoint. */
+typedef struct drain_step {
+    sender *s;
+    char id[64];
+} drain_step;
+
+static void on_drain_step(jq_aclient *c, int status, int64_t removed, int more, void *arg) {
+    drain_step *d = arg;
+    sender *s = d->s;
+    s->records--;
+    if (status == 0 && removed == 0 && !s->stopping)
+        record_send(s, "HDEL " KP "eps_deleted %s", d->id);
+    if (removed > 0)
+        sd_log(SD_LOG_INFO, "webhook.endpoint_drained", "endpoint=%s jobs=%lld", d->id,
+               (long long)removed);
+    free(d);
+    sender_maybe_finish(s);
+}
+
+/* The list of deleted endpoints is read every second by every serve process (nearly always
+ * empty); each entry past its recheck gets one batch. */
 static void on_deleted_read(sd_aredis *r, redisReply *reply, int status, void *privdata) {
     sender *s = privdata;
     s->records--;
@@ -1984,12 +2004,15 @@ static void on_deleted_read(sd_aredis *r, redisReply *reply, int status, void *p
                 continue;
             if (now - atoll(reply->element[i + 1]->str) < s->o.recheck_ms)
                 continue;
-            int64_t removed = endpoint_queue_drop(s, id, WH_DROP_BATCH);
-            if (removed == 0)
-                record_send(s, "HDEL " KP "eps_deleted %s", id);
-            if (removed > 0)
-                sd_log(SD_LOG_INFO, "webhook.endpoint_drained", "endpoint=%s jobs=%lld", id,
-                       (long long)removed);
+            drain_step *d = sd_xcalloc(1, sizeof *d);
+            d->s = s;
+            snprintf(d->id, sizeof d->id, "%s", id);
+            char queue[64];
+            endpoint_queue_name(id, queue, sizeof queue);
+            if (jq_adrop(s->api_aq, queue, WH_DROP_BATCH, on_drain_step, d) == 0)
+                s->records++;
+            else
+                free(d);
         }
     }
     sender_maybe_finish(s);
@@ -2100,7 +2123,7 @@ static void on_dead_endpoint_read(sd_aredis *r, redisReply *live, int status, vo
     }
     const char *msg = dead_field(c, "message_id");
     char queue[64];
-    snprintf(queue, sizeof queue, "wh1.ep.%s", dead_field(c, "endpoint_id"));
+    endpoint_queue_name(dead_field(c, "endpoint_id"), queue, sizeof queue);
     jq_enqueue_opts eo;
     jq_enqueue_opts_default(&eo);
     eo.max_attempts = s->nschedule + 2;
@@ -2197,7 +2220,7 @@ static void on_finish(uv_timer_t *t) {
  * no refresh, no record or ack unsent or unanswered. */
 static void sender_maybe_finish(sender *s) {
     if (!s->stopping || s->inflight > 0 || s->records > 0 || s->api_calls > 0 || s->refreshing ||
-        s->moves > 0 || uv_is_active((uv_handle_t *)&s->flush) ||
+        s->moves > 0 || s->dropping || uv_is_active((uv_handle_t *)&s->flush) ||
         uv_is_active((uv_handle_t *)&s->finish) || uv_is_closing((uv_handle_t *)&s->finish))
         return;
     for (size_t i = 0; i < s->neps; i++)
@@ -2216,7 +2239,6 @@ static void sender_stop(sender *s) {
     uv_close((uv_handle_t *)&s->tick, on_closed);
     uv_close((uv_handle_t *)&s->park, on_closed);
     uv_close((uv_handle_t *)&s->drain, on_closed);
-    uv_close((uv_handle_t *)&s->dropper, on_closed);
     uv_close((uv_handle_t *)&s->sigint, on_closed);
     uv_close((uv_handle_t *)&s->sigterm, on_closed);
     /* Attempts in flight end with SD_ECLOSED and release their jobs (not counted). */
@@ -2279,8 +2301,7 @@ static int sender_run(options *o, int serve) {
     sd_redis_opts_default(&aopts);
     aopts.scripts = scripts;
     aopts.nscripts = nscripts;
-    if (jq_client_new(&s->url, NULL, &s->jq) != 0 ||
-        jq_aclient_new(s->loop, &s->url, NULL, &s->aq) != 0 ||
+    if (jq_aclient_new(s->loop, &s->url, NULL, &s->aq) != 0 ||
         sd_aredis_new(s->loop, &s->url, &aopts, &s->ar) != 0 ||
         (serve && (jq_aclient_new(s->loop, &s->url, NULL, &s->api_aq) != 0 ||
                    sd_aredis_new(s->loop, &s->url, &aopts, &s->api_ar) != 0))) {
@@ -2306,8 +2327,6 @@ static int sender_run(options *o, int serve) {
     s->finish.data = s;
     uv_timer_init(s->loop, &s->drain);
     s->drain.data = s;
-    uv_idle_init(s->loop, &s->dropper);
-    s->dropper.data = s;
     uv_timer_init(s->loop, &s->flush);
     s->flush.data = s;
     uv_timer_init(s->loop, &s->park);
@@ -2374,7 +2393,6 @@ out:
     }
     uv_run(s->loop, UV_RUN_DEFAULT);
     sd_idem_free(s->idem);
-    jq_client_free(s->jq);
     for (size_t i = 0; i < s->neps; i++) {
         free(s->eps[i]->acks);
         free(s->eps[i]->waiting);
