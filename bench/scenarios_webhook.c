@@ -271,7 +271,7 @@ static int64_t queue_left(jq_client *c, const char *endpoint_id) {
 
 /* Deletes the run's endpoints (their queues with them: a black hole's backlog would otherwise
  * stay in Redis, and the next run's sender would work on it while being measured). The sender
- * answers 204 and then drops the queue, a script per loop iteration: the sender is stopped only
+ * answers 204 and then drops the queue, one 1,000-job script at a time: the sender is stopped only
  * once the queues are empty (10 s at most), or a later run's sender would finish the drop
  * while being measured. */
 static void delete_endpoints(wh_bench *b, const char *redis_url) {

@@ -477,9 +477,11 @@ Test(jobqueue_worker, heartbeats_keep_a_job_longer_than_its_lease) {
     setup();
     jq_enqueued e = put("long", "x", 5);
     H.hold = 1;
-    H.w = worker("long", 1, 600, 0);
+    H.w = worker("long", 1, 1500, 0);
     cr_assert_eq(jq_worker_start(H.w), 0);
-    /* Six heartbeats (every 200 ms) are two whole leases of 600 ms. */
+    /* Six heartbeats (every 500 ms) are two whole leases of 1.5 s. A lease gives a heartbeat
+     * 1 s of slack: with 600 ms leases (400 ms of it) a run beside two CPU hogs once saw one
+     * lapse, and the job's second attempt. */
     run_until(reap_and_check_held);
     run_until(acked_one);
     jq_info info = info_of("long", e.id);
