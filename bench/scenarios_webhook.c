@@ -13,9 +13,11 @@
  *                               latency is the healthy endpoint's
  *   webhook.isolation.R.alone   webhook.latency.1000 and webhook.blackhole.1000 again, alternated
  *   webhook.isolation.R.hole    five rounds (R = 1..5), so that the healthy endpoint's p99
- *   webhook.isolation.R.pair    alone and beside the black hole come from one run, side by side,
- *                               and a swing of the machine's load shows as a swing between
- *                               rounds rather than as a cost of the hole; "pair" puts a second
+ *   webhook.isolation.R.twin    alone and beside the black hole come from one run, side by side,
+ *   webhook.isolation.R.pair    and a swing of the machine's load shows as a swing between
+ *                               rounds rather than as a cost of the hole; "twin" is "alone"
+ *                               again, right after the hole: the control, whose ratio to "alone"
+ *                               is what the measurement itself swings by; "pair" puts a second
  *                               healthy endpoint beside it instead (every message fans out to
  *                               two endpoints, as with the hole): the cost of the fan-out alone,
  *                               so that hole - pair is what the black hole itself costs
@@ -468,6 +470,16 @@ static const bench_scenario blackhole_1000 = {
         .teardown = teardown,                                                                      \
         .pool = "webhook.isolation.pooled.hole",                                                   \
     };                                                                                             \
+    static const bench_scenario isolation_##r##_twin = {                                           \
+        .name = "webhook.isolation." #r ".twin",                                                   \
+        .summary = "round " #r ": alone again, the control (the spread of the same scenario)",     \
+        .default_rate = 1000,                                                                      \
+        .in_flight = 20000,                                                                        \
+        .default_duration_s = 4,                                                                   \
+        .setup = setup_plain,                                                                      \
+        .teardown = teardown,                                                                      \
+        .pool = "webhook.isolation.pooled.twin",                                                   \
+    };                                                                                             \
     static const bench_scenario isolation_##r##_pair = {                                           \
         .name = "webhook.isolation." #r ".pair",                                                   \
         .summary = "round " #r ": beside a second healthy endpoint (the cost of the fan-out)",     \
@@ -486,23 +498,10 @@ ISOLATION_ROUND(4)
 ISOLATION_ROUND(5)
 
 const bench_scenario *const bench_scenarios_webhook[] = {
-    &deliveries,
-    &latency_1000,
-    &blackhole_1000,
-    &isolation_1_alone,
-    &isolation_1_hole,
-    &isolation_1_pair,
-    &isolation_2_alone,
-    &isolation_2_hole,
-    &isolation_2_pair,
-    &isolation_3_alone,
-    &isolation_3_hole,
-    &isolation_3_pair,
-    &isolation_4_alone,
-    &isolation_4_hole,
-    &isolation_4_pair,
-    &isolation_5_alone,
-    &isolation_5_hole,
-    &isolation_5_pair,
-    NULL,
+    &deliveries,       &latency_1000,     &blackhole_1000,   &isolation_1_alone,
+    &isolation_1_hole, &isolation_1_twin, &isolation_1_pair, &isolation_2_alone,
+    &isolation_2_hole, &isolation_2_twin, &isolation_2_pair, &isolation_3_alone,
+    &isolation_3_hole, &isolation_3_twin, &isolation_3_pair, &isolation_4_alone,
+    &isolation_4_hole, &isolation_4_twin, &isolation_4_pair, &isolation_5_alone,
+    &isolation_5_hole, &isolation_5_twin, &isolation_5_pair, NULL,
 };

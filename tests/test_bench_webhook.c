@@ -31,13 +31,15 @@ TestSuite(bench_webhook, .init = start, .fini = stop, .timeout = 240);
 
 /* In the order bench runs them; HOLE[i] says whether SCENARIOS[i] has the black hole. */
 static const char *const SCENARIOS[] = {
-    "webhook.deliveries.closed", "webhook.latency.1000",     "webhook.blackhole.1000",
-    "webhook.isolation.1.alone", "webhook.isolation.1.hole", "webhook.isolation.1.pair",
-    "webhook.isolation.2.alone", "webhook.isolation.2.hole", "webhook.isolation.2.pair",
-    "webhook.isolation.3.alone", "webhook.isolation.3.hole", "webhook.isolation.3.pair",
-    "webhook.isolation.4.alone", "webhook.isolation.4.hole", "webhook.isolation.4.pair",
-    "webhook.isolation.5.alone", "webhook.isolation.5.hole", "webhook.isolation.5.pair"};
-static const int HOLE[] = {0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0};
+    "webhook.deliveries.closed", "webhook.latency.1000",      "webhook.blackhole.1000",
+    "webhook.isolation.1.alone", "webhook.isolation.1.hole",  "webhook.isolation.1.twin",
+    "webhook.isolation.1.pair",  "webhook.isolation.2.alone", "webhook.isolation.2.hole",
+    "webhook.isolation.2.twin",  "webhook.isolation.2.pair",  "webhook.isolation.3.alone",
+    "webhook.isolation.3.hole",  "webhook.isolation.3.twin",  "webhook.isolation.3.pair",
+    "webhook.isolation.4.alone", "webhook.isolation.4.hole",  "webhook.isolation.4.twin",
+    "webhook.isolation.4.pair",  "webhook.isolation.5.alone", "webhook.isolation.5.hole",
+    "webhook.isolation.5.twin",  "webhook.isolation.5.pair"};
+static const int HOLE[] = {0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0};
 #define ROUNDS 5 /* of webhook.isolation, each pooled into webhook.isolation.pooled.KIND */
 #define NSCENARIOS (sizeof SCENARIOS / sizeof SCENARIOS[0])
 
@@ -76,8 +78,8 @@ Test(bench_webhook, every_webhook_scenario_delivers_with_no_errors) {
                      r.err);
     }
     /* Each pooled row holds exactly the operations of its five rounds. */
-    const char *const kinds[] = {"alone", "hole", "pair"};
-    for (size_t k = 0; k < 3; k++) {
+    const char *const kinds[] = {"alone", "hole", "twin", "pair"};
+    for (size_t k = 0; k < 4; k++) {
         char name[64];
         snprintf(name, sizeof name, "webhook.isolation.pooled.%s", kinds[k]);
         json_t *p = scenario(report, name);
