@@ -328,15 +328,22 @@ static long long scripts_run(void) {
     return calls;
 }
 
+enum { BIG = 2500 }; /* jobs: three drop scripts of at most 1000 */
+
+/* BIG jobs enqueued at once; returns their ids (a static array: one such queue at a time). */
+static const jq_enqueued *put_big(jq_client *c, const char *q) {
+    static jq_new_job jobs[BIG];
+    static jq_enqueued out[BIG];
+    for (int i = 0; i < BIG; i++)
+        jobs[i] = (jq_new_job){"p", 1, NULL};
+    cr_assert_eq(jq_enqueue_many(c, q, jobs, BIG, out), 0);
+    return out;
+}
+
 DROP_TEST(a_big_queue_goes_in_several_bounded_scripts) {
     jq_client *c = client();
     const char *q = "big";
-    enum { N = 2500 };
-    static jq_new_job jobs[N];
-    static jq_enqueued out[N];
-    for (int i = 0; i < N; i++)
-        jobs[i] = (jq_new_job){"p", 1, NULL};
-    cr_assert_eq(jq_enqueue_many(c, q, jobs, N, out), 0);
+    put_big(c, q);
     /* Some of them reserved and some done, so more than one index is worked through. */
     jq_job taken[300];
     size_t got = 0;
@@ -351,7 +358,7 @@ DROP_TEST(a_big_queue_goes_in_several_bounded_scripts) {
     int64_t removed = -1;
     cr_assert_eq(jq_queue_drop(c, q, 0, &removed), 0);
     long long calls = scripts_run() - before;
-    cr_assert_eq(removed, N);
+    cr_assert_eq(removed, BIG);
     /* At most 1000 jobs per script: 2500 jobs take three. */
     cr_assert_eq(calls, 3, "%lld scripts", calls);
     assert_stats_zero(c, q);
@@ -390,12 +397,7 @@ static drop_step adrop(uv_loop_t *loop, jq_aclient *ac, const char *q, int count
 DROP_TEST(the_asynchronous_drop_goes_one_bounded_step_a_call) {
     jq_client *c = client();
     const char *q = "astep";
-    enum { N = 2500 };
-    static jq_new_job jobs[N];
-    static jq_enqueued out[N];
-    for (int i = 0; i < N; i++)
-        jobs[i] = (jq_new_job){"p", 1, NULL};
-    cr_assert_eq(jq_enqueue_many(c, q, jobs, N, out), 0);
+    const jq_enqueued *out = put_big(c, q);
     uv_loop_t loop;
     uv_loop_init(&loop);
     jq_aclient *ac = NULL;
@@ -412,7 +414,7 @@ DROP_TEST(the_asynchronous_drop_goes_one_bounded_step_a_call) {
     cr_assert_eq(jq_job_get(c, q, out[999].id, &info), JQ_ENOTFOUND);
     cr_assert_eq(jq_job_get(c, q, out[1000].id, &info), 0, "the step went past its count");
     jq_info_clear(&info);
-    cr_assert_eq(stats(c, q).ready, N - 1000);
+    cr_assert_eq(stats(c, q).ready, BIG - 1000);
     d = adrop(&loop, ac, q, 1000);
     cr_assert(d.status == 0 && d.removed == 1000 && d.more == 1);
     d = adrop(&loop, ac, q, 1000);
