@@ -361,15 +361,17 @@ Test(jobqueue_command, job_timeout_kills_the_command_and_fails_the_attempt) {
     char id[32];
     snprintf(id, sizeof id, "%.*s", (int)strcspn(out, "\n"), out);
     char *cmd = sd_xasprintf(SLEEPER, dir);
-    proc w =
-        start((const char *[]){"work", "--queue", "q", "--job-timeout", "300", "--exec", cmd, NULL},
-              NULL);
+    /* 2 s, so that the command has written its grandchild's pid before it is killed: with 300 ms,
+     * a sanitizer build beside two CPU hogs once killed the shell before it started the sleeper. */
+    proc w = start(
+        (const char *[]){"work", "--queue", "q", "--job-timeout", "2000", "--exec", cmd, NULL},
+        NULL);
     jq_client *c = client();
     TEST_EVENTUALLY(job_state(c, "q", id) == JQ_STATE_DEAD, 30000);
     cr_assert_eq(job_state(c, "q", id), JQ_STATE_DEAD);
     jq_info info;
     cr_assert_eq(jq_job_get(c, "q", id, &info), 0);
-    cr_assert_str_eq(info.last_error, "job timeout after 300 ms");
+    cr_assert_str_eq(info.last_error, "job timeout after 2000 ms");
     jq_info_clear(&info);
     pid_t sleeper = (pid_t)file_number("t1");
     cr_assert_gt(sleeper, 0);
