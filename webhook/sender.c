@@ -41,16 +41,17 @@
  *     vetted when a socket is opened (sd_addr_vet_connect as the HTTP client's hook), unless
  *     --allow-private.
  *
- *  6. Nothing in the process waits for Redis: every call goes over the asynchronous
- *     connections (the workers': s->ar, the sender's own keys, and s->aq, the job queue; the
- *     API's: s->api_ar and s->api_aq, which also drop a deleted endpoint's queue), so a slow
- *     attempt, a slow reply or a slow management call (api_call) holds its own slot or request
- *     and nothing else. Writes whose answer nobody needs (attempt records, counters) are not
- *     waited for; what one loop iteration sends leaves in one write per connection (on_write),
- *     and acks, "ok" counters and the API's enqueues are gathered per endpoint queue and sent
- *     by on_flush, one script each. A message for a backlogged endpoint is parked in the
- *     message's own script, so that its post does not wait for it, and moved to the endpoint's
- *     queue in batches once the endpoint can take deliveries again ("Parking").
+ *  6. Once it serves, nothing in the process waits for Redis: every call after the start-up checks
+ *     (noeviction, the first connections) goes over the asynchronous connections (the workers':
+ *     s->ar, the sender's own keys, and s->aq, the job queue; the API's: s->api_ar and s->api_aq,
+ *     which also drop a deleted endpoint's queue), so a slow attempt, a slow reply or a slow
+ *     management call (api_call) holds its own slot or request and nothing else. Writes whose
+ *     answer nobody needs (attempt records, counters) are not waited for; what one loop iteration
+ *     sends leaves in one write per connection (on_write), and acks, "ok" counters and the API's
+ *     enqueues are gathered per endpoint queue and sent by on_flush, one script each. A message for
+ *     a backlogged endpoint is parked in the message's own script, so that its post does not wait
+ *     for it, and moved to the endpoint's queue in batches once the endpoint can take deliveries
+ *     again ("Parking").
  *
  * Known limits (README "What is not built yet"): workers poll the endpoint queues every
  * --poll-ms (serve's own workers are also woken by each enqueue); a process crash between a
