@@ -1146,15 +1146,16 @@ static void on_parked_read(sd_aredis *r, redisReply *reply, int status, void *pr
         park_move_end(m);
 }
 
-/* Every WH_PARK_MS while some endpoint may have parked messages: one move per such endpoint,
- * one at a time each. */
+/* Every WH_PARK_MS while some enabled endpoint may have parked messages: one move per such
+ * endpoint that can take them, one at a time each. A deleted or disabled endpoint keeps no timer
+ * running: the once-a-second sweep (on_tick) marks it again after it is enabled. */
 static void on_park(uv_timer_t *t) {
     sender *s = t->data;
     uint64_t now = sd_now_ms();
     int more = 0;
     for (size_t i = 0; i < s->neps; i++) {
         endpoint *ep = s->eps[i];
-        if (!ep->parked)
+        if (!ep->parked || ep->disabled) /* once it is enabled, the next sweep looks */
             continue;
         more = 1;
         if (ep->moving || !endpoint_takes_more(s, ep, now))

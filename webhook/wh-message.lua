@@ -9,17 +9,18 @@
 -- batches (sender.c, "Parking").
 -- Returns {ids of the endpoints to enqueue it for, ids of those it was parked for}: the
 -- endpoints whose event types match (an endpoint without event types takes every event; a
--- disabled endpoint is included: its job waits for it to be enabled).
+-- disabled endpoint is included: its message, parked or queued, waits for it to be enabled).
 local p = KEYS[1]
 local id, etype = ARGV[1], ARGV[2]
 local held = {}
 for i = 6, #ARGV do
     held[ARGV[i]] = true
 end
-local enqueue, parked = {}, {}
+local enqueue, parked, all = {}, {}, {}
 for _, ep in ipairs(redis.call('SMEMBERS', p .. 'eps')) do
     local types = redis.call('HGET', p .. 'ep:' .. ep, 'event_types')
     if types and (types == '*' or string.find(types, ',' .. etype .. ',', 1, true)) then
+        all[#all + 1] = ep
         if held[ep] then
             redis.call('ZADD', p .. 'ep:' .. ep .. ':parked', ARGV[4], id)
             parked[#parked + 1] = ep
@@ -31,10 +32,6 @@ end
 local msg = p .. 'msg:' .. id
 redis.call('HSET', msg, 'event_type', etype, 'body', ARGV[3], 'created_ms', ARGV[4])
 redis.call('EXPIRE', msg, ARGV[5])
-local all = {unpack(enqueue)}
-for _, ep in ipairs(parked) do
-    all[#all + 1] = ep
-end
 if #all > 0 then
     redis.call('SADD', msg .. ':eps', unpack(all))
     redis.call('EXPIRE', msg .. ':eps', ARGV[5])
