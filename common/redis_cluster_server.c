@@ -53,7 +53,7 @@ struct sd_redis_cluster_server {
 static int start_node(sd_redis_server **out, int *bus_out, int node_timeout_ms) {
     int err = -EADDRINUSE;
     for (int attempt = 0; attempt < 3 && err != 0; attempt++) {
-        int bus = sd_redis__free_port();
+        int bus = sd_free_loopback_port();
         if (bus < 0)
             return bus;
         char bus_text[16], timeout_text[16];

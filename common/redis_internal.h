@@ -202,8 +202,5 @@ void sd_aredis__report_state(sd_aredis *r, int connected);
 /* Shared by the private launchers (redis_server.c, redis_cluster_server.c). */
 /* Sleeps ms milliseconds, resuming after a signal. */
 void sd_redis__sleep_ms(int ms);
-/* A free loopback port, as the kernel picks it (bound, then closed: another process may take it
- * before it is used, so the caller retries with another when a bind fails); or -errno. */
-int sd_redis__free_port(void);
 
 #endif

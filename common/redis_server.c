@@ -69,20 +69,6 @@ void sd_redis__sleep_ms(int ms) {
     }
 }
 
-int sd_redis__free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof sa;
-    int port = -EADDRNOTAVAIL;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
 static const char *server_binary(void) {
     const char *bin = getenv("REDIS_SERVER_BIN");
     return bin && *bin ? bin : "redis-server";
@@ -268,7 +254,7 @@ int sd_redis_server_start(const sd_redis_server_opts *opts, sd_redis_server **ou
     }
     int err = 0;
     for (int attempt = 0; attempt < 5; attempt++) {
-        s->port = sd_redis__free_port();
+        s->port = sd_free_loopback_port();
         if (s->port < 0) {
             err = s->port;
             break;
@@ -352,6 +338,11 @@ int sd_redis_server_restart(sd_redis_server *s) {
     if (err == 0) {
         janitor_tell(s);
         err = wait_ready(s);
+    }
+    if (err != 0) {
+        fprintf(stderr, "redis_server: could not restart on port %d: %s\n", s->port,
+                sd_strerror(err));
+        report_log(s);
     }
     return err;
 }

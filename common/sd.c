@@ -1,15 +1,19 @@
 /*
- * sd.c - checked allocation, clocks, logging and number parsing (see sd.h).
+ * sd.c - checked allocation, clocks, logging, number parsing and free ports (see sd.h).
  */
 #include "sd.h"
 
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *sd_strerror(int code) {
     switch (code) {
@@ -187,4 +191,60 @@ int sd_parse_double(const char *s, double min, double max, double *out) {
         return SD_EPARSE;
     *out = v;
     return 0;
+}
+
+/* Whether port is free on the loopback address now (a bind test, without SO_REUSEADDR, so a
+ * port still in TIME_WAIT counts as taken). Returns 1, 0, or -errno. */
+static int port_free(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return ok;
+}
+
+/* The lowest port the kernel hands out to outgoing connections (ip_local_port_range). */
+static int ephemeral_low(void) {
+    int low = 32768, high = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d %d", &low, &high) != 2)
+            low = 32768;
+        fclose(f);
+    }
+    return low;
+}
+
+/* Drawn from [low / 2, low) below the ephemeral range: 16384-32767 by default. */
+int sd_free_loopback_port(void) {
+    int low = ephemeral_low();
+    if (low >= 2048) {
+        for (int attempt = 0; attempt < 64; attempt++) {
+            uint32_t r;
+            if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+                break;
+            int port = low / 2 + (int)(r % (uint32_t)(low - low / 2));
+            int rc = port_free(port);
+            if (rc < 0)
+                return rc;
+            if (rc)
+                return port;
+        }
+    }
+    /* No room below the ephemeral range: let the kernel pick. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    int port = -EADDRNOTAVAIL;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
 }

@@ -53,6 +53,14 @@ size_t sd_format_uint(char *buf, uint64_t v);
  * a program started from here would otherwise inherit it. Async-signal-safe. */
 void sd_child_restore_sigpipe(void);
 
+/* A loopback port that nothing has bound, for a server to listen on; or -errno. It is drawn
+ * below the kernel's ephemeral range, so that no outgoing connection takes it as its source
+ * port: a server that is halted and restarted binds the same port again, and meanwhile any
+ * process may connect somewhere (a client retrying the halted server can even connect to
+ * itself). Only bound and closed here, so another process may still take it before it is
+ * used: the caller retries with another port when its bind fails. */
+int sd_free_loopback_port(void);
+
 /* Monotonic time (CLOCK_MONOTONIC), for local timing only: never for shared decisions. */
 uint64_t sd_now_ns(void);
 uint64_t sd_now_ms(void);

@@ -132,7 +132,7 @@ int test_tcp_connect(int port);
 /* A listening TCP socket on 127.0.0.1 with a port the kernel picked (stored in *port). */
 int test_listen_loopback(int *port);
 
-/* A port on 127.0.0.1 that nothing listens on (bound, then closed). */
+/* A port on 127.0.0.1 that nothing listens on (sd_free_loopback_port). */
 int test_closed_port(void);
 
 /* Writes all of buf to fd; asserts. */

@@ -1,6 +1,7 @@
 /*
  * test_redis_server.c - the embedded Redis: it starts and answers, stops without leftovers,
- * survives a halt/restart with AOF, and leaves nothing behind when its owner is SIGKILLed.
+ * survives a halt/restart with AOF (on a port no outgoing connection can take meanwhile), and
+ * leaves nothing behind when its owner is SIGKILLed.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -55,6 +56,21 @@ Test(redis_server, aof_data_survives_halt_and_restart_on_the_same_port) {
     r = test_redis_connect(sd_redis_server_url(s));
     cr_assert_eq(test_redis_int(r, "LLEN jobs"), 3, "the AOF was not replayed");
     sd_redis_free(r);
+    sd_redis_server_stop(s);
+}
+
+/* A halted server's port must still be free when it restarts, so it is never one the kernel
+ * could give an outgoing connection as its source port (sd_free_loopback_port). */
+Test(redis_server, its_port_lies_below_the_ephemeral_range) {
+    int low = 32768, high = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    cr_assert_not_null(f);
+    cr_assert_eq(fscanf(f, "%d %d", &low, &high), 2);
+    fclose(f);
+    cr_assert_geq(low, 2048, "this test needs room below the ephemeral range");
+    sd_redis_server *s = test_redis_start(NULL);
+    cr_assert_lt(sd_redis_server_port(s), low, "port %d is in the ephemeral range %d-%d",
+                 sd_redis_server_port(s), low, high);
     sd_redis_server_stop(s);
 }
 
