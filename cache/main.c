@@ -16,8 +16,11 @@
  *  - Cache-Control of the origin: `no-store` and `private` are stored nowhere; `s-maxage`,
  *    else `max-age`, sets the freshness (0: not stored). A response with `Set-Cookie`, or with
  *    `Vary` (not honoured: such a response is not cached at all), is not stored unless it
- *    says `public` (Vary: never). A request with `Authorization` bypasses the cache (sent to the
- *    origin, never shared: the `public` exception for it is not built).
+ *    says `public` (Vary: never). A request with `Authorization` is never answered from the
+ *    cache: it goes to the origin with its header. Its response is shared (stored for the
+ *    requests without one) only when it is a 2xx that says `public` or `s-maxage` (RFC 9111
+ *    section 3.5) and is storable by the rules above: it is then offered to the cache like a
+ *    load of its key (a "prime"), which stores it unless a value is there already.
  *  - Every answer carries `X-Cache: HIT|MISS|STALE|COALESCED`, on hits `X-Cache-Tier:
  *    local|redis`, and `Age` (seconds since the origin produced it).
  *  - `PURGE /path` and `POST /v1/purge {"path": "/path"}` invalidate GET of that path for the
@@ -49,14 +52,26 @@ typedef struct options {
     long long jitter, local_bytes;
 } options;
 
-typedef struct proxy {
+/* A public response to a request with Authorization, offered to the cache under its key: the
+ * loader takes it instead of asking the origin while its get runs (prime_offer). */
+typedef struct proxy proxy;
+typedef struct prime {
+    struct prime *next;
+    proxy *p;
+    char *key, *value;
+    size_t klen, len;
+    int ttl_ms;
+} prime;
+
+struct proxy {
     uv_loop_t *loop;
     options *o;
     cache *cache;
     sd_http_client *client;
     sd_http_server *http;
-    uint64_t misses, bypassed;
-} proxy;
+    prime *primes; /* the primes whose get has not answered yet (a short list) */
+    uint64_t misses, bypassed, shared;
+};
 
 static uint64_t wall_ms(void) {
     struct timeval tv;
@@ -143,9 +158,24 @@ static void on_origin(int err, sd_http_response *resp, void *udata) {
     free(v);
 }
 
-/* The key is "GET HOST PATH[?QUERY]": the loader takes the path back from it. */
+/* The prime offered for key, or NULL. */
+static prime *prime_find(proxy *p, const char *key, size_t klen) {
+    for (prime *pr = p->primes; pr; pr = pr->next)
+        if (pr->klen == klen && memcmp(pr->key, key, klen) == 0)
+            return pr;
+    return NULL;
+}
+
+/* The key is "GET HOST PATH[?QUERY]": the loader takes the path back from it, unless a public
+ * answer to a request with Authorization was offered for the key (prime_offer). */
 static void origin_loader(cache_load *load, const char *key, size_t klen, void *udata) {
     proxy *p = udata;
+    prime *pr = prime_find(p, key, klen);
+    if (pr) {
+        p->shared++;
+        cache_load_done_ttl(load, CACHE_OK, pr->value, pr->len, pr->ttl_ms);
+        return;
+    }
     const char *sp = memchr(key + 4, ' ', klen - 4);
     if (!sp) {
         cache_load_done(load, CACHE_ERROR, "", 0);
@@ -233,16 +263,85 @@ static void on_cached(cache *c, int err, const cache_result *r, void *udata) {
     respond_value(req, r->value, r->len, xcache, tier);
 }
 
-static void on_bypass(int err, sd_http_response *resp, void *udata) {
-    sd_http_req *req = udata;
-    if (err) {
-        sd_http_req_respond_problem(req, 502, NULL, "The origin failed", sd_strerror(err), NULL);
-        return;
+static void prime_free(prime *pr) {
+    free(pr->key);
+    free(pr->value);
+    free(pr);
+}
+
+static void on_primed(cache *c, int err, const cache_result *r, void *udata) {
+    (void)c, (void)err, (void)r;
+    prime *pr = udata;
+    for (prime **pp = &pr->p->primes; *pp; pp = &(*pp)->next) {
+        if (*pp == pr) {
+            *pp = pr->next;
+            break;
+        }
     }
-    sd_http_req_add_header(req, "X-Cache", "MISS");
-    const char *ct = sd_http_response_header(resp, "Content-Type");
-    sd_http_req_respond(req, resp->status, ct ? ct : "application/octet-stream", resp->body,
-                        resp->body_len);
+    prime_free(pr);
+}
+
+/* Offers a public answer to a request with Authorization to the cache: a get of its key whose
+ * load (if this get's flight must load: nothing fresh is stored and no other instance is
+ * loading) takes the answer instead of asking the origin. The answer is then stored and given
+ * to the waiters like any load, under the lease, so an invalidation still fences it. A load
+ * that starts after the get has answered (a background refresh) asks the origin as usual. */
+static void prime_offer(proxy *p, const char *key, size_t klen, const sd_http_response *resp,
+                        int ttl_ms) {
+    if (p->cache == NULL) /* stopping */
+        return;
+    prime *pr = sd_xcalloc(1, sizeof *pr);
+    pr->p = p;
+    pr->key = sd_xstrndup(key, klen);
+    pr->klen = klen;
+    pr->value = encode(resp->status, sd_http_response_header(resp, "Content-Type"), resp->body,
+                       resp->body_len, &pr->len);
+    pr->ttl_ms = ttl_ms;
+    pr->next = p->primes;
+    p->primes = pr;
+    if (cache_get(p->cache, pr->key, klen, origin_loader, p, on_primed, pr) != 0) {
+        p->primes = pr->next;
+        prime_free(pr);
+    }
+}
+
+/* Whether the origin's answer to a request with Authorization may be shared: a 2xx that says
+ * `public` or `s-maxage` (RFC 9111 section 3.5) and is storable (origin_ttl). Its TTL goes to
+ * *ttl_ms. */
+static int shareable_with_authorization(const sd_http_response *resp, int *ttl_ms) {
+    const char *cc = sd_http_response_header(resp, "Cache-Control");
+    if (resp->status < 200 || resp->status > 299 || !cc)
+        return 0;
+    if (!cc_has(cc, "public", NULL) && !cc_has(cc, "s-maxage", NULL))
+        return 0;
+    *ttl_ms = origin_ttl(resp);
+    return *ttl_ms != CACHE_TTL_NO_STORE;
+}
+
+/* A request with Authorization, on its way to the origin: its cache key is kept for the
+ * answer's prime. */
+typedef struct bypass {
+    proxy *p;
+    sd_http_req *req;
+    char *key;
+    size_t klen;
+} bypass;
+
+static void on_bypass(int err, sd_http_response *resp, void *udata) {
+    bypass *b = udata;
+    if (err) {
+        sd_http_req_respond_problem(b->req, 502, NULL, "The origin failed", sd_strerror(err), NULL);
+    } else {
+        sd_http_req_add_header(b->req, "X-Cache", "MISS");
+        const char *ct = sd_http_response_header(resp, "Content-Type");
+        sd_http_req_respond(b->req, resp->status, ct ? ct : "application/octet-stream", resp->body,
+                            resp->body_len);
+        int ttl_ms;
+        if (shareable_with_authorization(resp, &ttl_ms))
+            prime_offer(b->p, b->key, b->klen, resp, ttl_ms);
+    }
+    free(b->key);
+    free(b);
 }
 
 /* The cache key "GET HOST PATH[?QUERY]", in buf (of len bytes) when it fits, else allocated
@@ -313,24 +412,29 @@ static void on_request(sd_http_req *req, void *udata) {
                                     NULL);
         return;
     }
-    if (sd_http_req_header(req, "Authorization")) {
-        const char *q = sd_http_req_query(req);
-        char *url = sd_xasprintf("%s%s%s%s", p->o->origin, path, *q ? "?" : "", q);
-        const char *auth =
-            sd_xasprintf("Authorization: %s", sd_http_req_header(req, "Authorization"));
-        const char *hdrs[] = {auth, NULL};
-        sd_http_request r = {.url = url, .headers = hdrs, .timeout_ms = 30000};
-        p->bypassed++;
-        if (sd_http_client_request(p->client, &r, on_bypass, req) != 0)
-            sd_http_req_respond_problem(req, 502, NULL, "The origin failed", "bad request URL",
-                                        NULL);
-        free(url);
-        free((char *)auth);
-        return;
-    }
     char kbuf[512], *heap;
     size_t klen;
     const char *key = request_key(req, path, kbuf, sizeof kbuf, &klen, &heap);
+    if (sd_http_req_header(req, "Authorization")) {
+        const char *q = sd_http_req_query(req);
+        char *url = sd_xasprintf("%s%s%s%s", p->o->origin, path, *q ? "?" : "", q);
+        char *auth = sd_xasprintf("Authorization: %s", sd_http_req_header(req, "Authorization"));
+        const char *hdrs[] = {auth, NULL};
+        sd_http_request r = {.url = url, .headers = hdrs, .timeout_ms = 30000};
+        bypass *b = sd_xcalloc(1, sizeof *b);
+        *b = (bypass){.p = p, .req = req, .key = sd_xstrndup(key, klen), .klen = klen};
+        p->bypassed++;
+        if (sd_http_client_request(p->client, &r, on_bypass, b) != 0) {
+            sd_http_req_respond_problem(req, 502, NULL, "The origin failed", "bad request URL",
+                                        NULL);
+            free(b->key);
+            free(b);
+        }
+        free(url);
+        free(auth);
+        free(heap);
+        return;
+    }
     cache_result hit;
     if (cache_get_local(p->cache, key, klen, &hit)) {
         /* The hot path: answered in place, no callback, no Redis, no allocation here. */
@@ -373,6 +477,8 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
     sd_http_buf_printf(buf, "cache_origin_calls_total %llu\n",
                        (unsigned long long)(s.loads + p->bypassed));
     sd_http_buf_printf(buf, "cache_stale_served_total %llu\n", (unsigned long long)s.stale_served);
+    /* public answers to requests with Authorization that were stored for everyone */
+    sd_http_buf_printf(buf, "cache_authorized_shared_total %llu\n", (unsigned long long)p->shared);
     sd_http_buf_printf(buf, "cache_takeovers_total %llu\n", (unsigned long long)s.takeovers);
     sd_http_buf_printf(buf, "cache_waits_total %llu\n", (unsigned long long)s.waits);
     sd_http_buf_printf(buf, "cache_woken_total{by=\"message\"} %llu\n",
@@ -391,6 +497,7 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
 static void on_http_stopped(sd_http_server *srv, void *udata) {
     proxy *p = udata;
     cache_free(p->cache);
+    p->cache = NULL;
     sd_http_client_free(p->client);
 }
 

@@ -15,7 +15,10 @@
 #include "sd.h"
 #include "support.h"
 
-/* ---- The origin: GET anything answers "PATH#N"; /ns... adds Cache-Control: no-store -------- */
+/* ---- The origin: GET anything answers "PATH#N" ("PATH#N+auth" to a request with
+ * Authorization); /ns... adds Cache-Control: no-store, /cookie... a Set-Cookie, /pub... public,
+ * /smax... s-maxage, /priv... only a max-age ----------------------------------------------------
+ */
 
 typedef struct origin {
     int out, calls, hold;
@@ -26,9 +29,16 @@ typedef struct origin {
 static void origin_answer(sd_http_req *req, int no) {
     const char *path = sd_http_req_path(req);
     char body[256];
-    int n = snprintf(body, sizeof body, "%s#%d", path, no);
+    int n = snprintf(body, sizeof body, "%s#%d%s", path, no,
+                     sd_http_req_header(req, "Authorization") ? "+auth" : "");
     if (strncmp(path, "/ns", 3) == 0)
         sd_http_req_add_header(req, "Cache-Control", "no-store");
+    if (strncmp(path, "/pub", 4) == 0)
+        sd_http_req_add_header(req, "Cache-Control", "public, max-age=60");
+    if (strncmp(path, "/smax", 5) == 0)
+        sd_http_req_add_header(req, "Cache-Control", "s-maxage=60");
+    if (strncmp(path, "/priv", 5) == 0)
+        sd_http_req_add_header(req, "Cache-Control", "max-age=60");
     if (strncmp(path, "/cookie", 7) == 0)
         sd_http_req_add_header(req, "Set-Cookie", "id=1");
     sd_http_req_respond(req, 200, "text/plain", body, (size_t)n);
@@ -126,6 +136,17 @@ static int get(int port, const char *path, char *body, size_t blen, char *xcache
     snprintf(body, blen, "%s", b ? b : "");
     const char *x = strstr(buf, "X-Cache: ");
     snprintf(xcache, xlen, "%.*s", x ? (int)strcspn(x + 9, "\r") : 0, x ? x + 9 : "");
+    return st;
+}
+
+/* One GET with an Authorization header; returns the status and the body. */
+static int get_authorized(int port, const char *path, char *body, size_t blen) {
+    char req[256], buf[8192];
+    const char *b = NULL;
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: site\r\nAuthorization: Bearer t\r\n\r\n",
+             path);
+    int st = test_http_exchange(port, req, buf, sizeof buf, &b);
+    snprintf(body, blen, "%s", b ? b : "");
     return st;
 }
 
@@ -248,6 +269,35 @@ Test(cache_serve, no_store_and_set_cookie_responses_are_not_stored) {
     get(inst[0].port, "/plain", body, sizeof body, x, sizeof x);
     cr_assert_str_eq(x, "HIT");
     cr_assert_eq(origin_ctl_send("/_calls"), 5);
+}
+
+/* A request with Authorization always goes to the origin, with its header. Its answer is
+ * stored for everyone else only when it says public or s-maxage (RFC 9111 section 3.5): then
+ * the next request without Authorization is answered from it, with no origin call. */
+Test(cache_serve, an_authorized_answer_is_shared_only_when_public) {
+    start_instances(1);
+    char body[256], x[32];
+    const char *paths[] = {"/pub-a", "/smax-a", "/priv-a"};
+    int calls = origin_ctl_send("/_calls");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(get_authorized(inst[0].port, paths[i], body, sizeof body), 200);
+        char want[64];
+        snprintf(want, sizeof want, "%s#%d+auth", paths[i], ++calls);
+        cr_assert_str_eq(body, want, "the origin did not get the Authorization header");
+        cr_assert_eq(get(inst[0].port, paths[i], body, sizeof body, x, sizeof x), 200);
+        if (i < 2) {
+            cr_assert_str_eq(body, want, "%s: the public answer was not shared", paths[i]);
+        } else {
+            snprintf(want, sizeof want, "%s#%d", paths[i], ++calls);
+            cr_assert_str_eq(body, want, "the private answer was shared");
+            cr_assert_str_eq(x, "MISS");
+        }
+        cr_assert_eq(origin_ctl_send("/_calls"), calls);
+    }
+    cr_assert_eq(metric(inst[0].port, "cache_authorized_shared_total"), 2);
+    /* Never answered from the cache itself: the origin may answer it differently. */
+    cr_assert_eq(get_authorized(inst[0].port, "/pub-a", body, sizeof body), 200);
+    cr_assert_eq(origin_ctl_send("/_calls"), calls + 1);
 }
 
 Test(cache_serve, post_v1_purge_invalidates_a_path) {
