@@ -3,7 +3,7 @@
  *
  *   cache serve --listen ADDR --origin http://HOST:PORT [--ttl S] [--jitter PCT]
  *               [--stale-while-revalidate S] [--stale-if-error S] [--negative-ttl S]
- *               [--local-bytes N] [--redis URL]
+ *               [--local-bytes N] [--redis URL] [--admin-token-file FILE]
  *
  * A caching reverse proxy for GET (and HEAD) on the cache library: every instance on one Redis
  * shares the Redis tier, so a cold path costs the origin one request whatever the number of
@@ -24,8 +24,9 @@
  *  - Every answer carries `X-Cache: HIT|MISS|STALE|COALESCED`, on hits `X-Cache-Tier:
  *    local|redis`, and `Age` (seconds since the origin produced it).
  *  - `PURGE /path` and `POST /v1/purge {"path": "/path"}` invalidate GET of that path for the
- *    request's Host on every instance. Without an admin token (not built yet) they are answered
- *    only to loopback clients, as DESIGN.md contract 10 asks.
+ *    request's Host on every instance. With an admin token (--admin-token-file or
+ *    CACHE_ADMIN_TOKEN) they want it as a bearer token; without one they are answered only to
+ *    loopback clients (admin.h, DESIGN.md contract 10).
  *  - `/metrics`: hits by tier, misses, coalesced, origin calls, stale, takeovers, local bytes.
  *
  * What is stored for a key: "STATUS FETCHED_MS\nCONTENT-TYPE\n" then the body; FETCHED_MS is the
@@ -39,6 +40,7 @@
 #include <strings.h>
 #include <sys/time.h>
 
+#include "admin.h"
 #include "cache.h"
 #include "cli.h"
 #include "http.h"
@@ -47,9 +49,10 @@
 #include "sd.h"
 
 typedef struct options {
-    const char *listen, *origin, *redis;
+    const char *listen, *origin, *redis, *admin_token_file;
     double ttl, swr, sie, negative_ttl;
     long long jitter, local_bytes;
+    sd_admin admin; /* loaded from admin_token_file or CACHE_ADMIN_TOKEN */
 } options;
 
 /* A public response to a request with Authorization, offered to the cache under its key: the
@@ -69,7 +72,8 @@ struct proxy {
     cache *cache;
     sd_http_client *client;
     sd_http_server *http;
-    prime *primes; /* the primes whose get has not answered yet (a short list) */
+    prime *primes;  /* the primes whose get has not answered yet (a short list) */
+    sd_admin admin; /* who may purge: a bearer token, or loopback clients only */
     uint64_t misses, bypassed, shared;
 };
 
@@ -375,18 +379,9 @@ static char *request_key(sd_http_req *req, const char *path, char *buf, size_t l
     return k;
 }
 
-static int loopback_peer(sd_http_req *req) {
-    const char *peer = sd_http_req_peer(req);
-    return peer && (strncmp(peer, "127.", 4) == 0 || strncmp(peer, "[::1]", 5) == 0 ||
-                    strncmp(peer, "::1", 3) == 0);
-}
-
 static void purge(proxy *p, sd_http_req *req, const char *path) {
-    if (!loopback_peer(req)) {
-        sd_http_req_respond_problem(req, 403, NULL, "Purge is allowed from loopback only",
-                                    "no admin token is configured", NULL);
+    if (!sd_admin_check(&p->admin, req))
         return;
-    }
     const char *host = sd_http_req_header(req, "Host");
     char *key = sd_xasprintf("GET %s %s", host ? host : "", path);
     int rc = cache_invalidate(p->cache, key, strlen(key), NULL, NULL);
@@ -503,7 +498,7 @@ static void on_http_stopped(sd_http_server *srv, void *udata) {
 
 static int serve(options *o, const sd_redis_url *url) {
     uv_loop_t *loop = uv_default_loop();
-    proxy p = {.loop = loop, .o = o};
+    proxy p = {.loop = loop, .o = o, .admin = o->admin};
 
     cache_opts co;
     cache_opts_default(&co);
@@ -545,8 +540,7 @@ static int serve(options *o, const sd_redis_url *url) {
     }
     sd_log(SD_LOG_INFO, "cache.listening", "port=%d origin=%s", sd_http_server_port(p.http),
            o->origin);
-    sd_log(SD_LOG_WARN, "cache.purge_loopback_only",
-           "detail=\"no admin token: PURGE and /v1/purge answer loopback clients only\"");
+    sd_admin_announce(&p.admin, "cache");
     uv_run(loop, UV_RUN_DEFAULT);
     sd_http_server_free(p.http);
     uv_loop_close(loop);
@@ -590,6 +584,10 @@ static int run_serve(int argc, char **argv) {
          .integer = &o.local_bytes, .min = 0, .max = 1LL << 40},
         {"--redis", "URL", "Redis (default REDIS_URL, else a private redis-server)",
          .parse = sd_cli_redis_parse, .udata = &o.redis},
+        {"--admin-token-file", "FILE",
+         "bearer token for PURGE and /v1/purge (first line; else\n"
+         "CACHE_ADMIN_TOKEN; none: loopback clients only)",
+         .text = &o.admin_token_file},
         {0}};
     const sd_cli_cmd cmd = {.name = "cache serve",
                             .synopsis = "--origin URL [options]",
@@ -601,6 +599,11 @@ static int run_serve(int argc, char **argv) {
         return sd_cli_exit_status(rc);
     }
     o.origin = origin;
+    if (sd_admin_load(&o.admin, "cache serve", "--admin-token-file", o.admin_token_file,
+                      "CACHE_ADMIN_TOKEN") != 0) {
+        free(origin);
+        return SD_EXIT_USAGE;
+    }
     sd_redis_url url;
     memset(&url, 0, sizeof url);
     sd_redis_server *server = NULL;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "admin.h"
 #include "cli.h"
 #include "cmd.h"
 #include "http.h"
@@ -45,6 +46,7 @@ struct server {
     int nqueues;
     uv_timer_t metrics; /* every METRICS_EVERY_MS: metrics_refresh */
     long long posts_in_flight;
+    sd_admin admin; /* who may cancel (DELETE): a bearer token, or loopback clients only */
 };
 
 static void metrics_refresh(server *s);
@@ -281,6 +283,8 @@ static void on_queues(sd_http_req *req, void *udata) {
         problem(req, 405, "about:blank", "Method Not Allowed", NULL);
         return;
     }
+    if (strcmp(method, "DELETE") == 0 && !sd_admin_check(&s->admin, req))
+        return;
     queue_seen(s, q);
     if (jobs) {
         sd_idem_handle(s->idem, req, on_post, s);
@@ -433,7 +437,7 @@ int jq_cmd_serve(int argc, char **argv) {
     common c;
     memset(&c, 0, sizeof c);
     jq_config_default(&c.cfg);
-    const char *listen = NULL;
+    const char *listen = NULL, *admin_token_file = NULL;
     long long max_ready = 0, grace_ms = 5000;
     const char **queues = sd_xcalloc((size_t)argc, sizeof *queues);
     int nqueues = 0;
@@ -451,6 +455,10 @@ int jq_cmd_serve(int argc, char **argv) {
          .list = queues, .count = &nqueues},
         {"--grace-ms", "MS", "on SIGTERM/SIGINT, time for requests in flight (default 5000)",
          .integer = &grace_ms, .min = 0, .max = 600000},
+        {"--admin-token-file", "FILE",
+         "bearer token for DELETE (cancel), the file's first line (else\n"
+         "JOBQUEUE_ADMIN_TOKEN; none: DELETE answers loopback clients only)",
+         .text = &admin_token_file},
         REDIS_OPT(&c),
         {0}};
     const sd_cli_cmd cmd = {
@@ -475,6 +483,11 @@ int jq_cmd_serve(int argc, char **argv) {
     c.cfg.max_ready = max_ready;
     server s;
     memset(&s, 0, sizeof s);
+    if (sd_admin_load(&s.admin, cmd.name, "--admin-token-file", admin_token_file,
+                      "JOBQUEUE_ADMIN_TOKEN") != 0) {
+        free(queues);
+        return SD_EXIT_USAGE;
+    }
     s.cfg = c.cfg;
     for (int i = 0; i < nqueues; i++)
         queue_seen(&s, queues[i]);
@@ -526,6 +539,7 @@ int jq_cmd_serve(int argc, char **argv) {
         } else {
             sd_log(SD_LOG_INFO, "jobqueue.listening", "port=%d max_ready=%lld",
                    sd_http_server_port(s.http), max_ready);
+            sd_admin_announce(&s.admin, "jobqueue");
         }
         uv_run(s.loop, UV_RUN_DEFAULT);
         sd_http_server_free(s.http);

@@ -300,6 +300,44 @@ Test(cache_serve, an_authorized_answer_is_shared_only_when_public) {
     cr_assert_eq(origin_ctl_send("/_calls"), calls + 1);
 }
 
+/* With --admin-token-file, a purge wants the bearer token (401 without it, nothing purged). */
+Test(cache_serve, with_an_admin_token_a_purge_wants_it) {
+    char file[] = "/tmp/cache-token-XXXXXX";
+    int fd = mkstemp(file);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(dprintf(fd, "purge-4b8e1d0c7a92f356\n"), 23);
+    close(fd);
+    char origin_url[64];
+    snprintf(origin_url, sizeof origin_url, "http://127.0.0.1:%d", origin_port);
+    const char *argv[] = {"cache",
+                          "serve",
+                          "--listen",
+                          "127.0.0.1:0",
+                          "--origin",
+                          origin_url,
+                          "--redis",
+                          sd_redis_server_url(server),
+                          "--admin-token-file",
+                          file,
+                          NULL};
+    inst[0] = test_server_start(argv);
+    unlink(file);
+    char body[256], x[32], buf[2048];
+    get(inst[0].port, "/tok", body, sizeof body, x, sizeof x);
+    cr_assert_eq(test_http_exchange(inst[0].port, "PURGE /tok HTTP/1.1\r\nHost: site\r\n\r\n", buf,
+                                    sizeof buf, NULL),
+                 401);
+    get(inst[0].port, "/tok", body, sizeof body, x, sizeof x);
+    cr_assert_str_eq(x, "HIT", "a refused purge purged");
+    cr_assert_eq(test_http_exchange(inst[0].port,
+                                    "PURGE /tok HTTP/1.1\r\nHost: site\r\nAuthorization: Bearer "
+                                    "purge-4b8e1d0c7a92f356\r\n\r\n",
+                                    buf, sizeof buf, NULL),
+                 200);
+    get(inst[0].port, "/tok", body, sizeof body, x, sizeof x);
+    cr_assert_str_eq(x, "MISS", "the purge with the token did not purge");
+}
+
 Test(cache_serve, post_v1_purge_invalidates_a_path) {
     start_instances(1);
     char body[256], x[32];

@@ -640,6 +640,44 @@ Test(jobqueue_command, serve_answers_every_status) {
     jq_client_free(c);
 }
 
+/* With an admin token (here from JOBQUEUE_ADMIN_TOKEN), a cancel (DELETE) wants it: 401
+ * without it, and the job stays READY; POST and GET do not. */
+Test(jobqueue_command, with_an_admin_token_a_cancel_wants_it) {
+    http h;
+    const char *env[] = {"JOBQUEUE_ADMIN_TOKEN=jq-admin-51c9e07b3a2d", NULL};
+    h.p = start((const char *[]){"serve", "--listen", "127.0.0.1:0", NULL}, env);
+    char line[128], buf[8192];
+    const char *body;
+    cr_assert_gt(test_read_line(h.p.out, line, sizeof line, 20000), 0);
+    cr_assert_eq(sscanf(line, "listening on http://127.0.0.1:%d", &h.port), 1, "%s", line);
+    cr_assert_eq(
+        req(&h, "POST", "/v1/queues/tq/jobs", NULL, "{\"payload\":\"x\"}", buf, sizeof buf, &body),
+        202);
+    json_error_t jerr;
+    json_t *j = json_loads(body, 0, &jerr);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/queues/tq/jobs/%s",
+             json_string_value(json_object_get(j, "id")));
+    cr_assert_eq(req(&h, "DELETE", path, NULL, NULL, buf, sizeof buf, NULL), 401);
+    assert_problem(buf, 401);
+    cr_assert_eq(req(&h, "DELETE", path, "Authorization: Bearer jq-admin-51c9e07b3a2\r\n", NULL,
+                     buf, sizeof buf, NULL),
+                 401);
+    jq_client *c = client();
+    cr_assert_eq(job_state(c, "tq", json_string_value(json_object_get(j, "id"))), JQ_STATE_READY,
+                 "a refused cancel cancelled");
+    cr_assert_eq(req(&h, "GET", path, NULL, NULL, buf, sizeof buf, NULL), 200);
+    cr_assert_eq(req(&h, "DELETE", path, "Authorization: Bearer jq-admin-51c9e07b3a2d\r\n", NULL,
+                     buf, sizeof buf, NULL),
+                 200, "%s", buf);
+    cr_assert_eq(job_state(c, "tq", json_string_value(json_object_get(j, "id"))),
+                 JQ_STATE_CANCELLED);
+    json_decref(j);
+    jq_client_free(c);
+    kill(h.p.pid, SIGTERM);
+    cr_assert_eq(proc_wait(&h.p), 0);
+}
+
 /* A GET waiting for a frozen Redis holds that one request: the server answers others meanwhile,
  * /metrics among them (from the figures it last read). The stats request goes first and gets
  * 200 ms to be read (if the machine is too slow for that, the test passes without proving

@@ -423,6 +423,36 @@ Test(us_serve, a_deleted_link_stops_redirecting_on_every_instance) {
     cr_assert_eq(exchange(inst[1].port, "DELETE", req, NULL, NULL, buf, sizeof buf, &body), 404);
 }
 
+/* With --admin-token-file, a DELETE wants the bearer token: 401 without it, and the link keeps
+ * redirecting. */
+Test(us_serve, with_an_admin_token_a_delete_wants_it) {
+    char file[] = "/tmp/us-token-XXXXXX";
+    int fd = mkstemp(file);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(dprintf(fd, "us-admin-0d5f2c9e81b4\n"), 22);
+    close(fd);
+    const char *extra[] = {"--create-limit", "create;q=100000;w=60", "--admin-token-file", file,
+                           NULL};
+    start_instances(1, extra);
+    unlink(file);
+    static char buf[8192];
+    char code[80], path[128], req[256];
+    cr_assert_eq(
+        create(inst[0].port, "{\"url\":\"https://example.com/t\"}", NULL, code, sizeof code), 201);
+    snprintf(path, sizeof path, "/%s", code);
+    snprintf(req, sizeof req, "/v1/links/%s", code);
+    const char *body;
+    cr_assert_eq(exchange(inst[0].port, "DELETE", req, NULL, NULL, buf, sizeof buf, &body), 401);
+    cr_assert(strstr(buf, "WWW-Authenticate: Bearer"), "%s", buf);
+    cr_assert_eq(get(inst[0].port, path, buf, sizeof buf), 302, "a refused delete deleted");
+    cr_assert_eq(exchange(inst[0].port, "DELETE", req,
+                          "Authorization: Bearer us-admin-0d5f2c9e81b4\r\n", NULL, buf, sizeof buf,
+                          &body),
+                 204);
+    TEST_EVENTUALLY(get(inst[0].port, path, buf, sizeof buf) == 404, 20000);
+    cr_assert_eq(get(inst[0].port, path, buf, sizeof buf), 404);
+}
+
 /* ---- The read path: coalesced misses, negative caching, permanent redirects -------------------
  */
 

@@ -62,6 +62,7 @@
 #include <strings.h>
 #include <sys/time.h>
 
+#include "admin.h"
 #include "cache.h"
 #include "cli.h"
 #include "code.h"
@@ -85,10 +86,11 @@ extern const size_t sd_lua_us_flush_len;
 #define PREFIX "us:"
 
 typedef struct options {
-    const char *listen, *base_url, *redis, *key_file;
+    const char *listen, *base_url, *redis, *key_file, *admin_token_file;
     long long redirect, flush_ms;
     rl_config rl;
     int nlimits;
+    sd_admin admin; /* who may DELETE a link: a bearer token, or loopback clients only */
 } options;
 
 struct job;
@@ -991,6 +993,10 @@ static void on_link_api(sd_http_req *req, void *udata) {
     j->hreq = req;
     snprintf(j->code, sizeof j->code, "%s", code);
     if (strcmp(sd_http_req_method(req), "DELETE") == 0) {
+        if (!sd_admin_check(&a->o->admin, req)) {
+            free(j);
+            return;
+        }
         j->kind = JOB_DELETE;
         job_queue(a, j, delete_done);
     } else {
@@ -1279,6 +1285,7 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     } else {
         sd_log(SD_LOG_INFO, "urlshortener.listening", "port=%d base_url=%s redirect=%lld",
                sd_http_server_port(a.http), a.base, o->redirect);
+        sd_admin_announce(&o->admin, "urlshortener");
         uv_run(loop, UV_RUN_DEFAULT);
         sd_http_server_free(a.http);
         rc = SD_EXIT_OK;
@@ -1360,6 +1367,10 @@ static int run_serve(int argc, char **argv) {
         {"--key-file", "PATH",
          "the code key's secret (16+ bytes); without it a fixed development key is used",
          .text = &o.key_file},
+        {"--admin-token-file", "FILE",
+         "bearer token for DELETE, the file's first line (else\n"
+         "URLSHORTENER_ADMIN_TOKEN; none: DELETE answers loopback clients only)",
+         .text = &o.admin_token_file},
         {0}};
     const sd_cli_cmd cmd = {.name = "urlshortener serve",
                             .synopsis = "--base-url URL [options]",
@@ -1368,6 +1379,9 @@ static int run_serve(int argc, char **argv) {
     int rc = sd_cli_parse(&cmd, argc, argv, NULL, NULL);
     if (rc != SD_CLI_OK)
         return sd_cli_exit_status(rc);
+    if (sd_admin_load(&o.admin, cmd.name, "--admin-token-file", o.admin_token_file,
+                      "URLSHORTENER_ADMIN_TOKEN") != 0)
+        return SD_EXIT_USAGE;
     if (o.nlimits == 0) {
         char why[200];
         rl_config_add_policy(&o.rl, "create;q=100;w=60", why, sizeof why);

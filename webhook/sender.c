@@ -62,7 +62,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +71,7 @@
 #include <uv.h>
 
 #include "addr_vet.h"
+#include "admin.h"
 #include "cli.h"
 #include "http.h"
 #include "http_client.h"
@@ -187,8 +187,7 @@ struct sender {
     uv_signal_t sigint, sigterm;
     uv_timer_t finish; /* frees the queue connections once a stop has nothing left running */
     uint64_t delivered, failed, dead;
-    int has_token;               /* the API wants a bearer token (check_token) */
-    unsigned char token_sha[32]; /* SHA-256 of it: the token itself is not kept */
+    sd_admin admin; /* the API's guard: a bearer token, or loopback clients only */
 };
 
 /* One HTTP attempt of one job. Its life (attempt_start, attempt_send, attempt_http,
@@ -317,64 +316,11 @@ static void redis_down(sd_http_req *req) {
     problem(req, 503, "Redis unavailable", "the request could not be completed; retry");
 }
 
-static void sha256(const void *data, size_t len, unsigned char out[32]) {
-    unsigned int n = 32;
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
-}
-
-/* The API's bearer token (--api-token-file or WEBHOOK_API_TOKEN): when one is set, every /v1
- * request must carry "Authorization: Bearer <token>", else 401 and nothing is done. The two
- * SHA-256 digests are compared in constant time, so neither the token's bytes nor its length
- * show in the timing; the token is never logged. Returns 1 when the request may go on. */
+/* The API's guard (admin.h): with a bearer token (--api-token-file or WEBHOOK_API_TOKEN) every
+ * /v1 request must carry it, else 401 and nothing is done; without one, only loopback clients
+ * are answered. Returns 1 when the request may go on. */
 static int check_token(sender *s, sd_http_req *req) {
-    if (!s->has_token)
-        return 1;
-    const char *h = sd_http_req_header(req, "Authorization");
-    unsigned char got[32];
-    int ok = 0;
-    if (h && strncasecmp(h, "Bearer ", 7) == 0) {
-        sha256(h + 7, strlen(h + 7), got);
-        ok = CRYPTO_memcmp(got, s->token_sha, sizeof got) == 0;
-    }
-    if (!ok) {
-        sd_http_req_add_header(req, "WWW-Authenticate", "Bearer");
-        problem(req, 401, "Unauthorized", "this API wants \"Authorization: Bearer <token>\"");
-    }
-    return ok;
-}
-
-/* Reads the token from the file, or from WEBHOOK_API_TOKEN; 0 (none set or one read) or -1. */
-static int token_load(sender *s, const char *file) {
-    char buf[512] = "";
-    const char *env = getenv("WEBHOOK_API_TOKEN");
-    if (file) {
-        FILE *f = fopen(file, "r");
-        if (!f) {
-            fprintf(stderr, "webhook serve: cannot read --api-token-file %s: %s\n", file,
-                    strerror(errno));
-            return -1;
-        }
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = '\0';
-    } else if (env)
-        snprintf(buf, sizeof buf, "%s", env);
-    else
-        return 0;
-    buf[strcspn(buf, "\r\n")] = '\0';
-    size_t len = strlen(buf);
-    if (len < 16 || len == sizeof buf - 1) {
-        OPENSSL_cleanse(buf, sizeof buf);
-        fprintf(stderr,
-                "webhook serve: the API token (%s) must be 16 to 510 characters on one "
-                "line\n",
-                file ? "--api-token-file" : "WEBHOOK_API_TOKEN");
-        return -1;
-    }
-    sha256(buf, len, s->token_sha);
-    OPENSSL_cleanse(buf, sizeof buf);
-    s->has_token = 1;
-    return 0;
+    return sd_admin_check(&s->admin, req);
 }
 
 /* ---- the delivery workers ----
@@ -2272,7 +2218,8 @@ static int sender_run(options *o, int serve) {
         return sd_cli_usage_error(serve ? "webhook serve" : "webhook deliver",
                                   "--retry-schedule %s", err);
     }
-    if (serve && token_load(s, o->token_file) != 0) {
+    if (serve && sd_admin_load(&s->admin, "webhook serve", "--api-token-file", o->token_file,
+                               "WEBHOOK_API_TOKEN") != 0) {
         free(s);
         return SD_EXIT_USAGE;
     }
@@ -2368,6 +2315,7 @@ static int sender_run(options *o, int serve) {
             uv_run(s->loop, UV_RUN_DEFAULT);
             goto out;
         }
+        sd_admin_announce(&s->admin, "webhook");
     } else {
         printf("delivering\n");
         fflush(stdout);
@@ -2453,7 +2401,8 @@ static int sender_main(int argc, char **argv, int serve) {
         {"--api-token-file", "FILE",
          "serve: every /v1 request must carry \"Authorization: Bearer\n"
          "<token>\", the token being this file's first line (or\n"
-         "WEBHOOK_API_TOKEN's value; 16 characters at least)",
+         "WEBHOOK_API_TOKEN's value; 16 characters at least); without\n"
+         "one, /v1 answers loopback clients only",
          .text = &o.token_file},
         {0}};
     const sd_cli_cmd cmd = {
