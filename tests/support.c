@@ -190,6 +190,14 @@ pid_t test_fork_owner(int (*start)(int fd), int *lines) {
     return owner;
 }
 
+void test_temp_file(char *path, const char *text) {
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0, "mkstemp %s: %s", path, strerror(errno));
+    size_t n = strlen(text);
+    cr_assert_eq(write(fd, text, n), (ssize_t)n);
+    close(fd);
+}
+
 int test_path_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;

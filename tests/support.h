@@ -184,6 +184,10 @@ pid_t test_fork_owner(int (*start)(int fd), int *lines);
 /* Whether path exists (a file or a directory). */
 int test_path_exists(const char *path);
 
+/* Writes text to a new file made from the template path ("/tmp/name-XXXXXX", rewritten in
+ * place with the file's name); the caller unlinks it. For token and key files. */
+void test_temp_file(char *path, const char *text);
+
 /* Whether process pid is alive: it exists and is not a zombie (which kill() still finds). */
 int test_process_alive(pid_t pid);
 

@@ -19,12 +19,9 @@
 
 /* Writes text to a new temporary file; returns its path (static buffer). */
 static const char *token_file(const char *text) {
-    static char path[] = "/tmp/sd-admin-XXXXXX";
+    static char path[32];
     strcpy(path, "/tmp/sd-admin-XXXXXX");
-    int fd = mkstemp(path);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
+    test_temp_file(path, text);
     return path;
 }
 

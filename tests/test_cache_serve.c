@@ -303,10 +303,7 @@ Test(cache_serve, an_authorized_answer_is_shared_only_when_public) {
 /* With --admin-token-file, a purge wants the bearer token (401 without it, nothing purged). */
 Test(cache_serve, with_an_admin_token_a_purge_wants_it) {
     char file[] = "/tmp/cache-token-XXXXXX";
-    int fd = mkstemp(file);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(dprintf(fd, "purge-4b8e1d0c7a92f356\n"), 23);
-    close(fd);
+    test_temp_file(file, "purge-4b8e1d0c7a92f356\n");
     char origin_url[64];
     snprintf(origin_url, sizeof origin_url, "http://127.0.0.1:%d", origin_port);
     const char *argv[] = {"cache",

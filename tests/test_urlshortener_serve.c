@@ -427,10 +427,7 @@ Test(us_serve, a_deleted_link_stops_redirecting_on_every_instance) {
  * redirecting. */
 Test(us_serve, with_an_admin_token_a_delete_wants_it) {
     char file[] = "/tmp/us-token-XXXXXX";
-    int fd = mkstemp(file);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(dprintf(fd, "us-admin-0d5f2c9e81b4\n"), 22);
-    close(fd);
+    test_temp_file(file, "us-admin-0d5f2c9e81b4\n");
     const char *extra[] = {"--create-limit", "create;q=100000;w=60", "--admin-token-file", file,
                            NULL};
     start_instances(1, extra);
