@@ -9,6 +9,11 @@
  *                             rate, so that the main job does not fall behind on a busy
  *                             machine; --rate half of the peak for the README): latency with
  *                             headroom, coordinated omission corrected
+ *   cache.serve.redis-spread  --local-bytes 0 and 2,000 paths taken in turn: no two requests in
+ *                             flight share a path, so none joins another's flight and each hit
+ *                             is a Redis look-up of its own (the hot path's peak is raised by
+ *                             the gets that share one look-up)
+ *   cache.serve.redis-spread-open  the same in an open loop, 5,000/s by default (--rate)
  *   cache.stampede            1,000 connections, one `cache serve`, a 50 ms origin: rounds of
  *                             1,000 concurrent requests for a path nobody asked for before;
  *                             latency of every request, and the origin's calls per round
@@ -51,6 +56,7 @@
 
 #define MAX_SERVERS 4
 #define ZIPF_KEYS 100000
+#define SPREAD_KEYS 2000
 #define OP_TIMEOUT_MS 10000
 
 /* ---- The HTTP target --------------------------------------------------------------------------
@@ -424,6 +430,13 @@ static int path_hot(cb_target *t, uint64_t seq, char *buf, size_t len) {
     return snprintf(buf, len, "/hot/%s", t->run);
 }
 
+/* Round robin over SPREAD_KEYS paths: the 50 requests in flight never share a path, so no get
+ * joins another's flight, and once the warm-up has loaded every path (a second at 5,000/s is
+ * 5,000 requests) each request is a Redis look-up of its own. */
+static int path_spread(cb_target *t, uint64_t seq, char *buf, size_t len) {
+    return snprintf(buf, len, "/spread/%s/%llu", t->run, (unsigned long long)(seq % SPREAD_KEYS));
+}
+
 static int path_stampede(cb_target *t, uint64_t seq, char *buf, size_t len) {
     return snprintf(buf, len, "/stampede/%s/%llu", t->run,
                     (unsigned long long)(seq / (uint64_t)t->round));
@@ -752,6 +765,9 @@ static int setup_local_hit(const bench_env *env, bench_target *t) {
 static int setup_redis_hit(const bench_env *env, bench_target *t) {
     return setup_common(env, t, 1, 0, "0", 50, path_hot);
 }
+static int setup_redis_spread(const bench_env *env, bench_target *t) {
+    return setup_common(env, t, 1, 0, "0", 50, path_spread);
+}
 static int setup_stampede(const bench_env *env, bench_target *t) {
     return setup_common(env, t, 1, 50, NULL, 1000, path_stampede);
 }
@@ -790,6 +806,25 @@ static const bench_scenario redis_hit_open = {
     .teardown = teardown,
 };
 
+static const bench_scenario redis_spread = {
+    .name = "cache.serve.redis-spread",
+    .summary = "--local-bytes 0, 2,000 paths in turn, 50 connections: one Redis look-up per hit",
+    .in_flight = 50,
+    .default_duration_s = 4,
+    .setup = setup_redis_spread,
+    .teardown = teardown,
+};
+
+static const bench_scenario redis_spread_open = {
+    .name = "cache.serve.redis-spread-open",
+    .summary = "the same, open loop at 5,000/s (--rate), 50 connections",
+    .default_rate = 5000,
+    .in_flight = 50,
+    .default_duration_s = 4,
+    .setup = setup_redis_spread,
+    .teardown = teardown,
+};
+
 static const bench_scenario stampede = {
     .name = "cache.stampede",
     .summary = "rounds of 1,000 concurrent misses for one cold path, 50 ms origin, 1 instance",
@@ -818,5 +853,6 @@ static const bench_scenario zipf = {
 };
 
 const bench_scenario *const bench_scenarios_cache[] = {
-    &local_hit, &redis_hit, &redis_hit_open, &stampede, &stampede_fleet, &zipf, NULL,
+    &local_hit, &redis_hit,      &redis_hit_open, &redis_spread, &redis_spread_open,
+    &stampede,  &stampede_fleet, &zipf,           NULL,
 };

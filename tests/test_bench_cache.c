@@ -30,9 +30,10 @@ static void stop(void) {
 
 TestSuite(bench_cache, .init = start, .fini = stop, .timeout = 240);
 
-static const char *const SCENARIOS[] = {"cache.serve.local-hit",  "cache.serve.redis-hit",
-                                        "cache.serve.redis-open", "cache.stampede",
-                                        "cache.fleet-stampede",   "cache.zipf"};
+static const char *const SCENARIOS[] = {"cache.serve.local-hit",         "cache.serve.redis-hit",
+                                        "cache.serve.redis-open",        "cache.serve.redis-spread",
+                                        "cache.serve.redis-spread-open", "cache.stampede",
+                                        "cache.fleet-stampede",          "cache.zipf"};
 
 /* Runs `bench run PREFIX` for 0.3 s per scenario with env, into the JSON report *out. */
 static void run_cache_bench(const char *prefix, const char *const env[], test_run_out *r,
