@@ -52,7 +52,8 @@ typedef struct options {
     const char *listen, *origin, *redis, *admin_token_file;
     double ttl, swr, sie, negative_ttl;
     long long jitter, local_bytes;
-    sd_admin admin; /* loaded from admin_token_file or CACHE_ADMIN_TOKEN */
+    sd_admin admin;      /* loaded from admin_token_file or CACHE_ADMIN_TOKEN */
+    sd_http_trust trust; /* --trust-proxy: whose X-Forwarded-For names the client */
 } options;
 
 /* A public response to a request with Authorization, offered to the cache under its key: the
@@ -522,6 +523,7 @@ static int serve(options *o, const sd_redis_url *url) {
         sd_log(SD_LOG_WARN, "cache.degraded_at_start", "detail=\"Redis not reachable yet\"");
     p.client = sd_http_client_new(loop, NULL);
     p.http = sd_http_server_new(loop, NULL);
+    sd_http_server_trust(p.http, &o->trust);
     sd_http_server_route(p.http, "POST", "/v1/purge", on_purge_api, &p);
     sd_http_server_route(p.http, NULL, "*", on_request, &p);
     sd_http_server_add_metrics(p.http, on_metrics, &p);
@@ -588,6 +590,7 @@ static int run_serve(int argc, char **argv) {
          "bearer token for PURGE and /v1/purge (first line; else\n"
          "CACHE_ADMIN_TOKEN; none: loopback clients only)",
          .text = &o.admin_token_file},
+        SD_CLI_TRUST_OPT(&o.trust),
         {0}};
     const sd_cli_cmd cmd = {.name = "cache serve",
                             .synopsis = "--origin URL [options]",

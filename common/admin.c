@@ -62,7 +62,8 @@ void sd_admin_announce(const sd_admin *a, const char *component) {
     else
         sd_log(SD_LOG_WARN, event,
                "guard=loopback_only detail=\"no admin token: management requests are answered "
-               "to loopback clients only\"");
+               "to loopback clients only (behind a proxy on this host, name it with "
+               "--trust-proxy)\"");
 }
 
 int sd_admin_peer_is_loopback(const char *peer) {
@@ -77,7 +78,7 @@ int sd_admin_peer_is_loopback(const char *peer) {
 
 int sd_admin_check(const sd_admin *a, sd_http_req *req) {
     if (!a->has_token) {
-        if (sd_admin_peer_is_loopback(sd_http_req_peer(req)))
+        if (sd_admin_peer_is_loopback(sd_http_req_client(req)))
             return 1;
         sd_http_req_respond_problem(req, 403, NULL, "Forbidden",
                                     "no admin token is configured: this endpoint answers "

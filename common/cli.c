@@ -236,6 +236,10 @@ int sd_cli_listen_parse(const char *value, void *udata, char *err, size_t errlen
     return 0;
 }
 
+int sd_cli_trust_parse(const char *value, void *udata, char *err, size_t errlen) {
+    return sd_http_trust_add(udata, value, err, errlen);
+}
+
 int sd_cli_redis_parse(const char *value, void *udata, char *err, size_t errlen) {
     sd_redis_url url;
     char why[200];

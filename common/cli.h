@@ -123,10 +123,20 @@ int sd_cli_count(const char *cmd, const char *opt, const char *text, long long m
  *                        anything starts;
  *   sd_cli_redis_parse   a --redis URL, checked by sd_redis_url_parse; when it holds a
  *                        password, prints a warning on stderr (never the password) that argv is
- *                        readable in /proc/PID/cmdline and REDIS_URL is the place for it.
+ *                        readable in /proc/PID/cmdline and REDIS_URL is the place for it;
+ *   sd_cli_trust_parse   a --trust-proxy CIDR, added to the sd_http_trust that .udata points at
+ *                        (repeatable). SD_CLI_TRUST_OPT(&trust) is the option's whole entry.
  */
 int sd_cli_listen_parse(const char *value, void *udata, char *err, size_t errlen);
 int sd_cli_redis_parse(const char *value, void *udata, char *err, size_t errlen);
+int sd_cli_trust_parse(const char *value, void *udata, char *err, size_t errlen);
+#define SD_CLI_TRUST_OPT(trust)                                                                    \
+    {                                                                                              \
+        "--trust-proxy", "CIDR",                                                                   \
+            "believe X-Forwarded-For from proxies in this block (repeatable;\n"                    \
+            "default none: the client is the peer)",                                               \
+            .parse = sd_cli_trust_parse, .udata = (trust)                                          \
+    }
 
 /* A program with subcommands ("bench run", "ratelimit serve"): each one is a function given
  * argv with argv[0] = the subcommand's name, returning the exit status. */

@@ -108,6 +108,28 @@ int sd_http_server_route_opts(sd_http_server *srv, const char *method, const cha
 /* Adds a callback whose output is appended to GET /metrics. */
 void sd_http_server_add_metrics(sd_http_server *srv, sd_http_metrics_cb *cb, void *udata);
 
+/* The proxies whose X-Forwarded-For the server believes (DESIGN.md contract 10, --trust-proxy):
+ * CIDR blocks, IPv4 or IPv6. Zero-initialised: none. */
+#define SD_HTTP_TRUST_MAX 16
+typedef struct sd_http_trust {
+    int n;
+    struct {
+        int family; /* AF_INET or AF_INET6 */
+        int bits;
+        unsigned char net[16];
+    } nets[SD_HTTP_TRUST_MAX];
+} sd_http_trust;
+
+/* Adds "ADDR/BITS" (or a bare address: one host) to t. Returns 0, or -1 with a message in err
+ * (not an address, bits out of range, more than SD_HTTP_TRUST_MAX blocks). */
+int sd_http_trust_add(sd_http_trust *t, const char *cidr, char *err, size_t errlen);
+
+/* Whether the address text ("10.0.0.1", "::1") lies in one of t's blocks. */
+int sd_http_trust_has(const sd_http_trust *t, const char *addr);
+
+/* The server believes X-Forwarded-For from these proxies (copied; t may be NULL: none). */
+void sd_http_server_trust(sd_http_server *srv, const sd_http_trust *t);
+
 /*
  * Binds and listens on "HOST:PORT" (IPv4 dotted or "[v6]"; port 0 picks a free port).
  * Returns 0 or a negative errno. sd_http_server_port() then gives the bound port.
@@ -158,6 +180,15 @@ const char *sd_http_req_header(const sd_http_req *req, const char *name);
 const char *sd_http_req_body(const sd_http_req *req, size_t *len);
 /* The peer's IP address as text ("127.0.0.1"). */
 const char *sd_http_req_peer(const sd_http_req *req);
+/* The client's IP address as text: the peer's, unless the peer is a trusted proxy
+ * (sd_http_server_trust). Then X-Forwarded-For (the last such header: a proxy appends to the
+ * one it forwards) is read from the right, each proxy having appended the address it got the
+ * request from: the first address that is not a trusted proxy is the client; entries left of it
+ * may be the client's own inventions and are never read. When all are trusted, the left-most;
+ * when the header is absent, or an entry is not an address, the last trusted hop read (at
+ * first the peer itself). For rate limits per client, Idempotency-Key scopes and the
+ * management guard. */
+const char *sd_http_req_client(sd_http_req *req);
 /* The server this request arrived on. */
 sd_http_server *sd_http_req_server(const sd_http_req *req);
 

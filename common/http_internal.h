@@ -157,8 +157,9 @@ struct sd_http_req {
     size_t path_len, body_len;
     header *headers;
     size_t nheaders, headers_cap;
-    sd_http_buf extra; /* response header lines added by the handler */
-    sd_http_buf out;   /* the rendered response while earlier requests are unanswered */
+    sd_http_buf extra;             /* response header lines added by the handler */
+    sd_http_buf out;               /* the rendered response while earlier requests are unanswered */
+    char client[INET6_ADDRSTRLEN]; /* sd_http_req_client's answer when it is not the peer */
 };
 
 struct sd_http_conn {
@@ -197,7 +198,8 @@ typedef struct metrics_source {
 struct sd_http_server {
     uv_loop_t *loop;
     sd_http_opts opts;
-    char *server_line; /* "Server: name\r\n" */
+    sd_http_trust trust; /* proxies whose X-Forwarded-For is believed (http_trust.c) */
+    char *server_line;   /* "Server: name\r\n" */
     size_t server_line_len;
     route *routes;
     size_t nroutes;

@@ -478,7 +478,7 @@ void sd_idem_handle(sd_idem *idem, sd_http_req *req, sd_idem_handler_cb *cb, voi
         sd_idem_handle_scoped(idem, req, scope, cb, udata);
     } else {
         char scope[80];
-        snprintf(scope, sizeof scope, "a:%s", sd_http_req_peer(req));
+        snprintf(scope, sizeof scope, "a:%s", sd_http_req_client(req));
         sd_idem_handle_scoped(idem, req, scope, cb, udata);
     }
 }

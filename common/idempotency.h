@@ -37,9 +37,9 @@
  * Scope. Keys are per client: two clients that pick the same key never see each other's
  * responses. The scope is the value of a configured header (scope_header, e.g. "Authorization"
  * carrying an API token; its SHA-256 is used, never the token itself) when the request has it,
- * else the client's address (sd_http_req_peer); a component that knows its client better (a
- * client id after authentication, an address from X-Forwarded-For behind a trusted proxy)
- * passes its own scope to sd_idem_handle_scoped.
+ * else the client's address (sd_http_req_client: the peer, or behind a proxy named by
+ * --trust-proxy the address X-Forwarded-For gives); a component that knows its client better
+ * (a client id after authentication) passes its own scope to sd_idem_handle_scoped.
  *
  * Storage (one hash tag per record, so a record's keys share a slot on Redis Cluster):
  *   <prefix>{<H>}:rec    hash  fp, status, headers, body       TTL ttl_s (24 h) from completion

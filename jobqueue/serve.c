@@ -438,6 +438,7 @@ int jq_cmd_serve(int argc, char **argv) {
     memset(&c, 0, sizeof c);
     jq_config_default(&c.cfg);
     const char *listen = NULL, *admin_token_file = NULL;
+    sd_http_trust trust = {0}; /* --trust-proxy: whose X-Forwarded-For names the client */
     long long max_ready = 0, grace_ms = 5000;
     const char **queues = sd_xcalloc((size_t)argc, sizeof *queues);
     int nqueues = 0;
@@ -459,6 +460,7 @@ int jq_cmd_serve(int argc, char **argv) {
          "bearer token for DELETE (cancel), the file's first line (else\n"
          "JOBQUEUE_ADMIN_TOKEN; none: DELETE answers loopback clients only)",
          .text = &admin_token_file},
+        SD_CLI_TRUST_OPT(&trust),
         REDIS_OPT(&c),
         {0}};
     const sd_cli_cmd cmd = {
@@ -522,6 +524,7 @@ int jq_cmd_serve(int argc, char **argv) {
         sd_http_opts_default(&ho);
         ho.server_name = "jobqueue";
         s.http = sd_http_server_new(s.loop, &ho);
+        sd_http_server_trust(s.http, &trust);
         /* A payload's JSON escapes can take six bytes for one. */
         sd_http_route_opts post_opts = {.max_body_bytes = 6 * c.cfg.max_payload + 4096};
         sd_http_server_route_opts(s.http, NULL, "/v1/queues/*", on_queues, &s, &post_opts);

@@ -47,6 +47,7 @@ typedef struct options {
     char *password; /* from --redis-password-file; owned, wiped and freed by run() */
     const char *listen;
     const char *key_header;
+    sd_http_trust trust; /* --trust-proxy: whose X-Forwarded-For names the client */
     const char *key;
     long long cost;
     long long deadline_ms, instances, breaker_failures, breaker_cooldown_ms, max_batch;
@@ -195,6 +196,7 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o) {
          "header that names the client (default X-Api-Key); without it\n"
          "the client address is the key",
          .text = &o->key_header},
+        SD_CLI_TRUST_OPT(&o->trust),
         {"--max-batch", "N", "checks decided per Redis script call (default 64)",
          .integer = &o->max_batch, .min = 1, .max = 4096},
         {"--reply-timeout-ms", "N",
@@ -418,7 +420,7 @@ static void on_gateway(sd_http_req *req, void *udata) {
     gateway *gw = udata;
     const char *key = sd_http_req_header(req, gw->key_header);
     if (!key || !*key) {
-        key = sd_http_req_peer(req);
+        key = sd_http_req_client(req);
     }
     check_async(gw, req, key, 1, 0);
 }
@@ -565,6 +567,7 @@ static int cmd_serve(options *o, const sd_redis_url *url) {
      * 1 MiB default, and a small limit keeps a slow or large body from holding memory. */
     hopts.max_body_bytes = RL_SERVE_MAX_BODY;
     gw.http = sd_http_server_new(loop, &hopts);
+    sd_http_server_trust(gw.http, &o->trust);
     sd_http_server_route(gw.http, "POST", "/v1/check", on_api_check, &gw);
     sd_http_server_route(gw.http, NULL, "*", on_gateway, &gw);
     sd_http_server_add_metrics(gw.http, on_metrics, &gw);

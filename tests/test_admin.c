@@ -80,8 +80,15 @@ Test(admin, loopback_peers_are_told_from_the_others) {
 /* ---- The check, over HTTP: a forked server whose every request goes through it ---------------
  */
 
+/* The forked server's guard, and the proxies it trusts. */
+typedef struct guard {
+    sd_admin admin;
+    sd_http_trust trust;
+} guard;
+
 static void guarded(sd_http_req *req, void *udata) {
-    if (sd_admin_check(udata, req))
+    guard *g = udata;
+    if (sd_admin_check(&g->admin, req))
         sd_http_req_respond(req, 200, "text/plain", "managed", 7);
 }
 
@@ -89,27 +96,34 @@ static void guard_main(int out, void *arg) {
     uv_loop_t l;
     uv_loop_init(&l);
     sd_http_server *srv = sd_http_server_new(&l, NULL);
+    sd_http_server_trust(srv, &((guard *)arg)->trust);
     sd_http_server_route(srv, NULL, "*", guarded, arg);
     if (sd_http_server_listen(srv, "127.0.0.1:0") != 0)
         _exit(1);
     test_serve_and_exit(&l, srv, out);
 }
 
-/* One request with the given Authorization value (NULL: none); returns the status. */
-static int managed(int port, const char *auth, char *buf, size_t len) {
+/* One request with the given Authorization value (NULL: none) and X-Forwarded-For (NULL:
+ * none); returns the status. */
+static int managed_from(int port, const char *auth, const char *xff, char *buf, size_t len) {
     char req[256];
-    snprintf(req, sizeof req, "DELETE /thing HTTP/1.1\r\nHost: x\r\n%s%s%s\r\n",
-             auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
+    snprintf(req, sizeof req, "DELETE /thing HTTP/1.1\r\nHost: x\r\n%s%s%s%s%s%s\r\n",
+             auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "",
+             xff ? "X-Forwarded-For: " : "", xff ? xff : "", xff ? "\r\n" : "");
     return test_http_exchange(port, req, buf, len, NULL);
 }
 
+static int managed(int port, const char *auth, char *buf, size_t len) {
+    return managed_from(port, auth, NULL, buf, len);
+}
+
 Test(admin, with_a_token_only_the_right_bearer_passes) {
-    static sd_admin a;
+    static guard g;
     const char *path = token_file(TOKEN "\n");
-    cr_assert_eq(sd_admin_load(&a, "prog", "--admin-token-file", path, NULL), 0);
+    cr_assert_eq(sd_admin_load(&g.admin, "prog", "--admin-token-file", path, NULL), 0);
     unlink(path);
     int port, lines;
-    pid_t pid = test_fork_server(guard_main, &a, &port, &lines);
+    pid_t pid = test_fork_server(guard_main, &g, &port, &lines);
     char buf[4096];
     cr_expect_eq(managed(port, NULL, buf, sizeof buf), 401);
     cr_expect(strstr(buf, "WWW-Authenticate: Bearer"), "%s", buf);
@@ -124,12 +138,32 @@ Test(admin, with_a_token_only_the_right_bearer_passes) {
 }
 
 Test(admin, without_a_token_a_loopback_client_passes) {
-    static sd_admin a; /* no token */
+    static guard g; /* no token, no trusted proxy */
     int port, lines;
-    pid_t pid = test_fork_server(guard_main, &a, &port, &lines);
+    pid_t pid = test_fork_server(guard_main, &g, &port, &lines);
     char buf[4096];
     cr_expect_eq(managed(port, NULL, buf, sizeof buf), 200);
     cr_expect_eq(managed(port, "Bearer anything-at-all-here", buf, sizeof buf), 200);
+    cr_expect_eq(managed_from(port, NULL, "203.0.113.9", buf, sizeof buf), 200,
+                 "an untrusted X-Forwarded-For was believed");
+    close(lines);
+    test_kill_wait(pid, SIGKILL);
+}
+
+/* Behind a proxy on the same host (trusted with --trust-proxy), every request arrives from
+ * loopback: the guard then looks at the client the proxy names, and refuses one off loopback. */
+Test(admin, without_a_token_a_client_behind_a_trusted_proxy_is_refused_off_loopback) {
+    static guard g;
+    char err[160];
+    cr_assert_eq(sd_http_trust_add(&g.trust, "127.0.0.1", err, sizeof err), 0);
+    int port, lines;
+    pid_t pid = test_fork_server(guard_main, &g, &port, &lines);
+    char buf[4096];
+    cr_expect_eq(managed_from(port, NULL, "203.0.113.9", buf, sizeof buf), 403);
+    cr_expect(strstr(buf, "application/problem+json"), "%s", buf);
+    cr_expect(strstr(buf, "loopback clients only"), "%s", buf);
+    cr_expect_eq(managed_from(port, NULL, "127.0.0.8", buf, sizeof buf), 200);
+    cr_expect_eq(managed(port, NULL, buf, sizeof buf), 200, "the proxy itself");
     close(lines);
     test_kill_wait(pid, SIGKILL);
 }

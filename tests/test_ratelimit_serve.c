@@ -152,6 +152,36 @@ Test(ratelimit_serve, keys_come_from_the_header_or_the_address) {
     shutdown_gateway(g);
 }
 
+static int run(const char *const argv[]);
+
+/* Behind a proxy named by --trust-proxy, the client is the address the proxy put in
+ * X-Forwarded-For: two clients behind it have a quota each. Without it the proxy's address is
+ * the key, whatever the header says. */
+Test(ratelimit_serve, behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota) {
+    const char *a = "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n";
+    const char *b = "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.2\r\n\r\n";
+    char resp[4096];
+    gateway g = serve("--policy", "xff;q=1;w=3600", "--trust-proxy", "127.0.0.1/32", NULL);
+    cr_assert_eq(test_http_exchange(g.port, a, resp, sizeof resp, NULL), 200);
+    cr_assert_eq(test_http_exchange(g.port, b, resp, sizeof resp, NULL), 200);
+    cr_assert_eq(test_http_exchange(g.port, a, resp, sizeof resp, NULL), 429);
+    sd_redis *admin = test_redis_connect(test_target_url(server));
+    cr_assert_eq(test_redis_int(admin, "EXISTS rl:{203.0.113.2}:xff:tb2"), 1);
+    shutdown_gateway(g);
+    g = serve("--policy", "xff2;q=1;w=3600", NULL);
+    cr_assert_eq(test_http_exchange(g.port, a, resp, sizeof resp, NULL), 200);
+    cr_assert_eq(test_http_exchange(g.port, b, resp, sizeof resp, NULL), 429,
+                 "an untrusted X-Forwarded-For named the client");
+    cr_assert_eq(test_redis_int(admin, "EXISTS rl:{127.0.0.1}:xff2:tb2"), 1);
+    sd_redis_free(admin);
+    shutdown_gateway(g);
+    /* A malformed block is a usage error. */
+    cr_assert_eq(run((const char *const[]){"ratelimit", "serve", "--listen", "127.0.0.1:0",
+                                           "--redis", test_target_url(server), "--policy",
+                                           "p;q=1;w=1", "--trust-proxy", "10.0.0.0/40", NULL}),
+                 2);
+}
+
 /* Three gateways share one Redis: between them they admit exactly the quota. */
 Test(ratelimit_serve, instances_sharing_redis_admit_exactly_the_quota) {
     gateway g[3];

@@ -90,7 +90,8 @@ typedef struct options {
     long long redirect, flush_ms;
     rl_config rl;
     int nlimits;
-    sd_admin admin; /* who may DELETE a link: a bearer token, or loopback clients only */
+    sd_admin admin;      /* who may DELETE a link: a bearer token, or loopback clients only */
+    sd_http_trust trust; /* --trust-proxy: whose X-Forwarded-For names the client */
 } options;
 
 struct job;
@@ -1101,7 +1102,7 @@ static void on_create(sd_http_req *req, void *udata) {
     create_op *op = sd_xmalloc(sizeof(*op));
     op->a = a;
     op->req = req;
-    const char *peer = sd_http_req_peer(req);
+    const char *peer = sd_http_req_client(req);
     int rc = rl_limiter_check(a->limiter, peer ? peer : "-", 1, on_create_decision, op);
     if (rc != 0) {
         free(op);
@@ -1263,6 +1264,7 @@ static int serve(options *o, const sd_redis_url *url, const unsigned char key[US
     uv_timer_start(&a.lease_timer, on_lease_timer, retry_ms, retry_ms);
 
     a.http = sd_http_server_new(loop, NULL);
+    sd_http_server_trust(a.http, &o->trust);
     sd_http_route_opts small = {.max_body_bytes = 8192};
     sd_http_server_route_opts(a.http, "POST", "/v1/links", on_create, &a, &small);
     sd_http_server_route(a.http, "GET", "/v1/links/*", on_link_api, &a);
@@ -1371,6 +1373,7 @@ static int run_serve(int argc, char **argv) {
          "bearer token for DELETE, the file's first line (else\n"
          "URLSHORTENER_ADMIN_TOKEN; none: DELETE answers loopback clients only)",
          .text = &o.admin_token_file},
+        SD_CLI_TRUST_OPT(&o.trust),
         {0}};
     const sd_cli_cmd cmd = {.name = "urlshortener serve",
                             .synopsis = "--base-url URL [options]",

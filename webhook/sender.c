@@ -110,6 +110,7 @@ typedef struct options {
     const char *redis;
     const char *schedule_text;
     const char *token_file;
+    sd_http_trust trust; /* --trust-proxy: whose X-Forwarded-For names the client */
     long long timeout_ms, concurrency, endpoint_concurrency, poll_ms, disable_after, recheck_ms;
     int allow_private, no_deliver;
 } options;
@@ -2296,6 +2297,7 @@ static int sender_run(options *o, int serve) {
         hopts.server_name = "webhook";
         hopts.max_body_bytes = WH_BODY_MAX;
         s->http = sd_http_server_new(s->loop, &hopts);
+        sd_http_server_trust(s->http, &o->trust);
         sd_http_server_route(s->http, "POST", "/v1/endpoints", on_endpoint_create, s);
         sd_http_server_route(s->http, "GET", "/v1/endpoints/*", on_endpoint, s);
         sd_http_server_route(s->http, "POST", "/v1/endpoints/*", on_endpoint, s);
@@ -2404,6 +2406,7 @@ static int sender_main(int argc, char **argv, int serve) {
          "WEBHOOK_API_TOKEN's value; 16 characters at least); without\n"
          "one, /v1 answers loopback clients only",
          .text = &o.token_file},
+        SD_CLI_TRUST_OPT(&o.trust),
         {0}};
     const sd_cli_cmd cmd = {
         .name = serve ? "webhook serve" : "webhook deliver",
