@@ -57,7 +57,9 @@ typedef struct options {
 } options;
 
 /* A public response to a request with Authorization, offered to the cache under its key: the
- * loader takes it instead of asking the origin while its get runs (prime_offer). */
+ * loader takes it instead of asking the origin while its get runs (prime_offer). At most
+ * PRIME_MAX at a time (each holds a body); beyond that an answer is simply not shared. */
+#define PRIME_MAX 64
 typedef struct proxy proxy;
 typedef struct prime {
     struct prime *next;
@@ -73,9 +75,11 @@ struct proxy {
     cache *cache;
     sd_http_client *client;
     sd_http_server *http;
-    prime *primes;  /* the primes whose get has not answered yet (a short list) */
+    prime *primes; /* the primes whose get has not answered yet (at most PRIME_MAX) */
+    int nprimes;
     sd_admin admin; /* who may purge: a bearer token, or loopback clients only */
     uint64_t misses, bypassed, shared;
+    uint64_t purges; /* purges answered here (their own message may not have come back yet) */
 };
 
 static uint64_t wall_ms(void) {
@@ -280,6 +284,7 @@ static void on_primed(cache *c, int err, const cache_result *r, void *udata) {
     for (prime **pp = &pr->p->primes; *pp; pp = &(*pp)->next) {
         if (*pp == pr) {
             *pp = pr->next;
+            pr->p->nprimes--;
             break;
         }
     }
@@ -289,11 +294,13 @@ static void on_primed(cache *c, int err, const cache_result *r, void *udata) {
 /* Offers a public answer to a request with Authorization to the cache: a get of its key whose
  * load (if this get's flight must load: nothing fresh is stored and no other instance is
  * loading) takes the answer instead of asking the origin. The answer is then stored and given
- * to the waiters like any load, under the lease, so an invalidation still fences it. A load
- * that starts after the get has answered (a background refresh) asks the origin as usual. */
+ * to the waiters like any load, under the lease, so an invalidation from now on fences it. One
+ * that came while the request was at the origin is seen by the caller (on_bypass compares the
+ * cache's invalidation count). A load that starts after the get has answered (a background
+ * refresh) asks the origin as usual. */
 static void prime_offer(proxy *p, const char *key, size_t klen, const sd_http_response *resp,
                         int ttl_ms) {
-    if (p->cache == NULL) /* stopping */
+    if (p->nprimes == PRIME_MAX)
         return;
     prime *pr = sd_xcalloc(1, sizeof *pr);
     pr->p = p;
@@ -304,8 +311,10 @@ static void prime_offer(proxy *p, const char *key, size_t klen, const sd_http_re
     pr->ttl_ms = ttl_ms;
     pr->next = p->primes;
     p->primes = pr;
+    p->nprimes++;
     if (cache_get(p->cache, pr->key, klen, origin_loader, p, on_primed, pr) != 0) {
         p->primes = pr->next;
+        p->nprimes--;
         prime_free(pr);
     }
 }
@@ -324,13 +333,26 @@ static int shareable_with_authorization(const sd_http_response *resp, int *ttl_m
 }
 
 /* A request with Authorization, on its way to the origin: its cache key is kept for the
- * answer's prime. */
+ * answer's prime, and the cache's count of invalidations and subscriber drops when it left: if
+ * either moved meanwhile, a purge may have come after the origin answered, so the answer is
+ * not shared (a purge of any key counts: cheap and safe). */
 typedef struct bypass {
     proxy *p;
     sd_http_req *req;
     char *key;
     size_t klen;
+    uint64_t invalidations, sub_downs, purges;
 } bypass;
+
+/* Whether the cache heard of no invalidation since b left, and can fence one from now on. */
+static int nothing_purged_since(const bypass *b) {
+    if (b->p->cache == NULL || cache_is_degraded(b->p->cache)) /* stopping, or no Redis */
+        return 0;
+    cache_stats st;
+    cache_stats_get(b->p->cache, &st);
+    return st.invalidations == b->invalidations && st.sub_downs == b->sub_downs &&
+           b->p->purges == b->purges;
+}
 
 static void on_bypass(int err, sd_http_response *resp, void *udata) {
     bypass *b = udata;
@@ -342,7 +364,7 @@ static void on_bypass(int err, sd_http_response *resp, void *udata) {
         sd_http_req_respond(b->req, resp->status, ct ? ct : "application/octet-stream", resp->body,
                             resp->body_len);
         int ttl_ms;
-        if (shareable_with_authorization(resp, &ttl_ms))
+        if (shareable_with_authorization(resp, &ttl_ms) && nothing_purged_since(b))
             prime_offer(b->p, b->key, b->klen, resp, ttl_ms);
     }
     free(b->key);
@@ -385,6 +407,7 @@ static void purge(proxy *p, sd_http_req *req, const char *path) {
         return;
     const char *host = sd_http_req_header(req, "Host");
     char *key = sd_xasprintf("GET %s %s", host ? host : "", path);
+    p->purges++;
     int rc = cache_invalidate(p->cache, key, strlen(key), NULL, NULL);
     free(key);
     if (rc != 0 && rc != SD_EDISCONNECTED) {
@@ -417,8 +440,16 @@ static void on_request(sd_http_req *req, void *udata) {
         char *auth = sd_xasprintf("Authorization: %s", sd_http_req_header(req, "Authorization"));
         const char *hdrs[] = {auth, NULL};
         sd_http_request r = {.url = url, .headers = hdrs, .timeout_ms = 30000};
+        cache_stats st;
+        cache_stats_get(p->cache, &st);
         bypass *b = sd_xcalloc(1, sizeof *b);
-        *b = (bypass){.p = p, .req = req, .key = sd_xstrndup(key, klen), .klen = klen};
+        *b = (bypass){.p = p,
+                      .req = req,
+                      .key = sd_xstrndup(key, klen),
+                      .klen = klen,
+                      .invalidations = st.invalidations,
+                      .sub_downs = st.sub_downs,
+                      .purges = p->purges};
         p->bypassed++;
         if (sd_http_client_request(p->client, &r, on_bypass, b) != 0) {
             sd_http_req_respond_problem(req, 502, NULL, "The origin failed", "bad request URL",

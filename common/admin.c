@@ -37,11 +37,14 @@ int sd_admin_load(sd_admin *a, const char *prog, const char *opt, const char *fi
         buf[n] = '\0';
     } else if (value) {
         snprintf(buf, sizeof buf, "%s", value);
+        unsetenv(env); /* not handed down to the programs this one starts */
     } else {
         return 0;
     }
     buf[strcspn(buf, "\r\n")] = '\0';
     size_t len = strlen(buf);
+    while (len > 0 && (buf[len - 1] == ' ' || buf[len - 1] == '\t'))
+        buf[--len] = '\0';
     if (len < 16 || len == sizeof buf - 1) {
         OPENSSL_cleanse(buf, sizeof buf);
         fprintf(stderr, "%s: the token (%s) must be 16 to 510 characters on one line\n", prog,
@@ -76,9 +79,15 @@ int sd_admin_peer_is_loopback(const char *peer) {
     return 0;
 }
 
+int sd_admin_is_local(const char *peer, const char *client) {
+    /* The peer itself must be local, and so must the client a trusted proxy names: a trusted
+     * proxy elsewhere could otherwise name 127.0.0.1 for anyone. */
+    return sd_admin_peer_is_loopback(peer) && sd_admin_peer_is_loopback(client);
+}
+
 int sd_admin_check(const sd_admin *a, sd_http_req *req) {
     if (!a->has_token) {
-        if (sd_admin_peer_is_loopback(sd_http_req_client(req)))
+        if (sd_admin_is_local(sd_http_req_peer(req), sd_http_req_client(req)))
             return 1;
         sd_http_req_respond_problem(req, 403, NULL, "Forbidden",
                                     "no admin token is configured: this endpoint answers "

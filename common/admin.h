@@ -27,10 +27,11 @@ typedef struct sd_admin {
     unsigned char token_sha[32]; /* SHA-256 of the token: the token itself is not kept */
 } sd_admin;
 
-/* Reads the token from file (its first line) when file is not NULL, else from the environment
- * variable env (may be NULL), else sets none. Returns 0, or -1 after a message on stderr that
- * starts with prog and names the option or the variable, never the token (unreadable file, or
- * a token outside 16 to 510 characters). */
+/* Reads the token from file (its first line, trailing blanks dropped) when file is not NULL,
+ * else from the environment variable env (may be NULL; it is then removed from the environment,
+ * so that programs started later do not inherit it), else sets none. Returns 0, or -1 after a
+ * message on stderr that starts with prog and names the option or the variable, never the
+ * token (unreadable file, or a token outside 16 to 510 characters). */
 int sd_admin_load(sd_admin *a, const char *prog, const char *opt, const char *file,
                   const char *env);
 
@@ -44,5 +45,9 @@ int sd_admin_check(const sd_admin *a, sd_http_req *req);
 /* Whether the address text (as sd_http_req_peer gives it: "127.0.0.1", "::1",
  * "::ffff:127.0.0.1") is a loopback address. */
 int sd_admin_peer_is_loopback(const char *peer);
+
+/* Without a token, whether a request may manage: its peer and its client (sd_http_req_client,
+ * which differs behind a trusted proxy) are both loopback. */
+int sd_admin_is_local(const char *peer, const char *client);
 
 #endif

@@ -181,12 +181,14 @@ const char *sd_http_req_body(const sd_http_req *req, size_t *len);
 /* The peer's IP address as text ("127.0.0.1"). */
 const char *sd_http_req_peer(const sd_http_req *req);
 /* The client's IP address as text: the peer's, unless the peer is a trusted proxy
- * (sd_http_server_trust). Then X-Forwarded-For (the last such header: a proxy appends to the
- * one it forwards) is read from the right, each proxy having appended the address it got the
- * request from: the first address that is not a trusted proxy is the client; entries left of it
+ * (sd_http_server_trust). Then X-Forwarded-For (several lines are one list, in order) is read
+ * from the right, each proxy having appended the address it got the request from: the first
+ * address that is not a trusted proxy is the client; entries left of it
  * may be the client's own inventions and are never read. When all are trusted, the left-most;
- * when the header is absent, or an entry is not an address, the last trusted hop read (at
- * first the peer itself). For rate limits per client, Idempotency-Key scopes and the
+ * when the header is absent, the peer. An entry may carry a port ("1.2.3.4:5678",
+ * "[2001:db8::1]:443") or a zone; one that is still not an address makes the client "unknown"
+ * (never the hop before it, which may be loopback); empty entries are skipped. An IPv4-mapped
+ * IPv6 address is matched as IPv4. For rate limits per client, Idempotency-Key scopes and the
  * management guard. */
 const char *sd_http_req_client(sd_http_req *req);
 /* The server this request arrived on. */

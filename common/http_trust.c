@@ -9,18 +9,27 @@
  * trusted proxy; the first untrusted address is the client.
  */
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <strings.h>
 
 #include "http_internal.h"
 
-/* Parses an IPv4 or IPv6 address; returns its family (0: not an address). */
+/* Parses an IPv4 or IPv6 address; returns its family (0: not an address). An IPv4-mapped IPv6
+ * address (::ffff:a.b.c.d, how a dual-stack listener sees an IPv4 peer) is read as IPv4, so that
+ * an IPv4 block matches it. */
 static int parse_addr(const char *text, unsigned char out[16]) {
     if (inet_pton(AF_INET, text, out) == 1)
         return AF_INET;
-    if (inet_pton(AF_INET6, text, out) == 1)
-        return AF_INET6;
-    return 0;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, text, &a6) != 1)
+        return 0;
+    if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+        memcpy(out, a6.s6_addr + 12, 4);
+        return AF_INET;
+    }
+    memcpy(out, a6.s6_addr, 16);
+    return AF_INET6;
 }
 
 int sd_http_trust_add(sd_http_trust *t, const char *cidr, char *err, size_t errlen) {
@@ -81,26 +90,42 @@ void sd_http_server_trust(sd_http_server *srv, const sd_http_trust *t) {
         srv->trust.n = 0;
 }
 
-/* The value of the last header named name, or NULL. */
-static const char *last_header(const sd_http_req *req, const char *name) {
-    const char *v = NULL;
-    for (size_t i = 0; i < req->nheaders; i++) {
-        const header *h = &req->headers[i];
-        if (strcasecmp(req->store.p + h->name, name) == 0)
-            v = h->value == NO_OFF ? "" : req->store.p + h->value;
+/* An X-Forwarded-For entry as an address: "1.2.3.4", "1.2.3.4:5678", "2001:db8::1",
+ * "[2001:db8::1]:443" and "fe80::1%eth0" (a zone) all give the bare address in out. Returns 0,
+ * or -1 when it is none (then the client cannot be told). */
+static int entry_addr(const char *a, size_t n, char out[INET6_ADDRSTRLEN]) {
+    char text[INET6_ADDRSTRLEN + 16];
+    if (n == 0 || n >= sizeof text)
+        return -1;
+    memcpy(text, a, n);
+    text[n] = '\0';
+    char *host = text;
+    if (host[0] == '[') { /* [v6] or [v6]:port */
+        char *close = strchr(host, ']');
+        if (!close || (close[1] != '\0' && close[1] != ':'))
+            return -1;
+        *close = '\0';
+        host++;
+    } else {
+        char *colon = strchr(host, ':');
+        if (colon && !strchr(colon + 1, ':')) /* one colon: IPv4 with a port */
+            *colon = '\0';
     }
-    return v;
+    char *zone = strchr(host, '%');
+    if (zone)
+        *zone = '\0';
+    unsigned char bin[16];
+    if (strlen(host) >= INET6_ADDRSTRLEN || !parse_addr(host, bin))
+        return -1;
+    strcpy(out, host);
+    return 0;
 }
 
-const char *sd_http_req_client(sd_http_req *req) {
-    const sd_http_trust *t = &req->conn->srv->trust;
-    const char *hop = req->conn->peer;
-    if (!sd_http_trust_has(t, hop))
-        return hop;
-    const char *xff = last_header(req, "X-Forwarded-For");
-    if (!xff)
-        return hop;
-    /* Entries from the right: [start, end) is the one being read. */
+/* Reads one X-Forwarded-For value from the right, starting from hop (a trusted proxy): returns
+ * 1 with the client in req->client (an untrusted entry, or "unknown" for one that is not an
+ * address), or 0 when every entry is trusted (req->client then holds the left-most, or hop is
+ * left as it was when the value is empty). */
+static int walk(sd_http_req *req, const sd_http_trust *t, const char *xff, const char **hop) {
     const char *end = xff + strlen(xff);
     while (end > xff) {
         const char *start = end;
@@ -111,20 +136,36 @@ const char *sd_http_req_client(sd_http_req *req) {
             a++;
         while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
             b--;
-        char entry[INET6_ADDRSTRLEN];
-        unsigned char bin[16];
-        size_t n = (size_t)(b - a);
-        if (n == 0 || n >= sizeof entry)
-            break;
-        memcpy(entry, a, n);
-        entry[n] = '\0';
-        if (!parse_addr(entry, bin))
-            break; /* not an address: the hop before it is as far as we can see */
-        memcpy(req->client, entry, n + 1);
-        hop = req->client;
-        if (!sd_http_trust_has(t, hop))
-            return hop;
         end = start > xff ? start - 1 : xff;
+        if (a == b)
+            continue; /* an empty entry ("a,,b", a trailing comma) says nothing */
+        if (entry_addr(a, (size_t)(b - a), req->client) != 0) {
+            /* Not an address: who sent it cannot be told, and the hop before it must not be
+             * taken for the client (it may be loopback). */
+            strcpy(req->client, "unknown");
+            *hop = req->client;
+            return 1;
+        }
+        *hop = req->client;
+        if (!sd_http_trust_has(t, req->client))
+            return 1;
+    }
+    return 0;
+}
+
+const char *sd_http_req_client(sd_http_req *req) {
+    const sd_http_trust *t = &req->conn->srv->trust;
+    const char *hop = req->conn->peer;
+    if (!sd_http_trust_has(t, hop))
+        return hop;
+    /* Several X-Forwarded-For lines are one list in their order (RFC 9110, section 5.3): each
+     * proxy may add a line of its own. So the lines are read from the last one back. */
+    for (size_t i = req->nheaders; i-- > 0;) {
+        const header *h = &req->headers[i];
+        if (strcasecmp(req->store.p + h->name, "X-Forwarded-For") != 0 || h->value == NO_OFF)
+            continue;
+        if (walk(req, t, req->store.p + h->value, &hop))
+            return hop;
     }
     return hop;
 }

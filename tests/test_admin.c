@@ -34,12 +34,13 @@ Test(admin, no_file_and_no_variable_sets_no_token) {
 
 Test(admin, the_token_is_the_files_first_line_else_the_variable) {
     sd_admin from_file, from_env, other;
-    const char *path = token_file(TOKEN "\nsecond line\n");
+    const char *path = token_file(TOKEN " \t\nsecond line\n");
     cr_assert_eq(sd_admin_load(&from_file, "prog", "--admin-token-file", path, NULL), 0);
     unlink(path);
     setenv("SD_TEST_ADMIN_TOKEN", TOKEN, 1);
     cr_assert_eq(
         sd_admin_load(&from_env, "prog", "--admin-token-file", NULL, "SD_TEST_ADMIN_TOKEN"), 0);
+    cr_assert_null(getenv("SD_TEST_ADMIN_TOKEN"), "the token stays in the environment");
     setenv("SD_TEST_ADMIN_TOKEN", TOKEN "x", 1);
     cr_assert_eq(sd_admin_load(&other, "prog", "--admin-token-file", NULL, "SD_TEST_ADMIN_TOKEN"),
                  0);
@@ -75,6 +76,17 @@ Test(admin, loopback_peers_are_told_from_the_others) {
     for (size_t i = 0; i < sizeof others / sizeof *others; i++)
         cr_assert_not(sd_admin_peer_is_loopback(others[i]), "%s", others[i]);
     cr_assert_not(sd_admin_peer_is_loopback(NULL));
+}
+
+/* Without a token: the peer and the client a trusted proxy names must both be local. A trusted
+ * proxy off this host naming 127.0.0.1 is refused (no test socket can come from off loopback,
+ * hence this unit test). */
+Test(admin, the_peer_and_the_named_client_must_both_be_local) {
+    cr_assert(sd_admin_is_local("127.0.0.1", "127.0.0.1"));
+    cr_assert(sd_admin_is_local("::ffff:127.0.0.1", "::1"));
+    cr_assert_not(sd_admin_is_local("10.0.0.5", "127.0.0.1"), "a remote proxy named loopback");
+    cr_assert_not(sd_admin_is_local("127.0.0.1", "203.0.113.9"));
+    cr_assert_not(sd_admin_is_local("127.0.0.1", "unknown"));
 }
 
 /* ---- The check, over HTTP: a forked server whose every request goes through it ---------------

@@ -300,6 +300,32 @@ Test(cache_serve, an_authorized_answer_is_shared_only_when_public) {
     cr_assert_eq(origin_ctl_send("/_calls"), calls + 1);
 }
 
+/* A purge that comes while a request with Authorization is at the origin: the answer was made
+ * before the purge, so it is not shared afterwards, public or not. */
+Test(cache_serve, an_authorized_answer_overtaken_by_a_purge_is_not_shared) {
+    start_instances(1);
+    int calls = origin_ctl_send("/_calls");
+    origin_ctl_send("/_hold");
+    int fd = test_tcp_connect(inst[0].port);
+    const char *req = "GET /pub-race HTTP/1.1\r\nHost: site\r\nAuthorization: Bearer t\r\n\r\n";
+    test_write_all(fd, req, strlen(req));
+    char line[64], buf[4096], body[256], x[32];
+    cr_assert_gt(test_read_line(origin_lines, line, sizeof line, 20000), 0, "the origin got none");
+    cr_assert_eq(test_http_exchange(inst[0].port, "PURGE /pub-race HTTP/1.1\r\nHost: site\r\n\r\n",
+                                    buf, sizeof buf, NULL),
+                 200);
+    origin_ctl_send("/_release");
+    const char *b = NULL;
+    cr_assert_eq(test_http_read_response(fd, buf, sizeof buf, &b), 200);
+    close(fd);
+    char want[64];
+    snprintf(want, sizeof want, "/pub-race#%d+auth", calls + 1);
+    cr_assert_str_eq(b, want);
+    cr_assert_eq(get(inst[0].port, "/pub-race", body, sizeof body, x, sizeof x), 200);
+    snprintf(want, sizeof want, "/pub-race#%d", calls + 2);
+    cr_assert_str_eq(body, want, "the answer from before the purge was shared");
+}
+
 /* With --admin-token-file, a purge wants the bearer token (401 without it, nothing purged). */
 Test(cache_serve, with_an_admin_token_a_purge_wants_it) {
     char file[] = "/tmp/cache-token-XXXXXX";

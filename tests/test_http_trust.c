@@ -40,13 +40,14 @@ Test(http_trust, membership_follows_the_prefix) {
     cr_assert_eq(sd_http_trust_add(&t, "2001:db8::/32", err, sizeof err), 0);
     const char *in[] = {"10.1.0.0", "10.1.255.255", "192.168.7.127", "2001:db8::5",
                         "2001:db8:ffff::1"};
-    const char *out[] = {
-        "10.2.0.0", "10.0.255.255", "192.168.7.128", "2001:db9::1", "::ffff:10.1.0.1", "garbage",
-        ""};
+    const char *out[] = {"10.2.0.0", "10.0.255.255", "192.168.7.128", "2001:db9::1", "garbage", ""};
     for (size_t i = 0; i < sizeof in / sizeof *in; i++)
         cr_assert(sd_http_trust_has(&t, in[i]), "%s", in[i]);
     for (size_t i = 0; i < sizeof out / sizeof *out; i++)
         cr_assert_not(sd_http_trust_has(&t, out[i]), "%s", out[i]);
+    /* how a dual-stack listener writes an IPv4 peer */
+    cr_assert(sd_http_trust_has(&t, "::ffff:10.1.0.1"));
+    cr_assert_not(sd_http_trust_has(&t, "::ffff:10.2.0.1"));
     sd_http_trust none = {0};
     cr_assert_not(sd_http_trust_has(&none, "10.1.0.1"));
 }
@@ -115,12 +116,23 @@ Test(http_trust, behind_a_trusted_proxy_the_rightmost_untrusted_hop_is_the_clien
         {"X-Forwarded-For: 2001:db8::7\r\n", "2001:db8::7"},
         /* all trusted: the left-most */
         {"X-Forwarded-For: 10.9.1.1, 127.0.0.9\r\n", "10.9.1.1"},
-        /* an entry that is not an address ends the walk at the last trusted hop */
-        {"X-Forwarded-For: 203.0.113.9, unknown\r\n", "127.0.0.1"},
-        {"X-Forwarded-For: 203.0.113.9, garbage, 10.9.0.1\r\n", "10.9.0.1"},
+        /* an entry that is not an address: the client is unknown, never the trusted hop */
+        {"X-Forwarded-For: 203.0.113.9, unknown\r\n", "unknown"},
+        {"X-Forwarded-For: 203.0.113.9, garbage, 10.9.0.1\r\n", "unknown"},
+        {"X-Forwarded-For: 203.0.113.9, 1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18.19\r\n",
+         "unknown"},
         {"X-Forwarded-For: \r\n", "127.0.0.1"},
-        /* two headers: the last is the one the proxy wrote */
+        {"X-Forwarded-For: 203.0.113.9,, 127.0.0.3,\r\n", "203.0.113.9"},
+        /* ports and zones, as some proxies write them */
+        {"X-Forwarded-For: 203.0.113.9:5678\r\n", "203.0.113.9"},
+        {"X-Forwarded-For: [2001:db8::7]:443, 127.0.0.1:80\r\n", "2001:db8::7"},
+        {"X-Forwarded-For: fe80::1%eth0\r\n", "fe80::1"},
+        {"X-Forwarded-For: [2001:db8::7\r\n", "unknown"},
+        /* a mapped IPv4 hop is matched as IPv4 */
+        {"X-Forwarded-For: 203.0.113.9, ::ffff:10.9.0.1\r\n", "203.0.113.9"},
+        /* several lines are one list: each proxy may add its own */
         {"X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: 203.0.113.9\r\n", "203.0.113.9"},
+        {"X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 10.9.0.4\r\n", "203.0.113.9"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char c[64];

@@ -67,7 +67,8 @@ Test(redis_server, its_port_lies_below_the_ephemeral_range) {
     cr_assert_not_null(f);
     cr_assert_eq(fscanf(f, "%d %d", &low, &high), 2);
     fclose(f);
-    cr_assert_geq(low, 2048, "this test needs room below the ephemeral range");
+    if (low < 2048)
+        cr_skip_test("no room below the ephemeral range (%d-%d)", low, high);
     sd_redis_server *s = test_redis_start(NULL);
     cr_assert_lt(sd_redis_server_port(s), low, "port %d is in the ephemeral range %d-%d",
                  sd_redis_server_port(s), low, high);
