@@ -1878,31 +1878,39 @@ static void drop_next(sender *s);
 /* A queue is done once a batch leaves nothing (empty), once WH_DROP_NOW went, or when a batch
  * fails: the drain finishes what is left (the id stays in eps_deleted). Otherwise it goes back
  * to the end of the line. */
-static void on_drop_step(jq_aclient *c, int status, int64_t removed, int more, void *arg) {
-    sender *s = arg;
+/* Takes the first queue out of the line: back at its end when go_on, else done (logged). */
+static void drop_rotate(sender *s, int go_on, int failed) {
     queue_drop d = s->drops[0];
     s->ndrops--;
     memmove(s->drops, s->drops + 1, s->ndrops * sizeof *s->drops);
-    s->dropping = 0;
-    d.dropped += removed;
-    if (status == 0 && more && d.dropped < WH_DROP_NOW)
+    if (go_on)
         s->drops[s->ndrops++] = d;
     else
         sd_log(SD_LOG_INFO, "webhook.endpoint_queue_dropped", "endpoint=%s jobs=%lld failed=%d",
-               d.id, (long long)d.dropped, status != 0);
+               d.id, (long long)d.dropped, failed);
+}
+
+static void on_drop_step(jq_aclient *c, int status, int64_t removed, int more, void *arg) {
+    sender *s = arg;
+    s->dropping = 0;
+    s->drops[0].dropped += removed;
+    drop_rotate(s, status == 0 && more && s->drops[0].dropped < WH_DROP_NOW, status != 0);
     drop_next(s);
     sender_maybe_finish(s);
 }
 
 /* Sends the next batch of the first queue in line, one batch in flight at a time. A stop sends
- * no more (the drain drops the rest, in this process or another). */
+ * no more (the drain drops the rest, in this process or another), and a batch that cannot be
+ * sent ends that queue's turn like a failed one. */
 static void drop_next(sender *s) {
-    if (s->dropping || s->ndrops == 0 || s->stopping)
-        return;
-    char queue[80];
-    endpoint_queue_name(s->drops[0].id, queue, sizeof queue);
-    if (jq_adrop(s->api_aq, queue, WH_DROP_BATCH, on_drop_step, s) == 0)
-        s->dropping = 1;
+    while (!s->dropping && s->ndrops > 0 && !s->stopping) {
+        char queue[80];
+        endpoint_queue_name(s->drops[0].id, queue, sizeof queue);
+        if (jq_adrop(s->api_aq, queue, WH_DROP_BATCH, on_drop_step, s) == 0)
+            s->dropping = 1;
+        else
+            drop_rotate(s, 0, 1);
+    }
 }
 
 /* Starts dropping a deleted endpoint's queue (once, when the deletion is answered). */
