@@ -100,7 +100,30 @@ static int spawn_server(sd_redis_server *s) {
     return 0;
 }
 
-/* Waits until the server answers PING, or it exits, or the start timeout passes. */
+/*
+ * Whether this server (s->pid) wrote "Ready to accept connections" to its log: its proof that the
+ * port is its own. A PING alone cannot tell: when another process took the port between
+ * sd_free_loopback_port() and the bind (another test's Redis drawing the same port, or anyone
+ * after a halt), that process answers the PING, while this server fails to bind and exits. Every
+ * log line starts with the pid of the process that wrote it.
+ */
+static int log_says_ready(const sd_redis_server *s) {
+    char path[128], prefix[24], line[512];
+    snprintf(path, sizeof path, "%s/redis.log", s->dir);
+    int plen = snprintf(prefix, sizeof prefix, "%d:", (int)s->pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ready = 0;
+    while (!ready && fgets(line, sizeof line, f))
+        ready = strncmp(line, prefix, (size_t)plen) == 0 &&
+                strstr(line, "Ready to accept connections") != NULL;
+    fclose(f);
+    return ready;
+}
+
+/* Waits until the server answers PING and its log says the port is its own, or it exits, or the
+ * start timeout passes. */
 static int wait_ready(sd_redis_server *s) {
     uint64_t deadline = sd_now_ms() + (uint64_t)s->start_timeout_ms;
     for (int delay = 2;; delay = delay < 50 ? delay * 2 : 50) {
@@ -122,7 +145,7 @@ static int wait_ready(sd_redis_server *s) {
             if (reply)
                 freeReplyObject(reply);
             redisFree(c);
-            if (ok)
+            if (ok && log_says_ready(s))
                 return 0;
         } else if (c) {
             redisFree(c);

@@ -4,11 +4,14 @@
  * leaves nothing behind when its owner is SIGKILLed.
  */
 #include <criterion/criterion.h>
+#include <hiredis/hiredis.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -72,6 +75,62 @@ Test(redis_server, its_port_lies_below_the_ephemeral_range) {
     sd_redis_server *s = test_redis_start(NULL);
     cr_assert_lt(sd_redis_server_port(s), low, "port %d is in the ephemeral range %d-%d",
                  sd_redis_server_port(s), low, high);
+    sd_redis_server_stop(s);
+}
+
+/* Another redis-server on port, not an embedded one (it dies with the test process). */
+static pid_t start_other_server(int port) {
+    char port_text[16];
+    snprintf(port_text, sizeof port_text, "%d", port);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        execlp("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Whether something on port answers PING. */
+static int answers_ping(int port) {
+    struct timeval tv = {0, 200000};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    int ok = 0;
+    if (c && c->err == 0) {
+        redisSetTimeout(c, tv);
+        redisReply *reply = redisCommand(c, "PING");
+        ok = reply && reply->type == REDIS_REPLY_STATUS;
+        if (reply)
+            freeReplyObject(reply);
+    }
+    if (c)
+        redisFree(c);
+    return ok;
+}
+
+/* A server answering on its port is not proof that it is ours: when another process took the
+ * port while ours was halted, ours fails to bind and exits, and the other answers the PING. The
+ * restart must say it failed, not hand out a server it does not own (a SIGSTOP sent to the pid
+ * would then freeze nothing: a test once saw its "frozen" Redis answer). */
+Test(redis_server, a_restart_whose_port_was_taken_fails) {
+    sd_redis_server *s = test_redis_start(NULL);
+    cr_assert_eq(sd_redis_server_halt(s), 0);
+    pid_t other = start_other_server(sd_redis_server_port(s));
+    TEST_EVENTUALLY(answers_ping(sd_redis_server_port(s)), 10000);
+    cr_assert(answers_ping(sd_redis_server_port(s)), "the other server did not start");
+
+    cr_assert_neq(sd_redis_server_restart(s), 0, "a restart claimed another process's server");
+    cr_assert_eq(sd_redis_server_pid(s), 0);
+
+    test_kill_wait(other, SIGTERM);
+    cr_assert_eq(sd_redis_server_restart(s), 0, "the port is free again");
+    sd_redis *r = test_redis_connect(sd_redis_server_url(s));
+    cr_assert_eq(test_redis_int(r, "DBSIZE"), 0);
+    sd_redis_free(r);
     sd_redis_server_stop(s);
 }
 
