@@ -47,12 +47,17 @@ int sd_http_trust_add(sd_http_trust *t, const char *cidr, char *err, size_t errl
         snprintf(err, errlen, "wants ADDR/BITS (IPv4 or IPv6), got '%s'", cidr);
         return -1;
     }
-    int max = family == AF_INET ? 32 : 128;
+    /* A mapped block (::ffff:10.0.0.0/104) is written in IPv6 bits: the IPv4 part is the last
+     * 32 of them. */
+    int mapped = family == AF_INET && memchr(addr, ':', n) != NULL;
+    int min = mapped ? 96 : 0, max = family == AF_INET && !mapped ? 32 : 128;
     long long bits = max;
-    if (slash && sd_parse_ll(slash + 1, 0, max, &bits) != 0) {
-        snprintf(err, errlen, "'%s': the prefix length must be 0 to %d", cidr, max);
+    if (slash && sd_parse_ll(slash + 1, min, max, &bits) != 0) {
+        snprintf(err, errlen, "'%s': the prefix length must be %d to %d", cidr, min, max);
         return -1;
     }
+    if (mapped)
+        bits -= 96;
     if (t->n == SD_HTTP_TRUST_MAX) {
         snprintf(err, errlen, "at most %d blocks", SD_HTTP_TRUST_MAX);
         return -1;

@@ -52,6 +52,25 @@ Test(http_trust, membership_follows_the_prefix) {
     cr_assert_not(sd_http_trust_has(&none, "10.1.0.1"));
 }
 
+/* A block written in its IPv4-mapped form counts its prefix in IPv6 bits (96 of them before the
+ * IPv4 part) and matches IPv4 peers in both spellings. */
+Test(http_trust, a_mapped_block_counts_ipv6_bits) {
+    sd_http_trust t = {0};
+    char err[160];
+    cr_assert_eq(sd_http_trust_add(&t, "::ffff:10.1.0.0/112", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sd_http_trust_add(&t, "::ffff:192.168.7.9", err, sizeof err), 0, "%s", err);
+    cr_assert(sd_http_trust_has(&t, "10.1.200.3"));
+    cr_assert(sd_http_trust_has(&t, "::ffff:10.1.0.1"));
+    cr_assert(sd_http_trust_has(&t, "192.168.7.9"));
+    cr_assert_not(sd_http_trust_has(&t, "10.2.0.1"), "the prefix was read as IPv4 bits");
+    cr_assert_not(sd_http_trust_has(&t, "192.168.7.10"));
+    const char *bad[] = {"::ffff:10.0.0.0/95", "::ffff:10.0.0.0/129", "::ffff:10.0.0.0/16"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cr_assert_eq(sd_http_trust_add(&t, bad[i], err, sizeof err), -1, "%s was taken", bad[i]);
+        cr_assert_not_null(strstr(err, "96 to 128"), "%s", err);
+    }
+}
+
 /* ---- Over HTTP: a forked server that answers each request with sd_http_req_client ---------- */
 
 static void echo_client(sd_http_req *req, void *udata) {

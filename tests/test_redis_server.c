@@ -88,8 +88,8 @@ static pid_t start_other_server(int port) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 1);
-        execlp("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+        execlp("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
         _exit(127);
     }
     return pid;
