@@ -3,9 +3,10 @@
  *
  * When no --redis URL / REDIS_URL is given, commands, tests and benchmarks start their own
  * redis-server on a free 127.0.0.1 port in a fresh temporary directory, wait until it answers
- * PING, and stop it and remove the directory when they are done. A small janitor process,
- * forked beside the server, does the same cleanup if the owner dies without stopping it (even
- * by SIGKILL): it waits for the owner's end of a pipe to close. So no run leaves an orphaned
+ * PING and its log says it listens (so it is this server, not another on the port), and stop
+ * it and remove the directory when they are done. A small janitor process, forked beside the
+ * server, does the same cleanup if the owner dies without stopping it (even by SIGKILL): it
+ * waits for the owner's end of a pipe to close. So no run leaves an orphaned
  * redis-server or its files behind.
  *
  * The directory is $TMPDIR/sd-redis-XXXXXX, or sd-redis-<tag>-XXXXXX when SD_TEST_RUN_ID holds a
@@ -23,14 +24,16 @@ typedef struct sd_redis_server_opts {
     /* NULL: no persistence (the default). "always", "everysec" or "no": AOF on, with that
      * appendfsync policy. */
     const char *appendfsync;
-    /* Extra "--name value" arguments for redis-server, NULL-terminated list, or NULL. */
+    /* Extra "--name value" arguments for redis-server, NULL-terminated list, or NULL. Not
+     * --logfile, nor a --loglevel above notice: the start reads the log. */
     const char *const *extra_args;
     /* Milliseconds to wait for PING to answer (default 5000). */
     int start_timeout_ms;
 } sd_redis_server_opts;
 
 /*
- * Starts a redis-server (found on PATH, or REDIS_SERVER_BIN) and waits until it answers PING.
+ * Starts a redis-server (found on PATH, or REDIS_SERVER_BIN) and waits until it answers PING and
+ * its log says it listens.
  * opts may be NULL. Returns 0 and the handle in *out, or a negative code with a message on
  * stderr (redis-server missing, did not answer in time).
  */
