@@ -6,8 +6,8 @@
  * PING and its log says it listens (so it is this server, not another on the port), and stop
  * it and remove the directory when they are done. A small janitor process, forked beside the
  * server, does the same cleanup if the owner dies without stopping it (even by SIGKILL): it
- * waits for the owner's end of a pipe to close. So no run leaves an orphaned
- * redis-server or its files behind.
+ * waits for the owner's end of a pipe to close. So no run leaves an orphaned redis-server or
+ * its files behind.
  *
  * The directory is $TMPDIR/sd-redis-XXXXXX, or sd-redis-<tag>-XXXXXX when SD_TEST_RUN_ID holds a
  * tag (1 to 16 letters, digits or '_'): `run.sh test` sets one, and counts as its leftovers only
