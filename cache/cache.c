@@ -58,6 +58,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1242,21 +1243,66 @@ int cache_invalidate(cache *c, const char *key, size_t klen, cache_done_cb *cb, 
     }
     if (!c->has_redis)
         return SD_EDISCONNECTED;
-    size_t k1len, k2len, mlen;
+    size_t k1len, k2len, k3len, mlen;
     char *k1 = make_key(c, key, klen, "", &k1len);
     char *k2 = make_key(c, key, klen, ":lease", &k2len);
+    char *k3 = make_key(c, key, klen, ":gen", &k3len);
     char *msg = make_message(c, 'i', key, klen, &mlen);
-    const char *argv[] = {k1, k2, c->channel, msg};
-    size_t lens[] = {k1len, k2len, strlen(c->channel), mlen};
+    char keep[24];
+    snprintf(keep, sizeof keep, "%d", CACHE_GEN_KEEP_MS);
+    const char *argv[] = {k1, k2, k3, c->channel, msg, keep};
+    size_t lens[] = {k1len, k2len, k3len, strlen(c->channel), mlen, strlen(keep)};
     inval_req *q = sd_xcalloc(1, sizeof *q);
     q->c = c;
     q->cb = cb;
     q->udata = udata;
-    int rc = sd_aredis_script(c->r, &script_inval, on_invalidated, q, c->o.redis_timeout_ms, 2, 4,
+    int rc = sd_aredis_script(c->r, &script_inval, on_invalidated, q, c->o.redis_timeout_ms, 3, 6,
                               argv, lens);
     free(k1);
     free(k2);
+    free(k3);
     free(msg);
+    if (rc != 0) {
+        free(q);
+        return rc;
+    }
+    flush_soon(c);
+    return 0;
+}
+
+typedef struct gen_req {
+    cache *c;
+    cache_gen_cb *cb;
+    void *udata;
+} gen_req;
+
+static void on_generation(sd_aredis *r, redisReply *reply, int status, void *privdata) {
+    gen_req *q = privdata;
+    int err = status;
+    long long gen = 0;
+    if (err == 0 && reply->type == REDIS_REPLY_STRING)
+        err = sd_parse_ll(reply->str, 0, LLONG_MAX, &gen) == 0 ? 0 : SD_EREDIS;
+    else if (err == 0 && reply->type != REDIS_REPLY_NIL)
+        err = SD_EREDIS;
+    q->cb(q->c, err, gen, q->udata);
+    free(q);
+}
+
+int cache_generation(cache *c, const char *key, size_t klen, cache_gen_cb *cb, void *udata) {
+    if (!key || klen == 0 || !cb)
+        return -EINVAL;
+    if (c->closing)
+        return SD_ECLOSED;
+    if (!c->has_redis || degraded(c))
+        return SD_EDISCONNECTED;
+    size_t k3len;
+    char *k3 = make_key(c, key, klen, ":gen", &k3len);
+    const char *argv[] = {"GET", k3};
+    size_t lens[] = {3, k3len};
+    gen_req *q = sd_xcalloc(1, sizeof *q);
+    *q = (gen_req){.c = c, .cb = cb, .udata = udata};
+    int rc = sd_aredis_commandv(c->r, on_generation, q, c->o.redis_timeout_ms, 2, argv, lens);
+    free(k3);
     if (rc != 0) {
         free(q);
         return rc;

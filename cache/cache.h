@@ -169,6 +169,24 @@ typedef void cache_done_cb(cache *c, int err, void *udata);
  */
 int cache_invalidate(cache *c, const char *key, size_t klen, cache_done_cb *cb, void *udata);
 
+/* How long Redis keeps a key's invalidation count after its last invalidation: longer than any
+ * fetch that cache_generation guards may take (cache serve's origin timeout is 30 s). */
+#define CACHE_GEN_KEEP_MS 600000
+
+/* gen: how many times key was invalidated (at any instance) within CACHE_GEN_KEEP_MS of each
+ * other; 0 when none lately. */
+typedef void cache_gen_cb(cache *c, int err, long long gen, void *udata);
+
+/*
+ * Reads key's invalidation count from Redis, for a value fetched outside any lease (a proxy's
+ * answer to a request it could not serve from the cache): read it before the fetch and again
+ * under the lease (in the loader), and offer the value only when both agree. An invalidation in
+ * between moved it, even at an instance whose message has not arrived yet; one after the second
+ * read deletes the lease and fences the store. cb runs later, exactly once. Returns 0,
+ * SD_EDISCONNECTED (no Redis, or degraded: nothing can be vouched for), -EINVAL or SD_ECLOSED.
+ */
+int cache_generation(cache *c, const char *key, size_t klen, cache_gen_cb *cb, void *udata);
+
 /* 1 while the cache is degraded (a connection down), 0 when both are up. */
 int cache_is_degraded(const cache *c);
 

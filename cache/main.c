@@ -20,7 +20,9 @@
  *    cache: it goes to the origin with its header. Its response is shared (stored for the
  *    requests without one) only when it is a 2xx that says `public` or `s-maxage` (RFC 9111
  *    section 3.5) and is storable by the rules above: it is then offered to the cache like a
- *    load of its key (a "prime"), which stores it unless a value is there already.
+ *    load of its key (a "prime"), which stores it unless a value is there already, and only if
+ *    the key's invalidation count in Redis, read before the request left and again under the
+ *    lease, did not move (a purge at any instance moves it: cache_generation).
  *  - Every answer carries `X-Cache: HIT|MISS|STALE|COALESCED`, on hits `X-Cache-Tier:
  *    local|redis`, and `Age` (seconds since the origin produced it).
  *  - `PURGE /path` and `POST /v1/purge {"path": "/path"}` invalidate GET of that path for the
@@ -67,6 +69,7 @@ typedef struct prime {
     char *key, *value;
     size_t klen, len;
     int ttl_ms;
+    long long gen; /* the key's invalidation count before the request left (cache_generation) */
 } prime;
 
 struct proxy {
@@ -79,7 +82,8 @@ struct proxy {
     int nprimes;
     sd_admin admin; /* who may purge: a bearer token, or loopback clients only */
     uint64_t misses, bypassed, shared;
-    uint64_t purges; /* purges answered here (their own message may not have come back yet) */
+    uint64_t overtaken; /* public answers not shared: a purge may have come while they were made */
+    uint64_t purges;    /* purges answered here (their own message may not have come back yet) */
 };
 
 static uint64_t wall_ms(void) {
@@ -175,16 +179,65 @@ static prime *prime_find(proxy *p, const char *key, size_t klen) {
     return NULL;
 }
 
+static void origin_fetch(proxy *p, cache_load *load, const char *key, size_t klen);
+
+/* A prime's load, while the key's invalidation count is read again under the lease. Holds
+ * copies: the prime is freed when its get answers, which a closing cache does first. */
+typedef struct prime_check {
+    proxy *p;
+    cache_load *load;
+    char *key, *value;
+    size_t klen, len;
+    int ttl_ms;
+    long long gen;
+} prime_check;
+
+static void on_prime_gen(cache *c, int err, long long gen, void *udata) {
+    (void)c;
+    prime_check *k = udata;
+    if (err == SD_ECLOSED) {
+        cache_load_done(k->load, CACHE_ERROR, "", 0); /* only frees the handle */
+    } else if (err == 0 && gen == k->gen) {
+        k->p->shared++;
+        cache_load_done_ttl(k->load, CACHE_OK, k->value, k->len, k->ttl_ms);
+    } else {
+        /* Invalidated somewhere since the answer's request left (or it cannot be told): the
+         * answer may predate the purge, so this load asks the origin like any other. */
+        k->p->overtaken++;
+        origin_fetch(k->p, k->load, k->key, k->klen);
+    }
+    free(k->key);
+    free(k->value);
+    free(k);
+}
+
 /* The key is "GET HOST PATH[?QUERY]": the loader takes the path back from it, unless a public
- * answer to a request with Authorization was offered for the key (prime_offer). */
+ * answer to a request with Authorization was offered for the key (prime_offer), which it takes
+ * once the key's invalidation count is seen unchanged under the lease. */
 static void origin_loader(cache_load *load, const char *key, size_t klen, void *udata) {
     proxy *p = udata;
     prime *pr = prime_find(p, key, klen);
-    if (pr) {
-        p->shared++;
-        cache_load_done_ttl(load, CACHE_OK, pr->value, pr->len, pr->ttl_ms);
+    if (!pr) {
+        origin_fetch(p, load, key, klen);
         return;
     }
+    prime_check *k = sd_xcalloc(1, sizeof *k);
+    *k = (prime_check){.p = p,
+                       .load = load,
+                       .key = sd_xstrndup(key, klen),
+                       .klen = klen,
+                       .value = sd_xmalloc(pr->len),
+                       .len = pr->len,
+                       .ttl_ms = pr->ttl_ms,
+                       .gen = pr->gen};
+    memcpy(k->value, pr->value, pr->len);
+    int rc = cache_generation(p->cache, key, klen, on_prime_gen, k);
+    if (rc != 0)
+        on_prime_gen(p->cache, rc, -1, k);
+}
+
+/* Loads the key from the origin (the path back from the key). */
+static void origin_fetch(proxy *p, cache_load *load, const char *key, size_t klen) {
     const char *sp = memchr(key + 4, ' ', klen - 4);
     if (!sp) {
         cache_load_done(load, CACHE_ERROR, "", 0);
@@ -299,7 +352,7 @@ static void on_primed(cache *c, int err, const cache_result *r, void *udata) {
  * cache's invalidation count). A load that starts after the get has answered (a background
  * refresh) asks the origin as usual. */
 static void prime_offer(proxy *p, const char *key, size_t klen, const sd_http_response *resp,
-                        int ttl_ms) {
+                        int ttl_ms, long long gen) {
     if (p->nprimes == PRIME_MAX)
         return;
     prime *pr = sd_xcalloc(1, sizeof *pr);
@@ -309,6 +362,7 @@ static void prime_offer(proxy *p, const char *key, size_t klen, const sd_http_re
     pr->value = encode(resp->status, sd_http_response_header(resp, "Content-Type"), resp->body,
                        resp->body_len, &pr->len);
     pr->ttl_ms = ttl_ms;
+    pr->gen = gen;
     pr->next = p->primes;
     p->primes = pr;
     p->nprimes++;
@@ -333,14 +387,18 @@ static int shareable_with_authorization(const sd_http_response *resp, int *ttl_m
 }
 
 /* A request with Authorization, on its way to the origin: its cache key is kept for the
- * answer's prime, and the cache's count of invalidations and subscriber drops when it left: if
- * either moved meanwhile, a purge may have come after the origin answered, so the answer is
- * not shared (a purge of any key counts: cheap and safe). */
+ * answer's prime, with the key's invalidation count in Redis before it left (gen, -1 when it
+ * could not be read: then nothing is shared), and the cache's count of invalidations and
+ * subscriber drops: if either moved meanwhile, a purge may have come after the origin
+ * answered, so the answer is not shared (a purge of any key counts: cheap and safe). A purge at
+ * another instance whose message has not come yet is caught by gen, under the lease
+ * (on_prime_gen). */
 typedef struct bypass {
     proxy *p;
     sd_http_req *req;
     char *key;
     size_t klen;
+    long long gen;
     uint64_t invalidations, sub_downs, purges;
 } bypass;
 
@@ -364,11 +422,45 @@ static void on_bypass(int err, sd_http_response *resp, void *udata) {
         sd_http_req_respond(b->req, resp->status, ct ? ct : "application/octet-stream", resp->body,
                             resp->body_len);
         int ttl_ms;
-        if (shareable_with_authorization(resp, &ttl_ms) && nothing_purged_since(b))
-            prime_offer(b->p, b->key, b->klen, resp, ttl_ms);
+        if (shareable_with_authorization(resp, &ttl_ms)) {
+            if (b->gen >= 0 && nothing_purged_since(b))
+                prime_offer(b->p, b->key, b->klen, resp, ttl_ms, b->gen);
+            else
+                b->p->overtaken++;
+        }
     }
     free(b->key);
     free(b);
+}
+
+/* Sends a request with Authorization to the origin, with its header. */
+static void bypass_send(bypass *b) {
+    sd_http_req *req = b->req;
+    const char *q = sd_http_req_query(req);
+    char *url = sd_xasprintf("%s%s%s%s", b->p->o->origin, sd_http_req_path(req), *q ? "?" : "", q);
+    char *auth = sd_xasprintf("Authorization: %s", sd_http_req_header(req, "Authorization"));
+    const char *hdrs[] = {auth, NULL};
+    sd_http_request r = {.url = url, .headers = hdrs, .timeout_ms = 30000};
+    if (sd_http_client_request(b->p->client, &r, on_bypass, b) != 0) {
+        sd_http_req_respond_problem(req, 502, NULL, "The origin failed", "bad request URL", NULL);
+        free(b->key);
+        free(b);
+    }
+    free(url);
+    free(auth);
+}
+
+static void on_bypass_gen(cache *c, int err, long long gen, void *udata) {
+    (void)c;
+    bypass *b = udata;
+    if (err == SD_ECLOSED) { /* stopping: the client is about to go too */
+        sd_http_req_respond_problem(b->req, 503, NULL, "Stopping", NULL, NULL);
+        free(b->key);
+        free(b);
+        return;
+    }
+    b->gen = err == 0 ? gen : -1;
+    bypass_send(b);
 }
 
 /* The cache key "GET HOST PATH[?QUERY]", in buf (of len bytes) when it fits, else allocated
@@ -435,11 +527,7 @@ static void on_request(sd_http_req *req, void *udata) {
     size_t klen;
     const char *key = request_key(req, path, kbuf, sizeof kbuf, &klen, &heap);
     if (sd_http_req_header(req, "Authorization")) {
-        const char *q = sd_http_req_query(req);
-        char *url = sd_xasprintf("%s%s%s%s", p->o->origin, path, *q ? "?" : "", q);
-        char *auth = sd_xasprintf("Authorization: %s", sd_http_req_header(req, "Authorization"));
-        const char *hdrs[] = {auth, NULL};
-        sd_http_request r = {.url = url, .headers = hdrs, .timeout_ms = 30000};
+        /* To the origin, after one read of the key's invalidation count (for the prime). */
         cache_stats st;
         cache_stats_get(p->cache, &st);
         bypass *b = sd_xcalloc(1, sizeof *b);
@@ -447,19 +535,14 @@ static void on_request(sd_http_req *req, void *udata) {
                       .req = req,
                       .key = sd_xstrndup(key, klen),
                       .klen = klen,
+                      .gen = -1,
                       .invalidations = st.invalidations,
                       .sub_downs = st.sub_downs,
                       .purges = p->purges};
         p->bypassed++;
-        if (sd_http_client_request(p->client, &r, on_bypass, b) != 0) {
-            sd_http_req_respond_problem(req, 502, NULL, "The origin failed", "bad request URL",
-                                        NULL);
-            free(b->key);
-            free(b);
-        }
-        free(url);
-        free(auth);
         free(heap);
+        if (cache_generation(p->cache, b->key, b->klen, on_bypass_gen, b) != 0)
+            bypass_send(b);
         return;
     }
     cache_result hit;
@@ -506,6 +589,8 @@ static void on_metrics(sd_http_buf *buf, void *udata) {
     sd_http_buf_printf(buf, "cache_stale_served_total %llu\n", (unsigned long long)s.stale_served);
     /* public answers to requests with Authorization that were stored for everyone */
     sd_http_buf_printf(buf, "cache_authorized_shared_total %llu\n", (unsigned long long)p->shared);
+    sd_http_buf_printf(buf, "cache_authorized_overtaken_total %llu\n",
+                       (unsigned long long)p->overtaken);
     sd_http_buf_printf(buf, "cache_takeovers_total %llu\n", (unsigned long long)s.takeovers);
     sd_http_buf_printf(buf, "cache_waits_total %llu\n", (unsigned long long)s.waits);
     sd_http_buf_printf(buf, "cache_woken_total{by=\"message\"} %llu\n",

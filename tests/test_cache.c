@@ -932,6 +932,60 @@ Test(cache_cluster, an_invalidation_reaches_every_instance) {
     invalidation_everywhere();
 }
 
+typedef struct gen_read {
+    int done, err;
+    long long gen;
+} gen_read;
+
+static void on_gen(cache *c, int err, long long gen, void *udata) {
+    gen_read *g = udata;
+    g->done++;
+    g->err = err;
+    g->gen = gen;
+}
+
+/* What instance c reads as key's invalidation count. */
+static long long read_gen(cache *c, const char *key) {
+    gen_read g = {0};
+    cr_assert_eq(cache_generation(c, key, strlen(key), on_gen, &g), 0);
+    cr_assert_eq(g.done, 0, "the callback ran inside the call");
+    RUN_UNTIL(g.done == 1, 20000);
+    cr_assert_eq(g.done, 1);
+    cr_assert_eq(g.err, 0, "%s", sd_strerror(g.err));
+    return g.gen;
+}
+
+/* Each invalidation, at any instance, moves the key's count, which every instance reads from
+ * Redis at once, before any message: what lets a value fetched outside a lease be checked. The
+ * count lives only for CACHE_GEN_KEEP_MS. */
+static void invalidation_count(void) {
+    cache_opts o = test_opts();
+    cache *a = cache_start(&o);
+    cache *b = cache_start(&o);
+    cr_assert_eq(read_gen(a, "gen"), 0);
+    for (int i = 1; i <= 2; i++) {
+        int done = 0;
+        cr_assert_eq(cache_invalidate(b, "gen", 3, on_invalidated, &done), 0);
+        RUN_UNTIL(done == 1, 20000);
+        cr_assert_eq(read_gen(a, "gen"), i);
+    }
+    cr_assert_eq(read_gen(a, "other"), 0, "another key's count moved");
+    sd_redis *r = sync_redis();
+    long long ttl = test_redis_int(r, "PTTL cache:v1:{gen}:gen");
+    cr_assert(ttl > 0 && ttl <= CACHE_GEN_KEEP_MS, "the count is kept for %lld ms", ttl);
+    sd_redis_free(r);
+    cr_assert_eq(cache_generation(a, "", 0, on_gen, NULL), -EINVAL);
+    cache_stop(a);
+    cache_stop(b);
+}
+
+Test(cache, an_invalidation_moves_the_count_every_instance_reads) {
+    invalidation_count();
+}
+Test(cache_cluster, an_invalidation_moves_the_count_every_instance_reads) {
+    invalidation_count();
+}
+
 static void load_racing_invalidation(void) {
     cache_opts o = test_opts();
     cache *a = cache_start(&o);

@@ -278,6 +278,11 @@ Test(cache_serve, an_authorized_answer_is_shared_only_when_public) {
     start_instances(1);
     char body[256], x[32];
     const char *paths[] = {"/pub-a", "/smax-a", "/priv-a"};
+    /* /pub-a was invalidated before, as by a purge long ago: its count in Redis is 1. What
+     * counts is that it does not move while the request is at the origin. */
+    sd_redis *r = test_redis_connect(sd_redis_server_url(server));
+    cr_assert_eq(test_redis_int(r, "INCR %s", "cache:v1:{GET site /pub-a}:gen"), 1);
+    sd_redis_free(r);
     int calls = origin_ctl_send("/_calls");
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(get_authorized(inst[0].port, paths[i], body, sizeof body), 200);
@@ -324,6 +329,36 @@ Test(cache_serve, an_authorized_answer_overtaken_by_a_purge_is_not_shared) {
     cr_assert_eq(get(inst[0].port, "/pub-race", body, sizeof body, x, sizeof x), 200);
     snprintf(want, sizeof want, "/pub-race#%d", calls + 2);
     cr_assert_str_eq(body, want, "the answer from before the purge was shared");
+}
+
+/* A purge at another instance whose message has not come when the origin answers: here, what
+ * its script writes in Redis (the key's invalidation count goes up), without the message. The
+ * count read under the lease differs from the one read before the request left: the answer is
+ * not shared, and the load asks the origin itself. */
+Test(cache_serve, an_authorized_answer_overtaken_by_a_purge_elsewhere_is_not_shared) {
+    start_instances(1);
+    sd_redis *r = test_redis_connect(sd_redis_server_url(server));
+    int calls = origin_ctl_send("/_calls");
+    origin_ctl_send("/_hold");
+    int fd = test_tcp_connect(inst[0].port);
+    const char *req = "GET /pub-far HTTP/1.1\r\nHost: site\r\nAuthorization: Bearer t\r\n\r\n";
+    test_write_all(fd, req, strlen(req));
+    char line[64], buf[4096], body[256], x[32], want[64];
+    cr_assert_gt(test_read_line(origin_lines, line, sizeof line, 20000), 0, "the origin got none");
+    cr_assert_eq(test_redis_int(r, "INCR %s", "cache:v1:{GET site /pub-far}:gen"), 1);
+    origin_ctl_send("/_release");
+    const char *b = NULL;
+    cr_assert_eq(test_http_read_response(fd, buf, sizeof buf, &b), 200);
+    close(fd);
+    snprintf(want, sizeof want, "/pub-far#%d+auth", calls + 1);
+    cr_assert_str_eq(b, want);
+    TEST_EVENTUALLY(metric(inst[0].port, "cache_authorized_overtaken_total") == 1, 10000);
+    cr_assert_eq(metric(inst[0].port, "cache_authorized_overtaken_total"), 1);
+    cr_assert_eq(metric(inst[0].port, "cache_authorized_shared_total"), 0);
+    cr_assert_eq(get(inst[0].port, "/pub-far", body, sizeof body, x, sizeof x), 200);
+    snprintf(want, sizeof want, "/pub-far#%d", calls + 2);
+    cr_assert_str_eq(body, want, "the answer from before the purge was shared");
+    sd_redis_free(r);
 }
 
 /* With --admin-token-file, a purge wants the bearer token (401 without it, nothing purged). */
