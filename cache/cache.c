@@ -1288,7 +1288,7 @@ static void on_generation(sd_aredis *r, redisReply *reply, int status, void *pri
     free(q);
 }
 
-int cache_generation(cache *c, const char *key, size_t klen, cache_gen_cb *cb, void *udata) {
+int cache_gen_get(cache *c, const char *key, size_t klen, cache_gen_cb *cb, void *udata) {
     if (!key || klen == 0 || !cb)
         return -EINVAL;
     if (c->closing)

@@ -170,11 +170,13 @@ typedef void cache_done_cb(cache *c, int err, void *udata);
 int cache_invalidate(cache *c, const char *key, size_t klen, cache_done_cb *cb, void *udata);
 
 /* How long Redis keeps a key's invalidation count after its last invalidation: longer than any
- * fetch that cache_generation guards may take (cache serve's origin timeout is 30 s). */
+ * fetch that cache_gen_get guards may take (cache serve's origin timeout is 30 s). */
 #define CACHE_GEN_KEEP_MS 600000
 
 /* gen: how many times key was invalidated (at any instance) within CACHE_GEN_KEEP_MS of each
- * other; 0 when none lately. */
+ * other; 0 when none lately. err: 0, or a redis.h code (SD_ETIMEDOUT after the cache's
+ * redis_timeout_ms, SD_EDISCONNECTED, SD_EREDIS, SD_ECLOSED when the cache is freed first);
+ * gen is then 0 and means nothing. */
 typedef void cache_gen_cb(cache *c, int err, long long gen, void *udata);
 
 /*
@@ -182,10 +184,12 @@ typedef void cache_gen_cb(cache *c, int err, long long gen, void *udata);
  * answer to a request it could not serve from the cache): read it before the fetch and again
  * under the lease (in the loader), and offer the value only when both agree. An invalidation in
  * between moved it, even at an instance whose message has not arrived yet; one after the second
- * read deletes the lease and fences the store. cb runs later, exactly once. Returns 0,
- * SD_EDISCONNECTED (no Redis, or degraded: nothing can be vouched for), -EINVAL or SD_ECLOSED.
+ * read deletes the lease and fences the store. Redis may evict the count (an allkeys policy
+ * under memory pressure): an invalidation is then missed, as its delete would be by a failover.
+ * cb runs later, exactly once. Returns 0, SD_EDISCONNECTED (no Redis, or degraded: nothing can
+ * be vouched for), -EINVAL or SD_ECLOSED.
  */
-int cache_generation(cache *c, const char *key, size_t klen, cache_gen_cb *cb, void *udata);
+int cache_gen_get(cache *c, const char *key, size_t klen, cache_gen_cb *cb, void *udata);
 
 /* 1 while the cache is degraded (a connection down), 0 when both are up. */
 int cache_is_degraded(const cache *c);
@@ -225,8 +229,9 @@ typedef struct cache_stats {
 
 void cache_stats_get(const cache *c, cache_stats *out);
 
-/* Frees the cache: pending gets get SD_ECLOSED (from inside this call), loads in progress are
- * detached (their cache_load_done only frees the handle), the memory goes once libuv has
+/* Frees the cache: pending gets get SD_ECLOSED (from inside this call), then pending
+ * cache_invalidate and cache_gen_get callbacks (also from inside it); loads in progress are
+ * detached (their cache_load_done only frees the handle); the memory goes once libuv has
  * closed the handles (run the loop afterwards). NULL is a no-op. */
 void cache_free(cache *c);
 

@@ -22,7 +22,7 @@
  *    section 3.5) and is storable by the rules above: it is then offered to the cache like a
  *    load of its key (a "prime"), which stores it unless a value is there already, and only if
  *    the key's invalidation count in Redis, read before the request left and again under the
- *    lease, did not move (a purge at any instance moves it: cache_generation).
+ *    lease, did not move (a purge at any instance moves it: cache_gen_get).
  *  - Every answer carries `X-Cache: HIT|MISS|STALE|COALESCED`, on hits `X-Cache-Tier:
  *    local|redis`, and `Age` (seconds since the origin produced it).
  *  - `PURGE /path` and `POST /v1/purge {"path": "/path"}` invalidate GET of that path for the
@@ -69,7 +69,7 @@ typedef struct prime {
     char *key, *value;
     size_t klen, len;
     int ttl_ms;
-    long long gen; /* the key's invalidation count before the request left (cache_generation) */
+    long long gen; /* the key's invalidation count before the request left (cache_gen_get) */
 } prime;
 
 struct proxy {
@@ -231,7 +231,7 @@ static void origin_loader(cache_load *load, const char *key, size_t klen, void *
                        .ttl_ms = pr->ttl_ms,
                        .gen = pr->gen};
     memcpy(k->value, pr->value, pr->len);
-    int rc = cache_generation(p->cache, key, klen, on_prime_gen, k);
+    int rc = cache_gen_get(p->cache, key, klen, on_prime_gen, k);
     if (rc != 0)
         on_prime_gen(p->cache, rc, -1, k);
 }
@@ -541,7 +541,7 @@ static void on_request(sd_http_req *req, void *udata) {
                       .purges = p->purges};
         p->bypassed++;
         free(heap);
-        if (cache_generation(p->cache, b->key, b->klen, on_bypass_gen, b) != 0)
+        if (cache_gen_get(p->cache, b->key, b->klen, on_bypass_gen, b) != 0)
             bypass_send(b);
         return;
     }

@@ -947,7 +947,7 @@ static void on_gen(cache *c, int err, long long gen, void *udata) {
 /* What instance c reads as key's invalidation count. */
 static long long read_gen(cache *c, const char *key) {
     gen_read g = {0};
-    cr_assert_eq(cache_generation(c, key, strlen(key), on_gen, &g), 0);
+    cr_assert_eq(cache_gen_get(c, key, strlen(key), on_gen, &g), 0);
     cr_assert_eq(g.done, 0, "the callback ran inside the call");
     RUN_UNTIL(g.done == 1, 20000);
     cr_assert_eq(g.done, 1);
@@ -974,7 +974,7 @@ static void invalidation_count(void) {
     long long ttl = test_redis_int(r, "PTTL cache:v1:{gen}:gen");
     cr_assert(ttl > 0 && ttl <= CACHE_GEN_KEEP_MS, "the count is kept for %lld ms", ttl);
     sd_redis_free(r);
-    cr_assert_eq(cache_generation(a, "", 0, on_gen, NULL), -EINVAL);
+    cr_assert_eq(cache_gen_get(a, "", 0, on_gen, NULL), -EINVAL);
     cache_stop(a);
     cache_stop(b);
 }

@@ -190,6 +190,7 @@ static void await_breaker_open(rl_limiter *l) {
             return;
         pause_loop(5);
     }
+    cr_assert_fail("the breaker did not open within 5 s");
 }
 
 /* Halts Redis (sd_redis_server_halt) and waits until l's local fallback answers. */

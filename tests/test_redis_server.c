@@ -1,7 +1,8 @@
 /*
  * test_redis_server.c - the embedded Redis: it starts and answers, stops without leftovers,
- * survives a halt/restart with AOF (on a port no outgoing connection can take meanwhile), and
- * leaves nothing behind when its owner is SIGKILLed.
+ * survives a halt/restart with AOF (on a port no outgoing connection can take meanwhile), does
+ * not take another server on its port for its own, and leaves nothing behind when its owner is
+ * SIGKILLed.
  */
 #include <criterion/criterion.h>
 #include <hiredis/hiredis.h>
@@ -82,14 +83,19 @@ Test(redis_server, its_port_lies_below_the_ephemeral_range) {
 static pid_t start_other_server(int port) {
     char port_text[16];
     snprintf(port_text, sizeof port_text, "%d", port);
+    const char *bin = getenv("REDIS_SERVER_BIN");
+    bin = bin && *bin ? bin : "redis-server";
+    pid_t owner = getpid();
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != owner)
+            _exit(127);
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 1);
-        execlp("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+        execlp(bin, bin, "--port", port_text, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+               "no", "--dir", "/tmp", (char *)NULL);
         _exit(127);
     }
     return pid;
