@@ -83,7 +83,6 @@ struct proxy {
     sd_admin admin; /* who may purge: a bearer token, or loopback clients only */
     uint64_t misses, bypassed, shared;
     uint64_t overtaken; /* public answers not shared: a purge may have come while they were made */
-    uint64_t purges;    /* purges answered here (their own message may not have come back yet) */
 };
 
 static uint64_t wall_ms(void) {
@@ -348,8 +347,8 @@ static void on_primed(cache *c, int err, const cache_result *r, void *udata) {
  * load (if this get's flight must load: nothing fresh is stored and no other instance is
  * loading) takes the answer instead of asking the origin. The answer is then stored and given
  * to the waiters like any load, under the lease, so an invalidation from now on fences it. One
- * that came while the request was at the origin is seen by the caller (on_bypass compares the
- * cache's invalidation count). A load that starts after the get has answered (a background
+ * that came while the request was at the origin moved the key's invalidation count, which the
+ * loader compares (on_prime_gen). A load that starts after the get has answered (a background
  * refresh) asks the origin as usual. */
 static void prime_offer(proxy *p, const char *key, size_t klen, const sd_http_response *resp,
                         int ttl_ms, long long gen) {
@@ -388,29 +387,16 @@ static int shareable_with_authorization(const sd_http_response *resp, int *ttl_m
 
 /* A request with Authorization, on its way to the origin: its cache key is kept for the
  * answer's prime, with the key's invalidation count in Redis before it left (gen, -1 when it
- * could not be read: then nothing is shared), and the cache's count of invalidations and
- * subscriber drops: if either moved meanwhile, a purge may have come after the origin
- * answered, so the answer is not shared (a purge of any key counts: cheap and safe). A purge at
- * another instance whose message has not come yet is caught by gen, under the lease
- * (on_prime_gen). */
+ * could not be read: then nothing is shared). A purge anywhere, this instance's included, moves
+ * the count; the loader compares it under the lease (on_prime_gen). A purge here is sent on
+ * the same connection as that later read, so Redis has run it when the read comes. */
 typedef struct bypass {
     proxy *p;
     sd_http_req *req;
     char *key;
     size_t klen;
     long long gen;
-    uint64_t invalidations, sub_downs, purges;
 } bypass;
-
-/* Whether the cache heard of no invalidation since b left, and can fence one from now on. */
-static int nothing_purged_since(const bypass *b) {
-    if (b->p->cache == NULL || cache_is_degraded(b->p->cache)) /* stopping, or no Redis */
-        return 0;
-    cache_stats st;
-    cache_stats_get(b->p->cache, &st);
-    return st.invalidations == b->invalidations && st.sub_downs == b->sub_downs &&
-           b->p->purges == b->purges;
-}
 
 static void on_bypass(int err, sd_http_response *resp, void *udata) {
     bypass *b = udata;
@@ -423,7 +409,7 @@ static void on_bypass(int err, sd_http_response *resp, void *udata) {
                             resp->body_len);
         int ttl_ms;
         if (shareable_with_authorization(resp, &ttl_ms)) {
-            if (b->gen >= 0 && nothing_purged_since(b))
+            if (b->gen >= 0 && b->p->cache != NULL) /* NULL: stopping */
                 prime_offer(b->p, b->key, b->klen, resp, ttl_ms, b->gen);
             else
                 b->p->overtaken++;
@@ -499,7 +485,6 @@ static void purge(proxy *p, sd_http_req *req, const char *path) {
         return;
     const char *host = sd_http_req_header(req, "Host");
     char *key = sd_xasprintf("GET %s %s", host ? host : "", path);
-    p->purges++;
     int rc = cache_invalidate(p->cache, key, strlen(key), NULL, NULL);
     free(key);
     if (rc != 0 && rc != SD_EDISCONNECTED) {
@@ -528,17 +513,8 @@ static void on_request(sd_http_req *req, void *udata) {
     const char *key = request_key(req, path, kbuf, sizeof kbuf, &klen, &heap);
     if (sd_http_req_header(req, "Authorization")) {
         /* To the origin, after one read of the key's invalidation count (for the prime). */
-        cache_stats st;
-        cache_stats_get(p->cache, &st);
         bypass *b = sd_xcalloc(1, sizeof *b);
-        *b = (bypass){.p = p,
-                      .req = req,
-                      .key = sd_xstrndup(key, klen),
-                      .klen = klen,
-                      .gen = -1,
-                      .invalidations = st.invalidations,
-                      .sub_downs = st.sub_downs,
-                      .purges = p->purges};
+        *b = (bypass){.p = p, .req = req, .key = sd_xstrndup(key, klen), .klen = klen, .gen = -1};
         p->bypassed++;
         free(heap);
         if (cache_gen_get(p->cache, b->key, b->klen, on_bypass_gen, b) != 0)
