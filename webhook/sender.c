@@ -1875,9 +1875,6 @@ typedef struct queue_drop {
 
 static void drop_next(sender *s);
 
-/* A queue is done once a batch leaves nothing (empty), once WH_DROP_NOW went, or when a batch
- * fails: the drain finishes what is left (the id stays in eps_deleted). Otherwise it goes back
- * to the end of the line. */
 /* Takes the first queue out of the line: back at its end when go_on, else done (logged). */
 static void drop_rotate(sender *s, int go_on, int failed) {
     queue_drop d = s->drops[0];
@@ -1890,6 +1887,9 @@ static void drop_rotate(sender *s, int go_on, int failed) {
                d.id, (long long)d.dropped, failed);
 }
 
+/* A queue is done once a batch leaves nothing (empty), once WH_DROP_NOW went, or when a batch
+ * fails: the drain finishes what is left (the id stays in eps_deleted). Otherwise it goes back
+ * to the end of the line. */
 static void on_drop_step(jq_aclient *c, int status, int64_t removed, int more, void *arg) {
     sender *s = arg;
     s->dropping = 0;
