@@ -7,8 +7,8 @@
  * jq_async.c the asynchronous client and worker.c the worker runtime; jq_internal.h is what they
  * share.
  *
- * A job's life (the state field of its hash; the script that makes each move, and the call
- * that runs it)
+ * A job's life (the state in its record, jq-common.lua; the script that makes each move, and
+ * the call that runs it)
  *
  *            enqueue (jq-enqueue)                 enqueue with a delay (jq-enqueue)
  *                 |                                          |
@@ -32,21 +32,21 @@
  *   +---- redrive (jq-dlq), attempts from 0 ---------------------------------+
  *
  *   READY -- cancel (jq-cancel) --> CANCELLED;  fail with no delay: RESERVED -> READY.
- *   DONE, CANCELLED and DEAD jobs expire after their retention (PEXPIRE on the hash; their
- *   zset entries are trimmed by housekeep); jq-dlq purge deletes dead letters at once, and
+ *   DONE, CANCELLED and DEAD jobs are deleted by housekeep once their retention ends (a record
+ *   past it reads as gone until then); jq-dlq purge deletes dead letters at once, and
  *   jq-drop (jq_queue_drop) deletes jobs of every state at once, then the queue's indexes; a
- *   dropped RESERVED job's worker finds no hash, and its calls answer JQ_ENOTFOUND.
+ *   dropped RESERVED job's worker finds no record, and its calls answer JQ_ENOTFOUND.
  *
  * housekeep is the function of jq-common.lua that jq-reserve and jq-reap run first, at most
  * housekeep_batch jobs of each kind per call, so a pile of 10,000 leases expiring at once is
  * worked off in many short scripts, never one long one.
  *
  * Invariants
- *  1. A job's id is in exactly one of the zsets ready, delayed, reserved, done, cancelled, dead
- *     (until a terminal entry is trimmed), the one its state field names. Every script that
- *     changes the state moves the id in the same script.
+ *  1. A job's id is in exactly one of the zsets ready, delayed, reserved, done, cancelled, dead,
+ *     the one its record's state names; housekeep deletes the record and payload when it trims
+ *     a terminal entry. Every script that changes the state moves the id in the same script.
  *  2. A call about a RESERVED job (ack, fail, extend, release, progress) changes something
- *     only when its token is the job's current one and its lease has not passed (check_lease
+ *     only when its token is the job's current one and its lease has not passed (lease_code
  *     in jq-common.lua). Tokens come from a per-queue counter, so a token is never reused.
  *  3. Every delivery counts as an attempt when the job is reserved, not when it fails, so a
  *     job whose worker dies (kill -9) still uses up its attempts: a poison job ends DEAD.
@@ -56,10 +56,11 @@
  *  5. Time is Redis TIME, read once per script; nothing here uses the client's clock for a
  *     shared decision. The client computes only the backoff's jitter (it knows the attempt).
  *
- * Keys (all "<prefix>{jq:<queue>}" + suffix; the README lists types and TTLs): :job:<id>,
- * :log:<id>, :ready, :since, :delayed, :reserved, :done, :cancelled, :dead, :seq, :wake,
- * :idem:<key>, :fx:<name>. A drop deletes all but :seq (never: invariant 2), :idem:<key>
- * (expires) and :fx:<name> (the caller's).
+ * Keys (all "<prefix>{jq:<queue>}" + suffix; the README lists types and TTLs): :meta and :data
+ * (every job's record and payload, one field each), :job:<id> and :log:<id> (a job's rarely
+ * set fields and its failures, only when it has some), :ready, :delayed, :reserved, :done,
+ * :cancelled, :dead, :seq, :wake, :idem:<key>, :fx:<name>. A drop deletes all but :seq (never:
+ * invariant 2), :idem:<key> (expires) and :fx:<name> (the caller's).
  */
 #include "jobqueue.h"
 
@@ -118,7 +119,7 @@ int jq_state_parse(const char *name, jq_state *out) {
 
 void jq_config_default(jq_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
-    snprintf(cfg->prefix, sizeof cfg->prefix, "jq1:");
+    snprintf(cfg->prefix, sizeof cfg->prefix, "jq2:");
     cfg->max_payload = 65536;
     cfg->max_result = 4096;
     cfg->done_retention_ms = 24LL * 3600 * 1000;
@@ -199,12 +200,12 @@ static void scripts_build(void) {
         "jobqueue/enqueue", "jobqueue/reserve", "jobqueue/ack",     "jobqueue/ack-effect",
         "jobqueue/fail",    "jobqueue/extend",  "jobqueue/release", "jobqueue/progress",
         "jobqueue/cancel",  "jobqueue/reap",    "jobqueue/stats",   "jobqueue/dlq",
-        "jobqueue/drop"};
+        "jobqueue/drop",    "jobqueue/get"};
     const char *bodies[JQ_S_COUNT] = {sd_lua_jq_enqueue,    sd_lua_jq_reserve,  sd_lua_jq_ack,
                                       sd_lua_jq_ack_effect, sd_lua_jq_fail,     sd_lua_jq_extend,
                                       sd_lua_jq_release,    sd_lua_jq_progress, sd_lua_jq_cancel,
                                       sd_lua_jq_reap,       sd_lua_jq_stats,    sd_lua_jq_dlq,
-                                      sd_lua_jq_drop};
+                                      sd_lua_jq_drop,       sd_lua_jq_get};
     for (int i = 0; i < JQ_S_COUNT; i++) {
         char *body = sd_xasprintf("%s\n%s", sd_lua_jq_common, bodies[i]);
         scripts[i].name = names[i];

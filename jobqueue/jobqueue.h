@@ -3,7 +3,7 @@
  * retries with capped exponential backoff and full jitter, dead letters, idempotency keys,
  * cancellation, and an "ack with effect" for effectively-once processing.
  *
- * A job is a hash in Redis with an explicit state (jq_state); every transition is one Lua
+ * A job is a record in Redis with an explicit state (jq_state); every transition is one Lua
  * script on Redis TIME (jobqueue.c draws the lifecycle and names the script of each arrow).
  * All keys of a queue share the hash tag {jq:<queue>}, so a queue lives in one slot of a
  * Redis Cluster and every script touches one slot.
@@ -69,7 +69,7 @@ int jq_state_parse(const char *name, jq_state *out);
 #define JQ_PRIORITY_MAX 1000
 
 typedef struct jq_config {
-    char prefix[32];                /* key prefix (a schema version), default "jq1:" */
+    char prefix[32];                /* key prefix (a schema version), default "jq2:" */
     size_t max_payload;             /* bytes, default 65536 */
     size_t max_result;              /* bytes of a result, progress or error text, default 4096 */
     int64_t done_retention_ms;      /* DONE jobs are kept this long, default 24 h */
@@ -294,7 +294,9 @@ int jq_job_history(jq_client *c, const char *queue, const char *id, jq_attempt *
 
 typedef struct jq_stats {
     int64_t ready, delayed, reserved, dead, done, cancelled;
-    int64_t oldest_ready_age_ms; /* -1 when nothing is READY */
+    /* How long the longest-waiting job at the front of a priority's line has been READY; -1
+     * when nothing is READY (jq-stats.lua). */
+    int64_t oldest_ready_age_ms;
 } jq_stats;
 
 int jq_stats_get(jq_client *c, const char *queue, jq_stats *out);
@@ -321,8 +323,8 @@ int jq_dlq_purge(jq_client *c, const char *queue, int64_t max, int64_t *removed)
 
 /*
  * Deletes the queue's jobs now, in every state (READY, DELAYED, RESERVED, DONE, CANCELLED,
- * DEAD: the ones that would run next first), each with its hash and failure history, at most
- * max (0: all); once none is left, the queue's indexes and wake list too. *removed gets the
+ * DEAD: the ones that would run next first), each with its record, payload and failure history, at
+ * most max (0: all); once none is left, the queue's indexes and wake list too. *removed gets the
  * count of jobs deleted. Works in scripts of at most 1000 jobs each, so no call holds Redis long
  * whatever the queue's size; a Redis error part way returns the error, the jobs deleted so far
  * staying deleted (*removed counts them): call again to finish. Returns 0, JQ_EINVAL or a Redis

@@ -9,13 +9,14 @@
 -- Returns {code}.
 
 local id, token = ARGV[5], ARGV[6]
-local code = check_lease(id, token)
+local j = load(id)
+local code = lease_code(j, token)
 if code ~= 0 then
     return {code}
 end
 unlease(id)
-if redis.call('HGET', jk(id), 'cancel') == '1' then
-    to_cancelled(id)
+if j.cancel then
+    to_cancelled(id, j)
     return {E_CANCELLED}
 end
 local op, fx = ARGV[8], KEYS[2]
@@ -26,6 +27,8 @@ elseif op == 'set' then
 else
     redis.call('HSET', fx, id, ARGV[9])
 end
-redis.call('HSET', jk(id), 'result', ARGV[7])
-to_final(id, 'done', K_DONE, DONE_TTL)
+if ARGV[7] ~= '' then
+    set_cold(id, j, 'result', ARGV[7])
+end
+to_final(id, j, 'done', K_DONE)
 return {0}

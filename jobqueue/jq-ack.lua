@@ -7,27 +7,31 @@
 -- Returns {code per job}.
 
 local n = tonumber(ARGV[5])
-local out = {}
--- Per job one HMGET (the fence and the cancel flag together) and one HSET and PEXPIRE; the batch
--- leaves :reserved and joins :done in one command each. The history list exists only when a
--- failure was logged, and every failure also sets last_error, so only then is it given its TTL.
-local acked, done = {}, {}
-local snow, sdone = fmt(now), fmt(now + DONE_TTL)
+local ids = {}
 for i = 1, n do
+    ids[i] = ARGV[5 + (i - 1) * 3 + 1]
+end
+-- The batch's records are read with one HMGET (the fence and the cancel flag together) and
+-- written with one HSET; it leaves :reserved and joins :done in one command each. A result or
+-- an earlier failure makes the job's cold keys, which then get its retention as their TTL.
+local recs = load_many(ids)
+local out, acked, done = {}, {}, {}
+local sdone = fmt(now + DONE_TTL)
+for i, id in ipairs(ids) do
     local a = 5 + (i - 1) * 3
-    local id = ARGV[a + 1]
-    local job = jk(id)
-    local f = redis.call('HMGET', job, 'state', 'token', 'lease_until', 'cancel', 'last_error')
-    local code = lease_code(f, ARGV[a + 2]) -- fenced: a refused job is left as it is
-    if code == 0 and f[4] == '1' then
+    local j = recs[id]
+    local code = lease_code(j, ARGV[a + 2]) -- fenced: a refused job is left as it is
+    if code == 0 and j.cancel then
         unlease(id)
-        to_cancelled(id)
+        to_cancelled(id, j)
         code = E_CANCELLED
     elseif code == 0 then
-        redis.call('HSET', job, 'result', ARGV[a + 3], 'state', 'done', 'token', '', 'updated_at',
-            snow, 'finished_at', snow)
-        redis.call('PEXPIRE', job, DONE_TTL)
-        if f[5] then
+        if ARGV[a + 3] ~= '' then
+            set_cold(id, j, 'result', ARGV[a + 3])
+        end
+        j.state, j.token, j.updated = 'done', '0', now
+        if j.cold then
+            redis.call('PEXPIRE', jk(id), DONE_TTL)
             redis.call('PEXPIRE', lk(id), DONE_TTL)
         end
         acked[#acked + 1] = id
@@ -35,6 +39,7 @@ for i = 1, n do
     end
     out[i] = code
 end
+save_many(acked, recs)
 bulk('ZREM', K_RESERVED, acked)
 bulk('ZADD', K_DONE, done)
 return out

@@ -7,19 +7,20 @@
 -- Returns {code, the state the job was in}.
 
 local id = ARGV[5]
-local st = redis.call('HGET', jk(id), 'state')
-if not st then
+local j = load(id)
+if not j then
     return {E_NOTFOUND, ''}
 end
+local st = j.state
 if st == 'ready' then
     redis.call('ZREM', K_READY, id)
-    redis.call('ZREM', K_SINCE, id)
-    to_cancelled(id)
+    to_cancelled(id, j)
 elseif st == 'delayed' then
     redis.call('ZREM', K_DELAYED, id)
-    to_cancelled(id)
+    to_cancelled(id, j)
 elseif st == 'reserved' then
-    redis.call('HSET', jk(id), 'cancel', '1', 'updated_at', fmt(now))
+    j.cancel, j.updated = true, now
+    save(id, j)
 else
     return {E_STATE, st}
 end

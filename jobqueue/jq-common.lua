@@ -1,6 +1,6 @@
 -- jq-common.lua - the part every job-queue script starts with (jobqueue.c sends each script as
--- this file followed by the script's own). It names the queue's keys, reads the clock and holds
--- the transitions that more than one script makes.
+-- this file followed by the script's own). It names the queue's keys, reads the clock, reads and
+-- writes job records and holds the transitions that more than one script makes.
 --
 --   KEYS[1]  the queue's base name, "<prefix>{jq:<queue>}": every key below is this name plus a
 --            suffix, so all of them share the hash tag and live in one cluster slot
@@ -12,10 +12,21 @@
 -- to JQ_E* codes).
 --
 -- The clock is Redis TIME, in milliseconds: never a client's clock.
+--
+-- Storage. What every transition reads and writes lives in two hashes per queue, one field per
+-- job: :meta holds the job's record (below) and :data its payload. So a batch of jobs is read
+-- with one HMGET and written with one HSET, whatever its size: a per-job hash would cost a
+-- Redis call per job and per transition, which is most of what a job costs. What is rare or
+-- big (idempotency key, run_at, result, progress, last error) goes to a per-job hash :job:<id>
+-- that exists only when one of them was set, and the failure history to :log:<id>; the record's
+-- cold flag says whether they exist. Hash fields cannot expire, so a DONE, CANCELLED or DEAD
+-- job's record stays until housekeeping trims its zset entry past retention; until then every
+-- read treats a record past retention as gone (load).
 
 local base = KEYS[1]
-local K_READY = base .. ':ready'         -- zset: id -> priority band * 2^42 + order
-local K_SINCE = base .. ':since'         -- zset: id -> ms when the job last became READY
+local K_META = base .. ':meta'           -- hash: id -> the job's record
+local K_DATA = base .. ':data'           -- hash: id -> payload
+local K_READY = base .. ':ready'         -- zset: id -> order - priority * 2^42
 local K_DELAYED = base .. ':delayed'     -- zset: id -> ms when the job is due
 local K_RESERVED = base .. ':reserved'   -- zset: id -> lease deadline, ms
 local K_DEAD = base .. ':dead'           -- zset: id -> ms when its retention ends
@@ -23,7 +34,8 @@ local K_DONE = base .. ':done'           -- zset: id -> ms when its retention en
 local K_CANCELLED = base .. ':cancelled' -- zset: id -> ms when its retention ends
 local K_SEQ = base .. ':seq'             -- string: counter for ids, tokens and FIFO order
 local K_WAKE = base .. ':wake'           -- list: at most WAKE_MAX tokens for blocked reservers
--- and per job: ':job:<id>' (hash) and ':log:<id>' (list: its failures, newest first)
+-- and per job, only when needed: ':job:<id>' (hash) and ':log:<id>' (list: its failures,
+-- newest first)
 
 local DONE_TTL = tonumber(ARGV[1])
 local CANCELLED_TTL = tonumber(ARGV[2])
@@ -34,6 +46,7 @@ local E_STALE, E_NOTFOUND, E_FULL, E_CANCELLED, E_STATE = -1, -2, -3, -4, -5
 local WAKE_MAX = 16
 local LOG_MAX = 20 -- failures kept per job
 local BAND = 4398046511104 -- 2^42: orders within one priority; priorities are -1000..1000
+local TTL = {done = DONE_TTL, cancelled = CANCELLED_TTL, dead = DEAD_TTL}
 
 local floor = math.floor
 local t = redis.call('TIME')
@@ -43,19 +56,127 @@ local function jk(id)
     return base .. ':job:' .. id
 end
 
-local function fmt(n)
-    return string.format('%d', n)
-end
-
 local function lk(id)
     return base .. ':log:' .. id
 end
 
+local function fmt(n)
+    return string.format('%d', n)
+end
+
+-- A READY job's score: higher priorities first, then FIFO by order (priority 0, the default,
+-- scores its order alone).
+local function ready_score(prio, order)
+    return fmt(order - prio * BAND)
+end
+
+-- A job's record, packed with struct (part of Redis's Lua): every transition reads and writes
+-- records, and a packed one costs a few times less Lua work than a line of text to parse and
+-- format. In order: state (1 byte, CODE below), attempts and max attempts (2 bytes each),
+-- priority (2, signed), order (double: the job's place in its priority's line, from :seq),
+-- token (text up to a 0 byte: the lease token, '0' when none; tokens come from :seq, so never
+-- 0), lease until, created at, updated at (doubles, ms), cancel requested and cold keys exist
+-- (1 byte each, 0 or 1). decode gives a table, encode packs one; jq-get.lua shows a record as
+-- fields (jobqueue's "job get").
+local RECORD = '<BHHhdsdddBB'
+local CODE = {ready = 1, delayed = 2, reserved = 3, done = 4, dead = 5, cancelled = 6}
+local NAME = {'ready', 'delayed', 'reserved', 'done', 'dead', 'cancelled'}
+
+local function decode(s)
+    if not s then
+        return nil
+    end
+    local st, at, mx, pr, od, tk, ls, cr, up, cn, cd = struct.unpack(RECORD, s)
+    return {state = NAME[st], attempts = at, max = mx, prio = pr, order = od, token = tk,
+        lease = ls, created = cr, updated = up, cancel = cn == 1, cold = cd == 1}
+end
+
+local function encode(j)
+    return struct.pack(RECORD, CODE[j.state], j.attempts, j.max, j.prio, j.order,
+        j.token, j.lease, j.created, j.updated, j.cancel and 1 or 0, j.cold and 1 or 0)
+end
+
+-- A record past its retention counts as gone (housekeeping trims it later).
+local function expired(j)
+    local ttl = TTL[j.state]
+    return ttl ~= nil and j.updated + ttl <= now
+end
+
+-- The job's record, or nil when there is none (or it is past retention).
+local function load(id)
+    local j = decode(redis.call('HGET', K_META, id))
+    if j and expired(j) then
+        return nil
+    end
+    return j
+end
+
+-- Writes one record.
+local function save(id, j)
+    redis.call('HSET', K_META, id, encode(j))
+end
+
+-- Sends cmd on key with the arguments in list, 2,000 at a time (unpack refuses a few thousand;
+-- 2,000 is even, so field-value pairs stay together): the hot scripts read, write, add and
+-- remove a whole batch in one command each instead of one per job.
+local function bulk(cmd, key, list)
+    for i = 1, #list, 2000 do
+        local j = i + 1999
+        if j > #list then
+            j = #list
+        end
+        redis.call(cmd, key, unpack(list, i, j))
+    end
+end
+
+-- The records of ids (one HMGET per 2,000): a table id -> record (absent for a job that is
+-- gone). A repeated id maps to one table, so a batch sees its own earlier changes.
+local function load_many(ids)
+    local out = {}
+    for i = 1, #ids, 2000 do
+        local j = i + 1999
+        if j > #ids then
+            j = #ids
+        end
+        local got = redis.call('HMGET', K_META, unpack(ids, i, j))
+        for k = 1, #got do
+            local id = ids[i + k - 1]
+            if not out[id] then
+                local rec = decode(got[k])
+                if rec and not expired(rec) then
+                    out[id] = rec
+                end
+            end
+        end
+    end
+    return out
+end
+
+-- Writes the records of ids (those in recs) with one HSET per 1,000.
+local function save_many(ids, recs)
+    local list = {}
+    for _, id in ipairs(ids) do
+        if recs[id] then
+            list[#list + 1] = id
+            list[#list + 1] = encode(recs[id])
+        end
+    end
+    bulk('HSET', K_META, list)
+end
+
+-- Sets fields of the job's cold hash (field, value, ...) and marks the record (the caller
+-- saves it).
+local function set_cold(id, j, ...)
+    redis.call('HSET', jk(id), ...)
+    j.cold = true
+end
+
 -- Records a failed attempt in the job's history ("<ms> <attempt> <error>", newest first, at
 -- most LOG_MAX): failures are rare, so this costs nothing on the common path.
-local function log_failure(id, attempt, err)
-    redis.call('LPUSH', lk(id), fmt(now) .. ' ' .. attempt .. ' ' .. err)
+local function log_failure(id, j, err)
+    redis.call('LPUSH', lk(id), fmt(now) .. ' ' .. j.attempts .. ' ' .. err)
     redis.call('LTRIM', lk(id), 0, LOG_MAX - 1)
+    j.cold = true
 end
 
 -- Pushes up to n wake tokens (the list never holds more than WAKE_MAX): a reserver blocked on
@@ -74,64 +195,50 @@ local function wake(n)
     end
 end
 
--- Sends cmd on key with the arguments in list, 2,000 at a time (unpack refuses a few thousand):
--- the hot scripts add and remove a whole batch's members in one command instead of one each.
-local function bulk(cmd, key, list)
-    for i = 1, #list, 2000 do
-        local j = i + 1999
-        if j > #list then
-            j = #list
-        end
-        redis.call(cmd, key, unpack(list, i, j))
-    end
-end
-
 -- -> READY. order: the job's place among its priority (a new one from the counter when nil:
--- the back of the line).
-local function to_ready(id, prio, order)
-    if not order then
-        order = redis.call('INCR', K_SEQ)
-    end
-    redis.call('ZADD', K_READY, fmt((1000 - prio) * BAND + order), id)
-    redis.call('ZADD', K_SINCE, fmt(now), id)
-    redis.call('HSET', jk(id), 'state', 'ready', 'order', fmt(order), 'token', '', 'updated_at',
-        fmt(now))
+-- the back of the line). Saves the record.
+local function to_ready(id, j, order)
+    j.order = order or redis.call('INCR', K_SEQ)
+    j.state, j.token, j.updated = 'ready', '0', now
+    redis.call('ZADD', K_READY, ready_score(j.prio, j.order), id)
+    save(id, j)
 end
 
--- A terminal state: the hash expires after the state's retention, and the state's zset holds
--- the id scored by that moment, so counts (ZCOUNT from now) are exact and trims cheap.
-local function to_final(id, state, zset, ttl)
-    redis.call('HSET', jk(id), 'state', state, 'token', '', 'updated_at', fmt(now),
-        'finished_at', fmt(now))
+-- A terminal state: the state's zset holds the id scored by the end of its retention, so
+-- counts (ZCOUNT from now) are exact and trims cheap; the cold keys, if any, expire then.
+-- When save is false the caller writes the record (a batch writes all of them at once).
+local function to_final(id, j, state, zset, save_it)
+    local ttl = TTL[state]
+    j.state, j.token, j.updated = state, '0', now
     redis.call('ZADD', zset, fmt(now + ttl), id)
-    redis.call('PEXPIRE', jk(id), ttl)
-    redis.call('PEXPIRE', lk(id), ttl) -- the history goes with its job (no-op when none)
+    if j.cold then
+        redis.call('PEXPIRE', jk(id), ttl)
+        redis.call('PEXPIRE', lk(id), ttl) -- no-op when there is no history
+    end
+    if save_it ~= false then
+        save(id, j)
+    end
 end
 
-local function to_dead(id, err)
-    redis.call('HSET', jk(id), 'last_error', err, 'failed_at', fmt(now))
-    to_final(id, 'dead', K_DEAD, DEAD_TTL)
+local function to_dead(id, j, err)
+    set_cold(id, j, 'last_error', err, 'failed_at', fmt(now))
+    to_final(id, j, 'dead', K_DEAD)
 end
 
-local function to_cancelled(id)
-    to_final(id, 'cancelled', K_CANCELLED, CANCELLED_TTL)
+local function to_cancelled(id, j)
+    to_final(id, j, 'cancelled', K_CANCELLED)
 end
 
--- The fence: the job must be RESERVED under this token and its lease not past. f holds the job's
--- state, token and lease_until (HMGET, in that order). Returns 0 or an error code.
-local function lease_code(f, token)
-    if not f[1] then
+-- The fence: the job must be RESERVED under this token and its lease not past. Returns 0 or an
+-- error code.
+local function lease_code(j, token)
+    if not j then
         return E_NOTFOUND
     end
-    if f[1] ~= 'reserved' or f[2] ~= token or now >= tonumber(f[3]) then
+    if j.state ~= 'reserved' or j.token ~= token or now >= j.lease then
         return E_STALE
     end
     return 0
-end
-
--- The fence for one job, read here. Changes nothing.
-local function check_lease(id, token)
-    return lease_code(redis.call('HMGET', jk(id), 'state', 'token', 'lease_until'), token)
 end
 
 -- Leaves RESERVED (the caller then sets the next state).
@@ -139,9 +246,20 @@ local function unlease(id)
     redis.call('ZREM', K_RESERVED, id)
 end
 
+-- Deletes jobs for good: records, payloads and cold keys (those whose record says they exist).
+local function delete_jobs(ids, recs)
+    bulk('HDEL', K_META, ids)
+    bulk('HDEL', K_DATA, ids)
+    for _, id in ipairs(ids) do
+        if recs[id] and recs[id].cold then
+            redis.call('DEL', jk(id), lk(id))
+        end
+    end
+end
+
 -- Housekeeping, bounded by BATCH per kind so no call runs long whatever piled up: due DELAYED
 -- jobs -> READY (ties in due time FIFO by id), expired leases -> READY, DEAD (delivery limit
--- reached) or CANCELLED (cancel requested), and terminal zset entries past retention dropped.
+-- reached) or CANCELLED (cancel requested), and terminal jobs past retention deleted.
 -- Returns promoted, reclaimed, buried.
 local function housekeep()
     local promoted, reclaimed, buried = 0, 0, 0
@@ -159,26 +277,31 @@ local function housekeep()
         end)
         for _, e in ipairs(list) do
             redis.call('ZREM', K_DELAYED, e[1])
-            to_ready(e[1], tonumber(redis.call('HGET', jk(e[1]), 'priority') or '0'), nil)
+            local j = load(e[1])
+            if j then
+                to_ready(e[1], j, nil)
+                promoted = promoted + 1
+            end
         end
-        promoted = #list
     end
-    local expired = redis.call('ZRANGEBYSCORE', K_RESERVED, '-inf', now, 'LIMIT', 0, BATCH)
-    for _, id in ipairs(expired) do
+    local ids = redis.call('ZRANGEBYSCORE', K_RESERVED, '-inf', now, 'LIMIT', 0, BATCH)
+    for _, id in ipairs(ids) do
         unlease(id)
-        local f = redis.call('HMGET', jk(id), 'attempts', 'max_attempts', 'priority', 'cancel')
-        if f[4] ~= '1' then
-            log_failure(id, f[1], 'lease expired')
-        end
-        if f[4] == '1' then
-            to_cancelled(id)
-        elseif tonumber(f[1]) >= tonumber(f[2]) then
-            to_dead(id, 'lease expired on delivery ' .. f[1] .. ' of ' .. f[2])
-            buried = buried + 1
+        local j = load(id)
+        if not j then
+            -- gone (dropped): nothing to move
+        elseif j.cancel then
+            to_cancelled(id, j)
         else
-            redis.call('HSET', jk(id), 'last_error', 'lease expired on delivery ' .. f[1])
-            to_ready(id, tonumber(f[3]), nil)
-            reclaimed = reclaimed + 1
+            log_failure(id, j, 'lease expired')
+            if j.attempts >= j.max then
+                to_dead(id, j, 'lease expired on delivery ' .. j.attempts .. ' of ' .. j.max)
+                buried = buried + 1
+            else
+                set_cold(id, j, 'last_error', 'lease expired on delivery ' .. j.attempts)
+                to_ready(id, j, nil)
+                reclaimed = reclaimed + 1
+            end
         end
     end
     if promoted + reclaimed > 0 then
@@ -188,6 +311,8 @@ local function housekeep()
         local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, BATCH)
         if #old > 0 then
             redis.call('ZREM', z, unpack(old))
+            -- Their cold keys expired by their TTL: only the record and the payload are left.
+            delete_jobs(old, {})
         end
     end
     return promoted, reclaimed, buried

@@ -11,26 +11,33 @@
 local op, offset, count = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local ids = redis.call('ZRANGEBYSCORE', K_DEAD, now + 1, '+inf', 'LIMIT', offset, count)
 local out = {0, #ids}
+if #ids == 0 then
+    return out
+end
+local recs = load_many(ids)
+if op == 'purge' then
+    redis.call('ZREM', K_DEAD, unpack(ids))
+    delete_jobs(ids, recs)
+end
 for _, id in ipairs(ids) do
-    local job = jk(id)
+    local j = recs[id]
+    out[#out + 1] = id
     if op == 'list' then
-        local f = redis.call('HMGET', job, 'attempts', 'max_attempts', 'last_error', 'failed_at',
-            'created_at', 'payload')
-        out[#out + 1] = id
-        for k = 1, 6 do
-            out[#out + 1] = f[k] or ''
-        end
-    else
+        local f = redis.call('HMGET', jk(id), 'last_error', 'failed_at')
+        out[#out + 1] = j and fmt(j.attempts) or ''
+        out[#out + 1] = j and fmt(j.max) or ''
+        out[#out + 1] = f[1] or ''
+        out[#out + 1] = f[2] or ''
+        out[#out + 1] = j and fmt(j.created) or ''
+        out[#out + 1] = redis.call('HGET', K_DATA, id) or ''
+    elseif op == 'redrive' then
         redis.call('ZREM', K_DEAD, id)
-        if op == 'redrive' then
-            redis.call('PERSIST', job)
+        if j then
+            redis.call('PERSIST', jk(id))
             redis.call('PERSIST', lk(id))
-            redis.call('HSET', job, 'attempts', '0')
-            to_ready(id, tonumber(redis.call('HGET', job, 'priority') or '0'), nil)
-        else
-            redis.call('DEL', job, lk(id))
+            j.attempts = 0
+            to_ready(id, j, nil)
         end
-        out[#out + 1] = id
     end
 end
 if op == 'redrive' then

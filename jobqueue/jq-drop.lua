@@ -2,15 +2,14 @@
 -- indexes (jq_queue_drop). One call deletes at most ARGV[5] jobs (1 to 1000): the client
 -- repeats it, so no call runs long however big the queue is. Jobs go in the order ready,
 -- delayed, reserved, done, cancelled, dead (the ones that would run next first), each with its
--- hash and its failure history. :seq stays: the ids and lease tokens of a queue made again under
--- the same name go on from it, so none is ever reused (jobqueue.c, invariant 2). :idem:<key>
--- records stay until their window ends; :fx:<name> keys are the caller's.
+-- record, payload and cold keys. :seq stays: the ids and lease tokens of a queue made again
+-- under the same name go on from it, so none is ever reused (jobqueue.c, invariant 2).
+-- :idem:<key> records stay until their window ends; :fx:<name> keys are the caller's.
 --
 --   ARGV[5] count
 --
 -- Returns {0, jobs deleted, index entries taken, 1 while some index still holds an entry else 0}.
--- An entry past its retention (housekeeping not yet trimmed it) has no hash left: it is taken,
--- not counted as a job.
+-- An entry past its retention (housekeeping not yet trimmed it) is taken, not counted as a job.
 
 local count = tonumber(ARGV[5])
 local indexes = {K_READY, K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED, K_DEAD}
@@ -22,18 +21,23 @@ for _, z in ipairs(indexes) do
     local ids = redis.call('ZRANGE', z, 0, count - taken - 1)
     if #ids > 0 then
         bulk('ZREM', z, ids)
-        if z == K_READY then
-            bulk('ZREM', K_SINCE, ids)
-        end
+        local recs = load_many(ids)
         for _, id in ipairs(ids) do
-            removed = removed + redis.call('DEL', jk(id))
-            redis.call('DEL', lk(id))
+            if recs[id] then
+                removed = removed + 1
+            end
+        end
+        -- A record past retention is not loaded, but its cold keys may not have expired yet.
+        bulk('HDEL', K_META, ids)
+        bulk('HDEL', K_DATA, ids)
+        for _, id in ipairs(ids) do
+            redis.call('DEL', jk(id), lk(id))
         end
         taken = taken + #ids
     end
 end
--- The indexes are empty: the queue's structure goes too (an empty zset is no key already; this
--- also drops :wake and any :since entry left over).
+-- The indexes are empty: the queue's structure goes too (an empty zset or hash is no key
+-- already; this also drops :wake and any record no index held).
 local left = 0
 for _, z in ipairs(indexes) do
     if redis.call('EXISTS', z) == 1 then
@@ -42,6 +46,7 @@ for _, z in ipairs(indexes) do
     end
 end
 if left == 0 then
-    redis.call('DEL', K_READY, K_SINCE, K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED, K_DEAD, K_WAKE)
+    redis.call('DEL', K_META, K_DATA, K_READY, K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED,
+        K_DEAD, K_WAKE)
 end
 return {0, removed, taken, left}

@@ -35,12 +35,11 @@ if max_ready > 0 and fresh > 0 then
         return {E_FULL, ready}
     end
 end
--- The hot path costs one HSET per job: the ids come from one INCRBY for the whole call (a new
--- job's FIFO order is its id, drawn from the same counter as every other order), and the READY
--- jobs join :ready and :since in one ZADD each.
+-- The hot path writes no key per job: the ids come from one INCRBY for the whole call (a new
+-- job's FIFO order is its id, drawn from the same counter as every other order), and the
+-- records, payloads and READY entries go in one HSET, HSET and ZADD for the call.
 local id = fresh > 0 and redis.call('INCRBY', K_SEQ, fresh) - fresh or 0
-local ready, since = {}, {}
-local snow = fmt(now)
+local ready, metas, datas = {}, {}, {}
 for i = 1, n do
     if not out[2 * i] or type(out[2 * i]) == 'number' then
         local a = 7 + (i - 1) * 5
@@ -52,29 +51,32 @@ for i = 1, n do
         else
             id = id + 1
             local sid = fmt(id)
-            if delay > 0 then
-                redis.call('HSET', jk(sid), 'payload', payload, 'priority', fmt(prio),
-                    'max_attempts', ARGV[a + 4], 'attempts', '0', 'ikey', key, 'created_at', snow,
-                    'state', 'delayed', 'run_at', fmt(now + delay), 'updated_at', snow)
-                redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
-            else
-                redis.call('HSET', jk(sid), 'payload', payload, 'priority', fmt(prio),
-                    'max_attempts', ARGV[a + 4], 'attempts', '0', 'ikey', key, 'created_at', snow,
-                    'state', 'ready', 'order', sid, 'token', '', 'updated_at', snow)
-                local r = #ready
-                ready[r + 1], ready[r + 2] = fmt((1000 - prio) * BAND + id), sid
-                since[r + 1], since[r + 2] = snow, sid
-            end
+            local j = {state = 'ready', attempts = 0, max = tonumber(ARGV[a + 4]), prio = prio,
+                order = id, token = '0', lease = 0, created = now, updated = now, cancel = false,
+                cold = false}
             if key ~= '' then
                 redis.call('SET', base .. ':idem:' .. key, sid, 'PX', idem_ttl)
+                set_cold(sid, j, 'ikey', key)
             end
+            if delay > 0 then
+                j.state, j.order = 'delayed', 0
+                set_cold(sid, j, 'run_at', fmt(now + delay))
+                redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
+            else
+                local r = #ready
+                ready[r + 1], ready[r + 2] = ready_score(prio, id), sid
+            end
+            local m = #metas
+            metas[m + 1], metas[m + 2] = sid, encode(j)
+            datas[m + 1], datas[m + 2] = sid, payload
             out[2 * i], out[2 * i + 1] = sid, 1
         end
     end
 end
+bulk('HSET', K_META, metas)
+bulk('HSET', K_DATA, datas)
 if #ready > 0 then
     bulk('ZADD', K_READY, ready)
-    bulk('ZADD', K_SINCE, since)
     wake(#ready / 2)
 end
 return out

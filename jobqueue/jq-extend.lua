@@ -8,14 +8,15 @@
 -- Returns {code, lease deadline}.
 
 local id, token, ms = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local code = check_lease(id, token)
+local j = load(id)
+local code = lease_code(j, token)
 if code ~= 0 then
     return {code, 0}
 end
-local job = jk(id)
-if redis.call('HGET', job, 'cancel') == '1' then
-    return {E_CANCELLED, tonumber(redis.call('HGET', job, 'lease_until'))}
+if j.cancel then
+    return {E_CANCELLED, j.lease}
 end
-redis.call('HSET', job, 'lease_until', fmt(now + ms), 'updated_at', fmt(now))
+j.lease, j.updated = now + ms, now
+save(id, j)
 redis.call('ZADD', K_RESERVED, 'XX', fmt(now + ms), id)
 return {0, now + ms}

@@ -8,29 +8,29 @@
 -- Returns {code, state reached}.
 
 local id, token, err, mode, delay = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
-local code = check_lease(id, token)
+local j = load(id)
+local code = lease_code(j, token)
 if code ~= 0 then
     return {code, ''}
 end
 unlease(id)
-local job = jk(id)
-local f = redis.call('HMGET', job, 'attempts', 'max_attempts', 'priority', 'cancel')
-if f[4] == '1' then
-    to_cancelled(id)
+if j.cancel then
+    to_cancelled(id, j)
     return {E_CANCELLED, 'cancelled'}
 end
-log_failure(id, f[1], err)
-if mode == 'dead' or tonumber(f[1]) >= tonumber(f[2]) then
-    to_dead(id, err)
+log_failure(id, j, err)
+if mode == 'dead' or j.attempts >= j.max then
+    to_dead(id, j, err)
     return {0, 'dead'}
 end
-redis.call('HSET', job, 'last_error', err, 'failed_at', fmt(now))
+set_cold(id, j, 'last_error', err, 'failed_at', fmt(now))
 if delay > 0 then
-    redis.call('HSET', job, 'state', 'delayed', 'token', '', 'run_at', fmt(now + delay),
-        'updated_at', fmt(now))
+    set_cold(id, j, 'run_at', fmt(now + delay))
+    j.state, j.token, j.updated = 'delayed', '0', now
+    save(id, j)
     redis.call('ZADD', K_DELAYED, fmt(now + delay), id)
     return {0, 'delayed'}
 end
-to_ready(id, tonumber(f[3]), nil)
+to_ready(id, j, nil)
 wake(1)
 return {0, 'ready'}

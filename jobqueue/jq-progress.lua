@@ -6,12 +6,15 @@
 -- Returns {code}.
 
 local id, token = ARGV[5], ARGV[6]
-local code = check_lease(id, token)
+local j = load(id)
+local code = lease_code(j, token)
 if code ~= 0 then
     return {code}
 end
-redis.call('HSET', jk(id), 'progress', ARGV[7], 'updated_at', fmt(now))
-if redis.call('HGET', jk(id), 'cancel') == '1' then
+set_cold(id, j, 'progress', ARGV[7])
+j.updated = now
+save(id, j)
+if j.cancel then
     return {E_CANCELLED}
 end
 return {0}

@@ -7,18 +7,17 @@
 -- Returns {code}.
 
 local id, token = ARGV[5], ARGV[6]
-local code = check_lease(id, token)
+local j = load(id)
+local code = lease_code(j, token)
 if code ~= 0 then
     return {code}
 end
 unlease(id)
-local job = jk(id)
-redis.call('HINCRBY', job, 'attempts', -1)
-local f = redis.call('HMGET', job, 'priority', 'order', 'cancel')
-if f[3] == '1' then
-    to_cancelled(id)
+j.attempts = j.attempts - 1
+if j.cancel then
+    to_cancelled(id, j)
     return {E_CANCELLED}
 end
-to_ready(id, tonumber(f[1]), tonumber(f[2]))
+to_ready(id, j, j.order)
 wake(1)
 return {0}

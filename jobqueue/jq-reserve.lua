@@ -20,35 +20,34 @@ end
 local out = {0, 0, 0}
 local count = 0
 if #popped > 0 then
-    -- Per job one HMGET and one HSET: the tokens come from one INCRBY for the batch, and the
-    -- batch leaves :since and joins :reserved in one command each.
-    local ids, leased = {}, {}
+    -- The batch is read with one HMGET of records and one of payloads, and written with one
+    -- HSET and one ZADD: the tokens come from one INCRBY.
+    local ids = {}
     for i = 1, #popped, 2 do
         ids[#ids + 1] = popped[i]
     end
-    bulk('ZREM', K_SINCE, ids)
+    local recs = load_many(ids)
+    local payloads = redis.call('HMGET', K_DATA, unpack(ids))
     local token = redis.call('INCRBY', K_SEQ, #ids) - #ids
     local lease = now + vis
-    local slease, snow = fmt(lease), fmt(now)
-    for _, id in ipairs(ids) do
-        local job = jk(id)
-        local f = redis.call('HMGET', job, 'attempts', 'max_attempts', 'priority', 'created_at',
-            'payload')
+    local slease = fmt(lease)
+    local leased = {}
+    for i, id in ipairs(ids) do
+        local j = recs[id]
         token = token + 1
-        if f[1] then -- a job's hash always holds attempts: none means the job is gone
-            local attempts = tonumber(f[1]) + 1
-            local stoken = fmt(token)
-            redis.call('HSET', job, 'state', 'reserved', 'token', stoken, 'lease_until', slease,
-                'reserved_at', snow, 'updated_at', snow, 'attempts', fmt(attempts))
+        if j then -- none: the job is gone
+            j.state, j.token, j.lease, j.updated = 'reserved', fmt(token), lease, now
+            j.attempts = j.attempts + 1
             local l = #leased
             leased[l + 1], leased[l + 2] = slease, id
             count = count + 1
             local o = #out
-            out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, stoken, attempts, tonumber(f[2])
-            out[o + 5], out[o + 6], out[o + 7], out[o + 8] = tonumber(f[3]), lease,
-                tonumber(f[4]), f[5]
+            out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, j.token, j.attempts, j.max
+            out[o + 5], out[o + 6], out[o + 7], out[o + 8] = j.prio, lease, j.created,
+                payloads[i] or ''
         end
     end
+    save_many(ids, recs)
     bulk('ZADD', K_RESERVED, leased)
 end
 out[3] = count

@@ -77,16 +77,16 @@ static void info_set(jq_info *info, char **field, const redisReply *v) {
 int jq_job_get(jq_client *c, const char *queue, const char *id, jq_info *out) {
     if (!jq__id_valid(id))
         return JQ_ENOTFOUND;
-    char key[JQ_QUEUE_MAX + 96];
-    char suffix[JQ_ID_MAX + 8];
-    snprintf(suffix, sizeof suffix, ":job:%s", id);
-    if (jq_key(c, queue, suffix, key, sizeof key) < 0)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
-    int err = 0;
-    redisReply *reply = sd_redis_command(c->redis, &err, "HGETALL %s", key);
-    if (!reply)
-        return err ? err : SD_EDISCONNECTED;
-    int rc = jq__info_parse(reply, id, out);
+    jq__args_str(&a, id);
+    redisReply *reply = NULL;
+    int rc = jq__run(c, JQ_S_GET, &a, 1, 0, &reply);
+    jq__args_free(&a);
+    if (rc != 0)
+        return rc;
+    rc = jq__info_parse(reply, id, out);
     freeReplyObject(reply);
     return rc;
 }

@@ -379,15 +379,16 @@ static void on_info(sd_aredis *r, redisReply *reply, int status, void *privdata)
 int jq_ajob_get(jq_aclient *c, const char *queue, const char *id, jq_info_cb *cb, void *arg) {
     if (!jq__id_valid(id))
         return JQ_ENOTFOUND;
-    char key[JQ_QUEUE_MAX + 96];
-    char suffix[JQ_ID_MAX + 8];
-    snprintf(suffix, sizeof suffix, ":job:%s", id);
-    if (jq_key_cfg(&c->cfg, queue, suffix, key, sizeof key) < 0)
+    jq__args a;
+    if (jq__args_begin(&a, &c->cfg, queue) != 0)
         return JQ_EINVAL;
+    jq__args_str(&a, id);
     info_call *call = sd_xmalloc(sizeof *call);
     *call = (info_call){.c = c, .cb = cb, .arg = arg};
     snprintf(call->id, sizeof call->id, "%s", id);
-    int rc = sd_aredis_command(c->redis, on_info, call, c->cfg.timeout_ms, "HGETALL %s", key);
+    int rc = sd_aredis_script(c->redis, jq__script(JQ_S_GET), on_info, call, c->cfg.timeout_ms, 1,
+                              a.n, a.v, a.l);
+    jq__args_free(&a);
     if (rc != 0)
         free(call);
     return rc;

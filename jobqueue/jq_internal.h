@@ -23,6 +23,7 @@ enum {
     JQ_S_STATS,
     JQ_S_DLQ,
     JQ_S_DROP,
+    JQ_S_GET,
     JQ_S_COUNT
 };
 
@@ -68,8 +69,8 @@ int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out);
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);
 
 /* Shared by the synchronous and the asynchronous inspect calls (jq_admin.c). jq__id_valid: a
- * job id is decimal digits, shorter than JQ_ID_MAX. jq__info_parse: an HGETALL reply of the
- * job's hash into out (which it owns then: jq_info_clear); 0, JQ_ENOTFOUND (no hash) or
+ * job id is decimal digits, shorter than JQ_ID_MAX. jq__info_parse: jq-get.lua's reply (field-value
+ * pairs) into out (which it owns then: jq_info_clear); 0, JQ_ENOTFOUND (no such job) or
  * SD_EREDIS. jq__stats_parse: a stats script's reply (its code already 0); 0 or SD_EREDIS.
  * jq__cancel_parse: the state a cancel found, when the reply names one. jq__drop_parse: a drop
  * script's reply (jq-drop.lua, its code already 0): the jobs it deleted, and *more = 1 while the

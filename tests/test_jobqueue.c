@@ -168,7 +168,8 @@ JQ_TEST(lifecycle_enqueue_reserve_progress_ack) {
     cr_assert_eq(jq_ack(c, "life", &j, "again", 5), JQ_ESTALE);
     jq_job_clear(&j);
 
-    /* DONE is kept for its retention, and the TTL is set on the hash. */
+    /* DONE is kept for its retention: the job's cold hash (its result and progress) expires
+     * then. */
     char key[256];
     cr_assert_gt(jq_key(c, "life", ":job:", key, sizeof key - 24), 0);
     strcat(key, e.id);
@@ -810,6 +811,45 @@ JQ_TEST(priority_first_then_fifo) {
     jq_client_free(c);
 }
 
+/* The oldest-ready age is that of the longest-waiting line, whatever its priority: the front of
+ * every priority's line is looked at, not only the line that runs next. The extreme priorities
+ * keep their order too. */
+JQ_TEST(oldest_ready_age_looks_at_every_priority) {
+    jq_client *c = client();
+    jq_enqueue_opts lo, hi;
+    jq_enqueue_opts_default(&lo);
+    jq_enqueue_opts_default(&hi);
+    lo.priority = JQ_PRIORITY_MIN;
+    hi.priority = JQ_PRIORITY_MAX;
+    jq_enqueued old = put(c, "age", "old", &lo);
+    int64_t t0 = redis_now_ms(c);
+    while (redis_now_ms(c) < t0 + 300)
+        sleep_ms(50);
+    put(c, "age", "mid", NULL);
+    jq_enqueued young = put(c, "age", "young", &hi);
+    jq_stats s = stats(c, "age");
+    jq_info a, b;
+    cr_assert_eq(jq_job_get(c, "age", old.id, &a), 0);
+    cr_assert_eq(jq_job_get(c, "age", young.id, &b), 0);
+    int64_t gap = b.created_ms - a.created_ms;
+    cr_assert_geq(gap, 300);
+    /* At least the gap: the low-priority job's age, not the age of the one that runs next. */
+    cr_assert_geq(s.oldest_ready_age_ms, gap, "age %lld, gap %lld",
+                  (long long)s.oldest_ready_age_ms, (long long)gap);
+    jq_info_clear(&a);
+    jq_info_clear(&b);
+    const char *want[] = {"young", "mid", "old"};
+    jq_job got[3];
+    size_t n = 0;
+    cr_assert_eq(jq_reserve(c, "age", 3, 60000, got, &n), 0);
+    cr_assert_eq(n, 3);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_str_eq(got[i].payload, want[i], "position %d", i);
+        jq_job_clear(&got[i]);
+    }
+    jq_client_free(c);
+}
+
 JQ_TEST(delayed_jobs_wait_and_then_run_in_due_order) {
     jq_client *c = client();
     /* Seven late jobs first, so the three due together get ids 8, 9 and 10: FIFO must not
@@ -1014,9 +1054,14 @@ Test(jobqueue, retention_ends_and_done_jobs_are_gone) {
     cr_assert_eq(stats(c, "ret").done, 0);
     jq_reap_result r;
     cr_assert_eq(jq_reap(c, "ret", &r), 0);
-    char key[256];
-    cr_assert_gt(jq_key(c, "ret", ":done", key, sizeof key), 0);
-    cr_assert_eq(test_redis_int(jq_client_redis(c), "ZCARD %s", key), 0);
+    /* Housekeeping took its index entry, record and payload. */
+    const char *gone[] = {":done", ":meta", ":data"};
+    for (int i = 0; i < 3; i++) {
+        char key[256];
+        cr_assert_gt(jq_key(c, "ret", gone[i], key, sizeof key), 0);
+        cr_assert_eq(test_redis_int(jq_client_redis(c), "EXISTS %s", key), 0, "%s is left",
+                     gone[i]);
+    }
     jq_job_clear(&j);
     jq_client_free(c);
 }
