@@ -42,9 +42,10 @@
  * worked off in many short scripts, never one long one.
  *
  * Invariants
- *  1. A job's id is in exactly one of the zsets ready, delayed, reserved, done, cancelled, dead,
- *     the one its record's state names; housekeep deletes the record and payload when it trims
- *     a terminal entry. Every script that changes the state moves the id in the same script.
+ *  1. A job's id is in exactly one index: its priority's READY line (a list), or one of the
+ *     zsets delayed, reserved, done, cancelled, dead, the one its record's state names; housekeep
+ * deletes the record and payload when it trims a terminal entry. Every script that changes the
+ * state moves the id in the same script.
  *  2. A call about a RESERVED job (ack, fail, extend, release, progress) changes something
  *     only when its token is the job's current one and its lease has not passed (lease_code
  *     in jq-common.lua). Tokens come from a per-queue counter, so a token is never reused.
@@ -58,9 +59,9 @@
  *
  * Keys (all "<prefix>{jq:<queue>}" + suffix; the README lists types and TTLs): :meta and :data
  * (every job's record and payload, one field each), :job:<id> and :log:<id> (a job's rarely
- * set fields and its failures, only when it has some), :ready, :delayed, :reserved, :done,
- * :cancelled, :dead, :seq, :wake, :idem:<key>, :fx:<name>. A drop deletes all but :seq (never:
- * invariant 2), :idem:<key> (expires) and :fx:<name> (the caller's).
+ * set fields and its failures, only when it has some), :lines and :ready:<priority>, :delayed,
+ * :reserved, :done, :cancelled, :dead, :seq, :wake, :idem:<key>, :fx:<name>. A drop deletes all but
+ * :seq (never: invariant 2), :idem:<key> (expires) and :fx:<name> (the caller's).
  */
 #include "jobqueue.h"
 

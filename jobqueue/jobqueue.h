@@ -248,7 +248,7 @@ int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *erro
  * was requested: the lease is left as it was; stop, then fail or release the job). */
 int jq_extend(jq_client *c, const char *queue, jq_job *job, int64_t ms);
 
-/* RESERVED -> READY in the job's old place, the delivery not counted (a graceful stop).
+/* RESERVED -> READY at the front of its line, the delivery not counted (a graceful stop).
  * Returns 0, JQ_ESTALE, JQ_ENOTFOUND or JQ_ECANCELLED (now CANCELLED). */
 int jq_release(jq_client *c, const char *queue, const jq_job *job);
 

@@ -14,7 +14,8 @@
 -- The clock is Redis TIME, in milliseconds: never a client's clock.
 --
 -- Storage. What every transition reads and writes lives in two hashes per queue, one field per
--- job: :meta holds the job's record (below) and :data its payload. So a batch of jobs is read
+-- job: :meta holds the job's record (below) and :data its payload; READY ids wait in one list
+-- per priority (a line: pushed at the back, taken from the front). So a batch of jobs is read
 -- with one HMGET and written with one HSET, whatever its size: a per-job hash would cost a
 -- Redis call per job and per transition, which is most of what a job costs. What is rare or
 -- big (idempotency key, run_at, result, progress, last error) goes to a per-job hash :job:<id>
@@ -26,16 +27,16 @@
 local base = KEYS[1]
 local K_META = base .. ':meta'           -- hash: id -> the job's record
 local K_DATA = base .. ':data'           -- hash: id -> payload
-local K_READY = base .. ':ready'         -- zset: id -> order - priority * 2^42
+local K_LINES = base .. ':lines'         -- zset: priority -> -priority, the READY lines in use
 local K_DELAYED = base .. ':delayed'     -- zset: id -> ms when the job is due
 local K_RESERVED = base .. ':reserved'   -- zset: id -> lease deadline, ms
 local K_DEAD = base .. ':dead'           -- zset: id -> ms when its retention ends
 local K_DONE = base .. ':done'           -- zset: id -> ms when its retention ends
 local K_CANCELLED = base .. ':cancelled' -- zset: id -> ms when its retention ends
-local K_SEQ = base .. ':seq'             -- string: counter for ids, tokens and FIFO order
+local K_SEQ = base .. ':seq'             -- string: counter for ids and lease tokens
 local K_WAKE = base .. ':wake'           -- list: at most WAKE_MAX tokens for blocked reservers
--- and per job, only when needed: ':job:<id>' (hash) and ':log:<id>' (list: its failures,
--- newest first)
+-- per priority p in use, ':ready:<p>' (list: its READY ids, first in line first), and per job,
+-- only when needed: ':job:<id>' (hash) and ':log:<id>' (list: its failures, newest first)
 
 local DONE_TTL = tonumber(ARGV[1])
 local CANCELLED_TTL = tonumber(ARGV[2])
@@ -45,7 +46,6 @@ local BATCH = tonumber(ARGV[4])
 local E_STALE, E_NOTFOUND, E_FULL, E_CANCELLED, E_STATE = -1, -2, -3, -4, -5
 local WAKE_MAX = 16
 local LOG_MAX = 20 -- failures kept per job
-local BAND = 4398046511104 -- 2^42: orders within one priority; priorities are -1000..1000
 local TTL = {done = DONE_TTL, cancelled = CANCELLED_TTL, dead = DEAD_TTL}
 
 local floor = math.floor
@@ -64,21 +64,29 @@ local function fmt(n)
     return string.format('%d', n)
 end
 
--- A READY job's score: higher priorities first, then FIFO by order (priority 0, the default,
--- scores its order alone).
-local function ready_score(prio, order)
-    return fmt(order - prio * BAND)
+-- The READY line of a priority: a list, FIFO. K_LINES names the lines that may hold jobs,
+-- highest priority first; a line found empty is taken off it by the next reserve.
+local function line(prio)
+    return base .. ':ready:' .. prio
+end
+
+-- READY jobs, all lines (one LLEN per priority in use).
+local function ready_count()
+    local n = 0
+    for _, p in ipairs(redis.call('ZRANGE', K_LINES, 0, -1)) do
+        n = n + redis.call('LLEN', line(p))
+    end
+    return n
 end
 
 -- A job's record, packed with struct (part of Redis's Lua): every transition reads and writes
 -- records, and a packed one costs a few times less Lua work than a line of text to parse and
 -- format. In order: state (1 byte, CODE below), attempts and max attempts (2 bytes each),
--- priority (2, signed), order (double: the job's place in its priority's line, from :seq),
--- token (text up to a 0 byte: the lease token, '0' when none; tokens come from :seq, so never
--- 0), lease until, created at, updated at (doubles, ms), cancel requested and cold keys exist
--- (1 byte each, 0 or 1). decode gives a table, encode packs one; jq-get.lua shows a record as
+-- priority (2, signed), token (text up to a 0 byte: the lease token, '0' when none; tokens come
+-- from :seq, so never 0), lease until, created at, updated at (doubles, ms), cancel requested
+-- and cold keys exist (1 byte each, 0 or 1). decode gives a table, encode packs one; jq-get.lua shows a record as
 -- fields (jobqueue's "job get").
-local RECORD = '<BHHhdsdddBB'
+local RECORD = '<BHHhsdddBB'
 local CODE = {ready = 1, delayed = 2, reserved = 3, done = 4, dead = 5, cancelled = 6}
 local NAME = {'ready', 'delayed', 'reserved', 'done', 'dead', 'cancelled'}
 
@@ -86,14 +94,14 @@ local function decode(s)
     if not s then
         return nil
     end
-    local st, at, mx, pr, od, tk, ls, cr, up, cn, cd = struct.unpack(RECORD, s)
-    return {state = NAME[st], attempts = at, max = mx, prio = pr, order = od, token = tk,
-        lease = ls, created = cr, updated = up, cancel = cn == 1, cold = cd == 1}
+    local st, at, mx, pr, tk, ls, cr, up, cn, cd = struct.unpack(RECORD, s)
+    return {state = NAME[st], attempts = at, max = mx, prio = pr, token = tk, lease = ls,
+        created = cr, updated = up, cancel = cn == 1, cold = cd == 1}
 end
 
 local function encode(j)
-    return struct.pack(RECORD, CODE[j.state], j.attempts, j.max, j.prio, j.order,
-        j.token, j.lease, j.created, j.updated, j.cancel and 1 or 0, j.cold and 1 or 0)
+    return struct.pack(RECORD, CODE[j.state], j.attempts, j.max, j.prio, j.token, j.lease,
+        j.created, j.updated, j.cancel and 1 or 0, j.cold and 1 or 0)
 end
 
 -- A record past its retention counts as gone (housekeeping trims it later).
@@ -195,12 +203,12 @@ local function wake(n)
     end
 end
 
--- -> READY. order: the job's place among its priority (a new one from the counter when nil:
--- the back of the line). Saves the record.
-local function to_ready(id, j, order)
-    j.order = order or redis.call('INCR', K_SEQ)
+-- -> READY, at the back of its priority's line, or at the front when front is true (a released
+-- job goes back where it was). Saves the record.
+local function to_ready(id, j, front)
     j.state, j.token, j.updated = 'ready', '0', now
-    redis.call('ZADD', K_READY, ready_score(j.prio, j.order), id)
+    redis.call(front and 'LPUSH' or 'RPUSH', line(j.prio), id)
+    redis.call('ZADD', K_LINES, fmt(-j.prio), fmt(j.prio))
     save(id, j)
 end
 
@@ -279,7 +287,7 @@ local function housekeep()
             redis.call('ZREM', K_DELAYED, e[1])
             local j = load(e[1])
             if j then
-                to_ready(e[1], j, nil)
+                to_ready(e[1], j, false)
                 promoted = promoted + 1
             end
         end
@@ -299,7 +307,7 @@ local function housekeep()
                 buried = buried + 1
             else
                 set_cold(id, j, 'last_error', 'lease expired on delivery ' .. j.attempts)
-                to_ready(id, j, nil)
+                to_ready(id, j, false)
                 reclaimed = reclaimed + 1
             end
         end

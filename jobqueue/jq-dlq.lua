@@ -36,7 +36,7 @@ for _, id in ipairs(ids) do
             redis.call('PERSIST', jk(id))
             redis.call('PERSIST', lk(id))
             j.attempts = 0
-            to_ready(id, j, nil)
+            to_ready(id, j, false)
         end
     end
 end

@@ -12,41 +12,57 @@
 -- An entry past its retention (housekeeping not yet trimmed it) is taken, not counted as a job.
 
 local count = tonumber(ARGV[5])
-local indexes = {K_READY, K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED, K_DEAD}
 local taken, removed = 0, 0
-for _, z in ipairs(indexes) do
+
+local function forget(ids)
+    local recs = load_many(ids)
+    for _, id in ipairs(ids) do
+        if recs[id] then
+            removed = removed + 1
+        end
+    end
+    -- A record past retention is not loaded, but its cold keys may not have expired yet.
+    bulk('HDEL', K_META, ids)
+    bulk('HDEL', K_DATA, ids)
+    for _, id in ipairs(ids) do
+        redis.call('DEL', jk(id), lk(id))
+    end
+    taken = taken + #ids
+end
+
+for _, p in ipairs(redis.call('ZRANGE', K_LINES, 0, -1)) do
+    if taken >= count then
+        break
+    end
+    local want = count - taken
+    local ids = redis.call('LPOP', line(p), want) or {}
+    if #ids < want then
+        redis.call('ZREM', K_LINES, p) -- the line is empty
+    end
+    if #ids > 0 then
+        forget(ids)
+    end
+end
+local zsets = {K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED, K_DEAD}
+for _, z in ipairs(zsets) do
     if taken >= count then
         break
     end
     local ids = redis.call('ZRANGE', z, 0, count - taken - 1)
     if #ids > 0 then
         bulk('ZREM', z, ids)
-        local recs = load_many(ids)
-        for _, id in ipairs(ids) do
-            if recs[id] then
-                removed = removed + 1
-            end
-        end
-        -- A record past retention is not loaded, but its cold keys may not have expired yet.
-        bulk('HDEL', K_META, ids)
-        bulk('HDEL', K_DATA, ids)
-        for _, id in ipairs(ids) do
-            redis.call('DEL', jk(id), lk(id))
-        end
-        taken = taken + #ids
+        forget(ids)
     end
 end
--- The indexes are empty: the queue's structure goes too (an empty zset or hash is no key
+-- The indexes are empty: the queue's structure goes too (an empty list, zset or hash is no key
 -- already; this also drops :wake and any record no index held).
-local left = 0
-for _, z in ipairs(indexes) do
-    if redis.call('EXISTS', z) == 1 then
+local left = redis.call('EXISTS', K_LINES)
+for _, z in ipairs(zsets) do
+    if left == 0 and redis.call('EXISTS', z) == 1 then
         left = 1
-        break
     end
 end
 if left == 0 then
-    redis.call('DEL', K_META, K_DATA, K_READY, K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED,
-        K_DEAD, K_WAKE)
+    redis.call('DEL', K_META, K_DATA, K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED, K_DEAD, K_WAKE)
 end
 return {0, removed, taken, left}

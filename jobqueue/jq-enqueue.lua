@@ -30,16 +30,16 @@ for i = 1, n do
     end
 end
 if max_ready > 0 and fresh > 0 then
-    local ready = redis.call('ZCARD', K_READY)
+    local ready = ready_count()
     if ready + fresh > max_ready then
         return {E_FULL, ready}
     end
 end
--- The hot path writes no key per job: the ids come from one INCRBY for the whole call (a new
--- job's FIFO order is its id, drawn from the same counter as every other order), and the
--- records, payloads and READY entries go in one HSET, HSET and ZADD for the call.
+-- The hot path writes no key per job: the ids come from one INCRBY for the whole call, and the
+-- records, payloads and READY ids go in one HSET, HSET and RPUSH for the call (one RPUSH per
+-- priority, in the order the jobs came).
 local id = fresh > 0 and redis.call('INCRBY', K_SEQ, fresh) - fresh or 0
-local ready, metas, datas = {}, {}, {}
+local lines, prios, metas, datas = {}, {}, {}, {}
 for i = 1, n do
     if not out[2 * i] or type(out[2 * i]) == 'number' then
         local a = 7 + (i - 1) * 5
@@ -52,19 +52,22 @@ for i = 1, n do
             id = id + 1
             local sid = fmt(id)
             local j = {state = 'ready', attempts = 0, max = tonumber(ARGV[a + 4]), prio = prio,
-                order = id, token = '0', lease = 0, created = now, updated = now, cancel = false,
-                cold = false}
+                token = '0', lease = 0, created = now, updated = now, cancel = false, cold = false}
             if key ~= '' then
                 redis.call('SET', base .. ':idem:' .. key, sid, 'PX', idem_ttl)
                 set_cold(sid, j, 'ikey', key)
             end
             if delay > 0 then
-                j.state, j.order = 'delayed', 0
+                j.state = 'delayed'
                 set_cold(sid, j, 'run_at', fmt(now + delay))
                 redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
             else
-                local r = #ready
-                ready[r + 1], ready[r + 2] = ready_score(prio, id), sid
+                if not lines[prio] then
+                    lines[prio] = {}
+                    prios[#prios + 1] = prio
+                end
+                local l = lines[prio]
+                l[#l + 1] = sid
             end
             local m = #metas
             metas[m + 1], metas[m + 2] = sid, encode(j)
@@ -75,8 +78,13 @@ for i = 1, n do
 end
 bulk('HSET', K_META, metas)
 bulk('HSET', K_DATA, datas)
-if #ready > 0 then
-    bulk('ZADD', K_READY, ready)
-    wake(#ready / 2)
+local woken = 0
+for _, p in ipairs(prios) do
+    bulk('RPUSH', line(p), lines[p])
+    redis.call('ZADD', K_LINES, fmt(-p), fmt(p))
+    woken = woken + #lines[p]
+end
+if woken > 0 then
+    wake(woken)
 end
 return out

@@ -31,6 +31,6 @@ if delay > 0 then
     redis.call('ZADD', K_DELAYED, fmt(now + delay), id)
     return {0, 'delayed'}
 end
-to_ready(id, j, nil)
+to_ready(id, j, false)
 wake(1)
 return {0, 'ready'}

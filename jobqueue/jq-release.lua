@@ -1,4 +1,4 @@
--- jq-release.lua - RESERVED -> READY, back in its old place, without counting the delivery
+-- jq-release.lua - RESERVED -> READY, at the front of its line, without counting the delivery
 -- (jq_release: a graceful stop hands back what it did not start or finish). Fenced. A job
 -- whose cancel was requested ends CANCELLED.
 --
@@ -18,6 +18,6 @@ if j.cancel then
     to_cancelled(id, j)
     return {E_CANCELLED}
 end
-to_ready(id, j, j.order)
+to_ready(id, j, true)
 wake(1)
 return {0}

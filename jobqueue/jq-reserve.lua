@@ -11,21 +11,32 @@
 
 local n, vis = tonumber(ARGV[5]), tonumber(ARGV[6])
 housekeep()
-local popped = redis.call('ZPOPMIN', K_READY, n)
-if #popped < 2 * n then
-    -- :ready is empty now, so every wake token left is stale: a wait that took one would only
+-- Take from the front of the highest priority's line, then the next line's, until n.
+local ids = {}
+while #ids < n do
+    local top = redis.call('ZRANGE', K_LINES, 0, 0)[1]
+    if not top then
+        break
+    end
+    local want = n - #ids
+    local got = redis.call('LPOP', line(top), want) or {}
+    for _, id in ipairs(got) do
+        ids[#ids + 1] = id
+    end
+    if #got < want then
+        redis.call('ZREM', K_LINES, top) -- the line is empty
+    end
+end
+if #ids < n then
+    -- No job is READY now, so every wake token left is stale: a wait that took one would only
     -- run a reserve that finds nothing. The next enqueue pushes a fresh one.
     redis.call('DEL', K_WAKE)
 end
 local out = {0, 0, 0}
 local count = 0
-if #popped > 0 then
+if #ids > 0 then
     -- The batch is read with one HMGET of records and one of payloads, and written with one
     -- HSET and one ZADD: the tokens come from one INCRBY.
-    local ids = {}
-    for i = 1, #popped, 2 do
-        ids[#ids + 1] = popped[i]
-    end
     local recs = load_many(ids)
     local payloads = redis.call('HMGET', K_DATA, unpack(ids))
     local token = redis.call('INCRBY', K_SEQ, #ids) - #ids

@@ -213,12 +213,12 @@ DROP_TEST(a_queue_in_every_state_is_deleted_but_its_counter) {
               s.cancelled == 1);
     char keys[4096];
     /* The 8 jobs' records and payloads (:meta, :data), 5 cold hashes (a result, two errors, a
-     * run_at, an idempotency key), 2 histories, 6 indexes, the counter, the wake list, the
-     * idempotency record. */
-    cr_assert_eq(queue_keys(c, q, keys, sizeof keys), 18, "%s", keys);
+     * run_at, an idempotency key), 2 histories, the READY line of priority 0 and the set of
+     * lines, 5 zsets, the counter, the wake list, the idempotency record. */
+    cr_assert_eq(queue_keys(c, q, keys, sizeof keys), 19, "%s", keys);
     /* The scan sees them: the structure and both histories exist before the drop. */
-    const char *before[] = {":meta",      ":data", ":ready", ":delayed", ":reserved", ":done",
-                            ":cancelled", ":dead", ":seq",   ":wake",    ":idem:k1"};
+    const char *before[] = {":meta", ":data",      ":lines", ":ready:0", ":delayed", ":reserved",
+                            ":done", ":cancelled", ":dead",  ":seq",     ":wake",    ":idem:k1"};
     for (size_t i = 0; i < sizeof before / sizeof before[0]; i++)
         cr_assert(key_exists(c, q, before[i]), "%s missing before the drop: %s", before[i], keys);
     char log_b[64], log_r[64];
@@ -287,7 +287,7 @@ DROP_TEST(max_deletes_exactly_that_many_the_next_to_run_first) {
     cr_assert_eq(test_redis_int(jq_client_redis(c), "HLEN %s", key), 7);
     cr_assert_gt(jq_key(c, q, ":data", key, sizeof key), 0);
     cr_assert_eq(test_redis_int(jq_client_redis(c), "HLEN %s", key), 7);
-    cr_assert(key_exists(c, q, ":ready"), "the structure stays while jobs are left");
+    cr_assert(key_exists(c, q, ":ready:0"), "the structure stays while jobs are left");
     jq_info info;
     for (int i = 0; i < 10; i++) {
         int rc = jq_job_get(c, q, e[i].id, &info);
