@@ -30,5 +30,5 @@ end
 if ARGV[7] ~= '' then
     set_cold(id, j, 'result', ARGV[7])
 end
-to_final(id, j, 'done', K_DONE)
+finish(id, j, 'done', K_DONE, DONE_TTL)
 return {0}

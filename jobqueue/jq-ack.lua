@@ -16,7 +16,7 @@ end
 -- an earlier failure makes the job's cold keys, which then get its retention as their TTL.
 local recs = load_many(ids)
 local out, acked, done = {}, {}, {}
-local sdone = fmt(now + DONE_TTL)
+local sends = fmt(now + DONE_TTL) -- the end of retention of every job acked here
 for i, id in ipairs(ids) do
     local a = 5 + (i - 1) * 3
     local j = recs[id]
@@ -29,13 +29,9 @@ for i, id in ipairs(ids) do
         if ARGV[a + 3] ~= '' then
             set_cold(id, j, 'result', ARGV[a + 3])
         end
-        j.state, j.token, j.updated = 'done', '0', now
-        if j.cold then
-            redis.call('PEXPIRE', jk(id), DONE_TTL)
-            redis.call('PEXPIRE', lk(id), DONE_TTL)
-        end
+        end_state(id, j, 'done', DONE_TTL)
         acked[#acked + 1] = id
-        done[#done + 1], done[#done + 2] = sdone, id
+        done[#done + 1], done[#done + 2] = sends, id
     end
     out[i] = code
 end

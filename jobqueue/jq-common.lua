@@ -46,7 +46,6 @@ local BATCH = tonumber(ARGV[4])
 local E_STALE, E_NOTFOUND, E_FULL, E_CANCELLED, E_STATE = -1, -2, -3, -4, -5
 local WAKE_MAX = 16
 local LOG_MAX = 20 -- failures kept per job
-local TTL = {done = DONE_TTL, cancelled = CANCELLED_TTL, dead = DEAD_TTL}
 
 local floor = math.floor
 local t = redis.call('TIME')
@@ -83,10 +82,11 @@ end
 -- records, and a packed one costs a few times less Lua work than a line of text to parse and
 -- format. In order: state (1 byte, CODE below), attempts and max attempts (2 bytes each),
 -- priority (2, signed), token (text up to a 0 byte: the lease token, '0' when none; tokens come
--- from :seq, so never 0), lease until, created at, updated at (doubles, ms), cancel requested
--- and cold keys exist (1 byte each, 0 or 1). decode gives a table, encode packs one; jq-get.lua shows a record as
--- fields (jobqueue's "job get").
-local RECORD = '<BHHhsdddBB'
+-- from :seq, so never 0), lease until, created at, updated at, and the end of its retention in
+-- a terminal state, 0 before (doubles, ms), cancel requested and cold keys exist (1 byte each,
+-- 0 or 1). decode gives a table, encode packs one; jq-get.lua shows a record as fields
+-- (jq_job_get).
+local RECORD = '<BHHhsddddBB'
 local CODE = {ready = 1, delayed = 2, reserved = 3, done = 4, dead = 5, cancelled = 6}
 local NAME = {'ready', 'delayed', 'reserved', 'done', 'dead', 'cancelled'}
 
@@ -94,20 +94,20 @@ local function decode(s)
     if not s then
         return nil
     end
-    local st, at, mx, pr, tk, ls, cr, up, cn, cd = struct.unpack(RECORD, s)
+    local st, at, mx, pr, tk, ls, cr, up, en, cn, cd = struct.unpack(RECORD, s)
     return {state = NAME[st], attempts = at, max = mx, prio = pr, token = tk, lease = ls,
-        created = cr, updated = up, cancel = cn == 1, cold = cd == 1}
+        created = cr, updated = up, ends = en, cancel = cn == 1, cold = cd == 1}
 end
 
 local function encode(j)
     return struct.pack(RECORD, CODE[j.state], j.attempts, j.max, j.prio, j.token, j.lease,
-        j.created, j.updated, j.cancel and 1 or 0, j.cold and 1 or 0)
+        j.created, j.updated, j.ends, j.cancel and 1 or 0, j.cold and 1 or 0)
 end
 
--- A record past its retention counts as gone (housekeeping trims it later).
+-- A record past its retention counts as gone (housekeeping trims it later). The end was fixed
+-- when the job finished, by the retention of the client that finished it.
 local function expired(j)
-    local ttl = TTL[j.state]
-    return ttl ~= nil and j.updated + ttl <= now
+    return j.ends > 0 and j.ends <= now
 end
 
 -- The job's record, or nil when there is none (or it is past retention).
@@ -206,35 +206,37 @@ end
 -- -> READY, at the back of its priority's line, or at the front when front is true (a released
 -- job goes back where it was). Saves the record.
 local function to_ready(id, j, front)
-    j.state, j.token, j.updated = 'ready', '0', now
+    j.state, j.token, j.updated, j.ends = 'ready', '0', now, 0
     redis.call(front and 'LPUSH' or 'RPUSH', line(j.prio), id)
     redis.call('ZADD', K_LINES, fmt(-j.prio), fmt(j.prio))
     save(id, j)
 end
 
--- A terminal state: the state's zset holds the id scored by the end of its retention, so
--- counts (ZCOUNT from now) are exact and trims cheap; the cold keys, if any, expire then.
--- When save is false the caller writes the record (a batch writes all of them at once).
-local function to_final(id, j, state, zset, save_it)
-    local ttl = TTL[state]
-    j.state, j.token, j.updated = state, '0', now
-    redis.call('ZADD', zset, fmt(now + ttl), id)
+-- A terminal state, kept for ttl ms: the record says when that ends, and the state's zset holds
+-- the id scored by that moment, so counts (ZCOUNT from now) are exact and trims cheap; the
+-- cold keys, if any, expire then. end_state changes the record and the cold keys only (the ack
+-- of a batch adds its ids to :done and writes its records at once); finish does all of it.
+local function end_state(id, j, state, ttl)
+    j.state, j.token, j.updated, j.ends = state, '0', now, now + ttl
     if j.cold then
         redis.call('PEXPIRE', jk(id), ttl)
         redis.call('PEXPIRE', lk(id), ttl) -- no-op when there is no history
     end
-    if save_it ~= false then
-        save(id, j)
-    end
+end
+
+local function finish(id, j, state, zset, ttl)
+    end_state(id, j, state, ttl)
+    redis.call('ZADD', zset, fmt(j.ends), id)
+    save(id, j)
 end
 
 local function to_dead(id, j, err)
     set_cold(id, j, 'last_error', err, 'failed_at', fmt(now))
-    to_final(id, j, 'dead', K_DEAD)
+    finish(id, j, 'dead', K_DEAD, DEAD_TTL)
 end
 
 local function to_cancelled(id, j)
-    to_final(id, j, 'cancelled', K_CANCELLED)
+    finish(id, j, 'cancelled', K_CANCELLED, CANCELLED_TTL)
 end
 
 -- The fence: the job must be RESERVED under this token and its lease not past. Returns 0 or an

@@ -52,7 +52,8 @@ for i = 1, n do
             id = id + 1
             local sid = fmt(id)
             local j = {state = 'ready', attempts = 0, max = tonumber(ARGV[a + 4]), prio = prio,
-                token = '0', lease = 0, created = now, updated = now, cancel = false, cold = false}
+                token = '0', lease = 0, created = now, updated = now, ends = 0, cancel = false,
+                cold = false}
             if key ~= '' then
                 redis.call('SET', base .. ':idem:' .. key, sid, 'PX', idem_ttl)
                 set_cold(sid, j, 'ikey', key)

@@ -22,7 +22,7 @@ end
 if j.cancel then
     out[#out + 1], out[#out + 2] = 'cancel', '1'
 end
-if TTL[j.state] then
+if j.ends > 0 then
     out[#out + 1], out[#out + 2] = 'finished_at', fmt(j.updated)
 end
 if j.cold then

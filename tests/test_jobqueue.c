@@ -1066,6 +1066,30 @@ Test(jobqueue, retention_ends_and_done_jobs_are_gone) {
     jq_client_free(c);
 }
 
+/* A finished job keeps the retention of the client that finished it: a client configured with a
+ * shorter one still reads it, and counts it. */
+JQ_TEST(a_job_keeps_the_retention_it_finished_with) {
+    jq_client *c = client();
+    jq_enqueued e = put(c, "keep", "p", NULL);
+    jq_job j = take(c, "keep", 60000);
+    cr_assert_eq(jq_ack(c, "keep", &j, "", 0), 0);
+    jq_config brief = cfg;
+    brief.done_retention_ms = 1;
+    jq_client *b = NULL;
+    cr_assert_eq(jq_client_new(&url, &brief, &b), 0);
+    int64_t t0 = redis_now_ms(c);
+    while (redis_now_ms(c) < t0 + 20)
+        sleep_ms(5);
+    jq_info info;
+    cr_assert_eq(jq_job_get(b, "keep", e.id, &info), 0, "the reader's retention decided");
+    cr_assert_eq(info.state, JQ_STATE_DONE);
+    jq_info_clear(&info);
+    cr_assert_eq(stats(b, "keep").done, 1);
+    jq_job_clear(&j);
+    jq_client_free(b);
+    jq_client_free(c);
+}
+
 Test(jobqueue, an_evicting_redis_is_refused) {
     jq_client *c = client();
     char err[256] = "";

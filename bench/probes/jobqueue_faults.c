@@ -1,6 +1,6 @@
 /*
  * jobqueue_faults.c - probe-jobqueue: the job queue's kill -9 figures, measured on a private
- * redis-server (or --redis URL, a cluster too).
+ * redis-server (or --redis URL, a cluster too), and what a job costs in Redis memory.
  *
  *   probe-jobqueue soak [--jobs 20000] [--workers 4] [--work-ms 2] [--kill-ms 250]
  *                       [--redis URL|cluster]
@@ -25,6 +25,13 @@
  *     --jobs are acknowledged, redis-server is SIGKILLed (the child is mid-call), restarted from
  *     its AOF, and every acknowledged id is looked up. Prints acknowledged and lost; exit 0 when
  *     none is lost.
+ *
+ *   probe-jobqueue memory [--jobs 100000] [--payload-bytes 10]
+ *
+ *     A private redis-server without persistence. --jobs jobs of --payload-bytes each are
+ *     enqueued (1,000 a call), then reserved and acked (100 a call) with the default retention,
+ *     and Redis's used_memory is read before, after the enqueues and after the acks. Prints the
+ *     bytes per READY job and per DONE job (kept for the DONE retention).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -197,6 +204,67 @@ static int probe_client(jq_client **out) {
     jq_config slow = cfg;
     slow.timeout_ms = 10000;
     return jq_client_new(&url, &slow, out);
+}
+
+/* Redis's used_memory (INFO memory), or -1. */
+static long long used_memory(jq_client *c) {
+    redisReply *r = sd_redis_command(jq_client_redis(c), NULL, "INFO memory");
+    const char *at = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, "used_memory:") : NULL;
+    long long n = at ? atoll(at + strlen("used_memory:")) : -1;
+    if (r)
+        freeReplyObject(r);
+    return n;
+}
+
+static int cmd_memory(int jobs, int payload_bytes) {
+    sd_redis_server *s = NULL;
+    if (sd_redis_server_start(NULL, &s) != 0)
+        return 2;
+    char err[256];
+    jq_client *c = NULL;
+    int rc = sd_redis_url_parse(sd_redis_server_url(s), &url, err, sizeof err);
+    if (rc == 0)
+        rc = probe_client(&c);
+    char *payload = sd_xmalloc((size_t)payload_bytes + 1);
+    memset(payload, 'p', (size_t)payload_bytes);
+    jq_new_job batch[1000];
+    jq_enqueued ids[1000];
+    for (int k = 0; k < 1000; k++)
+        batch[k] = (jq_new_job){payload, (size_t)payload_bytes, NULL};
+    long long before = rc == 0 ? used_memory(c) : -1;
+    for (int done = 0; rc == 0 && done < jobs; done += 1000)
+        rc = jq_enqueue_many(c, "mem", batch, (size_t)(jobs - done < 1000 ? jobs - done : 1000),
+                             ids);
+    long long ready = rc == 0 ? used_memory(c) : -1;
+    jq_job held[100];
+    jq_ack_item items[100];
+    int codes[100];
+    for (int acked = 0; rc == 0 && acked < jobs;) {
+        size_t got = 0;
+        rc = jq_reserve(c, "mem", 100, 600000, held, &got);
+        for (size_t k = 0; k < got; k++)
+            items[k] = (jq_ack_item){&held[k], NULL, 0};
+        if (rc == 0 && got > 0)
+            rc = jq_ack_many(c, "mem", items, got, codes);
+        for (size_t k = 0; k < got; k++)
+            jq_job_clear(&held[k]);
+        if (rc == 0 && got == 0)
+            rc = JQ_ENOTFOUND; /* a job went missing */
+        acked += (int)got;
+    }
+    long long done = rc == 0 ? used_memory(c) : -1;
+    if (rc == 0 && before >= 0 && ready >= 0 && done >= 0)
+        printf("memory: %d jobs of %d bytes: %.0f bytes of Redis memory per READY job, %.0f per "
+               "DONE job\n",
+               jobs, payload_bytes, (double)(ready - before) / jobs,
+               (double)(done - before) / jobs);
+    else
+        fprintf(stderr, "probe-jobqueue: memory: %s\n", rc ? jq_strerror(rc) : "INFO failed");
+    free(payload);
+    jq_client_free(c);
+    sd_redis_url_clear(&url);
+    sd_redis_server_stop(s);
+    return rc == 0 && done >= 0 ? 0 : 1;
 }
 
 static int cmd_soak(int jobs, int workers, int kill_ms) {
@@ -375,15 +443,18 @@ static int cmd_durability(int jobs, const char *fsync, double kill_after) {
 
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
-    if (argc < 2 || (strcmp(argv[1], "soak") != 0 && strcmp(argv[1], "durability") != 0)) {
+    if (argc < 2 || (strcmp(argv[1], "soak") != 0 && strcmp(argv[1], "durability") != 0 &&
+                     strcmp(argv[1], "memory") != 0)) {
         fprintf(stderr, "usage: probe-jobqueue soak [--jobs N] [--workers N] [--work-ms MS] "
                         "[--kill-ms MS] "
                         "[--redis URL]\n       probe-jobqueue durability [--jobs N] [--fsync "
-                        "always|everysec] [--kill-after FRACTION]\n");
+                        "always|everysec] [--kill-after FRACTION]\n       probe-jobqueue memory "
+                        "[--jobs N] [--payload-bytes N]\n");
         return 2;
     }
-    int soak = strcmp(argv[1], "soak") == 0;
-    int jobs = soak ? 20000 : 5000, workers = 4, kill_ms = 250;
+    int soak = strcmp(argv[1], "soak") == 0, memory = strcmp(argv[1], "memory") == 0;
+    int jobs = soak ? 20000 : memory ? 100000 : 5000, workers = 4, kill_ms = 250;
+    int payload_bytes = 10;
     work_ms = 2;
     double kill_after = 0.5;
     const char *redis = NULL, *fsync = "always";
@@ -405,18 +476,23 @@ int main(int argc, char **argv) {
             fsync = argv[i + 1];
         else if (strcmp(argv[i], "--kill-after") == 0)
             kill_after = atof(argv[i + 1]);
+        else if (strcmp(argv[i], "--payload-bytes") == 0)
+            payload_bytes = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "probe-jobqueue: unknown argument %s\n", argv[i]);
             return 2;
         }
     }
-    if (jobs < 1 || workers < 1 || kill_ms < 1 || kill_after <= 0 || kill_after >= 1) {
+    if (jobs < 1 || workers < 1 || kill_ms < 1 || kill_after <= 0 || kill_after >= 1 ||
+        payload_bytes < 0 || payload_bytes > 65536) {
         fprintf(stderr, "probe-jobqueue: bad numbers\n");
         return 2;
     }
     jq_config_default(&cfg);
     cfg.timeout_ms = 300;
     snprintf(cfg.prefix, sizeof cfg.prefix, "jqprobe%d:", (int)getpid());
+    if (memory)
+        return cmd_memory(jobs, payload_bytes);
     if (!soak)
         return cmd_durability(jobs, fsync, kill_after);
     sd_redis_server *s = NULL;
