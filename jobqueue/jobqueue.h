@@ -249,6 +249,7 @@ int jq_fail(jq_client *c, const char *queue, const jq_job *job, const char *erro
 int jq_extend(jq_client *c, const char *queue, jq_job *job, int64_t ms);
 
 /* RESERVED -> READY at the front of its line, the delivery not counted (a graceful stop).
+ * Releasing several jobs of one reserve, release the last first to keep their order.
  * Returns 0, JQ_ESTALE, JQ_ENOTFOUND or JQ_ECANCELLED (now CANCELLED). */
 int jq_release(jq_client *c, const char *queue, const jq_job *job);
 

@@ -63,8 +63,9 @@ local function fmt(n)
     return string.format('%d', n)
 end
 
--- The READY line of a priority: a list, FIFO. K_LINES names the lines that may hold jobs,
--- highest priority first; a line found empty is taken off it by the next reserve.
+-- The READY line of a priority: a list, FIFO. K_LINES names the lines that hold jobs, highest
+-- priority first; a reserve or drop that empties a line takes it off (a cancel that empties one
+-- leaves it to them).
 local function line(prio)
     return base .. ':ready:' .. prio
 end
@@ -267,11 +268,12 @@ local function delete_jobs(ids, recs)
     end
 end
 
--- Housekeeping, bounded by BATCH per kind so no call runs long whatever piled up: due DELAYED
--- jobs -> READY (ties in due time FIFO by id), expired leases -> READY, DEAD (delivery limit
--- reached) or CANCELLED (cancel requested), and terminal jobs past retention deleted.
--- Returns promoted, reclaimed, buried.
-local function housekeep()
+-- Housekeeping, bounded per kind so no call runs long whatever piled up: due DELAYED jobs ->
+-- READY (ties in due time FIFO by id) and expired leases -> READY, DEAD (delivery limit
+-- reached) or CANCELLED (cancel requested), BATCH of each; terminal jobs past retention
+-- deleted, trim of each terminal state (a reserve of n passes at least n, so the deletions keep
+-- up with the jobs it can finish). Returns promoted, reclaimed, buried.
+local function housekeep(trim)
     local promoted, reclaimed, buried = 0, 0, 0
     local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'WITHSCORES', 'LIMIT', 0, BATCH)
     if #due > 0 then
@@ -318,7 +320,7 @@ local function housekeep()
         wake(promoted + reclaimed)
     end
     for _, z in ipairs({K_DONE, K_CANCELLED, K_DEAD}) do
-        local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, BATCH)
+        local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, trim)
         if #old > 0 then
             redis.call('ZREM', z, unpack(old))
             -- Their cold keys expired by their TTL: only the record and the payload are left.

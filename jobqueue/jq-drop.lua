@@ -34,9 +34,8 @@ for _, p in ipairs(redis.call('ZRANGE', K_LINES, 0, -1)) do
     if taken >= count then
         break
     end
-    local want = count - taken
-    local ids = redis.call('LPOP', line(p), want) or {}
-    if #ids < want then
+    local ids = redis.call('LPOP', line(p), count - taken) or {}
+    if redis.call('EXISTS', line(p)) == 0 then
         redis.call('ZREM', K_LINES, p) -- the line is empty
     end
     if #ids > 0 then

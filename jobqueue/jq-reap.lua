@@ -2,5 +2,5 @@
 --
 -- Returns {0, promoted, reclaimed, buried, next}: next as in jq-reserve.lua.
 
-local promoted, reclaimed, buried = housekeep()
+local promoted, reclaimed, buried = housekeep(BATCH)
 return {0, promoted, reclaimed, buried, next_event()}

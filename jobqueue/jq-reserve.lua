@@ -10,7 +10,7 @@
 -- no job was reserved (-1: nothing scheduled), else 0.
 
 local n, vis = tonumber(ARGV[5]), tonumber(ARGV[6])
-housekeep()
+housekeep(math.max(BATCH, n))
 -- Take from the front of the highest priority's line, then the next line's, until n.
 local ids = {}
 while #ids < n do
@@ -18,12 +18,11 @@ while #ids < n do
     if not top then
         break
     end
-    local want = n - #ids
-    local got = redis.call('LPOP', line(top), want) or {}
+    local got = redis.call('LPOP', line(top), n - #ids) or {}
     for _, id in ipairs(got) do
         ids[#ids + 1] = id
     end
-    if #got < want then
+    if redis.call('EXISTS', line(top)) == 0 then
         redis.call('ZREM', K_LINES, top) -- the line is empty
     end
 end

@@ -400,8 +400,9 @@ static void on_reserved(jq_aclient *c, int status, jq_job *jobs, size_t n, int64
         w->waiting = w->wait_reserves = 0;
     free(r);
     if (w->stopping) {
-        /* Reserved while the stop began: hand them straight back. */
-        for (size_t i = 0; i < n; i++) {
+        /* Reserved while the stop began: hand them straight back, last first, since each
+         * release goes to the front of its line: the batch keeps its order there. */
+        for (size_t i = n; i-- > 0;) {
             if (jq_arelease(w->c, w->queue, &jobs[i], on_stop_release, w) == 0) {
                 w->releases++;
                 w->stats.released++;

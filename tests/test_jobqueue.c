@@ -1037,6 +1037,44 @@ Test(jobqueue, ten_thousand_expiring_leases_are_reaped_in_bounded_batches) {
     jq_client_free(c);
 }
 
+/* A reserve of n deletes up to n finished jobs past retention, even when that is more than a
+ * housekeeping batch: the deletions keep up with what a reserve can finish. */
+Test(jobqueue, a_reserve_deletes_as_many_finished_jobs_as_it_can_take) {
+    cfg.done_retention_ms = 100;
+    cfg.housekeep_batch = 10;
+    jq_client *c = client();
+    jq_new_job batch[50];
+    jq_enqueued ids[50];
+    for (int i = 0; i < 50; i++)
+        batch[i] = (jq_new_job){"p", 1, NULL};
+    cr_assert_eq(jq_enqueue_many(c, "trim", batch, 50, ids), 0);
+    jq_job jobs[50];
+    jq_ack_item items[50];
+    int codes[50];
+    size_t got = 0;
+    cr_assert_eq(jq_reserve(c, "trim", 50, 60000, jobs, &got), 0);
+    cr_assert_eq(got, 50);
+    for (size_t i = 0; i < got; i++)
+        items[i] = (jq_ack_item){&jobs[i], NULL, 0};
+    cr_assert_eq(jq_ack_many(c, "trim", items, got, codes), 0);
+    int64_t t0 = redis_now_ms(c);
+    while (redis_now_ms(c) < t0 + 150)
+        sleep_ms(20);
+    put(c, "trim", "next", NULL);
+    jq_job next;
+    size_t one = 0;
+    cr_assert_eq(jq_reserve(c, "trim", 50, 60000, &next, &one), 0);
+    cr_assert_eq(one, 1);
+    char key[256];
+    cr_assert_gt(jq_key(c, "trim", ":meta", key, sizeof key), 0);
+    cr_assert_eq(test_redis_int(jq_client_redis(c), "HLEN %s", key), 1,
+                 "only the new job's record is left");
+    for (size_t i = 0; i < got; i++)
+        jq_job_clear(&jobs[i]);
+    jq_job_clear(&next);
+    jq_client_free(c);
+}
+
 Test(jobqueue, retention_ends_and_done_jobs_are_gone) {
     cfg.done_retention_ms = 200;
     jq_client *c = client();

@@ -344,6 +344,22 @@ static const jq_enqueued *put_big(jq_client *c, const char *q) {
     return out;
 }
 
+/* A drop whose bound is exactly the READY jobs empties their line in the same call, and with it
+ * the queue's structure: nothing is left but the counter. */
+DROP_TEST(a_drop_of_exactly_the_ready_jobs_leaves_no_line) {
+    jq_client *c = client();
+    const char *q = "exact";
+    for (int i = 0; i < 3; i++)
+        put(c, q, "x", NULL);
+    int64_t removed = -1;
+    cr_assert_eq(jq_queue_drop(c, q, 3, &removed), 0);
+    cr_assert_eq(removed, 3);
+    char keys[1024];
+    queue_keys(c, q, keys, sizeof keys);
+    cr_assert_str_eq(keys, ":seq", "left after the drop: %s", keys);
+    jq_client_free(c);
+}
+
 DROP_TEST(a_big_queue_goes_in_several_bounded_scripts) {
     jq_client *c = client();
     const char *q = "big";
