@@ -329,6 +329,13 @@ static int64_t redis_now_ms(jq_client *c) {
     return now;
 }
 
+/* Waits until Redis's clock has moved on by ms. */
+static void wait_redis_ms(jq_client *c, int64_t ms) {
+    int64_t t0 = redis_now_ms(c);
+    while (redis_now_ms(c) < t0 + ms)
+        sleep_ms(10);
+}
+
 JQ_TEST(a_lease_past_its_deadline_is_void_even_if_nobody_took_the_job) {
     jq_client *c = client();
     jq_enqueued e = put(c, "void", "p", NULL);
@@ -822,9 +829,7 @@ JQ_TEST(oldest_ready_age_looks_at_every_priority) {
     lo.priority = JQ_PRIORITY_MIN;
     hi.priority = JQ_PRIORITY_MAX;
     jq_enqueued old = put(c, "age", "old", &lo);
-    int64_t t0 = redis_now_ms(c);
-    while (redis_now_ms(c) < t0 + 300)
-        sleep_ms(50);
+    wait_redis_ms(c, 300);
     put(c, "age", "mid", NULL);
     jq_enqueued young = put(c, "age", "young", &hi);
     jq_stats s = stats(c, "age");
@@ -1057,9 +1062,7 @@ Test(jobqueue, a_reserve_deletes_as_many_finished_jobs_as_it_can_take) {
     for (size_t i = 0; i < got; i++)
         items[i] = (jq_ack_item){&jobs[i], NULL, 0};
     cr_assert_eq(jq_ack_many(c, "trim", items, got, codes), 0);
-    int64_t t0 = redis_now_ms(c);
-    while (redis_now_ms(c) < t0 + 150)
-        sleep_ms(20);
+    wait_redis_ms(c, 150);
     put(c, "trim", "next", NULL);
     jq_job next;
     size_t one = 0;
@@ -1115,9 +1118,7 @@ JQ_TEST(a_job_keeps_the_retention_it_finished_with) {
     brief.done_retention_ms = 1;
     jq_client *b = NULL;
     cr_assert_eq(jq_client_new(&url, &brief, &b), 0);
-    int64_t t0 = redis_now_ms(c);
-    while (redis_now_ms(c) < t0 + 20)
-        sleep_ms(5);
+    wait_redis_ms(c, 20);
     jq_info info;
     cr_assert_eq(jq_job_get(b, "keep", e.id, &info), 0, "the reader's retention decided");
     cr_assert_eq(info.state, JQ_STATE_DONE);
