@@ -180,33 +180,31 @@ static prime *prime_find(proxy *p, const char *key, size_t klen) {
 
 static void origin_fetch(proxy *p, cache_load *load, const char *key, size_t klen);
 
-/* A prime's load, while the key's invalidation count is read again under the lease. Holds
- * copies: the prime is freed when its get answers, which a closing cache does first. */
+static void prime_free(prime *pr);
+
+/* A prime's load, while the key's invalidation count is read again under the lease. Holds a
+ * copy of the prime: the prime is freed when its get answers, which a closing cache does first. */
 typedef struct prime_check {
-    proxy *p;
     cache_load *load;
-    char *key, *value;
-    size_t klen, len;
-    int ttl_ms;
-    long long gen;
+    prime *copy; /* its own key and value; next unused */
 } prime_check;
 
 static void on_prime_gen(cache *c, int err, long long gen, void *udata) {
     (void)c;
     prime_check *k = udata;
+    prime *pr = k->copy;
     if (err == SD_ECLOSED) {
         cache_load_done(k->load, CACHE_ERROR, "", 0); /* only frees the handle */
-    } else if (err == 0 && gen == k->gen) {
-        k->p->shared++;
-        cache_load_done_ttl(k->load, CACHE_OK, k->value, k->len, k->ttl_ms);
+    } else if (err == 0 && gen == pr->gen) {
+        pr->p->shared++;
+        cache_load_done_ttl(k->load, CACHE_OK, pr->value, pr->len, pr->ttl_ms);
     } else {
         /* Invalidated somewhere since the answer's request left (or it cannot be told): the
          * answer may predate the purge, so this load asks the origin like any other. */
-        k->p->overtaken++;
-        origin_fetch(k->p, k->load, k->key, k->klen);
+        pr->p->overtaken++;
+        origin_fetch(pr->p, k->load, pr->key, pr->klen);
     }
-    free(k->key);
-    free(k->value);
+    prime_free(pr);
     free(k);
 }
 
@@ -220,16 +218,14 @@ static void origin_loader(cache_load *load, const char *key, size_t klen, void *
         origin_fetch(p, load, key, klen);
         return;
     }
-    prime_check *k = sd_xcalloc(1, sizeof *k);
-    *k = (prime_check){.p = p,
-                       .load = load,
-                       .key = sd_xstrndup(key, klen),
-                       .klen = klen,
-                       .value = sd_xmalloc(pr->len),
-                       .len = pr->len,
-                       .ttl_ms = pr->ttl_ms,
-                       .gen = pr->gen};
-    memcpy(k->value, pr->value, pr->len);
+    prime *copy = sd_xmalloc(sizeof *copy);
+    *copy = *pr;
+    copy->next = NULL;
+    copy->key = sd_xstrndup(key, klen);
+    copy->value = sd_xmalloc(pr->len);
+    memcpy(copy->value, pr->value, pr->len);
+    prime_check *k = sd_xmalloc(sizeof *k);
+    *k = (prime_check){.load = load, .copy = copy};
     int rc = cache_gen_get(p->cache, key, klen, on_prime_gen, k);
     if (rc != 0)
         on_prime_gen(p->cache, rc, -1, k);

@@ -257,7 +257,8 @@ local function unlease(id)
     redis.call('ZREM', K_RESERVED, id)
 end
 
--- Deletes jobs for good: records, payloads and cold keys (those whose record says they exist).
+-- Deletes jobs for good: records, payloads and cold keys (those whose record says they exist;
+-- a record past retention is not in recs, and its cold keys expired with it).
 local function delete_jobs(ids, recs)
     bulk('HDEL', K_META, ids)
     bulk('HDEL', K_DATA, ids)

@@ -21,12 +21,7 @@ local function forget(ids)
             removed = removed + 1
         end
     end
-    -- A record past retention is not loaded, but its cold keys may not have expired yet.
-    bulk('HDEL', K_META, ids)
-    bulk('HDEL', K_DATA, ids)
-    for _, id in ipairs(ids) do
-        redis.call('DEL', jk(id), lk(id))
-    end
+    delete_jobs(ids, recs)
     taken = taken + #ids
 end
 
