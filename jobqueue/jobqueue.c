@@ -333,10 +333,13 @@ void jq__args_str(jq__args *a, const char *s) {
     jq__args_push(a, s, strlen(s));
 }
 
-void jq__args_num(jq__args *a, long long v) {
-    char *s = sd_xasprintf("%lld", v);
+void jq__args_own(jq__args *a, char *s) {
     jq__args_str(a, s);
     a->owned[a->nowned++] = s; /* nowned <= n <= cap */
+}
+
+void jq__args_num(jq__args *a, long long v) {
+    jq__args_own(a, sd_xasprintf("%lld", v));
 }
 
 void jq__args_free(jq__args *a) {
@@ -483,30 +486,45 @@ int jq__enqueue_args(const jq_config *cfg, jq__args *a, const jq_new_job *jobs, 
         if (rc != 0)
             return rc;
     }
+    jq_enqueue_opts def;
+    jq_enqueue_opts_default(&def);
     jq__args_num(a, cfg->max_ready);
     jq__args_num(a, cfg->idempotency_ttl_ms);
     jq__args_num(a, (long long)n);
-    jq_enqueue_opts def;
-    jq_enqueue_opts_default(&def);
+    jq__args_num(a, def.max_attempts);
     for (size_t i = 0; i < n; i++) {
         const jq_enqueue_opts *o = jobs[i].opts ? jobs[i].opts : &def;
         jq__args_push(a, jobs[i].payload, jobs[i].len);
-        jq__args_num(a, o->delay_ms);
-        jq__args_num(a, o->priority);
-        jq__args_num(a, o->max_attempts);
-        jq__args_str(a, o->idempotency_key ? o->idempotency_key : "");
+        /* Options: '' for the defaults, the common case, so it costs one argument, not five. */
+        if (o->delay_ms == 0 && o->priority == 0 && o->max_attempts == def.max_attempts &&
+            !o->idempotency_key) {
+            jq__args_str(a, "");
+            continue;
+        }
+        jq__args_own(a, sd_xasprintf("%lld %d %d%s%s", (long long)o->delay_ms, o->priority,
+                                     o->max_attempts, o->idempotency_key ? " " : "",
+                                     o->idempotency_key ? o->idempotency_key : ""));
     }
     return 0;
 }
 
 int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out) {
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1 + 2 * n)
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 || reply->elements % 2 != 0)
         return SD_EREDIS;
+    /* {0, last, i, id, ...}: the jobs not named by a pair got last + 1, last + 2, ... */
+    long long last = jq__elem_ll(reply->element[1]);
+    size_t k = 2;
     for (size_t i = 0; i < n; i++) {
-        jq__elem_text(reply->element[1 + 2 * i], out[i].id, sizeof out[i].id);
-        out[i].created = (int)jq__elem_ll(reply->element[2 + 2 * i]);
+        if (k < reply->elements && jq__elem_ll(reply->element[k]) == (long long)i + 1) {
+            jq__elem_text(reply->element[k + 1], out[i].id, sizeof out[i].id);
+            out[i].created = 0;
+            k += 2;
+        } else {
+            snprintf(out[i].id, sizeof out[i].id, "%lld", ++last);
+            out[i].created = 1;
+        }
     }
-    return 0;
+    return k == reply->elements ? 0 : SD_EREDIS;
 }
 
 int jq_enqueue_many(jq_client *c, const char *queue, const jq_new_job *jobs, size_t n,
@@ -543,18 +561,49 @@ void jq_job_clear(jq_job *job) {
     memset(job, 0, sizeof *job);
 }
 
-#define JOB_FIELDS 8
+/* A reserved job comes as three values: its id, its record and its payload. The record is what
+ * jq-common.lua saves (RECORD there, struct's '<BHHhsddddBB': little-endian), read here without
+ * a table: state (1 byte), attempts and max attempts (2 bytes each), priority (2, signed), the
+ * lease token (text ending in a 0 byte), lease until, created, updated and end of retention
+ * (8-byte doubles, ms), cancel and cold flags (1 byte each). */
+#define JOB_VALUES 3
+#define RECORD_TAIL (4 * 8 + 2) /* what follows the token */
 
-static void job_from(const redisReply *const *e, jq_job *job) {
+static uint64_t le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static int64_t le_ms(const unsigned char *p) {
+    uint64_t bits = le64(p);
+    double ms;
+    memcpy(&ms, &bits, sizeof ms);
+    return (int64_t)ms;
+}
+
+/* Fills job from e[0..3); returns 0, or SD_EREDIS when the record is not one. */
+static int job_from(const redisReply *const *e, jq_job *job) {
     memset(job, 0, sizeof *job);
+    if (e[1]->type != REDIS_REPLY_STRING)
+        return SD_EREDIS;
+    const unsigned char *r = (const unsigned char *)e[1]->str;
+    size_t len = e[1]->len;
+    const unsigned char *end = len > 7 ? memchr(r + 7, '\0', len - 7) : NULL;
+    size_t token_len = end ? (size_t)(end - (r + 7)) : 0;
+    if (!end || token_len == 0 || token_len >= sizeof job->token ||
+        len != 7 + token_len + 1 + RECORD_TAIL)
+        return SD_EREDIS;
     jq__elem_text(e[0], job->id, sizeof job->id);
-    jq__elem_text(e[1], job->token, sizeof job->token);
-    job->attempts = (int)jq__elem_ll(e[2]);
-    job->max_attempts = (int)jq__elem_ll(e[3]);
-    job->priority = (int)jq__elem_ll(e[4]);
-    job->lease_until_ms = jq__elem_ll(e[5]);
-    job->created_ms = jq__elem_ll(e[6]);
-    job->payload = jq__elem_dup(e[7], &job->payload_len);
+    job->attempts = r[1] | r[2] << 8;
+    job->max_attempts = r[3] | r[4] << 8;
+    job->priority = (int16_t)(uint16_t)(r[5] | r[6] << 8);
+    memcpy(job->token, r + 7, token_len);
+    job->lease_until_ms = le_ms(end + 1);
+    job->created_ms = le_ms(end + 1 + 8);
+    job->payload = jq__elem_dup(e[2], &job->payload_len);
+    return 0;
 }
 
 int jq__reserve_args(jq__args *a, int n, int64_t visibility_ms) {
@@ -568,11 +617,17 @@ int jq__reserve_args(jq__args *a, int n, int64_t visibility_ms) {
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms) {
     *got = 0;
     size_t count = reply->elements >= 3 ? (size_t)jq__elem_ll(reply->element[2]) : 0;
-    if (reply->elements != 3 + JOB_FIELDS * count || count > (size_t)n)
+    if (reply->elements != 3 + JOB_VALUES * count || count > (size_t)n)
         return SD_EREDIS;
     *next_ms = jq__elem_ll(reply->element[1]);
-    for (size_t i = 0; i < count; i++)
-        job_from((const redisReply *const *)reply->element + 3 + JOB_FIELDS * i, &jobs[i]);
+    for (size_t i = 0; i < count; i++) {
+        int rc = job_from((const redisReply *const *)reply->element + 3 + JOB_VALUES * i, &jobs[i]);
+        if (rc != 0) {
+            while (i > 0)
+                jq_job_clear(&jobs[--i]);
+            return rc;
+        }
+    }
     *got = count;
     return 0;
 }
@@ -667,11 +722,34 @@ int jq__ack_args(const jq_config *cfg, jq__args *a, const jq_ack_item *items, si
         if (items[i].len > cfg->max_result)
             return JQ_ETOOBIG;
     }
+    size_t with_result = 0;
+    for (size_t i = 0; i < n; i++)
+        with_result += items[i].len > 0;
     jq__args_num(a, (long long)n);
+    jq__args_num(a, (long long)with_result);
     for (size_t i = 0; i < n; i++) {
         jq__args_str(a, items[i].job->id);
         jq__args_str(a, items[i].job->token);
-        jq__args_push(a, items[i].result, items[i].len);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].len > 0) {
+            jq__args_num(a, (long long)i + 1);
+            jq__args_push(a, items[i].result, items[i].len);
+        }
+    }
+    return 0;
+}
+
+int jq__ack_parse(const redisReply *reply, size_t n, int *codes) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 0)
+        return SD_EREDIS;
+    /* {i, code, ...} for the refused jobs: the others were acked. */
+    memset(codes, 0, n * sizeof *codes);
+    for (size_t k = 0; k < reply->elements; k += 2) {
+        long long i = jq__elem_ll(reply->element[k]);
+        if (i < 1 || (size_t)i > n)
+            return SD_EREDIS;
+        codes[i - 1] = jq__lua_code(jq__elem_ll(reply->element[k + 1]));
     }
     return 0;
 }
@@ -686,14 +764,13 @@ int jq_ack_many(jq_client *c, const char *queue, const jq_ack_item *items, size_
         return rc;
     }
     redisReply *reply = NULL;
-    rc = jq__run(c, JQ_S_ACK, &a, 1, n, &reply);
+    rc = jq__run(c, JQ_S_ACK, &a, 1, 0, &reply);
     jq__args_free(&a);
     if (rc != 0)
         return rc;
-    for (size_t i = 0; i < n; i++)
-        codes[i] = jq__lua_code(jq__elem_ll(reply->element[i]));
+    rc = jq__ack_parse(reply, n, codes);
     freeReplyObject(reply);
-    return 0;
+    return rc;
 }
 
 int jq_ack(jq_client *c, const char *queue, const jq_job *job, const void *result, size_t len) {

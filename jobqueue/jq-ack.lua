@@ -2,40 +2,62 @@
 -- stale token is refused and that job is left as it is. A job whose cancel was requested ends
 -- CANCELLED, never DONE.
 --
---   ARGV[5]  n, then per job: id, token, result
+--   ARGV[5]  n    ARGV[6]  m, the jobs with a result
+--   then per job: id, token; then per job with a result: its place in the call (from 1), result
 --
--- Returns {code per job}.
+-- Returns {i, code, i, code, ...} for the jobs refused (i: the job's place in the call); every
+-- job not named was acked. A no-op job costs two arguments and no reply value.
 
-local n = tonumber(ARGV[5])
-local ids = {}
+local n, m = tonumber(ARGV[5]), tonumber(ARGV[6])
+local ids, results = {}, {}
 for i = 1, n do
-    ids[i] = ARGV[5 + (i - 1) * 3 + 1]
+    ids[i] = ARGV[6 + (i - 1) * 2 + 1]
+end
+for k = 1, m do
+    local a = 6 + 2 * n + (k - 1) * 2
+    results[tonumber(ARGV[a + 1])] = ARGV[a + 2]
 end
 -- The batch's records are read with one HMGET (the fence and the cancel flag together) and
--- written with one HSET; it leaves :reserved and joins :done in one command each. A result or
+-- written with one HSET; it leaves its lease set and joins :done in one command each. A result or
 -- an earlier failure makes the job's cold keys, which then get its retention as their TTL.
 local recs = load_many(ids)
-local out, acked, done = {}, {}, {}
+local out, acked, done, lease_of = {}, {}, {}, {}
 local sends = fmt(now + DONE_TTL) -- the end of retention of every job acked here
 for i, id in ipairs(ids) do
-    local a = 5 + (i - 1) * 3
     local j = recs[id]
-    local code = lease_code(j, ARGV[a + 2]) -- fenced: a refused job is left as it is
+    local code = lease_code(j, ARGV[6 + (i - 1) * 2 + 2]) -- fenced: a refused job is left as it is
     if code == 0 and j.cancel then
-        unlease(id)
+        unlease(id, j)
         to_cancelled(id, j)
         code = E_CANCELLED
     elseif code == 0 then
-        if ARGV[a + 3] ~= '' then
-            set_cold(id, j, 'result', ARGV[a + 3])
+        if results[i] then
+            set_cold(id, j, 'result', results[i])
         end
+        lease_of[id] = j.lease
         end_state(id, j, 'done', DONE_TTL)
         acked[#acked + 1] = id
         done[#done + 1], done[#done + 2] = sends, id
     end
-    out[i] = code
+    if code ~= 0 then
+        out[#out + 1], out[#out + 2] = i, code
+    end
 end
 save_many(acked, recs)
-bulk('ZREM', K_RESERVED, acked)
+-- The acked jobs leave their lease sets: one call per deadline (a batch reserved together is
+-- usually acked together, and its set is deleted whole).
+local by_lease, deadlines = {}, {}
+for _, id in ipairs(acked) do
+    local ms = lease_of[id]
+    if not by_lease[ms] then
+        by_lease[ms] = {}
+        deadlines[#deadlines + 1] = ms
+    end
+    local g = by_lease[ms]
+    g[#g + 1] = id
+end
+for _, ms in ipairs(deadlines) do
+    unlease_many(by_lease[ms], ms)
+end
 bulk('ZADD', K_DONE, done)
 return out

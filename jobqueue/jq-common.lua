@@ -29,13 +29,14 @@ local K_META = base .. ':meta'           -- hash: id -> the job's record
 local K_DATA = base .. ':data'           -- hash: id -> payload
 local K_LINES = base .. ':lines'         -- zset: priority -> -priority, the READY lines in use
 local K_DELAYED = base .. ':delayed'     -- zset: id -> ms when the job is due
-local K_RESERVED = base .. ':reserved'   -- zset: id -> lease deadline, ms
+local K_RESERVED = base .. ':reserved'   -- zset: lease deadline -> itself (ms), those in use
 local K_DEAD = base .. ':dead'           -- zset: id -> ms when its retention ends
 local K_DONE = base .. ':done'           -- zset: id -> ms when its retention ends
 local K_CANCELLED = base .. ':cancelled' -- zset: id -> ms when its retention ends
 local K_SEQ = base .. ':seq'             -- string: counter for ids and lease tokens
 local K_WAKE = base .. ':wake'           -- list: at most WAKE_MAX tokens for blocked reservers
--- per priority p in use, ':ready:<p>' (list: its READY ids, first in line first), and per job,
+-- per priority p in use, ':ready:<p>' (list: its READY ids, first in line first); per lease
+-- deadline d in use, ':lease:<d>' (set: the RESERVED ids whose lease ends at d ms); and per job,
 -- only when needed: ':job:<id>' (hash) and ':log:<id>' (list: its failures, newest first)
 
 local DONE_TTL = tonumber(ARGV[1])
@@ -252,9 +253,39 @@ local function lease_code(j, token)
     return 0
 end
 
--- Leaves RESERVED (the caller then sets the next state).
-local function unlease(id)
-    redis.call('ZREM', K_RESERVED, id)
+-- Leases are grouped by deadline: a reserve leases its whole batch until one moment, so the
+-- batch joins one set (:lease:<d>, ids are integers: Redis keeps it a compact array) and puts
+-- one entry in :reserved, and an ack of the batch deletes one set. A zset entry per job costs
+-- the reserve and the ack each a sorted insert or removal and two values a job. Every set
+-- named in :reserved holds at least one id, and a RESERVED job is in the set of its record's
+-- lease deadline, in no other.
+local function lease_key(d)
+    return base .. ':lease:' .. d
+end
+
+-- RESERVED until ms: ids (all of them) join the set of that deadline.
+local function lease(ids, ms)
+    local d = fmt(ms)
+    bulk('SADD', lease_key(d), ids)
+    redis.call('ZADD', K_RESERVED, d, d)
+end
+
+-- Leaves RESERVED, for ids all leased until ms (the caller then sets the next state).
+local function unlease_many(ids, ms)
+    local d = fmt(ms)
+    local k = lease_key(d)
+    if redis.call('SCARD', k) == #ids then
+        redis.call('DEL', k) -- the whole batch, the common case
+    else
+        bulk('SREM', k, ids)
+    end
+    if redis.call('EXISTS', k) == 0 then
+        redis.call('ZREM', K_RESERVED, d)
+    end
+end
+
+local function unlease(id, j)
+    unlease_many({id}, j.lease)
 end
 
 -- Deletes jobs for good: records, payloads and cold keys (those whose record says they exist;
@@ -297,12 +328,29 @@ local function housekeep(trim)
             end
         end
     end
-    local ids = redis.call('ZRANGEBYSCORE', K_RESERVED, '-inf', now, 'LIMIT', 0, BATCH)
+    -- Expired leases: the sets of the deadlines passed, earliest first, BATCH jobs at most; SPOP
+    -- takes them out of their set (a set taken whole is deleted), and within a deadline they
+    -- are handled in id order.
+    local ids = {}
+    for _, d in ipairs(redis.call('ZRANGEBYSCORE', K_RESERVED, '-inf', now, 'LIMIT', 0, BATCH)) do
+        if #ids >= BATCH then
+            break
+        end
+        local got = redis.call('SPOP', lease_key(d), BATCH - #ids)
+        table.sort(got, function(a, b)
+            return tonumber(a) < tonumber(b)
+        end)
+        for _, id in ipairs(got) do
+            ids[#ids + 1] = id
+        end
+        if redis.call('EXISTS', lease_key(d)) == 0 then
+            redis.call('ZREM', K_RESERVED, d)
+        end
+    end
     for _, id in ipairs(ids) do
-        unlease(id)
         local j = load(id)
-        if not j then
-            -- gone (dropped): nothing to move
+        if not j or j.state ~= 'reserved' then
+            -- gone (dropped), or not leased (the invariant above says never): nothing to move
         elseif j.cancel then
             to_cancelled(id, j)
         else

@@ -42,10 +42,24 @@ for _, z in ipairs(zsets) do
     if taken >= count then
         break
     end
-    local ids = redis.call('ZRANGE', z, 0, count - taken - 1)
-    if #ids > 0 then
-        bulk('ZREM', z, ids)
-        forget(ids)
+    if z == K_RESERVED then
+        -- Its entries are lease deadlines, each with a set of at least one id.
+        for _, d in ipairs(redis.call('ZRANGE', z, 0, count - taken - 1)) do
+            if taken >= count then
+                break
+            end
+            local ids = redis.call('SPOP', lease_key(d), count - taken)
+            if redis.call('EXISTS', lease_key(d)) == 0 then
+                redis.call('ZREM', z, d)
+            end
+            forget(ids)
+        end
+    else
+        local ids = redis.call('ZRANGE', z, 0, count - taken - 1)
+        if #ids > 0 then
+            bulk('ZREM', z, ids)
+            forget(ids)
+        end
     end
 end
 -- The indexes are empty: the queue's structure goes too (an empty list, zset or hash is no key

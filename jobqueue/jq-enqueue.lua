@@ -2,25 +2,44 @@
 -- jq-common.lua.
 --
 --   ARGV[5]  bound on READY jobs (0: none)    ARGV[6]  idempotency window, ms
---   ARGV[7]  n, then per job: payload, delay ms, priority, max attempts, idempotency key ('')
+--   ARGV[7]  n    ARGV[8]  max attempts of a job sent with default options
+--   then per job: payload, options: '' for the defaults (no delay, priority 0, ARGV[8] max
+--            attempts, no idempotency key), else "<delay ms> <priority> <max attempts>" and, when
+--            it has one, a space and its idempotency key (the rest of the text)
 --
--- Returns {0, id, created, id, created, ...} (created 0: an earlier job with the same key) or
--- {E_FULL, ready count}. Everything is checked before anything is written, so a refused call
--- changes nothing: a key whose enqueue was refused is not consumed.
+-- Returns {0, last, i, id, i, id, ...}: the jobs of the call that got new ids have last + 1,
+-- last + 2, ... in call order, and each pair (i, id) names a job (its place in the call, from 1)
+-- that got an earlier job's id for its idempotency key, and created nothing. Or {E_FULL, ready
+-- count}. Two values for a call of new jobs however many it holds: a reply value costs Redis
+-- about as much as a command argument. Everything is checked before anything is written, so a
+-- refused call changes nothing: a key whose enqueue was refused is not consumed.
 
-local max_ready, idem_ttl, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local out = {0}
+local max_ready, idem_ttl, n, max_default = tonumber(ARGV[5]), tonumber(ARGV[6]),
+    tonumber(ARGV[7]), tonumber(ARGV[8])
+
+-- Job i's payload, then delay, priority, max attempts and idempotency key ('' when none).
+local function job_args(i)
+    local a = 8 + (i - 1) * 2
+    local o = ARGV[a + 2]
+    if o == '' then
+        return ARGV[a + 1], 0, 0, max_default, ''
+    end
+    local delay, prio, max, key = string.match(o, '^(%d+) (%-?%d+) (%d+) ?(.*)$')
+    return ARGV[a + 1], tonumber(delay), tonumber(prio), tonumber(max), key
+end
+
+local out = {0, 0}
+local earlier = {} -- job i -> the id it gets, or the index of the job in this call that takes it
 local known = {} -- idempotency key -> index of the job in this call that takes it
 local fresh = 0
 for i = 1, n do
-    local a = 7 + (i - 1) * 5
-    local key = ARGV[a + 5]
+    local _, _, _, _, key = job_args(i)
     if key ~= '' then
         local prev = redis.call('GET', base .. ':idem:' .. key)
         if prev then
-            out[2 * i], out[2 * i + 1] = prev, 0
+            earlier[i] = prev
         elseif known[key] then
-            out[2 * i], out[2 * i + 1] = known[key], 0
+            earlier[i] = known[key]
         else
             known[key] = i
             fresh = fresh + 1
@@ -39,42 +58,42 @@ end
 -- records, payloads and READY ids go in one HSET, HSET and RPUSH for the call (one RPUSH per
 -- priority, in the order the jobs came).
 local id = fresh > 0 and redis.call('INCRBY', K_SEQ, fresh) - fresh or 0
+out[2] = id
 local lines, prios, metas, datas = {}, {}, {}, {}
+local given = {} -- job i -> the new id it got
 for i = 1, n do
-    if not out[2 * i] or type(out[2 * i]) == 'number' then
-        local a = 7 + (i - 1) * 5
-        local payload, delay, prio = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-        local key = ARGV[a + 5]
-        local first = out[2 * i] -- an index into this call, for a repeated key
-        if first then
-            out[2 * i] = out[2 * first]
-        else
-            id = id + 1
-            local sid = fmt(id)
-            local j = {state = 'ready', attempts = 0, max = tonumber(ARGV[a + 4]), prio = prio,
-                token = '0', lease = 0, created = now, updated = now, ends = 0, cancel = false,
-                cold = false}
-            if key ~= '' then
-                redis.call('SET', base .. ':idem:' .. key, sid, 'PX', idem_ttl)
-                set_cold(sid, j, 'ikey', key)
-            end
-            if delay > 0 then
-                j.state = 'delayed'
-                set_cold(sid, j, 'run_at', fmt(now + delay))
-                redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
-            else
-                if not lines[prio] then
-                    lines[prio] = {}
-                    prios[#prios + 1] = prio
-                end
-                local l = lines[prio]
-                l[#l + 1] = sid
-            end
-            local m = #metas
-            metas[m + 1], metas[m + 2] = sid, encode(j)
-            datas[m + 1], datas[m + 2] = sid, payload
-            out[2 * i], out[2 * i + 1] = sid, 1
+    local prev = earlier[i]
+    if prev then
+        if type(prev) == 'number' then
+            prev = given[prev]
         end
+        out[#out + 1], out[#out + 2] = i, prev
+    else
+        local payload, delay, prio, max, key = job_args(i)
+        id = id + 1
+        local sid = fmt(id)
+        given[i] = sid
+        local j = {state = 'ready', attempts = 0, max = max, prio = prio, token = '0', lease = 0,
+            created = now, updated = now, ends = 0, cancel = false, cold = false}
+        if key ~= '' then
+            redis.call('SET', base .. ':idem:' .. key, sid, 'PX', idem_ttl)
+            set_cold(sid, j, 'ikey', key)
+        end
+        if delay > 0 then
+            j.state = 'delayed'
+            set_cold(sid, j, 'run_at', fmt(now + delay))
+            redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
+        else
+            if not lines[prio] then
+                lines[prio] = {}
+                prios[#prios + 1] = prio
+            end
+            local l = lines[prio]
+            l[#l + 1] = sid
+        end
+        local m = #metas
+        metas[m + 1], metas[m + 2] = sid, encode(j)
+        datas[m + 1], datas[m + 2] = sid, payload
     end
 end
 bulk('HSET', K_META, metas)

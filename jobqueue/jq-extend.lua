@@ -16,7 +16,8 @@ end
 if j.cancel then
     return {E_CANCELLED, j.lease}
 end
+unlease(id, j) -- from the set of its old deadline to that of the new one
 j.lease, j.updated = now + ms, now
 save(id, j)
-redis.call('ZADD', K_RESERVED, 'XX', fmt(now + ms), id)
+lease({id}, j.lease)
 return {0, now + ms}

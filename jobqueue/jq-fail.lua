@@ -13,7 +13,7 @@ local code = lease_code(j, token)
 if code ~= 0 then
     return {code, ''}
 end
-unlease(id)
+unlease(id, j)
 if j.cancel then
     to_cancelled(id, j)
     return {E_CANCELLED, 'cancelled'}

@@ -12,7 +12,7 @@ local code = lease_code(j, token)
 if code ~= 0 then
     return {code}
 end
-unlease(id)
+unlease(id, j)
 j.attempts = j.attempts - 1
 if j.cancel then
     to_cancelled(id, j)

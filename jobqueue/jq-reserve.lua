@@ -5,9 +5,11 @@
 --
 --   ARGV[5]  n    ARGV[6]  visibility timeout (lease), ms
 --
--- Returns {0, next, count, then per job: id, token, attempts, max attempts, priority,
--- lease deadline, created at, payload}; next is the ms until housekeeping has work again when
--- no job was reserved (-1: nothing scheduled), else 0.
+-- Returns {0, next, count, then per job: id, record, payload}: the record as saved (RECORD in
+-- jq-common.lua; jobqueue.c reads the token, attempts, max attempts, priority, lease deadline
+-- and created time from it), three values a job instead of eight fields, each of which would
+-- cost Redis a conversion. next is the ms until housekeeping has work again when no job was
+-- reserved (-1: nothing scheduled), else 0.
 
 local n, vis = tonumber(ARGV[5]), tonumber(ARGV[6])
 housekeep(math.max(BATCH, n))
@@ -35,30 +37,29 @@ local out = {0, 0, 0}
 local count = 0
 if #ids > 0 then
     -- The batch is read with one HMGET of records and one of payloads, and written with one
-    -- HSET and one ZADD: the tokens come from one INCRBY.
+    -- HSET; its leases end together, so it joins one lease set; the tokens come from one INCRBY.
     local recs = load_many(ids)
     local payloads = redis.call('HMGET', K_DATA, unpack(ids))
     local token = redis.call('INCRBY', K_SEQ, #ids) - #ids
-    local lease = now + vis
-    local slease = fmt(lease)
-    local leased = {}
+    local until_ms = now + vis
+    local leased, saved = {}, {}
     for i, id in ipairs(ids) do
         local j = recs[id]
         token = token + 1
         if j then -- none: the job is gone
-            j.state, j.token, j.lease, j.updated = 'reserved', fmt(token), lease, now
+            j.state, j.token, j.lease, j.updated = 'reserved', fmt(token), until_ms, now
             j.attempts = j.attempts + 1
-            local l = #leased
-            leased[l + 1], leased[l + 2] = slease, id
+            local rec = encode(j)
+            local s = #saved
+            leased[#leased + 1] = id
+            saved[s + 1], saved[s + 2] = id, rec
             count = count + 1
             local o = #out
-            out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, j.token, j.attempts, j.max
-            out[o + 5], out[o + 6], out[o + 7], out[o + 8] = j.prio, lease, j.created,
-                payloads[i] or ''
+            out[o + 1], out[o + 2], out[o + 3] = id, rec, payloads[i] or ''
         end
     end
-    save_many(ids, recs)
-    bulk('ZADD', K_RESERVED, leased)
+    bulk('HSET', K_META, saved)
+    lease(leased, until_ms)
 end
 out[3] = count
 if count == 0 then

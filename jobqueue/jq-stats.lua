@@ -6,6 +6,8 @@
 -- largest of them: one look-up per priority in use. Within a line the front job is the oldest,
 -- except for a released job, which goes back to the front with a new time.
 --
+-- RESERVED jobs are counted set by set: one SCARD per lease deadline in use.
+--
 -- Returns {0, ready, delayed, reserved, dead, done, cancelled, oldest ready age ms (-1: none)}.
 
 local age, ready = -1, 0
@@ -17,6 +19,10 @@ for _, p in ipairs(redis.call('ZRANGE', K_LINES, 0, -1)) do
         age = math.max(age, now - j.updated, 0)
     end
 end
-return {0, ready, redis.call('ZCARD', K_DELAYED), redis.call('ZCARD', K_RESERVED),
+local reserved = 0
+for _, d in ipairs(redis.call('ZRANGE', K_RESERVED, 0, -1)) do
+    reserved = reserved + redis.call('SCARD', lease_key(d))
+end
+return {0, ready, redis.call('ZCARD', K_DELAYED), reserved,
     redis.call('ZCOUNT', K_DEAD, now + 1, '+inf'), redis.call('ZCOUNT', K_DONE, now + 1, '+inf'),
     redis.call('ZCOUNT', K_CANCELLED, now + 1, '+inf'), age}

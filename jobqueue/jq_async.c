@@ -247,10 +247,9 @@ static void on_codes(sd_aredis *r, redisReply *reply, int status, void *privdata
     acall *call = privdata;
     jq_codes_cb *cb = (jq_codes_cb *)call->cb;
     int *codes = sd_xcalloc((size_t)call->n, sizeof *codes);
-    int rc = reply_status(reply, status, (size_t)call->n);
+    int rc = reply_status(reply, status, 0);
     if (rc == 0)
-        for (int i = 0; i < call->n; i++)
-            codes[i] = jq__lua_code(jq__elem_ll(reply->element[i]));
+        rc = jq__ack_parse(reply, (size_t)call->n, codes);
     cb(call->c, rc, codes, (size_t)call->n, call->arg);
     free(codes);
     free(call);

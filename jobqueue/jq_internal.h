@@ -44,6 +44,8 @@ int jq__args_begin(jq__args *a, const jq_config *cfg, const char *queue);
 void jq__args_push(jq__args *a, const void *p, size_t len);
 void jq__args_str(jq__args *a, const char *s);
 void jq__args_num(jq__args *a, long long v);
+/* Pushes s, a string from malloc, and takes ownership of it (jq__args_free frees it). */
+void jq__args_own(jq__args *a, char *s);
 void jq__args_free(jq__args *a);
 
 /* The arguments of each call (after jq__args_begin); each returns 0 or a JQ_E* code. */
@@ -67,6 +69,8 @@ void jq__elem_text(const redisReply *e, char *buf, size_t len);
 int jq__enqueue_parse(const redisReply *reply, size_t n, jq_enqueued *out);
 /* Checks a reserve reply and fills jobs (at most n); returns 0 or SD_EREDIS. */
 int jq__reserve_parse(const redisReply *reply, int n, jq_job *jobs, size_t *got, int64_t *next_ms);
+/* Checks an ack reply and fills codes[0..n) (0: acked); returns 0 or SD_EREDIS. */
+int jq__ack_parse(const redisReply *reply, size_t n, int *codes);
 
 /* Shared by the synchronous and the asynchronous inspect calls (jq_admin.c). jq__id_valid: a
  * job id is decimal digits, shorter than JQ_ID_MAX. jq__info_parse: jq-get.lua's reply (field-value

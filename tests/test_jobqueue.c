@@ -200,6 +200,41 @@ JQ_TEST(bulk_enqueue_is_one_call_in_order) {
     jq_client_free(c);
 }
 
+/* One ack call answers job by job: each result lands on its own job, a refused job (here a
+ * stale token) is named with its code, and the others are acked. */
+JQ_TEST(a_batch_ack_answers_job_by_job) {
+    jq_client *c = client();
+    jq_new_job jobs[3] = {{"a", 1, NULL}, {"b", 1, NULL}, {"c", 1, NULL}};
+    jq_enqueued ids[3];
+    cr_assert_eq(jq_enqueue_many(c, "acks", jobs, 3, ids), 0);
+    jq_job j[3];
+    size_t got = 0;
+    cr_assert_eq(jq_reserve(c, "acks", 3, 60000, j, &got), 0);
+    cr_assert_eq(got, 3);
+    cr_assert_eq(j[1].attempts, 1);
+    cr_assert_eq(j[1].max_attempts, 5);
+    jq_job stale = j[1];
+    snprintf(stale.token, sizeof stale.token, "%s", "999999");
+    jq_ack_item items[3] = {{&j[0], NULL, 0}, {&stale, "lost", 4}, {&j[2], "third", 5}};
+    int codes[3] = {-99, -99, -99};
+    cr_assert_eq(jq_ack_many(c, "acks", items, 3, codes), 0);
+    cr_assert(codes[0] == 0 && codes[1] == JQ_ESTALE && codes[2] == 0, "%d %d %d", codes[0],
+              codes[1], codes[2]);
+    const char *want_result[3] = {"", NULL, "third"};
+    for (int i = 0; i < 3; i += 2) {
+        jq_info info;
+        cr_assert_eq(jq_job_get(c, "acks", ids[i].id, &info), 0);
+        cr_assert_eq(info.state, JQ_STATE_DONE);
+        cr_assert_str_eq(info.result ? info.result : "", want_result[i]);
+        jq_info_clear(&info);
+    }
+    cr_assert_eq(state_of(c, "acks", ids[1].id), JQ_STATE_RESERVED);
+    cr_assert_eq(stats(c, "acks").reserved, 1);
+    for (int i = 0; i < 3; i++)
+        jq_job_clear(&j[i]);
+    jq_client_free(c);
+}
+
 JQ_TEST(empty_queue_reserves_nothing) {
     jq_client *c = client();
     jq_job j;
@@ -334,6 +369,55 @@ static void wait_redis_ms(jq_client *c, int64_t ms) {
     int64_t t0 = redis_now_ms(c);
     while (redis_now_ms(c) < t0 + ms)
         sleep_ms(10);
+}
+
+static int key_exists(jq_client *c, const char *q, const char *suffix) {
+    char key[256];
+    cr_assert_gt(jq_key(c, q, suffix, key, sizeof key), 0);
+    return (int)test_redis_int(jq_client_redis(c), "EXISTS %s", key);
+}
+
+/* A batch reserved in one call shares one lease deadline, and so one lease set; its jobs leave
+ * it one by one (an extend moves a job to the set of its new deadline, an ack takes it out),
+ * the reaper takes only what is left at the deadline, and the last job out takes the set and
+ * its entry in :reserved with it. */
+JQ_TEST(a_batch_leased_together_leaves_its_lease_set_job_by_job) {
+    jq_client *c = client();
+    jq_new_job batch[3] = {{"a", 1, NULL}, {"b", 1, NULL}, {"c", 1, NULL}};
+    jq_enqueued ids[3];
+    cr_assert_eq(jq_enqueue_many(c, "group", batch, 3, ids), 0);
+    jq_job j[3];
+    size_t got = 0;
+    cr_assert_eq(jq_reserve(c, "group", 3, 1500, j, &got), 0);
+    cr_assert_eq(got, 3);
+    int64_t first = j[0].lease_until_ms;
+    cr_assert(j[1].lease_until_ms == first && j[2].lease_until_ms == first);
+    char first_set[64];
+    snprintf(first_set, sizeof first_set, ":lease:%lld", (long long)first);
+    cr_assert_eq(key_exists(c, "group", first_set), 1);
+
+    cr_assert_eq(jq_extend(c, "group", &j[0], 60000), 0);
+    cr_assert_eq(stats(c, "group").reserved, 3, "the extended job is counted twice or not at all");
+    cr_assert_eq(jq_ack(c, "group", &j[1], "", 0), 0);
+    cr_assert_eq(stats(c, "group").reserved, 2, "the ack took more or less than its job");
+
+    while (redis_now_ms(c) <= first)
+        sleep_ms(50);
+    jq_reap_result r;
+    cr_assert_eq(jq_reap(c, "group", &r), 0);
+    cr_assert_eq(r.reclaimed, 1, "only the job left in the set is reclaimed");
+    cr_assert_eq(state_of(c, "group", ids[2].id), JQ_STATE_READY);
+    cr_assert_eq(state_of(c, "group", ids[0].id), JQ_STATE_RESERVED);
+    cr_assert_eq(state_of(c, "group", ids[1].id), JQ_STATE_DONE);
+    cr_assert_eq(key_exists(c, "group", first_set), 0);
+    cr_assert_eq(stats(c, "group").reserved, 1);
+
+    cr_assert_eq(jq_ack(c, "group", &j[0], "", 0), 0);
+    cr_assert_eq(stats(c, "group").reserved, 0);
+    cr_assert_eq(key_exists(c, "group", ":reserved"), 0, "a lease deadline with no job is left");
+    for (int i = 0; i < 3; i++)
+        jq_job_clear(&j[i]);
+    jq_client_free(c);
 }
 
 JQ_TEST(a_lease_past_its_deadline_is_void_even_if_nobody_took_the_job) {
@@ -714,12 +798,19 @@ JQ_TEST(idempotency_key_returns_the_first_id) {
     /* The same key twice in one bulk call makes one job. */
     jq_enqueue_opts o2 = o;
     o2.idempotency_key = "bulk-key";
-    jq_new_job two[2] = {{"x", 1, &o2}, {"y", 1, &o2}};
-    jq_enqueued out[2];
-    cr_assert_eq(jq_enqueue_many(c, "idem", two, 2, out), 0);
+    jq_new_job three[3] = {{"x", 1, &o2}, {"y", 1, &o2}, {"z", 1, NULL}};
+    jq_enqueued out[3];
+    cr_assert_eq(jq_enqueue_many(c, "idem", three, 3, out), 0);
     cr_assert_str_eq(out[0].id, out[1].id);
-    cr_assert(out[0].created == 1 && out[1].created == 0);
-    cr_assert_eq(stats(c, "idem").ready, 1);
+    cr_assert(out[0].created == 1 && out[1].created == 0 && out[2].created == 1);
+    /* The job after the repeated key has the next new id, and it is the job "z". */
+    cr_assert_eq(atoll(out[2].id), atoll(out[0].id) + 1);
+    jq_info zi;
+    cr_assert_eq(jq_job_get(c, "idem", out[2].id, &zi), 0);
+    cr_assert_eq(zi.payload_len, 1);
+    cr_assert_eq(zi.payload[0], 'z');
+    jq_info_clear(&zi);
+    cr_assert_eq(stats(c, "idem").ready, 2);
     jq_job_clear(&j);
     jq_client_free(c);
 }
@@ -1014,8 +1105,9 @@ Test(jobqueue, ten_thousand_expiring_leases_are_reaped_in_bounded_batches) {
     jq_reap_result r0;
     cr_assert_eq(jq_reap(c, "many", &r0), 0);
     cr_assert_eq(r0.reclaimed, 0, "reclaimed before the leases ended");
-    /* All 10,000 leases end at the same moment: their deadlines in the reserved zset (what the
-     * reaper reads) are set to the epoch in one step, whatever the time the reserves took. */
+    /* All 10,000 leases end at the same moment: the scores of the reserved zset (the lease
+     * deadlines, one per reserve here; what the reaper reads) are set to the epoch in one step,
+     * whatever the time the reserves took. */
     char key[256];
     cr_assert_gt(jq_key(c, "many", ":reserved", key, sizeof key), 0);
     redisReply *x = sd_redis_command(jq_client_redis(c), NULL, "EVAL %s 1 %s",
