@@ -30,5 +30,7 @@ end
 if ARGV[7] ~= '' then
     set_cold(id, j, 'result', ARGV[7])
 end
-finish(id, j, 'done', K_DONE, DONE_TTL)
+end_state(id, j, 'done', DONE_TTL)
+save(id, j)
+add_done({id}, j.ends)
 return {0}

@@ -18,11 +18,10 @@ for k = 1, m do
     results[tonumber(ARGV[a + 1])] = ARGV[a + 2]
 end
 -- The batch's records are read with one HMGET (the fence and the cancel flag together) and
--- written with one HSET; it leaves its lease set and joins :done in one command each. A result or
+-- written with one HSET; it leaves its lease set and joins a DONE list in one command each. A result or
 -- an earlier failure makes the job's cold keys, which then get its retention as their TTL.
 local recs = load_many(ids)
-local out, acked, done, lease_of = {}, {}, {}, {}
-local sends = fmt(now + DONE_TTL) -- the end of retention of every job acked here
+local out, acked, lease_of = {}, {}, {}
 for i, id in ipairs(ids) do
     local j = recs[id]
     local code = lease_code(j, ARGV[6 + (i - 1) * 2 + 2]) -- fenced: a refused job is left as it is
@@ -37,7 +36,6 @@ for i, id in ipairs(ids) do
         lease_of[id] = j.lease
         end_state(id, j, 'done', DONE_TTL)
         acked[#acked + 1] = id
-        done[#done + 1], done[#done + 2] = sends, id
     end
     if code ~= 0 then
         out[#out + 1], out[#out + 2] = i, code
@@ -59,5 +57,5 @@ end
 for _, ms in ipairs(deadlines) do
     unlease_many(by_lease[ms], ms)
 end
-bulk('ZADD', K_DONE, done)
+add_done(acked, now + DONE_TTL)
 return out

@@ -31,13 +31,15 @@ local K_LINES = base .. ':lines'         -- zset: priority -> -priority, the REA
 local K_DELAYED = base .. ':delayed'     -- zset: id -> ms when the job is due
 local K_RESERVED = base .. ':reserved'   -- zset: lease deadline -> itself (ms), those in use
 local K_DEAD = base .. ':dead'           -- zset: id -> ms when its retention ends
-local K_DONE = base .. ':done'           -- zset: id -> ms when its retention ends
+local K_DONE = base .. ':done'           -- zset: end of retention -> itself (ms), those in use
+local K_NDONE = base .. ':ndone'         -- string: the DONE jobs in the :done:<e> lists
 local K_CANCELLED = base .. ':cancelled' -- zset: id -> ms when its retention ends
 local K_SEQ = base .. ':seq'             -- string: counter for ids and lease tokens
 local K_WAKE = base .. ':wake'           -- list: at most WAKE_MAX tokens for blocked reservers
 -- per priority p in use, ':ready:<p>' (list: its READY ids, first in line first); per lease
--- deadline d in use, ':lease:<d>' (set: the RESERVED ids whose lease ends at d ms); and per job,
--- only when needed: ':job:<id>' (hash) and ':log:<id>' (list: its failures, newest first)
+-- deadline d in use, ':lease:<d>' (set: the RESERVED ids whose lease ends at d ms); per end of
+-- retention e in use, ':done:<e>' (list: the DONE ids whose retention ends at e ms); and per
+-- job, only when needed: ':job:<id>' (hash) and ':log:<id>' (list: its failures, newest first)
 
 local DONE_TTL = tonumber(ARGV[1])
 local CANCELLED_TTL = tonumber(ARGV[2])
@@ -214,10 +216,11 @@ local function to_ready(id, j, front)
     save(id, j)
 end
 
--- A terminal state, kept for ttl ms: the record says when that ends, and the state's zset holds
--- the id scored by that moment, so counts (ZCOUNT from now) are exact and trims cheap; the
--- cold keys, if any, expire then. end_state changes the record and the cold keys only (the ack
--- of a batch adds its ids to :done and writes its records at once); finish does all of it.
+-- A terminal state, kept for ttl ms: the record says when that ends, and the cold keys, if any,
+-- expire then. A DEAD or CANCELLED job's zset holds its id scored by that moment, so their
+-- counts (ZCOUNT from now) are exact and trims cheap; a DONE job joins the list of its end of
+-- retention (add_done, below). end_state changes the record and the cold keys only (an ack
+-- writes its batch's records and DONE list at once); finish does all of it.
 local function end_state(id, j, state, ttl)
     j.state, j.token, j.updated, j.ends = state, '0', now, now + ttl
     if j.cold then
@@ -288,6 +291,26 @@ local function unlease(id, j)
     unlease_many({id}, j.lease)
 end
 
+-- DONE jobs are grouped the same way, by the end of their retention: an ack of a batch ends it
+-- at one moment for all of them, so they join one list (RPUSH) with one :done entry, and
+-- :ndone counts them. A zset entry per job would cost each ack a sorted insert a job, the
+-- biggest single cost of a no-op job. The price is the count: stats reads :ndone after
+-- trimming a batch of groups past retention, so it is exact unless more than a batch of DONE
+-- jobs passed their retention since housekeeping last ran (jq-stats.lua).
+local function done_key(e)
+    return base .. ':done:' .. e
+end
+
+-- ids (all of them) are DONE until ms.
+local function add_done(ids, ms)
+    if #ids > 0 then
+        local e = fmt(ms)
+        bulk('RPUSH', done_key(e), ids)
+        redis.call('ZADD', K_DONE, e, e)
+        redis.call('INCRBY', K_NDONE, #ids)
+    end
+end
+
 -- Deletes jobs for good: records, payloads and cold keys (those whose record says they exist;
 -- a record past retention is not in recs, and its cold keys expired with it).
 local function delete_jobs(ids, recs)
@@ -297,6 +320,27 @@ local function delete_jobs(ids, recs)
         if recs[id] and recs[id].cold then
             redis.call('DEL', jk(id), lk(id))
         end
+    end
+end
+
+-- Deletes up to n DONE jobs past retention, oldest group first (a group taken whole leaves
+-- :done), and counts them off :ndone.
+local function trim_done(n)
+    local taken = 0
+    for _, e in ipairs(redis.call('ZRANGEBYSCORE', K_DONE, '-inf', now, 'LIMIT', 0, n)) do
+        if taken >= n then
+            break
+        end
+        local ids = redis.call('LPOP', done_key(e), n - taken) or {}
+        -- Their cold keys expired by their TTL: only the record and the payload are left.
+        delete_jobs(ids, {})
+        taken = taken + #ids
+        if redis.call('EXISTS', done_key(e)) == 0 then
+            redis.call('ZREM', K_DONE, e)
+        end
+    end
+    if taken > 0 and redis.call('DECRBY', K_NDONE, taken) <= 0 then
+        redis.call('DEL', K_NDONE)
     end
 end
 
@@ -368,7 +412,8 @@ local function housekeep(trim)
     if promoted + reclaimed > 0 then
         wake(promoted + reclaimed)
     end
-    for _, z in ipairs({K_DONE, K_CANCELLED, K_DEAD}) do
+    trim_done(trim)
+    for _, z in ipairs({K_CANCELLED, K_DEAD}) do
         local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, trim)
         if #old > 0 then
             redis.call('ZREM', z, unpack(old))

@@ -42,15 +42,17 @@ for _, z in ipairs(zsets) do
     if taken >= count then
         break
     end
-    if z == K_RESERVED then
-        -- Its entries are lease deadlines, each with a set of at least one id.
-        for _, d in ipairs(redis.call('ZRANGE', z, 0, count - taken - 1)) do
+    if z == K_RESERVED or z == K_DONE then
+        -- Their entries are lease deadlines or ends of retention, each naming a set or a list of
+        -- at least one id.
+        for _, e in ipairs(redis.call('ZRANGE', z, 0, count - taken - 1)) do
             if taken >= count then
                 break
             end
-            local ids = redis.call('SPOP', lease_key(d), count - taken)
-            if redis.call('EXISTS', lease_key(d)) == 0 then
-                redis.call('ZREM', z, d)
+            local group = z == K_RESERVED and lease_key(e) or done_key(e)
+            local ids = redis.call(z == K_RESERVED and 'SPOP' or 'LPOP', group, count - taken) or {}
+            if redis.call('EXISTS', group) == 0 then
+                redis.call('ZREM', z, e)
             end
             forget(ids)
         end
@@ -71,6 +73,7 @@ for _, z in ipairs(zsets) do
     end
 end
 if left == 0 then
-    redis.call('DEL', K_META, K_DATA, K_DELAYED, K_RESERVED, K_DONE, K_CANCELLED, K_DEAD, K_WAKE)
+    redis.call('DEL', K_META, K_DATA, K_DELAYED, K_RESERVED, K_DONE, K_NDONE, K_CANCELLED, K_DEAD,
+        K_WAKE)
 end
 return {0, removed, taken, left}

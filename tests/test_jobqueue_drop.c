@@ -214,12 +214,13 @@ DROP_TEST(a_queue_in_every_state_is_deleted_but_its_counter) {
     char keys[4096];
     /* The 8 jobs' records and payloads (:meta, :data), 5 cold hashes (a result, two errors, a
      * run_at, an idempotency key), 2 histories, the READY line of priority 0 and the set of
-     * lines, 5 zsets, the lease set of the reserved job, the counter, the wake list, the
-     * idempotency record. */
-    cr_assert_eq(queue_keys(c, q, keys, sizeof keys), 20, "%s", keys);
+     * lines, 5 zsets, the lease set of the reserved job, the DONE list of the acked one and
+     * its count, the counter, the wake list, the idempotency record. */
+    cr_assert_eq(queue_keys(c, q, keys, sizeof keys), 22, "%s", keys);
     /* The scan sees them: the structure and both histories exist before the drop. */
-    const char *before[] = {":meta", ":data",      ":lines", ":ready:0", ":delayed", ":reserved",
-                            ":done", ":cancelled", ":dead",  ":seq",     ":wake",    ":idem:k1"};
+    const char *before[] = {":meta",     ":data", ":lines",  ":ready:0",   ":delayed",
+                            ":reserved", ":done", ":ndone",  ":cancelled", ":dead",
+                            ":seq",      ":wake", ":idem:k1"};
     for (size_t i = 0; i < sizeof before / sizeof before[0]; i++)
         cr_assert(key_exists(c, q, before[i]), "%s missing before the drop: %s", before[i], keys);
     char log_b[64], log_r[64];
