@@ -42,10 +42,13 @@
  * worked off in many short scripts, never one long one.
  *
  * Invariants
- *  1. A job's id is in exactly one index: its priority's READY line (a list), or one of the
- *     zsets delayed, reserved, done, cancelled, dead, the one its record's state names; housekeep
- * deletes the record and payload when it trims a terminal entry. Every script that changes the
- * state moves the id in the same script.
+ *  1. A job's id is in exactly one index, the one its record's state names: its priority's
+ *     READY line (a list), the zset delayed, cancelled or dead, the lease set of its lease
+ *     deadline (RESERVED), or the DONE list of its end of retention. Lease sets and DONE lists
+ *     group the jobs of one batch (one reserve, one ack) under one entry of the zset reserved
+ *     or done, so a batch costs one sorted insert, not one a job. housekeep deletes the record
+ *     and payload when it trims a terminal entry. Every script that changes the state moves the
+ *     id in the same script.
  *  2. A call about a RESERVED job (ack, fail, extend, release, progress) changes something
  *     only when its token is the job's current one and its lease has not passed (lease_code
  *     in jq-common.lua). Tokens come from a per-queue counter, so a token is never reused.
@@ -60,7 +63,8 @@
  * Keys (all "<prefix>{jq:<queue>}" + suffix; the README lists types and TTLs): :meta and :data
  * (every job's record and payload, one field each), :job:<id> and :log:<id> (a job's rarely
  * set fields and its failures, only when it has some), :lines and :ready:<priority>, :delayed,
- * :reserved, :done, :cancelled, :dead, :seq, :wake, :idem:<key>, :fx:<name>. A drop deletes all but
+ * :reserved and :lease:<deadline>, :done, :done:<end> and :ndone, :cancelled, :dead, :seq,
+ * :wake, :idem:<key>, :fx:<name>. A drop deletes all but
  * :seq (never: invariant 2), :idem:<key> (expires) and :fx:<name> (the caller's).
  */
 #include "jobqueue.h"
@@ -120,7 +124,7 @@ int jq_state_parse(const char *name, jq_state *out) {
 
 void jq_config_default(jq_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
-    snprintf(cfg->prefix, sizeof cfg->prefix, "jq2:");
+    snprintf(cfg->prefix, sizeof cfg->prefix, "jq3:");
     cfg->max_payload = 65536;
     cfg->max_result = 4096;
     cfg->done_retention_ms = 24LL * 3600 * 1000;

@@ -69,7 +69,7 @@ int jq_state_parse(const char *name, jq_state *out);
 #define JQ_PRIORITY_MAX 1000
 
 typedef struct jq_config {
-    char prefix[32];                /* key prefix (a schema version), default "jq2:" */
+    char prefix[32];                /* key prefix (a schema version), default "jq3:" */
     size_t max_payload;             /* bytes, default 65536 */
     size_t max_result;              /* bytes of a result, progress or error text, default 4096 */
     int64_t done_retention_ms;      /* DONE jobs are kept this long, default 24 h */

@@ -73,26 +73,42 @@ for i = 1, n do
         id = id + 1
         local sid = fmt(id)
         given[i] = sid
-        local j = {state = 'ready', attempts = 0, max = max, prio = prio, token = '0', lease = 0,
-            created = now, updated = now, ends = 0, cancel = false, cold = false}
-        if key ~= '' then
-            redis.call('SET', base .. ':idem:' .. key, sid, 'PX', idem_ttl)
-            set_cold(sid, j, 'ikey', key)
-        end
-        if delay > 0 then
-            j.state = 'delayed'
-            set_cold(sid, j, 'run_at', fmt(now + delay))
-            redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
-        else
-            if not lines[prio] then
-                lines[prio] = {}
+        local rec
+        if key == '' and delay == 0 then
+            -- The common job: its record packed at once (a table to encode costs more than the
+            -- rest of its enqueue), and its id to its priority's line.
+            rec = struct.pack(RECORD, CODE.ready, 0, max, prio, '0', 0, now, now, 0, 0, 0)
+            local l = lines[prio]
+            if not l then
+                l = {}
+                lines[prio] = l
                 prios[#prios + 1] = prio
             end
-            local l = lines[prio]
             l[#l + 1] = sid
+        else
+            local j = {state = 'ready', attempts = 0, max = max, prio = prio, token = '0',
+                lease = 0, created = now, updated = now, ends = 0, cancel = false, cold = false}
+            if key ~= '' then
+                redis.call('SET', base .. ':idem:' .. key, sid, 'PX', idem_ttl)
+                set_cold(sid, j, 'ikey', key)
+            end
+            if delay > 0 then
+                j.state = 'delayed'
+                set_cold(sid, j, 'run_at', fmt(now + delay))
+                redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
+            else
+                local l = lines[prio]
+                if not l then
+                    l = {}
+                    lines[prio] = l
+                    prios[#prios + 1] = prio
+                end
+                l[#l + 1] = sid
+            end
+            rec = encode(j)
         end
         local m = #metas
-        metas[m + 1], metas[m + 2] = sid, encode(j)
+        metas[m + 1], metas[m + 2] = sid, rec
         datas[m + 1], datas[m + 2] = sid, payload
     end
 end

@@ -240,7 +240,7 @@ DROP_TEST(a_queue_in_every_state_is_deleted_but_its_counter) {
     int n = queue_keys(c, q, keys, sizeof keys);
     cr_assert_str_eq(keys, ":idem:k1 :seq", "left after the drop: %s", keys);
     cr_assert_eq(n, 2);
-    cr_assert_gt(test_redis_int(jq_client_redis(c), "PTTL jq2:{jq:every}:idem:k1"), 0);
+    cr_assert_gt(test_redis_int(jq_client_redis(c), "PTTL jq3:{jq:every}:idem:k1"), 0);
     cr_assert_eq(jq_job_history(c, q, r.id, at, 4, &hist), 0);
     cr_assert_eq(hist, 0);
     jq_info info;
