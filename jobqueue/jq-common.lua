@@ -245,15 +245,19 @@ local function to_cancelled(id, j)
 end
 
 -- The fence: the job must be RESERVED under this token and its lease not past. Returns 0 or an
--- error code.
+-- error code. fence takes a record's fields (state code, token, lease), lease_code a record.
+local function fence(state, job_token, lease, token)
+    if state ~= CODE.reserved or job_token ~= token or now >= lease then
+        return E_STALE
+    end
+    return 0
+end
+
 local function lease_code(j, token)
     if not j then
         return E_NOTFOUND
     end
-    if j.state ~= 'reserved' or j.token ~= token or now >= j.lease then
-        return E_STALE
-    end
-    return 0
+    return fence(CODE[j.state], j.token, j.lease, token)
 end
 
 -- Leases are grouped by deadline: a reserve leases its whole batch until one moment, so the
