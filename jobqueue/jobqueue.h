@@ -294,6 +294,9 @@ int jq_job_history(jq_client *c, const char *queue, const char *id, jq_attempt *
                    size_t *got);
 
 typedef struct jq_stats {
+    /* Jobs per state. A call first deletes up to housekeep_batch DONE jobs past retention, so
+     * done also counts the rest of them when more passed it since the last housekeeping round
+     * (jq-stats.lua); the other counts are exact. */
     int64_t ready, delayed, reserved, dead, done, cancelled;
     /* How long the longest-waiting job at the front of a priority's line has been READY; -1
      * when nothing is READY (jq-stats.lua). */
