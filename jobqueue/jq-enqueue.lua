@@ -60,6 +60,16 @@ end
 local id = fresh > 0 and redis.call('INCRBY', K_SEQ, fresh) - fresh or 0
 out[2] = id
 local lines, prios, metas, datas = {}, {}, {}, {}
+-- sid goes to the back of its priority's line, in the order the jobs came.
+local function line_up(prio, sid)
+    local l = lines[prio]
+    if not l then
+        l = {}
+        lines[prio] = l
+        prios[#prios + 1] = prio
+    end
+    l[#l + 1] = sid
+end
 local given = {} -- job i -> the new id it got
 for i = 1, n do
     local prev = earlier[i]
@@ -78,13 +88,7 @@ for i = 1, n do
             -- The common job: its record packed at once (a table to encode costs more than the
             -- rest of its enqueue), and its id to its priority's line.
             rec = struct.pack(RECORD, CODE.ready, 0, max, prio, '0', 0, now, now, 0, 0, 0)
-            local l = lines[prio]
-            if not l then
-                l = {}
-                lines[prio] = l
-                prios[#prios + 1] = prio
-            end
-            l[#l + 1] = sid
+            line_up(prio, sid)
         else
             local j = {state = 'ready', attempts = 0, max = max, prio = prio, token = '0',
                 lease = 0, created = now, updated = now, ends = 0, cancel = false, cold = false}
@@ -97,13 +101,7 @@ for i = 1, n do
                 set_cold(sid, j, 'run_at', fmt(now + delay))
                 redis.call('ZADD', K_DELAYED, fmt(now + delay), sid)
             else
-                local l = lines[prio]
-                if not l then
-                    l = {}
-                    lines[prio] = l
-                    prios[#prios + 1] = prio
-                end
-                l[#l + 1] = sid
+                line_up(prio, sid)
             end
             rec = encode(j)
         end

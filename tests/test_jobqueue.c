@@ -98,6 +98,15 @@ static jq_job take(jq_client *c, const char *q, int64_t vis) {
     return j;
 }
 
+/* Enqueues jobs "a", "b" and "c" in one call and reserves the three in one, for vis ms. */
+static void take_three(jq_client *c, const char *q, int64_t vis, jq_enqueued ids[3], jq_job j[3]) {
+    jq_new_job jobs[3] = {{"a", 1, NULL}, {"b", 1, NULL}, {"c", 1, NULL}};
+    cr_assert_eq(jq_enqueue_many(c, q, jobs, 3, ids), 0);
+    size_t got = 0;
+    cr_assert_eq(jq_reserve(c, q, 3, vis, j, &got), 0);
+    cr_assert_eq(got, 3);
+}
+
 static jq_state state_of(jq_client *c, const char *q, const char *id) {
     jq_info info;
     int rc = jq_job_get(c, q, id, &info);
@@ -204,13 +213,9 @@ JQ_TEST(bulk_enqueue_is_one_call_in_order) {
  * stale token, and a job named twice) is named with its code, and the others are acked. */
 JQ_TEST(a_batch_ack_answers_job_by_job) {
     jq_client *c = client();
-    jq_new_job jobs[3] = {{"a", 1, NULL}, {"b", 1, NULL}, {"c", 1, NULL}};
     jq_enqueued ids[3];
-    cr_assert_eq(jq_enqueue_many(c, "acks", jobs, 3, ids), 0);
     jq_job j[3];
-    size_t got = 0;
-    cr_assert_eq(jq_reserve(c, "acks", 3, 60000, j, &got), 0);
-    cr_assert_eq(got, 3);
+    take_three(c, "acks", 60000, ids, j);
     cr_assert_eq(j[1].attempts, 1);
     cr_assert_eq(j[1].max_attempts, 5);
     jq_job stale = j[1];
@@ -386,13 +391,9 @@ static int key_exists(jq_client *c, const char *q, const char *suffix) {
  * its entry in :reserved with it. */
 JQ_TEST(a_batch_leased_together_leaves_its_lease_set_job_by_job) {
     jq_client *c = client();
-    jq_new_job batch[3] = {{"a", 1, NULL}, {"b", 1, NULL}, {"c", 1, NULL}};
     jq_enqueued ids[3];
-    cr_assert_eq(jq_enqueue_many(c, "group", batch, 3, ids), 0);
     jq_job j[3];
-    size_t got = 0;
-    cr_assert_eq(jq_reserve(c, "group", 3, 1500, j, &got), 0);
-    cr_assert_eq(got, 3);
+    take_three(c, "group", 1500, ids, j);
     int64_t first = j[0].lease_until_ms;
     cr_assert(j[1].lease_until_ms == first && j[2].lease_until_ms == first);
     char first_set[64];
@@ -1137,26 +1138,36 @@ Test(jobqueue, ten_thousand_expiring_leases_are_reaped_in_bounded_batches) {
     jq_client_free(c);
 }
 
+/* Enqueues n jobs (at most 50) in one call, reserves them in one and acks them in one, all
+ * asserted; fills jobs (the caller clears them) and returns n. */
+static size_t finish_batch(jq_client *c, const char *q, size_t n, jq_job *jobs) {
+    jq_new_job batch[50];
+    jq_enqueued ids[50];
+    jq_ack_item items[50];
+    int codes[50];
+    cr_assert_leq(n, 50);
+    for (size_t i = 0; i < n; i++)
+        batch[i] = (jq_new_job){"p", 1, NULL};
+    cr_assert_eq(jq_enqueue_many(c, q, batch, n, ids), 0);
+    size_t got = 0;
+    cr_assert_eq(jq_reserve(c, q, (int)n, 60000, jobs, &got), 0);
+    cr_assert_eq(got, n);
+    for (size_t i = 0; i < got; i++)
+        items[i] = (jq_ack_item){&jobs[i], NULL, 0};
+    cr_assert_eq(jq_ack_many(c, q, items, got, codes), 0);
+    for (size_t i = 0; i < got; i++)
+        cr_assert_eq(codes[i], 0);
+    return got;
+}
+
 /* A reserve of n deletes up to n finished jobs past retention, even when that is more than a
  * housekeeping batch: the deletions keep up with what a reserve can finish. */
 Test(jobqueue, a_reserve_deletes_as_many_finished_jobs_as_it_can_take) {
     cfg.done_retention_ms = 100;
     cfg.housekeep_batch = 10;
     jq_client *c = client();
-    jq_new_job batch[50];
-    jq_enqueued ids[50];
-    for (int i = 0; i < 50; i++)
-        batch[i] = (jq_new_job){"p", 1, NULL};
-    cr_assert_eq(jq_enqueue_many(c, "trim", batch, 50, ids), 0);
     jq_job jobs[50];
-    jq_ack_item items[50];
-    int codes[50];
-    size_t got = 0;
-    cr_assert_eq(jq_reserve(c, "trim", 50, 60000, jobs, &got), 0);
-    cr_assert_eq(got, 50);
-    for (size_t i = 0; i < got; i++)
-        items[i] = (jq_ack_item){&jobs[i], NULL, 0};
-    cr_assert_eq(jq_ack_many(c, "trim", items, got, codes), 0);
+    size_t got = finish_batch(c, "trim", 50, jobs);
     wait_redis_ms(c, 150);
     put(c, "trim", "next", NULL);
     jq_job next;
@@ -1180,20 +1191,8 @@ Test(jobqueue, stats_trims_finished_jobs_a_batch_at_a_time) {
     cfg.done_retention_ms = 100;
     cfg.housekeep_batch = 10;
     jq_client *c = client();
-    jq_new_job batch[25];
-    jq_enqueued ids[25];
-    for (int i = 0; i < 25; i++)
-        batch[i] = (jq_new_job){"p", 1, NULL};
-    cr_assert_eq(jq_enqueue_many(c, "tally", batch, 25, ids), 0);
     jq_job jobs[25];
-    jq_ack_item items[25];
-    int codes[25];
-    size_t got = 0;
-    cr_assert_eq(jq_reserve(c, "tally", 25, 60000, jobs, &got), 0);
-    cr_assert_eq(got, 25);
-    for (size_t i = 0; i < got; i++)
-        items[i] = (jq_ack_item){&jobs[i], NULL, 0};
-    cr_assert_eq(jq_ack_many(c, "tally", items, got, codes), 0);
+    size_t got = finish_batch(c, "tally", 25, jobs);
     cr_assert_eq(stats(c, "tally").done, 25);
     wait_redis_ms(c, 150);
     char meta[256], count[256];
