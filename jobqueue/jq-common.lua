@@ -277,7 +277,8 @@ local function lease(ids, ms)
     redis.call('ZADD', K_RESERVED, d, d)
 end
 
--- Leaves RESERVED, for ids all leased until ms (the caller then sets the next state).
+-- Leaves RESERVED, for ids all leased until ms, each named once (the caller then sets the next
+-- state): when they are the whole set, it is deleted at once.
 local function unlease_many(ids, ms)
     local d = fmt(ms)
     local k = lease_key(d)
@@ -327,6 +328,13 @@ local function delete_jobs(ids, recs)
     end
 end
 
+-- n ids left the DONE lists (a trim, a drop): :ndone counts them off, and goes at 0.
+local function count_off_done(n)
+    if n > 0 and redis.call('DECRBY', K_NDONE, n) <= 0 then
+        redis.call('DEL', K_NDONE)
+    end
+end
+
 -- Deletes up to n DONE jobs past retention, oldest group first (a group taken whole leaves
 -- :done), and counts them off :ndone.
 local function trim_done(n)
@@ -343,9 +351,7 @@ local function trim_done(n)
             redis.call('ZREM', K_DONE, e)
         end
     end
-    if taken > 0 and redis.call('DECRBY', K_NDONE, taken) <= 0 then
-        redis.call('DEL', K_NDONE)
-    end
+    count_off_done(taken)
 end
 
 -- Housekeeping, bounded per kind so no call runs long whatever piled up: due DELAYED jobs ->
@@ -377,8 +383,8 @@ local function housekeep(trim)
         end
     end
     -- Expired leases: the sets of the deadlines passed, earliest first, BATCH jobs at most; SPOP
-    -- takes them out of their set (a set taken whole is deleted), and within a deadline they
-    -- are handled in id order.
+    -- takes them out of their set (a set taken whole is deleted; from a bigger one, any BATCH of
+    -- them), and the ids taken from one set are handled in id order.
     local ids = {}
     for _, d in ipairs(redis.call('ZRANGEBYSCORE', K_RESERVED, '-inf', now, 'LIMIT', 0, BATCH)) do
         if #ids >= BATCH then

@@ -54,6 +54,9 @@ for _, z in ipairs(zsets) do
             if redis.call('EXISTS', group) == 0 then
                 redis.call('ZREM', z, e)
             end
+            if z == K_DONE then
+                count_off_done(#ids)
+            end
             forget(ids)
         end
     else

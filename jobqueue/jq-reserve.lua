@@ -49,7 +49,7 @@ if #ids > 0 then
         token = token + 1
         if recs[i] then -- none: the job is gone
             local _, at, mx, pr, _, _, cr, _, en, cn, cd = struct.unpack(RECORD, recs[i])
-            if en == 0 or en > now then -- (a READY job's end of retention is 0)
+            if en == 0 or en > now then -- the record is not past retention (load's check)
                 local rec = struct.pack(RECORD, CODE.reserved, at + 1, mx, pr, fmt(token),
                     until_ms, cr, now, en, cn, cd)
                 local s = #saved
@@ -61,8 +61,10 @@ if #ids > 0 then
             end
         end
     end
-    bulk('HSET', K_META, saved)
-    lease(leased, until_ms)
+    if count > 0 then
+        bulk('HSET', K_META, saved)
+        lease(leased, until_ms)
+    end
 end
 out[3] = count
 if count == 0 then

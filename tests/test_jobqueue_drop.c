@@ -312,6 +312,30 @@ DROP_TEST(max_deletes_exactly_that_many_the_next_to_run_first) {
     jq_client_free(c);
 }
 
+/* A drop that takes some DONE jobs counts them off the DONE count, which stats reads. */
+DROP_TEST(a_partial_drop_counts_off_the_done_jobs_it_takes) {
+    jq_client *c = client();
+    const char *q = "partdone";
+    for (int i = 0; i < 3; i++) {
+        put(c, q, "x", NULL);
+        jq_job j = take(c, q);
+        cr_assert_eq(jq_ack(c, q, &j, "", 0), 0);
+        jq_job_clear(&j);
+    }
+    cr_assert_eq(stats(c, q).done, 3);
+    int64_t removed = -1;
+    cr_assert_eq(jq_queue_drop(c, q, 2, &removed), 0);
+    cr_assert_eq(removed, 2);
+    cr_assert_eq(stats(c, q).done, 1);
+    cr_assert_eq(jq_queue_drop(c, q, 0, &removed), 0);
+    cr_assert_eq(removed, 1);
+    assert_stats_zero(c, q);
+    char keys[1024];
+    cr_assert_eq(queue_keys(c, q, keys, sizeof keys), 1, "left: %s", keys);
+    cr_assert_str_eq(keys, ":seq");
+    jq_client_free(c);
+}
+
 /* The scripts run (EVALSHA and EVAL) on every node, from INFO commandstats. */
 static long long scripts_run(void) {
     sd_redis_server *list[8];
