@@ -164,18 +164,6 @@ local function load_many(ids)
     return out
 end
 
--- Writes the records of ids (those in recs) with one HSET per 1,000.
-local function save_many(ids, recs)
-    local list = {}
-    for _, id in ipairs(ids) do
-        if recs[id] then
-            list[#list + 1] = id
-            list[#list + 1] = encode(recs[id])
-        end
-    end
-    bulk('HSET', K_META, list)
-end
-
 -- Sets fields of the job's cold hash (field, value, ...) and marks the record (the caller
 -- saves it).
 local function set_cold(id, j, ...)
